@@ -1,0 +1,177 @@
+//! One error type for every handler, rendered as RFC 9457 problem+json.
+
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde::Serialize;
+use switchboard_model::{FieldError, ValidationErrors};
+use switchboard_store::StoreError;
+
+#[derive(Debug, Serialize)]
+pub struct Problem {
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub title: &'static str,
+    pub status: u16,
+    pub detail: String,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub errors: Vec<FieldError>,
+}
+
+#[derive(Debug)]
+pub struct ApiError {
+    pub status: StatusCode,
+    pub slug: &'static str,
+    pub title: &'static str,
+    pub detail: String,
+    pub errors: Vec<FieldError>,
+}
+
+impl ApiError {
+    pub fn new(
+        status: StatusCode,
+        slug: &'static str,
+        title: &'static str,
+        detail: impl Into<String>,
+    ) -> Self {
+        Self {
+            status,
+            slug,
+            title,
+            detail: detail.into(),
+            errors: vec![],
+        }
+    }
+    pub fn not_found(detail: impl Into<String>) -> Self {
+        Self::new(StatusCode::NOT_FOUND, "not-found", "Not found", detail)
+    }
+    pub fn bad_request(field: &str, detail: impl Into<String>) -> Self {
+        let detail = detail.into();
+        Self::new(
+            StatusCode::BAD_REQUEST,
+            "bad-request",
+            "Bad request",
+            format!("{field}: {detail}"),
+        )
+        .with_errors(vec![FieldError::new(field, detail)])
+    }
+    pub fn invalid(errors: ValidationErrors) -> Self {
+        Self::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid",
+            "Invalid resource",
+            errors.to_string(),
+        )
+        .with_errors(errors.0)
+    }
+    pub fn field(field: &str, message: impl Into<String>) -> Self {
+        Self::invalid(ValidationErrors::single(field, message))
+    }
+    pub fn unauthenticated(detail: impl Into<String>) -> Self {
+        Self::new(
+            StatusCode::UNAUTHORIZED,
+            "unauthenticated",
+            "Unauthenticated",
+            detail,
+        )
+    }
+    pub fn forbidden(detail: impl Into<String>) -> Self {
+        Self::new(StatusCode::FORBIDDEN, "forbidden", "Forbidden", detail)
+    }
+    pub fn with_errors(mut self, errors: Vec<FieldError>) -> Self {
+        self.errors = errors;
+        self
+    }
+}
+
+impl From<ValidationErrors> for ApiError {
+    fn from(e: ValidationErrors) -> Self {
+        ApiError::invalid(e)
+    }
+}
+
+impl From<StoreError> for ApiError {
+    fn from(e: StoreError) -> Self {
+        let detail = e.to_string();
+        match e {
+            StoreError::NotFound { .. } => ApiError::not_found(detail),
+            StoreError::AlreadyExists { .. } => ApiError::new(
+                StatusCode::CONFLICT,
+                "already-exists",
+                "Already exists",
+                detail,
+            )
+            .with_errors(vec![FieldError::new("name", "already exists")]),
+            StoreError::PreconditionFailed { .. } => ApiError::new(
+                StatusCode::PRECONDITION_FAILED,
+                "precondition-failed",
+                "Precondition failed",
+                detail,
+            )
+            .with_errors(vec![FieldError::new(
+                "If-Match",
+                "does not match the resource's current etag",
+            )]),
+            StoreError::DanglingReference { field, kind, name } => ApiError::field(
+                &field,
+                format!("{kind} {name:?} does not exist in this mesh"),
+            ),
+            StoreError::Referenced { by, .. } => ApiError::new(
+                StatusCode::CONFLICT,
+                "referenced",
+                "Still referenced",
+                detail,
+            )
+            .with_errors(
+                by.into_iter()
+                    .map(|r| {
+                        FieldError::new(
+                            format!("{}/{}:{}", r.kind.plural(), r.name, r.field),
+                            "refers to this resource",
+                        )
+                    })
+                    .collect(),
+            ),
+            StoreError::Claimed { field, .. } => {
+                ApiError::new(StatusCode::CONFLICT, "conflict", "Conflict", detail.clone())
+                    .with_errors(vec![FieldError::new(field, detail)])
+            }
+            StoreError::Database(_) | StoreError::Config(_) | StoreError::Migrate(_) => {
+                tracing::error!(error = %detail, "store error");
+                ApiError::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "store-unavailable",
+                    "Store unavailable",
+                    "the configuration store is unavailable; retry later",
+                )
+            }
+            StoreError::Corrupt(_) => {
+                tracing::error!(error = %detail, "corrupt stored data");
+                ApiError::new(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "internal",
+                    "Internal error",
+                    "stored data could not be read",
+                )
+            }
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let problem = Problem {
+            kind: format!("urn:switchboard:problem:{}", self.slug),
+            title: self.title,
+            status: self.status.as_u16(),
+            detail: self.detail,
+            errors: self.errors,
+        };
+        let body = serde_json::to_vec(&problem).unwrap_or_default();
+        let mut resp = (self.status, body).into_response();
+        resp.headers_mut().insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/problem+json"),
+        );
+        resp
+    }
+}

@@ -1,0 +1,52 @@
+//! A span per request (method, route, tenant, request id) and the request metrics
+//! `switchboard_http_requests_total` and `switchboard_http_request_seconds`, by route and status.
+
+use axum::extract::{MatchedPath, Request};
+use axum::http::HeaderValue;
+use axum::middleware::Next;
+use axum::response::Response;
+use tracing::Instrument;
+
+const REQUEST_ID: &str = "x-request-id";
+
+pub async fn middleware(req: Request, next: Next) -> Response {
+    let start = std::time::Instant::now();
+    let route = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|m| m.as_str().to_string())
+        .unwrap_or_else(|| "unmatched".into());
+    let method = req.method().to_string();
+    // Keep a caller's request id if it is sane; otherwise make one.
+    let request_id = req
+        .headers()
+        .get(REQUEST_ID)
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| !v.is_empty() && v.len() <= 128 && v.bytes().all(|b| b.is_ascii_graphic()))
+        .map(str::to_string)
+        .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
+    let tenant = req
+        .uri()
+        .path()
+        .strip_prefix("/v1/tenants/")
+        .and_then(|rest| rest.split('/').next())
+        .unwrap_or("")
+        .to_string();
+    let span =
+        tracing::info_span!("request", %method, %route, tenant = %tenant, request_id = %request_id);
+    let mut resp = next.run(req).instrument(span.clone()).await;
+    let status = resp.status().as_u16();
+    let secs = start.elapsed().as_secs_f64();
+    span.in_scope(|| tracing::info!(status, ms = secs * 1000.0, "request"));
+    let labels = [
+        ("route", route),
+        ("method", method),
+        ("status", status.to_string()),
+    ];
+    metrics::counter!("switchboard_http_requests_total", &labels).increment(1);
+    metrics::histogram!("switchboard_http_request_seconds", &labels).record(secs);
+    if let Ok(v) = HeaderValue::from_str(&request_id) {
+        resp.headers_mut().insert(REQUEST_ID, v);
+    }
+    resp
+}

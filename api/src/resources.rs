@@ -1,0 +1,442 @@
+//! Meshes and the resources inside them: one generic set of handlers for every kind.
+
+use crate::auth::Caller;
+use crate::{ApiError, AppState, body};
+use axum::body::Body;
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use base64::Engine;
+use serde::{Deserialize, Serialize};
+use std::collections::HashMap;
+use switchboard_model::{Kind, Spec, validate_name};
+use switchboard_store::{Precondition, ResourceKey, StoredResource, WriteOptions};
+
+/// A resource as the API shows it.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ResourceView {
+    pub name: String,
+    pub kind: String,
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub mesh: String,
+    pub revision: i64,
+    pub etag: String,
+    pub create_time: String,
+    pub update_time: String,
+    pub spec: serde_json::Value,
+}
+
+pub fn rfc3339(ms: i64) -> String {
+    let t = std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms.max(0) as u64);
+    humantime::format_rfc3339_millis(t).to_string()
+}
+
+impl From<&StoredResource> for ResourceView {
+    fn from(r: &StoredResource) -> Self {
+        Self {
+            name: r.key.name.clone(),
+            kind: r.key.kind.singular().into(),
+            mesh: r.key.mesh.clone(),
+            revision: r.revision,
+            etag: r.etag(),
+            create_time: rfc3339(r.create_time),
+            update_time: rfc3339(r.update_time),
+            spec: r.spec.clone(),
+        }
+    }
+}
+
+/// What a client sends: the spec, and the name on POST. Read-only fields a client got from a
+/// GET are accepted and ignored so that GET, edit, PUT works.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct Envelope {
+    name: Option<String>,
+    spec: Option<serde_json::Value>,
+    #[serde(rename = "kind")]
+    _kind: Option<serde_json::Value>,
+    #[serde(rename = "mesh")]
+    _mesh: Option<serde_json::Value>,
+    #[serde(rename = "revision")]
+    _revision: Option<serde_json::Value>,
+    #[serde(rename = "etag")]
+    _etag: Option<serde_json::Value>,
+    #[serde(rename = "createTime")]
+    _create_time: Option<serde_json::Value>,
+    #[serde(rename = "updateTime")]
+    _update_time: Option<serde_json::Value>,
+}
+
+fn envelope(v: serde_json::Value) -> Result<Envelope, ApiError> {
+    if !v.is_object() {
+        return Err(ApiError::field(
+            "body",
+            "expected an object with `name` and `spec`",
+        ));
+    }
+    serde_path_to_error::deserialize(v).map_err(|e| {
+        let path = e.path().to_string();
+        let field = if path == "." {
+            "body".to_string()
+        } else {
+            path
+        };
+        ApiError::field(&field, e.inner().to_string())
+    })
+}
+
+pub fn parse_kind(s: &str) -> Result<Kind, ApiError> {
+    match Kind::from_plural(s) {
+        Some(k) if k != Kind::Mesh => Ok(k),
+        _ => Err(ApiError::not_found(format!(
+            "no resource kind {s:?}: use services, endpoints, routes or gateways"
+        ))),
+    }
+}
+
+pub fn dry_run(q: &HashMap<String, String>) -> Result<bool, ApiError> {
+    match q.get("dryRun").map(String::as_str) {
+        None | Some("false") => Ok(false),
+        Some("true") | Some("") => Ok(true),
+        Some(other) => Err(ApiError::bad_request(
+            "dryRun",
+            format!("{other:?} is not true or false"),
+        )),
+    }
+}
+
+/// `pageSize` (1 to 1000, default 100) and the opaque `pageToken` of the previous page.
+pub fn paging(q: &HashMap<String, String>) -> Result<(Option<String>, u32), ApiError> {
+    let size = match q.get("pageSize") {
+        None => 100,
+        Some(s) => match s.parse::<u32>() {
+            Ok(n) if (1..=1000).contains(&n) => n,
+            _ => {
+                return Err(ApiError::bad_request(
+                    "pageSize",
+                    format!("{s:?} is not a number from 1 to 1000"),
+                ));
+            }
+        },
+    };
+    let after = match q.get("pageToken").filter(|t| !t.is_empty()) {
+        None => None,
+        Some(t) => Some(
+            base64::engine::general_purpose::URL_SAFE_NO_PAD
+                .decode(t)
+                .ok()
+                .and_then(|b| String::from_utf8(b).ok())
+                .ok_or_else(|| {
+                    ApiError::bad_request("pageToken", "not a token this API gave out")
+                })?,
+        ),
+    };
+    Ok((after, size))
+}
+
+pub fn page_token(after: Option<String>) -> Option<String> {
+    after.map(|a| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(a))
+}
+
+fn precondition(headers: &HeaderMap, create: bool) -> Result<Precondition, ApiError> {
+    match headers.get(header::IF_MATCH) {
+        Some(v) => {
+            let tag = v
+                .to_str()
+                .map_err(|_| ApiError::bad_request("If-Match", "not a valid etag"))?
+                .trim();
+            let tag = tag.strip_prefix("W/").unwrap_or(tag);
+            Ok(Precondition::IfMatch(tag.to_string()))
+        }
+        None if create => Ok(Precondition::Create),
+        None => match headers
+            .get(header::IF_NONE_MATCH)
+            .and_then(|v| v.to_str().ok())
+        {
+            Some("*") => Ok(Precondition::Create),
+            _ => Ok(Precondition::None),
+        },
+    }
+}
+
+fn with_etag(status: StatusCode, r: &StoredResource, location: Option<String>) -> Response {
+    let mut resp = (status, axum::Json(ResourceView::from(r))).into_response();
+    if let Ok(v) = HeaderValue::from_str(&r.etag()) {
+        resp.headers_mut().insert(header::ETAG, v);
+    }
+    if let Some(loc) = location.and_then(|l| HeaderValue::from_str(&l).ok()) {
+        resp.headers_mut().insert(header::LOCATION, loc);
+    }
+    resp
+}
+
+struct WriteReq<'a> {
+    tenant: &'a str,
+    mesh: &'a str,
+    kind: Kind,
+    path_name: Option<&'a str>,
+}
+
+async fn write(
+    state: &AppState,
+    w: WriteReq<'_>,
+    headers: &HeaderMap,
+    q: &HashMap<String, String>,
+    body: Body,
+    collection_path: String,
+) -> Result<Response, ApiError> {
+    let dry = dry_run(q)?;
+    let env = envelope(body::parse(headers, body).await?)?;
+    let name = match (w.path_name, env.name) {
+        (Some(p), Some(b)) if p != b => {
+            return Err(ApiError::field(
+                "name",
+                format!("the body names {b:?} but the path names {p:?}"),
+            ));
+        }
+        (Some(p), _) => p.to_string(),
+        (None, Some(b)) => b,
+        (None, None) => return Err(ApiError::field("name", "missing: name the resource")),
+    };
+    validate_name("name", &name)
+        .map_err(|e| ApiError::invalid(switchboard_model::ValidationErrors(vec![e])))?;
+    let spec_json = match (env.spec, w.kind) {
+        (Some(s), _) => s,
+        (None, Kind::Mesh) => serde_json::json!({}),
+        (None, _) => return Err(ApiError::field("spec", "missing: a resource needs a spec")),
+    };
+    let spec = Spec::parse(w.kind, spec_json)?;
+    spec.validate()?;
+    let create = w.path_name.is_none();
+    let opts = WriteOptions {
+        precondition: precondition(headers, create)?,
+        dry_run: dry,
+    };
+    let key = ResourceKey::new(w.tenant, w.mesh, w.kind, &name);
+    let stored = state
+        .store
+        .put(
+            &key,
+            &spec.to_json(),
+            &spec.references(),
+            &spec.claims(),
+            &opts,
+        )
+        .await?;
+    let status = if create && !dry {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    };
+    Ok(with_etag(
+        status,
+        &stored,
+        create.then(|| format!("{collection_path}/{name}")),
+    ))
+}
+
+async fn remove(
+    state: &AppState,
+    key: ResourceKey,
+    headers: &HeaderMap,
+    q: &HashMap<String, String>,
+) -> Result<Response, ApiError> {
+    let opts = WriteOptions {
+        precondition: precondition(headers, false)?,
+        dry_run: dry_run(q)?,
+    };
+    state.store.delete(&key, &opts).await?;
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+async fn list_kind(
+    state: &AppState,
+    tenant: &str,
+    mesh: &str,
+    kind: Kind,
+    q: &HashMap<String, String>,
+) -> Result<Response, ApiError> {
+    let (after, size) = paging(q)?;
+    if kind != Kind::Mesh {
+        state.store.get(&ResourceKey::mesh(tenant, mesh)).await?;
+    } else {
+        state.store.get_tenant(tenant).await?;
+    }
+    let page = state
+        .store
+        .list(tenant, mesh, kind, after.as_deref(), size)
+        .await?;
+    let items: Vec<ResourceView> = page.items.iter().map(ResourceView::from).collect();
+    Ok(axum::Json(serde_json::json!({
+        "items": items,
+        "nextPageToken": page_token(page.next_after),
+    }))
+    .into_response())
+}
+
+type Q = Query<HashMap<String, String>>;
+
+pub async fn list_meshes(
+    State(s): State<AppState>,
+    caller: Caller,
+    Path(tenant): Path<String>,
+    Query(q): Q,
+) -> Result<Response, ApiError> {
+    caller.check_tenant(&tenant)?;
+    list_kind(&s, &tenant, "", Kind::Mesh, &q).await
+}
+
+pub async fn create_mesh(
+    State(s): State<AppState>,
+    caller: Caller,
+    Path(tenant): Path<String>,
+    Query(q): Q,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    caller.check_tenant(&tenant)?;
+    let w = WriteReq {
+        tenant: &tenant,
+        mesh: "",
+        kind: Kind::Mesh,
+        path_name: None,
+    };
+    write(
+        &s,
+        w,
+        &headers,
+        &q,
+        body,
+        format!("/v1/tenants/{tenant}/meshes"),
+    )
+    .await
+}
+
+pub async fn get_mesh(
+    State(s): State<AppState>,
+    caller: Caller,
+    Path((tenant, mesh)): Path<(String, String)>,
+) -> Result<Response, ApiError> {
+    caller.check_tenant(&tenant)?;
+    let r = s.store.get(&ResourceKey::mesh(&tenant, &mesh)).await?;
+    Ok(with_etag(StatusCode::OK, &r, None))
+}
+
+pub async fn put_mesh(
+    State(s): State<AppState>,
+    caller: Caller,
+    Path((tenant, mesh)): Path<(String, String)>,
+    Query(q): Q,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    caller.check_tenant(&tenant)?;
+    let w = WriteReq {
+        tenant: &tenant,
+        mesh: "",
+        kind: Kind::Mesh,
+        path_name: Some(&mesh),
+    };
+    write(&s, w, &headers, &q, body, String::new()).await
+}
+
+pub async fn delete_mesh(
+    State(s): State<AppState>,
+    caller: Caller,
+    Path((tenant, mesh)): Path<(String, String)>,
+    Query(q): Q,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    caller.check_tenant(&tenant)?;
+    remove(&s, ResourceKey::mesh(&tenant, &mesh), &headers, &q).await
+}
+
+pub async fn list(
+    State(s): State<AppState>,
+    caller: Caller,
+    Path((tenant, mesh, kind)): Path<(String, String, String)>,
+    Query(q): Q,
+) -> Result<Response, ApiError> {
+    caller.check_tenant(&tenant)?;
+    let kind = parse_kind(&kind)?;
+    list_kind(&s, &tenant, &mesh, kind, &q).await
+}
+
+pub async fn create(
+    State(s): State<AppState>,
+    caller: Caller,
+    Path((tenant, mesh, kind)): Path<(String, String, String)>,
+    Query(q): Q,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    caller.check_tenant(&tenant)?;
+    let k = parse_kind(&kind)?;
+    let w = WriteReq {
+        tenant: &tenant,
+        mesh: &mesh,
+        kind: k,
+        path_name: None,
+    };
+    write(
+        &s,
+        w,
+        &headers,
+        &q,
+        body,
+        format!("/v1/tenants/{tenant}/meshes/{mesh}/{kind}"),
+    )
+    .await
+}
+
+pub async fn get(
+    State(s): State<AppState>,
+    caller: Caller,
+    Path((tenant, mesh, kind, name)): Path<(String, String, String, String)>,
+) -> Result<Response, ApiError> {
+    caller.check_tenant(&tenant)?;
+    let kind = parse_kind(&kind)?;
+    let r = s
+        .store
+        .get(&ResourceKey::new(&tenant, &mesh, kind, &name))
+        .await?;
+    Ok(with_etag(StatusCode::OK, &r, None))
+}
+
+pub async fn put(
+    State(s): State<AppState>,
+    caller: Caller,
+    Path((tenant, mesh, kind, name)): Path<(String, String, String, String)>,
+    Query(q): Q,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    caller.check_tenant(&tenant)?;
+    let kind = parse_kind(&kind)?;
+    let w = WriteReq {
+        tenant: &tenant,
+        mesh: &mesh,
+        kind,
+        path_name: Some(&name),
+    };
+    write(&s, w, &headers, &q, body, String::new()).await
+}
+
+pub async fn delete(
+    State(s): State<AppState>,
+    caller: Caller,
+    Path((tenant, mesh, kind, name)): Path<(String, String, String, String)>,
+    Query(q): Q,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    caller.check_tenant(&tenant)?;
+    let kind = parse_kind(&kind)?;
+    remove(
+        &s,
+        ResourceKey::new(&tenant, &mesh, kind, &name),
+        &headers,
+        &q,
+    )
+    .await
+}

@@ -1,0 +1,668 @@
+//! The REST API suite; every test runs on SQLite and on PostgreSQL. Requests go through the
+//! full router (auth, body parsing, problem+json) with `oneshot`.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use axum::Router;
+use axum::body::Body;
+use axum::http::{Method, Request, StatusCode};
+use serde_json::{Value, json};
+use switchboard_api::{AdminToken, AppState, router};
+use switchboard_store::testing::{TestDb, store};
+use switchboard_store::{Backend, Store, both_backends};
+use tower::ServiceExt;
+
+const ADMIN: &str = "test-admin-token-0123456789";
+
+struct Api {
+    app: Router,
+    store: Store,
+    _db: TestDb,
+}
+
+struct Resp {
+    status: StatusCode,
+    headers: axum::http::HeaderMap,
+    body: Value,
+}
+
+impl Api {
+    async fn new(b: Backend) -> Option<Api> {
+        let (store, db) = store(b).await?;
+        let xds = switchboard_xds_server::XdsServer::new(store.clone(), Default::default());
+        let app = router(AppState {
+            store: store.clone(),
+            admin: AdminToken::new(ADMIN),
+            xds,
+        });
+        Some(Api {
+            app,
+            store,
+            _db: db,
+        })
+    }
+
+    async fn call(
+        &self,
+        method: Method,
+        path: &str,
+        token: &str,
+        body: Option<(&str, Vec<u8>)>,
+        extra: &[(&str, &str)],
+    ) -> Resp {
+        let mut b = Request::builder().method(method).uri(path);
+        if !token.is_empty() {
+            b = b.header("authorization", format!("Bearer {token}"));
+        }
+        for (k, v) in extra {
+            b = b.header(*k, *v);
+        }
+        let req = match body {
+            Some((ct, bytes)) => b
+                .header("content-type", ct)
+                .body(Body::from(bytes))
+                .unwrap(),
+            None => b.body(Body::empty()).unwrap(),
+        };
+        let resp = self.app.clone().oneshot(req).await.unwrap();
+        let status = resp.status();
+        let headers = resp.headers().clone();
+        let bytes = axum::body::to_bytes(resp.into_body(), usize::MAX)
+            .await
+            .unwrap();
+        let body = if bytes.is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_slice(&bytes).unwrap_or(Value::Null)
+        };
+        if status.is_client_error() || status.is_server_error() {
+            assert_eq!(
+                headers["content-type"], "application/problem+json",
+                "{path}: {body}"
+            );
+        }
+        Resp {
+            status,
+            headers,
+            body,
+        }
+    }
+
+    async fn json(&self, method: Method, path: &str, token: &str, body: Value) -> Resp {
+        self.call(
+            method,
+            path,
+            token,
+            Some(("application/json", body.to_string().into_bytes())),
+            &[],
+        )
+        .await
+    }
+
+    async fn get(&self, path: &str, token: &str) -> Resp {
+        self.call(Method::GET, path, token, None, &[]).await
+    }
+
+    /// Creates a tenant with a mesh `prod` and returns an API key of it.
+    async fn tenant(&self, name: &str) -> String {
+        let r = self
+            .json(Method::POST, "/v1/tenants", ADMIN, json!({"name": name}))
+            .await;
+        assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
+        let k = self
+            .json(
+                Method::POST,
+                &format!("/v1/tenants/{name}/api-keys"),
+                ADMIN,
+                json!({"description": "test"}),
+            )
+            .await;
+        assert_eq!(k.status, StatusCode::CREATED, "{}", k.body);
+        let key = k.body["secret"].as_str().unwrap().to_string();
+        let m = self
+            .json(
+                Method::POST,
+                &format!("/v1/tenants/{name}/meshes"),
+                &key,
+                json!({"name": "prod"}),
+            )
+            .await;
+        assert_eq!(m.status, StatusCode::CREATED, "{}", m.body);
+        key
+    }
+
+    /// A fingerprint of the whole tenant as stored: revision and every resource.
+    async fn fingerprint(&self, tenant: &str) -> String {
+        let rev = self.store.revision(tenant).await.unwrap();
+        let mut out = format!("rev={rev};");
+        for mesh in self
+            .store
+            .list(tenant, "", switchboard_model::Kind::Mesh, None, 1000)
+            .await
+            .unwrap()
+            .items
+        {
+            out.push_str(&format!("{}@{};", mesh.key.name, mesh.revision));
+            let snap = self
+                .store
+                .mesh_snapshot(tenant, &mesh.key.name)
+                .await
+                .unwrap();
+            for r in snap.resources {
+                out.push_str(&format!(
+                    "{}/{}@{}={};",
+                    r.key.kind, r.key.name, r.revision, r.spec
+                ));
+            }
+        }
+        for kind in [
+            switchboard_store::CredentialKind::ApiKey,
+            switchboard_store::CredentialKind::ProxyToken,
+        ] {
+            out.push_str(&format!(
+                "creds={};",
+                self.store
+                    .list_credentials(tenant, kind)
+                    .await
+                    .unwrap()
+                    .len()
+            ));
+        }
+        out
+    }
+}
+
+const M: &str = "/v1/tenants/acme/meshes/prod";
+
+async fn walkthrough(b: Backend) {
+    let Some(api) = Api::new(b).await else { return };
+    let key = api.tenant("acme").await;
+    for (name, port) in [("payments", 8080), ("ledger", 9090)] {
+        let r = api
+            .json(
+                Method::POST,
+                &format!("{M}/services"),
+                &key,
+                json!({"name": name, "spec": {"port": port, "protocol": "grpc"}}),
+            )
+            .await;
+        assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
+        assert_eq!(r.headers["location"], format!("{M}/services/{name}"));
+        assert_eq!(r.headers["etag"], r.body["etag"].as_str().unwrap());
+    }
+    for (i, addr) in ["127.0.0.1", "127.0.0.2"].iter().enumerate() {
+        let r = api
+            .json(
+                Method::PUT,
+                &format!("{M}/endpoints/payments-{i}"),
+                &key,
+                json!({"spec": {"service": "payments", "address": addr, "port": 8080}}),
+            )
+            .await;
+        assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    }
+    // YAML works as well as JSON.
+    let yaml = "name: pay\nspec:\n  hostnames: [\"payments:8080\"]\n  rules:\n  - backends:\n    - service: payments\n      weight: 80\n    - service: ledger\n      weight: 20\n";
+    let r = api
+        .call(
+            Method::POST,
+            &format!("{M}/routes"),
+            &key,
+            Some(("application/yaml", yaml.into())),
+            &[],
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
+    assert_eq!(r.body["spec"]["rules"][0]["backends"][1]["weight"], 20);
+    let got = api.get(&format!("{M}/routes/pay"), &key).await;
+    assert_eq!(got.status, StatusCode::OK);
+    let etag = got.body["etag"].as_str().unwrap().to_string();
+    // Update with If-Match; then the old etag is stale.
+    let mut spec = got.body["spec"].clone();
+    spec["rules"][0]["backends"][0]["weight"] = json!(0);
+    spec["rules"][0]["backends"][1]["weight"] = json!(100);
+    let r = api
+        .call(
+            Method::PUT,
+            &format!("{M}/routes/pay"),
+            &key,
+            Some(("application/json", json!({"spec": spec}).to_string().into())),
+            &[("if-match", &etag)],
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    assert_ne!(r.body["etag"], json!(etag));
+    // A whole GET body can be PUT back (read-only fields are ignored).
+    let whole = api.get(&format!("{M}/routes/pay"), &key).await.body;
+    let r = api
+        .json(Method::PUT, &format!("{M}/routes/pay"), &key, whole)
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    // Lists paginate.
+    let p1 = api.get(&format!("{M}/services?pageSize=1"), &key).await;
+    assert_eq!(p1.body["items"].as_array().unwrap().len(), 1);
+    let tok = p1.body["nextPageToken"].as_str().unwrap();
+    let p2 = api
+        .get(&format!("{M}/services?pageSize=1&pageToken={tok}"), &key)
+        .await;
+    assert_eq!(p2.body["items"][0]["name"], "payments");
+    assert!(p2.body["nextPageToken"].is_null());
+    // Dry run: validated, answered, not written.
+    let before = api.fingerprint("acme").await;
+    let r = api
+        .json(
+            Method::POST,
+            &format!("{M}/services?dryRun=true"),
+            &key,
+            json!({"name": "dry", "spec": {"port": 1}}),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    assert_eq!(
+        api.get(&format!("{M}/services/dry"), &key).await.status,
+        StatusCode::NOT_FOUND
+    );
+    assert_eq!(api.fingerprint("acme").await, before);
+    // Deleting a referenced service names who refers to it.
+    let r = api
+        .call(
+            Method::DELETE,
+            &format!("{M}/services/ledger"),
+            &key,
+            None,
+            &[],
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::CONFLICT);
+    assert!(
+        r.body["detail"].as_str().unwrap().contains("route \"pay\""),
+        "{}",
+        r.body
+    );
+    assert_eq!(
+        r.body["errors"][0]["field"],
+        "routes/pay:spec.rules[0].backends[1].service"
+    );
+    // The change log tells what happened since a revision.
+    let ch = api.get("/v1/tenants/acme/changes?since=0", &key).await;
+    assert!(
+        ch.body["changes"].as_array().unwrap().len() >= 6,
+        "{}",
+        ch.body
+    );
+    // Delete, then it's gone.
+    assert_eq!(
+        api.call(Method::DELETE, &format!("{M}/routes/pay"), &key, None, &[])
+            .await
+            .status,
+        StatusCode::NO_CONTENT
+    );
+    assert_eq!(
+        api.call(
+            Method::DELETE,
+            &format!("{M}/services/ledger"),
+            &key,
+            None,
+            &[]
+        )
+        .await
+        .status,
+        StatusCode::NO_CONTENT
+    );
+    assert_eq!(
+        api.get(&format!("{M}/services/ledger"), &key).await.status,
+        StatusCode::NOT_FOUND
+    );
+    // The OpenAPI document lists every kind's paths.
+    let doc = api.get("/v1/openapi.json", "").await;
+    assert_eq!(doc.status, StatusCode::OK);
+    for p in [
+        "/v1/tenants/{tenant}/meshes/{mesh}/routes/{name}",
+        "/v1/tenants/{tenant}/meshes/{mesh}/services",
+    ] {
+        assert!(doc.body["paths"][p].is_object(), "{p}");
+    }
+    assert!(
+        doc.body["paths"]["/v1/tenants/{tenant}/meshes/{mesh}/routes/{name}"]["put"].is_object()
+    );
+    assert!(
+        doc.body["paths"]["/v1/tenants/{tenant}/meshes/{mesh}/routes/{name}"]["get"].is_object()
+    );
+    assert!(doc.body["components"]["schemas"]["RouteSpec"].is_object());
+}
+both_backends!(walkthrough_, walkthrough);
+
+async fn tenant_isolation(b: Backend) {
+    let Some(api) = Api::new(b).await else { return };
+    let key_a = api.tenant("alpha").await;
+    let key_b = api.tenant("beta").await;
+    let bm = "/v1/tenants/beta/meshes/prod";
+    assert_eq!(
+        api.json(
+            Method::POST,
+            &format!("{bm}/services"),
+            &key_b,
+            json!({"name": "svc", "spec": {"port": 80}})
+        )
+        .await
+        .status,
+        StatusCode::CREATED
+    );
+    let tok = api
+        .json(
+            Method::POST,
+            "/v1/tenants/beta/proxy-tokens",
+            &key_b,
+            json!({}),
+        )
+        .await;
+    let tok_id = tok.body["id"].as_str().unwrap().to_string();
+    let keys = api.get("/v1/tenants/beta/api-keys", &key_b).await;
+    let key_id = keys.body["items"][0]["id"].as_str().unwrap().to_string();
+    let before = api.fingerprint("beta").await;
+    let svc = json!({"spec": {"port": 81}});
+    let cases: Vec<(Method, String, Option<Value>)> = vec![
+        (Method::GET, "/v1/tenants/beta".into(), None),
+        (Method::DELETE, "/v1/tenants/beta".into(), None),
+        (Method::GET, "/v1/tenants/beta/meshes".into(), None),
+        (
+            Method::POST,
+            "/v1/tenants/beta/meshes".into(),
+            Some(json!({"name": "x"})),
+        ),
+        (Method::GET, bm.into(), None),
+        (Method::PUT, bm.into(), Some(json!({"spec": {}}))),
+        (Method::DELETE, bm.into(), None),
+        (Method::GET, format!("{bm}/services"), None),
+        (
+            Method::POST,
+            format!("{bm}/services"),
+            Some(json!({"name": "new", "spec": {"port": 80}})),
+        ),
+        (Method::GET, format!("{bm}/services/svc"), None),
+        (Method::PUT, format!("{bm}/services/svc"), Some(svc.clone())),
+        (Method::DELETE, format!("{bm}/services/svc"), None),
+        (Method::GET, format!("{bm}/services/guessed"), None),
+        (
+            Method::PUT,
+            format!("{bm}/services/guessed"),
+            Some(svc.clone()),
+        ),
+        (Method::GET, "/v1/tenants/beta/api-keys".into(), None),
+        (
+            Method::POST,
+            "/v1/tenants/beta/api-keys".into(),
+            Some(json!({})),
+        ),
+        (
+            Method::DELETE,
+            format!("/v1/tenants/beta/api-keys/{key_id}"),
+            None,
+        ),
+        (Method::GET, "/v1/tenants/beta/proxy-tokens".into(), None),
+        (
+            Method::POST,
+            "/v1/tenants/beta/proxy-tokens".into(),
+            Some(json!({})),
+        ),
+        (
+            Method::DELETE,
+            format!("/v1/tenants/beta/proxy-tokens/{tok_id}"),
+            None,
+        ),
+        (Method::GET, "/v1/tenants/beta/changes?since=0".into(), None),
+    ];
+    for (method, path, body) in cases {
+        let r = match body {
+            Some(v) => api.json(method.clone(), &path, &key_a, v).await,
+            None => api.call(method.clone(), &path, &key_a, None, &[]).await,
+        };
+        assert_eq!(
+            r.status,
+            StatusCode::NOT_FOUND,
+            "{method} {path}: {}",
+            r.body
+        );
+        // Indistinguishable from a tenant that does not exist.
+        let ghost = path.replace("/tenants/beta", "/tenants/ghost");
+        let g = api.call(method.clone(), &ghost, &key_a, None, &[]).await;
+        assert_eq!(g.status, StatusCode::NOT_FOUND, "{method} {ghost}");
+        assert_eq!(
+            r.body["detail"].as_str().unwrap().replace("beta", "ghost"),
+            g.body["detail"].as_str().unwrap()
+        );
+    }
+    let listed = api.get("/v1/tenants", &key_a).await;
+    assert_eq!(listed.body["items"].as_array().unwrap().len(), 1);
+    assert_eq!(listed.body["items"][0]["name"], "alpha");
+    assert_eq!(api.fingerprint("beta").await, before, "tenant beta changed");
+    // A tenant key cannot create tenants; no or bad credentials are 401.
+    assert_eq!(
+        api.json(Method::POST, "/v1/tenants", &key_a, json!({"name": "x"}))
+            .await
+            .status,
+        StatusCode::FORBIDDEN
+    );
+    assert_eq!(
+        api.get("/v1/tenants/alpha", "").await.status,
+        StatusCode::UNAUTHORIZED
+    );
+    assert_eq!(
+        api.get("/v1/tenants/alpha", "sbk_nope").await.status,
+        StatusCode::UNAUTHORIZED
+    );
+    let pt = api
+        .json(
+            Method::POST,
+            "/v1/tenants/alpha/proxy-tokens",
+            &key_a,
+            json!({"mesh": "prod"}),
+        )
+        .await;
+    assert_eq!(
+        api.get("/v1/tenants/alpha", pt.body["secret"].as_str().unwrap())
+            .await
+            .status,
+        StatusCode::UNAUTHORIZED
+    );
+    // Revoked keys stop working.
+    let k2 = api
+        .json(
+            Method::POST,
+            "/v1/tenants/alpha/api-keys",
+            &key_a,
+            json!({}),
+        )
+        .await;
+    let (k2_secret, k2_id) = (
+        k2.body["secret"].as_str().unwrap().to_string(),
+        k2.body["id"].as_str().unwrap().to_string(),
+    );
+    assert_eq!(
+        api.get("/v1/tenants/alpha", &k2_secret).await.status,
+        StatusCode::OK
+    );
+    assert_eq!(
+        api.call(
+            Method::DELETE,
+            &format!("/v1/tenants/alpha/api-keys/{k2_id}"),
+            &key_a,
+            None,
+            &[]
+        )
+        .await
+        .status,
+        StatusCode::NO_CONTENT
+    );
+    assert_eq!(
+        api.get("/v1/tenants/alpha", &k2_secret).await.status,
+        StatusCode::UNAUTHORIZED
+    );
+    // Secrets are never listed.
+    let list = api.get("/v1/tenants/alpha/api-keys", &key_a).await;
+    assert!(
+        list.body["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|i| i.get("secret").is_none())
+    );
+}
+both_backends!(tenant_isolation_, tenant_isolation);
+
+async fn bad_input(b: Backend) {
+    let Some(api) = Api::new(b).await else { return };
+    let key = api.tenant("acme").await;
+    api.json(
+        Method::POST,
+        &format!("{M}/services"),
+        &key,
+        json!({"name": "pay", "spec": {"port": 80}}),
+    )
+    .await;
+    let etag = api.get(&format!("{M}/services/pay"), &key).await.body["etag"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    api.json(
+        Method::PUT,
+        &format!("{M}/services/pay"),
+        &key,
+        json!({"spec": {"port": 81}}),
+    )
+    .await;
+    let before = api.fingerprint("acme").await;
+    let svc = format!("{M}/services");
+    let big = format!(
+        "{{\"name\": \"big\", \"spec\": {{\"port\": 80, \"description\": \"{}\"}}}}",
+        "x".repeat(1024 * 1024 + 10)
+    );
+    let route = |svc: &str| {
+        json!({"name": "r", "spec": {"hostnames": ["a"], "rules": [{"backends": [{"service": svc}]}]}}).to_string()
+    };
+    // (what, method, path, content type, body, headers, expected status, field named)
+    type Case<'a> = (
+        &'a str,
+        Method,
+        String,
+        &'a str,
+        String,
+        Vec<(&'a str, &'a str)>,
+        StatusCode,
+        &'a str,
+    );
+    let cases: Vec<Case> = vec![
+        ("malformed JSON", Method::POST, svc.clone(), "application/json", "{\"name\": ".into(), vec![], StatusCode::BAD_REQUEST, "body"),
+        ("malformed YAML", Method::POST, svc.clone(), "application/yaml", "name: [unclosed\n  spec: {".into(), vec![], StatusCode::BAD_REQUEST, "body"),
+        ("unknown spec field", Method::POST, svc.clone(), "application/json", json!({"name": "x", "spec": {"port": 80, "prot": "http"}}).to_string(), vec![], StatusCode::UNPROCESSABLE_ENTITY, "spec.prot"),
+        ("unknown top-level field", Method::POST, svc.clone(), "application/json", json!({"name": "x", "sepc": {}}).to_string(), vec![], StatusCode::UNPROCESSABLE_ENTITY, "sepc"),
+        ("wrong type", Method::POST, svc.clone(), "application/json", json!({"name": "x", "spec": {"port": "80"}}).to_string(), vec![], StatusCode::UNPROCESSABLE_ENTITY, "spec.port"),
+        ("port out of range", Method::POST, svc.clone(), "application/json", json!({"name": "x", "spec": {"port": 70000}}).to_string(), vec![], StatusCode::UNPROCESSABLE_ENTITY, "spec.port"),
+        ("too large", Method::POST, svc.clone(), "application/json", big, vec![], StatusCode::PAYLOAD_TOO_LARGE, ""),
+        ("invalid name", Method::POST, svc.clone(), "application/json", json!({"name": "Bad_Name", "spec": {"port": 80}}).to_string(), vec![], StatusCode::UNPROCESSABLE_ENTITY, "name"),
+        ("invalid path name", Method::PUT, format!("{svc}/Bad_Name"), "application/json", json!({"spec": {"port": 80}}).to_string(), vec![], StatusCode::UNPROCESSABLE_ENTITY, "name"),
+        ("dangling reference", Method::POST, format!("{M}/routes"), "application/json", route("missing"), vec![], StatusCode::UNPROCESSABLE_ENTITY, "spec.rules[0].backends[0].service"),
+        ("stale If-Match", Method::PUT, format!("{svc}/pay"), "application/json", json!({"spec": {"port": 82}}).to_string(), vec![("if-match", etag.as_str())], StatusCode::PRECONDITION_FAILED, "If-Match"),
+        ("If-Match on a missing resource", Method::PUT, format!("{svc}/nope"), "application/json", json!({"spec": {"port": 82}}).to_string(), vec![("if-match", "\"1\"")], StatusCode::PRECONDITION_FAILED, "If-Match"),
+        ("POST of an existing name", Method::POST, svc.clone(), "application/json", json!({"name": "pay", "spec": {"port": 80}}).to_string(), vec![], StatusCode::CONFLICT, "name"),
+        ("bad regex", Method::POST, format!("{M}/routes"), "application/json", json!({"name": "r", "spec": {"hostnames": ["a"], "rules": [{"matches": [{"path": {"type": "regex", "value": "a(b"}}], "backends": [{"service": "pay"}]}]}}).to_string(), vec![], StatusCode::UNPROCESSABLE_ENTITY, "spec.rules[0].matches[0].path.value"),
+        ("weights sum to 0", Method::POST, format!("{M}/routes"), "application/json", json!({"name": "r", "spec": {"hostnames": ["a"], "rules": [{"backends": [{"service": "pay", "weight": 0}]}]}}).to_string(), vec![], StatusCode::UNPROCESSABLE_ENTITY, "spec.rules[0].backends"),
+        ("bad duration", Method::POST, format!("{M}/routes"), "application/json", json!({"name": "r", "spec": {"hostnames": ["a"], "rules": [{"timeout": "soon", "backends": [{"service": "pay"}]}]}}).to_string(), vec![], StatusCode::UNPROCESSABLE_ENTITY, "spec.rules[0].timeout"),
+        ("bad header name", Method::POST, format!("{M}/routes"), "application/json", json!({"name": "r", "spec": {"hostnames": ["a"], "rules": [{"matches": [{"headers": [{"name": "x y", "value": "1"}]}], "backends": [{"service": "pay"}]}]}}).to_string(), vec![], StatusCode::UNPROCESSABLE_ENTITY, "spec.rules[0].matches[0].headers[0].name"),
+        ("unsupported media type", Method::POST, svc.clone(), "text/plain", "hello".into(), vec![], StatusCode::UNSUPPORTED_MEDIA_TYPE, ""),
+        ("missing mesh", Method::POST, "/v1/tenants/acme/meshes/nope/services".into(), "application/json", json!({"name": "x", "spec": {"port": 80}}).to_string(), vec![], StatusCode::NOT_FOUND, ""),
+        ("unknown kind", Method::POST, format!("{M}/widgets"), "application/json", json!({"name": "x", "spec": {}}).to_string(), vec![], StatusCode::NOT_FOUND, ""),
+        ("bad pageSize", Method::GET, format!("{svc}?pageSize=0"), "application/json", "".into(), vec![], StatusCode::BAD_REQUEST, "pageSize"),
+    ];
+    for (what, method, path, ct, body, headers, status, field) in cases {
+        let body = if body.is_empty() {
+            None
+        } else {
+            Some((ct, body.into_bytes()))
+        };
+        let r = api.call(method, &path, &key, body, &headers).await;
+        assert_eq!(r.status, status, "{what}: {}", r.body);
+        if !field.is_empty() {
+            let fields: Vec<&str> = r.body["errors"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|e| e["field"].as_str().unwrap())
+                .collect();
+            assert!(
+                fields.contains(&field),
+                "{what}: expected field {field}, got {fields:?}: {}",
+                r.body
+            );
+        }
+        assert!(
+            r.body["detail"].as_str().is_some_and(|d| !d.is_empty()),
+            "{what}"
+        );
+        assert_eq!(
+            api.fingerprint("acme").await,
+            before,
+            "{what}: the database changed"
+        );
+    }
+    // Two hostnames claimed by two routes of one mesh.
+    let ok = api.json(Method::POST, &format!("{M}/routes"), &key, json!({"name": "r1", "spec": {"hostnames": ["a"], "rules": [{"backends": [{"service": "pay"}]}]}})).await;
+    assert_eq!(ok.status, StatusCode::CREATED);
+    let before = api.fingerprint("acme").await;
+    let dup = api.json(Method::POST, &format!("{M}/routes"), &key, json!({"name": "r2", "spec": {"hostnames": ["b", "a"], "rules": [{"backends": [{"service": "pay"}]}]}})).await;
+    assert_eq!(dup.status, StatusCode::CONFLICT, "{}", dup.body);
+    assert_eq!(dup.body["errors"][0]["field"], "spec.hostnames[1]");
+    assert_eq!(api.fingerprint("acme").await, before);
+}
+both_backends!(bad_input_, bad_input);
+
+async fn concurrent_writers(b: Backend) {
+    let Some(api) = Api::new(b).await else { return };
+    let key = api.tenant("acme").await;
+    let r = api
+        .json(
+            Method::POST,
+            &format!("{M}/services"),
+            &key,
+            json!({"name": "pay", "spec": {"port": 80}}),
+        )
+        .await;
+    let mut etag = r.body["etag"].as_str().unwrap().to_string();
+    let api = std::sync::Arc::new(api);
+    for round in 0..5 {
+        let mut tasks = vec![];
+        for i in 0..2 {
+            let (api, key, etag) = (api.clone(), key.clone(), etag.clone());
+            tasks.push(tokio::spawn(async move {
+                let body = json!({"spec": {"port": 100 + round * 2 + i}})
+                    .to_string()
+                    .into_bytes();
+                api.call(
+                    Method::PUT,
+                    &format!("{M}/services/pay"),
+                    &key,
+                    Some(("application/json", body)),
+                    &[("if-match", &etag)],
+                )
+                .await
+            }));
+        }
+        let mut statuses = vec![];
+        for t in tasks {
+            let r = t.await.unwrap();
+            if r.status == StatusCode::OK {
+                etag = r.body["etag"].as_str().unwrap().to_string();
+            }
+            statuses.push(r.status);
+        }
+        statuses.sort();
+        assert_eq!(
+            statuses,
+            [StatusCode::OK, StatusCode::PRECONDITION_FAILED],
+            "round {round}"
+        );
+    }
+    let now = api.get(&format!("{M}/services/pay"), &key).await;
+    assert_eq!(now.body["etag"], json!(etag));
+}
+both_backends!(concurrent_writers_, concurrent_writers);

@@ -1,0 +1,66 @@
+# shellcheck shell=bash
+# Real xDS clients and gRPC backends for the proxyless end-to-end tests
+# (server/tests/proxyless.rs). Source this file, then call `install_test_peers`:
+#   - a Python virtual environment at target/test-env/venv with
+#     server/tests/peers/requirements.txt (grpcio and its built-in xDS client);
+#   - server/tests/peers/package.json and package-lock.json installed with `npm ci` into
+#     target/test-env/node (@grpc/grpc-js and @grpc/grpc-js-xds);
+#   - each is redone only when its pinned list changed (a stamp holds the list's checksum), so
+#     a second run takes well under a second;
+#   - installs python3-venv, nodejs and npm from Debian's packages when missing (as root only);
+#   - exports SWITCHBOARD_TEST_PYTHON (the venv's python), SWITCHBOARD_TEST_NODE_MODULES (the
+#     node_modules directory) and SWITCHBOARD_REQUIRE_PEERS=1 (the tests fail, rather than
+#     skip, without them).
+# Expects `set -euo pipefail` in the caller and to be run from the repository root.
+
+_peers_log() { printf '==> %s\n' "$*" >&2; }
+
+_peers_apt() {
+  if [ "$(id -u)" != 0 ]; then
+    echo "missing $* and this user cannot install it: apt-get install $*" >&2
+    exit 1
+  fi
+  _peers_log "installing $* from Debian's packages"
+  DEBIAN_FRONTEND=noninteractive apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$@" >/dev/null
+}
+
+_peers_sum() { cat "$@" | sha256sum | cut -d' ' -f1; }
+
+install_test_peers() {
+  local root=$PWD
+  local peers=$root/server/tests/peers
+  local envdir=$root/target/test-env
+  mkdir -p "$envdir"
+
+  # --- Python: grpcio ---------------------------------------------------------------------
+  command -v python3 >/dev/null || _peers_apt python3 python3-venv
+  local venv=$envdir/venv
+  local want
+  want="$(_peers_sum "$peers/requirements.txt") $(python3 -c 'import sys; print(sys.version.split()[0])')"
+  if [ ! -x "$venv/bin/python" ] || [ "$(cat "$venv/.peers-stamp" 2>/dev/null)" != "$want" ]; then
+    _peers_log "installing the Python test peers into $venv"
+    rm -rf "$venv"
+    python3 -m venv "$venv" 2>/dev/null || { _peers_apt python3-venv && python3 -m venv "$venv"; }
+    "$venv/bin/python" -m pip install -q --disable-pip-version-check -r "$peers/requirements.txt"
+    printf '%s\n' "$want" >"$venv/.peers-stamp"
+  fi
+
+  # --- Node: @grpc/grpc-js and @grpc/grpc-js-xds ------------------------------------------
+  command -v node >/dev/null && command -v npm >/dev/null || _peers_apt nodejs npm
+  local node=$envdir/node
+  want="$(_peers_sum "$peers/package.json" "$peers/package-lock.json") $(node --version)"
+  if [ ! -d "$node/node_modules" ] || [ "$(cat "$node/.peers-stamp" 2>/dev/null)" != "$want" ]; then
+    _peers_log "installing the Node test peers into $node"
+    rm -rf "$node"
+    mkdir -p "$node"
+    cp "$peers/package.json" "$peers/package-lock.json" "$node/"
+    (cd "$node" && npm ci --no-audit --no-fund --loglevel=error >/dev/null)
+    printf '%s\n' "$want" >"$node/.peers-stamp"
+  fi
+
+  export SWITCHBOARD_TEST_PYTHON=$venv/bin/python
+  export SWITCHBOARD_TEST_NODE_MODULES=$node/node_modules
+  export SWITCHBOARD_REQUIRE_PEERS=1
+  return 0
+}

@@ -1,0 +1,69 @@
+# shellcheck shell=bash
+# A throwaway PostgreSQL cluster for tests and benchmarks. Source this file, then call
+# `start_throwaway_pg`:
+#   - finds Debian's PostgreSQL binaries, installing the `postgresql` package when missing
+#     (only possible as root);
+#   - as root, runs the cluster as the postgres user (initdb refuses to run as root);
+#   - initialises and starts a cluster in a fresh temporary directory, listening on a free
+#     loopback port, with durability switched off (fsync, synchronous_commit, full_page_writes);
+#   - exports SWITCHBOARD_TEST_DATABASE_URL=postgres://postgres@127.0.0.1:<port>/postgres;
+#   - installs an EXIT trap (replacing any earlier one) that stops the cluster and removes it.
+# Expects `set -euo pipefail` in the caller, as scripts/test and scripts/bench have.
+
+_pg_log() { printf '==> %s\n' "$*" >&2; }
+
+# Kept global so that the EXIT trap still sees them after start_throwaway_pg returns.
+_pg_bin=""
+_pg_dir=""
+_pg_as=()
+
+_pg_find_bin() {
+  local d
+  for d in /usr/lib/postgresql/*/bin; do [ -x "$d/initdb" ] && _pg_bin=$d; done
+  return 0
+}
+
+# Stops and removes the cluster; the EXIT trap calls it, and calling it twice is harmless.
+stop_throwaway_pg() {
+  [ -n "$_pg_dir" ] || return 0
+  "${_pg_as[@]}" "$_pg_bin/pg_ctl" -D "$_pg_dir/data" -m immediate stop >/dev/null 2>&1 || true
+  rm -rf "$_pg_dir"
+  _pg_dir=""
+}
+
+start_throwaway_pg() {
+  _pg_find_bin
+  if [ -z "$_pg_bin" ]; then
+    _pg_log "installing PostgreSQL from Debian's packages"
+    if [ "$(id -u)" = 0 ]; then
+      DEBIAN_FRONTEND=noninteractive apt-get update -qq
+      DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null
+    else
+      echo "PostgreSQL is not installed and this user cannot install it: apt-get install postgresql" >&2
+      exit 1
+    fi
+    _pg_find_bin
+  fi
+
+  # initdb refuses to run as root: run the cluster as the postgres user (or ourselves).
+  _pg_as=()
+  if [ "$(id -u)" = 0 ]; then
+    id postgres >/dev/null 2>&1 || useradd --system --no-create-home postgres
+    _pg_as=(runuser -u postgres --)
+  fi
+  _pg_dir=$(mktemp -d "${TMPDIR:-/tmp}/switchboard-pg.XXXXXX")
+  chmod 755 "$_pg_dir"
+  if [ "$(id -u)" = 0 ]; then chown postgres "$_pg_dir"; fi
+  local port
+  port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+  trap stop_throwaway_pg EXIT
+  _pg_log "starting a throwaway PostgreSQL on 127.0.0.1:$port"
+  "${_pg_as[@]}" "$_pg_bin/initdb" -D "$_pg_dir/data" -A trust -U postgres -E UTF8 >"$_pg_dir/initdb.log" 2>&1 \
+    || { cat "$_pg_dir/initdb.log" >&2; exit 1; }
+  "${_pg_as[@]}" "$_pg_bin/pg_ctl" -D "$_pg_dir/data" -l "$_pg_dir/pg.log" -w -t 60 \
+    -o "-p $port -k $_pg_dir -c listen_addresses=127.0.0.1 -c max_connections=500 -c fsync=off -c synchronous_commit=off -c full_page_writes=off" \
+    start >/dev/null || { cat "$_pg_dir/pg.log" >&2; exit 1; }
+
+  export SWITCHBOARD_TEST_DATABASE_URL="postgres://postgres@127.0.0.1:$port/postgres"
+  return 0
+}

@@ -1,0 +1,640 @@
+//! Tests of the built `switchboard` binary over real sockets: the README walkthrough on the
+//! embedded default, configuration errors, and two replicas sharing one PostgreSQL.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use serde_json::{Value, json};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+const BIN: &str = env!("CARGO_BIN_EXE_switchboard");
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A running `switchboard serve`, killed on drop.
+struct Server {
+    child: Child,
+    rest: String,
+    admin: String,
+    xds: String,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+async fn start(dir: &std::path::Path, extra: &[&str]) -> Server {
+    let (rest, xds, admin) = (free_port(), free_port(), free_port());
+    let mut cmd = Command::new(BIN);
+    cmd.current_dir(dir)
+        .args([
+            "serve",
+            "--rest-addr",
+            &format!("127.0.0.1:{rest}"),
+            "--xds-addr",
+            &format!("127.0.0.1:{xds}"),
+        ])
+        .args(["--admin-addr", &format!("127.0.0.1:{admin}")])
+        .args(extra)
+        .env_remove("SWITCHBOARD_DATABASE_URL")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null());
+    let child = cmd.spawn().unwrap();
+    let server = Server {
+        child,
+        rest: format!("http://127.0.0.1:{rest}"),
+        admin: format!("http://127.0.0.1:{admin}"),
+        xds: format!("http://127.0.0.1:{xds}"),
+    };
+    let client = reqwest::Client::new();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Ok(r) = client.get(format!("{}/readyz", server.admin)).send().await
+            && r.status() == 200
+        {
+            return server;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "switchboard did not become ready"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+async fn call(
+    c: &reqwest::Client,
+    method: reqwest::Method,
+    url: &str,
+    token: &str,
+    body: Option<Value>,
+    if_match: Option<&str>,
+) -> (u16, Value) {
+    let mut req = c.request(method, url).bearer_auth(token);
+    if let Some(b) = body {
+        req = req.json(&b);
+    }
+    if let Some(tag) = if_match {
+        req = req.header("if-match", tag);
+    }
+    let resp = req.send().await.unwrap();
+    let status = resp.status().as_u16();
+    let text = resp.text().await.unwrap();
+    (status, serde_json::from_str(&text).unwrap_or(Value::Null))
+}
+
+#[tokio::test]
+async fn readme_walkthrough_on_the_embedded_default() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut server = start(dir.path(), &[]).await;
+    // The generated admin token: printed once, and kept in ./data/admin-token with mode 0600.
+    let token_file = dir.path().join("data/admin-token");
+    let admin = std::fs::read_to_string(&token_file)
+        .unwrap()
+        .trim()
+        .to_string();
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        assert_eq!(
+            std::fs::metadata(&token_file).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
+    }
+    assert!(dir.path().join("data/switchboard.db").exists());
+    let c = reqwest::Client::new();
+    let v1 = format!("{}/v1", server.rest);
+    use reqwest::Method as M;
+    let (s, _) = call(
+        &c,
+        M::POST,
+        &format!("{v1}/tenants"),
+        &admin,
+        Some(json!({"name": "acme"})),
+        None,
+    )
+    .await;
+    assert_eq!(s, 201);
+    let (s, key) = call(
+        &c,
+        M::POST,
+        &format!("{v1}/tenants/acme/api-keys"),
+        &admin,
+        Some(json!({"description": "walkthrough"})),
+        None,
+    )
+    .await;
+    assert_eq!(s, 201);
+    let key = key["secret"].as_str().unwrap().to_string();
+    let m = format!("{v1}/tenants/acme/meshes/prod");
+    assert_eq!(
+        call(&c, M::PUT, &m, &key, Some(json!({"spec": {}})), None)
+            .await
+            .0,
+        200
+    );
+    let (s, _) = call(
+        &c,
+        M::PUT,
+        &format!("{m}/services/payments"),
+        &key,
+        Some(json!({"spec": {"protocol": "grpc", "port": 8080}})),
+        None,
+    )
+    .await;
+    assert_eq!(s, 200);
+    for (n, addr) in [("payments-1", "10.0.0.1"), ("payments-2", "10.0.0.2")] {
+        let body = json!({"spec": {"service": "payments", "address": addr, "port": 8080}});
+        assert_eq!(
+            call(
+                &c,
+                M::PUT,
+                &format!("{m}/endpoints/{n}"),
+                &key,
+                Some(body),
+                None
+            )
+            .await
+            .0,
+            200
+        );
+    }
+    let route = json!({"spec": {"hostnames": ["payments:8080"], "rules": [{"backends": [{"service": "payments"}], "timeout": "2s"}]}});
+    assert_eq!(
+        call(
+            &c,
+            M::PUT,
+            &format!("{m}/routes/payments"),
+            &key,
+            Some(route),
+            None
+        )
+        .await
+        .0,
+        200
+    );
+    let (s, eps) = call(&c, M::GET, &format!("{m}/endpoints"), &key, None, None).await;
+    assert_eq!(s, 200);
+    assert_eq!(eps["items"].as_array().unwrap().len(), 2);
+    let (_, r) = call(
+        &c,
+        M::GET,
+        &format!("{m}/routes/payments"),
+        &key,
+        None,
+        None,
+    )
+    .await;
+    let etag = r["etag"].as_str().unwrap().to_string();
+    let mut spec = r["spec"].clone();
+    spec["rules"][0]["timeout"] = json!("5s");
+    let (s, updated) = call(
+        &c,
+        M::PUT,
+        &format!("{m}/routes/payments"),
+        &key,
+        Some(json!({"spec": spec})),
+        Some(&etag),
+    )
+    .await;
+    assert_eq!(s, 200);
+    assert_eq!(updated["spec"]["rules"][0]["timeout"], "5s");
+    let (s, _) = call(
+        &c,
+        M::PUT,
+        &format!("{m}/routes/payments"),
+        &key,
+        Some(json!({"spec": spec})),
+        Some(&etag),
+    )
+    .await;
+    assert_eq!(s, 412, "the old etag is stale");
+    // Observability.
+    let metrics = c
+        .get(format!("{}/metrics", server.admin))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("switchboard_http_requests_total"),
+        "{metrics}"
+    );
+    assert!(metrics.contains("switchboard_store_seconds"), "{metrics}");
+    assert_eq!(
+        c.get(format!("{}/healthz", server.admin))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    // Restarted, it keeps its data and its token (and doesn't print a new one).
+    drop(server);
+    server = start(dir.path(), &[]).await;
+    let (s, r) = call(
+        &c,
+        M::GET,
+        &format!(
+            "{}/v1/tenants/acme/meshes/prod/routes/payments",
+            server.rest
+        ),
+        &key,
+        None,
+        None,
+    )
+    .await;
+    assert_eq!(s, 200);
+    assert_eq!(r["spec"]["rules"][0]["timeout"], "5s");
+    assert_eq!(std::fs::read_to_string(&token_file).unwrap().trim(), admin);
+}
+
+#[test]
+fn bad_configuration_names_the_setting() {
+    let dir = tempfile::tempdir().unwrap();
+    for (args, env, setting) in [
+        (vec!["serve", "--rest-addr", "nope"], vec![], "rest_addr"),
+        (
+            vec!["serve"],
+            vec![("SWITCHBOARD_LOG_FORMAT", "xml")],
+            "log_format",
+        ),
+        (
+            vec!["serve", "--database-url", "mysql://x"],
+            vec![],
+            "database_url",
+        ),
+        (
+            vec!["serve", "--admin-token", "short"],
+            vec![],
+            "admin_token",
+        ),
+    ] {
+        let out = Command::new(BIN)
+            .current_dir(dir.path())
+            .args(&args)
+            .envs(env)
+            .output()
+            .unwrap();
+        assert!(!out.status.success(), "{args:?}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(setting), "{args:?}: {err}");
+    }
+    std::fs::write(
+        dir.path().join("switchboard.toml"),
+        "rest_adr = \"127.0.0.1:1\"\n",
+    )
+    .unwrap();
+    let out = Command::new(BIN)
+        .current_dir(dir.path())
+        .arg("serve")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("rest_adr"));
+    let help = Command::new(BIN)
+        .args(["serve", "--help"])
+        .output()
+        .unwrap();
+    let help = String::from_utf8_lossy(&help.stdout);
+    for s in [
+        "rest_addr",
+        "xds_addr",
+        "admin_addr",
+        "database_url",
+        "data_dir",
+        "admin_token",
+        "log_format",
+        "log_level",
+        "--config",
+    ] {
+        assert!(help.contains(s), "serve --help does not document {s}");
+    }
+}
+
+#[tokio::test]
+async fn two_replicas_share_one_postgres() {
+    let Some(db) = switchboard_store::testing::fresh(switchboard_store::Backend::Postgres).await
+    else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let token = "replica-test-admin-token";
+    let flags = ["--database-url", db.url.as_str(), "--admin-token", token];
+    let a = start(dir.path(), &flags).await;
+    let b = start(dir.path(), &flags).await;
+    let c = reqwest::Client::new();
+    use reqwest::Method as M;
+    assert_eq!(
+        call(
+            &c,
+            M::POST,
+            &format!("{}/v1/tenants", a.rest),
+            token,
+            Some(json!({"name": "acme"})),
+            None
+        )
+        .await
+        .0,
+        201
+    );
+    assert_eq!(
+        call(
+            &c,
+            M::PUT,
+            &format!("{}/v1/tenants/acme/meshes/prod", a.rest),
+            token,
+            Some(json!({"spec": {}})),
+            None
+        )
+        .await
+        .0,
+        200
+    );
+    for i in 0..3 {
+        let (_, t) = call(
+            &c,
+            M::GET,
+            &format!("{}/v1/tenants/acme", b.rest),
+            token,
+            None,
+            None,
+        )
+        .await;
+        let since = t["revision"].as_i64().unwrap();
+        // B long-polls for the next change; A writes; B must hear of it within 1 s.
+        let watch = {
+            let (c, url) = (
+                c.clone(),
+                format!("{}/v1/tenants/acme/changes?since={since}&wait=10s", b.rest),
+            );
+            tokio::spawn(async move {
+                let resp = c.get(url).bearer_auth(token).send().await.unwrap();
+                (Instant::now(), resp.json::<Value>().await.unwrap())
+            })
+        };
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let name = format!("svc-{i}");
+        let written = Instant::now();
+        let (s, _) = call(
+            &c,
+            M::PUT,
+            &format!("{}/v1/tenants/acme/meshes/prod/services/{name}", a.rest),
+            token,
+            Some(json!({"spec": {"port": 80}})),
+            None,
+        )
+        .await;
+        assert_eq!(s, 200);
+        let (heard, changes) = watch.await.unwrap();
+        let lag = heard.saturating_duration_since(written);
+        assert!(
+            lag < Duration::from_secs(1),
+            "replica B heard of the write after {lag:?}"
+        );
+        assert_eq!(changes["changes"][0]["name"], json!(name), "{changes}");
+        let (s, got) = call(
+            &c,
+            M::GET,
+            &format!("{}/v1/tenants/acme/meshes/prod/services/{name}", b.rest),
+            token,
+            None,
+            None,
+        )
+        .await;
+        assert_eq!(s, 200);
+        assert_eq!(got["spec"]["port"], 80);
+    }
+}
+
+/// Polls `GET …/proxies` on `rest` until `pred` holds for the node's streams (status is
+/// written every 250 ms), or fails after 5 s.
+async fn wait_proxy(
+    c: &reqwest::Client,
+    rest: &str,
+    token: &str,
+    node: &str,
+    pred: impl Fn(&Value) -> bool,
+) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let (s, body) = call(
+            c,
+            reqwest::Method::GET,
+            &format!("{rest}/v1/tenants/acme/meshes/prod/proxies/{node}"),
+            token,
+            None,
+            None,
+        )
+        .await;
+        if s == 200 && pred(&body) {
+            return body;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "proxy status never matched: {s} {body}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+fn cds_type(body: &Value) -> Option<&Value> {
+    body["streams"][0]["types"]
+        .as_array()?
+        .iter()
+        .find(|t| t["type"] == "CDS")
+}
+
+#[tokio::test]
+async fn xds_clients_of_one_replica_follow_writes_through_another() {
+    use switchboard_xds_proto::type_url::CLUSTER;
+    use switchboard_xds_server::testing::{AdsClient, node};
+    let Some(db) = switchboard_store::testing::fresh(switchboard_store::Backend::Postgres).await
+    else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let token = "replica-test-admin-token";
+    let flags = ["--database-url", db.url.as_str(), "--admin-token", token];
+    let a = start(dir.path(), &flags).await;
+    let b = start(dir.path(), &flags).await;
+    let c = reqwest::Client::new();
+    use reqwest::Method as M;
+    let m = format!("{}/v1/tenants/acme/meshes/prod", a.rest);
+    assert_eq!(
+        call(
+            &c,
+            M::POST,
+            &format!("{}/v1/tenants", a.rest),
+            token,
+            Some(json!({"name": "acme"})),
+            None
+        )
+        .await
+        .0,
+        201
+    );
+    assert_eq!(
+        call(&c, M::PUT, &m, token, Some(json!({"spec": {}})), None)
+            .await
+            .0,
+        200
+    );
+    assert_eq!(
+        call(
+            &c,
+            M::PUT,
+            &format!("{m}/services/pay"),
+            token,
+            Some(json!({"spec": {"port": 8080, "protocol": "grpc"}})),
+            None
+        )
+        .await
+        .0,
+        200
+    );
+    let (s, pt) = call(
+        &c,
+        M::POST,
+        &format!("{}/v1/tenants/acme/proxy-tokens", a.rest),
+        token,
+        Some(json!({"mesh": "prod"})),
+        None,
+    )
+    .await;
+    assert_eq!(s, 201);
+    let proxy_token = pt["secret"].as_str().unwrap().to_string();
+
+    // A client on replica B, subscribed to every cluster.
+    let mut client = AdsClient::connect(&b.xds, node("acme", "prod", "n1"), Some(&proxy_token))
+        .await
+        .unwrap();
+    client.subscribe(CLUSTER, &[]).await.unwrap();
+    let first = client.recv_and_ack(&[]).await.unwrap();
+    assert_eq!(first.resources.len(), 1);
+
+    for i in 0..5 {
+        let name = format!("svc-{i}");
+        let written = Instant::now();
+        let (s, w) = call(
+            &c,
+            M::PUT,
+            &format!("{m}/services/{name}"),
+            token,
+            Some(json!({"spec": {"port": 8080}})),
+            None,
+        )
+        .await;
+        assert_eq!(s, 200);
+        let revision = w["revision"].as_i64().unwrap();
+        let resp = client.recv().await.unwrap();
+        client.ack(&resp, &[]).await.unwrap();
+        let lag = written.elapsed();
+        assert_eq!(
+            resp.resources.len(),
+            2 + i,
+            "the full CDS state, with the new cluster"
+        );
+        assert!(
+            lag < Duration::from_secs(1),
+            "replica B's client ACKed revision {revision} {lag:?} after the write through A"
+        );
+        // Both replicas report the ACK of that revision.
+        for rest in [&a.rest, &b.rest] {
+            wait_proxy(&c, rest, token, "n1", |body| {
+                cds_type(body).is_some_and(|t| t["acked"]["revision"].as_i64() >= Some(revision))
+            })
+            .await;
+        }
+    }
+
+    // What the proxy is being sent, from the replica that holds its stream and from the other.
+    for rest in [&a.rest, &b.rest] {
+        let (s, cfg) = call(
+            &c,
+            M::GET,
+            &format!("{rest}/v1/tenants/acme/meshes/prod/proxies/n1/config"),
+            token,
+            None,
+            None,
+        )
+        .await;
+        assert_eq!(s, 200, "{cfg}");
+        let cds = cfg["types"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|t| t["type"] == "CDS")
+            .unwrap();
+        let names: Vec<&str> = cds["resources"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| r["name"].as_str().unwrap())
+            .collect();
+        assert!(
+            names.contains(&"pay") && names.contains(&"svc-4"),
+            "{names:?}"
+        );
+        assert_eq!(cds["resources"][0]["@type"], CLUSTER);
+    }
+
+    // A NACK is visible through the REST API of either replica.
+    call(
+        &c,
+        M::PUT,
+        &format!("{m}/services/rejected"),
+        token,
+        Some(json!({"spec": {"port": 8080}})),
+        None,
+    )
+    .await;
+    let resp = client.recv().await.unwrap();
+    client
+        .nack(&resp, &[], &first.version_info, "cluster rejected: test")
+        .await
+        .unwrap();
+    for rest in [&a.rest, &b.rest] {
+        let body = wait_proxy(&c, rest, token, "n1", |body| {
+            cds_type(body).is_some_and(|t| t["state"] == "NACKED")
+        })
+        .await;
+        assert_eq!(
+            cds_type(&body).unwrap()["nack"]["error"],
+            "cluster rejected: test"
+        );
+    }
+    // Gone when the stream ends.
+    drop(client);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let (s, _) = call(
+            &c,
+            M::GET,
+            &format!("{}/v1/tenants/acme/meshes/prod/proxies/n1", a.rest),
+            token,
+            None,
+            None,
+        )
+        .await;
+        if s == 404 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the ended stream is still listed"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}

@@ -1,0 +1,148 @@
+//! The change log and commit notices.
+
+use crate::{Change, ChangeOp, Store, StoreError};
+use sqlx::Row;
+use sqlx::postgres::PgListener;
+use std::time::Duration;
+use switchboard_model::Kind;
+
+/// Announced after a commit.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Notice {
+    /// `tenant` committed `revision`.
+    Committed { tenant: String, revision: i64 },
+    /// Notices may have been lost (the PostgreSQL listener reconnected): re-check revisions.
+    Resync,
+}
+
+pub(crate) fn encode_notice(tenant: &str, revision: i64) -> String {
+    format!("{tenant}:{revision}")
+}
+
+fn decode_notice(payload: &str) -> Option<Notice> {
+    let (tenant, rev) = payload.rsplit_once(':')?;
+    Some(Notice::Committed {
+        tenant: tenant.into(),
+        revision: rev.parse().ok()?,
+    })
+}
+
+/// Listens on PostgreSQL and forwards notices; reconnects with backoff, then says `Resync`.
+pub(crate) fn spawn_pg_listener(store: Store) {
+    let weak = std::sync::Arc::downgrade(&store.inner);
+    let url = store.url().to_string();
+    let tx = store.notices().clone();
+    drop(store);
+    tokio::spawn(async move {
+        let mut backoff = Duration::from_millis(100);
+        let mut first = true;
+        loop {
+            if weak.strong_count() == 0 {
+                return;
+            }
+            let listener = async {
+                let mut l = PgListener::connect(&url).await?;
+                l.listen(crate::NOTIFY_CHANNEL).await?;
+                Ok::<_, sqlx::Error>(l)
+            }
+            .await;
+            let mut listener = match listener {
+                Ok(l) => l,
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot listen for store changes; retrying (hint: is PostgreSQL reachable?)");
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(5));
+                    continue;
+                }
+            };
+            backoff = Duration::from_millis(100);
+            if !first {
+                let _ = tx.send(Notice::Resync);
+            }
+            first = false;
+            loop {
+                // Poll with a timeout so the task ends soon after the last Store handle drops.
+                match tokio::time::timeout(Duration::from_secs(1), listener.try_recv()).await {
+                    Err(_) => {
+                        if weak.strong_count() == 0 {
+                            return;
+                        }
+                    }
+                    Ok(Ok(Some(n))) => match decode_notice(n.payload()) {
+                        Some(notice) => {
+                            let _ = tx.send(notice);
+                        }
+                        None => tracing::warn!(
+                            payload = n.payload(),
+                            "ignoring malformed change notice"
+                        ),
+                    },
+                    // The connection was lost: notices may be gone.
+                    Ok(Ok(None)) => {
+                        let _ = tx.send(Notice::Resync);
+                    }
+                    Ok(Err(e)) => {
+                        tracing::warn!(error = %e, "store change listener failed; reconnecting");
+                        break;
+                    }
+                }
+            }
+        }
+    });
+}
+
+impl Store {
+    /// What the tenant's revisions after `since` changed, oldest first (at most `limit`).
+    pub async fn changes_since(
+        &self,
+        tenant: &str,
+        since: i64,
+        limit: u32,
+    ) -> Result<Vec<Change>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT revision, mesh, kind, name, op, time FROM changes WHERE tenant = $1 AND revision > $2 \
+             ORDER BY revision, mesh, kind, name LIMIT $3",
+        )
+        .bind(tenant)
+        .bind(since)
+        .bind(i64::from(limit))
+        .fetch_all(self.pool())
+        .await?;
+        rows.iter()
+            .map(|r| {
+                let kind: String = r.try_get("kind")?;
+                let op: String = r.try_get("op")?;
+                Ok(Change {
+                    revision: r.try_get("revision")?,
+                    mesh: r.try_get("mesh")?,
+                    kind: Kind::from_plural(&kind)
+                        .ok_or_else(|| StoreError::Corrupt(format!("kind {kind:?}")))?,
+                    name: r.try_get("name")?,
+                    op: if op == "delete" {
+                        ChangeOp::Delete
+                    } else {
+                        ChangeOp::Put
+                    },
+                    time: r.try_get("time")?,
+                })
+            })
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn notice_roundtrip() {
+        assert_eq!(
+            decode_notice(&encode_notice("acme", 42)),
+            Some(Notice::Committed {
+                tenant: "acme".into(),
+                revision: 42
+            })
+        );
+        assert_eq!(decode_notice("garbage"), None);
+    }
+}

@@ -1,0 +1,170 @@
+//! API keys and proxy tokens. The secret is shown once at creation; only its SHA-256 is
+//! stored. Secrets carry 256 random bits, so a fast hash is the right one (there is nothing to
+//! brute-force), and lookups stay one indexed query.
+
+use crate::{Store, StoreError, now_ms};
+use base64::Engine;
+use rand::RngCore;
+use sha2::{Digest, Sha256};
+use sqlx::Row;
+use sqlx::any::AnyRow;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CredentialKind {
+    /// For the REST API.
+    ApiKey,
+    /// For xDS streams.
+    ProxyToken,
+}
+
+impl CredentialKind {
+    fn as_str(self) -> &'static str {
+        match self {
+            CredentialKind::ApiKey => "api-key",
+            CredentialKind::ProxyToken => "proxy-token",
+        }
+    }
+    fn prefix(self) -> &'static str {
+        match self {
+            CredentialKind::ApiKey => "sbk_",
+            CredentialKind::ProxyToken => "sbp_",
+        }
+    }
+    fn parse(s: &str) -> Option<Self> {
+        match s {
+            "api-key" => Some(CredentialKind::ApiKey),
+            "proxy-token" => Some(CredentialKind::ProxyToken),
+            _ => None,
+        }
+    }
+}
+
+/// A credential's public record (never the secret).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Credential {
+    pub id: String,
+    pub tenant: String,
+    pub kind: CredentialKind,
+    /// Proxy tokens may be limited to one mesh.
+    pub mesh: Option<String>,
+    pub description: String,
+    pub create_time: i64,
+}
+
+/// A credential just created, with its secret (shown once).
+#[derive(Debug, Clone)]
+pub struct NewCredential {
+    pub credential: Credential,
+    pub secret: String,
+}
+
+/// The stored form of a secret.
+pub fn hash_secret(secret: &str) -> String {
+    hex::encode(Sha256::digest(secret.as_bytes()))
+}
+
+fn row_to_credential(r: &AnyRow) -> Result<Credential, StoreError> {
+    let kind: String = r.try_get("kind")?;
+    Ok(Credential {
+        id: r.try_get("id")?,
+        tenant: r.try_get("tenant")?,
+        kind: CredentialKind::parse(&kind)
+            .ok_or_else(|| StoreError::Corrupt(format!("credential kind {kind:?}")))?,
+        mesh: r.try_get("mesh")?,
+        description: r.try_get("description")?,
+        create_time: r.try_get("create_time")?,
+    })
+}
+
+const CRED_COLS: &str = "id, tenant, kind, mesh, description, create_time";
+
+impl Store {
+    pub async fn create_credential(
+        &self,
+        tenant: &str,
+        kind: CredentialKind,
+        mesh: Option<&str>,
+        description: &str,
+    ) -> Result<NewCredential, StoreError> {
+        self.get_tenant(tenant).await?;
+        let mut raw = [0u8; 32];
+        rand::rng().fill_bytes(&mut raw);
+        let secret = format!(
+            "{}{}",
+            kind.prefix(),
+            base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(raw)
+        );
+        let mut idb = [0u8; 8];
+        rand::rng().fill_bytes(&mut idb);
+        let credential = Credential {
+            id: hex::encode(idb),
+            tenant: tenant.into(),
+            kind,
+            mesh: mesh.map(str::to_string),
+            description: description.into(),
+            create_time: now_ms(),
+        };
+        sqlx::query(&format!(
+            "INSERT INTO credentials ({CRED_COLS}, hash) VALUES ($1, $2, $3, $4, $5, $6, $7)"
+        ))
+        .bind(&credential.id)
+        .bind(tenant)
+        .bind(kind.as_str())
+        .bind(mesh)
+        .bind(description)
+        .bind(credential.create_time)
+        .bind(hash_secret(&secret))
+        .execute(self.pool())
+        .await?;
+        Ok(NewCredential { credential, secret })
+    }
+
+    pub async fn list_credentials(
+        &self,
+        tenant: &str,
+        kind: CredentialKind,
+    ) -> Result<Vec<Credential>, StoreError> {
+        let rows = sqlx::query(&format!(
+            "SELECT {CRED_COLS} FROM credentials WHERE tenant = $1 AND kind = $2 ORDER BY create_time, id"
+        ))
+        .bind(tenant)
+        .bind(kind.as_str())
+        .fetch_all(self.pool())
+        .await?;
+        rows.iter().map(row_to_credential).collect()
+    }
+
+    pub async fn revoke_credential(
+        &self,
+        tenant: &str,
+        kind: CredentialKind,
+        id: &str,
+    ) -> Result<(), StoreError> {
+        let row = sqlx::query(
+            "DELETE FROM credentials WHERE tenant = $1 AND kind = $2 AND id = $3 RETURNING id",
+        )
+        .bind(tenant)
+        .bind(kind.as_str())
+        .bind(id)
+        .fetch_optional(self.pool())
+        .await?;
+        match row {
+            Some(_) => Ok(()),
+            None => Err(StoreError::NotFound {
+                what: kind.as_str(),
+                name: id.into(),
+            }),
+        }
+    }
+
+    /// Finds the credential a presented secret belongs to.
+    pub async fn authenticate(&self, secret: &str) -> Result<Option<Credential>, StoreError> {
+        let row = sqlx::query(&format!(
+            "SELECT {CRED_COLS} FROM credentials WHERE hash = $1"
+        ))
+        .bind(hash_secret(secret))
+        .fetch_optional(self.pool())
+        .await?;
+        row.as_ref().map(row_to_credential).transpose()
+    }
+}

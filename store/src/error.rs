@@ -1,0 +1,55 @@
+use switchboard_model::Kind;
+
+/// A resource that refers to one being deleted.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Referrer {
+    pub kind: Kind,
+    pub name: String,
+    pub field: String,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("{what} {name:?} not found")]
+    NotFound { what: &'static str, name: String },
+    #[error("{what} {name:?} already exists")]
+    AlreadyExists { what: &'static str, name: String },
+    /// The caller's `If-Match` etag is not the current one (`current` is None if the resource
+    /// doesn't exist).
+    #[error("precondition failed: the resource's etag is {}", current.as_deref().unwrap_or("none (it does not exist)"))]
+    PreconditionFailed { current: Option<String> },
+    #[error("{field}: {kind} {name:?} does not exist in this mesh")]
+    DanglingReference {
+        field: String,
+        kind: Kind,
+        name: String,
+    },
+    #[error("{kind} {name:?} is referred to by {}", describe(.by))]
+    Referenced {
+        kind: Kind,
+        name: String,
+        by: Vec<Referrer>,
+    },
+    #[error("{field}: {what} {value:?} is already claimed by route {owner:?}")]
+    Claimed {
+        field: String,
+        what: &'static str,
+        value: String,
+        owner: String,
+    },
+    #[error("configuration: {0}")]
+    Config(String),
+    #[error("database error: {0}")]
+    Database(#[from] sqlx::Error),
+    #[error("migration failed: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    #[error("stored data is corrupt: {0}")]
+    Corrupt(String),
+}
+
+fn describe(by: &[Referrer]) -> String {
+    by.iter()
+        .map(|r| format!("{} {:?} ({})", r.kind, r.name, r.field))
+        .collect::<Vec<_>>()
+        .join(", ")
+}

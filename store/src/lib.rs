@@ -1,0 +1,194 @@
+//! The mesh configuration store.
+//!
+//! One portable schema (`migrations/`) on PostgreSQL or on embedded SQLite, reached through
+//! sqlx's Any driver so every query is written once. Invariants:
+//! - every write is one transaction that first bumps the tenant's revision (which also
+//!   serializes writers of a tenant) and stamps what it writes with the new revision;
+//! - references and claims are checked inside that transaction, so no dangling reference or
+//!   double claim can be committed;
+//! - each write records what it changed in `changes`, and announces `(tenant, revision)`
+//!   after commit: through LISTEN/NOTIFY on PostgreSQL (reaching every replica), in process
+//!   on SQLite.
+
+mod changes;
+mod credentials;
+mod error;
+mod proxies;
+mod resources;
+mod tenants;
+mod types;
+
+#[cfg(feature = "testing")]
+pub mod testing;
+
+pub use changes::Notice;
+pub use credentials::{Credential, CredentialKind, NewCredential};
+pub use error::{Referrer, StoreError};
+pub use proxies::{PROXY_STALE_MS, ProxyRow};
+pub use resources::{Page, Precondition, WriteOptions};
+pub use types::{Change, ChangeOp, MeshSnapshot, ResourceKey, StoredResource, Tenant};
+
+use sqlx::any::{AnyPoolOptions, install_default_drivers};
+use sqlx::{AnyPool, Executor};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::broadcast;
+
+/// The channel on which PostgreSQL replicas announce commits.
+pub const NOTIFY_CHANNEL: &str = "switchboard_changes";
+
+static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations");
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Postgres,
+    Sqlite,
+}
+
+/// A handle to the store; cheap to clone.
+#[derive(Clone)]
+pub struct Store {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    pool: AnyPool,
+    backend: Backend,
+    url: String,
+    notices: broadcast::Sender<Notice>,
+    /// SQLite allows one writer at a time; queueing writers here, in order, beats SQLite's
+    /// busy handler, which sleeps in growing steps (tens of ms) while a lock is held.
+    sqlite_writer: Arc<tokio::sync::Mutex<()>>,
+}
+
+impl Store {
+    /// Connects to `url` (`postgres://…` or `sqlite://path`), without migrating.
+    pub async fn connect(url: &str) -> Result<Store, StoreError> {
+        install_default_drivers();
+        let backend = if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            Backend::Postgres
+        } else if url.starts_with("sqlite:") {
+            Backend::Sqlite
+        } else {
+            return Err(StoreError::Config(format!(
+                "database_url must start with postgres:// or sqlite:, got {:?}",
+                redact(url)
+            )));
+        };
+        let mut opts = AnyPoolOptions::new().acquire_timeout(Duration::from_secs(10));
+        opts = match backend {
+            Backend::Postgres => opts.max_connections(16),
+            Backend::Sqlite => opts.max_connections(8).after_connect(|conn, _| {
+                Box::pin(async move {
+                    // WAL lets readers run beside the single writer; busy_timeout makes a second
+                    // writer wait for the first instead of failing at once.
+                    conn.execute("PRAGMA journal_mode = WAL").await?;
+                    conn.execute("PRAGMA busy_timeout = 10000").await?;
+                    conn.execute("PRAGMA synchronous = NORMAL").await?;
+                    Ok(())
+                })
+            }),
+        };
+        let pool = opts.connect(url).await?;
+        let (notices, _) = broadcast::channel(1024);
+        let store = Store {
+            inner: Arc::new(Inner {
+                pool,
+                backend,
+                url: url.to_string(),
+                notices,
+                sqlite_writer: Arc::new(tokio::sync::Mutex::new(())),
+            }),
+        };
+        if backend == Backend::Postgres {
+            changes::spawn_pg_listener(store.clone());
+        }
+        Ok(store)
+    }
+
+    /// Connects and applies pending migrations.
+    pub async fn open(url: &str) -> Result<Store, StoreError> {
+        let store = Store::connect(url).await?;
+        store.migrate().await?;
+        Ok(store)
+    }
+
+    /// Applies pending migrations from `migrations/` (embedded at build time).
+    pub async fn migrate(&self) -> Result<(), StoreError> {
+        MIGRATOR.run(&self.inner.pool).await?;
+        Ok(())
+    }
+
+    pub fn backend(&self) -> Backend {
+        self.inner.backend
+    }
+
+    /// Answers while the database does; `/readyz` uses it.
+    pub async fn ping(&self) -> Result<(), StoreError> {
+        sqlx::query("SELECT name FROM tenants WHERE name = ''")
+            .fetch_optional(&self.inner.pool)
+            .await?;
+        Ok(())
+    }
+
+    /// Commit notices of every tenant. A `Notice::Resync` means notices may have been missed
+    /// (the PostgreSQL listener reconnected): re-read the revisions you care about.
+    pub fn subscribe(&self) -> broadcast::Receiver<Notice> {
+        self.inner.notices.subscribe()
+    }
+
+    pub(crate) fn pool(&self) -> &AnyPool {
+        &self.inner.pool
+    }
+
+    pub(crate) fn url(&self) -> &str {
+        &self.inner.url
+    }
+
+    /// On SQLite, the turn to write (held until the transaction ends); nothing on PostgreSQL.
+    pub(crate) async fn write_turn(&self) -> Option<tokio::sync::OwnedMutexGuard<()>> {
+        match self.inner.backend {
+            Backend::Sqlite => Some(Arc::clone(&self.inner.sqlite_writer).lock_owned().await),
+            Backend::Postgres => None,
+        }
+    }
+
+    pub(crate) fn notices(&self) -> &broadcast::Sender<Notice> {
+        &self.inner.notices
+    }
+}
+
+/// A database URL with any password removed, for messages and logs.
+pub fn redact(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(s), Some(at)) if at > s => {
+            let userinfo = &url[s + 3..at];
+            let user = userinfo.split(':').next().unwrap_or("");
+            format!("{}://{}:***@{}", &url[..s], user, &url[at + 1..])
+        }
+        _ => url.to_string(),
+    }
+}
+
+pub(crate) fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+/// Times a store operation into `switchboard_store_seconds{op}`.
+pub(crate) struct Timer(&'static str, std::time::Instant);
+
+impl Timer {
+    pub fn start(op: &'static str) -> Self {
+        Timer(op, std::time::Instant::now())
+    }
+}
+
+impl Drop for Timer {
+    fn drop(&mut self) {
+        metrics::histogram!("switchboard_store_seconds", "op" => self.0)
+            .record(self.1.elapsed().as_secs_f64());
+    }
+}

@@ -1,0 +1,537 @@
+//! Mesh and in-mesh resources: the transactional write path and reads.
+
+use crate::types::etag;
+use crate::{
+    Backend, ChangeOp, MeshSnapshot, Referrer, ResourceKey, Store, StoreError, StoredResource,
+    Timer, now_ms,
+};
+use sqlx::any::AnyRow;
+use sqlx::{Any, Row, Transaction};
+use switchboard_model::{Claim, Kind, Reference};
+
+/// Optimistic concurrency for a write.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum Precondition {
+    /// Create or replace.
+    #[default]
+    None,
+    /// The resource must exist with this etag (`If-Match`).
+    IfMatch(String),
+    /// The resource must not exist yet (POST to a collection).
+    Create,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct WriteOptions {
+    pub precondition: Precondition,
+    /// Check everything, then roll back.
+    pub dry_run: bool,
+}
+
+/// One page of a listing, ordered by name.
+#[derive(Debug, Clone)]
+pub struct Page<T> {
+    pub items: Vec<T>,
+    /// The last name of this page when there may be more.
+    pub next_after: Option<String>,
+}
+
+/// An open write transaction with its new revision (and, on SQLite, the turn to write).
+pub(crate) struct WriteTx {
+    pub tx: Transaction<'static, Any>,
+    pub revision: i64,
+    pub turn: Option<tokio::sync::OwnedMutexGuard<()>>,
+}
+
+const COLS: &str = "tenant, mesh, kind, name, spec, revision, create_time, update_time";
+
+pub(crate) fn row_to_resource(row: &AnyRow) -> Result<StoredResource, StoreError> {
+    let kind: String = row.try_get("kind")?;
+    let spec: String = row.try_get("spec")?;
+    Ok(StoredResource {
+        key: ResourceKey {
+            tenant: row.try_get("tenant")?,
+            mesh: row.try_get("mesh")?,
+            kind: Kind::from_plural(&kind)
+                .ok_or_else(|| StoreError::Corrupt(format!("unknown kind {kind:?}")))?,
+            name: row.try_get("name")?,
+        },
+        spec: serde_json::from_str(&spec)
+            .map_err(|e| StoreError::Corrupt(format!("spec of {kind}: {e}")))?,
+        revision: row.try_get("revision")?,
+        create_time: row.try_get("create_time")?,
+        update_time: row.try_get("update_time")?,
+    })
+}
+
+impl Store {
+    /// Starts a write: begins the transaction and bumps the tenant revision, which also makes
+    /// every other writer of the tenant wait until this one commits.
+    pub(crate) async fn begin_write(&self, tenant: &str) -> Result<WriteTx, StoreError> {
+        let turn = self.write_turn().await;
+        let mut tx = self.pool().begin().await?;
+        let row = sqlx::query(
+            "UPDATE tenants SET revision = revision + 1, update_time = $1 WHERE name = $2 RETURNING revision",
+        )
+        .bind(now_ms())
+        .bind(tenant)
+        .fetch_optional(&mut *tx)
+        .await?;
+        match row {
+            Some(r) => Ok(WriteTx {
+                tx,
+                revision: r.try_get("revision")?,
+                turn,
+            }),
+            None => Err(StoreError::NotFound {
+                what: "tenant",
+                name: tenant.into(),
+            }),
+        }
+    }
+
+    /// Records the change and commits (or rolls back for a dry run), then announces it.
+    pub(crate) async fn finish_write(
+        &self,
+        w: WriteTx,
+        tenant: &str,
+        changes: &[(&str, Kind, &str, ChangeOp)],
+        dry_run: bool,
+    ) -> Result<(), StoreError> {
+        let WriteTx {
+            mut tx,
+            revision,
+            turn,
+        } = w;
+        let now = now_ms();
+        for (mesh, kind, name, op) in changes {
+            sqlx::query(
+                "INSERT INTO changes (tenant, revision, mesh, kind, name, op, time) VALUES ($1, $2, $3, $4, $5, $6, $7)",
+            )
+            .bind(tenant)
+            .bind(revision)
+            .bind(*mesh)
+            .bind(kind.plural())
+            .bind(*name)
+            .bind(op.as_str())
+            .bind(now)
+            .execute(&mut *tx)
+            .await?;
+        }
+        if dry_run {
+            tx.rollback().await?;
+            return Ok(());
+        }
+        if self.backend() == Backend::Postgres {
+            // Tenant names are DNS labels and the revision a number, so the literal is safe;
+            // NOTIFY is delivered on commit, to every replica including this one.
+            let payload = crate::changes::encode_notice(tenant, revision);
+            sqlx::query(&format!(
+                "NOTIFY {}, '{}'",
+                crate::NOTIFY_CHANNEL,
+                payload.replace('\'', "''")
+            ))
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        drop(turn);
+        if self.backend() == Backend::Sqlite {
+            let _ = self.notices().send(crate::Notice::Committed {
+                tenant: tenant.into(),
+                revision,
+            });
+        }
+        Ok(())
+    }
+
+    /// Creates or replaces a resource. `refs` must exist in the mesh and `claims` must not be
+    /// held by another resource; both are checked inside the transaction.
+    pub async fn put(
+        &self,
+        key: &ResourceKey,
+        spec: &serde_json::Value,
+        refs: &[Reference],
+        claims: &[Claim],
+        opts: &WriteOptions,
+    ) -> Result<StoredResource, StoreError> {
+        let _t = Timer::start("put");
+        let WriteTx {
+            mut tx,
+            revision,
+            turn,
+        } = self.begin_write(&key.tenant).await?;
+        if key.kind != Kind::Mesh
+            && !exists(&mut tx, &ResourceKey::mesh(&key.tenant, &key.mesh)).await?
+        {
+            return Err(StoreError::NotFound {
+                what: "mesh",
+                name: key.mesh.clone(),
+            });
+        }
+        let existing = fetch(&mut tx, key).await?;
+        check_precondition(&opts.precondition, existing.as_ref(), key)?;
+        for r in refs {
+            let target = ResourceKey::new(&key.tenant, &key.mesh, r.kind, &r.name);
+            if !exists(&mut tx, &target).await? {
+                return Err(StoreError::DanglingReference {
+                    field: r.field.clone(),
+                    kind: r.kind,
+                    name: r.name.clone(),
+                });
+            }
+        }
+        for c in claims {
+            let owner = sqlx::query(
+                "SELECT owner_kind, owner_name FROM claims WHERE tenant = $1 AND mesh = $2 AND what = $3 AND value = $4",
+            )
+            .bind(&key.tenant)
+            .bind(&key.mesh)
+            .bind(c.what)
+            .bind(&c.value)
+            .fetch_optional(&mut *tx)
+            .await?;
+            if let Some(row) = owner {
+                let (ok, on): (String, String) =
+                    (row.try_get("owner_kind")?, row.try_get("owner_name")?);
+                if ok != key.kind.plural() || on != key.name {
+                    return Err(StoreError::Claimed {
+                        field: c.field.clone(),
+                        what: c.what,
+                        value: c.value.clone(),
+                        owner: on,
+                    });
+                }
+            }
+        }
+        let now = now_ms();
+        let spec_text = spec.to_string();
+        let create_time = match &existing {
+            Some(old) => {
+                sqlx::query(
+                    "UPDATE resources SET spec = $1, revision = $2, update_time = $3 \
+                     WHERE tenant = $4 AND mesh = $5 AND kind = $6 AND name = $7",
+                )
+                .bind(&spec_text)
+                .bind(revision)
+                .bind(now)
+                .bind(&key.tenant)
+                .bind(&key.mesh)
+                .bind(key.kind.plural())
+                .bind(&key.name)
+                .execute(&mut *tx)
+                .await?;
+                old.create_time
+            }
+            None => {
+                sqlx::query(&format!(
+                    "INSERT INTO resources ({COLS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)"
+                ))
+                .bind(&key.tenant)
+                .bind(&key.mesh)
+                .bind(key.kind.plural())
+                .bind(&key.name)
+                .bind(&spec_text)
+                .bind(revision)
+                .bind(now)
+                .bind(now)
+                .execute(&mut *tx)
+                .await?;
+                now
+            }
+        };
+        replace_edges(&mut tx, key, refs, claims).await?;
+        self.finish_write(
+            WriteTx { tx, revision, turn },
+            &key.tenant,
+            &[(&key.mesh, key.kind, &key.name, ChangeOp::Put)],
+            opts.dry_run,
+        )
+        .await?;
+        Ok(StoredResource {
+            key: key.clone(),
+            spec: spec.clone(),
+            revision,
+            create_time,
+            update_time: now,
+        })
+    }
+
+    /// Deletes a resource that nothing refers to. Deleting a mesh deletes everything in it.
+    pub async fn delete(
+        &self,
+        key: &ResourceKey,
+        opts: &WriteOptions,
+    ) -> Result<StoredResource, StoreError> {
+        let _t = Timer::start("delete");
+        let WriteTx {
+            mut tx,
+            revision,
+            turn,
+        } = self.begin_write(&key.tenant).await?;
+        let existing = fetch(&mut tx, key).await?;
+        check_precondition(&opts.precondition, existing.as_ref(), key)?;
+        let Some(existing) = existing else {
+            return Err(StoreError::NotFound {
+                what: key.kind.singular(),
+                name: key.name.clone(),
+            });
+        };
+        if key.kind == Kind::Mesh {
+            for table in ["resources", "refs", "claims"] {
+                sqlx::query(&format!(
+                    "DELETE FROM {table} WHERE tenant = $1 AND mesh = $2"
+                ))
+                .bind(&key.tenant)
+                .bind(&key.name)
+                .execute(&mut *tx)
+                .await?;
+            }
+        } else {
+            let rows = sqlx::query(
+                "SELECT from_kind, from_name, field FROM refs WHERE tenant = $1 AND mesh = $2 AND to_kind = $3 AND to_name = $4 ORDER BY from_kind, from_name, field",
+            )
+            .bind(&key.tenant)
+            .bind(&key.mesh)
+            .bind(key.kind.plural())
+            .bind(&key.name)
+            .fetch_all(&mut *tx)
+            .await?;
+            if !rows.is_empty() {
+                let mut by = vec![];
+                for r in rows {
+                    let k: String = r.try_get("from_kind")?;
+                    by.push(Referrer {
+                        kind: Kind::from_plural(&k)
+                            .ok_or_else(|| StoreError::Corrupt(format!("kind {k:?}")))?,
+                        name: r.try_get("from_name")?,
+                        field: r.try_get("field")?,
+                    });
+                }
+                return Err(StoreError::Referenced {
+                    kind: key.kind,
+                    name: key.name.clone(),
+                    by,
+                });
+            }
+            replace_edges(&mut tx, key, &[], &[]).await?;
+        }
+        sqlx::query(
+            "DELETE FROM resources WHERE tenant = $1 AND mesh = $2 AND kind = $3 AND name = $4",
+        )
+        .bind(&key.tenant)
+        .bind(&key.mesh)
+        .bind(key.kind.plural())
+        .bind(&key.name)
+        .execute(&mut *tx)
+        .await?;
+        self.finish_write(
+            WriteTx { tx, revision, turn },
+            &key.tenant,
+            &[(&key.mesh, key.kind, &key.name, ChangeOp::Delete)],
+            opts.dry_run,
+        )
+        .await?;
+        Ok(existing)
+    }
+
+    pub async fn get(&self, key: &ResourceKey) -> Result<StoredResource, StoreError> {
+        let _t = Timer::start("get");
+        let mut conn = self.pool().acquire().await?;
+        let row = sqlx::query(&format!(
+            "SELECT {COLS} FROM resources WHERE tenant = $1 AND mesh = $2 AND kind = $3 AND name = $4"
+        ))
+        .bind(&key.tenant)
+        .bind(&key.mesh)
+        .bind(key.kind.plural())
+        .bind(&key.name)
+        .fetch_optional(&mut *conn)
+        .await?;
+        match row {
+            Some(r) => row_to_resource(&r),
+            None => Err(StoreError::NotFound {
+                what: key.kind.singular(),
+                name: key.name.clone(),
+            }),
+        }
+    }
+
+    /// Lists resources of one kind in a mesh (or the tenant's meshes), by name, after `after`.
+    pub async fn list(
+        &self,
+        tenant: &str,
+        mesh: &str,
+        kind: Kind,
+        after: Option<&str>,
+        limit: u32,
+    ) -> Result<Page<StoredResource>, StoreError> {
+        let _t = Timer::start("list");
+        let mesh = if kind == Kind::Mesh { "" } else { mesh };
+        let rows = sqlx::query(&format!(
+            "SELECT {COLS} FROM resources WHERE tenant = $1 AND mesh = $2 AND kind = $3 AND name > $4 ORDER BY name LIMIT $5"
+        ))
+        .bind(tenant)
+        .bind(mesh)
+        .bind(kind.plural())
+        .bind(after.unwrap_or(""))
+        .bind(i64::from(limit) + 1)
+        .fetch_all(self.pool())
+        .await?;
+        let mut items = rows
+            .iter()
+            .map(row_to_resource)
+            .collect::<Result<Vec<_>, _>>()?;
+        let next_after = if items.len() > limit as usize {
+            items.truncate(limit as usize);
+            items.last().map(|r| r.key.name.clone())
+        } else {
+            None
+        };
+        Ok(Page { items, next_after })
+    }
+
+    /// Everything in one mesh at one revision, for the translator.
+    pub async fn mesh_snapshot(
+        &self,
+        tenant: &str,
+        mesh: &str,
+    ) -> Result<MeshSnapshot, StoreError> {
+        let _t = Timer::start("mesh_snapshot");
+        let mut tx = self.pool().begin().await?;
+        if self.backend() == Backend::Postgres {
+            sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
+                .execute(&mut *tx)
+                .await?;
+        }
+        let rev = sqlx::query("SELECT revision FROM tenants WHERE name = $1")
+            .bind(tenant)
+            .fetch_optional(&mut *tx)
+            .await?
+            .ok_or_else(|| StoreError::NotFound {
+                what: "tenant",
+                name: tenant.into(),
+            })?;
+        let revision: i64 = rev.try_get("revision")?;
+        let mesh_res = fetch(&mut tx, &ResourceKey::mesh(tenant, mesh))
+            .await?
+            .ok_or_else(|| StoreError::NotFound {
+                what: "mesh",
+                name: mesh.into(),
+            })?;
+        let rows = sqlx::query(&format!(
+            "SELECT {COLS} FROM resources WHERE tenant = $1 AND mesh = $2 ORDER BY kind, name"
+        ))
+        .bind(tenant)
+        .bind(mesh)
+        .fetch_all(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(MeshSnapshot {
+            tenant: tenant.into(),
+            mesh: mesh_res,
+            revision,
+            resources: rows.iter().map(row_to_resource).collect::<Result<_, _>>()?,
+        })
+    }
+}
+
+fn check_precondition(
+    p: &Precondition,
+    existing: Option<&StoredResource>,
+    key: &ResourceKey,
+) -> Result<(), StoreError> {
+    match (p, existing) {
+        (Precondition::None, _) => Ok(()),
+        (Precondition::Create, Some(_)) => Err(StoreError::AlreadyExists {
+            what: key.kind.singular(),
+            name: key.name.clone(),
+        }),
+        (Precondition::Create, None) => Ok(()),
+        (Precondition::IfMatch(tag), Some(e)) if tag == "*" || *tag == etag(e.revision) => Ok(()),
+        (Precondition::IfMatch(_), e) => Err(StoreError::PreconditionFailed {
+            current: e.map(|e| e.etag()),
+        }),
+    }
+}
+
+async fn fetch(
+    tx: &mut Transaction<'static, Any>,
+    key: &ResourceKey,
+) -> Result<Option<StoredResource>, StoreError> {
+    let row = sqlx::query(&format!(
+        "SELECT {COLS} FROM resources WHERE tenant = $1 AND mesh = $2 AND kind = $3 AND name = $4"
+    ))
+    .bind(&key.tenant)
+    .bind(&key.mesh)
+    .bind(key.kind.plural())
+    .bind(&key.name)
+    .fetch_optional(&mut **tx)
+    .await?;
+    row.as_ref().map(row_to_resource).transpose()
+}
+
+async fn exists(tx: &mut Transaction<'static, Any>, key: &ResourceKey) -> Result<bool, StoreError> {
+    let row = sqlx::query(
+        "SELECT name FROM resources WHERE tenant = $1 AND mesh = $2 AND kind = $3 AND name = $4",
+    )
+    .bind(&key.tenant)
+    .bind(&key.mesh)
+    .bind(key.kind.plural())
+    .bind(&key.name)
+    .fetch_optional(&mut **tx)
+    .await?;
+    Ok(row.is_some())
+}
+
+/// Replaces the references and claims held by `key`.
+async fn replace_edges(
+    tx: &mut Transaction<'static, Any>,
+    key: &ResourceKey,
+    refs: &[Reference],
+    claims: &[Claim],
+) -> Result<(), StoreError> {
+    sqlx::query(
+        "DELETE FROM refs WHERE tenant = $1 AND mesh = $2 AND from_kind = $3 AND from_name = $4",
+    )
+    .bind(&key.tenant)
+    .bind(&key.mesh)
+    .bind(key.kind.plural())
+    .bind(&key.name)
+    .execute(&mut **tx)
+    .await?;
+    sqlx::query("DELETE FROM claims WHERE tenant = $1 AND mesh = $2 AND owner_kind = $3 AND owner_name = $4")
+        .bind(&key.tenant)
+        .bind(&key.mesh)
+        .bind(key.kind.plural())
+        .bind(&key.name)
+        .execute(&mut **tx)
+        .await?;
+    for r in refs {
+        sqlx::query(
+            "INSERT INTO refs (tenant, mesh, from_kind, from_name, field, to_kind, to_name) VALUES ($1, $2, $3, $4, $5, $6, $7)",
+        )
+        .bind(&key.tenant)
+        .bind(&key.mesh)
+        .bind(key.kind.plural())
+        .bind(&key.name)
+        .bind(&r.field)
+        .bind(r.kind.plural())
+        .bind(&r.name)
+        .execute(&mut **tx)
+        .await?;
+    }
+    for c in claims {
+        sqlx::query(
+            "INSERT INTO claims (tenant, mesh, what, value, owner_kind, owner_name) VALUES ($1, $2, $3, $4, $5, $6)",
+        )
+        .bind(&key.tenant)
+        .bind(&key.mesh)
+        .bind(c.what)
+        .bind(&c.value)
+        .bind(key.kind.plural())
+        .bind(&key.name)
+        .execute(&mut **tx)
+        .await?;
+    }
+    Ok(())
+}

@@ -1,0 +1,521 @@
+//! The store suite; every test runs on SQLite and on PostgreSQL.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use serde_json::json;
+use std::time::Duration;
+use switchboard_model::{Kind, Spec};
+use switchboard_store::testing::store;
+use switchboard_store::{
+    Backend, ChangeOp, CredentialKind, Notice, Precondition, ResourceKey, Store, StoreError,
+    WriteOptions, both_backends,
+};
+
+async fn setup(backend: Backend) -> Option<(Store, switchboard_store::testing::TestDb)> {
+    let (s, db) = store(backend).await?;
+    s.create_tenant("acme", &json!({}), false).await.unwrap();
+    put(&s, Kind::Mesh, "prod", json!({})).await.unwrap();
+    Some((s, db))
+}
+
+async fn put(
+    s: &Store,
+    kind: Kind,
+    name: &str,
+    spec: serde_json::Value,
+) -> Result<switchboard_store::StoredResource, StoreError> {
+    put_with(s, kind, name, spec, WriteOptions::default()).await
+}
+
+async fn put_with(
+    s: &Store,
+    kind: Kind,
+    name: &str,
+    spec: serde_json::Value,
+    opts: WriteOptions,
+) -> Result<switchboard_store::StoredResource, StoreError> {
+    let parsed = Spec::parse(kind, spec).unwrap();
+    parsed.validate().unwrap();
+    let key = ResourceKey::new("acme", "prod", kind, name);
+    s.put(
+        &key,
+        &parsed.to_json(),
+        &parsed.references(),
+        &parsed.claims(),
+        &opts,
+    )
+    .await
+}
+
+fn route(host: &str, svc: &str) -> serde_json::Value {
+    json!({"hostnames": [host], "rules": [{"backends": [{"service": svc}]}]})
+}
+
+async fn crud_and_revisions(b: Backend) {
+    let Some((s, _db)) = setup(b).await else {
+        return;
+    };
+    let r0 = s.revision("acme").await.unwrap();
+    let a = put(&s, Kind::Service, "a", json!({"port": 80}))
+        .await
+        .unwrap();
+    assert_eq!(a.revision, r0 + 1);
+    assert_eq!(a.etag(), format!("\"{}\"", r0 + 1));
+    let got = s
+        .get(&ResourceKey::new("acme", "prod", Kind::Service, "a"))
+        .await
+        .unwrap();
+    assert_eq!(got.spec["port"], 80);
+    let a2 = put(&s, Kind::Service, "a", json!({"port": 81}))
+        .await
+        .unwrap();
+    assert_eq!(a2.revision, r0 + 2);
+    assert_eq!(a2.create_time, a.create_time);
+    assert_eq!(s.revision("acme").await.unwrap(), r0 + 2);
+    // Pagination by name.
+    for n in ["b", "c", "d", "e"] {
+        put(&s, Kind::Service, n, json!({"port": 80}))
+            .await
+            .unwrap();
+    }
+    let p1 = s
+        .list("acme", "prod", Kind::Service, None, 2)
+        .await
+        .unwrap();
+    assert_eq!(
+        p1.items
+            .iter()
+            .map(|r| r.key.name.as_str())
+            .collect::<Vec<_>>(),
+        ["a", "b"]
+    );
+    let p2 = s
+        .list("acme", "prod", Kind::Service, p1.next_after.as_deref(), 2)
+        .await
+        .unwrap();
+    assert_eq!(
+        p2.items
+            .iter()
+            .map(|r| r.key.name.as_str())
+            .collect::<Vec<_>>(),
+        ["c", "d"]
+    );
+    let p3 = s
+        .list("acme", "prod", Kind::Service, p2.next_after.as_deref(), 2)
+        .await
+        .unwrap();
+    assert_eq!(p3.items.len(), 1);
+    assert!(p3.next_after.is_none());
+    let meshes = s.list("acme", "", Kind::Mesh, None, 10).await.unwrap();
+    assert_eq!(meshes.items.len(), 1);
+}
+both_backends!(crud_and_revisions_, crud_and_revisions);
+
+async fn preconditions(b: Backend) {
+    let Some((s, _db)) = setup(b).await else {
+        return;
+    };
+    let a = put(&s, Kind::Service, "a", json!({"port": 80}))
+        .await
+        .unwrap();
+    let stale = a.etag();
+    put_with(
+        &s,
+        Kind::Service,
+        "a",
+        json!({"port": 81}),
+        WriteOptions {
+            precondition: Precondition::IfMatch(stale.clone()),
+            dry_run: false,
+        },
+    )
+    .await
+    .unwrap();
+    let err = put_with(
+        &s,
+        Kind::Service,
+        "a",
+        json!({"port": 82}),
+        WriteOptions {
+            precondition: Precondition::IfMatch(stale),
+            dry_run: false,
+        },
+    )
+    .await
+    .unwrap_err();
+    assert!(
+        matches!(err, StoreError::PreconditionFailed { current: Some(_) }),
+        "{err}"
+    );
+    let err = put_with(
+        &s,
+        Kind::Service,
+        "a",
+        json!({"port": 82}),
+        WriteOptions {
+            precondition: Precondition::Create,
+            dry_run: false,
+        },
+    )
+    .await
+    .unwrap_err();
+    assert!(matches!(err, StoreError::AlreadyExists { .. }), "{err}");
+    let got = s
+        .get(&ResourceKey::new("acme", "prod", Kind::Service, "a"))
+        .await
+        .unwrap();
+    assert_eq!(got.spec["port"], 81);
+}
+both_backends!(preconditions_, preconditions);
+
+async fn references_and_claims(b: Backend) {
+    let Some((s, _db)) = setup(b).await else {
+        return;
+    };
+    let before = s.revision("acme").await.unwrap();
+    let err = put(&s, Kind::Route, "r", route("pay", "missing"))
+        .await
+        .unwrap_err();
+    match err {
+        StoreError::DanglingReference { field, name, .. } => {
+            assert_eq!(field, "spec.rules[0].backends[0].service");
+            assert_eq!(name, "missing");
+        }
+        e => panic!("{e}"),
+    }
+    // A failed write leaves no trace, not even a revision bump.
+    assert_eq!(s.revision("acme").await.unwrap(), before);
+    put(&s, Kind::Service, "pay", json!({"port": 80}))
+        .await
+        .unwrap();
+    put(&s, Kind::Route, "r", route("pay", "pay"))
+        .await
+        .unwrap();
+    let err = put(&s, Kind::Route, "r2", route("pay", "pay"))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&err, StoreError::Claimed { owner, field, .. } if owner == "r" && field == "spec.hostnames[0]"),
+        "{err}"
+    );
+    // The owner may keep its own claim on update.
+    put(&s, Kind::Route, "r", route("pay", "pay"))
+        .await
+        .unwrap();
+    let svc = ResourceKey::new("acme", "prod", Kind::Service, "pay");
+    let err = s.delete(&svc, &WriteOptions::default()).await.unwrap_err();
+    match err {
+        StoreError::Referenced { by, .. } => {
+            assert_eq!(by.len(), 1);
+            assert_eq!(by[0].name, "r");
+            assert_eq!(by[0].kind, Kind::Route);
+        }
+        e => panic!("{e}"),
+    }
+    s.delete(
+        &ResourceKey::new("acme", "prod", Kind::Route, "r"),
+        &WriteOptions::default(),
+    )
+    .await
+    .unwrap();
+    // Claims are released with their owner.
+    put(&s, Kind::Route, "r2", route("pay", "pay"))
+        .await
+        .unwrap();
+    s.delete(
+        &ResourceKey::new("acme", "prod", Kind::Route, "r2"),
+        &WriteOptions::default(),
+    )
+    .await
+    .unwrap();
+    s.delete(&svc, &WriteOptions::default()).await.unwrap();
+    assert!(matches!(
+        s.get(&svc).await,
+        Err(StoreError::NotFound { .. })
+    ));
+}
+both_backends!(references_and_claims_, references_and_claims);
+
+async fn dry_run_writes_nothing(b: Backend) {
+    let Some((s, _db)) = setup(b).await else {
+        return;
+    };
+    let before = s.revision("acme").await.unwrap();
+    let dry = WriteOptions {
+        precondition: Precondition::None,
+        dry_run: true,
+    };
+    put_with(&s, Kind::Service, "a", json!({"port": 80}), dry.clone())
+        .await
+        .unwrap();
+    assert!(
+        s.get(&ResourceKey::new("acme", "prod", Kind::Service, "a"))
+            .await
+            .is_err()
+    );
+    assert_eq!(s.revision("acme").await.unwrap(), before);
+    assert!(
+        s.changes_since("acme", before, 100)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+}
+both_backends!(dry_run_writes_nothing_, dry_run_writes_nothing);
+
+async fn change_log_and_notices(b: Backend) {
+    let Some((s, _db)) = setup(b).await else {
+        return;
+    };
+    let mut rx = s.subscribe();
+    if b == Backend::Postgres {
+        // Give the listener a moment to LISTEN before the first commit.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    let since = s.revision("acme").await.unwrap();
+    put(&s, Kind::Service, "a", json!({"port": 80}))
+        .await
+        .unwrap();
+    put(&s, Kind::Service, "b", json!({"port": 80}))
+        .await
+        .unwrap();
+    s.delete(
+        &ResourceKey::new("acme", "prod", Kind::Service, "a"),
+        &WriteOptions::default(),
+    )
+    .await
+    .unwrap();
+    let changes = s.changes_since("acme", since, 100).await.unwrap();
+    let seen: Vec<_> = changes
+        .iter()
+        .map(|c| (c.revision - since, c.name.as_str(), c.op))
+        .collect();
+    assert_eq!(
+        seen,
+        [
+            (1, "a", ChangeOp::Put),
+            (2, "b", ChangeOp::Put),
+            (3, "a", ChangeOp::Delete)
+        ]
+    );
+    let mut got = vec![];
+    while got.len() < 3 {
+        match tokio::time::timeout(Duration::from_secs(5), rx.recv()).await {
+            Ok(Ok(Notice::Committed { tenant, revision }))
+                if tenant == "acme" && revision > since =>
+            {
+                got.push(revision - since)
+            }
+            Ok(Ok(_)) => {}
+            other => panic!("no notice: {other:?}"),
+        }
+    }
+    assert_eq!(got, [1, 2, 3]);
+}
+both_backends!(change_log_and_notices_, change_log_and_notices);
+
+async fn concurrent_writers_one_wins(b: Backend) {
+    let Some((s, _db)) = setup(b).await else {
+        return;
+    };
+    let a = put(&s, Kind::Service, "a", json!({"port": 80}))
+        .await
+        .unwrap();
+    for round in 0..5 {
+        let cur = s
+            .get(&ResourceKey::new("acme", "prod", Kind::Service, "a"))
+            .await
+            .unwrap();
+        let mut tasks = vec![];
+        for i in 0..4u32 {
+            let s = s.clone();
+            let tag = cur.etag();
+            tasks.push(tokio::spawn(async move {
+                put_with(
+                    &s,
+                    Kind::Service,
+                    "a",
+                    json!({"port": 1000 + i}),
+                    WriteOptions {
+                        precondition: Precondition::IfMatch(tag),
+                        dry_run: false,
+                    },
+                )
+                .await
+            }));
+        }
+        let mut ok = 0;
+        for t in tasks {
+            match t.await.unwrap() {
+                Ok(_) => ok += 1,
+                Err(StoreError::PreconditionFailed { .. }) => {}
+                Err(e) => panic!("round {round}: {e}"),
+            }
+        }
+        assert_eq!(ok, 1, "round {round}: exactly one writer wins");
+    }
+    let _ = a;
+}
+both_backends!(concurrent_writers_one_wins_, concurrent_writers_one_wins);
+
+async fn mesh_delete_cascades(b: Backend) {
+    let Some((s, _db)) = setup(b).await else {
+        return;
+    };
+    put(&s, Kind::Service, "pay", json!({"port": 80}))
+        .await
+        .unwrap();
+    put(&s, Kind::Route, "r", route("pay", "pay"))
+        .await
+        .unwrap();
+    let snap = s.mesh_snapshot("acme", "prod").await.unwrap();
+    assert_eq!(snap.resources.len(), 2);
+    s.delete(&ResourceKey::mesh("acme", "prod"), &WriteOptions::default())
+        .await
+        .unwrap();
+    assert!(matches!(
+        s.mesh_snapshot("acme", "prod").await,
+        Err(StoreError::NotFound { what: "mesh", .. })
+    ));
+    // Recreated, it is empty and the old hostname claim is gone.
+    put(&s, Kind::Mesh, "prod", json!({})).await.unwrap();
+    put(&s, Kind::Service, "pay", json!({"port": 80}))
+        .await
+        .unwrap();
+    put(&s, Kind::Route, "r2", route("pay", "pay"))
+        .await
+        .unwrap();
+}
+both_backends!(mesh_delete_cascades_, mesh_delete_cascades);
+
+async fn credentials(b: Backend) {
+    let Some((s, _db)) = setup(b).await else {
+        return;
+    };
+    let k = s
+        .create_credential("acme", CredentialKind::ApiKey, None, "ci")
+        .await
+        .unwrap();
+    assert!(k.secret.starts_with("sbk_"));
+    let found = s.authenticate(&k.secret).await.unwrap().unwrap();
+    assert_eq!(found.tenant, "acme");
+    assert_eq!(found.kind, CredentialKind::ApiKey);
+    assert!(s.authenticate("sbk_wrong").await.unwrap().is_none());
+    let t = s
+        .create_credential("acme", CredentialKind::ProxyToken, Some("prod"), "")
+        .await
+        .unwrap();
+    assert_eq!(
+        s.authenticate(&t.secret)
+            .await
+            .unwrap()
+            .unwrap()
+            .mesh
+            .as_deref(),
+        Some("prod")
+    );
+    assert_eq!(
+        s.list_credentials("acme", CredentialKind::ApiKey)
+            .await
+            .unwrap()
+            .len(),
+        1
+    );
+    s.revoke_credential("acme", CredentialKind::ApiKey, &k.credential.id)
+        .await
+        .unwrap();
+    assert!(s.authenticate(&k.secret).await.unwrap().is_none());
+    assert!(matches!(
+        s.revoke_credential("acme", CredentialKind::ApiKey, &k.credential.id)
+            .await,
+        Err(StoreError::NotFound { .. })
+    ));
+    assert!(matches!(
+        s.create_credential("nobody", CredentialKind::ApiKey, None, "")
+            .await,
+        Err(StoreError::NotFound { .. })
+    ));
+}
+both_backends!(credentials_, credentials);
+
+async fn tenants(b: Backend) {
+    let Some((s, _db)) = store(b).await else {
+        return;
+    };
+    s.create_tenant("a", &json!({}), false).await.unwrap();
+    assert!(matches!(
+        s.create_tenant("a", &json!({}), false).await,
+        Err(StoreError::AlreadyExists { .. })
+    ));
+    s.create_tenant("b", &json!({}), true).await.unwrap();
+    assert!(s.get_tenant("b").await.is_err());
+    s.create_tenant("b", &json!({}), false).await.unwrap();
+    assert_eq!(s.list_tenants(None, 10).await.unwrap().items.len(), 2);
+    s.delete_tenant("a", false).await.unwrap();
+    assert!(matches!(
+        s.get_tenant("a").await,
+        Err(StoreError::NotFound { .. })
+    ));
+    assert!(matches!(
+        s.delete_tenant("a", false).await,
+        Err(StoreError::NotFound { .. })
+    ));
+}
+both_backends!(tenants_, tenants);
+
+async fn proxy_rows(b: Backend) {
+    let Some((s, _db)) = setup(b).await else {
+        return;
+    };
+    let row = |replica: &str, id: i64, node: &str| switchboard_store::ProxyRow {
+        tenant: "acme".into(),
+        mesh: "prod".into(),
+        node: node.into(),
+        replica: replica.into(),
+        stream_id: id,
+        connected_since: 1,
+        heartbeat: i64::MAX / 2,
+        status: json!({"id": id}),
+    };
+    s.put_proxies(&[row("r1", 1, "a"), row("r1", 2, "b"), row("r2", 1, "a")])
+        .await
+        .unwrap();
+    assert_eq!(s.list_proxies("acme", "prod", None).await.unwrap().len(), 3);
+    assert_eq!(
+        s.list_proxies("acme", "prod", Some("a"))
+            .await
+            .unwrap()
+            .len(),
+        2
+    );
+    assert!(
+        s.list_proxies("acme", "dev", None)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    let mut updated = row("r1", 2, "b");
+    updated.status = json!({"id": 2, "acked": true});
+    s.put_proxies(&[updated]).await.unwrap();
+    assert_eq!(
+        s.list_proxies("acme", "prod", Some("b")).await.unwrap()[0].status["acked"],
+        true
+    );
+    s.delete_proxies("r1", &[2]).await.unwrap();
+    assert!(
+        s.list_proxies("acme", "prod", Some("b"))
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    s.clear_replica_proxies("r2").await.unwrap();
+    assert_eq!(s.list_proxies("acme", "prod", None).await.unwrap().len(), 1);
+    // A row without a recent heartbeat is from a dead replica: hidden and purged.
+    let mut stale = row("r3", 1, "c");
+    stale.heartbeat = 0;
+    s.put_proxies(&[stale]).await.unwrap();
+    assert_eq!(s.list_proxies("acme", "prod", None).await.unwrap().len(), 1);
+    s.heartbeat_proxies("r1").await.unwrap();
+    assert_eq!(s.list_proxies("acme", "prod", None).await.unwrap().len(), 1);
+}
+both_backends!(proxy_rows_, proxy_rows);

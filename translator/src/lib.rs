@@ -1,0 +1,159 @@
+//! Switchboard's translator: a mesh's configuration in, Envoy v3 xDS resources out.
+//!
+//! **Architecture invariant:** this crate is pure. No IO, no async, no clock, no randomness:
+//! the same [`MeshConfig`] always gives byte-identical resources, so a resource's
+//! [version](XdsResource::version) is a hash of its bytes and an unchanged resource keeps its
+//! version across recomputations, replicas and restarts (clients are sent only what changed).
+//!
+//! Entry points:
+//! - [`translate`]: the whole mesh at once.
+//! - [`Translator`]: keeps the last configuration and result, and on [`Translator::update`] or
+//!   [`Translator::apply`] recomputes only the resources a change touches.
+//! - [`sidecar_inbound`]: the per-node inbound listener and cluster of a sidecar, which depend
+//!   on the node's own metadata rather than on the mesh alone.
+//!
+//! What each kind of client receives is decided by [`MeshResources::listeners_for`]; resource
+//! names are in [`names`].
+
+mod cluster;
+mod common;
+mod endpoint;
+mod filters;
+mod hash;
+mod listener;
+mod matcher;
+pub mod names;
+mod resource;
+mod route;
+mod sidecar;
+mod translator;
+mod virtual_host;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use switchboard_model::spec::Protocol;
+use switchboard_model::{EndpointSpec, GatewaySpec, MeshSpec, RouteSpec, ServiceSpec};
+
+/// The Envoy protobuf types. envoy-types generates its own `google.protobuf` well-known types
+/// (`Any`, `Duration`, wrappers), and every Envoy message uses those.
+pub use envoy_types::pb;
+pub use resource::{DecodeError, XdsResource};
+pub use sidecar::{InboundSecurity, sidecar_inbound, sidecar_inbound_resources, sidecar_inbound_with};
+pub use translator::{Change, Translator};
+
+/// Everything the translator reads: one mesh of one tenant, as the store holds it at
+/// `revision`. Every map is keyed by the resource's name.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct MeshConfig {
+    pub tenant: String,
+    pub mesh: String,
+    /// The tenant's revision this configuration was read at. Not part of any resource (so an
+    /// unrelated write does not change versions); carried for status reporting.
+    pub revision: i64,
+    pub spec: MeshSpec,
+    pub services: BTreeMap<String, ServiceSpec>,
+    /// Endpoints are resources of their own; each names its service.
+    pub endpoints: BTreeMap<String, EndpointSpec>,
+    pub routes: BTreeMap<String, RouteSpec>,
+    pub gateways: BTreeMap<String, GatewaySpec>,
+}
+
+impl MeshConfig {
+    /// The protocol of a service, for callers that build per-node resources
+    /// ([`sidecar_inbound`]); `None` when the service does not exist.
+    pub fn service_protocol(&self, service: &str) -> Option<Protocol> {
+        self.services.get(service).map(|s| s.protocol)
+    }
+}
+
+/// The xDS resources of one mesh, by type and name. Resources are shared (`Arc`) so that a
+/// snapshot can be cloned cheaply into every stream of the mesh and between recomputations.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct MeshResources {
+    /// LDS: proxyless listeners (named after host names), the sidecars' outbound listener and
+    /// the gateways' listeners. Use [`MeshResources::listeners_for`] to pick a node's.
+    pub listeners: BTreeMap<String, Arc<XdsResource>>,
+    /// RDS.
+    pub route_configurations: BTreeMap<String, Arc<XdsResource>>,
+    /// CDS: one per service.
+    pub clusters: BTreeMap<String, Arc<XdsResource>>,
+    /// EDS: one per service, even without endpoints, so that clients do not wait for it.
+    pub load_assignments: BTreeMap<String, Arc<XdsResource>>,
+    /// Things validation could not see (e.g. an endpoint of a service that does not exist),
+    /// sorted. The offending piece is left out; the rest of the mesh is served.
+    pub warnings: Vec<String>,
+}
+
+/// What kind of xDS client a node is (from its node metadata), which decides the listeners it
+/// is sent.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum NodeRole {
+    /// A proxyless gRPC client: asks for listeners by name (`xds:///payments:8080`).
+    Proxyless,
+    /// A sidecar proxy (metadata `role: sidecar`): wildcard LDS.
+    Sidecar(SidecarParams),
+    /// An edge proxy (metadata `role: gateway`, `gateway: <name>`): wildcard LDS.
+    Gateway { name: String },
+}
+
+/// A sidecar's own node metadata. Untrusted input: [`sidecar_inbound`] checks it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SidecarParams {
+    /// The service the sidecar's application belongs to.
+    pub service: String,
+    /// Where the sidecar accepts mesh traffic (default 15006).
+    pub inbound_port: u32,
+    /// Where the local application listens (on 127.0.0.1).
+    pub app_port: u32,
+}
+
+/// What the translator cannot turn into resources. Mesh translation never fails (it warns and
+/// skips instead); these come from per-node input, which no validation has seen.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TranslateError {
+    #[error(
+        "{field} {value} is out of range: set node metadata {field} to a port from 1 to 65535"
+    )]
+    InvalidPort { field: &'static str, value: u32 },
+    #[error(
+        "inbound_port and app_port are both {port}: the sidecar cannot listen where the \
+         application does; give the sidecar another inbound_port (default 15006)"
+    )]
+    PortClash { port: u32 },
+}
+
+/// Translates a whole mesh. Equivalent to `Translator::new(config.clone()).resources()`
+/// without keeping anything for later updates.
+pub fn translate(config: &MeshConfig) -> MeshResources {
+    translator::translate(config)
+}
+
+impl MeshResources {
+    /// The listeners a node of this role is sent.
+    ///
+    /// - Proxyless clients: every listener named after a host name (they subscribe by name, so
+    ///   the server still sends only those asked for).
+    /// - Sidecars: the outbound listener. Their inbound listener and cluster depend on their
+    ///   own metadata: build them with [`sidecar_inbound_resources`].
+    /// - Gateways: the listeners of their gateway resource ([`names::gateway_listener_names`]).
+    pub fn listeners_for<'a>(
+        &'a self,
+        role: &NodeRole,
+    ) -> Box<dyn Iterator<Item = &'a Arc<XdsResource>> + 'a> {
+        match role {
+            NodeRole::Proxyless => Box::new(
+                self.listeners
+                    .iter()
+                    .filter(|(name, _)| names::is_proxyless_listener(name))
+                    .map(|(_, r)| r),
+            ),
+            NodeRole::Sidecar(_) => Box::new(self.listeners.get(names::OUTBOUND).into_iter()),
+            NodeRole::Gateway { name } => Box::new(
+                names::gateway_listener_names(name)
+                    .into_iter()
+                    .filter_map(|l| self.listeners.get(&l)),
+            ),
+        }
+    }
+}

@@ -1,0 +1,81 @@
+//! Resource and extension names.
+//!
+//! Names a user controls are host names (`payments`, `payments:8080`, `*.example.com`) and
+//! resource names (DNS labels). Names the translator makes up for sidecars and gateways contain
+//! a `/`, which neither can contain, so a route called `outbound` or a host name `gateway-x`
+//! can never collide with them. Default route configurations are named `{service}:{port}`,
+//! which no route name (a DNS label) can be.
+
+/// The sidecars' outbound listener on 127.0.0.1:15001, and its route configuration.
+pub const OUTBOUND: &str = "sidecar/outbound";
+/// A sidecar's inbound listener (per node: see [`crate::sidecar_inbound`]).
+pub const INBOUND: &str = "sidecar/inbound";
+/// Where the outbound listener binds: loopback only, so it is reachable from the application
+/// (`HTTP_PROXY=http://127.0.0.1:15001`) and nothing else.
+pub const OUTBOUND_ADDRESS: &str = "127.0.0.1";
+/// The outbound listener's port (DESIGN.md).
+pub const OUTBOUND_PORT: u32 = 15001;
+
+/// HTTP fault injection filter; its per-route config is keyed by this name.
+pub const FAULT_FILTER: &str = "envoy.filters.http.fault";
+/// The terminal HTTP filter.
+pub const ROUTER_FILTER: &str = "envoy.filters.http.router";
+/// The network filter that makes a listener speak HTTP.
+pub const HTTP_CONNECTION_MANAGER_FILTER: &str = "envoy.filters.network.http_connection_manager";
+/// The network filter that proxies raw TCP.
+pub const TCP_PROXY_FILTER: &str = "envoy.filters.network.tcp_proxy";
+/// The key of a cluster's `typed_extension_protocol_options` that holds its upstream HTTP
+/// protocol options.
+pub const HTTP_PROTOCOL_OPTIONS: &str = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions";
+
+/// Cluster (and load assignment) of a service: its name, as DESIGN.md says.
+pub fn cluster(service: &str) -> String {
+    service.to_owned()
+}
+
+/// The listener and route configuration of a gateway.
+pub fn gateway(gateway: &str) -> String {
+    format!("gateway/{gateway}")
+}
+
+/// The listeners a gateway node is sent, so the server can pick them out of a snapshot. One
+/// per gateway today; a list so that several ports (e.g. TLS) can come without an API change.
+pub fn gateway_listener_names(gateway: &str) -> Vec<String> {
+    vec![self::gateway(gateway)]
+}
+
+/// The STATIC cluster of a sidecar's local application, as Istio names it.
+pub fn inbound_cluster(app_port: u32) -> String {
+    format!("inbound|{app_port}")
+}
+
+/// The route configuration shared by a route-less service's two default listeners (`{service}`
+/// and `{service}:{port}`): named after the one with the port, since `{service}` alone could
+/// be the name of a route's route configuration.
+pub fn default_route_configuration(service: &str, port: u32) -> String {
+    format!("{service}:{port}")
+}
+
+/// The two names a proxyless client may use for a service: `{service}:{port}` and `{service}`.
+pub fn default_listeners(service: &str, port: u32) -> [String; 2] {
+    [format!("{service}:{port}"), service.to_owned()]
+}
+
+/// True for a listener named after a host name, i.e. one for proxyless clients.
+pub fn is_proxyless_listener(name: &str) -> bool {
+    !name.contains('/')
+}
+
+/// A stat prefix from a resource name (Envoy stat names use `.` as separator and tag
+/// extraction dislikes `/`).
+pub(crate) fn stat_prefix(name: &str) -> String {
+    name.chars()
+        .map(|c| if c.is_ascii_alphanumeric() || c == '-' || c == '_' { c } else { '_' })
+        .collect()
+}
+
+/// Splits `host:port` into its parts; `None` for a host name without a (numeric) port.
+pub(crate) fn split_port(hostname: &str) -> Option<(&str, u32)> {
+    let (host, port) = hostname.rsplit_once(':')?;
+    Some((host, port.parse().ok()?))
+}

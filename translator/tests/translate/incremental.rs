@@ -1,0 +1,209 @@
+//! Content-hash versions and incremental translation.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use serde_json::{Value, json};
+use switchboard_translator::{Change, MeshConfig, MeshResources, Translator, XdsResource, translate};
+
+use crate::common::{Mesh, base, spec};
+
+fn versions(res: &MeshResources) -> BTreeMap<String, String> {
+    let mut out = BTreeMap::new();
+    for (kind, map) in [
+        ("lds", &res.listeners),
+        ("rds", &res.route_configurations),
+        ("cds", &res.clusters),
+        ("eds", &res.load_assignments),
+    ] {
+        for (name, r) in map {
+            out.insert(format!("{kind}/{name}"), r.version.clone());
+        }
+    }
+    out
+}
+
+/// Keys whose version differs, was added or was removed.
+fn diff(a: &MeshResources, b: &MeshResources) -> Vec<String> {
+    let (a, b) = (versions(a), versions(b));
+    let mut keys: Vec<String> = a.keys().chain(b.keys()).filter(|k| a.get(*k) != b.get(*k)).cloned().collect();
+    keys.dedup();
+    keys
+}
+
+fn sample() -> Mesh {
+    base()
+        .endpoint("a1", json!({"service": "a", "address": "10.0.0.1"}))
+        .endpoint("a2", json!({"service": "a", "address": "10.0.0.2"}))
+        .endpoint("b1", json!({"service": "b", "address": "10.0.1.1"}))
+        .route("r", json!({"hostnames": ["r"], "rules": [{"backends": [{"service": "a"}, {"service": "b"}]}]}))
+        .gateway("edge", json!({"port": 80, "routes": ["r"]}))
+}
+
+#[test]
+fn same_input_same_versions() {
+    let m = sample();
+    let (one, two) = (m.translate(), m.translate());
+    assert_eq!(one, two);
+    assert_eq!(Translator::new(m.config.clone()).resources(), &one);
+    for r in one.clusters.values() {
+        assert_eq!(r.version.len(), 16);
+        assert!(r.version.bytes().all(|b| b.is_ascii_hexdigit()));
+    }
+}
+
+#[test]
+fn changing_one_service_changes_only_its_cluster() {
+    let before = sample().translate();
+    let after = sample().service("a", json!({"port": 8080, "loadBalancing": "least_request"})).translate();
+    assert_eq!(diff(&before, &after), ["cds/a"]);
+
+    let after = sample().endpoint("a2", json!({"service": "a", "address": "10.0.0.3"})).translate();
+    assert_eq!(diff(&before, &after), ["eds/a"]);
+
+    // The route's retry defaults depend on its backends' protocols.
+    let after = sample().service("b", json!({"port": 8080, "protocol": "grpc"})).translate();
+    assert_eq!(diff(&before, &after), ["cds/b"], "no retries configured: nothing else changes");
+}
+
+#[test]
+fn unchanged_resources_keep_their_arc() {
+    let m = sample();
+    let mut t = Translator::new(m.config.clone());
+    let before = t.resources().clone();
+    t.apply([Change::Service("a".into(), Some(spec(json!({"port": 8080, "connectTimeout": "1s"}))))]);
+    let after = t.resources();
+    assert!(Arc::ptr_eq(&before.clusters["b"], &after.clusters["b"]));
+    assert!(Arc::ptr_eq(&before.route_configurations["sidecar/outbound"], &after.route_configurations["sidecar/outbound"]));
+    assert!(!Arc::ptr_eq(&before.clusters["a"], &after.clusters["a"]));
+}
+
+/// A tiny deterministic generator, so the test needs no dependency and always runs the same.
+struct Lcg(u64);
+
+impl Lcg {
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        self.0 >> 33
+    }
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+    fn pick<'a>(&mut self, items: &'a [&'a str]) -> &'a str {
+        items[self.below(items.len() as u64) as usize]
+    }
+}
+
+const SERVICES: &[&str] = &["s0", "s1", "s2", "s3", "s4", "s5"];
+const ROUTES: &[&str] = &["r0", "r1", "r2", "r3"];
+const GATEWAYS: &[&str] = &["g0", "g1"];
+
+fn random_change(rng: &mut Lcg) -> Change {
+    let delete = rng.below(5) == 0;
+    match rng.below(10) {
+        0..=1 => {
+            let name = rng.pick(SERVICES).to_string();
+            let protocol = rng.pick(&["http", "grpc", "tcp", "http2"]);
+            let port = [80, 8080, 9090][rng.below(3) as usize];
+            let v = json!({"port": port, "protocol": protocol, "loadBalancing": rng.pick(&["round_robin", "ring_hash"])});
+            Change::Service(name, (!delete).then(|| spec(v)))
+        }
+        2..=4 => {
+            let name = format!("e{}", rng.below(12));
+            let v = json!({
+                "service": rng.pick(SERVICES),
+                "address": format!("10.0.0.{}", rng.below(6)),
+                "weight": 1 + rng.below(3),
+                "priority": rng.below(3),
+                "locality": {"zone": rng.pick(&["a", "b"])},
+            });
+            Change::Endpoint(name, (!delete).then(|| spec(v)))
+        }
+        5..=8 => {
+            let name = rng.pick(ROUTES).to_string();
+            let mut hostnames: Vec<String> = Vec::new();
+            for _ in 0..1 + rng.below(3) {
+                let s = rng.pick(SERVICES);
+                let h = match rng.below(3) {
+                    0 => s.to_string(),
+                    1 => format!("{s}:{}", [80, 8080, 9090][rng.below(3) as usize]),
+                    _ => format!("{s}.example.com"),
+                };
+                if !hostnames.contains(&h) {
+                    hostnames.push(h);
+                }
+            }
+            let mut rule = json!({"backends": [{"service": rng.pick(SERVICES), "weight": rng.below(3)}, {"service": rng.pick(SERVICES), "weight": 1}]});
+            if rng.below(2) == 0 {
+                rule["fault"] = json!({"delay": {"fixed": "10ms", "percent": rng.below(100)}});
+            }
+            if rng.below(2) == 0 {
+                rule["retries"] = json!({"attempts": 1 + rng.below(3)});
+            }
+            let v = json!({"hostnames": hostnames, "rules": [rule]});
+            Change::Route(name, (!delete).then(|| spec(v)))
+        }
+        _ => {
+            let name = rng.pick(GATEWAYS).to_string();
+            let v: Value = if rng.below(3) == 0 {
+                json!({"port": 9000, "protocol": "tcp", "service": rng.pick(SERVICES)})
+            } else {
+                json!({"port": 8000 + rng.below(3), "hostnames": [rng.pick(&["*.example.com", "s1.example.com"])], "routes": [rng.pick(ROUTES), rng.pick(ROUTES)]})
+            };
+            Change::Gateway(name, (!delete).then(|| spec(v)))
+        }
+    }
+}
+
+fn apply_to(config: &mut MeshConfig, change: &Change) {
+    fn put<T: Clone>(m: &mut BTreeMap<String, T>, n: &str, s: &Option<T>) {
+        match s {
+            Some(s) => drop(m.insert(n.to_string(), s.clone())),
+            None => drop(m.remove(n)),
+        }
+    }
+    match change {
+        Change::Service(n, s) => put(&mut config.services, n, s),
+        Change::Endpoint(n, s) => put(&mut config.endpoints, n, s),
+        Change::Route(n, s) => put(&mut config.routes, n, s),
+        Change::Gateway(n, s) => put(&mut config.gateways, n, s),
+        Change::Mesh(s) => config.spec = s.clone(),
+    }
+}
+
+fn assert_same(step: usize, got: &MeshResources, config: &MeshConfig) {
+    let want = translate(config);
+    if got != &want {
+        let show = |m: &BTreeMap<String, Arc<XdsResource>>| m.keys().cloned().collect::<Vec<_>>();
+        panic!(
+            "step {step}: incremental result differs from a full translation\n differing: {:?}\n warnings: {:?} vs {:?}\n listeners {:?} vs {:?}",
+            diff(got, &want),
+            got.warnings,
+            want.warnings,
+            show(&got.listeners),
+            show(&want.listeners),
+        );
+    }
+}
+
+#[test]
+fn incremental_equals_full_over_random_changes() {
+    for seed in 1..=8u64 {
+        let mut rng = Lcg(seed);
+        let mut config = MeshConfig::default();
+        let mut by_apply = Translator::new(config.clone());
+        let mut by_update = Translator::new(config.clone());
+        for step in 0..150 {
+            // Sometimes several changes at once, to exercise batches.
+            let batch: Vec<Change> = (0..1 + rng.below(3)).map(|_| random_change(&mut rng)).collect();
+            for c in &batch {
+                apply_to(&mut config, c);
+            }
+            by_apply.apply(batch);
+            assert_eq!(by_apply.config(), &config);
+            assert_same(step, by_apply.resources(), &config);
+            by_update.update(config.clone());
+            assert_same(step, by_update.resources(), &config);
+        }
+    }
+}

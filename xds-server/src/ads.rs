@@ -1,0 +1,337 @@
+//! One xDS stream, from its first request to its end: admission, then a loop that takes in
+//! requests and snapshot changes and writes responses.
+//!
+//! **Flow control.** Each stream has a small bounded queue towards the client. The stream
+//! computes the next response only when the queue has room, from the snapshot current at
+//! that moment: a slow client skips intermediate snapshots instead of piling them up, and
+//! never holds up another stream (each has its own task and queue; snapshots are shared,
+//! read-only `Arc`s).
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Instant, SystemTime};
+
+use prost::Message;
+use switchboard_store::Store;
+use switchboard_xds_proto::{DiscoveryRequest, DiscoveryResponse, ResourceType};
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status, Streaming};
+use tracing::{Instrument, field};
+
+use crate::auth::{self, Admitted, AuthError};
+use crate::cache::{MeshState, SnapshotCache};
+use crate::metrics::{self, StreamGauge};
+use crate::node::{describe_role, node_role};
+use crate::protocol::{Handled, Limits, ProtocolError, StreamState};
+use crate::status::{Acked, Nacked, ProxyRegistry, ProxyStatus, Registration, Sent};
+use crate::view::NodeView;
+
+/// The responses of one stream, as tonic sends them.
+pub type ResponseStream = ReceiverStream<Result<DiscoveryResponse, Status>>;
+
+/// What every stream shares.
+pub(crate) struct Engine {
+    pub(crate) store: Store,
+    pub(crate) cache: SnapshotCache,
+    pub(crate) registry: ProxyRegistry,
+    pub(crate) limits: Limits,
+    /// Responses queued towards one client at most.
+    pub(crate) queue: usize,
+}
+
+impl std::fmt::Debug for Engine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Engine")
+            .field("cache", &self.cache)
+            .field("registry", &self.registry)
+            .field("limits", &self.limits)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Engine {
+    /// Starts serving a stream of `only` one type (single-type services) or of every type
+    /// (ADS). Returns at once; admission happens on the first request, and a refusal ends
+    /// the response stream with its status.
+    pub(crate) fn open(
+        self: &Arc<Self>,
+        only: Option<ResourceType>,
+        request: Request<Streaming<DiscoveryRequest>>,
+    ) -> Response<ResponseStream> {
+        let id = self.registry.next_stream_id();
+        let service = only.map_or("ADS", ResourceType::short_name);
+        let token = auth::bearer(request.metadata());
+        let peer = request.remote_addr();
+        let requests = request.into_inner();
+        let (tx, rx) = mpsc::channel(self.queue.max(1));
+        let span = tracing::info_span!(
+            "xds_stream",
+            stream = id,
+            service,
+            peer = ?peer,
+            node = field::Empty,
+            role = field::Empty,
+        );
+        let engine = Arc::clone(self);
+        tokio::spawn(
+            async move {
+                let out = tx.clone();
+                match engine.drive(id, only, service, token, requests, tx).await {
+                    Ok(()) => tracing::debug!("stream closed"),
+                    Err(status) => {
+                        tracing::info!(code = ?status.code(), message = status.message(), "stream ended");
+                        let _ = out.send(Err(status)).await;
+                    }
+                }
+            }
+            .instrument(span),
+        );
+        Response::new(ReceiverStream::new(rx))
+    }
+
+    async fn drive(
+        &self,
+        id: u64,
+        only: Option<ResourceType>,
+        service: &'static str,
+        token: Result<Option<String>, AuthError>,
+        mut requests: Streaming<DiscoveryRequest>,
+        tx: mpsc::Sender<Result<DiscoveryResponse, Status>>,
+    ) -> Result<(), Status> {
+        let mut state = match only {
+            Some(t) => StreamState::single(t, self.limits),
+            None => StreamState::aggregated(self.limits),
+        };
+        let first = match requests.message().await {
+            Ok(Some(r)) => r,
+            Ok(None) | Err(_) => return Ok(()),
+        };
+        let handled = state.handle(&first).map_err(invalid)?;
+        let (Some(node), Some(node_id)) = (state.node().cloned(), state.node_id().cloned()) else {
+            return Err(Status::internal(
+                "the first request was accepted without a node",
+            ));
+        };
+        let role = node_role(&node).map_err(|e| Status::invalid_argument(e.to_string()))?;
+        let span = tracing::Span::current();
+        span.record("node", field::display(&node_id));
+        span.record("role", field::display(describe_role(&role)));
+        let token = token.map_err(|e| e.status())?;
+        let Admitted {
+            mut mesh,
+            authenticated,
+        } = auth::authorize(&self.store, &self.cache, token.as_deref(), &node_id)
+            .await
+            .map_err(|e| e.status())?;
+        let MeshState::Ready(snapshot) = mesh.current() else {
+            return Err(Status::unavailable("the mesh is not loaded; retry"));
+        };
+        let registration = self.registry.register(ProxyStatus {
+            stream_id: id,
+            node_id: node_id.clone(),
+            node,
+            role: describe_role(&role),
+            service,
+            authenticated,
+            connected_since: SystemTime::now(),
+            types: BTreeMap::new(),
+        });
+        tracing::info!(
+            authenticated,
+            revision = snapshot.revision,
+            "stream admitted"
+        );
+        let admitted_revision = snapshot.revision;
+        let mut stream = Stream {
+            admitted_revision,
+            state,
+            view: NodeView::new(snapshot, role),
+            registration,
+            gauge: StreamGauge::new(&node_id.tenant),
+            tenant: node_id.tenant.clone(),
+            convergence: BTreeMap::new(),
+            measured: BTreeMap::new(),
+        };
+        stream.took(handled);
+        let mut dirty = true;
+        loop {
+            tokio::select! {
+                biased;
+                message = requests.message() => match message {
+                    Ok(Some(req)) => {
+                        let handled = stream.state.handle(&req).map_err(invalid)?;
+                        stream.took(handled);
+                        dirty = true;
+                    }
+                    Ok(None) => return Ok(()),
+                    Err(status) => {
+                        tracing::debug!(%status, "the client's request stream failed");
+                        return Ok(());
+                    }
+                },
+                changed = mesh.changed() => match changed {
+                    Ok(MeshState::Ready(snapshot)) => {
+                        if !authenticated && !snapshot.spec.allow_unauthenticated_xds {
+                            return Err(AuthError::Unauthenticated.status());
+                        }
+                        stream.view.update(snapshot);
+                        dirty = true;
+                    }
+                    Ok(MeshState::Missing) => {
+                        return Err(Status::not_found(format!(
+                            "mesh {:?} of tenant {:?} was deleted",
+                            node_id.mesh, node_id.tenant
+                        )));
+                    }
+                    Ok(MeshState::Loading | MeshState::Unavailable(_)) => {}
+                    Err(e) => return Err(Status::unavailable(e.to_string())),
+                },
+                permit = tx.reserve(), if dirty => {
+                    let Ok(permit) = permit else {
+                        return Ok(());
+                    };
+                    match stream.next() {
+                        Some(response) => permit.send(Ok(response)),
+                        None => dirty = false,
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn invalid(e: ProtocolError) -> Status {
+    Status::invalid_argument(e.to_string())
+}
+
+/// An admitted stream's state.
+struct Stream {
+    state: StreamState,
+    view: NodeView,
+    registration: Registration,
+    gauge: StreamGauge,
+    tenant: String,
+    /// Per type: the nonce of the first response of a newly committed revision, and when
+    /// that revision's notice arrived; its ACK observes the convergence time.
+    convergence: BTreeMap<ResourceType, (String, Instant)>,
+    /// Per type, the latest revision whose convergence was measured.
+    measured: BTreeMap<ResourceType, i64>,
+    /// The mesh revision when the stream was admitted.
+    admitted_revision: i64,
+}
+
+impl Stream {
+    /// Records what a request did.
+    fn took(&mut self, handled: Handled) {
+        let (rtype, first, ack, nack, stale) = match handled {
+            Handled::Known {
+                rtype,
+                first,
+                ack,
+                nack,
+                stale,
+            } => (rtype, first, ack, nack, stale),
+            Handled::Unknown { type_url, first } => {
+                if first {
+                    tracing::info!(%type_url, "not a resource type Switchboard serves; answering with an empty response");
+                }
+                return;
+            }
+        };
+        if first {
+            self.gauge.subscribed(rtype);
+        }
+        if stale {
+            tracing::debug!(r#type = %rtype, "request with a stale nonce: subscription applied, no ACK/NACK");
+        }
+        let now = SystemTime::now();
+        let (wildcard, names) = self.state.subscription(rtype).unwrap_or_default();
+        self.registration.update_type(rtype, |t| {
+            t.wildcard = wildcard;
+            t.names = names;
+            if let Some(ack) = &ack {
+                t.acked = Some(Acked {
+                    version: ack.version.clone(),
+                    nonce: ack.nonce.clone(),
+                    revision: ack.revision,
+                    time: now,
+                });
+            }
+            if let Some(nack) = &nack {
+                t.nack = Some(Nacked {
+                    version: nack.version.clone(),
+                    nonce: nack.nonce.clone(),
+                    revision: nack.revision,
+                    message: nack.message.clone(),
+                    names: nack.names.clone(),
+                    time: now,
+                });
+            }
+        });
+        if let Some(ack) = ack {
+            tracing::debug!(r#type = %rtype, version = %ack.version, revision = ack.revision, "ACK");
+            if let Some((nonce, at)) = self.convergence.get(&rtype)
+                && *nonce == ack.nonce
+            {
+                metrics::converged(rtype, at.elapsed());
+                self.convergence.remove(&rtype);
+            }
+        }
+        if let Some(nack) = nack {
+            metrics::nacked(&self.tenant, rtype);
+            self.convergence.remove(&rtype);
+            tracing::warn!(
+                r#type = %rtype,
+                version = %nack.version,
+                kept_version = %nack.kept_version,
+                revision = nack.revision,
+                resources = ?nack.names,
+                error = %nack.message,
+                "NACK: the client rejected the update and keeps its previous configuration"
+            );
+        }
+    }
+
+    /// The next response to write, if any.
+    fn next(&mut self) -> Option<DiscoveryResponse> {
+        let out = self.state.next_response(&self.view)?;
+        let Some(rtype) = out.rtype else {
+            return Some(out.response);
+        };
+        metrics::pushed(&self.tenant, rtype, out.response.encoded_len());
+        let snapshot = self.view.snapshot();
+        if let Some(at) = snapshot.committed_at {
+            // Only the first push of a revision measures it; later pushes of the same revision
+            // answer subscription changes.
+            // A stream that connected after the commit did not wait for it.
+            let measured = self.measured.entry(rtype).or_insert(self.admitted_revision);
+            if out.revision > *measured {
+                *measured = out.revision;
+                self.convergence
+                    .insert(rtype, (out.response.nonce.clone(), at));
+            }
+        }
+        let sent = Sent {
+            version: out.response.version_info.clone(),
+            nonce: out.response.nonce.clone(),
+            revision: out.revision,
+            time: SystemTime::now(),
+        };
+        tracing::debug!(
+            r#type = %rtype,
+            version = %sent.version,
+            nonce = %sent.nonce,
+            revision = sent.revision,
+            resources = out.response.resources.len(),
+            phase = ?out.phase,
+            "push"
+        );
+        let state = out.state;
+        self.registration.update_type(rtype, |t| {
+            t.sent = Some(sent);
+            t.resources = state;
+        });
+        Some(out.response)
+    }
+}

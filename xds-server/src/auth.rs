@@ -1,0 +1,248 @@
+//! Who may open an xDS stream for a node.
+//!
+//! A client sends a proxy token as `authorization: Bearer <token>`. The token must be a proxy
+//! token of the tenant the node id names and, if the token is limited to a mesh, of that mesh;
+//! else PERMISSION_DENIED. Without a token, only a mesh with `allowUnauthenticatedXds: true`
+//! admits the stream; else UNAUTHENTICATED. Whether a mesh exists is revealed (NOT_FOUND) only
+//! to a client whose token passed: a token of tenant A naming a node of tenant B is refused
+//! the same way whether B exists or not, and so is an anonymous client naming a mesh that
+//! does not exist.
+
+use switchboard_store::{Credential, CredentialKind, Store};
+use tonic::metadata::MetadataMap;
+
+use crate::cache::{CacheError, MeshHandle, MeshState, SnapshotCache};
+use crate::node::NodeId;
+
+/// The hint every refusal of an anonymous client carries.
+const SEND_A_TOKEN: &str = "send a proxy token in the authorization metadata \
+    (authorization: Bearer <token>), or enable allowUnauthenticatedXds on the mesh";
+
+/// Why a stream was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum AuthError {
+    #[error("no credentials: {SEND_A_TOKEN}")]
+    Unauthenticated,
+    #[error("the authorization metadata must be \"Bearer <token>\"")]
+    MalformedHeader,
+    #[error(
+        "the token in the authorization metadata is not valid (revoked or mistyped): create a \
+         proxy token for the tenant and send it as authorization: Bearer <token>"
+    )]
+    UnknownToken,
+    #[error(
+        "the credential is an API key, not a proxy token: xDS clients authenticate with a proxy \
+         token of the tenant their node id names"
+    )]
+    NotProxyToken,
+    #[error(
+        "tenant mismatch: the proxy token does not belong to tenant {node_tenant:?} that the \
+         node id names; use a proxy token of that tenant"
+    )]
+    TenantMismatch { node_tenant: String },
+    #[error(
+        "mesh mismatch: the proxy token is limited to mesh {token_mesh:?}, but the node id names \
+         mesh {node_mesh:?}; use a token of that mesh or one not limited to a mesh"
+    )]
+    MeshMismatch {
+        token_mesh: String,
+        node_mesh: String,
+    },
+    #[error(transparent)]
+    Mesh(#[from] CacheError),
+    #[error(
+        "cannot check the proxy token: the configuration store is unreachable ({0}); retry \
+         later (hint: is the database reachable?)"
+    )]
+    Store(String),
+}
+
+impl AuthError {
+    /// The gRPC status that ends the stream.
+    pub fn status(&self) -> tonic::Status {
+        let msg = self.to_string();
+        match self {
+            AuthError::Unauthenticated | AuthError::MalformedHeader | AuthError::UnknownToken => {
+                tonic::Status::unauthenticated(msg)
+            }
+            AuthError::NotProxyToken
+            | AuthError::TenantMismatch { .. }
+            | AuthError::MeshMismatch { .. } => tonic::Status::permission_denied(msg),
+            AuthError::Mesh(CacheError::NotFound { .. }) => tonic::Status::not_found(msg),
+            AuthError::Mesh(CacheError::Unavailable(_)) | AuthError::Store(_) => {
+                tonic::Status::unavailable(msg)
+            }
+        }
+    }
+}
+
+/// The token of an `authorization: Bearer <token>` header, if any.
+pub fn bearer(metadata: &MetadataMap) -> Result<Option<String>, AuthError> {
+    let Some(value) = metadata.get("authorization") else {
+        return Ok(None);
+    };
+    let value = value.to_str().map_err(|_| AuthError::MalformedHeader)?;
+    let (scheme, token) = value
+        .trim()
+        .split_once(' ')
+        .ok_or(AuthError::MalformedHeader)?;
+    let token = token.trim();
+    if !scheme.eq_ignore_ascii_case("bearer") || token.is_empty() {
+        return Err(AuthError::MalformedHeader);
+    }
+    Ok(Some(token.to_owned()))
+}
+
+/// Checks a proxy token against a node id (pure part of [`authorize`]).
+pub fn check_proxy_token(credential: &Credential, node: &NodeId) -> Result<(), AuthError> {
+    if credential.kind != CredentialKind::ProxyToken {
+        return Err(AuthError::NotProxyToken);
+    }
+    if credential.tenant != node.tenant {
+        return Err(AuthError::TenantMismatch {
+            node_tenant: node.tenant.clone(),
+        });
+    }
+    match &credential.mesh {
+        Some(mesh) if *mesh != node.mesh => Err(AuthError::MeshMismatch {
+            token_mesh: mesh.clone(),
+            node_mesh: node.mesh.clone(),
+        }),
+        _ => Ok(()),
+    }
+}
+
+/// An admitted stream: its mesh, kept loaded, and whether it presented a token.
+#[derive(Debug)]
+pub struct Admitted {
+    pub mesh: MeshHandle,
+    pub authenticated: bool,
+}
+
+/// Admits or refuses a stream for `node` presenting `token`.
+pub async fn authorize(
+    store: &Store,
+    cache: &SnapshotCache,
+    token: Option<&str>,
+    node: &NodeId,
+) -> Result<Admitted, AuthError> {
+    match token {
+        Some(token) => {
+            let credential = store
+                .authenticate(token)
+                .await
+                .map_err(|e| AuthError::Store(e.to_string()))?
+                .ok_or(AuthError::UnknownToken)?;
+            check_proxy_token(&credential, node)?;
+            let mesh = cache.acquire(&node.tenant, &node.mesh).await?;
+            Ok(Admitted {
+                mesh,
+                authenticated: true,
+            })
+        }
+        None => {
+            let mut mesh = match cache.acquire(&node.tenant, &node.mesh).await {
+                Ok(mesh) => mesh,
+                // Do not tell an anonymous client which meshes exist.
+                Err(CacheError::NotFound { .. }) => return Err(AuthError::Unauthenticated),
+                Err(e) => return Err(e.into()),
+            };
+            match mesh.current() {
+                MeshState::Ready(s) if s.spec.allow_unauthenticated_xds => Ok(Admitted {
+                    mesh,
+                    authenticated: false,
+                }),
+                _ => Err(AuthError::Unauthenticated),
+            }
+        }
+    }
+}
+
+/// Who may read proxy status through CSDS: any API key or proxy token, limited to its tenant
+/// (and mesh, for a mesh-limited token).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StatusScope {
+    pub tenant: String,
+    pub mesh: Option<String>,
+}
+
+/// Checks the credential of a CSDS call.
+pub async fn status_scope(store: &Store, metadata: &MetadataMap) -> Result<StatusScope, AuthError> {
+    let token = bearer(metadata)?.ok_or(AuthError::Unauthenticated)?;
+    let credential = store
+        .authenticate(&token)
+        .await
+        .map_err(|e| AuthError::Store(e.to_string()))?
+        .ok_or(AuthError::UnknownToken)?;
+    Ok(StatusScope {
+        tenant: credential.tenant,
+        mesh: credential.mesh,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn credential(kind: CredentialKind, tenant: &str, mesh: Option<&str>) -> Credential {
+        Credential {
+            id: "id".to_owned(),
+            tenant: tenant.to_owned(),
+            kind,
+            mesh: mesh.map(str::to_owned),
+            description: String::new(),
+            create_time: 0,
+        }
+    }
+
+    fn node() -> NodeId {
+        NodeId::parse("tenants/acme/meshes/prod/nodes/n").unwrap()
+    }
+
+    #[test]
+    fn proxy_token_rules() {
+        let ok = credential(CredentialKind::ProxyToken, "acme", None);
+        assert_eq!(check_proxy_token(&ok, &node()), Ok(()));
+        let scoped = credential(CredentialKind::ProxyToken, "acme", Some("prod"));
+        assert_eq!(check_proxy_token(&scoped, &node()), Ok(()));
+        let other_mesh = credential(CredentialKind::ProxyToken, "acme", Some("dev"));
+        let err = check_proxy_token(&other_mesh, &node()).unwrap_err();
+        assert!(err.to_string().starts_with("mesh mismatch"), "{err}");
+        assert_eq!(err.status().code(), tonic::Code::PermissionDenied);
+        let other_tenant = credential(CredentialKind::ProxyToken, "globex", None);
+        let err = check_proxy_token(&other_tenant, &node()).unwrap_err();
+        assert!(err.to_string().starts_with("tenant mismatch"), "{err}");
+        assert!(
+            !err.to_string().contains("globex"),
+            "names only what the client sent"
+        );
+        assert_eq!(err.status().code(), tonic::Code::PermissionDenied);
+        let api_key = credential(CredentialKind::ApiKey, "acme", None);
+        assert_eq!(
+            check_proxy_token(&api_key, &node()),
+            Err(AuthError::NotProxyToken)
+        );
+    }
+
+    #[test]
+    fn bearer_header() {
+        let mut md = MetadataMap::new();
+        assert_eq!(bearer(&md), Ok(None));
+        md.insert("authorization", "Bearer sbp_abc".parse().unwrap());
+        assert_eq!(bearer(&md), Ok(Some("sbp_abc".to_owned())));
+        md.insert("authorization", "bearer  sbp_abc ".parse().unwrap());
+        assert_eq!(bearer(&md), Ok(Some("sbp_abc".to_owned())));
+        for bad in ["sbp_abc", "Basic abc", "Bearer "] {
+            md.insert("authorization", bad.parse().unwrap());
+            assert_eq!(bearer(&md), Err(AuthError::MalformedHeader), "{bad}");
+        }
+    }
+
+    #[test]
+    fn anonymous_refusal_says_what_to_do() {
+        let status = AuthError::Unauthenticated.status();
+        assert_eq!(status.code(), tonic::Code::Unauthenticated);
+        assert!(status.message().contains("authorization metadata"));
+        assert!(status.message().contains("allowUnauthenticatedXds"));
+    }
+}

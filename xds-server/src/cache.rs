@@ -1,0 +1,365 @@
+//! The snapshot cache: one [`MeshSnapshot`] per mesh that has streams, rebuilt when the mesh
+//! changes and published through a `watch` channel so every stream of the mesh wakes up.
+//!
+//! **Invariants.**
+//! - A mesh is loaded when its first stream arrives ([`SnapshotCache::acquire`]) and dropped
+//!   when its last [`MeshHandle`] goes.
+//! - Each loaded mesh has one task that owns its incremental [`Translator`]. It rebuilds at
+//!   most once at a time: kicks that arrive during a rebuild coalesce into one follow-up
+//!   rebuild, after a short debounce.
+//! - If the store cannot be read, the last good snapshot stays published and the task retries
+//!   with backoff.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
+
+use switchboard_store::{Store, StoreError};
+use switchboard_translator::{MeshResources, Translator};
+use tokio::sync::{mpsc, watch};
+use tracing::Instrument;
+
+use crate::snapshot::{MeshSnapshot, mesh_config};
+
+/// Tenant and mesh name.
+pub type MeshKey = (String, String);
+
+/// Longest wait between attempts to read a mesh the store could not give.
+const MAX_BACKOFF: Duration = Duration::from_secs(5);
+
+/// What a mesh's watch channel holds.
+#[derive(Debug, Clone)]
+pub enum MeshState {
+    /// The first load is in progress.
+    Loading,
+    Ready(Arc<MeshSnapshot>),
+    /// The mesh or its tenant does not exist (or was deleted).
+    Missing,
+    /// The first load failed; the task keeps retrying.
+    Unavailable(String),
+}
+
+/// Why a mesh cannot be served.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum CacheError {
+    #[error("mesh {mesh:?} of tenant {tenant:?} does not exist")]
+    NotFound { tenant: String, mesh: String },
+    #[error(
+        "the configuration store cannot be read ({0}); the server keeps retrying (hint: is \
+         the database reachable?)"
+    )]
+    Unavailable(String),
+}
+
+/// Shared by every [`MeshHandle`] of the same mesh and by the watcher.
+#[derive(Debug)]
+struct Shared {
+    rx: watch::Receiver<MeshState>,
+    kick: mpsc::Sender<Instant>,
+    /// The tenant revision up to which this mesh is known to be current.
+    checked: Arc<AtomicI64>,
+}
+
+#[derive(Debug)]
+struct Entry {
+    users: usize,
+    shared: Arc<Shared>,
+}
+
+struct Inner {
+    store: Store,
+    debounce: Duration,
+    meshes: Mutex<BTreeMap<MeshKey, Entry>>,
+}
+
+impl std::fmt::Debug for Inner {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SnapshotCache")
+            .field("debounce", &self.debounce)
+            .field("meshes", &self.meshes)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Per-mesh snapshots of the meshes that have streams. Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct SnapshotCache {
+    inner: Arc<Inner>,
+}
+
+impl SnapshotCache {
+    /// A cache reading from `store`, waiting `debounce` after a change before rebuilding.
+    pub fn new(store: Store, debounce: Duration) -> Self {
+        Self {
+            inner: Arc::new(Inner {
+                store,
+                debounce,
+                meshes: Mutex::new(BTreeMap::new()),
+            }),
+        }
+    }
+
+    fn meshes(&self) -> std::sync::MutexGuard<'_, BTreeMap<MeshKey, Entry>> {
+        self.inner
+            .meshes
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// The mesh's snapshot, loading it if no stream uses it yet. The handle keeps it loaded.
+    pub async fn acquire(&self, tenant: &str, mesh: &str) -> Result<MeshHandle, CacheError> {
+        let key = (tenant.to_owned(), mesh.to_owned());
+        let rx = {
+            let mut meshes = self.meshes();
+            let entry = meshes.entry(key.clone()).or_insert_with(|| Entry {
+                users: 0,
+                shared: self.spawn_mesh(&key),
+            });
+            entry.users += 1;
+            entry.shared.rx.clone()
+        };
+        let mut handle = MeshHandle {
+            cache: self.clone(),
+            key,
+            rx,
+        };
+        let state = handle
+            .rx
+            .wait_for(|s| !matches!(s, MeshState::Loading))
+            .await
+            .map(|s| s.clone())
+            .map_err(|_| CacheError::Unavailable("the mesh task stopped".to_owned()))?;
+        match state {
+            MeshState::Ready(_) => Ok(handle),
+            MeshState::Missing => Err(CacheError::NotFound {
+                tenant: tenant.to_owned(),
+                mesh: mesh.to_owned(),
+            }),
+            MeshState::Unavailable(e) => Err(CacheError::Unavailable(e)),
+            MeshState::Loading => Err(CacheError::Unavailable("still loading".to_owned())),
+        }
+    }
+
+    fn release(&self, key: &MeshKey) {
+        let mut meshes = self.meshes();
+        if let Some(entry) = meshes.get_mut(key) {
+            entry.users = entry.users.saturating_sub(1);
+            if entry.users == 0 {
+                meshes.remove(key);
+                tracing::debug!(tenant = %key.0, mesh = %key.1, "mesh unloaded: no stream uses it");
+            }
+        }
+    }
+
+    fn spawn_mesh(&self, key: &MeshKey) -> Arc<Shared> {
+        let (tx, rx) = watch::channel(MeshState::Loading);
+        // One pending kick: everything that arrives while a rebuild runs becomes one rebuild.
+        let (kick, kicks) = mpsc::channel(1);
+        let checked = Arc::new(AtomicI64::new(0));
+        let task = MeshTask {
+            store: self.inner.store.clone(),
+            key: key.clone(),
+            tx,
+            kicks,
+            checked: Arc::clone(&checked),
+            debounce: self.inner.debounce,
+            translator: None,
+        };
+        let span = tracing::info_span!("mesh", tenant = %key.0, mesh = %key.1);
+        tokio::spawn(task.run().instrument(span));
+        Arc::new(Shared { rx, kick, checked })
+    }
+
+    /// The loaded meshes of `tenant` and the revision each is known to be current through.
+    pub fn loaded(&self, tenant: &str) -> Vec<(String, i64)> {
+        self.meshes()
+            .range((tenant.to_owned(), String::new())..)
+            .take_while(|((t, _), _)| t == tenant)
+            .map(|((_, m), e)| (m.clone(), e.shared.checked.load(Ordering::Acquire)))
+            .collect()
+    }
+
+    /// Every loaded mesh.
+    pub fn loaded_meshes(&self) -> Vec<MeshKey> {
+        self.meshes().keys().cloned().collect()
+    }
+
+    /// Asks the mesh's task to re-read it; `at` is when the change was announced.
+    pub fn kick(&self, tenant: &str, mesh: &str, at: Instant) {
+        let key = (tenant.to_owned(), mesh.to_owned());
+        if let Some(e) = self.meshes().get(&key) {
+            // Full means a rebuild is already pending, which will see this change too.
+            let _ = e.shared.kick.try_send(at);
+        }
+    }
+
+    /// Re-reads every loaded mesh (after notices may have been lost).
+    pub fn kick_all(&self, at: Instant) {
+        for e in self.meshes().values() {
+            let _ = e.shared.kick.try_send(at);
+        }
+    }
+
+    /// Records that nothing of `mesh` changed up to `revision`.
+    pub fn advance(&self, tenant: &str, mesh: &str, revision: i64) {
+        let key = (tenant.to_owned(), mesh.to_owned());
+        if let Some(e) = self.meshes().get(&key) {
+            e.shared.checked.fetch_max(revision, Ordering::AcqRel);
+        }
+    }
+
+    /// The current snapshot of a loaded mesh (for status pages and tests).
+    pub fn current(&self, tenant: &str, mesh: &str) -> Option<Arc<MeshSnapshot>> {
+        let key = (tenant.to_owned(), mesh.to_owned());
+        match &*self.meshes().get(&key)?.shared.rx.borrow() {
+            MeshState::Ready(s) => Some(Arc::clone(s)),
+            _ => None,
+        }
+    }
+}
+
+/// Keeps a mesh loaded and watches its snapshots. Dropping the last handle of a mesh unloads
+/// it.
+#[derive(Debug)]
+pub struct MeshHandle {
+    cache: SnapshotCache,
+    key: MeshKey,
+    rx: watch::Receiver<MeshState>,
+}
+
+impl MeshHandle {
+    /// The latest state, marking it seen.
+    pub fn current(&mut self) -> MeshState {
+        self.rx.borrow_and_update().clone()
+    }
+
+    /// Waits for the next published state. An error means the mesh task is gone (shutdown).
+    pub async fn changed(&mut self) -> Result<MeshState, CacheError> {
+        self.rx
+            .changed()
+            .await
+            .map_err(|_| CacheError::Unavailable("the mesh task stopped".to_owned()))?;
+        Ok(self.current())
+    }
+}
+
+impl Drop for MeshHandle {
+    fn drop(&mut self) {
+        self.cache.release(&self.key);
+    }
+}
+
+/// The task that owns one mesh's translator.
+struct MeshTask {
+    store: Store,
+    key: MeshKey,
+    tx: watch::Sender<MeshState>,
+    kicks: mpsc::Receiver<Instant>,
+    checked: Arc<AtomicI64>,
+    debounce: Duration,
+    translator: Option<Translator>,
+}
+
+impl MeshTask {
+    async fn run(mut self) {
+        let mut committed_at: Option<Instant> = None;
+        loop {
+            let mut backoff = Duration::from_millis(100);
+            while let Err(e) = self.rebuild(committed_at).await {
+                tracing::warn!(
+                    error = %e,
+                    retry_in = ?backoff,
+                    "cannot read the mesh from the store; serving the last good snapshot \
+                     (hint: is the database reachable?)"
+                );
+                if matches!(*self.tx.borrow(), MeshState::Loading) {
+                    self.tx.send_replace(MeshState::Unavailable(e.to_string()));
+                }
+                match tokio::time::timeout(backoff, self.kicks.recv()).await {
+                    Ok(None) => return,
+                    Ok(Some(at)) => committed_at = earliest(committed_at, at),
+                    Err(_) => {}
+                }
+                backoff = (backoff * 2).min(MAX_BACKOFF);
+            }
+            let Some(at) = self.kicks.recv().await else {
+                return;
+            };
+            committed_at = earliest(None, at);
+            tokio::time::sleep(self.debounce).await;
+            while let Ok(at) = self.kicks.try_recv() {
+                committed_at = earliest(committed_at, at);
+            }
+        }
+    }
+
+    async fn rebuild(&mut self, committed_at: Option<Instant>) -> Result<(), RebuildError> {
+        let (tenant, mesh) = &self.key;
+        let stored = match self.store.mesh_snapshot(tenant, mesh).await {
+            Ok(s) => s,
+            Err(StoreError::NotFound { .. }) => {
+                if !matches!(*self.tx.borrow(), MeshState::Missing) {
+                    tracing::info!("the mesh does not exist (or was deleted)");
+                    self.translator = None;
+                    self.tx.send_replace(MeshState::Missing);
+                }
+                return Ok(());
+            }
+            Err(e) => return Err(e.into()),
+        };
+        if let MeshState::Ready(current) = &*self.tx.borrow()
+            && current.revision == stored.revision
+        {
+            self.checked.fetch_max(stored.revision, Ordering::AcqRel);
+            return Ok(());
+        }
+        let started = Instant::now();
+        let (config, warnings) = mesh_config(&stored);
+        for w in &warnings {
+            tracing::warn!(warning = %w, "left out of the mesh's xDS resources");
+        }
+        let mut snapshot = MeshSnapshot::new(&config, MeshResources::default(), committed_at);
+        let revision = config.revision;
+        // Translation is CPU work proportional to the change; keep it off the async workers.
+        let translator = self.translator.take();
+        let (translator, resources) = tokio::task::spawn_blocking(move || {
+            let t = match translator {
+                Some(mut t) => {
+                    t.update(config);
+                    t
+                }
+                None => Translator::new(config),
+            };
+            let resources = t.resources().clone();
+            (t, resources)
+        })
+        .await
+        .map_err(|e| RebuildError::Translation(e.to_string()))?;
+        self.translator = Some(translator);
+        snapshot.resources = resources;
+        crate::metrics::snapshot_built(started.elapsed());
+        tracing::debug!(
+            revision,
+            listeners = snapshot.resources.listeners.len(),
+            clusters = snapshot.resources.clusters.len(),
+            "snapshot built"
+        );
+        self.checked.fetch_max(revision, Ordering::AcqRel);
+        self.tx.send_replace(MeshState::Ready(Arc::new(snapshot)));
+        Ok(())
+    }
+}
+
+/// Why a rebuild failed; the last good snapshot stays published.
+#[derive(Debug, thiserror::Error)]
+enum RebuildError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("translation failed: {0}")]
+    Translation(String),
+}
+
+fn earliest(a: Option<Instant>, b: Instant) -> Option<Instant> {
+    Some(a.map_or(b, |a| a.min(b)))
+}

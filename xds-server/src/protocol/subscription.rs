@@ -1,0 +1,314 @@
+//! One resource type on one stream: its subscription, what the client was sent, and the
+//! ACK/NACK bookkeeping.
+
+use std::borrow::Borrow;
+use std::cmp::Ordering;
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+
+use sha2::{Digest, Sha256};
+use switchboard_translator::XdsResource;
+use switchboard_xds_proto::{DiscoveryRequest, DiscoveryResponse, ResourceType};
+
+use super::{Ack, Nack, Outgoing, Phase, Resources, WILDCARD};
+
+/// A resource the client was sent, ordered and looked up by name. Only a pointer to the
+/// snapshot's resource: streams never copy resources.
+#[derive(Debug, Clone)]
+struct Held(Arc<XdsResource>);
+
+impl Borrow<str> for Held {
+    fn borrow(&self) -> &str {
+        &self.0.name
+    }
+}
+
+impl PartialEq for Held {
+    fn eq(&self, other: &Self) -> bool {
+        self.0.name == other.0.name
+    }
+}
+
+impl Eq for Held {}
+
+impl PartialOrd for Held {
+    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for Held {
+    fn cmp(&self, other: &Self) -> Ordering {
+        self.0.name.cmp(&other.0.name)
+    }
+}
+
+/// The latest response of a type.
+#[derive(Debug, Clone)]
+struct Last {
+    nonce: String,
+    version: String,
+    revision: i64,
+    /// The resources it carried (pointers; names are copied only for a NACK).
+    resources: Vec<Arc<XdsResource>>,
+}
+
+#[derive(Debug)]
+pub(super) struct TypeState {
+    rtype: ResourceType,
+    /// A request of this type was seen.
+    requested: bool,
+    /// Subscribed to everything the node may see (legacy empty list, or `*`).
+    wildcard: bool,
+    /// Explicitly named resources (without `*`).
+    names: BTreeSet<String>,
+    /// The client has sent a non-empty `resource_names`: an empty one now means "nothing",
+    /// not the legacy wildcard.
+    ever_named: bool,
+    /// Respond even if nothing changed: the first request, or (for Listener and Cluster) new
+    /// names, whose absence the full-state response reveals.
+    force: bool,
+    /// Names added to the subscription and not yet answered: sent even if unchanged.
+    added: BTreeSet<String>,
+    /// What the client holds if it accepted every response.
+    held: BTreeSet<Held>,
+    last: Option<Last>,
+}
+
+/// What a type has to send, computed against the current resources.
+pub(super) struct Plan<'v> {
+    /// Everything the subscription covers that exists.
+    desired: BTreeMap<&'v str, &'v Arc<XdsResource>>,
+    /// New, changed or newly requested resources.
+    changed: Vec<&'v Arc<XdsResource>>,
+    force: bool,
+    /// Listener/Cluster only: held resources that no longer exist.
+    removed: bool,
+}
+
+impl Plan<'_> {
+    pub(super) fn has_update(&self) -> bool {
+        self.force || !self.changed.is_empty()
+    }
+
+    pub(super) fn has_removal(&self) -> bool {
+        self.removed
+    }
+}
+
+fn same(a: &Arc<XdsResource>, b: &Arc<XdsResource>) -> bool {
+    Arc::ptr_eq(a, b) || (a.version == b.version && a.resource.type_url == b.resource.type_url)
+}
+
+impl TypeState {
+    pub(super) fn new(rtype: ResourceType) -> Self {
+        Self {
+            rtype,
+            requested: false,
+            wildcard: false,
+            names: BTreeSet::new(),
+            ever_named: false,
+            force: false,
+            added: BTreeSet::new(),
+            held: BTreeSet::new(),
+            last: None,
+        }
+    }
+
+    fn full_state(&self) -> bool {
+        self.rtype.sotw_requires_full_state()
+    }
+
+    pub(super) fn subscription(&self) -> (bool, Vec<String>) {
+        (self.wildcard, self.names.iter().cloned().collect())
+    }
+
+    fn subscribed(&self, name: &str) -> bool {
+        self.wildcard || self.names.contains(name)
+    }
+
+    /// Applies a request: ACK/NACK when its nonce is the latest, and its subscription always.
+    pub(super) fn apply(&mut self, req: &DiscoveryRequest) -> (Option<Ack>, Option<Nack>, bool) {
+        let first = !self.requested;
+        self.requested = true;
+        let (mut ack, mut nack, mut stale) = (None, None, false);
+        if !req.response_nonce.is_empty() {
+            match &self.last {
+                Some(last) if last.nonce == req.response_nonce => match &req.error_detail {
+                    Some(error) => {
+                        nack = Some(Nack {
+                            rtype: self.rtype,
+                            version: last.version.clone(),
+                            nonce: last.nonce.clone(),
+                            revision: last.revision,
+                            kept_version: req.version_info.clone(),
+                            message: error.message.clone(),
+                            code: error.code,
+                            names: last.resources.iter().map(|r| r.name.clone()).collect(),
+                        });
+                    }
+                    None => {
+                        ack = Some(Ack {
+                            rtype: self.rtype,
+                            version: last.version.clone(),
+                            nonce: last.nonce.clone(),
+                            revision: last.revision,
+                        });
+                    }
+                },
+                _ => stale = true,
+            }
+        }
+        self.subscribe(&req.resource_names, first);
+        (ack, nack, stale)
+    }
+
+    fn subscribe(&mut self, resource_names: &[String], first: bool) {
+        let mut names: BTreeSet<String> = resource_names.iter().cloned().collect();
+        let explicit_wildcard = names.remove(WILDCARD);
+        let wildcard = explicit_wildcard || (names.is_empty() && !self.ever_named);
+        if !resource_names.is_empty() {
+            self.ever_named = true;
+        }
+        let added: Vec<String> = names.difference(&self.names).cloned().collect();
+        let wildcard_added = wildcard && !self.wildcard;
+        self.wildcard = wildcard;
+        self.names = names;
+        // Names no longer subscribed are dropped without telling the client: it dropped them.
+        let (wildcard, names) = (self.wildcard, &self.names);
+        self.held
+            .retain(|h| wildcard || names.contains(h.0.name.as_str()));
+        self.added.retain(|n| names.contains(n));
+        if first || (self.full_state() && (!added.is_empty() || wildcard_added)) {
+            // The first request always gets an answer when one is possible: for Listener and
+            // Cluster (full state, even if empty) and for a wildcard. A named RouteConfiguration
+            // or ClusterLoadAssignment that does not exist yet is answered when it appears.
+            self.force = self.full_state() || self.wildcard || self.force;
+        }
+        self.added.extend(added);
+    }
+
+    /// What to send now. Also forgets, without telling the client, RouteConfigurations and
+    /// ClusterLoadAssignments that no longer exist (the protocol has no way to remove them;
+    /// if they come back they are sent again).
+    pub(super) fn plan<'v>(&mut self, view: &'v dyn Resources) -> Plan<'v> {
+        let mut desired: BTreeMap<&'v str, &'v Arc<XdsResource>> = BTreeMap::new();
+        if self.wildcard {
+            for r in view.wildcard(self.rtype) {
+                desired.insert(r.name.as_str(), r);
+            }
+        }
+        for name in &self.names {
+            if let Some(r) = view.get(self.rtype, name) {
+                desired.insert(r.name.as_str(), r);
+            }
+        }
+        if !self.full_state() {
+            self.held
+                .retain(|h| desired.contains_key(h.0.name.as_str()));
+        }
+        let changed = desired
+            .iter()
+            .filter(|(name, r)| {
+                self.added.contains(**name)
+                    || self.held.get(**name).is_none_or(|held| !same(&held.0, r))
+            })
+            .map(|(_, r)| *r)
+            .collect();
+        let removed = self.full_state()
+            && self
+                .held
+                .iter()
+                .any(|h| self.subscribed(&h.0.name) && !desired.contains_key(h.0.name.as_str()));
+        Plan {
+            desired,
+            changed,
+            force: self.force,
+            removed,
+        }
+    }
+
+    /// Sends additions and changes. A Listener/Cluster response keeps removed resources when
+    /// `keep_removed` (later types still have updates that may stop referring to them).
+    pub(super) fn emit_update(
+        &mut self,
+        plan: Plan<'_>,
+        keep_removed: bool,
+        nonce: String,
+        revision: i64,
+    ) -> Outgoing {
+        let sent: Vec<Arc<XdsResource>> = if self.full_state() {
+            let mut next: BTreeSet<Held> =
+                plan.desired.values().map(|r| Held(Arc::clone(r))).collect();
+            if keep_removed {
+                next.extend(self.held.iter().cloned());
+            }
+            self.held = next;
+            self.held.iter().map(|h| Arc::clone(&h.0)).collect()
+        } else {
+            let sent: Vec<_> = plan.changed.iter().map(|r| Arc::clone(r)).collect();
+            for r in &sent {
+                self.held.replace(Held(Arc::clone(r)));
+            }
+            sent
+        };
+        self.respond(sent, nonce, revision, Phase::Update)
+    }
+
+    /// Sends the Listener/Cluster full state without the resources that were removed.
+    pub(super) fn emit_removal(
+        &mut self,
+        plan: Plan<'_>,
+        nonce: String,
+        revision: i64,
+    ) -> Outgoing {
+        self.held = plan.desired.values().map(|r| Held(Arc::clone(r))).collect();
+        let sent = self.held.iter().map(|h| Arc::clone(&h.0)).collect();
+        self.respond(sent, nonce, revision, Phase::Removal)
+    }
+
+    fn respond(
+        &mut self,
+        sent: Vec<Arc<XdsResource>>,
+        nonce: String,
+        revision: i64,
+        phase: Phase,
+    ) -> Outgoing {
+        self.force = false;
+        self.added.clear();
+        let version = self.version();
+        self.last = Some(Last {
+            nonce: nonce.clone(),
+            version: version.clone(),
+            revision,
+            resources: sent.clone(),
+        });
+        Outgoing {
+            rtype: Some(self.rtype),
+            response: DiscoveryResponse {
+                version_info: version,
+                resources: sent.iter().map(|r| r.resource.clone()).collect(),
+                type_url: self.rtype.type_url().to_owned(),
+                nonce,
+                ..Default::default()
+            },
+            revision,
+            state: self.held.iter().map(|h| Arc::clone(&h.0)).collect(),
+            phase,
+        }
+    }
+
+    /// The version of what the client holds after the response: a digest of the names and
+    /// versions, so equal content gets an equal version on any replica and after reconnects.
+    fn version(&self) -> String {
+        let mut hash = Sha256::new();
+        for h in &self.held {
+            hash.update(h.0.name.as_bytes());
+            hash.update([0]);
+            hash.update(h.0.version.as_bytes());
+            hash.update([0]);
+        }
+        let digest = hash.finalize();
+        hex::encode(&digest[..8])
+    }
+}

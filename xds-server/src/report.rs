@@ -1,0 +1,191 @@
+//! Per-proxy status for the REST API, across replicas.
+//!
+//! Each replica writes its own streams' status to the store (only what changed, every
+//! [`SYNC_INTERVAL`], with a heartbeat), so any replica's API can list every proxy of a mesh.
+//! What a node is being sent is taken from the local registry when the node's stream is here
+//! (exactly what was sent), and otherwise recomputed from the mesh's current snapshot and the
+//! node's recorded role and subscriptions (the translator is pure, so both agree).
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use serde_json::{Value, json};
+use switchboard_store::{ProxyRow, Store};
+use switchboard_translator::{NodeRole, SidecarParams, XdsResource, translate};
+use switchboard_xds_proto::{ResourceType, any_to_json};
+use tokio::task::JoinHandle;
+
+use crate::node::node_role;
+use crate::protocol::Resources;
+use crate::snapshot::{MeshSnapshot, mesh_config};
+use crate::status::{ProxyRegistry, ProxyStatus, TypeStatus};
+use crate::view::NodeView;
+use crate::{SnapshotCache, XdsServer};
+
+/// How often changed statuses are written.
+pub const SYNC_INTERVAL: Duration = Duration::from_millis(250);
+/// How often a replica refreshes its rows' heartbeat.
+pub const HEARTBEAT_INTERVAL: Duration = Duration::from_secs(15);
+
+#[derive(Debug, thiserror::Error)]
+pub enum ReportError {
+    #[error(transparent)]
+    Store(#[from] switchboard_store::StoreError),
+}
+
+fn ms(t: SystemTime) -> i64 {
+    t.duration_since(UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
+}
+
+fn role_json(role: &NodeRole) -> Value {
+    match role {
+        NodeRole::Proxyless => json!({"kind": "proxyless"}),
+        NodeRole::Sidecar(p) => json!({"kind": "sidecar", "service": p.service, "inboundPort": p.inbound_port, "appPort": p.app_port}),
+        NodeRole::Gateway { name } => json!({"kind": "gateway", "gateway": name}),
+    }
+}
+
+fn role_from_json(v: &Value) -> NodeRole {
+    let port = |k: &str| v[k].as_u64().and_then(|p| u32::try_from(p).ok()).unwrap_or(0);
+    match v["kind"].as_str() {
+        Some("sidecar") => NodeRole::Sidecar(SidecarParams {
+            service: v["service"].as_str().unwrap_or_default().to_owned(),
+            inbound_port: port("inboundPort"),
+            app_port: port("appPort"),
+        }),
+        Some("gateway") => NodeRole::Gateway {
+            name: v["gateway"].as_str().unwrap_or_default().to_owned(),
+        },
+        _ => NodeRole::Proxyless,
+    }
+}
+
+fn type_json(t: ResourceType, s: &TypeStatus) -> Value {
+    json!({
+        "type": t.short_name(),
+        "typeUrl": t.type_url(),
+        "state": format!("{:?}", s.state()).to_uppercase(),
+        "wildcard": s.wildcard,
+        "names": s.names,
+        "sent": s.sent.as_ref().map(|x| json!({"version": x.version, "nonce": x.nonce, "revision": x.revision, "time": ms(x.time)})),
+        "acked": s.acked.as_ref().map(|x| json!({"version": x.version, "revision": x.revision, "time": ms(x.time)})),
+        "nack": s.nack.as_ref().map(|x| json!({"version": x.version, "revision": x.revision, "error": x.message, "resources": x.names, "time": ms(x.time)})),
+    })
+}
+
+/// The status of one stream as stored and shown.
+pub fn status_json(s: &ProxyStatus) -> Value {
+    let role = node_role(&s.node).unwrap_or(NodeRole::Proxyless);
+    let agent = format!("{} {}", s.node.user_agent_name, match &s.node.user_agent_version_type {
+        Some(switchboard_xds_proto::pb::envoy::config::core::v3::node::UserAgentVersionType::UserAgentVersion(v)) => v.clone(),
+        _ => String::new(),
+    });
+    json!({
+        "role": s.role,
+        "roleSpec": role_json(&role),
+        "service": s.service,
+        "authenticated": s.authenticated,
+        "userAgent": agent.trim(),
+        "types": s.types.iter().map(|(t, st)| type_json(*t, st)).collect::<Vec<_>>(),
+    })
+}
+
+fn row(replica: &str, s: &ProxyStatus) -> ProxyRow {
+    ProxyRow {
+        tenant: s.node_id.tenant.clone(),
+        mesh: s.node_id.mesh.clone(),
+        node: s.node_id.name.clone(),
+        replica: replica.to_owned(),
+        stream_id: i64::try_from(s.stream_id).unwrap_or(i64::MAX),
+        connected_since: ms(s.connected_since),
+        heartbeat: ms(SystemTime::now()),
+        status: status_json(s),
+    }
+}
+
+/// Writes status changes to the store until the task is aborted. A failed write is retried
+/// at the next tick; the registry keeps the truth meanwhile.
+pub fn spawn_status_sync(store: Store, registry: ProxyRegistry, replica: String) -> JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(SYNC_INTERVAL);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut last_heartbeat = tokio::time::Instant::now();
+        loop {
+            tick.tick().await;
+            let (updated, ended) = registry.take_changes();
+            let rows: Vec<ProxyRow> = updated.iter().map(|s| row(&replica, s)).collect();
+            let ended_ids: Vec<i64> = ended.iter().filter_map(|id| i64::try_from(*id).ok()).collect();
+            let result = async {
+                store.put_proxies(&rows).await?;
+                if !ended_ids.is_empty() {
+                    store.delete_proxies(&replica, &ended_ids).await?;
+                }
+                Ok::<_, switchboard_store::StoreError>(())
+            }
+            .await;
+            if let Err(e) = result {
+                tracing::warn!(error = %e, "cannot record proxy status; will retry");
+                registry.retry_changes(updated.iter().map(|s| s.stream_id), ended);
+                continue;
+            }
+            if last_heartbeat.elapsed() >= HEARTBEAT_INTERVAL {
+                last_heartbeat = tokio::time::Instant::now();
+                if let Err(e) = store.heartbeat_proxies(&replica).await {
+                    tracing::warn!(error = %e, "cannot refresh proxy status heartbeat");
+                }
+            }
+        }
+    })
+}
+
+/// The JSON of a list of resources.
+fn render(resources: &[Arc<XdsResource>]) -> Vec<Value> {
+    resources
+        .iter()
+        .map(|r| any_to_json(&r.resource).unwrap_or_else(|e| json!({"name": r.name, "error": e.to_string()})))
+        .collect()
+}
+
+async fn current_snapshot(cache: &SnapshotCache, store: &Store, tenant: &str, mesh: &str) -> Result<Arc<MeshSnapshot>, ReportError> {
+    if let Some(s) = cache.current(tenant, mesh) {
+        return Ok(s);
+    }
+    let stored = store.mesh_snapshot(tenant, mesh).await?;
+    let (config, _) = mesh_config(&stored);
+    let resources = translate(&config);
+    Ok(Arc::new(MeshSnapshot::new(&config, resources, None)))
+}
+
+impl XdsServer {
+    /// What a node is being sent, per type, as proto3 JSON; `None` when the node has no live
+    /// stream on any replica.
+    pub async fn node_config(&self, tenant: &str, mesh: &str, node: &str) -> Result<Option<Value>, ReportError> {
+        let local = self.registry().resources(tenant, mesh, node);
+        let per_type: BTreeMap<ResourceType, Vec<Arc<XdsResource>>> = if !local.is_empty() {
+            local
+        } else {
+            let rows = self.store().list_proxies(tenant, mesh, Some(node)).await?;
+            let Some(latest) = rows.iter().max_by_key(|r| r.connected_since) else {
+                return Ok(None);
+            };
+            let snapshot = current_snapshot(self.cache(), self.store(), tenant, mesh).await?;
+            let view = NodeView::new(snapshot, role_from_json(&latest.status["roleSpec"]));
+            let mut out = BTreeMap::new();
+            for t in latest.status["types"].as_array().into_iter().flatten() {
+                let Some(rt) = t["type"].as_str().and_then(ResourceType::from_short_name) else { continue };
+                let resources: Vec<Arc<XdsResource>> = if t["wildcard"].as_bool() == Some(true) {
+                    view.wildcard(rt).cloned().collect()
+                } else {
+                    t["names"].as_array().into_iter().flatten().filter_map(|n| n.as_str()).filter_map(|n| view.get(rt, n).cloned()).collect()
+                };
+                out.insert(rt, resources);
+            }
+            out
+        };
+        Ok(Some(json!({
+            "node": node,
+            "types": per_type.iter().map(|(t, rs)| json!({"type": t.short_name(), "typeUrl": t.type_url(), "resources": render(rs)})).collect::<Vec<_>>(),
+        })))
+    }
+}

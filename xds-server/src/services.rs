@@ -1,0 +1,174 @@
+//! The discovery services: ADS, and LDS, RDS, CDS and EDS for clients that open one stream
+//! per type. All run the same engine; the single-type services are ADS limited to one type.
+//! Delta (incremental) xDS is not served: clients fall back to state of the world.
+
+use std::sync::Arc;
+
+use futures::stream::BoxStream;
+use switchboard_xds_proto::service::{ads, cds, eds, lds, rds};
+use switchboard_xds_proto::{
+    DeltaDiscoveryRequest, DeltaDiscoveryResponse, DiscoveryRequest, DiscoveryResponse,
+    ResourceType,
+};
+use tonic::{Request, Response, Status, Streaming};
+
+use crate::ads::{Engine, ResponseStream};
+use crate::auth::{self, Admitted};
+use crate::cache::MeshState;
+use crate::node::node_role;
+use crate::protocol::StreamState;
+use crate::view::NodeView;
+
+/// What the delta methods answer.
+type DeltaStream = BoxStream<'static, Result<DeltaDiscoveryResponse, Status>>;
+
+fn no_delta() -> Status {
+    Status::unimplemented(
+        "incremental (delta) xDS is not supported: configure the client for state-of-the-world \
+         xDS (api_type GRPC, not DELTA_GRPC)",
+    )
+}
+
+/// The aggregated discovery service.
+#[derive(Debug, Clone)]
+pub struct AdsService {
+    engine: Arc<Engine>,
+}
+
+impl AdsService {
+    pub(crate) fn new(engine: Arc<Engine>) -> Self {
+        Self { engine }
+    }
+}
+
+#[tonic::async_trait]
+impl ads::AggregatedDiscoveryService for AdsService {
+    type StreamAggregatedResourcesStream = ResponseStream;
+    type DeltaAggregatedResourcesStream = DeltaStream;
+
+    async fn stream_aggregated_resources(
+        &self,
+        request: Request<Streaming<DiscoveryRequest>>,
+    ) -> Result<Response<ResponseStream>, Status> {
+        Ok(self.engine.open(None, request))
+    }
+
+    async fn delta_aggregated_resources(
+        &self,
+        _request: Request<Streaming<DeltaDiscoveryRequest>>,
+    ) -> Result<Response<DeltaStream>, Status> {
+        Err(no_delta())
+    }
+}
+
+/// Answers a unary Fetch request: the current state for the request's subscription.
+async fn fetch(
+    engine: &Engine,
+    rtype: ResourceType,
+    request: Request<DiscoveryRequest>,
+) -> Result<Response<DiscoveryResponse>, Status> {
+    let token = auth::bearer(request.metadata()).map_err(|e| e.status())?;
+    let request = request.into_inner();
+    let mut state = StreamState::single(rtype, engine.limits);
+    state
+        .handle(&request)
+        .map_err(|e| Status::invalid_argument(e.to_string()))?;
+    let (Some(node), Some(node_id)) = (state.node(), state.node_id()) else {
+        return Err(Status::internal("the request was accepted without a node"));
+    };
+    let role = node_role(node).map_err(|e| Status::invalid_argument(e.to_string()))?;
+    let Admitted { mut mesh, .. } =
+        auth::authorize(&engine.store, &engine.cache, token.as_deref(), node_id)
+            .await
+            .map_err(|e| e.status())?;
+    let MeshState::Ready(snapshot) = mesh.current() else {
+        return Err(Status::unavailable("the mesh is not loaded; retry"));
+    };
+    let view = NodeView::new(snapshot, role);
+    let response = state
+        .next_response(&view)
+        .map(|out| out.response)
+        .unwrap_or_else(|| DiscoveryResponse {
+            type_url: rtype.type_url().to_owned(),
+            ..Default::default()
+        });
+    Ok(Response::new(response))
+}
+
+/// Defines a single-type discovery service backed by the engine.
+macro_rules! single_type_service {
+    (
+        $(#[$doc:meta])* $name:ident, $module:ident :: $trait:ident, $rtype:expr,
+        stream: $stream_fn:ident / $stream_ty:ident,
+        delta: $delta_fn:ident / $delta_ty:ident,
+        fetch: $fetch_fn:ident
+    ) => {
+        $(#[$doc])*
+        #[derive(Debug, Clone)]
+        pub struct $name {
+            engine: Arc<Engine>,
+        }
+
+        impl $name {
+            pub(crate) fn new(engine: Arc<Engine>) -> Self {
+                Self { engine }
+            }
+        }
+
+        #[tonic::async_trait]
+        impl $module::$trait for $name {
+            type $stream_ty = ResponseStream;
+            type $delta_ty = DeltaStream;
+
+            async fn $stream_fn(
+                &self,
+                request: Request<Streaming<DiscoveryRequest>>,
+            ) -> Result<Response<ResponseStream>, Status> {
+                Ok(self.engine.open(Some($rtype), request))
+            }
+
+            async fn $delta_fn(
+                &self,
+                _request: Request<Streaming<DeltaDiscoveryRequest>>,
+            ) -> Result<Response<DeltaStream>, Status> {
+                Err(no_delta())
+            }
+
+            async fn $fetch_fn(
+                &self,
+                request: Request<DiscoveryRequest>,
+            ) -> Result<Response<DiscoveryResponse>, Status> {
+                fetch(&self.engine, $rtype, request).await
+            }
+        }
+    };
+}
+
+single_type_service!(
+    /// LDS on its own stream.
+    LdsService, lds::ListenerDiscoveryService, ResourceType::Listener,
+    stream: stream_listeners / StreamListenersStream,
+    delta: delta_listeners / DeltaListenersStream,
+    fetch: fetch_listeners
+);
+single_type_service!(
+    /// RDS on its own stream.
+    RdsService, rds::RouteDiscoveryService, ResourceType::RouteConfiguration,
+    stream: stream_routes / StreamRoutesStream,
+    delta: delta_routes / DeltaRoutesStream,
+    fetch: fetch_routes
+);
+single_type_service!(
+    /// CDS on its own stream.
+    CdsService, cds::ClusterDiscoveryService, ResourceType::Cluster,
+    stream: stream_clusters / StreamClustersStream,
+    delta: delta_clusters / DeltaClustersStream,
+    fetch: fetch_clusters
+);
+single_type_service!(
+    /// EDS on its own stream.
+    EdsService, eds::EndpointDiscoveryService, ResourceType::ClusterLoadAssignment,
+    stream: stream_endpoints / StreamEndpointsStream,
+    delta: delta_endpoints / DeltaEndpointsStream,
+    fetch: fetch_endpoints
+);

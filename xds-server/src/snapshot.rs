@@ -1,0 +1,140 @@
+//! A mesh's xDS resources at one revision, shared by every stream of the mesh.
+
+use std::collections::BTreeMap;
+use std::time::Instant;
+
+use switchboard_model::spec::Protocol;
+use switchboard_model::{Kind, MeshSpec, Spec};
+use switchboard_translator::{MeshConfig, MeshResources};
+
+/// One mesh's resources, built from the store at `revision`. Streams hold it in an `Arc` and
+/// point into it; nothing in it is copied per stream.
+#[derive(Debug)]
+pub struct MeshSnapshot {
+    pub tenant: String,
+    pub mesh: String,
+    /// The tenant revision the mesh was read at.
+    pub revision: i64,
+    pub spec: MeshSpec,
+    pub resources: MeshResources,
+    /// The protocol of every service, for the per-node resources of sidecars.
+    pub service_protocols: BTreeMap<String, Protocol>,
+    /// When the first commit notice this snapshot reflects arrived; `None` for a snapshot
+    /// loaded for a first stream. The start of the convergence time.
+    pub committed_at: Option<Instant>,
+    /// When the snapshot was built.
+    pub built_at: Instant,
+}
+
+impl MeshSnapshot {
+    pub fn new(
+        config: &MeshConfig,
+        resources: MeshResources,
+        committed_at: Option<Instant>,
+    ) -> Self {
+        Self {
+            tenant: config.tenant.clone(),
+            mesh: config.mesh.clone(),
+            revision: config.revision,
+            spec: config.spec.clone(),
+            resources,
+            service_protocols: config
+                .services
+                .iter()
+                .map(|(name, s)| (name.clone(), s.protocol))
+                .collect(),
+            committed_at,
+            built_at: Instant::now(),
+        }
+    }
+}
+
+/// Turns what the store holds into the translator's input. A spec the store holds but the
+/// model cannot parse (written by a newer version, or corrupt) is left out with a warning,
+/// so the rest of the mesh is still served.
+pub fn mesh_config(stored: &switchboard_store::MeshSnapshot) -> (MeshConfig, Vec<String>) {
+    let mut warnings = Vec::new();
+    let mut config = MeshConfig {
+        tenant: stored.tenant.clone(),
+        mesh: stored.mesh.key.name.clone(),
+        revision: stored.revision,
+        ..Default::default()
+    };
+    match Spec::parse(Kind::Mesh, stored.mesh.spec.clone()) {
+        Ok(Spec::Mesh(spec)) => config.spec = spec,
+        Ok(_) => {}
+        Err(e) => warnings.push(format!("mesh {}: {e}", config.mesh)),
+    }
+    for r in &stored.resources {
+        let name = r.key.name.clone();
+        match Spec::parse(r.key.kind, r.spec.clone()) {
+            Ok(Spec::Service(s)) => {
+                config.services.insert(name, s);
+            }
+            Ok(Spec::Endpoint(s)) => {
+                config.endpoints.insert(name, s);
+            }
+            Ok(Spec::Route(s)) => {
+                config.routes.insert(name, s);
+            }
+            Ok(Spec::Gateway(s)) => {
+                config.gateways.insert(name, s);
+            }
+            Ok(Spec::Mesh(_)) => {}
+            Err(e) => warnings.push(format!("{} {name}: {e}", r.key.kind)),
+        }
+    }
+    (config, warnings)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+    use switchboard_store::{ResourceKey, StoredResource};
+
+    fn stored(kind: Kind, name: &str, spec: serde_json::Value) -> StoredResource {
+        StoredResource {
+            key: ResourceKey::new("acme", "prod", kind, name),
+            spec,
+            revision: 1,
+            create_time: 0,
+            update_time: 0,
+        }
+    }
+
+    #[test]
+    fn builds_the_translator_input() {
+        let snap = switchboard_store::MeshSnapshot {
+            tenant: "acme".to_owned(),
+            mesh: stored(Kind::Mesh, "prod", json!({"allowUnauthenticatedXds": true})),
+            revision: 7,
+            resources: vec![
+                stored(
+                    Kind::Service,
+                    "pay",
+                    json!({"port": 80, "protocol": "grpc"}),
+                ),
+                stored(
+                    Kind::Endpoint,
+                    "pay-1",
+                    json!({"service": "pay", "address": "10.0.0.1"}),
+                ),
+                stored(Kind::Service, "broken", json!({"port": "eighty"})),
+            ],
+        };
+        let (config, warnings) = mesh_config(&snap);
+        assert_eq!(config.tenant, "acme");
+        assert_eq!(config.mesh, "prod");
+        assert_eq!(config.revision, 7);
+        assert!(config.spec.allow_unauthenticated_xds);
+        assert_eq!(config.services.len(), 1);
+        assert_eq!(config.endpoints.len(), 1);
+        assert_eq!(warnings.len(), 1, "{warnings:?}");
+        assert!(warnings[0].contains("broken"));
+        let resources = switchboard_translator::translate(&config);
+        let snapshot = MeshSnapshot::new(&config, resources, None);
+        assert_eq!(snapshot.service_protocols.get("pay"), Some(&Protocol::Grpc));
+        assert!(snapshot.resources.clusters.contains_key("pay"));
+    }
+}

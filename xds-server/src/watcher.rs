@@ -1,0 +1,200 @@
+//! Turns the store's commit notices into rebuilds of the meshes that changed.
+//!
+//! Notices say only "tenant T committed revision R". For each tenant with loaded meshes the
+//! watcher reads the change log since the oldest revision its meshes are current through,
+//! kicks the meshes named in it and marks the others current. Notices that arrive within the
+//! debounce window are handled together. After a `Resync` (notices may have been lost) or when
+//! the log cannot say (too many changes, or none although the revision moved: a deleted
+//! tenant), every loaded mesh concerned is re-read.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::{Duration, Instant};
+
+use switchboard_model::Kind;
+use switchboard_store::{Change, Notice, Store, StoreError};
+use tokio::sync::broadcast::error::RecvError;
+use tokio::task::JoinHandle;
+
+use crate::cache::SnapshotCache;
+
+/// Changes read per tenant per round; more than this re-reads every loaded mesh instead.
+const CHANGE_LIMIT: u32 = 1000;
+
+/// How long to wait before retrying when the change log cannot be read.
+const RETRY: Duration = Duration::from_secs(1);
+
+/// Starts the watcher. It runs until the store's notice channel closes.
+pub fn spawn_watcher(store: Store, cache: SnapshotCache, debounce: Duration) -> JoinHandle<()> {
+    let watcher = MeshWatcher {
+        rx: store.subscribe(),
+        store,
+        cache,
+        debounce,
+        pending: BTreeMap::new(),
+    };
+    tokio::spawn(watcher.run())
+}
+
+/// The notice loop; see the module documentation.
+pub struct MeshWatcher {
+    store: Store,
+    cache: SnapshotCache,
+    rx: tokio::sync::broadcast::Receiver<Notice>,
+    debounce: Duration,
+    /// Tenants with unhandled notices: the latest revision and when the first arrived.
+    pending: BTreeMap<String, (i64, Instant)>,
+}
+
+impl MeshWatcher {
+    async fn run(mut self) {
+        loop {
+            let received = if self.pending.is_empty() {
+                Some(self.rx.recv().await)
+            } else {
+                tokio::time::timeout(RETRY, self.rx.recv()).await.ok()
+            };
+            if let Some(received) = received
+                && !self.take(received)
+            {
+                return;
+            }
+            let deadline = tokio::time::Instant::now() + self.debounce;
+            while let Ok(received) = tokio::time::timeout_at(deadline, self.rx.recv()).await {
+                if !self.take(received) {
+                    return;
+                }
+            }
+            let tenants: Vec<_> = self.pending.keys().cloned().collect();
+            for tenant in tenants {
+                let Some(&(revision, at)) = self.pending.get(&tenant) else {
+                    continue;
+                };
+                match self.check(&tenant, revision, at).await {
+                    Ok(()) => {
+                        self.pending.remove(&tenant);
+                    }
+                    Err(e) => tracing::warn!(
+                        %tenant, error = %e,
+                        "cannot read the change log; xDS keeps serving the last good snapshots \
+                         and retries (hint: is the database reachable?)"
+                    ),
+                }
+            }
+        }
+    }
+
+    /// Records a notice; false when the channel is closed.
+    fn take(&mut self, received: Result<Notice, RecvError>) -> bool {
+        let now = Instant::now();
+        match received {
+            Ok(Notice::Committed { tenant, revision }) => {
+                let entry = self.pending.entry(tenant).or_insert((revision, now));
+                entry.0 = entry.0.max(revision);
+                true
+            }
+            Ok(Notice::Resync) => {
+                tracing::info!("store notices may have been lost; re-reading every loaded mesh");
+                self.cache.kick_all(now);
+                true
+            }
+            Err(RecvError::Lagged(missed)) => {
+                tracing::warn!(
+                    missed,
+                    "fell behind the store's notices; re-reading every loaded mesh"
+                );
+                self.cache.kick_all(now);
+                true
+            }
+            Err(RecvError::Closed) => false,
+        }
+    }
+
+    /// Kicks the loaded meshes of `tenant` that changed after the revision they are current
+    /// through.
+    async fn check(&self, tenant: &str, revision: i64, at: Instant) -> Result<(), StoreError> {
+        let loaded = self.cache.loaded(tenant);
+        // A mesh still loading (0) may have been read before this commit: re-read it.
+        let (loading, ready): (Vec<_>, Vec<_>) = loaded.into_iter().partition(|(_, c)| *c == 0);
+        for (mesh, _) in &loading {
+            self.cache.kick(tenant, mesh, at);
+        }
+        let Some(floor) = ready.iter().map(|(_, c)| *c).min() else {
+            return Ok(());
+        };
+        if floor >= revision {
+            return Ok(());
+        }
+        let changes = self
+            .store
+            .changes_since(tenant, floor, CHANGE_LIMIT)
+            .await?;
+        if changes.is_empty() || changes.len() >= CHANGE_LIMIT as usize {
+            for (mesh, _) in &ready {
+                self.cache.kick(tenant, mesh, at);
+            }
+            return Ok(());
+        }
+        let through = changes
+            .iter()
+            .map(|c| c.revision)
+            .max()
+            .unwrap_or(revision)
+            .max(revision);
+        for (mesh, checked) in &ready {
+            if changed_meshes(&changes, *checked).contains(mesh.as_str()) {
+                self.cache.kick(tenant, mesh, at);
+            } else {
+                self.cache.advance(tenant, mesh, through);
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The meshes that changes after `since` touched. A change to a mesh itself is logged with
+/// an empty mesh and the mesh's name.
+fn changed_meshes(changes: &[Change], since: i64) -> BTreeSet<&str> {
+    changes
+        .iter()
+        .filter(|c| c.revision > since)
+        .map(|c| {
+            if c.kind == Kind::Mesh {
+                c.name.as_str()
+            } else {
+                c.mesh.as_str()
+            }
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use switchboard_store::ChangeOp;
+
+    fn change(revision: i64, mesh: &str, kind: Kind, name: &str) -> Change {
+        Change {
+            revision,
+            mesh: mesh.to_owned(),
+            kind,
+            name: name.to_owned(),
+            op: ChangeOp::Put,
+            time: 0,
+        }
+    }
+
+    #[test]
+    fn finds_the_meshes_that_changed() {
+        let changes = [
+            change(3, "prod", Kind::Service, "a"),
+            change(4, "", Kind::Mesh, "staging"),
+            change(5, "dev", Kind::Route, "r"),
+        ];
+        assert_eq!(
+            changed_meshes(&changes, 2),
+            BTreeSet::from(["prod", "staging", "dev"])
+        );
+        assert_eq!(changed_meshes(&changes, 4), BTreeSet::from(["dev"]));
+        assert!(changed_meshes(&changes, 5).is_empty());
+    }
+}

@@ -1,0 +1,173 @@
+//! Admission: tokens, anonymous clients, malformed nodes and limits.
+
+use serde_json::json;
+use switchboard_model::Kind;
+use switchboard_store::CredentialKind;
+use switchboard_xds_server::testing::{AdsClient, node};
+use tonic::Code;
+
+use crate::common::*;
+
+/// Opens a stream as `node` with `token`, sends one CDS request and returns how it ended.
+async fn refused(
+    env: &Env,
+    node: switchboard_xds_proto::Node,
+    token: Option<&str>,
+) -> tonic::Status {
+    let mut client = match AdsClient::connect(&env.server.url(), node, token).await {
+        Ok(c) => c,
+        Err(status) => return status,
+    };
+    client.subscribe(CDS, &[]).await.unwrap();
+    match client.recv().await {
+        Ok(r) => panic!("admitted: {r:?}"),
+        Err(status) => status,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_token() {
+    let env = env().await;
+    let status = refused(&env, node("acme", "prod", "a"), None).await;
+    assert_eq!(status.code(), Code::Unauthenticated, "{status:?}");
+    assert!(
+        status
+            .message()
+            .contains("send a proxy token in the authorization metadata")
+    );
+    assert!(status.message().contains("allowUnauthenticatedXds"));
+    // An anonymous client cannot tell a missing mesh or tenant from a protected one.
+    for (tenant, mesh) in [("acme", "nope"), ("nobody", "prod")] {
+        let other = refused(&env, node(tenant, mesh, "a"), None).await;
+        assert_eq!(other.code(), Code::Unauthenticated);
+        assert_eq!(other.message(), status.message());
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn anonymous_clients_of_an_open_mesh_are_admitted() {
+    let env = env().await;
+    env.put("open", Kind::Service, "web", json!({"port": 80}))
+        .await;
+    let mut client = AdsClient::connect(&env.server.url(), node("acme", "open", "grpc-js"), None)
+        .await
+        .unwrap();
+    client.subscribe(CDS, &[]).await.unwrap();
+    assert_eq!(names(&client.recv_and_ack(&[]).await.unwrap()), ["web"]);
+    let status = env.server.xds.registry().node("acme", "open", "grpc-js");
+    assert!(!status[0].authenticated);
+    // Closing the mesh ends anonymous streams.
+    env.put("", Kind::Mesh, "open", json!({})).await;
+    let ended = client.ended().await;
+    assert_eq!(ended.code(), Code::Unauthenticated, "{ended:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wrong_tenant() {
+    let env = env().await;
+    let globex = env
+        .store
+        .create_credential("globex", CredentialKind::ProxyToken, None, "")
+        .await
+        .unwrap()
+        .secret;
+    let status = refused(&env, node("acme", "prod", "a"), Some(&globex)).await;
+    assert_eq!(status.code(), Code::PermissionDenied, "{status:?}");
+    assert!(status.message().contains("tenant mismatch"), "{status:?}");
+    // The same answer for a tenant that does not exist.
+    let missing = refused(&env, node("nobody", "prod", "a"), Some(&globex)).await;
+    assert_eq!(missing.code(), Code::PermissionDenied);
+    assert!(missing.message().contains("tenant mismatch"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wrong_mesh() {
+    let env = env().await;
+    let dev_only = env
+        .store
+        .create_credential("acme", CredentialKind::ProxyToken, Some("dev"), "")
+        .await
+        .unwrap()
+        .secret;
+    let status = refused(&env, node("acme", "prod", "a"), Some(&dev_only)).await;
+    assert_eq!(status.code(), Code::PermissionDenied, "{status:?}");
+    assert!(status.message().contains("mesh mismatch"), "{status:?}");
+    // The right mesh is admitted.
+    let mut ok = AdsClient::connect(&env.server.url(), node("acme", "dev", "a"), Some(&dev_only))
+        .await
+        .unwrap();
+    ok.subscribe(CDS, &[]).await.unwrap();
+    assert!(ok.recv().await.is_ok());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_tokens() {
+    let env = env().await;
+    let status = refused(&env, node("acme", "prod", "a"), Some("sbp_made_up")).await;
+    assert_eq!(status.code(), Code::Unauthenticated, "{status:?}");
+    let api_key = env
+        .store
+        .create_credential("acme", CredentialKind::ApiKey, None, "")
+        .await
+        .unwrap()
+        .secret;
+    let status = refused(&env, node("acme", "prod", "a"), Some(&api_key)).await;
+    assert_eq!(status.code(), Code::PermissionDenied, "{status:?}");
+    assert!(status.message().contains("API key"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn missing_mesh_is_not_found_after_auth() {
+    let env = env().await;
+    let status = refused(&env, node("acme", "nope", "a"), Some(&env.token)).await;
+    assert_eq!(status.code(), Code::NotFound, "{status:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_node_id() {
+    let env = env().await;
+    let bad = switchboard_xds_proto::Node {
+        id: "envoy-1".to_owned(),
+        ..Default::default()
+    };
+    let status = refused(&env, bad, Some(&env.token)).await;
+    assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
+    assert!(
+        status
+            .message()
+            .contains("tenants/{tenant}/meshes/{mesh}/nodes/{name}"),
+        "{status:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn too_many_names_ends_only_that_stream() {
+    let env = env().await;
+    let mut bystander = env.client("prod", "b").await;
+    bystander.subscribe(CDS, &[]).await.unwrap();
+    bystander.recv_and_ack(&[]).await.unwrap();
+    let mut greedy = env.client("prod", "g").await;
+    let names: Vec<String> = (0..10_001).map(|i| format!("svc-{i}")).collect();
+    let names: Vec<&str> = names.iter().map(String::as_str).collect();
+    greedy.subscribe(EDS, &names).await.unwrap();
+    let status = greedy.ended().await;
+    assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
+    assert!(status.message().contains("10000"), "{status:?}");
+    // The other stream still gets updates.
+    env.put("prod", Kind::Service, "shop", json!({"port": 80}))
+        .await;
+    let r = bystander.recv_and_ack(&[]).await.unwrap();
+    assert_eq!(crate::common::names(&r), ["pay", "shop"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_metadata() {
+    let env = env().await;
+    let bad = switchboard_xds_server::testing::with_metadata(
+        node("acme", "prod", "s"),
+        &[("role", "sidecar"), ("service", "pay")],
+    );
+    let status = refused(&env, bad, Some(&env.token)).await;
+    assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
+    assert!(status.message().contains("app_port"), "{status:?}");
+}
