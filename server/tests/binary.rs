@@ -615,6 +615,17 @@ async fn xds_clients_of_one_replica_follow_writes_through_another() {
             "cluster rejected: test"
         );
     }
+    // Replica B measured the stream, its pushes, the NACK and convergence.
+    let metrics = c.get(format!("{}/metrics", b.admin)).send().await.unwrap().text().await.unwrap();
+    for m in [
+        "switchboard_xds_streams{",
+        "switchboard_xds_pushes_total{",
+        "switchboard_xds_nacks_total{",
+        "switchboard_xds_push_bytes_bucket{",
+        "switchboard_xds_convergence_seconds_bucket{",
+    ] {
+        assert!(metrics.contains(m), "replica B's /metrics has no {m}");
+    }
     // Gone when the stream ends.
     drop(client);
     let deadline = Instant::now() + Duration::from_secs(5);

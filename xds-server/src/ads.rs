@@ -105,7 +105,9 @@ impl Engine {
         };
         let first = match requests.message().await {
             Ok(Some(r)) => r,
-            Ok(None) | Err(_) => return Ok(()),
+            Ok(None) => return Ok(()),
+            // A request that does not decode (too large, not protobuf): say so.
+            Err(status) => return Err(status),
         };
         let handled = state.handle(&first).map_err(invalid)?;
         let (Some(node), Some(node_id)) = (state.node().cloned(), state.node_id().cloned()) else {
@@ -166,8 +168,10 @@ impl Engine {
                     }
                     Ok(None) => return Ok(()),
                     Err(status) => {
+                        // Either the client went away (then nobody hears this) or its request
+                        // did not decode (too large, not protobuf): it should learn why.
                         tracing::debug!(%status, "the client's request stream failed");
-                        return Ok(());
+                        return Err(status);
                     }
                 },
                 changed = mesh.changed() => match changed {
@@ -192,7 +196,21 @@ impl Engine {
                         return Ok(());
                     };
                     match stream.next() {
-                        Some(response) => permit.send(Ok(response)),
+                        Some(response) => {
+                            // Isolation, checked on every response: what goes out comes from
+                            // the node's own tenant and mesh, or not at all.
+                            let from = stream.view.snapshot();
+                            if from.tenant != node_id.tenant || from.mesh != node_id.mesh {
+                                tracing::error!(
+                                    snapshot_tenant = %from.tenant, snapshot_mesh = %from.mesh,
+                                    "a response was built from another mesh's snapshot; ending the stream"
+                                );
+                                return Err(Status::internal(
+                                    "internal error: refusing to send another mesh's configuration",
+                                ));
+                            }
+                            permit.send(Ok(response))
+                        }
                         None => dirty = false,
                     }
                 }

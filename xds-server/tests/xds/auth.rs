@@ -171,3 +171,22 @@ async fn malformed_metadata() {
     assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
     assert!(status.message().contains("app_port"), "{status:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_huge_request_ends_only_that_stream() {
+    let env = env().await;
+    let mut bystander = env.client("prod", "b").await;
+    bystander.subscribe(CDS, &[]).await.unwrap();
+    bystander.recv_and_ack(&[]).await.unwrap();
+    let mut huge = env.client("prod", "h").await;
+    // One 5 MiB resource name: past the server's 4 MiB message limit.
+    let name = "x".repeat(5 << 20);
+    huge.subscribe(EDS, &[name.as_str()]).await.unwrap();
+    let status = huge.ended().await;
+    assert_eq!(status.code(), Code::OutOfRange, "{status:?}");
+    assert!(status.message().contains("too large"), "{status:?}");
+    env.put("prod", Kind::Service, "shop", json!({"port": 80}))
+        .await;
+    let r = bystander.recv_and_ack(&[]).await.unwrap();
+    assert_eq!(crate::common::names(&r), ["pay", "shop"]);
+}
