@@ -649,3 +649,41 @@ async fn xds_clients_of_one_replica_follow_writes_through_another() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+#[tokio::test]
+async fn json_logs_carry_the_request_span() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = std::fs::File::create(dir.path().join("log.json")).unwrap();
+    let (rest, xds, admin) = (free_port(), free_port(), free_port());
+    let mut child = Command::new(BIN)
+        .current_dir(dir.path())
+        .args(["serve", "--log-format", "json", "--admin-token", "json-logs-admin-token"])
+        .args(["--rest-addr", &format!("127.0.0.1:{rest}"), "--xds-addr", &format!("127.0.0.1:{xds}")])
+        .args(["--admin-addr", &format!("127.0.0.1:{admin}")])
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .unwrap();
+    let c = reqwest::Client::new();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let status = loop {
+        if let Ok(r) = c.get(format!("http://127.0.0.1:{rest}/v1/tenants/acme")).bearer_auth("json-logs-admin-token").header("x-request-id", "req-42").send().await {
+            break r.status();
+        }
+        assert!(Instant::now() < deadline, "switchboard did not start");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(status, 404);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let _ = child.kill();
+    let _ = child.wait();
+    let text = std::fs::read_to_string(dir.path().join("log.json")).unwrap();
+    let lines: Vec<Value> = text.lines().map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}"))).collect();
+    let request = lines
+        .iter()
+        .find(|l| l["span"]["request_id"] == "req-42")
+        .unwrap_or_else(|| panic!("no log line in the request's span: {text}"));
+    assert_eq!(request["span"]["tenant"], "acme");
+    assert_eq!(request["status"], 404);
+    assert!(!text.contains("json-logs-admin-token"), "a secret was logged");
+}
