@@ -411,6 +411,9 @@ async fn tenant_isolation(b: Backend) {
             None,
         ),
         (Method::GET, "/v1/tenants/beta/changes?since=0".into(), None),
+        (Method::GET, format!("{bm}/proxies"), None),
+        (Method::GET, format!("{bm}/proxies/n1"), None),
+        (Method::GET, format!("{bm}/proxies/n1/config"), None),
     ];
     for (method, path, body) in cases {
         let r = match body {

@@ -687,3 +687,20 @@ async fn json_logs_carry_the_request_span() {
     assert_eq!(request["status"], 404);
     assert!(!text.contains("json-logs-admin-token"), "a secret was logged");
 }
+
+#[tokio::test]
+async fn migrate_applies_the_schema_and_exits() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}?mode=rwc", dir.path().join("m.db").display());
+    for _ in 0..2 {
+        // Twice: migrating an up-to-date database is a no-op.
+        let out = Command::new(BIN).current_dir(dir.path()).args(["migrate", "--database-url", &url]).output().unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    }
+    // The schema is there without migrating again: connect (not open) and use every table.
+    let store = switchboard_store::Store::connect(&url).await.unwrap();
+    store.ping().await.unwrap();
+    store.create_tenant("acme", &json!({}), false).await.unwrap();
+    assert!(store.list_proxies("acme", "prod", None).await.unwrap().is_empty());
+    assert!(store.changes_since("acme", 0, 10).await.unwrap().is_empty());
+}

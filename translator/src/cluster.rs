@@ -4,7 +4,9 @@
 use std::collections::HashMap;
 
 use switchboard_model::ServiceSpec;
-use switchboard_model::spec::{CircuitBreaker, LbPolicy, OutlierDetection as OutlierSpec, Protocol};
+use switchboard_model::spec::{
+    CircuitBreaker, LbPolicy, OutlierDetection as OutlierSpec, Protocol,
+};
 
 use crate::common::{ads, duration, u32_value};
 use crate::names;
@@ -16,7 +18,7 @@ use crate::pb::envoy::extensions::upstreams::http::v3::{
     HttpProtocolOptions, http_protocol_options,
 };
 use crate::pb::google::protobuf::Any;
-use crate::resource::pack;
+use switchboard_xds_proto::pack;
 
 /// Envoy's own default, written out so that every client (gRPC has no default of its own for
 /// some fields) and every config dump shows the same value.

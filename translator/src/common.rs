@@ -1,8 +1,8 @@
 //! Small protobuf builders shared by every resource kind.
 
 use crate::pb::envoy::config::core::v3::{
-    Address, AggregatedConfigSource, ApiVersion, ConfigSource, address, config_source,
-    socket_address, SocketAddress,
+    Address, AggregatedConfigSource, ApiVersion, ConfigSource, SocketAddress, address,
+    config_source, socket_address,
 };
 use crate::pb::envoy::r#type::v3::{FractionalPercent, fractional_percent::DenominatorType};
 use crate::pb::google::protobuf::{Duration, UInt32Value};

@@ -65,7 +65,9 @@ pub(crate) fn load_assignment<'a>(
 
 /// Priorities are renumbered 0, 1, 2… keeping their order: Envoy and gRPC want them
 /// contiguous (gRPC NACKs a gap), while users may write 0 and 10.
-fn locality_groups(groups: BTreeMap<(u32, &Locality), Vec<LbEndpoint>>) -> Vec<LocalityLbEndpoints> {
+fn locality_groups(
+    groups: BTreeMap<(u32, &Locality), Vec<LbEndpoint>>,
+) -> Vec<LocalityLbEndpoints> {
     let mut out = Vec::with_capacity(groups.len());
     let mut rank: Option<(u32, u32)> = None; // (user priority, contiguous priority)
     for ((priority, locality), lb_endpoints) in groups {

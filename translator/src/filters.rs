@@ -7,6 +7,7 @@ use crate::common::{ads, duration, percent};
 use crate::names;
 use crate::pb::envoy::config::core::v3::Http1ProtocolOptions;
 use crate::pb::envoy::config::listener::v3::{Filter, filter};
+use crate::pb::envoy::config::route::v3::RouteConfiguration;
 use crate::pb::envoy::extensions::filters::common::fault::v3::{FaultDelay, fault_delay};
 use crate::pb::envoy::extensions::filters::http::fault::v3::{FaultAbort, HttpFault, fault_abort};
 use crate::pb::envoy::extensions::filters::http::router::v3::Router;
@@ -14,9 +15,8 @@ use crate::pb::envoy::extensions::filters::network::http_connection_manager::v3:
     HttpConnectionManager, HttpFilter, Rds, http_connection_manager, http_filter,
 };
 use crate::pb::envoy::extensions::filters::network::tcp_proxy::v3::{TcpProxy, tcp_proxy};
-use crate::pb::envoy::config::route::v3::RouteConfiguration;
 use crate::pb::google::protobuf::BoolValue;
-use crate::resource::pack;
+use switchboard_xds_proto::pack;
 
 /// The HTTP filters of every HTTP connection manager we generate: the fault filter when a route
 /// it serves injects faults (its configuration comes per route, the top-level one is empty and
@@ -24,7 +24,10 @@ use crate::resource::pack;
 pub(crate) fn http_filters(with_fault: bool) -> Vec<HttpFilter> {
     let mut filters = Vec::with_capacity(2);
     if with_fault {
-        filters.push(http_filter(names::FAULT_FILTER, pack(&HttpFault::default())));
+        filters.push(http_filter(
+            names::FAULT_FILTER,
+            pack(&HttpFault::default()),
+        ));
     }
     filters.push(router());
     filters
@@ -43,7 +46,11 @@ pub(crate) fn http_filter(name: &str, config: crate::pb::google::protobuf::Any) 
 }
 
 /// An HTTP connection manager that fetches route configuration `route_config` over ADS.
-pub(crate) fn hcm_rds(stat_prefix: &str, route_config: &str, http_filters: Vec<HttpFilter>) -> HttpConnectionManager {
+pub(crate) fn hcm_rds(
+    stat_prefix: &str,
+    route_config: &str,
+    http_filters: Vec<HttpFilter>,
+) -> HttpConnectionManager {
     HttpConnectionManager {
         stat_prefix: names::stat_prefix(stat_prefix),
         http_filters,
@@ -65,7 +72,9 @@ pub(crate) fn hcm_inline(
     HttpConnectionManager {
         stat_prefix: names::stat_prefix(stat_prefix),
         http_filters,
-        route_specifier: Some(http_connection_manager::RouteSpecifier::RouteConfig(route_config)),
+        route_specifier: Some(http_connection_manager::RouteSpecifier::RouteConfig(
+            route_config,
+        )),
         ..Default::default()
     }
 }

@@ -35,11 +35,14 @@ use std::sync::Arc;
 use switchboard_model::spec::Protocol;
 use switchboard_model::{EndpointSpec, GatewaySpec, MeshSpec, RouteSpec, ServiceSpec};
 
-/// The Envoy protobuf types. envoy-types generates its own `google.protobuf` well-known types
-/// (`Any`, `Duration`, wrappers), and every Envoy message uses those.
-pub use envoy_types::pb;
-pub use resource::{DecodeError, XdsResource};
-pub use sidecar::{InboundSecurity, sidecar_inbound, sidecar_inbound_resources, sidecar_inbound_with};
+pub use resource::XdsResource;
+pub use sidecar::{
+    InboundSecurity, sidecar_inbound, sidecar_inbound_resources, sidecar_inbound_with,
+};
+/// The Envoy protobuf types (envoy-types, through xds-proto). They come with their own
+/// `google.protobuf` well-known types (`Any`, `Duration`, wrappers), which every Envoy message
+/// uses.
+pub use switchboard_xds_proto::pb;
 pub use translator::{Change, Translator};
 
 /// Everything the translator reads: one mesh of one tenant, as the store holds it at
@@ -81,7 +84,8 @@ pub struct MeshResources {
     /// EDS: one per service, even without endpoints, so that clients do not wait for it.
     pub load_assignments: BTreeMap<String, Arc<XdsResource>>,
     /// Things validation could not see (e.g. an endpoint of a service that does not exist),
-    /// sorted. The offending piece is left out; the rest of the mesh is served.
+    /// grouped by the resource they come from. The offending piece is left out; the rest of
+    /// the mesh is served.
     pub warnings: Vec<String>,
 }
 
@@ -112,9 +116,7 @@ pub struct SidecarParams {
 /// skips instead); these come from per-node input, which no validation has seen.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum TranslateError {
-    #[error(
-        "{field} {value} is out of range: set node metadata {field} to a port from 1 to 65535"
-    )]
+    #[error("{field} {value} is out of range: set node metadata {field} to a port from 1 to 65535")]
     InvalidPort { field: &'static str, value: u32 },
     #[error(
         "inbound_port and app_port are both {port}: the sidecar cannot listen where the \

@@ -9,7 +9,7 @@ use crate::filters::{forward_proxy_http1, hcm_filter, hcm_rds, http_filters, tcp
 use crate::names;
 use crate::pb::envoy::config::core::v3::TrafficDirection;
 use crate::pb::envoy::config::listener::v3::{ApiListener, FilterChain, Listener};
-use crate::resource::pack;
+use switchboard_xds_proto::pack;
 
 /// What proxyless gRPC asks for: a listener without an address whose `api_listener` is an
 /// HTTP connection manager taking route configuration `route_config` over ADS, router last.
@@ -32,7 +32,10 @@ pub(crate) fn outbound_listener(with_fault: bool) -> Listener {
     hcm.http_protocol_options = Some(forward_proxy_http1());
     Listener {
         name: names::OUTBOUND.to_owned(),
-        address: Some(socket_address(names::OUTBOUND_ADDRESS, names::OUTBOUND_PORT)),
+        address: Some(socket_address(
+            names::OUTBOUND_ADDRESS,
+            names::OUTBOUND_PORT,
+        )),
         traffic_direction: TrafficDirection::Outbound as i32,
         filter_chains: vec![FilterChain {
             filters: vec![hcm_filter(&hcm)],
@@ -45,12 +48,18 @@ pub(crate) fn outbound_listener(with_fault: bool) -> Listener {
 /// A gateway's listener on 0.0.0.0:port: HTTP with route configuration `gateway/{name}`, or
 /// TCP proxying to the gateway's service. `None` for a TCP gateway without a service, which
 /// validation rejects and Envoy would too (a listener needs a filter chain).
-pub(crate) fn gateway_listener(name: &str, spec: &GatewaySpec, with_fault: bool) -> Option<Listener> {
+pub(crate) fn gateway_listener(
+    name: &str,
+    spec: &GatewaySpec,
+    with_fault: bool,
+) -> Option<Listener> {
     let listener_name = names::gateway(name);
     let filter = match spec.protocol {
-        GatewayProtocol::Http => {
-            hcm_filter(&hcm_rds(&listener_name, &listener_name, http_filters(with_fault)))
-        }
+        GatewayProtocol::Http => hcm_filter(&hcm_rds(
+            &listener_name,
+            &listener_name,
+            http_filters(with_fault),
+        )),
         GatewayProtocol::Tcp => {
             let service = spec.service.as_deref()?;
             tcp_proxy_filter(&listener_name, &names::cluster(service))

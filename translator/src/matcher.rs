@@ -19,9 +19,9 @@ pub(crate) fn route_match(m: Option<&RouteMatch>) -> PbRouteMatch {
     if let Some(method) = m.method {
         headers.push(HeaderMatcher {
             name: ":method".to_owned(),
-            header_match_specifier: Some(header_matcher::HeaderMatchSpecifier::StringMatch(
-                exact(method.as_str()),
-            )),
+            header_match_specifier: Some(header_matcher::HeaderMatchSpecifier::StringMatch(exact(
+                method.as_str(),
+            ))),
             ..Default::default()
         });
     }
@@ -59,11 +59,15 @@ fn header_matcher(h: &HeaderMatch) -> HeaderMatcher {
     let specifier = match h.kind {
         HeaderMatchType::Present => S::PresentMatch(true),
         HeaderMatchType::Exact => S::StringMatch(exact(&value())),
-        HeaderMatchType::Prefix => S::StringMatch(string(string_matcher::MatchPattern::Prefix(value()))),
-        HeaderMatchType::Suffix => S::StringMatch(string(string_matcher::MatchPattern::Suffix(value()))),
-        HeaderMatchType::Regex => S::StringMatch(string(string_matcher::MatchPattern::SafeRegex(regex(
-            &value(),
-        )))),
+        HeaderMatchType::Prefix => {
+            S::StringMatch(string(string_matcher::MatchPattern::Prefix(value())))
+        }
+        HeaderMatchType::Suffix => {
+            S::StringMatch(string(string_matcher::MatchPattern::Suffix(value())))
+        }
+        HeaderMatchType::Regex => S::StringMatch(string(string_matcher::MatchPattern::SafeRegex(
+            regex(&value()),
+        ))),
     };
     HeaderMatcher {
         name: h.name.clone(),
@@ -79,9 +83,9 @@ fn query_matcher(q: &QueryMatch) -> QueryParameterMatcher {
     let specifier = match q.kind {
         QueryMatchType::Present => S::PresentMatch(true),
         QueryMatchType::Exact => S::StringMatch(exact(&value())),
-        QueryMatchType::Regex => S::StringMatch(string(string_matcher::MatchPattern::SafeRegex(regex(
-            &value(),
-        )))),
+        QueryMatchType::Regex => S::StringMatch(string(string_matcher::MatchPattern::SafeRegex(
+            regex(&value()),
+        ))),
     };
     QueryParameterMatcher {
         name: q.name.clone(),

@@ -70,7 +70,13 @@ pub fn is_proxyless_listener(name: &str) -> bool {
 /// extraction dislikes `/`).
 pub(crate) fn stat_prefix(name: &str) -> String {
     name.chars()
-        .map(|c| if c.is_ascii_alphanumeric() || c == '-' || c == '_' { c } else { '_' })
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
+                c
+            } else {
+                '_'
+            }
+        })
         .collect()
 }
 

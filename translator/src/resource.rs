@@ -1,6 +1,7 @@
 //! A resource ready to send: packed into `Any` once, versioned by its content.
 
 use prost::{Message, Name};
+use switchboard_xds_proto::{UnpackError, pack};
 
 use crate::hash;
 use crate::pb::google::protobuf::Any;
@@ -40,42 +41,7 @@ impl XdsResource {
     }
 
     /// Decodes the resource back (for tests, CSDS and debugging).
-    pub fn decode<M: Message + Name + Default>(&self) -> Result<M, DecodeError> {
-        if self.resource.type_url != M::type_url() {
-            return Err(DecodeError::WrongType {
-                name: self.name.clone(),
-                actual: self.resource.type_url.clone(),
-                expected: M::type_url(),
-            });
-        }
-        M::decode(self.resource.value.as_slice()).map_err(|source| DecodeError::Bytes {
-            name: self.name.clone(),
-            source,
-        })
-    }
-}
-
-/// Why [`XdsResource::decode`] failed.
-#[derive(Debug, Clone, PartialEq, thiserror::Error)]
-pub enum DecodeError {
-    #[error("resource {name} holds a {actual}, not a {expected}")]
-    WrongType {
-        name: String,
-        actual: String,
-        expected: String,
-    },
-    #[error("resource {name} does not decode: {source}")]
-    Bytes {
-        name: String,
-        #[source]
-        source: prost::DecodeError,
-    },
-}
-
-/// Packs a message into `Any` with its canonical type URL (what Envoy expects).
-pub(crate) fn pack<M: Message + Name>(message: &M) -> Any {
-    Any {
-        type_url: M::type_url(),
-        value: message.encode_to_vec(),
+    pub fn decode<M: Message + Name + Default>(&self) -> Result<M, UnpackError> {
+        switchboard_xds_proto::unpack(&self.resource)
     }
 }

@@ -19,8 +19,8 @@ use crate::pb::envoy::config::route::v3::{
     DirectResponseAction, RedirectAction, RetryPolicy, Route, RouteAction, WeightedCluster,
     redirect_action, retry_policy, route, route_action, weighted_cluster,
 };
-use crate::resource::pack;
 use crate::virtual_host::encode_routes;
+use switchboard_xds_proto::pack;
 
 /// What a route translates to, independent of where it is served.
 #[derive(Debug, Clone, PartialEq)]
@@ -71,7 +71,11 @@ pub(crate) fn translate_route(
             let several = rule.matches.len() > 1;
             for (j, m) in rule.matches.iter().enumerate() {
                 let mut r = template.clone();
-                r.name = if several { format!("{label}/{j}") } else { label.clone() };
+                r.name = if several {
+                    format!("{label}/{j}")
+                } else {
+                    label.clone()
+                };
                 r.r#match = Some(route_match(Some(m)));
                 routes.push(r);
             }
@@ -140,7 +144,9 @@ fn route_or_503(
         ));
     }
     let Some(cluster_specifier) = cluster_specifier(label, &rule.backends, warnings) else {
-        warnings.push(format!("route rule {label}: no backend and no redirect; answering 503"));
+        warnings.push(format!(
+            "route rule {label}: no backend and no redirect; answering 503"
+        ));
         return route::Action::DirectResponse(DirectResponseAction {
             status: 503,
             ..Default::default()
@@ -149,7 +155,10 @@ fn route_or_503(
     route::Action::Route(RouteAction {
         cluster_specifier: Some(cluster_specifier),
         timeout: rule.timeout.map(duration),
-        retry_policy: rule.retries.as_ref().map(|r| retry(r, &rule.backends, services)),
+        retry_policy: rule
+            .retries
+            .as_ref()
+            .map(|r| retry(r, &rule.backends, services)),
         prefix_rewrite: rule
             .rewrite
             .as_ref()
@@ -201,23 +210,27 @@ fn cluster_specifier(
     }
     match merged.as_slice() {
         [] => None,
-        [(service, _)] => Some(route_action::ClusterSpecifier::Cluster(names::cluster(service))),
+        [(service, _)] => Some(route_action::ClusterSpecifier::Cluster(names::cluster(
+            service,
+        ))),
         _ => {
             let total = merged.iter().fold(0u32, |t, (_, w)| t.saturating_add(*w));
-            Some(route_action::ClusterSpecifier::WeightedClusters(WeightedCluster {
-                clusters: merged
-                    .iter()
-                    .map(|(service, w)| weighted_cluster::ClusterWeight {
-                        name: names::cluster(service),
-                        weight: Some(u32_value(*w)),
-                        ..Default::default()
-                    })
-                    .collect(),
-                // Deprecated in Envoy (which now sums the weights itself) but older gRPC
-                // clients check it against the sum, so it is sent, and always right.
-                total_weight: Some(u32_value(total)),
-                ..Default::default()
-            }))
+            Some(route_action::ClusterSpecifier::WeightedClusters(
+                WeightedCluster {
+                    clusters: merged
+                        .iter()
+                        .map(|(service, w)| weighted_cluster::ClusterWeight {
+                            name: names::cluster(service),
+                            weight: Some(u32_value(*w)),
+                            ..Default::default()
+                        })
+                        .collect(),
+                    // Deprecated in Envoy (which now sums the weights itself) but older gRPC
+                    // clients check it against the sum, so it is sent, and always right.
+                    total_weight: Some(u32_value(total)),
+                    ..Default::default()
+                },
+            ))
         }
     }
 }
@@ -250,7 +263,10 @@ fn retry(r: &Retry, backends: &[Backend], services: &BTreeMap<String, ServiceSpe
 
 /// gRPC conditions when every backend is a gRPC service, HTTP ones when none is, both for a
 /// mix (each kind of client ignores the conditions it does not know).
-fn default_retry_on(backends: &[Backend], services: &BTreeMap<String, ServiceSpec>) -> &'static str {
+fn default_retry_on(
+    backends: &[Backend],
+    services: &BTreeMap<String, ServiceSpec>,
+) -> &'static str {
     let grpc = |b: &&Backend| {
         services
             .get(&b.service)
@@ -271,20 +287,25 @@ fn header_changes(m: &Option<HeaderModifier>) -> (Vec<HeaderValueOption>, Vec<St
     let Some(m) = m else {
         return (Vec::new(), Vec::new());
     };
-    let option = |h: &switchboard_model::spec::Header, action: HeaderAppendAction| HeaderValueOption {
-        header: Some(HeaderValue {
-            key: h.name.clone(),
-            value: h.value.clone(),
+    let option =
+        |h: &switchboard_model::spec::Header, action: HeaderAppendAction| HeaderValueOption {
+            header: Some(HeaderValue {
+                key: h.name.clone(),
+                value: h.value.clone(),
+                ..Default::default()
+            }),
+            append_action: action as i32,
             ..Default::default()
-        }),
-        append_action: action as i32,
-        ..Default::default()
-    };
+        };
     let add = m
         .set
         .iter()
         .map(|h| option(h, HeaderAppendAction::OverwriteIfExistsOrAdd))
-        .chain(m.add.iter().map(|h| option(h, HeaderAppendAction::AppendIfExistsOrAdd)))
+        .chain(
+            m.add
+                .iter()
+                .map(|h| option(h, HeaderAppendAction::AppendIfExistsOrAdd)),
+        )
         .collect();
     (add, m.remove.clone())
 }

@@ -87,7 +87,10 @@ pub fn sidecar_inbound_with(
         }],
         ..Default::default()
     };
-    Ok((listener, app_cluster(&cluster_name, params.app_port, protocol)))
+    Ok((
+        listener,
+        app_cluster(&cluster_name, params.app_port, protocol),
+    ))
 }
 
 /// [`sidecar_inbound_with`], packed and versioned: (listener, cluster).

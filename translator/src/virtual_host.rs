@@ -50,8 +50,17 @@ struct VirtualHostParts<'a> {
 
 impl VirtualHostParts<'_> {
     fn encoded_len(&self) -> usize {
-        let name = if self.name.is_empty() { 0 } else { str_len(VH_NAME, self.name) };
-        name + self.domains.iter().map(|d| str_len(VH_DOMAINS, d)).sum::<usize>() + self.routes.len()
+        let name = if self.name.is_empty() {
+            0
+        } else {
+            str_len(VH_NAME, self.name)
+        };
+        name + self
+            .domains
+            .iter()
+            .map(|d| str_len(VH_DOMAINS, d))
+            .sum::<usize>()
+            + self.routes.len()
     }
 
     /// As prost encodes it: fields in tag order, an empty name left out, every domain written.
@@ -78,12 +87,18 @@ fn encode_str(tag: u32, s: &str, buf: &mut Vec<u8>) {
 
 /// A `RouteConfiguration` with only `name` and `virtual_hosts` set, in one buffer.
 fn encode_route_configuration(name: &str, virtual_hosts: &[VirtualHostParts<'_>]) -> Vec<u8> {
-    let lens: Vec<usize> = virtual_hosts.iter().map(VirtualHostParts::encoded_len).collect();
-    let total = if name.is_empty() { 0 } else { str_len(RC_NAME, name) }
-        + lens
-            .iter()
-            .map(|l| key_len(RC_VIRTUAL_HOSTS) + encoded_len_varint(*l as u64) + l)
-            .sum::<usize>();
+    let lens: Vec<usize> = virtual_hosts
+        .iter()
+        .map(VirtualHostParts::encoded_len)
+        .collect();
+    let total = if name.is_empty() {
+        0
+    } else {
+        str_len(RC_NAME, name)
+    } + lens
+        .iter()
+        .map(|l| key_len(RC_VIRTUAL_HOSTS) + encoded_len_varint(*l as u64) + l)
+        .sum::<usize>();
     let mut buf = Vec::with_capacity(total);
     if !name.is_empty() {
         encode_str(RC_NAME, name, &mut buf);
@@ -102,7 +117,11 @@ fn encode_route_configuration(name: &str, virtual_hosts: &[VirtualHostParts<'_>]
 pub(crate) fn route_configuration(name: &str, spec: &RouteSpec, out: &RouteOut) -> Vec<u8> {
     let vh = VirtualHostParts {
         name,
-        domains: spec.hostnames.iter().map(|h| Cow::Borrowed(h.as_str())).collect(),
+        domains: spec
+            .hostnames
+            .iter()
+            .map(|h| Cow::Borrowed(h.as_str()))
+            .collect(),
         routes: Cow::Borrowed(&out.encoded_routes),
     };
     encode_route_configuration(name, &[vh])
@@ -141,16 +160,19 @@ fn default_route(service: &str, port: u32) -> Route {
 /// A route as one of several virtual hosts of a shared configuration.
 pub(crate) struct Member<'a> {
     pub name: &'a str,
-    /// The host names this route holds in that configuration, already filtered.
+    /// The host names this route holds in that configuration, already filtered: no two
+    /// members of one configuration may list the same host name.
     pub hostnames: Vec<&'a str>,
     pub out: &'a RouteOut,
 }
 
 /// The sidecars' outbound route configuration, encoded: a virtual host per route (its host
 /// names, plus `h` for each `h:port`), and one per route-less service (`svc`, `svc:port`).
+/// `taken` says whether a domain is already some route's host name or a default name.
 pub(crate) fn outbound_route_configuration<'a>(
     routes: &[Member<'a>],
     route_less: impl IntoIterator<Item = (&'a str, u32)>,
+    taken: impl Fn(&str) -> bool,
 ) -> Vec<u8> {
     let defaults: Vec<(String, [String; 2], Vec<u8>)> = route_less
         .into_iter()
@@ -160,19 +182,14 @@ pub(crate) fn outbound_route_configuration<'a>(
             (rc, names::default_listeners(service, port), routes)
         })
         .collect();
-    let mut taken: HashSet<&str> = HashSet::new();
-    for m in routes {
-        taken.extend(m.hostnames.iter().copied());
-    }
-    for (_, [with_port, bare], _) in &defaults {
-        taken.insert(with_port);
-        taken.insert(bare);
-    }
     let mut virtual_hosts = shared_virtual_hosts(routes, taken, None);
     virtual_hosts.extend(defaults.iter().map(|(name, [with_port, bare], routes)| {
         VirtualHostParts {
             name,
-            domains: vec![Cow::Borrowed(bare.as_str()), Cow::Borrowed(with_port.as_str())],
+            domains: vec![
+                Cow::Borrowed(bare.as_str()),
+                Cow::Borrowed(with_port.as_str()),
+            ],
             routes: Cow::Borrowed(routes),
         }
     }));
@@ -182,48 +199,41 @@ pub(crate) fn outbound_route_configuration<'a>(
 /// A gateway's route configuration, encoded: the attached routes' host names that the gateway
 /// serves, each also with the gateway's port (browsers send `Host: example.com:8080` on a
 /// non-default port).
-pub(crate) fn gateway_route_configuration(gateway: &str, port: u32, routes: &[Member<'_>]) -> Vec<u8> {
-    let mut taken: HashSet<&str> = HashSet::new();
-    for m in routes {
-        taken.extend(m.hostnames.iter().copied());
-    }
-    let virtual_hosts = shared_virtual_hosts(routes, taken, Some(port));
+pub(crate) fn gateway_route_configuration(
+    gateway: &str,
+    port: u32,
+    routes: &[Member<'_>],
+) -> Vec<u8> {
+    let explicit: HashSet<&str> = routes
+        .iter()
+        .flat_map(|m| m.hostnames.iter().copied())
+        .collect();
+    let virtual_hosts = shared_virtual_hosts(routes, |d| explicit.contains(d), Some(port));
     encode_route_configuration(&names::gateway(gateway), &virtual_hosts)
 }
 
-/// Virtual hosts for routes sharing one configuration. `taken` holds every domain already
-/// given to explicit host names and defaults; aliases go to the first route that wants them.
-/// A route left without a domain gets no virtual host.
+/// Virtual hosts for routes sharing one configuration. Explicit host names first; then
+/// aliases, each to the first route that wants it unless `taken` (explicit host names and
+/// defaults) says it is someone's already. A route left without a domain gets no virtual host.
 fn shared_virtual_hosts<'a>(
     routes: &[Member<'a>],
-    mut taken: HashSet<&'a str>,
+    taken: impl Fn(&str) -> bool,
     port: Option<u32>,
 ) -> Vec<VirtualHostParts<'a>> {
-    // Aliases with the gateway's port appended are new strings.
-    let mut taken_formatted: HashSet<String> = HashSet::new();
-    let mut seen_explicit: HashSet<&str> = HashSet::new();
+    let mut aliases: HashSet<Cow<'a, str>> = HashSet::new();
     let mut out = Vec::with_capacity(routes.len());
     for m in routes {
         let mut domains: Vec<Cow<'a, str>> = Vec::with_capacity(m.hostnames.len() * 2);
+        domains.extend(m.hostnames.iter().map(|h| Cow::Borrowed(*h)));
         for h in &m.hostnames {
-            if seen_explicit.insert(h) {
-                domains.push(Cow::Borrowed(h));
-            }
-        }
-        for h in &m.hostnames {
-            match (names::split_port(h), port) {
-                (Some((host, _)), _) => {
-                    if taken.insert(host) {
-                        domains.push(Cow::Borrowed(host));
-                    }
-                }
-                (None, Some(p)) => {
-                    let alias = format!("{h}:{p}");
-                    if !taken.contains(alias.as_str()) && taken_formatted.insert(alias.clone()) {
-                        domains.push(Cow::Owned(alias));
-                    }
-                }
-                (None, None) => {}
+            let alias: Cow<'a, str> = match (names::split_port(h), port) {
+                (Some((host, _)), _) => Cow::Borrowed(host),
+                (None, Some(p)) => Cow::Owned(format!("{h}:{p}")),
+                (None, None) => continue,
+            };
+            if !taken(&alias) && !aliases.contains(&alias) {
+                aliases.insert(alias.clone());
+                domains.push(alias);
             }
         }
         if domains.is_empty() {
@@ -277,7 +287,11 @@ mod tests {
         };
         let long = "x".repeat(300);
         for (vh_name, domains, routes) in [
-            ("v", vec!["a".to_owned(), "b:80".to_owned()], vec![route("r1"), route("r2")]),
+            (
+                "v",
+                vec!["a".to_owned(), "b:80".to_owned()],
+                vec![route("r1"), route("r2")],
+            ),
             ("", vec![String::new()], vec![]),
             (long.as_str(), vec![long.clone()], vec![route(&long)]),
         ] {
@@ -305,7 +319,10 @@ mod tests {
                     ..Default::default()
                 };
                 let vhs = [parts(), empty.clone_parts(), parts()];
-                assert_eq!(encode_route_configuration(rc_name, &vhs), rc.encode_to_vec());
+                assert_eq!(
+                    encode_route_configuration(rc_name, &vhs),
+                    rc.encode_to_vec()
+                );
             }
         }
     }
@@ -323,7 +340,7 @@ mod tests {
     #[test]
     fn default_route_configuration_encodes_like_the_outbound_default_host() {
         use prost::Message;
-        let outbound = outbound_route_configuration(&[], [("pay", 8080)]);
+        let outbound = outbound_route_configuration(&[], [("pay", 8080)], |_| false);
         let rc = RouteConfiguration {
             name: names::OUTBOUND.to_owned(),
             virtual_hosts: default_route_configuration("pay", 8080).virtual_hosts,

@@ -33,7 +33,9 @@ fn eds_over_ads() {
     assert_eq!(c.name, "s");
     assert_eq!(
         c.cluster_discovery_type,
-        Some(cluster::ClusterDiscoveryType::Type(cluster::DiscoveryType::Eds as i32))
+        Some(cluster::ClusterDiscoveryType::Type(
+            cluster::DiscoveryType::Eds as i32
+        ))
     );
     assert_eq!(
         c.eds_cluster_config,
@@ -72,15 +74,37 @@ fn lb_policies() {
 #[test]
 fn connect_timeout() {
     for (timeout, expected) in [
-        (None, Duration { seconds: 5, nanos: 0 }),
-        (Some("1s"), Duration { seconds: 1, nanos: 0 }),
-        (Some("250ms"), Duration { seconds: 0, nanos: 250_000_000 }),
+        (
+            None,
+            Duration {
+                seconds: 5,
+                nanos: 0,
+            },
+        ),
+        (
+            Some("1s"),
+            Duration {
+                seconds: 1,
+                nanos: 0,
+            },
+        ),
+        (
+            Some("250ms"),
+            Duration {
+                seconds: 0,
+                nanos: 250_000_000,
+            },
+        ),
     ] {
         let mut spec = json!({"port": 80});
         if let Some(t) = timeout {
             spec["connectTimeout"] = json!(t);
         }
-        assert_eq!(cluster_of(spec).connect_timeout, Some(expected), "{timeout:?}");
+        assert_eq!(
+            cluster_of(spec).connect_timeout,
+            Some(expected),
+            "{timeout:?}"
+        );
     }
 }
 
@@ -97,7 +121,13 @@ fn circuit_breakers() {
                 ..Default::default()
             },
         ),
-        (json!({"maxRequests": 5}), Thresholds { max_requests: u32v(5), ..Default::default() }),
+        (
+            json!({"maxRequests": 5}),
+            Thresholds {
+                max_requests: u32v(5),
+                ..Default::default()
+            },
+        ),
     ] {
         let c = cluster_of(json!({"port": 80, "circuitBreaker": cb}));
         assert_eq!(
@@ -123,7 +153,13 @@ fn outlier_detection() {
                 ..Default::default()
             },
         ),
-        (json!({"consecutive5xx": 2}), OutlierDetection { consecutive_5xx: u32v(2), ..Default::default() }),
+        (
+            json!({"consecutive5xx": 2}),
+            OutlierDetection {
+                consecutive_5xx: u32v(2),
+                ..Default::default()
+            },
+        ),
         (json!({}), OutlierDetection::default()),
     ] {
         let c = cluster_of(json!({"port": 80, "outlierDetection": od.clone()}));
@@ -133,7 +169,12 @@ fn outlier_detection() {
 
 #[test]
 fn http2_for_grpc_and_http2() {
-    for (protocol, http2) in [("http", false), ("tcp", false), ("http2", true), ("grpc", true)] {
+    for (protocol, http2) in [
+        ("http", false),
+        ("tcp", false),
+        ("http2", true),
+        ("grpc", true),
+    ] {
         let c = cluster_of(json!({"port": 80, "protocol": protocol}));
         if !http2 {
             assert!(c.typed_extension_protocol_options.is_empty(), "{protocol}");

@@ -27,11 +27,15 @@ impl Mesh {
         m
     }
     pub fn service(mut self, name: &str, v: Value) -> Self {
-        self.config.services.insert(name.into(), spec::<ServiceSpec>(v));
+        self.config
+            .services
+            .insert(name.into(), spec::<ServiceSpec>(v));
         self
     }
     pub fn endpoint(mut self, name: &str, v: Value) -> Self {
-        self.config.endpoints.insert(name.into(), spec::<EndpointSpec>(v));
+        self.config
+            .endpoints
+            .insert(name.into(), spec::<EndpointSpec>(v));
         self
     }
     pub fn route(mut self, name: &str, v: Value) -> Self {
@@ -39,7 +43,9 @@ impl Mesh {
         self
     }
     pub fn gateway(mut self, name: &str, v: Value) -> Self {
-        self.config.gateways.insert(name.into(), spec::<GatewaySpec>(v));
+        self.config
+            .gateways
+            .insert(name.into(), spec::<GatewaySpec>(v));
         self
     }
     pub fn translate(&self) -> MeshResources {
@@ -61,7 +67,12 @@ pub fn decode<M: prost::Message + prost::Name + Default>(
     name: &str,
 ) -> M {
     map.get(name)
-        .unwrap_or_else(|| panic!("no resource {name}; have {:?}", map.keys().collect::<Vec<_>>()))
+        .unwrap_or_else(|| {
+            panic!(
+                "no resource {name}; have {:?}",
+                map.keys().collect::<Vec<_>>()
+            )
+        })
         .decode()
         .unwrap()
 }
@@ -94,7 +105,13 @@ pub fn rule_route(rule: Value) -> Route {
 
 /// The HTTP connection manager of a proxyless listener.
 pub fn api_hcm(l: &Listener) -> HttpConnectionManager {
-    let any = l.api_listener.as_ref().unwrap().api_listener.as_ref().unwrap();
+    let any = l
+        .api_listener
+        .as_ref()
+        .unwrap()
+        .api_listener
+        .as_ref()
+        .unwrap();
     prost::Message::decode(any.value.as_slice()).unwrap()
 }
 

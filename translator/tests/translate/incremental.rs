@@ -4,7 +4,9 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use serde_json::{Value, json};
-use switchboard_translator::{Change, MeshConfig, MeshResources, Translator, XdsResource, translate};
+use switchboard_translator::{
+    Change, MeshConfig, MeshResources, Translator, XdsResource, translate,
+};
 
 use crate::common::{Mesh, base, spec};
 
@@ -26,7 +28,12 @@ fn versions(res: &MeshResources) -> BTreeMap<String, String> {
 /// Keys whose version differs, was added or was removed.
 fn diff(a: &MeshResources, b: &MeshResources) -> Vec<String> {
     let (a, b) = (versions(a), versions(b));
-    let mut keys: Vec<String> = a.keys().chain(b.keys()).filter(|k| a.get(*k) != b.get(*k)).cloned().collect();
+    let mut keys: Vec<String> = a
+        .keys()
+        .chain(b.keys())
+        .filter(|k| a.get(*k) != b.get(*k))
+        .cloned()
+        .collect();
     keys.dedup();
     keys
 }
@@ -55,15 +62,25 @@ fn same_input_same_versions() {
 #[test]
 fn changing_one_service_changes_only_its_cluster() {
     let before = sample().translate();
-    let after = sample().service("a", json!({"port": 8080, "loadBalancing": "least_request"})).translate();
+    let after = sample()
+        .service("a", json!({"port": 8080, "loadBalancing": "least_request"}))
+        .translate();
     assert_eq!(diff(&before, &after), ["cds/a"]);
 
-    let after = sample().endpoint("a2", json!({"service": "a", "address": "10.0.0.3"})).translate();
+    let after = sample()
+        .endpoint("a2", json!({"service": "a", "address": "10.0.0.3"}))
+        .translate();
     assert_eq!(diff(&before, &after), ["eds/a"]);
 
     // The route's retry defaults depend on its backends' protocols.
-    let after = sample().service("b", json!({"port": 8080, "protocol": "grpc"})).translate();
-    assert_eq!(diff(&before, &after), ["cds/b"], "no retries configured: nothing else changes");
+    let after = sample()
+        .service("b", json!({"port": 8080, "protocol": "grpc"}))
+        .translate();
+    assert_eq!(
+        diff(&before, &after),
+        ["cds/b"],
+        "no retries configured: nothing else changes"
+    );
 }
 
 #[test]
@@ -71,10 +88,16 @@ fn unchanged_resources_keep_their_arc() {
     let m = sample();
     let mut t = Translator::new(m.config.clone());
     let before = t.resources().clone();
-    t.apply([Change::Service("a".into(), Some(spec(json!({"port": 8080, "connectTimeout": "1s"}))))]);
+    t.apply([Change::Service(
+        "a".into(),
+        Some(spec(json!({"port": 8080, "connectTimeout": "1s"}))),
+    )]);
     let after = t.resources();
     assert!(Arc::ptr_eq(&before.clusters["b"], &after.clusters["b"]));
-    assert!(Arc::ptr_eq(&before.route_configurations["sidecar/outbound"], &after.route_configurations["sidecar/outbound"]));
+    assert!(Arc::ptr_eq(
+        &before.route_configurations["sidecar/outbound"],
+        &after.route_configurations["sidecar/outbound"]
+    ));
     assert!(!Arc::ptr_eq(&before.clusters["a"], &after.clusters["a"]));
 }
 
@@ -83,7 +106,10 @@ struct Lcg(u64);
 
 impl Lcg {
     fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        self.0 = self
+            .0
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
         self.0 >> 33
     }
     fn below(&mut self, n: u64) -> u64 {
@@ -195,7 +221,9 @@ fn incremental_equals_full_over_random_changes() {
         let mut by_update = Translator::new(config.clone());
         for step in 0..150 {
             // Sometimes several changes at once, to exercise batches.
-            let batch: Vec<Change> = (0..1 + rng.below(3)).map(|_| random_change(&mut rng)).collect();
+            let batch: Vec<Change> = (0..1 + rng.below(3))
+                .map(|_| random_change(&mut rng))
+                .collect();
             for c in &batch {
                 apply_to(&mut config, c);
             }

@@ -4,7 +4,8 @@ use std::collections::HashMap;
 
 use serde_json::json;
 use switchboard_translator::pb::envoy::config::core::v3::{
-    HeaderValue, HeaderValueOption, RuntimeFractionalPercent, header_value_option::HeaderAppendAction,
+    HeaderValue, HeaderValueOption, RuntimeFractionalPercent,
+    header_value_option::HeaderAppendAction,
 };
 use switchboard_translator::pb::envoy::config::route::v3::{
     HeaderMatcher, QueryParameterMatcher, RedirectAction, RetryPolicy, Route, RouteAction,
@@ -68,9 +69,18 @@ fn hundredths(numerator: u32) -> FractionalPercent {
 fn path_matches() {
     use route_match::PathSpecifier as P;
     for (path, expected) in [
-        (json!({"type": "exact", "value": "/pay"}), P::Path("/pay".into())),
-        (json!({"type": "prefix", "value": "/api/"}), P::Prefix("/api/".into())),
-        (json!({"type": "regex", "value": "/v[0-9]+/.*"}), P::SafeRegex(regex("/v[0-9]+/.*"))),
+        (
+            json!({"type": "exact", "value": "/pay"}),
+            P::Path("/pay".into()),
+        ),
+        (
+            json!({"type": "prefix", "value": "/api/"}),
+            P::Prefix("/api/".into()),
+        ),
+        (
+            json!({"type": "regex", "value": "/v[0-9]+/.*"}),
+            P::SafeRegex(regex("/v[0-9]+/.*")),
+        ),
     ] {
         let r = rule_route(json!({"matches": [{"path": path}], "backends": [{"service": "a"}]}));
         let m = r.r#match.unwrap();
@@ -125,16 +135,50 @@ fn header_matches() {
         })
     };
     for (header, expected, invert) in [
-        (json!({"name": "x-env", "value": "canary"}), H::StringMatch(exact("canary")), false),
-        (json!({"name": "x-env", "type": "exact", "value": "a"}), H::StringMatch(exact("a")), false),
-        (json!({"name": "x-env", "type": "prefix", "value": "can"}), string(S::Prefix("can".into())), false),
-        (json!({"name": "x-env", "type": "suffix", "value": "ary"}), string(S::Suffix("ary".into())), false),
-        (json!({"name": "x-env", "type": "regex", "value": "c.*y"}), string(S::SafeRegex(regex("c.*y"))), false),
-        (json!({"name": "x-env", "type": "present"}), H::PresentMatch(true), false),
-        (json!({"name": "x-env", "type": "present", "invert": true}), H::PresentMatch(true), true),
-        (json!({"name": "x-env", "value": "prod", "invert": true}), H::StringMatch(exact("prod")), true),
+        (
+            json!({"name": "x-env", "value": "canary"}),
+            H::StringMatch(exact("canary")),
+            false,
+        ),
+        (
+            json!({"name": "x-env", "type": "exact", "value": "a"}),
+            H::StringMatch(exact("a")),
+            false,
+        ),
+        (
+            json!({"name": "x-env", "type": "prefix", "value": "can"}),
+            string(S::Prefix("can".into())),
+            false,
+        ),
+        (
+            json!({"name": "x-env", "type": "suffix", "value": "ary"}),
+            string(S::Suffix("ary".into())),
+            false,
+        ),
+        (
+            json!({"name": "x-env", "type": "regex", "value": "c.*y"}),
+            string(S::SafeRegex(regex("c.*y"))),
+            false,
+        ),
+        (
+            json!({"name": "x-env", "type": "present"}),
+            H::PresentMatch(true),
+            false,
+        ),
+        (
+            json!({"name": "x-env", "type": "present", "invert": true}),
+            H::PresentMatch(true),
+            true,
+        ),
+        (
+            json!({"name": "x-env", "value": "prod", "invert": true}),
+            H::StringMatch(exact("prod")),
+            true,
+        ),
     ] {
-        let r = rule_route(json!({"matches": [{"headers": [header.clone()]}], "backends": [{"service": "a"}]}));
+        let r = rule_route(
+            json!({"matches": [{"headers": [header.clone()]}], "backends": [{"service": "a"}]}),
+        );
         assert_eq!(
             r.r#match.unwrap().headers,
             vec![HeaderMatcher {
@@ -152,7 +196,10 @@ fn header_matches() {
 fn query_matches() {
     use query_parameter_matcher::QueryParameterMatchSpecifier as Q;
     for (query, expected) in [
-        (json!({"name": "v", "value": "2"}), Q::StringMatch(exact("2"))),
+        (
+            json!({"name": "v", "value": "2"}),
+            Q::StringMatch(exact("2")),
+        ),
         (
             json!({"name": "v", "type": "regex", "value": "[0-9]+"}),
             Q::StringMatch(StringMatcher {
@@ -160,9 +207,14 @@ fn query_matches() {
                 ..Default::default()
             }),
         ),
-        (json!({"name": "v", "type": "present"}), Q::PresentMatch(true)),
+        (
+            json!({"name": "v", "type": "present"}),
+            Q::PresentMatch(true),
+        ),
     ] {
-        let r = rule_route(json!({"matches": [{"queryParams": [query.clone()]}], "backends": [{"service": "a"}]}));
+        let r = rule_route(
+            json!({"matches": [{"queryParams": [query.clone()]}], "backends": [{"service": "a"}]}),
+        );
         assert_eq!(
             r.r#match.unwrap().query_parameters,
             vec![QueryParameterMatcher {
@@ -187,7 +239,9 @@ fn method_is_a_method_header_match() {
             headers[1],
             HeaderMatcher {
                 name: ":method".into(),
-                header_match_specifier: Some(header_matcher::HeaderMatchSpecifier::StringMatch(exact(method))),
+                header_match_specifier: Some(header_matcher::HeaderMatchSpecifier::StringMatch(
+                    exact(method)
+                )),
                 ..Default::default()
             }
         );
@@ -214,14 +268,32 @@ fn weighted_backends() {
     };
     for (backends, expected) in [
         (json!([{"service": "a"}]), C::Cluster("a".into())),
-        (json!([{"service": "a", "weight": 7}]), C::Cluster("a".into())),
-        (json!([{"service": "a", "weight": 90}, {"service": "b", "weight": 10}]), weighted(&[("a", 90), ("b", 10)], 100)),
-        (json!([{"service": "a"}, {"service": "b"}, {"service": "m"}]), weighted(&[("a", 1), ("b", 1), ("m", 1)], 3)),
+        (
+            json!([{"service": "a", "weight": 7}]),
+            C::Cluster("a".into()),
+        ),
+        (
+            json!([{"service": "a", "weight": 90}, {"service": "b", "weight": 10}]),
+            weighted(&[("a", 90), ("b", 10)], 100),
+        ),
+        (
+            json!([{"service": "a"}, {"service": "b"}, {"service": "m"}]),
+            weighted(&[("a", 1), ("b", 1), ("m", 1)], 3),
+        ),
         // A 0-weight backend is dropped while others remain…
-        (json!([{"service": "a", "weight": 0}, {"service": "b", "weight": 5}, {"service": "m", "weight": 5}]), weighted(&[("b", 5), ("m", 5)], 10)),
-        (json!([{"service": "a", "weight": 0}, {"service": "b", "weight": 5}]), C::Cluster("b".into())),
+        (
+            json!([{"service": "a", "weight": 0}, {"service": "b", "weight": 5}, {"service": "m", "weight": 5}]),
+            weighted(&[("b", 5), ("m", 5)], 10),
+        ),
+        (
+            json!([{"service": "a", "weight": 0}, {"service": "b", "weight": 5}]),
+            C::Cluster("b".into()),
+        ),
         // …and a service named twice gets the sum.
-        (json!([{"service": "a", "weight": 1}, {"service": "b", "weight": 2}, {"service": "a", "weight": 3}]), weighted(&[("a", 4), ("b", 2)], 6)),
+        (
+            json!([{"service": "a", "weight": 1}, {"service": "b", "weight": 2}, {"service": "a", "weight": 3}]),
+            weighted(&[("a", 4), ("b", 2)], 6),
+        ),
     ] {
         let r = rule_route(json!({"backends": backends.clone()}));
         assert_eq!(action(&r).cluster_specifier, Some(expected), "{backends}");
@@ -256,32 +328,56 @@ fn retries() {
     };
     for (backends, retries, expected) in [
         // HTTP services: HTTP conditions by default.
-        (json!([{"service": "a"}]), json!({"attempts": 3}), policy("5xx,reset,connect-failure", 3)),
+        (
+            json!([{"service": "a"}]),
+            json!({"attempts": 3}),
+            policy("5xx,reset,connect-failure", 3),
+        ),
         // gRPC services: gRPC status conditions.
-        (json!([{"service": "g"}]), json!({"attempts": 2}), policy("cancelled,deadline-exceeded,unavailable", 2)),
+        (
+            json!([{"service": "g"}]),
+            json!({"attempts": 2}),
+            policy("cancelled,deadline-exceeded,unavailable", 2),
+        ),
         // A mix: both.
         (
             json!([{"service": "a"}, {"service": "g"}]),
             json!({"attempts": 2}),
-            policy("5xx,reset,connect-failure,cancelled,deadline-exceeded,unavailable", 2),
+            policy(
+                "5xx,reset,connect-failure,cancelled,deadline-exceeded,unavailable",
+                2,
+            ),
         ),
         // Conditions as given, joined.
-        (json!([{"service": "a"}]), json!({"attempts": 1, "retryOn": ["gateway-error", "reset"]}), policy("gateway-error,reset", 1)),
+        (
+            json!([{"service": "a"}]),
+            json!({"attempts": 1, "retryOn": ["gateway-error", "reset"]}),
+            policy("gateway-error,reset", 1),
+        ),
         (
             json!([{"service": "a"}]),
             json!({"attempts": 4, "perTryTimeout": "250ms"}),
-            RetryPolicy { per_try_timeout: Some(secs(0, 250)), ..policy("5xx,reset,connect-failure", 4) },
+            RetryPolicy {
+                per_try_timeout: Some(secs(0, 250)),
+                ..policy("5xx,reset,connect-failure", 4)
+            },
         ),
         // Status codes only work under retriable-status-codes, which is added.
         (
             json!([{"service": "a"}]),
             json!({"attempts": 2, "retryOn": ["5xx"], "retriableStatusCodes": [409, 429]}),
-            RetryPolicy { retriable_status_codes: vec![409, 429], ..policy("5xx,retriable-status-codes", 2) },
+            RetryPolicy {
+                retriable_status_codes: vec![409, 429],
+                ..policy("5xx,retriable-status-codes", 2)
+            },
         ),
         (
             json!([{"service": "a"}]),
             json!({"attempts": 2, "retryOn": ["retriable-status-codes"], "retriableStatusCodes": [503]}),
-            RetryPolicy { retriable_status_codes: vec![503], ..policy("retriable-status-codes", 2) },
+            RetryPolicy {
+                retriable_status_codes: vec![503],
+                ..policy("retriable-status-codes", 2)
+            },
         ),
     ] {
         let r = rule_route(json!({"backends": backends, "retries": retries.clone()}));
@@ -341,9 +437,13 @@ fn redirects() {
         (
             json!({"scheme": "https", "hostname": "new.example", "path": "/moved", "port": 8443, "statusCode": 301}),
             RedirectAction {
-                scheme_rewrite_specifier: Some(redirect_action::SchemeRewriteSpecifier::SchemeRedirect("https".into())),
+                scheme_rewrite_specifier: Some(
+                    redirect_action::SchemeRewriteSpecifier::SchemeRedirect("https".into()),
+                ),
                 host_redirect: "new.example".into(),
-                path_rewrite_specifier: Some(redirect_action::PathRewriteSpecifier::PathRedirect("/moved".into())),
+                path_rewrite_specifier: Some(redirect_action::PathRewriteSpecifier::PathRedirect(
+                    "/moved".into(),
+                )),
                 port_redirect: 8443,
                 response_code: Code::MovedPermanently as i32,
                 ..Default::default()
@@ -351,7 +451,11 @@ fn redirects() {
         ),
     ] {
         let r = rule_route(json!({"redirect": redirect.clone()}));
-        assert_eq!(r.action, Some(route::Action::Redirect(expected)), "{redirect}");
+        assert_eq!(
+            r.action,
+            Some(route::Action::Redirect(expected)),
+            "{redirect}"
+        );
     }
 }
 
@@ -365,11 +469,14 @@ fn rewrites() {
     assert_eq!(action(&r).prefix_rewrite, "/new/");
     assert_eq!(action(&r).host_rewrite_specifier, None);
 
-    let r = rule_route(json!({"backends": [{"service": "a"}], "rewrite": {"hostname": "internal.a"}}));
+    let r =
+        rule_route(json!({"backends": [{"service": "a"}], "rewrite": {"hostname": "internal.a"}}));
     assert_eq!(action(&r).prefix_rewrite, "");
     assert_eq!(
         action(&r).host_rewrite_specifier,
-        Some(route_action::HostRewriteSpecifier::HostRewriteLiteral("internal.a".into()))
+        Some(route_action::HostRewriteSpecifier::HostRewriteLiteral(
+            "internal.a".into()
+        ))
     );
 }
 
@@ -385,15 +492,33 @@ fn fault_injection_per_route() {
         ..Default::default()
     };
     for (fault, expected) in [
-        (json!({"delay": {"fixed": "100ms"}}), HttpFault { delay: Some(delay(100, 100)), ..Default::default() }),
-        (json!({"delay": {"fixed": "5ms", "percent": 10}}), HttpFault { delay: Some(delay(5, 10)), ..Default::default() }),
+        (
+            json!({"delay": {"fixed": "100ms"}}),
+            HttpFault {
+                delay: Some(delay(100, 100)),
+                ..Default::default()
+            },
+        ),
+        (
+            json!({"delay": {"fixed": "5ms", "percent": 10}}),
+            HttpFault {
+                delay: Some(delay(5, 10)),
+                ..Default::default()
+            },
+        ),
         (
             json!({"abort": {"httpStatus": 503, "percent": 25}}),
-            HttpFault { abort: Some(abort(fault_abort::ErrorType::HttpStatus(503), 25)), ..Default::default() },
+            HttpFault {
+                abort: Some(abort(fault_abort::ErrorType::HttpStatus(503), 25)),
+                ..Default::default()
+            },
         ),
         (
             json!({"abort": {"grpcStatus": 14}}),
-            HttpFault { abort: Some(abort(fault_abort::ErrorType::GrpcStatus(14), 100)), ..Default::default() },
+            HttpFault {
+                abort: Some(abort(fault_abort::ErrorType::GrpcStatus(14), 100)),
+                ..Default::default()
+            },
         ),
         (
             json!({"delay": {"fixed": "1ms", "percent": 1}, "abort": {"httpStatus": 500, "percent": 2}}),
@@ -407,7 +532,10 @@ fn fault_injection_per_route() {
         let r = rule_route(json!({"backends": [{"service": "a"}], "fault": fault.clone()}));
         assert_eq!(r.typed_per_filter_config.len(), 1);
         let any = &r.typed_per_filter_config["envoy.filters.http.fault"];
-        assert_eq!(any.type_url, "type.googleapis.com/envoy.extensions.filters.http.fault.v3.HTTPFault");
+        assert_eq!(
+            any.type_url,
+            "type.googleapis.com/envoy.extensions.filters.http.fault.v3.HTTPFault"
+        );
         let got: HttpFault = prost::Message::decode(any.value.as_slice()).unwrap();
         assert_eq!(got, expected, "{fault}");
     }
@@ -417,7 +545,10 @@ fn fault_injection_per_route() {
 
 #[test]
 fn mirroring() {
-    for (mirror, pct) in [(json!({"service": "m"}), 100), (json!({"service": "m", "percent": 5}), 5)] {
+    for (mirror, pct) in [
+        (json!({"service": "m"}), 100),
+        (json!({"service": "m", "percent": 5}), 5),
+    ] {
         let r = rule_route(json!({"backends": [{"service": "a"}], "mirror": mirror}));
         assert_eq!(
             action(&r).request_mirror_policies,
@@ -436,7 +567,10 @@ fn mirroring() {
 #[test]
 fn missing_backend_is_a_warning_not_a_failure() {
     let res = base()
-        .route("r", json!({"hostnames": ["r"], "rules": [{"backends": [{"service": "nope"}]}]}))
+        .route(
+            "r",
+            json!({"hostnames": ["r"], "rules": [{"backends": [{"service": "nope"}]}]}),
+        )
         .translate();
     assert_eq!(res.warnings.len(), 1, "{:?}", res.warnings);
     assert!(res.warnings[0].contains("nope"));
