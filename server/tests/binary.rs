@@ -616,7 +616,14 @@ async fn xds_clients_of_one_replica_follow_writes_through_another() {
         );
     }
     // Replica B measured the stream, its pushes, the NACK and convergence.
-    let metrics = c.get(format!("{}/metrics", b.admin)).send().await.unwrap().text().await.unwrap();
+    let metrics = c
+        .get(format!("{}/metrics", b.admin))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
     for m in [
         "switchboard_xds_streams{",
         "switchboard_xds_pushes_total{",
@@ -657,8 +664,19 @@ async fn json_logs_carry_the_request_span() {
     let (rest, xds, admin) = (free_port(), free_port(), free_port());
     let mut child = Command::new(BIN)
         .current_dir(dir.path())
-        .args(["serve", "--log-format", "json", "--admin-token", "json-logs-admin-token"])
-        .args(["--rest-addr", &format!("127.0.0.1:{rest}"), "--xds-addr", &format!("127.0.0.1:{xds}")])
+        .args([
+            "serve",
+            "--log-format",
+            "json",
+            "--admin-token",
+            "json-logs-admin-token",
+        ])
+        .args([
+            "--rest-addr",
+            &format!("127.0.0.1:{rest}"),
+            "--xds-addr",
+            &format!("127.0.0.1:{xds}"),
+        ])
         .args(["--admin-addr", &format!("127.0.0.1:{admin}")])
         .stdout(Stdio::null())
         .stderr(log)
@@ -667,7 +685,13 @@ async fn json_logs_carry_the_request_span() {
     let c = reqwest::Client::new();
     let deadline = Instant::now() + Duration::from_secs(30);
     let status = loop {
-        if let Ok(r) = c.get(format!("http://127.0.0.1:{rest}/v1/tenants/acme")).bearer_auth("json-logs-admin-token").header("x-request-id", "req-42").send().await {
+        if let Ok(r) = c
+            .get(format!("http://127.0.0.1:{rest}/v1/tenants/acme"))
+            .bearer_auth("json-logs-admin-token")
+            .header("x-request-id", "req-42")
+            .send()
+            .await
+        {
             break r.status();
         }
         assert!(Instant::now() < deadline, "switchboard did not start");
@@ -678,14 +702,20 @@ async fn json_logs_carry_the_request_span() {
     let _ = child.kill();
     let _ = child.wait();
     let text = std::fs::read_to_string(dir.path().join("log.json")).unwrap();
-    let lines: Vec<Value> = text.lines().map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}"))).collect();
+    let lines: Vec<Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
+        .collect();
     let request = lines
         .iter()
         .find(|l| l["span"]["request_id"] == "req-42")
         .unwrap_or_else(|| panic!("no log line in the request's span: {text}"));
     assert_eq!(request["span"]["tenant"], "acme");
     assert_eq!(request["status"], 404);
-    assert!(!text.contains("json-logs-admin-token"), "a secret was logged");
+    assert!(
+        !text.contains("json-logs-admin-token"),
+        "a secret was logged"
+    );
 }
 
 #[tokio::test]
@@ -694,13 +724,30 @@ async fn migrate_applies_the_schema_and_exits() {
     let url = format!("sqlite://{}?mode=rwc", dir.path().join("m.db").display());
     for _ in 0..2 {
         // Twice: migrating an up-to-date database is a no-op.
-        let out = Command::new(BIN).current_dir(dir.path()).args(["migrate", "--database-url", &url]).output().unwrap();
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let out = Command::new(BIN)
+            .current_dir(dir.path())
+            .args(["migrate", "--database-url", &url])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
     // The schema is there without migrating again: connect (not open) and use every table.
     let store = switchboard_store::Store::connect(&url).await.unwrap();
     store.ping().await.unwrap();
-    store.create_tenant("acme", &json!({}), false).await.unwrap();
-    assert!(store.list_proxies("acme", "prod", None).await.unwrap().is_empty());
+    store
+        .create_tenant("acme", &json!({}), false)
+        .await
+        .unwrap();
+    assert!(
+        store
+            .list_proxies("acme", "prod", None)
+            .await
+            .unwrap()
+            .is_empty()
+    );
     assert!(store.changes_since("acme", 0, 10).await.unwrap().is_empty());
 }

@@ -8,6 +8,9 @@ use sqlx::Row;
 /// A row older than this (no heartbeat) is from a replica that is gone.
 pub const PROXY_STALE_MS: i64 = 60_000;
 
+/// Rows written per statement by [`Store::put_proxies`].
+pub const PROXY_CHUNK: usize = 100;
+
 #[derive(Debug, Clone, PartialEq)]
 pub struct ProxyRow {
     pub tenant: String,
@@ -24,30 +27,37 @@ pub struct ProxyRow {
 const COLS: &str = "tenant, mesh, node, replica, stream_id, connected_since, heartbeat, status";
 
 impl Store {
-    /// Writes (inserts or replaces) the rows of one replica's streams.
+    /// Writes (inserts or replaces) the rows of one replica's streams, in chunks of
+    /// [`PROXY_CHUNK`] rows per transaction so that configuration writes are never queued
+    /// behind a whole fleet's status (SQLite has one writer at a time).
     pub async fn put_proxies(&self, rows: &[ProxyRow]) -> Result<(), StoreError> {
-        if rows.is_empty() {
-            return Ok(());
+        for chunk in rows.chunks(PROXY_CHUNK) {
+            let values: Vec<String> = (0..chunk.len())
+                .map(|i| {
+                    let p: Vec<String> = (1..=8).map(|k| format!("${}", i * 8 + k)).collect();
+                    format!("({})", p.join(", "))
+                })
+                .collect();
+            let sql = format!(
+                "INSERT INTO proxies ({COLS}) VALUES {} \
+                 ON CONFLICT (replica, stream_id) DO UPDATE SET heartbeat = excluded.heartbeat, status = excluded.status",
+                values.join(", ")
+            );
+            let mut q = sqlx::query(&sql);
+            for r in chunk {
+                q = q
+                    .bind(&r.tenant)
+                    .bind(&r.mesh)
+                    .bind(&r.node)
+                    .bind(&r.replica)
+                    .bind(r.stream_id)
+                    .bind(r.connected_since)
+                    .bind(r.heartbeat)
+                    .bind(r.status.to_string());
+            }
+            let _turn = self.write_turn().await;
+            q.execute(self.pool()).await?;
         }
-        let _turn = self.write_turn().await;
-        let mut tx = self.pool().begin().await?;
-        for r in rows {
-            sqlx::query(&format!(
-                "INSERT INTO proxies ({COLS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8) \
-                 ON CONFLICT (replica, stream_id) DO UPDATE SET heartbeat = excluded.heartbeat, status = excluded.status"
-            ))
-            .bind(&r.tenant)
-            .bind(&r.mesh)
-            .bind(&r.node)
-            .bind(&r.replica)
-            .bind(r.stream_id)
-            .bind(r.connected_since)
-            .bind(r.heartbeat)
-            .bind(r.status.to_string())
-            .execute(&mut *tx)
-            .await?;
-        }
-        tx.commit().await?;
         Ok(())
     }
 

@@ -519,3 +519,29 @@ async fn proxy_rows(b: Backend) {
     assert_eq!(s.list_proxies("acme", "prod", None).await.unwrap().len(), 1);
 }
 both_backends!(proxy_rows_, proxy_rows);
+
+async fn many_proxy_rows(b: Backend) {
+    let Some((s, _db)) = setup(b).await else {
+        return;
+    };
+    // More rows than one chunk, twice (the second time as updates).
+    for round in 0..2 {
+        let rows: Vec<_> = (0..250)
+            .map(|i| switchboard_store::ProxyRow {
+                tenant: "acme".into(),
+                mesh: "prod".into(),
+                node: format!("n{i}"),
+                replica: "r1".into(),
+                stream_id: i,
+                connected_since: 1,
+                heartbeat: i64::MAX / 2,
+                status: json!({"round": round}),
+            })
+            .collect();
+        s.put_proxies(&rows).await.unwrap();
+    }
+    let all = s.list_proxies("acme", "prod", None).await.unwrap();
+    assert_eq!(all.len(), 250);
+    assert!(all.iter().all(|r| r.status["round"] == 1));
+}
+both_backends!(many_proxy_rows_, many_proxy_rows);

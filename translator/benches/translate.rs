@@ -69,7 +69,7 @@ fn service(i: usize) -> String {
 }
 
 fn service_spec(i: usize) -> ServiceSpec {
-    let protocol = if i % 3 == 0 { "grpc" } else { "http" };
+    let protocol = if i.is_multiple_of(3) { "grpc" } else { "http" };
     let mut v = json!({"port": 8080, "protocol": protocol});
     match i % 10 {
         1 => v["circuitBreaker"] = json!({"maxConnections": 1000, "maxPendingRequests": 100}),
@@ -113,7 +113,7 @@ fn route_spec(n: usize, k: usize, bump: u64) -> RouteSpec {
     let name = format!("svc-{n}-r{k}");
     let seed = mix((n * ROUTES_PER_SERVICE + k) as u64);
     let mut rules = Vec::new();
-    if seed % 4 == 0 {
+    if seed.is_multiple_of(4) {
         rules.push(json!({
             "name": "canary",
             "matches": [{"headers": [{"name": "x-canary", "value": "true"}]},
@@ -122,7 +122,7 @@ fn route_spec(n: usize, k: usize, bump: u64) -> RouteSpec {
             "timeout": "1s",
         }));
     }
-    if seed % 3 == 0 {
+    if seed.is_multiple_of(3) {
         rules.push(json!({
             "matches": [{"path": {"type": "prefix", "value": "/api/v2"}, "method": "POST"}],
             "backends": backends(seed >> 5, n + 2, bump),
@@ -132,7 +132,7 @@ fn route_spec(n: usize, k: usize, bump: u64) -> RouteSpec {
         }));
     }
     let mut catch_all = json!({"backends": backends(seed >> 7, n, bump)});
-    if seed % 2 == 0 {
+    if seed.is_multiple_of(2) {
         catch_all["timeout"] = json!("10s");
         catch_all["retries"] = json!({"attempts": 2});
     }
@@ -159,7 +159,8 @@ fn mesh() -> MeshConfig {
                 .insert(format!("svc-{i}-e{j}"), endpoint_spec(i, j, 1));
         }
         for k in 0..ROUTES_PER_SERVICE {
-            c.routes.insert(format!("svc-{i}-r{k}"), route_spec(i, k, 0));
+            c.routes
+                .insert(format!("svc-{i}-r{k}"), route_spec(i, k, 0));
         }
     }
     c
@@ -275,7 +276,11 @@ fn main() {
         config.services.len(),
         config.endpoints.len(),
         config.routes.len(),
-        config.routes.values().map(|r| r.hostnames.len()).sum::<usize>(),
+        config
+            .routes
+            .values()
+            .map(|r| r.hostnames.len())
+            .sum::<usize>(),
         setup.elapsed().as_secs_f64(),
     );
 
@@ -302,13 +307,16 @@ fn main() {
 
     // (b) One change at a time through the incremental translator.
     let mut t = Translator::new(config.clone());
-    assert_eq!(t.resources(), &result, "incremental and full translation differ");
+    assert_eq!(
+        t.resources(),
+        &result,
+        "incremental and full translation differ"
+    );
 
     // A route's weights: route svc-7-r2, weights shifted on each run (bump 1, 2, ...; the
     // weights repeat every 100 bumps, so each run differs from the one before).
-    let route_change = |i: usize| {
-        Change::Route("svc-7-r2".into(), Some(route_spec(7, 2, 1 + i as u64)))
-    };
+    let route_change =
+        |i: usize| Change::Route("svc-7-r2".into(), Some(route_spec(7, 2, 1 + i as u64)));
     rows.push(incremental(
         &mut t,
         "apply: one route's weights",
@@ -348,8 +356,10 @@ fn main() {
     let mut first = None;
     for i in 0..incremental_runs {
         let mut next = t.config().clone();
-        next.routes
-            .insert("svc-7-r2".into(), route_spec(7, 2, (incremental_runs + 1 + i) as u64));
+        next.routes.insert(
+            "svc-7-r2".into(),
+            route_spec(7, 2, (incremental_runs + 1 + i) as u64),
+        );
         let before = (i == 0).then(|| t.resources().clone());
         let start = Instant::now();
         black_box(t.update(next));
@@ -367,8 +377,8 @@ fn main() {
 
     println!();
     println!(
-        "{:<30} {:>5} {:>10} {:>10} {:>10}  {}",
-        "operation", "runs", "median ms", "p99 ms", "max ms", "resources replaced (first run)"
+        "{:<30} {:>5} {:>10} {:>10} {:>10}  resources replaced (first run)",
+        "operation", "runs", "median ms", "p99 ms", "max ms"
     );
     for r in &rows {
         println!(
@@ -385,8 +395,8 @@ fn main() {
     // (c) Output size.
     println!();
     println!(
-        "{:<5} {:>9} {:>14} {:>12} {:>14}  {}",
-        "type", "resources", "encoded bytes", "mean bytes", "largest bytes", "largest"
+        "{:<5} {:>9} {:>14} {:>12} {:>14}  largest",
+        "type", "resources", "encoded bytes", "mean bytes", "largest bytes"
     );
     let (mut count, mut bytes) = (0usize, 0usize);
     for (kind, map) in maps(&result) {

@@ -69,14 +69,12 @@ struct Entry {
 
 struct Inner {
     store: Store,
-    debounce: Duration,
     meshes: Mutex<BTreeMap<MeshKey, Entry>>,
 }
 
 impl std::fmt::Debug for Inner {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("SnapshotCache")
-            .field("debounce", &self.debounce)
             .field("meshes", &self.meshes)
             .finish_non_exhaustive()
     }
@@ -89,12 +87,12 @@ pub struct SnapshotCache {
 }
 
 impl SnapshotCache {
-    /// A cache reading from `store`, waiting `debounce` after a change before rebuilding.
-    pub fn new(store: Store, debounce: Duration) -> Self {
+    /// A cache reading from `store`. Rebuilds follow the watcher's kicks, which are already
+    /// debounced.
+    pub fn new(store: Store) -> Self {
         Self {
             inner: Arc::new(Inner {
                 store,
-                debounce,
                 meshes: Mutex::new(BTreeMap::new()),
             }),
         }
@@ -163,7 +161,6 @@ impl SnapshotCache {
             tx,
             kicks,
             checked: Arc::clone(&checked),
-            debounce: self.inner.debounce,
             translator: None,
         };
         let span = tracing::info_span!("mesh", tenant = %key.0, mesh = %key.1);
@@ -257,7 +254,6 @@ struct MeshTask {
     tx: watch::Sender<MeshState>,
     kicks: mpsc::Receiver<Instant>,
     checked: Arc<AtomicI64>,
-    debounce: Duration,
     translator: Option<Translator>,
 }
 
@@ -287,7 +283,8 @@ impl MeshTask {
                 return;
             };
             committed_at = earliest(None, at);
-            tokio::time::sleep(self.debounce).await;
+            // Kicks come from the watcher, which already waited out its debounce window, so
+            // rebuild at once; kicks that queued meanwhile fold into this one rebuild.
             while let Ok(at) = self.kicks.try_recv() {
                 committed_at = earliest(committed_at, at);
             }

@@ -35,19 +35,27 @@ pub enum ReportError {
 }
 
 fn ms(t: SystemTime) -> i64 {
-    t.duration_since(UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
+    t.duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
 }
 
 fn role_json(role: &NodeRole) -> Value {
     match role {
         NodeRole::Proxyless => json!({"kind": "proxyless"}),
-        NodeRole::Sidecar(p) => json!({"kind": "sidecar", "service": p.service, "inboundPort": p.inbound_port, "appPort": p.app_port}),
+        NodeRole::Sidecar(p) => {
+            json!({"kind": "sidecar", "service": p.service, "inboundPort": p.inbound_port, "appPort": p.app_port})
+        }
         NodeRole::Gateway { name } => json!({"kind": "gateway", "gateway": name}),
     }
 }
 
 fn role_from_json(v: &Value) -> NodeRole {
-    let port = |k: &str| v[k].as_u64().and_then(|p| u32::try_from(p).ok()).unwrap_or(0);
+    let port = |k: &str| {
+        v[k].as_u64()
+            .and_then(|p| u32::try_from(p).ok())
+            .unwrap_or(0)
+    };
     match v["kind"].as_str() {
         Some("sidecar") => NodeRole::Sidecar(SidecarParams {
             service: v["service"].as_str().unwrap_or_default().to_owned(),
@@ -115,7 +123,10 @@ pub fn spawn_status_sync(store: Store, registry: ProxyRegistry, replica: String)
             tick.tick().await;
             let (updated, ended) = registry.take_changes();
             let rows: Vec<ProxyRow> = updated.iter().map(|s| row(&replica, s)).collect();
-            let ended_ids: Vec<i64> = ended.iter().filter_map(|id| i64::try_from(*id).ok()).collect();
+            let ended_ids: Vec<i64> = ended
+                .iter()
+                .filter_map(|id| i64::try_from(*id).ok())
+                .collect();
             let result = async {
                 store.put_proxies(&rows).await?;
                 if !ended_ids.is_empty() {
@@ -143,11 +154,19 @@ pub fn spawn_status_sync(store: Store, registry: ProxyRegistry, replica: String)
 fn render(resources: &[Arc<XdsResource>]) -> Vec<Value> {
     resources
         .iter()
-        .map(|r| any_to_json(&r.resource).unwrap_or_else(|e| json!({"name": r.name, "error": e.to_string()})))
+        .map(|r| {
+            any_to_json(&r.resource)
+                .unwrap_or_else(|e| json!({"name": r.name, "error": e.to_string()}))
+        })
         .collect()
 }
 
-async fn current_snapshot(cache: &SnapshotCache, store: &Store, tenant: &str, mesh: &str) -> Result<Arc<MeshSnapshot>, ReportError> {
+async fn current_snapshot(
+    cache: &SnapshotCache,
+    store: &Store,
+    tenant: &str,
+    mesh: &str,
+) -> Result<Arc<MeshSnapshot>, ReportError> {
     if let Some(s) = cache.current(tenant, mesh) {
         return Ok(s);
     }
@@ -160,7 +179,12 @@ async fn current_snapshot(cache: &SnapshotCache, store: &Store, tenant: &str, me
 impl XdsServer {
     /// What a node is being sent, per type, as proto3 JSON; `None` when the node has no live
     /// stream on any replica.
-    pub async fn node_config(&self, tenant: &str, mesh: &str, node: &str) -> Result<Option<Value>, ReportError> {
+    pub async fn node_config(
+        &self,
+        tenant: &str,
+        mesh: &str,
+        node: &str,
+    ) -> Result<Option<Value>, ReportError> {
         let local = self.registry().resources(tenant, mesh, node);
         let per_type: BTreeMap<ResourceType, Vec<Arc<XdsResource>>> = if !local.is_empty() {
             local
@@ -173,11 +197,19 @@ impl XdsServer {
             let view = NodeView::new(snapshot, role_from_json(&latest.status["roleSpec"]));
             let mut out = BTreeMap::new();
             for t in latest.status["types"].as_array().into_iter().flatten() {
-                let Some(rt) = t["type"].as_str().and_then(ResourceType::from_short_name) else { continue };
+                let Some(rt) = t["type"].as_str().and_then(ResourceType::from_short_name) else {
+                    continue;
+                };
                 let resources: Vec<Arc<XdsResource>> = if t["wildcard"].as_bool() == Some(true) {
                     view.wildcard(rt).cloned().collect()
                 } else {
-                    t["names"].as_array().into_iter().flatten().filter_map(|n| n.as_str()).filter_map(|n| view.get(rt, n).cloned()).collect()
+                    t["names"]
+                        .as_array()
+                        .into_iter()
+                        .flatten()
+                        .filter_map(|n| n.as_str())
+                        .filter_map(|n| view.get(rt, n).cloned())
+                        .collect()
                 };
                 out.insert(rt, resources);
             }

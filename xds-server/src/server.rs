@@ -62,7 +62,7 @@ pub struct XdsServer {
 
 impl XdsServer {
     pub fn new(store: Store, config: XdsConfig) -> Self {
-        let cache = SnapshotCache::new(store.clone(), config.debounce);
+        let cache = SnapshotCache::new(store.clone());
         let engine = Arc::new(Engine {
             store,
             cache,

@@ -217,7 +217,11 @@ impl ProxyRegistry {
     }
 
     /// Marks streams as changed again (their last write failed).
-    pub fn retry_changes(&self, updated: impl IntoIterator<Item = u64>, ended: impl IntoIterator<Item = u64>) {
+    pub fn retry_changes(
+        &self,
+        updated: impl IntoIterator<Item = u64>,
+        ended: impl IntoIterator<Item = u64>,
+    ) {
         let mut c = lock(&self.inner.changes);
         c.updated.extend(updated);
         c.ended.extend(ended);

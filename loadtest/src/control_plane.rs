@@ -1,0 +1,314 @@
+//! The control plane under test: the real `switchboard` binary as a child process.
+
+use std::net::{SocketAddr, TcpListener};
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use anyhow::{Context, Result, bail};
+use sqlx::Connection;
+use tokio::process::{Child, Command};
+
+/// How to start the control plane.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// The platform admin token (`--admin-token`, at least 16 characters).
+    pub admin_token: String,
+    /// `--log-level` of the child (its log goes to a file, shown if it fails).
+    pub log_level: String,
+    /// How long to wait for `/readyz`.
+    pub ready_timeout: Duration,
+}
+
+/// A running `switchboard serve`, killed when stopped or dropped.
+#[derive(Debug)]
+pub struct ControlPlane {
+    child: Child,
+    pid: u32,
+    /// `http://127.0.0.1:port` of each listener.
+    pub rest_url: String,
+    pub xds_url: String,
+    pub admin_url: String,
+    /// `sqlite` or `postgres`.
+    pub backend: &'static str,
+    log: PathBuf,
+    /// The child's working and data directory.
+    _dir: tempfile::TempDir,
+    /// The PostgreSQL database created for this run: (server URL, database name).
+    database: Option<(String, String)>,
+}
+
+/// The child's memory, from `/proc/<pid>/status`, in KiB.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Memory {
+    /// Resident set size now (VmRSS).
+    pub rss_kib: u64,
+    /// Peak resident set size since start (VmHWM).
+    pub peak_kib: u64,
+}
+
+/// The binary to start: `SWITCHBOARD_BIN`, else `target/release/switchboard` of this
+/// workspace (honouring `CARGO_TARGET_DIR`).
+fn binary() -> Result<PathBuf> {
+    if let Some(bin) = std::env::var_os("SWITCHBOARD_BIN") {
+        let bin = PathBuf::from(bin);
+        if !bin.is_file() {
+            bail!("SWITCHBOARD_BIN={} is not a file", bin.display());
+        }
+        return Ok(bin);
+    }
+    let target = match std::env::var_os("CARGO_TARGET_DIR") {
+        Some(dir) => PathBuf::from(dir),
+        None => Path::new(env!("CARGO_MANIFEST_DIR")).join("../target"),
+    };
+    let bin = target.join("release/switchboard");
+    if !bin.is_file() {
+        bail!(
+            "{} does not exist: build it with `cargo build --release -p switchboard`, or set \
+             SWITCHBOARD_BIN to the binary to test",
+            bin.display()
+        );
+    }
+    Ok(bin)
+}
+
+/// Three distinct free loopback ports. The listeners are closed only once all three are
+/// bound, so they differ; another process could still take one before the child binds it.
+fn free_ports() -> Result<[SocketAddr; 3]> {
+    let listeners = [
+        TcpListener::bind("127.0.0.1:0")?,
+        TcpListener::bind("127.0.0.1:0")?,
+        TcpListener::bind("127.0.0.1:0")?,
+    ];
+    Ok([
+        listeners[0].local_addr()?,
+        listeners[1].local_addr()?,
+        listeners[2].local_addr()?,
+    ])
+}
+
+/// Creates a fresh database on the PostgreSQL server of `admin_url` (as the store's test
+/// helper does); returns its URL and name.
+async fn create_database(admin_url: &str) -> Result<(String, String)> {
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or_default();
+    let name = format!("sbload_{}_{nanos}", std::process::id());
+    let mut conn = sqlx::PgConnection::connect(admin_url)
+        .await
+        .context("connecting to SWITCHBOARD_TEST_DATABASE_URL")?;
+    sqlx::Executor::execute(&mut conn, format!("CREATE DATABASE {name}").as_str())
+        .await
+        .with_context(|| format!("CREATE DATABASE {name}"))?;
+    let _ = conn.close().await;
+    let (without_query, query) = match admin_url.split_once('?') {
+        Some((u, q)) => (u, Some(q)),
+        None => (admin_url, None),
+    };
+    let Some((base, _)) = without_query.rsplit_once('/') else {
+        bail!("SWITCHBOARD_TEST_DATABASE_URL has no database path");
+    };
+    let url = match query {
+        Some(q) => format!("{base}/{name}?{q}"),
+        None => format!("{base}/{name}"),
+    };
+    Ok((url, name))
+}
+
+async fn drop_database(admin_url: &str, name: &str) -> Result<()> {
+    let mut conn = sqlx::PgConnection::connect(admin_url).await?;
+    // FORCE (PostgreSQL 13+) in case the child's connections are not gone yet.
+    let forced = format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)");
+    if sqlx::Executor::execute(&mut conn, forced.as_str())
+        .await
+        .is_err()
+    {
+        let plain = format!("DROP DATABASE IF EXISTS {name}");
+        sqlx::Executor::execute(&mut conn, plain.as_str()).await?;
+    }
+    let _ = conn.close().await;
+    Ok(())
+}
+
+impl ControlPlane {
+    /// Starts `switchboard serve` on free loopback ports, on a fresh PostgreSQL database when
+    /// `SWITCHBOARD_TEST_DATABASE_URL` is set and on SQLite (in a temporary directory)
+    /// otherwise, and waits until `/readyz` answers 200.
+    pub async fn start(options: &Options) -> Result<ControlPlane> {
+        let bin = binary()?;
+        let dir = tempfile::tempdir().context("creating a temporary directory")?;
+        let database = match std::env::var("SWITCHBOARD_TEST_DATABASE_URL") {
+            Ok(admin) if !admin.is_empty() => {
+                let (url, name) = create_database(&admin).await?;
+                Some((admin, name, url))
+            }
+            _ => None,
+        };
+        let [rest, xds, admin] = free_ports()?;
+        let log = dir.path().join("switchboard.log");
+        let log_file = std::fs::File::create(&log)?;
+        let mut cmd = Command::new(&bin);
+        cmd.arg("serve")
+            .arg("--rest-addr")
+            .arg(rest.to_string())
+            .arg("--xds-addr")
+            .arg(xds.to_string())
+            .arg("--admin-addr")
+            .arg(admin.to_string())
+            .arg("--data-dir")
+            .arg(dir.path().join("data"))
+            .arg("--admin-token")
+            .arg(&options.admin_token)
+            .arg("--log-level")
+            .arg(&options.log_level)
+            .current_dir(dir.path())
+            .stdin(Stdio::null())
+            .stdout(log_file.try_clone()?)
+            .stderr(log_file)
+            .kill_on_drop(true);
+        if let Some((_, _, url)) = &database {
+            cmd.arg("--database-url").arg(url);
+        }
+        // Only the flags above configure the child, not this environment's settings.
+        for (key, _) in std::env::vars_os() {
+            if key.to_string_lossy().starts_with("SWITCHBOARD_") {
+                cmd.env_remove(key);
+            }
+        }
+        let child = cmd
+            .spawn()
+            .with_context(|| format!("starting {}", bin.display()))?;
+        let pid = child.id().context("the control plane exited at once")?;
+        let mut cp = ControlPlane {
+            child,
+            pid,
+            rest_url: format!("http://{rest}"),
+            xds_url: format!("http://{xds}"),
+            admin_url: format!("http://{admin}"),
+            backend: if database.is_some() {
+                "postgres"
+            } else {
+                "sqlite"
+            },
+            log,
+            _dir: dir,
+            database: database.map(|(admin, name, _)| (admin, name)),
+        };
+        if let Err(e) = cp.wait_ready(options.ready_timeout).await {
+            let tail = cp.log_tail(40);
+            cp.stop().await;
+            return Err(e.context(format!(
+                "the control plane did not become ready; its log:\n{tail}"
+            )));
+        }
+        Ok(cp)
+    }
+
+    async fn wait_ready(&mut self, timeout: Duration) -> Result<()> {
+        let client = reqwest::Client::builder()
+            .timeout(Duration::from_secs(2))
+            .build()?;
+        let url = format!("{}/readyz", self.admin_url);
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.child.try_wait()? {
+                bail!("the control plane exited with {status}");
+            }
+            if let Ok(r) = client.get(&url).send().await
+                && r.status().is_success()
+            {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                bail!("{url} did not answer 200 within {timeout:?}");
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.pid
+    }
+
+    /// Fails if the child has exited.
+    pub fn check_alive(&mut self) -> Result<()> {
+        if let Some(status) = self.child.try_wait()? {
+            bail!(
+                "the control plane exited with {status}; its log:\n{}",
+                self.log_tail(40)
+            );
+        }
+        Ok(())
+    }
+
+    /// The child's memory now.
+    pub fn memory(&self) -> Result<Memory> {
+        let path = format!("/proc/{}/status", self.pid);
+        let status = std::fs::read_to_string(&path).with_context(|| format!("reading {path}"))?;
+        let field = |name: &str| -> Result<u64> {
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix(name))
+                .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse().ok())
+                .with_context(|| format!("no {name} in {path}"))
+        };
+        Ok(Memory {
+            rss_kib: field("VmRSS:")?,
+            peak_kib: field("VmHWM:")?,
+        })
+    }
+
+    /// The child's log without terminal colours.
+    fn log_text(&self) -> String {
+        strip_ansi(&std::fs::read_to_string(&self.log).unwrap_or_default())
+    }
+
+    /// The last `lines` lines of the child's log.
+    pub fn log_tail(&self, lines: usize) -> String {
+        let text = self.log_text();
+        let all: Vec<&str> = text.lines().collect();
+        all[all.len().saturating_sub(lines)..].join("\n")
+    }
+
+    /// How many lines of the child's log are at WARN or ERROR, and the first `max` of them.
+    pub fn log_problems(&self, max: usize) -> (usize, Vec<String>) {
+        let text = self.log_text();
+        let problems: Vec<String> = text
+            .lines()
+            .filter(|l| l.contains(" WARN ") || l.contains(" ERROR "))
+            .map(str::to_owned)
+            .collect();
+        let n = problems.len();
+        (n, problems.into_iter().take(max).collect())
+    }
+
+    /// Kills the child, waits for it, and drops the PostgreSQL database it used.
+    pub async fn stop(&mut self) {
+        let _ = self.child.start_kill();
+        let _ = tokio::time::timeout(Duration::from_secs(10), self.child.wait()).await;
+        if let Some((admin, name)) = self.database.take()
+            && let Err(e) = drop_database(&admin, &name).await
+        {
+            eprintln!("could not drop the load-test database {name}: {e:#}");
+        }
+    }
+}
+
+/// Removes ANSI escape sequences (`ESC [ ... letter`), which the text log format may contain.
+fn strip_ansi(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut chars = text.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            for c in chars.by_ref() {
+                if c.is_ascii_alphabetic() {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}

@@ -1,0 +1,31 @@
+//! Load tests for Switchboard: binaries that start the real `switchboard` binary as a child
+//! process on free loopback ports, drive it over its sockets and print figures. They assert
+//! nothing about speed; they fail only when the control plane misbehaves (an error response,
+//! a stream ending, no convergence within a bound).
+//!
+//! - `xds-convergence`: many proxyless ADS clients; how long a route change takes to reach
+//!   (and be ACKed by) all of them, and the control plane's memory.
+//!
+//! This library holds what every load test needs: [`ControlPlane`] (the child process, its
+//! database and its memory figures), [`Rest`] (an admin REST client) and [`Summary`]
+//! (percentiles).
+
+mod control_plane;
+mod rest;
+mod stats;
+
+pub use control_plane::{ControlPlane, Memory, Options};
+pub use rest::Rest;
+pub use stats::{Summary, mib, ms};
+
+/// Reads a whole number above 0 from `var`, or `default` when it is unset.
+pub fn count_from_env(var: &str, default: usize) -> anyhow::Result<usize> {
+    match std::env::var(var) {
+        Err(std::env::VarError::NotPresent) => Ok(default),
+        Ok(v) => match v.trim().parse::<usize>() {
+            Ok(n) if n > 0 => Ok(n),
+            _ => anyhow::bail!("{var}={v:?}: expected a whole number above 0"),
+        },
+        Err(e) => anyhow::bail!("{var}: {e}"),
+    }
+}

@@ -1,0 +1,94 @@
+//! The bootstrap: where the control plane is and who this node is. Parsed from YAML or JSON
+//! (YAML is a superset) or built by callers such as the proxy's command line.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+use switchboard_xds_proto::Node;
+use switchboard_xds_proto::pb::google::protobuf::{Struct, Value, value::Kind};
+
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Bootstrap {
+    /// `http://host:port` of the ADS server.
+    pub xds_address: String,
+    /// `tenants/{tenant}/meshes/{mesh}/nodes/{name}` for Switchboard.
+    pub node_id: String,
+    /// Node metadata, e.g. `role: sidecar`, `service`, `app_port`.
+    #[serde(default)]
+    pub metadata: BTreeMap<String, String>,
+    /// A file holding the proxy token, read on every connect so it can be rotated.
+    #[serde(default)]
+    pub token_file: Option<PathBuf>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum BootstrapError {
+    #[error("cannot read bootstrap {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("invalid bootstrap {path}: {source} (hint: it needs xds_address and node_id)")]
+    Parse {
+        path: PathBuf,
+        source: serde_yaml_ng::Error,
+    },
+}
+
+impl Bootstrap {
+    pub fn from_file(path: &Path) -> Result<Self, BootstrapError> {
+        let text = std::fs::read_to_string(path).map_err(|source| BootstrapError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        Self::parse(&text).map_err(|source| BootstrapError::Parse {
+            path: path.to_owned(),
+            source,
+        })
+    }
+
+    /// Parses YAML or JSON text.
+    pub fn parse(text: &str) -> Result<Self, serde_yaml_ng::Error> {
+        serde_yaml_ng::from_str(text)
+    }
+
+    /// The `Node` sent on the first request of each stream.
+    pub fn node(&self) -> Node {
+        let fields = self
+            .metadata
+            .iter()
+            .map(|(k, v)| {
+                let value = Value {
+                    kind: Some(Kind::StringValue(v.clone())),
+                };
+                (k.clone(), value)
+            })
+            .collect();
+        Node {
+            id: self.node_id.clone(),
+            metadata: Some(Struct { fields }),
+            user_agent_name: "switchboard-proxy".to_owned(),
+            ..Default::default()
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_yaml_and_json() {
+        let yaml = "xds_address: http://127.0.0.1:18000\nnode_id: tenants/a/meshes/m/nodes/n\n\
+                    metadata: {role: sidecar, service: pay}\ntoken_file: /run/token\n";
+        let b = Bootstrap::parse(yaml).unwrap();
+        assert_eq!(b.metadata["role"], "sidecar");
+        assert_eq!(b.token_file.as_deref(), Some(Path::new("/run/token")));
+        let json = r#"{"xds_address": "http://x:1", "node_id": "n"}"#;
+        assert!(Bootstrap::parse(json).unwrap().metadata.is_empty());
+        assert!(Bootstrap::parse("node_id: n\n").is_err());
+        assert!(Bootstrap::parse("xds_address: a\nnode_id: n\nbogus: 1\n").is_err());
+    }
+}

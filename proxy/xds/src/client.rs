@@ -1,0 +1,413 @@
+//! The ADS client: one state-of-the-world stream carrying LDS, RDS, CDS and EDS.
+//!
+//! - LDS and CDS are wildcard subscriptions; RDS and EDS subscribe to exactly the names the
+//!   applied listeners and clusters need, and drop what they no longer need.
+//! - Each response is converted, then handed to the type's [`Handler`]; the ACK goes out
+//!   only after the handler returned. One bad resource rejects only itself: the valid ones of
+//!   the same response are applied, and the NACK's `error_detail` names each rejected one.
+//! - When the stream fails, the applied configuration stays; the client reconnects with
+//!   exponential backoff and jitter and re-sends the versions and names it holds.
+//! - Readiness turns true once the initial LDS, RDS, CDS and EDS have been handled, and stays
+//!   true across reconnects (the last good configuration keeps serving).
+
+mod resource;
+
+use std::time::Duration;
+
+use rand::Rng;
+use switchboard_xds_proto::service::ads::AggregatedDiscoveryServiceClient;
+use switchboard_xds_proto::{DiscoveryRequest, DiscoveryResponse, Node, ResourceType, Status};
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinHandle;
+use tonic::transport::Endpoint;
+
+use resource::TypeState;
+pub use resource::XdsResource;
+
+use crate::bootstrap::Bootstrap;
+use crate::config::{Cluster, Listener, LoadAssignment, RouteConfig};
+use crate::state::ConfigStore;
+
+/// Applies converted resources of one type. Returning `Err` refuses the listed resources
+/// (they are NACKed); every other update and removal must have been applied.
+pub trait Handler<T>: Send {
+    fn apply(
+        &mut self,
+        updates: Vec<(String, T)>,
+        removed: Vec<String>,
+    ) -> Result<(), Vec<Rejected>>;
+}
+
+/// A resource left out of an update, and why; one line of a NACK's `error_detail`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rejected {
+    pub name: String,
+    pub error: String,
+}
+
+impl Rejected {
+    pub fn new(name: impl Into<String>, error: impl Into<String>) -> Self {
+        Self {
+            name: name.into(),
+            error: error.into(),
+        }
+    }
+}
+
+/// Timing of the client; the defaults suit production, tests shorten them.
+#[derive(Debug, Clone)]
+pub struct ClientOptions {
+    pub initial_backoff: Duration,
+    pub max_backoff: Duration,
+    pub connect_timeout: Duration,
+}
+
+impl Default for ClientOptions {
+    fn default() -> Self {
+        Self {
+            initial_backoff: Duration::from_millis(250),
+            max_backoff: Duration::from_secs(30),
+            connect_timeout: Duration::from_secs(5),
+        }
+    }
+}
+
+/// One handler per resource type.
+pub struct Handlers {
+    pub listeners: Box<dyn Handler<Listener>>,
+    pub routes: Box<dyn Handler<RouteConfig>>,
+    pub clusters: Box<dyn Handler<Cluster>>,
+    pub endpoints: Box<dyn Handler<LoadAssignment>>,
+}
+
+impl Handlers {
+    /// Every type applied to `store`.
+    pub fn store(store: &ConfigStore) -> Self {
+        Self {
+            listeners: Box::new(store.clone()),
+            routes: Box::new(store.clone()),
+            clusters: Box::new(store.clone()),
+            endpoints: Box::new(store.clone()),
+        }
+    }
+}
+
+/// The client; [`XdsClient::spawn`] runs it.
+pub struct XdsClient {
+    bootstrap: Bootstrap,
+    node: Node,
+    options: ClientOptions,
+    handlers: Handlers,
+    lds: TypeState,
+    rds: TypeState,
+    cds: TypeState,
+    eds: TypeState,
+    ready: watch::Sender<bool>,
+}
+
+/// A running client. Dropping it stops the client (the applied configuration stays).
+#[derive(Debug)]
+pub struct XdsClientHandle {
+    ready: watch::Receiver<bool>,
+    task: JoinHandle<()>,
+}
+
+impl XdsClientHandle {
+    /// Whether the initial configuration has been applied.
+    pub fn is_ready(&self) -> bool {
+        *self.ready.borrow()
+    }
+
+    /// Waits until the initial configuration has been applied.
+    pub async fn ready(&mut self) {
+        let _ = self.ready.wait_for(|r| *r).await;
+    }
+
+    /// A readiness watch, e.g. for the admin `/ready` endpoint.
+    pub fn readiness(&self) -> watch::Receiver<bool> {
+        self.ready.clone()
+    }
+}
+
+impl Drop for XdsClientHandle {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// Why a stream ended.
+#[derive(Debug, thiserror::Error)]
+enum StreamError {
+    #[error("cannot read the token file {path}: {source} (hint: is the proxy token mounted?)")]
+    Token {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("invalid xds_address {address:?}: {source}")]
+    Address {
+        address: String,
+        source: tonic::transport::Error,
+    },
+    #[error("cannot connect to {address}: {source} (hint: is the control plane reachable?)")]
+    Connect {
+        address: String,
+        source: tonic::transport::Error,
+    },
+    #[error("the stream failed: {0}")]
+    Status(#[from] tonic::Status),
+    #[error("the token is not valid gRPC metadata")]
+    BadToken,
+    #[error("the stream closed")]
+    Closed,
+}
+
+impl XdsClient {
+    /// A client applying everything to `store`.
+    pub fn new(bootstrap: Bootstrap, store: &ConfigStore, options: ClientOptions) -> Self {
+        Self::with_handlers(bootstrap, Handlers::store(store), options)
+    }
+
+    pub fn with_handlers(bootstrap: Bootstrap, handlers: Handlers, options: ClientOptions) -> Self {
+        Self {
+            node: bootstrap.node(),
+            bootstrap,
+            options,
+            handlers,
+            lds: TypeState::new(ResourceType::Listener, true),
+            rds: TypeState::new(ResourceType::RouteConfiguration, false),
+            cds: TypeState::new(ResourceType::Cluster, true),
+            eds: TypeState::new(ResourceType::ClusterLoadAssignment, false),
+            ready: watch::channel(false).0,
+        }
+    }
+
+    /// Runs the client on the current runtime until the handle is dropped.
+    pub fn spawn(self) -> XdsClientHandle {
+        let ready = self.ready.subscribe();
+        let task = tokio::spawn(self.run());
+        XdsClientHandle { ready, task }
+    }
+
+    /// Streams forever, reconnecting with exponential backoff and jitter. The backoff resets
+    /// once a stream has delivered a response.
+    pub async fn run(mut self) {
+        let mut attempt: u32 = 0;
+        loop {
+            let mut answered = false;
+            match self.stream(&mut answered).await {
+                Ok(()) => tracing::info!("the xDS stream ended; reconnecting"),
+                Err(e) => {
+                    tracing::warn!(error = %e, "xDS stream failed; keeping the current configuration")
+                }
+            }
+            if answered {
+                attempt = 0;
+            }
+            let delay = backoff(&self.options, attempt);
+            attempt = attempt.saturating_add(1);
+            tracing::debug!(?delay, attempt, "reconnecting to the xDS server");
+            tokio::time::sleep(delay).await;
+        }
+    }
+
+    async fn stream(&mut self, answered: &mut bool) -> Result<(), StreamError> {
+        let address = self.bootstrap.xds_address.clone();
+        let token = match &self.bootstrap.token_file {
+            Some(path) => Some(tokio::fs::read_to_string(path).await.map_err(|source| {
+                StreamError::Token {
+                    path: path.display().to_string(),
+                    source,
+                }
+            })?),
+            None => None,
+        };
+        // A new connection per stream: a server that went away must not be reached through
+        // an old HTTP/2 connection.
+        let channel = Endpoint::from_shared(address.clone())
+            .map_err(|source| StreamError::Address {
+                address: address.clone(),
+                source,
+            })?
+            .connect_timeout(self.options.connect_timeout)
+            // Notices a control plane that vanished without closing the connection.
+            .http2_keep_alive_interval(Duration::from_secs(30))
+            .keep_alive_timeout(Duration::from_secs(10))
+            .keep_alive_while_idle(true)
+            .connect()
+            .await
+            .map_err(|source| StreamError::Connect { address, source })?;
+        let mut client =
+            AggregatedDiscoveryServiceClient::new(channel).max_decoding_message_size(64 << 20);
+        let (tx, rx) = mpsc::unbounded_channel();
+        for t in [&mut self.cds, &mut self.lds, &mut self.eds, &mut self.rds] {
+            t.nonce.clear();
+        }
+        let mut first = true;
+        for kind in [
+            ResourceType::Cluster,
+            ResourceType::Listener,
+            ResourceType::ClusterLoadAssignment,
+            ResourceType::RouteConfiguration,
+        ] {
+            let state = self.state(kind);
+            if state.wildcard || !state.names.is_empty() {
+                let mut request = request(state, None);
+                if first {
+                    request.node = Some(self.node.clone());
+                    first = false;
+                }
+                let _ = tx.send(request);
+            }
+        }
+        let mut request =
+            tonic::Request::new(tokio_stream::wrappers::UnboundedReceiverStream::new(rx));
+        if let Some(token) = token {
+            let value = format!("Bearer {}", token.trim())
+                .parse()
+                .map_err(|_| StreamError::BadToken)?;
+            request.metadata_mut().insert("authorization", value);
+        }
+        let mut responses = client
+            .stream_aggregated_resources(request)
+            .await?
+            .into_inner();
+        tracing::info!(address = %self.bootstrap.xds_address, "xDS stream open");
+        while let Some(response) = responses.message().await? {
+            *answered = true;
+            for request in self.handle(&response) {
+                tx.send(request).map_err(|_| StreamError::Closed)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn state(&self, kind: ResourceType) -> &TypeState {
+        match kind {
+            ResourceType::Listener => &self.lds,
+            ResourceType::RouteConfiguration => &self.rds,
+            ResourceType::Cluster => &self.cds,
+            _ => &self.eds,
+        }
+    }
+
+    /// Handles a response; returns the requests to send, the ACK or NACK first.
+    fn handle(&mut self, response: &DiscoveryResponse) -> Vec<DiscoveryRequest> {
+        let Some(kind) = ResourceType::from_type_url(&response.type_url) else {
+            tracing::warn!(type_url = %response.type_url, "ignoring a response of a type not asked for");
+            return Vec::new();
+        };
+        let h = &mut self.handlers;
+        let (state, rejected) = match kind {
+            ResourceType::Listener => {
+                let r = self.lds.handle(response, h.listeners.as_mut());
+                (&mut self.lds, r)
+            }
+            ResourceType::RouteConfiguration => {
+                let r = self.rds.handle(response, h.routes.as_mut());
+                (&mut self.rds, r)
+            }
+            ResourceType::Cluster => {
+                let r = self.cds.handle(response, h.clusters.as_mut());
+                (&mut self.cds, r)
+            }
+            ResourceType::ClusterLoadAssignment => {
+                let r = self.eds.handle(response, h.endpoints.as_mut());
+                (&mut self.eds, r)
+            }
+            ResourceType::Secret => {
+                tracing::warn!("ignoring SDS: not subscribed");
+                return Vec::new();
+            }
+        };
+        state.nonce.clone_from(&response.nonce);
+        let error_detail = if rejected.is_empty() {
+            state.version.clone_from(&response.version_info);
+            tracing::debug!(%kind, version = %response.version_info, "ACK");
+            None
+        } else {
+            let message = rejected
+                .iter()
+                .map(|r| format!("{}: {}", r.name, r.error))
+                .collect::<Vec<_>>()
+                .join("\n");
+            tracing::warn!(%kind, version = %response.version_info, %message, "NACK");
+            Some(Status {
+                code: tonic::Code::InvalidArgument as i32,
+                message,
+                details: vec![],
+            })
+        };
+        let mut out = vec![request(state, error_detail)];
+        // Dependent subscriptions follow what was just applied.
+        let dependent = match kind {
+            ResourceType::Listener => {
+                let needed = self.lds.needed();
+                self.rds
+                    .resubscribe(needed, self.handlers.routes.as_mut())
+                    .then_some(&self.rds)
+            }
+            ResourceType::Cluster => {
+                let needed = self.cds.needed();
+                self.eds
+                    .resubscribe(needed, self.handlers.endpoints.as_mut())
+                    .then_some(&self.eds)
+            }
+            _ => None,
+        };
+        if let Some(state) = dependent {
+            out.push(request(state, None));
+        }
+        if [&self.lds, &self.rds, &self.cds, &self.eds]
+            .iter()
+            .all(|t| t.synced())
+        {
+            self.ready.send_if_modified(|r| !std::mem::replace(r, true));
+        }
+        out
+    }
+}
+
+/// The request that (re)states a type's subscription, version and nonce.
+fn request(state: &TypeState, error_detail: Option<Status>) -> DiscoveryRequest {
+    DiscoveryRequest {
+        version_info: state.version.clone(),
+        resource_names: if state.wildcard {
+            Vec::new()
+        } else {
+            state.names.iter().cloned().collect()
+        },
+        type_url: state.kind.type_url().to_owned(),
+        response_nonce: state.nonce.clone(),
+        error_detail,
+        ..Default::default()
+    }
+}
+
+/// `initial * 2^attempt`, capped, times a random factor in [0.5, 1] so that proxies that lost
+/// the same server do not come back in lockstep.
+fn backoff(options: &ClientOptions, attempt: u32) -> Duration {
+    let exp = options
+        .initial_backoff
+        .saturating_mul(2u32.saturating_pow(attempt.min(20)));
+    exp.min(options.max_backoff)
+        .mul_f64(rand::rng().random_range(0.5..=1.0))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_grows_and_is_capped() {
+        let o = ClientOptions {
+            initial_backoff: Duration::from_millis(100),
+            max_backoff: Duration::from_secs(1),
+            connect_timeout: Duration::from_secs(1),
+        };
+        let first = backoff(&o, 0);
+        assert!(first >= Duration::from_millis(50) && first <= Duration::from_millis(100));
+        let third = backoff(&o, 2);
+        assert!(third >= Duration::from_millis(200) && third <= Duration::from_millis(400));
+        assert!(backoff(&o, 50) <= Duration::from_secs(1));
+    }
+}

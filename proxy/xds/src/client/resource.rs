@@ -1,0 +1,225 @@
+//! Per-type protocol state and the handling of one response: decode each resource, convert
+//! it, hand the good ones to the type's [`Handler`], and collect the rejected ones for the NACK.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use prost::{Message, Name};
+use switchboard_xds_proto::pb::envoy::config::cluster::v3::Cluster as PbCluster;
+use switchboard_xds_proto::pb::envoy::config::endpoint::v3::ClusterLoadAssignment;
+use switchboard_xds_proto::pb::envoy::config::listener::v3::Listener as PbListener;
+use switchboard_xds_proto::pb::envoy::config::route::v3::RouteConfiguration;
+use switchboard_xds_proto::{DiscoveryResponse, ResourceType, unpack};
+
+use super::{Handler, Rejected};
+use crate::config::{Cluster, ConfigError, Listener, LoadAssignment, RouteConfig};
+
+/// A resource type the client handles: its proto, its name, and the names of the other type
+/// it needs (a listener's RDS name, a cluster's EDS name).
+pub trait XdsResource: Sized + Send + 'static {
+    type Proto: Message + Default + Name;
+    const TYPE: ResourceType;
+    fn name_of(proto: &Self::Proto) -> &str;
+    fn convert(proto: Self::Proto) -> Result<Self, ConfigError>;
+    fn needs(&self) -> Option<&str> {
+        None
+    }
+}
+
+impl XdsResource for Listener {
+    type Proto = PbListener;
+    const TYPE: ResourceType = ResourceType::Listener;
+    fn name_of(proto: &PbListener) -> &str {
+        &proto.name
+    }
+    fn convert(proto: PbListener) -> Result<Self, ConfigError> {
+        Listener::try_from(proto)
+    }
+    fn needs(&self) -> Option<&str> {
+        self.route_names()
+    }
+}
+
+impl XdsResource for RouteConfig {
+    type Proto = RouteConfiguration;
+    const TYPE: ResourceType = ResourceType::RouteConfiguration;
+    fn name_of(proto: &RouteConfiguration) -> &str {
+        &proto.name
+    }
+    fn convert(proto: RouteConfiguration) -> Result<Self, ConfigError> {
+        RouteConfig::try_from(proto)
+    }
+}
+
+impl XdsResource for Cluster {
+    type Proto = PbCluster;
+    const TYPE: ResourceType = ResourceType::Cluster;
+    fn name_of(proto: &PbCluster) -> &str {
+        &proto.name
+    }
+    fn convert(proto: PbCluster) -> Result<Self, ConfigError> {
+        Cluster::try_from(proto)
+    }
+    fn needs(&self) -> Option<&str> {
+        self.eds_name()
+    }
+}
+
+impl XdsResource for LoadAssignment {
+    type Proto = ClusterLoadAssignment;
+    const TYPE: ResourceType = ResourceType::ClusterLoadAssignment;
+    fn name_of(proto: &ClusterLoadAssignment) -> &str {
+        &proto.cluster_name
+    }
+    fn convert(proto: ClusterLoadAssignment) -> Result<Self, ConfigError> {
+        LoadAssignment::try_from(proto)
+    }
+}
+
+/// What the client knows of one type on the stream and across reconnects.
+#[derive(Debug)]
+pub(crate) struct TypeState {
+    pub kind: ResourceType,
+    /// LDS and CDS: every resource; absence from a response means removal.
+    pub wildcard: bool,
+    /// RDS and EDS: the names subscribed to.
+    pub names: BTreeSet<String>,
+    /// The last version ACKed; sent again on reconnect.
+    pub version: String,
+    /// The last nonce received on the current stream.
+    pub nonce: String,
+    /// Applied resources and the name each needs of the dependent type.
+    pub held: BTreeMap<String, Option<String>>,
+    /// A response of this type has been handled since start.
+    pub answered: bool,
+    /// Names received at least once (applied or rejected), for readiness.
+    pub seen: BTreeSet<String>,
+}
+
+impl TypeState {
+    pub(crate) fn new(kind: ResourceType, wildcard: bool) -> Self {
+        Self {
+            kind,
+            wildcard,
+            names: BTreeSet::new(),
+            version: String::new(),
+            nonce: String::new(),
+            held: BTreeMap::new(),
+            answered: false,
+            seen: BTreeSet::new(),
+        }
+    }
+
+    /// Whether the initial fetch is complete: a wildcard type has had a response, a named
+    /// type has received every name it subscribes to.
+    pub(crate) fn synced(&self) -> bool {
+        if self.wildcard {
+            self.answered
+        } else {
+            self.names.is_subset(&self.seen)
+        }
+    }
+
+    /// The names the held resources need of the dependent type.
+    pub(crate) fn needed(&self) -> BTreeSet<String> {
+        self.held.values().flatten().cloned().collect()
+    }
+
+    /// Changes the subscription of a named type and drops what is no longer subscribed.
+    /// Returns whether it changed.
+    pub(crate) fn resubscribe<T: XdsResource>(
+        &mut self,
+        names: BTreeSet<String>,
+        handler: &mut dyn Handler<T>,
+    ) -> bool {
+        if names == self.names {
+            return false;
+        }
+        let dropped: Vec<String> = self
+            .held
+            .keys()
+            .filter(|n| !names.contains(*n))
+            .cloned()
+            .collect();
+        if !dropped.is_empty() {
+            for n in &dropped {
+                self.held.remove(n);
+            }
+            if let Err(rejected) = handler.apply(Vec::new(), dropped) {
+                tracing::warn!(?rejected, kind = %self.kind, "handler refused a removal");
+            }
+        }
+        self.seen.retain(|n| names.contains(n));
+        self.names = names;
+        true
+    }
+
+    /// Handles one response of this type; returns the rejected resources.
+    pub(crate) fn handle<T: XdsResource>(
+        &mut self,
+        response: &DiscoveryResponse,
+        handler: &mut dyn Handler<T>,
+    ) -> Vec<Rejected> {
+        let mut rejected = Vec::new();
+        let mut updates = Vec::new();
+        let mut present = BTreeSet::new();
+        for (i, any) in response.resources.iter().enumerate() {
+            let proto = match unpack::<T::Proto>(any) {
+                Ok(p) => p,
+                Err(e) => {
+                    rejected.push(Rejected::new(format!("resources[{i}]"), e.to_string()));
+                    continue;
+                }
+            };
+            let name = T::name_of(&proto).to_owned();
+            if name.is_empty() {
+                rejected.push(Rejected::new(
+                    format!("resources[{i}]"),
+                    "the name is empty",
+                ));
+                continue;
+            }
+            if !self.wildcard && !self.names.contains(&name) {
+                tracing::debug!(kind = %self.kind, %name, "ignoring a resource not subscribed to");
+                continue;
+            }
+            if !present.insert(name.clone()) {
+                rejected.push(Rejected::new(name, "listed twice in one response"));
+                continue;
+            }
+            match T::convert(proto) {
+                Ok(resource) => updates.push((name, resource)),
+                Err(e) => rejected.push(Rejected::new(name, e.to_string())),
+            }
+        }
+        // A rejected resource keeps its previous version, so it is not removed either.
+        let removed: Vec<String> = if self.wildcard {
+            self.held
+                .keys()
+                .filter(|n| !present.contains(*n))
+                .cloned()
+                .collect()
+        } else {
+            Vec::new()
+        };
+        let applied: Vec<(String, Option<String>)> = updates
+            .iter()
+            .map(|(n, r): &(String, T)| (n.clone(), r.needs().map(str::to_owned)))
+            .collect();
+        let refused = match handler.apply(updates, removed.clone()) {
+            Ok(()) => Vec::new(),
+            Err(refused) => refused,
+        };
+        for n in &removed {
+            self.held.remove(n);
+        }
+        for (name, needs) in applied {
+            if !refused.iter().any(|r| r.name == name) {
+                self.held.insert(name, needs);
+            }
+        }
+        rejected.extend(refused);
+        self.answered = true;
+        self.seen.extend(present);
+        rejected
+    }
+}

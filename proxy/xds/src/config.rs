@@ -1,0 +1,186 @@
+//! The proxy's own configuration types, converted from Envoy protos with `TryFrom`.
+//!
+//! Conversion follows orion's rule: read every field the proxy supports, and reject every
+//! other field that is set, naming it, so that a control plane asking for a behaviour the
+//! proxy does not have gets a NACK instead of silently different traffic. Rather than
+//! destructuring each of Envoy's (very wide) messages by hand, [`check_fields`] lists the set
+//! fields of a message (by their tags) and names them through its protobuf descriptor, so a field added to Envoy's protos
+//! later is rejected too, without anyone having to notice it.
+
+pub mod action;
+pub mod cluster;
+pub mod endpoint;
+pub mod listener;
+pub mod matcher;
+pub mod route;
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use prost::{Message, Name};
+use prost_reflect::DescriptorPool;
+use switchboard_xds_proto::pb::envoy::config::core::v3::{Address, address, socket_address};
+use switchboard_xds_proto::pb::google::protobuf::Duration as PbDuration;
+
+pub use cluster::Cluster;
+pub use endpoint::LoadAssignment;
+pub use listener::Listener;
+pub use route::RouteConfig;
+
+/// Why a resource was rejected: where in the resource (`listener "x": filter_chains[0]`) and
+/// what is wrong there. The text goes verbatim into the NACK's `error_detail`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{path}: {message}")]
+pub struct ConfigError {
+    pub path: String,
+    pub message: String,
+}
+
+impl ConfigError {
+    pub fn new(path: impl Into<String>, message: impl Into<String>) -> Self {
+        Self {
+            path: path.into(),
+            message: message.into(),
+        }
+    }
+}
+
+/// A path into a resource for error messages: `listener "x": filter_chains[0].filters[1]`.
+#[derive(Debug, Clone)]
+pub(crate) struct Path(String);
+
+impl Path {
+    pub(crate) fn root(kind: &str, name: &str) -> Self {
+        Self(format!("{kind} {name:?}:"))
+    }
+
+    /// `self.field` (or `self field` right after the root).
+    pub(crate) fn field(&self, field: &str) -> Self {
+        if self.0.ends_with(':') {
+            Self(format!("{} {field}", self.0))
+        } else {
+            Self(format!("{}.{field}", self.0))
+        }
+    }
+
+    pub(crate) fn index(&self, field: &str, i: usize) -> Self {
+        self.field(&format!("{field}[{i}]"))
+    }
+
+    pub(crate) fn err(&self, message: impl Into<String>) -> ConfigError {
+        ConfigError::new(self.0.trim_end_matches(':'), message)
+    }
+}
+
+fn descriptors() -> Option<&'static DescriptorPool> {
+    static POOL: OnceLock<Option<DescriptorPool>> = OnceLock::new();
+    POOL.get_or_init(|| DescriptorPool::decode(switchboard_xds_proto::FILE_DESCRIPTOR_SET).ok())
+        .as_ref()
+}
+
+/// Rejects `message` if a field outside `supported` (proto field names) is set. Supported
+/// fields may still be ignored by the proxy when they do not change traffic (`stat_prefix`).
+///
+/// Only the top level of the encoded message is scanned (tags, not values), so checking each
+/// level of a large route configuration stays linear in its size per level.
+pub(crate) fn check_fields<M: Message + Name>(
+    message: &M,
+    supported: &[&str],
+    path: &Path,
+) -> Result<(), ConfigError> {
+    let name = M::full_name();
+    let internal = |what: String| path.err(format!("internal error: {what}"));
+    let descriptor = descriptors()
+        .and_then(|pool| pool.get_message_by_name(&name))
+        .ok_or_else(|| internal(format!("no descriptor for {name}")))?;
+    if cfg!(debug_assertions)
+        && let Some(typo) = supported
+            .iter()
+            .find(|f| descriptor.get_field_by_name(f).is_none())
+    {
+        return Err(internal(format!("{name} has no field {typo}")));
+    }
+    let numbers = field_numbers(&message.encode_to_vec())
+        .ok_or_else(|| internal(format!("cannot scan {name}")))?;
+    let mut unsupported: Vec<String> = Vec::new();
+    for number in numbers {
+        let field = descriptor
+            .get_field(number)
+            .map_or_else(|| format!("#{number}"), |f| f.name().to_owned());
+        if !supported.contains(&field.as_str()) && !unsupported.contains(&field) {
+            unsupported.push(field);
+        }
+    }
+    if unsupported.is_empty() {
+        Ok(())
+    } else {
+        Err(path.err(format!(
+            "unsupported field{} {} (this proxy implements a subset of Envoy; see \
+             switchboard-proxy-xds's config module)",
+            if unsupported.len() > 1 { "s" } else { "" },
+            unsupported.join(", ")
+        )))
+    }
+}
+
+/// The field numbers present at the top level of an encoded message, in order.
+fn field_numbers(mut buf: &[u8]) -> Option<Vec<u32>> {
+    use prost::encoding::decode_varint;
+    let mut out = Vec::new();
+    while !buf.is_empty() {
+        let key = decode_varint(&mut buf).ok()?;
+        let number = u32::try_from(key >> 3).ok()?;
+        let skip = match key & 7 {
+            0 => {
+                decode_varint(&mut buf).ok()?;
+                0
+            }
+            1 => 8,
+            2 => usize::try_from(decode_varint(&mut buf).ok()?).ok()?,
+            5 => 4,
+            _ => return None, // groups: not used by any xDS message
+        };
+        buf = buf.get(skip..)?;
+        out.push(number);
+    }
+    Some(out)
+}
+
+/// A protobuf duration, rejecting negative ones.
+pub(crate) fn duration(d: &PbDuration, path: &Path) -> Result<Duration, ConfigError> {
+    let secs = u64::try_from(d.seconds).map_err(|_| path.err("negative duration"))?;
+    let nanos = u32::try_from(d.nanos).map_err(|_| path.err("negative duration"))?;
+    if nanos >= 1_000_000_000 {
+        return Err(path.err("duration nanos out of range"));
+    }
+    Ok(Duration::new(secs, nanos))
+}
+
+/// A TCP socket address with an IP (no DNS names: the proxy does not resolve).
+pub(crate) fn socket_addr(addr: &Address, path: &Path) -> Result<SocketAddr, ConfigError> {
+    let Some(address::Address::SocketAddress(sa)) = &addr.address else {
+        return Err(
+            path.err("only socket addresses are supported (no pipes or internal addresses)")
+        );
+    };
+    let path = path.field("socket_address");
+    check_fields(sa, &["protocol", "address", "port_value"], &path)?;
+    if sa.protocol != socket_address::Protocol::Tcp as i32 {
+        return Err(path.err("only TCP is supported"));
+    }
+    let ip: IpAddr = sa.address.parse().map_err(|_| {
+        path.field("address").err(format!(
+            "{:?} is not an IP address (hint: the proxy does not resolve DNS names)",
+            sa.address
+        ))
+    })?;
+    let port = match sa.port_specifier {
+        Some(socket_address::PortSpecifier::PortValue(p)) => u16::try_from(p).map_err(|_| {
+            path.field("port_value")
+                .err(format!("port {p} is out of range"))
+        })?,
+        _ => return Err(path.err("a port_value is required")),
+    };
+    Ok(SocketAddr::new(ip, port))
+}

@@ -1,0 +1,25 @@
+//! The xDS client of `switchboard-proxy`.
+//!
+//! - [`config`]: the proxy's own configuration types, converted from Envoy protos with
+//!   `TryFrom`; anything the proxy does not implement is rejected with a precise message.
+//! - [`client`]: one ADS state-of-the-world stream, a typed [`Handler`] per resource type,
+//!   ACK only after apply, per-resource NACKs, RDS/EDS subscriptions that follow the applied
+//!   listeners and clusters, reconnects with backoff and jitter, and readiness.
+//! - [`state`]: the applied configuration, [`ConfigStore`], read by the data path as one
+//!   consistent snapshot.
+//! - [`bootstrap`]: where the control plane is and who this node is.
+//!
+//! **Invariant:** the data path reads configuration only through [`ConfigStore`] snapshots;
+//! a snapshot never names a listener, route or cluster that failed conversion.
+
+pub mod bootstrap;
+pub mod client;
+pub mod config;
+pub mod state;
+#[cfg(feature = "testing")]
+pub mod testing;
+
+pub use bootstrap::{Bootstrap, BootstrapError};
+pub use client::{ClientOptions, Handler, Rejected, XdsClient, XdsClientHandle};
+pub use config::ConfigError;
+pub use state::{ConfigStore, Snapshot};

@@ -1,0 +1,243 @@
+//! Test helpers (feature `testing`): a hand-driven ADS server on 127.0.0.1, and builders of
+//! the Envoy resources the proxy supports.
+//!
+//! The server answers nothing by itself: the test reads each request the client sends
+//! ([`AdsServer::next_request`]) and pushes each response ([`AdsServer::respond`]), so it can
+//! assert every ACK and NACK. [`AdsServer::stop`] kills it (the stream fails and the port
+//! closes); [`AdsServer::start_on`] brings one back on the same address.
+
+pub mod resources;
+
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use futures::Stream;
+use switchboard_xds_proto::service::ads::{
+    AggregatedDiscoveryService, AggregatedDiscoveryServiceServer,
+};
+use switchboard_xds_proto::{
+    Any, DeltaDiscoveryRequest, DeltaDiscoveryResponse, DiscoveryRequest, DiscoveryResponse,
+};
+use tokio::net::TcpListener;
+use tokio::sync::{mpsc, oneshot};
+use tokio::task::JoinHandle;
+use tokio_stream::wrappers::{TcpListenerStream, UnboundedReceiverStream};
+use tonic::{Request, Response, Status, Streaming};
+
+/// How long [`AdsServer::next_request`] waits.
+pub const WAIT: Duration = Duration::from_secs(10);
+
+/// A request as the server received it, with the stream it came on (1, 2, ... in order of
+/// connection) and that stream's `authorization` metadata.
+#[derive(Debug, Clone)]
+pub struct Received {
+    pub stream: u64,
+    pub authorization: Option<String>,
+    pub request: DiscoveryRequest,
+}
+
+type ResponseTx = mpsc::UnboundedSender<Result<DiscoveryResponse, Status>>;
+
+#[derive(Debug, Default)]
+struct Streams {
+    opened: u64,
+    current: Option<ResponseTx>,
+}
+
+#[derive(Debug, Clone)]
+struct Service {
+    requests: mpsc::UnboundedSender<Received>,
+    streams: Arc<Mutex<Streams>>,
+}
+
+type ResponseStream = Pin<Box<dyn Stream<Item = Result<DiscoveryResponse, Status>> + Send>>;
+type DeltaStream = Pin<Box<dyn Stream<Item = Result<DeltaDiscoveryResponse, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl AggregatedDiscoveryService for Service {
+    type StreamAggregatedResourcesStream = ResponseStream;
+    type DeltaAggregatedResourcesStream = DeltaStream;
+
+    async fn stream_aggregated_resources(
+        &self,
+        request: Request<Streaming<DiscoveryRequest>>,
+    ) -> Result<Response<ResponseStream>, Status> {
+        let authorization = request
+            .metadata()
+            .get("authorization")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
+        let (tx, rx) = mpsc::unbounded_channel();
+        let stream = {
+            let mut streams = self.streams.lock().unwrap_or_else(PoisonError::into_inner);
+            streams.opened += 1;
+            streams.current = Some(tx);
+            streams.opened
+        };
+        let mut incoming = request.into_inner();
+        let requests = self.requests.clone();
+        tokio::spawn(async move {
+            while let Ok(Some(request)) = incoming.message().await {
+                let received = Received {
+                    stream,
+                    authorization: authorization.clone(),
+                    request,
+                };
+                if requests.send(received).is_err() {
+                    break;
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(UnboundedReceiverStream::new(rx))))
+    }
+
+    async fn delta_aggregated_resources(
+        &self,
+        _request: Request<Streaming<DeltaDiscoveryRequest>>,
+    ) -> Result<Response<DeltaStream>, Status> {
+        Err(Status::unimplemented("the test server speaks SotW only"))
+    }
+}
+
+/// A hand-driven ADS server; stops when dropped.
+#[derive(Debug)]
+pub struct AdsServer {
+    pub addr: SocketAddr,
+    requests: mpsc::UnboundedReceiver<Received>,
+    streams: Arc<Mutex<Streams>>,
+    shutdown: Option<oneshot::Sender<()>>,
+    task: JoinHandle<()>,
+}
+
+impl AdsServer {
+    /// Starts on 127.0.0.1 with a free port.
+    pub async fn start() -> std::io::Result<Self> {
+        Self::start_on(SocketAddr::from(([127, 0, 0, 1], 0))).await
+    }
+
+    /// Starts on `addr` (a restart on the address of a stopped server).
+    pub async fn start_on(addr: SocketAddr) -> std::io::Result<Self> {
+        let listener = TcpListener::bind(addr).await?;
+        let addr = listener.local_addr()?;
+        let (tx, requests) = mpsc::unbounded_channel();
+        let streams = Arc::new(Mutex::new(Streams::default()));
+        let service = Service {
+            requests: tx,
+            streams: streams.clone(),
+        };
+        let (shutdown, stop) = oneshot::channel::<()>();
+        let task = tokio::spawn(async move {
+            let result = tonic::transport::Server::builder()
+                .add_service(AggregatedDiscoveryServiceServer::new(service))
+                .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async {
+                    let _ = stop.await;
+                })
+                .await;
+            if let Err(e) = result {
+                tracing::warn!(error = %e, "test ADS server failed");
+            }
+        });
+        Ok(Self {
+            addr,
+            requests,
+            streams,
+            shutdown: Some(shutdown),
+            task,
+        })
+    }
+
+    /// `http://127.0.0.1:{port}`.
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// How many streams have been opened.
+    pub fn streams_opened(&self) -> u64 {
+        self.lock().opened
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Streams> {
+        self.streams.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// The next request from any stream, or `None` after [`WAIT`].
+    pub async fn next_request(&mut self) -> Option<Received> {
+        self.next_request_within(WAIT).await
+    }
+
+    pub async fn next_request_within(&mut self, wait: Duration) -> Option<Received> {
+        tokio::time::timeout(wait, self.requests.recv())
+            .await
+            .ok()
+            .flatten()
+    }
+
+    /// The next request of `type_url`, skipping others.
+    pub async fn next_of(&mut self, type_url: &str) -> Option<Received> {
+        let deadline = tokio::time::Instant::now() + WAIT;
+        loop {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            let r = self.next_request_within(left).await?;
+            if r.request.type_url == type_url {
+                return Some(r);
+            }
+        }
+    }
+
+    /// Sends `response` on the latest stream; `false` if there is none.
+    pub fn respond(&self, response: DiscoveryResponse) -> bool {
+        self.lock()
+            .current
+            .as_ref()
+            .is_some_and(|tx| tx.send(Ok(response)).is_ok())
+    }
+
+    /// Ends the latest stream with `status`.
+    pub fn fail_stream(&self, status: Status) {
+        if let Some(tx) = self.lock().current.take() {
+            let _ = tx.send(Err(status));
+        }
+    }
+
+    /// Kills the server: the stream fails with UNAVAILABLE and the port closes.
+    pub async fn stop(mut self) {
+        self.fail_stream(Status::unavailable("test server stopped"));
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        // Graceful shutdown waits for open connections, which the client closes when its
+        // stream fails; do not wait longer than that.
+        let _ = tokio::time::timeout(Duration::from_secs(2), &mut self.task).await;
+        self.task.abort();
+    }
+}
+
+impl Drop for AdsServer {
+    fn drop(&mut self) {
+        if let Some(tx) = self.lock().current.take() {
+            let _ = tx.send(Err(Status::unavailable("test server dropped")));
+        }
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        self.task.abort();
+    }
+}
+
+/// A response of `type_url` with `resources`.
+pub fn response(
+    type_url: &str,
+    version: &str,
+    nonce: &str,
+    resources: Vec<Any>,
+) -> DiscoveryResponse {
+    DiscoveryResponse {
+        version_info: version.to_owned(),
+        resources,
+        type_url: type_url.to_owned(),
+        nonce: nonce.to_owned(),
+        ..Default::default()
+    }
+}

@@ -1,0 +1,345 @@
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+//! The client against a hand-driven ADS server: ACKs, NACKs, subscriptions, reconnects.
+
+use std::time::Duration;
+
+use switchboard_proxy_xds::testing::resources::{
+    eds_cluster, http_listener, listener_with, load_assignment, regex_route_config, route_config,
+};
+use switchboard_proxy_xds::testing::{AdsServer, Received, response};
+use switchboard_proxy_xds::{Bootstrap, ClientOptions, ConfigStore, XdsClient, XdsClientHandle};
+use switchboard_xds_proto::{Any, DiscoveryRequest, pack, type_url};
+
+const LDS: &str = type_url::LISTENER;
+const RDS: &str = type_url::ROUTE_CONFIGURATION;
+const CDS: &str = type_url::CLUSTER;
+const EDS: &str = type_url::CLUSTER_LOAD_ASSIGNMENT;
+
+struct Env {
+    server: AdsServer,
+    store: ConfigStore,
+    client: XdsClientHandle,
+    _token: tempfile::NamedTempFile,
+}
+
+async fn env() -> Env {
+    let server = AdsServer::start().await.unwrap();
+    let token = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(token.path(), "secret-token\n").unwrap();
+    let bootstrap = Bootstrap {
+        xds_address: server.url(),
+        node_id: "tenants/acme/meshes/prod/nodes/p-1".to_owned(),
+        metadata: [("role".to_owned(), "sidecar".to_owned())].into(),
+        token_file: Some(token.path().to_owned()),
+    };
+    let store = ConfigStore::new();
+    let options = ClientOptions {
+        initial_backoff: Duration::from_millis(50),
+        max_backoff: Duration::from_millis(400),
+        connect_timeout: Duration::from_secs(1),
+    };
+    let client = XdsClient::new(bootstrap, &store, options).spawn();
+    Env {
+        server,
+        store,
+        client,
+        _token: token,
+    }
+}
+
+async fn expect(server: &mut AdsServer, type_url: &str) -> Received {
+    let r = server
+        .next_request()
+        .await
+        .unwrap_or_else(|| panic!("no request of {type_url}"));
+    assert_eq!(r.request.type_url, type_url, "{:?}", r.request);
+    r
+}
+
+fn names(r: &DiscoveryRequest) -> Vec<&str> {
+    r.resource_names.iter().map(String::as_str).collect()
+}
+
+fn any<M: prost::Message + prost::Name>(m: &M) -> Any {
+    pack(m)
+}
+
+fn assert_ack(r: &DiscoveryRequest, version: &str, nonce: &str) {
+    assert_eq!(r.version_info, version, "{r:?}");
+    assert_eq!(r.response_nonce, nonce, "{r:?}");
+    assert!(r.error_detail.is_none(), "{r:?}");
+}
+
+/// Drives the initial sync: cluster `pay`, its endpoints, listener `out` and route `rc`.
+async fn sync(env: &mut Env) {
+    let s = &mut env.server;
+    let cds = expect(s, CDS).await;
+    assert!(
+        cds.request.node.is_some(),
+        "the node goes with the first request"
+    );
+    assert_eq!(cds.authorization.as_deref(), Some("Bearer secret-token"));
+    assert!(names(&cds.request).is_empty(), "CDS is wildcard");
+    let lds = expect(s, LDS).await;
+    assert!(names(&lds.request).is_empty(), "LDS is wildcard");
+
+    assert!(s.respond(response(CDS, "c1", "n1", vec![any(&eds_cluster("pay"))])));
+    assert_ack(&expect(s, CDS).await.request, "c1", "n1");
+    let eds = expect(s, EDS).await;
+    assert_eq!(names(&eds.request), ["pay"]);
+
+    let cla = load_assignment("pay", &["10.0.0.1:8080".parse().unwrap()]);
+    assert!(s.respond(response(EDS, "e1", "n2", vec![any(&cla)])));
+    assert_ack(&expect(s, EDS).await.request, "e1", "n2");
+
+    assert!(s.respond(response(
+        LDS,
+        "l1",
+        "n3",
+        vec![any(&http_listener("out", 15001, "rc"))]
+    )));
+    assert_ack(&expect(s, LDS).await.request, "l1", "n3");
+    assert_eq!(names(&expect(s, RDS).await.request), ["rc"]);
+    assert!(!env.client.is_ready(), "RDS is still missing");
+
+    assert!(s.respond(response(
+        RDS,
+        "r1",
+        "n4",
+        vec![any(&route_config("rc", "*", "pay"))]
+    )));
+    assert_ack(&expect(s, RDS).await.request, "r1", "n4");
+    tokio::time::timeout(Duration::from_secs(5), env.client.ready())
+        .await
+        .expect("ready after the initial LDS, RDS, CDS and EDS");
+}
+
+#[tokio::test]
+async fn initial_sync_acks_and_becomes_ready() {
+    let mut env = env().await;
+    sync(&mut env).await;
+    let snap = env.store.snapshot();
+    assert!(snap.listeners.contains_key("out"));
+    assert!(snap.routes.contains_key("rc"));
+    assert!(snap.clusters.contains_key("pay"));
+    assert_eq!(snap.endpoints["pay"].localities[0].endpoints.len(), 1);
+}
+
+#[tokio::test]
+async fn an_invalid_resource_is_nacked_and_the_valid_ones_apply() {
+    let mut env = env().await;
+    sync(&mut env).await;
+    let s = &mut env.server;
+    let redis = listener_with(
+        "cache",
+        6379,
+        "envoy.filters.network.redis_proxy",
+        Any {
+            type_url:
+                "type.googleapis.com/envoy.extensions.filters.network.redis_proxy.v3.RedisProxy"
+                    .to_owned(),
+            value: vec![],
+        },
+    );
+    let listeners = vec![
+        any(&http_listener("out", 15001, "rc")),
+        any(&redis),
+        any(&http_listener("admin", 15002, "rc")),
+    ];
+    assert!(s.respond(response(LDS, "l2", "n5", listeners)));
+    let nack = expect(s, LDS).await.request;
+    assert_eq!(nack.version_info, "l1", "a NACK keeps the previous version");
+    assert_eq!(nack.response_nonce, "n5");
+    let detail = nack.error_detail.expect("error_detail").message;
+    assert!(
+        detail.contains(
+            "cache: listener \"cache\": filter_chains[0].filters[0]: unsupported filter \
+             envoy.filters.network.redis_proxy"
+        ),
+        "{detail}"
+    );
+    assert!(!detail.contains("admin"), "{detail}");
+    let snap = env.store.snapshot();
+    assert!(
+        snap.listeners.contains_key("admin"),
+        "the valid listener applied"
+    );
+    assert!(!snap.listeners.contains_key("cache"));
+
+    // A bad regex rejects its route configuration; the previous one keeps serving.
+    assert!(s.respond(response(
+        RDS,
+        "r2",
+        "n6",
+        vec![any(&regex_route_config("rc", "([a-z", "pay"))]
+    )));
+    let nack = expect(s, RDS).await.request;
+    assert_eq!(nack.version_info, "r1");
+    let detail = nack.error_detail.expect("error_detail").message;
+    assert!(detail.starts_with("rc: route configuration \"rc\": virtual_hosts[0].routes[0].match.safe_regex.regex: invalid regex"), "{detail}");
+    assert_eq!(
+        env.store.snapshot().routes["rc"].virtual_hosts[0].domains,
+        ["*"]
+    );
+}
+
+#[tokio::test]
+async fn rds_and_eds_subscriptions_follow_listeners_and_clusters() {
+    let mut env = env().await;
+    sync(&mut env).await;
+    let s = &mut env.server;
+    assert!(s.respond(response(CDS, "c2", "n5", vec![any(&eds_cluster("web"))])));
+    assert_ack(&expect(s, CDS).await.request, "c2", "n5");
+    let eds = expect(s, EDS).await.request;
+    assert_eq!(names(&eds), ["web"]);
+    assert_eq!(eds.version_info, "e1");
+    let snap = env.store.snapshot();
+    assert!(
+        !snap.clusters.contains_key("pay"),
+        "absent from a CDS response: removed"
+    );
+    assert!(
+        !snap.endpoints.contains_key("pay"),
+        "no longer subscribed: dropped"
+    );
+
+    assert!(s.respond(response(
+        LDS,
+        "l2",
+        "n6",
+        vec![any(&http_listener("out", 15001, "rc2"))]
+    )));
+    assert_ack(&expect(s, LDS).await.request, "l2", "n6");
+    assert_eq!(names(&expect(s, RDS).await.request), ["rc2"]);
+    assert!(!env.store.snapshot().routes.contains_key("rc"));
+}
+
+#[tokio::test]
+async fn a_killed_server_leaves_the_config_and_a_restarted_one_resyncs() {
+    let mut env = env().await;
+    sync(&mut env).await;
+    let addr = env.server.addr;
+    let before = env.store.snapshot();
+    env.server.stop().await;
+    // Give the client time to fail and retry against the closed port a few times.
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    let during = env.store.snapshot();
+    assert_eq!(
+        during.generation, before.generation,
+        "nothing changed while away"
+    );
+    assert!(during.listeners.contains_key("out"));
+    assert!(env.client.is_ready(), "still ready on the last good config");
+
+    env.server = AdsServer::start_on(addr).await.unwrap();
+    let s = &mut env.server;
+    let cds = expect(s, CDS).await;
+    assert!(cds.request.node.is_some());
+    assert_eq!(cds.authorization.as_deref(), Some("Bearer secret-token"));
+    assert_eq!(
+        (
+            cds.request.version_info.as_str(),
+            cds.request.response_nonce.as_str()
+        ),
+        ("c1", "")
+    );
+    let lds = expect(s, LDS).await.request;
+    assert_eq!(lds.version_info, "l1");
+    let eds = expect(s, EDS).await.request;
+    assert_eq!(
+        (eds.version_info.as_str(), names(&eds)),
+        ("e1", vec!["pay"])
+    );
+    let rds = expect(s, RDS).await.request;
+    assert_eq!((rds.version_info.as_str(), names(&rds)), ("r1", vec!["rc"]));
+
+    // The restarted server resyncs: a new listener set applies.
+    assert!(s.respond(response(
+        LDS,
+        "l9",
+        "x1",
+        vec![
+            any(&http_listener("out", 15001, "rc")),
+            any(&http_listener("extra", 15003, "rc")),
+        ]
+    )));
+    assert_ack(&expect(s, LDS).await.request, "l9", "x1");
+    assert!(env.store.snapshot().listeners.contains_key("extra"));
+}
+
+#[tokio::test]
+async fn reconnects_back_off() {
+    let mut env = env().await;
+    sync(&mut env).await;
+    let addr = env.server.addr;
+    env.server.stop().await;
+    // With a 50 ms base doubling up to 400 ms, 1.5 s holds only a handful of attempts;
+    // the restarted server must see the client within one maximum backoff.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let started = tokio::time::Instant::now();
+    env.server = AdsServer::start_on(addr).await.unwrap();
+    expect(&mut env.server, CDS).await;
+    assert!(started.elapsed() < Duration::from_secs(2));
+    assert_eq!(env.server.streams_opened(), 1);
+}
+
+/// A handler may refuse a resource after conversion (e.g. a port it cannot bind): that one
+/// is NACKed, the rest of the response applies.
+#[tokio::test]
+async fn a_resource_the_handler_refuses_is_nacked() {
+    use switchboard_proxy_xds::client::Handlers;
+    use switchboard_proxy_xds::config::Listener;
+    use switchboard_proxy_xds::{Handler, Rejected};
+
+    struct NoLowPorts(ConfigStore);
+    impl Handler<Listener> for NoLowPorts {
+        fn apply(
+            &mut self,
+            updates: Vec<(String, Listener)>,
+            removed: Vec<String>,
+        ) -> Result<(), Vec<Rejected>> {
+            let (low, ok): (Vec<_>, Vec<_>) = updates
+                .into_iter()
+                .partition(|(_, l)| l.address.port() < 1024);
+            self.0.apply(ok, removed)?;
+            let refused: Vec<Rejected> = low
+                .into_iter()
+                .map(|(n, _)| Rejected::new(n, "cannot bind a port below 1024 unprivileged"))
+                .collect();
+            if refused.is_empty() {
+                Ok(())
+            } else {
+                Err(refused)
+            }
+        }
+    }
+
+    let mut server = AdsServer::start().await.unwrap();
+    let store = ConfigStore::new();
+    let mut handlers = Handlers::store(&store);
+    handlers.listeners = Box::new(NoLowPorts(store.clone()));
+    let bootstrap = Bootstrap {
+        xds_address: server.url(),
+        node_id: "n".to_owned(),
+        metadata: Default::default(),
+        token_file: None,
+    };
+    let _client = XdsClient::with_handlers(bootstrap, handlers, ClientOptions::default()).spawn();
+    let cds = expect(&mut server, CDS).await;
+    assert_eq!(cds.authorization, None, "no token file, no token");
+    expect(&mut server, LDS).await;
+    let listeners = vec![
+        any(&http_listener("web", 80, "rc")),
+        any(&http_listener("out", 15001, "rc")),
+    ];
+    assert!(server.respond(response(LDS, "l1", "n1", listeners)));
+    let nack = expect(&mut server, LDS).await.request;
+    assert_eq!(nack.version_info, "");
+    assert_eq!(
+        nack.error_detail.unwrap().message,
+        "web: cannot bind a port below 1024 unprivileged"
+    );
+    assert_eq!(names(&expect(&mut server, RDS).await.request), ["rc"]);
+    let snap = store.snapshot();
+    assert!(snap.listeners.contains_key("out") && !snap.listeners.contains_key("web"));
+}
