@@ -4,92 +4,15 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use serde_json::{Value, json};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-const BIN: &str = env!("CARGO_BIN_EXE_switchboard");
+mod common;
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
+use common::{BIN, call, free_port};
 
-/// A running `switchboard serve`, killed on drop.
-struct Server {
-    child: Child,
-    rest: String,
-    admin: String,
-    xds: String,
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-async fn start(dir: &std::path::Path, extra: &[&str]) -> Server {
-    let (rest, xds, admin) = (free_port(), free_port(), free_port());
-    let mut cmd = Command::new(BIN);
-    cmd.current_dir(dir)
-        .args([
-            "serve",
-            "--rest-addr",
-            &format!("127.0.0.1:{rest}"),
-            "--xds-addr",
-            &format!("127.0.0.1:{xds}"),
-        ])
-        .args(["--admin-addr", &format!("127.0.0.1:{admin}")])
-        .args(extra)
-        .env_remove("SWITCHBOARD_DATABASE_URL")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null());
-    let child = cmd.spawn().unwrap();
-    let server = Server {
-        child,
-        rest: format!("http://127.0.0.1:{rest}"),
-        admin: format!("http://127.0.0.1:{admin}"),
-        xds: format!("http://127.0.0.1:{xds}"),
-    };
-    let client = reqwest::Client::new();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        if let Ok(r) = client.get(format!("{}/readyz", server.admin)).send().await
-            && r.status() == 200
-        {
-            return server;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "switchboard did not become ready"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
-async fn call(
-    c: &reqwest::Client,
-    method: reqwest::Method,
-    url: &str,
-    token: &str,
-    body: Option<Value>,
-    if_match: Option<&str>,
-) -> (u16, Value) {
-    let mut req = c.request(method, url).bearer_auth(token);
-    if let Some(b) = body {
-        req = req.json(&b);
-    }
-    if let Some(tag) = if_match {
-        req = req.header("if-match", tag);
-    }
-    let resp = req.send().await.unwrap();
-    let status = resp.status().as_u16();
-    let text = resp.text().await.unwrap();
-    (status, serde_json::from_str(&text).unwrap_or(Value::Null))
+async fn start(dir: &std::path::Path, extra: &[&str]) -> common::Server {
+    common::start(dir, extra, None).await
 }
 
 #[tokio::test]
@@ -517,9 +440,10 @@ async fn xds_clients_of_one_replica_follow_writes_through_another() {
     let proxy_token = pt["secret"].as_str().unwrap().to_string();
 
     // A client on replica B, subscribed to every cluster.
-    let mut client = AdsClient::connect(&b.xds, node("acme", "prod", "n1"), Some(&proxy_token))
-        .await
-        .unwrap();
+    let mut client =
+        AdsClient::connect(&b.xds_url(), node("acme", "prod", "n1"), Some(&proxy_token))
+            .await
+            .unwrap();
     client.subscribe(CLUSTER, &[]).await.unwrap();
     let first = client.recv_and_ack(&[]).await.unwrap();
     assert_eq!(first.resources.len(), 1);

@@ -25,7 +25,6 @@ use serde_json::{Value, json};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader, Lines};
 use tokio::process::{Child, ChildStdin, ChildStdout, Command};
 
-const BIN: &str = env!("CARGO_BIN_EXE_switchboard");
 const ADMIN: &str = "proxyless-test-admin-token";
 const TENANT: &str = "acme";
 const MESH: &str = "prod";
@@ -35,99 +34,32 @@ const COMMAND_TIMEOUT: Duration = Duration::from_secs(120);
 /// What the issue asks of a route change: every call on the new backend within this.
 const SWITCH_LIMIT: Duration = Duration::from_secs(2);
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 fn peers_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/peers")
 }
 
-/// Last `max` bytes of a log file, for failure messages.
-fn tail(path: &Path, max: usize) -> String {
-    let text = std::fs::read_to_string(path)
-        .unwrap_or_else(|e| format!("<cannot read {}: {e}>", path.display()));
-    let start = text.len().saturating_sub(max);
-    let start = (start..text.len())
-        .find(|&i| text.is_char_boundary(i))
-        .unwrap_or(text.len());
-    format!(
-        "--- {} (last {} bytes) ---\n{}",
-        path.display(),
-        text.len() - start,
-        &text[start..]
-    )
-}
-
 // --- the control plane ----------------------------------------------------------------------
 
-/// A running `switchboard serve` with its log in `log`, killed on drop.
-struct Server {
-    _child: Child,
-    rest: String,
-    admin: String,
-    xds: String,
-    log: PathBuf,
-}
+mod common;
 
+use common::{Server, tail};
+
+/// `switchboard serve` with JSON debug logs in `dir/switchboard.log`, on the embedded default.
 async fn start_server(dir: &Path) -> Server {
-    let (rest, xds, admin) = (free_port(), free_port(), free_port());
-    let log = dir.join("switchboard.log");
-    let child = Command::new(BIN)
-        .current_dir(dir)
-        .args([
-            "serve",
-            "--rest-addr",
-            &format!("127.0.0.1:{rest}"),
-            "--xds-addr",
-            &format!("127.0.0.1:{xds}"),
-        ])
-        .args([
-            "--admin-addr",
-            &format!("127.0.0.1:{admin}"),
-            "--admin-token",
-            ADMIN,
-        ])
-        .args([
-            "--data-dir",
-            dir.join("data").to_str().unwrap(),
-            "--log-format",
-            "json",
-        ])
-        .args(["--log-level", "info,switchboard_xds_server=debug"])
-        .env_remove("SWITCHBOARD_DATABASE_URL")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(&log).unwrap())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    let server = Server {
-        _child: child,
-        rest: format!("http://127.0.0.1:{rest}"),
-        admin: format!("http://127.0.0.1:{admin}"),
-        xds: format!("127.0.0.1:{xds}"),
-        log,
-    };
-    let client = reqwest::Client::new();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        if let Ok(r) = client.get(format!("{}/readyz", server.admin)).send().await
-            && r.status() == 200
-        {
-            return server;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "switchboard did not become ready\n{}",
-            tail(&server.log, 4000)
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let data = dir.join("data");
+    let flags = [
+        "--admin-token",
+        ADMIN,
+        "--data-dir",
+        data.to_str().unwrap(),
+        "--log-format",
+        "json",
+    ];
+    let flags: Vec<&str> = flags
+        .into_iter()
+        .chain(["--log-level", "info,switchboard_xds_server=debug"])
+        .collect();
+    common::start(dir, &flags, Some(&dir.join("switchboard.log"))).await
 }
 
 async fn call(
@@ -136,17 +68,7 @@ async fn call(
     url: &str,
     body: Option<Value>,
 ) -> (u16, Value) {
-    let mut req = c.request(method, url).bearer_auth(ADMIN);
-    if let Some(b) = body {
-        req = req.json(&b);
-    }
-    let resp = req.send().await.unwrap();
-    let status = resp.status().as_u16();
-    let text = resp.text().await.unwrap();
-    (
-        status,
-        serde_json::from_str(&text).unwrap_or(Value::String(text)),
-    )
+    common::call(c, method, url, ADMIN, body, None).await
 }
 
 async fn put(c: &reqwest::Client, url: &str, body: Value) {
@@ -288,7 +210,7 @@ async fn start_client(peer: Peer, tc: &Toolchain, server: &Server, dir: &Path) -
     // No per-call credentials in a gRPC bootstrap: the mesh admits unauthenticated xDS.
     // grpc-js-xds insists on node.locality.
     let bootstrap = json!({
-        "xds_servers": [{"server_uri": server.xds, "channel_creds": [{"type": "insecure"}], "server_features": ["xds_v3"]}],
+        "xds_servers": [{"server_uri": server.xds_addr, "channel_creds": [{"type": "insecure"}], "server_features": ["xds_v3"]}],
         "node": {"id": node_id, "locality": {}, "metadata": {"client": peer.name()}},
     });
     let bootstrap_path = dir.join(format!("bootstrap-{}.json", peer.name()));
@@ -397,7 +319,11 @@ async fn diagnostics(c: &reqwest::Client, server: &Server, client: &Client) -> S
     format!(
         "GET …/proxies: {proxies}\nGET …/proxies/{node}/config: {config}\n{}\n{}",
         tail(&client.log, 12000),
-        tail(&server.log, 12000)
+        server
+            .log
+            .as_deref()
+            .map(|p| tail(p, 12000))
+            .unwrap_or_default()
     )
 }
 

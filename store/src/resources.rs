@@ -43,6 +43,22 @@ pub(crate) struct WriteTx {
     pub turn: Option<tokio::sync::OwnedMutexGuard<()>>,
 }
 
+type AnyQuery<'q> = sqlx::query::Query<'q, Any, sqlx::any::AnyArguments<'q>>;
+
+/// Binds a resource key as `$1..$4` (tenant, mesh, kind, name): every keyed query starts so.
+trait BindKey<'q> {
+    fn bind_key(self, key: &'q ResourceKey) -> Self;
+}
+
+impl<'q> BindKey<'q> for AnyQuery<'q> {
+    fn bind_key(self, key: &'q ResourceKey) -> Self {
+        self.bind(&key.tenant)
+            .bind(&key.mesh)
+            .bind(key.kind.plural())
+            .bind(&key.name)
+    }
+}
+
 const COLS: &str = "tenant, mesh, kind, name, spec, revision, create_time, update_time";
 
 pub(crate) fn row_to_resource(row: &AnyRow) -> Result<StoredResource, StoreError> {
@@ -209,16 +225,13 @@ impl Store {
         let create_time = match &existing {
             Some(old) => {
                 sqlx::query(
-                    "UPDATE resources SET spec = $1, revision = $2, update_time = $3 \
-                     WHERE tenant = $4 AND mesh = $5 AND kind = $6 AND name = $7",
+                    "UPDATE resources SET spec = $5, revision = $6, update_time = $7 \
+                     WHERE tenant = $1 AND mesh = $2 AND kind = $3 AND name = $4",
                 )
+                .bind_key(key)
                 .bind(&spec_text)
                 .bind(revision)
                 .bind(now)
-                .bind(&key.tenant)
-                .bind(&key.mesh)
-                .bind(key.kind.plural())
-                .bind(&key.name)
                 .execute(&mut *tx)
                 .await?;
                 old.create_time
@@ -227,10 +240,7 @@ impl Store {
                 sqlx::query(&format!(
                     "INSERT INTO resources ({COLS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)"
                 ))
-                .bind(&key.tenant)
-                .bind(&key.mesh)
-                .bind(key.kind.plural())
-                .bind(&key.name)
+                .bind_key(key)
                 .bind(&spec_text)
                 .bind(revision)
                 .bind(now)
@@ -291,10 +301,7 @@ impl Store {
             let rows = sqlx::query(
                 "SELECT from_kind, from_name, field FROM refs WHERE tenant = $1 AND mesh = $2 AND to_kind = $3 AND to_name = $4 ORDER BY from_kind, from_name, field",
             )
-            .bind(&key.tenant)
-            .bind(&key.mesh)
-            .bind(key.kind.plural())
-            .bind(&key.name)
+            .bind_key(key)
             .fetch_all(&mut *tx)
             .await?;
             if !rows.is_empty() {
@@ -319,10 +326,7 @@ impl Store {
         sqlx::query(
             "DELETE FROM resources WHERE tenant = $1 AND mesh = $2 AND kind = $3 AND name = $4",
         )
-        .bind(&key.tenant)
-        .bind(&key.mesh)
-        .bind(key.kind.plural())
-        .bind(&key.name)
+        .bind_key(key)
         .execute(&mut *tx)
         .await?;
         self.finish_write(
@@ -341,10 +345,7 @@ impl Store {
         let row = sqlx::query(&format!(
             "SELECT {COLS} FROM resources WHERE tenant = $1 AND mesh = $2 AND kind = $3 AND name = $4"
         ))
-        .bind(&key.tenant)
-        .bind(&key.mesh)
-        .bind(key.kind.plural())
-        .bind(&key.name)
+        .bind_key(key)
         .fetch_optional(&mut *conn)
         .await?;
         match row {
@@ -461,10 +462,7 @@ async fn fetch(
     let row = sqlx::query(&format!(
         "SELECT {COLS} FROM resources WHERE tenant = $1 AND mesh = $2 AND kind = $3 AND name = $4"
     ))
-    .bind(&key.tenant)
-    .bind(&key.mesh)
-    .bind(key.kind.plural())
-    .bind(&key.name)
+    .bind_key(key)
     .fetch_optional(&mut **tx)
     .await?;
     row.as_ref().map(row_to_resource).transpose()
@@ -474,10 +472,7 @@ async fn exists(tx: &mut Transaction<'static, Any>, key: &ResourceKey) -> Result
     let row = sqlx::query(
         "SELECT name FROM resources WHERE tenant = $1 AND mesh = $2 AND kind = $3 AND name = $4",
     )
-    .bind(&key.tenant)
-    .bind(&key.mesh)
-    .bind(key.kind.plural())
-    .bind(&key.name)
+    .bind_key(key)
     .fetch_optional(&mut **tx)
     .await?;
     Ok(row.is_some())
@@ -493,27 +488,18 @@ async fn replace_edges(
     sqlx::query(
         "DELETE FROM refs WHERE tenant = $1 AND mesh = $2 AND from_kind = $3 AND from_name = $4",
     )
-    .bind(&key.tenant)
-    .bind(&key.mesh)
-    .bind(key.kind.plural())
-    .bind(&key.name)
+    .bind_key(key)
     .execute(&mut **tx)
     .await?;
     sqlx::query("DELETE FROM claims WHERE tenant = $1 AND mesh = $2 AND owner_kind = $3 AND owner_name = $4")
-        .bind(&key.tenant)
-        .bind(&key.mesh)
-        .bind(key.kind.plural())
-        .bind(&key.name)
+        .bind_key(key)
         .execute(&mut **tx)
         .await?;
     for r in refs {
         sqlx::query(
             "INSERT INTO refs (tenant, mesh, from_kind, from_name, field, to_kind, to_name) VALUES ($1, $2, $3, $4, $5, $6, $7)",
         )
-        .bind(&key.tenant)
-        .bind(&key.mesh)
-        .bind(key.kind.plural())
-        .bind(&key.name)
+        .bind_key(key)
         .bind(&r.field)
         .bind(r.kind.plural())
         .bind(&r.name)

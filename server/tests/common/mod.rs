@@ -1,0 +1,139 @@
+//! Shared by the tests that run the built binary: free loopback ports, a `switchboard serve`
+//! child killed on drop, and a small REST call helper.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, dead_code)]
+
+use serde_json::Value;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_switchboard");
+
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// The last `max` bytes of a log file, for failure messages.
+pub fn tail(path: &Path, max: usize) -> String {
+    let text = std::fs::read_to_string(path)
+        .unwrap_or_else(|e| format!("<cannot read {}: {e}>", path.display()));
+    let start = text.len().saturating_sub(max);
+    let start = (start..text.len())
+        .find(|&i| text.is_char_boundary(i))
+        .unwrap_or(text.len());
+    format!(
+        "--- {} (last {} bytes) ---\n{}",
+        path.display(),
+        text.len() - start,
+        &text[start..]
+    )
+}
+
+/// A running `switchboard serve`, killed on drop.
+pub struct Server {
+    child: Child,
+    /// `http://127.0.0.1:port` of the REST API and of the admin port.
+    pub rest: String,
+    pub admin: String,
+    /// `127.0.0.1:port` of the xDS port.
+    pub xds_addr: String,
+    /// Where its logs go, when asked for.
+    pub log: Option<PathBuf>,
+}
+
+impl Server {
+    /// The xDS port as a URL, for tonic clients.
+    pub fn xds_url(&self) -> String {
+        format!("http://{}", self.xds_addr)
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Starts `switchboard serve` in `dir` on free ports with `extra` flags (its stderr into `log`
+/// when given), and waits until `/readyz` answers 200.
+pub async fn start(dir: &Path, extra: &[&str], log: Option<&Path>) -> Server {
+    let (rest, xds, admin) = (free_port(), free_port(), free_port());
+    let stderr = match log {
+        Some(p) => Stdio::from(std::fs::File::create(p).unwrap()),
+        None => Stdio::null(),
+    };
+    let child = Command::new(BIN)
+        .current_dir(dir)
+        .args([
+            "serve",
+            "--rest-addr",
+            &format!("127.0.0.1:{rest}"),
+            "--xds-addr",
+            &format!("127.0.0.1:{xds}"),
+        ])
+        .args(["--admin-addr", &format!("127.0.0.1:{admin}")])
+        .args(extra)
+        .env_remove("SWITCHBOARD_DATABASE_URL")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(stderr)
+        .spawn()
+        .unwrap();
+    let server = Server {
+        child,
+        rest: format!("http://127.0.0.1:{rest}"),
+        admin: format!("http://127.0.0.1:{admin}"),
+        xds_addr: format!("127.0.0.1:{xds}"),
+        log: log.map(Path::to_path_buf),
+    };
+    let client = reqwest::Client::new();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Ok(r) = client.get(format!("{}/readyz", server.admin)).send().await
+            && r.status() == 200
+        {
+            return server;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "switchboard did not become ready\n{}",
+            server
+                .log
+                .as_deref()
+                .map(|p| tail(p, 4000))
+                .unwrap_or_default()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// A REST call with a bearer token; the body parsed as JSON (a JSON string when it isn't).
+pub async fn call(
+    c: &reqwest::Client,
+    method: reqwest::Method,
+    url: &str,
+    token: &str,
+    body: Option<Value>,
+    if_match: Option<&str>,
+) -> (u16, Value) {
+    let mut req = c.request(method, url).bearer_auth(token);
+    if let Some(b) = body {
+        req = req.json(&b);
+    }
+    if let Some(tag) = if_match {
+        req = req.header("if-match", tag);
+    }
+    let resp = req.send().await.unwrap();
+    let status = resp.status().as_u16();
+    let text = resp.text().await.unwrap();
+    (
+        status,
+        serde_json::from_str(&text).unwrap_or(Value::String(text)),
+    )
+}
