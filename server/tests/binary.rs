@@ -142,14 +142,7 @@ async fn readme_walkthrough_on_the_embedded_default() {
     .await;
     assert_eq!(s, 412, "the old etag is stale");
     // Observability.
-    let metrics = c
-        .get(format!("{}/metrics", server.admin))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = common::metrics(&c, &server).await;
     assert!(
         metrics.contains("switchboard_http_requests_total"),
         "{metrics}"
@@ -540,14 +533,7 @@ async fn xds_clients_of_one_replica_follow_writes_through_another() {
         );
     }
     // Replica B measured the stream, its pushes, the NACK and convergence.
-    let metrics = c
-        .get(format!("{}/metrics", b.admin))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = common::metrics(&c, &b).await;
     for m in [
         "switchboard_xds_streams{",
         "switchboard_xds_pushes_total{",

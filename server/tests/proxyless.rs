@@ -336,14 +336,7 @@ macro_rules! fail {
 
 /// The server's `switchboard_xds_nacks_total` for the tenant, summed over types.
 async fn nacks_in_metrics(c: &reqwest::Client, server: &Server) -> (f64, String) {
-    let text = c
-        .get(format!("{}/metrics", server.admin))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = common::metrics(c, server).await;
     let tenant = format!("tenant=\"{TENANT}\"");
     let total = text
         .lines()

@@ -137,3 +137,14 @@ pub async fn call(
         serde_json::from_str(&text).unwrap_or(Value::String(text)),
     )
 }
+
+/// The admin port's Prometheus text.
+pub async fn metrics(c: &reqwest::Client, server: &Server) -> String {
+    c.get(format!("{}/metrics", server.admin))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap()
+}
