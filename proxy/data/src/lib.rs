@@ -15,9 +15,11 @@
 //! [`ConfigStore::snapshot`]: switchboard_proxy_xds::ConfigStore::snapshot
 
 pub mod balancer;
+pub mod clusters;
 pub mod proxy;
 pub mod router;
 
 pub use balancer::{Balancers, EndpointSource, Picked, pick_weighted};
+pub use clusters::ClusterManager;
 pub use proxy::{Body, ProxyError, serve};
 pub use router::{RequestInfo, route};

@@ -26,8 +26,9 @@ use switchboard_proxy_xds::{ConfigStore, Snapshot};
 use tokio::net::TcpListener;
 
 use crate::balancer::{Balancers, pick_weighted};
+use crate::clusters::ClusterManager;
 use crate::router::{self, RequestInfo};
-use forward::Upstreams;
+pub(crate) use forward::Upstreams;
 
 /// The body of every response the proxy sends: upstream bodies stream through unchanged
 /// (trailers included), local ones are buffered.
@@ -40,7 +41,8 @@ pub enum ProxyError {
 }
 
 /// Serves the HTTP listener named `listener` (its HttpConnectionManager, looked up in each
-/// request's snapshot) on `tcp` until the task is dropped or aborted.
+/// request's snapshot) on `tcp` until the task is dropped or aborted. Upstream state
+/// (balancers, pools) is the process's `clusters`, shared with every other listener.
 ///
 /// The socket is the caller's, so the caller decides when to bind and when to drain; a
 /// listener missing from the snapshot answers 503 rather than closing connections.
@@ -48,12 +50,12 @@ pub async fn serve(
     tcp: TcpListener,
     listener: impl Into<String>,
     store: ConfigStore,
+    clusters: Arc<ClusterManager>,
 ) -> Result<(), ProxyError> {
     let shared = Arc::new(Shared {
         listener: listener.into(),
         store,
-        balancers: Balancers::new(),
-        upstreams: Upstreams::default(),
+        clusters,
     });
     let builder = auto::Builder::new(TokioExecutor::new());
     loop {
@@ -93,8 +95,7 @@ fn is_transient(e: &std::io::Error) -> bool {
 struct Shared {
     listener: String,
     store: ConfigStore,
-    balancers: Balancers,
-    upstreams: Upstreams,
+    clusters: Arc<ClusterManager>,
 }
 
 impl Shared {
@@ -155,10 +156,10 @@ impl Shared {
                 let target = Target {
                     snapshot: &snapshot,
                     cluster,
-                    balancers: &self.balancers,
+                    balancers: &self.clusters.balancers,
                 };
                 let req = local::rewrite(req, route, f, &host);
-                forward::forward(&self.upstreams, &target, f, req).await
+                forward::forward(&self.clusters.upstreams, &target, f, req).await
             }
         };
         local::mutate(resp.headers_mut(), &route.response_headers);

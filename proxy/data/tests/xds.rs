@@ -52,7 +52,12 @@ async fn routes_with_config_from_ads_and_follows_eds_updates() {
     // The listener's own address (15001) is the binary's business; the test binds :0.
     let tcp = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let proxy = tcp.local_addr().unwrap();
-    tokio::spawn(switchboard_proxy_data::serve(tcp, "out", store.clone()));
+    tokio::spawn(switchboard_proxy_data::serve(
+        tcp,
+        "out",
+        store.clone(),
+        Default::default(),
+    ));
     let http = h1_client();
     let got = get(&http, proxy, "pay", "/", &[]).await;
     assert_eq!((got.status.as_u16(), got.body.as_str()), (200, "a"));

@@ -30,7 +30,7 @@ type HttpClient = Client<HttpConnector, Body>;
 /// Pooled clients, one per (HTTP/2?, connect timeout); each pools connections per endpoint,
 /// and the HTTP/2 one multiplexes requests over one connection per endpoint.
 #[derive(Default)]
-pub(super) struct Upstreams {
+pub(crate) struct Upstreams {
     clients: Mutex<HashMap<(bool, Duration), HttpClient>>,
 }
 

@@ -103,7 +103,12 @@ async fn answer(name: &str, flaky: &AtomicUsize, req: Request<Incoming>) -> Resp
 pub async fn proxy(store: &ConfigStore) -> SocketAddr {
     let tcp = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = tcp.local_addr().unwrap();
-    tokio::spawn(switchboard_proxy_data::serve(tcp, "http", store.clone()));
+    tokio::spawn(switchboard_proxy_data::serve(
+        tcp,
+        "http",
+        store.clone(),
+        Default::default(),
+    ));
     addr
 }
 
