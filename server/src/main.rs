@@ -1,6 +1,8 @@
-//! `switchboard`: the control plane (`serve`, `migrate`).
+//! `switchboard`: the control plane (`serve`, `migrate`) and `bootstrap`, which prints a
+//! bootstrap file for a proxy or a proxyless gRPC client.
 
 mod admin;
+mod bootstrap;
 mod serve;
 mod settings;
 
@@ -24,6 +26,9 @@ enum Command {
     Serve(settings::ServeArgs),
     /// Apply database migrations and exit (serve also applies them at start-up).
     Migrate(settings::ServeArgs),
+    /// Print a bootstrap for a node: `bootstrap proxy` (switchboard-proxy) or `bootstrap grpc`.
+    #[command(subcommand)]
+    Bootstrap(bootstrap::Bootstrap),
 }
 
 fn main() -> ExitCode {
@@ -31,6 +36,18 @@ fn main() -> ExitCode {
     let (args, migrate_only) = match cli.command {
         Command::Serve(a) => (a, false),
         Command::Migrate(a) => (a, true),
+        Command::Bootstrap(b) => {
+            return match bootstrap::render(&b) {
+                Ok(text) => {
+                    print!("{text}");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("switchboard bootstrap: {e}");
+                    ExitCode::from(2)
+                }
+            };
+        }
     };
     let settings = match settings::Settings::load(&args, std::env::vars()) {
         Ok(s) => s,

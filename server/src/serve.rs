@@ -138,9 +138,16 @@ pub async fn run(s: Settings) -> Result<()> {
         rest = %rest.local_addr()?, xds = %xds.local_addr()?, admin = %admin_listener.local_addr()?,
         backend = ?store.backend(), "switchboard serving"
     );
-    let xds_server = switchboard_xds_server::XdsServer::new(store.clone(), Default::default());
+    let xds_server = switchboard_xds_server::XdsServer::new(
+        store.clone(),
+        switchboard_xds_server::XdsConfig {
+            sidecar_grace_period: s.sidecar_grace_period,
+            ..Default::default()
+        },
+    );
     let _watcher = xds_server.spawn_watcher();
     let _status_sync = xds_server.spawn_status_sync();
+    let registration = xds_server.spawn_registration();
     let app = switchboard_api::router(AppState {
         store: store.clone(),
         admin,
@@ -152,7 +159,12 @@ pub async fn run(s: Settings) -> Result<()> {
         axum::serve(admin_listener, admin_app).with_graceful_shutdown(shutdown_signal());
     let xds_task = xds_server.router().await.serve_with_incoming_shutdown(
         tokio_stream::wrappers::TcpListenerStream::new(xds),
-        shutdown_signal(),
+        async move {
+            shutdown_signal().await;
+            // Sidecars whose streams end now come back, here or to another replica, within
+            // the grace period: a stopping replica deregisters nothing.
+            registration.abort();
+        },
     );
     tokio::try_join!(
         async { rest_task.await.context("REST server failed") },

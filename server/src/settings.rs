@@ -6,6 +6,7 @@ use clap::Args;
 use serde::Deserialize;
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::time::Duration;
 
 /// Every setting of `switchboard serve`; each also reads `SWITCHBOARD_<NAME>` and the config file.
 #[derive(Debug, Clone, Default, Args)]
@@ -37,6 +38,9 @@ pub struct ServeArgs {
     /// Log filter, e.g. info or switchboard=debug,sqlx=warn [setting log_level, default info]
     #[arg(long, value_name = "FILTER")]
     pub log_level: Option<String>,
+    /// How long a sidecar's self-registered endpoint outlives its last xDS stream, e.g. 30s or 2m [setting sidecar_grace_period, default 30s]
+    #[arg(long, value_name = "DURATION")]
+    pub sidecar_grace_period: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -57,9 +61,17 @@ pub struct Settings {
     pub admin_token: String,
     pub log_format: LogFormat,
     pub log_level: String,
+    #[serde(deserialize_with = "grace_period")]
+    pub sidecar_grace_period: Duration,
 }
 
-const KEYS: [&str; 8] = [
+/// A duration as every Switchboard duration is written (`30s`, `1m30s`, `500ms`).
+fn grace_period<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+    let text = String::deserialize(d)?;
+    switchboard_xds_server::parse_grace_period(&text).map_err(serde::de::Error::custom)
+}
+
+const KEYS: [&str; 9] = [
     "rest_addr",
     "xds_addr",
     "admin_addr",
@@ -68,6 +80,7 @@ const KEYS: [&str; 8] = [
     "admin_token",
     "log_format",
     "log_level",
+    "sidecar_grace_period",
 ];
 
 #[derive(Debug, thiserror::Error)]
@@ -92,7 +105,8 @@ impl Settings {
             .set_default("data_dir", "./data")?
             .set_default("admin_token", "")?
             .set_default("log_format", "text")?
-            .set_default("log_level", "info")?;
+            .set_default("log_level", "info")?
+            .set_default("sidecar_grace_period", "30s")?;
         b = match &args.config {
             Some(p) => b.add_source(
                 config::File::from(p.as_path())
@@ -123,6 +137,7 @@ impl Settings {
             ("admin_token", &args.admin_token),
             ("log_format", &args.log_format),
             ("log_level", &args.log_level),
+            ("sidecar_grace_period", &args.sidecar_grace_period),
         ] {
             if let Some(v) = value {
                 b = b.set_override(key, v.as_str())?;
@@ -208,6 +223,31 @@ mod tests {
         assert_eq!(s.xds_addr.port(), 5555); // env over file
         assert_eq!(s.admin_addr.port(), 4444); // flag over file
         assert_eq!(s.log_format, LogFormat::Text); // default
+        assert_eq!(s.sidecar_grace_period, Duration::from_secs(30)); // default
+    }
+
+    #[test]
+    fn sidecar_grace_period() {
+        let s = Settings::load(
+            &ServeArgs::default(),
+            env(&[("SWITCHBOARD_SIDECAR_GRACE_PERIOD", "1m30s")]),
+        )
+        .unwrap();
+        assert_eq!(s.sidecar_grace_period, Duration::from_secs(90));
+        let args = ServeArgs {
+            sidecar_grace_period: Some("500ms".into()),
+            ..Default::default()
+        };
+        let s = Settings::load(&args, env(&[("SWITCHBOARD_SIDECAR_GRACE_PERIOD", "1m")])).unwrap();
+        assert_eq!(s.sidecar_grace_period, Duration::from_millis(500)); // flag over env
+        let msg = Settings::load(
+            &ServeArgs::default(),
+            env(&[("SWITCHBOARD_SIDECAR_GRACE_PERIOD", "30")]),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(msg.contains("sidecar_grace_period"), "{msg}");
+        assert!(msg.contains("not a duration"), "{msg}");
     }
 
     #[test]

@@ -38,6 +38,7 @@ use switchboard_model::{EndpointSpec, GatewaySpec, MeshSpec, RouteSpec, ServiceS
 pub use resource::XdsResource;
 pub use sidecar::{
     InboundSecurity, sidecar_inbound, sidecar_inbound_resources, sidecar_inbound_with,
+    sidecar_outbound_on,
 };
 /// The Envoy protobuf types (envoy-types, through xds-proto). They come with their own
 /// `google.protobuf` well-known types (`Any`, `Duration`, wrappers), which every Envoy message
@@ -110,6 +111,10 @@ pub struct SidecarParams {
     pub inbound_port: u32,
     /// Where the local application listens (on 127.0.0.1).
     pub app_port: u32,
+    /// Where the outbound listener binds on 127.0.0.1 (default 15001). Another port lets
+    /// two sidecars share one host (tests, several apps on one VM); the listener is then a
+    /// per-node copy of the mesh's, see [`sidecar_outbound_on`].
+    pub outbound_port: u32,
 }
 
 /// What the translator cannot turn into resources. Mesh translation never fails (it warns and
@@ -123,6 +128,11 @@ pub enum TranslateError {
          application does; give the sidecar another inbound_port (default 15006)"
     )]
     PortClash { port: u32 },
+    #[error(
+        "outbound_port {port} is also the sidecar's {other}: give the outbound listener a port \
+         of its own (default 15001)"
+    )]
+    OutboundClash { port: u32, other: &'static str },
 }
 
 /// Translates a whole mesh. Equivalent to `Translator::new(config.clone()).resources()`

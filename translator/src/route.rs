@@ -154,7 +154,9 @@ fn route_or_503(
     };
     route::Action::Route(RouteAction {
         cluster_specifier: Some(cluster_specifier),
-        timeout: rule.timeout.map(duration),
+        // No timeout unless the rule sets one, as in Istio: Envoy's unset default (15 s)
+        // would cut gRPC streams and long downloads passing through sidecars and gateways.
+        timeout: Some(rule.timeout.map(duration).unwrap_or_default()),
         retry_policy: rule
             .retries
             .as_ref()

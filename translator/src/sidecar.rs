@@ -62,6 +62,18 @@ pub fn sidecar_inbound_with(
             port: params.inbound_port,
         });
     }
+    check_port("outbound_port", params.outbound_port)?;
+    for (other, port) in [
+        ("inbound_port", params.inbound_port),
+        ("app_port", params.app_port),
+    ] {
+        if params.outbound_port == port {
+            return Err(TranslateError::OutboundClash {
+                port: params.outbound_port,
+                other,
+            });
+        }
+    }
     let cluster_name = names::inbound_cluster(params.app_port);
     let filters = if protocol == Protocol::Tcp {
         let mut filters = security.network_filters.clone();
@@ -104,6 +116,15 @@ pub fn sidecar_inbound_resources(
         Arc::new(XdsResource::new(listener.name.clone(), &listener)),
         Arc::new(XdsResource::new(cluster.name.clone(), &cluster)),
     ))
+}
+
+/// The mesh's outbound listener (`shared`, built for [`names::OUTBOUND_PORT`]) moved to
+/// 127.0.0.1:`port` for one sidecar. `None` when `shared` does not decode as a listener,
+/// which the translator never produces.
+pub fn sidecar_outbound_on(shared: &XdsResource, port: u32) -> Option<Arc<XdsResource>> {
+    let mut listener: Listener = switchboard_xds_proto::unpack(&shared.resource).ok()?;
+    listener.address = Some(socket_address(names::OUTBOUND_ADDRESS, port));
+    Some(Arc::new(XdsResource::new(listener.name.clone(), &listener)))
 }
 
 fn check_port(field: &'static str, value: u32) -> Result<(), TranslateError> {

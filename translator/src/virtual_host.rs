@@ -151,6 +151,8 @@ fn default_route(service: &str, port: u32) -> Route {
             cluster_specifier: Some(route_action::ClusterSpecifier::Cluster(names::cluster(
                 service,
             ))),
+            // No timeout, as for routes without one (see `route.rs`).
+            timeout: Some(Default::default()),
             ..Default::default()
         })),
         ..Default::default()

@@ -8,11 +8,13 @@
 //! read-only `Arc`s).
 
 use std::collections::BTreeMap;
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Instant, SystemTime};
 
 use prost::Message;
 use switchboard_store::Store;
+use switchboard_translator::NodeRole;
 use switchboard_xds_proto::{DiscoveryRequest, DiscoveryResponse, ResourceType};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
@@ -22,8 +24,9 @@ use tracing::{Instrument, field};
 use crate::auth::{self, Admitted, AuthError};
 use crate::cache::{MeshState, SnapshotCache};
 use crate::metrics::{self, StreamGauge};
-use crate::node::{describe_role, node_role};
+use crate::node::{describe_role, node_role, sidecar_endpoint_meta};
 use crate::protocol::{Handled, Limits, ProtocolError, StreamState};
+use crate::registration::{Desired, Registered, Registrar};
 use crate::status::{Acked, Nacked, ProxyRegistry, ProxyStatus, Registration, Sent};
 use crate::view::NodeView;
 
@@ -38,6 +41,8 @@ pub(crate) struct Engine {
     pub(crate) limits: Limits,
     /// Responses queued towards one client at most.
     pub(crate) queue: usize,
+    /// Where authenticated sidecar streams register their endpoint.
+    pub(crate) registrar: Registrar,
 }
 
 impl std::fmt::Debug for Engine {
@@ -77,7 +82,7 @@ impl Engine {
         tokio::spawn(
             async move {
                 let out = tx.clone();
-                match engine.drive(id, only, service, token, requests, tx).await {
+                match engine.drive(id, only, token, peer, requests, tx).await {
                     Ok(()) => tracing::debug!("stream closed"),
                     Err(status) => {
                         tracing::info!(code = ?status.code(), message = status.message(), "stream ended");
@@ -94,11 +99,12 @@ impl Engine {
         &self,
         id: u64,
         only: Option<ResourceType>,
-        service: &'static str,
         token: Result<Option<String>, AuthError>,
+        peer: Option<SocketAddr>,
         mut requests: Streaming<DiscoveryRequest>,
         tx: mpsc::Sender<Result<DiscoveryResponse, Status>>,
     ) -> Result<(), Status> {
+        let service = only.map_or("ADS", ResourceType::short_name);
         let mut state = match only {
             Some(t) => StreamState::single(t, self.limits),
             None => StreamState::aggregated(self.limits),
@@ -116,6 +122,14 @@ impl Engine {
             ));
         };
         let role = node_role(&node).map_err(|e| Status::invalid_argument(e.to_string()))?;
+        // A sidecar's endpoint metadata is checked whether or not it will register.
+        let endpoint_meta = match &role {
+            NodeRole::Sidecar(_) => Some(
+                sidecar_endpoint_meta(&node)
+                    .map_err(|e| Status::invalid_argument(e.to_string()))?,
+            ),
+            _ => None,
+        };
         let span = tracing::Span::current();
         span.record("node", field::display(&node_id));
         span.record("role", field::display(describe_role(&role)));
@@ -145,6 +159,21 @@ impl Engine {
             "stream admitted"
         );
         let admitted_revision = snapshot.revision;
+        // Only a stream that proved who it is may write to the store.
+        let endpoint = match (&role, endpoint_meta) {
+            (NodeRole::Sidecar(params), Some(meta))
+                if authenticated && self.registrar.enabled() =>
+            {
+                match Desired::new(&node_id.name, params, &meta, peer) {
+                    Ok(desired) => self.registrar.register(id, &node_id, desired),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "not registering the sidecar as an endpoint");
+                        None
+                    }
+                }
+            }
+            _ => None,
+        };
         let mut stream = Stream {
             admitted_revision,
             state,
@@ -152,6 +181,7 @@ impl Engine {
             registration,
             gauge: StreamGauge::new(&node_id.tenant),
             tenant: node_id.tenant.clone(),
+            _endpoint: endpoint,
             convergence: BTreeMap::new(),
             measured: BTreeMap::new(),
         };
@@ -230,6 +260,9 @@ struct Stream {
     registration: Registration,
     gauge: StreamGauge,
     tenant: String,
+    /// A registered sidecar's registration; dropping it tells the registration task the
+    /// stream ended.
+    _endpoint: Option<Registered>,
     /// Per type: the nonce of the first response of a newly committed revision, and when
     /// that revision's notice arrived; its ACK observes the convergence time.
     convergence: BTreeMap<ResourceType, (String, Instant)>,

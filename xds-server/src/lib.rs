@@ -14,6 +14,7 @@
 //! - [`view`]: what one node may see of a snapshot.
 //! - `ads`, [`services`]: the stream driver and the ADS/LDS/RDS/CDS/EDS services.
 //! - [`auth`]: proxy tokens and anonymous access.
+//! - [`registration`]: sidecars registering themselves as endpoints of their services.
 //! - [`status`], [`csds`]: per-proxy status and the Client Status Discovery Service.
 //! - `metrics`: what the server measures (see the module for names).
 //! - [`XdsServer`]: assembles everything into tonic routes for the xDS port.
@@ -34,6 +35,7 @@ pub mod csds;
 mod metrics;
 pub mod node;
 pub mod protocol;
+pub mod registration;
 pub mod report;
 mod server;
 pub mod services;
@@ -47,7 +49,8 @@ pub mod testing;
 
 pub use ads::ResponseStream;
 pub use cache::{CacheError, MeshHandle, MeshState, SnapshotCache};
-pub use node::{NodeError, NodeId};
+pub use node::{NodeError, NodeId, SidecarEndpointMeta};
+pub use registration::{DEFAULT_GRACE_PERIOD, endpoint_name, parse_grace_period};
 pub use server::{XdsConfig, XdsServer};
 pub use snapshot::MeshSnapshot;
 pub use status::{ClientState, ProxyRegistry, ProxyStatus, TypeStatus};

@@ -3,10 +3,11 @@
 //! Both are untrusted input read from the first request of a stream. Pure: no IO.
 
 use std::fmt;
+use std::net::IpAddr;
 
 use switchboard_model::is_dns_label;
 use switchboard_model::spec::Protocol;
-use switchboard_translator::{NodeRole, SidecarParams, sidecar_inbound};
+use switchboard_translator::{NodeRole, SidecarParams, names, sidecar_inbound};
 use switchboard_xds_proto::Node;
 use switchboard_xds_proto::pb::google::protobuf::{Struct, value::Kind};
 
@@ -147,15 +148,17 @@ pub fn node_role(node: &Node) -> Result<NodeRole, NodeError> {
                 hint: "give the port the local application listens on (on 127.0.0.1)",
             })?;
             let inbound_port = port_field(meta, "inbound_port")?.unwrap_or(DEFAULT_INBOUND_PORT);
+            let outbound_port = port_field(meta, "outbound_port")?.unwrap_or(names::OUTBOUND_PORT);
             let params = SidecarParams {
                 service,
                 inbound_port,
                 app_port,
+                outbound_port,
             };
             // The translator owns the port rules; ask it now so a bad node fails at connect.
             sidecar_inbound(&params, Protocol::default()).map_err(|e| NodeError::InvalidField {
-                field: "inbound_port/app_port",
-                value: format!("{inbound_port}/{app_port}"),
+                field: "inbound_port/app_port/outbound_port",
+                value: format!("{inbound_port}/{app_port}/{outbound_port}"),
                 hint: e.to_string(),
             })?;
             Ok(NodeRole::Sidecar(params))
@@ -182,6 +185,78 @@ pub fn describe_role(role: &NodeRole) -> String {
         NodeRole::Sidecar(p) => format!("sidecar of {}", p.service),
         NodeRole::Gateway { name } => format!("gateway {name}"),
     }
+}
+
+/// Where a sidecar is reached, for its registration as an endpoint of its service
+/// (DESIGN.md: a connected sidecar registers itself).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SidecarEndpointMeta {
+    /// Metadata `address`; when absent the stream's peer address is used.
+    pub address: Option<IpAddr>,
+    /// From `node.locality`, else metadata `region` and `zone`.
+    pub region: String,
+    pub zone: String,
+    pub sub_zone: String,
+}
+
+/// Longest locality field an endpoint accepts (the model's rule).
+const MAX_LOCALITY: usize = 128;
+
+/// Reads a sidecar's endpoint metadata: `address` (an IP literal, neither unspecified nor
+/// multicast; an IPv4-mapped IPv6 address counts as IPv4) and the locality, field by field
+/// from `node.locality` or else from metadata `region` and `zone`.
+pub fn sidecar_endpoint_meta(node: &Node) -> Result<SidecarEndpointMeta, NodeError> {
+    let empty = Struct::default();
+    let meta = node.metadata.as_ref().unwrap_or(&empty);
+    let address = match string_field(meta, "address")? {
+        None => None,
+        Some(text) => {
+            let invalid = |what: &str| NodeError::InvalidField {
+                field: "address",
+                value: format!("{:?}", truncate(&text)),
+                hint: format!(
+                    "{what}: set address to the IP address other proxies reach this sidecar at \
+                     (such as 10.0.0.7 or fd00::7), or leave it out to use the address the xDS \
+                     stream comes from"
+                ),
+            };
+            let ip = text
+                .parse::<IpAddr>()
+                .map_err(|_| invalid("not an IP address"))?
+                .to_canonical();
+            if ip.is_unspecified() || ip.is_multicast() {
+                return Err(invalid("not the address of one host"));
+            }
+            Some(ip)
+        }
+    };
+    let locality = node.locality.clone().unwrap_or_default();
+    let pick = |from_node: String,
+                node_field: &'static str,
+                meta_field: Option<&'static str>|
+     -> Result<String, NodeError> {
+        let (value, field) = if !from_node.is_empty() {
+            (from_node, node_field)
+        } else if let Some(f) = meta_field {
+            (string_field(meta, f)?.unwrap_or_default(), f)
+        } else {
+            (from_node, node_field)
+        };
+        if value.len() > MAX_LOCALITY || value.chars().any(char::is_control) {
+            return Err(NodeError::InvalidField {
+                field,
+                value: format!("{:?}", truncate(&value)),
+                hint: format!("use at most {MAX_LOCALITY} printable characters"),
+            });
+        }
+        Ok(value)
+    };
+    Ok(SidecarEndpointMeta {
+        address,
+        region: pick(locality.region, "locality.region", Some("region"))?,
+        zone: pick(locality.zone, "locality.zone", Some("zone"))?,
+        sub_zone: pick(locality.sub_zone, "locality.sub_zone", None)?,
+    })
 }
 
 fn check_label(field: &'static str, value: &str) -> Result<(), NodeError> {
@@ -324,7 +399,8 @@ mod tests {
             NodeRole::Sidecar(SidecarParams {
                 service: "pay".to_owned(),
                 inbound_port: DEFAULT_INBOUND_PORT,
-                app_port: 8080
+                app_port: 8080,
+                outbound_port: 15001,
             })
         );
         assert_eq!(
@@ -338,9 +414,64 @@ mod tests {
             NodeRole::Sidecar(SidecarParams {
                 service: "pay".to_owned(),
                 inbound_port: 15007,
-                app_port: 8080
+                app_port: 8080,
+                outbound_port: 15001,
             })
         );
+    }
+
+    #[test]
+    fn sidecar_endpoint_metadata() {
+        let meta = sidecar_endpoint_meta(&node(&[
+            ("address", s("10.0.0.7")),
+            ("region", s("eu")),
+            ("zone", s("eu-1")),
+        ]))
+        .unwrap();
+        assert_eq!(meta.address, Some("10.0.0.7".parse().unwrap()));
+        assert_eq!((meta.region.as_str(), meta.zone.as_str()), ("eu", "eu-1"));
+        let mapped = sidecar_endpoint_meta(&node(&[("address", s("::ffff:10.0.0.8"))])).unwrap();
+        assert_eq!(mapped.address, Some("10.0.0.8".parse().unwrap()));
+        assert_eq!(
+            sidecar_endpoint_meta(&Node::default()).unwrap(),
+            SidecarEndpointMeta::default()
+        );
+        // node.locality wins over metadata, field by field.
+        let mut n = node(&[("region", s("meta-region")), ("zone", s("meta-zone"))]);
+        n.locality = Some(
+            switchboard_xds_proto::pb::envoy::config::core::v3::Locality {
+                region: "us".to_owned(),
+                zone: String::new(),
+                sub_zone: "rack-1".to_owned(),
+            },
+        );
+        let meta = sidecar_endpoint_meta(&n).unwrap();
+        assert_eq!(
+            (
+                meta.region.as_str(),
+                meta.zone.as_str(),
+                meta.sub_zone.as_str()
+            ),
+            ("us", "meta-zone", "rack-1")
+        );
+    }
+
+    #[test]
+    fn bad_sidecar_endpoint_metadata_names_the_field() {
+        for (value, expected) in [
+            (s("pay.example.com"), "not an IP address"),
+            (s("10.0.0.300"), "not an IP address"),
+            (s("0.0.0.0"), "not the address of one host"),
+            (s("ff02::1"), "not the address of one host"),
+            (Kind::NumberValue(10.0), "string"),
+        ] {
+            let err = sidecar_endpoint_meta(&node(&[("address", value.clone())])).unwrap_err();
+            let msg = err.to_string();
+            assert!(msg.contains("\"address\""), "{value:?}: {msg}");
+            assert!(msg.contains(expected), "{value:?}: {msg}");
+        }
+        let err = sidecar_endpoint_meta(&node(&[("zone", s(&"z".repeat(129)))])).unwrap_err();
+        assert!(err.to_string().contains("\"zone\""), "{err}");
     }
 
     #[test]

@@ -44,7 +44,7 @@ fn role_json(role: &NodeRole) -> Value {
     match role {
         NodeRole::Proxyless => json!({"kind": "proxyless"}),
         NodeRole::Sidecar(p) => {
-            json!({"kind": "sidecar", "service": p.service, "inboundPort": p.inbound_port, "appPort": p.app_port})
+            json!({"kind": "sidecar", "service": p.service, "inboundPort": p.inbound_port, "appPort": p.app_port, "outboundPort": p.outbound_port})
         }
         NodeRole::Gateway { name } => json!({"kind": "gateway", "gateway": name}),
     }
@@ -61,6 +61,10 @@ fn role_from_json(v: &Value) -> NodeRole {
             service: v["service"].as_str().unwrap_or_default().to_owned(),
             inbound_port: port("inboundPort"),
             app_port: port("appPort"),
+            outbound_port: v["outboundPort"]
+                .as_u64()
+                .and_then(|p| u32::try_from(p).ok())
+                .unwrap_or(switchboard_translator::names::OUTBOUND_PORT),
         }),
         Some("gateway") => NodeRole::Gateway {
             name: v["gateway"].as_str().unwrap_or_default().to_owned(),

@@ -15,6 +15,7 @@ use crate::ads::Engine;
 use crate::cache::SnapshotCache;
 use crate::csds::CsdsService;
 use crate::protocol::Limits;
+use crate::registration::Registrar;
 use crate::services::{AdsService, CdsService, EdsService, LdsService, RdsService};
 use crate::status::ProxyRegistry;
 use crate::watcher::spawn_watcher;
@@ -30,6 +31,9 @@ pub struct XdsConfig {
     pub queue: usize,
     /// HTTP/2 keepalive pings, to notice proxies that vanished without closing.
     pub keepalive: Option<Duration>,
+    /// How long a registered sidecar's endpoint outlives the last stream of its node (see
+    /// [`crate::registration`]): a reconnect within it changes nothing.
+    pub sidecar_grace_period: Duration,
 }
 
 impl Default for XdsConfig {
@@ -39,6 +43,7 @@ impl Default for XdsConfig {
             limits: Limits::default(),
             queue: 1,
             keepalive: Some(Duration::from_secs(30)),
+            sidecar_grace_period: crate::registration::DEFAULT_GRACE_PERIOD,
         }
     }
 }
@@ -69,6 +74,7 @@ impl XdsServer {
             registry: ProxyRegistry::new(),
             limits: config.limits,
             queue: config.queue,
+            registrar: Registrar::default(),
         });
         let mut id = [0u8; 8];
         rand::RngCore::fill_bytes(&mut rand::rng(), &mut id);
@@ -106,6 +112,19 @@ impl XdsServer {
             self.engine.store.clone(),
             self.engine.cache.clone(),
             self.config.debounce,
+        )
+    }
+
+    /// Starts registering authenticated sidecars as endpoints of their services, and
+    /// deregistering them a grace period after their last stream here ended (see
+    /// [`crate::registration`]). Until it is called, sidecars are not registered. Call once,
+    /// inside a Tokio runtime, before serving.
+    pub fn spawn_registration(&self) -> JoinHandle<()> {
+        crate::registration::spawn(
+            self.engine.store.clone(),
+            &self.engine.registrar,
+            self.replica.clone(),
+            self.config.sidecar_grace_period,
         )
     }
 

@@ -82,6 +82,23 @@ pub async fn start_with(store: Store, config: XdsConfig) -> std::io::Result<Test
     })
 }
 
+/// Starts a server like [`start`] that also registers authenticated sidecars as endpoints,
+/// deregistering them `grace` after their last stream ended.
+pub async fn start_registering(store: Store, grace: Duration) -> std::io::Result<TestServer> {
+    let server = start_with(
+        store,
+        XdsConfig {
+            debounce: Duration::from_millis(5),
+            sidecar_grace_period: grace,
+            ..Default::default()
+        },
+    )
+    .await?;
+    // Ends by itself once the server is gone.
+    drop(server.xds.spawn_registration());
+    Ok(server)
+}
+
 /// A node named `tenants/{tenant}/meshes/{mesh}/nodes/{name}` with no metadata (proxyless).
 pub fn node(tenant: &str, mesh: &str, name: &str) -> Node {
     Node {

@@ -20,6 +20,9 @@ pub struct NodeView {
     role: NodeRole,
     /// A sidecar's inbound listener and cluster, and the protocol they were built for.
     inbound: Option<(Protocol, Arc<XdsResource>, Arc<XdsResource>)>,
+    /// A sidecar's outbound listener when it asked for a port other than 15001: a copy of
+    /// the mesh's, rebuilt when the mesh's changes (compared by version).
+    outbound: Option<(String, Arc<XdsResource>)>,
 }
 
 impl NodeView {
@@ -28,8 +31,10 @@ impl NodeView {
             snapshot,
             role,
             inbound: None,
+            outbound: None,
         };
         view.refresh_inbound();
+        view.refresh_outbound();
         view
     }
 
@@ -45,6 +50,36 @@ impl NodeView {
     pub fn update(&mut self, snapshot: Arc<MeshSnapshot>) {
         self.snapshot = snapshot;
         self.refresh_inbound();
+        self.refresh_outbound();
+    }
+
+    fn refresh_outbound(&mut self) {
+        let NodeRole::Sidecar(params) = &self.role else {
+            return;
+        };
+        if params.outbound_port == names::OUTBOUND_PORT {
+            return;
+        }
+        let Some(shared) = self.snapshot.resources.listeners.get(names::OUTBOUND) else {
+            self.outbound = None;
+            return;
+        };
+        if matches!(&self.outbound, Some((v, _)) if *v == shared.version) {
+            return;
+        }
+        self.outbound = switchboard_translator::sidecar_outbound_on(shared, params.outbound_port)
+            .map(|l| (shared.version.clone(), l));
+    }
+
+    /// The role's listeners, with a sidecar's outbound listener moved to its own port.
+    fn role_listeners(&self) -> Box<dyn Iterator<Item = &Arc<XdsResource>> + '_> {
+        let shared = self.snapshot.resources.listeners_for(&self.role);
+        match &self.outbound {
+            Some((_, own)) => {
+                Box::new(shared.map(move |l| if l.name == names::OUTBOUND { own } else { l }))
+            }
+            None => shared,
+        }
     }
 
     fn refresh_inbound(&mut self) {
@@ -100,7 +135,7 @@ impl Resources for NodeView {
                 if names::is_proxyless_listener(name) {
                     return r.listeners.get(name);
                 }
-                r.listeners_for(&self.role).find(|l| l.name == name)
+                self.role_listeners().find(|l| l.name == name)
             }
             ResourceType::Cluster => self
                 .inbound_cluster()
@@ -117,7 +152,7 @@ impl Resources for NodeView {
         let r = &self.snapshot.resources;
         match t {
             ResourceType::Listener => {
-                Box::new(r.listeners_for(&self.role).chain(self.inbound_listener()))
+                Box::new(self.role_listeners().chain(self.inbound_listener()))
             }
             ResourceType::Cluster => Box::new(r.clusters.values().chain(self.inbound_cluster())),
             ResourceType::RouteConfiguration => Box::new(r.route_configurations.values()),
@@ -167,6 +202,7 @@ mod tests {
             service: "pay".to_owned(),
             inbound_port: 15006,
             app_port: 8080,
+            outbound_port: 15001,
         });
         let mut view = NodeView::new(snapshot(&[]), role);
         assert!(view.inbound.is_none(), "no service, no inbound side");
@@ -200,5 +236,44 @@ mod tests {
         assert!(view.get(ResourceType::Listener, names::OUTBOUND).is_none());
         assert!(view.get(ResourceType::Listener, "pay:8080").is_some());
         assert_eq!(view.revision(), 3);
+    }
+
+    #[test]
+    fn a_sidecar_may_move_its_outbound_listener() {
+        use switchboard_xds_proto::pb::envoy::config::core::v3::{address, socket_address};
+        use switchboard_xds_proto::pb::envoy::config::listener::v3::Listener;
+        let port_of = |r: &XdsResource| {
+            let l: Listener = switchboard_xds_proto::unpack(&r.resource).unwrap();
+            let Some(address::Address::SocketAddress(sa)) = l.address.unwrap().address else {
+                panic!("no socket address");
+            };
+            let Some(socket_address::PortSpecifier::PortValue(p)) = sa.port_specifier else {
+                panic!("no port");
+            };
+            (sa.address, p)
+        };
+        let role = |outbound_port| {
+            NodeRole::Sidecar(SidecarParams {
+                service: "pay".to_owned(),
+                inbound_port: 15006,
+                app_port: 8080,
+                outbound_port,
+            })
+        };
+        let default = NodeView::new(snapshot(&["pay"]), role(15001));
+        let moved = NodeView::new(snapshot(&["pay"]), role(25001));
+        let shared = default
+            .get(ResourceType::Listener, names::OUTBOUND)
+            .unwrap();
+        let own = moved.get(ResourceType::Listener, names::OUTBOUND).unwrap();
+        assert_eq!(port_of(shared), ("127.0.0.1".to_owned(), 15001));
+        assert_eq!(port_of(own), ("127.0.0.1".to_owned(), 25001));
+        assert_ne!(shared.version, own.version);
+        let wildcard: Vec<_> = moved
+            .wildcard(ResourceType::Listener)
+            .filter(|l| l.name == names::OUTBOUND)
+            .map(|l| port_of(l).1)
+            .collect();
+        assert_eq!(wildcard, [25001]);
     }
 }

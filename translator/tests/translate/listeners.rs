@@ -248,6 +248,7 @@ fn sidecar_inbound_http_and_tcp() {
         service: "a".into(),
         inbound_port: 15006,
         app_port: 8080,
+        outbound_port: 15001,
     };
     for (protocol, http2) in [
         (Protocol::Http, false),
@@ -312,6 +313,7 @@ fn sidecar_inbound_security_seam() {
         service: "a".into(),
         inbound_port: 15006,
         app_port: 8080,
+        outbound_port: 15001,
     };
     let tls = TransportSocket {
         name: "envoy.transport_sockets.tls".into(),
@@ -374,6 +376,7 @@ fn sidecar_inbound_rejects_bad_ports() {
             service: "a".into(),
             inbound_port,
             app_port,
+            outbound_port: 15001,
         };
         assert_eq!(sidecar_inbound(&params, Protocol::Http).unwrap_err(), err);
     }
@@ -476,6 +479,7 @@ fn listeners_by_role() {
         service: "a".into(),
         inbound_port: 15006,
         app_port: 8080,
+        outbound_port: 15001,
     };
     assert_eq!(names_for(NodeRole::Sidecar(sidecar)), [names::OUTBOUND]);
     assert_eq!(

@@ -305,7 +305,8 @@ fn timeout() {
     for (timeout, expected) in [
         (json!("5s"), Some(secs(5, 0))),
         (json!("1m1s250ms"), Some(secs(61, 250))),
-        (json!(null), None),
+        // Unset: 0s, no timeout (Envoy's own default of 15 s would cut streams).
+        (json!(null), Some(secs(0, 0))),
     ] {
         let mut rule = json!({"backends": [{"service": "a"}]});
         if !timeout.is_null() {

@@ -1,0 +1,327 @@
+//! `switchboard bootstrap`: prints a ready bootstrap for one node, checked with the same rules
+//! the xDS server applies at connect time, so a bootstrap it prints is never refused for its
+//! node id or metadata.
+//!
+//! - `bootstrap proxy`: YAML for `switchboard-proxy --bootstrap` (sidecar or gateway).
+//! - `bootstrap grpc`: JSON for proxyless gRPC clients (`GRPC_XDS_BOOTSTRAP`), with
+//!   `node.locality`, which grpc-js-xds requires.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use clap::{Args, Subcommand, ValueEnum};
+use serde_json::json;
+use switchboard_xds_proto::Node;
+use switchboard_xds_proto::pb::google::protobuf::{Struct, Value, value::Kind};
+use switchboard_xds_server::NodeId;
+use switchboard_xds_server::node::{NodeError, node_role};
+
+#[derive(Debug, Subcommand)]
+pub enum Bootstrap {
+    /// A bootstrap for switchboard-proxy (YAML), as a sidecar or a gateway.
+    Proxy(ProxyArgs),
+    /// A GRPC_XDS_BOOTSTRAP file for proxyless gRPC clients (JSON).
+    Grpc(GrpcArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct NodeArgs {
+    #[arg(long)]
+    pub tenant: String,
+    #[arg(long)]
+    pub mesh: String,
+    /// The node's own name, unique within the mesh (a pod or host name).
+    #[arg(long)]
+    pub node: String,
+    /// Locality region and zone of the node, e.g. --region eu-west1 --zone eu-west1-b.
+    #[arg(long, default_value = "")]
+    pub region: String,
+    #[arg(long, default_value = "")]
+    pub zone: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Role {
+    Sidecar,
+    Gateway,
+}
+
+#[derive(Debug, Args)]
+pub struct ProxyArgs {
+    #[command(flatten)]
+    pub node: NodeArgs,
+    #[arg(long, value_enum)]
+    pub role: Role,
+    /// Sidecar: the service whose application this proxy fronts.
+    #[arg(long)]
+    pub service: Option<String>,
+    /// Sidecar: the port the application listens on, on 127.0.0.1.
+    #[arg(long)]
+    pub app_port: Option<u16>,
+    /// Sidecar: where mesh traffic arrives (default 15006).
+    #[arg(long)]
+    pub inbound_port: Option<u16>,
+    /// Sidecar: where the application's outbound requests go (default 15001).
+    #[arg(long)]
+    pub outbound_port: Option<u16>,
+    /// Gateway: the gateway resource this proxy serves.
+    #[arg(long)]
+    pub gateway: Option<String>,
+    /// The control plane's xDS address as the proxy reaches it.
+    #[arg(long, default_value = "http://127.0.0.1:18000")]
+    pub xds_address: String,
+    /// Where the proxy will find its token (POST /v1/tenants/{t}/proxy-tokens).
+    #[arg(long, default_value = "/var/run/switchboard/proxy-token")]
+    pub token_file: PathBuf,
+}
+
+#[derive(Debug, Args)]
+pub struct GrpcArgs {
+    #[command(flatten)]
+    pub node: NodeArgs,
+    /// The control plane's xDS address as host:port.
+    #[arg(long, default_value = "127.0.0.1:18000")]
+    pub xds_address: String,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum BootstrapError {
+    #[error("{0}")]
+    Node(#[from] NodeError),
+    #[error("--{flag} is only for --role {role}")]
+    Misplaced {
+        flag: &'static str,
+        role: &'static str,
+    },
+    #[error("cannot render the bootstrap: {0}")]
+    Render(String),
+}
+
+/// The bootstrap text for `cmd`, or why the node would be refused.
+pub fn render(cmd: &Bootstrap) -> Result<String, BootstrapError> {
+    match cmd {
+        Bootstrap::Proxy(a) => proxy(a),
+        Bootstrap::Grpc(a) => grpc(a),
+    }
+}
+
+fn node_id(a: &NodeArgs) -> Result<String, BootstrapError> {
+    let id = format!("tenants/{}/meshes/{}/nodes/{}", a.tenant, a.mesh, a.node);
+    NodeId::parse(&id)?;
+    Ok(id)
+}
+
+fn node(id: &str, metadata: &BTreeMap<String, String>) -> Node {
+    let fields = metadata
+        .iter()
+        .map(|(k, v)| {
+            let value = Value {
+                kind: Some(Kind::StringValue(v.clone())),
+            };
+            (k.clone(), value)
+        })
+        .collect();
+    Node {
+        id: id.to_owned(),
+        metadata: Some(Struct { fields }),
+        ..Default::default()
+    }
+}
+
+fn proxy(a: &ProxyArgs) -> Result<String, BootstrapError> {
+    let id = node_id(&a.node)?;
+    let mut metadata = BTreeMap::new();
+    let sidecar_only = [
+        ("service", a.service.is_some()),
+        ("app-port", a.app_port.is_some()),
+        ("inbound-port", a.inbound_port.is_some()),
+        ("outbound-port", a.outbound_port.is_some()),
+    ];
+    match a.role {
+        Role::Sidecar => {
+            if a.gateway.is_some() {
+                return Err(BootstrapError::Misplaced {
+                    flag: "gateway",
+                    role: "gateway",
+                });
+            }
+            metadata.insert("role".to_owned(), "sidecar".to_owned());
+            let ports = [
+                ("app_port", a.app_port),
+                ("inbound_port", a.inbound_port),
+                ("outbound_port", a.outbound_port),
+            ];
+            for (key, port) in ports {
+                if let Some(p) = port {
+                    metadata.insert(key.to_owned(), p.to_string());
+                }
+            }
+            if let Some(s) = &a.service {
+                metadata.insert("service".to_owned(), s.clone());
+            }
+        }
+        Role::Gateway => {
+            if let Some((flag, _)) = sidecar_only.iter().find(|(_, set)| *set) {
+                return Err(BootstrapError::Misplaced {
+                    flag,
+                    role: "sidecar",
+                });
+            }
+            metadata.insert("role".to_owned(), "gateway".to_owned());
+            if let Some(g) = &a.gateway {
+                metadata.insert("gateway".to_owned(), g.clone());
+            }
+        }
+    }
+    for (key, value) in [("region", &a.node.region), ("zone", &a.node.zone)] {
+        if !value.is_empty() {
+            metadata.insert(key.to_owned(), value.clone());
+        }
+    }
+    // The xDS server's own check: a missing service or clashing ports fail here, not at connect.
+    node_role(&node(&id, &metadata))?;
+    let body = json!({
+        "xds_address": a.xds_address,
+        "node_id": id,
+        "metadata": metadata,
+        "token_file": a.token_file,
+    });
+    let yaml =
+        serde_yaml_ng::to_string(&body).map_err(|e| BootstrapError::Render(e.to_string()))?;
+    Ok(format!(
+        "# switchboard-proxy --bootstrap <this file>\n\
+         # Put a proxy token of tenant {t} in {f}:\n\
+         #   curl -X POST …/v1/tenants/{t}/proxy-tokens -H 'authorization: Bearer <api key>'\n{yaml}",
+        t = a.node.tenant,
+        f = a.token_file.display(),
+    ))
+}
+
+fn grpc(a: &GrpcArgs) -> Result<String, BootstrapError> {
+    let id = node_id(&a.node)?;
+    let body = json!({
+        "xds_servers": [{
+            "server_uri": a.xds_address,
+            "channel_creds": [{"type": "insecure"}],
+            "server_features": ["xds_v3"],
+        }],
+        "node": {
+            "id": id,
+            "locality": {"region": a.node.region, "zone": a.node.zone},
+        },
+    });
+    serde_json::to_string_pretty(&body)
+        .map(|s| s + "\n")
+        .map_err(|e| BootstrapError::Render(e.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(subcommand)]
+        cmd: Bootstrap,
+    }
+
+    fn run(args: &[&str]) -> Result<String, BootstrapError> {
+        let mut argv = vec!["bootstrap"];
+        argv.extend_from_slice(args);
+        render(&Cli::parse_from(argv).cmd)
+    }
+
+    #[test]
+    fn a_sidecar_bootstrap_parses_as_the_proxy_reads_it() {
+        let text = run(&[
+            "proxy",
+            "--tenant",
+            "acme",
+            "--mesh",
+            "prod",
+            "--node",
+            "pay-1",
+            "--role",
+            "sidecar",
+            "--service",
+            "payments",
+            "--app-port",
+            "8080",
+            "--outbound-port",
+            "25001",
+        ])
+        .unwrap();
+        let v: serde_json::Value = serde_yaml_ng::from_str(&text).unwrap();
+        assert_eq!(v["node_id"], "tenants/acme/meshes/prod/nodes/pay-1");
+        assert_eq!(v["metadata"]["role"], "sidecar");
+        assert_eq!(v["metadata"]["app_port"], "8080");
+        assert_eq!(v["metadata"]["outbound_port"], "25001");
+        assert_eq!(v["token_file"], "/var/run/switchboard/proxy-token");
+    }
+
+    #[test]
+    fn refused_nodes_are_refused_here() {
+        let e = run(&[
+            "proxy",
+            "--tenant",
+            "acme",
+            "--mesh",
+            "prod",
+            "--node",
+            "x",
+            "--role",
+            "sidecar",
+            "--service",
+            "payments",
+        ])
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("app_port"), "{e}");
+        let e = run(&[
+            "proxy",
+            "--tenant",
+            "Acme",
+            "--mesh",
+            "prod",
+            "--node",
+            "x",
+            "--role",
+            "gateway",
+            "--gateway",
+            "edge",
+        ])
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("malformed"), "{e}");
+        let e = run(&[
+            "proxy",
+            "--tenant",
+            "acme",
+            "--mesh",
+            "prod",
+            "--node",
+            "x",
+            "--role",
+            "gateway",
+            "--gateway",
+            "edge",
+            "--app-port",
+            "1",
+        ])
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("--app-port"), "{e}");
+    }
+
+    #[test]
+    fn grpc_bootstrap_has_a_locality() {
+        let text = run(&[
+            "grpc", "--tenant", "acme", "--mesh", "prod", "--node", "c-1", "--zone", "z1",
+        ])
+        .unwrap();
+        let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+        assert_eq!(v["node"]["locality"]["zone"], "z1");
+        assert_eq!(v["xds_servers"][0]["server_uri"], "127.0.0.1:18000");
+    }
+}
