@@ -1,16 +1,20 @@
 # shellcheck shell=bash
 # Real xDS clients and gRPC backends for the proxyless end-to-end tests
-# (server/tests/proxyless.rs). Source this file, then call `install_test_peers`:
+# (server/tests/proxyless.rs), and a real xDS server for the proxy's interop test
+# (proxy/tests/go_control_plane.rs). Source this file, then call `install_test_peers`:
 #   - a Python virtual environment at target/test-env/venv with
 #     server/tests/peers/requirements.txt (grpcio and its built-in xDS client);
 #   - server/tests/peers/package.json and package-lock.json installed with `npm ci` into
 #     target/test-env/node (@grpc/grpc-js and @grpc/grpc-js-xds);
 #   - each is redone only when its pinned list changed (a stamp holds the list's checksum), so
 #     a second run takes well under a second;
+#   - proxy/tests/go-control-plane (a small program on go-control-plane's cache and server)
+#     built with the machine's Go into target/test-env/gocp/gocp, its module and build caches
+#     under target/test-env/gocp too; rebuilt only when main.go, go.mod or go.sum is newer;
 #   - installs python3-venv, nodejs and npm from Debian's packages when missing (as root only);
 #   - exports SWITCHBOARD_TEST_PYTHON (the venv's python), SWITCHBOARD_TEST_NODE_MODULES (the
-#     node_modules directory) and SWITCHBOARD_REQUIRE_PEERS=1 (the tests fail, rather than
-#     skip, without them).
+#     node_modules directory), SWITCHBOARD_GO_XDS_SERVER (the Go program) and
+#     SWITCHBOARD_REQUIRE_PEERS=1 (the tests fail, rather than skip, without them).
 # Expects `set -euo pipefail` in the caller and to be run from the repository root.
 
 _peers_log() { printf '==> %s\n' "$*" >&2; }
@@ -59,8 +63,40 @@ install_test_peers() {
     printf '%s\n' "$want" >"$node/.peers-stamp"
   fi
 
+  install_go_xds_server
+
   export SWITCHBOARD_TEST_PYTHON=$venv/bin/python
   export SWITCHBOARD_TEST_NODE_MODULES=$node/node_modules
   export SWITCHBOARD_REQUIRE_PEERS=1
+  return 0
+}
+
+# go-control-plane's xDS server for proxy/tests/go_control_plane.rs: builds
+# proxy/tests/go-control-plane into target/test-env/gocp/gocp (modules from the Go module
+# proxy, checked against go.sum) and exports SWITCHBOARD_GO_XDS_SERVER. Needs Go 1.26 or newer
+# (go.mod's go line); no Debian package is that new, so a missing Go is an error, not an install.
+install_go_xds_server() {
+  local root=$PWD
+  local src=$root/proxy/tests/go-control-plane
+  local out=$root/target/test-env/gocp
+  local bin=$out/gocp
+  local go
+  go=$(command -v go || true)
+  [ -n "$go" ] || [ ! -x /usr/local/go/bin/go ] || go=/usr/local/go/bin/go
+  if [ -z "$go" ]; then
+    echo "missing Go (1.26 or newer), needed to build $src for the proxy's interop test" >&2
+    exit 1
+  fi
+  if [ ! -x "$bin" ] || [ "$src/main.go" -nt "$bin" ] || [ "$src/go.mod" -nt "$bin" ] \
+    || [ "$src/go.sum" -nt "$bin" ]; then
+    _peers_log "building go-control-plane's xDS server into $bin ($("$go" version))"
+    mkdir -p "$out"
+    # -modcacherw keeps the module cache removable by `rm -rf target` as any user.
+    (cd "$src" && GOPATH=$out/gopath GOMODCACHE=$out/gopath/pkg/mod GOCACHE=$out/gocache \
+      GOTOOLCHAIN=local GOFLAGS="-mod=mod -modcacherw -buildvcs=false" \
+      "$go" build -o "$bin.tmp" ./)
+    mv "$bin.tmp" "$bin"
+  fi
+  export SWITCHBOARD_GO_XDS_SERVER=$bin
   return 0
 }

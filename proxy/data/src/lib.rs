@@ -15,9 +15,16 @@
 //! [`ConfigStore::snapshot`]: switchboard_proxy_xds::ConfigStore::snapshot
 
 pub mod balancer;
+pub mod circuit_breaker;
 pub mod clusters;
+pub mod listener;
+pub mod outlier;
 pub mod proxy;
+pub mod ring;
 pub mod router;
+pub mod tcp;
+pub mod telemetry;
+pub mod tls;
 
 pub use balancer::{Balancers, EndpointSource, Picked, pick_weighted};
 pub use clusters::ClusterManager;

@@ -1,6 +1,6 @@
-//! One HTTP listener: accepts connections (HTTP/1.1 or HTTP/2 prior knowledge, detected per
-//! connection), and serves each request from the [`ConfigStore`] snapshot current when it
-//! arrives. Nothing about routes or clusters is captured at bind time, so a new snapshot
+//! The requests of one HTTP listener (its connections are accepted and served by
+//! [`crate::listener`]): each request is served from the [`ConfigStore`] snapshot current
+//! when it arrives. Nothing about routes or clusters is captured at bind time, so a new snapshot
 //! applies to the next request on every open connection, and in-flight requests finish on
 //! the snapshot they started with.
 
@@ -8,7 +8,6 @@ mod fault;
 mod forward;
 mod local;
 
-use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -17,17 +16,18 @@ use http::{Request, Response, StatusCode};
 use http_body_util::BodyExt;
 use http_body_util::combinators::UnsyncBoxBody;
 use hyper::body::Incoming;
-use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo};
-use hyper_util::server::conn::auto;
 use switchboard_proxy_xds::config::listener::{ListenerKind, RouteSource};
 use switchboard_proxy_xds::config::route::{Action, Clusters};
 use switchboard_proxy_xds::{ConfigStore, Snapshot};
 use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tracing::Instrument;
 
 use crate::balancer::{Balancers, pick_weighted};
 use crate::clusters::ClusterManager;
 use crate::router::{self, RequestInfo};
+use crate::telemetry::ResponseFlags;
+use crate::telemetry::request::{self, Exchange, Observer};
 pub(crate) use forward::Upstreams;
 
 /// The body of every response the proxy sends: upstream bodies stream through unchanged
@@ -40,74 +40,63 @@ pub enum ProxyError {
     Accept(String, std::io::Error),
 }
 
-/// Serves the HTTP listener named `listener` (its HttpConnectionManager, looked up in each
-/// request's snapshot) on `tcp` until the task is dropped or aborted. Upstream state
-/// (balancers, pools) is the process's `clusters`, shared with every other listener.
+/// Serves the listener named `listener` (looked up in the snapshot per connection, and per
+/// request for HTTP) on `tcp` until the task is dropped or aborted; it never drains (the
+/// proxy binary uses [`crate::listener::run`], which does). Upstream state (balancers,
+/// pools) is the process's `clusters`, shared with every other listener.
 ///
-/// The socket is the caller's, so the caller decides when to bind and when to drain; a
-/// listener missing from the snapshot answers 503 rather than closing connections.
+/// The socket is the caller's, so the caller decides when to bind; a listener missing from
+/// the snapshot answers 503 rather than closing connections.
 pub async fn serve(
     tcp: TcpListener,
     listener: impl Into<String>,
     store: ConfigStore,
     clusters: Arc<ClusterManager>,
 ) -> Result<(), ProxyError> {
-    let shared = Arc::new(Shared {
-        listener: listener.into(),
-        store,
-        clusters,
-    });
-    let builder = auto::Builder::new(TokioExecutor::new());
-    loop {
-        let (stream, peer) = match tcp.accept().await {
-            Ok(conn) => conn,
-            Err(e) if is_transient(&e) => {
-                // Out of file descriptors and the like: back off instead of spinning.
-                tracing::warn!(listener = %shared.listener, error = %e, "accept failed; retrying");
-                tokio::time::sleep(Duration::from_millis(50)).await;
-                continue;
-            }
-            Err(e) => return Err(ProxyError::Accept(shared.listener.clone(), e)),
-        };
-        let _ = stream.set_nodelay(true);
-        let shared = shared.clone();
-        let builder = builder.clone();
-        tokio::spawn(async move {
-            let svc = service_fn(move |req| {
-                let shared = shared.clone();
-                async move { Ok::<_, Infallible>(shared.handle(req).await) }
-            });
-            if let Err(e) = builder.serve_connection(TokioIo::new(stream), svc).await {
-                tracing::debug!(%peer, error = %e, "connection ended with an error");
-            }
-        });
-    }
+    // A drain switch nobody turns on (held here, so it never reads as dropped either).
+    let (_never, drain) = watch::channel(false);
+    crate::listener::serve_until(tcp, listener.into(), store, clusters, drain, Duration::ZERO).await
 }
 
-fn is_transient(e: &std::io::Error) -> bool {
-    use std::io::ErrorKind as K;
-    !matches!(
-        e.kind(),
-        K::InvalidInput | K::Unsupported | K::PermissionDenied
-    )
-}
-
-struct Shared {
+pub(crate) struct Shared {
     listener: String,
     store: ConfigStore,
     clusters: Arc<ClusterManager>,
 }
 
 impl Shared {
-    async fn handle(&self, req: Request<Incoming>) -> Response<Body> {
+    /// Request handling for the listener named `listener`; one per bound socket.
+    pub(crate) fn new(listener: String, store: ConfigStore, clusters: Arc<ClusterManager>) -> Self {
+        Self {
+            listener,
+            store,
+            clusters,
+        }
+    }
+
+    /// Serves one request, with its telemetry: a `proxy_request` span, W3C trace context
+    /// for the upstream, request metrics and the access log (see [`crate::telemetry`]).
+    pub(crate) async fn handle(&self, req: Request<Incoming>) -> Response<Body> {
+        let (observer, mut ex) = Observer::start(&self.listener, &req);
+        let resp = self
+            .dispatch(req, &mut ex)
+            .instrument(observer.span().clone())
+            .await;
+        observer.finish(ex, resp)
+    }
+
+    /// Routes and answers one request, recording in `ex` what was decided.
+    async fn dispatch(&self, mut req: Request<Incoming>, ex: &mut Exchange) -> Response<Body> {
         let snapshot = self.store.snapshot();
         let Some(listener) = snapshot.listeners.get(&self.listener) else {
+            ex.flags.insert(ResponseFlags::NO_ROUTE);
             return local::error(
                 StatusCode::SERVICE_UNAVAILABLE,
                 format!("listener {:?} is not configured", self.listener),
             );
         };
         let ListenerKind::Http(hcm) = &listener.kind else {
+            ex.flags.insert(ResponseFlags::NO_ROUTE);
             return local::error(
                 StatusCode::SERVICE_UNAVAILABLE,
                 format!("listener {:?} is not an HTTP listener", self.listener),
@@ -118,6 +107,8 @@ impl Shared {
             RouteSource::Rds(name) => match snapshot.routes.get(name) {
                 Some(rc) => rc.as_ref(),
                 None => {
+                    ex.route_config.clone_from(name);
+                    ex.flags.insert(ResponseFlags::NO_ROUTE);
                     return local::error(
                         StatusCode::SERVICE_UNAVAILABLE,
                         format!("route configuration {name:?} has not arrived yet"),
@@ -125,7 +116,11 @@ impl Shared {
                 }
             },
         };
+        ex.route_config.clone_from(&routes.name);
         let host = request_host(&req).to_owned();
+        if let Some(vh) = router::virtual_host(routes, &host) {
+            ex.virtual_host.clone_from(&vh.name);
+        }
         let info = RequestInfo {
             method: req.method(),
             host: &host,
@@ -134,32 +129,55 @@ impl Shared {
             headers: req.headers(),
         };
         let Some(route) = router::route(routes, &info) else {
+            ex.flags.insert(ResponseFlags::NO_ROUTE);
             return local::error(StatusCode::NOT_FOUND, "no route matches this request");
         };
-        if let Some(fault) = route.fault.as_ref().or(hcm.fault.as_ref())
-            && let Some(mut resp) = fault::inject(fault).await
-        {
-            local::mutate(resp.headers_mut(), &route.response_headers);
-            return resp;
+        ex.route.clone_from(&route.name);
+        if let Some(fault) = route.fault.as_ref().or(hcm.fault.as_ref()) {
+            let injected = fault::inject(fault).await;
+            if injected.delayed {
+                ex.flags.insert(ResponseFlags::DELAY_INJECTED);
+            }
+            if let Some(mut resp) = injected.abort {
+                local::mutate(resp.headers_mut(), &route.response_headers);
+                return resp;
+            }
         }
         let mut resp = match &route.action {
-            Action::Direct { status, body } => local::direct(*status, body.as_deref()),
-            Action::Redirect(r) => local::redirect(r, &req, &host, &route.matcher.path),
+            Action::Direct { status, body } => {
+                ex.details = Some("direct_response");
+                local::direct(*status, body.as_deref())
+            }
+            Action::Redirect(r) => {
+                ex.details = Some("direct_response");
+                local::redirect(r, &req, &host, &route.matcher.path)
+            }
             Action::Forward(f) => {
                 let cluster = match &f.clusters {
                     Clusters::One(c) => Some(c.as_str()),
                     Clusters::Weighted(w) => pick_weighted(w),
                 };
                 let Some(cluster) = cluster else {
+                    ex.flags.insert(ResponseFlags::NO_CLUSTER);
                     return local::error(StatusCode::SERVICE_UNAVAILABLE, "no cluster to route to");
                 };
+                ex.cluster = cluster.to_owned();
                 let target = Target {
                     snapshot: &snapshot,
                     cluster,
                     balancers: &self.clusters.balancers,
                 };
-                let req = local::rewrite(req, route, f, &host);
-                forward::forward(&self.clusters.upstreams, &target, f, req).await
+                let body_retriable = hyper::body::Body::size_hint(req.body())
+                    .upper()
+                    .is_some_and(|n| n <= forward::MAX_RETRY_BODY);
+                req = local::rewrite(req, route, f, &host);
+                ex.propagate_trace(req.headers_mut());
+                let resp = forward::forward(&self.clusters.upstreams, &target, f, req).await;
+                if request::retries_exhausted(f.retry.as_ref(), body_retriable, &resp) {
+                    ex.flags
+                        .insert(ResponseFlags::UPSTREAM_RETRY_LIMIT_EXCEEDED);
+                }
+                resp
             }
         };
         local::mutate(resp.headers_mut(), &route.response_headers);

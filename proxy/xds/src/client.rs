@@ -26,6 +26,7 @@ pub use resource::XdsResource;
 
 use crate::bootstrap::Bootstrap;
 use crate::config::{Cluster, Listener, LoadAssignment, RouteConfig};
+use crate::dump::ConfigDump;
 use crate::state::ConfigStore;
 
 /// Applies converted resources of one type. Returning `Err` refuses the listed resources
@@ -103,6 +104,7 @@ pub struct XdsClient {
     cds: TypeState,
     eds: TypeState,
     ready: watch::Sender<bool>,
+    dump: ConfigDump,
 }
 
 /// A running client. Dropping it stops the client (the applied configuration stays).
@@ -168,17 +170,24 @@ impl XdsClient {
     }
 
     pub fn with_handlers(bootstrap: Bootstrap, handlers: Handlers, options: ClientOptions) -> Self {
+        let dump = ConfigDump::new();
         Self {
             node: bootstrap.node(),
             bootstrap,
             options,
             handlers,
-            lds: TypeState::new(ResourceType::Listener, true),
-            rds: TypeState::new(ResourceType::RouteConfiguration, false),
-            cds: TypeState::new(ResourceType::Cluster, true),
-            eds: TypeState::new(ResourceType::ClusterLoadAssignment, false),
+            lds: TypeState::new(ResourceType::Listener, true, dump.clone()),
+            rds: TypeState::new(ResourceType::RouteConfiguration, false, dump.clone()),
+            cds: TypeState::new(ResourceType::Cluster, true, dump.clone()),
+            eds: TypeState::new(ResourceType::ClusterLoadAssignment, false, dump.clone()),
             ready: watch::channel(false).0,
+            dump,
         }
+    }
+
+    /// What this client applies and refuses, resource by resource (for `/config_dump`).
+    pub fn config_dump(&self) -> ConfigDump {
+        self.dump.clone()
     }
 
     /// Runs the client on the current runtime until the handle is dropped.
@@ -272,13 +281,37 @@ impl XdsClient {
             .await?
             .into_inner();
         tracing::info!(address = %self.bootstrap.xds_address, "xDS stream open");
-        while let Some(response) = responses.message().await? {
-            *answered = true;
-            for request in self.handle(&response) {
-                tx.send(request).map_err(|_| StreamError::Closed)?;
+        // A NACK held back by pacing, per type; a newer response of the type supersedes it.
+        let mut held: std::collections::HashMap<String, JoinHandle<()>> = Default::default();
+        let result = async {
+            while let Some(response) = responses.message().await? {
+                *answered = true;
+                if let Some(old) = held.remove(&response.type_url) {
+                    old.abort();
+                }
+                for (request, delay) in self.handle(&response) {
+                    if delay.is_zero() {
+                        tx.send(request).map_err(|_| StreamError::Closed)?;
+                    } else {
+                        let tx = tx.clone();
+                        let type_url = request.type_url.clone();
+                        held.insert(
+                            type_url,
+                            tokio::spawn(async move {
+                                tokio::time::sleep(delay).await;
+                                let _ = tx.send(request);
+                            }),
+                        );
+                    }
+                }
             }
+            Ok(())
         }
-        Ok(())
+        .await;
+        for (_, h) in held {
+            h.abort();
+        }
+        result
     }
 
     fn state(&self, kind: ResourceType) -> &TypeState {
@@ -290,8 +323,11 @@ impl XdsClient {
         }
     }
 
-    /// Handles a response; returns the requests to send, the ACK or NACK first.
-    fn handle(&mut self, response: &DiscoveryResponse) -> Vec<DiscoveryRequest> {
+    /// Handles a response; returns the requests to send, the ACK or NACK first, each with how
+    /// long to hold it back. A NACK of the version NACKed just before is paced (100 ms doubling
+    /// to 10 s): some servers (go-control-plane) answer a NACK by re-sending the same version
+    /// at once, and both sides would otherwise spin.
+    fn handle(&mut self, response: &DiscoveryResponse) -> Vec<(DiscoveryRequest, Duration)> {
         let Some(kind) = ResourceType::from_type_url(&response.type_url) else {
             tracing::warn!(type_url = %response.type_url, "ignoring a response of a type not asked for");
             return Vec::new();
@@ -320,11 +356,23 @@ impl XdsClient {
             }
         };
         state.nonce.clone_from(&response.nonce);
+        let mut delay = Duration::ZERO;
         let error_detail = if rejected.is_empty() {
             state.version.clone_from(&response.version_info);
+            state.nacked = None;
             tracing::debug!(%kind, version = %response.version_info, "ACK");
             None
         } else {
+            let repeats = match &state.nacked {
+                Some((v, n)) if *v == response.version_info => n + 1,
+                _ => 0,
+            };
+            state.nacked = Some((response.version_info.clone(), repeats));
+            if repeats > 0 {
+                delay = Duration::from_millis(100)
+                    .saturating_mul(2u32.saturating_pow(repeats.min(10) - 1))
+                    .min(Duration::from_secs(10));
+            }
             let message = rejected
                 .iter()
                 .map(|r| format!("{}: {}", r.name, r.error))
@@ -337,7 +385,7 @@ impl XdsClient {
                 details: vec![],
             })
         };
-        let mut out = vec![request(state, error_detail)];
+        let mut out = vec![(request(state, error_detail), delay)];
         // Dependent subscriptions follow what was just applied.
         let dependent = match kind {
             ResourceType::Listener => {
@@ -355,7 +403,7 @@ impl XdsClient {
             _ => None,
         };
         if let Some(state) = dependent {
-            out.push(request(state, None));
+            out.push((request(state, None), Duration::ZERO));
         }
         if [&self.lds, &self.rds, &self.cds, &self.eds]
             .iter()

@@ -7,6 +7,7 @@
 //!   listeners and clusters, reconnects with backoff and jitter, and readiness.
 //! - [`state`]: the applied configuration, [`ConfigStore`], read by the data path as one
 //!   consistent snapshot.
+//! - [`dump`]: the protos applied and refused, per resource, for `/config_dump`.
 //! - [`bootstrap`]: where the control plane is and who this node is.
 //!
 //! **Invariant:** the data path reads configuration only through [`ConfigStore`] snapshots;
@@ -15,6 +16,7 @@
 pub mod bootstrap;
 pub mod client;
 pub mod config;
+pub mod dump;
 pub mod state;
 #[cfg(feature = "testing")]
 pub mod testing;
@@ -22,4 +24,5 @@ pub mod testing;
 pub use bootstrap::{Bootstrap, BootstrapError};
 pub use client::{ClientOptions, Handler, Rejected, XdsClient, XdsClientHandle};
 pub use config::ConfigError;
+pub use dump::ConfigDump;
 pub use state::{ConfigStore, Snapshot};

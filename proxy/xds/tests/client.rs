@@ -343,3 +343,43 @@ async fn a_resource_the_handler_refuses_is_nacked() {
     let snap = store.snapshot();
     assert!(snap.listeners.contains_key("out") && !snap.listeners.contains_key("web"));
 }
+
+/// A server that answers each NACK by re-sending the same version (go-control-plane does)
+/// gets the repeated NACKs paced, 100 ms doubling, instead of a tight loop; a different
+/// version is answered at once.
+#[tokio::test]
+async fn repeated_nacks_of_one_version_are_paced() {
+    let mut env = env().await;
+    sync(&mut env).await;
+    let s = &mut env.server;
+    let bad = vec![any(&regex_route_config("rc", "(unclosed", "pay"))];
+    let mut waits = Vec::new();
+    for i in 0..5 {
+        let nonce = format!("bad-{i}");
+        let sent = std::time::Instant::now();
+        assert!(s.respond(response(RDS, "r-bad", &nonce, bad.clone())));
+        let nack = expect(s, RDS).await.request;
+        assert_eq!(nack.response_nonce, nonce);
+        assert!(nack.error_detail.is_some(), "{nack:?}");
+        waits.push(sent.elapsed());
+    }
+    // 0, then at least 100, 200, 400 and 800 ms.
+    for (i, min_ms) in [(1, 100), (2, 200), (3, 400), (4, 800)] {
+        assert!(
+            waits[i] >= Duration::from_millis(min_ms),
+            "NACK {i} after {:?}: {waits:?}",
+            waits[i]
+        );
+    }
+    // A new version resets the pacing.
+    let sent = std::time::Instant::now();
+    assert!(s.respond(response(RDS, "r-bad-2", "bad-x", bad.clone())));
+    let nack = expect(s, RDS).await.request;
+    assert_eq!(nack.response_nonce, "bad-x");
+    // Unpaced, it comes back at once; still paced, it would wait 1.6 s.
+    assert!(
+        sent.elapsed() < Duration::from_millis(1500),
+        "{:?}",
+        sent.elapsed()
+    );
+}

@@ -7,19 +7,35 @@ use rand::Rng;
 use switchboard_proxy_xds::config::route::{Abort, Fault};
 
 use super::{Body, full, local};
+use crate::telemetry::ResponseFlags;
 
-/// Applies `fault`'s delay if sampled, then returns the abort response if sampled.
-pub(super) async fn inject(fault: &Fault) -> Option<Response<Body>> {
+/// What a fault did to a request: delayed it (`DI`), and/or answered it (`FI`).
+pub(super) struct Injected {
+    pub(super) delayed: bool,
+    pub(super) abort: Option<Response<Body>>,
+}
+
+/// Applies `fault`'s delay if sampled, then makes the abort response if sampled.
+pub(super) async fn inject(fault: &Fault) -> Injected {
+    let mut delayed = false;
     if let Some((delay, per_million)) = fault.delay
         && sampled(per_million)
     {
         tokio::time::sleep(delay).await;
+        delayed = true;
     }
+    Injected {
+        delayed,
+        abort: abort(fault),
+    }
+}
+
+fn abort(fault: &Fault) -> Option<Response<Body>> {
     let (abort, per_million) = fault.abort?;
     if !sampled(per_million) {
         return None;
     }
-    Some(match abort {
+    let mut resp = match abort {
         Abort::Http(status) => local::error(
             StatusCode::from_u16(status).unwrap_or(StatusCode::SERVICE_UNAVAILABLE),
             "fault filter abort",
@@ -37,9 +53,13 @@ pub(super) async fn inject(fault: &Fault) -> Option<Response<Body>> {
                 "grpc-message",
                 HeaderValue::from_static("fault filter abort"),
             );
+            local::mark_local(&mut resp);
             resp
         }
-    })
+    };
+    // Replaces whatever the local reply guessed from its status.
+    resp.extensions_mut().insert(ResponseFlags::FAULT_INJECTED);
+    Some(resp)
 }
 
 fn sampled(per_million: u32) -> bool {
@@ -56,22 +76,38 @@ mod tests {
             delay: None,
             abort: Some((Abort::Http(503), 1_000_000)),
         };
-        let resp = inject(&always).await.unwrap();
+        let injected = inject(&always).await;
+        assert!(!injected.delayed);
+        let resp = injected.abort.unwrap();
         assert_eq!(resp.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(
+            resp.extensions().get::<ResponseFlags>(),
+            Some(&ResponseFlags::FAULT_INJECTED)
+        );
         let never = Fault {
             delay: None,
             abort: Some((Abort::Http(503), 0)),
         };
-        assert!(inject(&never).await.is_none());
+        assert!(inject(&never).await.abort.is_none());
         let grpc = Fault {
             delay: None,
             abort: Some((Abort::Grpc(14), 1_000_000)),
         };
-        let resp = inject(&grpc).await.unwrap();
+        let resp = inject(&grpc).await.abort.unwrap();
         assert_eq!(
             (resp.status(), &resp.headers()["grpc-status"]),
             (StatusCode::OK, &HeaderValue::from(14u32))
         );
+    }
+
+    #[tokio::test]
+    async fn delay_is_reported() {
+        let delay = Fault {
+            delay: Some((std::time::Duration::from_millis(1), 1_000_000)),
+            abort: None,
+        };
+        let injected = inject(&delay).await;
+        assert!(injected.delayed && injected.abort.is_none());
     }
 
     #[test]

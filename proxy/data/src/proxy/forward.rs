@@ -1,71 +1,183 @@
-//! Sending a routed request upstream: endpoint choice, pooled connections, the per-route
-//! timeout, and retries.
+//! Sending a routed request upstream: endpoint choice, circuit breakers, pooled
+//! connections, the per-route timeout, retries, outlier detection and request mirroring.
 //!
-//! Retries need the request body again, so only requests whose body is known to be at most
-//! [`MAX_RETRY_BODY`] are buffered and retried; larger or unknown-length bodies stream
-//! through once. The route timeout bounds the whole exchange up to the response headers,
-//! retries and backoff included; `per_try_timeout` bounds each attempt.
+//! Retries and mirrors need the request body again, so only requests whose body is known to
+//! be at most [`MAX_RETRY_BODY`] are buffered; larger or unknown-length bodies stream
+//! through once, and are neither retried nor mirrored. The route timeout bounds the whole
+//! exchange up to the response headers, retries and backoff included; `per_try_timeout`
+//! bounds each attempt.
+//!
+//! Each attempt takes a `max_requests` slot of its cluster until its response body ends; a
+//! retry needs a slot of the retry budget (or `max_retries`) as well, and a refused retry
+//! passes the last upstream answer on. Each attempt's outcome feeds the endpoint's outlier
+//! detection and the cluster's metrics (see [`crate::clusters`]).
+//!
+//! Mirrors (`request_mirror_policies`) get a copy of the request, with `-shadow` appended
+//! to the host (before any port), on a task of their own: their answers are drained and
+//! dropped, their failures only logged, and they are bounded by the route timeout (15 s
+//! when the route has none).
 
 use std::collections::HashMap;
-use std::sync::{Mutex, PoisonError};
-use std::time::Duration;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
 
-use http::{HeaderMap, Request, Response, StatusCode, Uri, Version};
+use bytes::Bytes;
+use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode, Uri, Version};
 use http_body_util::BodyExt;
-use hyper::body::{Body as _, Incoming};
+use hyper::body::{Body as _, Frame, Incoming, SizeHint};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 use rand::Rng;
-use switchboard_proxy_xds::config::cluster::{Cluster, Discovery, UpstreamProtocol};
-use switchboard_proxy_xds::config::route::{Forward, RetryPolicy};
+use switchboard_proxy_xds::Snapshot;
+use switchboard_proxy_xds::config::cluster::{Cluster, LbPolicy, UpstreamProtocol};
+use switchboard_proxy_xds::config::route::{DEFAULT_TIMEOUT, Forward, Mirror, RetryPolicy};
 
 use super::{Body, Target, full, local};
+use crate::balancer::{ClusterState, EndpointSource, HostState, Picked, endpoint_source};
+use crate::circuit_breaker::{CountingConnector, RequestGuard, Threshold, overflow_of};
+use crate::clusters::AttemptOutcome;
+use crate::ring::{HashInput, request_hash};
+use crate::telemetry::{DownstreamAddrs, ResponseFlags, UpstreamHost};
 
-/// Bodies up to this size are buffered so that the request can be retried.
+/// Bodies up to this size are buffered so that the request can be retried or mirrored.
 pub const MAX_RETRY_BODY: u64 = 64 * 1024;
 
-type HttpClient = Client<HttpConnector, Body>;
+type HttpClient = Client<CountingConnector, Body>;
 
-/// Pooled clients, one per (HTTP/2?, connect timeout); each pools connections per endpoint,
-/// and the HTTP/2 one multiplexes requests over one connection per endpoint.
+/// Connection pools, one per cluster (its connections are what `max_connections`
+/// counts); each pools connections per endpoint, and an HTTP/2 one multiplexes requests
+/// over one connection per endpoint.
 #[derive(Default)]
 pub(crate) struct Upstreams {
-    clients: Mutex<HashMap<(bool, Duration), HttpClient>>,
+    pools: Mutex<HashMap<String, Pool>>,
+}
+
+struct Pool {
+    http2: bool,
+    connect_timeout: Duration,
+    state: Arc<ClusterState>,
+    client: HttpClient,
 }
 
 impl Upstreams {
-    fn client(&self, cluster: &Cluster) -> HttpClient {
-        let key = (
-            cluster.protocol == UpstreamProtocol::Http2,
-            cluster.connect_timeout,
+    /// The client of `cluster`; a new one when its protocol or connect timeout changed, or
+    /// its state was replaced. Pools of clusters gone from `snapshot` are dropped then.
+    fn client(
+        &self,
+        cluster: &Cluster,
+        state: &Arc<ClusterState>,
+        snapshot: &Snapshot,
+    ) -> HttpClient {
+        let http2 = cluster.protocol == UpstreamProtocol::Http2;
+        let mut pools = self.pools.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(p) = pools.get(&cluster.name)
+            && p.http2 == http2
+            && p.connect_timeout == cluster.connect_timeout
+            && Arc::ptr_eq(&p.state, state)
+        {
+            return p.client.clone();
+        }
+        pools.retain(|name, _| snapshot.clusters.contains_key(name));
+        let mut connector = HttpConnector::new();
+        connector.set_nodelay(true);
+        connector.set_connect_timeout(Some(cluster.connect_timeout));
+        let connector = CountingConnector::new(connector, state.clone(), cluster.connect_timeout);
+        let mut builder = Client::builder(TokioExecutor::new());
+        builder.pool_idle_timeout(Duration::from_secs(60));
+        if http2 {
+            builder.http2_only(true);
+        }
+        let client = builder.build(connector);
+        pools.insert(
+            cluster.name.clone(),
+            Pool {
+                http2,
+                connect_timeout: cluster.connect_timeout,
+                state: state.clone(),
+                client: client.clone(),
+            },
         );
-        let mut clients = self.clients.lock().unwrap_or_else(PoisonError::into_inner);
-        clients
-            .entry(key)
-            .or_insert_with(|| {
-                let mut connector = HttpConnector::new();
-                connector.set_nodelay(true);
-                connector.set_connect_timeout(Some(cluster.connect_timeout));
-                let mut builder = Client::builder(TokioExecutor::new());
-                builder.pool_idle_timeout(Duration::from_secs(60));
-                if cluster.protocol == UpstreamProtocol::Http2 {
-                    builder.http2_only(true);
-                }
-                builder.build(connector)
-            })
-            .clone()
+        client
     }
+}
+
+/// One cluster as a request sends to it.
+struct Upstream {
+    cluster: Arc<Cluster>,
+    state: Arc<ClusterState>,
+    client: HttpClient,
+    endpoints: Option<Arc<dyn EndpointSource>>,
+    /// The request's hash, for a ring hash cluster.
+    hash: Option<u64>,
+}
+
+impl Upstream {
+    fn new(
+        upstreams: &Upstreams,
+        target: &Target<'_>,
+        cluster: &Arc<Cluster>,
+        hash: impl FnOnce() -> Option<u64>,
+    ) -> Self {
+        let state = target.balancers.cluster_in(&cluster.name, target.snapshot);
+        state.breakers.configure(&cluster.circuit_breakers);
+        let client = upstreams.client(cluster, &state, target.snapshot);
+        Self {
+            cluster: cluster.clone(),
+            client,
+            endpoints: endpoint_source(target.snapshot, cluster),
+            hash: match cluster.lb_policy {
+                LbPolicy::RingHash(_) => hash(),
+                _ => None,
+            },
+            state,
+        }
+    }
+
+    fn pick(&self) -> Option<Picked> {
+        let endpoints = self.endpoints.as_ref()?;
+        self.state.pick(
+            self.cluster.lb_policy,
+            endpoints,
+            self.hash,
+            self.cluster.outlier_detection.as_ref(),
+            Instant::now(),
+        )
+    }
+
+    /// Counts how an attempt on `host` ended, for metrics and outlier detection.
+    fn finish(&self, host: &Arc<HostState>, outcome: AttemptOutcome) {
+        self.state.metrics.attempt(outcome);
+        self.state.record(
+            host,
+            outcome.failed(),
+            self.cluster.outlier_detection.as_ref(),
+            Instant::now(),
+        );
+    }
+}
+
+/// What goes upstream of the request, whatever the attempt.
+struct Head {
+    method: Method,
+    path_and_query: String,
+    headers: HeaderMap,
 }
 
 /// How one attempt ended, before retry policy looks at it.
 enum Outcome {
-    Response(Response<Incoming>),
+    Response(Response<Body>),
     ConnectFailure(String),
     Reset(String),
     TimedOut,
     NoEndpoint,
+    Overflow(Threshold),
 }
+
+/// The endpoint of the attempt in flight, so that a route timeout can be charged to it.
+type Current = Mutex<Option<Arc<HostState>>>;
 
 pub(super) async fn forward(
     upstreams: &Upstreams,
@@ -74,137 +186,371 @@ pub(super) async fn forward(
     req: Request<Incoming>,
 ) -> Response<Body> {
     let Some(cluster) = target.snapshot.clusters.get(target.cluster) else {
-        return local::error(
-            StatusCode::SERVICE_UNAVAILABLE,
-            format!("cluster {:?} is not configured", target.cluster),
+        return flagged(
+            local::error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!("cluster {:?} is not configured", target.cluster),
+            ),
+            ResponseFlags::NO_CLUSTER,
         );
     };
-    let client = upstreams.client(cluster);
-    let work = attempts(&client, target, cluster, f, req);
+    let (parts, body) = req.into_parts();
+    let head = Head {
+        path_and_query: parts
+            .uri
+            .path_and_query()
+            .map_or("/", |pq| pq.as_str())
+            .to_owned(),
+        headers: upstream_headers(&parts.headers),
+        method: parts.method,
+    };
+    let source_ip = parts
+        .extensions
+        .get::<DownstreamAddrs>()
+        .map(|a| a.remote.ip());
+    let authority = parts.uri.authority().map(|a| a.as_str().to_owned());
+    let hash = || {
+        let input = HashInput {
+            method: &head.method,
+            authority: authority.as_deref().or_else(|| {
+                head.headers
+                    .get(http::header::HOST)
+                    .and_then(|h| h.to_str().ok())
+            }),
+            path_and_query: &head.path_and_query,
+            headers: &head.headers,
+            source_ip,
+        };
+        request_hash(&f.hash_policy, &input)
+    };
+    let up = Upstream::new(upstreams, target, cluster, hash);
+    let current: Current = Mutex::new(None);
+    let work = attempts(upstreams, target, &up, f, &head, body, &hash, &current);
     let result = match f.timeout {
         Some(t) => tokio::time::timeout(t, work).await.ok(),
         None => Some(work.await),
     };
     let Some(outcome) = result else {
-        return local::error(StatusCode::GATEWAY_TIMEOUT, "upstream request timeout");
-    };
-    match outcome {
-        Outcome::Response(mut resp) => {
-            strip_response_hop_by_hop(resp.headers_mut());
-            resp.map(|b| b.boxed_unsync())
+        let host = current
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take();
+        if let Some(host) = host {
+            up.finish(&host, AttemptOutcome::Timeout);
         }
-        Outcome::NoEndpoint => local::error(
-            StatusCode::SERVICE_UNAVAILABLE,
-            format!("no healthy endpoint in cluster {:?}", cluster.name),
+        return flagged(
+            local::error(StatusCode::GATEWAY_TIMEOUT, "upstream request timeout"),
+            ResponseFlags::UPSTREAM_REQUEST_TIMEOUT,
+        );
+    };
+    let name = &cluster.name;
+    match outcome {
+        Outcome::Response(resp) => resp,
+        Outcome::NoEndpoint => flagged(
+            local::error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!("no healthy endpoint in cluster {name:?}"),
+            ),
+            ResponseFlags::NO_HEALTHY_UPSTREAM,
         ),
-        Outcome::ConnectFailure(e) => local::error(
-            StatusCode::SERVICE_UNAVAILABLE,
-            format!("upstream connect error (cluster {:?}): {e}", cluster.name),
+        Outcome::ConnectFailure(e) => flagged(
+            local::error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!("upstream connect error (cluster {name:?}): {e}"),
+            ),
+            ResponseFlags::UPSTREAM_CONNECTION_FAILURE,
         ),
-        Outcome::Reset(e) => local::error(
-            StatusCode::BAD_GATEWAY,
-            format!("upstream reset (cluster {:?}): {e}", cluster.name),
+        Outcome::Reset(e) => flagged(
+            local::error(
+                StatusCode::BAD_GATEWAY,
+                format!("upstream reset (cluster {name:?}): {e}"),
+            ),
+            ResponseFlags::UPSTREAM_REMOTE_RESET,
         ),
-        Outcome::TimedOut => local::error(StatusCode::GATEWAY_TIMEOUT, "upstream request timeout"),
+        Outcome::TimedOut => flagged(
+            local::error(StatusCode::GATEWAY_TIMEOUT, "upstream request timeout"),
+            ResponseFlags::UPSTREAM_REQUEST_TIMEOUT,
+        ),
+        Outcome::Overflow(t) => {
+            let mut resp = local::error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!("upstream overflow: circuit breaker {t} of cluster {name:?} is full"),
+            );
+            resp.headers_mut()
+                .insert("x-envoy-overloaded", HeaderValue::from_static("true"));
+            flagged(resp, ResponseFlags::UPSTREAM_OVERFLOW)
+        }
     }
 }
 
-/// Runs the first attempt and any retries the policy allows.
+/// Marks a local reply with why the proxy made it (for the access log).
+fn flagged(mut resp: Response<Body>, flags: ResponseFlags) -> Response<Body> {
+    resp.extensions_mut().insert(flags);
+    resp
+}
+
+/// Sends the mirrors and runs the first attempt and any retries the policy and the
+/// circuit breakers allow.
+#[allow(clippy::too_many_arguments)]
 async fn attempts(
-    client: &HttpClient,
+    upstreams: &Upstreams,
     target: &Target<'_>,
-    cluster: &std::sync::Arc<Cluster>,
+    up: &Upstream,
     f: &Forward,
-    req: Request<Incoming>,
+    head: &Head,
+    body: Incoming,
+    hash: &(dyn Fn() -> Option<u64> + Sync),
+    current: &Current,
 ) -> Outcome {
-    let (parts, body) = req.into_parts();
     let retry = f.retry.as_ref().filter(|r| r.num_retries > 0);
+    let mirrors: Vec<&Mirror> = f
+        .mirrors
+        .iter()
+        .filter(|m| sampled(m.per_million))
+        .collect();
     let small = body
         .size_hint()
         .upper()
         .is_some_and(|n| n <= MAX_RETRY_BODY);
-    let (Some(policy), true) = (retry, small) else {
-        return attempt(
-            client,
-            target,
-            cluster,
-            f.retry.as_ref(),
-            &parts,
-            body.boxed_unsync(),
-        )
-        .await;
-    };
+    let per_try = f.retry.as_ref().and_then(|r| r.per_try_timeout);
+    if !small || (retry.is_none() && mirrors.is_empty()) {
+        if !mirrors.is_empty() {
+            tracing::debug!(cluster = %up.cluster.name,
+                "request body too large or of unknown length: not mirrored");
+        }
+        return attempt(up, per_try, head, body.boxed_unsync(), current).await;
+    }
     let bytes = match body.collect().await {
         Ok(c) => c.to_bytes(),
         Err(e) => return Outcome::Reset(format!("reading the request body: {e}")),
     };
-    let mut tries = 0;
+    for m in mirrors {
+        mirror(upstreams, target, f, m, head, bytes.clone(), hash);
+    }
+    let Some(policy) = retry else {
+        return attempt(up, per_try, head, full(bytes), current).await;
+    };
+    let mut retries = 0;
+    let mut _retry_slot = None;
     loop {
-        let outcome = attempt(
-            client,
-            target,
-            cluster,
-            Some(policy),
-            &parts,
-            full(bytes.clone()),
-        )
-        .await;
-        if tries >= policy.num_retries || !retriable(policy, &outcome) {
+        let outcome = attempt(up, per_try, head, full(bytes.clone()), current).await;
+        if retries >= policy.num_retries || !retriable(policy, &outcome) {
             return outcome;
         }
-        tries += 1;
-        tracing::debug!(cluster = %cluster.name, attempt = tries, "retrying");
-        tokio::time::sleep(backoff(policy, tries)).await;
+        // The previous retry is over once its attempt has answered (Envoy's accounting).
+        _retry_slot = None;
+        match up.state.begin_retry(&up.cluster.circuit_breakers) {
+            Ok(slot) => _retry_slot = Some(slot),
+            Err(t) => {
+                tracing::debug!(cluster = %up.cluster.name, threshold = %t,
+                    "retry refused by the circuit breaker");
+                return outcome;
+            }
+        }
+        drop(outcome);
+        retries += 1;
+        tracing::debug!(cluster = %up.cluster.name, attempt = retries, "retrying");
+        tokio::time::sleep(backoff(policy, retries)).await;
     }
 }
 
-/// One try: pick an endpoint, send, and wait for the response headers.
+/// One try: take a request slot, pick an endpoint, send, and wait for the response headers.
 async fn attempt(
-    client: &HttpClient,
-    target: &Target<'_>,
-    cluster: &std::sync::Arc<Cluster>,
-    policy: Option<&RetryPolicy>,
-    parts: &http::request::Parts,
+    up: &Upstream,
+    per_try_timeout: Option<Duration>,
+    head: &Head,
     body: Body,
+    current: &Current,
 ) -> Outcome {
-    let picked = match &cluster.discovery {
-        Discovery::Static(_) => target
-            .balancers
-            .pick(&cluster.name, cluster.lb_policy, cluster),
-        Discovery::Eds { service_name } => match target.snapshot.endpoints.get(service_name) {
-            Some(la) => target.balancers.pick(&cluster.name, cluster.lb_policy, la),
-            None => None,
-        },
+    let guard = match up.state.begin_request(&up.cluster.circuit_breakers) {
+        Ok(g) => g,
+        Err(t) => return Outcome::Overflow(t),
     };
-    let Some(picked) = picked else {
+    let Some(picked) = up.pick() else {
         return Outcome::NoEndpoint;
     };
-    let pq = parts.uri.path_and_query().map_or("/", |pq| pq.as_str());
-    let Ok(uri) = format!("http://{}{pq}", picked.address).parse::<Uri>() else {
-        return Outcome::Reset(format!("cannot build an upstream URI for {pq:?}"));
+    let Ok(uri) = format!("http://{}{}", picked.address, head.path_and_query).parse::<Uri>() else {
+        return Outcome::Reset(format!(
+            "cannot build an upstream URI for {:?}",
+            head.path_and_query
+        ));
     };
     let mut req = Request::new(body);
-    *req.method_mut() = parts.method.clone();
+    *req.method_mut() = head.method.clone();
     *req.uri_mut() = uri;
-    *req.version_mut() = match cluster.protocol {
+    *req.version_mut() = match up.cluster.protocol {
         UpstreamProtocol::Http1 => Version::HTTP_11,
         UpstreamProtocol::Http2 => Version::HTTP_2,
     };
-    *req.headers_mut() = upstream_headers(&parts.headers);
-    let send = client.request(req);
-    let result = match policy.and_then(|p| p.per_try_timeout) {
-        Some(t) => match tokio::time::timeout(t, send).await {
-            Ok(r) => r,
-            Err(_) => return Outcome::TimedOut,
-        },
-        None => send.await,
+    *req.headers_mut() = head.headers.clone();
+    set_current(current, Some(picked.host.clone()));
+    let send = up.client.request(req);
+    let result = match per_try_timeout {
+        Some(t) => tokio::time::timeout(t, send).await.ok(),
+        None => Some(send.await),
     };
-    // The endpoint counts as busy (least request) until the response headers are in.
-    drop(picked);
+    set_current(current, None);
+    let Some(result) = result else {
+        up.finish(&picked.host, AttemptOutcome::Timeout);
+        return Outcome::TimedOut;
+    };
     match result {
-        Ok(resp) => Outcome::Response(resp),
-        Err(e) if e.is_connect() => Outcome::ConnectFailure(error_chain(&e)),
-        Err(e) => Outcome::Reset(error_chain(&e)),
+        Ok(resp) => {
+            up.finish(&picked.host, AttemptOutcome::Status(resp.status().as_u16()));
+            let address = picked.address;
+            let mut resp = resp.map(|b| Guarded::new(b, (guard, picked)).boxed_unsync());
+            strip_response_hop_by_hop(resp.headers_mut());
+            resp.extensions_mut().insert(UpstreamHost(address));
+            Outcome::Response(resp)
+        }
+        Err(e) => {
+            if let Some(t) = overflow_of(&e) {
+                up.state.overflow(t);
+                return Outcome::Overflow(t);
+            }
+            if e.is_connect() {
+                up.finish(&picked.host, AttemptOutcome::ConnectFailure);
+                Outcome::ConnectFailure(error_chain(&e))
+            } else {
+                up.finish(&picked.host, AttemptOutcome::Reset);
+                Outcome::Reset(error_chain(&e))
+            }
+        }
+    }
+}
+
+fn set_current(current: &Current, host: Option<Arc<HostState>>) {
+    *current.lock().unwrap_or_else(PoisonError::into_inner) = host;
+}
+
+/// Sends a copy of the request to `m.cluster` on a task of its own.
+fn mirror(
+    upstreams: &Upstreams,
+    target: &Target<'_>,
+    f: &Forward,
+    m: &Mirror,
+    head: &Head,
+    body: Bytes,
+    hash: &(dyn Fn() -> Option<u64> + Sync),
+) {
+    let Some(cluster) = target.snapshot.clusters.get(&m.cluster) else {
+        tracing::debug!(cluster = %m.cluster, "mirror cluster is not configured; not mirrored");
+        return;
+    };
+    let up = Upstream::new(upstreams, target, cluster, hash);
+    let mut headers = head.headers.clone();
+    if let Some(host) = headers
+        .get(http::header::HOST)
+        .and_then(|h| h.to_str().ok())
+        && let Ok(shadow) = HeaderValue::from_str(&shadow_host(host))
+    {
+        headers.insert(http::header::HOST, shadow);
+    }
+    let head = Head {
+        method: head.method.clone(),
+        path_and_query: head.path_and_query.clone(),
+        headers,
+    };
+    let limit = f.timeout.unwrap_or(DEFAULT_TIMEOUT);
+    up.state.metrics.mirrored.increment(1);
+    tokio::spawn(async move {
+        let current: Current = Mutex::new(None);
+        let work = async {
+            match attempt(&up, None, &head, full(body), &current).await {
+                Outcome::Response(resp) => {
+                    // Read and drop the answer, so the connection can be reused.
+                    let mut body = resp.into_body();
+                    while let Some(frame) = body.frame().await {
+                        if frame.is_err() {
+                            break;
+                        }
+                    }
+                }
+                Outcome::Overflow(t) => {
+                    tracing::debug!(cluster = %up.cluster.name, threshold = %t,
+                        "mirror refused by the circuit breaker");
+                }
+                Outcome::NoEndpoint => {
+                    tracing::debug!(cluster = %up.cluster.name, "mirror: no healthy endpoint");
+                }
+                Outcome::ConnectFailure(e) | Outcome::Reset(e) => {
+                    tracing::debug!(cluster = %up.cluster.name, error = %e, "mirror failed");
+                }
+                Outcome::TimedOut => {}
+            }
+        };
+        if tokio::time::timeout(limit, work).await.is_err() {
+            let host = current
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .take();
+            if let Some(host) = host {
+                up.finish(&host, AttemptOutcome::Timeout);
+            }
+            tracing::debug!(cluster = %up.cluster.name, "mirror timed out");
+        }
+    });
+}
+
+/// Envoy's shadow host: `-shadow` appended to the host name, before the port if any.
+fn shadow_host(host: &str) -> String {
+    let port_start = host.rfind(':').filter(|&i| {
+        let (name, port) = host.split_at(i);
+        let port = port.get(1..).unwrap_or_default();
+        let bare_ipv6 = name.contains(':') && !name.ends_with(']');
+        !port.is_empty() && port.bytes().all(|b| b.is_ascii_digit()) && !bare_ipv6
+    });
+    match port_start {
+        Some(i) => {
+            let (name, port) = host.split_at(i);
+            format!("{name}-shadow{port}")
+        }
+        None => format!("{host}-shadow"),
+    }
+}
+
+fn sampled(per_million: u32) -> bool {
+    per_million >= 1_000_000 || rand::rng().random_range(0..1_000_000) < per_million
+}
+
+/// An upstream response body that holds its attempt's circuit breaker slot and endpoint
+/// (for least request) until it ends or is dropped.
+struct Guarded {
+    body: Incoming,
+    guards: Option<(RequestGuard, Picked)>,
+}
+
+impl Guarded {
+    fn new(body: Incoming, guards: (RequestGuard, Picked)) -> Self {
+        Self {
+            body,
+            guards: Some(guards),
+        }
+    }
+}
+
+impl hyper::body::Body for Guarded {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        let this = self.get_mut();
+        let polled = Pin::new(&mut this.body).poll_frame(cx);
+        if matches!(polled, Poll::Ready(None | Some(Err(_)))) {
+            this.guards = None;
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.body.size_hint()
     }
 }
 
@@ -228,7 +574,7 @@ fn upstream_headers(headers: &HeaderMap) -> HeaderMap {
         out.remove(name);
     }
     if te_trailers {
-        out.insert(http::header::TE, http::HeaderValue::from_static("trailers"));
+        out.insert(http::header::TE, HeaderValue::from_static("trailers"));
     }
     out
 }
@@ -260,7 +606,8 @@ fn retriable(p: &RetryPolicy, outcome: &Outcome) -> bool {
         Outcome::ConnectFailure(_) => on("connect-failure") || on("5xx") || on("gateway-error"),
         Outcome::Reset(_) => on("reset") || on("5xx") || on("gateway-error"),
         Outcome::TimedOut => on("5xx") || on("gateway-error"),
-        Outcome::NoEndpoint => false,
+        // Envoy never retries an overflow.
+        Outcome::NoEndpoint | Outcome::Overflow(_) => false,
     }
 }
 
@@ -286,4 +633,25 @@ fn error_chain(e: &dyn std::error::Error) -> String {
         source = s.source();
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shadow_host_goes_before_the_port() {
+        let cases = [
+            ("svc", "svc-shadow"),
+            ("svc:8080", "svc-shadow:8080"),
+            ("10.0.0.1:80", "10.0.0.1-shadow:80"),
+            ("[::1]:80", "[::1]-shadow:80"),
+            ("[::1]", "[::1]-shadow"),
+            ("::1", "::1-shadow"),
+            ("svc:", "svc:-shadow"),
+        ];
+        for (host, want) in cases {
+            assert_eq!(shadow_host(host), want, "{host}");
+        }
+    }
 }

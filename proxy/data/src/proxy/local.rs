@@ -7,17 +7,56 @@ use http::{HeaderMap, HeaderName, HeaderValue, Request, Response, StatusCode, Ur
 use switchboard_proxy_xds::config::route::{Forward, HeaderMutation, PathMatch, Redirect, Route};
 
 use super::{Body, full};
+use crate::telemetry::{LocalReply, ResponseFlags};
 
 /// A plain-text local reply; the body says what is wrong so an operator reading a client's
-/// log does not have to guess whether the proxy or the app answered.
+/// log does not have to guess whether the proxy or the app answered. It carries the
+/// response flags its reason implies (`%RESPONSE_FLAGS%`); a caller that knows better
+/// inserts its own [`ResponseFlags`], which replace them.
 pub(super) fn error(status: StatusCode, message: impl Into<String>) -> Response<Body> {
     let mut body = message.into();
+    let flags = flags_of(status, &body);
     body.push('\n');
-    text(status, body)
+    let mut resp = text(status, body);
+    if !flags.is_empty() {
+        resp.extensions_mut().insert(flags);
+    }
+    resp
+}
+
+/// The response flags a local error's status and reason imply: the forward path reports
+/// why it gave up through these reasons (no healthy endpoint, connect error, timeout,
+/// reset, overflow, unknown cluster).
+fn flags_of(status: StatusCode, reason: &str) -> ResponseFlags {
+    let reason = reason.to_ascii_lowercase();
+    let has = |s: &str| reason.contains(s);
+    if has("overflow") || has("circuit breaker") {
+        ResponseFlags::UPSTREAM_OVERFLOW
+    } else if has("no healthy") {
+        ResponseFlags::NO_HEALTHY_UPSTREAM
+    } else if has("connect error") || has("connection failure") || has("connect failure") {
+        ResponseFlags::UPSTREAM_CONNECTION_FAILURE
+    } else if has("timeout") || has("timed out") {
+        ResponseFlags::UPSTREAM_REQUEST_TIMEOUT
+    } else if has("reset") {
+        ResponseFlags::UPSTREAM_REMOTE_RESET
+    } else if has("cluster") && has("not configured") {
+        ResponseFlags::NO_CLUSTER
+    } else if status == StatusCode::GATEWAY_TIMEOUT {
+        ResponseFlags::UPSTREAM_REQUEST_TIMEOUT
+    } else {
+        ResponseFlags::empty()
+    }
+}
+
+/// Marks a response as the proxy's own (for telemetry: `cluster` labels, response flags).
+pub(super) fn mark_local(resp: &mut Response<Body>) {
+    resp.extensions_mut().insert(LocalReply);
 }
 
 fn text(status: StatusCode, body: String) -> Response<Body> {
     let mut resp = Response::new(full(body));
+    mark_local(&mut resp);
     *resp.status_mut() = status;
     resp.headers_mut().insert(
         CONTENT_TYPE,
@@ -163,6 +202,29 @@ mod tests {
         ];
         for (path, m, rep, want) in cases {
             assert_eq!(replace_prefix(path, &m, rep), want, "{path}");
+        }
+    }
+
+    #[test]
+    fn error_flags_follow_the_reason() {
+        let cases = [
+            (503, "no healthy endpoint in cluster \"a\"", "UH"),
+            (503, "upstream connect error (cluster \"a\"): refused", "UF"),
+            (504, "upstream request timeout", "UT"),
+            (502, "upstream reset (cluster \"a\"): eof", "UR"),
+            (503, "cluster \"a\" is not configured", "NC"),
+            (503, "upstream overflow (circuit breaker)", "UO"),
+            (404, "no route matches this request", "-"),
+        ];
+        for (status, reason, want) in cases {
+            let resp = error(StatusCode::from_u16(status).unwrap(), reason);
+            let flags = resp
+                .extensions()
+                .get::<ResponseFlags>()
+                .copied()
+                .unwrap_or_default();
+            assert_eq!(flags.to_string(), want, "{reason}");
+            assert!(resp.extensions().get::<LocalReply>().is_some());
         }
     }
 }

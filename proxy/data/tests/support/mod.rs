@@ -185,6 +185,7 @@ pub fn forward(clusters: Clusters) -> Forward {
         prefix_rewrite: None,
         host_rewrite: None,
         mirrors: vec![],
+        hash_policy: vec![],
     }
 }
 
@@ -209,7 +210,9 @@ pub fn set_listener(store: &mut ConfigStore) {
             routes: RouteSource::Rds("main".into()),
             fault: None,
             allow_absolute_url: false,
+            limits: Default::default(),
         }),
+        tls: None,
     };
     Handler::<Listener>::apply(store, vec![("http".into(), listener)], vec![]).unwrap();
 }
@@ -258,4 +261,195 @@ pub fn set_cluster(
     };
     Handler::<Cluster>::apply(store, vec![(name.into(), cluster)], vec![]).unwrap();
     Handler::<LoadAssignment>::apply(store, vec![(name.into(), la)], vec![]).unwrap();
+}
+
+// --- Resilience helpers (tests/resilience.rs): scripted backends, clusters with custom
+// settings, a proxy sharing a caller's ClusterManager. ---
+
+/// What a [`scripted_backend`] saw of one request.
+#[derive(Debug, Clone)]
+pub struct Seen {
+    pub method: String,
+    pub host: String,
+    pub path: String,
+    pub body: Vec<u8>,
+}
+
+/// The behaviour of a [`scripted_backend`], changeable while it runs: the status it
+/// answers (200 unless told otherwise), a delay before answering, and a gate: requests wait
+/// (up to 5 s) until `gate` requests have arrived, so that a batch is answered together.
+#[derive(Debug)]
+pub struct Script {
+    pub status: std::sync::atomic::AtomicU16,
+    pub delay_ms: std::sync::atomic::AtomicU64,
+    pub gate: AtomicUsize,
+    pub hits: AtomicUsize,
+    pub seen: std::sync::Mutex<Vec<Seen>>,
+}
+
+impl Script {
+    pub fn hits(&self) -> usize {
+        self.hits.load(Ordering::SeqCst)
+    }
+
+    pub fn set_status(&self, status: u16) {
+        self.status.store(status, Ordering::SeqCst);
+    }
+
+    pub fn set_delay(&self, delay: Duration) {
+        self.delay_ms
+            .store(delay.as_millis() as u64, Ordering::SeqCst);
+    }
+
+    pub fn seen(&self) -> Vec<Seen> {
+        self.seen.lock().unwrap().clone()
+    }
+}
+
+/// A backend answering its `name` as the body (and `x-backend: name`), as its [`Script`]
+/// says, recording every request it reads.
+pub async fn scripted_backend(name: &'static str) -> (SocketAddr, Arc<Script>) {
+    let tcp = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = tcp.local_addr().unwrap();
+    let script = Arc::new(Script {
+        status: std::sync::atomic::AtomicU16::new(200),
+        delay_ms: std::sync::atomic::AtomicU64::new(0),
+        gate: AtomicUsize::new(0),
+        hits: AtomicUsize::new(0),
+        seen: std::sync::Mutex::new(Vec::new()),
+    });
+    let shared = script.clone();
+    tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = tcp.accept().await else {
+                continue;
+            };
+            let script = shared.clone();
+            tokio::spawn(async move {
+                let svc = service_fn(move |req: Request<Incoming>| {
+                    let script = script.clone();
+                    async move { Ok::<_, Infallible>(scripted_answer(name, &script, req).await) }
+                });
+                let _ = auto::Builder::new(TokioExecutor::new())
+                    .serve_connection(TokioIo::new(stream), svc)
+                    .await;
+            });
+        }
+    });
+    (addr, script)
+}
+
+async fn scripted_answer(name: &str, script: &Script, req: Request<Incoming>) -> Response<Body> {
+    let (parts, body) = req.into_parts();
+    let body = body
+        .collect()
+        .await
+        .map(|c| c.to_bytes().to_vec())
+        .unwrap_or_default();
+    let host = parts
+        .headers
+        .get("host")
+        .and_then(|h| h.to_str().ok())
+        .map(str::to_owned)
+        .or_else(|| parts.uri.authority().map(|a| a.to_string()))
+        .unwrap_or_default();
+    script.seen.lock().unwrap().push(Seen {
+        method: parts.method.to_string(),
+        host,
+        path: parts
+            .uri
+            .path_and_query()
+            .map(|p| p.as_str().to_owned())
+            .unwrap_or_default(),
+        body,
+    });
+    script.hits.fetch_add(1, Ordering::SeqCst);
+    let gate = script.gate.load(Ordering::SeqCst);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while script.hits.load(Ordering::SeqCst) < gate && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let delay = script.delay_ms.load(Ordering::SeqCst);
+    if delay > 0 {
+        tokio::time::sleep(Duration::from_millis(delay)).await;
+    }
+    let status = StatusCode::from_u16(script.status.load(Ordering::SeqCst)).unwrap();
+    let mut resp = Response::new(Full::new(Bytes::from(name.to_owned())).boxed_unsync());
+    *resp.status_mut() = status;
+    resp.headers_mut()
+        .insert("x-backend", name.parse().unwrap());
+    resp
+}
+
+/// Starts the proxy for listener `http` on 127.0.0.1:0 with the caller's cluster manager
+/// (to read `describe()`).
+pub async fn proxy_with(
+    store: &ConfigStore,
+    clusters: Arc<switchboard_proxy_data::ClusterManager>,
+) -> SocketAddr {
+    let tcp = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = tcp.local_addr().unwrap();
+    tokio::spawn(switchboard_proxy_data::serve(
+        tcp,
+        "http",
+        store.clone(),
+        clusters,
+    ));
+    addr
+}
+
+/// [`set_cluster`] (HTTP/1.1, healthy endpoints), with the cluster edited by `edit`.
+pub fn set_cluster_with(
+    store: &mut ConfigStore,
+    name: &str,
+    endpoints: &[SocketAddr],
+    edit: impl FnOnce(&mut Cluster),
+) {
+    set_cluster(store, name, UpstreamProtocol::Http1, endpoints);
+    let mut cluster = store.snapshot().clusters[name].as_ref().clone();
+    edit(&mut cluster);
+    Handler::<Cluster>::apply(store, vec![(name.into(), cluster)], vec![]).unwrap();
+}
+
+/// An address nothing listens on.
+pub async fn closed_port() -> SocketAddr {
+    let tcp = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    tcp.local_addr().unwrap()
+}
+
+/// A request with `method` and `body`, answered as a [`Got`].
+pub async fn send(
+    client: &Client<HttpConnector, Full<Bytes>>,
+    proxy: SocketAddr,
+    method: &str,
+    host: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: impl Into<Bytes>,
+) -> Got {
+    let mut req = Request::builder()
+        .method(method)
+        .uri(format!("http://{proxy}{path}"))
+        .header("host", host)
+        .body(Full::new(body.into()))
+        .unwrap();
+    for (k, v) in headers {
+        req.headers_mut().append(
+            http::HeaderName::from_bytes(k.as_bytes()).unwrap(),
+            v.parse().unwrap(),
+        );
+    }
+    let resp = tokio::time::timeout(Duration::from_secs(10), client.request(req))
+        .await
+        .expect("request timed out")
+        .unwrap();
+    let (parts, body) = resp.into_parts();
+    let collected = body.collect().await.unwrap();
+    let trailers = collected.trailers().cloned();
+    Got {
+        status: parts.status,
+        headers: parts.headers,
+        body: String::from_utf8_lossy(&collected.to_bytes()).into_owned(),
+        trailers,
+    }
 }

@@ -12,6 +12,7 @@ use switchboard_xds_proto::{DiscoveryResponse, ResourceType, unpack};
 
 use super::{Handler, Rejected};
 use crate::config::{Cluster, ConfigError, Listener, LoadAssignment, RouteConfig};
+use crate::dump::ConfigDump;
 
 /// A resource type the client handles: its proto, its name, and the names of the other type
 /// it needs (a listener's RDS name, a cluster's EDS name).
@@ -93,10 +94,14 @@ pub(crate) struct TypeState {
     pub answered: bool,
     /// Names received at least once (applied or rejected), for readiness.
     pub seen: BTreeSet<String>,
+    /// Applied and refused protos, for `/config_dump`.
+    pub dump: ConfigDump,
+    /// The version last NACKed and how many times in a row, to pace repeated NACKs.
+    pub nacked: Option<(String, u32)>,
 }
 
 impl TypeState {
-    pub(crate) fn new(kind: ResourceType, wildcard: bool) -> Self {
+    pub(crate) fn new(kind: ResourceType, wildcard: bool, dump: ConfigDump) -> Self {
         Self {
             kind,
             wildcard,
@@ -106,6 +111,8 @@ impl TypeState {
             held: BTreeMap::new(),
             answered: false,
             seen: BTreeSet::new(),
+            dump,
+            nacked: None,
         }
     }
 
@@ -143,6 +150,7 @@ impl TypeState {
         if !dropped.is_empty() {
             for n in &dropped {
                 self.held.remove(n);
+                self.dump.removed(self.kind, n);
             }
             if let Err(rejected) = handler.apply(Vec::new(), dropped) {
                 tracing::warn!(?rejected, kind = %self.kind, "handler refused a removal");
@@ -162,6 +170,7 @@ impl TypeState {
         let mut rejected = Vec::new();
         let mut updates = Vec::new();
         let mut present = BTreeSet::new();
+        let mut received = BTreeMap::new();
         for (i, any) in response.resources.iter().enumerate() {
             let proto = match unpack::<T::Proto>(any) {
                 Ok(p) => p,
@@ -186,6 +195,7 @@ impl TypeState {
                 rejected.push(Rejected::new(name, "listed twice in one response"));
                 continue;
             }
+            received.insert(name.clone(), any);
             match T::convert(proto) {
                 Ok(resource) => updates.push((name, resource)),
                 Err(e) => rejected.push(Rejected::new(name, e.to_string())),
@@ -211,13 +221,23 @@ impl TypeState {
         };
         for n in &removed {
             self.held.remove(n);
+            self.dump.removed(self.kind, n);
         }
+        let version = response.version_info.as_str();
         for (name, needs) in applied {
             if !refused.iter().any(|r| r.name == name) {
+                if let Some(any) = received.get(&name) {
+                    self.dump.applied(self.kind, &name, version, (*any).clone());
+                }
                 self.held.insert(name, needs);
             }
         }
         rejected.extend(refused);
+        for r in &rejected {
+            let any = received.get(&r.name).map(|a| (*a).clone());
+            self.dump
+                .refused(self.kind, &r.name, version, any, &r.error);
+        }
         self.answered = true;
         self.seen.extend(present);
         rejected

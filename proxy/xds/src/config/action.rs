@@ -8,6 +8,7 @@ use switchboard_xds_proto::HttpFault;
 use switchboard_xds_proto::pb::envoy::config::core::v3::{
     HeaderValueOption, data_source, header_value_option::HeaderAppendAction,
 };
+use switchboard_xds_proto::pb::envoy::config::route::v3::route_action::HashPolicy as PbHashPolicy;
 use switchboard_xds_proto::pb::envoy::config::route::v3::{
     DirectResponseAction, RedirectAction, RetryPolicy as PbRetryPolicy, RouteAction,
     redirect_action, route_action,
@@ -37,6 +38,34 @@ pub struct Forward {
     pub prefix_rewrite: Option<String>,
     pub host_rewrite: Option<String>,
     pub mirrors: Vec<Mirror>,
+    /// What requests are hashed on for a ring hash cluster, in order (Envoy's `hash_policy`).
+    pub hash_policy: Vec<HashPolicy>,
+}
+
+/// One entry of a route's `hash_policy`. Each entry that finds its input contributes to the
+/// request's hash; a `terminal` entry stops the list once a hash exists.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HashPolicy {
+    pub on: HashOn,
+    pub terminal: bool,
+}
+
+/// The input of a [`HashPolicy`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HashOn {
+    /// A request header (lower-case); `:authority`, `:path` and `:method` name the request's
+    /// host, path with query, and method.
+    Header(String),
+    /// The value of a cookie, by name (a missing cookie gives no hash: cookies are never
+    /// generated).
+    Cookie(String),
+    /// The first value of a query parameter, undecoded.
+    QueryParameter(String),
+    /// The downstream connection's source IP address.
+    SourceIp,
+    /// `connection_properties` with `source_ip: false`: gives no hash, but its `terminal`
+    /// still counts.
+    Nothing,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -117,6 +146,7 @@ pub(crate) fn forward(a: RouteAction, path: &Path) -> Result<Forward, ConfigErro
             "prefix_rewrite",
             "host_rewrite_literal",
             "request_mirror_policies",
+            "hash_policy",
         ],
         path,
     )?;
@@ -169,6 +199,12 @@ pub(crate) fn forward(a: RouteAction, path: &Path) -> Result<Forward, ConfigErro
             per_million,
         });
     }
+    let hash_policy = a
+        .hash_policy
+        .iter()
+        .enumerate()
+        .map(|(i, h)| hash_policy(h, &path.index("hash_policy", i)))
+        .collect::<Result<_, _>>()?;
     Ok(Forward {
         clusters,
         timeout,
@@ -176,6 +212,85 @@ pub(crate) fn forward(a: RouteAction, path: &Path) -> Result<Forward, ConfigErro
         prefix_rewrite: Some(a.prefix_rewrite).filter(|p| !p.is_empty()),
         host_rewrite,
         mirrors,
+        hash_policy,
+    })
+}
+
+/// An HTTP token (RFC 9110 `tchar`s), what a header name is.
+fn is_token(s: &str) -> bool {
+    !s.is_empty()
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
+}
+
+fn hash_policy(h: &PbHashPolicy, path: &Path) -> Result<HashPolicy, ConfigError> {
+    use route_action::hash_policy::PolicySpecifier as P;
+    check_fields(
+        h,
+        &[
+            "header",
+            "cookie",
+            "connection_properties",
+            "query_parameter",
+            "terminal",
+        ],
+        path,
+    )?;
+    let on = match &h.policy_specifier {
+        Some(P::Header(header)) => {
+            let p = path.field("header");
+            check_fields(header, &["header_name"], &p)?;
+            let name = header.header_name.to_ascii_lowercase();
+            let pseudo = [":authority", ":path", ":method"].contains(&name.as_str());
+            if !pseudo && !is_token(&name) {
+                return Err(p
+                    .field("header_name")
+                    .err(format!("{:?} is not a header name", header.header_name)));
+            }
+            HashOn::Header(name)
+        }
+        Some(P::Cookie(cookie)) => {
+            let p = path.field("cookie");
+            if cookie.ttl.is_some() {
+                return Err(p.field("ttl").err(
+                    "generating cookies (a cookie with a ttl) is not supported; \
+                     hash on an existing cookie by name only",
+                ));
+            }
+            check_fields(cookie, &["name"], &p)?;
+            if cookie.name.is_empty() {
+                return Err(p.field("name").err("a cookie name is required"));
+            }
+            HashOn::Cookie(cookie.name.clone())
+        }
+        Some(P::ConnectionProperties(c)) => {
+            check_fields(c, &["source_ip"], &path.field("connection_properties"))?;
+            if c.source_ip {
+                HashOn::SourceIp
+            } else {
+                HashOn::Nothing
+            }
+        }
+        Some(P::QueryParameter(q)) => {
+            let p = path.field("query_parameter");
+            check_fields(q, &["name"], &p)?;
+            if q.name.is_empty() {
+                return Err(p.field("name").err("a query parameter name is required"));
+            }
+            HashOn::QueryParameter(q.name.clone())
+        }
+        Some(P::FilterState(_)) => {
+            return Err(path.err("filter_state hash policies are not supported"));
+        }
+        None => {
+            return Err(path.err(
+                "one of header, cookie, connection_properties or query_parameter is required",
+            ));
+        }
+    };
+    Ok(HashPolicy {
+        on,
+        terminal: h.terminal,
     })
 }
 

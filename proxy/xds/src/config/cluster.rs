@@ -45,7 +45,31 @@ pub enum LbPolicy {
     RoundRobin,
     LeastRequest,
     Random,
-    RingHash,
+    /// Consistent hashing on a ketama ring (Envoy's RING_HASH, xxHash64 only); requests are
+    /// hashed by their route's `hash_policy`.
+    RingHash(RingHashConfig),
+}
+
+/// Envoy's `ring_hash_lb_config`: bounds on the number of ring entries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RingHashConfig {
+    pub minimum_ring_size: u64,
+    pub maximum_ring_size: u64,
+}
+
+impl RingHashConfig {
+    /// Envoy's limit on both sizes (8M entries).
+    pub const MAX_RING_SIZE: u64 = 8 * 1024 * 1024;
+}
+
+impl Default for RingHashConfig {
+    /// Envoy's defaults: at least 1024 entries, at most 8M.
+    fn default() -> Self {
+        Self {
+            minimum_ring_size: 1024,
+            maximum_ring_size: Self::MAX_RING_SIZE,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -56,12 +80,34 @@ pub enum UpstreamProtocol {
 }
 
 /// Default-priority thresholds, with Envoy's defaults for unset ones.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq)]
 pub struct CircuitBreakers {
     pub max_connections: u32,
     pub max_pending_requests: u32,
     pub max_requests: u32,
     pub max_retries: u32,
+    /// When set, replaces `max_retries`: concurrent retries are limited to a share of the
+    /// active requests instead of a fixed number.
+    pub retry_budget: Option<RetryBudget>,
+}
+
+/// Envoy's `retry_budget`: at most `max(min_retry_concurrency, budget_percent% of active
+/// requests)` retries in flight at once.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct RetryBudget {
+    /// 0 to 100; Envoy's default is 20.
+    pub budget_percent: f64,
+    /// Envoy's default is 3.
+    pub min_retry_concurrency: u32,
+}
+
+impl Default for RetryBudget {
+    fn default() -> Self {
+        Self {
+            budget_percent: 20.0,
+            min_retry_concurrency: 3,
+        }
+    }
 }
 
 impl Default for CircuitBreakers {
@@ -71,18 +117,30 @@ impl Default for CircuitBreakers {
             max_pending_requests: 1024,
             max_requests: 1024,
             max_retries: 3,
+            retry_budget: None,
         }
     }
 }
 
 /// Consecutive-5xx ejection only; Envoy's success-rate and failure-percentage detectors are
 /// not implemented (their fields are rejected).
+///
+/// An endpoint is ejected for `base_ejection_time` × the number of times it has been ejected
+/// (decremented for every `interval` it stays in service), at most `max_ejection_time`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct OutlierDetection {
+    /// Consecutive 5xx (responses, connect failures, resets, timeouts) that eject; 0 never
+    /// ejects.
     pub consecutive_5xx: u32,
     pub interval: Duration,
     pub base_ejection_time: Duration,
+    /// Default: 300 s or `base_ejection_time`, whichever is larger.
+    pub max_ejection_time: Duration,
     pub max_ejection_percent: u32,
+    /// Chance (in %) that a detected outlier is actually ejected; Envoy's default is 100.
+    pub enforcing_consecutive_5xx: u32,
+    /// Eject one endpoint even when that exceeds `max_ejection_percent` (none being ejected).
+    pub always_eject_one_host: bool,
 }
 
 impl Cluster {
@@ -109,6 +167,7 @@ impl TryFrom<PbCluster> for Cluster {
                 "load_assignment",
                 "lb_policy",
                 "connect_timeout",
+                "ring_hash_lb_config",
                 "circuit_breakers",
                 "outlier_detection",
                 "typed_extension_protocol_options",
@@ -153,7 +212,9 @@ impl TryFrom<PbCluster> for Cluster {
             Ok(cluster::LbPolicy::RoundRobin) => LbPolicy::RoundRobin,
             Ok(cluster::LbPolicy::LeastRequest) => LbPolicy::LeastRequest,
             Ok(cluster::LbPolicy::Random) => LbPolicy::Random,
-            Ok(cluster::LbPolicy::RingHash) => LbPolicy::RingHash,
+            Ok(cluster::LbPolicy::RingHash) => {
+                LbPolicy::RingHash(ring_hash(c.lb_config.as_ref(), &path)?)
+            }
             Ok(other) => {
                 return Err(path
                     .field("lb_policy")
@@ -187,6 +248,62 @@ impl TryFrom<PbCluster> for Cluster {
     }
 }
 
+/// The ring sizes of a RING_HASH cluster. A `ring_hash_lb_config` on a cluster of another
+/// policy is ignored, as Envoy ignores it; other `lb_config`s are rejected by field name.
+fn ring_hash(
+    config: Option<&cluster::LbConfig>,
+    path: &Path,
+) -> Result<RingHashConfig, ConfigError> {
+    use cluster::ring_hash_lb_config::HashFunction;
+    let mut out = RingHashConfig::default();
+    let Some(cluster::LbConfig::RingHashLbConfig(r)) = config else {
+        return Ok(out);
+    };
+    let p = path.field("ring_hash_lb_config");
+    check_fields(
+        r,
+        &["minimum_ring_size", "hash_function", "maximum_ring_size"],
+        &p,
+    )?;
+    match HashFunction::try_from(r.hash_function) {
+        Ok(HashFunction::XxHash) => {}
+        Ok(HashFunction::MurmurHash2) => {
+            return Err(p.field("hash_function").err(
+                "MURMUR_HASH_2 is not supported (only XX_HASH, the default, places hosts on the ring)",
+            ));
+        }
+        Err(_) => {
+            return Err(p
+                .field("hash_function")
+                .err(format!("unknown hash function {}", r.hash_function)));
+        }
+    }
+    if let Some(v) = &r.minimum_ring_size {
+        out.minimum_ring_size = v.value;
+    }
+    if let Some(v) = &r.maximum_ring_size {
+        out.maximum_ring_size = v.value;
+    }
+    for (field, v) in [
+        ("minimum_ring_size", out.minimum_ring_size),
+        ("maximum_ring_size", out.maximum_ring_size),
+    ] {
+        if v == 0 || v > RingHashConfig::MAX_RING_SIZE {
+            return Err(p.field(field).err(format!(
+                "{v} is out of range (1 to {})",
+                RingHashConfig::MAX_RING_SIZE
+            )));
+        }
+    }
+    if out.minimum_ring_size > out.maximum_ring_size {
+        return Err(p.err(format!(
+            "minimum_ring_size ({}) is larger than maximum_ring_size ({})",
+            out.minimum_ring_size, out.maximum_ring_size
+        )));
+    }
+    Ok(out)
+}
+
 fn circuit_breakers(cb: &PbCircuitBreakers, path: &Path) -> Result<CircuitBreakers, ConfigError> {
     check_fields(cb, &["thresholds"], path)?;
     let mut out = CircuitBreakers::default();
@@ -200,6 +317,7 @@ fn circuit_breakers(cb: &PbCircuitBreakers, path: &Path) -> Result<CircuitBreake
                 "max_pending_requests",
                 "max_requests",
                 "max_retries",
+                "retry_budget",
             ],
             &p,
         )?;
@@ -210,12 +328,38 @@ fn circuit_breakers(cb: &PbCircuitBreakers, path: &Path) -> Result<CircuitBreake
         let get = |v: &Option<switchboard_xds_proto::pb::google::protobuf::UInt32Value>, d| {
             v.as_ref().map_or(d, |v| v.value)
         };
+        let retry_budget = t
+            .retry_budget
+            .as_ref()
+            .map(|b| retry_budget(b, &p.field("retry_budget")))
+            .transpose()?;
         out = CircuitBreakers {
             max_connections: get(&t.max_connections, out.max_connections),
             max_pending_requests: get(&t.max_pending_requests, out.max_pending_requests),
             max_requests: get(&t.max_requests, out.max_requests),
             max_retries: get(&t.max_retries, out.max_retries),
+            retry_budget: retry_budget.or(out.retry_budget),
         };
+    }
+    Ok(out)
+}
+
+fn retry_budget(
+    b: &switchboard_xds_proto::pb::envoy::config::cluster::v3::circuit_breakers::thresholds::RetryBudget,
+    path: &Path,
+) -> Result<RetryBudget, ConfigError> {
+    check_fields(b, &["budget_percent", "min_retry_concurrency"], path)?;
+    let mut out = RetryBudget::default();
+    if let Some(p) = &b.budget_percent {
+        if !(0.0..=100.0).contains(&p.value) {
+            return Err(path
+                .field("budget_percent")
+                .err(format!("{} is not a percentage (0 to 100)", p.value)));
+        }
+        out.budget_percent = p.value;
+    }
+    if let Some(m) = &b.min_retry_concurrency {
+        out.min_retry_concurrency = m.value;
     }
     Ok(out)
 }
@@ -227,7 +371,10 @@ fn outlier(o: &PbOutlierDetection, path: &Path) -> Result<OutlierDetection, Conf
             "consecutive_5xx",
             "interval",
             "base_ejection_time",
+            "max_ejection_time",
             "max_ejection_percent",
+            "enforcing_consecutive_5xx",
+            "always_eject_one_host",
         ],
         path,
     )?;
@@ -243,15 +390,38 @@ fn outlier(o: &PbOutlierDetection, path: &Path) -> Result<OutlierDetection, Conf
             .field("max_ejection_percent")
             .err("must be at most 100"));
     }
+    let enforcing_consecutive_5xx = o
+        .enforcing_consecutive_5xx
+        .as_ref()
+        .map_or(100, |v| v.value);
+    if enforcing_consecutive_5xx > 100 {
+        return Err(path
+            .field("enforcing_consecutive_5xx")
+            .err("must be at most 100"));
+    }
+    let base_ejection_time = dur(
+        &o.base_ejection_time,
+        "base_ejection_time",
+        Duration::from_secs(30),
+    )?;
+    let max_ejection_time = dur(
+        &o.max_ejection_time,
+        "max_ejection_time",
+        base_ejection_time.max(Duration::from_secs(300)),
+    )?;
+    if max_ejection_time < base_ejection_time {
+        return Err(path.field("max_ejection_time").err(format!(
+            "{max_ejection_time:?} is shorter than base_ejection_time ({base_ejection_time:?})"
+        )));
+    }
     Ok(OutlierDetection {
         consecutive_5xx: o.consecutive_5xx.as_ref().map_or(5, |v| v.value),
         interval: dur(&o.interval, "interval", Duration::from_secs(10))?,
-        base_ejection_time: dur(
-            &o.base_ejection_time,
-            "base_ejection_time",
-            Duration::from_secs(30),
-        )?,
+        base_ejection_time,
+        max_ejection_time,
         max_ejection_percent,
+        enforcing_consecutive_5xx,
+        always_eject_one_host: o.always_eject_one_host.as_ref().is_some_and(|v| v.value),
     })
 }
 

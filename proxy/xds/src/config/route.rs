@@ -8,8 +8,8 @@ use switchboard_xds_proto::{HttpFault, type_url, unpack};
 
 pub(crate) use super::action::fault;
 pub use super::action::{
-    Abort, Action, Clusters, DEFAULT_TIMEOUT, Fault, Forward, HeaderMutation, Mirror, Redirect,
-    RetryPolicy,
+    Abort, Action, Clusters, DEFAULT_TIMEOUT, Fault, Forward, HashOn, HashPolicy, HeaderMutation,
+    Mirror, Redirect, RetryPolicy,
 };
 use super::action::{direct, forward, mutation, redirect};
 pub use super::matcher::{HeaderMatch, PathMatch, Pattern, QueryMatch, RouteMatch, ValueMatch};

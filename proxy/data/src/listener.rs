@@ -1,0 +1,815 @@
+//! One bound listener: the accept loop, per-connection dispatch (HTTP or TCP proxy, either
+//! behind TLS), connection limits and timeouts, and draining.
+//!
+//! Each accepted connection reads the listener (by name) from the [`ConfigStore`] snapshot
+//! current at accept time, so a new filter chain applies to the next connection while open
+//! ones keep theirs; HTTP requests still read the snapshot per request (see
+//! [`crate::proxy`]). A listener missing from the snapshot is served as HTTP, whose requests
+//! are answered 503, rather than refusing connections.
+//!
+//! HTTP connections: the protocol is chosen by ALPN on TLS (`h2`, else HTTP/1.1) or by the
+//! HTTP/2 connection preface on cleartext (h2c prior knowledge); then hyper's HTTP/1 or
+//! HTTP/2 server runs with the listener's [`HttpLimits`]:
+//! - request headers over `max_request_headers_bytes` (or `max_headers_count` headers) are
+//!   answered 431 on HTTP/1; on HTTP/2 the limit is `SETTINGS_MAX_HEADER_LIST_SIZE`, and a
+//!   larger header block gets the stream refused;
+//! - HTTP/1 request headers must be complete `request_headers_timeout` after their first
+//!   byte (and the first bytes of a connection must tell its protocol within it), else the
+//!   connection is closed: this cuts slowloris clients;
+//! - a connection with no request in flight for `idle_timeout` is closed (HTTP/2 with a
+//!   GOAWAY);
+//! - HTTP/2 streams per connection are capped at `max_concurrent_streams`, and protocol
+//!   errors (bad frames, bad HPACK) close that connection only.
+//!
+//! Draining ([`run`]'s `drain` turning true): the socket is closed at once so the port is
+//! free; HTTP/1 connections finish their in-flight request and close, HTTP/2 connections
+//! get a GOAWAY and finish their open streams, TCP-proxied connections go on. At
+//! `drain_timeout` whatever is left is closed, and [`run`] returns when every connection is
+//! gone.
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::io;
+use std::net::SocketAddr;
+use std::pin::{Pin, pin};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use http::Request;
+use hyper::body::{Body as HttpBody, Frame, Incoming, SizeHint};
+use hyper::server::conn::{http1, http2};
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use switchboard_proxy_xds::config::listener::{DownstreamTls, HttpLimits, ListenerKind, TcpProxy};
+use switchboard_proxy_xds::{ConfigStore, Snapshot};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{Notify, watch};
+use tokio::task::JoinSet;
+use tokio::time::Instant;
+use tokio_rustls::TlsAcceptor;
+use tracing::Instrument;
+
+use crate::clusters::ClusterManager;
+use crate::proxy::{ProxyError, Shared};
+use crate::telemetry::{DownstreamAddrs, LISTENER_ACTIVE_CONNECTIONS, LISTENER_CONNECTIONS_TOTAL};
+
+/// HTTP/1 reads are buffered up to at least this (hyper's default), or the header limit plus
+/// some room when that is larger, so that the header limit is what answers 431.
+const MIN_HTTP1_BUFFER: usize = 8192 + 4096 * 100;
+
+/// Serves the LDS listener `name` on `tcp` until `drain` turns true (or its sender is
+/// dropped), then drains: see the module documentation. Returns once every connection is
+/// closed, at most about `drain_timeout` after the drain started.
+///
+/// Upstream state (balancers, pools) is the process's `clusters`, shared with every other
+/// listener. An accept error that is not transient (see [`ProxyError::Accept`]) is logged
+/// and starts the drain as well.
+pub async fn run(
+    tcp: TcpListener,
+    name: String,
+    store: ConfigStore,
+    clusters: Arc<ClusterManager>,
+    drain: watch::Receiver<bool>,
+    drain_timeout: Duration,
+) {
+    if let Err(e) = serve_until(tcp, name, store, clusters, drain, drain_timeout).await {
+        tracing::error!(error = %e, "the listener stopped accepting connections");
+    }
+}
+
+/// [`run`], returning a fatal accept error after the drain (for [`crate::proxy::serve`]).
+pub(crate) async fn serve_until(
+    tcp: TcpListener,
+    name: String,
+    store: ConfigStore,
+    clusters: Arc<ClusterManager>,
+    drain: watch::Receiver<bool>,
+    drain_timeout: Duration,
+) -> Result<(), ProxyError> {
+    let ctx = Arc::new(Ctx {
+        shared: Arc::new(Shared::new(name.clone(), store.clone(), clusters.clone())),
+        name,
+        store,
+        clusters,
+        tls: tokio::sync::Mutex::new(None),
+    });
+    // Connections watch these rather than `drain`, so that an accept error drains too.
+    let (drain_tx, _) = watch::channel(false);
+    let (kill_tx, _) = watch::channel(false);
+    let mut conns = JoinSet::new();
+    let result = accept_loop(&tcp, &ctx, &mut conns, drain, &drain_tx, &kill_tx).await;
+    // Closing the socket first frees the port for a listener that replaces this one.
+    drop(tcp);
+    drain_tx.send_replace(true);
+    if !conns.is_empty() {
+        tracing::info!(
+            listener = %ctx.name,
+            connections = conns.len(),
+            ?drain_timeout,
+            "draining"
+        );
+    }
+    let deadline = tokio::time::sleep(drain_timeout);
+    let mut deadline = pin!(deadline);
+    loop {
+        tokio::select! {
+            next = conns.join_next() => match next {
+                Some(done) => log_join(done),
+                None => break,
+            },
+            () = &mut deadline => {
+                tracing::info!(
+                    listener = %ctx.name,
+                    connections = conns.len(),
+                    "drain timeout; closing the remaining connections"
+                );
+                kill_tx.send_replace(true);
+                conns.shutdown().await;
+                break;
+            }
+        }
+    }
+    result
+}
+
+/// What every connection of one listener shares.
+struct Ctx {
+    name: String,
+    store: ConfigStore,
+    clusters: Arc<ClusterManager>,
+    shared: Arc<Shared>,
+    /// The TLS acceptor of the last TLS configuration seen (or why it is unusable), rebuilt
+    /// when the listener's TLS configuration changes.
+    tls: tokio::sync::Mutex<Option<(DownstreamTls, Result<TlsAcceptor, String>)>>,
+}
+
+impl Ctx {
+    async fn acceptor(&self, tls: &DownstreamTls) -> Option<TlsAcceptor> {
+        let mut cached = self.tls.lock().await;
+        if cached.as_ref().is_none_or(|(seen, _)| seen != tls) {
+            let built = crate::tls::server_config(tls)
+                .await
+                .map(TlsAcceptor::from)
+                .map_err(|e| e.to_string());
+            if let Err(e) = &built {
+                tracing::error!(
+                    listener = %self.name,
+                    error = %e,
+                    "unusable TLS configuration; refusing connections until it changes"
+                );
+            }
+            *cached = Some((tls.clone(), built));
+        }
+        cached.as_ref().and_then(|(_, a)| a.as_ref().ok().cloned())
+    }
+}
+
+async fn accept_loop(
+    tcp: &TcpListener,
+    ctx: &Arc<Ctx>,
+    conns: &mut JoinSet<()>,
+    mut drain: watch::Receiver<bool>,
+    drain_tx: &watch::Sender<bool>,
+    kill_tx: &watch::Sender<bool>,
+) -> Result<(), ProxyError> {
+    loop {
+        tokio::select! {
+            biased;
+            () = signalled(&mut drain) => return Ok(()),
+            Some(done) = conns.join_next(), if !conns.is_empty() => log_join(done),
+            accepted = tcp.accept() => match accepted {
+                Ok((stream, peer)) => {
+                    spawn_connection(conns, ctx, stream, peer, drain_tx, kill_tx);
+                }
+                Err(e) if is_transient(&e) => {
+                    // Out of file descriptors and the like: back off instead of spinning.
+                    tracing::warn!(listener = %ctx.name, error = %e, "accept failed; retrying");
+                    tokio::select! {
+                        () = signalled(&mut drain) => return Ok(()),
+                        () = tokio::time::sleep(Duration::from_millis(50)) => {}
+                    }
+                }
+                Err(e) => return Err(ProxyError::Accept(ctx.name.clone(), e)),
+            },
+        }
+    }
+}
+
+fn spawn_connection(
+    conns: &mut JoinSet<()>,
+    ctx: &Arc<Ctx>,
+    stream: TcpStream,
+    peer: SocketAddr,
+    drain_tx: &watch::Sender<bool>,
+    kill_tx: &watch::Sender<bool>,
+) {
+    metrics::counter!(LISTENER_CONNECTIONS_TOTAL, "listener" => ctx.name.clone()).increment(1);
+    let open = OpenConnection::new(&ctx.name);
+    let ctx = ctx.clone();
+    let drain = drain_tx.subscribe();
+    let kill = kill_tx.subscribe();
+    let span = tracing::debug_span!("connection", listener = %ctx.name, %peer);
+    conns.spawn(
+        async move {
+            let _open = open;
+            connection(stream, &ctx, drain, kill).await;
+        }
+        .instrument(span),
+    );
+}
+
+/// The active-connections gauge, decremented however the connection task ends.
+struct OpenConnection(metrics::Gauge);
+
+impl OpenConnection {
+    fn new(listener: &str) -> Self {
+        let gauge = metrics::gauge!(LISTENER_ACTIVE_CONNECTIONS, "listener" => listener.to_owned());
+        gauge.increment(1.0);
+        Self(gauge)
+    }
+}
+
+impl Drop for OpenConnection {
+    fn drop(&mut self) {
+        self.0.decrement(1.0);
+    }
+}
+
+fn log_join(done: Result<(), tokio::task::JoinError>) {
+    if let Err(e) = done
+        && e.is_panic()
+    {
+        tracing::error!(error = %e, "a connection task panicked");
+    }
+}
+
+pub(crate) fn is_transient(e: &io::Error) -> bool {
+    use std::io::ErrorKind as K;
+    !matches!(
+        e.kind(),
+        K::InvalidInput | K::Unsupported | K::PermissionDenied
+    )
+}
+
+/// Resolves when the switch is on, or when its sender is gone (nobody can turn it on any
+/// more, which only happens when the owner is shutting down).
+async fn signalled(rx: &mut watch::Receiver<bool>) {
+    let _ = rx.wait_for(|on| *on).await;
+}
+
+/// What a connection does, decided from the snapshot at accept time. HTTP connections keep
+/// only their limits (requests read the snapshot of their own time), so a long-lived
+/// connection does not hold old configuration alive.
+enum Mode {
+    Http(HttpLimits),
+    /// The snapshot resolves the cluster and its endpoints when connecting.
+    Tcp(TcpProxy, Arc<Snapshot>),
+}
+
+async fn connection(
+    stream: TcpStream,
+    ctx: &Ctx,
+    drain: watch::Receiver<bool>,
+    mut kill: watch::Receiver<bool>,
+) {
+    let _ = stream.set_nodelay(true);
+    // For access logs (%DOWNSTREAM_*%) and source-IP hashing.
+    let addrs = match (stream.peer_addr(), stream.local_addr()) {
+        (Ok(remote), Ok(local)) => Some(DownstreamAddrs { remote, local }),
+        _ => None,
+    };
+    let (mode, tls) = {
+        let snapshot = ctx.store.snapshot();
+        let listener = snapshot.listeners.get(&ctx.name);
+        let tls = listener.and_then(|l| l.tls.clone());
+        let mode = match listener.map(|l| &l.kind) {
+            Some(ListenerKind::Tcp(t)) => Mode::Tcp(t.clone(), snapshot.clone()),
+            Some(ListenerKind::Http(h)) => Mode::Http(h.limits),
+            None => Mode::Http(HttpLimits::default()),
+        };
+        (mode, tls)
+    };
+    let Some(tls) = tls else {
+        return dispatch(stream, None, addrs, mode, ctx, drain, kill).await;
+    };
+    let Some(acceptor) = ctx.acceptor(&tls).await else {
+        return;
+    };
+    let handshake = tokio::time::timeout(tls.handshake_timeout, acceptor.accept(stream));
+    let stream = tokio::select! {
+        done = handshake => match done {
+            Ok(Ok(s)) => s,
+            Ok(Err(e)) => {
+                tracing::debug!(error = %e, "TLS handshake failed");
+                return;
+            }
+            Err(_) => {
+                tracing::debug!(timeout = ?tls.handshake_timeout, "TLS handshake timed out");
+                return;
+            }
+        },
+        () = signalled(&mut kill) => return,
+    };
+    drop(tls);
+    let alpn = stream.get_ref().1.alpn_protocol().map(<[u8]>::to_vec);
+    dispatch(stream, alpn, addrs, mode, ctx, drain, kill).await;
+}
+
+async fn dispatch<S>(
+    io: S,
+    alpn: Option<Vec<u8>>,
+    addrs: Option<DownstreamAddrs>,
+    mode: Mode,
+    ctx: &Ctx,
+    drain: watch::Receiver<bool>,
+    mut kill: watch::Receiver<bool>,
+) where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    match mode {
+        // TCP connections are not cut by the drain, only at its deadline.
+        Mode::Tcp(t, snapshot) => tokio::select! {
+            () = crate::tcp::proxy(io, &ctx.name, &t, snapshot, &ctx.clusters.balancers) => {}
+            () = signalled(&mut kill) => {}
+        },
+        Mode::Http(limits) => {
+            serve_http(io, alpn, addrs, limits, ctx.shared.clone(), drain, kill).await;
+        }
+    }
+}
+
+/// The HTTP/2 connection preface; anything else starts HTTP/1.
+const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+async fn serve_http<S>(
+    io: S,
+    alpn: Option<Vec<u8>>,
+    addrs: Option<DownstreamAddrs>,
+    limits: HttpLimits,
+    shared: Arc<Shared>,
+    mut drain: watch::Receiver<bool>,
+    mut kill: watch::Receiver<bool>,
+) where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let state = Arc::new(ConnState::new());
+    let mut io = Watched {
+        inner: io,
+        state: state.clone(),
+        headers: true,
+    };
+    let (prefix, h2) = match alpn.as_deref() {
+        Some(b"h2") => (Vec::new(), true),
+        Some(_) => (Vec::new(), false),
+        None => {
+            let sniffed = tokio::select! {
+                sniffed = sniff(&mut io) => sniffed,
+                expiry = watchdog(&state, &limits) => {
+                    tracing::debug!(?expiry, "no request in time; closing");
+                    return;
+                }
+                () = signalled(&mut drain) => return,
+                () = signalled(&mut kill) => return,
+            };
+            match sniffed {
+                Ok(Some(sniffed)) => sniffed,
+                Ok(None) => return,
+                Err(e) => {
+                    tracing::debug!(error = %e, "reading the first bytes failed");
+                    return;
+                }
+            }
+        }
+    };
+    if h2 {
+        // HTTP/2 frames are not request headers: only idle time applies at this level.
+        io.headers = false;
+        state.clear_headers();
+    }
+    let svc = {
+        let state = state.clone();
+        service_fn(move |mut req: Request<Incoming>| {
+            if let Some(a) = addrs {
+                req.extensions_mut().insert(a);
+            }
+            let guard = RequestGuard::begin(state.clone());
+            let shared = shared.clone();
+            async move {
+                let resp = shared.handle(req).await;
+                Ok::<_, Infallible>(resp.map(|body| Tracked {
+                    body,
+                    _guard: guard,
+                }))
+            }
+        })
+    };
+    let io = TokioIo::new(Rewind {
+        prefix,
+        pos: 0,
+        inner: io,
+    });
+    if h2 {
+        let mut builder = http2::Builder::new(ConnExec { kill: kill.clone() });
+        builder
+            .timer(TokioTimer::new())
+            .max_concurrent_streams(limits.max_concurrent_streams)
+            .max_header_list_size(
+                u32::try_from(limits.max_request_headers_bytes).unwrap_or(u32::MAX),
+            );
+        if let Some(w) = limits.initial_stream_window_size {
+            builder.initial_stream_window_size(w);
+        }
+        if let Some(w) = limits.initial_connection_window_size {
+            builder.initial_connection_window_size(w);
+        }
+        if let Some(k) = limits.http2_keepalive {
+            builder
+                .keep_alive_interval(k.interval)
+                .keep_alive_timeout(k.timeout);
+        }
+        let conn = builder.serve_connection(io, svc);
+        drive(
+            conn,
+            |c: Pin<&mut _>| http2::Connection::graceful_shutdown(c),
+            &state,
+            &limits,
+            drain,
+            kill,
+        )
+        .await;
+    } else {
+        let mut builder = http1::Builder::new();
+        builder
+            .keep_alive(true)
+            .max_headers(limits.max_headers_count)
+            .max_header_size(limits.max_request_headers_bytes)
+            .max_buf_size(
+                MIN_HTTP1_BUFFER.max(limits.max_request_headers_bytes.saturating_add(16 * 1024)),
+            )
+            // The watchdog times request headers from their first byte, as Envoy does;
+            // hyper's own timer would also cut idle keep-alive connections.
+            .header_read_timeout(None);
+        let conn = builder.serve_connection(io, svc);
+        drive(
+            conn,
+            |c: Pin<&mut _>| http1::Connection::graceful_shutdown(c),
+            &state,
+            &limits,
+            drain,
+            kill,
+        )
+        .await;
+    }
+}
+
+/// Reads until the bytes either differ from the HTTP/2 preface or are all of it. `None`
+/// when the client closed without sending anything.
+async fn sniff<S: AsyncRead + Unpin>(io: &mut S) -> io::Result<Option<(Vec<u8>, bool)>> {
+    let mut buf = Vec::with_capacity(H2_PREFACE.len());
+    let mut chunk = [0u8; 24];
+    loop {
+        let want = H2_PREFACE.len() - buf.len();
+        let n = io.read(&mut chunk[..want]).await?;
+        if n == 0 {
+            return Ok((!buf.is_empty()).then_some((buf, false)));
+        }
+        buf.extend_from_slice(&chunk[..n]);
+        if !H2_PREFACE.starts_with(&buf) {
+            return Ok(Some((buf, false)));
+        }
+        if buf.len() == H2_PREFACE.len() {
+            return Ok(Some((buf, true)));
+        }
+    }
+}
+
+/// Polls an HTTP connection until it ends, shutting it down gracefully on drain or idle
+/// timeout, and dropping it (closing the socket) on a header timeout or the drain deadline.
+async fn drive<C>(
+    conn: C,
+    graceful_shutdown: impl Fn(Pin<&mut C>),
+    state: &ConnState,
+    limits: &HttpLimits,
+    mut drain: watch::Receiver<bool>,
+    mut kill: watch::Receiver<bool>,
+) where
+    C: Future<Output = hyper::Result<()>>,
+{
+    let mut conn = pin!(conn);
+    let mut watchdog = pin!(watchdog(state, limits));
+    let mut closing = false;
+    loop {
+        tokio::select! {
+            done = conn.as_mut() => {
+                if let Err(e) = done {
+                    tracing::debug!(error = %e, "connection ended with an error");
+                }
+                return;
+            }
+            () = signalled(&mut drain), if !closing => {
+                graceful_shutdown(conn.as_mut());
+                closing = true;
+            }
+            expiry = &mut watchdog, if !closing => match expiry {
+                Expiry::RequestHeaders => {
+                    tracing::debug!("request headers not complete in time; closing");
+                    return;
+                }
+                Expiry::Idle => {
+                    tracing::debug!("idle timeout; closing");
+                    graceful_shutdown(conn.as_mut());
+                    closing = true;
+                }
+            },
+            () = signalled(&mut kill) => return,
+        }
+    }
+}
+
+#[derive(Debug)]
+enum Expiry {
+    RequestHeaders,
+    Idle,
+}
+
+/// Resolves when the connection's request headers are late or it has been idle too long.
+async fn watchdog(state: &ConnState, limits: &HttpLimits) -> Expiry {
+    loop {
+        let now = Instant::now();
+        let mut next: Option<Instant> = None;
+        if let (Some(timeout), Some(since)) =
+            (limits.request_headers_timeout, state.headers_since())
+        {
+            let at = since + timeout;
+            if now >= at {
+                return Expiry::RequestHeaders;
+            }
+            next = Some(next.map_or(at, |n| n.min(at)));
+        }
+        if let Some(timeout) = limits.idle_timeout
+            && state.active.load(Ordering::Acquire) == 0
+        {
+            let at = state.idle_since() + timeout;
+            if now >= at {
+                return Expiry::Idle;
+            }
+            next = Some(next.map_or(at, |n| n.min(at)));
+        }
+        match next {
+            Some(at) => tokio::select! {
+                () = tokio::time::sleep_until(at) => {}
+                () = state.changed.notified() => {}
+            },
+            None => state.changed.notified().await,
+        }
+    }
+}
+
+/// What the watchdog of one HTTP connection watches; times are milliseconds since `start`.
+struct ConnState {
+    start: Instant,
+    /// Requests (HTTP/2 streams) whose response has not ended.
+    active: AtomicUsize,
+    /// When `active` last became zero.
+    idle_since_ms: AtomicU64,
+    /// The first byte read while no request was active (HTTP/1: the start of the next
+    /// request's headers); [`NONE`] when there is none.
+    headers_since_ms: AtomicU64,
+    /// Wakes the watchdog when the above change.
+    changed: Notify,
+}
+
+const NONE: u64 = u64::MAX;
+
+impl ConnState {
+    fn new() -> Self {
+        Self {
+            start: Instant::now(),
+            active: AtomicUsize::new(0),
+            idle_since_ms: AtomicU64::new(0),
+            headers_since_ms: AtomicU64::new(NONE),
+            changed: Notify::new(),
+        }
+    }
+
+    fn now_ms(&self) -> u64 {
+        u64::try_from(self.start.elapsed().as_millis()).unwrap_or(NONE - 1)
+    }
+
+    fn at(&self, ms: u64) -> Instant {
+        self.start + Duration::from_millis(ms)
+    }
+
+    fn idle_since(&self) -> Instant {
+        self.at(self.idle_since_ms.load(Ordering::Acquire))
+    }
+
+    fn headers_since(&self) -> Option<Instant> {
+        match self.headers_since_ms.load(Ordering::Acquire) {
+            NONE => None,
+            ms => Some(self.at(ms)),
+        }
+    }
+
+    fn clear_headers(&self) {
+        self.headers_since_ms.store(NONE, Ordering::Release);
+    }
+
+    /// Bytes arrived: when no request is active they start the next request's headers.
+    fn on_read(&self) {
+        if self.active.load(Ordering::Acquire) == 0
+            && self
+                .headers_since_ms
+                .compare_exchange(NONE, self.now_ms(), Ordering::AcqRel, Ordering::Acquire)
+                .is_ok()
+        {
+            self.changed.notify_one();
+        }
+    }
+}
+
+/// One request in flight on a connection: from the service call to the end (or drop) of its
+/// response body.
+struct RequestGuard(Arc<ConnState>);
+
+impl RequestGuard {
+    fn begin(state: Arc<ConnState>) -> Self {
+        state.active.fetch_add(1, Ordering::AcqRel);
+        state.clear_headers();
+        state.changed.notify_one();
+        Self(state)
+    }
+}
+
+impl Drop for RequestGuard {
+    fn drop(&mut self) {
+        let state = &self.0;
+        if state.active.fetch_sub(1, Ordering::AcqRel) == 1 {
+            state.idle_since_ms.store(state.now_ms(), Ordering::Release);
+            state.changed.notify_one();
+        }
+    }
+}
+
+/// A response body that keeps its request counted as active until it ends or is dropped.
+struct Tracked<B> {
+    body: B,
+    _guard: RequestGuard,
+}
+
+impl<B: HttpBody + Unpin> HttpBody for Tracked<B> {
+    type Data = B::Data;
+    type Error = B::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
+        Pin::new(&mut self.body).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.body.size_hint()
+    }
+}
+
+/// Spawns hyper's HTTP/2 stream tasks so that they end at the drain deadline with their
+/// connection.
+#[derive(Clone)]
+struct ConnExec {
+    kill: watch::Receiver<bool>,
+}
+
+impl<F> hyper::rt::Executor<F> for ConnExec
+where
+    F: Future + Send + 'static,
+    F::Output: Send + 'static,
+{
+    fn execute(&self, fut: F) {
+        let mut kill = self.kill.clone();
+        tokio::spawn(async move {
+            tokio::select! {
+                _ = fut => {}
+                () = signalled(&mut kill) => {}
+            }
+        });
+    }
+}
+
+/// The connection's byte stream, telling [`ConnState`] when request headers start.
+struct Watched<S> {
+    inner: S,
+    state: Arc<ConnState>,
+    /// Whether reads can be request headers (HTTP/1).
+    headers: bool,
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for Watched<S> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let before = buf.filled().len();
+        let poll = Pin::new(&mut self.inner).poll_read(cx, buf);
+        if self.headers && buf.filled().len() > before {
+            self.state.on_read();
+        }
+        poll
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for Watched<S> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+/// A stream whose first bytes (read while choosing the protocol) are read again.
+struct Rewind<S> {
+    prefix: Vec<u8>,
+    pos: usize,
+    inner: S,
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for Rewind<S> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        if self.pos < self.prefix.len() {
+            let rest = &self.prefix[self.pos..];
+            let n = rest.len().min(buf.remaining());
+            buf.put_slice(&rest[..n]);
+            self.pos += n;
+            if self.pos == self.prefix.len() {
+                self.prefix = Vec::new();
+                self.pos = 0;
+            }
+            return Poll::Ready(Ok(()));
+        }
+        Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for Rewind<S> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}

@@ -1,0 +1,268 @@
+//! The TCP proxy: one downstream connection relayed byte for byte to an endpoint of the
+//! listener's cluster (picked by weight once per connection when there are several).
+//!
+//! Connecting tries up to `max_connect_attempts` endpoints, each within the cluster's
+//! `connect_timeout`, preferring endpoints not tried yet for this connection. Once
+//! connected, bytes flow both ways (half-close included) until both sides are done or
+//! nothing moved either way for the idle timeout.
+//!
+//! Metrics: `switchboard_proxy_tcp_bytes_total{listener, direction}` (`rx` from the
+//! downstream client, `tx` to it) and, per failed connect attempt,
+//! `switchboard_proxy_upstream_requests_total{cluster, outcome="connect_failure"}`.
+
+use std::io;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::task::{Context, Poll};
+
+use metrics::Counter;
+use switchboard_proxy_xds::Snapshot;
+use switchboard_proxy_xds::config::cluster::{Cluster, Discovery};
+use switchboard_proxy_xds::config::listener::TcpProxy;
+use switchboard_proxy_xds::config::route::Clusters;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::TcpStream;
+use tokio::time::Instant;
+
+use crate::balancer::{Balancers, Picked, pick_weighted};
+use crate::telemetry::{TCP_BYTES_TOTAL, UPSTREAM_REQUESTS_TOTAL};
+
+/// How many picks [`connect`] makes to find an endpoint it has not tried yet, before it
+/// settles for one it has.
+const PICKS_PER_ATTEMPT: usize = 8;
+
+/// Relays `downstream` to the cluster of `config`, resolved against `snapshot` (released once
+/// connected). Returns when the exchange is over (both directions done, idle, an I/O error,
+/// or no upstream could be reached); dropping the future closes both sides.
+pub(crate) async fn proxy<S>(
+    downstream: S,
+    listener: &str,
+    config: &TcpProxy,
+    snapshot: Arc<Snapshot>,
+    balancers: &Balancers,
+) where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let name = match &config.clusters {
+        Clusters::One(c) => Some(c.as_str()),
+        Clusters::Weighted(w) => pick_weighted(w),
+    };
+    let Some(cluster) = name.and_then(|n| snapshot.clusters.get(n)).cloned() else {
+        tracing::debug!(
+            %listener,
+            cluster = ?name,
+            "TCP proxy: cluster is not configured; closing"
+        );
+        return;
+    };
+    let Some((upstream, picked)) =
+        connect(&cluster, &snapshot, balancers, config.max_connect_attempts).await
+    else {
+        return;
+    };
+    drop(snapshot);
+    let activity = Arc::new(Activity::new());
+    let mut downstream = Metered {
+        inner: downstream,
+        activity: activity.clone(),
+        rx: bytes_counter(listener, "rx"),
+        tx: bytes_counter(listener, "tx"),
+    };
+    let mut upstream = upstream;
+    let copy = tokio::io::copy_bidirectional(&mut downstream, &mut upstream);
+    let result = match config.idle_timeout {
+        None => Some(copy.await),
+        Some(timeout) => tokio::select! {
+            r = copy => Some(r),
+            () = activity.idle_for(timeout) => None,
+        },
+    };
+    match result {
+        Some(Ok((rx, tx))) => {
+            tracing::debug!(%listener, upstream = %picked.address, rx, tx, "TCP proxy: done");
+        }
+        Some(Err(e)) => {
+            tracing::debug!(
+                %listener,
+                upstream = %picked.address,
+                error = %e,
+                "TCP proxy: connection ended with an error"
+            );
+        }
+        None => {
+            tracing::debug!(
+                %listener,
+                upstream = %picked.address,
+                "TCP proxy: idle timeout; closing"
+            );
+        }
+    }
+    // Kept until here: least request counts the connection as active.
+    drop(picked);
+}
+
+fn bytes_counter(listener: &str, direction: &'static str) -> Counter {
+    metrics::counter!(
+        TCP_BYTES_TOTAL,
+        "listener" => listener.to_owned(),
+        "direction" => direction
+    )
+}
+
+/// An upstream connection for `cluster`: up to `attempts` tries, each on an endpoint not
+/// tried yet when the balancer offers one.
+async fn connect(
+    cluster: &Arc<Cluster>,
+    snapshot: &Snapshot,
+    balancers: &Balancers,
+    attempts: u32,
+) -> Option<(TcpStream, Picked)> {
+    let mut tried: Vec<SocketAddr> = Vec::new();
+    for attempt in 1..=attempts.max(1) {
+        let Some(picked) = pick_untried(cluster, snapshot, balancers, &tried) else {
+            tracing::debug!(cluster = %cluster.name, "TCP proxy: no healthy endpoint; closing");
+            return None;
+        };
+        let address = picked.address;
+        let error = match tokio::time::timeout(cluster.connect_timeout, TcpStream::connect(address))
+            .await
+        {
+            Ok(Ok(stream)) => {
+                let _ = stream.set_nodelay(true);
+                return Some((stream, picked));
+            }
+            Ok(Err(e)) => e.to_string(),
+            Err(_) => format!("no connection within {:?}", cluster.connect_timeout),
+        };
+        metrics::counter!(
+            UPSTREAM_REQUESTS_TOTAL,
+            "cluster" => cluster.name.clone(),
+            "outcome" => "connect_failure"
+        )
+        .increment(1);
+        tracing::debug!(
+            cluster = %cluster.name,
+            %address,
+            attempt,
+            %error,
+            "TCP proxy: connect failed"
+        );
+        if !tried.contains(&address) {
+            tried.push(address);
+        }
+    }
+    None
+}
+
+fn pick_untried(
+    cluster: &Arc<Cluster>,
+    snapshot: &Snapshot,
+    balancers: &Balancers,
+    tried: &[SocketAddr],
+) -> Option<Picked> {
+    let mut fallback = None;
+    for _ in 0..PICKS_PER_ATTEMPT {
+        let picked = pick(cluster, snapshot, balancers)?;
+        if !tried.contains(&picked.address) {
+            return Some(picked);
+        }
+        fallback = Some(picked);
+    }
+    fallback
+}
+
+fn pick(cluster: &Arc<Cluster>, snapshot: &Snapshot, balancers: &Balancers) -> Option<Picked> {
+    match &cluster.discovery {
+        Discovery::Static(_) => balancers.pick(&cluster.name, cluster.lb_policy, cluster),
+        Discovery::Eds { service_name } => snapshot
+            .endpoints
+            .get(service_name)
+            .and_then(|la| balancers.pick(&cluster.name, cluster.lb_policy, la)),
+    }
+}
+
+/// When bytes last moved on a connection, in milliseconds since it started.
+struct Activity {
+    start: Instant,
+    last_ms: AtomicU64,
+}
+
+impl Activity {
+    fn new() -> Self {
+        Self {
+            start: Instant::now(),
+            last_ms: AtomicU64::new(0),
+        }
+    }
+
+    fn touch(&self) {
+        let ms = u64::try_from(self.start.elapsed().as_millis()).unwrap_or(u64::MAX);
+        self.last_ms.fetch_max(ms, Ordering::Relaxed);
+    }
+
+    /// Resolves once nothing moved for `timeout`.
+    async fn idle_for(&self, timeout: std::time::Duration) {
+        loop {
+            let last =
+                self.start + std::time::Duration::from_millis(self.last_ms.load(Ordering::Relaxed));
+            let deadline = last + timeout;
+            if Instant::now() >= deadline {
+                return;
+            }
+            tokio::time::sleep_until(deadline).await;
+        }
+    }
+}
+
+/// The downstream side of a relay: counts bytes each way and records activity (every byte
+/// of the relay passes through it, in one direction or the other).
+struct Metered<S> {
+    inner: S,
+    activity: Arc<Activity>,
+    rx: Counter,
+    tx: Counter,
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for Metered<S> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let before = buf.filled().len();
+        let poll = Pin::new(&mut self.inner).poll_read(cx, buf);
+        let n = buf.filled().len().saturating_sub(before);
+        if n > 0 {
+            self.rx.increment(n as u64);
+            self.activity.touch();
+        }
+        poll
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for Metered<S> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let poll = Pin::new(&mut self.inner).poll_write(cx, buf);
+        if let Poll::Ready(Ok(n)) = poll
+            && n > 0
+        {
+            self.tx.increment(n as u64);
+            self.activity.touch();
+        }
+        poll
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}

@@ -1,0 +1,950 @@
+//! Access logs: one `tracing` event per request, target [`ACCESS_LOG_TARGET`] at INFO,
+//! written when the response body ends (or the downstream goes away), so that byte counts
+//! and durations are final.
+//!
+//! The text format is Envoy's: literal text with command operators `%NAME%`,
+//! `%NAME(ARG)%` and `%NAME(ARG):MAX%` (truncated to `MAX` characters), `%%` for a literal
+//! `%`. It is parsed once into a [`Template`]; an unknown operator is an error at startup.
+//! A missing value prints `-`, as in Envoy.
+
+use std::fmt::Write as _;
+use std::net::SocketAddr;
+use std::str::FromStr;
+use std::sync::OnceLock;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use http::{HeaderMap, HeaderName, Method, Uri, Version};
+
+use super::{DownstreamAddrs, ResponseFlags, TelemetryError};
+
+/// The `tracing` target of access log events: `RUST_LOG=access_log=off` turns them off.
+pub const ACCESS_LOG_TARGET: &str = "access_log";
+
+/// Envoy's default access log format (without its trailing newline).
+pub const DEFAULT_FORMAT: &str = concat!(
+    r#"[%START_TIME%] "%REQ(:METHOD)% %REQ(X-ENVOY-ORIGINAL-PATH?:PATH)% %PROTOCOL%" "#,
+    r#"%RESPONSE_CODE% %RESPONSE_FLAGS% %BYTES_RECEIVED% %BYTES_SENT% %DURATION% "#,
+    r#"%RESP(X-ENVOY-UPSTREAM-SERVICE-TIME)% "%REQ(X-FORWARDED-FOR)%" "%REQ(USER-AGENT)%" "#,
+    r#""%REQ(X-REQUEST-ID)%" "%REQ(:AUTHORITY)%" "%UPSTREAM_HOST%""#
+);
+
+/// How requests are logged.
+#[derive(Debug, Clone)]
+pub enum AccessLogFormat {
+    /// No access log.
+    Off,
+    /// One JSON object per request, with the keys of Istio's JSON access log
+    /// (`start_time`, `method`, `path`, `protocol`, `response_code`, `response_flags`, …).
+    Json,
+    /// A line rendered from an Envoy format string.
+    Text(Template),
+}
+
+/// The process's access log configuration.
+#[derive(Debug, Clone)]
+pub struct AccessLog {
+    pub format: AccessLogFormat,
+}
+
+impl AccessLog {
+    /// Reads a `--access-log-format` value: `off`, `json`, `default` (Envoy's default text
+    /// format), or an Envoy format string.
+    pub fn parse(value: &str) -> Result<Self, TelemetryError> {
+        let format = match value {
+            "off" => AccessLogFormat::Off,
+            "json" => AccessLogFormat::Json,
+            "default" => AccessLogFormat::Text(Template::envoy_default()),
+            template => AccessLogFormat::Text(Template::parse(template)?),
+        };
+        Ok(Self { format })
+    }
+
+    /// Whether a request starting now would be logged: a format is set and the subscriber
+    /// wants INFO events of [`ACCESS_LOG_TARGET`].
+    pub(crate) fn enabled(&self) -> bool {
+        !matches!(self.format, AccessLogFormat::Off)
+            && tracing::enabled!(target: ACCESS_LOG_TARGET, tracing::Level::INFO)
+    }
+
+    pub(crate) fn emit(&self, record: &LogRecord) {
+        match &self.format {
+            AccessLogFormat::Off => {}
+            AccessLogFormat::Json => {
+                tracing::info!(target: ACCESS_LOG_TARGET, "{}", record.to_json());
+            }
+            AccessLogFormat::Text(t) => {
+                tracing::info!(target: ACCESS_LOG_TARGET, "{}", t.render(record));
+            }
+        }
+    }
+}
+
+impl Default for AccessLog {
+    /// Envoy's default text format.
+    fn default() -> Self {
+        Self {
+            format: AccessLogFormat::Text(Template::envoy_default()),
+        }
+    }
+}
+
+impl FromStr for AccessLog {
+    type Err = TelemetryError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Self::parse(s)
+    }
+}
+
+static ACCESS_LOG: OnceLock<AccessLog> = OnceLock::new();
+
+/// Sets the process's access log, once, before serving; later calls are ignored with a
+/// warning. Without a call, requests are logged in Envoy's default text format.
+pub fn set_access_log(log: AccessLog) {
+    if ACCESS_LOG.set(log).is_err() {
+        tracing::warn!("the access log format is already set; ignoring the new one");
+    }
+}
+
+pub(crate) fn access_log() -> &'static AccessLog {
+    ACCESS_LOG.get_or_init(AccessLog::default)
+}
+
+/// A parsed Envoy format string.
+#[derive(Debug, Clone)]
+pub struct Template {
+    source: String,
+    parts: Vec<Part>,
+}
+
+#[derive(Debug, Clone)]
+enum Part {
+    Literal(String),
+    Operator {
+        op: Operator,
+        max_len: Option<usize>,
+    },
+}
+
+#[derive(Debug, Clone)]
+enum Operator {
+    StartTime(Option<Vec<TimePart>>),
+    Req(HeaderRef),
+    Resp(HeaderRef),
+    Trailer(HeaderRef),
+    Method,
+    Protocol,
+    ResponseCode,
+    ResponseFlags,
+    ResponseCodeDetails,
+    Duration,
+    ResponseDuration,
+    BytesReceived,
+    BytesSent,
+    UpstreamHost,
+    UpstreamCluster,
+    RouteName,
+    DownstreamRemoteAddress { port: bool },
+    DownstreamLocalAddress { port: bool },
+    TraceId,
+}
+
+/// `%REQ(X?Y)%`: header `X`, else `Y`.
+#[derive(Debug, Clone)]
+struct HeaderRef {
+    main: HeaderKey,
+    fallback: Option<HeaderKey>,
+}
+
+#[derive(Debug, Clone)]
+enum HeaderKey {
+    Name(HeaderName),
+    Method,
+    Path,
+    Authority,
+    Scheme,
+    Status,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum HeaderSide {
+    Request,
+    Response,
+    Trailer,
+}
+
+/// A piece of a `%START_TIME(...)%` format (strftime-like, UTC).
+#[derive(Debug, Clone)]
+enum TimePart {
+    Literal(String),
+    Year,
+    Month,
+    Day,
+    Hour,
+    Minute,
+    Second,
+    DayOfYear,
+    EpochSeconds,
+    /// `%1f`…`%9f` (and `%f`, nine digits): the fraction of the second.
+    Fraction(u8),
+    /// `%z`: always `+0000`.
+    Offset,
+    /// `%Z`: always `UTC`.
+    Zone,
+}
+
+fn err(offset: usize, message: impl Into<String>) -> TelemetryError {
+    TelemetryError::AccessLogFormat {
+        offset,
+        message: message.into(),
+    }
+}
+
+impl Template {
+    /// Envoy's default format, [`DEFAULT_FORMAT`].
+    pub fn envoy_default() -> Self {
+        // Checked by a test; the fallback only keeps this infallible.
+        Self::parse(DEFAULT_FORMAT).unwrap_or_else(|_| Self {
+            source: String::new(),
+            parts: Vec::new(),
+        })
+    }
+
+    /// Parses an Envoy format string; unknown operators, operators with a missing or
+    /// unexpected argument, bad header names and unclosed operators are errors naming the
+    /// byte offset where the problem starts.
+    pub fn parse(format: &str) -> Result<Self, TelemetryError> {
+        if format.is_empty() {
+            return Err(err(0, "the format is empty"));
+        }
+        let mut parts = Vec::new();
+        let mut literal = String::new();
+        let mut i = 0;
+        while i < format.len() {
+            let rest = &format[i..];
+            let Some(rel) = rest.find('%') else {
+                literal.push_str(rest);
+                break;
+            };
+            literal.push_str(&rest[..rel]);
+            let start = i + rel;
+            let after = &format[start + 1..];
+            if after.starts_with('%') {
+                literal.push('%');
+                i = start + 2;
+                continue;
+            }
+            let name_len = after
+                .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+                .unwrap_or(after.len());
+            let name = &after[..name_len];
+            if name.is_empty() {
+                return Err(err(
+                    start,
+                    "expected a command operator name after '%' (write %% for a literal %)",
+                ));
+            }
+            let mut j = start + 1 + name_len;
+            let mut arg = None;
+            if format[j..].starts_with('(') {
+                let Some(close) = format[j..].find(')') else {
+                    return Err(err(j, format!("'(' of %{name}(…)% is not closed")));
+                };
+                arg = Some((j + 1, &format[j + 1..j + close]));
+                j += close + 1;
+            }
+            let mut max_len = None;
+            if format[j..].starts_with(':') {
+                let digits = format[j + 1..]
+                    .find(|c: char| !c.is_ascii_digit())
+                    .unwrap_or(format.len() - j - 1);
+                let n = format[j + 1..j + 1 + digits]
+                    .parse::<usize>()
+                    .map_err(|_| err(j + 1, format!("expected a length after %{name}…:")))?;
+                max_len = Some(n);
+                j += 1 + digits;
+            }
+            if !format[j..].starts_with('%') {
+                return Err(err(
+                    start,
+                    format!("command operator %{name}… is not closed with '%'"),
+                ));
+            }
+            let op = Operator::new(name, arg, start)?;
+            if !literal.is_empty() {
+                parts.push(Part::Literal(std::mem::take(&mut literal)));
+            }
+            parts.push(Part::Operator { op, max_len });
+            i = j + 1;
+        }
+        if !literal.is_empty() {
+            parts.push(Part::Literal(literal));
+        }
+        Ok(Self {
+            source: format.to_owned(),
+            parts,
+        })
+    }
+
+    /// The format string this was parsed from.
+    pub fn as_str(&self) -> &str {
+        &self.source
+    }
+
+    pub(crate) fn render(&self, r: &LogRecord) -> String {
+        let mut out = String::with_capacity(256);
+        for part in &self.parts {
+            match part {
+                Part::Literal(s) => out.push_str(s),
+                Part::Operator { op, max_len } => {
+                    let start = out.len();
+                    op.render(r, &mut out);
+                    if out.len() == start {
+                        out.push('-');
+                    } else if let Some(max) = max_len
+                        && let Some((cut, _)) = out[start..].char_indices().nth(*max)
+                    {
+                        out.truncate(start + cut);
+                    }
+                }
+            }
+        }
+        out
+    }
+}
+
+impl FromStr for Template {
+    type Err = TelemetryError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Self::parse(s)
+    }
+}
+
+impl Operator {
+    fn new(name: &str, arg: Option<(usize, &str)>, offset: usize) -> Result<Self, TelemetryError> {
+        let header = |side| match arg {
+            Some((at, a)) => HeaderRef::parse(a, side, at),
+            None => Err(err(
+                offset,
+                format!("%{name}% needs a header name: %{name}(X-HEADER)%"),
+            )),
+        };
+        let op = match name {
+            "REQ" => return Ok(Self::Req(header(HeaderSide::Request)?)),
+            "RESP" => return Ok(Self::Resp(header(HeaderSide::Response)?)),
+            "TRAILER" => return Ok(Self::Trailer(header(HeaderSide::Trailer)?)),
+            "START_TIME" => {
+                return Ok(Self::StartTime(match arg {
+                    Some((at, f)) => Some(parse_time_format(f, at)?),
+                    None => None,
+                }));
+            }
+            "REQ_METHOD" => Self::Method,
+            "PROTOCOL" => Self::Protocol,
+            "RESPONSE_CODE" => Self::ResponseCode,
+            "RESPONSE_FLAGS" => Self::ResponseFlags,
+            "RESPONSE_CODE_DETAILS" => Self::ResponseCodeDetails,
+            "DURATION" => Self::Duration,
+            "RESPONSE_DURATION" => Self::ResponseDuration,
+            "BYTES_RECEIVED" => Self::BytesReceived,
+            "BYTES_SENT" => Self::BytesSent,
+            "UPSTREAM_HOST" => Self::UpstreamHost,
+            "UPSTREAM_CLUSTER" => Self::UpstreamCluster,
+            "ROUTE_NAME" => Self::RouteName,
+            "DOWNSTREAM_REMOTE_ADDRESS" | "DOWNSTREAM_DIRECT_REMOTE_ADDRESS" => {
+                Self::DownstreamRemoteAddress { port: true }
+            }
+            "DOWNSTREAM_REMOTE_ADDRESS_WITHOUT_PORT"
+            | "DOWNSTREAM_DIRECT_REMOTE_ADDRESS_WITHOUT_PORT" => {
+                Self::DownstreamRemoteAddress { port: false }
+            }
+            "DOWNSTREAM_LOCAL_ADDRESS" => Self::DownstreamLocalAddress { port: true },
+            "DOWNSTREAM_LOCAL_ADDRESS_WITHOUT_PORT" => Self::DownstreamLocalAddress { port: false },
+            "TRACE_ID" => Self::TraceId,
+            _ => return Err(err(offset, format!("unknown command operator %{name}%"))),
+        };
+        match arg {
+            Some((at, _)) => Err(err(at, format!("%{name}% takes no argument"))),
+            None => Ok(op),
+        }
+    }
+
+    fn render(&self, r: &LogRecord, out: &mut String) {
+        match self {
+            Self::StartTime(None) => write_default_time(r.start_time, out),
+            Self::StartTime(Some(parts)) => write_time(r.start_time, parts, out),
+            Self::Req(h) => h.render(r, HeaderSide::Request, out),
+            Self::Resp(h) => h.render(r, HeaderSide::Response, out),
+            Self::Trailer(h) => h.render(r, HeaderSide::Trailer, out),
+            Self::Method => out.push_str(r.method.as_str()),
+            Self::Protocol => out.push_str(protocol(r.version)),
+            Self::ResponseCode => push_display(out, r.status),
+            Self::ResponseFlags => push_display(out, r.flags),
+            Self::ResponseCodeDetails => out.push_str(r.details),
+            Self::Duration => push_display(out, r.duration.as_millis()),
+            Self::ResponseDuration => push_display(out, r.response_duration.as_millis()),
+            Self::BytesReceived => push_display(out, r.bytes_received),
+            Self::BytesSent => push_display(out, r.bytes_sent),
+            Self::UpstreamHost => {
+                if let Some(h) = r.upstream_host {
+                    push_display(out, h);
+                }
+            }
+            Self::UpstreamCluster => out.push_str(&r.cluster),
+            Self::RouteName => out.push_str(&r.route),
+            Self::DownstreamRemoteAddress { port } => {
+                write_addr(r.downstream.map(|d| d.remote), *port, out);
+            }
+            Self::DownstreamLocalAddress { port } => {
+                write_addr(r.downstream.map(|d| d.local), *port, out);
+            }
+            Self::TraceId => out.push_str(&r.trace_id),
+        }
+    }
+}
+
+impl HeaderRef {
+    fn parse(arg: &str, side: HeaderSide, offset: usize) -> Result<Self, TelemetryError> {
+        let (main, fallback) = match arg.split_once('?') {
+            Some((a, b)) => (a, Some(b)),
+            None => (arg, None),
+        };
+        let main = HeaderKey::parse(main, side, offset)?;
+        let fallback = fallback
+            .map(|f| HeaderKey::parse(f, side, offset))
+            .transpose()?;
+        Ok(Self { main, fallback })
+    }
+
+    fn render(&self, r: &LogRecord, side: HeaderSide, out: &mut String) {
+        let start = out.len();
+        self.main.render(r, side, out);
+        if out.len() == start
+            && let Some(f) = &self.fallback
+        {
+            f.render(r, side, out);
+        }
+    }
+}
+
+impl HeaderKey {
+    fn parse(name: &str, side: HeaderSide, offset: usize) -> Result<Self, TelemetryError> {
+        let lower = name.to_ascii_lowercase();
+        let key = match (side, lower.as_str()) {
+            (HeaderSide::Request, ":method") => Self::Method,
+            (HeaderSide::Request, ":path") => Self::Path,
+            (HeaderSide::Request, ":authority") => Self::Authority,
+            (HeaderSide::Request, ":scheme") => Self::Scheme,
+            (HeaderSide::Response, ":status") => Self::Status,
+            (_, pseudo) if pseudo.starts_with(':') => {
+                return Err(err(
+                    offset,
+                    format!("pseudo-header {name:?} is not available here"),
+                ));
+            }
+            (_, header) => Self::Name(
+                HeaderName::from_bytes(header.as_bytes())
+                    .map_err(|_| err(offset, format!("{name:?} is not a valid header name")))?,
+            ),
+        };
+        Ok(key)
+    }
+
+    fn render(&self, r: &LogRecord, side: HeaderSide, out: &mut String) {
+        let headers = match side {
+            HeaderSide::Request => &r.request_headers,
+            HeaderSide::Response => &r.response_headers,
+            HeaderSide::Trailer => match &r.trailers {
+                Some(t) => t,
+                None => return,
+            },
+        };
+        match self {
+            Self::Name(n) => {
+                if let Some(v) = headers.get(n) {
+                    out.push_str(&String::from_utf8_lossy(v.as_bytes()));
+                }
+            }
+            Self::Method => out.push_str(r.method.as_str()),
+            Self::Path => {
+                if let Some(pq) = r.uri.path_and_query() {
+                    out.push_str(pq.as_str());
+                }
+            }
+            Self::Authority => {
+                if let Some(a) = r.uri.authority() {
+                    out.push_str(a.as_str());
+                } else if let Some(h) = r.request_headers.get(http::header::HOST) {
+                    out.push_str(&String::from_utf8_lossy(h.as_bytes()));
+                }
+            }
+            Self::Scheme => out.push_str(r.uri.scheme_str().unwrap_or("http")),
+            Self::Status => push_display(out, r.status),
+        }
+    }
+}
+
+/// Everything an access log line can show about one request.
+#[derive(Debug, Clone)]
+pub(crate) struct LogRecord {
+    pub(crate) start_time: SystemTime,
+    pub(crate) method: Method,
+    pub(crate) uri: Uri,
+    pub(crate) version: Version,
+    pub(crate) request_headers: HeaderMap,
+    pub(crate) downstream: Option<DownstreamAddrs>,
+    /// 0 when no response was sent (the downstream went away first).
+    pub(crate) status: u16,
+    pub(crate) response_headers: HeaderMap,
+    pub(crate) trailers: Option<HeaderMap>,
+    pub(crate) flags: ResponseFlags,
+    pub(crate) details: &'static str,
+    pub(crate) bytes_received: u64,
+    pub(crate) bytes_sent: u64,
+    pub(crate) duration: Duration,
+    pub(crate) response_duration: Duration,
+    pub(crate) upstream_host: Option<SocketAddr>,
+    pub(crate) cluster: String,
+    pub(crate) route: String,
+    pub(crate) trace_id: String,
+}
+
+impl LogRecord {
+    /// Istio's JSON access log keys; absent values are `null`.
+    fn to_json(&self) -> String {
+        use serde_json::{Map, Value};
+        let text = |s: String| {
+            if s.is_empty() {
+                Value::Null
+            } else {
+                Value::String(s)
+            }
+        };
+        let header = |name: &str| {
+            self.request_headers
+                .get(name)
+                .map(|v| Value::String(String::from_utf8_lossy(v.as_bytes()).into_owned()))
+                .unwrap_or(Value::Null)
+        };
+        let mut start_time = String::new();
+        write_default_time(self.start_time, &mut start_time);
+        let path = self
+            .request_headers
+            .get("x-envoy-original-path")
+            .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
+            .or_else(|| self.uri.path_and_query().map(|pq| pq.as_str().to_owned()))
+            .unwrap_or_default();
+        let authority = self
+            .uri
+            .authority()
+            .map(|a| Value::String(a.as_str().to_owned()))
+            .unwrap_or_else(|| header("host"));
+        let mut m = Map::new();
+        m.insert("start_time".into(), Value::String(start_time));
+        m.insert("method".into(), Value::String(self.method.to_string()));
+        m.insert("path".into(), text(path));
+        m.insert(
+            "protocol".into(),
+            Value::String(protocol(self.version).into()),
+        );
+        m.insert("response_code".into(), self.status.into());
+        m.insert(
+            "response_flags".into(),
+            Value::String(self.flags.to_string()),
+        );
+        m.insert(
+            "response_code_details".into(),
+            text(self.details.to_owned()),
+        );
+        m.insert("bytes_received".into(), self.bytes_received.into());
+        m.insert("bytes_sent".into(), self.bytes_sent.into());
+        m.insert(
+            "duration".into(),
+            u64::try_from(self.duration.as_millis())
+                .unwrap_or(u64::MAX)
+                .into(),
+        );
+        m.insert("x_forwarded_for".into(), header("x-forwarded-for"));
+        m.insert("user_agent".into(), header("user-agent"));
+        m.insert("request_id".into(), header("x-request-id"));
+        m.insert("authority".into(), authority);
+        m.insert(
+            "upstream_host".into(),
+            text(
+                self.upstream_host
+                    .map(|h| h.to_string())
+                    .unwrap_or_default(),
+            ),
+        );
+        m.insert("upstream_cluster".into(), text(self.cluster.clone()));
+        m.insert("route_name".into(), text(self.route.clone()));
+        m.insert(
+            "downstream_remote_address".into(),
+            text(
+                self.downstream
+                    .map(|d| d.remote.to_string())
+                    .unwrap_or_default(),
+            ),
+        );
+        m.insert(
+            "downstream_local_address".into(),
+            text(
+                self.downstream
+                    .map(|d| d.local.to_string())
+                    .unwrap_or_default(),
+            ),
+        );
+        m.insert("trace_id".into(), text(self.trace_id.clone()));
+        Value::Object(m).to_string()
+    }
+}
+
+fn push_display(out: &mut String, v: impl std::fmt::Display) {
+    let _ = write!(out, "{v}");
+}
+
+fn protocol(v: Version) -> &'static str {
+    match v {
+        Version::HTTP_09 => "HTTP/0.9",
+        Version::HTTP_10 => "HTTP/1.0",
+        Version::HTTP_11 => "HTTP/1.1",
+        Version::HTTP_2 => "HTTP/2",
+        Version::HTTP_3 => "HTTP/3",
+        _ => "",
+    }
+}
+
+fn write_addr(addr: Option<SocketAddr>, port: bool, out: &mut String) {
+    match addr {
+        Some(a) if port => push_display(out, a),
+        Some(a) => push_display(out, a.ip()),
+        None => {}
+    }
+}
+
+fn parse_time_format(f: &str, offset: usize) -> Result<Vec<TimePart>, TelemetryError> {
+    let mut parts = Vec::new();
+    let mut literal = String::new();
+    let mut chars = f.char_indices().peekable();
+    while let Some((at, c)) = chars.next() {
+        if c != '%' {
+            literal.push(c);
+            continue;
+        }
+        let Some((_, spec)) = chars.next() else {
+            return Err(err(offset + at, "START_TIME format ends with '%'"));
+        };
+        let part = match spec {
+            '%' => {
+                literal.push('%');
+                continue;
+            }
+            'Y' => TimePart::Year,
+            'm' => TimePart::Month,
+            'd' => TimePart::Day,
+            'H' => TimePart::Hour,
+            'M' => TimePart::Minute,
+            'S' => TimePart::Second,
+            'j' => TimePart::DayOfYear,
+            's' => TimePart::EpochSeconds,
+            'z' => TimePart::Offset,
+            'Z' => TimePart::Zone,
+            'f' => TimePart::Fraction(9),
+            'F' | 'T' => {
+                let (a, b, c) = if spec == 'F' {
+                    (TimePart::Year, TimePart::Month, TimePart::Day)
+                } else {
+                    (TimePart::Hour, TimePart::Minute, TimePart::Second)
+                };
+                let sep = if spec == 'F' { "-" } else { ":" };
+                flush(&mut parts, &mut literal);
+                parts.extend([
+                    a,
+                    TimePart::Literal(sep.into()),
+                    b,
+                    TimePart::Literal(sep.into()),
+                    c,
+                ]);
+                continue;
+            }
+            d @ '1'..='9' if chars.peek().map(|(_, c)| *c) == Some('f') => {
+                chars.next();
+                TimePart::Fraction(d as u8 - b'0')
+            }
+            other => {
+                return Err(err(
+                    offset + at,
+                    format!("START_TIME: unsupported time specifier %{other}"),
+                ));
+            }
+        };
+        flush(&mut parts, &mut literal);
+        parts.push(part);
+    }
+    flush(&mut parts, &mut literal);
+    Ok(parts)
+}
+
+fn flush(parts: &mut Vec<TimePart>, literal: &mut String) {
+    if !literal.is_empty() {
+        parts.push(TimePart::Literal(std::mem::take(literal)));
+    }
+}
+
+/// UTC civil time of a `SystemTime` (times before 1970 print as 1970).
+struct Civil {
+    year: i64,
+    month: u32,
+    day: u32,
+    day_of_year: u32,
+    hour: u64,
+    minute: u64,
+    second: u64,
+    nanos: u32,
+    epoch_seconds: u64,
+}
+
+impl Civil {
+    fn of(t: SystemTime) -> Self {
+        let since = t.duration_since(UNIX_EPOCH).unwrap_or_default();
+        let secs = since.as_secs();
+        let days = i64::try_from(secs / 86_400).unwrap_or(0);
+        let (year, month, day) = civil_from_days(days);
+        let jan1 = days_from_civil(year, 1, 1);
+        Self {
+            year,
+            month,
+            day,
+            day_of_year: u32::try_from(days - jan1 + 1).unwrap_or(1),
+            hour: secs % 86_400 / 3600,
+            minute: secs % 3600 / 60,
+            second: secs % 60,
+            nanos: since.subsec_nanos(),
+            epoch_seconds: secs,
+        }
+    }
+}
+
+/// Days since 1970-01-01 to (year, month, day) in the proleptic Gregorian calendar, by
+/// counting 400-year eras of 146,097 days with years starting in March.
+fn civil_from_days(days: i64) -> (i64, u32, u32) {
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097); // [0, 146096]
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365; // [0, 399]
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100); // [0, 365]
+    let mp = (5 * doy + 2) / 153; // March = 0
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    (
+        year,
+        u32::try_from(month).unwrap_or(1),
+        u32::try_from(day).unwrap_or(1),
+    )
+}
+
+fn days_from_civil(year: i64, month: i64, day: i64) -> i64 {
+    let y = if month <= 2 { year - 1 } else { year };
+    let era = y.div_euclid(400);
+    let yoe = y.rem_euclid(400);
+    let mp = if month > 2 { month - 3 } else { month + 9 };
+    let doy = (153 * mp + 2) / 5 + day - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    era * 146_097 + doe - 719_468
+}
+
+/// Envoy's default: `2024-01-31T23:59:59.123Z`.
+fn write_default_time(t: SystemTime, out: &mut String) {
+    let c = Civil::of(t);
+    let _ = write!(
+        out,
+        "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}.{:03}Z",
+        c.year,
+        c.month,
+        c.day,
+        c.hour,
+        c.minute,
+        c.second,
+        c.nanos / 1_000_000
+    );
+}
+
+fn write_time(t: SystemTime, parts: &[TimePart], out: &mut String) {
+    let c = Civil::of(t);
+    for p in parts {
+        let _ = match p {
+            TimePart::Literal(s) => {
+                out.push_str(s);
+                Ok(())
+            }
+            TimePart::Year => write!(out, "{:04}", c.year),
+            TimePart::Month => write!(out, "{:02}", c.month),
+            TimePart::Day => write!(out, "{:02}", c.day),
+            TimePart::Hour => write!(out, "{:02}", c.hour),
+            TimePart::Minute => write!(out, "{:02}", c.minute),
+            TimePart::Second => write!(out, "{:02}", c.second),
+            TimePart::DayOfYear => write!(out, "{:03}", c.day_of_year),
+            TimePart::EpochSeconds => write!(out, "{}", c.epoch_seconds),
+            TimePart::Offset => write!(out, "+0000"),
+            TimePart::Zone => write!(out, "UTC"),
+            TimePart::Fraction(digits) => {
+                let nanos = format!("{:09}", c.nanos);
+                out.push_str(nanos.get(..usize::from(*digits)).unwrap_or(&nanos));
+                Ok(())
+            }
+        };
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record() -> LogRecord {
+        let mut request_headers = HeaderMap::new();
+        request_headers.insert("host", "svc.test".parse().unwrap());
+        request_headers.insert("user-agent", "curl/8".parse().unwrap());
+        let mut response_headers = HeaderMap::new();
+        response_headers.insert("content-type", "text/plain".parse().unwrap());
+        LogRecord {
+            // 2024-02-29T12:34:56.789Z
+            start_time: UNIX_EPOCH + Duration::from_millis(1_709_210_096_789),
+            method: Method::POST,
+            uri: "/api/v1?x=1".parse().unwrap(),
+            version: Version::HTTP_11,
+            request_headers,
+            downstream: Some(DownstreamAddrs {
+                remote: "127.0.0.1:5000".parse().unwrap(),
+                local: "127.0.0.1:8080".parse().unwrap(),
+            }),
+            status: 503,
+            response_headers,
+            trailers: None,
+            flags: ResponseFlags::NO_HEALTHY_UPSTREAM,
+            details: "no_healthy_upstream",
+            bytes_received: 12,
+            bytes_sent: 34,
+            duration: Duration::from_millis(56),
+            response_duration: Duration::from_millis(7),
+            upstream_host: None,
+            cluster: "backend".into(),
+            route: "api".into(),
+            trace_id: "4bf92f3577b34da6a3ce929d0e0e4736".into(),
+        }
+    }
+
+    #[test]
+    fn renders_every_operator() {
+        let t = Template::parse(concat!(
+            "[%START_TIME%] %REQ(:METHOD)% %REQ_METHOD% %REQ(:PATH)% %PROTOCOL% ",
+            "%RESPONSE_CODE% %RESPONSE_FLAGS% %RESPONSE_CODE_DETAILS% %BYTES_RECEIVED% ",
+            "%BYTES_SENT% %DURATION% %RESPONSE_DURATION% %UPSTREAM_HOST% %UPSTREAM_CLUSTER% ",
+            "%ROUTE_NAME% %DOWNSTREAM_REMOTE_ADDRESS% %DOWNSTREAM_REMOTE_ADDRESS_WITHOUT_PORT% ",
+            "%DOWNSTREAM_LOCAL_ADDRESS% %REQ(:AUTHORITY)% %REQ(USER-AGENT):4% ",
+            "%REQ(X-MISSING?User-Agent)% %RESP(Content-Type)% %RESP(:STATUS)% ",
+            "%TRAILER(grpc-status)% %TRACE_ID% 100%%"
+        ))
+        .unwrap();
+        assert_eq!(
+            t.render(&record()),
+            concat!(
+                "[2024-02-29T12:34:56.789Z] POST POST /api/v1?x=1 HTTP/1.1 503 UH ",
+                "no_healthy_upstream 12 34 56 7 - backend api 127.0.0.1:5000 127.0.0.1 ",
+                "127.0.0.1:8080 svc.test curl curl/8 text/plain 503 - ",
+                "4bf92f3577b34da6a3ce929d0e0e4736 100%"
+            )
+        );
+    }
+
+    #[test]
+    fn start_time_formats() {
+        let t =
+            Template::parse("%START_TIME(%Y/%m/%dT%H:%M:%S.%3f%z %s %j %F %T %6f %Z)%").unwrap();
+        assert_eq!(
+            t.render(&record()),
+            "2024/02/29T12:34:56.789+0000 1709210096 060 2024-02-29 12:34:56 789000 UTC"
+        );
+        for (days, ymd) in [
+            (0, (1970, 1, 1)),
+            (11_016, (2000, 2, 29)),
+            (19_782, (2024, 2, 29)),
+            (-1, (1969, 12, 31)),
+        ] {
+            assert_eq!(civil_from_days(days), ymd, "{days}");
+            assert_eq!(
+                days_from_civil(ymd.0, i64::from(ymd.1), i64::from(ymd.2)),
+                days
+            );
+        }
+    }
+
+    #[test]
+    fn envoy_default_parses() {
+        let t = Template::envoy_default();
+        assert_eq!(t.as_str(), DEFAULT_FORMAT);
+        Template::parse(DEFAULT_FORMAT).unwrap();
+        let line = t.render(&record());
+        assert!(
+            line.starts_with(r#"[2024-02-29T12:34:56.789Z] "POST /api/v1?x=1 HTTP/1.1" 503 UH 12 34 56 - "-" "curl/8" "-" "svc.test" "-""#),
+            "{line}"
+        );
+    }
+
+    #[test]
+    fn errors_name_the_offset() {
+        let cases: [(&str, usize, &str); 9] = [
+            ("abc %FOO% x", 4, "unknown command operator %FOO%"),
+            ("%REQ%", 0, "needs a header name"),
+            ("%PROTOCOL(x)%", 10, "takes no argument"),
+            ("%REQ(bad header)%", 5, "not a valid header name"),
+            ("%REQ(:status)%", 5, "not available"),
+            ("x %DURATION", 2, "not closed with '%'"),
+            ("%REQ(x", 4, "is not closed"),
+            ("50% off", 2, "expected a command operator name"),
+            ("%START_TIME(%Q)%", 12, "unsupported time specifier %Q"),
+        ];
+        for (format, offset, message) in cases {
+            match Template::parse(format) {
+                Err(TelemetryError::AccessLogFormat {
+                    offset: o,
+                    message: m,
+                }) => {
+                    assert_eq!(o, offset, "{format}: {m}");
+                    assert!(m.contains(message), "{format}: {m}");
+                }
+                other => panic!("{format}: {other:?}"),
+            }
+        }
+        assert!(Template::parse("").is_err());
+    }
+
+    #[test]
+    fn flag_values() {
+        assert!(matches!(
+            AccessLog::parse("off").unwrap().format,
+            AccessLogFormat::Off
+        ));
+        assert!(matches!(
+            AccessLog::parse("json").unwrap().format,
+            AccessLogFormat::Json
+        ));
+        assert!(matches!(
+            AccessLog::parse("default").unwrap().format,
+            AccessLogFormat::Text(_)
+        ));
+        assert!(AccessLog::parse("%NOPE%").is_err());
+    }
+
+    #[test]
+    fn json_record() {
+        let v: serde_json::Value = serde_json::from_str(&record().to_json()).unwrap();
+        assert_eq!(v["method"], "POST");
+        assert_eq!(v["path"], "/api/v1?x=1");
+        assert_eq!(v["response_code"], 503);
+        assert_eq!(v["response_flags"], "UH");
+        assert_eq!(v["bytes_sent"], 34);
+        assert_eq!(v["authority"], "svc.test");
+        assert_eq!(v["upstream_host"], serde_json::Value::Null);
+        assert_eq!(v["downstream_remote_address"], "127.0.0.1:5000");
+    }
+}

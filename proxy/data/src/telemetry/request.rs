@@ -1,0 +1,510 @@
+//! Per-request telemetry, in three steps the handler calls: [`Observer::start`] when a
+//! request arrives (span, trace context, active gauge, request capture for the access log),
+//! [`Exchange`] filled while routing (names for labels, flags, the `traceparent` to send
+//! upstream), and [`Observer::finish`] with the response (counter, latency histogram, span
+//! status, and a body wrapper that counts bytes and writes the access log at its end).
+
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::{Instant, SystemTime};
+
+use bytes::Bytes;
+use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode, Uri, Version};
+use http_body_util::BodyExt;
+use hyper::body::{Body as _, Frame, SizeHint};
+use opentelemetry::propagation::TextMapPropagator;
+use opentelemetry::trace::TraceContextExt;
+use opentelemetry_sdk::propagation::TraceContextPropagator;
+use switchboard_proxy_xds::config::route::RetryPolicy;
+use tracing::Span;
+use tracing::field::Empty;
+use tracing_opentelemetry::OpenTelemetrySpanExt;
+
+use super::access_log::{LogRecord, access_log};
+use super::trace_context::{HeaderExtractor, TRACEPARENT, TRACESTATE, TraceParent};
+use super::{
+    ACTIVE_REQUESTS, DownstreamAddrs, LocalReply, REQUEST_DURATION_SECONDS, REQUESTS_TOTAL,
+    ResponseFlags, UpstreamHost,
+};
+use crate::proxy::Body;
+
+/// What routing decided about a request, filled in by the handler as it goes.
+#[derive(Debug, Default)]
+pub(crate) struct Exchange {
+    pub(crate) route_config: String,
+    pub(crate) virtual_host: String,
+    pub(crate) route: String,
+    /// The cluster the request was sent to (or failed to be); empty for local replies.
+    pub(crate) cluster: String,
+    pub(crate) flags: ResponseFlags,
+    /// `%RESPONSE_CODE_DETAILS%` for a local reply the handler made itself.
+    pub(crate) details: Option<&'static str>,
+    traceparent: Option<HeaderValue>,
+    keep_tracestate: bool,
+}
+
+impl Exchange {
+    /// Sets the request's W3C trace headers for the upstream: a `traceparent` naming the
+    /// proxy's span as parent; the caller's `tracestate` is kept only if its `traceparent`
+    /// was valid (a new trace starts with no state).
+    pub(crate) fn propagate_trace(&self, headers: &mut HeaderMap) {
+        let Some(tp) = &self.traceparent else {
+            return;
+        };
+        headers.insert(TRACEPARENT, tp.clone());
+        if !self.keep_tracestate {
+            headers.remove(TRACESTATE);
+        }
+    }
+}
+
+/// The request, as the access log shows it: captured on arrival, before route edits.
+struct Arrival {
+    method: Method,
+    uri: Uri,
+    version: Version,
+    headers: HeaderMap,
+    downstream: Option<DownstreamAddrs>,
+}
+
+/// One request's telemetry from arrival to the end of its response body.
+pub(crate) struct Observer {
+    listener: String,
+    start: Instant,
+    start_time: SystemTime,
+    span: Span,
+    trace: TraceParent,
+    active: ActiveRequest,
+    arrival: Option<Arrival>,
+    bytes_received: u64,
+    bodiless: bool,
+    finished: bool,
+}
+
+impl Observer {
+    pub(crate) fn start<B: hyper::body::Body>(
+        listener: &str,
+        req: &Request<B>,
+    ) -> (Self, Exchange) {
+        let start = Instant::now();
+        let start_time = SystemTime::now();
+        let active = ActiveRequest::new(listener);
+        let incoming = TraceParent::from_headers(req.headers());
+        let span = tracing::info_span!(
+            "proxy_request",
+            otel.kind = "server",
+            otel.status_code = Empty,
+            listener = %listener,
+            method = %req.method(),
+            path = req.uri().path(),
+            route = Empty,
+            cluster = Empty,
+            status = Empty,
+            trace_id = Empty,
+        );
+        let trace =
+            otel_trace(&span, incoming.is_some(), req.headers()).unwrap_or_else(
+                || match incoming {
+                    Some(parent) => parent.child(),
+                    None => TraceParent::new_sampled_root(),
+                },
+            );
+        span.record("trace_id", trace.trace_id_hex());
+        let arrival = access_log().enabled().then(|| Arrival {
+            method: req.method().clone(),
+            uri: req.uri().clone(),
+            version: req.version(),
+            headers: req.headers().clone(),
+            downstream: req.extensions().get::<DownstreamAddrs>().copied(),
+        });
+        // The request body goes upstream unread by this layer; its declared length is the
+        // byte count (0 when unknown).
+        let bytes_received = req.body().size_hint().exact().unwrap_or(0);
+        let exchange = Exchange {
+            traceparent: Some(trace.to_header_value()),
+            keep_tracestate: incoming.is_some(),
+            ..Default::default()
+        };
+        let observer = Self {
+            listener: listener.to_owned(),
+            start,
+            start_time,
+            span,
+            trace,
+            active,
+            arrival,
+            bytes_received,
+            bodiless: req.method() == Method::HEAD,
+            finished: false,
+        };
+        (observer, exchange)
+    }
+
+    /// The request's span, to instrument the handler with.
+    pub(crate) fn span(&self) -> &Span {
+        &self.span
+    }
+
+    /// Records the response (metrics, span fields) and wraps its body so that the access
+    /// log is written, the span closed and the request counted inactive when it ends.
+    pub(crate) fn finish(mut self, ex: Exchange, resp: Response<Body>) -> Response<Body> {
+        self.finished = true;
+        let elapsed = self.start.elapsed();
+        let status = resp.status();
+        let local = resp.extensions().get::<LocalReply>().is_some();
+        let mut flags = ex.flags;
+        if let Some(f) = resp.extensions().get::<ResponseFlags>() {
+            flags.insert(*f);
+        }
+        let details = ex.details.unwrap_or_else(|| details(flags, local));
+
+        let listener = std::mem::take(&mut self.listener);
+        metrics::counter!(
+            REQUESTS_TOTAL,
+            "listener" => listener.clone(),
+            "route_config" => ex.route_config.clone(),
+            "virtual_host" => ex.virtual_host.clone(),
+            "cluster" => ex.cluster.clone(),
+            "code_class" => code_class(status),
+        )
+        .increment(1);
+        metrics::histogram!(
+            REQUEST_DURATION_SECONDS,
+            "listener" => listener,
+            "cluster" => ex.cluster.clone(),
+        )
+        .record(elapsed.as_secs_f64());
+
+        let span = std::mem::replace(&mut self.span, Span::none());
+        // i64: OpenTelemetry has no unsigned integers (a u64 would be exported as text).
+        span.record("status", i64::from(status.as_u16()));
+        if !ex.route.is_empty() {
+            span.record("route", ex.route.as_str());
+        }
+        if !ex.cluster.is_empty() {
+            span.record("cluster", ex.cluster.as_str());
+        }
+        if status.is_server_error() {
+            span.record("otel.status_code", "error");
+        }
+
+        let record = self.arrival.take().map(|a| LogRecord {
+            start_time: self.start_time,
+            method: a.method,
+            uri: a.uri,
+            version: a.version,
+            request_headers: a.headers,
+            downstream: a.downstream,
+            status: status.as_u16(),
+            response_headers: resp.headers().clone(),
+            trailers: None,
+            flags,
+            details,
+            bytes_received: self.bytes_received,
+            bytes_sent: 0,
+            duration: elapsed,
+            response_duration: elapsed,
+            upstream_host: resp.extensions().get::<UpstreamHost>().map(|h| h.0),
+            cluster: ex.cluster,
+            route: ex.route,
+            trace_id: self.trace.trace_id_hex(),
+        });
+        let bodiless = self.bodiless
+            || status.is_informational()
+            || status == StatusCode::NO_CONTENT
+            || status == StatusCode::NOT_MODIFIED;
+        let ending = Ending {
+            start: self.start,
+            span,
+            active: self.active.take(),
+            record,
+            bytes_sent: 0,
+            bodiless,
+        };
+        resp.map(|inner| {
+            ObservedBody {
+                inner,
+                ending: Some(Box::new(ending)),
+            }
+            .boxed_unsync()
+        })
+    }
+}
+
+/// A request dropped before its response (the client went away): logged with response
+/// code 0 and `DC`, as Envoy does.
+impl Drop for Observer {
+    fn drop(&mut self) {
+        if self.finished {
+            return;
+        }
+        if let Some(a) = self.arrival.take() {
+            let elapsed = self.start.elapsed();
+            access_log().emit(&LogRecord {
+                start_time: self.start_time,
+                method: a.method,
+                uri: a.uri,
+                version: a.version,
+                request_headers: a.headers,
+                downstream: a.downstream,
+                status: 0,
+                response_headers: HeaderMap::new(),
+                trailers: None,
+                flags: ResponseFlags::DOWNSTREAM_CONNECTION_TERMINATION,
+                details: "downstream_remote_disconnect",
+                bytes_received: self.bytes_received,
+                bytes_sent: 0,
+                duration: elapsed,
+                response_duration: elapsed,
+                upstream_host: None,
+                cluster: String::new(),
+                route: String::new(),
+                trace_id: self.trace.trace_id_hex(),
+            });
+        }
+    }
+}
+
+/// The OpenTelemetry ids of `span` with its parent set from the request's `traceparent`
+/// (through the propagator API, so the exported span joins the caller's trace), or `None`
+/// when no OpenTelemetry layer is installed or the span is disabled. `valid` is this
+/// module's verdict on the `traceparent`, so both paths agree on what starts a new trace.
+fn otel_trace(span: &Span, valid: bool, headers: &HeaderMap) -> Option<TraceParent> {
+    if span.is_disabled() {
+        return None;
+    }
+    // An explicit empty parent makes the span a root rather than a child of whatever span
+    // the connection runs in.
+    let parent = if valid {
+        TraceContextPropagator::new().extract(&HeaderExtractor(headers))
+    } else {
+        opentelemetry::Context::new()
+    };
+    span.set_parent(parent).ok()?;
+    let cx = span.context();
+    let otel_span = cx.span();
+    let sc = otel_span.span_context();
+    sc.is_valid().then(|| {
+        TraceParent::from_parts(
+            sc.trace_id().to_bytes(),
+            sc.span_id().to_bytes(),
+            sc.is_sampled(),
+        )
+    })
+}
+
+/// Whether the last answer of a retried route is one the retry policy would have retried:
+/// the retries ran out (`URX`). `body_retriable` says whether the request body was small
+/// enough to be retried at all.
+pub(crate) fn retries_exhausted(
+    policy: Option<&RetryPolicy>,
+    body_retriable: bool,
+    resp: &Response<Body>,
+) -> bool {
+    let Some(p) = policy.filter(|p| p.num_retries > 0) else {
+        return false;
+    };
+    if !body_retriable
+        || resp.extensions().get::<LocalReply>().is_some()
+        || resp.extensions().get::<ResponseFlags>().is_some()
+    {
+        return false;
+    }
+    let on = |c: &str| p.retry_on.iter().any(|r| r == c);
+    let s = resp.status().as_u16();
+    (on("5xx") && s >= 500)
+        || (on("gateway-error") && matches!(s, 502..=504))
+        || (on("retriable-status-codes") && p.retriable_status_codes.contains(&s))
+}
+
+/// Envoy's `%RESPONSE_CODE_DETAILS%` for what the flags say.
+fn details(flags: ResponseFlags, local: bool) -> &'static str {
+    const BY_FLAG: [(ResponseFlags, &str); 8] = [
+        (ResponseFlags::NO_ROUTE, "route_not_found"),
+        (ResponseFlags::NO_CLUSTER, "cluster_not_found"),
+        (ResponseFlags::FAULT_INJECTED, "fault_filter_abort"),
+        (ResponseFlags::NO_HEALTHY_UPSTREAM, "no_healthy_upstream"),
+        (
+            ResponseFlags::UPSTREAM_OVERFLOW,
+            "upstream_reset_before_response_started{overflow}",
+        ),
+        (
+            ResponseFlags::UPSTREAM_REQUEST_TIMEOUT,
+            "upstream_response_timeout",
+        ),
+        (
+            ResponseFlags::UPSTREAM_CONNECTION_FAILURE,
+            "upstream_reset_before_response_started{connection_failure}",
+        ),
+        (
+            ResponseFlags::UPSTREAM_REMOTE_RESET,
+            "upstream_reset_before_response_started{remote_reset}",
+        ),
+    ];
+    if !local {
+        return "via_upstream";
+    }
+    BY_FLAG
+        .iter()
+        .find(|(f, _)| flags.contains(*f))
+        .map_or("local_reply", |(_, d)| d)
+}
+
+fn code_class(status: StatusCode) -> &'static str {
+    match status.as_u16() {
+        100..=199 => "1xx",
+        200..=299 => "2xx",
+        300..=399 => "3xx",
+        400..=499 => "4xx",
+        _ => "5xx",
+    }
+}
+
+/// The `active_requests` gauge, incremented for as long as this lives.
+struct ActiveRequest(Option<metrics::Gauge>);
+
+impl ActiveRequest {
+    fn new(listener: &str) -> Self {
+        let gauge = metrics::gauge!(ACTIVE_REQUESTS, "listener" => listener.to_owned());
+        gauge.increment(1.0);
+        Self(Some(gauge))
+    }
+
+    fn take(&mut self) -> Self {
+        Self(self.0.take())
+    }
+}
+
+impl Drop for ActiveRequest {
+    fn drop(&mut self) {
+        if let Some(g) = &self.0 {
+            g.decrement(1.0);
+        }
+    }
+}
+
+/// What happens when a response body ends: the access log line, the span's end, and the
+/// request's leaving the active gauge.
+struct Ending {
+    start: Instant,
+    span: Span,
+    active: ActiveRequest,
+    record: Option<LogRecord>,
+    bytes_sent: u64,
+    /// Responses that carry no body (to HEAD, 1xx, 204, 304), which hyper drops unread.
+    bodiless: bool,
+}
+
+/// A response body that counts the bytes it passes and ends the request's telemetry when
+/// it ends, fails, or is dropped (the downstream went away: `DC`).
+struct ObservedBody {
+    inner: Body,
+    ending: Option<Box<Ending>>,
+}
+
+impl ObservedBody {
+    fn end(&mut self, flags: ResponseFlags) {
+        let Some(ending) = self.ending.take() else {
+            return;
+        };
+        let Ending {
+            start,
+            span,
+            active,
+            record,
+            bytes_sent,
+            bodiless: _,
+        } = *ending;
+        if let Some(mut r) = record {
+            r.flags.insert(flags);
+            r.bytes_sent = bytes_sent;
+            r.duration = start.elapsed();
+            access_log().emit(&r);
+        }
+        drop(span);
+        drop(active);
+    }
+}
+
+impl hyper::body::Body for ObservedBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        let this = &mut *self;
+        let polled = Pin::new(&mut this.inner).poll_frame(cx);
+        match &polled {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let Some(ending) = this.ending.as_mut() {
+                    if let Some(data) = frame.data_ref() {
+                        let n = u64::try_from(data.len()).unwrap_or(u64::MAX);
+                        ending.bytes_sent = ending.bytes_sent.saturating_add(n);
+                    } else if let Some(trailers) = frame.trailers_ref()
+                        && let Some(r) = ending.record.as_mut()
+                    {
+                        r.trailers = Some(trailers.clone());
+                    }
+                }
+                if this.inner.is_end_stream() {
+                    this.end(ResponseFlags::empty());
+                }
+            }
+            Poll::Ready(Some(Err(_))) => this.end(ResponseFlags::UPSTREAM_REMOTE_RESET),
+            Poll::Ready(None) => this.end(ResponseFlags::empty()),
+            Poll::Pending => {}
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+impl Drop for ObservedBody {
+    fn drop(&mut self) {
+        let complete =
+            self.inner.is_end_stream() || self.ending.as_ref().is_some_and(|e| e.bodiless);
+        self.end(if complete {
+            ResponseFlags::empty()
+        } else {
+            ResponseFlags::DOWNSTREAM_CONNECTION_TERMINATION
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn code_classes() {
+        for (s, c) in [
+            (101, "1xx"),
+            (200, "2xx"),
+            (302, "3xx"),
+            (404, "4xx"),
+            (503, "5xx"),
+        ] {
+            assert_eq!(code_class(StatusCode::from_u16(s).unwrap()), c);
+        }
+    }
+
+    #[test]
+    fn details_follow_flags() {
+        assert_eq!(details(ResponseFlags::empty(), false), "via_upstream");
+        assert_eq!(details(ResponseFlags::NO_ROUTE, true), "route_not_found");
+        assert_eq!(
+            details(ResponseFlags::UPSTREAM_REQUEST_TIMEOUT, true),
+            "upstream_response_timeout"
+        );
+        assert_eq!(details(ResponseFlags::empty(), true), "local_reply");
+    }
+}

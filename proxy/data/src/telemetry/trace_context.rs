@@ -1,0 +1,292 @@
+//! W3C Trace Context (`traceparent`): parsing, new ids, and the sampling ratio for traces
+//! the proxy starts.
+
+use std::fmt;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use http::{HeaderMap, HeaderValue};
+use rand::Rng;
+
+use super::TelemetryError;
+
+pub(crate) const TRACEPARENT: &str = "traceparent";
+pub(crate) const TRACESTATE: &str = "tracestate";
+
+/// The share of new traces (requests without a valid `traceparent`) marked sampled, as
+/// `f64` bits; 1.0 until [`set_trace_sampling_ratio`] says otherwise.
+static SAMPLING_RATIO: AtomicU64 = AtomicU64::new(1.0f64.to_bits());
+
+/// Sets the share of new traces the proxy marks sampled, from 0.0 (none) to 1.0 (all, the
+/// default). A request with a valid `traceparent` keeps its caller's decision. The OTLP
+/// exporter's sampler reads the same ratio, so exported spans follow it too.
+pub fn set_trace_sampling_ratio(ratio: f64) -> Result<(), TelemetryError> {
+    if !(0.0..=1.0).contains(&ratio) {
+        return Err(TelemetryError::SamplingRatio(ratio));
+    }
+    SAMPLING_RATIO.store(ratio.to_bits(), Ordering::Relaxed);
+    Ok(())
+}
+
+/// The ratio set by [`set_trace_sampling_ratio`].
+pub fn trace_sampling_ratio() -> f64 {
+    f64::from_bits(SAMPLING_RATIO.load(Ordering::Relaxed))
+}
+
+/// One `traceparent`: a trace id, the id of the caller's span (the parent of whoever
+/// receives it), and the flags, of which only `sampled` (bit 0) is kept.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TraceParent {
+    trace_id: [u8; 16],
+    parent_id: [u8; 8],
+    flags: u8,
+}
+
+impl TraceParent {
+    const SAMPLED: u8 = 0x01;
+
+    /// Parses a `traceparent` value by the W3C rules: lowercase hex fields, version `ff`
+    /// and all-zero ids invalid, version `00` exactly 55 characters, and a later version
+    /// read by its first four fields if it has more.
+    pub fn parse(value: &str) -> Option<Self> {
+        let b = value.as_bytes();
+        if b.len() < 55 {
+            return None;
+        }
+        let version = hex_byte(b.get(0..2)?)?;
+        if version == 0xff || b.get(2) != Some(&b'-') {
+            return None;
+        }
+        if (version == 0 && b.len() != 55) || (b.len() > 55 && b.get(55) != Some(&b'-')) {
+            return None;
+        }
+        let mut trace_id = [0u8; 16];
+        decode_into(b.get(3..35)?, &mut trace_id)?;
+        if b.get(35) != Some(&b'-') {
+            return None;
+        }
+        let mut parent_id = [0u8; 8];
+        decode_into(b.get(36..52)?, &mut parent_id)?;
+        if b.get(52) != Some(&b'-') {
+            return None;
+        }
+        let flags = hex_byte(b.get(53..55)?)?;
+        if trace_id == [0; 16] || parent_id == [0; 8] {
+            return None;
+        }
+        Some(Self {
+            trace_id,
+            parent_id,
+            flags: flags & Self::SAMPLED,
+        })
+    }
+
+    /// Reads the request's `traceparent`, if it has exactly one valid one.
+    pub(crate) fn from_headers(headers: &HeaderMap) -> Option<Self> {
+        let mut values = headers.get_all(TRACEPARENT).iter();
+        let first = values.next()?;
+        if values.next().is_some() {
+            return None;
+        }
+        Self::parse(first.to_str().ok()?)
+    }
+
+    /// A new trace with a random id; `sampled` as given.
+    pub fn new_root(sampled: bool) -> Self {
+        Self {
+            trace_id: random_nonzero(),
+            parent_id: random_nonzero(),
+            flags: if sampled { Self::SAMPLED } else { 0 },
+        }
+    }
+
+    /// A new trace sampled at the ratio of [`set_trace_sampling_ratio`].
+    pub fn new_sampled_root() -> Self {
+        let ratio = trace_sampling_ratio();
+        let sampled = ratio >= 1.0 || (ratio > 0.0 && rand::rng().random::<f64>() < ratio);
+        Self::new_root(sampled)
+    }
+
+    /// The same trace and sampling decision with a new random span id as parent: what the
+    /// proxy sends upstream for its own span.
+    pub fn child(&self) -> Self {
+        Self {
+            parent_id: random_nonzero(),
+            ..*self
+        }
+    }
+
+    pub(crate) fn from_parts(trace_id: [u8; 16], parent_id: [u8; 8], sampled: bool) -> Self {
+        Self {
+            trace_id,
+            parent_id,
+            flags: if sampled { Self::SAMPLED } else { 0 },
+        }
+    }
+
+    pub fn trace_id(&self) -> [u8; 16] {
+        self.trace_id
+    }
+
+    pub fn parent_id(&self) -> [u8; 8] {
+        self.parent_id
+    }
+
+    pub fn sampled(&self) -> bool {
+        self.flags & Self::SAMPLED != 0
+    }
+
+    /// The trace id as 32 lowercase hex digits.
+    pub fn trace_id_hex(&self) -> String {
+        let mut s = String::with_capacity(32);
+        push_hex(&mut s, &self.trace_id);
+        s
+    }
+
+    pub(crate) fn to_header_value(self) -> HeaderValue {
+        // Hex digits and dashes only, always a valid header value.
+        HeaderValue::from_str(&self.to_string()).unwrap_or(HeaderValue::from_static(""))
+    }
+}
+
+/// Version `00`, the only one this proxy writes.
+impl fmt::Display for TraceParent {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut s = String::with_capacity(55);
+        s.push_str("00-");
+        push_hex(&mut s, &self.trace_id);
+        s.push('-');
+        push_hex(&mut s, &self.parent_id);
+        s.push('-');
+        push_hex(&mut s, &[self.flags]);
+        f.write_str(&s)
+    }
+}
+
+fn random_nonzero<const N: usize>() -> [u8; N] {
+    let mut rng = rand::rng();
+    loop {
+        let id: [u8; N] = rng.random();
+        if id != [0; N] {
+            return id;
+        }
+    }
+}
+
+const HEX: &[u8; 16] = b"0123456789abcdef";
+
+fn push_hex(out: &mut String, bytes: &[u8]) {
+    for b in bytes {
+        out.push(char::from(HEX[usize::from(b >> 4)]));
+        out.push(char::from(HEX[usize::from(b & 0x0f)]));
+    }
+}
+
+/// One lowercase hex digit (the W3C format forbids uppercase).
+fn nibble(c: u8) -> Option<u8> {
+    match c {
+        b'0'..=b'9' => Some(c - b'0'),
+        b'a'..=b'f' => Some(c - b'a' + 10),
+        _ => None,
+    }
+}
+
+fn hex_byte(two: &[u8]) -> Option<u8> {
+    match two {
+        [hi, lo] => Some(nibble(*hi)? << 4 | nibble(*lo)?),
+        _ => None,
+    }
+}
+
+fn decode_into(hex: &[u8], out: &mut [u8]) -> Option<()> {
+    if hex.len() != out.len() * 2 {
+        return None;
+    }
+    for (byte, pair) in out.iter_mut().zip(hex.chunks_exact(2)) {
+        *byte = hex_byte(pair)?;
+    }
+    Some(())
+}
+
+/// Lets the OpenTelemetry propagator read a request's headers.
+pub(crate) struct HeaderExtractor<'a>(pub(crate) &'a HeaderMap);
+
+impl opentelemetry::propagation::Extractor for HeaderExtractor<'_> {
+    fn get(&self, key: &str) -> Option<&str> {
+        self.0.get(key).and_then(|v| v.to_str().ok())
+    }
+
+    fn keys(&self) -> Vec<&str> {
+        self.0.keys().map(|k| k.as_str()).collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const VALID: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+
+    #[test]
+    fn parses_and_formats() {
+        let p = TraceParent::parse(VALID).unwrap();
+        assert!(p.sampled());
+        assert_eq!(p.trace_id_hex(), "4bf92f3577b34da6a3ce929d0e0e4736");
+        assert_eq!(p.to_string(), VALID);
+        let child = p.child();
+        assert_eq!(child.trace_id(), p.trace_id());
+        assert_ne!(child.parent_id(), p.parent_id());
+        assert!(child.sampled());
+    }
+
+    #[test]
+    fn rejects_invalid() {
+        let cases = [
+            "",
+            "garbage",
+            // uppercase hex
+            "00-4BF92F3577B34DA6A3CE929D0E0E4736-00f067aa0ba902b7-01",
+            // zero trace id / parent id
+            "00-00000000000000000000000000000000-00f067aa0ba902b7-01",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-0000000000000000-01",
+            // version ff, and version 00 with extra fields
+            "ff-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-extra",
+            // wrong separators and lengths
+            "00_4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+            "00-4bf92f3577b34da6a3ce929d0e0e473-600f067aa0ba902b7-01",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-0",
+        ];
+        for c in cases {
+            assert_eq!(TraceParent::parse(c), None, "{c:?}");
+        }
+    }
+
+    #[test]
+    fn later_versions_are_read_by_their_first_fields() {
+        let v = "cc-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-09-what-follows";
+        let p = TraceParent::parse(v).unwrap();
+        assert!(p.sampled());
+        assert!(p.to_string().starts_with("00-4bf92f35"));
+        assert!(
+            TraceParent::parse("cc-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-09x")
+                .is_none()
+        );
+    }
+
+    #[test]
+    fn two_traceparent_headers_are_invalid() {
+        let mut h = HeaderMap::new();
+        h.append(TRACEPARENT, HeaderValue::from_static(VALID));
+        assert!(TraceParent::from_headers(&h).is_some());
+        h.append(TRACEPARENT, HeaderValue::from_static(VALID));
+        assert!(TraceParent::from_headers(&h).is_none());
+    }
+
+    #[test]
+    fn new_roots_are_valid() {
+        let p = TraceParent::new_root(false);
+        assert!(!p.sampled());
+        assert_eq!(TraceParent::parse(&p.to_string()), Some(p));
+        assert_eq!(p.to_header_value().len(), 55);
+    }
+}

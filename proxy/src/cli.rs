@@ -1,0 +1,158 @@
+//! The command line: a bootstrap file, flags, or both (flags win), and process options.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Parser, ValueEnum};
+use switchboard_proxy_xds::Bootstrap;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "switchboard-proxy",
+    version,
+    about = "Switchboard's data-plane proxy, configured over standard xDS (ADS)",
+    long_about = "Switchboard's data-plane proxy, configured over standard xDS (ADS).\n\n\
+        Give a bootstrap file (`switchboard bootstrap proxy …` prints one), or the xDS address \
+        and node id as flags; flags override the file. Needs no root, no capabilities and no \
+        writable file system."
+)]
+pub struct Args {
+    /// Bootstrap file (YAML or JSON): xds_address, node_id, metadata, token_file.
+    #[arg(long, env = "SWITCHBOARD_PROXY_BOOTSTRAP")]
+    pub bootstrap: Option<PathBuf>,
+    /// The control plane's xDS address, e.g. http://127.0.0.1:18000.
+    #[arg(long)]
+    pub xds_address: Option<String>,
+    /// This node's id: tenants/{tenant}/meshes/{mesh}/nodes/{name} for Switchboard.
+    #[arg(long)]
+    pub node_id: Option<String>,
+    /// Node metadata as key=value, repeatable: role=sidecar, service=…, app_port=…,
+    /// inbound_port=…, outbound_port=…, or role=gateway, gateway=….
+    #[arg(long = "metadata", value_name = "KEY=VALUE", value_parser = parse_key_value)]
+    pub metadata: Vec<(String, String)>,
+    /// A file holding the proxy token (read on every connect, so it can be rotated).
+    #[arg(long)]
+    pub token_file: Option<PathBuf>,
+    /// Where the admin port listens (/ready, /stats, /config_dump, /clusters).
+    #[arg(long, default_value = "127.0.0.1:15000")]
+    pub admin_address: SocketAddr,
+    /// Worker threads; defaults to the number of CPUs.
+    #[arg(long)]
+    pub concurrency: Option<usize>,
+    /// How long a removed listener's open connections may finish before they are closed.
+    #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
+    pub drain_timeout: Duration,
+    /// Format of the proxy's own logs on standard error (level from RUST_LOG, default info).
+    #[arg(long, value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+    /// Access log: `off`, `json`, or an Envoy-style format string such as
+    /// "%REQ(:METHOD)% %REQ(X-ENVOY-ORIGINAL-PATH?:PATH)% %RESPONSE_CODE% %DURATION%".
+    /// Logged at INFO with target `access_log`; the default is Envoy's default text format.
+    #[arg(long)]
+    pub access_log_format: Option<String>,
+    /// The share of new traces (requests without a `traceparent`) that are sampled, 0 to 1;
+    /// a caller's sampling decision is always kept.
+    #[arg(long, default_value_t = 1.0)]
+    pub trace_sampling_ratio: f64,
+    /// Export request spans over OTLP/gRPC to this collector, e.g. http://127.0.0.1:4317.
+    #[arg(long, env = "OTEL_EXPORTER_OTLP_ENDPOINT")]
+    pub otlp_endpoint: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+fn parse_key_value(s: &str) -> Result<(String, String), String> {
+    match s.split_once('=') {
+        Some((k, v)) if !k.is_empty() => Ok((k.to_owned(), v.to_owned())),
+        _ => Err(format!("{s:?} is not KEY=VALUE")),
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum CliError {
+    #[error(transparent)]
+    Bootstrap(#[from] switchboard_proxy_xds::BootstrapError),
+    #[error(
+        "no {0} given: pass --{1} or a --bootstrap file \
+         (`switchboard bootstrap proxy …` prints one)"
+    )]
+    Missing(&'static str, &'static str),
+}
+
+impl Args {
+    /// The bootstrap: the file's, with every flag given overriding it.
+    pub fn bootstrap(&self) -> Result<Bootstrap, CliError> {
+        let file = match &self.bootstrap {
+            Some(path) => Some(Bootstrap::from_file(path)?),
+            None => None,
+        };
+        let xds_address = self
+            .xds_address
+            .clone()
+            .or_else(|| file.as_ref().map(|b| b.xds_address.clone()))
+            .ok_or(CliError::Missing("xDS address", "xds-address"))?;
+        let node_id = self
+            .node_id
+            .clone()
+            .or_else(|| file.as_ref().map(|b| b.node_id.clone()))
+            .ok_or(CliError::Missing("node id", "node-id"))?;
+        let mut metadata = file
+            .as_ref()
+            .map(|b| b.metadata.clone())
+            .unwrap_or_default();
+        metadata.extend(self.metadata.iter().cloned());
+        let token_file = self
+            .token_file
+            .clone()
+            .or_else(|| file.and_then(|b| b.token_file));
+        Ok(Bootstrap {
+            xds_address,
+            node_id,
+            metadata,
+            token_file,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn flags_override_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("b.yaml");
+        std::fs::write(
+            &path,
+            "xds_address: http://a:1\nnode_id: n\nmetadata: {role: sidecar, service: x}\n",
+        )
+        .unwrap();
+        let args = Args::parse_from([
+            "switchboard-proxy",
+            "--bootstrap",
+            path.to_str().unwrap(),
+            "--xds-address",
+            "http://b:2",
+            "--metadata",
+            "service=y",
+        ]);
+        let b = args.bootstrap().unwrap();
+        assert_eq!(b.xds_address, "http://b:2");
+        assert_eq!(b.node_id, "n");
+        assert_eq!(b.metadata["role"], "sidecar");
+        assert_eq!(b.metadata["service"], "y");
+    }
+
+    #[test]
+    fn missing_fields_are_named() {
+        let args = Args::parse_from(["switchboard-proxy", "--node-id", "n"]);
+        let e = args.bootstrap().unwrap_err().to_string();
+        assert!(e.contains("--xds-address"), "{e}");
+        assert!(Args::try_parse_from(["switchboard-proxy", "--metadata", "novalue"]).is_err());
+    }
+}
