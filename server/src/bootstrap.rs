@@ -11,8 +11,7 @@ use std::path::PathBuf;
 
 use clap::{Args, Subcommand, ValueEnum};
 use serde_json::json;
-use switchboard_xds_proto::Node;
-use switchboard_xds_proto::pb::google::protobuf::{Struct, Value, value::Kind};
+use switchboard_proxy_xds::Bootstrap as ProxyBootstrap;
 use switchboard_xds_server::NodeId;
 use switchboard_xds_server::node::{NodeError, node_role};
 
@@ -111,23 +110,6 @@ fn node_id(a: &NodeArgs) -> Result<String, BootstrapError> {
     Ok(id)
 }
 
-fn node(id: &str, metadata: &BTreeMap<String, String>) -> Node {
-    let fields = metadata
-        .iter()
-        .map(|(k, v)| {
-            let value = Value {
-                kind: Some(Kind::StringValue(v.clone())),
-            };
-            (k.clone(), value)
-        })
-        .collect();
-    Node {
-        id: id.to_owned(),
-        metadata: Some(Struct { fields }),
-        ..Default::default()
-    }
-}
-
 fn proxy(a: &ProxyArgs) -> Result<String, BootstrapError> {
     let id = node_id(&a.node)?;
     let mut metadata = BTreeMap::new();
@@ -178,16 +160,17 @@ fn proxy(a: &ProxyArgs) -> Result<String, BootstrapError> {
             metadata.insert(key.to_owned(), value.clone());
         }
     }
+    // The very struct the proxy parses, so the printed file is what it reads.
+    let bootstrap = ProxyBootstrap {
+        xds_address: a.xds_address.clone(),
+        node_id: id,
+        metadata,
+        token_file: Some(a.token_file.clone()),
+    };
     // The xDS server's own check: a missing service or clashing ports fail here, not at connect.
-    node_role(&node(&id, &metadata))?;
-    let body = json!({
-        "xds_address": a.xds_address,
-        "node_id": id,
-        "metadata": metadata,
-        "token_file": a.token_file,
-    });
+    node_role(&bootstrap.node())?;
     let yaml =
-        serde_yaml_ng::to_string(&body).map_err(|e| BootstrapError::Render(e.to_string()))?;
+        serde_yaml_ng::to_string(&bootstrap).map_err(|e| BootstrapError::Render(e.to_string()))?;
     Ok(format!(
         "# switchboard-proxy --bootstrap <this file>\n\
          # Put a proxy token of tenant {t} in {f}:\n\
@@ -252,12 +235,15 @@ mod tests {
             "25001",
         ])
         .unwrap();
-        let v: serde_json::Value = serde_yaml_ng::from_str(&text).unwrap();
-        assert_eq!(v["node_id"], "tenants/acme/meshes/prod/nodes/pay-1");
-        assert_eq!(v["metadata"]["role"], "sidecar");
-        assert_eq!(v["metadata"]["app_port"], "8080");
-        assert_eq!(v["metadata"]["outbound_port"], "25001");
-        assert_eq!(v["token_file"], "/var/run/switchboard/proxy-token");
+        let b = ProxyBootstrap::parse(&text).unwrap();
+        assert_eq!(b.node_id, "tenants/acme/meshes/prod/nodes/pay-1");
+        assert_eq!(b.metadata["role"], "sidecar");
+        assert_eq!(b.metadata["app_port"], "8080");
+        assert_eq!(b.metadata["outbound_port"], "25001");
+        assert_eq!(
+            b.token_file.as_deref(),
+            Some(std::path::Path::new("/var/run/switchboard/proxy-token"))
+        );
     }
 
     #[test]

@@ -4,11 +4,12 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use switchboard_xds_proto::Node;
 use switchboard_xds_proto::pb::google::protobuf::{Struct, Value, value::Kind};
 
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+/// Also what `switchboard bootstrap proxy` prints, so the two cannot drift apart.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Bootstrap {
     /// `http://host:port` of the ADS server.
@@ -19,7 +20,7 @@ pub struct Bootstrap {
     #[serde(default)]
     pub metadata: BTreeMap<String, String>,
     /// A file holding the proxy token, read on every connect so it can be rotated.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub token_file: Option<PathBuf>,
 }
 
