@@ -50,10 +50,17 @@ pub struct Memory {
 /// The binary to start: `SWITCHBOARD_BIN`, else `target/release/switchboard` of this
 /// workspace (honouring `CARGO_TARGET_DIR`).
 fn binary() -> Result<PathBuf> {
-    if let Some(bin) = std::env::var_os("SWITCHBOARD_BIN") {
+    release_binary("SWITCHBOARD_BIN", "switchboard")
+}
+
+/// A binary of this workspace: the file that `env_var` names, else `target/release/{name}`
+/// (honouring `CARGO_TARGET_DIR`), which must have been built (`cargo build --release -p
+/// {name}`).
+pub(crate) fn release_binary(env_var: &str, name: &str) -> Result<PathBuf> {
+    if let Some(bin) = std::env::var_os(env_var) {
         let bin = PathBuf::from(bin);
         if !bin.is_file() {
-            bail!("SWITCHBOARD_BIN={} is not a file", bin.display());
+            bail!("{env_var}={} is not a file", bin.display());
         }
         return Ok(bin);
     }
@@ -61,11 +68,11 @@ fn binary() -> Result<PathBuf> {
         Some(dir) => PathBuf::from(dir),
         None => Path::new(env!("CARGO_MANIFEST_DIR")).join("../target"),
     };
-    let bin = target.join("release/switchboard");
+    let bin = target.join("release").join(name);
     if !bin.is_file() {
         bail!(
-            "{} does not exist: build it with `cargo build --release -p switchboard`, or set \
-             SWITCHBOARD_BIN to the binary to test",
+            "{} does not exist: build it with `cargo build --release -p {name}`, or set \
+             {env_var} to the binary to test",
             bin.display()
         );
     }

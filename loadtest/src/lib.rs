@@ -5,12 +5,22 @@
 //!
 //! - `xds-convergence`: many proxyless ADS clients; how long a route change takes to reach
 //!   (and be ACKed by) all of them, and the control plane's memory.
+//! - `proxy-bench`: requests per second, latency, memory and CPU of `switchboard-proxy` as a
+//!   gateway configured by the control plane, against the backend directly and against nginx.
 //!
 //! This library holds what every load test needs: [`ControlPlane`] (the child process, its
 //! database and its memory figures), [`Rest`] (an admin REST client) and [`Summary`]
-//! (percentiles).
+//! (percentiles); and what the proxy benchmark needs: [`load`] (an HTTP/1.1 load generator,
+//! open and closed loop), [`procfs`] (memory and CPU time of processes), [`backend`] (the
+//! backend server and its process), [`proxy`] (the gateway's configuration and the
+//! `switchboard-proxy` process) and [`nginx`] (nginx as a reverse proxy).
 
+pub mod backend;
 mod control_plane;
+pub mod load;
+pub mod nginx;
+pub mod procfs;
+pub mod proxy;
 mod rest;
 mod stats;
 

@@ -1,0 +1,214 @@
+//! The benchmark backend: a hyper 1 HTTP/1.1 server on 127.0.0.1 that answers every request
+//! with 200 and the same body, run as its own process ([`BackendProcess`]) so that its CPU
+//! time is not the load generator's.
+//!
+//! The process is the calling binary itself, started again with the arguments
+//! `backend --threads N --body-bytes N`: [`run`] is that subcommand. It binds a free port,
+//! prints `listening <address>` on standard output, and serves until its standard input
+//! closes (its parent is gone) or an hour has passed. It counts the connections it accepts,
+//! so a benchmark can tell how many upstream connections a proxy opened.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::process::Stdio;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use bytes::Bytes;
+use http::{Request, Response, header};
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper_util::rt::TokioIo;
+use std::io::Read;
+
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::net::TcpListener;
+use tokio::process::{Child, ChildStdin, Command};
+
+/// The longest a backend process lives, whatever happens to its parent.
+const MAX_LIFETIME: Duration = Duration::from_secs(3600);
+
+/// The path that answers, instead of the body, how many connections the backend has accepted
+/// other than those that asked this (each on a connection of its own).
+pub const CONNECTIONS_PATH: &str = "/__bench/connections";
+
+/// Serves `body` to every request on every connection `listener` accepts, forever; and the
+/// number of connections accepted at [`CONNECTIONS_PATH`].
+pub async fn serve(listener: TcpListener, body: Bytes) {
+    let accepted = Arc::new(AtomicU64::new(0));
+    let asked = Arc::new(AtomicU64::new(0));
+    loop {
+        let stream = match listener.accept().await {
+            Ok((stream, _)) => stream,
+            Err(_) => {
+                // Out of file descriptors, say: back off instead of spinning.
+                tokio::time::sleep(Duration::from_millis(10)).await;
+                continue;
+            }
+        };
+        accepted.fetch_add(1, Ordering::Relaxed);
+        let _ = stream.set_nodelay(true);
+        let body = body.clone();
+        let accepted = Arc::clone(&accepted);
+        let asked = Arc::clone(&asked);
+        tokio::spawn(async move {
+            let service = service_fn(move |request: Request<Incoming>| {
+                let body = if request.uri().path() == CONNECTIONS_PATH {
+                    let asked = asked.fetch_add(1, Ordering::Relaxed) + 1;
+                    let others = accepted.load(Ordering::Relaxed).saturating_sub(asked);
+                    Bytes::from(others.to_string())
+                } else {
+                    body.clone()
+                };
+                async move {
+                    let mut response = Response::new(Full::new(body));
+                    response.headers_mut().insert(
+                        header::CONTENT_TYPE,
+                        header::HeaderValue::from_static("text/plain"),
+                    );
+                    Ok::<_, Infallible>(response)
+                }
+            });
+            let _ = http1::Builder::new()
+                .serve_connection(TokioIo::new(stream), service)
+                .await;
+        });
+    }
+}
+
+/// What the `backend` subcommand takes.
+#[derive(Debug, Clone, Copy)]
+pub struct BackendArgs {
+    pub threads: usize,
+    pub body_bytes: usize,
+}
+
+impl BackendArgs {
+    fn to_args(self) -> Vec<String> {
+        vec![
+            "backend".into(),
+            "--threads".into(),
+            self.threads.to_string(),
+            "--body-bytes".into(),
+            self.body_bytes.to_string(),
+        ]
+    }
+
+    /// Parses the arguments after `backend`.
+    pub fn parse(args: &[String]) -> Result<BackendArgs> {
+        let mut parsed = BackendArgs {
+            threads: 1,
+            body_bytes: 1024,
+        };
+        let mut it = args.iter();
+        while let Some(flag) = it.next() {
+            let value = it.next().with_context(|| format!("{flag} needs a value"))?;
+            let n: usize = value
+                .parse()
+                .with_context(|| format!("{flag} {value:?}: expected a whole number"))?;
+            match flag.as_str() {
+                "--threads" => parsed.threads = n.max(1),
+                "--body-bytes" => parsed.body_bytes = n,
+                _ => bail!("unknown backend flag {flag}; expected --threads or --body-bytes"),
+            }
+        }
+        Ok(parsed)
+    }
+}
+
+/// The `backend` subcommand: builds its own runtime of `threads` workers and serves.
+pub fn run(args: BackendArgs) -> Result<()> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(args.threads)
+        .enable_all()
+        .build()
+        .context("building the backend's runtime")?;
+    runtime.block_on(async move {
+        let listener = TcpListener::bind("127.0.0.1:0")
+            .await
+            .context("binding 127.0.0.1:0")?;
+        let addr = listener.local_addr()?;
+        println!("listening {addr}");
+        let body = Bytes::from(vec![b'x'; args.body_bytes]);
+        // Standard input reaches EOF (or fails) when the parent is gone.
+        let (gone_tx, gone_rx) = tokio::sync::oneshot::channel::<()>();
+        std::thread::Builder::new()
+            .name("stdin-watch".into())
+            .spawn(move || {
+                let _ = std::io::stdin().read_to_end(&mut Vec::new());
+                let _ = gone_tx.send(());
+            })
+            .context("starting the stdin thread")?;
+        tokio::select! {
+            () = serve(listener, body) => {}
+            _ = gone_rx => {}
+            () = tokio::time::sleep(MAX_LIFETIME) => {}
+        }
+        Ok(())
+    })
+}
+
+/// A backend child process, killed when dropped.
+#[derive(Debug)]
+pub struct BackendProcess {
+    child: Child,
+    pub pid: u32,
+    pub addr: SocketAddr,
+    /// Held open: the child exits when it closes.
+    _stdin: ChildStdin,
+}
+
+impl BackendProcess {
+    /// Starts this executable again as `backend` and waits for the address it listens on.
+    pub async fn start(args: BackendArgs) -> Result<BackendProcess> {
+        let exe = std::env::current_exe().context("finding this executable")?;
+        let mut child = Command::new(&exe)
+            .args(args.to_args())
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .kill_on_drop(true)
+            .spawn()
+            .with_context(|| format!("starting {} backend", exe.display()))?;
+        let pid = child.id().context("the backend exited at once")?;
+        let stdin = child.stdin.take().context("no stdin pipe")?;
+        let stdout = child.stdout.take().context("no stdout pipe")?;
+        let mut line = String::new();
+        tokio::time::timeout(
+            Duration::from_secs(10),
+            BufReader::new(stdout).read_line(&mut line),
+        )
+        .await
+        .context("the backend did not print its address within 10 s")??;
+        let addr: SocketAddr = line
+            .trim()
+            .strip_prefix("listening ")
+            .and_then(|a| a.parse().ok())
+            .with_context(|| format!("the backend printed {line:?}, not `listening <address>`"))?;
+        Ok(BackendProcess {
+            child,
+            pid,
+            addr,
+            _stdin: stdin,
+        })
+    }
+
+    /// How many connections the backend has accepted, not counting those that asked this.
+    pub async fn connections(&self) -> Result<u64> {
+        let body = crate::load::get(self.addr, CONNECTIONS_PATH).await?;
+        let n: u64 = std::str::from_utf8(&body)
+            .ok()
+            .and_then(|t| t.trim().parse().ok())
+            .with_context(|| format!("{CONNECTIONS_PATH} answered {body:?}"))?;
+        Ok(n)
+    }
+
+    pub async fn stop(&mut self) {
+        let _ = self.child.start_kill();
+        let _ = tokio::time::timeout(Duration::from_secs(5), self.child.wait()).await;
+    }
+}

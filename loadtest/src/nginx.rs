@@ -1,0 +1,217 @@
+//! nginx as a reverse proxy, for comparison: a master and `worker_processes` workers run as
+//! the current user in the foreground (`-g 'daemon off;'`), every path (prefix, pid, logs,
+//! temp files) inside a temporary directory. The configuration is the plain keep-alive
+//! reverse proxy (see [`config`]).
+
+use std::net::{SocketAddr, TcpListener};
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use tokio::process::{Child, Command};
+
+use crate::procfs;
+
+/// The nginx to run: `NGINX_BIN`, else `nginx` on `PATH`, else `/usr/sbin/nginx` (where
+/// Debian puts it, off a normal user's `PATH`).
+pub fn binary() -> Result<PathBuf> {
+    if let Some(bin) = std::env::var_os("NGINX_BIN") {
+        let bin = PathBuf::from(bin);
+        if !bin.is_file() {
+            bail!("NGINX_BIN={} is not a file", bin.display());
+        }
+        return Ok(bin);
+    }
+    let on_path = std::env::var_os("PATH")
+        .map(|p| std::env::split_paths(&p).collect::<Vec<_>>())
+        .unwrap_or_default();
+    on_path
+        .into_iter()
+        .chain([PathBuf::from("/usr/sbin"), PathBuf::from("/usr/local/sbin")])
+        .map(|dir| dir.join("nginx"))
+        .find(|p| p.is_file())
+        .context(
+            "nginx is not installed: `apt-get install -y --no-install-recommends nginx-light` \
+             (scripts/bench does), or set NGINX_BIN",
+        )
+}
+
+/// `nginx -v`, e.g. `nginx/1.22.1`.
+pub fn version(bin: &Path) -> String {
+    std::process::Command::new(bin)
+        .arg("-v")
+        .output()
+        .ok()
+        .map(|o| String::from_utf8_lossy(&o.stderr).trim().to_owned())
+        .and_then(|v| v.strip_prefix("nginx version: ").map(str::to_owned))
+        .unwrap_or_else(|| "nginx (unknown version)".into())
+}
+
+/// The configuration: `listen` on 127.0.0.1, everything to one upstream over HTTP/1.1 with
+/// a pool of 64 idle keep-alive connections (`Connection ""` so nginx does not ask the
+/// backend to close), no access log. Both keep-alive request limits are raised from their
+/// default of 1,000 so that nginx, like switchboard-proxy, never closes a busy connection.
+pub fn config(dir: &Path, listen: SocketAddr, backend: SocketAddr, workers: usize) -> String {
+    let d = dir.display();
+    format!(
+        "worker_processes {workers};
+pid {d}/nginx.pid;
+error_log {d}/error.log warn;
+events {{
+    worker_connections 4096;
+}}
+http {{
+    access_log off;
+    client_body_temp_path {d}/client_body;
+    proxy_temp_path {d}/proxy;
+    fastcgi_temp_path {d}/fastcgi;
+    uwsgi_temp_path {d}/uwsgi;
+    scgi_temp_path {d}/scgi;
+    keepalive_requests 1000000;
+    upstream backend {{
+        server {backend};
+        keepalive 64;
+        keepalive_requests 1000000;
+    }}
+    server {{
+        listen {listen};
+        location / {{
+            proxy_pass http://backend;
+            proxy_http_version 1.1;
+            proxy_set_header Connection \"\";
+        }}
+    }}
+}}
+"
+    )
+}
+
+/// A running nginx. Stopped with SIGTERM to the master and its workers (by pid) when
+/// stopped or dropped.
+#[derive(Debug)]
+pub struct Nginx {
+    child: Child,
+    pub master: u32,
+    pub workers: Vec<u32>,
+    pub addr: SocketAddr,
+    pub version: String,
+    dir: tempfile::TempDir,
+    stopped: bool,
+}
+
+impl Nginx {
+    /// Starts nginx in front of `backend` with `workers` worker processes on a free loopback
+    /// port, and waits until every worker runs and the port accepts connections.
+    pub async fn start(backend: SocketAddr, workers: usize) -> Result<Nginx> {
+        let bin = binary()?;
+        let dir = tempfile::tempdir().context("creating a temporary directory")?;
+        let addr = TcpListener::bind("127.0.0.1:0")?.local_addr()?;
+        let conf = dir.path().join("nginx.conf");
+        std::fs::write(&conf, config(dir.path(), addr, backend, workers))?;
+        let log = std::fs::File::create(dir.path().join("stderr.log"))?;
+        let child = Command::new(&bin)
+            .arg("-p")
+            .arg(dir.path())
+            .arg("-e")
+            .arg(dir.path().join("error.log"))
+            .arg("-c")
+            .arg(&conf)
+            .arg("-g")
+            .arg("daemon off;")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()
+            .with_context(|| format!("starting {}", bin.display()))?;
+        let master = child.id().context("nginx exited at once")?;
+        let mut nginx = Nginx {
+            child,
+            master,
+            workers: Vec::new(),
+            addr,
+            version: version(&bin),
+            dir,
+            stopped: false,
+        };
+        if let Err(e) = nginx.wait_ready(workers, Duration::from_secs(10)).await {
+            let log = nginx.log();
+            nginx.stop().await;
+            return Err(e.context(format!("nginx did not start; its log:\n{log}")));
+        }
+        Ok(nginx)
+    }
+
+    async fn wait_ready(&mut self, workers: usize, timeout: Duration) -> Result<()> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.child.try_wait()? {
+                bail!("nginx exited with {status}");
+            }
+            self.workers = procfs::children(self.master);
+            if self.workers.len() >= workers
+                && tokio::net::TcpStream::connect(self.addr).await.is_ok()
+            {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                bail!(
+                    "{} of {workers} workers running and port {} not open after {timeout:?}",
+                    self.workers.len(),
+                    self.addr
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// The master and its workers.
+    pub fn pids(&self) -> Vec<u32> {
+        let mut pids = vec![self.master];
+        pids.extend(&self.workers);
+        pids
+    }
+
+    /// nginx's error log and standard error.
+    pub fn log(&self) -> String {
+        ["error.log", "stderr.log"]
+            .iter()
+            .filter_map(|f| std::fs::read_to_string(self.dir.path().join(f)).ok())
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+
+    fn terminate(&self) {
+        let mut kill = std::process::Command::new("kill");
+        kill.arg("-TERM");
+        for pid in self.pids() {
+            kill.arg(pid.to_string());
+        }
+        let _ = kill.stdout(Stdio::null()).stderr(Stdio::null()).status();
+    }
+
+    /// SIGTERM (fast shutdown) to the master and the workers; SIGKILL to the master if it has
+    /// not exited within 5 s.
+    pub async fn stop(&mut self) {
+        if self.stopped {
+            return;
+        }
+        self.stopped = true;
+        self.terminate();
+        if tokio::time::timeout(Duration::from_secs(5), self.child.wait())
+            .await
+            .is_err()
+        {
+            let _ = self.child.start_kill();
+            let _ = self.child.wait().await;
+        }
+    }
+}
+
+impl Drop for Nginx {
+    fn drop(&mut self) {
+        if !self.stopped {
+            self.terminate();
+        }
+    }
+}

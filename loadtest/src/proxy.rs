@@ -1,0 +1,225 @@
+//! `switchboard-proxy` as a gateway configured over xDS by the real control plane: the REST
+//! writes that give it a listener ([`configure_gateway`]) and the child process
+//! ([`ProxyProcess`]).
+
+use std::net::{SocketAddr, TcpListener};
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use serde_json::json;
+use tokio::process::{Child, Command};
+
+use crate::Rest;
+use crate::control_plane::release_binary;
+
+/// The binary to start: `SWITCHBOARD_PROXY_BIN`, else `target/release/switchboard-proxy`.
+pub fn binary() -> Result<PathBuf> {
+    release_binary("SWITCHBOARD_PROXY_BIN", "switchboard-proxy")
+}
+
+/// `switchboard-proxy --version`.
+pub fn version(bin: &std::path::Path) -> String {
+    std::process::Command::new(bin)
+        .arg("--version")
+        .output()
+        .ok()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+        .filter(|v| !v.is_empty())
+        .unwrap_or_else(|| "switchboard-proxy (unknown version)".into())
+}
+
+/// A free loopback port (closed again, so another process could take it first).
+pub fn free_port() -> Result<u16> {
+    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+/// The gateway a benchmark configures.
+#[derive(Debug, Clone)]
+pub struct Gateway {
+    pub tenant: String,
+    pub mesh: String,
+    pub name: String,
+    /// The port of its HTTP listener.
+    pub port: u16,
+    /// The host name its route serves.
+    pub host: String,
+}
+
+impl Gateway {
+    pub fn node_id(&self, node: &str) -> String {
+        format!("tenants/{}/meshes/{}/nodes/{node}", self.tenant, self.mesh)
+    }
+}
+
+/// Through REST as the platform admin: the tenant and mesh, service `backend` (HTTP) whose one
+/// endpoint is `backend`, route `bench` (host name `gw.host`, every request to `backend`, no
+/// retries, no timeout), and gateway `gw.name` (HTTP on `gw.port`, route `bench`). Returns
+/// a proxy token of the mesh.
+pub async fn configure_gateway(rest: &Rest, gw: &Gateway, backend: SocketAddr) -> Result<String> {
+    let m = format!("/v1/tenants/{}/meshes/{}", gw.tenant, gw.mesh);
+    rest.post("/v1/tenants", &json!({"name": gw.tenant}))
+        .await?;
+    rest.put(&m, &json!({"spec": {}})).await?;
+    rest.put(
+        &format!("{m}/services/backend"),
+        &json!({"spec": {"protocol": "http", "port": backend.port()}}),
+    )
+    .await?;
+    rest.put(
+        &format!("{m}/endpoints/backend-1"),
+        &json!({"spec": {
+            "service": "backend",
+            "address": backend.ip().to_string(),
+            "port": backend.port(),
+        }}),
+    )
+    .await?;
+    rest.put(
+        &format!("{m}/routes/bench"),
+        &json!({"spec": {
+            "hostnames": [gw.host],
+            "rules": [{"backends": [{"service": "backend"}]}],
+        }}),
+    )
+    .await?;
+    rest.put(
+        &format!("{m}/gateways/{}", gw.name),
+        &json!({"spec": {"port": gw.port, "protocol": "http", "routes": ["bench"]}}),
+    )
+    .await?;
+    let created = rest
+        .post(
+            &format!("/v1/tenants/{}/proxy-tokens", gw.tenant),
+            &json!({"description": "proxy-bench gateway", "mesh": gw.mesh}),
+        )
+        .await?;
+    let created: serde_json::Value =
+        serde_json::from_slice(&created).context("the proxy token response")?;
+    created["secret"]
+        .as_str()
+        .map(str::to_owned)
+        .context("the proxy token response has no secret")
+}
+
+/// How to start the proxy.
+#[derive(Debug, Clone)]
+pub struct ProxyOptions {
+    pub xds_url: String,
+    pub node_id: String,
+    pub gateway: String,
+    pub token: String,
+    /// `--concurrency`: worker threads.
+    pub workers: usize,
+    /// `RUST_LOG` of the child.
+    pub log_filter: String,
+}
+
+/// A running `switchboard-proxy`, killed when stopped or dropped.
+#[derive(Debug)]
+pub struct ProxyProcess {
+    child: Child,
+    pub pid: u32,
+    pub admin: SocketAddr,
+    pub version: String,
+    log: PathBuf,
+    /// The token file and the log.
+    _dir: tempfile::TempDir,
+}
+
+impl ProxyProcess {
+    /// Starts the proxy with its access log off, and waits until its admin port's `/ready`
+    /// answers 200 (its initial listeners, routes, clusters and endpoints applied).
+    pub async fn start(options: &ProxyOptions, ready_timeout: Duration) -> Result<ProxyProcess> {
+        let bin = binary()?;
+        let dir = tempfile::tempdir().context("creating a temporary directory")?;
+        let token_file = dir.path().join("token");
+        std::fs::write(&token_file, &options.token)?;
+        let admin = TcpListener::bind("127.0.0.1:0")?.local_addr()?;
+        let log = dir.path().join("proxy.log");
+        let log_file = std::fs::File::create(&log)?;
+        let mut cmd = Command::new(&bin);
+        cmd.arg("--xds-address")
+            .arg(&options.xds_url)
+            .arg("--node-id")
+            .arg(&options.node_id)
+            .arg("--metadata")
+            .arg("role=gateway")
+            .arg("--metadata")
+            .arg(format!("gateway={}", options.gateway))
+            .arg("--token-file")
+            .arg(&token_file)
+            .arg("--admin-address")
+            .arg(admin.to_string())
+            .arg("--concurrency")
+            .arg(options.workers.to_string())
+            .arg("--access-log-format")
+            .arg("off")
+            .env("RUST_LOG", &options.log_filter)
+            .env_remove("SWITCHBOARD_PROXY_BOOTSTRAP")
+            .env_remove("OTEL_EXPORTER_OTLP_ENDPOINT")
+            .stdin(Stdio::null())
+            .stdout(log_file.try_clone()?)
+            .stderr(log_file)
+            .kill_on_drop(true);
+        let child = cmd
+            .spawn()
+            .with_context(|| format!("starting {}", bin.display()))?;
+        let pid = child.id().context("the proxy exited at once")?;
+        let mut proxy = ProxyProcess {
+            child,
+            pid,
+            admin,
+            version: version(&bin),
+            log,
+            _dir: dir,
+        };
+        if let Err(e) = proxy.wait_ready(ready_timeout).await {
+            let tail = proxy.log_tail(40);
+            proxy.stop().await;
+            return Err(e.context(format!("the proxy did not become ready; its log:\n{tail}")));
+        }
+        Ok(proxy)
+    }
+
+    async fn wait_ready(&mut self, timeout: Duration) -> Result<()> {
+        let client = reqwest::Client::builder()
+            .timeout(Duration::from_secs(2))
+            .build()?;
+        let url = format!("http://{}/ready", self.admin);
+        let deadline = Instant::now() + timeout;
+        loop {
+            self.check_alive()?;
+            if let Ok(r) = client.get(&url).send().await
+                && r.status().is_success()
+            {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                bail!("{url} did not answer 200 within {timeout:?}");
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Fails if the proxy has exited.
+    pub fn check_alive(&mut self) -> Result<()> {
+        if let Some(status) = self.child.try_wait()? {
+            bail!("the proxy exited with {status}");
+        }
+        Ok(())
+    }
+
+    /// The last `lines` lines of the proxy's log.
+    pub fn log_tail(&self, lines: usize) -> String {
+        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
+        let all: Vec<&str> = text.lines().collect();
+        all[all.len().saturating_sub(lines)..].join("\n")
+    }
+
+    pub async fn stop(&mut self) {
+        let _ = self.child.start_kill();
+        let _ = tokio::time::timeout(Duration::from_secs(5), self.child.wait()).await;
+    }
+}
