@@ -213,25 +213,8 @@ impl ControlPlane {
     }
 
     async fn wait_ready(&mut self, timeout: Duration) -> Result<()> {
-        let client = reqwest::Client::builder()
-            .timeout(Duration::from_secs(2))
-            .build()?;
         let url = format!("{}/readyz", self.admin_url);
-        let deadline = Instant::now() + timeout;
-        loop {
-            if let Some(status) = self.child.try_wait()? {
-                bail!("the control plane exited with {status}");
-            }
-            if let Ok(r) = client.get(&url).send().await
-                && r.status().is_success()
-            {
-                return Ok(());
-            }
-            if Instant::now() > deadline {
-                bail!("{url} did not answer 200 within {timeout:?}");
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        wait_for_200(&mut self.child, "the control plane", &url, timeout).await
     }
 
     pub fn pid(&self) -> u32 {
@@ -273,9 +256,7 @@ impl ControlPlane {
 
     /// The last `lines` lines of the child's log.
     pub fn log_tail(&self, lines: usize) -> String {
-        let text = self.log_text();
-        let all: Vec<&str> = text.lines().collect();
-        all[all.len().saturating_sub(lines)..].join("\n")
+        last_lines(&self.log_text(), lines)
     }
 
     /// How many lines of the child's log are at WARN or ERROR, and the first `max` of them.
@@ -318,4 +299,38 @@ fn strip_ansi(text: &str) -> String {
         }
     }
     out
+}
+
+/// Polls `url` until it answers 2xx, failing as soon as `child` (`what`) exits or after
+/// `timeout`: the readiness wait of every process a load test starts.
+pub(crate) async fn wait_for_200(
+    child: &mut Child,
+    what: &str,
+    url: &str,
+    timeout: Duration,
+) -> Result<()> {
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(2))
+        .build()?;
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(status) = child.try_wait()? {
+            bail!("{what} exited with {status}");
+        }
+        if let Ok(r) = client.get(url).send().await
+            && r.status().is_success()
+        {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            bail!("{url} did not answer 200 within {timeout:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// The last `lines` lines of `text`.
+pub(crate) fn last_lines(text: &str, lines: usize) -> String {
+    let all: Vec<&str> = text.lines().collect();
+    all[all.len().saturating_sub(lines)..].join("\n")
 }

@@ -5,14 +5,14 @@
 use std::net::{SocketAddr, TcpListener};
 use std::path::PathBuf;
 use std::process::Stdio;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use serde_json::json;
 use tokio::process::{Child, Command};
 
 use crate::Rest;
-use crate::control_plane::release_binary;
+use crate::control_plane::{last_lines, release_binary, wait_for_200};
 
 /// The binary to start: `SWITCHBOARD_PROXY_BIN`, else `target/release/switchboard-proxy`.
 pub fn binary() -> Result<PathBuf> {
@@ -184,23 +184,8 @@ impl ProxyProcess {
     }
 
     async fn wait_ready(&mut self, timeout: Duration) -> Result<()> {
-        let client = reqwest::Client::builder()
-            .timeout(Duration::from_secs(2))
-            .build()?;
         let url = format!("http://{}/ready", self.admin);
-        let deadline = Instant::now() + timeout;
-        loop {
-            self.check_alive()?;
-            if let Ok(r) = client.get(&url).send().await
-                && r.status().is_success()
-            {
-                return Ok(());
-            }
-            if Instant::now() > deadline {
-                bail!("{url} did not answer 200 within {timeout:?}");
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        wait_for_200(&mut self.child, "the proxy", &url, timeout).await
     }
 
     /// Fails if the proxy has exited.
@@ -213,9 +198,10 @@ impl ProxyProcess {
 
     /// The last `lines` lines of the proxy's log.
     pub fn log_tail(&self, lines: usize) -> String {
-        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
-        let all: Vec<&str> = text.lines().collect();
-        all[all.len().saturating_sub(lines)..].join("\n")
+        last_lines(
+            &std::fs::read_to_string(&self.log).unwrap_or_default(),
+            lines,
+        )
     }
 
     pub async fn stop(&mut self) {

@@ -38,11 +38,6 @@ impl ClusterManager {
         Self::default()
     }
 
-    /// The balancers, for introspection (`/clusters`).
-    pub fn balancers(&self) -> &Balancers {
-        &self.balancers
-    }
-
     /// Every cluster of `snapshot` (by name), with its endpoints as the snapshot has them
     /// and what this process knows of each: requests, failures, outlier ejection.
     /// Clusters that have not served a request yet show zero counters.

@@ -360,6 +360,8 @@ async fn serve_http<S>(
         inner: io,
         state: state.clone(),
         headers: true,
+        replay: Vec::new(),
+        replayed: 0,
     };
     let (prefix, h2) = match alpn.as_deref() {
         Some(b"h2") => (Vec::new(), true),
@@ -384,6 +386,7 @@ async fn serve_http<S>(
             }
         }
     };
+    io.replay = prefix;
     if h2 {
         // HTTP/2 frames are not request headers: only idle time applies at this level.
         io.headers = false;
@@ -406,11 +409,7 @@ async fn serve_http<S>(
             }
         })
     };
-    let io = TokioIo::new(Rewind {
-        prefix,
-        pos: 0,
-        inner: io,
-    });
+    let io = TokioIo::new(io);
     if h2 {
         let mut builder = http2::Builder::new(ConnExec { kill: kill.clone() });
         builder
@@ -703,12 +702,17 @@ where
     }
 }
 
-/// The connection's byte stream, telling [`ConnState`] when request headers start.
+/// The connection's byte stream, telling [`ConnState`] when request headers start, and
+/// reading again first the bytes read while choosing the protocol.
 struct Watched<S> {
     inner: S,
     state: Arc<ConnState>,
     /// Whether reads can be request headers (HTTP/1).
     headers: bool,
+    /// The sniffed bytes, and how many of them have been read again (already seen by
+    /// [`ConnState`], so replaying them does not count as a read).
+    replay: Vec<u8>,
+    replayed: usize,
 }
 
 impl<S: AsyncRead + Unpin> AsyncRead for Watched<S> {
@@ -717,6 +721,17 @@ impl<S: AsyncRead + Unpin> AsyncRead for Watched<S> {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
+        if self.replayed < self.replay.len() {
+            let rest = &self.replay[self.replayed..];
+            let n = rest.len().min(buf.remaining());
+            buf.put_slice(&rest[..n]);
+            self.replayed += n;
+            if self.replayed == self.replay.len() {
+                self.replay = Vec::new();
+                self.replayed = 0;
+            }
+            return Poll::Ready(Ok(()));
+        }
         let before = buf.filled().len();
         let poll = Pin::new(&mut self.inner).poll_read(cx, buf);
         if self.headers && buf.filled().len() > before {
@@ -727,64 +742,6 @@ impl<S: AsyncRead + Unpin> AsyncRead for Watched<S> {
 }
 
 impl<S: AsyncWrite + Unpin> AsyncWrite for Watched<S> {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write(cx, buf)
-    }
-
-    fn poll_write_vectored(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[io::IoSlice<'_>],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        self.inner.is_write_vectored()
-    }
-
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_flush(cx)
-    }
-
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_shutdown(cx)
-    }
-}
-
-/// A stream whose first bytes (read while choosing the protocol) are read again.
-struct Rewind<S> {
-    prefix: Vec<u8>,
-    pos: usize,
-    inner: S,
-}
-
-impl<S: AsyncRead + Unpin> AsyncRead for Rewind<S> {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        if self.pos < self.prefix.len() {
-            let rest = &self.prefix[self.pos..];
-            let n = rest.len().min(buf.remaining());
-            buf.put_slice(&rest[..n]);
-            self.pos += n;
-            if self.pos == self.prefix.len() {
-                self.prefix = Vec::new();
-                self.pos = 0;
-            }
-            return Poll::Ready(Ok(()));
-        }
-        Pin::new(&mut self.inner).poll_read(cx, buf)
-    }
-}
-
-impl<S: AsyncWrite + Unpin> AsyncWrite for Rewind<S> {
     fn poll_write(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,

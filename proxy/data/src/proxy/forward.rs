@@ -231,13 +231,7 @@ pub(super) async fn forward(
         None => Some(work.await),
     };
     let Some(outcome) = result else {
-        let host = current
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .take();
-        if let Some(host) = host {
-            up.finish(&host, AttemptOutcome::Timeout);
-        }
+        timed_out(&up, &current);
         return flagged(
             local::error(StatusCode::GATEWAY_TIMEOUT, "upstream request timeout"),
             ResponseFlags::UPSTREAM_REQUEST_TIMEOUT,
@@ -423,6 +417,18 @@ fn set_current(current: &Current, host: Option<Arc<HostState>>) {
     *current.lock().unwrap_or_else(PoisonError::into_inner) = host;
 }
 
+/// The attempt in flight when an overall timeout fired counts as timed out on its host
+/// (outlier detection and the endpoint's failure count).
+fn timed_out(up: &Upstream, current: &Current) {
+    let host = current
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .take();
+    if let Some(host) = host {
+        up.finish(&host, AttemptOutcome::Timeout);
+    }
+}
+
 /// Sends a copy of the request to `m.cluster` on a task of its own.
 fn mirror(
     upstreams: &Upstreams,
@@ -480,13 +486,7 @@ fn mirror(
             }
         };
         if tokio::time::timeout(limit, work).await.is_err() {
-            let host = current
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .take();
-            if let Some(host) = host {
-                up.finish(&host, AttemptOutcome::Timeout);
-            }
+            timed_out(&up, &current);
             tracing::debug!(cluster = %up.cluster.name, "mirror timed out");
         }
     });
