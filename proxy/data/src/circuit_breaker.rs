@@ -21,6 +21,7 @@
 
 use std::collections::HashMap;
 use std::future::Future;
+use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
@@ -257,6 +258,24 @@ impl ClusterState {
         }
     }
 
+    /// A connection slot to `endpoint` under `max_connections`, taken now or not at all: a
+    /// TCP proxy connection that finds the cluster full is closed, as Envoy's tcp_proxy
+    /// does (`upstream_cx_overflow`), rather than queued.
+    pub(crate) fn try_connection_slot(
+        self: &Arc<Self>,
+        endpoint: SocketAddr,
+    ) -> Option<ConnectionSlot> {
+        let endpoint = endpoint.to_string();
+        if self.breakers.take_connection(&endpoint) {
+            return Some(ConnectionSlot {
+                cluster: self.clone(),
+                endpoint,
+            });
+        }
+        self.overflow(Threshold::MaxConnections);
+        None
+    }
+
     /// A connection slot to `endpoint` under `max_connections`, waiting up to `wait` for one
     /// to free up. An endpoint with no connection always gets one, as in Envoy, so that
     /// idle connections to other endpoints (or `max_connections: 0`) cannot starve it.
@@ -317,7 +336,7 @@ impl Drop for PendingGuard {
 
 /// One open connection of the cluster.
 #[derive(Debug)]
-struct ConnectionSlot {
+pub(crate) struct ConnectionSlot {
     cluster: Arc<ClusterState>,
     endpoint: String,
 }

@@ -27,7 +27,7 @@ use crate::balancer::{Balancers, pick_weighted};
 use crate::clusters::ClusterManager;
 use crate::router::{self, RequestInfo};
 use crate::telemetry::ResponseFlags;
-use crate::telemetry::request::{self, Exchange, Observer};
+use crate::telemetry::request::{self, Exchange, Observer, RequestBody};
 pub(crate) use forward::Upstreams;
 
 /// The body of every response the proxy sends: upstream bodies stream through unchanged
@@ -77,7 +77,7 @@ impl Shared {
     /// Serves one request, with its telemetry: a `proxy_request` span, W3C trace context
     /// for the upstream, request metrics and the access log (see [`crate::telemetry`]).
     pub(crate) async fn handle(&self, req: Request<Incoming>) -> Response<Body> {
-        let (observer, mut ex) = Observer::start(&self.listener, &req);
+        let (observer, mut ex, req) = Observer::start(&self.listener, req);
         let resp = self
             .dispatch(req, &mut ex)
             .instrument(observer.span().clone())
@@ -86,7 +86,7 @@ impl Shared {
     }
 
     /// Routes and answers one request, recording in `ex` what was decided.
-    async fn dispatch(&self, mut req: Request<Incoming>, ex: &mut Exchange) -> Response<Body> {
+    async fn dispatch(&self, mut req: Request<RequestBody>, ex: &mut Exchange) -> Response<Body> {
         let snapshot = self.store.snapshot();
         let Some(listener) = snapshot.listeners.get(&self.listener) else {
             ex.flags.insert(ResponseFlags::NO_ROUTE);

@@ -2,9 +2,10 @@
 //! listener's cluster (picked by weight once per connection when there are several).
 //!
 //! Connecting tries up to `max_connect_attempts` endpoints, each within the cluster's
-//! `connect_timeout`, preferring endpoints not tried yet for this connection. Once
-//! connected, bytes flow both ways (half-close included) until both sides are done or
-//! nothing moved either way for the idle timeout.
+//! `connect_timeout`, preferring endpoints not tried yet for this connection. Connect
+//! failures feed the cluster's outlier detection, and `max_connections` caps the cluster's
+//! open upstream connections. Once connected, bytes flow both ways (half-close included)
+//! until both sides are done or nothing moved either way for the idle timeout.
 //!
 //! Metrics: `switchboard_proxy_tcp_bytes_total{listener, direction}` (`rx` from the
 //! downstream client, `tx` to it) and, per failed connect attempt,
@@ -19,15 +20,17 @@ use std::task::{Context, Poll};
 
 use metrics::Counter;
 use switchboard_proxy_xds::Snapshot;
-use switchboard_proxy_xds::config::cluster::{Cluster, Discovery};
+use switchboard_proxy_xds::config::cluster::Cluster;
 use switchboard_proxy_xds::config::listener::TcpProxy;
 use switchboard_proxy_xds::config::route::Clusters;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
-use crate::balancer::{Balancers, Picked, pick_weighted};
-use crate::telemetry::{TCP_BYTES_TOTAL, UPSTREAM_REQUESTS_TOTAL};
+use crate::balancer::{Balancers, Picked, endpoint_source, pick_weighted};
+use crate::circuit_breaker::ConnectionSlot;
+use crate::clusters::AttemptOutcome;
+use crate::telemetry::TCP_BYTES_TOTAL;
 
 /// How many picks [`connect`] makes to find an endpoint it has not tried yet, before it
 /// settles for one it has.
@@ -57,8 +60,11 @@ pub(crate) async fn proxy<S>(
         );
         return;
     };
-    let Some((upstream, picked)) =
-        connect(&cluster, &snapshot, balancers, config.max_connect_attempts).await
+    let Some(Upstream {
+        stream: mut upstream,
+        picked,
+        _slot: slot,
+    }) = connect(&cluster, &snapshot, balancers, config.max_connect_attempts).await
     else {
         return;
     };
@@ -70,7 +76,6 @@ pub(crate) async fn proxy<S>(
         rx: bytes_counter(listener, "rx"),
         tx: bytes_counter(listener, "tx"),
     };
-    let mut upstream = upstream;
     let copy = tokio::io::copy_bidirectional(&mut downstream, &mut upstream);
     let result = match config.idle_timeout {
         None => Some(copy.await),
@@ -99,8 +104,10 @@ pub(crate) async fn proxy<S>(
             );
         }
     }
-    // Kept until here: least request counts the connection as active.
+    // Kept until here: least request counts the connection as active, and the slot counts
+    // it under max_connections.
     drop(picked);
+    drop(slot);
 }
 
 fn bytes_counter(listener: &str, direction: &'static str) -> Counter {
@@ -112,36 +119,63 @@ fn bytes_counter(listener: &str, direction: &'static str) -> Counter {
 }
 
 /// An upstream connection for `cluster`: up to `attempts` tries, each on an endpoint not
-/// tried yet when the balancer offers one.
+/// tried yet when the balancer offers one. Each try is an attempt for the endpoint's outlier
+/// record (a connect failure counts as a 5xx, as in Envoy when local-origin errors are not
+/// split) and takes a slot under the cluster's `max_connections`, held with the returned
+/// connection.
 async fn connect(
     cluster: &Arc<Cluster>,
     snapshot: &Snapshot,
     balancers: &Balancers,
     attempts: u32,
-) -> Option<(TcpStream, Picked)> {
+) -> Option<Upstream> {
+    let state = balancers.cluster_in(&cluster.name, snapshot);
+    state.breakers.configure(&cluster.circuit_breakers);
+    let Some(source) = endpoint_source(snapshot, cluster) else {
+        tracing::debug!(cluster = %cluster.name, "TCP proxy: no endpoints yet; closing");
+        return None;
+    };
+    let outlier = cluster.outlier_detection.as_ref();
     let mut tried: Vec<SocketAddr> = Vec::new();
     for attempt in 1..=attempts.max(1) {
-        let Some(picked) = pick_untried(cluster, snapshot, balancers, &tried) else {
+        let Some(picked) = pick_untried(&tried, || {
+            state.pick(
+                cluster.lb_policy,
+                &source,
+                None,
+                outlier,
+                std::time::Instant::now(),
+            )
+        }) else {
             tracing::debug!(cluster = %cluster.name, "TCP proxy: no healthy endpoint; closing");
             return None;
         };
         let address = picked.address;
+        let Some(slot) = state.try_connection_slot(address) else {
+            tracing::debug!(
+                cluster = %cluster.name,
+                "TCP proxy: max_connections reached; closing"
+            );
+            return None;
+        };
         let error = match tokio::time::timeout(cluster.connect_timeout, TcpStream::connect(address))
             .await
         {
             Ok(Ok(stream)) => {
                 let _ = stream.set_nodelay(true);
-                return Some((stream, picked));
+                state.record(&picked.host, false, outlier, std::time::Instant::now());
+                return Some(Upstream {
+                    stream,
+                    picked,
+                    _slot: slot,
+                });
             }
             Ok(Err(e)) => e.to_string(),
             Err(_) => format!("no connection within {:?}", cluster.connect_timeout),
         };
-        metrics::counter!(
-            UPSTREAM_REQUESTS_TOTAL,
-            "cluster" => cluster.name.clone(),
-            "outcome" => "connect_failure"
-        )
-        .increment(1);
+        drop(slot);
+        state.record(&picked.host, true, outlier, std::time::Instant::now());
+        state.metrics.attempt(AttemptOutcome::ConnectFailure);
         tracing::debug!(
             cluster = %cluster.name,
             %address,
@@ -156,31 +190,26 @@ async fn connect(
     None
 }
 
-fn pick_untried(
-    cluster: &Arc<Cluster>,
-    snapshot: &Snapshot,
-    balancers: &Balancers,
-    tried: &[SocketAddr],
-) -> Option<Picked> {
+/// A connected upstream, with what it holds while open: its pick (least request counts it
+/// as active) and its slot under `max_connections`.
+struct Upstream {
+    stream: TcpStream,
+    picked: Picked,
+    _slot: ConnectionSlot,
+}
+
+/// An endpoint from `pick` that is not in `tried`, if one of a few picks offers it; else
+/// the last one picked.
+fn pick_untried(tried: &[SocketAddr], pick: impl Fn() -> Option<Picked>) -> Option<Picked> {
     let mut fallback = None;
     for _ in 0..PICKS_PER_ATTEMPT {
-        let picked = pick(cluster, snapshot, balancers)?;
+        let picked = pick()?;
         if !tried.contains(&picked.address) {
             return Some(picked);
         }
         fallback = Some(picked);
     }
     fallback
-}
-
-fn pick(cluster: &Arc<Cluster>, snapshot: &Snapshot, balancers: &Balancers) -> Option<Picked> {
-    match &cluster.discovery {
-        Discovery::Static(_) => balancers.pick(&cluster.name, cluster.lb_policy, cluster),
-        Discovery::Eds { service_name } => snapshot
-            .endpoints
-            .get(service_name)
-            .and_then(|la| balancers.pick(&cluster.name, cluster.lb_policy, la)),
-    }
 }
 
 /// When bytes last moved on a connection, in milliseconds since it started.

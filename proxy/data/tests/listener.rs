@@ -14,7 +14,7 @@ use http::{Request, StatusCode, Version};
 use http_body_util::{BodyExt, Empty};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use switchboard_proxy_xds::ConfigStore;
-use switchboard_proxy_xds::config::cluster::UpstreamProtocol;
+use switchboard_proxy_xds::config::cluster::{OutlierDetection, UpstreamProtocol};
 use switchboard_proxy_xds::config::listener::{ClientValidation, DataSource, HttpLimits};
 use switchboard_proxy_xds::config::route::Clusters;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -25,7 +25,7 @@ use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName}
 use tokio_rustls::rustls::{self, ClientConfig, RootCertStore};
 
 use listener_support::*;
-use support::{backend, set_cluster};
+use support::{backend, set_cluster, set_cluster_with};
 
 /// Writes `msg` and reads back as many bytes.
 async fn echo(s: &mut TcpStream, msg: &[u8]) -> Vec<u8> {
@@ -165,6 +165,105 @@ async fn tcp_connect_failure_without_another_endpoint_closes_the_client() {
     let running = start(&store, "tcp-gone", Duration::from_secs(5)).await;
     let mut s = TcpStream::connect(running.addr).await.unwrap();
     assert!(closed_within(&mut s, Duration::from_secs(10)).await);
+}
+
+#[tokio::test]
+async fn tcp_connect_failures_eject_the_endpoint() {
+    metrics();
+    let dead = closed_port().await;
+    let live = echo_backend().await;
+    let mut store = ConfigStore::new();
+    set_cluster_with(&mut store, "ejecting-db", &[dead, live], |c| {
+        c.outlier_detection = Some(OutlierDetection {
+            consecutive_5xx: 1,
+            interval: Duration::from_secs(10),
+            base_ejection_time: Duration::from_secs(60),
+            max_ejection_time: Duration::from_secs(300),
+            max_ejection_percent: 50,
+            enforcing_consecutive_5xx: 100,
+            always_eject_one_host: false,
+        });
+    });
+    // One connect attempt per connection: a failed attempt closes the client.
+    set_tcp_listener(
+        &mut store,
+        "tcp-eject",
+        Clusters::One("ejecting-db".into()),
+        1,
+        None,
+    );
+    let running = start(&store, "tcp-eject", Duration::from_secs(5)).await;
+    let mut echoed = 0;
+    for i in 0..10u8 {
+        let mut s = TcpStream::connect(running.addr).await.unwrap();
+        if s.write_all(&[i; 8]).await.is_err() {
+            continue;
+        }
+        let mut back = [0u8; 8];
+        if tokio::time::timeout(Duration::from_secs(10), s.read_exact(&mut back))
+            .await
+            .is_ok_and(|r| r.is_ok())
+        {
+            echoed += 1;
+        }
+    }
+    // Round robin reaches the dead endpoint at most once before it is ejected.
+    assert!(echoed >= 9, "{echoed}/10 connections echoed");
+    assert_eq!(
+        metric(
+            "switchboard_proxy_outlier_ejections_total",
+            &[("cluster", "ejecting-db")]
+        ),
+        Some(1.0)
+    );
+}
+
+#[tokio::test]
+async fn tcp_max_connections_closes_the_overflowing_client() {
+    metrics();
+    let echo_addr = echo_backend().await;
+    let mut store = ConfigStore::new();
+    set_cluster_with(&mut store, "capped-db", &[echo_addr], |c| {
+        c.circuit_breakers.max_connections = 1;
+    });
+    set_tcp_listener(
+        &mut store,
+        "tcp-capped",
+        Clusters::One("capped-db".into()),
+        1,
+        None,
+    );
+    let running = start(&store, "tcp-capped", Duration::from_secs(5)).await;
+    let mut first = TcpStream::connect(running.addr).await.unwrap();
+    assert_eq!(echo(&mut first, b"one").await, b"one");
+    // The cluster's one connection is taken: the next client is closed.
+    let mut second = TcpStream::connect(running.addr).await.unwrap();
+    assert!(closed_within(&mut second, Duration::from_secs(10)).await);
+    assert_eq!(
+        metric(
+            "switchboard_proxy_circuit_breaker_overflows_total",
+            &[("cluster", "capped-db"), ("threshold", "max_connections")]
+        ),
+        Some(1.0)
+    );
+    // Once the first closes, its slot is free again.
+    drop(first);
+    let mut third = None;
+    for _ in 0..50 {
+        let mut s = TcpStream::connect(running.addr).await.unwrap();
+        if s.write_all(b"three").await.is_ok() {
+            let mut back = [0u8; 5];
+            if tokio::time::timeout(Duration::from_secs(2), s.read_exact(&mut back))
+                .await
+                .is_ok_and(|r| r.is_ok())
+            {
+                third = Some(back);
+                break;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(third.as_ref().map(|b| &b[..]), Some(&b"three"[..]));
 }
 
 #[tokio::test]

@@ -47,7 +47,7 @@ use support::*;
 
 /// Every access log line of this binary: the test id, then what the test checks.
 const LOG_FORMAT: &str = "%REQ(X-TEST-ID)% %REQ(:METHOD)% %REQ(:PATH)% %PROTOCOL% \
-    %RESPONSE_CODE% %RESPONSE_FLAGS% %BYTES_SENT% %UPSTREAM_CLUSTER% %ROUTE_NAME% \
+    %RESPONSE_CODE% %RESPONSE_FLAGS% %BYTES_RECEIVED% %BYTES_SENT% %UPSTREAM_CLUSTER% %ROUTE_NAME% \
     %RESP(X-ECHO-NAME):4% %UPSTREAM_HOST% %TRACE_ID%";
 
 /// What the process-wide telemetry of this binary records.
@@ -518,7 +518,7 @@ async fn access_log_renders_the_template() {
         assert_eq!(
             head,
             format!(
-                "{id} GET {path} {protocol} {status} {flags} {bytes} {cluster} {route} {name} {host}"
+                "{id} GET {path} {protocol} {status} {flags} 0 {bytes} {cluster} {route} {name} {host}"
             ),
         );
         if got.headers.contains_key("x-echo-traceparent") {
@@ -530,6 +530,35 @@ async fn access_log_renders_the_template() {
             );
         }
     }
+}
+
+/// `%BYTES_RECEIVED%` counts the body bytes read, also when the request declares no length.
+#[tokio::test]
+async fn access_log_counts_a_chunked_request_body() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    observed();
+    let (proxy, backend) = start("chunked", "chunked").await;
+    let mut s = tokio::net::TcpStream::connect(proxy).await.unwrap();
+    s.write_all(
+        b"POST /echo HTTP/1.1\r\nhost: chunked.test\r\nx-test-id: log-chunked\r\n\
+          transfer-encoding: chunked\r\nconnection: close\r\n\r\n\
+          5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    let mut response = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut response))
+        .await
+        .unwrap()
+        .unwrap();
+    let response = String::from_utf8_lossy(&response);
+    assert!(response.starts_with("HTTP/1.1 200"), "{response}");
+    let line = log_line("log-chunked").await;
+    let (head, _trace_id) = line.rsplit_once(' ').unwrap();
+    assert_eq!(
+        head,
+        format!("log-chunked POST /echo HTTP/1.1 200 - 11 2 chunked echo echo {backend}")
+    );
 }
 
 fn hex(bytes: &[u8]) -> String {

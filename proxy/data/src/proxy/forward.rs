@@ -40,6 +40,7 @@ use crate::balancer::{ClusterState, EndpointSource, HostState, Picked, endpoint_
 use crate::circuit_breaker::{CountingConnector, RequestGuard, Threshold, overflow_of};
 use crate::clusters::AttemptOutcome;
 use crate::ring::{HashInput, request_hash};
+use crate::telemetry::request::RequestBody;
 use crate::telemetry::{DownstreamAddrs, ResponseFlags, UpstreamHost};
 
 /// Bodies up to this size are buffered so that the request can be retried or mirrored.
@@ -183,7 +184,7 @@ pub(super) async fn forward(
     upstreams: &Upstreams,
     target: &Target<'_>,
     f: &Forward,
-    req: Request<Incoming>,
+    req: Request<RequestBody>,
 ) -> Response<Body> {
     let Some(cluster) = target.snapshot.clusters.get(target.cluster) else {
         return flagged(
@@ -292,7 +293,7 @@ async fn attempts(
     up: &Upstream,
     f: &Forward,
     head: &Head,
-    body: Incoming,
+    body: RequestBody,
     hash: &(dyn Fn() -> Option<u64> + Sync),
     current: &Current,
 ) -> Outcome {

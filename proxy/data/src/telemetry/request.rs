@@ -5,13 +5,15 @@
 //! status, and a body wrapper that counts bytes and writes the access log at its end).
 
 use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Poll};
 use std::time::{Instant, SystemTime};
 
 use bytes::Bytes;
 use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode, Uri, Version};
 use http_body_util::BodyExt;
-use hyper::body::{Body as _, Frame, SizeHint};
+use hyper::body::{Body as _, Frame, Incoming, SizeHint};
 use opentelemetry::propagation::TextMapPropagator;
 use opentelemetry::trace::TraceContextExt;
 use opentelemetry_sdk::propagation::TraceContextPropagator;
@@ -76,16 +78,18 @@ pub(crate) struct Observer {
     trace: TraceParent,
     active: ActiveRequest,
     arrival: Option<Arrival>,
-    bytes_received: u64,
+    /// Request body bytes read so far (shared with the [`RequestBody`]).
+    received: Arc<AtomicU64>,
     bodiless: bool,
     finished: bool,
 }
 
 impl Observer {
-    pub(crate) fn start<B: hyper::body::Body>(
+    /// Starts observing `req`, whose body comes back wrapped to count the bytes read.
+    pub(crate) fn start(
         listener: &str,
-        req: &Request<B>,
-    ) -> (Self, Exchange) {
+        req: Request<Incoming>,
+    ) -> (Self, Exchange, Request<RequestBody>) {
         let start = Instant::now();
         let start_time = SystemTime::now();
         let active = ActiveRequest::new(listener);
@@ -117,9 +121,12 @@ impl Observer {
             headers: req.headers().clone(),
             downstream: req.extensions().get::<DownstreamAddrs>().copied(),
         });
-        // The request body goes upstream unread by this layer; its declared length is the
-        // byte count (0 when unknown).
-        let bytes_received = req.body().size_hint().exact().unwrap_or(0);
+        let received = Arc::new(AtomicU64::new(0));
+        let bodiless = req.method() == Method::HEAD;
+        let req = req.map(|inner| RequestBody {
+            inner,
+            received: received.clone(),
+        });
         let exchange = Exchange {
             traceparent: Some(trace.to_header_value()),
             keep_tracestate: incoming.is_some(),
@@ -133,11 +140,11 @@ impl Observer {
             trace,
             active,
             arrival,
-            bytes_received,
-            bodiless: req.method() == Method::HEAD,
+            received,
+            bodiless,
             finished: false,
         };
-        (observer, exchange)
+        (observer, exchange, req)
     }
 
     /// The request's span, to instrument the handler with.
@@ -200,7 +207,7 @@ impl Observer {
             trailers: None,
             flags,
             details,
-            bytes_received: self.bytes_received,
+            bytes_received: 0,
             bytes_sent: 0,
             duration: elapsed,
             response_duration: elapsed,
@@ -218,6 +225,7 @@ impl Observer {
             span,
             active: self.active.take(),
             record,
+            received: self.received.clone(),
             bytes_sent: 0,
             bodiless,
         };
@@ -252,7 +260,7 @@ impl Drop for Observer {
                 trailers: None,
                 flags: ResponseFlags::DOWNSTREAM_CONNECTION_TERMINATION,
                 details: "downstream_remote_disconnect",
-                bytes_received: self.bytes_received,
+                bytes_received: self.received.load(Ordering::Relaxed),
                 bytes_sent: 0,
                 duration: elapsed,
                 response_duration: elapsed,
@@ -390,9 +398,44 @@ struct Ending {
     span: Span,
     active: ActiveRequest,
     record: Option<LogRecord>,
+    received: Arc<AtomicU64>,
     bytes_sent: u64,
     /// Responses that carry no body (to HEAD, 1xx, 204, 304), which hyper drops unread.
     bodiless: bool,
+}
+
+/// The downstream request body, counting the bytes it passes on for `%BYTES_RECEIVED%`:
+/// what was read, not the declared length (chunked and gRPC bodies declare none).
+pub(crate) struct RequestBody {
+    inner: Incoming,
+    received: Arc<AtomicU64>,
+}
+
+impl hyper::body::Body for RequestBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        let polled = Pin::new(&mut self.inner).poll_frame(cx);
+        if let Poll::Ready(Some(Ok(frame))) = &polled
+            && let Some(data) = frame.data_ref()
+        {
+            let n = u64::try_from(data.len()).unwrap_or(u64::MAX);
+            self.received.fetch_add(n, Ordering::Relaxed);
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
 }
 
 /// A response body that counts the bytes it passes and ends the request's telemetry when
@@ -412,11 +455,13 @@ impl ObservedBody {
             span,
             active,
             record,
+            received,
             bytes_sent,
             bodiless: _,
         } = *ending;
         if let Some(mut r) = record {
             r.flags.insert(flags);
+            r.bytes_received = received.load(Ordering::Relaxed);
             r.bytes_sent = bytes_sent;
             r.duration = start.elapsed();
             access_log().emit(&r);
