@@ -202,7 +202,9 @@ pub fn openapi() -> OpenApi {
                 PathItem::new(
                     HttpMethod::Delete,
                     op(
-                        format!("Revoke a {what}"),
+                        format!(
+                            "Revoke a {what} (the xDS streams of a proxy token end, on every replica)"
+                        ),
                         &[tp.clone(), param("id", ParameterIn::Path, "credential id")],
                         None,
                         ("204", None),

@@ -565,6 +565,28 @@ async fn xds_clients_of_one_replica_follow_writes_through_another() {
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+
+    // Revoking the token through replica A ends its stream on replica B.
+    let mut client =
+        AdsClient::connect(&b.xds_url(), node("acme", "prod", "n2"), Some(&proxy_token))
+            .await
+            .unwrap();
+    client.subscribe(CLUSTER, &[]).await.unwrap();
+    client.recv_and_ack(&[]).await.unwrap();
+    let id = pt["id"].as_str().unwrap();
+    let (s, body) = call(
+        &c,
+        M::DELETE,
+        &format!("{}/v1/tenants/acme/proxy-tokens/{id}", a.rest),
+        token,
+        None,
+        None,
+    )
+    .await;
+    assert_eq!(s, 204, "{body}");
+    let status = client.ended().await;
+    assert_eq!(status.code(), tonic::Code::Unauthenticated, "{status:?}");
+    assert!(status.message().contains("revoked"), "{status:?}");
 }
 
 #[tokio::test]

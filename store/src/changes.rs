@@ -11,20 +11,59 @@ use switchboard_model::Kind;
 pub enum Notice {
     /// `tenant` committed `revision`.
     Committed { tenant: String, revision: i64 },
+    /// `tenant` revoked the credential `id`: streams and sessions holding it must end.
+    Revoked { tenant: String, id: String },
     /// Notices may have been lost (the PostgreSQL listener reconnected): re-check revisions.
     Resync,
 }
 
-pub(crate) fn encode_notice(tenant: &str, revision: i64) -> String {
-    format!("{tenant}:{revision}")
+/// The NOTIFY payload of a notice: `{tenant}:{revision}` or `{tenant}:revoked:{id}`
+/// (tenant names are DNS labels and credential ids hex, so `:` cannot occur in them).
+pub(crate) fn encode_notice(notice: &Notice) -> Option<String> {
+    match notice {
+        Notice::Committed { tenant, revision } => Some(format!("{tenant}:{revision}")),
+        Notice::Revoked { tenant, id } => Some(format!("{tenant}:revoked:{id}")),
+        Notice::Resync => None,
+    }
 }
 
 fn decode_notice(payload: &str) -> Option<Notice> {
-    let (tenant, rev) = payload.rsplit_once(':')?;
-    Some(Notice::Committed {
-        tenant: tenant.into(),
-        revision: rev.parse().ok()?,
-    })
+    let mut parts = payload.split(':');
+    match (parts.next(), parts.next(), parts.next(), parts.next()) {
+        (Some(tenant), Some(rev), None, None) => Some(Notice::Committed {
+            tenant: tenant.into(),
+            revision: rev.parse().ok()?,
+        }),
+        (Some(tenant), Some("revoked"), Some(id), None) if !id.is_empty() => {
+            Some(Notice::Revoked {
+                tenant: tenant.into(),
+                id: id.into(),
+            })
+        }
+        _ => None,
+    }
+}
+
+/// Announces `notice` to every replica: a NOTIFY inside the transaction `tx` on PostgreSQL
+/// (delivered on commit, to this replica too). On SQLite there is one replica, and the
+/// caller sends to [`Store::notices`] after committing.
+pub(crate) async fn notify_in(
+    tx: &mut sqlx::Transaction<'_, sqlx::Any>,
+    notice: &Notice,
+) -> Result<(), StoreError> {
+    let Some(payload) = encode_notice(notice) else {
+        return Ok(());
+    };
+    // The payload holds only DNS labels, digits and hex (checked by the callers' inputs),
+    // and quotes are doubled anyway.
+    sqlx::query(&format!(
+        "NOTIFY {}, '{}'",
+        crate::NOTIFY_CHANNEL,
+        payload.replace('\'', "''")
+    ))
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
 }
 
 /// Listens on PostgreSQL and forwards notices; reconnects with backoff, then says `Resync`.
@@ -136,13 +175,23 @@ mod tests {
 
     #[test]
     fn notice_roundtrip() {
-        assert_eq!(
-            decode_notice(&encode_notice("acme", 42)),
-            Some(Notice::Committed {
+        for notice in [
+            Notice::Committed {
                 tenant: "acme".into(),
-                revision: 42
-            })
-        );
+                revision: 42,
+            },
+            Notice::Revoked {
+                tenant: "acme".into(),
+                id: "0123abcd".into(),
+            },
+        ] {
+            let payload = encode_notice(&notice).unwrap();
+            assert_eq!(decode_notice(&payload), Some(notice));
+        }
+        assert_eq!(encode_notice(&Notice::Resync), None);
         assert_eq!(decode_notice("garbage"), None);
+        assert_eq!(decode_notice("acme:x"), None);
+        assert_eq!(decode_notice("acme:revoked:"), None);
+        assert_eq!(decode_notice("acme:revoked:a:b"), None);
     }
 }

@@ -134,27 +134,52 @@ impl Store {
         rows.iter().map(row_to_credential).collect()
     }
 
+    /// Deletes a credential and announces it ([`crate::Notice::Revoked`]) to every replica,
+    /// so that streams authenticated with it end.
     pub async fn revoke_credential(
         &self,
         tenant: &str,
         kind: CredentialKind,
         id: &str,
     ) -> Result<(), StoreError> {
+        let turn = self.write_turn().await;
+        let mut tx = self.pool().begin().await?;
         let row = sqlx::query(
             "DELETE FROM credentials WHERE tenant = $1 AND kind = $2 AND id = $3 RETURNING id",
         )
         .bind(tenant)
         .bind(kind.as_str())
         .bind(id)
-        .fetch_optional(self.pool())
+        .fetch_optional(&mut *tx)
         .await?;
-        match row {
-            Some(_) => Ok(()),
-            None => Err(StoreError::NotFound {
+        if row.is_none() {
+            return Err(StoreError::NotFound {
                 what: kind.as_str(),
                 name: id.into(),
-            }),
+            });
         }
+        let notice = crate::Notice::Revoked {
+            tenant: tenant.into(),
+            id: id.into(),
+        };
+        if self.backend() == crate::Backend::Postgres {
+            crate::changes::notify_in(&mut tx, &notice).await?;
+        }
+        tx.commit().await?;
+        drop(turn);
+        if self.backend() == crate::Backend::Sqlite {
+            let _ = self.notices().send(notice);
+        }
+        Ok(())
+    }
+
+    /// Whether the credential `id` still exists (not revoked).
+    pub async fn credential_exists(&self, id: &str) -> Result<bool, StoreError> {
+        let row = sqlx::query("SELECT id FROM credentials WHERE id = $1")
+            .bind(id)
+            .fetch_optional(self.pool())
+            .await?;
+        Ok(row.is_some())
     }
 
     /// Finds the credential a presented secret belongs to.

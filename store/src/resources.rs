@@ -138,25 +138,17 @@ impl Store {
             tx.rollback().await?;
             return Ok(());
         }
+        let notice = crate::Notice::Committed {
+            tenant: tenant.into(),
+            revision,
+        };
         if self.backend() == Backend::Postgres {
-            // Tenant names are DNS labels and the revision a number, so the literal is safe;
-            // NOTIFY is delivered on commit, to every replica including this one.
-            let payload = crate::changes::encode_notice(tenant, revision);
-            sqlx::query(&format!(
-                "NOTIFY {}, '{}'",
-                crate::NOTIFY_CHANNEL,
-                payload.replace('\'', "''")
-            ))
-            .execute(&mut *tx)
-            .await?;
+            crate::changes::notify_in(&mut tx, &notice).await?;
         }
         tx.commit().await?;
         drop(turn);
         if self.backend() == Backend::Sqlite {
-            let _ = self.notices().send(crate::Notice::Committed {
-                tenant: tenant.into(),
-                revision,
-            });
+            let _ = self.notices().send(notice);
         }
         Ok(())
     }

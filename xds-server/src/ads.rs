@@ -27,6 +27,7 @@ use crate::metrics::{self, StreamGauge};
 use crate::node::{describe_role, node_role, sidecar_endpoint_meta};
 use crate::protocol::{Handled, Limits, ProtocolError, StreamState};
 use crate::registration::{Desired, Registered, Registrar};
+use crate::revocation::{Held, Revocations};
 use crate::status::{Acked, Nacked, ProxyRegistry, ProxyStatus, Registration, Sent};
 use crate::view::NodeView;
 
@@ -43,6 +44,8 @@ pub(crate) struct Engine {
     pub(crate) queue: usize,
     /// Where authenticated sidecar streams register their endpoint.
     pub(crate) registrar: Registrar,
+    /// The proxy tokens of open streams, to end them when revoked.
+    pub(crate) revocations: Revocations,
 }
 
 impl std::fmt::Debug for Engine {
@@ -137,9 +140,12 @@ impl Engine {
         let Admitted {
             mut mesh,
             authenticated,
+            credential,
         } = auth::authorize(&self.store, &self.cache, token.as_deref(), &node_id)
             .await
             .map_err(|e| e.status())?;
+        // Held for the stream's life: a revoked token ends the stream, on any replica.
+        let mut token_hold = credential.map(|id| self.revocations.hold(&id));
         let MeshState::Ready(snapshot) = mesh.current() else {
             return Err(Status::unavailable("the mesh is not loaded; retry"));
         };
@@ -204,6 +210,12 @@ impl Engine {
                         return Err(status);
                     }
                 },
+                () = revoked(&mut token_hold) => {
+                    return Err(Status::unauthenticated(
+                        "the proxy token of this stream was revoked: create a new proxy token \
+                         and reconnect with it",
+                    ));
+                }
                 changed = mesh.changed() => match changed {
                     Ok(MeshState::Ready(snapshot)) => {
                         if !authenticated && !snapshot.spec.allow_unauthenticated_xds {
@@ -246,6 +258,14 @@ impl Engine {
                 }
             }
         }
+    }
+}
+
+/// Resolves when the stream's proxy token is revoked; never for an anonymous stream.
+async fn revoked(hold: &mut Option<Held>) {
+    match hold {
+        Some(h) => h.revoked().await,
+        None => std::future::pending().await,
     }
 }
 

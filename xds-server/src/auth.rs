@@ -117,6 +117,8 @@ pub fn check_proxy_token(credential: &Credential, node: &NodeId) -> Result<(), A
 pub struct Admitted {
     pub mesh: MeshHandle,
     pub authenticated: bool,
+    /// The id of the proxy token presented, if any (to end the stream when it is revoked).
+    pub credential: Option<String>,
 }
 
 /// Admits or refuses a stream for `node` presenting `token`.
@@ -138,6 +140,7 @@ pub async fn authorize(
             Ok(Admitted {
                 mesh,
                 authenticated: true,
+                credential: Some(credential.id),
             })
         }
         None => {
@@ -151,6 +154,7 @@ pub async fn authorize(
                 MeshState::Ready(s) if s.spec.allow_unauthenticated_xds => Ok(Admitted {
                     mesh,
                     authenticated: false,
+                    credential: None,
                 }),
                 _ => Err(AuthError::Unauthenticated),
             }

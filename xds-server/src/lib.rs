@@ -13,7 +13,8 @@
 //! - [`snapshot`], [`cache`], [`watcher`]: per-mesh snapshots and their updates.
 //! - [`view`]: what one node may see of a snapshot.
 //! - `ads`, [`services`]: the stream driver and the ADS/LDS/RDS/CDS/EDS services.
-//! - [`auth`]: proxy tokens and anonymous access.
+//! - [`auth`]: proxy tokens and anonymous access; `revocation` ends the streams of a
+//!   revoked token.
 //! - [`registration`]: sidecars registering themselves as endpoints of their services.
 //! - [`status`], [`csds`]: per-proxy status and the Client Status Discovery Service.
 //! - `metrics`: what the server measures (see the module for names).
@@ -37,6 +38,7 @@ pub mod node;
 pub mod protocol;
 pub mod registration;
 pub mod report;
+mod revocation;
 mod server;
 pub mod services;
 pub mod snapshot;

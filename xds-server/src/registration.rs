@@ -451,6 +451,7 @@ impl Task {
                     watch.pending = true;
                 }
             }
+            Ok(Notice::Revoked { .. }) => {}
             Ok(Notice::Resync) | Err(RecvError::Lagged(_)) => {
                 tracing::debug!("store notices may have been lost; checking every registration");
                 self.check_all(None);

@@ -16,6 +16,7 @@ use crate::cache::SnapshotCache;
 use crate::csds::CsdsService;
 use crate::protocol::Limits;
 use crate::registration::Registrar;
+use crate::revocation::Revocations;
 use crate::services::{AdsService, CdsService, EdsService, LdsService, RdsService};
 use crate::status::ProxyRegistry;
 use crate::watcher::spawn_watcher;
@@ -75,6 +76,7 @@ impl XdsServer {
             limits: config.limits,
             queue: config.queue,
             registrar: Registrar::default(),
+            revocations: Revocations::default(),
         });
         let mut id = [0u8; 8];
         rand::RngCore::fill_bytes(&mut rand::rng(), &mut id);
@@ -104,13 +106,14 @@ impl XdsServer {
         )
     }
 
-    /// Starts the task that turns store commits into snapshot rebuilds. Without it,
-    /// snapshots are loaded for new streams but never updated. Call once, inside a Tokio
-    /// runtime.
+    /// Starts the task that turns store commits into snapshot rebuilds and token
+    /// revocations into ended streams. Without it, snapshots are loaded for new streams but
+    /// never updated. Call once, inside a Tokio runtime.
     pub fn spawn_watcher(&self) -> JoinHandle<()> {
         spawn_watcher(
             self.engine.store.clone(),
             self.engine.cache.clone(),
+            self.engine.revocations.clone(),
             self.config.debounce,
         )
     }

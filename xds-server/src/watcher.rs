@@ -6,6 +6,9 @@
 //! debounce window are handled together. After a `Resync` (notices may have been lost) or when
 //! the log cannot say (too many changes, or none although the revision moved: a deleted
 //! tenant), every loaded mesh concerned is re-read.
+//!
+//! It also passes proxy token revocations on to [`Revocations`], which ends the streams
+//! holding them; after a `Resync` it has every credential in use checked again.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
@@ -16,6 +19,7 @@ use tokio::sync::broadcast::error::RecvError;
 use tokio::task::JoinHandle;
 
 use crate::cache::SnapshotCache;
+use crate::revocation::Revocations;
 
 /// Changes read per tenant per round; more than this re-reads every loaded mesh instead.
 const CHANGE_LIMIT: u32 = 1000;
@@ -24,11 +28,18 @@ const CHANGE_LIMIT: u32 = 1000;
 const RETRY: Duration = Duration::from_secs(1);
 
 /// Starts the watcher. It runs until the store's notice channel closes.
-pub fn spawn_watcher(store: Store, cache: SnapshotCache, debounce: Duration) -> JoinHandle<()> {
+pub(crate) fn spawn_watcher(
+    store: Store,
+    cache: SnapshotCache,
+    revocations: Revocations,
+    debounce: Duration,
+) -> JoinHandle<()> {
     let watcher = MeshWatcher {
         rx: store.subscribe(),
         store,
         cache,
+        revocations,
+        recheck_credentials: false,
         debounce,
         pending: BTreeMap::new(),
     };
@@ -39,6 +50,9 @@ pub fn spawn_watcher(store: Store, cache: SnapshotCache, debounce: Duration) -> 
 pub struct MeshWatcher {
     store: Store,
     cache: SnapshotCache,
+    revocations: Revocations,
+    /// Revocation notices may have been lost: check the credentials in use.
+    recheck_credentials: bool,
     rx: tokio::sync::broadcast::Receiver<Notice>,
     debounce: Duration,
     /// Tenants with unhandled notices: the latest revision and when the first arrived.
@@ -63,6 +77,9 @@ impl MeshWatcher {
                 if !self.take(received) {
                     return;
                 }
+            }
+            if std::mem::take(&mut self.recheck_credentials) {
+                self.revocations.recheck(&self.store).await;
             }
             let tenants: Vec<_> = self.pending.keys().cloned().collect();
             for tenant in tenants {
@@ -92,9 +109,14 @@ impl MeshWatcher {
                 entry.0 = entry.0.max(revision);
                 true
             }
+            Ok(Notice::Revoked { id, .. }) => {
+                self.revocations.revoke(&id);
+                true
+            }
             Ok(Notice::Resync) => {
                 tracing::info!("store notices may have been lost; re-reading every loaded mesh");
                 self.cache.kick_all(now);
+                self.recheck_credentials = true;
                 true
             }
             Err(RecvError::Lagged(missed)) => {
@@ -103,6 +125,7 @@ impl MeshWatcher {
                     "fell behind the store's notices; re-reading every loaded mesh"
                 );
                 self.cache.kick_all(now);
+                self.recheck_credentials = true;
                 true
             }
             Err(RecvError::Closed) => false,

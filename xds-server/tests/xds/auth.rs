@@ -190,3 +190,57 @@ async fn a_huge_request_ends_only_that_stream() {
     let r = bystander.recv_and_ack(&[]).await.unwrap();
     assert_eq!(crate::common::names(&r), ["pay", "shop"]);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn revoking_a_token_ends_its_streams_only() {
+    let env = env().await;
+    let leaked = env
+        .store
+        .create_credential("acme", CredentialKind::ProxyToken, None, "leaked")
+        .await
+        .unwrap();
+    let mut doomed = Vec::new();
+    for name in ["r1", "r2"] {
+        let mut c = AdsClient::connect(
+            &env.server.url(),
+            node("acme", "prod", name),
+            Some(&leaked.secret),
+        )
+        .await
+        .unwrap();
+        c.subscribe(CDS, &[]).await.unwrap();
+        c.recv_and_ack(&[]).await.unwrap();
+        doomed.push(c);
+    }
+    let mut kept = env.client("prod", "keeps").await;
+    kept.subscribe(CDS, &[]).await.unwrap();
+    kept.recv_and_ack(&[]).await.unwrap();
+
+    env.store
+        .revoke_credential("acme", CredentialKind::ProxyToken, &leaked.credential.id)
+        .await
+        .unwrap();
+    for c in &mut doomed {
+        let status = c.ended().await;
+        assert_eq!(status.code(), Code::Unauthenticated, "{status:?}");
+        assert!(status.message().contains("revoked"), "{status:?}");
+    }
+    // The other token's stream is untouched: it still gets what is written next.
+    put(
+        &env.store,
+        "acme",
+        "prod",
+        Kind::Service,
+        "after-revoke",
+        json!({"port": 9090}),
+    )
+    .await;
+    let r = kept.recv().await.unwrap();
+    assert!(
+        r.resources.len() >= 2,
+        "the kept stream got the new cluster: {r:?}"
+    );
+    // And the revoked token cannot open a new one.
+    let status = refused(&env, node("acme", "prod", "r3"), Some(&leaked.secret)).await;
+    assert_eq!(status.code(), Code::Unauthenticated, "{status:?}");
+}
