@@ -144,6 +144,19 @@ impl From<StoreError> for ApiError {
                     "the configuration store is unavailable; retry later",
                 )
             }
+            // Only reading the change log from `since` can find it pruned.
+            StoreError::Compacted { pruned_through, .. } => ApiError::new(
+                StatusCode::GONE,
+                "compacted",
+                "Revision compacted",
+                detail,
+            )
+            .with_errors(vec![FieldError::new(
+                "since",
+                format!(
+                    "older than the change log keeps; it holds the revisions after {pruned_through}"
+                ),
+            )]),
             StoreError::Corrupt(_) => {
                 tracing::error!(error = %detail, "corrupt stored data");
                 ApiError::new(

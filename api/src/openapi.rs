@@ -159,7 +159,10 @@ pub fn openapi() -> OpenApi {
             PathItem::new(
                 HttpMethod::Get,
                 op(
-                    "Changes after a revision, waiting up to `wait` for the next".into(),
+                    "Changes after a revision, waiting up to `wait` for the next (410 when the \
+                     change log was pruned past `since`: re-read, then follow from the current \
+                     revision)"
+                        .into(),
                     &[
                         tp.clone(),
                         param("since", ParameterIn::Query, "revision"),

@@ -290,6 +290,24 @@ async fn walkthrough(b: Backend) {
         "{}",
         ch.body
     );
+    // Once pruned, an old `since` is 410 Gone naming the field; the current revision works.
+    let current = ch.body["revision"].as_i64().unwrap();
+    api.store.prune_changes(i64::MAX).await.unwrap();
+    let gone = api.get("/v1/tenants/acme/changes?since=0", &key).await;
+    assert_eq!(gone.status, StatusCode::GONE, "{}", gone.body);
+    assert_eq!(gone.body["errors"][0]["field"], "since");
+    assert!(
+        gone.body["detail"]
+            .as_str()
+            .unwrap()
+            .contains(&format!("revisions after {current}")),
+        "{}",
+        gone.body
+    );
+    let fresh = api
+        .get(&format!("/v1/tenants/acme/changes?since={current}"), &key)
+        .await;
+    assert_eq!(fresh.status, StatusCode::OK, "{}", fresh.body);
     // Delete, then it's gone.
     assert_eq!(
         api.call(Method::DELETE, &format!("{M}/routes/pay"), &key, None, &[])

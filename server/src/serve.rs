@@ -146,6 +146,8 @@ pub async fn run(s: Settings) -> Result<()> {
         },
     );
     let _watcher = xds_server.spawn_watcher();
+    let _pruning =
+        (!s.change_retention.is_zero()).then(|| store.spawn_change_pruning(s.change_retention));
     let _status_sync = xds_server.spawn_status_sync();
     let registration = xds_server.spawn_registration();
     let app = switchboard_api::router(AppState {

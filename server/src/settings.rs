@@ -41,6 +41,9 @@ pub struct ServeArgs {
     /// How long a sidecar's self-registered endpoint outlives its last xDS stream, e.g. 30s or 2m [setting sidecar_grace_period, default 30s]
     #[arg(long, value_name = "DURATION")]
     pub sidecar_grace_period: Option<String>,
+    /// How long the change log keeps a revision's changes, e.g. 24h; 0s keeps them forever [setting change_retention, default 24h]
+    #[arg(long, value_name = "DURATION")]
+    pub change_retention: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -61,17 +64,20 @@ pub struct Settings {
     pub admin_token: String,
     pub log_format: LogFormat,
     pub log_level: String,
-    #[serde(deserialize_with = "grace_period")]
+    #[serde(deserialize_with = "duration")]
     pub sidecar_grace_period: Duration,
+    /// Zero: the change log is never pruned.
+    #[serde(deserialize_with = "duration")]
+    pub change_retention: Duration,
 }
 
 /// A duration as every Switchboard duration is written (`30s`, `1m30s`, `500ms`).
-fn grace_period<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+fn duration<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
     let text = String::deserialize(d)?;
     switchboard_xds_server::parse_grace_period(&text).map_err(serde::de::Error::custom)
 }
 
-const KEYS: [&str; 9] = [
+const KEYS: [&str; 10] = [
     "rest_addr",
     "xds_addr",
     "admin_addr",
@@ -81,7 +87,11 @@ const KEYS: [&str; 9] = [
     "log_format",
     "log_level",
     "sidecar_grace_period",
+    "change_retention",
 ];
+
+/// The shortest change log retention accepted (other than 0s, forever).
+const MIN_CHANGE_RETENTION: Duration = Duration::from_secs(60);
 
 #[derive(Debug, thiserror::Error)]
 pub enum SettingsError {
@@ -106,7 +116,8 @@ impl Settings {
             .set_default("admin_token", "")?
             .set_default("log_format", "text")?
             .set_default("log_level", "info")?
-            .set_default("sidecar_grace_period", "30s")?;
+            .set_default("sidecar_grace_period", "30s")?
+            .set_default("change_retention", "24h")?;
         b = match &args.config {
             Some(p) => b.add_source(
                 config::File::from(p.as_path())
@@ -138,6 +149,7 @@ impl Settings {
             ("log_format", &args.log_format),
             ("log_level", &args.log_level),
             ("sidecar_grace_period", &args.sidecar_grace_period),
+            ("change_retention", &args.change_retention),
         ] {
             if let Some(v) = value {
                 b = b.set_override(key, v.as_str())?;
@@ -165,6 +177,16 @@ impl Settings {
                 message: format!(
                     "{:?} is not a log filter (try info or switchboard=debug)",
                     s.log_level
+                ),
+            });
+        }
+        if !s.change_retention.is_zero() && s.change_retention < MIN_CHANGE_RETENTION {
+            return Err(SettingsError::Invalid {
+                key: "change_retention",
+                message: format!(
+                    "keep changes for at least {}s (or 0s to keep them forever): replicas and \
+                     watchers that fall further behind re-read everything",
+                    MIN_CHANGE_RETENTION.as_secs()
                 ),
             });
         }
@@ -248,6 +270,25 @@ mod tests {
         .to_string();
         assert!(msg.contains("sidecar_grace_period"), "{msg}");
         assert!(msg.contains("not a duration"), "{msg}");
+    }
+
+    #[test]
+    fn change_retention() {
+        let s = Settings::load(&ServeArgs::default(), env(&[])).unwrap();
+        assert_eq!(s.change_retention, Duration::from_secs(24 * 3600)); // default
+        let s = Settings::load(
+            &ServeArgs::default(),
+            env(&[("SWITCHBOARD_CHANGE_RETENTION", "0s")]),
+        )
+        .unwrap();
+        assert!(s.change_retention.is_zero());
+        let args = ServeArgs {
+            change_retention: Some("10s".into()),
+            ..Default::default()
+        };
+        let msg = Settings::load(&args, env(&[])).unwrap_err().to_string();
+        assert!(msg.contains("change_retention"), "{msg}");
+        assert!(msg.contains("at least 60s"), "{msg}");
     }
 
     #[test]

@@ -132,6 +132,7 @@ pub(crate) fn spawn_pg_listener(store: Store) {
 
 impl Store {
     /// What the tenant's revisions after `since` changed, oldest first (at most `limit`).
+    /// [`StoreError::Compacted`] when changes after `since` were already pruned.
     pub async fn changes_since(
         &self,
         tenant: &str,
@@ -147,6 +148,15 @@ impl Store {
         .bind(i64::from(limit))
         .fetch_all(self.pool())
         .await?;
+        // Read after the rows: a prune committed in between shows here, so rows it removed
+        // are never taken for a complete log (at worst a complete read is refused).
+        let pruned_through = self.changes_pruned_through(tenant).await?;
+        if since < pruned_through {
+            return Err(StoreError::Compacted {
+                since,
+                pruned_through,
+            });
+        }
         rows.iter()
             .map(|r| {
                 let kind: String = r.try_get("kind")?;
@@ -166,6 +176,80 @@ impl Store {
                 })
             })
             .collect()
+    }
+
+    /// The revision after which the tenant's change log is complete (0: nothing pruned; an
+    /// unknown tenant has no log to prune either).
+    async fn changes_pruned_through(&self, tenant: &str) -> Result<i64, StoreError> {
+        let row = sqlx::query("SELECT changes_pruned_through FROM tenants WHERE name = $1")
+            .bind(tenant)
+            .fetch_optional(self.pool())
+            .await?;
+        Ok(match row {
+            Some(r) => r.try_get("changes_pruned_through")?,
+            None => 0,
+        })
+    }
+
+    /// Starts pruning the change log of revisions older than `retention`, now and then every
+    /// tenth of it (between 10 s and 10 min). Call once, inside a Tokio runtime; the task
+    /// ends soon after the last handle of the store is dropped.
+    pub fn spawn_change_pruning(&self, retention: Duration) -> tokio::task::JoinHandle<()> {
+        let weak = std::sync::Arc::downgrade(&self.inner);
+        let every = (retention / 10).clamp(Duration::from_secs(10), Duration::from_secs(600));
+        let retention_ms = i64::try_from(retention.as_millis()).unwrap_or(i64::MAX);
+        tokio::spawn(async move {
+            loop {
+                let Some(inner) = weak.upgrade() else {
+                    return;
+                };
+                let store = Store { inner };
+                let before = crate::now_ms().saturating_sub(retention_ms);
+                match store.prune_changes(before).await {
+                    Ok(0) => {}
+                    Ok(removed) => tracing::info!(removed, "pruned the change log"),
+                    Err(e) => tracing::warn!(error = %e, "cannot prune the change log; will retry"),
+                }
+                drop(store);
+                tokio::time::sleep(every).await;
+            }
+        })
+    }
+
+    /// Removes the changes of every revision committed before `before_ms` (Unix ms), whole
+    /// revisions at a time, and records per tenant how far the log was pruned. Returns how
+    /// many changes were removed. Safe to run on several replicas at once.
+    pub async fn prune_changes(&self, before_ms: i64) -> Result<u64, StoreError> {
+        let rows = sqlx::query(
+            "SELECT tenant, MAX(revision) AS through FROM changes WHERE time < $1 GROUP BY tenant",
+        )
+        .bind(before_ms)
+        .fetch_all(self.pool())
+        .await?;
+        let mut removed = 0;
+        for row in rows {
+            let tenant: String = row.try_get("tenant")?;
+            let through: i64 = row.try_get("through")?;
+            let turn = self.write_turn().await;
+            let mut tx = self.pool().begin().await?;
+            sqlx::query(
+                "UPDATE tenants SET changes_pruned_through = $2 \
+                 WHERE name = $1 AND changes_pruned_through < $2",
+            )
+            .bind(&tenant)
+            .bind(through)
+            .execute(&mut *tx)
+            .await?;
+            let done = sqlx::query("DELETE FROM changes WHERE tenant = $1 AND revision <= $2")
+                .bind(&tenant)
+                .bind(through)
+                .execute(&mut *tx)
+                .await?;
+            tx.commit().await?;
+            drop(turn);
+            removed += done.rows_affected();
+        }
+        Ok(removed)
     }
 }
 

@@ -45,6 +45,13 @@ pub enum StoreError {
     Migrate(#[from] sqlx::migrate::MigrateError),
     #[error("stored data is corrupt: {0}")]
     Corrupt(String),
+    /// The change log no longer holds every change after `since`: it keeps the revisions
+    /// after `pruned_through`.
+    #[error(
+        "the change log keeps only the revisions after {pruned_through}, and revision {since} \
+         is older: re-read the resources, then follow the changes from the revision they are at"
+    )]
+    Compacted { since: i64, pruned_through: i64 },
 }
 
 fn describe(by: &[Referrer]) -> String {

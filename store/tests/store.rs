@@ -314,6 +314,73 @@ async fn change_log_and_notices(b: Backend) {
 }
 both_backends!(change_log_and_notices_, change_log_and_notices);
 
+async fn change_log_is_pruned_by_whole_revisions(b: Backend) {
+    let Some((s, _db)) = setup(b).await else {
+        return;
+    };
+    let since = s.revision("acme").await.unwrap();
+    for name in ["a", "b"] {
+        put(&s, Kind::Service, name, json!({"port": 80}))
+            .await
+            .unwrap();
+    }
+    let second = s.revision("acme").await.unwrap();
+    // Change times are Unix milliseconds: keep the cut strictly between the writes.
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    let cut = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64;
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    put(&s, Kind::Service, "c", json!({"port": 80}))
+        .await
+        .unwrap();
+    let third = s.revision("acme").await.unwrap();
+
+    // Everything up to the cut goes (the tenant and mesh creations too), the rest stays.
+    assert!(s.prune_changes(cut).await.unwrap() >= 2);
+    assert_eq!(s.prune_changes(cut).await.unwrap(), 0, "idempotent");
+    let kept = s.changes_since("acme", second, 100).await.unwrap();
+    assert_eq!(
+        kept.iter()
+            .map(|c| (c.revision, c.name.as_str()))
+            .collect::<Vec<_>>(),
+        [(third, "c")]
+    );
+    // A reader from before the cut is told, not handed a partial log.
+    match s.changes_since("acme", since, 100).await {
+        Err(StoreError::Compacted {
+            since: asked,
+            pruned_through,
+        }) => {
+            assert_eq!((asked, pruned_through), (since, second));
+        }
+        other => panic!("expected Compacted, got {other:?}"),
+    }
+    // Pruning everything leaves the log complete from the current revision on.
+    s.prune_changes(i64::MAX).await.unwrap();
+    assert!(
+        s.changes_since("acme", third, 100)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert!(matches!(
+        s.changes_since("acme", second, 100).await,
+        Err(StoreError::Compacted { pruned_through, .. }) if pruned_through == third
+    ));
+    put(&s, Kind::Service, "d", json!({"port": 80}))
+        .await
+        .unwrap();
+    let after = s.changes_since("acme", third, 100).await.unwrap();
+    assert_eq!(after.len(), 1);
+    assert_eq!(after[0].name, "d");
+}
+both_backends!(
+    change_log_is_pruned_by_whole_revisions_,
+    change_log_is_pruned_by_whole_revisions
+);
+
 async fn concurrent_writers_one_wins(b: Backend) {
     let Some((s, _db)) = setup(b).await else {
         return;
@@ -421,10 +488,31 @@ async fn credentials(b: Backend) {
             .len(),
         1
     );
+    let mut rx = s.subscribe();
+    if b == Backend::Postgres {
+        // Give the listener a moment to LISTEN before the commit.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    assert!(s.credential_exists(&k.credential.id).await.unwrap());
     s.revoke_credential("acme", CredentialKind::ApiKey, &k.credential.id)
         .await
         .unwrap();
     assert!(s.authenticate(&k.secret).await.unwrap().is_none());
+    assert!(!s.credential_exists(&k.credential.id).await.unwrap());
+    // Every replica hears of it (NOTIFY on PostgreSQL).
+    loop {
+        match tokio::time::timeout(Duration::from_secs(5), rx.recv()).await {
+            Ok(Ok(Notice::Revoked { tenant, id })) => {
+                assert_eq!(
+                    (tenant.as_str(), id.as_str()),
+                    ("acme", k.credential.id.as_str())
+                );
+                break;
+            }
+            Ok(Ok(_)) => {}
+            other => panic!("no revocation notice: {other:?}"),
+        }
+    }
     assert!(matches!(
         s.revoke_credential("acme", CredentialKind::ApiKey, &k.credential.id)
             .await,

@@ -477,6 +477,14 @@ impl Task {
             };
             let changes = match result {
                 Ok(changes) => changes,
+                Err(StoreError::Compacted { pruned_through, .. }) => {
+                    // The log no longer reaches back that far: check everything, then
+                    // follow it from where it starts.
+                    watch.retry_at = None;
+                    watch.seen = watch.seen.max(pruned_through);
+                    self.check_all(Some(&tenant));
+                    continue;
+                }
                 Err(e) => {
                     tracing::warn!(%tenant, error = %e, "cannot read the change log for sidecar registrations; retrying");
                     watch.retry_at = Some(now + STORE_RETRY);

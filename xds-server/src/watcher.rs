@@ -4,8 +4,8 @@
 //! watcher reads the change log since the oldest revision its meshes are current through,
 //! kicks the meshes named in it and marks the others current. Notices that arrive within the
 //! debounce window are handled together. After a `Resync` (notices may have been lost) or when
-//! the log cannot say (too many changes, or none although the revision moved: a deleted
-//! tenant), every loaded mesh concerned is re-read.
+//! the log cannot say (too many changes, none although the revision moved: a deleted
+//! tenant, or pruned past the revision a mesh is at), every loaded mesh concerned is re-read.
 //!
 //! It also passes proxy token revocations on to [`Revocations`], which ends the streams
 //! holding them; after a `Resync` it has every credential in use checked again.
@@ -147,10 +147,12 @@ impl MeshWatcher {
         if floor >= revision {
             return Ok(());
         }
-        let changes = self
-            .store
-            .changes_since(tenant, floor, CHANGE_LIMIT)
-            .await?;
+        let changes = match self.store.changes_since(tenant, floor, CHANGE_LIMIT).await {
+            Ok(changes) => changes,
+            // The log no longer reaches back to the floor: re-read instead.
+            Err(StoreError::Compacted { .. }) => Vec::new(),
+            Err(e) => return Err(e),
+        };
         if changes.is_empty() || changes.len() >= CHANGE_LIMIT as usize {
             for (mesh, _) in &ready {
                 self.cache.kick(tenant, mesh, at);
