@@ -105,6 +105,20 @@ impl Store {
         Ok(())
     }
 
+    /// `(tenant, mesh, node)` of every node with a live stream on any replica.
+    pub async fn live_nodes(
+        &self,
+    ) -> Result<std::collections::HashSet<(String, String, String)>, StoreError> {
+        let rows =
+            sqlx::query("SELECT DISTINCT tenant, mesh, node FROM proxies WHERE heartbeat >= $1")
+                .bind(now_ms() - PROXY_STALE_MS)
+                .fetch_all(self.pool())
+                .await?;
+        rows.iter()
+            .map(|r| Ok((r.try_get("tenant")?, r.try_get("mesh")?, r.try_get("node")?)))
+            .collect()
+    }
+
     /// The live streams of a mesh, or of one node of it, ordered by node and connection time.
     pub async fn list_proxies(
         &self,

@@ -350,6 +350,35 @@ impl Store {
     }
 
     /// Lists resources of one kind in a mesh (or the tenant's meshes), by name, after `after`.
+    /// Every resource of `kind` whose name starts with `prefix`, in every tenant and mesh
+    /// (for replica-wide housekeeping, such as sweeping sidecar endpoints).
+    pub async fn list_everywhere(
+        &self,
+        kind: Kind,
+        prefix: &str,
+    ) -> Result<Vec<StoredResource>, StoreError> {
+        let _t = Timer::start("list_everywhere");
+        let pattern = format!(
+            "{}%",
+            prefix
+                .replace('\\', "\\\\")
+                .replace('%', "\\%")
+                .replace('_', "\\_")
+        );
+        let rows = sqlx::query(&format!(
+            "SELECT {COLS} FROM resources WHERE kind = $1 AND name LIKE $2 ESCAPE '\\' \
+             ORDER BY tenant, mesh, name"
+        ))
+        .bind(kind.plural())
+        .bind(pattern)
+        .fetch_all(self.pool())
+        .await?;
+        // SQLite's LIKE ignores ASCII case: keep only exact prefixes.
+        let all = rows.iter().map(row_to_resource);
+        all.filter(|r| r.as_ref().map_or(true, |r| r.key.name.starts_with(prefix)))
+            .collect()
+    }
+
     pub async fn list(
         &self,
         tenant: &str,

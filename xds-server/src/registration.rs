@@ -21,10 +21,13 @@
 //!   connected sidecar's endpoint is deleted (by a user, or by another replica whose grace
 //!   period ended just as the node moved here), it is written again.
 //!
+//! - **Sweeping**: a registered endpoint names its node (`spec.node`). Every replica
+//!   periodically lists them and deletes, with `If-Match`, those whose node has had no live
+//!   stream on any replica, nor a grace period running here, for the grace period.
+//!
 //! A replica that stops simply stops: its sidecars reconnect elsewhere within the grace
-//! period, and nothing is deleted at shutdown. (The price: an endpoint whose grace period
-//! was running when its replica stopped stays until its node connects and leaves again;
-//! the model has no field saying an endpoint is managed, so nothing else may delete it.)
+//! period, and nothing is deleted at shutdown. An endpoint whose grace period was running
+//! on a replica that stopped is swept by the others.
 //!
 //! Metrics: `switchboard_sidecar_registrations_total{tenant}` (endpoints written) and
 //! `switchboard_sidecar_deregistrations_total{tenant}` (endpoints deleted).
@@ -154,6 +157,7 @@ impl Desired {
                     "zone": meta.zone,
                     "subZone": meta.sub_zone,
                 },
+                "node": node_name,
             }),
         )?;
         spec.validate()?;
@@ -257,6 +261,8 @@ pub(crate) fn spawn(
         nodes: HashMap::new(),
         per_tenant: HashMap::new(),
         tenants: HashMap::new(),
+        next_sweep: Instant::now(),
+        absent: HashMap::new(),
     };
     tokio::spawn(task.run())
 }
@@ -324,6 +330,17 @@ struct Task {
     /// How many entries of `nodes` each tenant has.
     per_tenant: HashMap<String, usize>,
     tenants: HashMap<String, TenantWatch>,
+    /// When [`Task::sweep`] runs next.
+    next_sweep: Instant,
+    /// Registered endpoints (tenant, mesh, endpoint name) whose node no replica holds a
+    /// stream of: since when this task has seen it so, at which etag.
+    absent: HashMap<(String, String, String), (Instant, String)>,
+}
+
+/// How often a replica sweeps for registered endpoints that no replica looks after:
+/// half the grace period, within 100 ms and 1 min.
+fn sweep_every(grace: Duration) -> Duration {
+    (grace / 2).clamp(Duration::from_millis(100), Duration::from_secs(60))
 }
 
 /// How a write went.
@@ -354,6 +371,7 @@ impl Task {
                 },
                 notice = recv_notice(&mut self.notices) => self.notice(notice),
                 () = tokio::time::sleep_until(deadline.unwrap_or(far)), if deadline.is_some() => {}
+                () = tokio::time::sleep_until(self.next_sweep) => self.sweep().await,
             }
             // Take what else is queued, so reconnect storms coalesce per node and bursts of
             // commits per tenant.
@@ -378,6 +396,74 @@ impl Task {
             self.read_changes().await;
             self.work().await;
         }
+    }
+
+    /// Deletes self-registered endpoints that no replica looks after: the node has no live
+    /// stream on any replica (the `proxies` table), this replica is not running its grace
+    /// period, and it has stayed so, at the same etag, for the grace period. This is how an
+    /// endpoint whose replica stopped during its grace period still goes. Every replica
+    /// sweeps; `If-Match` makes the first delete win and the others find it gone.
+    async fn sweep(&mut self) {
+        let now = Instant::now();
+        self.next_sweep = now + sweep_every(self.grace);
+        let (endpoints, live) = match tokio::try_join!(
+            self.store.list_everywhere(Kind::Endpoint, ENDPOINT_PREFIX),
+            self.store.live_nodes()
+        ) {
+            Ok(found) => found,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot sweep for orphaned sidecar endpoints; retrying (hint: is the database reachable?)");
+                return;
+            }
+        };
+        let mut absent = HashMap::new();
+        for endpoint in endpoints {
+            let Some(node) = endpoint.spec.get("node").and_then(|n| n.as_str()) else {
+                continue;
+            };
+            let k = &endpoint.key;
+            let node_id = NodeId {
+                tenant: k.tenant.clone(),
+                mesh: k.mesh.clone(),
+                name: node.to_owned(),
+            };
+            if self.nodes.contains_key(&node_id)
+                || live.contains(&(node_id.tenant, node_id.mesh, node_id.name))
+            {
+                continue;
+            }
+            let etag = endpoint.etag();
+            let id = (k.tenant.clone(), k.mesh.clone(), k.name.clone());
+            let since = match self.absent.remove(&id) {
+                Some((since, seen)) if seen == etag => since,
+                _ => now,
+            };
+            if now.saturating_duration_since(since) < self.grace {
+                absent.insert(id, (since, etag));
+                continue;
+            }
+            let opts = WriteOptions {
+                precondition: Precondition::IfMatch(etag),
+                dry_run: false,
+            };
+            match self.store.delete(k, &opts).await {
+                Ok(_) => {
+                    tracing::info!(
+                        tenant = %k.tenant, mesh = %k.mesh, endpoint = %k.name, %node,
+                        "deleted an orphaned sidecar endpoint: no replica has had a stream of \
+                         its node for the grace period"
+                    );
+                    metrics::counter!("switchboard_sidecar_deregistrations_total", "tenant" => k.tenant.clone())
+                        .increment(1);
+                }
+                Err(StoreError::PreconditionFailed { .. } | StoreError::NotFound { .. }) => {}
+                Err(e) => {
+                    tracing::warn!(endpoint = %k.name, error = %e, "cannot delete an orphaned sidecar endpoint; retrying");
+                    absent.insert(id, (since, endpoint.etag()));
+                }
+            }
+        }
+        self.absent = absent;
     }
 
     /// The earliest time something is due.

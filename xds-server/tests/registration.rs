@@ -228,6 +228,7 @@ async fn a_sidecar_registers_and_leaves_after_the_grace_period(backend: Backend)
             "locality": {"region": "", "zone": ""},
             "priority": 0,
             "health": "healthy",
+            "node": "pay-1",
         })
     );
     let update = watcher.recv_and_ack(&["pay"]).await.unwrap();
@@ -438,7 +439,10 @@ async fn a_sidecar_that_moved_to_another_replica_keeps_its_endpoint(backend: Bac
         return;
     };
     let other = start_registering(env.store.clone(), GRACE).await.unwrap();
+    // Both replicas record their streams, as `switchboard serve` does: a replica's sweep
+    // leaves alone what another replica has a stream of.
     let sync = other.xds.spawn_status_sync();
+    let sync_here = env.server.xds.spawn_status_sync();
     let node = sidecar("prod", "pay-1", "pay", &[]);
     let here = env.connect(node.clone()).await;
     let stored = env.registered("prod", "sidecar-pay-1").await;
@@ -474,8 +478,51 @@ async fn a_sidecar_that_moved_to_another_replica_keeps_its_endpoint(backend: Bac
     drop(there);
     env.deregistered("prod", "sidecar-pay-1").await;
     sync.abort();
+    sync_here.abort();
 }
 both_backends!(
     a_sidecar_that_moved_to_another_replica_keeps_its_endpoint,
     a_sidecar_that_moved_to_another_replica_keeps_its_endpoint
 );
+
+async fn an_orphaned_endpoint_is_swept(backend: Backend) {
+    let Some(env) = env(backend, GRACE).await else {
+        return;
+    };
+    // Registered by a replica that stopped during the node's grace period: nobody holds a
+    // stream of `gone-1` and no replica runs its grace period.
+    put(
+        &env.store,
+        "prod",
+        Kind::Endpoint,
+        "sidecar-gone-1",
+        json!({"service": "pay", "address": "10.0.0.1", "port": 15006, "node": "gone-1"}),
+    )
+    .await
+    .unwrap();
+    // Endpoints a user manages (no node), even with the sidecar prefix, are never swept.
+    let manual = put(
+        &env.store,
+        "prod",
+        Kind::Endpoint,
+        "sidecar-manual",
+        json!({"service": "pay", "address": "10.0.0.2", "port": 15006}),
+    )
+    .await
+    .unwrap();
+    // A connected sidecar's endpoint stays.
+    let _client = env.connect(sidecar("prod", "pay-1", "pay", &[])).await;
+    let connected = env.registered("prod", "sidecar-pay-1").await;
+    env.deregistered("prod", "sidecar-gone-1").await;
+    // Several sweeps later, the others are as they were.
+    tokio::time::sleep(GRACE * 3).await;
+    assert_eq!(
+        env.endpoint("prod", "sidecar-manual").await.as_ref(),
+        Some(&manual)
+    );
+    assert_eq!(
+        env.endpoint("prod", "sidecar-pay-1").await.as_ref(),
+        Some(&connected)
+    );
+}
+both_backends!(an_orphaned_endpoint_is_swept, an_orphaned_endpoint_is_swept);

@@ -55,6 +55,11 @@ pub struct EndpointSpec {
     pub priority: u32,
     #[serde(default)]
     pub health: Health,
+    /// The xDS node (its name in the mesh) whose stream keeps this endpoint: set by sidecar
+    /// self-registration. Once no stream of that node has been connected to any replica for
+    /// the sidecar grace period, the endpoint is deleted. Unset for endpoints users manage.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node: Option<String>,
 }
 
 fn default_weight() -> u32 {
@@ -87,6 +92,16 @@ impl EndpointSpec {
                     "use at most 128 printable characters",
                 );
             }
+        }
+        if let Some(node) = &self.node
+            && (node.is_empty()
+                || node.len() > 253
+                || node.chars().any(|c| c.is_control() || c == '/'))
+        {
+            e.push(
+                "spec.node",
+                "use a node name of 1 to 253 printable characters, without '/'",
+            );
         }
         e.into_result()
     }
