@@ -160,6 +160,23 @@ fn endpoints_and_gateways() {
         ),
         ["spec.weight"]
     );
+    assert!(
+        fields(
+            Kind::Endpoint,
+            json!({"service": "a", "address": "::1", "node": "pay-1.pod"})
+        )
+        .is_empty()
+    );
+    for bad in ["", "a/b", "tab\there"] {
+        assert_eq!(
+            fields(
+                Kind::Endpoint,
+                json!({"service": "a", "address": "::1", "node": bad})
+            ),
+            ["spec.node"],
+            "{bad:?}"
+        );
+    }
     assert_eq!(
         fields(Kind::Gateway, json!({"port": 80, "protocol": "tcp"})),
         ["spec.service"]
