@@ -343,6 +343,13 @@ fn sweep_every(grace: Duration) -> Duration {
     (grace / 2).clamp(Duration::from_millis(100), Duration::from_secs(60))
 }
 
+/// How long a node must be seen without a stream before its endpoint is swept: the grace
+/// period, but never less than a few status syncs, since a new stream's `proxies` row
+/// appears up to one sync interval after the stream (and its endpoint) does.
+fn sweep_after(grace: Duration) -> Duration {
+    grace.max(crate::report::SYNC_INTERVAL * 4)
+}
+
 /// How a write went.
 enum Upserted {
     /// The endpoint already had the spec; nothing was written.
@@ -438,7 +445,7 @@ impl Task {
                 Some((since, seen)) if seen == etag => since,
                 _ => now,
             };
-            if now.saturating_duration_since(since) < self.grace {
+            if now.saturating_duration_since(since) < sweep_after(self.grace) {
                 absent.insert(id, (since, etag));
                 continue;
             }
