@@ -17,6 +17,7 @@
 pub mod balancer;
 pub mod circuit_breaker;
 pub mod clusters;
+mod idle;
 pub mod listener;
 pub mod outlier;
 pub mod proxy;

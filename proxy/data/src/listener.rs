@@ -53,6 +53,7 @@ use tokio_rustls::TlsAcceptor;
 use tracing::Instrument;
 
 use crate::clusters::ClusterManager;
+use crate::idle::{IdleTimer, StreamIdle};
 use crate::proxy::{ProxyError, Shared};
 use crate::telemetry::{DownstreamAddrs, LISTENER_ACTIVE_CONNECTIONS, LISTENER_CONNECTIONS_TOTAL};
 
@@ -394,9 +395,14 @@ async fn serve_http<S>(
     }
     let svc = {
         let state = state.clone();
+        let stream_idle = limits.stream_idle_timeout;
         service_fn(move |mut req: Request<Incoming>| {
             if let Some(a) = addrs {
                 req.extensions_mut().insert(a);
+            }
+            let idle = stream_idle.map(|t| Arc::new(StreamIdle::new(t)));
+            if let Some(idle) = &idle {
+                req.extensions_mut().insert(idle.clone());
             }
             let guard = RequestGuard::begin(state.clone());
             let shared = shared.clone();
@@ -404,6 +410,7 @@ async fn serve_http<S>(
                 let resp = shared.handle(req).await;
                 Ok::<_, Infallible>(resp.map(|body| Tracked {
                     body,
+                    idle: idle.map(IdleTimer::new),
                     _guard: guard,
                 }))
             }
@@ -653,21 +660,50 @@ impl Drop for RequestGuard {
     }
 }
 
-/// A response body that keeps its request counted as active until it ends or is dropped.
+/// A response body that keeps its request counted as active until it ends or is dropped,
+/// and ends it with an error (a stream reset) once `stream_idle_timeout` passes with nothing
+/// moving.
 struct Tracked<B> {
     body: B,
+    idle: Option<IdleTimer>,
     _guard: RequestGuard,
 }
 
-impl<B: HttpBody + Unpin> HttpBody for Tracked<B> {
+/// Why a response body was cut short.
+#[derive(Debug, thiserror::Error)]
+#[error("stream idle timeout")]
+struct StreamIdleTimeout;
+
+impl<B> HttpBody for Tracked<B>
+where
+    B: HttpBody + Unpin,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
     type Data = B::Data;
-    type Error = B::Error;
+    type Error = Box<dyn std::error::Error + Send + Sync>;
 
     fn poll_frame(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
-        Pin::new(&mut self.body).poll_frame(cx)
+        let this = &mut *self;
+        match Pin::new(&mut this.body).poll_frame(cx) {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let Some(idle) = &this.idle {
+                    idle.touch();
+                }
+                Poll::Ready(Some(Ok(frame)))
+            }
+            Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(e.into()))),
+            Poll::Ready(None) => Poll::Ready(None),
+            Poll::Pending => {
+                if this.idle.as_mut().is_some_and(|idle| idle.poll_expired(cx)) {
+                    tracing::debug!("stream idle timeout: resetting the response");
+                    return Poll::Ready(Some(Err(Box::new(StreamIdleTimeout))));
+                }
+                Poll::Pending
+            }
+        }
     }
 
     fn is_end_stream(&self) -> bool {

@@ -25,6 +25,7 @@ use tracing::Instrument;
 
 use crate::balancer::{Balancers, pick_weighted};
 use crate::clusters::ClusterManager;
+use crate::idle::StreamIdle;
 use crate::router::{self, RequestInfo};
 use crate::telemetry::ResponseFlags;
 use crate::telemetry::request::{self, Exchange, Observer, RequestBody};
@@ -76,12 +77,28 @@ impl Shared {
 
     /// Serves one request, with its telemetry: a `proxy_request` span, W3C trace context
     /// for the upstream, request metrics and the access log (see [`crate::telemetry`]).
+    ///
+    /// With a `stream_idle_timeout` (a [`StreamIdle`] in the request's extensions), a
+    /// request that moves nothing for that long before its response headers gets 408.
     pub(crate) async fn handle(&self, req: Request<Incoming>) -> Response<Body> {
+        let idle = req.extensions().get::<Arc<StreamIdle>>().cloned();
         let (observer, mut ex, req) = Observer::start(&self.listener, req);
-        let resp = self
-            .dispatch(req, &mut ex)
-            .instrument(observer.span().clone())
-            .await;
+        let answered = {
+            let dispatch = self
+                .dispatch(req, &mut ex)
+                .instrument(observer.span().clone());
+            match &idle {
+                None => Some(dispatch.await),
+                Some(idle) => tokio::select! {
+                    resp = dispatch => Some(resp),
+                    () = idle.expired() => None,
+                },
+            }
+        };
+        let resp = answered.unwrap_or_else(|| {
+            ex.flags.insert(ResponseFlags::STREAM_IDLE_TIMEOUT);
+            local::error(StatusCode::REQUEST_TIMEOUT, "stream timeout")
+        });
         observer.finish(ex, resp)
     }
 

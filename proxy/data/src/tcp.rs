@@ -15,7 +15,6 @@ use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Poll};
 
 use metrics::Counter;
@@ -25,11 +24,11 @@ use switchboard_proxy_xds::config::listener::TcpProxy;
 use switchboard_proxy_xds::config::route::Clusters;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
-use tokio::time::Instant;
 
 use crate::balancer::{Balancers, Picked, endpoint_source, pick_weighted};
 use crate::circuit_breaker::ConnectionSlot;
 use crate::clusters::AttemptOutcome;
+use crate::idle::Activity;
 use crate::telemetry::TCP_BYTES_TOTAL;
 
 /// How many picks [`connect`] makes to find an endpoint it has not tried yet, before it
@@ -210,39 +209,6 @@ fn pick_untried(tried: &[SocketAddr], pick: impl Fn() -> Option<Picked>) -> Opti
         fallback = Some(picked);
     }
     fallback
-}
-
-/// When bytes last moved on a connection, in milliseconds since it started.
-struct Activity {
-    start: Instant,
-    last_ms: AtomicU64,
-}
-
-impl Activity {
-    fn new() -> Self {
-        Self {
-            start: Instant::now(),
-            last_ms: AtomicU64::new(0),
-        }
-    }
-
-    fn touch(&self) {
-        let ms = u64::try_from(self.start.elapsed().as_millis()).unwrap_or(u64::MAX);
-        self.last_ms.fetch_max(ms, Ordering::Relaxed);
-    }
-
-    /// Resolves once nothing moved for `timeout`.
-    async fn idle_for(&self, timeout: std::time::Duration) {
-        loop {
-            let last =
-                self.start + std::time::Duration::from_millis(self.last_ms.load(Ordering::Relaxed));
-            let deadline = last + timeout;
-            if Instant::now() >= deadline {
-                return;
-            }
-            tokio::time::sleep_until(deadline).await;
-        }
-    }
 }
 
 /// The downstream side of a relay: counts bytes each way and records activity (every byte

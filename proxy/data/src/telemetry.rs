@@ -178,8 +178,10 @@ impl ResponseFlags {
     pub(crate) const DELAY_INJECTED: Self = Self(1 << 9);
     /// `FI`: a fault abort was injected.
     pub(crate) const FAULT_INJECTED: Self = Self(1 << 10);
+    /// `SI`: the stream moved nothing for `stream_idle_timeout`.
+    pub(crate) const STREAM_IDLE_TIMEOUT: Self = Self(1 << 11);
 
-    const NAMES: [(Self, &'static str); 11] = [
+    const NAMES: [(Self, &'static str); 12] = [
         (Self::NO_HEALTHY_UPSTREAM, "UH"),
         (Self::UPSTREAM_CONNECTION_FAILURE, "UF"),
         (Self::UPSTREAM_OVERFLOW, "UO"),
@@ -191,6 +193,7 @@ impl ResponseFlags {
         (Self::UPSTREAM_REMOTE_RESET, "UR"),
         (Self::DELAY_INJECTED, "DI"),
         (Self::FAULT_INJECTED, "FI"),
+        (Self::STREAM_IDLE_TIMEOUT, "SI"),
     ];
 
     pub(crate) const fn empty() -> Self {

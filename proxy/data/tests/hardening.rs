@@ -538,3 +538,99 @@ async fn two_thousand_malformed_requests_do_not_stop_the_proxy() {
     assert_eq!((got.status, got.body.as_str()), (StatusCode::OK, "a"));
     assert_eq!(h2_status(&mut h2_conn(addr).await).await, 200);
 }
+
+/// An HTTP/1.1 backend written by hand: `/hang` never answers; `/stall` sends its headers
+/// and one chunk, then nothing; `/drip` sends a one-byte chunk every 100 ms, eight in all,
+/// then ends (each with `connection: close`, and holding the connection open for 30 s).
+async fn slow_backend() -> SocketAddr {
+    let tcp = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = tcp.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut s, _)) = tcp.accept().await else {
+                continue;
+            };
+            tokio::spawn(async move {
+                let mut head = Vec::new();
+                let mut buf = [0u8; 1024];
+                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match s.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => head.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let head = String::from_utf8_lossy(&head).into_owned();
+                let path = head.split_whitespace().nth(1).unwrap_or("").to_owned();
+                const HEAD: &[u8] =
+                    b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\nconnection: close\r\n\r\n";
+                match path.as_str() {
+                    "/stall" => {
+                        let _ = s.write_all(HEAD).await;
+                        let _ = s.write_all(b"5\r\nhello\r\n").await;
+                    }
+                    "/drip" => {
+                        let _ = s.write_all(HEAD).await;
+                        for _ in 0..8 {
+                            tokio::time::sleep(Duration::from_millis(100)).await;
+                            let _ = s.write_all(b"1\r\nx\r\n").await;
+                        }
+                        let _ = s.write_all(b"0\r\n\r\n").await;
+                    }
+                    _ => {}
+                }
+                tokio::time::sleep(Duration::from_secs(30)).await;
+            });
+        }
+    });
+    addr
+}
+
+/// `f`, or a failed test after 10 s.
+async fn within<F: std::future::Future>(f: F) -> F::Output {
+    tokio::time::timeout(Duration::from_secs(10), f)
+        .await
+        .expect("no answer within 10 s")
+}
+
+#[tokio::test]
+async fn stream_idle_timeout_answers_408_resets_stalled_streams_and_spares_active_ones() {
+    let slow = slow_backend().await;
+    let mut store = ConfigStore::new();
+    set_cluster(&mut store, "a", UpstreamProtocol::Http1, &[slow]);
+    route_all_to_a(&mut store);
+    let limits = HttpLimits {
+        stream_idle_timeout: Some(Duration::from_millis(300)),
+        ..HttpLimits::default()
+    };
+    set_http_listener(&mut store, "stream-idle", limits, None);
+    let running = start(&store, "stream-idle", Duration::from_secs(5)).await;
+
+    // No answer at all: 408 (the route's own timeout is 15 s).
+    let mut h2 = h2_conn(running.addr).await;
+    let started = Instant::now();
+    let resp = within(h2.send_request(req("/hang"))).await.unwrap();
+    assert_eq!(resp.status(), StatusCode::REQUEST_TIMEOUT);
+    assert!(started.elapsed() < Duration::from_secs(5));
+
+    // Headers and a chunk, then silence: the stream is reset after what arrived.
+    let resp = within(h2.send_request(req("/stall"))).await.unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    let mut body = resp.into_body();
+    let first = within(body.frame()).await.unwrap().unwrap();
+    assert_eq!(first.into_data().unwrap(), "hello");
+    let rest = within(body.collect()).await;
+    assert!(rest.is_err(), "the stalled stream was reset: {rest:?}");
+
+    // A slow but steady stream on the same connection runs to its end.
+    let resp = within(h2.send_request(req("/drip"))).await.unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    let body = within(resp.into_body().collect()).await.unwrap();
+    assert_eq!(body.to_bytes(), "xxxxxxxx");
+
+    // Over HTTP/1.1 a stalled response ends its connection.
+    let mut h1 = h1_conn(running.addr).await;
+    let resp = within(h1.send_request(req("/stall"))).await.unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    let rest = within(resp.into_body().collect()).await;
+    assert!(rest.is_err(), "the stalled response was cut: {rest:?}");
+}

@@ -359,12 +359,14 @@ mod listener_side {
             Some(Duration::from_secs(10))
         );
         assert_eq!(defaults.idle_timeout, Some(Duration::from_secs(3600)));
+        assert_eq!(defaults.stream_idle_timeout, Some(Duration::from_secs(300)));
         assert_eq!(defaults.max_concurrent_streams, 1024);
         assert_eq!(defaults.http2_keepalive, None);
 
         let set = limits(hcm_listener(|h| {
             h.max_request_headers_kb = u32v(8);
             h.request_headers_timeout = secs(2);
+            h.stream_idle_timeout = secs(40);
             h.common_http_protocol_options = Some(HttpProtocolOptions {
                 idle_timeout: secs(30),
                 max_headers_count: u32v(20),
@@ -387,6 +389,7 @@ mod listener_side {
                 max_request_headers_bytes: 8 * 1024,
                 max_headers_count: 20,
                 request_headers_timeout: Some(Duration::from_secs(2)),
+                stream_idle_timeout: Some(Duration::from_secs(40)),
                 idle_timeout: Some(Duration::from_secs(30)),
                 max_concurrent_streams: 7,
                 initial_stream_window_size: Some(1 << 20),
@@ -401,14 +404,19 @@ mod listener_side {
         // Zero disables a timeout, as in Envoy.
         let off = limits(hcm_listener(|h| {
             h.request_headers_timeout = secs(0);
+            h.stream_idle_timeout = secs(0);
             h.common_http_protocol_options = Some(HttpProtocolOptions {
                 idle_timeout: secs(0),
                 ..Default::default()
             });
         }));
         assert_eq!(
-            (off.request_headers_timeout, off.idle_timeout),
-            (None, None)
+            (
+                off.request_headers_timeout,
+                off.stream_idle_timeout,
+                off.idle_timeout
+            ),
+            (None, None, None)
         );
     }
 
@@ -452,9 +460,9 @@ mod listener_side {
             "{e}"
         );
         let e = err(Listener::try_from(hcm_listener(|h| {
-            h.stream_idle_timeout = secs(1);
+            h.request_timeout = secs(1);
         })));
-        assert!(e.contains("unsupported field stream_idle_timeout"), "{e}");
+        assert!(e.contains("unsupported field request_timeout"), "{e}");
     }
 
     #[test]

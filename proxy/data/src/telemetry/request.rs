@@ -28,6 +28,7 @@ use super::{
     ACTIVE_REQUESTS, DownstreamAddrs, LocalReply, REQUEST_DURATION_SECONDS, REQUESTS_TOTAL,
     ResponseFlags, UpstreamHost,
 };
+use crate::idle::StreamIdle;
 use crate::proxy::Body;
 
 /// What routing decided about a request, filled in by the handler as it goes.
@@ -80,6 +81,8 @@ pub(crate) struct Observer {
     arrival: Option<Arrival>,
     /// Request body bytes read so far (shared with the [`RequestBody`]).
     received: Arc<AtomicU64>,
+    /// The request's `stream_idle_timeout`, if its listener has one.
+    idle: Option<Arc<StreamIdle>>,
     bodiless: bool,
     finished: bool,
 }
@@ -123,9 +126,11 @@ impl Observer {
         });
         let received = Arc::new(AtomicU64::new(0));
         let bodiless = req.method() == Method::HEAD;
+        let idle = req.extensions().get::<Arc<StreamIdle>>().cloned();
         let req = req.map(|inner| RequestBody {
             inner,
             received: received.clone(),
+            idle: idle.clone(),
         });
         let exchange = Exchange {
             traceparent: Some(trace.to_header_value()),
@@ -141,6 +146,7 @@ impl Observer {
             active,
             arrival,
             received,
+            idle,
             bodiless,
             finished: false,
         };
@@ -226,6 +232,7 @@ impl Observer {
             active: self.active.take(),
             record,
             received: self.received.clone(),
+            idle: self.idle.take(),
             bytes_sent: 0,
             bodiless,
         };
@@ -327,7 +334,8 @@ pub(crate) fn retries_exhausted(
 
 /// Envoy's `%RESPONSE_CODE_DETAILS%` for what the flags say.
 fn details(flags: ResponseFlags, local: bool) -> &'static str {
-    const BY_FLAG: [(ResponseFlags, &str); 8] = [
+    const BY_FLAG: [(ResponseFlags, &str); 9] = [
+        (ResponseFlags::STREAM_IDLE_TIMEOUT, "stream_idle_timeout"),
         (ResponseFlags::NO_ROUTE, "route_not_found"),
         (ResponseFlags::NO_CLUSTER, "cluster_not_found"),
         (ResponseFlags::FAULT_INJECTED, "fault_filter_abort"),
@@ -399,6 +407,7 @@ struct Ending {
     active: ActiveRequest,
     record: Option<LogRecord>,
     received: Arc<AtomicU64>,
+    idle: Option<Arc<StreamIdle>>,
     bytes_sent: u64,
     /// Responses that carry no body (to HEAD, 1xx, 204, 304), which hyper drops unread.
     bodiless: bool,
@@ -409,6 +418,8 @@ struct Ending {
 pub(crate) struct RequestBody {
     inner: Incoming,
     received: Arc<AtomicU64>,
+    /// Request data counts as activity for `stream_idle_timeout`.
+    idle: Option<Arc<StreamIdle>>,
 }
 
 impl hyper::body::Body for RequestBody {
@@ -425,6 +436,9 @@ impl hyper::body::Body for RequestBody {
         {
             let n = u64::try_from(data.len()).unwrap_or(u64::MAX);
             self.received.fetch_add(n, Ordering::Relaxed);
+            if let Some(idle) = &self.idle {
+                idle.touch();
+            }
         }
         polled
     }
@@ -456,6 +470,7 @@ impl ObservedBody {
             active,
             record,
             received,
+            idle: _,
             bytes_sent,
             bodiless: _,
         } = *ending;
@@ -517,8 +532,16 @@ impl Drop for ObservedBody {
     fn drop(&mut self) {
         let complete =
             self.inner.is_end_stream() || self.ending.as_ref().is_some_and(|e| e.bodiless);
+        let idle = self
+            .ending
+            .as_ref()
+            .and_then(|e| e.idle.as_ref())
+            .is_some_and(|i| i.fired());
         self.end(if complete {
             ResponseFlags::empty()
+        } else if idle {
+            // The listener reset the stream: it was idle, not the client that left.
+            ResponseFlags::STREAM_IDLE_TIMEOUT
         } else {
             ResponseFlags::DOWNSTREAM_CONNECTION_TERMINATION
         });

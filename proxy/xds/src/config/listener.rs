@@ -74,6 +74,8 @@ pub const MAX_MAX_HEADERS_COUNT: u32 = 8192;
 /// this proxy cuts a client that has not sent complete request headers 10 s after their
 /// first byte (slowloris), unless the HCM sets the field (`0s` disables it, as in Envoy).
 pub const DEFAULT_REQUEST_HEADERS_TIMEOUT: Duration = Duration::from_secs(10);
+/// Envoy's default for the HCM's `stream_idle_timeout`: 5 min.
+pub const DEFAULT_STREAM_IDLE_TIMEOUT: Duration = Duration::from_secs(300);
 /// Envoy's default for `common_http_protocol_options.idle_timeout`: 1 h.
 pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(3600);
 /// Default for `http2_protocol_options.max_concurrent_streams`. **Deviation:** Envoy's is
@@ -98,6 +100,9 @@ pub struct HttpLimits {
     /// `request_headers_timeout`: from the first byte of a request's headers until they are
     /// complete (HTTP/1); `None` when set to zero.
     pub request_headers_timeout: Option<Duration>,
+    /// `stream_idle_timeout`: a request whose stream moves nothing either way for this long
+    /// is answered 408, or reset once its response has started; `None` when set to zero.
+    pub stream_idle_timeout: Option<Duration>,
     /// `common_http_protocol_options.idle_timeout`: a connection with no request in flight
     /// for this long is closed (HTTP/2 with a GOAWAY); `None` when set to zero.
     pub idle_timeout: Option<Duration>,
@@ -117,6 +122,7 @@ impl Default for HttpLimits {
             max_request_headers_bytes: DEFAULT_MAX_REQUEST_HEADERS_BYTES,
             max_headers_count: DEFAULT_MAX_HEADERS_COUNT,
             request_headers_timeout: Some(DEFAULT_REQUEST_HEADERS_TIMEOUT),
+            stream_idle_timeout: Some(DEFAULT_STREAM_IDLE_TIMEOUT),
             idle_timeout: Some(DEFAULT_IDLE_TIMEOUT),
             max_concurrent_streams: DEFAULT_MAX_CONCURRENT_STREAMS,
             initial_stream_window_size: None,
@@ -527,6 +533,7 @@ fn hcm(h: PbHcm, path: &Path) -> Result<HttpConnectionManager, ConfigError> {
             "http2_protocol_options",
             "max_request_headers_kb",
             "request_headers_timeout",
+            "stream_idle_timeout",
         ],
         path,
     )?;
@@ -594,6 +601,10 @@ fn http_limits(h: &PbHcm, path: &Path) -> Result<HttpLimits, ConfigError> {
     if let Some(d) = &h.request_headers_timeout {
         limits.request_headers_timeout =
             Some(duration(d, &path.field("request_headers_timeout"))?).filter(|d| !d.is_zero());
+    }
+    if let Some(d) = &h.stream_idle_timeout {
+        limits.stream_idle_timeout =
+            Some(duration(d, &path.field("stream_idle_timeout"))?).filter(|d| !d.is_zero());
     }
     if let Some(o) = &h.common_http_protocol_options {
         common_http_options(o, &mut limits, &path.field("common_http_protocol_options"))?;
