@@ -96,6 +96,8 @@ install_go_xds_server() {
       GOTOOLCHAIN=local GOFLAGS="-mod=mod -modcacherw -buildvcs=false" \
       "$go" build -o "$bin.tmp" ./)
     mv "$bin.tmp" "$bin"
+    # The module and build caches (about 400 MB) are needed only to build: free the disk.
+    rm -rf "$out/gocache" "$out/gopath"
   fi
   export SWITCHBOARD_GO_XDS_SERVER=$bin
   return 0
