@@ -130,6 +130,7 @@ pub struct Got {
     pub trailers: Option<HeaderMap>,
 }
 
+/// A GET request, answered as a [`Got`].
 pub async fn get(
     client: &Client<HttpConnector, Full<Bytes>>,
     proxy: SocketAddr,
@@ -137,29 +138,7 @@ pub async fn get(
     path: &str,
     headers: &[(&str, &str)],
 ) -> Got {
-    let mut req = Request::get(format!("http://{proxy}{path}"))
-        .header("host", host)
-        .body(Full::new(Bytes::new()))
-        .unwrap();
-    for (k, v) in headers {
-        req.headers_mut().insert(
-            http::HeaderName::from_bytes(k.as_bytes()).unwrap(),
-            v.parse().unwrap(),
-        );
-    }
-    let resp = tokio::time::timeout(Duration::from_secs(10), client.request(req))
-        .await
-        .expect("request timed out")
-        .unwrap();
-    let (parts, body) = resp.into_parts();
-    let collected = body.collect().await.unwrap();
-    let trailers = collected.trailers().cloned();
-    Got {
-        status: parts.status,
-        headers: parts.headers,
-        body: String::from_utf8_lossy(&collected.to_bytes()).into_owned(),
-        trailers,
-    }
+    send(client, proxy, "GET", host, path, headers, Bytes::new()).await
 }
 
 pub fn route(name: &str, path: PathMatch, action: Action) -> Route {
