@@ -11,8 +11,7 @@ use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant, SystemTime};
 
 use switchboard_proxy_data::ClusterManager;
-use switchboard_proxy_data::circuit_breaker::Threshold;
-use switchboard_proxy_data::clusters::{ClusterStatus, EndpointStatus};
+use switchboard_proxy_data::cluster::{ClusterStatus, EndpointStatus, Threshold};
 use switchboard_proxy_xds::config::cluster::{
     LbPolicy, OutlierDetection, RetryBudget, RingHashConfig, UpstreamProtocol,
 };
