@@ -1,4 +1,4 @@
-//! The requests of one HTTP listener ([`HttpHandler`]; the listener accepts and serves its
+//! The requests of one HTTP listener (`HttpHandler`; the listener accepts and serves its
 //! connections): each request is served from the [`ConfigStore`] snapshot current when it
 //! arrives. Nothing about routes or clusters is captured at bind time, so a new snapshot
 //! applies to the next request on every open connection, and in-flight requests finish on
