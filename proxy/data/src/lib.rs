@@ -1,33 +1,42 @@
-//! The HTTP data path of `switchboard-proxy`, as a library.
+//! The data path of `switchboard-proxy`, as a library. Its modules are layered, each using
+//! only those listed before it:
 //!
-//! - [`router`]: virtual host and route selection in Envoy's order, pure and table-tested.
-//! - [`balancer`]: endpoint choice per cluster (priorities, locality and endpoint weights,
-//!   round robin, least request, random) and weighted-cluster choice.
-//! - [`proxy`]: a hyper server for one HTTP listener that reads the [`ConfigStore`] snapshot
+//! - Leaves: [`body`] (the response body type), `idle` (inactivity timers), [`router`]
+//!   (virtual host and route selection in Envoy's order, pure), [`ring`] (ring hash and
+//!   request hashing, pure), [`outlier`] (ejection rules, pure), [`tls`] (rustls server
+//!   configs), [`telemetry`] (metric names, access log, trace context, OTLP, per-request
+//!   observation).
+//! - [`cluster`]: the [`ClusterManager`] shared by every listener: per cluster its state
+//!   (endpoint choice by priority, locality and endpoint weights under round robin, least
+//!   request, random or ring hash; outlier ejection; circuit breakers), its connection pool
+//!   and its metrics.
+//! - [`http`]: request handling for an HTTP listener, reading the [`ConfigStore`] snapshot
 //!   per request, so configuration changes apply without rebinding the socket; routes,
-//!   rewrites, redirects, direct responses, faults, timeouts and retries.
+//!   rewrites, redirects, direct responses, faults, timeouts, retries and mirrors.
+//! - [`tcp`]: the TCP proxy, relaying a connection to an endpoint of its cluster.
+//! - [`listener`]: one bound listener ([`serve`], [`listener::run`]): the accept loop, TLS,
+//!   HTTP/1.1 and HTTP/2 connections under the listener's limits, TCP proxying, draining.
 //!
 //! **Invariant:** the data path reads configuration only through
 //! [`ConfigStore::snapshot`]; nothing here caches a route or cluster across requests except
-//! balancer state keyed by cluster name, which is rebuilt when the endpoints change.
+//! cluster state keyed by cluster name, which is rebuilt when the endpoints change.
 //!
 //! [`ConfigStore`]: switchboard_proxy_xds::ConfigStore
 //! [`ConfigStore::snapshot`]: switchboard_proxy_xds::ConfigStore::snapshot
 
-pub mod balancer;
-pub mod circuit_breaker;
-pub mod clusters;
+pub mod body;
+pub mod cluster;
+pub mod http;
 mod idle;
 pub mod listener;
 pub mod outlier;
-pub mod proxy;
 pub mod ring;
 pub mod router;
 pub mod tcp;
 pub mod telemetry;
 pub mod tls;
 
-pub use balancer::{Balancers, EndpointSource, Picked, pick_weighted};
-pub use clusters::ClusterManager;
-pub use proxy::{Body, ProxyError, serve};
+pub use body::Body;
+pub use cluster::{ClusterManager, ClusterRegistry, EndpointSource, Picked, pick_weighted};
+pub use listener::{AcceptError, serve};
 pub use router::{RequestInfo, route};

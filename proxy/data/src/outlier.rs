@@ -1,7 +1,7 @@
 //! Passive outlier detection, Envoy's consecutive-5xx detector: the per-endpoint ejection
 //! record and the rules that decide whether and for how long an endpoint is ejected. The
-//! balancer ([`crate::balancer`]) keeps one [`HostOutlier`] per endpoint address, counts
-//! consecutive failures, and skips ejected endpoints.
+//! cluster state keeps one [`HostOutlier`] per endpoint address, counts consecutive
+//! failures, and skips ejected endpoints.
 //!
 //! Rules, as Envoy's:
 //! - an endpoint is ejected once its consecutive failures (5xx responses, connect failures,

@@ -25,9 +25,9 @@ use switchboard_proxy_xds::config::route::Clusters;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 
-use crate::balancer::{Balancers, Picked, endpoint_source, pick_weighted};
-use crate::circuit_breaker::ConnectionSlot;
-use crate::clusters::AttemptOutcome;
+use crate::cluster::{
+    AttemptOutcome, ClusterRegistry, ConnectionSlot, Picked, endpoint_source, pick_weighted,
+};
 use crate::idle::Activity;
 use crate::telemetry::TCP_BYTES_TOTAL;
 
@@ -38,12 +38,12 @@ const PICKS_PER_ATTEMPT: usize = 8;
 /// Relays `downstream` to the cluster of `config`, resolved against `snapshot` (released once
 /// connected). Returns when the exchange is over (both directions done, idle, an I/O error,
 /// or no upstream could be reached); dropping the future closes both sides.
-pub(crate) async fn proxy<S>(
+pub(crate) async fn relay<S>(
     downstream: S,
     listener: &str,
     config: &TcpProxy,
     snapshot: Arc<Snapshot>,
-    balancers: &Balancers,
+    registry: &ClusterRegistry,
 ) where
     S: AsyncRead + AsyncWrite + Unpin,
 {
@@ -63,7 +63,7 @@ pub(crate) async fn proxy<S>(
         stream: mut upstream,
         picked,
         _slot: slot,
-    }) = connect(&cluster, &snapshot, balancers, config.max_connect_attempts).await
+    }) = connect(&cluster, &snapshot, registry, config.max_connect_attempts).await
     else {
         return;
     };
@@ -125,10 +125,10 @@ fn bytes_counter(listener: &str, direction: &'static str) -> Counter {
 async fn connect(
     cluster: &Arc<Cluster>,
     snapshot: &Snapshot,
-    balancers: &Balancers,
+    registry: &ClusterRegistry,
     attempts: u32,
 ) -> Option<Upstream> {
-    let state = balancers.cluster_in(&cluster.name, snapshot);
+    let state = registry.cluster_in(&cluster.name, snapshot);
     state.breakers.configure(&cluster.circuit_breakers);
     let Some(source) = endpoint_source(snapshot, cluster) else {
         tracing::debug!(cluster = %cluster.name, "TCP proxy: no endpoints yet; closing");

@@ -11,8 +11,7 @@ use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant, SystemTime};
 
 use switchboard_proxy_data::ClusterManager;
-use switchboard_proxy_data::circuit_breaker::Threshold;
-use switchboard_proxy_data::clusters::{ClusterStatus, EndpointStatus};
+use switchboard_proxy_data::cluster::{ClusterStatus, EndpointStatus, Threshold};
 use switchboard_proxy_xds::config::cluster::{
     LbPolicy, OutlierDetection, RetryBudget, RingHashConfig, UpstreamProtocol,
 };
@@ -23,6 +22,7 @@ use switchboard_proxy_xds::config::route::{
     Action, Forward, HashOn, HashPolicy, Mirror, PathMatch, RetryPolicy, Route,
 };
 use switchboard_proxy_xds::{ConfigStore, Handler};
+use switchboard_runtime::eventually;
 
 use support::*;
 
@@ -91,15 +91,6 @@ fn outlier(consecutive_5xx: u32, base: Duration, max_ejection_percent: u32) -> O
         max_ejection_percent,
         enforcing_consecutive_5xx: 100,
         always_eject_one_host: false,
-    }
-}
-
-/// Polls `cond` every 10 ms for up to 5 s.
-async fn eventually(what: &str, mut cond: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while !cond() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }
 
@@ -185,7 +176,10 @@ async fn max_requests_overflow_is_503_overloaded() {
     let p = Proxy::start(store, vec![prefix("cb", to("cb"))]).await;
     let addr = p.addr;
     let first = tokio::spawn(async move { get(&h1_client(), addr, "svc", "/cb/1", &[]).await });
-    eventually("the first request upstream", || script.hits() == 1).await;
+    eventually("the first request upstream", || async {
+        (script.hits() == 1).then_some(())
+    })
+    .await;
 
     let second = get(&h1_client(), p.addr, "svc", "/cb/2", &[]).await;
     assert_eq!(second.status.as_u16(), 503, "{}", second.body);
@@ -217,11 +211,14 @@ async fn max_connections_queue_and_max_pending_overflow() {
     let p = Proxy::start(store, vec![prefix("conn", to("conn"))]).await;
     let addr = p.addr;
     let a = tokio::spawn(async move { get(&h1_client(), addr, "svc", "/conn/a", &[]).await });
-    eventually("request a upstream", || script.hits() == 1).await;
+    eventually("request a upstream", || async {
+        (script.hits() == 1).then_some(())
+    })
+    .await;
     // b needs a second connection: it waits for one, as the one pending request.
     let b = tokio::spawn(async move { get(&h1_client(), addr, "svc", "/conn/b", &[]).await });
-    eventually("request b pending", || {
-        p.cluster("conn").circuit_breakers.pending_requests == 1
+    eventually("request b pending", || async {
+        (p.cluster("conn").circuit_breakers.pending_requests == 1).then_some(())
     })
     .await;
     let c = get(&h1_client(), p.addr, "svc", "/conn/c", &[]).await;
@@ -505,7 +502,10 @@ async fn mirrors_get_copies_and_never_affect_the_main_request() {
         let got = get(&client, p.addr, "svc", &format!("/mirror/{i}"), &[]).await;
         assert_eq!((got.status.as_u16(), got.body.as_str()), (200, "main"));
     }
-    eventually("20 mirrored requests", || shadow_script.hits() == 20).await;
+    eventually("20 mirrored requests", || async {
+        (shadow_script.hits() == 20).then_some(())
+    })
+    .await;
     let seen = shadow_script.seen();
     assert!(seen.iter().all(|s| s.host == "svc-shadow"), "{seen:?}");
     let paths: HashSet<_> = seen.iter().map(|s| s.path.clone()).collect();
@@ -523,11 +523,12 @@ async fn mirrors_get_copies_and_never_affect_the_main_request() {
     )
     .await;
     assert_eq!(got.status.as_u16(), 200);
-    eventually("the mirrored POST", || {
+    eventually("the mirrored POST", || async {
         shadow_script
             .seen()
             .iter()
             .any(|s| s.path == "/mirror/post" && s.method == "POST" && s.body == b"hello")
+            .then_some(())
     })
     .await;
     assert!(
@@ -551,11 +552,12 @@ async fn mirrors_get_copies_and_never_affect_the_main_request() {
         get(&client, p.addr, "svc", "/nomirror", &[]).await;
     }
     get(&client, p.addr, "svc", "/mirror/marker", &[]).await;
-    eventually("the marker", || {
+    eventually("the marker", || async {
         shadow_script
             .seen()
             .iter()
             .any(|s| s.path == "/mirror/marker")
+            .then_some(())
     })
     .await;
     let seen = shadow_script.seen();
@@ -567,7 +569,10 @@ async fn mirrors_get_copies_and_never_affect_the_main_request() {
     let got = get(&client, p.addr, "svc", "/slowmirror", &[]).await;
     assert_eq!((got.status.as_u16(), got.body.as_str()), (200, "main"));
     assert!(started.elapsed() < Duration::from_millis(2_500));
-    eventually("the slow mirror's copy", || slow_script.hits() == 1).await;
+    eventually("the slow mirror's copy", || async {
+        (slow_script.hits() == 1).then_some(())
+    })
+    .await;
 
     // Dead or missing mirror clusters do not fail requests.
     for path in ["/deadmirror", "/missingmirror"] {
@@ -576,8 +581,8 @@ async fn mirrors_get_copies_and_never_affect_the_main_request() {
             assert_eq!((got.status.as_u16(), got.body.as_str()), (200, "main"));
         }
     }
-    eventually("the dead mirror's failures counted", || {
-        p.endpoint("dead", dead).failures == 10
+    eventually("the dead mirror's failures counted", || async {
+        (p.endpoint("dead", dead).failures == 10).then_some(())
     })
     .await;
     assert_eq!(p.endpoint("dead", dead).active_requests, 0);

@@ -28,8 +28,8 @@ use super::{
     ACTIVE_REQUESTS, DownstreamAddrs, LocalReply, REQUEST_DURATION_SECONDS, REQUESTS_TOTAL,
     ResponseFlags, UpstreamHost,
 };
+use crate::body::Body;
 use crate::idle::StreamIdle;
-use crate::proxy::Body;
 
 /// What routing decided about a request, filled in by the handler as it goes.
 #[derive(Debug, Default)]

@@ -6,7 +6,8 @@ use http::{HeaderValue, Response, StatusCode};
 use rand::Rng;
 use switchboard_proxy_xds::config::route::{Abort, Fault};
 
-use super::{Body, full, local};
+use super::local;
+use crate::body::{Body, full};
 use crate::telemetry::ResponseFlags;
 
 /// What a fault did to a request: delayed it (`DI`), and/or answered it (`FI`).

@@ -6,7 +6,7 @@ use http::uri::{Authority, PathAndQuery};
 use http::{HeaderMap, HeaderName, HeaderValue, Request, Response, StatusCode, Uri};
 use switchboard_proxy_xds::config::route::{Forward, HeaderMutation, PathMatch, Redirect, Route};
 
-use super::{Body, full};
+use crate::body::{Body, full};
 use crate::telemetry::{LocalReply, ResponseFlags};
 
 /// A plain-text local reply; the body says what is wrong so an operator reading a client's

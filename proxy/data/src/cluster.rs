@@ -1,7 +1,18 @@
-//! The cluster manager: upstream state shared by every listener of the proxy (balancers,
-//! circuit breakers, outlier detection, connection pools), as Envoy's cluster manager is.
-//! One per process, so `/clusters` and the stats see each cluster once however many
-//! listeners route to it.
+//! The cluster manager: upstream state shared by every listener of the proxy (balancing,
+//! circuit breakers, outlier detection, connection pools, metrics), as Envoy's cluster
+//! manager is. One per process, so `/clusters` and the stats see each cluster once however
+//! many listeners route to it. The HTTP and TCP proxies build on it; it knows nothing of
+//! them.
+//!
+//! - `registry`: [`ClusterRegistry`], one `ClusterState` per cluster name.
+//! - `state`: `ClusterState`, a cluster's lasting state and what a request does with it
+//!   (pick, record an attempt's outcome, take circuit breaker slots).
+//! - `balance`: the pure part of endpoint choice (candidate set, policies) and
+//!   [`pick_weighted`].
+//! - `endpoint`: one endpoint's counters, [`Picked`], and [`EndpointSource`].
+//! - `breakers`: circuit breaker counts and thresholds ([`Threshold`], [`BreakerStatus`]).
+//! - `pool`: one hyper client per cluster, whose connector counts connections.
+//! - `metrics`: the per-cluster metric handles.
 //!
 //! Upstream metrics, by `cluster` (names in [`crate::telemetry`]):
 //! `switchboard_proxy_upstream_requests_total{outcome}` (`2xx`…`5xx`, `connect_failure`,
@@ -13,24 +24,38 @@
 //! registered when a cluster first serves a request, so the recorder must be installed
 //! before traffic starts (the binary installs it first thing).
 
+mod balance;
+mod breakers;
+mod endpoint;
+mod metrics;
+mod pool;
+mod registry;
+mod state;
+#[cfg(test)]
+mod tests;
+
 use std::net::SocketAddr;
 use std::time::{Instant, SystemTime};
 
-use metrics::{Counter, Gauge};
 use switchboard_proxy_xds::Snapshot;
 use switchboard_proxy_xds::config::cluster::{Discovery, LbPolicy};
 use switchboard_proxy_xds::config::endpoint::{Health, LoadAssignment, Locality};
 
-use crate::balancer::Balancers;
-use crate::circuit_breaker::{BreakerStatus, Threshold};
-use crate::proxy::Upstreams;
-use crate::telemetry;
+pub use balance::pick_weighted;
+pub(crate) use breakers::overflow_of;
+pub use breakers::{BreakerStatus, Overflow, Threshold};
+pub use endpoint::{EndpointSource, Picked};
+pub(crate) use endpoint::{HostState, endpoint_source};
+pub(crate) use metrics::AttemptOutcome;
+pub(crate) use pool::{ConnectionPools, HttpClient};
+pub use registry::ClusterRegistry;
+pub(crate) use state::{ClusterState, ConnectionSlot, RequestSlot};
 
-/// Balancer state and connection pools for every cluster, keyed by cluster name.
+/// The state and connection pool of every cluster, keyed by cluster name.
 #[derive(Default)]
 pub struct ClusterManager {
-    pub(crate) balancers: Balancers,
-    pub(crate) upstreams: Upstreams,
+    pub(crate) registry: ClusterRegistry,
+    pub(crate) pools: ConnectionPools,
 }
 
 impl ClusterManager {
@@ -54,7 +79,7 @@ impl ClusterManager {
                         snapshot.endpoints.get(service_name).map(|la| la.as_ref())
                     }
                 };
-                let state = self.balancers.existing(&cluster.name);
+                let state = self.registry.existing(&cluster.name);
                 let od = cluster.outlier_detection.as_ref();
                 let mut endpoints = Vec::new();
                 for l in la.iter().flat_map(|la| &la.localities) {
@@ -98,7 +123,7 @@ impl ClusterManager {
 impl std::fmt::Debug for ClusterManager {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("ClusterManager")
-            .field("balancers", &self.balancers)
+            .field("registry", &self.registry)
             .finish_non_exhaustive()
     }
 }
@@ -161,93 +186,5 @@ impl EndpointStatus {
             out.push_str("healthy");
         }
         out
-    }
-}
-
-/// The label of an attempt's outcome in `switchboard_proxy_upstream_requests_total`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum AttemptOutcome {
-    Status(u16),
-    ConnectFailure,
-    Reset,
-    Timeout,
-}
-
-impl AttemptOutcome {
-    const LABELS: [&'static str; 7] = [
-        "2xx",
-        "3xx",
-        "4xx",
-        "5xx",
-        "connect_failure",
-        "reset",
-        "timeout",
-    ];
-
-    fn index(self) -> usize {
-        match self {
-            // 1xx (a 101 upgrade is the only one that reaches here) counts with 2xx.
-            AttemptOutcome::Status(s) if s < 300 => 0,
-            AttemptOutcome::Status(s) if s < 400 => 1,
-            AttemptOutcome::Status(s) if s < 500 => 2,
-            AttemptOutcome::Status(_) => 3,
-            AttemptOutcome::ConnectFailure => 4,
-            AttemptOutcome::Reset => 5,
-            AttemptOutcome::Timeout => 6,
-        }
-    }
-
-    /// Whether outlier detection counts it as a failure.
-    pub(crate) fn failed(self) -> bool {
-        !matches!(self, AttemptOutcome::Status(s) if s < 500)
-    }
-}
-
-/// Metric handles of one cluster, registered once.
-#[derive(Debug)]
-pub(crate) struct ClusterMetrics {
-    pub(crate) retries: Counter,
-    pub(crate) ejections: Counter,
-    pub(crate) ejected: Gauge,
-    pub(crate) active: Gauge,
-    pub(crate) mirrored: Counter,
-    overflows: [Counter; 5],
-    outcomes: [Counter; 7],
-}
-
-impl ClusterMetrics {
-    pub(crate) fn new(cluster: &str) -> Self {
-        let label = || ("cluster", cluster.to_owned());
-        Self {
-            retries: metrics::counter!(telemetry::UPSTREAM_RETRIES_TOTAL, &[label()]),
-            ejections: metrics::counter!(telemetry::OUTLIER_EJECTIONS_TOTAL, &[label()]),
-            ejected: metrics::gauge!(telemetry::OUTLIER_EJECTED_ENDPOINTS, &[label()]),
-            active: metrics::gauge!(telemetry::UPSTREAM_ACTIVE_REQUESTS, &[label()]),
-            mirrored: metrics::counter!(telemetry::MIRRORED_REQUESTS_TOTAL, &[label()]),
-            overflows: Threshold::ALL.map(|t| {
-                metrics::counter!(
-                    telemetry::CIRCUIT_BREAKER_OVERFLOWS_TOTAL,
-                    &[label(), ("threshold", t.as_str().to_owned())]
-                )
-            }),
-            outcomes: AttemptOutcome::LABELS.map(|o| {
-                metrics::counter!(
-                    telemetry::UPSTREAM_REQUESTS_TOTAL,
-                    &[label(), ("outcome", o.to_owned())]
-                )
-            }),
-        }
-    }
-
-    pub(crate) fn overflow(&self, t: Threshold) {
-        if let Some(c) = self.overflows.get(t.index()) {
-            c.increment(1);
-        }
-    }
-
-    pub(crate) fn attempt(&self, outcome: AttemptOutcome) {
-        if let Some(c) = self.outcomes.get(outcome.index()) {
-            c.increment(1);
-        }
     }
 }

@@ -10,14 +10,13 @@
 //! Each attempt takes a `max_requests` slot of its cluster until its response body ends; a
 //! retry needs a slot of the retry budget (or `max_retries`) as well, and a refused retry
 //! passes the last upstream answer on. Each attempt's outcome feeds the endpoint's outlier
-//! detection and the cluster's metrics (see [`crate::clusters`]).
+//! detection and the cluster's metrics (see [`crate::cluster`]).
 //!
 //! Mirrors (`request_mirror_policies`) get a copy of the request, with `-shadow` appended
 //! to the host (before any port), on a task of their own: their answers are drained and
 //! dropped, their failures only logged, and they are bounded by the route timeout (15 s
 //! when the route has none).
 
-use std::collections::HashMap;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{Context, Poll};
@@ -27,83 +26,22 @@ use bytes::Bytes;
 use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode, Uri, Version};
 use http_body_util::BodyExt;
 use hyper::body::{Body as _, Frame, Incoming, SizeHint};
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::TokioExecutor;
 use rand::Rng;
-use switchboard_proxy_xds::Snapshot;
 use switchboard_proxy_xds::config::cluster::{Cluster, LbPolicy, UpstreamProtocol};
 use switchboard_proxy_xds::config::route::{DEFAULT_TIMEOUT, Forward, Mirror, RetryPolicy};
 
-use super::{Body, Target, full, local};
-use crate::balancer::{ClusterState, EndpointSource, HostState, Picked, endpoint_source};
-use crate::circuit_breaker::{CountingConnector, RequestGuard, Threshold, overflow_of};
-use crate::clusters::AttemptOutcome;
+use super::{Target, local};
+use crate::body::{Body, full};
+use crate::cluster::{
+    AttemptOutcome, ClusterState, ConnectionPools, EndpointSource, HostState, HttpClient, Picked,
+    RequestSlot, Threshold, endpoint_source, overflow_of,
+};
 use crate::ring::{HashInput, request_hash};
 use crate::telemetry::request::RequestBody;
 use crate::telemetry::{DownstreamAddrs, ResponseFlags, UpstreamHost};
 
 /// Bodies up to this size are buffered so that the request can be retried or mirrored.
 pub const MAX_RETRY_BODY: u64 = 64 * 1024;
-
-type HttpClient = Client<CountingConnector, Body>;
-
-/// Connection pools, one per cluster (its connections are what `max_connections`
-/// counts); each pools connections per endpoint, and an HTTP/2 one multiplexes requests
-/// over one connection per endpoint.
-#[derive(Default)]
-pub(crate) struct Upstreams {
-    pools: Mutex<HashMap<String, Pool>>,
-}
-
-struct Pool {
-    http2: bool,
-    connect_timeout: Duration,
-    state: Arc<ClusterState>,
-    client: HttpClient,
-}
-
-impl Upstreams {
-    /// The client of `cluster`; a new one when its protocol or connect timeout changed, or
-    /// its state was replaced. Pools of clusters gone from `snapshot` are dropped then.
-    fn client(
-        &self,
-        cluster: &Cluster,
-        state: &Arc<ClusterState>,
-        snapshot: &Snapshot,
-    ) -> HttpClient {
-        let http2 = cluster.protocol == UpstreamProtocol::Http2;
-        let mut pools = self.pools.lock().unwrap_or_else(PoisonError::into_inner);
-        if let Some(p) = pools.get(&cluster.name)
-            && p.http2 == http2
-            && p.connect_timeout == cluster.connect_timeout
-            && Arc::ptr_eq(&p.state, state)
-        {
-            return p.client.clone();
-        }
-        pools.retain(|name, _| snapshot.clusters.contains_key(name));
-        let mut connector = HttpConnector::new();
-        connector.set_nodelay(true);
-        connector.set_connect_timeout(Some(cluster.connect_timeout));
-        let connector = CountingConnector::new(connector, state.clone(), cluster.connect_timeout);
-        let mut builder = Client::builder(TokioExecutor::new());
-        builder.pool_idle_timeout(Duration::from_secs(60));
-        if http2 {
-            builder.http2_only(true);
-        }
-        let client = builder.build(connector);
-        pools.insert(
-            cluster.name.clone(),
-            Pool {
-                http2,
-                connect_timeout: cluster.connect_timeout,
-                state: state.clone(),
-                client: client.clone(),
-            },
-        );
-        client
-    }
-}
 
 /// One cluster as a request sends to it.
 struct Upstream {
@@ -117,14 +55,14 @@ struct Upstream {
 
 impl Upstream {
     fn new(
-        upstreams: &Upstreams,
+        pools: &ConnectionPools,
         target: &Target<'_>,
         cluster: &Arc<Cluster>,
         hash: impl FnOnce() -> Option<u64>,
     ) -> Self {
-        let state = target.balancers.cluster_in(&cluster.name, target.snapshot);
+        let state = target.registry.cluster_in(&cluster.name, target.snapshot);
         state.breakers.configure(&cluster.circuit_breakers);
-        let client = upstreams.client(cluster, &state, target.snapshot);
+        let client = pools.client(cluster, &state, target.snapshot);
         Self {
             cluster: cluster.clone(),
             client,
@@ -181,7 +119,7 @@ enum Outcome {
 type Current = Mutex<Option<Arc<HostState>>>;
 
 pub(super) async fn forward(
-    upstreams: &Upstreams,
+    pools: &ConnectionPools,
     target: &Target<'_>,
     f: &Forward,
     req: Request<RequestBody>,
@@ -224,9 +162,9 @@ pub(super) async fn forward(
         };
         request_hash(&f.hash_policy, &input)
     };
-    let up = Upstream::new(upstreams, target, cluster, hash);
+    let up = Upstream::new(pools, target, cluster, hash);
     let current: Current = Mutex::new(None);
-    let work = attempts(upstreams, target, &up, f, &head, body, &hash, &current);
+    let work = attempts(pools, target, &up, f, &head, body, &hash, &current);
     let result = match f.timeout {
         Some(t) => tokio::time::timeout(t, work).await.ok(),
         None => Some(work.await),
@@ -288,7 +226,7 @@ fn flagged(mut resp: Response<Body>, flags: ResponseFlags) -> Response<Body> {
 /// circuit breakers allow.
 #[allow(clippy::too_many_arguments)]
 async fn attempts(
-    upstreams: &Upstreams,
+    pools: &ConnectionPools,
     target: &Target<'_>,
     up: &Upstream,
     f: &Forward,
@@ -320,7 +258,7 @@ async fn attempts(
         Err(e) => return Outcome::Reset(format!("reading the request body: {e}")),
     };
     for m in mirrors {
-        mirror(upstreams, target, f, m, head, bytes.clone(), hash);
+        mirror(pools, target, f, m, head, bytes.clone(), hash);
     }
     let Some(policy) = retry else {
         return attempt(up, per_try, head, full(bytes), current).await;
@@ -357,7 +295,7 @@ async fn attempt(
     body: Body,
     current: &Current,
 ) -> Outcome {
-    let guard = match up.state.begin_request(&up.cluster.circuit_breakers) {
+    let slot = match up.state.begin_request(&up.cluster.circuit_breakers) {
         Ok(g) => g,
         Err(t) => return Outcome::Overflow(t),
     };
@@ -393,7 +331,7 @@ async fn attempt(
         Ok(resp) => {
             up.finish(&picked.host, AttemptOutcome::Status(resp.status().as_u16()));
             let address = picked.address;
-            let mut resp = resp.map(|b| Guarded::new(b, (guard, picked)).boxed_unsync());
+            let mut resp = resp.map(|b| Guarded::new(b, (slot, picked)).boxed_unsync());
             strip_response_hop_by_hop(resp.headers_mut());
             resp.extensions_mut().insert(UpstreamHost(address));
             Outcome::Response(resp)
@@ -432,7 +370,7 @@ fn timed_out(up: &Upstream, current: &Current) {
 
 /// Sends a copy of the request to `m.cluster` on a task of its own.
 fn mirror(
-    upstreams: &Upstreams,
+    pools: &ConnectionPools,
     target: &Target<'_>,
     f: &Forward,
     m: &Mirror,
@@ -444,7 +382,7 @@ fn mirror(
         tracing::debug!(cluster = %m.cluster, "mirror cluster is not configured; not mirrored");
         return;
     };
-    let up = Upstream::new(upstreams, target, cluster, hash);
+    let up = Upstream::new(pools, target, cluster, hash);
     let mut headers = head.headers.clone();
     if let Some(host) = headers
         .get(http::header::HOST)
@@ -518,11 +456,11 @@ fn sampled(per_million: u32) -> bool {
 /// (for least request) until it ends or is dropped.
 struct Guarded {
     body: Incoming,
-    guards: Option<(RequestGuard, Picked)>,
+    guards: Option<(RequestSlot, Picked)>,
 }
 
 impl Guarded {
-    fn new(body: Incoming, guards: (RequestGuard, Picked)) -> Self {
+    fn new(body: Incoming, guards: (RequestSlot, Picked)) -> Self {
         Self {
             body,
             guards: Some(guards),

@@ -1,71 +1,43 @@
-//! The requests of one HTTP listener (its connections are accepted and served by
-//! [`crate::listener`]): each request is served from the [`ConfigStore`] snapshot current
-//! when it arrives. Nothing about routes or clusters is captured at bind time, so a new snapshot
+//! The requests of one HTTP listener (`HttpHandler`; the listener accepts and serves its
+//! connections): each request is served from the [`ConfigStore`] snapshot current when it
+//! arrives. Nothing about routes or clusters is captured at bind time, so a new snapshot
 //! applies to the next request on every open connection, and in-flight requests finish on
 //! the snapshot they started with.
+//!
+//! - `local`: what the proxy answers itself (errors, direct responses, redirects) and the
+//!   route's request and response edits.
+//! - `fault`: fault injection.
+//! - `forward`: sending a routed request to its cluster (retries, timeouts, mirrors).
 
 mod fault;
 mod forward;
 mod local;
 
 use std::sync::Arc;
-use std::time::Duration;
 
-use bytes::Bytes;
 use http::{Request, Response, StatusCode};
-use http_body_util::BodyExt;
-use http_body_util::combinators::UnsyncBoxBody;
 use hyper::body::Incoming;
 use switchboard_proxy_xds::config::listener::{ListenerKind, RouteSource};
 use switchboard_proxy_xds::config::route::{Action, Clusters};
 use switchboard_proxy_xds::{ConfigStore, Snapshot};
-use tokio::net::TcpListener;
-use tokio::sync::watch;
 use tracing::Instrument;
 
-use crate::balancer::{Balancers, pick_weighted};
-use crate::clusters::ClusterManager;
+use crate::body::Body;
+use crate::cluster::{ClusterManager, ClusterRegistry, pick_weighted};
 use crate::idle::StreamIdle;
 use crate::router::{self, RequestInfo};
 use crate::telemetry::ResponseFlags;
 use crate::telemetry::request::{self, Exchange, Observer, RequestBody};
-pub(crate) use forward::Upstreams;
 
-/// The body of every response the proxy sends: upstream bodies stream through unchanged
-/// (trailers included), local ones are buffered.
-pub type Body = UnsyncBoxBody<Bytes, hyper::Error>;
-
-#[derive(Debug, thiserror::Error)]
-pub enum ProxyError {
-    #[error("listener {0:?}: accepting connections failed: {1}")]
-    Accept(String, std::io::Error),
-}
-
-/// Serves the listener named `listener` (looked up in the snapshot per connection, and per
-/// request for HTTP) on `tcp` until the task is dropped or aborted; it never drains (the
-/// proxy binary uses [`crate::listener::run`], which does). Upstream state (balancers,
-/// pools) is the process's `clusters`, shared with every other listener.
-///
-/// The socket is the caller's, so the caller decides when to bind; a listener missing from
-/// the snapshot answers 503 rather than closing connections.
-pub async fn serve(
-    tcp: TcpListener,
-    listener: impl Into<String>,
-    store: ConfigStore,
-    clusters: Arc<ClusterManager>,
-) -> Result<(), ProxyError> {
-    // A drain switch nobody turns on (held here, so it never reads as dropped either).
-    let (_never, drain) = watch::channel(false);
-    crate::listener::serve_until(tcp, listener.into(), store, clusters, drain, Duration::ZERO).await
-}
-
-pub(crate) struct Shared {
+/// Request handling for one HTTP listener: what every connection of a bound socket hands
+/// its requests to.
+pub(crate) struct HttpHandler {
     listener: String,
     store: ConfigStore,
     clusters: Arc<ClusterManager>,
 }
 
-impl Shared {
+impl HttpHandler {
     /// Request handling for the listener named `listener`; one per bound socket.
     pub(crate) fn new(listener: String, store: ConfigStore, clusters: Arc<ClusterManager>) -> Self {
         Self {
@@ -182,14 +154,14 @@ impl Shared {
                 let target = Target {
                     snapshot: &snapshot,
                     cluster,
-                    balancers: &self.clusters.balancers,
+                    registry: &self.clusters.registry,
                 };
                 let body_retriable = hyper::body::Body::size_hint(req.body())
                     .upper()
                     .is_some_and(|n| n <= forward::MAX_RETRY_BODY);
                 req = local::rewrite(req, route, f, &host);
                 ex.propagate_trace(req.headers_mut());
-                let resp = forward::forward(&self.clusters.upstreams, &target, f, req).await;
+                let resp = forward::forward(&self.clusters.pools, &target, f, req).await;
                 if request::retries_exhausted(f.retry.as_ref(), body_retriable, &resp) {
                     ex.flags
                         .insert(ResponseFlags::UPSTREAM_RETRY_LIMIT_EXCEEDED);
@@ -206,7 +178,7 @@ impl Shared {
 struct Target<'a> {
     snapshot: &'a Snapshot,
     cluster: &'a str,
-    balancers: &'a Balancers,
+    registry: &'a ClusterRegistry,
 }
 
 /// The authority of an HTTP/2 (or absolute-form) request, else its `Host` header.
@@ -220,11 +192,4 @@ fn request_host<B>(req: &Request<B>) -> &str {
                 .and_then(|h| h.to_str().ok())
         })
         .unwrap_or("")
-}
-
-/// Boxes a body whose errors cannot happen into [`Body`].
-fn full(bytes: impl Into<Bytes>) -> Body {
-    http_body_util::Full::new(bytes.into())
-        .map_err(|never| match never {})
-        .boxed_unsync()
 }

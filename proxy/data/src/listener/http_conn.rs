@@ -1,0 +1,512 @@
+//! One HTTP connection of a listener: the protocol is chosen by ALPN on TLS (`h2`, else
+//! HTTP/1.1) or by the HTTP/2 connection preface on cleartext (h2c prior knowledge); then
+//! hyper's HTTP/1 or HTTP/2 server runs with the listener's [`HttpLimits`], handing each
+//! request to the listener's [`HttpHandler`]:
+//! - request headers over `max_request_headers_bytes` (or `max_headers_count` headers) are
+//!   answered 431 on HTTP/1; on HTTP/2 the limit is `SETTINGS_MAX_HEADER_LIST_SIZE`, and a
+//!   larger header block gets the stream refused;
+//! - HTTP/1 request headers must be complete `request_headers_timeout` after their first
+//!   byte (and the first bytes of a connection must tell its protocol within it), else the
+//!   connection is closed: this cuts slowloris clients;
+//! - a connection with no request in flight for `idle_timeout` is closed (HTTP/2 with a
+//!   GOAWAY);
+//! - HTTP/2 streams per connection are capped at `max_concurrent_streams`, and protocol
+//!   errors (bad frames, bad HPACK) close that connection only.
+//!
+//! On drain the connection shuts down gracefully; at the drain deadline (`kill`) it is
+//! dropped.
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::io;
+use std::pin::{Pin, pin};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use http::Request;
+use hyper::body::{Body as HttpBody, Frame, Incoming, SizeHint};
+use hyper::server::conn::{http1, http2};
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use switchboard_proxy_xds::config::listener::HttpLimits;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf};
+use tokio::sync::{Notify, watch};
+use tokio::time::Instant;
+
+use super::signalled;
+use crate::http::HttpHandler;
+use crate::idle::{IdleTimer, StreamIdle};
+use crate::telemetry::DownstreamAddrs;
+
+/// HTTP/1 reads are buffered up to at least this (hyper's default), or the header limit plus
+/// some room when that is larger, so that the header limit is what answers 431.
+const MIN_HTTP1_BUFFER: usize = 8192 + 4096 * 100;
+
+/// The HTTP/2 connection preface; anything else starts HTTP/1.
+const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+/// Serves HTTP on `io` until the client is done, the connection times out, or it is drained
+/// (`drain`) or killed (`kill`).
+pub(super) async fn serve<S>(
+    io: S,
+    alpn: Option<Vec<u8>>,
+    addrs: Option<DownstreamAddrs>,
+    limits: HttpLimits,
+    handler: Arc<HttpHandler>,
+    mut drain: watch::Receiver<bool>,
+    mut kill: watch::Receiver<bool>,
+) where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let state = Arc::new(ConnState::new());
+    let mut io = Watched {
+        inner: io,
+        state: state.clone(),
+        headers: true,
+        replay: Vec::new(),
+        replayed: 0,
+    };
+    let (prefix, h2) = match alpn.as_deref() {
+        Some(b"h2") => (Vec::new(), true),
+        Some(_) => (Vec::new(), false),
+        None => {
+            let sniffed = tokio::select! {
+                sniffed = sniff(&mut io) => sniffed,
+                expiry = watchdog(&state, &limits) => {
+                    tracing::debug!(?expiry, "no request in time; closing");
+                    return;
+                }
+                () = signalled(&mut drain) => return,
+                () = signalled(&mut kill) => return,
+            };
+            match sniffed {
+                Ok(Some(sniffed)) => sniffed,
+                Ok(None) => return,
+                Err(e) => {
+                    tracing::debug!(error = %e, "reading the first bytes failed");
+                    return;
+                }
+            }
+        }
+    };
+    io.replay = prefix;
+    if h2 {
+        // HTTP/2 frames are not request headers: only idle time applies at this level.
+        io.headers = false;
+        state.clear_headers();
+    }
+    let svc = {
+        let state = state.clone();
+        let stream_idle = limits.stream_idle_timeout;
+        service_fn(move |mut req: Request<Incoming>| {
+            if let Some(a) = addrs {
+                req.extensions_mut().insert(a);
+            }
+            let idle = stream_idle.map(|t| Arc::new(StreamIdle::new(t)));
+            if let Some(idle) = &idle {
+                req.extensions_mut().insert(idle.clone());
+            }
+            let in_flight = InFlight::begin(state.clone());
+            let handler = handler.clone();
+            async move {
+                let resp = handler.handle(req).await;
+                Ok::<_, Infallible>(resp.map(|body| Tracked {
+                    body,
+                    idle: idle.map(IdleTimer::new),
+                    _in_flight: in_flight,
+                }))
+            }
+        })
+    };
+    let io = TokioIo::new(io);
+    if h2 {
+        let mut builder = http2::Builder::new(ConnExec { kill: kill.clone() });
+        builder
+            .timer(TokioTimer::new())
+            .max_concurrent_streams(limits.max_concurrent_streams)
+            .max_header_list_size(
+                u32::try_from(limits.max_request_headers_bytes).unwrap_or(u32::MAX),
+            );
+        if let Some(w) = limits.initial_stream_window_size {
+            builder.initial_stream_window_size(w);
+        }
+        if let Some(w) = limits.initial_connection_window_size {
+            builder.initial_connection_window_size(w);
+        }
+        if let Some(k) = limits.http2_keepalive {
+            builder
+                .keep_alive_interval(k.interval)
+                .keep_alive_timeout(k.timeout);
+        }
+        let conn = builder.serve_connection(io, svc);
+        drive(
+            conn,
+            |c: Pin<&mut _>| http2::Connection::graceful_shutdown(c),
+            &state,
+            &limits,
+            drain,
+            kill,
+        )
+        .await;
+    } else {
+        let mut builder = http1::Builder::new();
+        builder
+            .keep_alive(true)
+            .max_headers(limits.max_headers_count)
+            .max_header_size(limits.max_request_headers_bytes)
+            .max_buf_size(
+                MIN_HTTP1_BUFFER.max(limits.max_request_headers_bytes.saturating_add(16 * 1024)),
+            )
+            // The watchdog times request headers from their first byte, as Envoy does;
+            // hyper's own timer would also cut idle keep-alive connections.
+            .header_read_timeout(None);
+        let conn = builder.serve_connection(io, svc);
+        drive(
+            conn,
+            |c: Pin<&mut _>| http1::Connection::graceful_shutdown(c),
+            &state,
+            &limits,
+            drain,
+            kill,
+        )
+        .await;
+    }
+}
+
+/// Reads until the bytes either differ from the HTTP/2 preface or are all of it. `None`
+/// when the client closed without sending anything.
+async fn sniff<S: AsyncRead + Unpin>(io: &mut S) -> io::Result<Option<(Vec<u8>, bool)>> {
+    let mut buf = Vec::with_capacity(H2_PREFACE.len());
+    let mut chunk = [0u8; 24];
+    loop {
+        let want = H2_PREFACE.len() - buf.len();
+        let n = io.read(&mut chunk[..want]).await?;
+        if n == 0 {
+            return Ok((!buf.is_empty()).then_some((buf, false)));
+        }
+        buf.extend_from_slice(&chunk[..n]);
+        if !H2_PREFACE.starts_with(&buf) {
+            return Ok(Some((buf, false)));
+        }
+        if buf.len() == H2_PREFACE.len() {
+            return Ok(Some((buf, true)));
+        }
+    }
+}
+
+/// Polls an HTTP connection until it ends, shutting it down gracefully on drain or idle
+/// timeout, and dropping it (closing the socket) on a header timeout or the drain deadline.
+async fn drive<C>(
+    conn: C,
+    graceful_shutdown: impl Fn(Pin<&mut C>),
+    state: &ConnState,
+    limits: &HttpLimits,
+    mut drain: watch::Receiver<bool>,
+    mut kill: watch::Receiver<bool>,
+) where
+    C: Future<Output = hyper::Result<()>>,
+{
+    let mut conn = pin!(conn);
+    let mut watchdog = pin!(watchdog(state, limits));
+    let mut closing = false;
+    loop {
+        tokio::select! {
+            done = conn.as_mut() => {
+                if let Err(e) = done {
+                    tracing::debug!(error = %e, "connection ended with an error");
+                }
+                return;
+            }
+            () = signalled(&mut drain), if !closing => {
+                graceful_shutdown(conn.as_mut());
+                closing = true;
+            }
+            expiry = &mut watchdog, if !closing => match expiry {
+                Expiry::RequestHeaders => {
+                    tracing::debug!("request headers not complete in time; closing");
+                    return;
+                }
+                Expiry::Idle => {
+                    tracing::debug!("idle timeout; closing");
+                    graceful_shutdown(conn.as_mut());
+                    closing = true;
+                }
+            },
+            () = signalled(&mut kill) => return,
+        }
+    }
+}
+
+#[derive(Debug)]
+enum Expiry {
+    RequestHeaders,
+    Idle,
+}
+
+/// Resolves when the connection's request headers are late or it has been idle too long.
+async fn watchdog(state: &ConnState, limits: &HttpLimits) -> Expiry {
+    loop {
+        let now = Instant::now();
+        let mut next: Option<Instant> = None;
+        if let (Some(timeout), Some(since)) =
+            (limits.request_headers_timeout, state.headers_since())
+        {
+            let at = since + timeout;
+            if now >= at {
+                return Expiry::RequestHeaders;
+            }
+            next = Some(next.map_or(at, |n| n.min(at)));
+        }
+        if let Some(timeout) = limits.idle_timeout
+            && state.active.load(Ordering::Acquire) == 0
+        {
+            let at = state.idle_since() + timeout;
+            if now >= at {
+                return Expiry::Idle;
+            }
+            next = Some(next.map_or(at, |n| n.min(at)));
+        }
+        match next {
+            Some(at) => tokio::select! {
+                () = tokio::time::sleep_until(at) => {}
+                () = state.changed.notified() => {}
+            },
+            None => state.changed.notified().await,
+        }
+    }
+}
+
+/// What the watchdog of one HTTP connection watches; times are milliseconds since `start`.
+struct ConnState {
+    start: Instant,
+    /// Requests (HTTP/2 streams) whose response has not ended.
+    active: AtomicUsize,
+    /// When `active` last became zero.
+    idle_since_ms: AtomicU64,
+    /// The first byte read while no request was active (HTTP/1: the start of the next
+    /// request's headers); [`NONE`] when there is none.
+    headers_since_ms: AtomicU64,
+    /// Wakes the watchdog when the above change.
+    changed: Notify,
+}
+
+const NONE: u64 = u64::MAX;
+
+impl ConnState {
+    fn new() -> Self {
+        Self {
+            start: Instant::now(),
+            active: AtomicUsize::new(0),
+            idle_since_ms: AtomicU64::new(0),
+            headers_since_ms: AtomicU64::new(NONE),
+            changed: Notify::new(),
+        }
+    }
+
+    fn now_ms(&self) -> u64 {
+        u64::try_from(self.start.elapsed().as_millis()).unwrap_or(NONE - 1)
+    }
+
+    fn at(&self, ms: u64) -> Instant {
+        self.start + Duration::from_millis(ms)
+    }
+
+    fn idle_since(&self) -> Instant {
+        self.at(self.idle_since_ms.load(Ordering::Acquire))
+    }
+
+    fn headers_since(&self) -> Option<Instant> {
+        match self.headers_since_ms.load(Ordering::Acquire) {
+            NONE => None,
+            ms => Some(self.at(ms)),
+        }
+    }
+
+    fn clear_headers(&self) {
+        self.headers_since_ms.store(NONE, Ordering::Release);
+    }
+
+    /// Bytes arrived: when no request is active they start the next request's headers.
+    fn on_read(&self) {
+        if self.active.load(Ordering::Acquire) == 0
+            && self
+                .headers_since_ms
+                .compare_exchange(NONE, self.now_ms(), Ordering::AcqRel, Ordering::Acquire)
+                .is_ok()
+        {
+            self.changed.notify_one();
+        }
+    }
+}
+
+/// One request in flight on a connection: from the service call to the end (or drop) of its
+/// response body.
+struct InFlight(Arc<ConnState>);
+
+impl InFlight {
+    fn begin(state: Arc<ConnState>) -> Self {
+        state.active.fetch_add(1, Ordering::AcqRel);
+        state.clear_headers();
+        state.changed.notify_one();
+        Self(state)
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        let state = &self.0;
+        if state.active.fetch_sub(1, Ordering::AcqRel) == 1 {
+            state.idle_since_ms.store(state.now_ms(), Ordering::Release);
+            state.changed.notify_one();
+        }
+    }
+}
+
+/// A response body that keeps its request counted as active until it ends or is dropped,
+/// and ends it with an error (a stream reset) once `stream_idle_timeout` passes with nothing
+/// moving.
+struct Tracked<B> {
+    body: B,
+    idle: Option<IdleTimer>,
+    _in_flight: InFlight,
+}
+
+/// Why a response body was cut short.
+#[derive(Debug, thiserror::Error)]
+#[error("stream idle timeout")]
+struct StreamIdleTimeout;
+
+impl<B> HttpBody for Tracked<B>
+where
+    B: HttpBody + Unpin,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    type Data = B::Data;
+    type Error = Box<dyn std::error::Error + Send + Sync>;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
+        let this = &mut *self;
+        match Pin::new(&mut this.body).poll_frame(cx) {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let Some(idle) = &this.idle {
+                    idle.touch();
+                }
+                Poll::Ready(Some(Ok(frame)))
+            }
+            Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(e.into()))),
+            Poll::Ready(None) => Poll::Ready(None),
+            Poll::Pending => {
+                if this.idle.as_mut().is_some_and(|idle| idle.poll_expired(cx)) {
+                    tracing::debug!("stream idle timeout: resetting the response");
+                    return Poll::Ready(Some(Err(Box::new(StreamIdleTimeout))));
+                }
+                Poll::Pending
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.body.size_hint()
+    }
+}
+
+/// Spawns hyper's HTTP/2 stream tasks so that they end at the drain deadline with their
+/// connection.
+#[derive(Clone)]
+struct ConnExec {
+    kill: watch::Receiver<bool>,
+}
+
+impl<F> hyper::rt::Executor<F> for ConnExec
+where
+    F: Future + Send + 'static,
+    F::Output: Send + 'static,
+{
+    fn execute(&self, fut: F) {
+        let mut kill = self.kill.clone();
+        tokio::spawn(async move {
+            tokio::select! {
+                _ = fut => {}
+                () = signalled(&mut kill) => {}
+            }
+        });
+    }
+}
+
+/// The connection's byte stream, telling [`ConnState`] when request headers start, and
+/// reading again first the bytes read while choosing the protocol.
+struct Watched<S> {
+    inner: S,
+    state: Arc<ConnState>,
+    /// Whether reads can be request headers (HTTP/1).
+    headers: bool,
+    /// The sniffed bytes, and how many of them have been read again (already seen by
+    /// [`ConnState`], so replaying them does not count as a read).
+    replay: Vec<u8>,
+    replayed: usize,
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for Watched<S> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        if self.replayed < self.replay.len() {
+            let rest = &self.replay[self.replayed..];
+            let n = rest.len().min(buf.remaining());
+            buf.put_slice(&rest[..n]);
+            self.replayed += n;
+            if self.replayed == self.replay.len() {
+                self.replay = Vec::new();
+                self.replayed = 0;
+            }
+            return Poll::Ready(Ok(()));
+        }
+        let before = buf.filled().len();
+        let poll = Pin::new(&mut self.inner).poll_read(cx, buf);
+        if self.headers && buf.filled().len() > before {
+            self.state.on_read();
+        }
+        poll
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for Watched<S> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
