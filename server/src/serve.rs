@@ -138,18 +138,16 @@ pub async fn run(s: Settings) -> Result<()> {
         rest = %rest.local_addr()?, xds = %xds.local_addr()?, admin = %admin_listener.local_addr()?,
         backend = ?store.backend(), "switchboard serving"
     );
-    let xds_server = switchboard_xds_server::XdsServer::new(
+    let xds_running = switchboard_xds_server::XdsServer::start(
         store.clone(),
         switchboard_xds_server::XdsConfig {
             sidecar_grace_period: s.sidecar_grace_period,
             ..Default::default()
         },
     );
-    let _watcher = xds_server.spawn_watcher();
+    let xds_server = xds_running.server().clone();
     let _pruning =
         (!s.change_retention.is_zero()).then(|| store.spawn_change_pruning(s.change_retention));
-    let _status_sync = xds_server.spawn_status_sync();
-    let registration = xds_server.spawn_registration();
     let app = switchboard_api::router(AppState {
         store: store.clone(),
         admin,
@@ -159,15 +157,9 @@ pub async fn run(s: Settings) -> Result<()> {
     let rest_task = axum::serve(rest, app).with_graceful_shutdown(shutdown_signal());
     let admin_task =
         axum::serve(admin_listener, admin_app).with_graceful_shutdown(shutdown_signal());
-    let xds_task = xds_server.router().await.serve_with_incoming_shutdown(
-        tokio_stream::wrappers::TcpListenerStream::new(xds),
-        async move {
-            shutdown_signal().await;
-            // Sidecars whose streams end now come back, here or to another replica, within
-            // the grace period: a stopping replica deregisters nothing.
-            registration.abort();
-        },
-    );
+    // Stops registering sidecars at the signal (a stopping replica deregisters nothing), then
+    // drains the port and ends the xDS server's tasks.
+    let xds_task = xds_running.serve(xds, shutdown_signal());
     tokio::try_join!(
         async { rest_task.await.context("REST server failed") },
         async { xds_task.await.context("xDS server failed") },

@@ -15,6 +15,7 @@ use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
+use switchboard_runtime::Backoff;
 use switchboard_store::{Store, StoreError};
 use switchboard_translator::{MeshResources, Translator};
 use tokio::sync::{mpsc, watch};
@@ -25,6 +26,8 @@ use crate::snapshot::{MeshSnapshot, mesh_config};
 /// Tenant and mesh name.
 pub type MeshKey = (String, String);
 
+/// First wait before reading again a mesh the store could not give; it doubles per attempt.
+const FIRST_BACKOFF: Duration = Duration::from_millis(100);
 /// Longest wait between attempts to read a mesh the store could not give.
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
 
@@ -261,23 +264,23 @@ impl MeshTask {
     async fn run(mut self) {
         let mut committed_at: Option<Instant> = None;
         loop {
-            let mut backoff = Duration::from_millis(100);
+            let mut backoff = Backoff::new(FIRST_BACKOFF, MAX_BACKOFF);
             while let Err(e) = self.rebuild(committed_at).await {
+                let delay = backoff.next_delay();
                 tracing::warn!(
                     error = %e,
-                    retry_in = ?backoff,
+                    retry_in = ?delay,
                     "cannot read the mesh from the store; serving the last good snapshot \
                      (hint: is the database reachable?)"
                 );
                 if matches!(*self.tx.borrow(), MeshState::Loading) {
                     self.tx.send_replace(MeshState::Unavailable(e.to_string()));
                 }
-                match tokio::time::timeout(backoff, self.kicks.recv()).await {
+                match tokio::time::timeout(delay, self.kicks.recv()).await {
                     Ok(None) => return,
                     Ok(Some(at)) => committed_at = earliest(committed_at, at),
                     Err(_) => {}
                 }
-                backoff = (backoff * 2).min(MAX_BACKOFF);
             }
             let Some(at) = self.kicks.recv().await else {
                 return;

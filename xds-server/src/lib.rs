@@ -15,14 +15,20 @@
 //! - `ads`, [`services`]: the stream driver and the ADS/LDS/RDS/CDS/EDS services.
 //! - [`auth`]: proxy tokens and anonymous access; `revocation` ends the streams of a
 //!   revoked token.
-//! - [`registration`]: sidecars registering themselves as endpoints of their services.
-//! - [`status`], [`csds`]: per-proxy status and the Client Status Discovery Service.
+//! - [`registration`]: sidecars registering themselves as endpoints of their services: the
+//!   endpoint's name and spec, the streams' registrar, a pure state machine and the task
+//!   that performs its store calls.
+//! - [`status`], [`csds`]: per-proxy status and the Client Status Discovery Service;
+//!   [`report`] writes the status to the store for every replica's REST API.
 //! - `metrics`: what the server measures (see the module for names).
-//! - [`XdsServer`]: assembles everything into tonic routes for the xDS port.
+//! - [`XdsServer`] (`server`): assembles everything into tonic routes for the xDS port.
+//! - [`RunningXds`] (`running`): [`XdsServer::start`], the one way to serve the port; it starts
+//!   the watcher, status sync and registration tasks and ends them at shutdown.
 //! - `testing` (feature): a real server on 127.0.0.1:0 and a hand-driven ADS client.
 //!
 //! **Architecture invariants.**
-//! - [`protocol`], [`node`] and [`view`] do no IO and read no clock.
+//! - [`protocol`], [`node`], [`view`] and registration's state machine do no IO and read
+//!   no clock.
 //! - Streams share snapshots through `Arc`s and hold pointers to the resources they sent;
 //!   memory does not grow with configuration × streams.
 //! - A stream computes what to send when it can write: a slow client skips intermediate
@@ -39,6 +45,7 @@ pub mod protocol;
 pub mod registration;
 pub mod report;
 mod revocation;
+mod running;
 mod server;
 pub mod services;
 pub mod snapshot;
@@ -53,6 +60,7 @@ pub use ads::ResponseStream;
 pub use cache::{CacheError, MeshHandle, MeshState, SnapshotCache};
 pub use node::{NodeError, NodeId, SidecarEndpointMeta};
 pub use registration::{DEFAULT_GRACE_PERIOD, endpoint_name, parse_grace_period};
+pub use running::RunningXds;
 pub use server::{XdsConfig, XdsServer};
 pub use snapshot::MeshSnapshot;
 pub use status::{ClientState, ProxyRegistry, ProxyStatus, TypeStatus};

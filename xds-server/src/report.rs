@@ -14,7 +14,6 @@ use serde_json::{Value, json};
 use switchboard_store::{ProxyRow, Store};
 use switchboard_translator::{NodeRole, SidecarParams, XdsResource, translate};
 use switchboard_xds_proto::{ResourceType, any_to_json};
-use tokio::task::JoinHandle;
 
 use crate::node::node_role;
 use crate::protocol::Resources;
@@ -116,42 +115,40 @@ fn row(replica: &str, s: &ProxyStatus) -> ProxyRow {
     }
 }
 
-/// Writes status changes to the store until the task is aborted. A failed write is retried
+/// The task that writes status changes to the store until dropped. A failed write is retried
 /// at the next tick; the registry keeps the truth meanwhile.
-pub fn spawn_status_sync(store: Store, registry: ProxyRegistry, replica: String) -> JoinHandle<()> {
-    tokio::spawn(async move {
-        let mut tick = tokio::time::interval(SYNC_INTERVAL);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let mut last_heartbeat = tokio::time::Instant::now();
-        loop {
-            tick.tick().await;
-            let (updated, ended) = registry.take_changes();
-            let rows: Vec<ProxyRow> = updated.iter().map(|s| row(&replica, s)).collect();
-            let ended_ids: Vec<i64> = ended
-                .iter()
-                .filter_map(|id| i64::try_from(*id).ok())
-                .collect();
-            let result = async {
-                store.put_proxies(&rows).await?;
-                if !ended_ids.is_empty() {
-                    store.delete_proxies(&replica, &ended_ids).await?;
-                }
-                Ok::<_, switchboard_store::StoreError>(())
+pub async fn status_sync(store: Store, registry: ProxyRegistry, replica: String) {
+    let mut tick = tokio::time::interval(SYNC_INTERVAL);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut last_heartbeat = tokio::time::Instant::now();
+    loop {
+        tick.tick().await;
+        let (updated, ended) = registry.take_changes();
+        let rows: Vec<ProxyRow> = updated.iter().map(|s| row(&replica, s)).collect();
+        let ended_ids: Vec<i64> = ended
+            .iter()
+            .filter_map(|id| i64::try_from(*id).ok())
+            .collect();
+        let result = async {
+            store.put_proxies(&rows).await?;
+            if !ended_ids.is_empty() {
+                store.delete_proxies(&replica, &ended_ids).await?;
             }
-            .await;
-            if let Err(e) = result {
-                tracing::warn!(error = %e, "cannot record proxy status; will retry");
-                registry.retry_changes(updated.iter().map(|s| s.stream_id), ended);
-                continue;
-            }
-            if last_heartbeat.elapsed() >= HEARTBEAT_INTERVAL {
-                last_heartbeat = tokio::time::Instant::now();
-                if let Err(e) = store.heartbeat_proxies(&replica).await {
-                    tracing::warn!(error = %e, "cannot refresh proxy status heartbeat");
-                }
+            Ok::<_, switchboard_store::StoreError>(())
+        }
+        .await;
+        if let Err(e) = result {
+            tracing::warn!(error = %e, "cannot record proxy status; will retry");
+            registry.retry_changes(updated.iter().map(|s| s.stream_id), ended);
+            continue;
+        }
+        if last_heartbeat.elapsed() >= HEARTBEAT_INTERVAL {
+            last_heartbeat = tokio::time::Instant::now();
+            if let Err(e) = store.heartbeat_proxies(&replica).await {
+                tracing::warn!(error = %e, "cannot refresh proxy status heartbeat");
             }
         }
-    })
+    }
 }
 
 /// The JSON of a list of resources.

@@ -15,7 +15,7 @@ use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, PoisonError};
 
 use switchboard_store::Store;
-use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
 
 /// The credentials that open streams hold, and those revoked.
 #[derive(Debug, Clone, Default)]
@@ -25,8 +25,9 @@ pub(crate) struct Revocations {
 
 #[derive(Debug, Default)]
 struct Inner {
-    /// Per credential id in use: the switch its streams watch (`true` once revoked).
-    held: HashMap<String, watch::Sender<bool>>,
+    /// Per credential id in use: the token its streams wait on (cancelled once revoked), and
+    /// how many streams hold it.
+    held: HashMap<String, (CancellationToken, usize)>,
     revoked: HashSet<String>,
 }
 
@@ -35,33 +36,24 @@ struct Inner {
 pub(crate) struct Held {
     owner: Revocations,
     id: String,
-    rx: Option<watch::Receiver<bool>>,
+    token: CancellationToken,
 }
 
 impl Held {
     /// Resolves when the credential is revoked; never, while it is not.
     pub(crate) async fn revoked(&mut self) {
-        let Some(rx) = self.rx.as_mut() else {
-            return std::future::pending().await;
-        };
-        if rx.wait_for(|revoked| *revoked).await.is_err() {
-            // The switch was dropped without firing: cannot happen while held; never
-            // resolve rather than end a stream for nothing.
-            std::future::pending::<()>().await;
-        }
+        self.token.cancelled().await;
     }
 }
 
 impl Drop for Held {
     fn drop(&mut self) {
-        drop(self.rx.take());
         let mut inner = self.owner.lock();
-        if inner
-            .held
-            .get(&self.id)
-            .is_some_and(|tx| tx.receiver_count() == 0)
-        {
-            inner.held.remove(&self.id);
+        if let Some((_, holders)) = inner.held.get_mut(&self.id) {
+            *holders = holders.saturating_sub(1);
+            if *holders == 0 {
+                inner.held.remove(&self.id);
+            }
         }
     }
 }
@@ -75,17 +67,18 @@ impl Revocations {
     pub(crate) fn hold(&self, id: &str) -> Held {
         let mut inner = self.lock();
         let already = inner.revoked.contains(id);
-        let tx = inner
+        let (token, holders) = inner
             .held
             .entry(id.to_owned())
-            .or_insert_with(|| watch::Sender::new(false));
+            .or_insert_with(|| (CancellationToken::new(), 0));
+        *holders += 1;
         if already {
-            tx.send_replace(true);
+            token.cancel();
         }
         Held {
             owner: self.clone(),
             id: id.to_owned(),
-            rx: Some(tx.subscribe()),
+            token: token.clone(),
         }
     }
 
@@ -93,10 +86,10 @@ impl Revocations {
     pub(crate) fn revoke(&self, id: &str) {
         let mut inner = self.lock();
         inner.revoked.insert(id.to_owned());
-        if let Some(tx) = inner.held.get(id) {
-            tracing::info!(credential = %id, streams = tx.receiver_count(),
+        if let Some((token, holders)) = inner.held.get(id) {
+            tracing::info!(credential = %id, streams = holders,
                 "proxy token revoked; ending its streams");
-            tx.send_replace(true);
+            token.cancel();
         }
     }
 

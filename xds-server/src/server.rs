@@ -6,7 +6,6 @@ use std::time::Duration;
 use switchboard_store::Store;
 use switchboard_xds_proto::service::{ads, cds, csds, eds, lds, rds};
 use switchboard_xds_proto::{FILE_DESCRIPTOR_SET, service_name};
-use tokio::task::JoinHandle;
 use tonic::service::Routes;
 use tonic::transport::server::Router;
 use tonic_health::ServingStatus;
@@ -19,7 +18,6 @@ use crate::registration::Registrar;
 use crate::revocation::Revocations;
 use crate::services::{AdsService, CdsService, EdsService, LdsService, RdsService};
 use crate::status::ProxyRegistry;
-use crate::watcher::spawn_watcher;
 
 /// Tuning of the xDS server.
 #[derive(Debug, Clone)]
@@ -32,8 +30,12 @@ pub struct XdsConfig {
     pub queue: usize,
     /// HTTP/2 keepalive pings, to notice proxies that vanished without closing.
     pub keepalive: Option<Duration>,
-    /// How long a registered sidecar's endpoint outlives the last stream of its node (see
-    /// [`crate::registration`]): a reconnect within it changes nothing.
+    /// Whether authenticated sidecars register themselves as endpoints of their service (see
+    /// [`crate::registration`]). On in `switchboard serve`; test servers turn it off unless
+    /// they test it, so that their sidecars leave the store alone.
+    pub register_sidecars: bool,
+    /// How long a registered sidecar's endpoint outlives the last stream of its node: a
+    /// reconnect within it changes nothing.
     pub sidecar_grace_period: Duration,
 }
 
@@ -44,6 +46,7 @@ impl Default for XdsConfig {
             limits: Limits::default(),
             queue: 1,
             keepalive: Some(Duration::from_secs(30)),
+            register_sidecars: true,
             sidecar_grace_period: crate::registration::DEFAULT_GRACE_PERIOD,
         }
     }
@@ -51,22 +54,27 @@ impl Default for XdsConfig {
 
 /// The xDS server: snapshot cache, proxy registry and the gRPC services. Cheap to clone.
 ///
+/// [`XdsServer::start`] is the one way to serve it: it also starts the background tasks the
+/// port needs, and the `RunningXds` it returns ends them.
+///
 /// ```no_run
-/// # async fn run(store: switchboard_store::Store, addr: std::net::SocketAddr) -> Result<(), Box<dyn std::error::Error>> {
-/// let xds = switchboard_xds_server::XdsServer::new(store, Default::default());
-/// let _watcher = xds.spawn_watcher();
-/// xds.router().await.serve(addr).await?;
+/// # async fn run(store: switchboard_store::Store, listener: tokio::net::TcpListener) -> Result<(), Box<dyn std::error::Error>> {
+/// let xds = switchboard_xds_server::XdsServer::start(store, Default::default());
+/// let for_the_api = xds.server().clone();
+/// xds.serve(listener, switchboard_runtime::shutdown_signal()).await?;
 /// # Ok(()) }
 /// ```
 #[derive(Debug, Clone)]
 pub struct XdsServer {
-    engine: Arc<Engine>,
-    config: XdsConfig,
+    pub(crate) engine: Arc<Engine>,
+    pub(crate) config: XdsConfig,
     /// Names this process among the replicas sharing a database (proxy status rows).
-    replica: String,
+    pub(crate) replica: String,
 }
 
 impl XdsServer {
+    /// The server with no background task: enough for reading its registry and snapshots,
+    /// not for serving (see [`XdsServer::start`]).
     pub fn new(store: Store, config: XdsConfig) -> Self {
         let cache = SnapshotCache::new(store.clone());
         let engine = Arc::new(Engine {
@@ -96,41 +104,6 @@ impl XdsServer {
         &self.engine.store
     }
 
-    /// Starts writing this replica's proxy status to the store (for the REST API of every
-    /// replica). Call once, inside a Tokio runtime.
-    pub fn spawn_status_sync(&self) -> JoinHandle<()> {
-        crate::report::spawn_status_sync(
-            self.engine.store.clone(),
-            self.engine.registry.clone(),
-            self.replica.clone(),
-        )
-    }
-
-    /// Starts the task that turns store commits into snapshot rebuilds and token
-    /// revocations into ended streams. Without it, snapshots are loaded for new streams but
-    /// never updated. Call once, inside a Tokio runtime.
-    pub fn spawn_watcher(&self) -> JoinHandle<()> {
-        spawn_watcher(
-            self.engine.store.clone(),
-            self.engine.cache.clone(),
-            self.engine.revocations.clone(),
-            self.config.debounce,
-        )
-    }
-
-    /// Starts registering authenticated sidecars as endpoints of their services, and
-    /// deregistering them a grace period after their last stream here ended (see
-    /// [`crate::registration`]). Until it is called, sidecars are not registered. Call once,
-    /// inside a Tokio runtime, before serving.
-    pub fn spawn_registration(&self) -> JoinHandle<()> {
-        crate::registration::spawn(
-            self.engine.store.clone(),
-            &self.engine.registrar,
-            self.replica.clone(),
-            self.config.sidecar_grace_period,
-        )
-    }
-
     /// Connected proxies and what they were sent (for the REST API and CSDS).
     pub fn registry(&self) -> &ProxyRegistry {
         &self.engine.registry
@@ -143,7 +116,7 @@ impl XdsServer {
 
     /// Every service of the xDS port: ADS, LDS, RDS, CDS, EDS, CSDS, `grpc.health.v1.Health`
     /// (every service SERVING) and gRPC reflection (v1).
-    pub async fn routes(&self) -> Routes {
+    pub(crate) async fn routes(&self) -> Routes {
         let (health, health_service) = tonic_health::server::health_reporter();
         for name in [
             service_name::AGGREGATED_DISCOVERY,
@@ -194,7 +167,7 @@ impl XdsServer {
     }
 
     /// A tonic router with [`XdsServer::routes`], ready to `serve` on the xDS port.
-    pub async fn router(&self) -> Router {
+    pub(crate) async fn router(&self) -> Router {
         tonic::transport::Server::builder()
             .http2_keepalive_interval(self.config.keepalive)
             .tcp_nodelay(true)

@@ -10,8 +10,7 @@ use switchboard_xds_proto::service::ads::AggregatedDiscoveryServiceClient;
 use switchboard_xds_proto::{DiscoveryRequest, DiscoveryResponse, Node, Status as RpcStatus};
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, oneshot};
-use tokio::task::JoinHandle;
-use tokio_stream::wrappers::{ReceiverStream, TcpListenerStream};
+use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Status, Streaming};
 
 use crate::server::{XdsConfig, XdsServer};
@@ -25,7 +24,6 @@ pub struct TestServer {
     pub addr: SocketAddr,
     pub xds: XdsServer,
     shutdown: Option<oneshot::Sender<()>>,
-    watcher: JoinHandle<()>,
 }
 
 impl TestServer {
@@ -40,37 +38,36 @@ impl Drop for TestServer {
         if let Some(tx) = self.shutdown.take() {
             let _ = tx.send(());
         }
-        self.watcher.abort();
     }
 }
 
-/// Starts a server on 127.0.0.1:0 reading `store`, with a short debounce.
+/// Starts a server on 127.0.0.1:0 reading `store`, with a short debounce and without sidecar
+/// registration.
 pub async fn start(store: Store) -> std::io::Result<TestServer> {
     start_with(
         store,
         XdsConfig {
             debounce: Duration::from_millis(5),
+            register_sidecars: false,
             ..Default::default()
         },
     )
     .await
 }
 
-/// Starts a server on 127.0.0.1:0 with `config`.
+/// Starts a server on 127.0.0.1:0 with `config`, and every background task it asks for, as
+/// `switchboard serve` does.
 pub async fn start_with(store: Store, config: XdsConfig) -> std::io::Result<TestServer> {
     let listener = TcpListener::bind("127.0.0.1:0").await?;
     let addr = listener.local_addr()?;
-    let xds = XdsServer::new(store, config);
-    let watcher = xds.spawn_watcher();
-    let router = xds.router().await;
+    let running = XdsServer::start(store, config);
+    let xds = running.server().clone();
     let (shutdown, stop) = oneshot::channel::<()>();
     tokio::spawn(async move {
-        let result = router
-            .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async {
-                let _ = stop.await;
-            })
-            .await;
-        if let Err(e) = result {
+        let stopped = async {
+            let _ = stop.await;
+        };
+        if let Err(e) = running.serve(listener, stopped).await {
             tracing::warn!(error = %e, "test xDS server failed");
         }
     });
@@ -78,25 +75,22 @@ pub async fn start_with(store: Store, config: XdsConfig) -> std::io::Result<Test
         addr,
         xds,
         shutdown: Some(shutdown),
-        watcher,
     })
 }
 
 /// Starts a server like [`start`] that also registers authenticated sidecars as endpoints,
 /// deregistering them `grace` after their last stream ended.
 pub async fn start_registering(store: Store, grace: Duration) -> std::io::Result<TestServer> {
-    let server = start_with(
+    start_with(
         store,
         XdsConfig {
             debounce: Duration::from_millis(5),
+            register_sidecars: true,
             sidecar_grace_period: grace,
             ..Default::default()
         },
     )
-    .await?;
-    // Ends by itself once the server is gone.
-    drop(server.xds.spawn_registration());
-    Ok(server)
+    .await
 }
 
 /// A node named `tenants/{tenant}/meshes/{mesh}/nodes/{name}` with no metadata (proxyless).

@@ -7,7 +7,7 @@
 //! the log cannot say (too many changes, none although the revision moved: a deleted
 //! tenant, or pruned past the revision a mesh is at), every loaded mesh concerned is re-read.
 //!
-//! It also passes proxy token revocations on to [`Revocations`], which ends the streams
+//! It also passes proxy token revocations on to `Revocations`, which ends the streams
 //! holding them; after a `Resync` it has every credential in use checked again.
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -16,7 +16,6 @@ use std::time::{Duration, Instant};
 use switchboard_model::Kind;
 use switchboard_store::{Change, Notice, Store, StoreError};
 use tokio::sync::broadcast::error::RecvError;
-use tokio::task::JoinHandle;
 
 use crate::cache::SnapshotCache;
 use crate::revocation::Revocations;
@@ -27,13 +26,13 @@ const CHANGE_LIMIT: u32 = 1000;
 /// How long to wait before retrying when the change log cannot be read.
 const RETRY: Duration = Duration::from_secs(1);
 
-/// Starts the watcher. It runs until the store's notice channel closes.
-pub(crate) fn spawn_watcher(
+/// The watcher's task. It runs until the store's notice channel closes, or until dropped.
+pub(crate) fn watch(
     store: Store,
     cache: SnapshotCache,
     revocations: Revocations,
     debounce: Duration,
-) -> JoinHandle<()> {
+) -> impl Future<Output = ()> + Send + 'static {
     let watcher = MeshWatcher {
         rx: store.subscribe(),
         store,
@@ -43,7 +42,7 @@ pub(crate) fn spawn_watcher(
         debounce,
         pending: BTreeMap::new(),
     };
-    tokio::spawn(watcher.run())
+    watcher.run()
 }
 
 /// The notice loop; see the module documentation.

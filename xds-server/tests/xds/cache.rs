@@ -1,24 +1,13 @@
 //! Snapshots: loaded lazily, rebuilt only for the meshes that changed, dropped when unused.
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use serde_json::json;
 use switchboard_model::Kind;
+use switchboard_runtime::eventually;
 use switchboard_xds_server::{CacheError, MeshState};
 
 use crate::common::*;
-
-/// Polls `f` until it holds, for up to 5 s.
-async fn eventually(what: &str, f: impl Fn() -> bool) {
-    for _ in 0..250 {
-        if f() {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    panic!("timed out waiting until {what}");
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn only_changed_meshes_are_rebuilt_and_unused_ones_dropped() {
@@ -50,8 +39,16 @@ async fn only_changed_meshes_are_rebuilt_and_unused_ones_dropped() {
         &prod_before.resources.clusters["pay"],
         &prod_after.resources.clusters["pay"]
     ));
-    // dev did not change: same snapshot.
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    // dev did not change: once the watcher has looked at dev for that commit, it is still
+    // the same snapshot.
+    eventually("the watcher has checked dev through the commit", || async {
+        cache
+            .loaded("acme")
+            .iter()
+            .any(|(mesh, checked)| mesh == "dev" && *checked >= prod_after.revision)
+            .then_some(())
+    })
+    .await;
     assert!(Arc::ptr_eq(
         &dev_before,
         &cache.current("acme", "dev").unwrap()
@@ -89,7 +86,10 @@ async fn streams_keep_their_mesh_loaded() {
     assert_eq!(env.server.xds.cache().loaded_meshes().len(), 1);
     drop(client);
     let cache = env.server.xds.cache().clone();
-    eventually("the mesh is unloaded", || cache.loaded_meshes().is_empty()).await;
+    eventually("the mesh is unloaded", || async {
+        cache.loaded_meshes().is_empty().then_some(())
+    })
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

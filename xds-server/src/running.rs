@@ -1,0 +1,137 @@
+//! Starting and stopping the xDS server as one piece: [`XdsServer::start`] starts every
+//! background task the port needs and [`RunningXds`] owns them, so a caller can neither serve
+//! with a task missing nor leave one running.
+
+use std::future::Future;
+
+use switchboard_store::Store;
+use tokio::net::TcpListener;
+use tokio_stream::wrappers::TcpListenerStream;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::server::{XdsConfig, XdsServer};
+
+/// The xDS server with its background tasks: the watcher (store commits to snapshot
+/// rebuilds, revoked tokens to ended streams), the status sync (this replica's streams to the
+/// `proxies` table) and sidecar registration. Dropping it ends the tasks;
+/// [`RunningXds::shutdown`] also waits for them.
+#[derive(Debug)]
+pub struct RunningXds {
+    server: XdsServer,
+    tasks: TaskTracker,
+    /// Ends every task.
+    stop: CancellationToken,
+    /// Ends registration alone (a child of `stop`): first thing at shutdown, so that the
+    /// streams ending afterwards deregister nothing.
+    stop_registration: CancellationToken,
+}
+
+impl XdsServer {
+    /// Builds the server and starts its background tasks (registration only when
+    /// `config.register_sidecars`). Call inside a Tokio runtime.
+    pub fn start(store: Store, config: XdsConfig) -> RunningXds {
+        let server = XdsServer::new(store, config);
+        let tasks = TaskTracker::new();
+        let stop = CancellationToken::new();
+        let stop_registration = stop.child_token();
+        let engine = &server.engine;
+        spawn(
+            &tasks,
+            &stop,
+            crate::watcher::watch(
+                engine.store.clone(),
+                engine.cache.clone(),
+                engine.revocations.clone(),
+                server.config.debounce,
+            ),
+        );
+        spawn(
+            &tasks,
+            &stop,
+            crate::report::status_sync(
+                engine.store.clone(),
+                engine.registry.clone(),
+                server.replica.clone(),
+            ),
+        );
+        if server.config.register_sidecars
+            && let Some(registration) = crate::registration::run(
+                engine.store.clone(),
+                &engine.registrar,
+                server.replica.clone(),
+                server.config.sidecar_grace_period,
+                crate::report::SYNC_INTERVAL,
+            )
+        {
+            spawn(&tasks, &stop_registration, registration);
+        }
+        tasks.close();
+        RunningXds {
+            server,
+            tasks,
+            stop,
+            stop_registration,
+        }
+    }
+}
+
+/// Runs `task` on `tasks` until it ends or `stop` is cancelled, whichever is first: a
+/// cancelled task does no further work, as if aborted.
+fn spawn(
+    tasks: &TaskTracker,
+    stop: &CancellationToken,
+    task: impl Future<Output = ()> + Send + 'static,
+) {
+    let stop = stop.clone();
+    tasks.spawn(async move {
+        tokio::select! {
+            biased;
+            () = stop.cancelled() => {}
+            () = task => {}
+        }
+    });
+}
+
+impl RunningXds {
+    /// The server, for the REST API and for tests (cheap to clone).
+    pub fn server(&self) -> &XdsServer {
+        &self.server
+    }
+
+    /// Serves the xDS port on `listener` until `signal` resolves, then shuts down: sidecar
+    /// registration stops at once (a stopping replica deregisters nothing: its sidecars come
+    /// back, here or on another replica, within the grace period), the port drains, and the
+    /// other tasks end last, so streams still open meanwhile keep getting updates.
+    pub async fn serve(
+        self,
+        listener: TcpListener,
+        signal: impl Future,
+    ) -> Result<(), tonic::transport::Error> {
+        let stop_registration = self.stop_registration.clone();
+        let result = self
+            .server
+            .router()
+            .await
+            .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async move {
+                signal.await;
+                stop_registration.cancel();
+            })
+            .await;
+        self.shutdown().await;
+        result
+    }
+
+    /// Ends every background task, registration first, and waits until they have.
+    pub async fn shutdown(self) {
+        self.stop_registration.cancel();
+        self.stop.cancel();
+        self.tasks.wait().await;
+    }
+}
+
+impl Drop for RunningXds {
+    fn drop(&mut self) {
+        self.stop.cancel();
+    }
+}
