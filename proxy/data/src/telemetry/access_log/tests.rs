@@ -65,18 +65,23 @@ fn start_time_formats() {
         t.render(&record()),
         "2024/02/29T12:34:56.789+0000 1709210096 060 2024-02-29 12:34:56 789000 UTC"
     );
-    for (days, ymd) in [
-        (0, (1970, 1, 1)),
-        (11_016, (2000, 2, 29)),
-        (19_782, (2024, 2, 29)),
-        (-1, (1969, 12, 31)),
+    // Days since the epoch and their dates; a time before 1970 prints as the epoch.
+    for (days, date) in [
+        (0_i64, "1970-01-01"),
+        (11_016, "2000-02-29"),
+        (19_782, "2024-02-29"),
+        (-1, "1970-01-01"),
     ] {
-        assert_eq!(civil_from_days(days), ymd, "{days}");
-        assert_eq!(
-            days_from_civil(ymd.0, i64::from(ymd.1), i64::from(ymd.2)),
-            days
-        );
+        let shift = Duration::from_secs(86_400 * days.unsigned_abs());
+        let at = if days < 0 {
+            UNIX_EPOCH - shift
+        } else {
+            UNIX_EPOCH + shift
+        };
+        assert_eq!(render_at("%START_TIME(%F)%", at), date, "{days}");
     }
+    // An empty format prints nothing, so the missing-value dash.
+    assert_eq!(render_at("%START_TIME()%", UNIX_EPOCH), "-");
 }
 
 #[test]
@@ -138,7 +143,7 @@ fn flag_values() {
 
 #[test]
 fn json_record() {
-    let v: serde_json::Value = serde_json::from_str(&record().to_json()).unwrap();
+    let v: serde_json::Value = serde_json::from_str(&record().to_json().unwrap()).unwrap();
     assert_eq!(v["method"], "POST");
     assert_eq!(v["path"], "/api/v1?x=1");
     assert_eq!(v["response_code"], 503);
@@ -185,20 +190,20 @@ fn start_time_output_is_pinned() {
             "1970-01-01T00:00:00.000Z|1970-01-01T00:00:00 001 0 +0000 UTC|{zero_fractions}|\
              1970-01-01 00:00:00 % [x] \\ é|0"
         ),
-        format!(
+        String::from(
             "2000-02-29T00:00:00.000Z|2000-02-29T00:00:00 060 951782400 +0000 UTC|\
              000000001 0 00 000 0000 00000 000000 0000000 00000000 000000001|\
-             2000-02-29 00:00:00 % [x] \\ é|9517"
+             2000-02-29 00:00:00 % [x] \\ é|9517",
         ),
-        format!(
+        String::from(
             "2024-12-31T23:59:59.999Z|2024-12-31T23:59:59 366 1735689599 +0000 UTC|\
              999999999 9 99 999 9999 99999 999999 9999999 99999999 999999999|\
-             2024-12-31 23:59:59 % [x] \\ é|1735"
+             2024-12-31 23:59:59 % [x] \\ é|1735",
         ),
-        format!(
+        String::from(
             "2024-02-29T12:34:56.789Z|2024-02-29T12:34:56 060 1709210096 +0000 UTC|\
              789000000 7 78 789 7890 78900 789000 7890000 78900000 789000000|\
-             2024-02-29 12:34:56 % [x] \\ é|1709"
+             2024-02-29 12:34:56 % [x] \\ é|1709",
         ),
         format!(
             "2100-01-01T00:00:00.000Z|2100-01-01T00:00:00 001 4102444800 +0000 UTC|\
@@ -223,7 +228,7 @@ fn start_time_output_is_pinned() {
 #[test]
 fn json_output_is_pinned() {
     assert_eq!(
-        record().to_json(),
+        record().to_json().unwrap(),
         concat!(
             r#"{"authority":"svc.test","bytes_received":12,"bytes_sent":34,"#,
             r#""downstream_local_address":"127.0.0.1:8080","#,
@@ -262,7 +267,7 @@ fn json_output_is_pinned() {
     r.duration = Duration::from_micros(1_999);
     r.start_time = UNIX_EPOCH + Duration::new(951_782_400, 1);
     assert_eq!(
-        r.to_json(),
+        r.to_json().unwrap(),
         concat!(
             r#"{"authority":"abs.test:8080","bytes_received":12,"bytes_sent":34,"#,
             r#""downstream_local_address":"[::]:80","#,
@@ -281,7 +286,7 @@ fn json_output_is_pinned() {
     r.uri = "/".parse().unwrap();
     r.version = Version::HTTP_09;
     assert_eq!(
-        r.to_json(),
+        r.to_json().unwrap(),
         concat!(
             r#"{"authority":null,"bytes_received":12,"bytes_sent":34,"#,
             r#""downstream_local_address":null,"downstream_remote_address":null,"#,
