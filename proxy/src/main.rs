@@ -150,7 +150,7 @@ async fn run(args: Args, bootstrap: switchboard_proxy_xds::Bootstrap) -> anyhow:
     tracing::info!(address = %args.admin_address, "admin port listening");
     let admin_task = tokio::spawn(async move { axum::serve(admin_tcp, admin).await });
 
-    let reason = shutdown_signal().await;
+    let reason = switchboard_runtime::shutdown_signal().await;
     tracing::info!(%reason, drain_timeout = ?args.drain_timeout, "draining listeners");
     drop(xds);
     // Every listener drains in parallel, each bounded by the drain timeout; the outer bound
@@ -162,20 +162,4 @@ async fn run(args: Args, bootstrap: switchboard_proxy_xds::Bootstrap) -> anyhow:
     }
     tracing::info!("stopped");
     Ok(())
-}
-
-async fn shutdown_signal() -> &'static str {
-    use tokio::signal::unix::{SignalKind, signal};
-    let term = signal(SignalKind::terminate());
-    let ctrl_c = tokio::signal::ctrl_c();
-    match term {
-        Ok(mut term) => tokio::select! {
-            _ = term.recv() => "SIGTERM",
-            _ = ctrl_c => "SIGINT",
-        },
-        Err(_) => {
-            let _ = ctrl_c.await;
-            "SIGINT"
-        }
-    }
 }

@@ -16,6 +16,7 @@ use switchboard_proxy_xds::testing::resources::{
     eds_cluster, http_listener, load_assignment, route_config,
 };
 use switchboard_proxy_xds::testing::{AdsServer, response};
+use switchboard_runtime::eventually;
 use switchboard_xds_proto::{Any, pack, type_url};
 
 use support::{Backend, PROXY, Protocol, backend, free_port, tail};
@@ -99,6 +100,24 @@ impl Running {
     fn logs(&self) -> String {
         tail(&self.log, 4000)
     }
+
+    /// Waits for the proxy's log to contain `text`.
+    async fn wait_for_log(&self, text: &str) {
+        eventually(&format!("{text:?} in the proxy's log"), || async {
+            let log = std::fs::read_to_string(&self.log).unwrap_or_default();
+            log.contains(text).then_some(())
+        })
+        .await;
+    }
+}
+
+/// Waits until `backend` has received more than `before` requests: a request sent since is
+/// in flight through the proxy.
+async fn wait_for_hits(backend: &Backend, before: usize) {
+    eventually("the request reaching the backend", || async {
+        (backend.hits.load(Ordering::Relaxed) > before).then_some(())
+    })
+    .await;
 }
 
 /// Answers the first request of each type with `resources[type]`, until all four are sent.
@@ -276,12 +295,13 @@ async fn listeners_keep_their_sockets_and_removed_ones_drain() {
     }
 
     // A slow request in flight, then the listener is removed.
+    let before = other.hits.load(Ordering::Relaxed);
     let slow = tokio::spawn({
         let c = c.clone();
         let url = format!("{url}slow");
         async move { c.get(url).send().await.map(|r| r.status().as_u16()) }
     });
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    wait_for_hits(&other, before).await;
     assert!(server.respond(response(LDS, "v3", "lds-3", vec![])));
     let deadline = Instant::now() + Duration::from_secs(5);
     while tokio::net::TcpStream::connect(("127.0.0.1", port))
@@ -333,9 +353,18 @@ async fn traffic_survives_the_control_plane_and_resyncs() {
             }
         }
     });
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    eventually("traffic through the proxy", || async {
+        (ok.load(Ordering::Relaxed) > 0).then_some(())
+    })
+    .await;
     server.stop().await;
-    tokio::time::sleep(Duration::from_millis(1000)).await;
+    // The proxy notices (its first reconnect fails), and traffic goes on regardless.
+    proxy.wait_for_log("xDS stream failed").await;
+    let served = ok.load(Ordering::Relaxed);
+    eventually("traffic while the control plane is away", || async {
+        (ok.load(Ordering::Relaxed) >= served + 20).then_some(())
+    })
+    .await;
     assert_eq!(
         proxy.admin("/ready").await.0,
         200,
@@ -403,6 +432,7 @@ async fn sigterm_drains_and_exits_cleanly() {
     let port = free_port();
     serve_initial(&mut server, &initial(port, web.addr)).await;
     proxy.wait_ready().await;
+    let before = web.hits.load(Ordering::Relaxed);
     let slow = tokio::spawn(async move {
         client()
             .get(format!("http://127.0.0.1:{port}/slow"))
@@ -411,7 +441,7 @@ async fn sigterm_drains_and_exits_cleanly() {
             .map(|r| r.status().as_u16())
             .map_err(|e| e.to_string())
     });
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    wait_for_hits(&web, before).await;
     let pid = proxy.child.id().to_string();
     assert!(
         Command::new("kill")
@@ -435,6 +465,12 @@ async fn sigterm_drains_and_exits_cleanly() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
     assert!(status.success(), "{status}\n{}", proxy.logs());
+    let log = std::fs::read_to_string(&proxy.log).unwrap();
+    assert!(
+        log.lines()
+            .any(|l| l.contains("draining listeners") && l.contains("SIGTERM")),
+        "the drain names the signal\n{log}"
+    );
 }
 
 #[test]

@@ -14,7 +14,7 @@ mod resource;
 
 use std::time::Duration;
 
-use rand::Rng;
+use switchboard_runtime::Backoff;
 use switchboard_xds_proto::service::ads::AggregatedDiscoveryServiceClient;
 use switchboard_xds_proto::{DiscoveryRequest, DiscoveryResponse, Node, ResourceType, Status};
 use tokio::sync::{mpsc, watch};
@@ -27,33 +27,8 @@ pub use resource::XdsResource;
 use crate::bootstrap::Bootstrap;
 use crate::config::{Cluster, Listener, LoadAssignment, RouteConfig};
 use crate::dump::ConfigDump;
+pub use crate::handler::{Handler, Rejected};
 use crate::state::ConfigStore;
-
-/// Applies converted resources of one type. Returning `Err` refuses the listed resources
-/// (they are NACKed); every other update and removal must have been applied.
-pub trait Handler<T>: Send {
-    fn apply(
-        &mut self,
-        updates: Vec<(String, T)>,
-        removed: Vec<String>,
-    ) -> Result<(), Vec<Rejected>>;
-}
-
-/// A resource left out of an update, and why; one line of a NACK's `error_detail`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Rejected {
-    pub name: String,
-    pub error: String,
-}
-
-impl Rejected {
-    pub fn new(name: impl Into<String>, error: impl Into<String>) -> Self {
-        Self {
-            name: name.into(),
-            error: error.into(),
-        }
-    }
-}
 
 /// Timing of the client; the defaults suit production, tests shorten them.
 #[derive(Debug, Clone)]
@@ -200,7 +175,7 @@ impl XdsClient {
     /// Streams forever, reconnecting with exponential backoff and jitter. The backoff resets
     /// once a stream has delivered a response.
     pub async fn run(mut self) {
-        let mut attempt: u32 = 0;
+        let mut backoff = reconnect_backoff(&self.options);
         loop {
             let mut answered = false;
             match self.stream(&mut answered).await {
@@ -210,11 +185,10 @@ impl XdsClient {
                 }
             }
             if answered {
-                attempt = 0;
+                backoff.reset();
             }
-            let delay = backoff(&self.options, attempt);
-            attempt = attempt.saturating_add(1);
-            tracing::debug!(?delay, attempt, "reconnecting to the xDS server");
+            let delay = backoff.next_delay();
+            tracing::debug!(?delay, "reconnecting to the xDS server");
             tokio::time::sleep(delay).await;
         }
     }
@@ -369,9 +343,7 @@ impl XdsClient {
             };
             state.nacked = Some((response.version_info.clone(), repeats));
             if repeats > 0 {
-                delay = Duration::from_millis(100)
-                    .saturating_mul(2u32.saturating_pow(repeats.min(10) - 1))
-                    .min(Duration::from_secs(10));
+                delay = nack_pacing().delay(repeats - 1);
             }
             let message = rejected
                 .iter()
@@ -431,14 +403,15 @@ fn request(state: &TypeState, error_detail: Option<Status>) -> DiscoveryRequest 
     }
 }
 
-/// `initial * 2^attempt`, capped, times a random factor in [0.5, 1] so that proxies that lost
-/// the same server do not come back in lockstep.
-fn backoff(options: &ClientOptions, attempt: u32) -> Duration {
-    let exp = options
-        .initial_backoff
-        .saturating_mul(2u32.saturating_pow(attempt.min(20)));
-    exp.min(options.max_backoff)
-        .mul_f64(rand::rng().random_range(0.5..=1.0))
+/// Reconnect delays: `initial * 2^attempt`, capped, jittered so that proxies that lost the
+/// same server do not come back in lockstep.
+fn reconnect_backoff(options: &ClientOptions) -> Backoff {
+    Backoff::new(options.initial_backoff, options.max_backoff).with_jitter()
+}
+
+/// How long a repeated NACK of one version is held back: 100 ms doubling to 10 s.
+fn nack_pacing() -> Backoff {
+    Backoff::new(Duration::from_millis(100), Duration::from_secs(10))
 }
 
 #[cfg(test)]
@@ -452,10 +425,31 @@ mod tests {
             max_backoff: Duration::from_secs(1),
             connect_timeout: Duration::from_secs(1),
         };
-        let first = backoff(&o, 0);
+        let b = reconnect_backoff(&o);
+        let first = b.delay(0);
         assert!(first >= Duration::from_millis(50) && first <= Duration::from_millis(100));
-        let third = backoff(&o, 2);
+        let third = b.delay(2);
         assert!(third >= Duration::from_millis(200) && third <= Duration::from_millis(400));
-        assert!(backoff(&o, 50) <= Duration::from_secs(1));
+        assert!(b.delay(50) <= Duration::from_secs(1));
+        // The sequence `run` walks: growing, then from the start again once a stream has
+        // delivered a response.
+        let mut b = reconnect_backoff(&o);
+        let walked: Vec<_> = (0..6).map(|_| b.next_delay()).collect();
+        assert!(walked[2] >= Duration::from_millis(200), "{walked:?}");
+        assert!(walked[5] >= Duration::from_millis(500), "{walked:?}");
+        b.reset();
+        let again = b.next_delay();
+        assert!(again >= Duration::from_millis(50) && again <= Duration::from_millis(100));
+    }
+
+    #[test]
+    fn repeated_nacks_are_paced_from_100ms_doubling_to_10s() {
+        let got: Vec<_> = (1..=10u32)
+            .map(|repeats| nack_pacing().delay(repeats - 1).as_millis())
+            .collect();
+        assert_eq!(
+            got,
+            [100, 200, 400, 800, 1600, 3200, 6400, 10_000, 10_000, 10_000]
+        );
     }
 }

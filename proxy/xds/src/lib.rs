@@ -4,7 +4,10 @@
 //!   `TryFrom`; anything the proxy does not implement is rejected with a precise message.
 //! - [`client`]: one ADS state-of-the-world stream, a typed [`Handler`] per resource type,
 //!   ACK only after apply, per-resource NACKs, RDS/EDS subscriptions that follow the applied
-//!   listeners and clusters, reconnects with backoff and jitter, and readiness.
+//!   listeners and clusters, reconnects with `switchboard_runtime::Backoff` (jittered), and
+//!   readiness.
+//! - [`Handler`] (module `handler`): what applies converted resources, or refuses some with
+//!   [`Rejected`]; the store and the binary's listener manager implement it.
 //! - [`state`]: the applied configuration, [`ConfigStore`], read by the data path as one
 //!   consistent snapshot.
 //! - [`dump`]: the protos applied and refused, per resource, for `/config_dump`.
@@ -17,6 +20,7 @@ pub mod bootstrap;
 pub mod client;
 pub mod config;
 pub mod dump;
+mod handler;
 pub mod state;
 #[cfg(feature = "testing")]
 pub mod testing;

@@ -10,8 +10,8 @@ use std::sync::{Arc, Mutex, PoisonError, RwLock};
 
 use tokio::sync::watch;
 
-use crate::client::{Handler, Rejected};
 use crate::config::{Cluster, Listener, LoadAssignment, RouteConfig};
+use crate::handler::{Handler, Rejected};
 
 /// Everything applied, by resource name. Values are `Arc`s so that a new snapshot shares the
 /// unchanged resources of the previous one.

@@ -1,6 +1,9 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 //! The client against a hand-driven ADS server: ACKs, NACKs, subscriptions, reconnects.
 
+use std::fmt;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use switchboard_proxy_xds::testing::resources::{
@@ -8,7 +11,10 @@ use switchboard_proxy_xds::testing::resources::{
 };
 use switchboard_proxy_xds::testing::{AdsServer, Received, response};
 use switchboard_proxy_xds::{Bootstrap, ClientOptions, ConfigStore, XdsClient, XdsClientHandle};
+use switchboard_runtime::eventually;
 use switchboard_xds_proto::{Any, DiscoveryRequest, pack, type_url};
+use tracing_subscriber::layer::{Context, Layer, SubscriberExt};
+use tracing_subscriber::util::SubscriberInitExt;
 
 const LDS: &str = type_url::LISTENER;
 const RDS: &str = type_url::ROUTE_CONFIGURATION;
@@ -44,6 +50,46 @@ async fn env() -> Env {
         store,
         client,
         _token: token,
+    }
+}
+
+/// Counts the client's "xDS stream failed" warnings, one per failed (re)connect, so that a
+/// test waits for the client to have retried instead of sleeping and hoping it has.
+#[derive(Clone, Default)]
+struct StreamFailures(Arc<AtomicUsize>);
+
+impl StreamFailures {
+    /// Counts the events of this thread (where the tests' current-thread runtime also runs
+    /// the client) until the guard drops.
+    fn install(&self) -> tracing::subscriber::DefaultGuard {
+        tracing_subscriber::registry()
+            .with(self.clone())
+            .set_default()
+    }
+
+    async fn wait_for(&self, n: usize) {
+        eventually(&format!("{n} failed xDS streams"), || async {
+            (self.0.load(Ordering::Relaxed) >= n).then_some(())
+        })
+        .await;
+    }
+}
+
+impl<S: tracing::Subscriber> Layer<S> for StreamFailures {
+    fn on_event(&self, event: &tracing::Event<'_>, _: Context<'_, S>) {
+        struct Failed(bool);
+        impl tracing::field::Visit for Failed {
+            fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn fmt::Debug) {
+                if field.name() == "message" {
+                    self.0 = format!("{value:?}").starts_with("xDS stream failed");
+                }
+            }
+        }
+        let mut failed = Failed(false);
+        event.record(&mut failed);
+        if failed.0 {
+            self.0.fetch_add(1, Ordering::Relaxed);
+        }
     }
 }
 
@@ -216,13 +262,15 @@ async fn rds_and_eds_subscriptions_follow_listeners_and_clusters() {
 
 #[tokio::test]
 async fn a_killed_server_leaves_the_config_and_a_restarted_one_resyncs() {
+    let failures = StreamFailures::default();
+    let _counting = failures.install();
     let mut env = env().await;
     sync(&mut env).await;
     let addr = env.server.addr;
     let before = env.store.snapshot();
     env.server.stop().await;
-    // Give the client time to fail and retry against the closed port a few times.
-    tokio::time::sleep(Duration::from_millis(600)).await;
+    // The client has failed and retried against the closed port a few times.
+    failures.wait_for(3).await;
     let during = env.store.snapshot();
     assert_eq!(
         during.generation, before.generation,
@@ -269,13 +317,15 @@ async fn a_killed_server_leaves_the_config_and_a_restarted_one_resyncs() {
 
 #[tokio::test]
 async fn reconnects_back_off() {
+    let failures = StreamFailures::default();
+    let _counting = failures.install();
     let mut env = env().await;
     sync(&mut env).await;
     let addr = env.server.addr;
     env.server.stop().await;
-    // With a 50 ms base doubling up to 400 ms, 1.5 s holds only a handful of attempts;
+    // With a 50 ms base doubling, five failed attempts bring the delay to its 400 ms cap;
     // the restarted server must see the client within one maximum backoff.
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    failures.wait_for(5).await;
     let started = tokio::time::Instant::now();
     env.server = AdsServer::start_on(addr).await.unwrap();
     expect(&mut env.server, CDS).await;

@@ -21,6 +21,56 @@ use switchboard_xds_proto::pb::envoy::extensions::filters::network::tcp_proxy::v
 use switchboard_xds_proto::pb::google::protobuf::{Duration as PbDuration, UInt32Value};
 use switchboard_xds_proto::{Any, pack};
 
+/// What became of the mutated encodings of one seed resource, decoded as the seed's own type.
+#[derive(Debug, Default)]
+struct Reached {
+    /// Inputs that decoded and so went through conversion.
+    converted: usize,
+    accepted: usize,
+    rejected: usize,
+}
+
+impl Reached {
+    /// Decodes `bytes` as `M` and converts it. A rejection must name where in which
+    /// resource (`root` is its kind: `listener "…"`) and what is wrong.
+    fn convert<M, T>(&mut self, bytes: &[u8], root: &str)
+    where
+        M: prost::Message + Default,
+        T: TryFrom<M, Error = switchboard_proxy_xds::ConfigError>,
+    {
+        let Ok(m) = M::decode(bytes) else {
+            return;
+        };
+        self.converted += 1;
+        match T::try_from(m) {
+            Ok(_) => self.accepted += 1,
+            Err(e) => {
+                assert!(
+                    e.path.starts_with(&format!("{root} \"")) && !e.message.is_empty(),
+                    "a rejection that names nothing: {e:?}"
+                );
+                self.rejected += 1;
+            }
+        }
+    }
+
+    /// Mutated inputs must reach conversion, and conversion must both accept and reject
+    /// some: otherwise the loop exercises the decoder, not the conversion. Random byte
+    /// flips kill many encodings in the decoder (a length, a tag, a string field's UTF-8):
+    /// about one in ten of the route and cluster mutations get through, and up to one in
+    /// two of the listener ones; one in twenty is the floor.
+    fn assert_substantial(&self, seed: &str, inputs: usize) {
+        assert!(
+            self.converted * 20 >= inputs,
+            "{seed}: only {self:?} of {inputs} mutated inputs reached conversion"
+        );
+        assert!(
+            self.accepted > 0 && self.rejected > 0,
+            "{seed}: conversion never both accepted and rejected: {self:?}"
+        );
+    }
+}
+
 fn err<T, E: ToString>(r: Result<T, E>) -> String {
     match r {
         Ok(_) => panic!("expected an error"),
@@ -206,7 +256,8 @@ fn load_assignments_convert_and_reject() {
 }
 
 /// In the spirit of ztunnel's protobuf fuzz target: corrupted encodings of valid resources
-/// either fail to decode or convert to a result, never a panic.
+/// either fail to decode or convert to a result (a rejection naming where), never a panic;
+/// and enough of them decode to put the conversion, not only the decoder, under test.
 #[test]
 fn corrupted_resources_never_panic() {
     use prost::Message;
@@ -218,31 +269,39 @@ fn corrupted_resources_never_panic() {
 
     let mut rng = rand::rngs::StdRng::seed_from_u64(7);
     let seeds = [
-        http_listener("out", 15001, "rc").encode_to_vec(),
-        regex_route_config("rc", "/a/.*", "pay").encode_to_vec(),
-        eds_cluster("pay").encode_to_vec(),
-        load_assignment("pay", &["10.0.0.1:80".parse().unwrap()]).encode_to_vec(),
+        (
+            "listener",
+            http_listener("out", 15001, "rc").encode_to_vec(),
+        ),
+        (
+            "route configuration",
+            regex_route_config("rc", "/a/.*", "pay").encode_to_vec(),
+        ),
+        ("cluster", eds_cluster("pay").encode_to_vec()),
+        (
+            "cluster load assignment",
+            load_assignment("pay", &["10.0.0.1:80".parse().unwrap()]).encode_to_vec(),
+        ),
     ];
-    for _ in 0..3000 {
-        for seed in &seeds {
+    const ROUNDS: usize = 3000;
+    // reached[seed][type]: every mutated input is also decoded as the other three types.
+    let mut reached: [[Reached; 4]; 4] = Default::default();
+    for _ in 0..ROUNDS {
+        for ((_, seed), reached) in seeds.iter().zip(&mut reached) {
             let mut bytes = seed.clone();
             for _ in 0..rng.random_range(1..4) {
                 let i = rng.random_range(0..bytes.len());
                 bytes[i] = rng.random();
             }
-            if let Ok(m) = PbListener::decode(bytes.as_slice()) {
-                let _ = Listener::try_from(m);
-            }
-            if let Ok(m) = RouteConfiguration::decode(bytes.as_slice()) {
-                let _ = RouteConfig::try_from(m);
-            }
-            if let Ok(m) = PbCluster::decode(bytes.as_slice()) {
-                let _ = Cluster::try_from(m);
-            }
-            if let Ok(m) = ClusterLoadAssignment::decode(bytes.as_slice()) {
-                let _ = LoadAssignment::try_from(m);
-            }
+            let [l, r, c, e] = reached;
+            l.convert::<PbListener, Listener>(&bytes, "listener");
+            r.convert::<RouteConfiguration, RouteConfig>(&bytes, "route configuration");
+            c.convert::<PbCluster, Cluster>(&bytes, "cluster");
+            e.convert::<ClusterLoadAssignment, LoadAssignment>(&bytes, "cluster load assignment");
         }
+    }
+    for (i, (kind, _)) in seeds.iter().enumerate() {
+        reached[i][i].assert_substantial(kind, ROUNDS);
     }
 }
 
@@ -592,7 +651,7 @@ mod listener_side {
     }
 
     /// Corrupted encodings of TLS, TCP proxy and limit-laden listeners either fail to decode
-    /// or convert to a result, never a panic.
+    /// or convert to a result, never a panic; enough of them reach the conversion.
     #[test]
     fn corrupted_listener_side_resources_never_panic() {
         use prost::Message;
@@ -643,18 +702,21 @@ mod listener_side {
             })
             .encode_to_vec(),
         ];
+        const ROUNDS: usize = 3000;
+        let mut reached: [super::Reached; 3] = Default::default();
         let mut rng = rand::rngs::StdRng::seed_from_u64(11);
-        for _ in 0..3000 {
-            for seed in &seeds {
+        for _ in 0..ROUNDS {
+            for (seed, reached) in seeds.iter().zip(&mut reached) {
                 let mut bytes = seed.clone();
                 for _ in 0..rng.random_range(1..4) {
                     let i = rng.random_range(0..bytes.len());
                     bytes[i] = rng.random();
                 }
-                if let Ok(m) = PbListener::decode(bytes.as_slice()) {
-                    let _ = Listener::try_from(m);
-                }
+                reached.convert::<PbListener, Listener>(&bytes, "listener");
             }
+        }
+        for (seed, reached) in ["TLS", "TCP proxy", "HCM limits"].iter().zip(&reached) {
+            reached.assert_substantial(seed, ROUNDS);
         }
     }
 

@@ -5,15 +5,22 @@
 //! The text format is Envoy's: literal text with command operators `%NAME%`,
 //! `%NAME(ARG)%` and `%NAME(ARG):MAX%` (truncated to `MAX` characters), `%%` for a literal
 //! `%`. It is parsed once into a [`Template`]; an unknown operator is an error at startup.
-//! A missing value prints `-`, as in Envoy.
+//! A missing value prints `-`, as in Envoy. `%START_TIME(...)%` formats are translated once
+//! into the `time` crate's format descriptions, which do the calendar and the formatting.
+//! The JSON format is a derived `Serialize` record borrowing from the request's record.
 
+use std::borrow::Cow;
 use std::fmt::Write as _;
+use std::io;
 use std::net::SocketAddr;
 use std::str::FromStr;
 use std::sync::OnceLock;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use http::{HeaderMap, HeaderName, Method, Uri, Version};
+use serde::Serialize;
+use time::UtcDateTime;
+use time::format_description::FormatDescriptionV3;
 
 use super::{DownstreamAddrs, ResponseFlags, TelemetryError};
 
@@ -69,9 +76,10 @@ impl AccessLog {
     pub(crate) fn emit(&self, record: &LogRecord) {
         match &self.format {
             AccessLogFormat::Off => {}
-            AccessLogFormat::Json => {
-                tracing::info!(target: ACCESS_LOG_TARGET, "{}", record.to_json());
-            }
+            AccessLogFormat::Json => match record.to_json() {
+                Ok(line) => tracing::info!(target: ACCESS_LOG_TARGET, "{line}"),
+                Err(e) => tracing::warn!(error = %e, "cannot write a JSON access log line"),
+            },
             AccessLogFormat::Text(t) => {
                 tracing::info!(target: ACCESS_LOG_TARGET, "{}", t.render(record));
             }
@@ -127,7 +135,7 @@ enum Part {
 
 #[derive(Debug, Clone)]
 enum Operator {
-    StartTime(Option<Vec<TimePart>>),
+    StartTime(Option<FormatDescriptionV3<'static>>),
     Req(HeaderRef),
     Resp(HeaderRef),
     Trailer(HeaderRef),
@@ -170,26 +178,6 @@ enum HeaderSide {
     Request,
     Response,
     Trailer,
-}
-
-/// A piece of a `%START_TIME(...)%` format (strftime-like, UTC).
-#[derive(Debug, Clone)]
-enum TimePart {
-    Literal(String),
-    Year,
-    Month,
-    Day,
-    Hour,
-    Minute,
-    Second,
-    DayOfYear,
-    EpochSeconds,
-    /// `%1f`…`%9f` (and `%f`, nine digits): the fraction of the second.
-    Fraction(u8),
-    /// `%z`: always `+0000`.
-    Offset,
-    /// `%Z`: always `UTC`.
-    Zone,
 }
 
 fn err(offset: usize, message: impl Into<String>) -> TelemetryError {
@@ -370,8 +358,9 @@ impl Operator {
 
     fn render(&self, r: &LogRecord, out: &mut String) {
         match self {
-            Self::StartTime(None) => write_default_time(r.start_time, out),
-            Self::StartTime(Some(parts)) => write_time(r.start_time, parts, out),
+            // No format: Envoy's default.
+            Self::StartTime(None) => write_time(r.start_time, &DEFAULT_TIME, out),
+            Self::StartTime(Some(format)) => write_time(r.start_time, format, out),
             Self::Req(h) => h.render(r, HeaderSide::Request, out),
             Self::Resp(h) => h.render(r, HeaderSide::Response, out),
             Self::Trailer(h) => h.render(r, HeaderSide::Trailer, out),
@@ -509,93 +498,82 @@ pub(crate) struct LogRecord {
 }
 
 impl LogRecord {
-    /// Istio's JSON access log keys; absent values are `null`.
-    fn to_json(&self) -> String {
-        use serde_json::{Map, Value};
-        let text = |s: String| {
-            if s.is_empty() {
-                Value::Null
-            } else {
-                Value::String(s)
-            }
-        };
+    fn to_json(&self) -> Result<String, serde_json::Error> {
         let header = |name: &str| {
             self.request_headers
                 .get(name)
-                .map(|v| Value::String(String::from_utf8_lossy(v.as_bytes()).into_owned()))
-                .unwrap_or(Value::Null)
+                .map(|v| String::from_utf8_lossy(v.as_bytes()))
         };
-        let mut start_time = String::new();
-        write_default_time(self.start_time, &mut start_time);
-        let path = self
-            .request_headers
-            .get("x-envoy-original-path")
-            .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
-            .or_else(|| self.uri.path_and_query().map(|pq| pq.as_str().to_owned()))
-            .unwrap_or_default();
-        let authority = self
-            .uri
-            .authority()
-            .map(|a| Value::String(a.as_str().to_owned()))
-            .unwrap_or_else(|| header("host"));
-        let mut m = Map::new();
-        m.insert("start_time".into(), Value::String(start_time));
-        m.insert("method".into(), Value::String(self.method.to_string()));
-        m.insert("path".into(), text(path));
-        m.insert(
-            "protocol".into(),
-            Value::String(protocol(self.version).into()),
-        );
-        m.insert("response_code".into(), self.status.into());
-        m.insert(
-            "response_flags".into(),
-            Value::String(self.flags.to_string()),
-        );
-        m.insert(
-            "response_code_details".into(),
-            text(self.details.to_owned()),
-        );
-        m.insert("bytes_received".into(), self.bytes_received.into());
-        m.insert("bytes_sent".into(), self.bytes_sent.into());
-        m.insert(
-            "duration".into(),
-            u64::try_from(self.duration.as_millis())
-                .unwrap_or(u64::MAX)
-                .into(),
-        );
-        m.insert("x_forwarded_for".into(), header("x-forwarded-for"));
-        m.insert("user_agent".into(), header("user-agent"));
-        m.insert("request_id".into(), header("x-request-id"));
-        m.insert("authority".into(), authority);
-        m.insert(
-            "upstream_host".into(),
-            text(
-                self.upstream_host
-                    .map(|h| h.to_string())
-                    .unwrap_or_default(),
-            ),
-        );
-        m.insert("upstream_cluster".into(), text(self.cluster.clone()));
-        m.insert("route_name".into(), text(self.route.clone()));
-        m.insert(
-            "downstream_remote_address".into(),
-            text(
-                self.downstream
-                    .map(|d| d.remote.to_string())
-                    .unwrap_or_default(),
-            ),
-        );
-        m.insert(
-            "downstream_local_address".into(),
-            text(
-                self.downstream
-                    .map(|d| d.local.to_string())
-                    .unwrap_or_default(),
-            ),
-        );
-        m.insert("trace_id".into(), text(self.trace_id.clone()));
-        Value::Object(m).to_string()
+        let mut start_time = String::with_capacity(24);
+        write_time(self.start_time, &DEFAULT_TIME, &mut start_time);
+        let path = header("x-envoy-original-path")
+            .or_else(|| self.uri.path_and_query().map(|pq| pq.as_str().into()))
+            .filter(|p| !p.is_empty());
+        serde_json::to_string(&JsonLine {
+            authority: self
+                .uri
+                .authority()
+                .map(|a| a.as_str().into())
+                .or_else(|| header("host")),
+            bytes_received: self.bytes_received,
+            bytes_sent: self.bytes_sent,
+            downstream_local_address: self.downstream.map(|d| d.local),
+            downstream_remote_address: self.downstream.map(|d| d.remote),
+            duration: u64::try_from(self.duration.as_millis()).unwrap_or(u64::MAX),
+            method: self.method.as_str(),
+            path,
+            protocol: protocol(self.version),
+            request_id: header("x-request-id"),
+            response_code: self.status,
+            response_code_details: non_empty(self.details),
+            response_flags: self.flags,
+            route_name: non_empty(&self.route),
+            start_time: &start_time,
+            trace_id: non_empty(&self.trace_id),
+            upstream_cluster: non_empty(&self.cluster),
+            upstream_host: self.upstream_host,
+            user_agent: header("user-agent"),
+            x_forwarded_for: header("x-forwarded-for"),
+        })
     }
+}
+
+/// One line of the JSON format, with the keys of Istio's JSON access log; absent values are
+/// `null`. The fields are in alphabetical order, the order this format has always printed.
+#[derive(Serialize)]
+struct JsonLine<'a> {
+    authority: Option<Cow<'a, str>>,
+    bytes_received: u64,
+    bytes_sent: u64,
+    downstream_local_address: Option<SocketAddr>,
+    downstream_remote_address: Option<SocketAddr>,
+    duration: u64,
+    method: &'a str,
+    path: Option<Cow<'a, str>>,
+    protocol: &'static str,
+    request_id: Option<Cow<'a, str>>,
+    response_code: u16,
+    response_code_details: Option<&'a str>,
+    #[serde(serialize_with = "as_display")]
+    response_flags: ResponseFlags,
+    route_name: Option<&'a str>,
+    start_time: &'a str,
+    trace_id: Option<&'a str>,
+    upstream_cluster: Option<&'a str>,
+    upstream_host: Option<SocketAddr>,
+    user_agent: Option<Cow<'a, str>>,
+    x_forwarded_for: Option<Cow<'a, str>>,
+}
+
+fn non_empty(s: &str) -> Option<&str> {
+    (!s.is_empty()).then_some(s)
+}
+
+fn as_display<S: serde::Serializer>(
+    v: &impl std::fmt::Display,
+    serializer: S,
+) -> Result<S::Ok, S::Error> {
+    serializer.collect_str(v)
 }
 
 fn push_display(out: &mut String, v: impl std::fmt::Display) {
@@ -621,54 +599,51 @@ fn write_addr(addr: Option<SocketAddr>, port: bool, out: &mut String) {
     }
 }
 
-fn parse_time_format(f: &str, offset: usize) -> Result<Vec<TimePart>, TelemetryError> {
-    let mut parts = Vec::new();
-    let mut literal = String::new();
+/// Envoy's default `%START_TIME%`: `2024-01-31T23:59:59.123Z`.
+const DEFAULT_TIME: FormatDescriptionV3<'static> = time::macros::format_description!(
+    version = 3,
+    "[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:3]Z"
+);
+
+/// Translates a `%START_TIME(...)%` format (strftime's `%Y %m %d %H %M %S %j %s %z %Z %F %T`
+/// and Envoy's `%f`, `%1f`…`%9f` for the fraction of the second) into a format description
+/// of the `time` crate, once, at startup. The time is always UTC.
+fn parse_time_format(
+    f: &str,
+    offset: usize,
+) -> Result<FormatDescriptionV3<'static>, TelemetryError> {
+    let mut description = String::with_capacity(f.len() * 4);
     let mut chars = f.char_indices().peekable();
     while let Some((at, c)) = chars.next() {
         if c != '%' {
-            literal.push(c);
+            if matches!(c, '[' | ']' | '\\') {
+                description.push('\\');
+            }
+            description.push(c);
             continue;
         }
         let Some((_, spec)) = chars.next() else {
             return Err(err(offset + at, "START_TIME format ends with '%'"));
         };
-        let part = match spec {
-            '%' => {
-                literal.push('%');
-                continue;
-            }
-            'Y' => TimePart::Year,
-            'm' => TimePart::Month,
-            'd' => TimePart::Day,
-            'H' => TimePart::Hour,
-            'M' => TimePart::Minute,
-            'S' => TimePart::Second,
-            'j' => TimePart::DayOfYear,
-            's' => TimePart::EpochSeconds,
-            'z' => TimePart::Offset,
-            'Z' => TimePart::Zone,
-            'f' => TimePart::Fraction(9),
-            'F' | 'T' => {
-                let (a, b, c) = if spec == 'F' {
-                    (TimePart::Year, TimePart::Month, TimePart::Day)
-                } else {
-                    (TimePart::Hour, TimePart::Minute, TimePart::Second)
-                };
-                let sep = if spec == 'F' { "-" } else { ":" };
-                flush(&mut parts, &mut literal);
-                parts.extend([
-                    a,
-                    TimePart::Literal(sep.into()),
-                    b,
-                    TimePart::Literal(sep.into()),
-                    c,
-                ]);
-                continue;
-            }
+        description.push_str(match spec {
+            '%' => "%",
+            'Y' => "[year]",
+            'm' => "[month]",
+            'd' => "[day]",
+            'H' => "[hour]",
+            'M' => "[minute]",
+            'S' => "[second]",
+            'j' => "[ordinal]",
+            's' => "[unix_timestamp]",
+            'z' => "[offset_hour sign:mandatory][offset_minute]",
+            'Z' => "UTC",
+            'f' => "[subsecond digits:9]",
+            'F' => "[year]-[month]-[day]",
+            'T' => "[hour]:[minute]:[second]",
             d @ '1'..='9' if chars.peek().map(|(_, c)| *c) == Some('f') => {
                 chars.next();
-                TimePart::Fraction(d as u8 - b'0')
+                let _ = write!(description, "[subsecond digits:{d}]");
+                continue;
             }
             other => {
                 return Err(err(
@@ -676,275 +651,38 @@ fn parse_time_format(f: &str, offset: usize) -> Result<Vec<TimePart>, TelemetryE
                     format!("START_TIME: unsupported time specifier %{other}"),
                 ));
             }
-        };
-        flush(&mut parts, &mut literal);
-        parts.push(part);
+        });
     }
-    flush(&mut parts, &mut literal);
-    Ok(parts)
+    time::format_description::parse_owned::<3>(&description)
+        .map_err(|e| err(offset, format!("START_TIME: {e}")))
 }
 
-fn flush(parts: &mut Vec<TimePart>, literal: &mut String) {
-    if !literal.is_empty() {
-        parts.push(TimePart::Literal(std::mem::take(literal)));
+/// Writes `t` in UTC as `format` says. Times before 1970 print as 1970, as they always have.
+fn write_time(t: SystemTime, format: &FormatDescriptionV3<'_>, out: &mut String) {
+    let since = t.duration_since(UNIX_EPOCH).unwrap_or_default();
+    let utc = time::Duration::try_from(since)
+        .ok()
+        .and_then(|d| UtcDateTime::UNIX_EPOCH.checked_add(d))
+        .unwrap_or(UtcDateTime::UNIX_EPOCH);
+    let _ = utc.format_into(&mut LineWriter(out), format);
+}
+
+/// Lets the `time` crate write into the line being rendered. It writes digits, signs and the
+/// format's literals, each a whole UTF-8 string.
+struct LineWriter<'a>(&'a mut String);
+
+impl io::Write for LineWriter<'_> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let s =
+            std::str::from_utf8(buf).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
+        self.0.push_str(s);
+        Ok(buf.len())
     }
-}
 
-/// UTC civil time of a `SystemTime` (times before 1970 print as 1970).
-struct Civil {
-    year: i64,
-    month: u32,
-    day: u32,
-    day_of_year: u32,
-    hour: u64,
-    minute: u64,
-    second: u64,
-    nanos: u32,
-    epoch_seconds: u64,
-}
-
-impl Civil {
-    fn of(t: SystemTime) -> Self {
-        let since = t.duration_since(UNIX_EPOCH).unwrap_or_default();
-        let secs = since.as_secs();
-        let days = i64::try_from(secs / 86_400).unwrap_or(0);
-        let (year, month, day) = civil_from_days(days);
-        let jan1 = days_from_civil(year, 1, 1);
-        Self {
-            year,
-            month,
-            day,
-            day_of_year: u32::try_from(days - jan1 + 1).unwrap_or(1),
-            hour: secs % 86_400 / 3600,
-            minute: secs % 3600 / 60,
-            second: secs % 60,
-            nanos: since.subsec_nanos(),
-            epoch_seconds: secs,
-        }
-    }
-}
-
-/// Days since 1970-01-01 to (year, month, day) in the proleptic Gregorian calendar, by
-/// counting 400-year eras of 146,097 days with years starting in March.
-fn civil_from_days(days: i64) -> (i64, u32, u32) {
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097); // [0, 146096]
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365; // [0, 399]
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100); // [0, 365]
-    let mp = (5 * doy + 2) / 153; // March = 0
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    (
-        year,
-        u32::try_from(month).unwrap_or(1),
-        u32::try_from(day).unwrap_or(1),
-    )
-}
-
-fn days_from_civil(year: i64, month: i64, day: i64) -> i64 {
-    let y = if month <= 2 { year - 1 } else { year };
-    let era = y.div_euclid(400);
-    let yoe = y.rem_euclid(400);
-    let mp = if month > 2 { month - 3 } else { month + 9 };
-    let doy = (153 * mp + 2) / 5 + day - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    era * 146_097 + doe - 719_468
-}
-
-/// Envoy's default: `2024-01-31T23:59:59.123Z`.
-fn write_default_time(t: SystemTime, out: &mut String) {
-    let c = Civil::of(t);
-    let _ = write!(
-        out,
-        "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}.{:03}Z",
-        c.year,
-        c.month,
-        c.day,
-        c.hour,
-        c.minute,
-        c.second,
-        c.nanos / 1_000_000
-    );
-}
-
-fn write_time(t: SystemTime, parts: &[TimePart], out: &mut String) {
-    let c = Civil::of(t);
-    for p in parts {
-        let _ = match p {
-            TimePart::Literal(s) => {
-                out.push_str(s);
-                Ok(())
-            }
-            TimePart::Year => write!(out, "{:04}", c.year),
-            TimePart::Month => write!(out, "{:02}", c.month),
-            TimePart::Day => write!(out, "{:02}", c.day),
-            TimePart::Hour => write!(out, "{:02}", c.hour),
-            TimePart::Minute => write!(out, "{:02}", c.minute),
-            TimePart::Second => write!(out, "{:02}", c.second),
-            TimePart::DayOfYear => write!(out, "{:03}", c.day_of_year),
-            TimePart::EpochSeconds => write!(out, "{}", c.epoch_seconds),
-            TimePart::Offset => write!(out, "+0000"),
-            TimePart::Zone => write!(out, "UTC"),
-            TimePart::Fraction(digits) => {
-                let nanos = format!("{:09}", c.nanos);
-                out.push_str(nanos.get(..usize::from(*digits)).unwrap_or(&nanos));
-                Ok(())
-            }
-        };
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
     }
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn record() -> LogRecord {
-        let mut request_headers = HeaderMap::new();
-        request_headers.insert("host", "svc.test".parse().unwrap());
-        request_headers.insert("user-agent", "curl/8".parse().unwrap());
-        let mut response_headers = HeaderMap::new();
-        response_headers.insert("content-type", "text/plain".parse().unwrap());
-        LogRecord {
-            // 2024-02-29T12:34:56.789Z
-            start_time: UNIX_EPOCH + Duration::from_millis(1_709_210_096_789),
-            method: Method::POST,
-            uri: "/api/v1?x=1".parse().unwrap(),
-            version: Version::HTTP_11,
-            request_headers,
-            downstream: Some(DownstreamAddrs {
-                remote: "127.0.0.1:5000".parse().unwrap(),
-                local: "127.0.0.1:8080".parse().unwrap(),
-            }),
-            status: 503,
-            response_headers,
-            trailers: None,
-            flags: ResponseFlags::NO_HEALTHY_UPSTREAM,
-            details: "no_healthy_upstream",
-            bytes_received: 12,
-            bytes_sent: 34,
-            duration: Duration::from_millis(56),
-            response_duration: Duration::from_millis(7),
-            upstream_host: None,
-            cluster: "backend".into(),
-            route: "api".into(),
-            trace_id: "4bf92f3577b34da6a3ce929d0e0e4736".into(),
-        }
-    }
-
-    #[test]
-    fn renders_every_operator() {
-        let t = Template::parse(concat!(
-            "[%START_TIME%] %REQ(:METHOD)% %REQ_METHOD% %REQ(:PATH)% %PROTOCOL% ",
-            "%RESPONSE_CODE% %RESPONSE_FLAGS% %RESPONSE_CODE_DETAILS% %BYTES_RECEIVED% ",
-            "%BYTES_SENT% %DURATION% %RESPONSE_DURATION% %UPSTREAM_HOST% %UPSTREAM_CLUSTER% ",
-            "%ROUTE_NAME% %DOWNSTREAM_REMOTE_ADDRESS% %DOWNSTREAM_REMOTE_ADDRESS_WITHOUT_PORT% ",
-            "%DOWNSTREAM_LOCAL_ADDRESS% %REQ(:AUTHORITY)% %REQ(USER-AGENT):4% ",
-            "%REQ(X-MISSING?User-Agent)% %RESP(Content-Type)% %RESP(:STATUS)% ",
-            "%TRAILER(grpc-status)% %TRACE_ID% 100%%"
-        ))
-        .unwrap();
-        assert_eq!(
-            t.render(&record()),
-            concat!(
-                "[2024-02-29T12:34:56.789Z] POST POST /api/v1?x=1 HTTP/1.1 503 UH ",
-                "no_healthy_upstream 12 34 56 7 - backend api 127.0.0.1:5000 127.0.0.1 ",
-                "127.0.0.1:8080 svc.test curl curl/8 text/plain 503 - ",
-                "4bf92f3577b34da6a3ce929d0e0e4736 100%"
-            )
-        );
-    }
-
-    #[test]
-    fn start_time_formats() {
-        let t =
-            Template::parse("%START_TIME(%Y/%m/%dT%H:%M:%S.%3f%z %s %j %F %T %6f %Z)%").unwrap();
-        assert_eq!(
-            t.render(&record()),
-            "2024/02/29T12:34:56.789+0000 1709210096 060 2024-02-29 12:34:56 789000 UTC"
-        );
-        for (days, ymd) in [
-            (0, (1970, 1, 1)),
-            (11_016, (2000, 2, 29)),
-            (19_782, (2024, 2, 29)),
-            (-1, (1969, 12, 31)),
-        ] {
-            assert_eq!(civil_from_days(days), ymd, "{days}");
-            assert_eq!(
-                days_from_civil(ymd.0, i64::from(ymd.1), i64::from(ymd.2)),
-                days
-            );
-        }
-    }
-
-    #[test]
-    fn envoy_default_parses() {
-        let t = Template::envoy_default();
-        assert_eq!(t.as_str(), DEFAULT_FORMAT);
-        Template::parse(DEFAULT_FORMAT).unwrap();
-        let line = t.render(&record());
-        assert!(
-            line.starts_with(r#"[2024-02-29T12:34:56.789Z] "POST /api/v1?x=1 HTTP/1.1" 503 UH 12 34 56 - "-" "curl/8" "-" "svc.test" "-""#),
-            "{line}"
-        );
-    }
-
-    #[test]
-    fn errors_name_the_offset() {
-        let cases: [(&str, usize, &str); 9] = [
-            ("abc %FOO% x", 4, "unknown command operator %FOO%"),
-            ("%REQ%", 0, "needs a header name"),
-            ("%PROTOCOL(x)%", 10, "takes no argument"),
-            ("%REQ(bad header)%", 5, "not a valid header name"),
-            ("%REQ(:status)%", 5, "not available"),
-            ("x %DURATION", 2, "not closed with '%'"),
-            ("%REQ(x", 4, "is not closed"),
-            ("50% off", 2, "expected a command operator name"),
-            ("%START_TIME(%Q)%", 12, "unsupported time specifier %Q"),
-        ];
-        for (format, offset, message) in cases {
-            match Template::parse(format) {
-                Err(TelemetryError::AccessLogFormat {
-                    offset: o,
-                    message: m,
-                }) => {
-                    assert_eq!(o, offset, "{format}: {m}");
-                    assert!(m.contains(message), "{format}: {m}");
-                }
-                other => panic!("{format}: {other:?}"),
-            }
-        }
-        assert!(Template::parse("").is_err());
-    }
-
-    #[test]
-    fn flag_values() {
-        assert!(matches!(
-            AccessLog::parse("off").unwrap().format,
-            AccessLogFormat::Off
-        ));
-        assert!(matches!(
-            AccessLog::parse("json").unwrap().format,
-            AccessLogFormat::Json
-        ));
-        assert!(matches!(
-            AccessLog::parse("default").unwrap().format,
-            AccessLogFormat::Text(_)
-        ));
-        assert!(AccessLog::parse("%NOPE%").is_err());
-    }
-
-    #[test]
-    fn json_record() {
-        let v: serde_json::Value = serde_json::from_str(&record().to_json()).unwrap();
-        assert_eq!(v["method"], "POST");
-        assert_eq!(v["path"], "/api/v1?x=1");
-        assert_eq!(v["response_code"], 503);
-        assert_eq!(v["response_flags"], "UH");
-        assert_eq!(v["bytes_sent"], 34);
-        assert_eq!(v["authority"], "svc.test");
-        assert_eq!(v["upstream_host"], serde_json::Value::Null);
-        assert_eq!(v["downstream_remote_address"], "127.0.0.1:5000");
-    }
-}
+mod tests;

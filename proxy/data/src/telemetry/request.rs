@@ -14,16 +14,14 @@ use bytes::Bytes;
 use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode, Uri, Version};
 use http_body_util::BodyExt;
 use hyper::body::{Body as _, Frame, Incoming, SizeHint};
-use opentelemetry::propagation::TextMapPropagator;
 use opentelemetry::trace::TraceContextExt;
-use opentelemetry_sdk::propagation::TraceContextPropagator;
 use switchboard_proxy_xds::config::route::RetryPolicy;
 use tracing::Span;
 use tracing::field::Empty;
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 
 use super::access_log::{LogRecord, access_log};
-use super::trace_context::{HeaderExtractor, TRACEPARENT, TRACESTATE, TraceParent};
+use super::trace_context::{CallerTrace, TRACEPARENT, TRACESTATE, TraceParent};
 use super::{
     ACTIVE_REQUESTS, DownstreamAddrs, LocalReply, REQUEST_DURATION_SECONDS, REQUESTS_TOTAL,
     ResponseFlags, UpstreamHost,
@@ -96,7 +94,7 @@ impl Observer {
         let start = Instant::now();
         let start_time = SystemTime::now();
         let active = ActiveRequest::new(listener);
-        let incoming = TraceParent::from_headers(req.headers());
+        let incoming = CallerTrace::from_headers(req.headers());
         let span = tracing::info_span!(
             "proxy_request",
             otel.kind = "server",
@@ -109,13 +107,10 @@ impl Observer {
             status = Empty,
             trace_id = Empty,
         );
-        let trace =
-            otel_trace(&span, incoming.is_some(), req.headers()).unwrap_or_else(
-                || match incoming {
-                    Some(parent) => parent.child(),
-                    None => TraceParent::new_sampled_root(),
-                },
-            );
+        let trace = otel_trace(&span, incoming.as_ref()).unwrap_or_else(|| match &incoming {
+            Some(parent) => parent.child(),
+            None => TraceParent::new_sampled_root(),
+        });
         span.record("trace_id", trace.trace_id_hex());
         let arrival = access_log().enabled().then(|| Arrival {
             method: req.method().clone(),
@@ -280,21 +275,16 @@ impl Drop for Observer {
     }
 }
 
-/// The OpenTelemetry ids of `span` with its parent set from the request's `traceparent`
-/// (through the propagator API, so the exported span joins the caller's trace), or `None`
-/// when no OpenTelemetry layer is installed or the span is disabled. `valid` is this
-/// module's verdict on the `traceparent`, so both paths agree on what starts a new trace.
-fn otel_trace(span: &Span, valid: bool, headers: &HeaderMap) -> Option<TraceParent> {
+/// The OpenTelemetry ids of `span` with the caller's trace context as parent (so the
+/// exported span joins the caller's trace), or `None` when no OpenTelemetry layer is
+/// installed or the span is disabled.
+fn otel_trace(span: &Span, caller: Option<&CallerTrace>) -> Option<TraceParent> {
     if span.is_disabled() {
         return None;
     }
     // An explicit empty parent makes the span a root rather than a child of whatever span
     // the connection runs in.
-    let parent = if valid {
-        TraceContextPropagator::new().extract(&HeaderExtractor(headers))
-    } else {
-        opentelemetry::Context::new()
-    };
+    let parent = caller.map_or_else(opentelemetry::Context::new, CallerTrace::otel_parent);
     span.set_parent(parent).ok()?;
     let cx = span.context();
     let otel_span = cx.span();

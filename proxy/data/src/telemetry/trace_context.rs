@@ -1,10 +1,14 @@
-//! W3C Trace Context (`traceparent`): parsing, new ids, and the sampling ratio for traces
+//! W3C Trace Context (`traceparent`): read by OpenTelemetry's propagator (the one parser,
+//! plus the W3C field widths it does not check), new ids, and the sampling ratio for traces
 //! the proxy starts.
 
 use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use http::{HeaderMap, HeaderValue};
+use opentelemetry::propagation::{Extractor, TextMapPropagator};
+use opentelemetry::trace::{SpanContext, SpanId, TraceContextExt, TraceId};
+use opentelemetry_sdk::propagation::TraceContextPropagator;
 use rand::Rng;
 
 use super::TelemetryError;
@@ -44,50 +48,11 @@ pub struct TraceParent {
 impl TraceParent {
     const SAMPLED: u8 = 0x01;
 
-    /// Parses a `traceparent` value by the W3C rules: lowercase hex fields, version `ff`
-    /// and all-zero ids invalid, version `00` exactly 55 characters, and a later version
-    /// read by its first four fields if it has more.
+    /// Parses a `traceparent` value by the W3C rules, with OpenTelemetry's propagator:
+    /// lowercase hex fields, version `ff` and all-zero ids invalid, version `00` exactly 55
+    /// characters, and a later version read by its first four fields if it has more.
     pub fn parse(value: &str) -> Option<Self> {
-        let b = value.as_bytes();
-        if b.len() < 55 {
-            return None;
-        }
-        let version = hex_byte(b.get(0..2)?)?;
-        if version == 0xff || b.get(2) != Some(&b'-') {
-            return None;
-        }
-        if (version == 0 && b.len() != 55) || (b.len() > 55 && b.get(55) != Some(&b'-')) {
-            return None;
-        }
-        let mut trace_id = [0u8; 16];
-        decode_into(b.get(3..35)?, &mut trace_id)?;
-        if b.get(35) != Some(&b'-') {
-            return None;
-        }
-        let mut parent_id = [0u8; 8];
-        decode_into(b.get(36..52)?, &mut parent_id)?;
-        if b.get(52) != Some(&b'-') {
-            return None;
-        }
-        let flags = hex_byte(b.get(53..55)?)?;
-        if trace_id == [0; 16] || parent_id == [0; 8] {
-            return None;
-        }
-        Some(Self {
-            trace_id,
-            parent_id,
-            flags: flags & Self::SAMPLED,
-        })
-    }
-
-    /// Reads the request's `traceparent`, if it has exactly one valid one.
-    pub(crate) fn from_headers(headers: &HeaderMap) -> Option<Self> {
-        let mut values = headers.get_all(TRACEPARENT).iter();
-        let first = values.next()?;
-        if values.next().is_some() {
-            return None;
-        }
-        Self::parse(first.to_str().ok()?)
+        extract(value, None).map(|cx| Self::of(cx.span().span_context()))
     }
 
     /// A new trace with a random id; `sampled` as given.
@@ -115,6 +80,14 @@ impl TraceParent {
         }
     }
 
+    fn of(sc: &SpanContext) -> Self {
+        Self::from_parts(
+            sc.trace_id().to_bytes(),
+            sc.span_id().to_bytes(),
+            sc.is_sampled(),
+        )
+    }
+
     pub(crate) fn from_parts(trace_id: [u8; 16], parent_id: [u8; 8], sampled: bool) -> Self {
         Self {
             trace_id,
@@ -137,9 +110,7 @@ impl TraceParent {
 
     /// The trace id as 32 lowercase hex digits.
     pub fn trace_id_hex(&self) -> String {
-        let mut s = String::with_capacity(32);
-        push_hex(&mut s, &self.trace_id);
-        s
+        TraceId::from_bytes(self.trace_id).to_string()
     }
 
     pub(crate) fn to_header_value(self) -> HeaderValue {
@@ -151,14 +122,13 @@ impl TraceParent {
 /// Version `00`, the only one this proxy writes.
 impl fmt::Display for TraceParent {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let mut s = String::with_capacity(55);
-        s.push_str("00-");
-        push_hex(&mut s, &self.trace_id);
-        s.push('-');
-        push_hex(&mut s, &self.parent_id);
-        s.push('-');
-        push_hex(&mut s, &[self.flags]);
-        f.write_str(&s)
+        write!(
+            f,
+            "00-{}-{}-{:02x}",
+            TraceId::from_bytes(self.trace_id),
+            SpanId::from_bytes(self.parent_id),
+            self.flags
+        )
     }
 }
 
@@ -172,51 +142,80 @@ fn random_nonzero<const N: usize>() -> [u8; N] {
     }
 }
 
-const HEX: &[u8; 16] = b"0123456789abcdef";
+/// The caller's trace context, read once per request: the remote parent of the proxy's span
+/// (with the caller's `tracestate`).
+pub(crate) struct CallerTrace(opentelemetry::Context);
 
-fn push_hex(out: &mut String, bytes: &[u8]) {
-    for b in bytes {
-        out.push(char::from(HEX[usize::from(b >> 4)]));
-        out.push(char::from(HEX[usize::from(b & 0x0f)]));
+impl CallerTrace {
+    /// The request's trace context, if it has exactly one valid `traceparent` (W3C: two make
+    /// it invalid).
+    pub(crate) fn from_headers(headers: &HeaderMap) -> Option<Self> {
+        let mut values = headers.get_all(TRACEPARENT).iter();
+        let first = values.next()?;
+        if values.next().is_some() {
+            return None;
+        }
+        let tracestate = headers.get(TRACESTATE).and_then(|v| v.to_str().ok());
+        extract(first.to_str().ok()?, tracestate).map(Self)
+    }
+
+    /// The caller's trace and sampling decision with a new span id as parent, for when no
+    /// OpenTelemetry span of the proxy's own is there to name.
+    pub(crate) fn child(&self) -> TraceParent {
+        TraceParent::of(self.0.span().span_context()).child()
+    }
+
+    /// The OpenTelemetry context whose remote span is the caller's.
+    pub(crate) fn otel_parent(&self) -> opentelemetry::Context {
+        self.0.clone()
     }
 }
 
-/// One lowercase hex digit (the W3C format forbids uppercase).
-fn nibble(c: u8) -> Option<u8> {
-    match c {
-        b'0'..=b'9' => Some(c - b'0'),
-        b'a'..=b'f' => Some(c - b'a' + 10),
-        _ => None,
-    }
-}
-
-fn hex_byte(two: &[u8]) -> Option<u8> {
-    match two {
-        [hi, lo] => Some(nibble(*hi)? << 4 | nibble(*lo)?),
-        _ => None,
-    }
-}
-
-fn decode_into(hex: &[u8], out: &mut [u8]) -> Option<()> {
-    if hex.len() != out.len() * 2 {
+/// Runs the propagator over one `traceparent` (and `tracestate`); `None` unless it yields a
+/// valid remote span context.
+fn extract(traceparent: &str, tracestate: Option<&str>) -> Option<opentelemetry::Context> {
+    if !w3c_field_widths(traceparent) {
         return None;
     }
-    for (byte, pair) in out.iter_mut().zip(hex.chunks_exact(2)) {
-        *byte = hex_byte(pair)?;
-    }
-    Some(())
+    let headers = W3cHeaders {
+        traceparent,
+        tracestate,
+    };
+    let cx = TraceContextPropagator::new()
+        .extract_with_context(&opentelemetry::Context::new(), &headers);
+    cx.span().span_context().is_valid().then_some(cx)
 }
 
-/// Lets the OpenTelemetry propagator read a request's headers.
-pub(crate) struct HeaderExtractor<'a>(pub(crate) &'a HeaderMap);
+/// The W3C rule the propagator leaves out: fixed field widths. The first 55 bytes are
+/// `vv-` 32 `-` 16 `-ff` hex digits (their case and values are the propagator's to check),
+/// and only a version after `00` may continue, with a `-`.
+fn w3c_field_widths(value: &str) -> bool {
+    let b = value.as_bytes();
+    let fields = b.len() >= 55
+        && b.iter().take(55).enumerate().all(|(i, c)| match i {
+            2 | 35 | 52 => *c == b'-',
+            _ => c.is_ascii_hexdigit(),
+        });
+    fields && (b.len() == 55 || (b.get(55) == Some(&b'-') && !value.starts_with("00")))
+}
 
-impl opentelemetry::propagation::Extractor for HeaderExtractor<'_> {
+/// The two headers the propagator reads.
+struct W3cHeaders<'a> {
+    traceparent: &'a str,
+    tracestate: Option<&'a str>,
+}
+
+impl Extractor for W3cHeaders<'_> {
     fn get(&self, key: &str) -> Option<&str> {
-        self.0.get(key).and_then(|v| v.to_str().ok())
+        match key {
+            TRACEPARENT => Some(self.traceparent),
+            TRACESTATE => self.tracestate,
+            _ => None,
+        }
     }
 
     fn keys(&self) -> Vec<&str> {
-        self.0.keys().map(|k| k.as_str()).collect()
+        vec![TRACEPARENT, TRACESTATE]
     }
 }
 
@@ -255,6 +254,11 @@ mod tests {
             "00_4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
             "00-4bf92f3577b34da6a3ce929d0e0e473-600f067aa0ba902b7-01",
             "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-0",
+            // fields the propagator alone would take: a trailing '-' after version 00, a
+            // sign in an id, a one-digit flags field of a later version
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-",
+            "00-+bf92f3577b34da6a3ce929d0e0e473-00f067aa0ba902b7-01",
+            "cc-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-1-what-follows",
         ];
         for c in cases {
             assert_eq!(TraceParent::parse(c), None, "{c:?}");
@@ -277,9 +281,13 @@ mod tests {
     fn two_traceparent_headers_are_invalid() {
         let mut h = HeaderMap::new();
         h.append(TRACEPARENT, HeaderValue::from_static(VALID));
-        assert!(TraceParent::from_headers(&h).is_some());
+        let caller = CallerTrace::from_headers(&h).unwrap();
+        assert_eq!(
+            caller.child().trace_id(),
+            TraceParent::parse(VALID).unwrap().trace_id()
+        );
         h.append(TRACEPARENT, HeaderValue::from_static(VALID));
-        assert!(TraceParent::from_headers(&h).is_none());
+        assert!(CallerTrace::from_headers(&h).is_none());
     }
 
     #[test]

@@ -10,9 +10,9 @@ use switchboard_xds_proto::pb::envoy::config::listener::v3::Listener as PbListen
 use switchboard_xds_proto::pb::envoy::config::route::v3::RouteConfiguration;
 use switchboard_xds_proto::{DiscoveryResponse, ResourceType, unpack};
 
-use super::{Handler, Rejected};
 use crate::config::{Cluster, ConfigError, Listener, LoadAssignment, RouteConfig};
 use crate::dump::ConfigDump;
+use crate::handler::{Handler, Rejected};
 
 /// A resource type the client handles: its proto, its name, and the names of the other type
 /// it needs (a listener's RDS name, a cluster's EDS name).
