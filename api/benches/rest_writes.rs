@@ -22,14 +22,24 @@ use axum::serve::ListenerExt;
 use reqwest::header::{AUTHORIZATION, CONTENT_TYPE, ETAG, HeaderMap, HeaderValue, IF_MATCH};
 use reqwest::{Client, Method};
 use serde_json::json;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
-use switchboard_api::{AdminToken, AppState, router};
+use switchboard_api::{AdminToken, AppState, NodeConfigFuture, NodeConfigs, router};
 use switchboard_store::{Backend, testing};
 use tokio::task::JoinSet;
 
 const ADMIN_TOKEN: &str = "bench-admin-token";
 const TENANT: &str = "bench";
 const MESH: &str = "mesh";
+
+/// No proxy is connected: the benchmark writes configuration only.
+struct NoStreams;
+
+impl NodeConfigs for NoStreams {
+    fn node_config<'a>(&'a self, _: &'a str, _: &'a str, _: &'a str) -> NodeConfigFuture<'a> {
+        Box::pin(async { Ok(None) })
+    }
+}
 
 struct Counts {
     services: usize,
@@ -319,11 +329,10 @@ async fn bench(
     };
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let addr = listener.local_addr()?;
-    let xds = switchboard_xds_server::XdsServer::new(store.clone(), Default::default());
     let app = router(AppState {
         store,
         admin: AdminToken::new(ADMIN_TOKEN),
-        xds,
+        node_configs: Arc::new(NoStreams),
     });
     let listener = listener.tap_io(|tcp| {
         let _ = tcp.set_nodelay(true);

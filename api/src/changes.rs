@@ -3,14 +3,37 @@
 //! replica arrive here through the store's notices.
 
 use crate::auth::Caller;
+use crate::openapi::{Route, op, param, tenant_param};
 use crate::resources::rfc3339;
 use crate::{ApiError, AppState};
 use axum::extract::{Path, Query, State};
 use axum::response::{IntoResponse, Response};
 use std::collections::HashMap;
 use switchboard_store::{ChangeOp, Notice};
+use utoipa::openapi::path::{HttpMethod, ParameterIn};
 
 const MAX_WAIT: std::time::Duration = std::time::Duration::from_secs(60);
+
+pub(crate) fn routes() -> Vec<Route> {
+    vec![Route::new(
+        HttpMethod::Get,
+        "/v1/tenants/{tenant}/changes",
+        op(
+            "Changes after a revision, waiting up to `wait` for the next (410 when the \
+             change log was pruned past `since`: re-read, then follow from the current \
+             revision)"
+                .into(),
+            &[
+                tenant_param(),
+                param("since", ParameterIn::Query, "revision"),
+                param("wait", ParameterIn::Query, "e.g. 10s"),
+            ],
+            None,
+            ("200", None),
+        ),
+        get,
+    )]
+}
 
 pub async fn get(
     State(s): State<AppState>,

@@ -1,6 +1,7 @@
 //! API keys and proxy tokens of a tenant. The secret appears once, in the creation response.
 
 use crate::auth::Caller;
+use crate::openapi::{Route, op, param, tenant_param};
 use crate::resources::rfc3339;
 use crate::{ApiError, AppState, body};
 use axum::body::Body;
@@ -9,6 +10,63 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde::{Deserialize, Serialize};
 use switchboard_store::{Credential, CredentialKind, ResourceKey};
+use utoipa::openapi::path::{HttpMethod, ParameterIn};
+
+/// The API keys' and the proxy tokens' collections: list, create, revoke.
+pub(crate) fn routes() -> Vec<Route> {
+    let tp = tenant_param();
+    let mut routes = vec![];
+    for (kind, coll, what) in [
+        (CredentialKind::ApiKey, "api-keys", "API key"),
+        (CredentialKind::ProxyToken, "proxy-tokens", "proxy token"),
+    ] {
+        let base = format!("/v1/tenants/{{tenant}}/{coll}");
+        routes.push(Route::new(
+            HttpMethod::Get,
+            &base,
+            op(
+                format!("List {what}s"),
+                std::slice::from_ref(&tp),
+                None,
+                ("200", None),
+            ),
+            move |State(s): State<AppState>, c: Caller, Path(t): Path<String>| list(s, c, t, kind),
+        ));
+        routes.push(
+            Route::new(
+                HttpMethod::Post,
+                &base,
+                op(
+                    format!("Create a {what} (its secret is shown once)"),
+                    std::slice::from_ref(&tp),
+                    Some("NewCredentialRequest"),
+                    ("201", Some("CredentialView")),
+                ),
+                move |State(s): State<AppState>,
+                      c: Caller,
+                      Path(t): Path<String>,
+                      h: HeaderMap,
+                      b: Body| create(s, c, t, kind, h, b),
+            )
+            .schema::<NewCredentialRequest>()
+            .schema::<CredentialView>(),
+        );
+        routes.push(Route::new(
+            HttpMethod::Delete,
+            format!("{base}/{{id}}"),
+            op(
+                format!("Revoke a {what} (the xDS streams of a proxy token end, on every replica)"),
+                &[tp.clone(), param("id", ParameterIn::Path, "credential id")],
+                None,
+                ("204", None),
+            ),
+            move |State(s): State<AppState>, c: Caller, Path((t, id)): Path<(String, String)>| {
+                revoke(s, c, t, id, kind)
+            },
+        ));
+    }
+    routes
+}
 
 #[derive(Debug, Default, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
@@ -133,51 +191,4 @@ async fn revoke(
     s.store.revoke_credential(&tenant, kind, &id).await?;
     tracing::info!(tenant = %tenant, id = %id, kind = ?kind, "credential revoked");
     Ok(StatusCode::NO_CONTENT.into_response())
-}
-
-pub async fn create_api_key(
-    State(s): State<AppState>,
-    c: Caller,
-    Path(t): Path<String>,
-    h: HeaderMap,
-    b: Body,
-) -> Result<Response, ApiError> {
-    create(s, c, t, CredentialKind::ApiKey, h, b).await
-}
-pub async fn create_proxy_token(
-    State(s): State<AppState>,
-    c: Caller,
-    Path(t): Path<String>,
-    h: HeaderMap,
-    b: Body,
-) -> Result<Response, ApiError> {
-    create(s, c, t, CredentialKind::ProxyToken, h, b).await
-}
-pub async fn list_api_keys(
-    State(s): State<AppState>,
-    c: Caller,
-    Path(t): Path<String>,
-) -> Result<Response, ApiError> {
-    list(s, c, t, CredentialKind::ApiKey).await
-}
-pub async fn list_proxy_tokens(
-    State(s): State<AppState>,
-    c: Caller,
-    Path(t): Path<String>,
-) -> Result<Response, ApiError> {
-    list(s, c, t, CredentialKind::ProxyToken).await
-}
-pub async fn revoke_api_key(
-    State(s): State<AppState>,
-    c: Caller,
-    Path((t, id)): Path<(String, String)>,
-) -> Result<Response, ApiError> {
-    revoke(s, c, t, id, CredentialKind::ApiKey).await
-}
-pub async fn revoke_proxy_token(
-    State(s): State<AppState>,
-    c: Caller,
-    Path((t, id)): Path<(String, String)>,
-) -> Result<Response, ApiError> {
-    revoke(s, c, t, id, CredentialKind::ProxyToken).await
 }

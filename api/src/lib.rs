@@ -3,6 +3,17 @@
 //! `router(state)` builds the whole axum app, so tests drive it with `oneshot` or over a real
 //! socket alike. Handlers parse and validate (model), then make exactly one store call per
 //! write; every error leaves as RFC 9457 problem+json naming the offending field.
+//!
+//! Code map:
+//! - `openapi`: [`Route`](openapi::Route), one operation declared once (method, path,
+//!   documentation, handler), and the assembly of routes into the router and the OpenAPI
+//!   document together, so the document cannot miss a route.
+//! - `tenants`, `credentials`, `resources`, `changes`, `proxies`: the handlers, each module
+//!   with the routes it serves. `resources` has one generic set for every kind.
+//! - `proxies` also defines the [`NodeConfigs`] port: what a node is sent comes from the
+//!   process's xDS server, which the binary plugs in; this crate does not depend on it.
+//! - `auth` (the caller: admin or a tenant's API key), `body` (JSON or YAML bodies), `error`
+//!   (problem+json), `observe` (a span and metrics per request).
 
 mod auth;
 mod body;
@@ -15,13 +26,18 @@ mod proxies;
 mod resources;
 mod tenants;
 
+#[cfg(test)]
+mod tests;
+
 pub use auth::AdminToken;
 pub use error::ApiError;
-pub use openapi::openapi;
+pub use proxies::{NodeConfigFuture, NodeConfigs};
 
-use axum::Router;
-use axum::routing::get;
+use axum::{Extension, Router};
+use std::sync::Arc;
 use switchboard_store::Store;
+use utoipa::openapi::OpenApi;
+use utoipa_axum::router::OpenApiRouter;
 
 /// Largest request body accepted (413 above).
 pub const MAX_BODY_BYTES: usize = 1024 * 1024;
@@ -30,63 +46,39 @@ pub const MAX_BODY_BYTES: usize = 1024 * 1024;
 pub struct AppState {
     pub store: Store,
     pub admin: AdminToken,
-    /// The xDS server of this process: what a proxy is being sent.
-    pub xds: switchboard_xds_server::XdsServer,
+    /// What a proxy is being sent (the xDS server of this process).
+    pub node_configs: Arc<dyn NodeConfigs>,
+}
+
+/// Every operation the API serves, in the order the document lists them.
+fn routes() -> Vec<openapi::Route> {
+    [
+        openapi::routes(),
+        tenants::routes(),
+        changes::routes(),
+        credentials::routes(),
+        resources::routes(),
+        proxies::routes(),
+    ]
+    .into_iter()
+    .flatten()
+    .collect()
+}
+
+fn api() -> OpenApiRouter<AppState> {
+    openapi::assemble(routes())
+}
+
+/// The OpenAPI document of [`router`].
+pub fn openapi() -> OpenApi {
+    api().into_openapi()
 }
 
 pub fn router(state: AppState) -> Router {
-    let t = "/v1/tenants/{tenant}";
-    Router::new()
-        .route("/v1/openapi.json", get(openapi::serve))
-        .route("/v1/tenants", get(tenants::list).post(tenants::create))
-        .route(t, get(tenants::get).delete(tenants::delete))
-        .route(&format!("{t}/changes"), get(changes::get))
-        .route(
-            &format!("{t}/api-keys"),
-            get(credentials::list_api_keys).post(credentials::create_api_key),
-        )
-        .route(
-            &format!("{t}/api-keys/{{id}}"),
-            axum::routing::delete(credentials::revoke_api_key),
-        )
-        .route(
-            &format!("{t}/proxy-tokens"),
-            get(credentials::list_proxy_tokens).post(credentials::create_proxy_token),
-        )
-        .route(
-            &format!("{t}/proxy-tokens/{{id}}"),
-            axum::routing::delete(credentials::revoke_proxy_token),
-        )
-        .route(
-            &format!("{t}/meshes"),
-            get(resources::list_meshes).post(resources::create_mesh),
-        )
-        .route(
-            &format!("{t}/meshes/{{mesh}}"),
-            get(resources::get_mesh)
-                .put(resources::put_mesh)
-                .delete(resources::delete_mesh),
-        )
-        .route(&format!("{t}/meshes/{{mesh}}/proxies"), get(proxies::list))
-        .route(
-            &format!("{t}/meshes/{{mesh}}/proxies/{{node}}"),
-            get(proxies::get),
-        )
-        .route(
-            &format!("{t}/meshes/{{mesh}}/proxies/{{node}}/config"),
-            get(proxies::config),
-        )
-        .route(
-            &format!("{t}/meshes/{{mesh}}/{{kind}}"),
-            get(resources::list).post(resources::create),
-        )
-        .route(
-            &format!("{t}/meshes/{{mesh}}/{{kind}}/{{name}}"),
-            get(resources::get)
-                .put(resources::put)
-                .delete(resources::delete),
-        )
+    let (router, doc) = api().split_for_parts();
+    resources::any_kind(router)
         .fallback(|| async { ApiError::not_found("no such API path") })
+        .layer(Extension(Arc::new(doc)))
         .layer(axum::middleware::from_fn(observe::middleware))
         .with_state(state)
 }

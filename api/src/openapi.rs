@@ -1,32 +1,134 @@
-//! The OpenAPI 3 document, generated from the code: schemas come from the model's types
-//! (utoipa derives), paths from the kind registry, so a new kind or field shows up by itself.
+//! The OpenAPI 3 document, generated from the router so that the two cannot drift: every
+//! operation is declared once, as a [`Route`] (method, path, documentation, handler), and
+//! [`assemble`] registers each with axum and in the document alike (utoipa-axum). Schemas
+//! come from the model's types (utoipa derives) and travel with the routes that use them;
+//! resource paths come from the kind registry, so a new kind or field shows up by itself.
 
-use crate::credentials::{CredentialView, NewCredentialRequest};
-use crate::resources::ResourceView;
-use crate::tenants::{TenantSpec, TenantView};
+use crate::AppState;
+use axum::Extension;
+use axum::handler::Handler;
 use axum::response::{IntoResponse, Response};
-use switchboard_model::Kind;
-use switchboard_model::spec::{EndpointSpec, GatewaySpec, MeshSpec, RouteSpec, ServiceSpec};
+use axum::routing::MethodRouter;
+use std::borrow::Cow;
+use std::sync::Arc;
+use utoipa::ToSchema;
 use utoipa::openapi::path::{
-    HttpMethod, OperationBuilder, ParameterBuilder, ParameterIn, PathItem,
+    HttpMethod, Operation, OperationBuilder, ParameterBuilder, ParameterIn, PathItem,
 };
 use utoipa::openapi::request_body::RequestBodyBuilder;
+use utoipa::openapi::schema::Schema;
 use utoipa::openapi::{
     ComponentsBuilder, ContentBuilder, InfoBuilder, ObjectBuilder, OpenApi, OpenApiBuilder,
-    PathsBuilder, Ref, Required, ResponseBuilder, Type,
+    PathsBuilder, Ref, RefOr, Required, ResponseBuilder, Type,
 };
+use utoipa_axum::PathItemExt;
+use utoipa_axum::router::OpenApiRouter;
 
-fn spec_schema(kind: Kind) -> &'static str {
-    match kind {
-        Kind::Mesh => "MeshSpec",
-        Kind::Service => "ServiceSpec",
-        Kind::Endpoint => "EndpointSpec",
-        Kind::Route => "RouteSpec",
-        Kind::Gateway => "GatewaySpec",
+pub(crate) type Parameter = utoipa::openapi::path::Parameter;
+
+/// One operation of the API: the router serves `handler` for exactly `method` on `path`, and
+/// the document describes it with `operation` and `schemas`.
+pub(crate) struct Route {
+    pub method: HttpMethod,
+    pub path: String,
+    pub operation: Operation,
+    pub schemas: Vec<(String, RefOr<Schema>)>,
+    pub handler: MethodRouter<AppState>,
+}
+
+impl Route {
+    pub fn new<H, T>(
+        method: HttpMethod,
+        path: impl Into<String>,
+        operation: Operation,
+        handler: H,
+    ) -> Self
+    where
+        H: Handler<T, AppState>,
+        T: 'static,
+    {
+        let handler = axum::routing::on(method.to_method_filter(), handler);
+        Self {
+            method,
+            path: path.into(),
+            operation,
+            schemas: vec![],
+            handler,
+        }
+    }
+
+    /// Adds `S`'s schema (under its name), and those it refers to, to the components.
+    pub fn schema<S: ToSchema>(mut self) -> Self {
+        S::schemas(&mut self.schemas);
+        self.schema_named(S::name(), S::schema())
+    }
+
+    pub fn schema_named(
+        mut self,
+        name: impl Into<Cow<'static, str>>,
+        schema: impl Into<RefOr<Schema>>,
+    ) -> Self {
+        self.schemas.push((name.into().into_owned(), schema.into()));
+        self
     }
 }
 
-fn param(name: &str, at: ParameterIn, desc: &str) -> utoipa::openapi::path::Parameter {
+/// Registers every route with axum and in the document.
+pub(crate) fn assemble(routes: Vec<Route>) -> OpenApiRouter<AppState> {
+    let base = OpenApiBuilder::new()
+        .info(
+            InfoBuilder::new()
+                .title("Switchboard")
+                .version(env!("CARGO_PKG_VERSION"))
+                .description(Some(
+                    "Multi-tenant xDS control plane: mesh configuration API",
+                )),
+        )
+        .components(Some(
+            ComponentsBuilder::new()
+                .schema_from::<switchboard_model::FieldError>()
+                .schema(
+                    "Problem",
+                    ObjectBuilder::new()
+                        .property("type", ObjectBuilder::new().schema_type(Type::String))
+                        .property("title", ObjectBuilder::new().schema_type(Type::String))
+                        .property("status", ObjectBuilder::new().schema_type(Type::Integer))
+                        .property("detail", ObjectBuilder::new().schema_type(Type::String))
+                        .property(
+                            "errors",
+                            utoipa::openapi::ArrayBuilder::new()
+                                .items(Ref::from_schema_name("FieldError")),
+                        ),
+                )
+                .build(),
+        ))
+        .build();
+    routes
+        .into_iter()
+        .fold(OpenApiRouter::with_openapi(base), |api, r| {
+            let paths = PathsBuilder::new()
+                .path(&r.path, PathItem::new(r.method, r.operation))
+                .build();
+            api.routes((r.schemas, paths, r.handler))
+        })
+}
+
+/// `GET /v1/openapi.json`.
+pub(crate) fn routes() -> Vec<Route> {
+    vec![Route::new(
+        HttpMethod::Get,
+        "/v1/openapi.json",
+        op("This document".into(), &[], None, ("200", None)),
+        serve,
+    )]
+}
+
+/// The document this router was assembled with (`crate::router` adds it as an extension).
+async fn serve(Extension(doc): Extension<Arc<OpenApi>>) -> Response {
+    axum::Json(doc.as_ref()).into_response()
+}
+
+pub(crate) fn param(name: &str, at: ParameterIn, desc: &str) -> Parameter {
     ParameterBuilder::new()
         .name(name)
         .parameter_in(at.clone())
@@ -38,6 +140,32 @@ fn param(name: &str, at: ParameterIn, desc: &str) -> utoipa::openapi::path::Para
         .description(Some(desc))
         .schema(Some(ObjectBuilder::new().schema_type(Type::String)))
         .build()
+}
+
+/// `{tenant}`, the first segment of every tenant-scoped path.
+pub(crate) fn tenant_param() -> Parameter {
+    param("tenant", ParameterIn::Path, "tenant name")
+}
+
+/// `?dryRun`: validate everything, write nothing.
+pub(crate) fn dry_run_param() -> Parameter {
+    param(
+        "dryRun",
+        ParameterIn::Query,
+        "validate everything, write nothing",
+    )
+}
+
+/// `?pageSize` and `?pageToken` of a listing.
+pub(crate) fn page_params() -> [Parameter; 2] {
+    [
+        param("pageSize", ParameterIn::Query, "1 to 1000, default 100"),
+        param(
+            "pageToken",
+            ParameterIn::Query,
+            "nextPageToken of the previous page",
+        ),
+    ]
 }
 
 fn json(schema: &str) -> utoipa::openapi::Content {
@@ -58,12 +186,14 @@ fn problem() -> utoipa::openapi::Response {
         .build()
 }
 
-fn op(
+/// An operation: its summary, parameters, request body schema (JSON or YAML) and success
+/// status with its body schema; every operation may also answer a 4XX problem.
+pub(crate) fn op(
     summary: String,
-    params: &[utoipa::openapi::path::Parameter],
+    params: &[Parameter],
     body: Option<&str>,
     ok: (&str, Option<&str>),
-) -> utoipa::openapi::path::Operation {
+) -> Operation {
     let mut b = OperationBuilder::new().summary(Some(summary));
     for p in params {
         b = b.parameter(p.clone());
@@ -84,265 +214,4 @@ fn op(
     b.response(ok.0, resp.build())
         .response("4XX", problem())
         .build()
-}
-
-/// Builds the document.
-pub fn openapi() -> OpenApi {
-    let tp = param("tenant", ParameterIn::Path, "tenant name");
-    let mp = param("mesh", ParameterIn::Path, "mesh name");
-    let np = param("name", ParameterIn::Path, "resource name");
-    let dry = param(
-        "dryRun",
-        ParameterIn::Query,
-        "validate everything, write nothing",
-    );
-    let page = [
-        param("pageSize", ParameterIn::Query, "1 to 1000, default 100"),
-        param(
-            "pageToken",
-            ParameterIn::Query,
-            "nextPageToken of the previous page",
-        ),
-    ];
-    let if_match = param(
-        "If-Match",
-        ParameterIn::Header,
-        "write only if the etag still matches (412 otherwise)",
-    );
-    let mut paths = PathsBuilder::new();
-    paths = paths
-        .path(
-            "/v1/tenants",
-            PathItem::new(
-                HttpMethod::Get,
-                op("List tenants".into(), &page, None, ("200", None)),
-            ),
-        )
-        .path(
-            "/v1/tenants",
-            PathItem::new(
-                HttpMethod::Post,
-                op(
-                    "Create a tenant (platform admin)".into(),
-                    std::slice::from_ref(&dry),
-                    Some("NewTenant"),
-                    ("201", Some("TenantView")),
-                ),
-            ),
-        )
-        .path(
-            "/v1/tenants/{tenant}",
-            PathItem::new(
-                HttpMethod::Get,
-                op(
-                    "Get a tenant".into(),
-                    std::slice::from_ref(&tp),
-                    None,
-                    ("200", Some("TenantView")),
-                ),
-            ),
-        )
-        .path(
-            "/v1/tenants/{tenant}",
-            PathItem::new(
-                HttpMethod::Delete,
-                op(
-                    "Delete a tenant and everything it owns".into(),
-                    std::slice::from_ref(&tp),
-                    None,
-                    ("204", None),
-                ),
-            ),
-        )
-        .path(
-            "/v1/tenants/{tenant}/changes",
-            PathItem::new(
-                HttpMethod::Get,
-                op(
-                    "Changes after a revision, waiting up to `wait` for the next (410 when the \
-                     change log was pruned past `since`: re-read, then follow from the current \
-                     revision)"
-                        .into(),
-                    &[
-                        tp.clone(),
-                        param("since", ParameterIn::Query, "revision"),
-                        param("wait", ParameterIn::Query, "e.g. 10s"),
-                    ],
-                    None,
-                    ("200", None),
-                ),
-            ),
-        );
-    for (coll, what) in [("api-keys", "API key"), ("proxy-tokens", "proxy token")] {
-        let base = format!("/v1/tenants/{{tenant}}/{coll}");
-        paths = paths
-            .path(
-                &base,
-                PathItem::new(
-                    HttpMethod::Get,
-                    op(
-                        format!("List {what}s"),
-                        std::slice::from_ref(&tp),
-                        None,
-                        ("200", None),
-                    ),
-                ),
-            )
-            .path(
-                &base,
-                PathItem::new(
-                    HttpMethod::Post,
-                    op(
-                        format!("Create a {what} (its secret is shown once)"),
-                        std::slice::from_ref(&tp),
-                        Some("NewCredentialRequest"),
-                        ("201", Some("CredentialView")),
-                    ),
-                ),
-            )
-            .path(
-                format!("{base}/{{id}}"),
-                PathItem::new(
-                    HttpMethod::Delete,
-                    op(
-                        format!(
-                            "Revoke a {what} (the xDS streams of a proxy token end, on every replica)"
-                        ),
-                        &[tp.clone(), param("id", ParameterIn::Path, "credential id")],
-                        None,
-                        ("204", None),
-                    ),
-                ),
-            );
-    }
-    for kind in Kind::ALL {
-        let (coll, item, scope) = if kind == Kind::Mesh {
-            (
-                "/v1/tenants/{tenant}/meshes".to_string(),
-                "/v1/tenants/{tenant}/meshes/{name}".to_string(),
-                vec![tp.clone()],
-            )
-        } else {
-            let c = format!("/v1/tenants/{{tenant}}/meshes/{{mesh}}/{}", kind.plural());
-            (
-                c.clone(),
-                format!("{c}/{{name}}"),
-                vec![tp.clone(), mp.clone()],
-            )
-        };
-        let s = spec_schema(kind);
-        let mut with_page = scope.clone();
-        with_page.extend(page.iter().cloned());
-        let mut with_dry = scope.clone();
-        with_dry.push(dry.clone());
-        let mut item_params = scope.clone();
-        item_params.push(np.clone());
-        let mut item_write = item_params.clone();
-        item_write.extend([dry.clone(), if_match.clone()]);
-        let k = kind.singular();
-        paths = paths
-            .path(
-                &coll,
-                PathItem::new(
-                    HttpMethod::Get,
-                    op(
-                        format!("List {}", kind.plural()),
-                        &with_page,
-                        None,
-                        ("200", None),
-                    ),
-                ),
-            )
-            .path(
-                &coll,
-                PathItem::new(
-                    HttpMethod::Post,
-                    op(
-                        format!("Create a {k} (body: name and {s})"),
-                        &with_dry,
-                        Some(s),
-                        ("201", Some("ResourceView")),
-                    ),
-                ),
-            )
-            .path(
-                &item,
-                PathItem::new(
-                    HttpMethod::Get,
-                    op(
-                        format!("Get a {k}"),
-                        &item_params,
-                        None,
-                        ("200", Some("ResourceView")),
-                    ),
-                ),
-            )
-            .path(
-                &item,
-                PathItem::new(
-                    HttpMethod::Put,
-                    op(
-                        format!("Create or replace a {k} (body: {s} under `spec`)"),
-                        &item_write,
-                        Some(s),
-                        ("200", Some("ResourceView")),
-                    ),
-                ),
-            )
-            .path(
-                &item,
-                PathItem::new(
-                    HttpMethod::Delete,
-                    op(format!("Delete a {k}"), &item_write, None, ("204", None)),
-                ),
-            );
-    }
-    let components = ComponentsBuilder::new()
-        .schema_from::<MeshSpec>()
-        .schema_from::<ServiceSpec>()
-        .schema_from::<EndpointSpec>()
-        .schema_from::<RouteSpec>()
-        .schema_from::<GatewaySpec>()
-        .schema_from::<ResourceView>()
-        .schema_from::<TenantSpec>()
-        .schema_from::<TenantView>()
-        .schema_from::<NewCredentialRequest>()
-        .schema_from::<CredentialView>()
-        .schema_from::<switchboard_model::FieldError>()
-        .schema(
-            "NewTenant",
-            ObjectBuilder::new()
-                .property("name", ObjectBuilder::new().schema_type(Type::String))
-                .property("spec", Ref::from_schema_name("TenantSpec"))
-                .required("name"),
-        )
-        .schema(
-            "Problem",
-            ObjectBuilder::new()
-                .property("type", ObjectBuilder::new().schema_type(Type::String))
-                .property("title", ObjectBuilder::new().schema_type(Type::String))
-                .property("status", ObjectBuilder::new().schema_type(Type::Integer))
-                .property("detail", ObjectBuilder::new().schema_type(Type::String))
-                .property(
-                    "errors",
-                    utoipa::openapi::ArrayBuilder::new().items(Ref::from_schema_name("FieldError")),
-                ),
-        )
-        .build();
-    OpenApiBuilder::new()
-        .info(
-            InfoBuilder::new()
-                .title("Switchboard")
-                .version(env!("CARGO_PKG_VERSION"))
-                .description(Some(
-                    "Multi-tenant xDS control plane: mesh configuration API",
-                )),
-        )
-        .paths(paths.build())
-        .components(Some(components))
-        .build()
-}
-
-pub async fn serve() -> Response {
-    axum::Json(openapi()).into_response()
 }

@@ -1,16 +1,21 @@
 //! Meshes and the resources inside them: one generic set of handlers for every kind.
 
 use crate::auth::Caller;
+use crate::openapi::{Route, dry_run_param, op, page_params, param, tenant_param};
 use crate::{ApiError, AppState, body};
+use axum::Router;
 use axum::body::Body;
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
+use axum::routing::get;
 use base64::Engine;
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
+use switchboard_model::spec::{EndpointSpec, GatewaySpec, MeshSpec, RouteSpec, ServiceSpec};
 use switchboard_model::{Kind, Spec, validate_name};
 use switchboard_store::{Precondition, ResourceKey, StoredResource, WriteOptions};
+use utoipa::openapi::path::{HttpMethod, ParameterIn};
 
 /// A resource as the API shows it.
 #[derive(Debug, Serialize, utoipa::ToSchema)]
@@ -213,16 +218,9 @@ async fn write(
         precondition: precondition(headers, create)?,
         dry_run: dry,
     };
-    let key = ResourceKey::new(w.tenant, w.mesh, w.kind, &name);
     let stored = state
         .store
-        .put(
-            &key,
-            &spec.to_json(),
-            &spec.references(),
-            &spec.claims(),
-            &opts,
-        )
+        .put_spec(w.tenant, w.mesh, &name, &spec, &opts)
         .await?;
     let status = if create && !dry {
         StatusCode::CREATED
@@ -276,8 +274,221 @@ async fn list_kind(
 }
 
 type Q = Query<HashMap<String, String>>;
+/// `(tenant, mesh)` of a collection in a mesh.
+type Scope = Path<(String, String)>;
+/// `(tenant, mesh, name)` of a resource in a mesh.
+type Item = Path<(String, String, String)>;
 
-pub async fn list_meshes(
+fn spec_schema(kind: Kind) -> &'static str {
+    match kind {
+        Kind::Mesh => "MeshSpec",
+        Kind::Service => "ServiceSpec",
+        Kind::Endpoint => "EndpointSpec",
+        Kind::Route => "RouteSpec",
+        Kind::Gateway => "GatewaySpec",
+    }
+}
+
+/// The schemas a kind's operations name: the view and the kind's spec.
+fn with_schemas(r: Route, kind: Kind) -> Route {
+    let r = r.schema::<ResourceView>();
+    match kind {
+        Kind::Mesh => r.schema::<MeshSpec>(),
+        Kind::Service => r.schema::<ServiceSpec>(),
+        Kind::Endpoint => r.schema::<EndpointSpec>(),
+        Kind::Route => r.schema::<RouteSpec>(),
+        Kind::Gateway => r.schema::<GatewaySpec>(),
+    }
+}
+
+/// Every kind's collection and items, from the kind registry: meshes at
+/// `/v1/tenants/{tenant}/meshes[/{mesh}]`, the other kinds at `…/meshes/{mesh}/{plural}[/{name}]`.
+pub(crate) fn routes() -> Vec<Route> {
+    Kind::ALL.into_iter().flat_map(kind_routes).collect()
+}
+
+fn kind_routes(kind: Kind) -> Vec<Route> {
+    let tp = tenant_param();
+    let mp = param("mesh", ParameterIn::Path, "mesh name");
+    let (coll, item, scope, item_params) = if kind == Kind::Mesh {
+        let c = "/v1/tenants/{tenant}/meshes".to_string();
+        (
+            c.clone(),
+            format!("{c}/{{mesh}}"),
+            vec![tp.clone()],
+            vec![tp, mp],
+        )
+    } else {
+        let c = format!("/v1/tenants/{{tenant}}/meshes/{{mesh}}/{}", kind.plural());
+        let np = param("name", ParameterIn::Path, "resource name");
+        let scope = vec![tp.clone(), mp.clone()];
+        (c.clone(), format!("{c}/{{name}}"), scope, vec![tp, mp, np])
+    };
+    let if_match = param(
+        "If-Match",
+        ParameterIn::Header,
+        "write only if the etag still matches (412 otherwise)",
+    );
+    let with_page = [scope.clone(), page_params().to_vec()].concat();
+    let with_dry = [scope, vec![dry_run_param()]].concat();
+    let item_write = [item_params.clone(), vec![dry_run_param(), if_match]].concat();
+    let (k, s) = (kind.singular(), spec_schema(kind));
+    let list_op = op(
+        format!("List {}", kind.plural()),
+        &with_page,
+        None,
+        ("200", None),
+    );
+    let create_op = op(
+        format!("Create a {k} (body: name and {s})"),
+        &with_dry,
+        Some(s),
+        ("201", Some("ResourceView")),
+    );
+    let get_op = op(
+        format!("Get a {k}"),
+        &item_params,
+        None,
+        ("200", Some("ResourceView")),
+    );
+    let put_op = op(
+        format!("Create or replace a {k} (body: {s} under `spec`)"),
+        &item_write,
+        Some(s),
+        ("200", Some("ResourceView")),
+    );
+    let delete_op = op(format!("Delete a {k}"), &item_write, None, ("204", None));
+    let routes = if kind == Kind::Mesh {
+        vec![
+            Route::new(HttpMethod::Get, &coll, list_op, list_meshes),
+            Route::new(HttpMethod::Post, &coll, create_op, create_mesh),
+            Route::new(HttpMethod::Get, &item, get_op, get_mesh),
+            Route::new(HttpMethod::Put, &item, put_op, put_mesh),
+            Route::new(HttpMethod::Delete, &item, delete_op, delete_mesh),
+        ]
+    } else {
+        vec![
+            Route::new(
+                HttpMethod::Get,
+                &coll,
+                list_op,
+                move |State(s): State<AppState>, c: Caller, Path((t, m)): Scope, Query(q): Q| async move {
+                    c.check_tenant(&t)?;
+                    list_kind(&s, &t, &m, kind, &q).await
+                },
+            ),
+            Route::new(
+                HttpMethod::Post,
+                &coll,
+                create_op,
+                move |State(s): State<AppState>,
+                      c: Caller,
+                      Path((t, m)): Scope,
+                      Query(q): Q,
+                      h: HeaderMap,
+                      b: Body| async move {
+                    c.check_tenant(&t)?;
+                    create_in(&s, &t, &m, kind, &q, &h, b).await
+                },
+            ),
+            Route::new(
+                HttpMethod::Get,
+                &item,
+                get_op,
+                move |State(s): State<AppState>, c: Caller, Path((t, m, n)): Item| async move {
+                    c.check_tenant(&t)?;
+                    get_one(&s, ResourceKey::new(&t, &m, kind, &n)).await
+                },
+            ),
+            Route::new(
+                HttpMethod::Put,
+                &item,
+                put_op,
+                move |State(s): State<AppState>,
+                      c: Caller,
+                      Path((t, m, n)): Item,
+                      Query(q): Q,
+                      h: HeaderMap,
+                      b: Body| async move {
+                    c.check_tenant(&t)?;
+                    put_in(&s, &t, &m, kind, &n, &q, &h, b).await
+                },
+            ),
+            Route::new(
+                HttpMethod::Delete,
+                &item,
+                delete_op,
+                move |State(s): State<AppState>,
+                      c: Caller,
+                      Path((t, m, n)): Item,
+                      Query(q): Q,
+                      h: HeaderMap| async move {
+                    c.check_tenant(&t)?;
+                    remove(&s, ResourceKey::new(&t, &m, kind, &n), &h, &q).await
+                },
+            ),
+        ]
+    };
+    routes.into_iter().map(|r| with_schemas(r, kind)).collect()
+}
+
+/// `…/meshes/{mesh}/{kind}[/{name}]` for what the routes of each kind do not match: answers
+/// 404 naming the kinds for an unknown one (after authenticating, like any tenant path), and
+/// serves a kind spelled otherwise (percent-encoded) as its own route. Not an operation of its
+/// own, so not in the document.
+pub(crate) fn any_kind(router: Router<AppState>) -> Router<AppState> {
+    let t = "/v1/tenants/{tenant}/meshes/{mesh}/{kind}";
+    router.route(t, get(list).post(create)).route(
+        &format!("{t}/{{name}}"),
+        get(get_any).put(put).delete(delete),
+    )
+}
+
+async fn get_one(s: &AppState, key: ResourceKey) -> Result<Response, ApiError> {
+    let r = s.store.get(&key).await?;
+    Ok(with_etag(StatusCode::OK, &r, None))
+}
+
+async fn create_in(
+    s: &AppState,
+    tenant: &str,
+    mesh: &str,
+    kind: Kind,
+    q: &HashMap<String, String>,
+    headers: &HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let w = WriteReq {
+        tenant,
+        mesh,
+        kind,
+        path_name: None,
+    };
+    let collection = format!("/v1/tenants/{tenant}/meshes/{mesh}/{}", kind.plural());
+    write(s, w, headers, q, body, collection).await
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn put_in(
+    s: &AppState,
+    tenant: &str,
+    mesh: &str,
+    kind: Kind,
+    name: &str,
+    q: &HashMap<String, String>,
+    headers: &HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let w = WriteReq {
+        tenant,
+        mesh,
+        kind,
+        path_name: Some(name),
+    };
+    write(s, w, headers, q, body, String::new()).await
+}
+
+async fn list_meshes(
     State(s): State<AppState>,
     caller: Caller,
     Path(tenant): Path<String>,
@@ -287,7 +498,7 @@ pub async fn list_meshes(
     list_kind(&s, &tenant, "", Kind::Mesh, &q).await
 }
 
-pub async fn create_mesh(
+async fn create_mesh(
     State(s): State<AppState>,
     caller: Caller,
     Path(tenant): Path<String>,
@@ -313,17 +524,16 @@ pub async fn create_mesh(
     .await
 }
 
-pub async fn get_mesh(
+async fn get_mesh(
     State(s): State<AppState>,
     caller: Caller,
     Path((tenant, mesh)): Path<(String, String)>,
 ) -> Result<Response, ApiError> {
     caller.check_tenant(&tenant)?;
-    let r = s.store.get(&ResourceKey::mesh(&tenant, &mesh)).await?;
-    Ok(with_etag(StatusCode::OK, &r, None))
+    get_one(&s, ResourceKey::mesh(&tenant, &mesh)).await
 }
 
-pub async fn put_mesh(
+async fn put_mesh(
     State(s): State<AppState>,
     caller: Caller,
     Path((tenant, mesh)): Path<(String, String)>,
@@ -332,16 +542,10 @@ pub async fn put_mesh(
     body: Body,
 ) -> Result<Response, ApiError> {
     caller.check_tenant(&tenant)?;
-    let w = WriteReq {
-        tenant: &tenant,
-        mesh: "",
-        kind: Kind::Mesh,
-        path_name: Some(&mesh),
-    };
-    write(&s, w, &headers, &q, body, String::new()).await
+    put_in(&s, &tenant, "", Kind::Mesh, &mesh, &q, &headers, body).await
 }
 
-pub async fn delete_mesh(
+async fn delete_mesh(
     State(s): State<AppState>,
     caller: Caller,
     Path((tenant, mesh)): Path<(String, String)>,
@@ -352,7 +556,7 @@ pub async fn delete_mesh(
     remove(&s, ResourceKey::mesh(&tenant, &mesh), &headers, &q).await
 }
 
-pub async fn list(
+async fn list(
     State(s): State<AppState>,
     caller: Caller,
     Path((tenant, mesh, kind)): Path<(String, String, String)>,
@@ -363,7 +567,7 @@ pub async fn list(
     list_kind(&s, &tenant, &mesh, kind, &q).await
 }
 
-pub async fn create(
+async fn create(
     State(s): State<AppState>,
     caller: Caller,
     Path((tenant, mesh, kind)): Path<(String, String, String)>,
@@ -372,39 +576,21 @@ pub async fn create(
     body: Body,
 ) -> Result<Response, ApiError> {
     caller.check_tenant(&tenant)?;
-    let k = parse_kind(&kind)?;
-    let w = WriteReq {
-        tenant: &tenant,
-        mesh: &mesh,
-        kind: k,
-        path_name: None,
-    };
-    write(
-        &s,
-        w,
-        &headers,
-        &q,
-        body,
-        format!("/v1/tenants/{tenant}/meshes/{mesh}/{kind}"),
-    )
-    .await
+    let kind = parse_kind(&kind)?;
+    create_in(&s, &tenant, &mesh, kind, &q, &headers, body).await
 }
 
-pub async fn get(
+async fn get_any(
     State(s): State<AppState>,
     caller: Caller,
     Path((tenant, mesh, kind, name)): Path<(String, String, String, String)>,
 ) -> Result<Response, ApiError> {
     caller.check_tenant(&tenant)?;
     let kind = parse_kind(&kind)?;
-    let r = s
-        .store
-        .get(&ResourceKey::new(&tenant, &mesh, kind, &name))
-        .await?;
-    Ok(with_etag(StatusCode::OK, &r, None))
+    get_one(&s, ResourceKey::new(&tenant, &mesh, kind, &name)).await
 }
 
-pub async fn put(
+async fn put(
     State(s): State<AppState>,
     caller: Caller,
     Path((tenant, mesh, kind, name)): Path<(String, String, String, String)>,
@@ -414,16 +600,10 @@ pub async fn put(
 ) -> Result<Response, ApiError> {
     caller.check_tenant(&tenant)?;
     let kind = parse_kind(&kind)?;
-    let w = WriteReq {
-        tenant: &tenant,
-        mesh: &mesh,
-        kind,
-        path_name: Some(&name),
-    };
-    write(&s, w, &headers, &q, body, String::new()).await
+    put_in(&s, &tenant, &mesh, kind, &name, &q, &headers, body).await
 }
 
-pub async fn delete(
+async fn delete(
     State(s): State<AppState>,
     caller: Caller,
     Path((tenant, mesh, kind, name)): Path<(String, String, String, String)>,

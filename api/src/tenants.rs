@@ -1,6 +1,7 @@
 //! Tenants: created and deleted by the platform admin; a tenant's key sees only its own.
 
 use crate::auth::Caller;
+use crate::openapi::{Route, dry_run_param, op, page_params, tenant_param};
 use crate::resources::{dry_run, page_token, paging, rfc3339};
 use crate::{ApiError, AppState, body};
 use axum::body::Body;
@@ -11,6 +12,61 @@ use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 use switchboard_model::validate_name;
 use switchboard_store::Tenant;
+use utoipa::openapi::path::HttpMethod;
+use utoipa::openapi::{ObjectBuilder, Ref, Type};
+
+pub(crate) fn routes() -> Vec<Route> {
+    let tp = tenant_param();
+    let new_tenant = ObjectBuilder::new()
+        .property("name", ObjectBuilder::new().schema_type(Type::String))
+        .property("spec", Ref::from_schema_name("TenantSpec"))
+        .required("name");
+    vec![
+        Route::new(
+            HttpMethod::Get,
+            "/v1/tenants",
+            op("List tenants".into(), &page_params(), None, ("200", None)),
+            list,
+        ),
+        Route::new(
+            HttpMethod::Post,
+            "/v1/tenants",
+            op(
+                "Create a tenant (platform admin)".into(),
+                &[dry_run_param()],
+                Some("NewTenant"),
+                ("201", Some("TenantView")),
+            ),
+            create,
+        )
+        .schema_named("NewTenant", new_tenant)
+        .schema::<TenantSpec>()
+        .schema::<TenantView>(),
+        Route::new(
+            HttpMethod::Get,
+            "/v1/tenants/{tenant}",
+            op(
+                "Get a tenant".into(),
+                std::slice::from_ref(&tp),
+                None,
+                ("200", Some("TenantView")),
+            ),
+            get,
+        )
+        .schema::<TenantView>(),
+        Route::new(
+            HttpMethod::Delete,
+            "/v1/tenants/{tenant}",
+            op(
+                "Delete a tenant and everything it owns".into(),
+                std::slice::from_ref(&tp),
+                None,
+                ("204", None),
+            ),
+            delete,
+        ),
+    ]
+}
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]

@@ -7,12 +7,26 @@ use axum::Router;
 use axum::body::Body;
 use axum::http::{Method, Request, StatusCode};
 use serde_json::{Value, json};
-use switchboard_api::{AdminToken, AppState, router};
+use std::sync::Arc;
+use switchboard_api::{AdminToken, AppState, NodeConfigFuture, NodeConfigs, router};
 use switchboard_store::testing::{TestDb, store};
-use switchboard_store::{Backend, Store, both_backends};
+use switchboard_store::{
+    AckedRecord, Backend, NackRecord, ProxyRoleRecord, ProxyRow, ProxyStatusRecord, SentRecord,
+    Store, TypeState, TypeStatusRecord, both_backends,
+};
 use tower::ServiceExt;
 
 const ADMIN: &str = "test-admin-token-0123456789";
+
+/// The API's port to the xDS server: node `sent-1` is being sent nothing yet, and no other
+/// node is connected.
+struct FakeConfigs;
+
+impl NodeConfigs for FakeConfigs {
+    fn node_config<'a>(&'a self, _: &'a str, _: &'a str, node: &'a str) -> NodeConfigFuture<'a> {
+        Box::pin(async move { Ok((node == "sent-1").then(|| json!({"node": node, "types": []}))) })
+    }
+}
 
 struct Api {
     app: Router,
@@ -29,11 +43,10 @@ struct Resp {
 impl Api {
     async fn new(b: Backend) -> Option<Api> {
         let (store, db) = store(b).await?;
-        let xds = switchboard_xds_server::XdsServer::new(store.clone(), Default::default());
         let app = router(AppState {
             store: store.clone(),
             admin: AdminToken::new(ADMIN),
-            xds,
+            node_configs: Arc::new(FakeConfigs),
         });
         Some(Api {
             app,
@@ -687,3 +700,104 @@ async fn concurrent_writers(b: Backend) {
     assert_eq!(now.body["etag"], json!(etag));
 }
 both_backends!(concurrent_writers_, concurrent_writers);
+
+/// The proxies' status as recorded by the xDS server, shown in the shape clients read.
+async fn proxies(b: Backend) {
+    let Some(api) = Api::new(b).await else { return };
+    let key = api.tenant("acme").await;
+    let m = "/v1/tenants/acme/meshes/prod/proxies";
+    let empty = api.get(m, &key).await;
+    assert_eq!(empty.status, StatusCode::OK, "{}", empty.body);
+    assert_eq!(empty.body, json!({"items": []}));
+    assert_eq!(
+        api.get(&format!("{m}/n1"), &key).await.status,
+        StatusCode::NOT_FOUND
+    );
+    let status = ProxyStatusRecord {
+        role: "sidecar of pay".into(),
+        role_spec: ProxyRoleRecord::Sidecar {
+            service: "pay".into(),
+            inbound_port: 15006,
+            app_port: 8080,
+            outbound_port: Some(15001),
+        },
+        service: "ADS".into(),
+        authenticated: true,
+        user_agent: "envoy 1.30".into(),
+        types: vec![TypeStatusRecord {
+            type_name: "CDS".into(),
+            type_url: "type.googleapis.com/envoy.config.cluster.v3.Cluster".into(),
+            state: TypeState::Nacked,
+            wildcard: true,
+            names: vec![],
+            sent: Some(SentRecord {
+                version: "v2".into(),
+                nonce: "2".into(),
+                revision: 7,
+                time: 1_700_000_000_500,
+            }),
+            acked: Some(AckedRecord {
+                version: "v1".into(),
+                revision: 6,
+                time: 1_700_000_000_400,
+            }),
+            nack: Some(NackRecord {
+                version: "v2".into(),
+                revision: 7,
+                error: "cluster rejected".into(),
+                resources: vec!["pay".into()],
+                time: 1_700_000_000_600,
+            }),
+        }],
+    };
+    api.store
+        .put_proxies(&[ProxyRow {
+            tenant: "acme".into(),
+            mesh: "prod".into(),
+            node: "n1".into(),
+            replica: "r1".into(),
+            stream_id: 3,
+            connected_since: 1_700_000_000_000,
+            heartbeat: i64::MAX / 2,
+            status,
+        }])
+        .await
+        .unwrap();
+    let stream = json!({
+        "node": "n1",
+        "nodeId": "tenants/acme/meshes/prod/nodes/n1",
+        "replica": "r1",
+        "streamId": 3,
+        "connectedSince": "2023-11-14T22:13:20.000Z",
+        "role": "sidecar of pay",
+        "roleSpec": {"kind": "sidecar", "service": "pay", "inboundPort": 15006, "appPort": 8080, "outboundPort": 15001},
+        "service": "ADS",
+        "authenticated": true,
+        "userAgent": "envoy 1.30",
+        "types": [{
+            "type": "CDS",
+            "typeUrl": "type.googleapis.com/envoy.config.cluster.v3.Cluster",
+            "state": "NACKED",
+            "wildcard": true,
+            "names": [],
+            "sent": {"version": "v2", "nonce": "2", "revision": 7, "time": 1_700_000_000_500i64},
+            "acked": {"version": "v1", "revision": 6, "time": 1_700_000_000_400i64},
+            "nack": {"version": "v2", "revision": 7, "error": "cluster rejected", "resources": ["pay"], "time": 1_700_000_000_600i64},
+        }],
+    });
+    let listed = api.get(m, &key).await;
+    assert_eq!(listed.body, json!({"items": [stream.clone()]}));
+    let one = api.get(&format!("{m}/n1"), &key).await;
+    assert_eq!(one.body, json!({"node": "n1", "streams": [stream]}));
+    // What a node is sent comes through the port.
+    let sent = api.get(&format!("{m}/sent-1/config"), &key).await;
+    assert_eq!(sent.status, StatusCode::OK, "{}", sent.body);
+    assert_eq!(sent.body, json!({"node": "sent-1", "types": []}));
+    let gone = api.get(&format!("{m}/n2/config"), &key).await;
+    assert_eq!(gone.status, StatusCode::NOT_FOUND);
+    assert_eq!(
+        gone.body["detail"],
+        "no proxy \"n2\" is connected to mesh \"prod\""
+    );
+}
+both_backends!(proxies_, proxies);

@@ -3,6 +3,7 @@
 
 mod admin;
 mod bootstrap;
+mod node_configs;
 mod serve;
 mod settings;
 

@@ -151,7 +151,7 @@ pub async fn run(s: Settings) -> Result<()> {
     let app = switchboard_api::router(AppState {
         store: store.clone(),
         admin,
-        xds: xds_server.clone(),
+        node_configs: std::sync::Arc::new(crate::node_configs::XdsNodeConfigs(xds_server.clone())),
     });
     let admin_app = crate::admin::router(store.clone(), prometheus);
     let rest_task = axum::serve(rest, app).with_graceful_shutdown(shutdown_signal());

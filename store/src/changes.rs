@@ -5,6 +5,7 @@ use sqlx::Row;
 use sqlx::postgres::PgListener;
 use std::time::Duration;
 use switchboard_model::Kind;
+use switchboard_runtime::Backoff;
 
 /// Announced after a commit.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -73,7 +74,7 @@ pub(crate) fn spawn_pg_listener(store: Store) {
     let tx = store.notices().clone();
     drop(store);
     tokio::spawn(async move {
-        let mut backoff = Duration::from_millis(100);
+        let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
         let mut first = true;
         loop {
             if weak.strong_count() == 0 {
@@ -89,12 +90,11 @@ pub(crate) fn spawn_pg_listener(store: Store) {
                 Ok(l) => l,
                 Err(e) => {
                     tracing::warn!(error = %e, "cannot listen for store changes; retrying (hint: is PostgreSQL reachable?)");
-                    tokio::time::sleep(backoff).await;
-                    backoff = (backoff * 2).min(Duration::from_secs(5));
+                    tokio::time::sleep(backoff.next_delay()).await;
                     continue;
                 }
             };
-            backoff = Duration::from_millis(100);
+            backoff.reset();
             if !first {
                 let _ = tx.send(Notice::Resync);
             }

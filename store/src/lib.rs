@@ -9,6 +9,16 @@
 //! - each write records what it changed in `changes`, and announces `(tenant, revision)`
 //!   after commit: through LISTEN/NOTIFY on PostgreSQL (reaching every replica), in process
 //!   on SQLite.
+//!
+//! Code map:
+//! - `resources`: the transactional write path ([`Store::put_spec`] records the references
+//!   and claims a spec derives, so no caller computes them) and the reads.
+//! - `changes`: the change log, commit notices and the PostgreSQL listener.
+//! - `tenants`, `credentials`: tenants; API keys and proxy tokens (stored as SHA-256).
+//! - `proxies`: per-stream xDS status rows, the typed [`ProxyStatusRecord`] the xDS server
+//!   writes and the REST API shows.
+//! - `types`, `error`: keys, stored values, [`StoreError`].
+//! - `testing` (feature): fresh databases of either backend for tests.
 
 mod changes;
 mod credentials;
@@ -24,7 +34,10 @@ pub mod testing;
 pub use changes::Notice;
 pub use credentials::{Credential, CredentialKind, NewCredential};
 pub use error::{Referrer, StoreError};
-pub use proxies::{PROXY_STALE_MS, ProxyRow};
+pub use proxies::{
+    AckedRecord, NackRecord, PROXY_STALE_MS, ProxyRoleRecord, ProxyRow, ProxyStatusRecord,
+    SentRecord, TypeState, TypeStatusRecord,
+};
 pub use resources::{Page, Precondition, WriteOptions};
 pub use types::{Change, ChangeOp, MeshSnapshot, ResourceKey, StoredResource, Tenant};
 

@@ -7,7 +7,7 @@ use crate::{
 };
 use sqlx::any::AnyRow;
 use sqlx::{Any, Row, Transaction};
-use switchboard_model::{Claim, Kind, Reference};
+use switchboard_model::{Claim, Kind, Reference, Spec};
 
 /// Optimistic concurrency for a write.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -153,8 +153,31 @@ impl Store {
         Ok(())
     }
 
+    /// Creates or replaces the resource `name` of the spec's kind, in `mesh` (ignored for a
+    /// mesh). The references and claims recorded with it are the spec's own, so no caller can
+    /// record others; they are checked as [`Store::put`] says.
+    pub async fn put_spec(
+        &self,
+        tenant: &str,
+        mesh: &str,
+        name: &str,
+        spec: &Spec,
+        opts: &WriteOptions,
+    ) -> Result<StoredResource, StoreError> {
+        let key = ResourceKey::new(tenant, mesh, spec.kind(), name);
+        self.put(
+            &key,
+            &spec.to_json(),
+            &spec.references(),
+            &spec.claims(),
+            opts,
+        )
+        .await
+    }
+
     /// Creates or replaces a resource. `refs` must exist in the mesh and `claims` must not be
-    /// held by another resource; both are checked inside the transaction.
+    /// held by another resource; both are checked inside the transaction. Prefer
+    /// [`Store::put_spec`], which takes them from the spec.
     pub async fn put(
         &self,
         key: &ResourceKey,

@@ -7,8 +7,8 @@ use std::time::Duration;
 use switchboard_model::{Kind, Spec};
 use switchboard_store::testing::store;
 use switchboard_store::{
-    Backend, ChangeOp, CredentialKind, Notice, Precondition, ResourceKey, Store, StoreError,
-    WriteOptions, both_backends,
+    Backend, ChangeOp, CredentialKind, Notice, Precondition, ProxyStatusRecord, ResourceKey, Store,
+    StoreError, WriteOptions, both_backends,
 };
 
 async fn setup(backend: Backend) -> Option<(Store, switchboard_store::testing::TestDb)> {
@@ -36,15 +36,7 @@ async fn put_with(
 ) -> Result<switchboard_store::StoredResource, StoreError> {
     let parsed = Spec::parse(kind, spec).unwrap();
     parsed.validate().unwrap();
-    let key = ResourceKey::new("acme", "prod", kind, name);
-    s.put(
-        &key,
-        &parsed.to_json(),
-        &parsed.references(),
-        &parsed.claims(),
-        &opts,
-    )
-    .await
+    s.put_spec("acme", "prod", name, &parsed, &opts).await
 }
 
 fn route(host: &str, svc: &str) -> serde_json::Value {
@@ -563,7 +555,10 @@ async fn proxy_rows(b: Backend) {
         stream_id: id,
         connected_since: 1,
         heartbeat: i64::MAX / 2,
-        status: json!({"id": id}),
+        status: ProxyStatusRecord {
+            role: format!("stream {id}"),
+            ..Default::default()
+        },
     };
     s.put_proxies(&[row("r1", 1, "a"), row("r1", 2, "b"), row("r2", 1, "a")])
         .await
@@ -583,12 +578,11 @@ async fn proxy_rows(b: Backend) {
             .is_empty()
     );
     let mut updated = row("r1", 2, "b");
-    updated.status = json!({"id": 2, "acked": true});
-    s.put_proxies(&[updated]).await.unwrap();
-    assert_eq!(
-        s.list_proxies("acme", "prod", Some("b")).await.unwrap()[0].status["acked"],
-        true
-    );
+    updated.status.authenticated = true;
+    s.put_proxies(&[updated.clone()]).await.unwrap();
+    let got = s.list_proxies("acme", "prod", Some("b")).await.unwrap();
+    assert!(got[0].status.authenticated);
+    assert_eq!(got[0].status, updated.status);
     s.delete_proxies("r1", &[2]).await.unwrap();
     assert!(
         s.list_proxies("acme", "prod", Some("b"))
@@ -623,13 +617,16 @@ async fn many_proxy_rows(b: Backend) {
                 stream_id: i,
                 connected_since: 1,
                 heartbeat: i64::MAX / 2,
-                status: json!({"round": round}),
+                status: ProxyStatusRecord {
+                    role: format!("round {round}"),
+                    ..Default::default()
+                },
             })
             .collect();
         s.put_proxies(&rows).await.unwrap();
     }
     let all = s.list_proxies("acme", "prod", None).await.unwrap();
     assert_eq!(all.len(), 250);
-    assert!(all.iter().all(|r| r.status["round"] == 1));
+    assert!(all.iter().all(|r| r.status.role == "round 1"));
 }
 both_backends!(many_proxy_rows_, many_proxy_rows);

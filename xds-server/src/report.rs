@@ -11,14 +11,17 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde_json::{Value, json};
-use switchboard_store::{ProxyRow, Store};
+use switchboard_store::{
+    AckedRecord, NackRecord, ProxyRoleRecord, ProxyRow, ProxyStatusRecord, SentRecord, Store,
+    TypeState, TypeStatusRecord,
+};
 use switchboard_translator::{NodeRole, SidecarParams, XdsResource, translate};
 use switchboard_xds_proto::{ResourceType, any_to_json};
 
 use crate::node::node_role;
 use crate::protocol::Resources;
 use crate::snapshot::{MeshSnapshot, mesh_config};
-use crate::status::{ProxyRegistry, ProxyStatus, TypeStatus};
+use crate::status::{ClientState, ProxyRegistry, ProxyStatus, TypeStatus};
 use crate::view::NodeView;
 use crate::{SnapshotCache, XdsServer};
 
@@ -39,67 +42,93 @@ fn ms(t: SystemTime) -> i64 {
         .unwrap_or(0)
 }
 
-fn role_json(role: &NodeRole) -> Value {
+fn role_record(role: &NodeRole) -> ProxyRoleRecord {
     match role {
-        NodeRole::Proxyless => json!({"kind": "proxyless"}),
-        NodeRole::Sidecar(p) => {
-            json!({"kind": "sidecar", "service": p.service, "inboundPort": p.inbound_port, "appPort": p.app_port, "outboundPort": p.outbound_port})
-        }
-        NodeRole::Gateway { name } => json!({"kind": "gateway", "gateway": name}),
-    }
-}
-
-fn role_from_json(v: &Value) -> NodeRole {
-    let port = |k: &str| {
-        v[k].as_u64()
-            .and_then(|p| u32::try_from(p).ok())
-            .unwrap_or(0)
-    };
-    match v["kind"].as_str() {
-        Some("sidecar") => NodeRole::Sidecar(SidecarParams {
-            service: v["service"].as_str().unwrap_or_default().to_owned(),
-            inbound_port: port("inboundPort"),
-            app_port: port("appPort"),
-            outbound_port: v["outboundPort"]
-                .as_u64()
-                .and_then(|p| u32::try_from(p).ok())
-                .unwrap_or(switchboard_translator::names::OUTBOUND_PORT),
-        }),
-        Some("gateway") => NodeRole::Gateway {
-            name: v["gateway"].as_str().unwrap_or_default().to_owned(),
+        NodeRole::Proxyless => ProxyRoleRecord::Proxyless,
+        NodeRole::Sidecar(p) => ProxyRoleRecord::Sidecar {
+            service: p.service.clone(),
+            inbound_port: p.inbound_port,
+            app_port: p.app_port,
+            outbound_port: Some(p.outbound_port),
         },
-        _ => NodeRole::Proxyless,
+        NodeRole::Gateway { name } => ProxyRoleRecord::Gateway {
+            gateway: name.clone(),
+        },
     }
 }
 
-fn type_json(t: ResourceType, s: &TypeStatus) -> Value {
-    json!({
-        "type": t.short_name(),
-        "typeUrl": t.type_url(),
-        "state": format!("{:?}", s.state()).to_uppercase(),
-        "wildcard": s.wildcard,
-        "names": s.names,
-        "sent": s.sent.as_ref().map(|x| json!({"version": x.version, "nonce": x.nonce, "revision": x.revision, "time": ms(x.time)})),
-        "acked": s.acked.as_ref().map(|x| json!({"version": x.version, "revision": x.revision, "time": ms(x.time)})),
-        "nack": s.nack.as_ref().map(|x| json!({"version": x.version, "revision": x.revision, "error": x.message, "resources": x.names, "time": ms(x.time)})),
-    })
+fn role_from_record(r: &ProxyRoleRecord) -> NodeRole {
+    match r {
+        ProxyRoleRecord::Sidecar {
+            service,
+            inbound_port,
+            app_port,
+            outbound_port,
+        } => NodeRole::Sidecar(SidecarParams {
+            service: service.clone(),
+            inbound_port: *inbound_port,
+            app_port: *app_port,
+            outbound_port: outbound_port.unwrap_or(switchboard_translator::names::OUTBOUND_PORT),
+        }),
+        ProxyRoleRecord::Gateway { gateway } => NodeRole::Gateway {
+            name: gateway.clone(),
+        },
+        ProxyRoleRecord::Proxyless => NodeRole::Proxyless,
+    }
+}
+
+fn type_state(s: ClientState) -> TypeState {
+    match s {
+        ClientState::Requested => TypeState::Requested,
+        ClientState::Pending => TypeState::Pending,
+        ClientState::Acked => TypeState::Acked,
+        ClientState::Nacked => TypeState::Nacked,
+    }
+}
+
+fn type_record(t: ResourceType, s: &TypeStatus) -> TypeStatusRecord {
+    TypeStatusRecord {
+        type_name: t.short_name().to_owned(),
+        type_url: t.type_url().to_owned(),
+        state: type_state(s.state()),
+        wildcard: s.wildcard,
+        names: s.names.clone(),
+        sent: s.sent.as_ref().map(|x| SentRecord {
+            version: x.version.clone(),
+            nonce: x.nonce.clone(),
+            revision: x.revision,
+            time: ms(x.time),
+        }),
+        acked: s.acked.as_ref().map(|x| AckedRecord {
+            version: x.version.clone(),
+            revision: x.revision,
+            time: ms(x.time),
+        }),
+        nack: s.nack.as_ref().map(|x| NackRecord {
+            version: x.version.clone(),
+            revision: x.revision,
+            error: x.message.clone(),
+            resources: x.names.clone(),
+            time: ms(x.time),
+        }),
+    }
 }
 
 /// The status of one stream as stored and shown.
-pub fn status_json(s: &ProxyStatus) -> Value {
+pub fn status_record(s: &ProxyStatus) -> ProxyStatusRecord {
     let role = node_role(&s.node).unwrap_or(NodeRole::Proxyless);
     let agent = format!("{} {}", s.node.user_agent_name, match &s.node.user_agent_version_type {
         Some(switchboard_xds_proto::pb::envoy::config::core::v3::node::UserAgentVersionType::UserAgentVersion(v)) => v.clone(),
         _ => String::new(),
     });
-    json!({
-        "role": s.role,
-        "roleSpec": role_json(&role),
-        "service": s.service,
-        "authenticated": s.authenticated,
-        "userAgent": agent.trim(),
-        "types": s.types.iter().map(|(t, st)| type_json(*t, st)).collect::<Vec<_>>(),
-    })
+    ProxyStatusRecord {
+        role: s.role.clone(),
+        role_spec: role_record(&role),
+        service: s.service.to_owned(),
+        authenticated: s.authenticated,
+        user_agent: agent.trim().to_owned(),
+        types: s.types.iter().map(|(t, st)| type_record(*t, st)).collect(),
+    }
 }
 
 fn row(replica: &str, s: &ProxyStatus) -> ProxyRow {
@@ -111,7 +140,7 @@ fn row(replica: &str, s: &ProxyStatus) -> ProxyRow {
         stream_id: i64::try_from(s.stream_id).unwrap_or(i64::MAX),
         connected_since: ms(s.connected_since),
         heartbeat: ms(SystemTime::now()),
-        status: status_json(s),
+        status: status_record(s),
     }
 }
 
@@ -195,20 +224,17 @@ impl XdsServer {
                 return Ok(None);
             };
             let snapshot = current_snapshot(self.cache(), self.store(), tenant, mesh).await?;
-            let view = NodeView::new(snapshot, role_from_json(&latest.status["roleSpec"]));
+            let view = NodeView::new(snapshot, role_from_record(&latest.status.role_spec));
             let mut out = BTreeMap::new();
-            for t in latest.status["types"].as_array().into_iter().flatten() {
-                let Some(rt) = t["type"].as_str().and_then(ResourceType::from_short_name) else {
+            for t in &latest.status.types {
+                let Some(rt) = ResourceType::from_short_name(&t.type_name) else {
                     continue;
                 };
-                let resources: Vec<Arc<XdsResource>> = if t["wildcard"].as_bool() == Some(true) {
+                let resources: Vec<Arc<XdsResource>> = if t.wildcard {
                     view.wildcard(rt).cloned().collect()
                 } else {
-                    t["names"]
-                        .as_array()
-                        .into_iter()
-                        .flatten()
-                        .filter_map(|n| n.as_str())
+                    t.names
+                        .iter()
                         .filter_map(|n| view.get(rt, n).cloned())
                         .collect()
                 };
