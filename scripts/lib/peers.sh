@@ -1,4 +1,4 @@
-# shellcheck shell=bash
+# shellcheck shell=bash source-path=SCRIPTDIR
 # Real xDS clients and gRPC backends for the proxyless end-to-end tests
 # (server/tests/proxyless.rs), and a real xDS server for the proxy's interop test
 # (proxy/tests/go_control_plane.rs). Source this file, then call what the tests about to run
@@ -23,17 +23,10 @@
 # without them. Expects `set -euo pipefail` in the caller and to be run from the repository
 # root.
 
-_peers_log() { printf '==> %s\n' "$*" >&2; }
+# shellcheck source=apt.sh
+source "$(dirname "${BASH_SOURCE[0]}")/apt.sh"
 
-_peers_apt() {
-  if [ "$(id -u)" != 0 ]; then
-    echo "missing $* and this user cannot install it: apt-get install $*" >&2
-    exit 1
-  fi
-  _peers_log "installing $* from Debian's packages"
-  DEBIAN_FRONTEND=noninteractive apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$@" >/dev/null
-}
+_peers_log() { printf '==> %s\n' "$*" >&2; }
 
 _peers_sum() { cat "$@" | sha256sum | cut -d' ' -f1; }
 
@@ -44,20 +37,20 @@ install_client_peers() {
   mkdir -p "$envdir"
 
   # --- Python: grpcio ---------------------------------------------------------------------
-  command -v python3 >/dev/null || _peers_apt python3 python3-venv
+  command -v python3 >/dev/null || apt_install python3 python3-venv
   local venv=$envdir/venv
   local want
   want="$(_peers_sum "$peers/requirements.txt") $(python3 -c 'import sys; print(sys.version.split()[0])')"
   if [ ! -x "$venv/bin/python" ] || [ "$(cat "$venv/.peers-stamp" 2>/dev/null)" != "$want" ]; then
     _peers_log "installing the Python test peers into $venv"
     rm -rf "$venv"
-    python3 -m venv "$venv" 2>/dev/null || { _peers_apt python3-venv && python3 -m venv "$venv"; }
+    python3 -m venv "$venv" 2>/dev/null || { apt_install python3-venv && python3 -m venv "$venv"; }
     "$venv/bin/python" -m pip install -q --disable-pip-version-check -r "$peers/requirements.txt"
     printf '%s\n' "$want" >"$venv/.peers-stamp"
   fi
 
   # --- Node: @grpc/grpc-js and @grpc/grpc-js-xds ------------------------------------------
-  if ! command -v node >/dev/null || ! command -v npm >/dev/null; then _peers_apt nodejs npm; fi
+  if ! command -v node >/dev/null || ! command -v npm >/dev/null; then apt_install nodejs npm; fi
   local node=$envdir/node
   want="$(_peers_sum "$peers/package.json" "$peers/package-lock.json") $(node --version)"
   if [ ! -d "$node/node_modules" ] || [ "$(cat "$node/.peers-stamp" 2>/dev/null)" != "$want" ]; then

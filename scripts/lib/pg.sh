@@ -1,4 +1,4 @@
-# shellcheck shell=bash
+# shellcheck shell=bash source-path=SCRIPTDIR
 # A throwaway PostgreSQL cluster for tests and benchmarks. Source this file, then call
 # `start_throwaway_pg`:
 #   - finds Debian's PostgreSQL binaries, installing the `postgresql` package when missing
@@ -11,6 +11,9 @@
 #   - exports SWITCHBOARD_TEST_DATABASE_URL=postgres://postgres@127.0.0.1:<port>/postgres;
 #   - installs an EXIT trap (replacing any earlier one) that stops the cluster and removes it.
 # Expects `set -euo pipefail` in the caller, as scripts/test and scripts/bench have.
+
+# shellcheck source=apt.sh
+source "$(dirname "${BASH_SOURCE[0]}")/apt.sh"
 
 _pg_log() { printf '==> %s\n' "$*" >&2; }
 
@@ -51,14 +54,7 @@ stop_throwaway_pg() {
 start_throwaway_pg() {
   _pg_find_bin
   if [ -z "$_pg_bin" ]; then
-    _pg_log "installing PostgreSQL from Debian's packages"
-    if [ "$(id -u)" = 0 ]; then
-      DEBIAN_FRONTEND=noninteractive apt-get update -qq
-      DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null
-    else
-      echo "PostgreSQL is not installed and this user cannot install it: apt-get install postgresql" >&2
-      exit 1
-    fi
+    apt_install postgresql
     _pg_find_bin
   fi
 
