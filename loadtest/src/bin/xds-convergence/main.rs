@@ -45,6 +45,10 @@
 //!
 //! The load generator shares the machine with the control plane: on a small machine its
 //! 1,000 client tasks compete with the server for CPU, which inflates the figures.
+//!
+//! Here: the run (setup, convergence, rounds, memory, report). `scenario`: the mesh's names
+//! and its setup through REST; `client`: one ADS client; `config`: the `LOADTEST_*` settings;
+//! `metrics`: the server's xDS metrics, summed.
 
 mod client;
 mod config;
