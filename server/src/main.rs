@@ -1,5 +1,11 @@
 //! `switchboard`: the control plane (`serve`, `migrate`) and `bootstrap`, which prints a
 //! bootstrap file for a proxy or a proxyless gRPC client.
+//!
+//! - `settings`: every setting declared once (flag, `SWITCHBOARD_*` variable, config file key,
+//!   default), layered and validated.
+//! - `serve`: start-up (logging, store, admin token, listeners) and shutdown.
+//! - `admin`: the admin port (`/metrics`, `/healthz`, `/readyz`).
+//! - `bootstrap`: the `bootstrap` subcommand.
 
 mod admin;
 mod bootstrap;

@@ -88,20 +88,10 @@ fn write_private(path: &Path, contents: &str) -> Result<()> {
     Ok(())
 }
 
+/// SIGTERM or Ctrl-C (the runtime crate's one signal function), as the `()` future each
+/// listener's graceful shutdown takes.
 async fn shutdown_signal() {
-    let ctrl_c = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
-    #[cfg(unix)]
-    let term = async {
-        if let Ok(mut s) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-        {
-            s.recv().await;
-        }
-    };
-    #[cfg(not(unix))]
-    let term = std::future::pending::<()>();
-    tokio::select! { _ = ctrl_c => {}, _ = term => {} }
+    switchboard_runtime::shutdown_signal().await;
 }
 
 pub async fn run(s: Settings) -> Result<()> {

@@ -1,6 +1,11 @@
 //! Configuration: defaults, then `switchboard.toml` (or `--config`), then `SWITCHBOARD_*`
 //! environment variables, then flags. Unknown keys and bad values are errors that name the
 //! setting.
+//!
+//! Each setting is declared once, in the [`settings!`] list below: its name (the config file
+//! key, `SWITCHBOARD_<NAME>` and `--<name-with-dashes>`), type, default and help. The `config`
+//! crate does the layering and the typed parsing, so errors read the same whichever layer the
+//! bad value came from.
 
 use clap::Args;
 use serde::Deserialize;
@@ -8,42 +13,83 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-/// Every setting of `switchboard serve`; each also reads `SWITCHBOARD_<NAME>` and the config file.
-#[derive(Debug, Clone, Default, Args)]
-pub struct ServeArgs {
-    /// Config file (TOML) [default: ./switchboard.toml when it exists]
-    #[arg(long, value_name = "FILE")]
-    pub config: Option<PathBuf>,
-    /// REST API listen address [setting rest_addr, default 127.0.0.1:8080]
-    #[arg(long, value_name = "ADDR")]
-    pub rest_addr: Option<String>,
-    /// xDS gRPC listen address [setting xds_addr, default 127.0.0.1:18000]
-    #[arg(long, value_name = "ADDR")]
-    pub xds_addr: Option<String>,
-    /// Admin listen address for /metrics, /healthz, /readyz [setting admin_addr, default 127.0.0.1:9090]
-    #[arg(long, value_name = "ADDR")]
-    pub admin_addr: Option<String>,
-    /// postgres://… to share one database between replicas; empty for embedded SQLite under data_dir [setting database_url]
-    #[arg(long, value_name = "URL")]
-    pub database_url: Option<String>,
-    /// Directory for the embedded database and the generated admin token [setting data_dir, default ./data]
-    #[arg(long, value_name = "DIR")]
-    pub data_dir: Option<String>,
-    /// Platform admin token; when unset one is generated at first start into data_dir/admin-token (mode 0600) [setting admin_token]
-    #[arg(long, value_name = "TOKEN")]
-    pub admin_token: Option<String>,
-    /// Log format: text or json [setting log_format, default text]
-    #[arg(long, value_name = "FORMAT")]
-    pub log_format: Option<String>,
-    /// Log filter, e.g. info or switchboard=debug,sqlx=warn [setting log_level, default info]
-    #[arg(long, value_name = "FILTER")]
-    pub log_level: Option<String>,
-    /// How long a sidecar's self-registered endpoint outlives its last xDS stream, e.g. 30s or 2m [setting sidecar_grace_period, default 30s]
-    #[arg(long, value_name = "DURATION")]
-    pub sidecar_grace_period: Option<String>,
-    /// How long the change log keeps a revision's changes, e.g. 24h; 0s keeps them forever [setting change_retention, default 24h]
-    #[arg(long, value_name = "DURATION")]
-    pub change_retention: Option<String>,
+/// Declares the settings: from one line per setting it generates the flags of `serve` and
+/// `migrate` ([`ServeArgs`]), the typed [`Settings`] and the [`SETTINGS`] table (key and
+/// default) that drives the defaults, the environment and the flag overrides.
+macro_rules! settings {
+    ($(
+        $(#[$attr:meta])*
+        $name:ident: $ty:ty = $default:literal, $value_name:literal, $help:literal;
+    )*) => {
+        /// Every setting of `switchboard serve`; each also reads `SWITCHBOARD_<NAME>` and the
+        /// config file.
+        #[derive(Debug, Clone, Default, Args)]
+        pub struct ServeArgs {
+            /// Config file (TOML) [default: ./switchboard.toml when it exists]
+            #[arg(long, value_name = "FILE")]
+            pub config: Option<PathBuf>,
+            $(
+                #[arg(long, value_name = $value_name, help = help(stringify!($name), $default, $help))]
+                pub $name: Option<String>,
+            )*
+        }
+
+        #[derive(Debug, Clone, Deserialize)]
+        #[serde(deny_unknown_fields)]
+        pub struct Settings {
+            $( $(#[$attr])* pub $name: $ty, )*
+        }
+
+        /// Every setting's key and default, in declaration order.
+        const SETTINGS: &[Setting] = &[$( Setting { key: stringify!($name), default: $default } ),*];
+
+        impl ServeArgs {
+            /// The settings given as flags, as (key, value).
+            fn flags(&self) -> impl Iterator<Item = (&'static str, &str)> {
+                [$( (stringify!($name), self.$name.as_deref()) ),*]
+                    .into_iter()
+                    .filter_map(|(key, value)| Some((key, value?)))
+            }
+        }
+    };
+}
+
+settings! {
+    rest_addr: SocketAddr = "127.0.0.1:8080", "ADDR", "REST API listen address";
+    xds_addr: SocketAddr = "127.0.0.1:18000", "ADDR", "xDS gRPC listen address";
+    admin_addr: SocketAddr = "127.0.0.1:9090", "ADDR",
+        "Admin listen address for /metrics, /healthz, /readyz";
+    database_url: String = "", "URL",
+        "postgres://… to share one database between replicas; empty for embedded SQLite under data_dir";
+    data_dir: PathBuf = "./data", "DIR",
+        "Directory for the embedded database and the generated admin token";
+    admin_token: String = "", "TOKEN",
+        "Platform admin token; when unset one is generated at first start into data_dir/admin-token (mode 0600)";
+    log_format: LogFormat = "text", "FORMAT", "Log format: text or json";
+    log_level: String = "info", "FILTER", "Log filter, e.g. info or switchboard=debug,sqlx=warn";
+    #[serde(deserialize_with = "duration")]
+    sidecar_grace_period: Duration = "30s", "DURATION",
+        "How long a sidecar's self-registered endpoint outlives its last xDS stream, e.g. 30s or 2m";
+    /// Zero: the change log is never pruned.
+    #[serde(deserialize_with = "duration")]
+    change_retention: Duration = "24h", "DURATION",
+        "How long the change log keeps a revision's changes, e.g. 24h; 0s keeps them forever";
+}
+
+/// A setting's name and its default as written in a config file.
+struct Setting {
+    key: &'static str,
+    default: &'static str,
+}
+
+/// A flag's help: what it sets, then the setting's name and default (an empty default, such as
+/// `database_url`'s, has its meaning in the text).
+fn help(key: &str, default: &str, text: &str) -> String {
+    if default.is_empty() {
+        format!("{text} [setting {key}]")
+    } else {
+        format!("{text} [setting {key}, default {default}]")
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -53,42 +99,11 @@ pub enum LogFormat {
     Json,
 }
 
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Settings {
-    pub rest_addr: SocketAddr,
-    pub xds_addr: SocketAddr,
-    pub admin_addr: SocketAddr,
-    pub database_url: String,
-    pub data_dir: PathBuf,
-    pub admin_token: String,
-    pub log_format: LogFormat,
-    pub log_level: String,
-    #[serde(deserialize_with = "duration")]
-    pub sidecar_grace_period: Duration,
-    /// Zero: the change log is never pruned.
-    #[serde(deserialize_with = "duration")]
-    pub change_retention: Duration,
-}
-
 /// A duration as every Switchboard duration is written (`30s`, `1m30s`, `500ms`).
 fn duration<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
     let text = String::deserialize(d)?;
     switchboard_xds_server::parse_grace_period(&text).map_err(serde::de::Error::custom)
 }
-
-const KEYS: [&str; 10] = [
-    "rest_addr",
-    "xds_addr",
-    "admin_addr",
-    "database_url",
-    "data_dir",
-    "admin_token",
-    "log_format",
-    "log_level",
-    "sidecar_grace_period",
-    "change_retention",
-];
 
 /// The shortest change log retention accepted (other than 0s, forever).
 const MIN_CHANGE_RETENTION: Duration = Duration::from_secs(60);
@@ -107,17 +122,10 @@ impl Settings {
         args: &ServeArgs,
         env: impl IntoIterator<Item = (String, String)>,
     ) -> Result<Settings, SettingsError> {
-        let mut b = config::Config::builder()
-            .set_default("rest_addr", "127.0.0.1:8080")?
-            .set_default("xds_addr", "127.0.0.1:18000")?
-            .set_default("admin_addr", "127.0.0.1:9090")?
-            .set_default("database_url", "")?
-            .set_default("data_dir", "./data")?
-            .set_default("admin_token", "")?
-            .set_default("log_format", "text")?
-            .set_default("log_level", "info")?
-            .set_default("sidecar_grace_period", "30s")?
-            .set_default("change_retention", "24h")?;
+        let mut b = config::Config::builder();
+        for setting in SETTINGS {
+            b = b.set_default(setting.key, setting.default)?;
+        }
         b = match &args.config {
             Some(p) => b.add_source(
                 config::File::from(p.as_path())
@@ -134,26 +142,15 @@ impl Settings {
             .into_iter()
             .filter_map(|(k, v)| {
                 let key = k.strip_prefix("SWITCHBOARD_")?.to_ascii_lowercase();
-                KEYS.contains(&key.as_str())
+                SETTINGS
+                    .iter()
+                    .any(|s| s.key == key)
                     .then(|| (format!("SWITCHBOARD_{}", key.to_ascii_uppercase()), v))
             })
             .collect();
         b = b.add_source(config::Environment::with_prefix("SWITCHBOARD").source(Some(env_map)));
-        for (key, value) in [
-            ("rest_addr", &args.rest_addr),
-            ("xds_addr", &args.xds_addr),
-            ("admin_addr", &args.admin_addr),
-            ("database_url", &args.database_url),
-            ("data_dir", &args.data_dir),
-            ("admin_token", &args.admin_token),
-            ("log_format", &args.log_format),
-            ("log_level", &args.log_level),
-            ("sidecar_grace_period", &args.sidecar_grace_period),
-            ("change_retention", &args.change_retention),
-        ] {
-            if let Some(v) = value {
-                b = b.set_override(key, v.as_str())?;
-            }
+        for (key, value) in args.flags() {
+            b = b.set_override(key, value)?;
         }
         let s: Settings = b.build()?.try_deserialize()?;
         let db_ok = ["", "postgres://", "postgresql://", "sqlite:"]
@@ -289,6 +286,48 @@ mod tests {
         let msg = Settings::load(&args, env(&[])).unwrap_err().to_string();
         assert!(msg.contains("change_retention"), "{msg}");
         assert!(msg.contains("at least 60s"), "{msg}");
+    }
+
+    #[test]
+    fn help_and_readme_list_every_setting_with_its_default() {
+        let help = ServeArgs::augment_args(clap::Command::new("serve"))
+            .render_long_help()
+            .to_string();
+        let readme = include_str!("../../README.md");
+        let section = readme
+            .split("\n## Configuration\n")
+            .nth(1)
+            .and_then(|s| s.split("\n## ").next())
+            .expect("README has a Configuration section");
+        let rows: Vec<Vec<&str>> = section
+            .lines()
+            .filter(|l| l.starts_with("| `"))
+            .map(|l| l.split('|').map(str::trim).collect())
+            .collect();
+        for s in SETTINGS {
+            let flag = format!("--{}", s.key.replace('_', "-"));
+            assert!(help.contains(&flag), "serve --help has no {flag}");
+            let tag = if s.default.is_empty() {
+                format!("[setting {}]", s.key)
+            } else {
+                format!("[setting {}, default {}]", s.key, s.default)
+            };
+            assert!(help.contains(&tag), "serve --help has no {tag}");
+            let row = rows
+                .iter()
+                .find(|r| r[1] == format!("`{}`", s.key))
+                .unwrap_or_else(|| panic!("README's configuration table has no {}", s.key));
+            if !s.default.is_empty() {
+                assert_eq!(row[2], s.default, "README's default of {}", s.key);
+            }
+        }
+        for row in &rows {
+            assert!(
+                SETTINGS.iter().any(|s| row[1] == format!("`{}`", s.key)),
+                "README's configuration table has {}, which is no setting",
+                row[1]
+            );
+        }
     }
 
     #[test]

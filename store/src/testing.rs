@@ -2,8 +2,8 @@
 //!
 //! PostgreSQL comes from `SWITCHBOARD_TEST_DATABASE_URL` (set by `scripts/test`, which starts a
 //! throwaway cluster); each call creates a new database in it, so tests never share state.
-//! Without that variable the PostgreSQL variants are skipped, unless
-//! `SWITCHBOARD_REQUIRE_POSTGRES=1` says they must run.
+//! Without that variable the PostgreSQL variants are skipped, and each test binary says so
+//! once on the terminal, unless `SWITCHBOARD_REQUIRE_POSTGRES=1` says they must run.
 
 #![allow(clippy::expect_used, clippy::unwrap_used)]
 
@@ -37,12 +37,15 @@ pub async fn fresh(backend: Backend) -> Option<TestDb> {
             let Ok(admin) = std::env::var("SWITCHBOARD_TEST_DATABASE_URL") else {
                 if std::env::var("SWITCHBOARD_REQUIRE_POSTGRES").as_deref() == Ok("1") {
                     panic!(
-                        "SWITCHBOARD_REQUIRE_POSTGRES=1 but SWITCHBOARD_TEST_DATABASE_URL is not set"
+                        "SWITCHBOARD_REQUIRE_POSTGRES=1 but SWITCHBOARD_TEST_DATABASE_URL is not set \
+                         (scripts/test sets both; if it ran these tests without starting \
+                         PostgreSQL, add this package to PG_PACKAGES there)"
                     );
                 }
                 eprintln!(
                     "skipping the PostgreSQL variant: SWITCHBOARD_TEST_DATABASE_URL is not set (scripts/test sets it)"
                 );
+                announce_postgres_skipped();
                 return None;
             };
             let mut b = [0u8; 6];
@@ -63,6 +66,23 @@ pub async fn fresh(backend: Backend) -> Option<TestDb> {
             })
         }
     }
+}
+
+/// Says once per test binary, on the terminal, that the PostgreSQL variants are being skipped
+/// and how to run them. Written to the process's stderr directly: libtest captures what
+/// `eprintln!` prints in a passing test, so a skip said only that way would go unseen.
+fn announce_postgres_skipped() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        use std::io::Write;
+        let _ = writeln!(
+            std::io::stderr().lock(),
+            "\n*** SKIPPING the PostgreSQL variants of these tests (they pass without running): \
+             SWITCHBOARD_TEST_DATABASE_URL is not set. `scripts/test` runs them all (it starts \
+             a throwaway PostgreSQL); or point SWITCHBOARD_TEST_DATABASE_URL at a server \
+             (postgres://user@host:port/db) where the user may create databases. ***\n"
+        );
+    });
 }
 
 /// A fresh, migrated store.

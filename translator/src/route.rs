@@ -19,7 +19,6 @@ use crate::pb::envoy::config::route::v3::{
     DirectResponseAction, RedirectAction, RetryPolicy, Route, RouteAction, WeightedCluster,
     redirect_action, retry_policy, route, route_action, weighted_cluster,
 };
-use crate::virtual_host::encode_routes;
 use switchboard_xds_proto::pack;
 
 /// What a route translates to, independent of where it is served.
@@ -31,6 +30,19 @@ pub(crate) struct RouteOut {
     /// Whether any rule injects faults: listeners serving it then need the fault filter.
     pub has_fault: bool,
     pub warnings: Vec<String>,
+}
+
+/// `VirtualHost.routes`.
+const VH_ROUTES: u32 = 3;
+
+/// Routes encoded as the `routes` entries of a virtual host (see `virtual_host`, which
+/// assembles route configurations from these bytes).
+pub(crate) fn encode_routes(routes: &[Route]) -> Vec<u8> {
+    let mut buf = Vec::new();
+    for r in routes {
+        prost::encoding::message::encode(VH_ROUTES, r, &mut buf);
+    }
+    buf
 }
 
 /// Retried when a rule asks for retries without naming conditions.

@@ -22,24 +22,14 @@ use crate::names;
 use crate::pb::envoy::config::route::v3::{
     Route, RouteAction, RouteConfiguration, VirtualHost, route, route_action,
 };
-use crate::route::RouteOut;
+use crate::route::{RouteOut, encode_routes};
 
 /// `RouteConfiguration.name`, `RouteConfiguration.virtual_hosts`.
 const RC_NAME: u32 = 1;
 const RC_VIRTUAL_HOSTS: u32 = 2;
-/// `VirtualHost.name`, `.domains`, `.routes`.
+/// `VirtualHost.name`, `.domains` (`.routes` is encoded by [`encode_routes`]).
 const VH_NAME: u32 = 1;
 const VH_DOMAINS: u32 = 2;
-const VH_ROUTES: u32 = 3;
-
-/// Routes encoded as the `routes` entries of a virtual host.
-pub(crate) fn encode_routes(routes: &[Route]) -> Vec<u8> {
-    let mut buf = Vec::new();
-    for r in routes {
-        prost::encoding::message::encode(VH_ROUTES, r, &mut buf);
-    }
-    buf
-}
 
 /// A virtual host with only `name`, `domains` and (pre-encoded) `routes` set: all ours have.
 struct VirtualHostParts<'a> {

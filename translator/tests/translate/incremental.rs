@@ -1,6 +1,6 @@
 //! Content-hash versions and incremental translation.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
 use serde_json::{Value, json};
@@ -10,7 +10,8 @@ use switchboard_translator::{
 
 use crate::common::{Mesh, base, spec};
 
-fn versions(res: &MeshResources) -> BTreeMap<String, String> {
+/// Every resource of `res`, keyed by type and name.
+fn resources(res: &MeshResources) -> BTreeMap<(&'static str, &str), &XdsResource> {
     let mut out = BTreeMap::new();
     for (kind, map) in [
         ("lds", &res.listeners),
@@ -19,23 +20,38 @@ fn versions(res: &MeshResources) -> BTreeMap<String, String> {
         ("eds", &res.load_assignments),
     ] {
         for (name, r) in map {
-            out.insert(format!("{kind}/{name}"), r.version.clone());
+            out.insert((kind, name.as_str()), r.as_ref());
         }
     }
     out
 }
 
-/// Keys whose version differs, was added or was removed.
+/// `type/name` of every resource that differs (name, version or bytes), or that only one side
+/// has; each once, sorted.
 fn diff(a: &MeshResources, b: &MeshResources) -> Vec<String> {
-    let (a, b) = (versions(a), versions(b));
-    let mut keys: Vec<String> = a
-        .keys()
-        .chain(b.keys())
+    let (a, b) = (resources(a), resources(b));
+    let keys: BTreeSet<&(&str, &str)> = a.keys().chain(b.keys()).collect();
+    keys.into_iter()
         .filter(|k| a.get(*k) != b.get(*k))
-        .cloned()
-        .collect();
-    keys.dedup();
-    keys
+        .map(|(kind, name)| format!("{kind}/{name}"))
+        .collect()
+}
+
+#[test]
+fn diff_lists_every_difference_once() {
+    let before = sample().translate();
+    let after = sample()
+        .service("a", json!({"port": 8080, "loadBalancing": "least_request"}))
+        .service("b", json!({"port": 8080, "loadBalancing": "least_request"}))
+        .endpoint("a2", json!({"service": "a", "address": "10.0.0.3"}))
+        .translate();
+    // Keys from both sides interleave (a's cds/a, cds/b, eds/a, then b's): each appears once.
+    assert_eq!(diff(&before, &after), ["cds/a", "cds/b", "eds/a"]);
+    assert_eq!(diff(&before, &before), Vec::<String>::new());
+    let mut fewer = before.clone();
+    fewer.clusters.remove("b");
+    assert_eq!(diff(&before, &fewer), ["cds/b"]);
+    assert_eq!(diff(&fewer, &before), ["cds/b"]);
 }
 
 fn sample() -> Mesh {

@@ -1,0 +1,55 @@
+//! The run's counts and bounds, from `LOADTEST_*` environment variables.
+
+use std::time::Duration;
+
+use anyhow::{Result, bail};
+use switchboard_loadtest::count_from_env;
+
+use crate::scenario::{ROUND_BASE, SHARED};
+
+pub struct Config {
+    pub streams: usize,
+    pub channels: usize,
+    pub services: usize,
+    pub endpoints: usize,
+    pub rounds: u32,
+    pub converge_timeout: Duration,
+    pub round_timeout: Duration,
+    /// Between the end of a round and the next PUT.
+    pub pause: Duration,
+    pub deadline: Duration,
+    pub server_log: String,
+}
+
+impl Config {
+    pub fn from_env() -> Result<Config> {
+        let secs = |var: &str, default: usize| -> Result<Duration> {
+            Ok(Duration::from_secs(count_from_env(var, default)? as u64))
+        };
+        let c = Config {
+            streams: count_from_env("LOADTEST_STREAMS", 1000)?,
+            channels: count_from_env("LOADTEST_CHANNELS", 10)?,
+            services: count_from_env("LOADTEST_SERVICES", 100)?,
+            endpoints: count_from_env("LOADTEST_ENDPOINTS", 3)?,
+            rounds: u32::try_from(count_from_env("LOADTEST_ROUNDS", 20)?)?,
+            converge_timeout: secs("LOADTEST_CONVERGE_TIMEOUT_SECS", 120)?,
+            round_timeout: secs("LOADTEST_ROUND_TIMEOUT_SECS", 30)?,
+            pause: Duration::from_millis(count_from_env("LOADTEST_PAUSE_MS", 1000)? as u64),
+            deadline: secs("LOADTEST_TIMEOUT_SECS", 900)?,
+            server_log: std::env::var("LOADTEST_SERVER_LOG").unwrap_or_else(|_| "warn".into()),
+        };
+        if c.services < 2 {
+            bail!("LOADTEST_SERVICES must be at least 2 (route {SHARED} splits between two)");
+        }
+        if c.rounds > 1000 - ROUND_BASE {
+            bail!(
+                "LOADTEST_ROUNDS must be at most {} (a weight encodes the round)",
+                1000 - ROUND_BASE
+            );
+        }
+        if c.endpoints > 250 {
+            bail!("LOADTEST_ENDPOINTS must be at most 250");
+        }
+        Ok(c)
+    }
+}
