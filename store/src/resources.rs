@@ -155,7 +155,8 @@ impl Store {
 
     /// Creates or replaces the resource `name` of the spec's kind, in `mesh` (ignored for a
     /// mesh). The references and claims recorded with it are the spec's own, so no caller can
-    /// record others; they are checked as [`Store::put`] says.
+    /// record others: `refs` must exist in the mesh and `claims` must not be held by another
+    /// resource, both checked inside the transaction.
     pub async fn put_spec(
         &self,
         tenant: &str,
@@ -175,10 +176,9 @@ impl Store {
         .await
     }
 
-    /// Creates or replaces a resource. `refs` must exist in the mesh and `claims` must not be
-    /// held by another resource; both are checked inside the transaction. Prefer
-    /// [`Store::put_spec`], which takes them from the spec.
-    pub async fn put(
+    /// The write behind [`Store::put_spec`]: private, so that references and claims always
+    /// come from the spec they belong to.
+    async fn put(
         &self,
         key: &ResourceKey,
         spec: &serde_json::Value,

@@ -98,13 +98,7 @@ async fn put_in(
     let parsed = Spec::parse(kind, spec).unwrap();
     parsed.validate().unwrap();
     store
-        .put(
-            &ResourceKey::new(tenant, mesh, kind, name),
-            &parsed.to_json(),
-            &parsed.references(),
-            &parsed.claims(),
-            &WriteOptions::default(),
-        )
+        .put_spec(tenant, mesh, name, &parsed, &WriteOptions::default())
         .await
 }
 

@@ -10,20 +10,14 @@ use switchboard_proxy_xds::config::listener::{ListenerKind, RouteSource};
 use switchboard_proxy_xds::config::route::{Action, Clusters, PathMatch};
 use switchboard_proxy_xds::{Bootstrap, ClientOptions, ConfigStore, XdsClient};
 use switchboard_store::testing::store;
-use switchboard_store::{Backend, CredentialKind, ResourceKey, Store, WriteOptions};
+use switchboard_store::{Backend, CredentialKind, Store, WriteOptions};
 use switchboard_xds_proto::ResourceType;
 
 async fn put(store: &Store, mesh: &str, kind: Kind, name: &str, spec: Value) {
     let parsed = Spec::parse(kind, spec).unwrap();
     parsed.validate().unwrap();
     store
-        .put(
-            &ResourceKey::new("acme", mesh, kind, name),
-            &parsed.to_json(),
-            &parsed.references(),
-            &parsed.claims(),
-            &WriteOptions::default(),
-        )
+        .put_spec("acme", mesh, name, &parsed, &WriteOptions::default())
         .await
         .unwrap();
 }

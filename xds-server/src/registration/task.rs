@@ -216,8 +216,8 @@ async fn upsert(store: &Store, key: &ResourceKey, spec: &Spec) -> Result<Upserte
     Err(UpsertError::Contended)
 }
 
-/// The one place registration derives an endpoint's references and claims from its spec,
-/// as the REST API does.
+/// Writes the endpoint through the store's `put_spec`, which derives its references and
+/// claims from the spec, as for a REST write.
 async fn put(
     store: &Store,
     key: &ResourceKey,
@@ -229,12 +229,6 @@ async fn put(
         dry_run: false,
     };
     store
-        .put(
-            key,
-            &spec.to_json(),
-            &spec.references(),
-            &spec.claims(),
-            &opts,
-        )
+        .put_spec(&key.tenant, &key.mesh, &key.name, spec, &opts)
         .await
 }

@@ -102,13 +102,7 @@ pub async fn put(store: &Store, tenant: &str, mesh: &str, kind: Kind, name: &str
     let parsed = Spec::parse(kind, spec).unwrap();
     parsed.validate().unwrap();
     store
-        .put(
-            &ResourceKey::new(tenant, mesh, kind, name),
-            &parsed.to_json(),
-            &parsed.references(),
-            &parsed.claims(),
-            &WriteOptions::default(),
-        )
+        .put_spec(tenant, mesh, name, &parsed, &WriteOptions::default())
         .await
         .unwrap();
 }
