@@ -264,7 +264,8 @@ impl FakeStore {
     }
 }
 
-/// The machine, driven as the task drives it, on a synthetic clock.
+/// The machine, driven as the task drives it, on tokio's paused clock: every test runs under
+/// `#[tokio::test(start_paused = true)]`, and `advance` moves that clock.
 struct Harness {
     machine: Machine,
     store: FakeStore,
@@ -287,6 +288,7 @@ impl Harness {
 
     /// Steps `input` and performs every action that follows, answering each.
     fn step(&mut self, input: Input) {
+        self.now = Instant::now();
         let mut next = self.machine.step(input, self.now);
         while let Some(action) = next {
             let answer = self.store.perform(&action);
@@ -327,28 +329,33 @@ impl Harness {
         });
     }
 
-    /// Lets `d` pass, running a round at every wake-up (and whenever notices wait).
-    fn advance(&mut self, d: Duration) {
-        let until = self.now + d;
+    /// Lets `d` pass on the paused clock, running a round at every wake-up (and whenever
+    /// notices wait).
+    async fn advance(&mut self, d: Duration) {
+        let until = Instant::now() + d;
         for _ in 0..100_000 {
+            let now = Instant::now();
             let wake = if self.store.notices.is_empty() {
-                self.machine.wake_at(self.now)
+                self.machine.wake_at(now)
             } else {
-                self.now
+                now
             };
             if wake > until {
-                self.now = until;
+                tokio::time::advance(until - now).await;
+                self.now = Instant::now();
                 return;
             }
-            self.now = self.now.max(wake);
+            if wake > now {
+                tokio::time::advance(wake - now).await;
+            }
             self.round();
         }
         panic!("the machine keeps waking up without moving on");
     }
 
     /// Runs what is due now.
-    fn settle(&mut self) {
-        self.advance(Duration::ZERO);
+    async fn settle(&mut self) {
+        self.advance(Duration::ZERO).await;
     }
 }
 

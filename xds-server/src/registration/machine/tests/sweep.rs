@@ -14,8 +14,8 @@ fn sweeping() -> Harness {
     h
 }
 
-#[test]
-fn an_orphan_is_swept_after_four_status_syncs() {
+#[tokio::test(start_paused = true)]
+async fn an_orphan_is_swept_after_four_status_syncs() {
     let mut h = sweeping();
     // Endpoints a user manages (no node) are never swept, prefix or not.
     h.store.write(
@@ -35,54 +35,54 @@ fn an_orphan_is_swept_after_four_status_syncs() {
         .iter()
         .map(|n| h.store.endpoint(n).unwrap())
         .collect();
-    h.advance(ms(990));
+    h.advance(ms(990)).await;
     assert!(
         h.store.endpoint("sidecar-gone-1").is_some(),
         "not before 1 s"
     );
-    h.advance(ms(20));
+    h.advance(ms(20)).await;
     assert!(h.store.endpoint("sidecar-gone-1").is_none(), "swept");
     assert_eq!(h.store.deletes_of("sidecar-gone-1"), 1);
-    h.advance(Duration::from_secs(5));
+    h.advance(Duration::from_secs(5)).await;
     for k in kept {
         assert_eq!(h.store.endpoint(&k.key.name), Some(k.clone()));
     }
 }
 
-#[test]
-fn an_orphan_that_changes_is_timed_again() {
+#[tokio::test(start_paused = true)]
+async fn an_orphan_that_changes_is_timed_again() {
     let mut h = sweeping();
-    h.advance(ms(600));
+    h.advance(ms(600)).await;
     h.store.write(
         key("sidecar-gone-1"),
         json!({"service": "pay", "address": "10.0.0.7", "port": 15006, "node": "gone-1"}),
     );
-    h.advance(ms(900));
+    h.advance(ms(900)).await;
     assert!(
         h.store.endpoint("sidecar-gone-1").is_some(),
         "timed from its change"
     );
-    h.advance(ms(300));
+    h.advance(ms(300)).await;
     assert!(h.store.endpoint("sidecar-gone-1").is_none());
 }
 
-#[test]
-fn an_orphan_whose_node_comes_back_is_timed_again() {
+#[tokio::test(start_paused = true)]
+async fn an_orphan_whose_node_comes_back_is_timed_again() {
     let mut h = sweeping();
-    h.advance(ms(600));
+    h.advance(ms(600)).await;
     h.store
         .live
         .insert(("acme".into(), "prod".into(), "gone-1".into()));
-    h.advance(ms(200));
+    h.advance(ms(200)).await;
     h.store.live.clear();
-    h.advance(ms(900));
+    h.advance(ms(900)).await;
     assert!(h.store.endpoint("sidecar-gone-1").is_some());
-    h.advance(ms(200));
+    h.advance(ms(200)).await;
     assert!(h.store.endpoint("sidecar-gone-1").is_none());
 }
 
-#[test]
-fn a_grace_period_running_here_is_not_swept() {
+#[tokio::test(start_paused = true)]
+async fn a_grace_period_running_here_is_not_swept() {
     let mut h = Harness::with_grace(ms(200));
     h.open(1, desired("pay-1", "pay", "10.0.0.1"));
     // Its rows say "there" when asked, but no replica counts it live (a stale heartbeat):
@@ -91,34 +91,34 @@ fn a_grace_period_running_here_is_not_swept() {
         .replicas
         .insert("pay-1".to_owned(), vec!["there".to_owned()]);
     h.close(1, "pay-1");
-    h.advance(Duration::from_secs(30));
+    h.advance(Duration::from_secs(30)).await;
     assert!(h.store.endpoint("sidecar-pay-1").is_some());
     assert_eq!(h.store.deletes_of("sidecar-pay-1"), 0);
     // Once the recheck finds nobody, the grace period deletes it.
     h.store.replicas.clear();
-    h.advance(STALE);
+    h.advance(STALE).await;
     assert!(h.store.endpoint("sidecar-pay-1").is_none());
     assert_eq!(h.store.deletes_of("sidecar-pay-1"), 1);
 }
 
-#[test]
-fn a_failed_sweep_delete_keeps_the_orphan_timed() {
+#[tokio::test(start_paused = true)]
+async fn a_failed_sweep_delete_keeps_the_orphan_timed() {
     let mut h = sweeping();
-    h.advance(ms(950));
+    h.advance(ms(950)).await;
     h.store.deletes_fail = true;
-    h.advance(ms(100));
+    h.advance(ms(100)).await;
     assert_eq!(h.store.deletes_of("sidecar-gone-1"), 1);
     assert!(h.store.endpoint("sidecar-gone-1").is_some());
     h.store.deletes_fail = false;
-    h.advance(ms(100));
+    h.advance(ms(100)).await;
     assert!(
         h.store.endpoint("sidecar-gone-1").is_none(),
         "at the next sweep, not 1 s later"
     );
 }
 
-#[test]
-fn sweeps_wait_for_the_grace_period_and_four_status_syncs() {
+#[tokio::test(start_paused = true)]
+async fn sweeps_wait_for_the_grace_period_and_four_status_syncs() {
     assert_eq!(sweep_after(ms(200), SYNC), Duration::from_secs(1));
     assert_eq!(sweep_after(GRACE, SYNC), GRACE);
     assert_eq!(sweep_every(ms(100)), ms(100));
