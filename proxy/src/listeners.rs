@@ -13,8 +13,8 @@ use std::time::Duration;
 use switchboard_proxy_data::ClusterManager;
 use switchboard_proxy_xds::config::Listener;
 use switchboard_proxy_xds::{ConfigStore, Handler, Rejected};
-use tokio::sync::watch;
-use tokio::task::JoinSet;
+use tokio_util::sync::{CancellationToken, DropGuard};
+use tokio_util::task::TaskTracker;
 
 /// Owns the bound listeners.
 pub struct ListenerManager {
@@ -22,38 +22,32 @@ pub struct ListenerManager {
     clusters: Arc<ClusterManager>,
     drain_timeout: Duration,
     active: HashMap<String, Active>,
-    /// Every serving and draining listener task; joined at shutdown.
-    tasks: Arc<std::sync::Mutex<JoinSet<()>>>,
-    /// The drain switches of the active listeners, for [`Shutdown`].
-    drains: Arc<std::sync::Mutex<Vec<watch::Sender<bool>>>>,
+    /// Every serving and draining listener task; waited for at shutdown.
+    tasks: TaskTracker,
+    /// The parent of every listener's drain token: cancelling it drains them all.
+    shutdown: CancellationToken,
 }
 
 struct Active {
     address: SocketAddr,
-    drain: watch::Sender<bool>,
+    /// Dropping it (the listener removed, replaced or the manager gone) drains the listener.
+    _drain: DropGuard,
 }
 
 /// A handle to drain everything at shutdown.
 #[derive(Clone)]
 pub struct Shutdown {
-    drains: Arc<std::sync::Mutex<Vec<watch::Sender<bool>>>>,
-    tasks: Arc<std::sync::Mutex<JoinSet<()>>>,
+    token: CancellationToken,
+    tasks: TaskTracker,
 }
 
 impl Shutdown {
     /// Starts draining every listener and waits (bounded by the caller) until all are done.
     pub async fn drain_all(&self) {
-        let drains: Vec<_> = lock(&self.drains).drain(..).collect();
-        for d in drains {
-            let _ = d.send(true);
-        }
-        let mut tasks = std::mem::take(&mut *lock(&self.tasks));
-        while tasks.join_next().await.is_some() {}
+        self.token.cancel();
+        self.tasks.close();
+        self.tasks.wait().await;
     }
-}
-
-fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 impl ListenerManager {
@@ -62,10 +56,10 @@ impl ListenerManager {
         clusters: Arc<ClusterManager>,
         drain_timeout: Duration,
     ) -> (Self, Shutdown) {
-        let tasks = Arc::new(std::sync::Mutex::new(JoinSet::new()));
-        let drains = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let tasks = TaskTracker::new();
+        let token = CancellationToken::new();
         let shutdown = Shutdown {
-            drains: drains.clone(),
+            token: token.clone(),
             tasks: tasks.clone(),
         };
         let manager = Self {
@@ -74,7 +68,7 @@ impl ListenerManager {
             drain_timeout,
             active: HashMap::new(),
             tasks,
-            drains,
+            shutdown: token,
         };
         (manager, shutdown)
     }
@@ -87,36 +81,32 @@ impl ListenerManager {
     }
 
     fn start(&mut self, name: &str, address: SocketAddr, tcp: tokio::net::TcpListener) {
-        let (drain, drained) = watch::channel(false);
+        let drain = self.shutdown.child_token();
         let fut = switchboard_proxy_data::listener::run(
             tcp,
             name.to_owned(),
             self.store.clone(),
             self.clusters.clone(),
-            drained,
+            drain.clone(),
             self.drain_timeout,
         );
         let span = tracing::info_span!("listener", listener = %name, %address);
-        lock(&self.tasks).spawn(tracing::Instrument::instrument(fut, span));
-        if let Some(old) = self
-            .active
-            .insert(name.to_owned(), Active { address, drain })
-        {
-            let _ = old.drain.send(true);
-        }
+        self.tasks.spawn(tracing::Instrument::instrument(fut, span));
+        // Replacing an active listener drops its guard, which drains it.
+        self.active.insert(
+            name.to_owned(),
+            Active {
+                address,
+                _drain: drain.drop_guard(),
+            },
+        );
         tracing::info!(listener = %name, %address, "listening");
     }
 
     fn drain(&mut self, name: &str) {
         if let Some(old) = self.active.remove(name) {
             tracing::info!(listener = %name, address = %old.address, "draining");
-            let _ = old.drain.send(true);
         }
-    }
-
-    /// The drain senders of the active listeners, for [`Shutdown`].
-    fn senders(&self) -> Vec<watch::Sender<bool>> {
-        self.active.values().map(|a| a.drain.clone()).collect()
     }
 }
 
@@ -162,7 +152,6 @@ impl Handler<Listener> for ListenerManager {
         for (name, address, tcp) in to_start {
             self.start(&name, address, tcp);
         }
-        *lock(&self.drains) = self.senders();
         if rejected.is_empty() {
             Ok(())
         } else {

@@ -12,7 +12,7 @@
 //! - `http_conn`: one HTTP connection (protocol choice, hyper's server under the listener's
 //!   limits and timeouts, graceful shutdown).
 //!
-//! Draining ([`run`]'s `drain` turning true): the socket is closed at once so the port is
+//! Draining ([`run`]'s `drain` token cancelled): the socket is closed at once so the port is
 //! free; HTTP/1 connections finish their in-flight request and close, HTTP/2 connections
 //! get a GOAWAY and finish their open streams, TCP-proxied connections go on. At
 //! `drain_timeout` whatever is left is closed, and [`run`] returns when every connection is
@@ -30,9 +30,9 @@ use switchboard_proxy_xds::config::listener::{DownstreamTls, HttpLimits, Listene
 use switchboard_proxy_xds::{ConfigStore, Snapshot};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::watch;
 use tokio::task::JoinSet;
 use tokio_rustls::TlsAcceptor;
+use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use crate::cluster::ClusterManager;
@@ -61,13 +61,12 @@ pub async fn serve(
     store: ConfigStore,
     clusters: Arc<ClusterManager>,
 ) -> Result<(), AcceptError> {
-    // A drain switch nobody turns on (held here, so it never reads as dropped either).
-    let (_never, drain) = watch::channel(false);
+    // A drain token nobody cancels.
+    let drain = CancellationToken::new();
     serve_until(tcp, listener.into(), store, clusters, drain, Duration::ZERO).await
 }
 
-/// Serves the LDS listener `name` on `tcp` until `drain` turns true (or its sender is
-/// dropped), then drains: see the module documentation. Returns once every connection is
+/// Serves the LDS listener `name` on `tcp` until `drain` is cancelled, then drains: see the module documentation. Returns once every connection is
 /// closed, at most about `drain_timeout` after the drain started.
 ///
 /// Upstream state (cluster state and pools) is the process's `clusters`, shared with every
@@ -78,7 +77,7 @@ pub async fn run(
     name: String,
     store: ConfigStore,
     clusters: Arc<ClusterManager>,
-    drain: watch::Receiver<bool>,
+    drain: CancellationToken,
     drain_timeout: Duration,
 ) {
     if let Err(e) = serve_until(tcp, name, store, clusters, drain, drain_timeout).await {
@@ -92,7 +91,7 @@ async fn serve_until(
     name: String,
     store: ConfigStore,
     clusters: Arc<ClusterManager>,
-    drain: watch::Receiver<bool>,
+    drain: CancellationToken,
     drain_timeout: Duration,
 ) -> Result<(), AcceptError> {
     let ctx = Arc::new(Ctx {
@@ -106,14 +105,14 @@ async fn serve_until(
         clusters,
         tls: tokio::sync::Mutex::new(None),
     });
-    // Connections watch these rather than `drain`, so that an accept error drains too.
-    let (drain_tx, _) = watch::channel(false);
-    let (kill_tx, _) = watch::channel(false);
+    // Connections follow these rather than `drain`, so that an accept error drains too.
+    let conn_drain = CancellationToken::new();
+    let kill = CancellationToken::new();
     let mut conns = JoinSet::new();
-    let result = accept_loop(&tcp, &ctx, &mut conns, drain, &drain_tx, &kill_tx).await;
+    let result = accept_loop(&tcp, &ctx, &mut conns, &drain, &conn_drain, &kill).await;
     // Closing the socket first frees the port for a listener that replaces this one.
     drop(tcp);
-    drain_tx.send_replace(true);
+    conn_drain.cancel();
     if !conns.is_empty() {
         tracing::info!(
             listener = %ctx.name,
@@ -136,7 +135,7 @@ async fn serve_until(
                     connections = conns.len(),
                     "drain timeout; closing the remaining connections"
                 );
-                kill_tx.send_replace(true);
+                kill.cancel();
                 conns.shutdown().await;
                 break;
             }
@@ -181,24 +180,24 @@ async fn accept_loop(
     tcp: &TcpListener,
     ctx: &Arc<Ctx>,
     conns: &mut JoinSet<()>,
-    mut drain: watch::Receiver<bool>,
-    drain_tx: &watch::Sender<bool>,
-    kill_tx: &watch::Sender<bool>,
+    drain: &CancellationToken,
+    conn_drain: &CancellationToken,
+    kill: &CancellationToken,
 ) -> Result<(), AcceptError> {
     loop {
         tokio::select! {
             biased;
-            () = signalled(&mut drain) => return Ok(()),
+            () = drain.cancelled() => return Ok(()),
             Some(done) = conns.join_next(), if !conns.is_empty() => log_join(done),
             accepted = tcp.accept() => match accepted {
                 Ok((stream, peer)) => {
-                    spawn_connection(conns, ctx, stream, peer, drain_tx, kill_tx);
+                    spawn_connection(conns, ctx, stream, peer, conn_drain, kill);
                 }
                 Err(e) if is_transient(&e) => {
                     // Out of file descriptors and the like: back off instead of spinning.
                     tracing::warn!(listener = %ctx.name, error = %e, "accept failed; retrying");
                     tokio::select! {
-                        () = signalled(&mut drain) => return Ok(()),
+                        () = drain.cancelled() => return Ok(()),
                         () = tokio::time::sleep(Duration::from_millis(50)) => {}
                     }
                 }
@@ -218,14 +217,14 @@ fn spawn_connection(
     ctx: &Arc<Ctx>,
     stream: TcpStream,
     peer: SocketAddr,
-    drain_tx: &watch::Sender<bool>,
-    kill_tx: &watch::Sender<bool>,
+    conn_drain: &CancellationToken,
+    kill: &CancellationToken,
 ) {
     metrics::counter!(LISTENER_CONNECTIONS_TOTAL, "listener" => ctx.name.clone()).increment(1);
     let open = OpenConnection::new(&ctx.name);
     let ctx = ctx.clone();
-    let drain = drain_tx.subscribe();
-    let kill = kill_tx.subscribe();
+    let drain = conn_drain.clone();
+    let kill = kill.clone();
     let span = tracing::debug_span!("connection", listener = %ctx.name, %peer);
     conns.spawn(
         async move {
@@ -269,12 +268,6 @@ fn is_transient(e: &io::Error) -> bool {
     )
 }
 
-/// Resolves when the switch is on, or when its sender is gone (nobody can turn it on any
-/// more, which only happens when the owner is shutting down).
-async fn signalled(rx: &mut watch::Receiver<bool>) {
-    let _ = rx.wait_for(|on| *on).await;
-}
-
 /// What a connection does, decided from the snapshot at accept time. HTTP connections keep
 /// only their limits (requests read the snapshot of their own time), so a long-lived
 /// connection does not hold old configuration alive.
@@ -287,8 +280,8 @@ enum Mode {
 async fn connection(
     stream: TcpStream,
     ctx: &Ctx,
-    drain: watch::Receiver<bool>,
-    mut kill: watch::Receiver<bool>,
+    drain: CancellationToken,
+    kill: CancellationToken,
 ) {
     let _ = stream.set_nodelay(true);
     // For access logs (%DOWNSTREAM_*%) and source-IP hashing.
@@ -326,7 +319,7 @@ async fn connection(
                 return;
             }
         },
-        () = signalled(&mut kill) => return,
+        () = kill.cancelled() => return,
     };
     drop(tls);
     let alpn = stream.get_ref().1.alpn_protocol().map(<[u8]>::to_vec);
@@ -339,8 +332,8 @@ async fn dispatch<S>(
     addrs: Option<DownstreamAddrs>,
     mode: Mode,
     ctx: &Ctx,
-    drain: watch::Receiver<bool>,
-    mut kill: watch::Receiver<bool>,
+    drain: CancellationToken,
+    kill: CancellationToken,
 ) where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
@@ -348,7 +341,7 @@ async fn dispatch<S>(
         // TCP connections are not cut by the drain, only at its deadline.
         Mode::Tcp(t, snapshot) => tokio::select! {
             () = crate::tcp::relay(io, &ctx.name, &t, snapshot, &ctx.clusters.registry) => {}
-            () = signalled(&mut kill) => {}
+            () = kill.cancelled() => {}
         },
         Mode::Http(limits) => {
             http_conn::serve(io, alpn, addrs, limits, ctx.http.clone(), drain, kill).await;

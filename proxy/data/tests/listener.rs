@@ -539,7 +539,7 @@ async fn drain_finishes_in_flight_requests_frees_the_port_and_returns() {
     let h2 = tokio::spawn(async move { plain_get(addr, "/slow", true).await });
     tokio::time::sleep(Duration::from_millis(500)).await;
     let drain_started = Instant::now();
-    running.drain.send(true).unwrap();
+    running.drain.cancel();
 
     // The port stops accepting.
     let deadline = Instant::now() + Duration::from_secs(10);
@@ -601,7 +601,7 @@ async fn drain_sends_goaway_and_closes_idle_connections() {
     let n = h1.read(&mut buf).await.unwrap();
     assert!(buf[..n].starts_with(b"HTTP/1.1 200"));
 
-    running.drain.send(true).unwrap();
+    running.drain.cancel();
     // Both close promptly (GOAWAY for h2), and `run` returns long before its deadline.
     tokio::time::timeout(Duration::from_secs(10), h2_conn)
         .await
@@ -630,7 +630,7 @@ async fn drain_lets_tcp_run_until_the_deadline_then_closes_it() {
     let running = start(&store, "tcp-drain", Duration::from_millis(800)).await;
     let mut s = TcpStream::connect(running.addr).await.unwrap();
     assert_eq!(echo(&mut s, b"before").await, b"before");
-    running.drain.send(true).unwrap();
+    running.drain.cancel();
     // Still relaying during the drain...
     tokio::time::sleep(Duration::from_millis(100)).await;
     assert_eq!(echo(&mut s, b"during").await, b"during");

@@ -32,10 +32,10 @@ use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use switchboard_proxy_xds::config::listener::HttpLimits;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf};
-use tokio::sync::{Notify, watch};
+use tokio::sync::Notify;
 use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
 
-use super::signalled;
 use crate::http::HttpHandler;
 use crate::idle::{IdleTimer, StreamIdle};
 use crate::telemetry::DownstreamAddrs;
@@ -55,8 +55,8 @@ pub(super) async fn serve<S>(
     addrs: Option<DownstreamAddrs>,
     limits: HttpLimits,
     handler: Arc<HttpHandler>,
-    mut drain: watch::Receiver<bool>,
-    mut kill: watch::Receiver<bool>,
+    drain: CancellationToken,
+    kill: CancellationToken,
 ) where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
@@ -78,8 +78,8 @@ pub(super) async fn serve<S>(
                     tracing::debug!(?expiry, "no request in time; closing");
                     return;
                 }
-                () = signalled(&mut drain) => return,
-                () = signalled(&mut kill) => return,
+                () = drain.cancelled() => return,
+                () = kill.cancelled() => return,
             };
             match sniffed {
                 Ok(Some(sniffed)) => sniffed,
@@ -203,8 +203,8 @@ async fn drive<C>(
     graceful_shutdown: impl Fn(Pin<&mut C>),
     state: &ConnState,
     limits: &HttpLimits,
-    mut drain: watch::Receiver<bool>,
-    mut kill: watch::Receiver<bool>,
+    drain: CancellationToken,
+    kill: CancellationToken,
 ) where
     C: Future<Output = hyper::Result<()>>,
 {
@@ -219,7 +219,7 @@ async fn drive<C>(
                 }
                 return;
             }
-            () = signalled(&mut drain), if !closing => {
+            () = drain.cancelled(), if !closing => {
                 graceful_shutdown(conn.as_mut());
                 closing = true;
             }
@@ -234,7 +234,7 @@ async fn drive<C>(
                     closing = true;
                 }
             },
-            () = signalled(&mut kill) => return,
+            () = kill.cancelled() => return,
         }
     }
 }
@@ -423,7 +423,7 @@ where
 /// connection.
 #[derive(Clone)]
 struct ConnExec {
-    kill: watch::Receiver<bool>,
+    kill: CancellationToken,
 }
 
 impl<F> hyper::rt::Executor<F> for ConnExec
@@ -432,11 +432,11 @@ where
     F::Output: Send + 'static,
 {
     fn execute(&self, fut: F) {
-        let mut kill = self.kill.clone();
+        let kill = self.kill.clone();
         tokio::spawn(async move {
             tokio::select! {
                 _ = fut => {}
-                () = signalled(&mut kill) => {}
+                () = kill.cancelled() => {}
             }
         });
     }

@@ -1,4 +1,4 @@
-//! Fixtures for the listener tests: `listener::run` on 127.0.0.1:0 with its drain switch,
+//! Fixtures for the listener tests: `listener::run` on 127.0.0.1:0 with its drain token,
 //! listeners (HTTP with limits and TLS, TCP proxy) applied to a `ConfigStore` by hand, a TCP
 //! echo backend, certificates made by rcgen, and the Prometheus text of this test binary's
 //! metrics.
@@ -19,15 +19,15 @@ use switchboard_proxy_xds::config::route::{Action, Clusters, PathMatch};
 use switchboard_proxy_xds::{ConfigStore, Handler};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
-use tokio::sync::watch;
 use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
 
 use crate::support::{route, set_routes, to, vhost};
 
 /// A listener served by `listener::run`.
 pub struct Running {
     pub addr: SocketAddr,
-    pub drain: watch::Sender<bool>,
+    pub drain: CancellationToken,
     pub done: JoinHandle<()>,
 }
 
@@ -44,13 +44,13 @@ pub async fn start_with(
 ) -> Running {
     let tcp = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = tcp.local_addr().unwrap();
-    let (drain, drained) = watch::channel(false);
+    let drain = CancellationToken::new();
     let done = tokio::spawn(switchboard_proxy_data::listener::run(
         tcp,
         name.to_owned(),
         store.clone(),
         clusters,
-        drained,
+        drain.clone(),
         drain_timeout,
     ));
     Running { addr, drain, done }
