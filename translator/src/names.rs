@@ -13,7 +13,7 @@ pub const INBOUND: &str = "sidecar/inbound";
 /// Where the outbound listener binds: loopback only, so it is reachable from the application
 /// (`HTTP_PROXY=http://127.0.0.1:15001`) and nothing else.
 pub const OUTBOUND_ADDRESS: &str = "127.0.0.1";
-/// The outbound listener's port (DESIGN.md).
+/// The outbound listener's port (ARCHITECTURE.md, generated names).
 pub const OUTBOUND_PORT: u32 = 15001;
 
 /// HTTP fault injection filter; its per-route config is keyed by this name.
@@ -28,7 +28,7 @@ pub const TCP_PROXY_FILTER: &str = "envoy.filters.network.tcp_proxy";
 /// protocol options.
 pub const HTTP_PROTOCOL_OPTIONS: &str = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions";
 
-/// Cluster (and load assignment) of a service: its name, as DESIGN.md says.
+/// Cluster (and load assignment) of a service: its name (ARCHITECTURE.md, generated names).
 pub fn cluster(service: &str) -> String {
     service.to_owned()
 }

@@ -1,6 +1,6 @@
 //! Switchboard's xDS server: what proxies and proxyless gRPC clients connect to.
 //!
-//! The change path (DESIGN.md): the store commits revision N and announces it → the
+//! The change path (ARCHITECTURE.md's bird's-eye view): the store commits revision N and announces it → the
 //! [`watcher`] finds which loaded meshes changed → the [`cache`] rebuilds only those, with
 //! the translator's incremental `Translator`, into a shared [`MeshSnapshot`] → every stream
 //! of the mesh wakes up and sends only what changed for it, make-before-break

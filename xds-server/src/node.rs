@@ -11,10 +11,11 @@ use switchboard_translator::{NodeRole, SidecarParams, names, sidecar_inbound};
 use switchboard_xds_proto::Node;
 use switchboard_xds_proto::pb::google::protobuf::{Struct, value::Kind};
 
-/// The form every node id must take (DESIGN.md), quoted in error messages.
+/// The form every node id must take (ARCHITECTURE.md, tenancy and naming), quoted in error
+/// messages.
 pub const NODE_ID_FORM: &str = "tenants/{tenant}/meshes/{mesh}/nodes/{name}";
 
-/// Where a sidecar accepts mesh traffic when its metadata does not say (DESIGN.md).
+/// Where a sidecar accepts mesh traffic when its metadata does not say.
 pub const DEFAULT_INBOUND_PORT: u32 = 15006;
 
 /// Longest node name accepted (the last segment of the node id).
@@ -188,7 +189,7 @@ pub fn describe_role(role: &NodeRole) -> String {
 }
 
 /// Where a sidecar is reached, for its registration as an endpoint of its service
-/// (DESIGN.md: a connected sidecar registers itself).
+/// (a connected sidecar registers itself).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct SidecarEndpointMeta {
     /// Metadata `address`; when absent the stream's peer address is used.

@@ -1,5 +1,5 @@
-//! Sidecar self-registration (DESIGN.md): "A connected sidecar registers itself as an endpoint
-//! of its service; it leaves when its stream has been gone for a grace period."
+//! Sidecar self-registration: a connected sidecar registers itself as an endpoint of its
+//! service, and leaves when its stream has been gone for a grace period.
 //!
 //! When a stream of a sidecar (node metadata `role: sidecar`) is admitted with a proxy token,
 //! the stream tells the `Registrar`; when the stream ends, the guard it holds says so.
