@@ -25,6 +25,7 @@ use serde_json::json;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use switchboard_api::{AdminToken, AppState, NodeConfigFuture, NodeConfigs, router};
+use switchboard_loadtest::{Summary, ms};
 use switchboard_store::{Backend, testing};
 use tokio::task::JoinSet;
 
@@ -103,39 +104,26 @@ impl Stats {
         wall: Duration,
         runs: &[ClientRun],
     ) -> Stats {
-        let mut all: Vec<Duration> = runs
+        let all: Vec<Duration> = runs
             .iter()
             .flat_map(|r| r.latencies.iter().copied())
             .collect();
-        all.sort_unstable();
+        let summary = Summary::of(&all);
         Stats {
             backend,
             phase,
             clients,
-            writes: all.len(),
+            writes: summary.count,
             wall,
-            p50: percentile(&all, 0.50),
-            p99: percentile(&all, 0.99),
-            max: all.last().copied().unwrap_or_default(),
+            p50: summary.p50,
+            p99: summary.p99,
+            max: summary.max,
         }
     }
 
     fn per_sec(&self) -> f64 {
         self.writes as f64 / self.wall.as_secs_f64().max(f64::EPSILON)
     }
-}
-
-/// Nearest-rank percentile of sorted latencies.
-fn percentile(sorted: &[Duration], p: f64) -> Duration {
-    if sorted.is_empty() {
-        return Duration::ZERO;
-    }
-    let rank = (p * sorted.len() as f64).ceil() as usize;
-    sorted[rank.clamp(1, sorted.len()) - 1]
-}
-
-fn ms(d: Duration) -> f64 {
-    d.as_secs_f64() * 1000.0
 }
 
 /// Sends each client's writes one after another, all clients at once. Returns the wall time

@@ -392,7 +392,7 @@ async fn tenant_isolation(b: Backend) {
     let key_id = keys.body["items"][0]["id"].as_str().unwrap().to_string();
     let before = api.fingerprint("beta").await;
     let svc = json!({"spec": {"port": 81}});
-    let cases: Vec<(Method, String, Option<Value>)> = vec![
+    let mut cases: Vec<(Method, String, Option<Value>)> = vec![
         (Method::GET, "/v1/tenants/beta".into(), None),
         (Method::DELETE, "/v1/tenants/beta".into(), None),
         (Method::GET, "/v1/tenants/beta/meshes".into(), None),
@@ -419,33 +419,20 @@ async fn tenant_isolation(b: Backend) {
             format!("{bm}/services/guessed"),
             Some(svc.clone()),
         ),
-        (Method::GET, "/v1/tenants/beta/api-keys".into(), None),
-        (
-            Method::POST,
-            "/v1/tenants/beta/api-keys".into(),
-            Some(json!({})),
-        ),
-        (
-            Method::DELETE,
-            format!("/v1/tenants/beta/api-keys/{key_id}"),
-            None,
-        ),
-        (Method::GET, "/v1/tenants/beta/proxy-tokens".into(), None),
-        (
-            Method::POST,
-            "/v1/tenants/beta/proxy-tokens".into(),
-            Some(json!({})),
-        ),
-        (
-            Method::DELETE,
-            format!("/v1/tenants/beta/proxy-tokens/{tok_id}"),
-            None,
-        ),
+    ];
+    // Both credential collections: list, mint and revoke.
+    for (coll, id) in [("api-keys", &key_id), ("proxy-tokens", &tok_id)] {
+        let base = format!("/v1/tenants/beta/{coll}");
+        cases.push((Method::GET, base.clone(), None));
+        cases.push((Method::POST, base.clone(), Some(json!({}))));
+        cases.push((Method::DELETE, format!("{base}/{id}"), None));
+    }
+    cases.extend([
         (Method::GET, "/v1/tenants/beta/changes?since=0".into(), None),
         (Method::GET, format!("{bm}/proxies"), None),
         (Method::GET, format!("{bm}/proxies/n1"), None),
         (Method::GET, format!("{bm}/proxies/n1/config"), None),
-    ];
+    ]);
     for (method, path, body) in cases {
         let r = match body {
             Some(v) => api.json(method.clone(), &path, &key_a, v).await,

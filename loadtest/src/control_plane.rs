@@ -53,6 +53,18 @@ fn binary() -> Result<PathBuf> {
     release_binary("SWITCHBOARD_BIN", "switchboard")
 }
 
+/// Spawns `cmd`, which runs `bin`, and returns the child with its process id; `what` names
+/// the child when it exits before it has one.
+pub(crate) fn spawn(cmd: &mut Command, bin: &Path, what: &str) -> Result<(Child, u32)> {
+    let child = cmd
+        .spawn()
+        .with_context(|| format!("starting {}", bin.display()))?;
+    let pid = child
+        .id()
+        .with_context(|| format!("{what} exited at once"))?;
+    Ok((child, pid))
+}
+
 /// A binary of this workspace: the file that `env_var` names, else `target/release/{name}`
 /// (honouring `CARGO_TARGET_DIR`), which must have been built (`cargo build --release -p
 /// {name}`).
@@ -183,10 +195,7 @@ impl ControlPlane {
                 cmd.env_remove(key);
             }
         }
-        let child = cmd
-            .spawn()
-            .with_context(|| format!("starting {}", bin.display()))?;
-        let pid = child.id().context("the control plane exited at once")?;
+        let (child, pid) = spawn(&mut cmd, &bin, "the control plane")?;
         let mut cp = ControlPlane {
             child,
             pid,

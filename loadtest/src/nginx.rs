@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail};
 use tokio::process::{Child, Command};
 
+use crate::control_plane::spawn;
 use crate::procfs;
 
 /// The nginx to run: `NGINX_BIN`, else `nginx` on `PATH`, else `/usr/sbin/nginx` (where
@@ -110,21 +111,22 @@ impl Nginx {
         let conf = dir.path().join("nginx.conf");
         std::fs::write(&conf, config(dir.path(), addr, backend, workers))?;
         let log = std::fs::File::create(dir.path().join("stderr.log"))?;
-        let child = Command::new(&bin)
-            .arg("-p")
-            .arg(dir.path())
-            .arg("-e")
-            .arg(dir.path().join("error.log"))
-            .arg("-c")
-            .arg(&conf)
-            .arg("-g")
-            .arg("daemon off;")
-            .stdin(Stdio::null())
-            .stdout(log.try_clone()?)
-            .stderr(log)
-            .spawn()
-            .with_context(|| format!("starting {}", bin.display()))?;
-        let master = child.id().context("nginx exited at once")?;
+        let (child, master) = spawn(
+            Command::new(&bin)
+                .arg("-p")
+                .arg(dir.path())
+                .arg("-e")
+                .arg(dir.path().join("error.log"))
+                .arg("-c")
+                .arg(&conf)
+                .arg("-g")
+                .arg("daemon off;")
+                .stdin(Stdio::null())
+                .stdout(log.try_clone()?)
+                .stderr(log),
+            &bin,
+            "nginx",
+        )?;
         let mut nginx = Nginx {
             child,
             master,

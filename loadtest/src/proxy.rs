@@ -12,7 +12,7 @@ use serde_json::json;
 use tokio::process::{Child, Command};
 
 use crate::Rest;
-use crate::control_plane::{last_lines, release_binary, wait_for_200};
+use crate::control_plane::{last_lines, release_binary, spawn, wait_for_200};
 
 /// The binary to start: `SWITCHBOARD_PROXY_BIN`, else `target/release/switchboard-proxy`.
 pub fn binary() -> Result<PathBuf> {
@@ -163,10 +163,7 @@ impl ProxyProcess {
             .stdout(log_file.try_clone()?)
             .stderr(log_file)
             .kill_on_drop(true);
-        let child = cmd
-            .spawn()
-            .with_context(|| format!("starting {}", bin.display()))?;
-        let pid = child.id().context("the proxy exited at once")?;
+        let (child, pid) = spawn(&mut cmd, &bin, "the proxy")?;
         let mut proxy = ProxyProcess {
             child,
             pid,

@@ -248,56 +248,31 @@ mod tests {
 
     #[test]
     fn refused_nodes_are_refused_here() {
-        let e = run(&[
-            "proxy",
-            "--tenant",
-            "acme",
-            "--mesh",
-            "prod",
-            "--node",
-            "x",
-            "--role",
-            "sidecar",
-            "--service",
-            "payments",
-        ])
-        .unwrap_err()
-        .to_string();
-        assert!(e.contains("app_port"), "{e}");
-        let e = run(&[
-            "proxy",
-            "--tenant",
-            "Acme",
-            "--mesh",
-            "prod",
-            "--node",
-            "x",
-            "--role",
-            "gateway",
-            "--gateway",
-            "edge",
-        ])
-        .unwrap_err()
-        .to_string();
-        assert!(e.contains("malformed"), "{e}");
-        let e = run(&[
-            "proxy",
-            "--tenant",
-            "acme",
-            "--mesh",
-            "prod",
-            "--node",
-            "x",
-            "--role",
-            "gateway",
-            "--gateway",
-            "edge",
-            "--app-port",
-            "1",
-        ])
-        .unwrap_err()
-        .to_string();
-        assert!(e.contains("--app-port"), "{e}");
+        const NODE: [&str; 7] = ["proxy", "--tenant", "acme", "--mesh", "prod", "--node", "x"];
+        let cases: [(&str, &[&str], &str); 3] = [
+            (
+                "acme",
+                &["--role", "sidecar", "--service", "payments"],
+                "app_port",
+            ),
+            (
+                "Acme",
+                &["--role", "gateway", "--gateway", "edge"],
+                "malformed",
+            ),
+            (
+                "acme",
+                &["--role", "gateway", "--gateway", "edge", "--app-port", "1"],
+                "--app-port",
+            ),
+        ];
+        for (tenant, rest, want) in cases {
+            let mut args = NODE.to_vec();
+            args[2] = tenant;
+            args.extend_from_slice(rest);
+            let e = run(&args).unwrap_err().to_string();
+            assert!(e.contains(want), "{args:?}: {e}");
+        }
     }
 
     #[test]

@@ -36,6 +36,26 @@ pub struct Page<T> {
     pub next_after: Option<String>,
 }
 
+impl<T> Page<T> {
+    /// A page from `items` as fetched with `LIMIT limit + 1`: at most `limit` of them, with the
+    /// `name` of the last when there were more.
+    pub(crate) fn of(mut items: Vec<T>, limit: u32, name: impl Fn(&T) -> &str) -> Page<T> {
+        let next_after = if items.len() > limit as usize {
+            items.truncate(limit as usize);
+            items.last().map(|t| name(t).to_owned())
+        } else {
+            None
+        };
+        Page { items, next_after }
+    }
+}
+
+/// The JSON in a row's `spec` column; `what` names it when it does not parse.
+pub(crate) fn spec_column(row: &AnyRow, what: &str) -> Result<serde_json::Value, StoreError> {
+    let spec: String = row.try_get("spec")?;
+    serde_json::from_str(&spec).map_err(|e| StoreError::Corrupt(format!("{what}: {e}")))
+}
+
 /// An open write transaction with its new revision (and, on SQLite, the turn to write).
 pub(crate) struct WriteTx {
     pub tx: Transaction<'static, Any>,
@@ -63,7 +83,6 @@ const COLS: &str = "tenant, mesh, kind, name, spec, revision, create_time, updat
 
 pub(crate) fn row_to_resource(row: &AnyRow) -> Result<StoredResource, StoreError> {
     let kind: String = row.try_get("kind")?;
-    let spec: String = row.try_get("spec")?;
     Ok(StoredResource {
         key: ResourceKey {
             tenant: row.try_get("tenant")?,
@@ -72,8 +91,7 @@ pub(crate) fn row_to_resource(row: &AnyRow) -> Result<StoredResource, StoreError
                 .ok_or_else(|| StoreError::Corrupt(format!("unknown kind {kind:?}")))?,
             name: row.try_get("name")?,
         },
-        spec: serde_json::from_str(&spec)
-            .map_err(|e| StoreError::Corrupt(format!("spec of {kind}: {e}")))?,
+        spec: spec_column(row, &format!("spec of {kind}"))?,
         revision: row.try_get("revision")?,
         create_time: row.try_get("create_time")?,
         update_time: row.try_get("update_time")?,
@@ -412,27 +430,34 @@ impl Store {
     ) -> Result<Page<StoredResource>, StoreError> {
         let _t = Timer::start("list");
         let mesh = if kind == Kind::Mesh { "" } else { mesh };
-        let rows = sqlx::query(&format!(
+        let sql = format!(
             "SELECT {COLS} FROM resources WHERE tenant = $1 AND mesh = $2 AND kind = $3 AND name > $4 ORDER BY name LIMIT $5"
-        ))
-        .bind(tenant)
-        .bind(mesh)
-        .bind(kind.plural())
-        .bind(after.unwrap_or(""))
-        .bind(i64::from(limit) + 1)
-        .fetch_all(self.pool())
-        .await?;
-        let mut items = rows
-            .iter()
-            .map(row_to_resource)
-            .collect::<Result<Vec<_>, _>>()?;
-        let next_after = if items.len() > limit as usize {
-            items.truncate(limit as usize);
-            items.last().map(|r| r.key.name.clone())
-        } else {
-            None
-        };
-        Ok(Page { items, next_after })
+        );
+        let query = sqlx::query(&sql)
+            .bind(tenant)
+            .bind(mesh)
+            .bind(kind.plural());
+        self.fetch_page(query, after, limit, row_to_resource, |r| &r.key.name)
+            .await
+    }
+
+    /// One page of at most `limit` items, ordered by name: runs `query` with its last two
+    /// parameters bound to the name to list after and to one row more than `limit`.
+    pub(crate) async fn fetch_page<'q, T>(
+        &self,
+        query: AnyQuery<'q>,
+        after: Option<&'q str>,
+        limit: u32,
+        row_to: fn(&AnyRow) -> Result<T, StoreError>,
+        name: impl Fn(&T) -> &str,
+    ) -> Result<Page<T>, StoreError> {
+        let rows = query
+            .bind(after.unwrap_or(""))
+            .bind(i64::from(limit) + 1)
+            .fetch_all(self.pool())
+            .await?;
+        let items = rows.iter().map(row_to).collect::<Result<Vec<_>, _>>()?;
+        Ok(Page::of(items, limit, name))
     }
 
     /// Everything in one mesh at one revision, for the translator.

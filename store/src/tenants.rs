@@ -1,16 +1,14 @@
 //! Tenants: the unit of ownership and of revisions.
 
-use crate::resources::Page;
+use crate::resources::{Page, spec_column};
 use crate::{Store, StoreError, Tenant, Timer, now_ms};
 use sqlx::Row;
 use sqlx::any::AnyRow;
 
 fn row_to_tenant(r: &AnyRow) -> Result<Tenant, StoreError> {
-    let spec: String = r.try_get("spec")?;
     Ok(Tenant {
         name: r.try_get("name")?,
-        spec: serde_json::from_str(&spec)
-            .map_err(|e| StoreError::Corrupt(format!("tenant spec: {e}")))?,
+        spec: spec_column(r, "tenant spec")?,
         revision: r.try_get("revision")?,
         create_time: r.try_get("create_time")?,
         update_time: r.try_get("update_time")?,
@@ -79,24 +77,11 @@ impl Store {
         after: Option<&str>,
         limit: u32,
     ) -> Result<Page<Tenant>, StoreError> {
-        let rows = sqlx::query(
+        let query = sqlx::query(
             "SELECT name, spec, revision, create_time, update_time FROM tenants WHERE name > $1 ORDER BY name LIMIT $2",
-        )
-        .bind(after.unwrap_or(""))
-        .bind(i64::from(limit) + 1)
-        .fetch_all(self.pool())
-        .await?;
-        let mut items = rows
-            .iter()
-            .map(row_to_tenant)
-            .collect::<Result<Vec<_>, _>>()?;
-        let next_after = if items.len() > limit as usize {
-            items.truncate(limit as usize);
-            items.last().map(|t| t.name.clone())
-        } else {
-            None
-        };
-        Ok(Page { items, next_after })
+        );
+        self.fetch_page(query, after, limit, row_to_tenant, |t| &t.name)
+            .await
     }
 
     /// Deletes a tenant with everything it owns, credentials included.

@@ -39,6 +39,19 @@ async fn put_with(
     s.put_spec("acme", "prod", name, &parsed, &opts).await
 }
 
+/// Deletes a resource of acme/prod without a precondition.
+async fn delete(
+    s: &Store,
+    kind: Kind,
+    name: &str,
+) -> Result<switchboard_store::StoredResource, StoreError> {
+    s.delete(
+        &ResourceKey::new("acme", "prod", kind, name),
+        &WriteOptions::default(),
+    )
+    .await
+}
+
 fn route(host: &str, svc: &str) -> serde_json::Value {
     json!({"hostnames": [host], "rules": [{"backends": [{"service": svc}]}]})
 }
@@ -70,34 +83,17 @@ async fn crud_and_revisions(b: Backend) {
             .await
             .unwrap();
     }
-    let p1 = s
-        .list("acme", "prod", Kind::Service, None, 2)
-        .await
-        .unwrap();
-    assert_eq!(
-        p1.items
-            .iter()
-            .map(|r| r.key.name.as_str())
-            .collect::<Vec<_>>(),
-        ["a", "b"]
-    );
-    let p2 = s
-        .list("acme", "prod", Kind::Service, p1.next_after.as_deref(), 2)
-        .await
-        .unwrap();
-    assert_eq!(
-        p2.items
-            .iter()
-            .map(|r| r.key.name.as_str())
-            .collect::<Vec<_>>(),
-        ["c", "d"]
-    );
-    let p3 = s
-        .list("acme", "prod", Kind::Service, p2.next_after.as_deref(), 2)
-        .await
-        .unwrap();
-    assert_eq!(p3.items.len(), 1);
-    assert!(p3.next_after.is_none());
+    let mut after = None;
+    for want in [&["a", "b"][..], &["c", "d"], &["e"]] {
+        let page = s
+            .list("acme", "prod", Kind::Service, after.as_deref(), 2)
+            .await
+            .unwrap();
+        let names: Vec<_> = page.items.iter().map(|r| r.key.name.as_str()).collect();
+        assert_eq!(names, want);
+        after = page.next_after;
+    }
+    assert!(after.is_none());
     let meshes = s.list("acme", "", Kind::Mesh, None, 10).await.unwrap();
     assert_eq!(meshes.items.len(), 1);
 }
@@ -204,22 +200,12 @@ async fn references_and_claims(b: Backend) {
         }
         e => panic!("{e}"),
     }
-    s.delete(
-        &ResourceKey::new("acme", "prod", Kind::Route, "r"),
-        &WriteOptions::default(),
-    )
-    .await
-    .unwrap();
+    delete(&s, Kind::Route, "r").await.unwrap();
     // Claims are released with their owner.
     put(&s, Kind::Route, "r2", route("pay", "pay"))
         .await
         .unwrap();
-    s.delete(
-        &ResourceKey::new("acme", "prod", Kind::Route, "r2"),
-        &WriteOptions::default(),
-    )
-    .await
-    .unwrap();
+    delete(&s, Kind::Route, "r2").await.unwrap();
     s.delete(&svc, &WriteOptions::default()).await.unwrap();
     assert!(matches!(
         s.get(&svc).await,
@@ -271,12 +257,7 @@ async fn change_log_and_notices(b: Backend) {
     put(&s, Kind::Service, "b", json!({"port": 80}))
         .await
         .unwrap();
-    s.delete(
-        &ResourceKey::new("acme", "prod", Kind::Service, "a"),
-        &WriteOptions::default(),
-    )
-    .await
-    .unwrap();
+    delete(&s, Kind::Service, "a").await.unwrap();
     let changes = s.changes_since("acme", since, 100).await.unwrap();
     let seen: Vec<_> = changes
         .iter()

@@ -12,7 +12,7 @@ use switchboard_translator::pb::envoy::extensions::upstreams::http::v3::{
 };
 use switchboard_translator::pb::google::protobuf::{Duration, UInt32Value};
 
-use crate::common::{Mesh, decode};
+use crate::common::{Mesh, decode, unpack};
 
 fn cluster_of(service: serde_json::Value) -> Cluster {
     let res = Mesh::new().service("s", service).translate();
@@ -181,12 +181,10 @@ fn http2_for_grpc_and_http2() {
             continue;
         }
         assert_eq!(c.typed_extension_protocol_options.len(), 1);
-        let any = &c.typed_extension_protocol_options["envoy.extensions.upstreams.http.v3.HttpProtocolOptions"];
-        assert_eq!(
-            any.type_url,
-            "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
+        let opts: HttpProtocolOptions = unpack(
+            &c.typed_extension_protocol_options["envoy.extensions.upstreams.http.v3.HttpProtocolOptions"],
+            "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
         );
-        let opts: HttpProtocolOptions = prost::Message::decode(any.value.as_slice()).unwrap();
         assert!(
             matches!(
                 opts.upstream_protocol_options,

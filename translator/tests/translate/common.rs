@@ -7,6 +7,7 @@ use switchboard_model::{EndpointSpec, GatewaySpec, RouteSpec, ServiceSpec};
 use switchboard_translator::pb::envoy::config::listener::v3::{Listener, filter};
 use switchboard_translator::pb::envoy::config::route::v3::{Route, RouteConfiguration};
 use switchboard_translator::pb::envoy::extensions::filters::network::http_connection_manager::v3::HttpConnectionManager;
+use switchboard_translator::pb::google::protobuf::Any;
 use switchboard_translator::{MeshConfig, MeshResources, translate};
 
 pub fn spec<T: serde::de::DeserializeOwned>(v: Value) -> T {
@@ -41,6 +42,13 @@ impl Mesh {
     pub fn route(mut self, name: &str, v: Value) -> Self {
         self.config.routes.insert(name.into(), spec::<RouteSpec>(v));
         self
+    }
+    /// A route `name` sending every request for `hostnames` to `service`.
+    pub fn route_to(self, name: &str, hostnames: &[&str], service: &str) -> Self {
+        self.route(
+            name,
+            json!({"hostnames": hostnames, "rules": [{"backends": [{"service": service}]}]}),
+        )
     }
     pub fn gateway(mut self, name: &str, v: Value) -> Self {
         self.config
@@ -103,16 +111,25 @@ pub fn rule_route(rule: Value) -> Route {
     routes.into_iter().next().unwrap()
 }
 
-/// The HTTP connection manager of a proxyless listener.
-pub fn api_hcm(l: &Listener) -> HttpConnectionManager {
-    let any = l
-        .api_listener
+/// The packed API listener of a proxyless listener.
+pub fn api_listener(l: &Listener) -> &Any {
+    l.api_listener
         .as_ref()
         .unwrap()
         .api_listener
         .as_ref()
-        .unwrap();
-    prost::Message::decode(any.value.as_slice()).unwrap()
+        .unwrap()
+}
+
+/// Decodes a packed message after checking its type URL.
+pub fn unpack<M: prost::Message + Default>(any: &Any, type_url: &str) -> M {
+    assert_eq!(any.type_url, type_url);
+    M::decode(any.value.as_slice()).unwrap()
+}
+
+/// The HTTP connection manager of a proxyless listener.
+pub fn api_hcm(l: &Listener) -> HttpConnectionManager {
+    prost::Message::decode(api_listener(l).value.as_slice()).unwrap()
 }
 
 /// The HTTP connection manager of a listener's first filter chain.

@@ -20,7 +20,7 @@ use switchboard_translator::{
     sidecar_inbound, sidecar_inbound_with,
 };
 
-use crate::common::{api_hcm, base, chain_hcm, filter_names, listener, route_config};
+use crate::common::{api_hcm, api_listener, base, chain_hcm, filter_names, listener, route_config};
 
 fn ads() -> ConfigSource {
     ConfigSource {
@@ -63,9 +63,9 @@ fn strings(v: &[&str]) -> Vec<String> {
 
 fn sample() -> MeshResources {
     base()
-        .route("pay", json!({"hostnames": ["payments:8080", "pay.example"], "rules": [{"backends": [{"service": "a"}]}]}))
+        .route_to("pay", &["payments:8080", "pay.example"], "a")
         .route("faulty", json!({"hostnames": ["faulty"], "rules": [{"backends": [{"service": "b"}], "fault": {"abort": {"httpStatus": 503}}}]}))
-        .route("claims-g", json!({"hostnames": ["g:9090"], "rules": [{"backends": [{"service": "g"}]}]}))
+        .route_to("claims-g", &["g:9090"], "g")
         .translate()
 }
 
@@ -82,15 +82,8 @@ fn proxyless_listener_shape() {
         assert_eq!(l.name, name);
         assert_eq!(l.address, None, "{name}: an API listener has no address");
         assert!(l.filter_chains.is_empty());
-        let any = l
-            .api_listener
-            .as_ref()
-            .unwrap()
-            .api_listener
-            .as_ref()
-            .unwrap();
         assert_eq!(
-            any.type_url,
+            api_listener(&l).type_url,
             "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager"
         );
         let hcm = api_hcm(&l);
@@ -222,8 +215,8 @@ fn outbound_domains_are_never_shared() {
     // Route `x` holds `a` explicitly; route `y` claims `a:9999` and may not alias `a`, and
     // service `a` (port 8080) is claimed through `a`, so has no default host.
     let res = base()
-        .route("x", json!({"hostnames": ["a"], "rules": [{"backends": [{"service": "a"}]}]}))
-        .route("y", json!({"hostnames": ["a:9999", "b:1", "b:2"], "rules": [{"backends": [{"service": "b"}]}]}))
+        .route_to("x", &["a"], "a")
+        .route_to("y", &["a:9999", "b:1", "b:2"], "b")
         .translate();
     let rc = route_config(&res, names::OUTBOUND);
     let all: Vec<String> = rc
@@ -397,7 +390,7 @@ fn tcp_cluster(f: &Filter) -> String {
 #[test]
 fn gateways_http_and_tcp() {
     let res = base()
-        .route("web", json!({"hostnames": ["www.example.com", "api.example.com:8443", "internal"], "rules": [{"backends": [{"service": "a"}]}]}))
+        .route_to("web", &["www.example.com", "api.example.com:8443", "internal"], "a")
         .route("shop", json!({"hostnames": ["shop.example.com"], "rules": [{"backends": [{"service": "b"}], "fault": {"delay": {"fixed": "1s"}}}]}))
         .gateway("edge", json!({"port": 8080, "hostnames": ["*.example.com"], "routes": ["web", "shop"]}))
         .gateway("plain", json!({"port": 80, "routes": ["web"]}))
@@ -460,10 +453,7 @@ fn gateways_http_and_tcp() {
 #[test]
 fn listeners_by_role() {
     let res = base()
-        .route(
-            "web",
-            json!({"hostnames": ["web"], "rules": [{"backends": [{"service": "a"}]}]}),
-        )
+        .route_to("web", &["web"], "a")
         .gateway("edge", json!({"port": 8080, "routes": ["web"]}))
         .translate();
     let names_for = |role: NodeRole| -> Vec<String> {
@@ -501,7 +491,7 @@ fn listeners_by_role() {
 fn user_names_cannot_collide_with_generated_ones() {
     // A route called `outbound` claiming host names `outbound` and `gateway-edge`.
     let res = base()
-        .route("outbound", json!({"hostnames": ["outbound", "gateway-edge"], "rules": [{"backends": [{"service": "a"}]}]}))
+        .route_to("outbound", &["outbound", "gateway-edge"], "a")
         .gateway("edge", json!({"port": 8080, "routes": ["outbound"]}))
         .translate();
     assert_eq!(

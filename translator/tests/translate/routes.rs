@@ -2,7 +2,7 @@
 
 use std::collections::HashMap;
 
-use serde_json::json;
+use serde_json::{Value, json};
 use switchboard_translator::pb::envoy::config::core::v3::{
     HeaderValue, HeaderValueOption, RuntimeFractionalPercent,
     header_value_option::HeaderAppendAction,
@@ -24,7 +24,14 @@ use switchboard_translator::pb::envoy::r#type::matcher::v3::{
 use switchboard_translator::pb::envoy::r#type::v3::FractionalPercent;
 use switchboard_translator::pb::google::protobuf::{Duration, UInt32Value};
 
-use crate::common::{base, rule_route, rules_routes};
+use crate::common::{base, rule_route, rules_routes, unpack};
+
+/// The match of a one-rule route to service `a` that has the one match `m`.
+fn match_of(m: Value) -> RouteMatch {
+    rule_route(json!({"matches": [m], "backends": [{"service": "a"}]}))
+        .r#match
+        .unwrap()
+}
 
 fn action(r: &Route) -> &RouteAction {
     match &r.action {
@@ -82,8 +89,7 @@ fn path_matches() {
             P::SafeRegex(regex("/v[0-9]+/.*")),
         ),
     ] {
-        let r = rule_route(json!({"matches": [{"path": path}], "backends": [{"service": "a"}]}));
-        let m = r.r#match.unwrap();
+        let m = match_of(json!({"path": path}));
         assert_eq!(m.path_specifier, Some(expected));
         assert!(m.headers.is_empty() && m.query_parameters.is_empty());
     }
@@ -176,11 +182,8 @@ fn header_matches() {
             true,
         ),
     ] {
-        let r = rule_route(
-            json!({"matches": [{"headers": [header.clone()]}], "backends": [{"service": "a"}]}),
-        );
         assert_eq!(
-            r.r#match.unwrap().headers,
+            match_of(json!({"headers": [header.clone()]})).headers,
             vec![HeaderMatcher {
                 name: "x-env".into(),
                 invert_match: invert,
@@ -212,11 +215,8 @@ fn query_matches() {
             Q::PresentMatch(true),
         ),
     ] {
-        let r = rule_route(
-            json!({"matches": [{"queryParams": [query.clone()]}], "backends": [{"service": "a"}]}),
-        );
         assert_eq!(
-            r.r#match.unwrap().query_parameters,
+            match_of(json!({"queryParams": [query.clone()]})).query_parameters,
             vec![QueryParameterMatcher {
                 name: "v".into(),
                 query_parameter_match_specifier: Some(expected),
@@ -229,11 +229,9 @@ fn query_matches() {
 #[test]
 fn method_is_a_method_header_match() {
     for method in ["GET", "POST", "DELETE"] {
-        let r = rule_route(json!({
-            "matches": [{"method": method, "headers": [{"name": "x-a", "type": "present"}]}],
-            "backends": [{"service": "a"}],
-        }));
-        let headers = r.r#match.unwrap().headers;
+        let headers =
+            match_of(json!({"method": method, "headers": [{"name": "x-a", "type": "present"}]}))
+                .headers;
         assert_eq!(headers.len(), 2);
         assert_eq!(
             headers[1],
@@ -532,12 +530,10 @@ fn fault_injection_per_route() {
     ] {
         let r = rule_route(json!({"backends": [{"service": "a"}], "fault": fault.clone()}));
         assert_eq!(r.typed_per_filter_config.len(), 1);
-        let any = &r.typed_per_filter_config["envoy.filters.http.fault"];
-        assert_eq!(
-            any.type_url,
-            "type.googleapis.com/envoy.extensions.filters.http.fault.v3.HTTPFault"
+        let got: HttpFault = unpack(
+            &r.typed_per_filter_config["envoy.filters.http.fault"],
+            "type.googleapis.com/envoy.extensions.filters.http.fault.v3.HTTPFault",
         );
-        let got: HttpFault = prost::Message::decode(any.value.as_slice()).unwrap();
         assert_eq!(got, expected, "{fault}");
     }
     let r = rule_route(json!({"backends": [{"service": "a"}]}));
@@ -567,12 +563,7 @@ fn mirroring() {
 
 #[test]
 fn missing_backend_is_a_warning_not_a_failure() {
-    let res = base()
-        .route(
-            "r",
-            json!({"hostnames": ["r"], "rules": [{"backends": [{"service": "nope"}]}]}),
-        )
-        .translate();
+    let res = base().route_to("r", &["r"], "nope").translate();
     assert_eq!(res.warnings.len(), 1, "{:?}", res.warnings);
     assert!(res.warnings[0].contains("nope"));
     assert!(res.route_configurations.contains_key("r"));
