@@ -12,7 +12,6 @@
 //! `SWITCHBOARD_GO_XDS_SERVER`. Without it the test skips, unless `SWITCHBOARD_REQUIRE_PEERS=1`
 //! (then it fails).
 
-use std::convert::Infallible;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -21,13 +20,11 @@ use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
-use http_body_util::Full;
-use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo};
-use hyper_util::server::conn::auto;
 use serde_json::Value;
-use tokio::net::TcpListener;
+
+mod support;
+
+use support::{Protocol, backend, free_port};
 
 const NODE_ID: &str = "gocp-interop-proxy";
 const ROUTE_TYPE: &str = "type.googleapis.com/envoy.config.route.v3.RouteConfiguration";
@@ -126,37 +123,6 @@ fn collect(name: &'static str, from: impl Read + Send + 'static, into: Arc<Mutex
     });
 }
 
-/// A port free on 127.0.0.1 a moment ago, for the processes that bind their own.
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-/// An HTTP backend on 127.0.0.1:0 answering every request with its name.
-async fn backend(name: &'static str) -> SocketAddr {
-    let tcp = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = tcp.local_addr().unwrap();
-    tokio::spawn(async move {
-        loop {
-            let Ok((stream, _)) = tcp.accept().await else {
-                continue;
-            };
-            tokio::spawn(async move {
-                let svc = service_fn(move |_req| async move {
-                    Ok::<_, Infallible>(hyper::Response::new(Full::new(Bytes::from(name))))
-                });
-                let _ = auto::Builder::new(TokioExecutor::new())
-                    .serve_connection(TokioIo::new(stream), svc)
-                    .await;
-            });
-        }
-    });
-    addr
-}
-
 /// The body of a request through the proxy (which must answer 200).
 async fn get(http: &reqwest::Client, url: &str, pick: Option<&str>) -> String {
     let mut req = http.get(url);
@@ -204,8 +170,8 @@ async fn the_proxy_takes_its_config_from_go_control_plane_and_routes() {
     let Some(gocp_path) = go_server() else {
         return;
     };
-    let a = backend("a").await;
-    let b = backend("b").await;
+    let a = backend("a", Protocol::Http1).await;
+    let b = backend("b", Protocol::Http1).await;
     let listener_port = free_port();
 
     // The Go server: prints "listening 127.0.0.1:PORT" once serving.
@@ -215,9 +181,9 @@ async fn the_proxy_takes_its_config_from_go_control_plane_and_routes() {
             .arg("-listener-port")
             .arg(listener_port.to_string())
             .arg("-backend-a")
-            .arg(a.to_string())
+            .arg(a.addr.to_string())
             .arg("-backend-b")
-            .arg(b.to_string())
+            .arg(b.addr.to_string())
             .arg("-node-id")
             .arg(NODE_ID)
             .stdout(Stdio::piped()),

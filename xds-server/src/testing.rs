@@ -4,7 +4,7 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use switchboard_store::Store;
+use switchboard_store::{CredentialKind, Store, StoreError};
 use switchboard_xds_proto::pb::google::protobuf::{Struct, Value, value::Kind};
 use switchboard_xds_proto::service::ads::AggregatedDiscoveryServiceClient;
 use switchboard_xds_proto::{DiscoveryRequest, DiscoveryResponse, Node, Status as RpcStatus};
@@ -91,6 +91,20 @@ pub async fn start_registering(store: Store, grace: Duration) -> std::io::Result
         },
     )
     .await
+}
+
+/// Creates a credential of `kind` for `tenant` (for `mesh` alone when given) and returns its
+/// secret.
+pub async fn secret(
+    store: &Store,
+    tenant: &str,
+    kind: CredentialKind,
+    mesh: Option<&str>,
+) -> Result<String, StoreError> {
+    Ok(store
+        .create_credential(tenant, kind, mesh, "test")
+        .await?
+        .secret)
 }
 
 /// A node named `tenants/{tenant}/meshes/{mesh}/nodes/{name}` with no metadata (proxyless).

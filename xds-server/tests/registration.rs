@@ -19,7 +19,7 @@ use switchboard_xds_proto::pb::envoy::config::core::v3::{
 use switchboard_xds_proto::pb::envoy::config::endpoint::v3::lb_endpoint;
 use switchboard_xds_proto::{ClusterLoadAssignment, Node, unpack};
 use switchboard_xds_server::testing::{
-    AdsClient, TestServer, node, start_registering, with_metadata,
+    AdsClient, TestServer, node, secret, start_registering, with_metadata,
 };
 
 const CDS: &str = switchboard_xds_proto::type_url::CLUSTER;
@@ -61,11 +61,9 @@ async fn env(backend: Backend, grace: Duration) -> Option<Env> {
             .await
             .unwrap();
     }
-    let token = store
-        .create_credential("acme", CredentialKind::ProxyToken, None, "test")
+    let token = secret(&store, "acme", CredentialKind::ProxyToken, None)
         .await
-        .unwrap()
-        .secret;
+        .unwrap();
     let server = start_registering(store.clone(), grace).await.unwrap();
     Some(Env {
         store,
@@ -84,6 +82,20 @@ async fn put(
     spec: Value,
 ) -> Result<StoredResource, StoreError> {
     put_in(store, "acme", mesh, kind, name, spec).await
+}
+
+/// Writes the endpoint a sidecar `node` of `prod/pay` at `address` registered, as if on a
+/// replica that has since stopped: nobody holds its stream.
+async fn put_orphan(store: &Store, node: &str, address: &str) {
+    put(
+        store,
+        "prod",
+        Kind::Endpoint,
+        &format!("sidecar-{node}"),
+        json!({"service": "pay", "address": address, "port": 15006, "node": node}),
+    )
+    .await
+    .unwrap();
 }
 
 /// Writes a resource of `tenant` the way the REST API does.
@@ -127,6 +139,19 @@ impl Env {
         self.connect_as(node, Some(&self.token)).await
     }
 
+    /// Connects sidecar `name` of `service` in `mesh` and waits until its endpoint is
+    /// registered.
+    async fn sidecar_registered(
+        &self,
+        mesh: &str,
+        name: &str,
+        service: &str,
+    ) -> (AdsClient, StoredResource) {
+        let client = self.connect(sidecar(mesh, name, service, &[])).await;
+        let stored = self.registered(mesh, &format!("sidecar-{name}")).await;
+        (client, stored)
+    }
+
     async fn endpoint(&self, mesh: &str, name: &str) -> Option<StoredResource> {
         match self
             .store
@@ -167,12 +192,9 @@ impl Env {
         )
         .await
         .unwrap();
-        let token = self
-            .store
-            .create_credential("globex", CredentialKind::ProxyToken, None, "test")
+        let token = secret(&self.store, "globex", CredentialKind::ProxyToken, None)
             .await
-            .unwrap()
-            .secret;
+            .unwrap();
         let node = with_metadata(
             node("globex", "prod", "marker"),
             &[
@@ -249,8 +271,7 @@ async fn a_sidecar_registers_and_leaves_after_the_grace_period(backend: Backend)
     let first = watcher.recv_and_ack(&["pay"]).await.unwrap();
     assert_eq!(eds_addresses(&first), Vec::<String>::new());
 
-    let client = env.connect(sidecar("prod", "pay-1", "pay", &[])).await;
-    let stored = env.registered("prod", "sidecar-pay-1").await;
+    let (client, stored) = env.sidecar_registered("prod", "pay-1", "pay").await;
     assert_eq!(
         stored.spec,
         json!({
@@ -325,8 +346,7 @@ async fn anonymous_sidecars_do_not_register(backend: Backend) {
         .await;
     // Registration is one task taking streams in order: once a later stream of the same
     // mesh is registered, the anonymous one would have been too.
-    let _authenticated = env.connect(sidecar("open", "known-1", "pay", &[])).await;
-    env.registered("open", "sidecar-known-1").await;
+    let (_authenticated, _) = env.sidecar_registered("open", "known-1", "pay").await;
     assert!(env.endpoint("open", "sidecar-anon-1").await.is_none());
     drop(anonymous);
 }
@@ -339,8 +359,7 @@ async fn an_endpoint_the_user_replaced_is_kept(backend: Backend) {
     let Some(env) = env(backend, GRACE).await else {
         return;
     };
-    let client = env.connect(sidecar("prod", "pay-1", "pay", &[])).await;
-    env.registered("prod", "sidecar-pay-1").await;
+    let (client, _) = env.sidecar_registered("prod", "pay-1", "pay").await;
     let mine = put(
         &env.store,
         "prod",
@@ -352,8 +371,7 @@ async fn an_endpoint_the_user_replaced_is_kept(backend: Backend) {
     .unwrap();
     // A second sidecar leaves after the first: once its endpoint is gone, the first one's
     // grace period has ended too.
-    let marker = env.connect(sidecar("prod", "pay-2", "pay", &[])).await;
-    env.registered("prod", "sidecar-pay-2").await;
+    let (marker, _) = env.sidecar_registered("prod", "pay-2", "pay").await;
     drop(client);
     drop(marker);
     env.deregistered("prod", "sidecar-pay-2").await;
@@ -427,8 +445,7 @@ async fn a_sidecar_of_a_missing_service_registers_once_it_exists(backend: Backen
     };
     let _client = env.connect(sidecar("prod", "cart-1", "cart", &[])).await;
     // Registration is one task taking streams in order (see the anonymous test).
-    let _other = env.connect(sidecar("prod", "pay-1", "pay", &[])).await;
-    env.registered("prod", "sidecar-pay-1").await;
+    let (_other, _) = env.sidecar_registered("prod", "pay-1", "pay").await;
     assert!(env.endpoint("prod", "sidecar-cart-1").await.is_none());
     // Creating the service is noticed at once (the periodic retry is 30 s away).
     put(
@@ -452,8 +469,7 @@ async fn a_deleted_endpoint_of_a_connected_sidecar_comes_back(backend: Backend) 
     let Some(env) = env(backend, GRACE).await else {
         return;
     };
-    let _client = env.connect(sidecar("prod", "pay-1", "pay", &[])).await;
-    let before = env.registered("prod", "sidecar-pay-1").await;
+    let (_client, before) = env.sidecar_registered("prod", "pay-1", "pay").await;
     env.store
         .delete(
             &ResourceKey::new("acme", "prod", Kind::Endpoint, "sidecar-pay-1"),
@@ -498,8 +514,7 @@ async fn a_sidecar_that_moved_to_another_replica_keeps_its_endpoint(backend: Bac
     .await;
     // The node leaves this replica; a second node leaving after it marks the end of its
     // grace period.
-    let marker = env.connect(sidecar("prod", "pay-2", "pay", &[])).await;
-    env.registered("prod", "sidecar-pay-2").await;
+    let (marker, _) = env.sidecar_registered("prod", "pay-2", "pay").await;
     drop(here);
     drop(marker);
     env.deregistered("prod", "sidecar-pay-2").await;
@@ -523,15 +538,7 @@ async fn an_orphaned_endpoint_is_swept(backend: Backend) {
     };
     // Registered by a replica that stopped during the node's grace period: nobody holds a
     // stream of `gone-1` and no replica runs its grace period.
-    put(
-        &env.store,
-        "prod",
-        Kind::Endpoint,
-        "sidecar-gone-1",
-        json!({"service": "pay", "address": "10.0.0.1", "port": 15006, "node": "gone-1"}),
-    )
-    .await
-    .unwrap();
+    put_orphan(&env.store, "gone-1", "10.0.0.1").await;
     // Endpoints a user manages (no node), even with the sidecar prefix, are never swept.
     let manual = put(
         &env.store,
@@ -543,20 +550,11 @@ async fn an_orphaned_endpoint_is_swept(backend: Backend) {
     .await
     .unwrap();
     // A connected sidecar's endpoint stays.
-    let _client = env.connect(sidecar("prod", "pay-1", "pay", &[])).await;
-    let connected = env.registered("prod", "sidecar-pay-1").await;
+    let (_client, connected) = env.sidecar_registered("prod", "pay-1", "pay").await;
     env.deregistered("prod", "sidecar-gone-1").await;
     // A second orphan, written now, is swept as many sweeps later as the first was: by then
     // every sweep that would have taken the others has run. They are as they were.
-    put(
-        &env.store,
-        "prod",
-        Kind::Endpoint,
-        "sidecar-gone-2",
-        json!({"service": "pay", "address": "10.0.0.3", "port": 15006, "node": "gone-2"}),
-    )
-    .await
-    .unwrap();
+    put_orphan(&env.store, "gone-2", "10.0.0.3").await;
     env.deregistered("prod", "sidecar-gone-2").await;
     assert_eq!(
         env.endpoint("prod", "sidecar-manual").await.as_ref(),

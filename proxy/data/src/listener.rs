@@ -61,9 +61,9 @@ pub async fn serve(
     store: ConfigStore,
     clusters: Arc<ClusterManager>,
 ) -> Result<(), AcceptError> {
+    let ctx = Ctx::new(listener.into(), store, clusters);
     // A drain token nobody cancels.
-    let drain = CancellationToken::new();
-    serve_until(tcp, listener.into(), store, clusters, drain, Duration::ZERO).await
+    serve_until(tcp, ctx, CancellationToken::new(), Duration::ZERO).await
 }
 
 /// Serves the LDS listener `name` on `tcp` until `drain` is cancelled, then drains: see the module documentation. Returns once every connection is
@@ -80,7 +80,8 @@ pub async fn run(
     drain: CancellationToken,
     drain_timeout: Duration,
 ) {
-    if let Err(e) = serve_until(tcp, name, store, clusters, drain, drain_timeout).await {
+    let ctx = Ctx::new(name, store, clusters);
+    if let Err(e) = serve_until(tcp, ctx, drain, drain_timeout).await {
         tracing::error!(error = %e, "the listener stopped accepting connections");
     }
 }
@@ -88,23 +89,10 @@ pub async fn run(
 /// [`run`], returning a fatal accept error after the drain (for [`serve`]).
 async fn serve_until(
     tcp: TcpListener,
-    name: String,
-    store: ConfigStore,
-    clusters: Arc<ClusterManager>,
+    ctx: Arc<Ctx>,
     drain: CancellationToken,
     drain_timeout: Duration,
 ) -> Result<(), AcceptError> {
-    let ctx = Arc::new(Ctx {
-        http: Arc::new(HttpHandler::new(
-            name.clone(),
-            store.clone(),
-            clusters.clone(),
-        )),
-        name,
-        store,
-        clusters,
-        tls: tokio::sync::Mutex::new(None),
-    });
     // Connections follow these rather than `drain`, so that an accept error drains too.
     let conn_drain = CancellationToken::new();
     let kill = CancellationToken::new();
@@ -156,6 +144,20 @@ struct Ctx {
 }
 
 impl Ctx {
+    fn new(name: String, store: ConfigStore, clusters: Arc<ClusterManager>) -> Arc<Self> {
+        Arc::new(Ctx {
+            http: Arc::new(HttpHandler::new(
+                name.clone(),
+                store.clone(),
+                clusters.clone(),
+            )),
+            name,
+            store,
+            clusters,
+            tls: tokio::sync::Mutex::new(None),
+        })
+    }
+
     async fn acceptor(&self, tls: &DownstreamTls) -> Option<TlsAcceptor> {
         let mut cached = self.tls.lock().await;
         if cached.as_ref().is_none_or(|(seen, _)| seen != tls) {

@@ -34,6 +34,14 @@ async fn http_proxy(name: &str, limits: HttpLimits) -> (Running, ConfigStore) {
     (running, store)
 }
 
+/// Default limits but for a request headers timeout of `timeout`.
+fn headers_timeout(timeout: Duration) -> HttpLimits {
+    HttpLimits {
+        request_headers_timeout: Some(timeout),
+        ..HttpLimits::default()
+    }
+}
+
 fn req(path: &str) -> Request<Empty<Bytes>> {
     Request::get(path)
         .header("host", "x")
@@ -59,17 +67,18 @@ async fn h2_conn(addr: SocketAddr) -> hyper::client::conn::http2::SendRequest<Em
 }
 
 async fn h1_status(send: &mut hyper::client::conn::http1::SendRequest<Empty<Bytes>>) -> u16 {
-    let resp = tokio::time::timeout(Duration::from_secs(10), send.send_request(req("/")))
-        .await
-        .unwrap()
-        .unwrap();
-    let status = resp.status().as_u16();
-    resp.into_body().collect().await.unwrap();
-    status
+    status_of(send.send_request(req("/"))).await
 }
 
 async fn h2_status(send: &mut hyper::client::conn::http2::SendRequest<Empty<Bytes>>) -> u16 {
-    let resp = tokio::time::timeout(Duration::from_secs(10), send.send_request(req("/")))
+    status_of(send.send_request(req("/"))).await
+}
+
+/// The status of the response `sent` brings (within 10 s), its body read to the end.
+async fn status_of(
+    sent: impl std::future::Future<Output = hyper::Result<hyper::Response<hyper::body::Incoming>>>,
+) -> u16 {
+    let resp = tokio::time::timeout(Duration::from_secs(10), sent)
         .await
         .unwrap()
         .unwrap();
@@ -205,24 +214,18 @@ async fn oversized_headers_get_431_and_neighbours_are_unaffected() {
         "GET / HTTP/1.1\r\nhost: x\r\nx-big: {}\r\n\r\n",
         "a".repeat(12 * 1024)
     );
-    let reply = exchange(addr, big.as_bytes(), false, Duration::from_secs(10))
-        .await
-        .expect("the connection was not closed");
-    assert!(
-        reply.starts_with(b"HTTP/1.1 431"),
-        "{:?}",
-        String::from_utf8_lossy(&reply)
-    );
     let many: String = (0..80).map(|i| format!("x-h{i}: v\r\n")).collect();
     let many = format!("GET / HTTP/1.1\r\nhost: x\r\n{many}\r\n");
-    let reply = exchange(addr, many.as_bytes(), false, Duration::from_secs(10))
-        .await
-        .expect("the connection was not closed");
-    assert!(
-        reply.starts_with(b"HTTP/1.1 431"),
-        "{:?}",
-        String::from_utf8_lossy(&reply)
-    );
+    for request in [big, many] {
+        let reply = exchange(addr, request.as_bytes(), false, Duration::from_secs(10))
+            .await
+            .expect("the connection was not closed");
+        assert!(
+            reply.starts_with(b"HTTP/1.1 431"),
+            "{:?}",
+            String::from_utf8_lossy(&reply)
+        );
+    }
     // Just under the limit is fine.
     let client = h1_client();
     let six_k = "b".repeat(6 * 1024);
@@ -292,10 +295,7 @@ async fn oversized_headers_get_431_and_neighbours_are_unaffected() {
 
 #[tokio::test]
 async fn slowloris_connections_are_cut_while_normal_requests_are_served() {
-    let limits = HttpLimits {
-        request_headers_timeout: Some(Duration::from_secs(1)),
-        ..HttpLimits::default()
-    };
+    let limits = headers_timeout(Duration::from_secs(1));
     let (running, _store) = http_proxy("slowloris", limits).await;
     let addr = running.addr;
 
@@ -495,10 +495,7 @@ fn malformed(i: usize) -> Vec<u8> {
 
 #[tokio::test]
 async fn two_thousand_malformed_requests_do_not_stop_the_proxy() {
-    let limits = HttpLimits {
-        request_headers_timeout: Some(Duration::from_secs(2)),
-        ..HttpLimits::default()
-    };
+    let limits = headers_timeout(Duration::from_secs(2));
     let (running, _store) = http_proxy("malformed", limits).await;
     let addr = running.addr;
     const TOTAL: usize = 2000;

@@ -56,16 +56,7 @@ async fn closed_within(s: &mut TcpStream, within: Duration) -> bool {
 #[tokio::test]
 async fn tcp_proxy_echo_round_trip() {
     metrics();
-    let echo_addr = echo_backend().await;
-    let mut store = ConfigStore::new();
-    set_cluster(&mut store, "echo", UpstreamProtocol::Http1, &[echo_addr]);
-    set_tcp_listener(
-        &mut store,
-        "tcp-echo",
-        Clusters::One("echo".into()),
-        1,
-        None,
-    );
+    let store = tcp_echo_store("tcp-echo", None).await;
     let running = start(&store, "tcp-echo", Duration::from_secs(5)).await;
 
     let mut s = TcpStream::connect(running.addr).await.unwrap();
@@ -268,16 +259,7 @@ async fn tcp_max_connections_closes_the_overflowing_client() {
 
 #[tokio::test]
 async fn tcp_idle_timeout_closes_both_sides() {
-    let echo_addr = echo_backend().await;
-    let mut store = ConfigStore::new();
-    set_cluster(&mut store, "echo", UpstreamProtocol::Http1, &[echo_addr]);
-    set_tcp_listener(
-        &mut store,
-        "tcp-idle",
-        Clusters::One("echo".into()),
-        1,
-        Some(Duration::from_millis(300)),
-    );
+    let store = tcp_echo_store("tcp-idle", Some(Duration::from_millis(300))).await;
     let running = start(&store, "tcp-idle", Duration::from_secs(5)).await;
     let mut s = TcpStream::connect(running.addr).await.unwrap();
     // Traffic keeps it open past the timeout...
@@ -617,16 +599,7 @@ async fn drain_sends_goaway_and_closes_idle_connections() {
 
 #[tokio::test]
 async fn drain_lets_tcp_run_until_the_deadline_then_closes_it() {
-    let echo_addr = echo_backend().await;
-    let mut store = ConfigStore::new();
-    set_cluster(&mut store, "echo", UpstreamProtocol::Http1, &[echo_addr]);
-    set_tcp_listener(
-        &mut store,
-        "tcp-drain",
-        Clusters::One("echo".into()),
-        1,
-        None,
-    );
+    let store = tcp_echo_store("tcp-drain", None).await;
     let running = start(&store, "tcp-drain", Duration::from_millis(800)).await;
     let mut s = TcpStream::connect(running.addr).await.unwrap();
     assert_eq!(echo(&mut s, b"before").await, b"before");
@@ -645,16 +618,7 @@ async fn drain_lets_tcp_run_until_the_deadline_then_closes_it() {
 #[tokio::test]
 async fn serve_still_serves_tcp_and_http_listeners() {
     // `proxy::serve` (no drain) dispatches by listener kind too.
-    let echo_addr = echo_backend().await;
-    let mut store = ConfigStore::new();
-    set_cluster(&mut store, "echo", UpstreamProtocol::Http1, &[echo_addr]);
-    set_tcp_listener(
-        &mut store,
-        "tcp-serve",
-        Clusters::One("echo".into()),
-        1,
-        None,
-    );
+    let store = tcp_echo_store("tcp-serve", None).await;
     let tcp = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = tcp.local_addr().unwrap();
     let task = tokio::spawn(switchboard_proxy_data::serve(

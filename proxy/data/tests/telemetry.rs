@@ -11,7 +11,6 @@
 mod support;
 
 use std::collections::BTreeMap;
-use std::convert::Infallible;
 use std::io::Write;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, OnceLock};
@@ -19,11 +18,8 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http::{Request, Response, StatusCode};
-use http_body_util::Full;
+use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
-use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo};
-use hyper_util::server::conn::auto;
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{
     TraceService, TraceServiceServer,
@@ -173,44 +169,30 @@ async fn collector(spans: Arc<Mutex<Vec<OtlpSpan>>>) -> SocketAddr {
 /// `x-echo-tracestate`) and its name (`x-echo-name`), with body `ok`; `/status/503`
 /// answers 503.
 async fn echo_backend(name: &'static str) -> SocketAddr {
-    let tcp = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = tcp.local_addr().unwrap();
-    tokio::spawn(async move {
-        loop {
-            let Ok((stream, _)) = tcp.accept().await else {
-                continue;
-            };
-            tokio::spawn(async move {
-                let svc = service_fn(move |req: Request<Incoming>| async move {
-                    let mut resp = Response::new(Full::new(Bytes::from_static(b"ok")));
-                    if req.uri().path() == "/status/503" {
-                        *resp.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
-                    }
-                    let h = resp.headers_mut();
-                    h.insert("x-echo-name", name.parse().unwrap());
-                    for (from, to) in [
-                        ("traceparent", "x-echo-traceparent"),
-                        ("tracestate", "x-echo-tracestate"),
-                    ] {
-                        let values: Vec<&str> = req
-                            .headers()
-                            .get_all(from)
-                            .iter()
-                            .map(|v| v.to_str().unwrap())
-                            .collect();
-                        if !values.is_empty() {
-                            h.insert(to, values.join(" | ").parse().unwrap());
-                        }
-                    }
-                    Ok::<_, Infallible>(resp)
-                });
-                let _ = auto::Builder::new(TokioExecutor::new())
-                    .serve_connection(TokioIo::new(stream), svc)
-                    .await;
-            });
+    serve_backend(move |req: Request<Incoming>| async move {
+        let mut resp = Response::new(Full::new(Bytes::from_static(b"ok")).boxed_unsync());
+        if req.uri().path() == "/status/503" {
+            *resp.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
         }
-    });
-    addr
+        let h = resp.headers_mut();
+        h.insert("x-echo-name", name.parse().unwrap());
+        for (from, to) in [
+            ("traceparent", "x-echo-traceparent"),
+            ("tracestate", "x-echo-tracestate"),
+        ] {
+            let values: Vec<&str> = req
+                .headers()
+                .get_all(from)
+                .iter()
+                .map(|v| v.to_str().unwrap())
+                .collect();
+            if !values.is_empty() {
+                h.insert(to, values.join(" | ").parse().unwrap());
+            }
+        }
+        resp
+    })
+    .await
 }
 
 /// A proxy for listener `http` in front of an echo backend: virtual host `vhost` (domain

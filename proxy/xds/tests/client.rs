@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use switchboard_proxy_xds::testing::resources::{
-    eds_cluster, http_listener, listener_with, load_assignment, regex_route_config, route_config,
+    eds_cluster, http_listener, load_assignment, redis_listener, regex_route_config, route_config,
 };
 use switchboard_proxy_xds::testing::{AdsServer, Received, response};
 use switchboard_proxy_xds::{Bootstrap, ClientOptions, ConfigStore, XdsClient, XdsClientHandle};
@@ -116,6 +116,18 @@ fn assert_ack(r: &DiscoveryRequest, version: &str, nonce: &str) {
     assert!(r.error_detail.is_none(), "{r:?}");
 }
 
+/// Sends a response of `type_url` with `resources` and expects the client's ACK of it.
+async fn respond_acked(
+    server: &mut AdsServer,
+    type_url: &str,
+    version: &str,
+    nonce: &str,
+    resources: Vec<Any>,
+) {
+    assert!(server.respond(response(type_url, version, nonce, resources)));
+    assert_ack(&expect(server, type_url).await.request, version, nonce);
+}
+
 /// Drives the initial sync: cluster `pay`, its endpoints, listener `out` and route `rc`.
 async fn sync(env: &mut Env) {
     let s = &mut env.server;
@@ -129,32 +141,32 @@ async fn sync(env: &mut Env) {
     let lds = expect(s, LDS).await;
     assert!(names(&lds.request).is_empty(), "LDS is wildcard");
 
-    assert!(s.respond(response(CDS, "c1", "n1", vec![any(&eds_cluster("pay"))])));
-    assert_ack(&expect(s, CDS).await.request, "c1", "n1");
+    respond_acked(s, CDS, "c1", "n1", vec![any(&eds_cluster("pay"))]).await;
     let eds = expect(s, EDS).await;
     assert_eq!(names(&eds.request), ["pay"]);
 
     let cla = load_assignment("pay", &["10.0.0.1:8080".parse().unwrap()]);
-    assert!(s.respond(response(EDS, "e1", "n2", vec![any(&cla)])));
-    assert_ack(&expect(s, EDS).await.request, "e1", "n2");
+    respond_acked(s, EDS, "e1", "n2", vec![any(&cla)]).await;
 
-    assert!(s.respond(response(
+    respond_acked(
+        s,
         LDS,
         "l1",
         "n3",
-        vec![any(&http_listener("out", 15001, "rc"))]
-    )));
-    assert_ack(&expect(s, LDS).await.request, "l1", "n3");
+        vec![any(&http_listener("out", 15001, "rc"))],
+    )
+    .await;
     assert_eq!(names(&expect(s, RDS).await.request), ["rc"]);
     assert!(!env.client.is_ready(), "RDS is still missing");
 
-    assert!(s.respond(response(
+    respond_acked(
+        s,
         RDS,
         "r1",
         "n4",
-        vec![any(&route_config("rc", "*", "pay"))]
-    )));
-    assert_ack(&expect(s, RDS).await.request, "r1", "n4");
+        vec![any(&route_config("rc", "*", "pay"))],
+    )
+    .await;
     tokio::time::timeout(Duration::from_secs(5), env.client.ready())
         .await
         .expect("ready after the initial LDS, RDS, CDS and EDS");
@@ -176,17 +188,7 @@ async fn an_invalid_resource_is_nacked_and_the_valid_ones_apply() {
     let mut env = env().await;
     sync(&mut env).await;
     let s = &mut env.server;
-    let redis = listener_with(
-        "cache",
-        6379,
-        "envoy.filters.network.redis_proxy",
-        Any {
-            type_url:
-                "type.googleapis.com/envoy.extensions.filters.network.redis_proxy.v3.RedisProxy"
-                    .to_owned(),
-            value: vec![],
-        },
-    );
+    let redis = redis_listener("cache", 6379);
     let listeners = vec![
         any(&http_listener("out", 15001, "rc")),
         any(&redis),
@@ -234,8 +236,7 @@ async fn rds_and_eds_subscriptions_follow_listeners_and_clusters() {
     let mut env = env().await;
     sync(&mut env).await;
     let s = &mut env.server;
-    assert!(s.respond(response(CDS, "c2", "n5", vec![any(&eds_cluster("web"))])));
-    assert_ack(&expect(s, CDS).await.request, "c2", "n5");
+    respond_acked(s, CDS, "c2", "n5", vec![any(&eds_cluster("web"))]).await;
     let eds = expect(s, EDS).await.request;
     assert_eq!(names(&eds), ["web"]);
     assert_eq!(eds.version_info, "e1");
@@ -249,13 +250,14 @@ async fn rds_and_eds_subscriptions_follow_listeners_and_clusters() {
         "no longer subscribed: dropped"
     );
 
-    assert!(s.respond(response(
+    respond_acked(
+        s,
         LDS,
         "l2",
         "n6",
-        vec![any(&http_listener("out", 15001, "rc2"))]
-    )));
-    assert_ack(&expect(s, LDS).await.request, "l2", "n6");
+        vec![any(&http_listener("out", 15001, "rc2"))],
+    )
+    .await;
     assert_eq!(names(&expect(s, RDS).await.request), ["rc2"]);
     assert!(!env.store.snapshot().routes.contains_key("rc"));
 }
@@ -302,16 +304,17 @@ async fn a_killed_server_leaves_the_config_and_a_restarted_one_resyncs() {
     assert_eq!((rds.version_info.as_str(), names(&rds)), ("r1", vec!["rc"]));
 
     // The restarted server resyncs: a new listener set applies.
-    assert!(s.respond(response(
+    respond_acked(
+        s,
         LDS,
         "l9",
         "x1",
         vec![
             any(&http_listener("out", 15001, "rc")),
             any(&http_listener("extra", 15003, "rc")),
-        ]
-    )));
-    assert_ack(&expect(s, LDS).await.request, "l9", "x1");
+        ],
+    )
+    .await;
     assert!(env.store.snapshot().listeners.contains_key("extra"));
 }
 

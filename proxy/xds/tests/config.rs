@@ -8,8 +8,10 @@ use switchboard_proxy_xds::config::endpoint::{Health, LoadAssignment};
 use switchboard_proxy_xds::config::listener::{Listener, ListenerKind};
 use switchboard_proxy_xds::config::route::{Action, Clusters, RouteConfig, ValueMatch};
 use switchboard_proxy_xds::testing::resources::{
-    eds_cluster, http_listener, listener_with, load_assignment, regex_route_config, route_config,
+    eds_cluster, http_listener, listener_with, load_assignment, redis_listener, regex_route_config,
+    route_config,
 };
+use switchboard_xds_proto::pack;
 use switchboard_xds_proto::pb::envoy::config::cluster::v3::cluster;
 use switchboard_xds_proto::pb::envoy::config::core::v3::HealthStatus;
 use switchboard_xds_proto::pb::envoy::config::route::v3::{
@@ -19,7 +21,6 @@ use switchboard_xds_proto::pb::envoy::extensions::filters::network::tcp_proxy::v
     TcpProxy, tcp_proxy,
 };
 use switchboard_xds_proto::pb::google::protobuf::{Duration as PbDuration, UInt32Value};
-use switchboard_xds_proto::{Any, pack};
 
 /// What became of the mutated encodings of one seed resource, decoded as the seed's own type.
 #[derive(Debug, Default)]
@@ -100,17 +101,7 @@ fn http_and_tcp_listeners_convert() {
 
 #[test]
 fn listener_rejections_name_the_field() {
-    let redis = listener_with(
-        "x",
-        1,
-        "envoy.filters.network.redis_proxy",
-        Any {
-            type_url:
-                "type.googleapis.com/envoy.extensions.filters.network.redis_proxy.v3.RedisProxy"
-                    .to_owned(),
-            value: vec![],
-        },
-    );
+    let redis = redis_listener("x", 1);
     assert!(err(Listener::try_from(redis)).starts_with(
         "listener \"x\": filter_chains[0].filters[0]: unsupported filter envoy.filters.network.redis_proxy"
     ));
@@ -481,47 +472,48 @@ mod listener_side {
 
     #[test]
     fn hcm_limit_rejections_name_the_field() {
-        let e = err(Listener::try_from(hcm_listener(|h| {
-            h.max_request_headers_kb = u32v(9000);
-        })));
-        assert!(
-            e.contains("max_request_headers_kb: 9000 is out of range (1 to 8192)"),
-            "{e}"
-        );
-        let e = err(Listener::try_from(hcm_listener(|h| {
-            h.common_http_protocol_options = Some(HttpProtocolOptions {
-                max_stream_duration: secs(1),
-                ..Default::default()
-            });
-        })));
-        assert!(
-            e.contains("common_http_protocol_options: unsupported field max_stream_duration"),
-            "{e}"
-        );
-        let e = err(Listener::try_from(hcm_listener(|h| {
-            h.http2_protocol_options = Some(Http2ProtocolOptions {
-                max_concurrent_streams: u32v(0),
-                ..Default::default()
-            });
-        })));
-        assert!(
-            e.contains("http2_protocol_options.max_concurrent_streams: 0 is out of range"),
-            "{e}"
-        );
-        let e = err(Listener::try_from(hcm_listener(|h| {
-            h.common_http_protocol_options = Some(HttpProtocolOptions {
-                max_headers_count: u32v(u32::MAX),
-                ..Default::default()
-            });
-        })));
-        assert!(
-            e.contains("max_headers_count: 4294967295 is out of range (1 to 8192)"),
-            "{e}"
-        );
-        let e = err(Listener::try_from(hcm_listener(|h| {
-            h.request_timeout = secs(1);
-        })));
-        assert!(e.contains("unsupported field request_timeout"), "{e}");
+        type Edit = fn(&mut PbHcm);
+        let cases: [(Edit, &str); 5] = [
+            (
+                |h| h.max_request_headers_kb = u32v(9000),
+                "max_request_headers_kb: 9000 is out of range (1 to 8192)",
+            ),
+            (
+                |h| {
+                    h.common_http_protocol_options = Some(HttpProtocolOptions {
+                        max_stream_duration: secs(1),
+                        ..Default::default()
+                    })
+                },
+                "common_http_protocol_options: unsupported field max_stream_duration",
+            ),
+            (
+                |h| {
+                    h.http2_protocol_options = Some(Http2ProtocolOptions {
+                        max_concurrent_streams: u32v(0),
+                        ..Default::default()
+                    })
+                },
+                "http2_protocol_options.max_concurrent_streams: 0 is out of range",
+            ),
+            (
+                |h| {
+                    h.common_http_protocol_options = Some(HttpProtocolOptions {
+                        max_headers_count: u32v(u32::MAX),
+                        ..Default::default()
+                    })
+                },
+                "max_headers_count: 4294967295 is out of range (1 to 8192)",
+            ),
+            (
+                |h| h.request_timeout = secs(1),
+                "unsupported field request_timeout",
+            ),
+        ];
+        for (edit, says) in cases {
+            let e = err(Listener::try_from(hcm_listener(edit)));
+            assert!(e.contains(says), "{e}");
+        }
     }
 
     #[test]

@@ -12,6 +12,7 @@ use switchboard_proxy_xds::{Bootstrap, ClientOptions, ConfigStore, XdsClient};
 use switchboard_store::testing::store;
 use switchboard_store::{Backend, CredentialKind, Store, WriteOptions};
 use switchboard_xds_proto::ResourceType;
+use switchboard_xds_server::testing::secret;
 
 async fn put(store: &Store, mesh: &str, kind: Kind, name: &str, spec: Value) {
     let parsed = Spec::parse(kind, spec).unwrap();
@@ -76,11 +77,9 @@ async fn a_sidecar_converges_on_switchboard_and_acks_everything() {
             {"matches": [{"path": {"type": "prefix", "value": "/legacy"}}], "backends": [{"service": "pay"}], "rewrite": {"prefix": "/v2"}},
         ],
     })).await;
-    let token = store
-        .create_credential("acme", CredentialKind::ProxyToken, None, "proxy")
+    let token = secret(&store, "acme", CredentialKind::ProxyToken, None)
         .await
-        .unwrap()
-        .secret;
+        .unwrap();
     let server = switchboard_xds_server::testing::start(store.clone())
         .await
         .unwrap();

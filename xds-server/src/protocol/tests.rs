@@ -100,6 +100,11 @@ fn req(t: ResourceType, names: &[&str], version: &str, nonce: &str) -> Discovery
     }
 }
 
+/// The ACK of `out`, subscribing to `names` of `t`.
+fn ack_req(t: ResourceType, names: &[&str], out: &Outgoing) -> DiscoveryRequest {
+    req(t, names, &out.response.version_info, &out.response.nonce)
+}
+
 fn nack_req(t: ResourceType, names: &[&str], version: &str, nonce: &str) -> DiscoveryRequest {
     DiscoveryRequest {
         error_detail: Some(Status {
@@ -152,14 +157,7 @@ fn ads() -> StreamState {
 fn push_and_ack(s: &mut StreamState, view: &Fake, names_now: &[&str]) -> Outgoing {
     let out = s.next_response(view).expect("a response");
     let t = out.rtype.unwrap();
-    let handled = s
-        .handle(&req(
-            t,
-            names_now,
-            &out.response.version_info,
-            &out.response.nonce,
-        ))
-        .unwrap();
+    let handled = s.handle(&ack_req(t, names_now, &out)).unwrap();
     assert!(
         matches!(handled, Handled::Known { ack: Some(_), .. }),
         "{handled:?}"
@@ -203,14 +201,7 @@ fn first_request_is_answered_and_ack_is_recorded() {
     assert!(!out.response.nonce.is_empty());
     assert_eq!(out.revision, view.revision);
     assert!(s.next_response(&view).is_none(), "nothing more to send");
-    let h = s
-        .handle(&req(
-            CDS,
-            &[],
-            &out.response.version_info,
-            &out.response.nonce,
-        ))
-        .unwrap();
+    let h = s.handle(&ack_req(CDS, &[], &out)).unwrap();
     let Handled::Known {
         ack: Some(ack),
         first: false,
@@ -278,13 +269,7 @@ fn nack_is_recorded_and_the_version_not_resent() {
     view.put(CDS, "a", 3);
     let fixed = s.next_response(&view).unwrap();
     assert_ne!(fixed.response.version_info, bad.response.version_info);
-    s.handle(&req(
-        CDS,
-        &[],
-        &fixed.response.version_info,
-        &fixed.response.nonce,
-    ))
-    .unwrap();
+    s.handle(&ack_req(CDS, &[], &fixed)).unwrap();
     assert!(s.next_response(&view).is_none());
 }
 
@@ -315,14 +300,7 @@ fn stale_nonce_neither_acks_nor_nacks_but_subscribes() {
     let three = s.next_response(&view).unwrap();
     assert_eq!(sent(&three), ["r2"]);
     // The latest nonce ACKs.
-    let h = s
-        .handle(&req(
-            RDS,
-            &["r1", "r2"],
-            &three.response.version_info,
-            &three.response.nonce,
-        ))
-        .unwrap();
+    let h = s.handle(&ack_req(RDS, &["r1", "r2"], &three)).unwrap();
     assert!(matches!(
         h,
         Handled::Known {
@@ -388,24 +366,12 @@ fn named_subscribe_and_unsubscribe() {
     let one = push_and_ack(&mut s, &view, &["a"]);
     assert_eq!(sent(&one), ["a"]);
     // Adding b sends only b (EDS responses carry what changed).
-    s.handle(&req(
-        EDS,
-        &["a", "b"],
-        &one.response.version_info,
-        &one.response.nonce,
-    ))
-    .unwrap();
+    s.handle(&ack_req(EDS, &["a", "b"], &one)).unwrap();
     let two = push_and_ack(&mut s, &view, &["a", "b"]);
     assert_eq!(sent(&two), ["b"]);
     assert_eq!(names(&two), ["a", "b"]);
     // Changes to an unsubscribed resource are not sent.
-    s.handle(&req(
-        EDS,
-        &["a"],
-        &two.response.version_info,
-        &two.response.nonce,
-    ))
-    .unwrap();
+    s.handle(&ack_req(EDS, &["a"], &two)).unwrap();
     view.put(EDS, "b", 2);
     assert!(s.next_response(&view).is_none());
     // Resubscribing sends it again.

@@ -34,9 +34,7 @@ async fn ack_is_recorded_with_its_revision() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn nack_keeps_the_last_good_and_is_reported() {
     let env = env().await;
-    let mut client = env.client("prod", "a").await;
-    client.subscribe(CDS, &[]).await.unwrap();
-    let good = client.recv_and_ack(&[]).await.unwrap();
+    let (mut client, good) = env.cds_client("prod", "a").await;
     env.put(
         "prod",
         Kind::Service,
@@ -195,9 +193,7 @@ async fn resources_that_appear_later_are_pushed() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reconnect_gets_the_same_version() {
     let env = env().await;
-    let mut client = env.client("prod", "a").await;
-    client.subscribe(CDS, &[]).await.unwrap();
-    let before = client.recv_and_ack(&[]).await.unwrap();
+    let (client, before) = env.cds_client("prod", "a").await;
     drop(client);
     // The registry forgets the stream once the server notices the disconnect.
     for _ in 0..100 {
@@ -288,22 +284,14 @@ async fn a_client_that_never_acks_does_not_block_others() {
     let mut stuck = env.client("prod", "stuck").await;
     stuck.subscribe(CDS, &[]).await.unwrap();
     stuck.subscribe(EDS, &["pay"]).await.unwrap();
-    let mut live = env.client("prod", "live").await;
-    live.subscribe(CDS, &[]).await.unwrap();
-    live.recv_and_ack(&[]).await.unwrap();
+    let (mut live, _) = env.cds_client("prod", "live").await;
     // Timeouts unlike the default (5 s), so that the last one written is told apart.
     for round in 11..=15u32 {
-        let timeout = format!("{round}s");
-        env.put(
-            "prod",
-            Kind::Service,
-            "pay",
-            json!({"port": 8080, "connectTimeout": timeout}),
-        )
-        .await;
+        set_pay_timeout(&env, round).await;
         let r = live.recv_and_ack(&[]).await.unwrap();
         assert_eq!(names(&r), ["pay"]);
-        assert_quiet_briefly(&mut live).await;
+        // One change is one response.
+        assert_quiet_for(&mut live, Duration::from_millis(50)).await;
     }
     // The stuck client is still connected and, once it reads and ACKs again, gets the
     // latest state: the last version written.
@@ -325,14 +313,16 @@ async fn a_client_that_never_acks_does_not_block_others() {
     assert_quiet(&mut stuck).await;
 }
 
-/// Asserts that no response arrives for a short while: one change is one response.
-async fn assert_quiet_briefly(client: &mut AdsClient) {
-    if let Some(r) = client.recv_within(Duration::from_millis(50)).await {
-        match r {
-            Ok(r) => panic!("unexpected response {} {:?}", r.type_url, names(&r)),
-            Err(s) => panic!("unexpected end {s:?}"),
-        }
-    }
+/// Sets the connect timeout of `prod/pay` to `seconds`, a value every CDS response then
+/// shows (`seconds: {seconds},`).
+async fn set_pay_timeout(env: &Env, seconds: u32) {
+    env.put(
+        "prod",
+        Kind::Service,
+        "pay",
+        json!({"port": 8080, "connectTimeout": format!("{seconds}s")}),
+    )
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -408,13 +398,9 @@ async fn sidecars_get_outbound_and_inbound() {
             ("app_port", "8080"),
         ],
     );
-    let mut client = switchboard_xds_server::testing::AdsClient::connect(
-        &env.server.url(),
-        sidecar,
-        Some(&env.token),
-    )
-    .await
-    .unwrap();
+    let mut client = AdsClient::connect(&env.server.url(), sidecar, Some(&env.token))
+        .await
+        .unwrap();
     client.subscribe(CDS, &[]).await.unwrap();
     client.subscribe(LDS, &[]).await.unwrap();
     let got = collect_until(&mut client, |_| vec![], |got| got.len() >= 2).await;
@@ -431,9 +417,7 @@ async fn sidecars_get_outbound_and_inbound() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn deleting_the_mesh_ends_its_streams() {
     let env = env().await;
-    let mut client = env.client("dev", "d").await;
-    client.subscribe(CDS, &[]).await.unwrap();
-    client.recv_and_ack(&[]).await.unwrap();
+    let (mut client, _) = env.cds_client("dev", "d").await;
     env.delete("", Kind::Mesh, "dev").await;
     let status = client.ended().await;
     assert_eq!(status.code(), tonic::Code::NotFound, "{status:?}");
@@ -489,20 +473,11 @@ async fn a_slow_reader_skips_to_the_latest_state() {
     }
     let mut slow = env.client("prod", "slow").await;
     slow.subscribe(CDS, &[]).await.unwrap();
-    let mut live = env.client("prod", "live").await;
-    live.subscribe(CDS, &[]).await.unwrap();
-    live.recv_and_ack(&[]).await.unwrap();
+    let (mut live, _) = env.cds_client("prod", "live").await;
     // Each push is a full CDS state of 151 clusters; the slow client reads none of them, so
     // its HTTP/2 window fills while the live client keeps up.
     for round in 11..=18u32 {
-        let timeout = format!("{round}s");
-        env.put(
-            "prod",
-            Kind::Service,
-            "pay",
-            json!({"port": 8080, "connectTimeout": timeout}),
-        )
-        .await;
+        set_pay_timeout(&env, round).await;
         let r = tokio::time::timeout(Duration::from_secs(5), live.recv_and_ack(&[]))
             .await
             .expect("the live client is not held up")

@@ -3,7 +3,7 @@
 use serde_json::json;
 use switchboard_model::Kind;
 use switchboard_store::CredentialKind;
-use switchboard_xds_server::testing::{AdsClient, node};
+use switchboard_xds_server::testing::{AdsClient, node, secret};
 use tonic::Code;
 
 use crate::common::*;
@@ -65,12 +65,9 @@ async fn anonymous_clients_of_an_open_mesh_are_admitted() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn wrong_tenant() {
     let env = env().await;
-    let globex = env
-        .store
-        .create_credential("globex", CredentialKind::ProxyToken, None, "")
+    let globex = secret(&env.store, "globex", CredentialKind::ProxyToken, None)
         .await
-        .unwrap()
-        .secret;
+        .unwrap();
     let status = refused(&env, node("acme", "prod", "a"), Some(&globex)).await;
     assert_eq!(status.code(), Code::PermissionDenied, "{status:?}");
     assert!(status.message().contains("tenant mismatch"), "{status:?}");
@@ -83,12 +80,9 @@ async fn wrong_tenant() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn wrong_mesh() {
     let env = env().await;
-    let dev_only = env
-        .store
-        .create_credential("acme", CredentialKind::ProxyToken, Some("dev"), "")
+    let dev_only = secret(&env.store, "acme", CredentialKind::ProxyToken, Some("dev"))
         .await
-        .unwrap()
-        .secret;
+        .unwrap();
     let status = refused(&env, node("acme", "prod", "a"), Some(&dev_only)).await;
     assert_eq!(status.code(), Code::PermissionDenied, "{status:?}");
     assert!(status.message().contains("mesh mismatch"), "{status:?}");
@@ -105,12 +99,9 @@ async fn bad_tokens() {
     let env = env().await;
     let status = refused(&env, node("acme", "prod", "a"), Some("sbp_made_up")).await;
     assert_eq!(status.code(), Code::Unauthenticated, "{status:?}");
-    let api_key = env
-        .store
-        .create_credential("acme", CredentialKind::ApiKey, None, "")
+    let api_key = secret(&env.store, "acme", CredentialKind::ApiKey, None)
         .await
-        .unwrap()
-        .secret;
+        .unwrap();
     let status = refused(&env, node("acme", "prod", "a"), Some(&api_key)).await;
     assert_eq!(status.code(), Code::PermissionDenied, "{status:?}");
     assert!(status.message().contains("API key"));
@@ -140,24 +131,34 @@ async fn malformed_node_id() {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn too_many_names_ends_only_that_stream() {
+/// Subscribing to `names` of EDS ends that stream with `code` and a message containing `says`;
+/// another stream still gets updates.
+async fn ends_only_that_stream(names: &[&str], code: Code, says: &str) {
     let env = env().await;
-    let mut bystander = env.client("prod", "b").await;
-    bystander.subscribe(CDS, &[]).await.unwrap();
-    bystander.recv_and_ack(&[]).await.unwrap();
-    let mut greedy = env.client("prod", "g").await;
-    let names: Vec<String> = (0..10_001).map(|i| format!("svc-{i}")).collect();
-    let names: Vec<&str> = names.iter().map(String::as_str).collect();
-    greedy.subscribe(EDS, &names).await.unwrap();
-    let status = greedy.ended().await;
-    assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
-    assert!(status.message().contains("10000"), "{status:?}");
-    // The other stream still gets updates.
+    let (mut bystander, _) = env.cds_client("prod", "b").await;
+    let mut offender = env.client("prod", "o").await;
+    offender.subscribe(EDS, names).await.unwrap();
+    let status = offender.ended().await;
+    assert_eq!(status.code(), code, "{status:?}");
+    assert!(status.message().contains(says), "{status:?}");
     env.put("prod", Kind::Service, "shop", json!({"port": 80}))
         .await;
     let r = bystander.recv_and_ack(&[]).await.unwrap();
     assert_eq!(crate::common::names(&r), ["pay", "shop"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn too_many_names_ends_only_that_stream() {
+    let names: Vec<String> = (0..10_001).map(|i| format!("svc-{i}")).collect();
+    let names: Vec<&str> = names.iter().map(String::as_str).collect();
+    ends_only_that_stream(&names, Code::InvalidArgument, "10000").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_huge_request_ends_only_that_stream() {
+    // One 5 MiB resource name: past the server's 4 MiB message limit.
+    let name = "x".repeat(5 << 20);
+    ends_only_that_stream(&[name.as_str()], Code::OutOfRange, "too large").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -170,25 +171,6 @@ async fn malformed_metadata() {
     let status = refused(&env, bad, Some(&env.token)).await;
     assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
     assert!(status.message().contains("app_port"), "{status:?}");
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_huge_request_ends_only_that_stream() {
-    let env = env().await;
-    let mut bystander = env.client("prod", "b").await;
-    bystander.subscribe(CDS, &[]).await.unwrap();
-    bystander.recv_and_ack(&[]).await.unwrap();
-    let mut huge = env.client("prod", "h").await;
-    // One 5 MiB resource name: past the server's 4 MiB message limit.
-    let name = "x".repeat(5 << 20);
-    huge.subscribe(EDS, &[name.as_str()]).await.unwrap();
-    let status = huge.ended().await;
-    assert_eq!(status.code(), Code::OutOfRange, "{status:?}");
-    assert!(status.message().contains("too large"), "{status:?}");
-    env.put("prod", Kind::Service, "shop", json!({"port": 80}))
-        .await;
-    let r = bystander.recv_and_ack(&[]).await.unwrap();
-    assert_eq!(crate::common::names(&r), ["pay", "shop"]);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -212,9 +194,7 @@ async fn revoking_a_token_ends_its_streams_only() {
         c.recv_and_ack(&[]).await.unwrap();
         doomed.push(c);
     }
-    let mut kept = env.client("prod", "keeps").await;
-    kept.subscribe(CDS, &[]).await.unwrap();
-    kept.recv_and_ack(&[]).await.unwrap();
+    let (mut kept, _) = env.cds_client("prod", "keeps").await;
 
     env.store
         .revoke_credential("acme", CredentialKind::ProxyToken, &leaked.credential.id)

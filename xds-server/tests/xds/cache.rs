@@ -80,9 +80,7 @@ async fn missing_meshes_are_not_found() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn streams_keep_their_mesh_loaded() {
     let env = env().await;
-    let mut client = env.client("prod", "a").await;
-    client.subscribe(CDS, &[]).await.unwrap();
-    client.recv_and_ack(&[]).await.unwrap();
+    let (client, _) = env.cds_client("prod", "a").await;
     assert_eq!(env.server.xds.cache().loaded_meshes().len(), 1);
     drop(client);
     let cache = env.server.xds.cache().clone();
@@ -130,9 +128,7 @@ async fn bursts_of_writes_coalesce() {
 async fn a_store_outage_keeps_the_last_good_snapshot() {
     use sqlx::Connection;
     let env = env().await;
-    let mut client = env.client("prod", "a").await;
-    client.subscribe(CDS, &[]).await.unwrap();
-    client.recv_and_ack(&[]).await.unwrap();
+    let (mut client, _) = env.cds_client("prod", "a").await;
     let cache = env.server.xds.cache().clone();
     let before = cache.current("acme", "prod").unwrap();
     // Break reads of the mesh behind the store's back, then make the server re-read it.

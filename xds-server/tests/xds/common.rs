@@ -9,7 +9,7 @@ use switchboard_store::testing::{TestDb, store};
 use switchboard_store::{Backend, CredentialKind, ResourceKey, Store, WriteOptions};
 use switchboard_translator::XdsResource;
 use switchboard_xds_proto::{DiscoveryResponse, ResourceType};
-use switchboard_xds_server::testing::{AdsClient, TestServer, node, start};
+use switchboard_xds_server::testing::{AdsClient, TestServer, node, secret, start};
 
 pub const CDS: &str = switchboard_xds_proto::type_url::CLUSTER;
 pub const EDS: &str = switchboard_xds_proto::type_url::CLUSTER_LOAD_ASSIGNMENT;
@@ -56,11 +56,9 @@ pub async fn env() -> Env {
         json!({"port": 8080}),
     )
     .await;
-    let token = store
-        .create_credential("acme", CredentialKind::ProxyToken, None, "test")
+    let token = secret(&store, "acme", CredentialKind::ProxyToken, None)
         .await
-        .unwrap()
-        .secret;
+        .unwrap();
     let server = start(store.clone()).await.unwrap();
     Env {
         store,
@@ -80,6 +78,15 @@ impl Env {
         )
         .await
         .unwrap()
+    }
+
+    /// A client like [`Env::client`] that has subscribed to every cluster and ACKed the
+    /// first response, which it returns too.
+    pub async fn cds_client(&self, mesh: &str, name: &str) -> (AdsClient, DiscoveryResponse) {
+        let mut client = self.client(mesh, name).await;
+        client.subscribe(CDS, &[]).await.unwrap();
+        let first = client.recv_and_ack(&[]).await.unwrap();
+        (client, first)
     }
 
     pub async fn put(&self, mesh: &str, kind: Kind, name: &str, spec: Value) {
@@ -157,7 +164,12 @@ pub async fn collect_until(
 
 /// Asserts nothing arrives for a while.
 pub async fn assert_quiet(client: &mut AdsClient) {
-    if let Some(r) = client.recv_within(QUIET).await {
+    assert_quiet_for(client, QUIET).await;
+}
+
+/// Asserts nothing arrives within `wait`.
+pub async fn assert_quiet_for(client: &mut AdsClient, wait: Duration) {
+    if let Some(r) = client.recv_within(wait).await {
         match r {
             Ok(r) => panic!("unexpected response {} {:?}", r.type_url, names(&r)),
             Err(s) => panic!("unexpected end {s:?}"),

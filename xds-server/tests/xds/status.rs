@@ -4,10 +4,12 @@ use serde_json::json;
 use switchboard_model::Kind;
 use switchboard_store::CredentialKind;
 use switchboard_xds_proto::pb::envoy::admin::v3::ClientResourceStatus;
+use switchboard_xds_proto::pb::envoy::service::status::v3::client_config::GenericXdsConfig;
 use switchboard_xds_proto::pb::envoy::service::status::v3::{
-    ClientStatusRequest, ClientStatusResponse,
+    ClientConfig, ClientStatusRequest, ClientStatusResponse,
 };
 use switchboard_xds_proto::service::csds::ClientStatusDiscoveryServiceClient;
+use switchboard_xds_server::testing::secret;
 use tonic::Code;
 
 use crate::common::*;
@@ -28,12 +30,19 @@ async fn fetch(env: &Env, token: Option<&str>) -> Result<ClientStatusResponse, t
         .map(|r| r.into_inner())
 }
 
+/// The entry of `config` for resource `name` of `type_url`.
+fn entry<'a>(config: &'a ClientConfig, type_url: &str, name: &str) -> &'a GenericXdsConfig {
+    config
+        .generic_xds_configs
+        .iter()
+        .find(|c| c.type_url == type_url && c.name == name)
+        .unwrap_or_else(|| panic!("no {type_url} {name} in {config:?}"))
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn csds_reports_acks_and_nacks() {
     let env = env().await;
-    let mut client = env.client("prod", "a").await;
-    client.subscribe(CDS, &[]).await.unwrap();
-    let good = client.recv_and_ack(&[]).await.unwrap();
+    let (mut client, good) = env.cds_client("prod", "a").await;
     client.subscribe(EDS, &["pay", "ghost"]).await.unwrap();
     client.recv_and_ack(&["pay", "ghost"]).await.unwrap();
     env.put(
@@ -57,12 +66,9 @@ async fn csds_reports_acks_and_nacks() {
     // Let the server take the NACK in.
     assert_quiet(&mut client).await;
 
-    let api_key = env
-        .store
-        .create_credential("acme", CredentialKind::ApiKey, None, "")
+    let api_key = secret(&env.store, "acme", CredentialKind::ApiKey, None)
         .await
-        .unwrap()
-        .secret;
+        .unwrap();
     let response = fetch(&env, Some(&api_key)).await.unwrap();
     assert_eq!(response.config.len(), 1);
     let config = &response.config[0];
@@ -70,37 +76,22 @@ async fn csds_reports_acks_and_nacks() {
         config.node.as_ref().unwrap().id,
         "tenants/acme/meshes/prod/nodes/a"
     );
-    let cluster = config
-        .generic_xds_configs
-        .iter()
-        .find(|c| c.type_url == CDS && c.name == "pay")
-        .unwrap();
+    let cluster = entry(config, CDS, "pay");
     assert_eq!(cluster.client_status, ClientResourceStatus::Nacked as i32);
     assert_eq!(cluster.version_info, good.version_info);
     let error = cluster.error_state.as_ref().unwrap();
     assert_eq!(error.details, "grpc clusters need http2");
     assert_eq!(error.version_info, bad.version_info);
     assert!(cluster.xds_config.is_some());
-    let endpoints = config
-        .generic_xds_configs
-        .iter()
-        .find(|c| c.type_url == EDS && c.name == "pay")
-        .unwrap();
+    let endpoints = entry(config, EDS, "pay");
     assert_eq!(endpoints.client_status, ClientResourceStatus::Acked as i32);
-    let ghost = config
-        .generic_xds_configs
-        .iter()
-        .find(|c| c.type_url == EDS && c.name == "ghost")
-        .unwrap();
+    let ghost = entry(config, EDS, "ghost");
     assert_eq!(ghost.client_status, ClientResourceStatus::Requested as i32);
 
     // Another tenant sees nothing; no credential is refused.
-    let globex = env
-        .store
-        .create_credential("globex", CredentialKind::ApiKey, None, "")
+    let globex = secret(&env.store, "globex", CredentialKind::ApiKey, None)
         .await
-        .unwrap()
-        .secret;
+        .unwrap();
     assert!(fetch(&env, Some(&globex)).await.unwrap().config.is_empty());
     assert_eq!(
         fetch(&env, None).await.unwrap_err().code(),

@@ -50,13 +50,13 @@ fn assignment(localities: Vec<LocalityEndpoints>) -> Arc<LoadAssignment> {
     })
 }
 
+/// One locality (`a`, priority 0, no weight) of `eps`.
+fn one_locality(eps: Vec<Endpoint>) -> Arc<LoadAssignment> {
+    assignment(vec![locality("a", 0, None, eps)])
+}
+
 fn healthy(ports: &[u16]) -> Arc<LoadAssignment> {
-    assignment(vec![locality(
-        "a",
-        0,
-        None,
-        ports.iter().map(|p| ep(*p, 1, Health::Healthy)).collect(),
-    )])
+    one_locality(ports.iter().map(|p| ep(*p, 1, Health::Healthy)).collect())
 }
 
 /// Counts picks per port over `n` picks.
@@ -122,16 +122,11 @@ fn fail(
 
 #[test]
 fn weighted_round_robin_is_exact() {
-    let la = assignment(vec![locality(
-        "a",
-        0,
-        None,
-        vec![
-            ep(1, 3, Health::Healthy),
-            ep(2, 1, Health::Healthy),
-            ep(3, 5, Health::Unhealthy),
-        ],
-    )]);
+    let la = one_locality(vec![
+        ep(1, 3, Health::Healthy),
+        ep(2, 1, Health::Healthy),
+        ep(3, 5, Health::Unhealthy),
+    ]);
     let c = counts(LbPolicy::RoundRobin, &la, 400);
     assert_eq!(c.get(&1), Some(&300));
     assert_eq!(c.get(&2), Some(&100));
@@ -159,12 +154,7 @@ fn lowest_healthy_priority_wins_and_panic_uses_the_first() {
     let c = counts(LbPolicy::RoundRobin, &unhealthy, 10);
     assert_eq!((c.get(&1), c.get(&2)), (Some(&5), Some(&5)));
     // Draining endpoints take no traffic, even in panic.
-    let draining = assignment(vec![locality(
-        "a",
-        0,
-        None,
-        vec![ep(1, 1, Health::Draining)],
-    )]);
+    let draining = one_locality(vec![ep(1, 1, Health::Draining)]);
     assert!(
         ClusterRegistry::new()
             .pick("c", LbPolicy::Random, &draining)
@@ -194,12 +184,7 @@ fn locality_weights_split_by_locality_not_endpoint_count() {
 
 #[test]
 fn random_follows_weights() {
-    let la = assignment(vec![locality(
-        "a",
-        0,
-        None,
-        vec![ep(1, 4, Health::Healthy), ep(2, 1, Health::Healthy)],
-    )]);
+    let la = one_locality(vec![ep(1, 4, Health::Healthy), ep(2, 1, Health::Healthy)]);
     let c = counts(LbPolicy::Random, &la, 10_000);
     // Expected 8,000; the bound is > 15 standard deviations (sd = 40).
     let heavy = c.get(&1).copied().unwrap_or(0);
@@ -225,12 +210,7 @@ fn least_request_avoids_busy_endpoints() {
 
 #[test]
 fn ring_hash_is_sticky_and_weighted() {
-    let la = assignment(vec![locality(
-        "a",
-        0,
-        None,
-        vec![ep(1, 1, Health::Healthy), ep(2, 3, Health::Healthy)],
-    )]);
+    let la = one_locality(vec![ep(1, 1, Health::Healthy), ep(2, 3, Health::Healthy)]);
     let source: Arc<dyn EndpointSource> = la.clone();
     let policy = LbPolicy::RingHash(RingHashConfig::default());
     let state = ClusterState::new("c");

@@ -11,18 +11,17 @@ use std::time::Duration;
 
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use switchboard_proxy_data::ClusterManager;
-use switchboard_proxy_xds::config::listener::{
-    DataSource, DownstreamTls, HttpConnectionManager, HttpLimits, Listener, ListenerKind,
-    RouteSource, TcpProxy,
-};
+use switchboard_proxy_xds::ConfigStore;
+use switchboard_proxy_xds::config::cluster::UpstreamProtocol;
+use switchboard_proxy_xds::config::listener::{DataSource, DownstreamTls, ListenerKind, TcpProxy};
 use switchboard_proxy_xds::config::route::{Action, Clusters, PathMatch};
-use switchboard_proxy_xds::{ConfigStore, Handler};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use crate::support::{route, set_routes, to, vhost};
+pub use crate::support::set_http_listener;
+use crate::support::{apply_listener, route, set_cluster, set_routes, to, vhost};
 
 /// A listener served by `listener::run`.
 pub struct Running {
@@ -56,27 +55,6 @@ pub async fn start_with(
     Running { addr, drain, done }
 }
 
-/// An HTTP listener `name` reading RDS `main`.
-pub fn set_http_listener(
-    store: &mut ConfigStore,
-    name: &str,
-    limits: HttpLimits,
-    tls: Option<DownstreamTls>,
-) {
-    let listener = Listener {
-        name: name.into(),
-        address: SocketAddr::from(([127, 0, 0, 1], 0)),
-        kind: ListenerKind::Http(HttpConnectionManager {
-            routes: RouteSource::Rds("main".into()),
-            fault: None,
-            allow_absolute_url: false,
-            limits,
-        }),
-        tls,
-    };
-    Handler::<Listener>::apply(store, vec![(name.into(), listener)], vec![]).unwrap();
-}
-
 /// Routes every request to cluster `a`.
 pub fn route_all_to_a(store: &mut ConfigStore) {
     set_routes(
@@ -100,17 +78,28 @@ pub fn set_tcp_listener(
     max_connect_attempts: u32,
     idle_timeout: Option<Duration>,
 ) {
-    let listener = Listener {
-        name: name.into(),
-        address: SocketAddr::from(([127, 0, 0, 1], 0)),
-        kind: ListenerKind::Tcp(TcpProxy {
-            clusters,
-            idle_timeout,
-            max_connect_attempts,
-        }),
-        tls: None,
-    };
-    Handler::<Listener>::apply(store, vec![(name.into(), listener)], vec![]).unwrap();
+    let kind = ListenerKind::Tcp(TcpProxy {
+        clusters,
+        idle_timeout,
+        max_connect_attempts,
+    });
+    apply_listener(store, name, kind, None);
+}
+
+/// A store with cluster `echo` (a fresh [`echo_backend`]) and TCP listener `name` to it: one
+/// connect attempt, idle timeout `idle_timeout`.
+pub async fn tcp_echo_store(name: &str, idle_timeout: Option<Duration>) -> ConfigStore {
+    let echo_addr = echo_backend().await;
+    let mut store = ConfigStore::new();
+    set_cluster(&mut store, "echo", UpstreamProtocol::Http1, &[echo_addr]);
+    set_tcp_listener(
+        &mut store,
+        name,
+        Clusters::One("echo".into()),
+        1,
+        idle_timeout,
+    );
+    store
 }
 
 /// A TCP server echoing every byte back, closing its side when the client closes its own.

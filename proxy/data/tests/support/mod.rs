@@ -26,7 +26,7 @@ use switchboard_proxy_xds::config::endpoint::{
     Endpoint, Health, LoadAssignment, Locality, LocalityEndpoints,
 };
 use switchboard_proxy_xds::config::listener::{
-    HttpConnectionManager, Listener, ListenerKind, RouteSource,
+    DownstreamTls, HttpConnectionManager, HttpLimits, Listener, ListenerKind, RouteSource,
 };
 use switchboard_proxy_xds::config::route::{
     Action, Clusters, Forward, HeaderMutation, PathMatch, Route, RouteConfig, RouteMatch,
@@ -35,25 +35,39 @@ use switchboard_proxy_xds::config::route::{
 use switchboard_proxy_xds::{ConfigStore, Handler};
 use tokio::net::TcpListener;
 
-type Body = UnsyncBoxBody<Bytes, Infallible>;
+pub type Body = UnsyncBoxBody<Bytes, Infallible>;
 
 /// A backend answering with its name; `x-path` echoes the path it saw and `x-seen-added`
 /// the `x-added` request header. `/slow…` sleeps 2 s; `/flaky…` answers 503 to every odd
 /// request it receives (1st, 3rd, …); `/trailers` ends with `grpc-status: 0` trailers.
 pub async fn backend(name: &'static str) -> SocketAddr {
+    let flaky = Arc::new(AtomicUsize::new(0));
+    serve_backend(move |req| {
+        let flaky = flaky.clone();
+        async move { answer(name, &flaky, req).await }
+    })
+    .await
+}
+
+/// Binds 127.0.0.1:0 and serves every connection it accepts (HTTP/1.1 and h2c on one
+/// socket) with `answer`.
+pub async fn serve_backend<F, Fut>(answer: F) -> SocketAddr
+where
+    F: Fn(Request<Incoming>) -> Fut + Clone + Send + 'static,
+    Fut: std::future::Future<Output = Response<Body>> + Send + 'static,
+{
     let tcp = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = tcp.local_addr().unwrap();
-    let flaky = Arc::new(AtomicUsize::new(0));
     tokio::spawn(async move {
         loop {
             let Ok((stream, _)) = tcp.accept().await else {
                 continue;
             };
-            let flaky = flaky.clone();
+            let answer = answer.clone();
             tokio::spawn(async move {
                 let svc = service_fn(move |req: Request<Incoming>| {
-                    let flaky = flaky.clone();
-                    async move { Ok::<_, Infallible>(answer(name, &flaky, req).await) }
+                    let response = answer(req);
+                    async move { Ok::<_, Infallible>(response.await) }
                 });
                 let _ = auto::Builder::new(TokioExecutor::new())
                     .serve_connection(TokioIo::new(stream), svc)
@@ -101,15 +115,7 @@ async fn answer(name: &str, flaky: &AtomicUsize, req: Request<Incoming>) -> Resp
 
 /// Starts the proxy for listener `http` on 127.0.0.1:0.
 pub async fn proxy(store: &ConfigStore) -> SocketAddr {
-    let tcp = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = tcp.local_addr().unwrap();
-    tokio::spawn(switchboard_proxy_data::serve(
-        tcp,
-        "http",
-        store.clone(),
-        Default::default(),
-    ));
-    addr
+    proxy_with(store, Default::default()).await
 }
 
 pub fn h1_client() -> Client<HttpConnector, Full<Bytes>> {
@@ -182,18 +188,39 @@ pub fn vhost(name: &str, domains: &[&str], routes: Vec<Route>) -> VirtualHost {
 
 /// Applies a listener `http` reading RDS route configuration `main`.
 pub fn set_listener(store: &mut ConfigStore) {
+    set_http_listener(store, "http", HttpLimits::default(), None);
+}
+
+/// An HTTP listener `name` reading RDS `main`.
+pub fn set_http_listener(
+    store: &mut ConfigStore,
+    name: &str,
+    limits: HttpLimits,
+    tls: Option<DownstreamTls>,
+) {
+    let kind = ListenerKind::Http(HttpConnectionManager {
+        routes: RouteSource::Rds("main".into()),
+        fault: None,
+        allow_absolute_url: false,
+        limits,
+    });
+    apply_listener(store, name, kind, tls);
+}
+
+/// Applies listener `name` of `kind` on 127.0.0.1:0.
+pub fn apply_listener(
+    store: &mut ConfigStore,
+    name: &str,
+    kind: ListenerKind,
+    tls: Option<DownstreamTls>,
+) {
     let listener = Listener {
-        name: "http".into(),
+        name: name.into(),
         address: SocketAddr::from(([127, 0, 0, 1], 0)),
-        kind: ListenerKind::Http(HttpConnectionManager {
-            routes: RouteSource::Rds("main".into()),
-            fault: None,
-            allow_absolute_url: false,
-            limits: Default::default(),
-        }),
-        tls: None,
+        kind,
+        tls,
     };
-    Handler::<Listener>::apply(store, vec![("http".into(), listener)], vec![]).unwrap();
+    Handler::<Listener>::apply(store, vec![(name.into(), listener)], vec![]).unwrap();
 }
 
 pub fn set_routes(store: &mut ConfigStore, virtual_hosts: Vec<VirtualHost>) {
@@ -288,8 +315,6 @@ impl Script {
 /// A backend answering its `name` as the body (and `x-backend: name`), as its [`Script`]
 /// says, recording every request it reads.
 pub async fn scripted_backend(name: &'static str) -> (SocketAddr, Arc<Script>) {
-    let tcp = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = tcp.local_addr().unwrap();
     let script = Arc::new(Script {
         status: std::sync::atomic::AtomicU16::new(200),
         delay_ms: std::sync::atomic::AtomicU64::new(0),
@@ -298,23 +323,11 @@ pub async fn scripted_backend(name: &'static str) -> (SocketAddr, Arc<Script>) {
         seen: std::sync::Mutex::new(Vec::new()),
     });
     let shared = script.clone();
-    tokio::spawn(async move {
-        loop {
-            let Ok((stream, _)) = tcp.accept().await else {
-                continue;
-            };
-            let script = shared.clone();
-            tokio::spawn(async move {
-                let svc = service_fn(move |req: Request<Incoming>| {
-                    let script = script.clone();
-                    async move { Ok::<_, Infallible>(scripted_answer(name, &script, req).await) }
-                });
-                let _ = auto::Builder::new(TokioExecutor::new())
-                    .serve_connection(TokioIo::new(stream), svc)
-                    .await;
-            });
-        }
-    });
+    let addr = serve_backend(move |req| {
+        let script = shared.clone();
+        async move { scripted_answer(name, &script, req).await }
+    })
+    .await;
     (addr, script)
 }
 

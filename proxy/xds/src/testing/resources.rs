@@ -62,6 +62,21 @@ pub fn listener_with(name: &str, port: u16, filter_name: &str, config: Any) -> L
     }
 }
 
+/// A listener with a network filter the proxy does not support (Redis), for rejections.
+pub fn redis_listener(name: &str, port: u16) -> Listener {
+    listener_with(
+        name,
+        port,
+        "envoy.filters.network.redis_proxy",
+        Any {
+            type_url:
+                "type.googleapis.com/envoy.extensions.filters.network.redis_proxy.v3.RedisProxy"
+                    .to_owned(),
+            value: vec![],
+        },
+    )
+}
+
 /// An HTTP listener taking route configuration `route_config` over ADS.
 pub fn http_listener(name: &str, port: u16, route_config: &str) -> Listener {
     let hcm = HttpConnectionManager {
