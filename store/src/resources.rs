@@ -50,10 +50,14 @@ impl<T> Page<T> {
     }
 }
 
-/// The JSON in a row's `spec` column; `what` names it when it does not parse.
-pub(crate) fn spec_column(row: &AnyRow, what: &str) -> Result<serde_json::Value, StoreError> {
+/// The JSON in a row's `spec` column; `what` names it, only when it does not parse (so that
+/// reading a mesh's rows formats nothing).
+pub(crate) fn spec_column(
+    row: &AnyRow,
+    what: impl FnOnce() -> String,
+) -> Result<serde_json::Value, StoreError> {
     let spec: String = row.try_get("spec")?;
-    serde_json::from_str(&spec).map_err(|e| StoreError::Corrupt(format!("{what}: {e}")))
+    serde_json::from_str(&spec).map_err(|e| StoreError::Corrupt(format!("{}: {e}", what())))
 }
 
 /// An open write transaction with its new revision (and, on SQLite, the turn to write).
@@ -91,7 +95,7 @@ pub(crate) fn row_to_resource(row: &AnyRow) -> Result<StoredResource, StoreError
                 .ok_or_else(|| StoreError::Corrupt(format!("unknown kind {kind:?}")))?,
             name: row.try_get("name")?,
         },
-        spec: spec_column(row, &format!("spec of {kind}"))?,
+        spec: spec_column(row, || format!("spec of {kind}"))?,
         revision: row.try_get("revision")?,
         create_time: row.try_get("create_time")?,
         update_time: row.try_get("update_time")?,

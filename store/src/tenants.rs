@@ -8,7 +8,7 @@ use sqlx::any::AnyRow;
 fn row_to_tenant(r: &AnyRow) -> Result<Tenant, StoreError> {
     Ok(Tenant {
         name: r.try_get("name")?,
-        spec: spec_column(r, "tenant spec")?,
+        spec: spec_column(r, || "tenant spec".to_owned())?,
         revision: r.try_get("revision")?,
         create_time: r.try_get("create_time")?,
         update_time: r.try_get("update_time")?,
