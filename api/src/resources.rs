@@ -388,7 +388,7 @@ fn kind_routes(kind: Kind) -> Vec<Route> {
                       h: HeaderMap,
                       b: Body| async move {
                     c.check_tenant(&t)?;
-                    create_in(&s, &t, &m, kind, &q, &h, b).await
+                    write_in(&s, &t, &m, kind, None, &q, &h, b).await
                 },
             ),
             Route::new(
@@ -411,7 +411,7 @@ fn kind_routes(kind: Kind) -> Vec<Route> {
                       h: HeaderMap,
                       b: Body| async move {
                     c.check_tenant(&t)?;
-                    put_in(&s, &t, &m, kind, &n, &q, &h, b).await
+                    write_in(&s, &t, &m, kind, Some(&n), &q, &h, b).await
                 },
             ),
             Route::new(
@@ -449,43 +449,30 @@ async fn get_one(s: &AppState, key: ResourceKey) -> Result<Response, ApiError> {
     Ok(with_etag(StatusCode::OK, &r, None))
 }
 
-async fn create_in(
-    s: &AppState,
-    tenant: &str,
-    mesh: &str,
-    kind: Kind,
-    q: &HashMap<String, String>,
-    headers: &HeaderMap,
-    body: Body,
-) -> Result<Response, ApiError> {
-    let w = WriteReq {
-        tenant,
-        mesh,
-        kind,
-        path_name: None,
-    };
-    let collection = format!("/v1/tenants/{tenant}/meshes/{mesh}/{}", kind.plural());
-    write(s, w, headers, q, body, collection).await
-}
-
+/// A write to the collection (`name` None: POST, the name from the body) or to one resource
+/// (PUT); the collection path is what a POST's `Location` is built from.
 #[allow(clippy::too_many_arguments)]
-async fn put_in(
+async fn write_in(
     s: &AppState,
     tenant: &str,
     mesh: &str,
     kind: Kind,
-    name: &str,
+    name: Option<&str>,
     q: &HashMap<String, String>,
     headers: &HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
+    let collection = match name {
+        None => format!("/v1/tenants/{tenant}/meshes/{mesh}/{}", kind.plural()),
+        Some(_) => String::new(),
+    };
     let w = WriteReq {
         tenant,
         mesh,
         kind,
-        path_name: Some(name),
+        path_name: name,
     };
-    write(s, w, headers, q, body, String::new()).await
+    write(s, w, headers, q, body, collection).await
 }
 
 async fn list_meshes(
@@ -542,7 +529,7 @@ async fn put_mesh(
     body: Body,
 ) -> Result<Response, ApiError> {
     caller.check_tenant(&tenant)?;
-    put_in(&s, &tenant, "", Kind::Mesh, &mesh, &q, &headers, body).await
+    write_in(&s, &tenant, "", Kind::Mesh, Some(&mesh), &q, &headers, body).await
 }
 
 async fn delete_mesh(
@@ -577,7 +564,7 @@ async fn create(
 ) -> Result<Response, ApiError> {
     caller.check_tenant(&tenant)?;
     let kind = parse_kind(&kind)?;
-    create_in(&s, &tenant, &mesh, kind, &q, &headers, body).await
+    write_in(&s, &tenant, &mesh, kind, None, &q, &headers, body).await
 }
 
 async fn get_any(
@@ -600,7 +587,7 @@ async fn put(
 ) -> Result<Response, ApiError> {
     caller.check_tenant(&tenant)?;
     let kind = parse_kind(&kind)?;
-    put_in(&s, &tenant, &mesh, kind, &name, &q, &headers, body).await
+    write_in(&s, &tenant, &mesh, kind, Some(&name), &q, &headers, body).await
 }
 
 async fn delete(
