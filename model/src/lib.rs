@@ -6,6 +6,7 @@
 
 pub mod duration;
 pub mod error;
+pub mod identity;
 pub mod kind;
 pub mod name;
 pub mod spec;
@@ -13,10 +14,12 @@ mod validate;
 
 pub use duration::Duration;
 pub use error::{FieldError, ValidationErrors};
+pub use identity::{TrustBundle, WorkloadId, spiffe_id};
 pub use kind::Kind;
 pub use name::{is_dns_label, validate_name};
 pub use spec::{
-    Claim, EndpointSpec, GatewaySpec, MeshSpec, Reference, RouteSpec, ServiceSpec, Spec,
+    AuthorizationAction, Claim, EndpointSpec, GatewaySpec, MeshSpec, MtlsMode, MtlsSettings,
+    Reference, RouteSpec, ServiceSpec, Spec,
 };
 
 #[cfg(test)]

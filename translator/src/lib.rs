@@ -33,7 +33,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use switchboard_model::spec::Protocol;
-use switchboard_model::{EndpointSpec, GatewaySpec, MeshSpec, RouteSpec, ServiceSpec};
+use switchboard_model::{EndpointSpec, GatewaySpec, MeshSpec, RouteSpec, ServiceSpec, TrustBundle};
 
 pub use resource::XdsResource;
 pub use sidecar::{
@@ -61,6 +61,11 @@ pub struct MeshConfig {
     pub endpoints: BTreeMap<String, EndpointSpec>,
     pub routes: BTreeMap<String, RouteSpec>,
     pub gateways: BTreeMap<String, GatewaySpec>,
+    /// The trust domain of workload identities (from the control plane's configuration):
+    /// SPIFFE IDs are `spiffe://{tenant}.{trust_domain}/…`, see [`switchboard_model::identity`].
+    pub trust_domain: String,
+    /// The mesh CA's public state: the roots behind `ROOTCA`. Empty before the CA exists.
+    pub trust: TrustBundle,
 }
 
 impl MeshConfig {

@@ -186,6 +186,7 @@ mod tests {
             endpoints: BTreeMap::new(),
             routes: BTreeMap::new(),
             gateways: BTreeMap::new(),
+            ..Default::default()
         };
         Arc::new(MeshSnapshot::new(&config, translate(&config), None))
     }

@@ -8,7 +8,9 @@ mod service;
 
 pub use endpoint::{EndpointSpec, Health, Locality};
 pub use gateway::{GatewayProtocol, GatewaySpec};
-pub use mesh::MeshSpec;
+pub use mesh::{
+    AuthorizationAction, DEFAULT_CERTIFICATE_LIFETIME, MeshSpec, MtlsMode, MtlsSettings,
+};
 pub use route::{
     Backend, Fault, FaultAbort, FaultDelay, Header, HeaderMatch, HeaderMatchType, HeaderModifier,
     Method, Mirror, PathMatch, PathMatchType, QueryMatch, QueryMatchType, Redirect, Retry, Rewrite,
