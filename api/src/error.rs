@@ -135,6 +135,23 @@ impl From<StoreError> for ApiError {
                 ApiError::new(StatusCode::CONFLICT, "conflict", "Conflict", detail.clone())
                     .with_errors(vec![FieldError::new(field, detail)])
             }
+            StoreError::CaConflict(_) => {
+                ApiError::new(StatusCode::CONFLICT, "ca-conflict", "Conflict", detail)
+            }
+            StoreError::CaOverlap { until } => ApiError::new(
+                StatusCode::CONFLICT,
+                "ca-overlap",
+                "Overlap not over",
+                format!(
+                    "the rotation's overlap lasts until {}: the old CA stays trusted until then \
+                     so that certificates it signed keep working; add ?force=true to complete now",
+                    crate::resources::rfc3339(until)
+                ),
+            )
+            .with_errors(vec![FieldError::new(
+                "force",
+                "required to complete a rotation before its overlap ends",
+            )]),
             StoreError::Database(_) | StoreError::Config(_) | StoreError::Migrate(_) => {
                 tracing::error!(error = %detail, "store error");
                 ApiError::new(

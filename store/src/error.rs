@@ -37,6 +37,15 @@ pub enum StoreError {
         value: String,
         owner: String,
     },
+    /// A CA write that the mesh's CA state does not allow (e.g. during a rotation).
+    #[error("{0}")]
+    CaConflict(String),
+    /// Completing a rotation before the old CA's overlap ends (`until`, Unix ms).
+    #[error(
+        "the rotation's overlap lasts until {until} (Unix ms): the old CA stays trusted until \
+         then, so that certificates it signed keep working; complete with force to end it now"
+    )]
+    CaOverlap { until: i64 },
     #[error("configuration: {0}")]
     Config(String),
     #[error("database error: {0}")]

@@ -14,12 +14,14 @@
 //! - `resources`: the transactional write path ([`Store::put_spec`] records the references
 //!   and claims a spec derives, so no caller computes them) and the reads.
 //! - `changes`: the change log, commit notices and the PostgreSQL listener.
+//! - `cas`: each mesh's sealed CAs, the rotation steps and the trust bundle.
 //! - `tenants`, `credentials`: tenants; API keys and proxy tokens (stored as SHA-256).
 //! - `proxies`: per-stream xDS status rows, the typed [`ProxyStatusRecord`] the xDS server
 //!   writes and the REST API shows.
 //! - `types`, `error`: keys, stored values, [`StoreError`].
 //! - `testing` (feature): fresh databases of either backend for tests.
 
+mod cas;
 mod changes;
 mod credentials;
 mod error;
@@ -31,6 +33,7 @@ mod types;
 #[cfg(feature = "testing")]
 pub mod testing;
 
+pub use cas::{CaState, StoredCa};
 pub use changes::Notice;
 pub use credentials::{Credential, CredentialKind, NewCredential};
 pub use error::{Referrer, StoreError};

@@ -194,6 +194,35 @@ impl Store {
             &spec.references(),
             &spec.claims(),
             opts,
+            None,
+        )
+        .await
+    }
+
+    /// [`Store::put_spec`] for a mesh, giving it `ca` (sealed) as its CA in the same
+    /// transaction when it has none yet (a new mesh, or one created before CAs existed).
+    pub async fn put_mesh_with_ca(
+        &self,
+        tenant: &str,
+        name: &str,
+        spec: &Spec,
+        opts: &WriteOptions,
+        ca: &switchboard_pki::SealedCa,
+    ) -> Result<StoredResource, StoreError> {
+        if spec.kind() != Kind::Mesh {
+            return Err(StoreError::Config(format!(
+                "put_mesh_with_ca takes a mesh spec, not a {}",
+                spec.kind()
+            )));
+        }
+        let key = ResourceKey::mesh(tenant, name);
+        self.put(
+            &key,
+            &spec.to_json(),
+            &spec.references(),
+            &spec.claims(),
+            opts,
+            Some(ca),
         )
         .await
     }
@@ -207,6 +236,7 @@ impl Store {
         refs: &[Reference],
         claims: &[Claim],
         opts: &WriteOptions,
+        ca: Option<&switchboard_pki::SealedCa>,
     ) -> Result<StoredResource, StoreError> {
         let _t = Timer::start("put");
         let WriteTx {
@@ -288,6 +318,13 @@ impl Store {
             }
         };
         replace_edges(&mut tx, key, refs, claims).await?;
+        if let Some(ca) = ca {
+            let cas = crate::cas::cas_in(&mut tx, &key.tenant, &key.name).await?;
+            if cas.is_empty() {
+                crate::cas::insert_ca(&mut tx, &key.tenant, &key.name, crate::CaState::Active, ca)
+                    .await?;
+            }
+        }
         self.finish_write(
             WriteTx { tx, revision, turn },
             &key.tenant,
@@ -325,7 +362,7 @@ impl Store {
             });
         };
         if key.kind == Kind::Mesh {
-            for table in ["resources", "refs", "claims"] {
+            for table in ["resources", "refs", "claims", "mesh_cas"] {
                 sqlx::query(&format!(
                     "DELETE FROM {table} WHERE tenant = $1 AND mesh = $2"
                 ))
@@ -499,12 +536,14 @@ impl Store {
         .bind(mesh)
         .fetch_all(&mut *tx)
         .await?;
+        let trust = crate::cas::trust_in(&mut tx, tenant, mesh).await?;
         tx.commit().await?;
         Ok(MeshSnapshot {
             tenant: tenant.into(),
             mesh: mesh_res,
             revision,
             resources: rows.iter().map(row_to_resource).collect::<Result<_, _>>()?,
+            trust,
         })
     }
 }

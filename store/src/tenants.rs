@@ -92,7 +92,14 @@ impl Store {
             revision,
             turn,
         } = self.begin_write(name).await?;
-        for table in ["resources", "refs", "claims", "changes", "credentials"] {
+        for table in [
+            "resources",
+            "refs",
+            "claims",
+            "changes",
+            "credentials",
+            "mesh_cas",
+        ] {
             sqlx::query(&format!("DELETE FROM {table} WHERE tenant = $1"))
                 .bind(name)
                 .execute(&mut *tx)

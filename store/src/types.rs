@@ -95,4 +95,6 @@ pub struct MeshSnapshot {
     pub mesh: StoredResource,
     pub revision: i64,
     pub resources: Vec<StoredResource>,
+    /// The mesh's trust bundle at the same revision (empty before the mesh has a CA).
+    pub trust: switchboard_model::TrustBundle,
 }

@@ -58,6 +58,7 @@ pub fn mesh_config(stored: &switchboard_store::MeshSnapshot) -> (MeshConfig, Vec
         tenant: stored.tenant.clone(),
         mesh: stored.mesh.key.name.clone(),
         revision: stored.revision,
+        trust: stored.trust.clone(),
         ..Default::default()
     };
     match Spec::parse(Kind::Mesh, stored.mesh.spec.clone()) {
@@ -122,6 +123,7 @@ mod tests {
                 ),
                 stored(Kind::Service, "broken", json!({"port": "eighty"})),
             ],
+            trust: Default::default(),
         };
         let (config, warnings) = mesh_config(&snap);
         assert_eq!(config.tenant, "acme");
