@@ -321,6 +321,7 @@ async fn bench(
         store,
         admin: AdminToken::new(ADMIN_TOKEN),
         node_configs: Arc::new(NoStreams),
+        kek: Arc::new(switchboard_pki::Kek::parse(&"11".repeat(32))?),
     });
     let listener = listener.tap_io(|tcp| {
         let _ = tcp.set_nodelay(true);

@@ -10,6 +10,8 @@
 //!   document together, so the document cannot miss a route.
 //! - `tenants`, `credentials`, `resources`, `changes`, `proxies`: the handlers, each module
 //!   with the routes it serves. `resources` has one generic set for every kind.
+//! - `cas`: the mesh CA (`…/meshes/{mesh}/ca`): show, upload, rotate. Keys are sealed here
+//!   with the KEK in [`AppState`] before the store sees them.
 //! - `proxies` also defines the [`NodeConfigs`] port: what a node is sent comes from the
 //!   process's xDS server, which the binary plugs in; this crate does not depend on it.
 //! - `auth` (the caller: admin or a tenant's API key), `body` (JSON or YAML bodies), `error`
@@ -17,6 +19,7 @@
 
 mod auth;
 mod body;
+mod cas;
 mod changes;
 mod credentials;
 mod error;
@@ -48,6 +51,8 @@ pub struct AppState {
     pub admin: AdminToken,
     /// What a proxy is being sent (the xDS server of this process).
     pub node_configs: Arc<dyn NodeConfigs>,
+    /// Seals the mesh CAs' private keys before they reach the store.
+    pub kek: Arc<switchboard_pki::Kek>,
 }
 
 /// Every operation the API serves, in the order the document lists them.
@@ -58,6 +63,7 @@ fn routes() -> Vec<openapi::Route> {
         changes::routes(),
         credentials::routes(),
         resources::routes(),
+        cas::routes(),
         proxies::routes(),
     ]
     .into_iter()

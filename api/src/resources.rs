@@ -218,10 +218,19 @@ async fn write(
         precondition: precondition(headers, create)?,
         dry_run: dry,
     };
-    let stored = state
-        .store
-        .put_spec(w.tenant, w.mesh, &name, &spec, &opts)
-        .await?;
+    let stored = if w.kind == Kind::Mesh {
+        // A new mesh gets its CA in the same transaction (kept when the mesh already has one).
+        let ca = crate::cas::generate_sealed(state, w.tenant, &name)?;
+        state
+            .store
+            .put_mesh_with_ca(w.tenant, &name, &spec, &opts, &ca)
+            .await?
+    } else {
+        state
+            .store
+            .put_spec(w.tenant, w.mesh, &name, &spec, &opts)
+            .await?
+    };
     let status = if create && !dry {
         StatusCode::CREATED
     } else {

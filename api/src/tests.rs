@@ -77,6 +77,7 @@ async fn every_documented_operation_is_served() {
         store,
         admin: AdminToken::new("test-admin-token-0123456789"),
         node_configs: Arc::new(NoStreams),
+        kek: Arc::new(switchboard_pki::Kek::parse(&"11".repeat(32)).unwrap()),
     });
     for (path, method) in documented() {
         let uri = path.replace(['{', '}'], "");

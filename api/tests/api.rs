@@ -47,6 +47,7 @@ impl Api {
             store: store.clone(),
             admin: AdminToken::new(ADMIN),
             node_configs: Arc::new(FakeConfigs),
+            kek: Arc::new(switchboard_pki::Kek::parse(&"11".repeat(32)).unwrap()),
         });
         Some(Api {
             app,

@@ -187,7 +187,11 @@ impl ControlPlane {
             .stderr(log_file)
             .kill_on_drop(true);
         if let Some((_, _, url)) = &database {
-            cmd.arg("--database-url").arg(url);
+            // PostgreSQL needs the CA key-encryption key configured (a throwaway one here).
+            cmd.arg("--database-url")
+                .arg(url)
+                .arg("--ca-key")
+                .arg("5a".repeat(32));
         }
         // Only the flags above configure the child, not this environment's settings.
         for (key, _) in std::env::vars_os() {

@@ -4,11 +4,14 @@
 //! - `settings`: every setting declared once (flag, `SWITCHBOARD_*` variable, config file key,
 //!   default), layered and validated.
 //! - `serve`: start-up (logging, store, admin token, listeners) and shutdown.
+//! - `ca_key`: the key that encrypts the mesh CAs' keys (configured, or generated for SQLite)
+//!   and its check against the store.
 //! - `admin`: the admin port (`/metrics`, `/healthz`, `/readyz`).
 //! - `bootstrap`: the `bootstrap` subcommand.
 
 mod admin;
 mod bootstrap;
+mod ca_key;
 mod node_configs;
 mod serve;
 mod settings;

@@ -72,7 +72,7 @@ fn admin_token(s: &Settings) -> Result<AdminToken> {
     Ok(AdminToken::new(&token))
 }
 
-fn write_private(path: &Path, contents: &str) -> Result<()> {
+pub(crate) fn write_private(path: &Path, contents: &str) -> Result<()> {
     use std::io::Write;
     #[cfg(unix)]
     use std::os::unix::fs::OpenOptionsExt;
@@ -115,6 +115,7 @@ pub async fn run(s: Settings) -> Result<()> {
         .context("cannot install the metrics recorder")?;
     let store = open_store(&s).await?;
     let admin = admin_token(&s)?;
+    let kek = std::sync::Arc::new(crate::ca_key::load(&s, &store).await?);
     let rest = TcpListener::bind(s.rest_addr)
         .await
         .with_context(|| format!("cannot listen on rest_addr {}", s.rest_addr))?;
@@ -142,6 +143,7 @@ pub async fn run(s: Settings) -> Result<()> {
         store: store.clone(),
         admin,
         node_configs: std::sync::Arc::new(crate::node_configs::XdsNodeConfigs(xds_server.clone())),
+        kek,
     });
     let admin_app = crate::admin::router(store.clone(), prometheus);
     let rest_task = axum::serve(rest, app).with_graceful_shutdown(shutdown_signal());

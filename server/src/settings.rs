@@ -65,6 +65,10 @@ settings! {
         "Directory for the embedded database and the generated admin token";
     admin_token: String = "", "TOKEN",
         "Platform admin token; when unset one is generated at first start into data_dir/admin-token (mode 0600)";
+    ca_key_file: String = "", "FILE",
+        "File holding the key that encrypts the mesh CAs' private keys (64 hex characters or base64 of 32 bytes)";
+    ca_key: String = "", "KEY",
+        "The CA key-encryption key itself, best given as SWITCHBOARD_CA_KEY; with neither this nor ca_key_file, SQLite generates data_dir/ca-key";
     // Read by the xDS server once SDS lands (issue 9); remove this allow then.
     #[allow(dead_code)]
     trust_domain: String = "switchboard.local", "DOMAIN",

@@ -247,7 +247,16 @@ async fn two_replicas_share_one_postgres() {
     };
     let dir = tempfile::tempdir().unwrap();
     let token = "replica-test-admin-token";
-    let flags = ["--database-url", db.url.as_str(), "--admin-token", token];
+    // Replicas sharing a database share the CA key-encryption key.
+    let key = "42".repeat(32);
+    let flags = [
+        "--database-url",
+        db.url.as_str(),
+        "--admin-token",
+        token,
+        "--ca-key",
+        &key,
+    ];
     let a = start(dir.path(), &flags).await;
     let b = start(dir.path(), &flags).await;
     let c = reqwest::Client::new();
@@ -382,7 +391,16 @@ async fn xds_clients_of_one_replica_follow_writes_through_another() {
     };
     let dir = tempfile::tempdir().unwrap();
     let token = "replica-test-admin-token";
-    let flags = ["--database-url", db.url.as_str(), "--admin-token", token];
+    // Replicas sharing a database share the CA key-encryption key.
+    let key = "42".repeat(32);
+    let flags = [
+        "--database-url",
+        db.url.as_str(),
+        "--admin-token",
+        token,
+        "--ca-key",
+        &key,
+    ];
     let a = start(dir.path(), &flags).await;
     let b = start(dir.path(), &flags).await;
     let c = reqwest::Client::new();
