@@ -248,6 +248,7 @@ impl Store {
     }
 
     /// Replaces the mesh's active CA with `ca` (an uploaded one); refused during a rotation.
+    /// Uploading the mesh's current CA again changes nothing.
     pub async fn replace_ca(
         &self,
         tenant: &str,
@@ -262,8 +263,10 @@ impl Store {
                  replacing the CA",
             ));
         }
-        if cas.iter().any(|c| c.ca.id == ca.id) {
-            return Err(conflict("this CA is already the mesh's CA"));
+        if let Some(same) = cas.into_iter().find(|c| c.ca.id == ca.id) {
+            // The same certificate again: nothing to change.
+            w.tx.rollback().await?;
+            return Ok(same);
         }
         sqlx::query("DELETE FROM mesh_cas WHERE tenant = $1 AND mesh = $2")
             .bind(tenant)

@@ -226,6 +226,13 @@ async fn rotation_steps(b: Backend) {
     let cas = s.list_cas("acme", "prod").await.unwrap();
     assert_eq!(cas.len(), 1);
     assert_eq!(cas[0].ca, uploaded);
+    // The same CA again is no write.
+    let rev = s.revision("acme").await.unwrap();
+    assert_eq!(
+        s.replace_ca("acme", "prod", &uploaded).await.unwrap().ca,
+        uploaded
+    );
+    assert_eq!(s.revision("acme").await.unwrap(), rev);
 }
 both_backends!(rotation_steps_, rotation_steps);
 
