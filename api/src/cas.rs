@@ -8,8 +8,7 @@
 
 use crate::auth::Caller;
 use crate::openapi::{Route, op, param, tenant_param};
-use crate::resources::rfc3339;
-use crate::{ApiError, AppState, body};
+use crate::{ApiError, AppState, body, rfc3339};
 use axum::body::Body;
 use axum::extract::{Path, Query, State};
 use axum::http::HeaderMap;

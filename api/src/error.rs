@@ -145,7 +145,7 @@ impl From<StoreError> for ApiError {
                 format!(
                     "the rotation's overlap lasts until {}: the old CA stays trusted until then \
                      so that certificates it signed keep working; add ?force=true to complete now",
-                    crate::resources::rfc3339(until)
+                    crate::rfc3339(until)
                 ),
             )
             .with_errors(vec![FieldError::new(

@@ -32,10 +32,7 @@ pub struct ResourceView {
     pub spec: serde_json::Value,
 }
 
-pub fn rfc3339(ms: i64) -> String {
-    let t = std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms.max(0) as u64);
-    humantime::format_rfc3339_millis(t).to_string()
-}
+pub(crate) use crate::rfc3339;
 
 impl From<&StoredResource> for ResourceView {
     fn from(r: &StoredResource) -> Self {

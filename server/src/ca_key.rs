@@ -81,7 +81,7 @@ fn default_key(s: &Settings, cas_exist: bool) -> Result<Kek> {
     std::fs::create_dir_all(&s.data_dir)
         .with_context(|| format!("cannot create data_dir {}", s.data_dir.display()))?;
     let (kek, text) = Kek::generate().context("cannot generate the CA key")?;
-    crate::serve::write_private(&path, &text)?;
+    crate::write_private(&path, &text)?;
     println!(
         "switchboard: generated the key that encrypts the mesh CAs' keys into {} (back it up; \
          without it the CAs cannot be used)",

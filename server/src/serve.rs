@@ -5,7 +5,6 @@ use anyhow::{Context, Result};
 use base64::Engine;
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder};
 use rand::RngCore;
-use std::path::Path;
 use switchboard_api::{AdminToken, AppState};
 use switchboard_store::Store;
 use tokio::net::TcpListener;
@@ -63,29 +62,13 @@ fn admin_token(s: &Settings) -> Result<AdminToken> {
         "sba_{}",
         base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(raw)
     );
-    write_private(&path, &token)?;
+    crate::write_private(&path, &token)?;
     // Shown once, on the terminal, never in the logs.
     println!(
         "switchboard: generated the platform admin token (shown once; stored in {}):\n{token}",
         path.display()
     );
     Ok(AdminToken::new(&token))
-}
-
-pub(crate) fn write_private(path: &Path, contents: &str) -> Result<()> {
-    use std::io::Write;
-    #[cfg(unix)]
-    use std::os::unix::fs::OpenOptionsExt;
-    let mut opts = std::fs::OpenOptions::new();
-    opts.write(true).create_new(true);
-    #[cfg(unix)]
-    opts.mode(0o600);
-    let mut f = opts
-        .open(path)
-        .with_context(|| format!("cannot write {}", path.display()))?;
-    f.write_all(contents.as_bytes())?;
-    f.write_all(b"\n")?;
-    Ok(())
 }
 
 /// SIGTERM or Ctrl-C (the runtime crate's one signal function), as the `()` future each

@@ -14,13 +14,15 @@
 //! - `resources`: the transactional write path ([`Store::put_spec`] records the references
 //!   and claims a spec derives, so no caller computes them) and the reads.
 //! - `changes`: the change log, commit notices and the PostgreSQL listener.
-//! - `cas`: each mesh's sealed CAs, the rotation steps and the trust bundle.
+//! - `cas`: each mesh's sealed CAs, the rotation steps and the trust bundle; `ca_rows` the
+//!   row types and in-transaction helpers it shares with `resources`.
 //! - `tenants`, `credentials`: tenants; API keys and proxy tokens (stored as SHA-256).
 //! - `proxies`: per-stream xDS status rows, the typed [`ProxyStatusRecord`] the xDS server
 //!   writes and the REST API shows.
 //! - `types`, `error`: keys, stored values, [`StoreError`].
 //! - `testing` (feature): fresh databases of either backend for tests.
 
+mod ca_rows;
 mod cas;
 mod changes;
 mod credentials;
@@ -33,7 +35,7 @@ mod types;
 #[cfg(feature = "testing")]
 pub mod testing;
 
-pub use cas::{CaState, StoredCa};
+pub use ca_rows::{CaState, StoredCa};
 pub use changes::Notice;
 pub use credentials::{Credential, CredentialKind, NewCredential};
 pub use error::{Referrer, StoreError};

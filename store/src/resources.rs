@@ -319,10 +319,16 @@ impl Store {
         };
         replace_edges(&mut tx, key, refs, claims).await?;
         if let Some(ca) = ca {
-            let cas = crate::cas::cas_in(&mut tx, &key.tenant, &key.name).await?;
+            let cas = crate::ca_rows::cas_in(&mut tx, &key.tenant, &key.name).await?;
             if cas.is_empty() {
-                crate::cas::insert_ca(&mut tx, &key.tenant, &key.name, crate::CaState::Active, ca)
-                    .await?;
+                crate::ca_rows::insert_ca(
+                    &mut tx,
+                    &key.tenant,
+                    &key.name,
+                    crate::CaState::Active,
+                    ca,
+                )
+                .await?;
             }
         }
         self.finish_write(
@@ -536,7 +542,7 @@ impl Store {
         .bind(mesh)
         .fetch_all(&mut *tx)
         .await?;
-        let trust = crate::cas::trust_in(&mut tx, tenant, mesh).await?;
+        let trust = crate::ca_rows::trust_in(&mut tx, tenant, mesh).await?;
         tx.commit().await?;
         Ok(MeshSnapshot {
             tenant: tenant.into(),
