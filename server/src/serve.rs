@@ -132,6 +132,7 @@ pub async fn run(s: Settings) -> Result<()> {
         store.clone(),
         switchboard_xds_server::XdsConfig {
             sidecar_grace_period: s.sidecar_grace_period,
+            trust_domain: s.trust_domain.clone(),
             ..Default::default()
         },
     );

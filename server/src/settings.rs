@@ -65,8 +65,6 @@ settings! {
         "Directory for the embedded database and the generated admin token";
     admin_token: String = "", "TOKEN",
         "Platform admin token; when unset one is generated at first start into data_dir/admin-token (mode 0600)";
-    // Read by the xDS server once SDS lands (issue 9); remove this allow then.
-    #[allow(dead_code)]
     trust_domain: String = "switchboard.local", "DOMAIN",
         "SPIFFE trust domain: workload identities are spiffe://{tenant}.{trust_domain}/mesh/{mesh}/service/{service}";
     log_format: LogFormat = "text", "FORMAT", "Log format: text or json";
