@@ -29,7 +29,7 @@ use crate::protocol::{Handled, Limits, ProtocolError, StreamState};
 use crate::registration::{Desired, Registered, Registrar};
 use crate::revocation::{Held, Revocations};
 use crate::sds::renewal::{Renewal, Wanted};
-use crate::sds::{DEFAULT, NodeSecret, WorkloadIssuer};
+use crate::sds::{NodeSecret, WorkloadIssuer, wants_default};
 use crate::status::{Acked, Nacked, ProxyRegistry, ProxyStatus, Registration, Sent};
 use crate::view::NodeView;
 
@@ -326,12 +326,10 @@ impl Stream {
     /// Starts, updates or stops the `default` certificate's renewal task to match what the
     /// stream subscribes to and what the mesh says now.
     fn sync_certificate(&mut self, issuer: Option<&Arc<dyn WorkloadIssuer>>) {
-        let wants_default = self
-            .state
-            .subscription(ResourceType::Secret)
-            .is_some_and(|(wildcard, names)| wildcard || names.iter().any(|n| n == DEFAULT));
         let identity = match issuer {
-            Some(issuer) if wants_default => self.view.identity().map(|id| (issuer, id)),
+            Some(issuer) if wants_default(&self.state) => {
+                self.view.identity().map(|id| (issuer, id))
+            }
             _ => None,
         };
         let snapshot = self.view.snapshot();

@@ -17,8 +17,8 @@ use crate::auth::{self, Admitted};
 use crate::cache::MeshState;
 use crate::node::node_role;
 use crate::protocol::StreamState;
-use crate::sds::DEFAULT;
 use crate::sds::secrets::node_secret;
+use crate::sds::wants_default;
 use crate::view::NodeView;
 
 /// What the delta methods answer.
@@ -94,11 +94,9 @@ async fn fetch(
         view = view.with_secrets();
     }
     // A unary fetch of `default` gets a certificate of its own; nothing renews it.
-    let wants_default = rtype == ResourceType::Secret
-        && state
-            .subscription(rtype)
-            .is_some_and(|(wildcard, names)| wildcard || names.iter().any(|n| n == DEFAULT));
-    if let (true, Some(issuer), Some(identity)) = (wants_default, &engine.issuer, view.identity()) {
+    if let (true, Some(issuer), Some(identity)) =
+        (wants_default(&state), &engine.issuer, view.identity())
+    {
         let lifetime = view.snapshot().spec.mtls.certificate_lifetime.as_std();
         let cert = issuer
             .issue(&node_id.tenant, &node_id.mesh, &identity, lifetime)

@@ -12,9 +12,21 @@
 //! (identity `spiffe://{tenant}.{trust domain}/mesh/{mesh}/service/{service}`) or a gateway
 //! that exists (its name in the `service` segment), unless the mesh's mTLS mode is `off`.
 
+use switchboard_xds_proto::ResourceType;
+
+use crate::protocol::StreamState;
+
 pub mod ca;
 pub mod renewal;
 pub mod secrets;
 
 pub use ca::{IssueError, IssuedCertificate, WorkloadIssuer};
 pub use secrets::{CertificateInfo, DEFAULT, NodeSecret, ROOTCA};
+
+/// Whether a stream's Secret subscription covers `default` (by name or wildcard): only then
+/// is a certificate issued for it.
+pub(crate) fn wants_default(state: &StreamState) -> bool {
+    state
+        .subscription(ResourceType::Secret)
+        .is_some_and(|(wildcard, names)| wildcard || names.iter().any(|n| n == DEFAULT))
+}
