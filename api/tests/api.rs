@@ -11,8 +11,8 @@ use std::sync::Arc;
 use switchboard_api::{AdminToken, AppState, NodeConfigFuture, NodeConfigs, router};
 use switchboard_store::testing::{TestDb, store};
 use switchboard_store::{
-    AckedRecord, Backend, NackRecord, ProxyRoleRecord, ProxyRow, ProxyStatusRecord, SentRecord,
-    Store, TypeState, TypeStatusRecord, both_backends,
+    AckedRecord, Backend, CertificateRecord, NackRecord, ProxyRoleRecord, ProxyRow,
+    ProxyStatusRecord, SentRecord, Store, TypeState, TypeStatusRecord, both_backends,
 };
 use tower::ServiceExt;
 
@@ -737,6 +737,11 @@ async fn proxies(b: Backend) {
                 time: 1_700_000_000_600,
             }),
         }],
+        certificate: Some(CertificateRecord {
+            serial: "0af3".into(),
+            spiffe_id: "spiffe://acme.switchboard.local/mesh/prod/service/pay".into(),
+            not_after: "2023-11-15T22:13:20Z".into(),
+        }),
     };
     api.store
         .put_proxies(&[ProxyRow {
@@ -772,6 +777,11 @@ async fn proxies(b: Backend) {
             "acked": {"version": "v1", "revision": 6, "time": 1_700_000_000_400i64},
             "nack": {"version": "v2", "revision": 7, "error": "cluster rejected", "resources": ["pay"], "time": 1_700_000_000_600i64},
         }],
+        "certificate": {
+            "serial": "0af3",
+            "spiffeId": "spiffe://acme.switchboard.local/mesh/prod/service/pay",
+            "notAfter": "2023-11-15T22:13:20Z",
+        },
     });
     let listed = api.get(m, &key).await;
     assert_eq!(listed.body, json!({"items": [stream.clone()]}));

@@ -12,6 +12,7 @@
 mod admin;
 mod bootstrap;
 mod ca_key;
+mod issuer;
 mod node_configs;
 mod serve;
 mod settings;

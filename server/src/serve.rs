@@ -116,6 +116,11 @@ pub async fn run(s: Settings) -> Result<()> {
         store.clone(),
         switchboard_xds_server::XdsConfig {
             sidecar_grace_period: s.sidecar_grace_period,
+            trust_domain: s.trust_domain.clone(),
+            issuer: Some(std::sync::Arc::new(crate::issuer::StoreIssuer::new(
+                store.clone(),
+                kek.clone(),
+            ))),
             ..Default::default()
         },
     );

@@ -69,8 +69,6 @@ settings! {
         "File holding the key that encrypts the mesh CAs' private keys (64 hex characters or base64 of 32 bytes)";
     ca_key: String = "", "KEY",
         "The CA key-encryption key itself, best given as SWITCHBOARD_CA_KEY; with neither this nor ca_key_file, SQLite generates data_dir/ca-key";
-    // Read by the xDS server once SDS lands (issue 9); remove this allow then.
-    #[allow(dead_code)]
     trust_domain: String = "switchboard.local", "DOMAIN",
         "SPIFFE trust domain: workload identities are spiffe://{tenant}.{trust_domain}/mesh/{mesh}/service/{service}";
     log_format: LogFormat = "text", "FORMAT", "Log format: text or json";

@@ -40,8 +40,8 @@ pub use changes::Notice;
 pub use credentials::{Credential, CredentialKind, NewCredential};
 pub use error::{Referrer, StoreError};
 pub use proxies::{
-    AckedRecord, NackRecord, PROXY_STALE_MS, ProxyRoleRecord, ProxyRow, ProxyStatusRecord,
-    SentRecord, TypeState, TypeStatusRecord,
+    AckedRecord, CertificateRecord, NackRecord, PROXY_STALE_MS, ProxyRoleRecord, ProxyRow,
+    ProxyStatusRecord, SentRecord, TypeState, TypeStatusRecord,
 };
 pub use resources::{Page, Precondition, WriteOptions};
 pub use types::{Change, ChangeOp, MeshSnapshot, ResourceKey, StoredResource, Tenant};

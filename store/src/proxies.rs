@@ -40,6 +40,20 @@ pub struct ProxyStatusRecord {
     pub authenticated: bool,
     pub user_agent: String,
     pub types: Vec<TypeStatusRecord>,
+    /// The workload certificate (SDS `default`) last sent to the proxy; public facts only.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub certificate: Option<CertificateRecord>,
+}
+
+/// A workload certificate as status shows it. Never the key: keys are not stored.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, rename_all = "camelCase")]
+pub struct CertificateRecord {
+    /// Hex serial number.
+    pub serial: String,
+    pub spiffe_id: String,
+    /// RFC 3339.
+    pub not_after: String,
 }
 
 /// The node's role, as needed to recompute what it is sent on another replica.

@@ -28,6 +28,8 @@ use crate::node::{describe_role, node_role, sidecar_endpoint_meta};
 use crate::protocol::{Handled, Limits, ProtocolError, StreamState};
 use crate::registration::{Desired, Registered, Registrar};
 use crate::revocation::{Held, Revocations};
+use crate::sds::renewal::{Renewal, Wanted};
+use crate::sds::{NodeSecret, WorkloadIssuer, wants_default};
 use crate::status::{Acked, Nacked, ProxyRegistry, ProxyStatus, Registration, Sent};
 use crate::view::NodeView;
 
@@ -46,6 +48,8 @@ pub(crate) struct Engine {
     pub(crate) registrar: Registrar,
     /// The proxy tokens of open streams, to end them when revoked.
     pub(crate) revocations: Revocations,
+    /// The mesh CA, for `default` certificates; `None` serves none.
+    pub(crate) issuer: Option<Arc<dyn WorkloadIssuer>>,
 }
 
 impl std::fmt::Debug for Engine {
@@ -158,6 +162,7 @@ impl Engine {
             authenticated,
             connected_since: SystemTime::now(),
             types: BTreeMap::new(),
+            certificate: None,
         });
         tracing::info!(
             authenticated,
@@ -180,18 +185,27 @@ impl Engine {
             }
             _ => None,
         };
+        let view = NodeView::new(snapshot, role);
+        // Only a stream that proved who it is may receive secrets.
+        let view = if authenticated {
+            view.with_secrets()
+        } else {
+            view
+        };
         let mut stream = Stream {
             admitted_revision,
             state,
-            view: NodeView::new(snapshot, role),
+            view,
             registration,
             gauge: StreamGauge::new(&node_id.tenant),
             tenant: node_id.tenant.clone(),
             _endpoint: endpoint,
             convergence: BTreeMap::new(),
             measured: BTreeMap::new(),
+            renewal: None,
         };
         stream.took(handled);
+        stream.sync_certificate(self.issuer.as_ref());
         let mut dirty = true;
         loop {
             tokio::select! {
@@ -200,6 +214,7 @@ impl Engine {
                     Ok(Some(req)) => {
                         let handled = stream.state.handle(&req).map_err(invalid)?;
                         stream.took(handled);
+                        stream.sync_certificate(self.issuer.as_ref());
                         dirty = true;
                     }
                     Ok(None) => return Ok(()),
@@ -216,12 +231,17 @@ impl Engine {
                          and reconnect with it",
                     ));
                 }
+                certificate = issued(&mut stream.renewal) => {
+                    stream.view.set_certificate(Some(certificate));
+                    dirty = true;
+                }
                 changed = mesh.changed() => match changed {
                     Ok(MeshState::Ready(snapshot)) => {
                         if !authenticated && !snapshot.spec.allow_unauthenticated_xds {
                             return Err(AuthError::Unauthenticated.status());
                         }
                         stream.view.update(snapshot);
+                        stream.sync_certificate(self.issuer.as_ref());
                         dirty = true;
                     }
                     Ok(MeshState::Missing) => {
@@ -261,6 +281,14 @@ impl Engine {
     }
 }
 
+/// Resolves with each certificate the stream's renewal task issues; never without one.
+async fn issued(renewal: &mut Option<Renewal>) -> Arc<NodeSecret> {
+    match renewal {
+        Some(r) => r.issued().await,
+        None => std::future::pending().await,
+    }
+}
+
 /// Resolves when the stream's proxy token is revoked; never for an anonymous stream.
 async fn revoked(hold: &mut Option<Held>) {
     match hold {
@@ -290,9 +318,46 @@ struct Stream {
     measured: BTreeMap<ResourceType, i64>,
     /// The mesh revision when the stream was admitted.
     admitted_revision: i64,
+    /// Issues and renews the node's `default` certificate while the stream wants it.
+    renewal: Option<Renewal>,
 }
 
 impl Stream {
+    /// Starts, updates or stops the `default` certificate's renewal task to match what the
+    /// stream subscribes to and what the mesh says now.
+    fn sync_certificate(&mut self, issuer: Option<&Arc<dyn WorkloadIssuer>>) {
+        let identity = match issuer {
+            Some(issuer) if wants_default(&self.state) => {
+                self.view.identity().map(|id| (issuer, id))
+            }
+            _ => None,
+        };
+        let snapshot = self.view.snapshot();
+        let wanted = Wanted {
+            lifetime: snapshot.spec.mtls.certificate_lifetime.as_std(),
+            signer_id: snapshot.signer_id.clone(),
+        };
+        match (identity, &self.renewal) {
+            (Some((_, id)), Some(renewal)) if renewal.identity() == id => renewal.want(wanted),
+            (Some((issuer, id)), _) => {
+                let (tenant, mesh) = (snapshot.tenant.clone(), snapshot.mesh.clone());
+                self.view.set_certificate(None);
+                self.renewal = Some(Renewal::start(
+                    Arc::clone(issuer),
+                    &tenant,
+                    &mesh,
+                    id,
+                    wanted,
+                ));
+            }
+            (None, _) => {
+                if self.renewal.take().is_some() {
+                    self.view.set_certificate(None);
+                }
+            }
+        }
+    }
+
     /// Records what a request did.
     fn took(&mut self, handled: Handled) {
         let (rtype, first, ack, nack, stale) = match handled {
@@ -398,11 +463,13 @@ impl Stream {
             phase = ?out.phase,
             "push"
         );
-        let state = out.state;
-        self.registration.update_type(rtype, |t| {
-            t.sent = Some(sent);
-            t.resources = state;
-        });
+        if rtype == ResourceType::Secret
+            && let Some(c) = self.view.certificate()
+            && out.state.iter().any(|r| Arc::ptr_eq(r, &c.resource))
+        {
+            self.registration.record_certificate(c.info.clone());
+        }
+        self.registration.record_sent(rtype, sent, out.state);
         Some(out.response)
     }
 }

@@ -21,6 +21,7 @@ use switchboard_translator::{MeshResources, Translator};
 use tokio::sync::{mpsc, watch};
 use tracing::Instrument;
 
+use crate::sds::{IssueError, WorkloadIssuer};
 use crate::snapshot::{MeshSnapshot, mesh_config};
 
 /// Tenant and mesh name.
@@ -70,8 +71,17 @@ struct Entry {
     shared: Arc<Shared>,
 }
 
+/// What a snapshot needs besides the store: the server's trust domain, and the mesh CA's
+/// trust bundle (through the CA port, when there is one).
+#[derive(Debug, Clone, Default)]
+pub struct TrustSource {
+    pub trust_domain: String,
+    pub issuer: Option<Arc<dyn WorkloadIssuer>>,
+}
+
 struct Inner {
     store: Store,
+    trust: TrustSource,
     meshes: Mutex<BTreeMap<MeshKey, Entry>>,
 }
 
@@ -90,12 +100,13 @@ pub struct SnapshotCache {
 }
 
 impl SnapshotCache {
-    /// A cache reading from `store`. Rebuilds follow the watcher's kicks, which are already
-    /// debounced.
-    pub fn new(store: Store) -> Self {
+    /// A cache reading from `store` (and trust bundles from `trust`). Rebuilds follow the
+    /// watcher's kicks, which are already debounced.
+    pub fn new(store: Store, trust: TrustSource) -> Self {
         Self {
             inner: Arc::new(Inner {
                 store,
+                trust,
                 meshes: Mutex::new(BTreeMap::new()),
             }),
         }
@@ -160,6 +171,7 @@ impl SnapshotCache {
         let checked = Arc::new(AtomicI64::new(0));
         let task = MeshTask {
             store: self.inner.store.clone(),
+            trust: self.inner.trust.clone(),
             key: key.clone(),
             tx,
             kicks,
@@ -253,6 +265,7 @@ impl Drop for MeshHandle {
 /// The task that owns one mesh's translator.
 struct MeshTask {
     store: Store,
+    trust: TrustSource,
     key: MeshKey,
     tx: watch::Sender<MeshState>,
     kicks: mpsc::Receiver<Instant>,
@@ -315,7 +328,15 @@ impl MeshTask {
             return Ok(());
         }
         let started = Instant::now();
-        let (config, warnings) = mesh_config(&stored);
+        let (mut config, warnings) = mesh_config(&stored, &self.trust.trust_domain);
+        if let Some(issuer) = &self.trust.issuer {
+            config.trust = match issuer.trust_bundle(tenant, mesh).await {
+                Ok(trust) => trust,
+                // No CA yet: no ROOTCA and no certificates until one exists.
+                Err(IssueError::NoCa { .. }) => Default::default(),
+                Err(e) => return Err(RebuildError::Trust(e)),
+            };
+        }
         for w in &warnings {
             tracing::warn!(warning = %w, "left out of the mesh's xDS resources");
         }
@@ -356,6 +377,8 @@ impl MeshTask {
 enum RebuildError {
     #[error(transparent)]
     Store(#[from] StoreError),
+    #[error("cannot read the mesh's trust bundle: {0}")]
+    Trust(IssueError),
     #[error("translation failed: {0}")]
     Translation(String),
 }

@@ -208,6 +208,8 @@ fn per_type(
             type_url: t.type_url().to_owned(),
             name: r.name.clone(),
             version_info: version,
+            // Secrets come from the registry already redacted (`Registration::record_sent`):
+            // a dump never holds a private key.
             xds_config: contents.then(|| r.resource.clone()),
             last_updated: updated.map(timestamp),
             config_status: config_status as i32,

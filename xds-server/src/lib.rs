@@ -12,7 +12,9 @@
 //! - [`node`]: node id and role (pure).
 //! - [`snapshot`], [`cache`], [`watcher`]: per-mesh snapshots and their updates.
 //! - [`view`]: what one node may see of a snapshot.
-//! - `ads`, [`services`]: the stream driver and the ADS/LDS/RDS/CDS/EDS services.
+//! - `ads`, [`services`]: the stream driver and the ADS/LDS/RDS/CDS/EDS/SDS services.
+//! - [`sds`]: secrets (`ROOTCA`, the node's `default` certificate), the port to the mesh CA
+//!   and the per-stream renewal task.
 //! - [`auth`]: proxy tokens and anonymous access; `revocation` ends the streams of a
 //!   revoked token.
 //! - [`registration`]: sidecars registering themselves as endpoints of their services: the
@@ -24,7 +26,8 @@
 //! - [`XdsServer`] (`server`): assembles everything into tonic routes for the xDS port.
 //! - [`RunningXds`] (`running`): [`XdsServer::start`], the one way to serve the port; it starts
 //!   the watcher, status sync and registration tasks and ends them at shutdown.
-//! - `testing` (feature): a real server on 127.0.0.1:0 and a hand-driven ADS client.
+//! - `testing` (feature): a real server on 127.0.0.1:0, a hand-driven ADS/SDS client and a
+//!   test mesh CA.
 //!
 //! **Architecture invariants.**
 //! - [`protocol`], [`node`], [`view`] and registration's state machine do no IO and read
@@ -46,6 +49,7 @@ pub mod registration;
 pub mod report;
 mod revocation;
 mod running;
+pub mod sds;
 mod server;
 pub mod services;
 pub mod snapshot;
@@ -57,10 +61,11 @@ pub mod watcher;
 pub mod testing;
 
 pub use ads::ResponseStream;
-pub use cache::{CacheError, MeshHandle, MeshState, SnapshotCache};
+pub use cache::{CacheError, MeshHandle, MeshState, SnapshotCache, TrustSource};
 pub use node::{NodeError, NodeId, SidecarEndpointMeta};
 pub use registration::{DEFAULT_GRACE_PERIOD, endpoint_name, parse_grace_period};
 pub use running::RunningXds;
+pub use sds::{IssueError, IssuedCertificate, WorkloadIssuer};
 pub use server::{XdsConfig, XdsServer};
 pub use snapshot::MeshSnapshot;
 pub use status::{ClientState, ProxyRegistry, ProxyStatus, TypeStatus};

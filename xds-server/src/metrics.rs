@@ -9,6 +9,8 @@
 //! | `switchboard_xds_push_bytes` | histogram | `type` |
 //! | `switchboard_xds_convergence_seconds` | histogram | `type`: from the commit notice of a revision to a client's ACK of it |
 //! | `switchboard_xds_snapshot_build_seconds` | histogram | |
+//! | `switchboard_certificates_issued_total` | counter | `tenant`: workload certificates issued for SDS `default` |
+//! | `switchboard_certificate_issue_errors_total` | counter | `tenant`: issuances the mesh CA refused or could not do |
 
 use std::collections::BTreeSet;
 use std::time::Duration;
@@ -34,6 +36,16 @@ pub(crate) fn converged(t: ResourceType, elapsed: Duration) {
 
 pub(crate) fn snapshot_built(elapsed: Duration) {
     metrics::histogram!("switchboard_xds_snapshot_build_seconds").record(elapsed.as_secs_f64());
+}
+
+pub(crate) fn certificate_issued(tenant: &str) {
+    metrics::counter!("switchboard_certificates_issued_total", "tenant" => tenant.to_owned())
+        .increment(1);
+}
+
+pub(crate) fn certificate_issue_failed(tenant: &str) {
+    metrics::counter!("switchboard_certificate_issue_errors_total", "tenant" => tenant.to_owned())
+        .increment(1);
 }
 
 /// Counts one stream in `switchboard_xds_streams` for each type it has asked for, until

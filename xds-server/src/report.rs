@@ -12,14 +12,15 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde_json::{Value, json};
 use switchboard_store::{
-    AckedRecord, NackRecord, ProxyRoleRecord, ProxyRow, ProxyStatusRecord, SentRecord, Store,
-    TypeState, TypeStatusRecord,
+    AckedRecord, CertificateRecord, NackRecord, ProxyRoleRecord, ProxyRow, ProxyStatusRecord,
+    SentRecord, Store, TypeState, TypeStatusRecord,
 };
 use switchboard_translator::{NodeRole, SidecarParams, XdsResource, translate};
 use switchboard_xds_proto::{ResourceType, any_to_json};
 
 use crate::node::node_role;
 use crate::protocol::Resources;
+use crate::sds::CertificateInfo;
 use crate::snapshot::{MeshSnapshot, mesh_config};
 use crate::status::{ClientState, ProxyRegistry, ProxyStatus, TypeStatus};
 use crate::view::NodeView;
@@ -114,6 +115,18 @@ fn type_record(t: ResourceType, s: &TypeStatus) -> TypeStatusRecord {
     }
 }
 
+/// A certificate's public facts as stored and shown (`notAfter` in RFC 3339).
+fn certificate_record(c: &CertificateInfo) -> CertificateRecord {
+    let not_after = time::OffsetDateTime::from(c.not_after)
+        .format(&time::format_description::well_known::Rfc3339)
+        .unwrap_or_default();
+    CertificateRecord {
+        serial: c.serial.clone(),
+        spiffe_id: c.spiffe_id.clone(),
+        not_after,
+    }
+}
+
 /// The status of one stream as stored and shown.
 pub fn status_record(s: &ProxyStatus) -> ProxyStatusRecord {
     let role = node_role(&s.node).unwrap_or(NodeRole::Proxyless);
@@ -128,6 +141,7 @@ pub fn status_record(s: &ProxyStatus) -> ProxyStatusRecord {
         authenticated: s.authenticated,
         user_agent: agent.trim().to_owned(),
         types: s.types.iter().map(|(t, st)| type_record(*t, st)).collect(),
+        certificate: s.certificate.as_ref().map(certificate_record),
     }
 }
 
@@ -194,6 +208,7 @@ fn render(resources: &[Arc<XdsResource>]) -> Vec<Value> {
 async fn current_snapshot(
     cache: &SnapshotCache,
     store: &Store,
+    trust_domain: &str,
     tenant: &str,
     mesh: &str,
 ) -> Result<Arc<MeshSnapshot>, ReportError> {
@@ -201,7 +216,7 @@ async fn current_snapshot(
         return Ok(s);
     }
     let stored = store.mesh_snapshot(tenant, mesh).await?;
-    let (config, _) = mesh_config(&stored);
+    let (config, _) = mesh_config(&stored, trust_domain);
     let resources = translate(&config);
     Ok(Arc::new(MeshSnapshot::new(&config, resources, None)))
 }
@@ -223,8 +238,20 @@ impl XdsServer {
             let Some(latest) = rows.iter().max_by_key(|r| r.connected_since) else {
                 return Ok(None);
             };
-            let snapshot = current_snapshot(self.cache(), self.store(), tenant, mesh).await?;
-            let view = NodeView::new(snapshot, role_from_record(&latest.status.role_spec));
+            let snapshot = current_snapshot(
+                self.cache(),
+                self.store(),
+                &self.config.trust_domain,
+                tenant,
+                mesh,
+            )
+            .await?;
+            // Recomputed, a view holds no `default` (its key is only in the stream's replica);
+            // an authenticated node's shows `ROOTCA`.
+            let mut view = NodeView::new(snapshot, role_from_record(&latest.status.role_spec));
+            if latest.status.authenticated {
+                view = view.with_secrets();
+            }
             let mut out = BTreeMap::new();
             for t in &latest.status.types {
                 let Some(rt) = ResourceType::from_short_name(&t.type_name) else {

@@ -31,6 +31,12 @@ impl XdsServer {
     /// Builds the server and starts its background tasks (registration only when
     /// `config.register_sidecars`). Call inside a Tokio runtime.
     pub fn start(store: Store, config: XdsConfig) -> RunningXds {
+        if config.issuer.is_none() {
+            tracing::info!(
+                "no mesh CA is plugged into the xDS server: it serves no secret (SDS `default` \
+                 and `ROOTCA` are never sent)"
+            );
+        }
         let server = XdsServer::new(store, config);
         let tasks = TaskTracker::new();
         let stop = CancellationToken::new();

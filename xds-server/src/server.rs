@@ -4,19 +4,20 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use switchboard_store::Store;
-use switchboard_xds_proto::service::{ads, cds, csds, eds, lds, rds};
+use switchboard_xds_proto::service::{ads, cds, csds, eds, lds, rds, sds};
 use switchboard_xds_proto::{FILE_DESCRIPTOR_SET, service_name};
 use tonic::service::Routes;
 use tonic::transport::server::Router;
 use tonic_health::ServingStatus;
 
 use crate::ads::Engine;
-use crate::cache::SnapshotCache;
+use crate::cache::{SnapshotCache, TrustSource};
 use crate::csds::CsdsService;
 use crate::protocol::Limits;
 use crate::registration::Registrar;
 use crate::revocation::Revocations;
-use crate::services::{AdsService, CdsService, EdsService, LdsService, RdsService};
+use crate::sds::WorkloadIssuer;
+use crate::services::{AdsService, CdsService, EdsService, LdsService, RdsService, SdsService};
 use crate::status::ProxyRegistry;
 
 /// Tuning of the xDS server.
@@ -37,6 +38,11 @@ pub struct XdsConfig {
     /// How long a registered sidecar's endpoint outlives the last stream of its node: a
     /// reconnect within it changes nothing.
     pub sidecar_grace_period: Duration,
+    /// The SPIFFE trust domain: identities are `spiffe://{tenant}.{trust_domain}/…`.
+    pub trust_domain: String,
+    /// The mesh CA, for SDS `default` certificates and `ROOTCA`. Without one the port serves
+    /// no secret at all.
+    pub issuer: Option<Arc<dyn WorkloadIssuer>>,
 }
 
 impl Default for XdsConfig {
@@ -48,6 +54,8 @@ impl Default for XdsConfig {
             keepalive: Some(Duration::from_secs(30)),
             register_sidecars: true,
             sidecar_grace_period: crate::registration::DEFAULT_GRACE_PERIOD,
+            trust_domain: "switchboard.local".to_owned(),
+            issuer: None,
         }
     }
 }
@@ -76,7 +84,13 @@ impl XdsServer {
     /// The server with no background task: enough for reading its registry and snapshots,
     /// not for serving (see [`XdsServer::start`]).
     pub fn new(store: Store, config: XdsConfig) -> Self {
-        let cache = SnapshotCache::new(store.clone());
+        let cache = SnapshotCache::new(
+            store.clone(),
+            TrustSource {
+                trust_domain: config.trust_domain.clone(),
+                issuer: config.issuer.clone(),
+            },
+        );
         let engine = Arc::new(Engine {
             store,
             cache,
@@ -85,6 +99,7 @@ impl XdsServer {
             queue: config.queue,
             registrar: Registrar::default(),
             revocations: Revocations::default(),
+            issuer: config.issuer.clone(),
         });
         let mut id = [0u8; 8];
         rand::RngCore::fill_bytes(&mut rand::rng(), &mut id);
@@ -114,7 +129,7 @@ impl XdsServer {
         &self.engine.cache
     }
 
-    /// Every service of the xDS port: ADS, LDS, RDS, CDS, EDS, CSDS, `grpc.health.v1.Health`
+    /// Every service of the xDS port: ADS, LDS, RDS, CDS, EDS, SDS, CSDS, `grpc.health.v1.Health`
     /// (every service SERVING) and gRPC reflection (v1).
     pub(crate) async fn routes(&self) -> Routes {
         let (health, health_service) = tonic_health::server::health_reporter();
@@ -124,6 +139,7 @@ impl XdsServer {
             service_name::ROUTE_DISCOVERY,
             service_name::CLUSTER_DISCOVERY,
             service_name::ENDPOINT_DISCOVERY,
+            service_name::SECRET_DISCOVERY,
             service_name::CLIENT_STATUS_DISCOVERY,
         ] {
             health
@@ -146,6 +162,9 @@ impl XdsServer {
                 Arc::clone(engine),
             )))
             .add_service(eds::EndpointDiscoveryServiceServer::new(EdsService::new(
+                Arc::clone(engine),
+            )))
+            .add_service(sds::SecretDiscoveryServiceServer::new(SdsService::new(
                 Arc::clone(engine),
             )))
             .add_service(csds::ClientStatusDiscoveryServiceServer::new(

@@ -1,11 +1,11 @@
-//! The discovery services: ADS, and LDS, RDS, CDS and EDS for clients that open one stream
-//! per type. All run the same engine; the single-type services are ADS limited to one type.
+//! The discovery services: ADS, and LDS, RDS, CDS, EDS and SDS for clients that open one
+//! stream per type. All run the same engine; the single-type services are ADS limited to one type.
 //! Delta (incremental) xDS is not served: clients fall back to state of the world.
 
 use std::sync::Arc;
 
 use futures::stream::BoxStream;
-use switchboard_xds_proto::service::{ads, cds, eds, lds, rds};
+use switchboard_xds_proto::service::{ads, cds, eds, lds, rds, sds};
 use switchboard_xds_proto::{
     DeltaDiscoveryRequest, DeltaDiscoveryResponse, DiscoveryRequest, DiscoveryResponse,
     ResourceType,
@@ -17,6 +17,8 @@ use crate::auth::{self, Admitted};
 use crate::cache::MeshState;
 use crate::node::node_role;
 use crate::protocol::StreamState;
+use crate::sds::secrets::node_secret;
+use crate::sds::wants_default;
 use crate::view::NodeView;
 
 /// What the delta methods answer.
@@ -77,14 +79,35 @@ async fn fetch(
         return Err(Status::internal("the request was accepted without a node"));
     };
     let role = node_role(node).map_err(|e| Status::invalid_argument(e.to_string()))?;
-    let Admitted { mut mesh, .. } =
-        auth::authorize(&engine.store, &engine.cache, token.as_deref(), node_id)
-            .await
-            .map_err(|e| e.status())?;
+    let Admitted {
+        mut mesh,
+        authenticated,
+        ..
+    } = auth::authorize(&engine.store, &engine.cache, token.as_deref(), node_id)
+        .await
+        .map_err(|e| e.status())?;
     let MeshState::Ready(snapshot) = mesh.current() else {
         return Err(Status::unavailable("the mesh is not loaded; retry"));
     };
-    let view = NodeView::new(snapshot, role);
+    let mut view = NodeView::new(snapshot, role);
+    if authenticated {
+        view = view.with_secrets();
+    }
+    // A unary fetch of `default` gets a certificate of its own; nothing renews it.
+    if let (true, Some(issuer), Some(identity)) =
+        (wants_default(&state), &engine.issuer, view.identity())
+    {
+        let lifetime = view.snapshot().spec.mtls.certificate_lifetime.as_std();
+        let cert = issuer
+            .issue(&node_id.tenant, &node_id.mesh, &identity, lifetime)
+            .await
+            .map_err(|e| {
+                crate::metrics::certificate_issue_failed(&node_id.tenant);
+                Status::unavailable(e.to_string())
+            })?;
+        crate::metrics::certificate_issued(&node_id.tenant);
+        view.set_certificate(Some(std::sync::Arc::new(node_secret(&identity, &cert))));
+    }
     let response = state
         .next_response(&view)
         .map(|out| out.response)
@@ -171,4 +194,11 @@ single_type_service!(
     stream: stream_endpoints / StreamEndpointsStream,
     delta: delta_endpoints / DeltaEndpointsStream,
     fetch: fetch_endpoints
+);
+single_type_service!(
+    /// SDS on its own stream (Envoy opens one per secret name when not on ADS).
+    SdsService, sds::SecretDiscoveryService, ResourceType::Secret,
+    stream: stream_secrets / StreamSecretsStream,
+    delta: delta_secrets / DeltaSecretsStream,
+    fetch: fetch_secrets
 );

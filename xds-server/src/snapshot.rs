@@ -1,11 +1,12 @@
 //! A mesh's xDS resources at one revision, shared by every stream of the mesh.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
 use std::time::Instant;
 
 use switchboard_model::spec::Protocol;
 use switchboard_model::{Kind, MeshSpec, Spec};
-use switchboard_translator::{MeshConfig, MeshResources};
+use switchboard_translator::{MeshConfig, MeshResources, XdsResource};
 
 /// One mesh's resources, built from the store at `revision`. Streams hold it in an `Arc` and
 /// point into it; nothing in it is copied per stream.
@@ -19,6 +20,14 @@ pub struct MeshSnapshot {
     pub resources: MeshResources,
     /// The protocol of every service, for the per-node resources of sidecars.
     pub service_protocols: BTreeMap<String, Protocol>,
+    /// The mesh's gateways (a gateway's certificate names it).
+    pub gateways: BTreeSet<String>,
+    /// The trust domain of workload identities.
+    pub trust_domain: String,
+    /// The CA that signs workload certificates now (`TrustBundle::signer_id`).
+    pub signer_id: String,
+    /// The `ROOTCA` secret, built once per snapshot; `None` before the mesh has a CA.
+    pub root_ca: Option<Arc<XdsResource>>,
     /// When the first commit notice this snapshot reflects arrived; `None` for a snapshot
     /// loaded for a first stream. The start of the convergence time.
     pub committed_at: Option<Instant>,
@@ -43,6 +52,10 @@ impl MeshSnapshot {
                 .iter()
                 .map(|(name, s)| (name.clone(), s.protocol))
                 .collect(),
+            gateways: config.gateways.keys().cloned().collect(),
+            trust_domain: config.trust_domain.clone(),
+            signer_id: config.trust.signer_id.clone(),
+            root_ca: crate::sds::secrets::root_ca(&config.trust),
             committed_at,
             built_at: Instant::now(),
         }
@@ -51,14 +64,18 @@ impl MeshSnapshot {
 
 /// Turns what the store holds into the translator's input. A spec the store holds but the
 /// model cannot parse (written by a newer version, or corrupt) is left out with a warning,
-/// so the rest of the mesh is still served.
-pub fn mesh_config(stored: &switchboard_store::MeshSnapshot) -> (MeshConfig, Vec<String>) {
+/// so the rest of the mesh is still served. `trust_domain` is the server's (configuration).
+pub fn mesh_config(
+    stored: &switchboard_store::MeshSnapshot,
+    trust_domain: &str,
+) -> (MeshConfig, Vec<String>) {
     let mut warnings = Vec::new();
     let mut config = MeshConfig {
         tenant: stored.tenant.clone(),
         mesh: stored.mesh.key.name.clone(),
         revision: stored.revision,
         trust: stored.trust.clone(),
+        trust_domain: trust_domain.to_owned(),
         ..Default::default()
     };
     match Spec::parse(Kind::Mesh, stored.mesh.spec.clone()) {
@@ -125,8 +142,9 @@ mod tests {
             ],
             trust: Default::default(),
         };
-        let (config, warnings) = mesh_config(&snap);
+        let (config, warnings) = mesh_config(&snap, "mesh.local");
         assert_eq!(config.tenant, "acme");
+        assert_eq!(config.trust_domain, "mesh.local");
         assert_eq!(config.mesh, "prod");
         assert_eq!(config.revision, 7);
         assert!(config.spec.allow_unauthenticated_xds);
@@ -138,5 +156,7 @@ mod tests {
         let snapshot = MeshSnapshot::new(&config, resources, None);
         assert_eq!(snapshot.service_protocols.get("pay"), Some(&Protocol::Grpc));
         assert!(snapshot.resources.clusters.contains_key("pay"));
+        assert!(snapshot.root_ca.is_none(), "no CA yet, no ROOTCA");
+        assert_eq!(snapshot.trust_domain, "mesh.local");
     }
 }

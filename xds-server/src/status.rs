@@ -3,7 +3,9 @@
 //! The [`ProxyRegistry`] is shared by every stream (each updates its own entry, under its own
 //! lock) and read by CSDS and, through [`ProxyRegistry::list`] and
 //! [`ProxyRegistry::resources`], by the REST API. Resources are held as the snapshot's `Arc`s:
-//! reporting costs pointers, not copies.
+//! reporting costs pointers, not copies. Secrets are the exception: the registry keeps them
+//! without their private key ([`Registration::record_sent`]), so nothing that reads it (CSDS,
+//! the REST API, the store) can show one.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -14,6 +16,8 @@ use switchboard_translator::XdsResource;
 use switchboard_xds_proto::{Node, ResourceType};
 
 use crate::node::NodeId;
+use crate::sds::CertificateInfo;
+use crate::sds::secrets::redact;
 
 /// One connected stream of a proxy.
 #[derive(Debug, Clone)]
@@ -31,6 +35,8 @@ pub struct ProxyStatus {
     pub authenticated: bool,
     pub connected_since: SystemTime,
     pub types: BTreeMap<ResourceType, TypeStatus>,
+    /// The `default` certificate last sent to the proxy (public facts only).
+    pub certificate: Option<CertificateInfo>,
 }
 
 /// One resource type of one stream.
@@ -251,6 +257,36 @@ impl Registration {
         f(lock(&self.entry).types.entry(t).or_default());
         lock(&self.registry.inner.changes).updated.insert(self.id);
     }
+
+    /// Records a response of type `t`: `sent`, and every resource the proxy holds once it
+    /// accepts it. Secrets are recorded without their private key.
+    pub(crate) fn record_sent(
+        &self,
+        t: ResourceType,
+        sent: Sent,
+        resources: Vec<Arc<XdsResource>>,
+    ) {
+        let resources = if t == ResourceType::Secret {
+            resources.iter().map(redact).collect()
+        } else {
+            resources
+        };
+        self.update_type(t, |s| {
+            s.sent = Some(sent);
+            s.resources = resources;
+        });
+    }
+
+    /// Records the certificate last sent to the proxy.
+    pub(crate) fn record_certificate(&self, info: CertificateInfo) {
+        let mut entry = lock(&self.entry);
+        if entry.certificate.as_ref() == Some(&info) {
+            return;
+        }
+        entry.certificate = Some(info);
+        drop(entry);
+        lock(&self.registry.inner.changes).updated.insert(self.id);
+    }
 }
 
 impl Drop for Registration {
@@ -276,6 +312,7 @@ mod tests {
             authenticated: true,
             connected_since: SystemTime::now(),
             types: BTreeMap::new(),
+            certificate: None,
         }
     }
 

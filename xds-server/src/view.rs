@@ -1,8 +1,16 @@
 //! What one node may see of its mesh's snapshot: the mesh-wide resources, the listeners of
-//! its role, and its own per-node resources (a sidecar's inbound listener and cluster).
+//! its role, and its own per-node resources (a sidecar's inbound listener and cluster, and
+//! the `default` secret).
+//!
+//! Secrets: an anonymous stream's view holds none (not even `ROOTCA`); an authenticated one
+//! ([`NodeView::with_secrets`]) sees `ROOTCA`, and `default` once the stream has put the
+//! node's certificate in ([`NodeView::set_certificate`]), which is accepted only for the
+//! identity the view itself derives ([`NodeView::identity`]).
 
 use std::sync::Arc;
 
+use switchboard_model::MtlsMode;
+use switchboard_model::identity::spiffe_id;
 use switchboard_model::spec::Protocol;
 use switchboard_translator::{
     InboundSecurity, NodeRole, XdsResource, names, sidecar_inbound_resources,
@@ -10,6 +18,7 @@ use switchboard_translator::{
 use switchboard_xds_proto::ResourceType;
 
 use crate::protocol::Resources;
+use crate::sds::{DEFAULT, NodeSecret, ROOTCA};
 use crate::snapshot::MeshSnapshot;
 
 /// A node's view of a mesh snapshot. Holds the snapshot by `Arc`; the per-node resources are
@@ -23,6 +32,10 @@ pub struct NodeView {
     /// A sidecar's outbound listener when it asked for a port other than 15001: a copy of
     /// the mesh's, rebuilt when the mesh's changes (compared by version).
     outbound: Option<(String, Arc<XdsResource>)>,
+    /// The stream presented a proxy token: it may receive secrets.
+    secrets: bool,
+    /// The node's `default` certificate, for [`NodeView::identity`].
+    certificate: Option<Arc<NodeSecret>>,
 }
 
 impl NodeView {
@@ -32,10 +45,73 @@ impl NodeView {
             role,
             inbound: None,
             outbound: None,
+            secrets: false,
+            certificate: None,
         };
         view.refresh_inbound();
         view.refresh_outbound();
         view
+    }
+
+    /// Lets the view hold secrets: only for a stream authenticated with a proxy token of the
+    /// node's tenant and mesh.
+    pub fn with_secrets(mut self) -> Self {
+        self.secrets = true;
+        self
+    }
+
+    /// The SPIFFE ID this node's `default` certificate is for, when it may have one: an
+    /// authenticated sidecar of a service that exists, or a gateway that exists (named in the
+    /// `service` segment), in a mesh whose mTLS is not `off`. Proxyless clients have none.
+    pub fn identity(&self) -> Option<String> {
+        let s = &self.snapshot;
+        if !self.secrets || s.spec.mtls.mode == MtlsMode::Off {
+            return None;
+        }
+        let name = match &self.role {
+            NodeRole::Sidecar(p) if s.service_protocols.contains_key(&p.service) => &p.service,
+            NodeRole::Gateway { name } if s.gateways.contains(name) => name,
+            _ => return None,
+        };
+        Some(spiffe_id(&s.tenant, &s.trust_domain, &s.mesh, name))
+    }
+
+    /// Puts in (or, with `None`, takes out) the node's certificate. One for another identity
+    /// than [`NodeView::identity`] is refused and nothing is served as `default`.
+    pub fn set_certificate(&mut self, certificate: Option<Arc<NodeSecret>>) {
+        self.certificate = certificate;
+        if let Some(c) = &self.certificate
+            && self.identity().as_deref() != Some(c.info.spiffe_id.as_str())
+        {
+            tracing::error!(
+                certificate = %c.info.spiffe_id,
+                "a certificate for another identity was offered to this node; not serving it"
+            );
+            self.certificate = None;
+        }
+    }
+
+    /// The certificate served as `default`, if any.
+    pub fn certificate(&self) -> Option<&Arc<NodeSecret>> {
+        self.certificate.as_ref()
+    }
+
+    fn secret(&self, name: &str) -> Option<&Arc<XdsResource>> {
+        if !self.secrets {
+            return None;
+        }
+        match name {
+            ROOTCA => self.snapshot.root_ca.as_ref(),
+            DEFAULT => self.default_secret(),
+            _ => None,
+        }
+    }
+
+    /// `default`, only while it is still for the node's identity (the service or gateway may
+    /// be gone, or mTLS turned off, since it was issued).
+    fn default_secret(&self) -> Option<&Arc<XdsResource>> {
+        let c = self.certificate.as_ref()?;
+        (self.identity().as_deref() == Some(c.info.spiffe_id.as_str())).then_some(&c.resource)
     }
 
     pub fn snapshot(&self) -> &Arc<MeshSnapshot> {
@@ -143,8 +219,7 @@ impl Resources for NodeView {
                 .or_else(|| r.clusters.get(name)),
             ResourceType::RouteConfiguration => r.route_configurations.get(name),
             ResourceType::ClusterLoadAssignment => r.load_assignments.get(name),
-            // Secrets (SDS) are not served yet.
-            ResourceType::Secret => None,
+            ResourceType::Secret => self.secret(name),
         }
     }
 
@@ -157,7 +232,11 @@ impl Resources for NodeView {
             ResourceType::Cluster => Box::new(r.clusters.values().chain(self.inbound_cluster())),
             ResourceType::RouteConfiguration => Box::new(r.route_configurations.values()),
             ResourceType::ClusterLoadAssignment => Box::new(r.load_assignments.values()),
-            ResourceType::Secret => Box::new(std::iter::empty()),
+            ResourceType::Secret => Box::new(
+                [ROOTCA, DEFAULT]
+                    .into_iter()
+                    .filter_map(|name| self.secret(name)),
+            ),
         }
     }
 }
@@ -224,6 +303,112 @@ mod tests {
                 .is_some()
         );
         assert!(view.get(ResourceType::Secret, "default").is_none());
+    }
+
+    fn with_ca(snapshot: &MeshSnapshot, gateways: &[&str], mode: MtlsMode) -> Arc<MeshSnapshot> {
+        let mut config = MeshConfig {
+            tenant: snapshot.tenant.clone(),
+            mesh: snapshot.mesh.clone(),
+            revision: snapshot.revision,
+            trust_domain: "mesh.local".to_owned(),
+            trust: switchboard_model::TrustBundle {
+                signer_id: "ca-1".to_owned(),
+                roots_pem: vec!["ROOT".to_owned()],
+            },
+            ..Default::default()
+        };
+        config.spec.mtls.mode = mode;
+        for s in snapshot.service_protocols.keys() {
+            let spec: ServiceSpec =
+                serde_json::from_value(serde_json::json!({"port": 8080})).unwrap();
+            config.services.insert(s.clone(), spec);
+        }
+        for g in gateways {
+            let spec = serde_json::from_value(serde_json::json!({"port": 8443})).unwrap();
+            config.gateways.insert((*g).to_owned(), spec);
+        }
+        Arc::new(MeshSnapshot::new(&config, translate(&config), None))
+    }
+
+    fn sidecar(service: &str) -> NodeRole {
+        NodeRole::Sidecar(SidecarParams {
+            service: service.to_owned(),
+            inbound_port: 15006,
+            app_port: 8080,
+            outbound_port: 15001,
+        })
+    }
+
+    fn certificate(spiffe_id: &str) -> Arc<NodeSecret> {
+        let cert = crate::sds::IssuedCertificate {
+            chain_pem: "CHAIN".to_owned(),
+            private_key_pem: zeroize::Zeroizing::new("KEY".to_owned()),
+            serial: "01".to_owned(),
+            not_after: std::time::SystemTime::UNIX_EPOCH,
+            signer_id: "ca-1".to_owned(),
+        };
+        Arc::new(crate::sds::secrets::node_secret(spiffe_id, &cert))
+    }
+
+    #[test]
+    fn secrets_go_only_to_authenticated_nodes_of_their_identity() {
+        let mesh = with_ca(&snapshot(&["pay"]), &["edge"], MtlsMode::Permissive);
+        let pay = "spiffe://acme.mesh.local/mesh/prod/service/pay";
+        // Anonymous: nothing, not even ROOTCA.
+        let mut anonymous = NodeView::new(Arc::clone(&mesh), sidecar("pay"));
+        assert_eq!(anonymous.identity(), None);
+        anonymous.set_certificate(Some(certificate(pay)));
+        assert!(anonymous.get(ResourceType::Secret, ROOTCA).is_none());
+        assert!(anonymous.get(ResourceType::Secret, DEFAULT).is_none());
+        assert_eq!(anonymous.wildcard(ResourceType::Secret).count(), 0);
+        // A sidecar of pay: ROOTCA, and its own certificate only.
+        let mut view = NodeView::new(Arc::clone(&mesh), sidecar("pay")).with_secrets();
+        assert_eq!(view.identity().as_deref(), Some(pay));
+        assert!(view.get(ResourceType::Secret, ROOTCA).is_some());
+        assert!(view.get(ResourceType::Secret, DEFAULT).is_none());
+        view.set_certificate(Some(certificate(
+            "spiffe://acme.mesh.local/mesh/prod/service/other",
+        )));
+        assert!(view.certificate().is_none(), "another identity is refused");
+        view.set_certificate(Some(certificate(pay)));
+        assert_eq!(
+            names_of(view.wildcard(ResourceType::Secret)),
+            [ROOTCA, DEFAULT]
+        );
+        // The service goes away: no more `default`.
+        view.update(with_ca(&snapshot(&[]), &[], MtlsMode::Permissive));
+        assert_eq!(view.identity(), None);
+        assert!(view.get(ResourceType::Secret, DEFAULT).is_none());
+        // A sidecar of a service that does not exist, a proxyless client: no identity.
+        let ghost = NodeView::new(Arc::clone(&mesh), sidecar("ghost")).with_secrets();
+        assert_eq!(ghost.identity(), None);
+        let proxyless = NodeView::new(Arc::clone(&mesh), NodeRole::Proxyless).with_secrets();
+        assert_eq!(proxyless.identity(), None);
+        assert!(proxyless.get(ResourceType::Secret, ROOTCA).is_some());
+        // A gateway that exists is named in the service segment.
+        let gw = |name: &str| {
+            NodeView::new(
+                Arc::clone(&mesh),
+                NodeRole::Gateway {
+                    name: name.to_owned(),
+                },
+            )
+            .with_secrets()
+        };
+        assert_eq!(
+            gw("edge").identity().as_deref(),
+            Some("spiffe://acme.mesh.local/mesh/prod/service/edge")
+        );
+        assert_eq!(gw("nope").identity(), None);
+        // mTLS off: no workload certificate.
+        let off = with_ca(&snapshot(&["pay"]), &[], MtlsMode::Off);
+        assert_eq!(
+            NodeView::new(off, sidecar("pay")).with_secrets().identity(),
+            None
+        );
+        // No CA yet: no ROOTCA.
+        let bare = NodeView::new(snapshot(&["pay"]), sidecar("pay")).with_secrets();
+        assert!(bare.get(ResourceType::Secret, ROOTCA).is_none());
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! Shared set-up: a store with tenants `acme` (meshes `prod`, `dev`, `open`) and `globex`
 //! (mesh `prod`), proxy tokens, and a server.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::{Value, json};
@@ -9,7 +10,9 @@ use switchboard_store::testing::{TestDb, store};
 use switchboard_store::{Backend, CredentialKind, ResourceKey, Store, WriteOptions};
 use switchboard_translator::XdsResource;
 use switchboard_xds_proto::{DiscoveryResponse, ResourceType};
-use switchboard_xds_server::testing::{AdsClient, TestServer, node, secret, start};
+use switchboard_xds_server::testing::{
+    AdsClient, TestIssuer, TestServer, node, secret, start, start_with_issuer,
+};
 
 pub const CDS: &str = switchboard_xds_proto::type_url::CLUSTER;
 pub const EDS: &str = switchboard_xds_proto::type_url::CLUSTER_LOAD_ASSIGNMENT;
@@ -28,6 +31,11 @@ pub struct Env {
 }
 
 pub async fn env() -> Env {
+    env_with(None).await
+}
+
+/// [`env`] with `issuer` as the server's mesh CA.
+pub async fn env_with(issuer: Option<Arc<TestIssuer>>) -> Env {
     let (store, db) = store(Backend::Sqlite).await.expect("SQLite store");
     for tenant in ["acme", "globex"] {
         store
@@ -59,7 +67,10 @@ pub async fn env() -> Env {
     let token = secret(&store, "acme", CredentialKind::ProxyToken, None)
         .await
         .unwrap();
-    let server = start(store.clone()).await.unwrap();
+    let server = match issuer {
+        Some(issuer) => start_with_issuer(store.clone(), issuer).await.unwrap(),
+        None => start(store.clone()).await.unwrap(),
+    };
     Env {
         store,
         server,

@@ -1,5 +1,10 @@
-//! Test helpers (feature `testing`): a real xDS server on 127.0.0.1:0 and an ADS client
-//! driven by hand, so tests send each request and assert each response, ACK and NACK.
+//! Test helpers (feature `testing`): a real xDS server on 127.0.0.1:0, an ADS (or SDS)
+//! client driven by hand, so tests send each request and assert each response, ACK and NACK,
+//! and a mesh CA for SDS ([`TestIssuer`]).
+
+mod issuer;
+
+pub use issuer::TestIssuer;
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -7,6 +12,7 @@ use std::time::Duration;
 use switchboard_store::{CredentialKind, Store, StoreError};
 use switchboard_xds_proto::pb::google::protobuf::{Struct, Value, value::Kind};
 use switchboard_xds_proto::service::ads::AggregatedDiscoveryServiceClient;
+use switchboard_xds_proto::service::sds::SecretDiscoveryServiceClient;
 use switchboard_xds_proto::{DiscoveryRequest, DiscoveryResponse, Node, Status as RpcStatus};
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, oneshot};
@@ -76,6 +82,23 @@ pub async fn start_with(store: Store, config: XdsConfig) -> std::io::Result<Test
         xds,
         shutdown: Some(shutdown),
     })
+}
+
+/// Starts a server like [`start`] whose mesh CA is `issuer`.
+pub async fn start_with_issuer(
+    store: Store,
+    issuer: std::sync::Arc<TestIssuer>,
+) -> std::io::Result<TestServer> {
+    start_with(
+        store,
+        XdsConfig {
+            debounce: Duration::from_millis(5),
+            register_sidecars: false,
+            issuer: Some(issuer),
+            ..Default::default()
+        },
+    )
+    .await
 }
 
 /// Starts a server like [`start`] that also registers authenticated sidecars as endpoints,
@@ -168,6 +191,35 @@ impl AdsClient {
             .await
             .map_err(|e| Status::unavailable(format!("cannot connect to {url}: {e}")))?
             .max_decoding_message_size(64 << 20);
+        let (requests, request) = Self::request_stream(token)?;
+        let responses = client
+            .stream_aggregated_resources(request)
+            .await?
+            .into_inner();
+        Ok(Self::new(requests, responses, node))
+    }
+
+    /// Opens a stream of the per-type SDS service (`StreamSecrets`); drive it like ADS with
+    /// the Secret type URL.
+    pub async fn connect_sds(url: &str, node: Node, token: Option<&str>) -> Result<Self, Status> {
+        let mut client = SecretDiscoveryServiceClient::connect(url.to_owned())
+            .await
+            .map_err(|e| Status::unavailable(format!("cannot connect to {url}: {e}")))?;
+        let (requests, request) = Self::request_stream(token)?;
+        let responses = client.stream_secrets(request).await?.into_inner();
+        Ok(Self::new(requests, responses, node))
+    }
+
+    #[allow(clippy::type_complexity)]
+    fn request_stream(
+        token: Option<&str>,
+    ) -> Result<
+        (
+            mpsc::Sender<DiscoveryRequest>,
+            tonic::Request<ReceiverStream<DiscoveryRequest>>,
+        ),
+        Status,
+    > {
         let (requests, rx) = mpsc::channel(16);
         let mut request = tonic::Request::new(ReceiverStream::new(rx));
         if let Some(token) = token {
@@ -176,16 +228,20 @@ impl AdsClient {
                 .map_err(|_| Status::invalid_argument("the token is not valid metadata"))?;
             request.metadata_mut().insert("authorization", value);
         }
-        let responses = client
-            .stream_aggregated_resources(request)
-            .await?
-            .into_inner();
-        Ok(Self {
+        Ok((requests, request))
+    }
+
+    fn new(
+        requests: mpsc::Sender<DiscoveryRequest>,
+        responses: Streaming<DiscoveryResponse>,
+        node: Node,
+    ) -> Self {
+        Self {
             requests,
             responses,
             node,
             node_sent: false,
-        })
+        }
     }
 
     /// The node this client sends.

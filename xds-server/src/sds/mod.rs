@@ -1,0 +1,32 @@
+//! SDS: the secrets the xDS port serves, `ROOTCA` (the mesh's trust bundle) and `default`
+//! (the node's own certificate and key).
+//!
+//! - [`ca`]: the port to the mesh CA ([`WorkloadIssuer`]); without one, no `default` is ever
+//!   served.
+//! - [`secrets`]: the resources, built without IO, and the redaction that keeps private keys
+//!   out of status and CSDS.
+//! - [`renewal`]: the per-stream task that issues, renews and re-issues `default`.
+//!
+//! Who gets what is decided by [`crate::view::NodeView`]: nothing for an anonymous stream;
+//! `ROOTCA` for any stream with a proxy token; `default` for a sidecar whose service exists
+//! (identity `spiffe://{tenant}.{trust domain}/mesh/{mesh}/service/{service}`) or a gateway
+//! that exists (its name in the `service` segment), unless the mesh's mTLS mode is `off`.
+
+use switchboard_xds_proto::ResourceType;
+
+use crate::protocol::StreamState;
+
+pub mod ca;
+pub mod renewal;
+pub mod secrets;
+
+pub use ca::{IssueError, IssuedCertificate, WorkloadIssuer};
+pub use secrets::{CertificateInfo, DEFAULT, NodeSecret, ROOTCA};
+
+/// Whether a stream's Secret subscription covers `default` (by name or wildcard): only then
+/// is a certificate issued for it.
+pub(crate) fn wants_default(state: &StreamState) -> bool {
+    state
+        .subscription(ResourceType::Secret)
+        .is_some_and(|(wildcard, names)| wildcard || names.iter().any(|n| n == DEFAULT))
+}
