@@ -296,6 +296,12 @@ fn proxy_clusters_use_mtls_towards_mesh_workloads() {
             );
             assert_eq!(proxy, plain, "nothing else differs");
         }
+        // Proxyless clients get exactly what they got with mTLS off.
+        assert_eq!(
+            res.clusters,
+            mesh("off", true).translate().clusters,
+            "{mode}"
+        );
     }
 }
 
