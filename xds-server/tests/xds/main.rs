@@ -7,4 +7,5 @@ mod common;
 mod ads;
 mod auth;
 mod cache;
+mod mtls;
 mod status;
