@@ -167,6 +167,25 @@ fn endpoints_and_gateways() {
         )
         .is_empty()
     );
+    // `mtls` marks a workload behind a sidecar; a non-boolean is named, and `false` (the
+    // default) is left out of the canonical JSON so that endpoints written before it existed
+    // read back unchanged.
+    let e = Spec::parse(
+        Kind::Endpoint,
+        json!({"service": "a", "address": "::1", "mtls": "yes"}),
+    )
+    .unwrap_err();
+    assert_eq!(e.0[0].field, "spec.mtls");
+    let plain = Spec::parse(Kind::Endpoint, json!({"service": "a", "address": "::1"})).unwrap();
+    assert!(plain.to_json().get("mtls").is_none());
+    let Spec::Endpoint(meshed) = Spec::parse(
+        Kind::Endpoint,
+        json!({"service": "a", "address": "::1", "mtls": true}),
+    )
+    .unwrap() else {
+        panic!("not an endpoint")
+    };
+    assert!(meshed.mtls);
     for bad in ["", "a/b", "tab\there"] {
         assert_eq!(
             fields(

@@ -5,7 +5,9 @@
 //!
 //! - 1,000 services `svc-N` on port 8080 (every third gRPC, the rest HTTP; some with
 //!   circuit breakers, outlier detection or another load-balancing policy);
-//! - 10,000 endpoints, 10 per service, spread over 3 zones of one region;
+//! - 10,000 endpoints, 10 per service, spread over 3 zones of one region, half of them
+//!   sidecars' (mesh workloads, called with mTLS);
+//! - mTLS `permissive` with a CA, so that proxies get their own clusters with mTLS;
 //! - 5,000 routes `svc-N-rK` (K = 0..4), each with its own host names `svc-N-rK:8080` and
 //!   `svc-N-rK`, 1 to 3 rules: an optional header-match rule (canary), an optional path
 //!   prefix rule, and a catch-all; every rule has 1 to 3 weighted backends, and some have
@@ -31,7 +33,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
-use switchboard_model::{EndpointSpec, RouteSpec, ServiceSpec};
+use switchboard_model::{EndpointSpec, RouteSpec, ServiceSpec, TrustBundle};
 use switchboard_translator::{
     Change, MeshConfig, MeshResources, Translator, XdsResource, names, translate,
 };
@@ -90,6 +92,7 @@ fn endpoint_spec(service_index: usize, j: usize, weight: u32) -> EndpointSpec {
         "address": format!("10.{}.{}.{}", n >> 16, (n >> 8) & 0xff, n & 0xff),
         "weight": weight,
         "locality": {"region": "region-1", "zone": ZONES[j % ZONES.len()]},
+        "mtls": j.is_multiple_of(2),
     }));
     e.validate().expect("valid endpoint");
     e
@@ -150,6 +153,11 @@ fn mesh() -> MeshConfig {
         tenant: "bench".into(),
         mesh: "mesh".into(),
         revision: 1,
+        trust_domain: "bench.local".into(),
+        trust: TrustBundle {
+            signer_id: "bench-ca".into(),
+            roots_pem: vec!["-----BEGIN CERTIFICATE-----\n-----END CERTIFICATE-----\n".into()],
+        },
         ..Default::default()
     };
     for i in 0..SERVICES {
@@ -203,13 +211,14 @@ impl Row {
     }
 }
 
-type Maps<'a> = [(&'static str, &'a BTreeMap<String, Arc<XdsResource>>); 4];
+type Maps<'a> = [(&'static str, &'a BTreeMap<String, Arc<XdsResource>>); 5];
 
 fn maps(r: &MeshResources) -> Maps<'_> {
     [
         ("LDS", &r.listeners),
         ("RDS", &r.route_configurations),
         ("CDS", &r.clusters),
+        ("CDS-proxies", &r.proxy_clusters),
         ("EDS", &r.load_assignments),
     ]
 }
@@ -395,7 +404,7 @@ fn main() {
     // (c) Output size.
     println!();
     println!(
-        "{:<5} {:>9} {:>14} {:>12} {:>14}  largest",
+        "{:<11} {:>9} {:>14} {:>12} {:>14}  largest",
         "type", "resources", "encoded bytes", "mean bytes", "largest bytes"
     );
     let (mut count, mut bytes) = (0usize, 0usize);
@@ -408,7 +417,7 @@ fn main() {
             .max_by_key(|(_, len)| *len)
             .unwrap_or(("-", 0));
         println!(
-            "{:<5} {:>9} {:>14} {:>12} {:>14}  {}",
+            "{:<11} {:>9} {:>14} {:>12} {:>14}  {}",
             kind,
             map.len(),
             total,
@@ -419,10 +428,11 @@ fn main() {
         count += map.len();
         bytes += total;
     }
-    println!("{:<5} {:>9} {:>14}", "total", count, bytes);
+    println!("{:<11} {:>9} {:>14}", "total", count, bytes);
     println!(
         "(encoded bytes: each resource's serialized message, as packed in Any.value; \
-         {} is the sidecars' route configuration holding every route)",
+         {} is the sidecars' route configuration holding every route; CDS-proxies are the \
+         clusters sidecars and gateways get, with mTLS)",
         names::OUTBOUND
     );
     if !result.warnings.is_empty() {

@@ -1,5 +1,7 @@
 //! Endpoints → ClusterLoadAssignment `{service}`: grouped by priority and locality, in a
-//! deterministic order so that the version only changes when the membership does.
+//! deterministic order so that the version only changes when the membership does. Unless the
+//! mesh's mTLS is off, endpoints that are mesh workloads carry the metadata that selects mTLS
+//! in proxies' clusters (with mTLS off, nothing differs from a mesh without it).
 
 use std::collections::{BTreeMap, HashSet};
 use std::net::IpAddr;
@@ -8,6 +10,7 @@ use switchboard_model::spec::{Health, Locality};
 use switchboard_model::{EndpointSpec, ServiceSpec};
 
 use crate::common::{socket_address, u32_value};
+use crate::mtls::mtls_endpoint_metadata;
 use crate::names;
 use crate::pb::envoy::config::core::v3::{HealthStatus, Locality as PbLocality};
 use crate::pb::envoy::config::endpoint::v3::{
@@ -15,11 +18,13 @@ use crate::pb::envoy::config::endpoint::v3::{
 };
 
 /// The load assignment of `service` from its endpoints, given in name order. Also returns
-/// warnings for endpoints it had to leave out.
+/// warnings for endpoints it had to leave out. With `mtls` (the mesh's effective mode is not
+/// `off`), endpoints that are mesh workloads carry the metadata that selects mTLS.
 pub(crate) fn load_assignment<'a>(
     service: &str,
     spec: &ServiceSpec,
     endpoints: impl IntoIterator<Item = (&'a str, &'a EndpointSpec)>,
+    mtls: bool,
 ) -> (ClusterLoadAssignment, Vec<String>) {
     let mut warnings = Vec::new();
     let mut seen = HashSet::new();
@@ -51,7 +56,7 @@ pub(crate) fn load_assignment<'a>(
         groups
             .entry((ep.priority, &ep.locality))
             .or_default()
-            .push(lb_endpoint(ip, port, ep));
+            .push(lb_endpoint(ip, port, ep, mtls && ep.mtls));
     }
     (
         ClusterLoadAssignment {
@@ -98,7 +103,7 @@ fn locality_groups(
     out
 }
 
-fn lb_endpoint(ip: IpAddr, port: u32, ep: &EndpointSpec) -> LbEndpoint {
+fn lb_endpoint(ip: IpAddr, port: u32, ep: &EndpointSpec, mtls: bool) -> LbEndpoint {
     LbEndpoint {
         health_status: health(ep.health) as i32,
         // Envoy rejects a weight of 0; validation allows 1 to 1000.
@@ -107,7 +112,9 @@ fn lb_endpoint(ip: IpAddr, port: u32, ep: &EndpointSpec) -> LbEndpoint {
             address: Some(socket_address(&ip.to_string(), port)),
             ..Default::default()
         })),
-        ..Default::default()
+        // Proxies call mesh workloads with mTLS (their clusters' transport socket match);
+        // proxyless gRPC clients do not use it.
+        metadata: mtls.then(mtls_endpoint_metadata),
     }
 }
 

@@ -1,16 +1,18 @@
-//! HTTP and network filters: the HTTP connection manager and its filter chain (fault, then
-//! router), the fault filter's per-route configuration, and TCP proxying.
+//! HTTP, network and listener filters: the HTTP connection manager and its filter chain
+//! (fault, then router), the fault filter's per-route configuration, TCP proxying, and the
+//! TLS inspector.
 
 use switchboard_model::spec::Fault;
 
 use crate::common::{ads, duration, percent};
 use crate::names;
 use crate::pb::envoy::config::core::v3::Http1ProtocolOptions;
-use crate::pb::envoy::config::listener::v3::{Filter, filter};
+use crate::pb::envoy::config::listener::v3::{Filter, ListenerFilter, filter, listener_filter};
 use crate::pb::envoy::config::route::v3::RouteConfiguration;
 use crate::pb::envoy::extensions::filters::common::fault::v3::{FaultDelay, fault_delay};
 use crate::pb::envoy::extensions::filters::http::fault::v3::{FaultAbort, HttpFault, fault_abort};
 use crate::pb::envoy::extensions::filters::http::router::v3::Router;
+use crate::pb::envoy::extensions::filters::listener::tls_inspector::v3::TlsInspector;
 use crate::pb::envoy::extensions::filters::network::http_connection_manager::v3::{
     HttpConnectionManager, HttpFilter, Rds, http_connection_manager, http_filter,
 };
@@ -131,6 +133,18 @@ pub(crate) fn fault_config(fault: &Fault) -> HttpFault {
                 ..Default::default()
             })
         }),
+        ..Default::default()
+    }
+}
+
+/// The TLS inspector: tells TLS from plaintext (a permissive inbound listener's choice between
+/// its mTLS and plaintext filter chains).
+pub(crate) fn tls_inspector() -> ListenerFilter {
+    ListenerFilter {
+        name: names::TLS_INSPECTOR.to_owned(),
+        config_type: Some(listener_filter::ConfigType::TypedConfig(pack(
+            &TlsInspector::default(),
+        ))),
         ..Default::default()
     }
 }

@@ -4,8 +4,9 @@
 //! replica and after a restart, and a recomputed but unchanged resource keeps its version (the
 //! server then has nothing to send). This relies on deterministic encoding: prost encodes
 //! repeated fields in order, and the only protobuf maps we fill (`typed_per_filter_config`,
-//! `typed_extension_protocol_options`) never get more than one entry, since a `HashMap` with
-//! several would encode in a random order.
+//! `typed_extension_protocol_options`, and for mTLS an endpoint's `filter_metadata` and the
+//! `Struct` of it and of a transport socket match) never get more than one entry, since a
+//! `HashMap` with several would encode in a random order.
 
 use sha2::{Digest, Sha256};
 

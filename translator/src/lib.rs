@@ -12,8 +12,10 @@
 //! - [`sidecar_inbound`]: the per-node inbound listener and cluster of a sidecar, which depend
 //!   on the node's own metadata rather than on the mesh alone.
 //!
-//! What each kind of client receives is decided by [`MeshResources::listeners_for`]; resource
-//! names are in [`names`].
+//! What each kind of client receives is decided by [`MeshResources::listeners_for`] and
+//! [`MeshResources::clusters_for`] (sidecars and gateways get clusters with mesh mTLS,
+//! proxyless gRPC clients plaintext ones); resource names are in [`names`]. Mesh mTLS
+//! (`MeshSpec.mtls`) is described in the `mtls` module.
 
 mod cluster;
 mod common;
@@ -22,6 +24,7 @@ mod filters;
 mod hash;
 mod listener;
 mod matcher;
+mod mtls;
 pub mod names;
 mod resource;
 mod route;
@@ -32,7 +35,7 @@ mod virtual_host;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use switchboard_model::spec::Protocol;
+use switchboard_model::spec::{MtlsMode, Protocol};
 use switchboard_model::{EndpointSpec, GatewaySpec, MeshSpec, RouteSpec, ServiceSpec, TrustBundle};
 
 pub use resource::XdsResource;
@@ -74,6 +77,13 @@ impl MeshConfig {
     pub fn service_protocol(&self, service: &str) -> Option<Protocol> {
         self.services.get(service).map(|s| s.protocol)
     }
+
+    /// The mTLS mode the resources are built for: `spec.mtls.mode`, except that `permissive`
+    /// means `off` while the mesh has no CA (empty [`MeshConfig::trust`]), since no
+    /// certificate could be issued; `strict` stays strict (and calls fail until the CA exists).
+    pub fn effective_mtls_mode(&self) -> MtlsMode {
+        mtls::effective_mode(self)
+    }
 }
 
 /// The xDS resources of one mesh, by type and name. Resources are shared (`Arc`) so that a
@@ -85,10 +95,19 @@ pub struct MeshResources {
     pub listeners: BTreeMap<String, Arc<XdsResource>>,
     /// RDS.
     pub route_configurations: BTreeMap<String, Arc<XdsResource>>,
-    /// CDS: one per service.
+    /// CDS for proxyless gRPC clients: one per service, plaintext (gRPC does not speak SDS).
     pub clusters: BTreeMap<String, Arc<XdsResource>>,
+    /// CDS for sidecars and gateways: the same clusters with mesh mTLS towards endpoints that
+    /// are mesh workloads (`transport_socket_matches`), when the effective mTLS mode is not
+    /// `off`; otherwise the very `Arc`s of [`MeshResources::clusters`]. Use
+    /// [`MeshResources::clusters_for`] to pick a node's.
+    pub proxy_clusters: BTreeMap<String, Arc<XdsResource>>,
     /// EDS: one per service, even without endpoints, so that clients do not wait for it.
     pub load_assignments: BTreeMap<String, Arc<XdsResource>>,
+    /// Per service: how its sidecars' inbound listener terminates mTLS and authorizes callers,
+    /// for [`sidecar_inbound_resources`]. Computed once per change, shared by the service's
+    /// sidecars.
+    pub inbound_security: BTreeMap<String, Arc<InboundSecurity>>,
     /// Things validation could not see (e.g. an endpoint of a service that does not exist),
     /// grouped by the resource they come from. The offending piece is left out; the rest of
     /// the mesh is served.
@@ -147,6 +166,15 @@ pub fn translate(config: &MeshConfig) -> MeshResources {
 }
 
 impl MeshResources {
+    /// The clusters a node of this role is sent: proxyless clients get plaintext ones (gRPC
+    /// cannot use SDS), sidecars and gateways the ones with mesh mTLS.
+    pub fn clusters_for(&self, role: &NodeRole) -> &BTreeMap<String, Arc<XdsResource>> {
+        match role {
+            NodeRole::Proxyless => &self.clusters,
+            NodeRole::Sidecar(_) | NodeRole::Gateway { .. } => &self.proxy_clusters,
+        }
+    }
+
     /// The listeners a node of this role is sent.
     ///
     /// - Proxyless clients: every listener named after a host name (they subscribe by name, so

@@ -28,6 +28,28 @@ pub const TCP_PROXY_FILTER: &str = "envoy.filters.network.tcp_proxy";
 /// protocol options.
 pub const HTTP_PROTOCOL_OPTIONS: &str = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions";
 
+/// The TLS transport socket (`UpstreamTlsContext` on clusters, `DownstreamTlsContext` on
+/// filter chains).
+pub const TLS_TRANSPORT_SOCKET: &str = "envoy.transport_sockets.tls";
+/// The plaintext transport socket: a mesh cluster's default, for endpoints outside the mesh.
+pub const RAW_BUFFER_TRANSPORT_SOCKET: &str = "envoy.transport_sockets.raw_buffer";
+/// The listener filter that tells TLS from plaintext, in front of a permissive inbound
+/// listener's two filter chains.
+pub const TLS_INSPECTOR: &str = "envoy.filters.listener.tls_inspector";
+/// The transport protocol the TLS inspector detects for TLS (`filter_chain_match`).
+pub const TLS_TRANSPORT_PROTOCOL: &str = "tls";
+/// The endpoint metadata namespace a cluster's `transport_socket_matches` are matched against.
+pub const TRANSPORT_SOCKET_MATCH: &str = "envoy.transport_socket_match";
+/// Under [`TRANSPORT_SOCKET_MATCH`], the key of a mesh workload's endpoint (with value
+/// [`MTLS_MATCH_VALUE`]); also the name of the clusters' transport socket match for them.
+pub const MTLS_MATCH_KEY: &str = "mtls";
+/// See [`MTLS_MATCH_KEY`].
+pub const MTLS_MATCH_VALUE: &str = "true";
+/// SDS: the proxy's own certificate and key (Istio's name).
+pub const WORKLOAD_CERTIFICATE_SECRET: &str = "default";
+/// SDS: the mesh's trust bundle, the roots peers' certificates must chain to (Istio's name).
+pub const ROOT_CA_SECRET: &str = "ROOTCA";
+
 /// Cluster (and load assignment) of a service: its name (ARCHITECTURE.md, generated names).
 pub fn cluster(service: &str) -> String {
     service.to_owned()

@@ -2,9 +2,10 @@
 //! the local application through Cluster `inbound|{app_port}` (STATIC 127.0.0.1:{app_port}).
 //!
 //! Built per node, from the node's metadata, rather than per mesh. Mesh mTLS and authorization
-//! plug in through [`InboundSecurity`]: a transport socket for the filter chain and filters in
-//! front of the router (HTTP) or the TCP proxy; with the default, traffic is plaintext and
-//! every caller is allowed.
+//! plug in through [`InboundSecurity`]: a transport socket for the filter chain (and, in
+//! permissive mode, a TLS inspector and a second, plaintext chain) and filters in front of the
+//! router (HTTP) or the TCP proxy; with the default, traffic is plaintext and every caller is
+//! allowed.
 
 use std::sync::Arc;
 
@@ -12,26 +13,31 @@ use switchboard_model::spec::Protocol;
 
 use crate::cluster::{DEFAULT_CONNECT_TIMEOUT_MS, protocol_options};
 use crate::common::{millis, socket_address, u32_value};
-use crate::filters::{hcm_filter, hcm_inline, router, tcp_proxy_filter};
+use crate::filters::{hcm_filter, hcm_inline, router, tcp_proxy_filter, tls_inspector};
 use crate::names;
 use crate::pb::envoy::config::cluster::v3::{Cluster, cluster};
 use crate::pb::envoy::config::core::v3::{TrafficDirection, TransportSocket};
 use crate::pb::envoy::config::endpoint::v3::{
     ClusterLoadAssignment, Endpoint, LbEndpoint, LocalityLbEndpoints, lb_endpoint,
 };
-use crate::pb::envoy::config::listener::v3::{Filter, FilterChain, Listener};
+use crate::pb::envoy::config::listener::v3::{Filter, FilterChain, FilterChainMatch, Listener};
 use crate::pb::envoy::config::route::v3::{
     Route, RouteAction, RouteConfiguration, VirtualHost, route, route_action,
 };
 use crate::pb::envoy::extensions::filters::network::http_connection_manager::v3::HttpFilter;
 use crate::{SidecarParams, TranslateError, XdsResource};
 
-/// Where mTLS termination and authorization attach to a sidecar's inbound listener.
+/// Where mTLS termination and authorization attach to a sidecar's inbound listener. The
+/// translator computes one per service ([`crate::MeshResources::inbound_security`]).
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct InboundSecurity {
     /// Set as the filter chain's transport socket (a `DownstreamTlsContext` requiring the
     /// mesh's client certificates). `None`: plaintext.
     pub transport_socket: Option<TransportSocket>,
+    /// With a transport socket, also accept plaintext (mode `permissive`): a TLS inspector
+    /// listener filter, the TLS chain matching transport protocol `tls`, and a second,
+    /// plaintext chain with the same filters for everything else. Ignored without one.
+    pub accept_plaintext: bool,
     /// HTTP filters placed before the router, in order (e.g. RBAC), for HTTP, HTTP/2 and gRPC
     /// services.
     pub http_filters: Vec<HttpFilter>,
@@ -88,17 +94,43 @@ pub fn sidecar_inbound_with(
             http_filters,
         ))]
     };
-    let listener = Listener {
+    let mut listener = Listener {
         name: names::INBOUND.to_owned(),
         address: Some(socket_address("0.0.0.0", params.inbound_port)),
         traffic_direction: TrafficDirection::Inbound as i32,
-        filter_chains: vec![FilterChain {
-            filters,
-            transport_socket: security.transport_socket.clone(),
-            ..Default::default()
-        }],
         ..Default::default()
     };
+    match &security.transport_socket {
+        Some(tls) if security.accept_plaintext => {
+            listener.listener_filters = vec![tls_inspector()];
+            // A client of a server-first protocol sends nothing for the inspector to read:
+            // after the listener filter timeout its connection goes on as plaintext rather
+            // than being closed.
+            listener.continue_on_listener_filters_timeout = protocol == Protocol::Tcp;
+            listener.filter_chains = vec![
+                FilterChain {
+                    filter_chain_match: Some(FilterChainMatch {
+                        transport_protocol: names::TLS_TRANSPORT_PROTOCOL.to_owned(),
+                        ..Default::default()
+                    }),
+                    filters: filters.clone(),
+                    transport_socket: Some(tls.clone()),
+                    ..Default::default()
+                },
+                FilterChain {
+                    filters,
+                    ..Default::default()
+                },
+            ];
+        }
+        transport_socket => {
+            listener.filter_chains = vec![FilterChain {
+                filters,
+                transport_socket: transport_socket.clone(),
+                ..Default::default()
+            }];
+        }
+    }
     Ok((
         listener,
         app_cluster(&cluster_name, params.app_port, protocol),

@@ -1,6 +1,7 @@
-//! What one node may see of its mesh's snapshot: the mesh-wide resources, the listeners of
-//! its role, and its own per-node resources (a sidecar's inbound listener and cluster, and
-//! the `default` secret).
+//! What one node may see of its mesh's snapshot: the mesh-wide resources, the listeners and
+//! clusters of its role (proxies get clusters with mesh mTLS, proxyless clients plaintext
+//! ones), and its own per-node resources (a sidecar's inbound listener and cluster, and the
+//! `default` secret).
 //!
 //! Secrets: an anonymous stream's view holds none (not even `ROOTCA`); an authenticated one
 //! ([`NodeView::with_secrets`]) sees `ROOTCA`, and `default` once the stream has put the
@@ -22,13 +23,14 @@ use crate::sds::{DEFAULT, NodeSecret, ROOTCA};
 use crate::snapshot::MeshSnapshot;
 
 /// A node's view of a mesh snapshot. Holds the snapshot by `Arc`; the per-node resources are
-/// two small resources rebuilt only when the sidecar's service changes protocol.
+/// two small resources rebuilt only when the sidecar's service changes protocol or inbound
+/// security.
 #[derive(Debug, Clone)]
 pub struct NodeView {
     snapshot: Arc<MeshSnapshot>,
     role: NodeRole,
-    /// A sidecar's inbound listener and cluster, and the protocol they were built for.
-    inbound: Option<(Protocol, Arc<XdsResource>, Arc<XdsResource>)>,
+    /// A sidecar's inbound listener and cluster.
+    inbound: Option<Inbound>,
     /// A sidecar's outbound listener when it asked for a port other than 15001: a copy of
     /// the mesh's, rebuilt when the mesh's changes (compared by version).
     outbound: Option<(String, Arc<XdsResource>)>,
@@ -36,6 +38,15 @@ pub struct NodeView {
     secrets: bool,
     /// The node's `default` certificate, for [`NodeView::identity`].
     certificate: Option<Arc<NodeSecret>>,
+}
+
+/// A sidecar's inbound listener and cluster, and what they were built from.
+#[derive(Debug, Clone)]
+struct Inbound {
+    protocol: Protocol,
+    security: Arc<InboundSecurity>,
+    listener: Arc<XdsResource>,
+    cluster: Arc<XdsResource>,
 }
 
 impl NodeView {
@@ -162,35 +173,42 @@ impl NodeView {
         let NodeRole::Sidecar(params) = &self.role else {
             return;
         };
-        let Some(protocol) = self
-            .snapshot
-            .service_protocols
-            .get(&params.service)
-            .copied()
-        else {
+        let service = &params.service;
+        let (Some(protocol), Some(security)) = (
+            self.snapshot.service_protocols.get(service).copied(),
+            self.snapshot.resources.inbound_security.get(service),
+        ) else {
             // The service does not exist (yet): no inbound side until it does.
             self.inbound = None;
             return;
         };
-        if matches!(&self.inbound, Some((p, _, _)) if *p == protocol) {
+        let unchanged = self.inbound.as_ref().is_some_and(|i| {
+            i.protocol == protocol
+                && (Arc::ptr_eq(&i.security, security) || *i.security == **security)
+        });
+        if unchanged {
             return;
         }
-        self.inbound =
-            match sidecar_inbound_resources(params, protocol, &InboundSecurity::default()) {
-                Ok((listener, cluster)) => Some((protocol, listener, cluster)),
-                Err(e) => {
-                    tracing::warn!(error = %e, "cannot build the sidecar's inbound listener");
-                    None
-                }
-            };
+        self.inbound = match sidecar_inbound_resources(params, protocol, security) {
+            Ok((listener, cluster)) => Some(Inbound {
+                protocol,
+                security: Arc::clone(security),
+                listener,
+                cluster,
+            }),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot build the sidecar's inbound listener");
+                None
+            }
+        };
     }
 
     fn inbound_listener(&self) -> Option<&Arc<XdsResource>> {
-        self.inbound.as_ref().map(|(_, l, _)| l)
+        self.inbound.as_ref().map(|i| &i.listener)
     }
 
     fn inbound_cluster(&self) -> Option<&Arc<XdsResource>> {
-        self.inbound.as_ref().map(|(_, _, c)| c)
+        self.inbound.as_ref().map(|i| &i.cluster)
     }
 }
 
@@ -216,7 +234,7 @@ impl Resources for NodeView {
             ResourceType::Cluster => self
                 .inbound_cluster()
                 .filter(|c| c.name == name)
-                .or_else(|| r.clusters.get(name)),
+                .or_else(|| r.clusters_for(&self.role).get(name)),
             ResourceType::RouteConfiguration => r.route_configurations.get(name),
             ResourceType::ClusterLoadAssignment => r.load_assignments.get(name),
             ResourceType::Secret => self.secret(name),
@@ -229,7 +247,11 @@ impl Resources for NodeView {
             ResourceType::Listener => {
                 Box::new(self.role_listeners().chain(self.inbound_listener()))
             }
-            ResourceType::Cluster => Box::new(r.clusters.values().chain(self.inbound_cluster())),
+            ResourceType::Cluster => Box::new(
+                r.clusters_for(&self.role)
+                    .values()
+                    .chain(self.inbound_cluster()),
+            ),
             ResourceType::RouteConfiguration => Box::new(r.route_configurations.values()),
             ResourceType::ClusterLoadAssignment => Box::new(r.load_assignments.values()),
             ResourceType::Secret => Box::new(
@@ -245,11 +267,17 @@ impl Resources for NodeView {
 mod tests {
     use super::*;
     use std::collections::BTreeMap;
-    use switchboard_model::{MeshSpec, ServiceSpec};
+    use switchboard_model::spec::MtlsMode;
+    use switchboard_model::{MeshSpec, ServiceSpec, TrustBundle};
     use switchboard_translator::{MeshConfig, SidecarParams, translate};
 
     fn snapshot(services: &[&str]) -> Arc<MeshSnapshot> {
-        let config = MeshConfig {
+        snapshot_with(services, |_| {})
+    }
+
+    /// A snapshot of `services`, with `tweak` applied to the configuration first.
+    fn snapshot_with(services: &[&str], tweak: impl FnOnce(&mut MeshConfig)) -> Arc<MeshSnapshot> {
+        let mut config = MeshConfig {
             tenant: "acme".to_owned(),
             mesh: "prod".to_owned(),
             revision: 3,
@@ -267,6 +295,7 @@ mod tests {
             gateways: BTreeMap::new(),
             ..Default::default()
         };
+        tweak(&mut config);
         Arc::new(MeshSnapshot::new(&config, translate(&config), None))
     }
 
@@ -461,5 +490,73 @@ mod tests {
             .map(|l| port_of(l).1)
             .collect();
         assert_eq!(wildcard, [25001]);
+    }
+
+    /// A mesh with a CA, in mTLS mode `mode`.
+    fn mtls(mode: MtlsMode) -> impl FnOnce(&mut MeshConfig) {
+        move |config| {
+            config.spec.mtls.mode = mode;
+            config.trust_domain = "example.org".to_owned();
+            config.trust = TrustBundle {
+                signer_id: "ca-1".to_owned(),
+                roots_pem: vec!["root".to_owned()],
+            };
+        }
+    }
+
+    #[test]
+    fn proxies_get_mtls_clusters_and_proxyless_clients_plain_ones() {
+        let snap = snapshot_with(&["pay"], mtls(MtlsMode::Strict));
+        let r = &snap.resources;
+        assert_ne!(r.clusters["pay"].version, r.proxy_clusters["pay"].version);
+        let gateway = NodeRole::Gateway {
+            name: "edge".to_owned(),
+        };
+        for (role, want) in [
+            (NodeRole::Proxyless, &r.clusters["pay"]),
+            (sidecar("pay"), &r.proxy_clusters["pay"]),
+            (gateway, &r.proxy_clusters["pay"]),
+        ] {
+            let view = NodeView::new(Arc::clone(&snap), role.clone());
+            let got = view.get(ResourceType::Cluster, "pay").unwrap();
+            assert!(Arc::ptr_eq(got, want), "{role:?}");
+            let all: Vec<_> = view
+                .wildcard(ResourceType::Cluster)
+                .filter(|c| c.name == "pay")
+                .collect();
+            assert_eq!(all.len(), 1);
+            assert!(Arc::ptr_eq(all[0], want), "{role:?}");
+        }
+    }
+
+    #[test]
+    fn the_inbound_side_follows_the_services_security() {
+        use switchboard_xds_proto::pb::envoy::config::listener::v3::Listener;
+        let chains = |view: &NodeView| {
+            let l: Listener = view
+                .get(ResourceType::Listener, names::INBOUND)
+                .unwrap()
+                .decode()
+                .unwrap();
+            l.filter_chains
+                .iter()
+                .map(|c| c.transport_socket.is_some())
+                .collect::<Vec<_>>()
+        };
+        let mut view = NodeView::new(snapshot(&["pay"]), sidecar("pay"));
+        assert_eq!(chains(&view), [false], "permissive without a CA: plaintext");
+
+        view.update(snapshot_with(&["pay"], mtls(MtlsMode::Permissive)));
+        assert_eq!(chains(&view), [true, false], "TLS and plaintext chains");
+        let before = Arc::clone(view.get(ResourceType::Listener, names::INBOUND).unwrap());
+        // A new snapshot with the same security keeps the node's resources.
+        view.update(snapshot_with(&["pay"], mtls(MtlsMode::Permissive)));
+        let same = view.get(ResourceType::Listener, names::INBOUND).unwrap();
+        assert!(Arc::ptr_eq(&before, same));
+
+        view.update(snapshot_with(&["pay"], mtls(MtlsMode::Strict)));
+        assert_eq!(chains(&view), [true]);
+        view.update(snapshot_with(&["pay"], mtls(MtlsMode::Off)));
+        assert_eq!(chains(&view), [false]);
     }
 }

@@ -92,7 +92,7 @@ async fn put_orphan(store: &Store, node: &str, address: &str) {
         "prod",
         Kind::Endpoint,
         &format!("sidecar-{node}"),
-        json!({"service": "pay", "address": address, "port": 15006, "node": node}),
+        json!({"service": "pay", "address": address, "port": 15006, "node": node, "mtls": true}),
     )
     .await
     .unwrap();
@@ -283,6 +283,7 @@ async fn a_sidecar_registers_and_leaves_after_the_grace_period(backend: Backend)
             "priority": 0,
             "health": "healthy",
             "node": "pay-1",
+            "mtls": true,
         })
     );
     let update = watcher.recv_and_ack(&["pay"]).await.unwrap();

@@ -60,6 +60,12 @@ pub struct EndpointSpec {
     /// the sidecar grace period, the endpoint is deleted. Unset for endpoints users manage.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub node: Option<String>,
+    /// The endpoint is a mesh workload behind a sidecar that terminates mesh mTLS: when the
+    /// mesh's mTLS mode is not `off`, proxies call it with mutual TLS, and plaintext otherwise
+    /// (an endpoint outside the mesh has no certificate to answer with). Sidecar
+    /// self-registration sets it; set it by hand only for a workload behind a sidecar.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub mtls: bool,
 }
 
 fn default_weight() -> u32 {

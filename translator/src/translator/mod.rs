@@ -8,8 +8,10 @@
 //! route) is reassembled, not retranslated, when one route changes.
 //!
 //! What depends on what:
-//! - Cluster `{s}`: service `s`.
-//! - ClusterLoadAssignment `{s}`: service `s` and the endpoints naming `s`.
+//! - Cluster `{s}` (both kinds): service `s`; the proxies' one also the mesh's mTLS inputs
+//!   (effective mode, tenant, trust domain, mesh name: `MtlsInputs`).
+//! - ClusterLoadAssignment `{s}`: service `s`, the endpoints naming `s`, and whether the
+//!   effective mTLS mode is `off` (endpoint metadata).
 //! - Route translation `{r}`: route `r` and the services it names (protocol → retry defaults).
 //! - RouteConfiguration `{r}`: route `r`'s translation and host names.
 //! - Listener `{h}`: which route holds host name `h` (and whether it injects faults); or, if
@@ -17,17 +19,21 @@
 //! - RouteConfiguration `{s}:{port}`: service `s` and whether it is route-less.
 //! - `sidecar/outbound`: every route and every route-less service.
 //! - `gateway/{g}`: gateway `g` and its attached routes.
+//! - Inbound security `{s}`: service `s` (its protocol) and the mesh's mTLS inputs.
 
 mod rebuild;
 mod state;
 
 use std::collections::BTreeMap;
 
-use switchboard_model::{EndpointSpec, GatewaySpec, MeshSpec, RouteSpec, ServiceSpec};
+use switchboard_model::{EndpointSpec, GatewaySpec, MeshSpec, RouteSpec, ServiceSpec, TrustBundle};
 
+use crate::mtls::MtlsInputs;
 use crate::{MeshConfig, MeshResources};
 use rebuild::rebuild;
-use state::{Dirty, State, mark_all, mark_endpoint, mark_gateway, mark_route, mark_service};
+use state::{
+    Dirty, State, mark_all, mark_endpoint, mark_gateway, mark_mtls, mark_route, mark_service,
+};
 
 /// One change to a mesh's configuration: the new spec, or `None` for a deletion.
 #[derive(Debug, Clone, PartialEq)]
@@ -36,8 +42,10 @@ pub enum Change {
     Endpoint(String, Option<EndpointSpec>),
     Route(String, Option<RouteSpec>),
     Gateway(String, Option<GatewaySpec>),
-    /// The mesh's own spec; no resource depends on it today.
+    /// The mesh's own spec (its mTLS mode matters).
     Mesh(MeshSpec),
+    /// The mesh CA's trust bundle (whether there is one matters).
+    Trust(TrustBundle),
 }
 
 /// Keeps a mesh's configuration and resources, and recomputes only what a change touches.
@@ -83,6 +91,9 @@ impl Translator {
         let new = &self.config;
         let mut dirty = Dirty::default();
         let state = &mut self.state;
+        if MtlsInputs::of(&old) != MtlsInputs::of(new) {
+            mark_mtls(new, &mut dirty);
+        }
         for (name, old_spec) in changed(&old.services, &new.services) {
             mark_service(new, state, &mut dirty, name, old_spec);
         }
@@ -130,7 +141,20 @@ impl Translator {
                         config.gateways.get(&name),
                     );
                 }
-                Change::Mesh(spec) => config.spec = spec,
+                Change::Mesh(spec) => {
+                    let before = MtlsInputs::of(config);
+                    config.spec = spec;
+                    if before != MtlsInputs::of(config) {
+                        mark_mtls(config, &mut dirty);
+                    }
+                }
+                Change::Trust(trust) => {
+                    let before = MtlsInputs::of(config);
+                    config.trust = trust;
+                    if before != MtlsInputs::of(config) {
+                        mark_mtls(config, &mut dirty);
+                    }
+                }
             }
         }
         rebuild(&self.config, &mut self.state, &mut self.resources, dirty);

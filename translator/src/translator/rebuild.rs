@@ -7,13 +7,15 @@ use super::state::{Dirty, State};
 use crate::cluster::service_cluster;
 use crate::endpoint::load_assignment;
 use crate::listener::{api_listener, gateway_listener, outbound_listener};
+use crate::mtls::{effective_mode, inbound_tls, proxy_cluster};
 use crate::pb::envoy::config::route::v3::RouteConfiguration;
 use crate::route::translate_route;
 use crate::virtual_host::{
     Member, default_route_configuration, gateway_route_configuration, gateway_serves,
     outbound_route_configuration, route_configuration,
 };
-use crate::{MeshConfig, MeshResources, XdsResource, names};
+use crate::{InboundSecurity, MeshConfig, MeshResources, XdsResource, names};
+use switchboard_model::spec::MtlsMode;
 
 /// Rebuilds every dirty output.
 pub(super) fn rebuild(
@@ -23,6 +25,7 @@ pub(super) fn rebuild(
     mut dirty: Dirty,
 ) {
     retranslate_routes(config, state, &mut dirty);
+    let mode = effective_mode(config);
     for (service, port) in &dirty.defaults {
         dirty
             .listeners
@@ -30,13 +33,13 @@ pub(super) fn rebuild(
     }
 
     for name in &dirty.clusters {
-        match config.services.get(name) {
-            Some(spec) => put_resource(&mut res.clusters, name, &service_cluster(name, spec)),
-            None => drop(res.clusters.remove(name)),
-        }
+        rebuild_cluster(config, mode, res, name);
+    }
+    for name in &dirty.inbound {
+        rebuild_inbound_security(config, res, name);
     }
     for name in &dirty.load_assignments {
-        rebuild_load_assignment(config, state, res, name);
+        rebuild_load_assignment(config, mode != MtlsMode::Off, state, res, name);
     }
     for name in &dirty.route_configs {
         match (config.routes.get(name), state.routes.get(name)) {
@@ -111,8 +114,8 @@ fn put_resource<M: prost::Message + prost::Name>(
     map: &mut BTreeMap<String, Arc<XdsResource>>,
     name: &str,
     message: &M,
-) {
-    keep_or_insert(map, XdsResource::new(name, message));
+) -> Arc<XdsResource> {
+    keep_or_insert(map, XdsResource::new(name, message))
 }
 
 fn put_encoded_route_configuration(
@@ -127,18 +130,64 @@ fn put_encoded_route_configuration(
 }
 
 /// Keeps the existing `Arc` when nothing changed, so that snapshots can compare by pointer.
-fn keep_or_insert(map: &mut BTreeMap<String, Arc<XdsResource>>, resource: XdsResource) {
-    if map
-        .get(&resource.name)
-        .is_some_and(|r| r.version == resource.version)
+/// Returns the one in the map.
+fn keep_or_insert(
+    map: &mut BTreeMap<String, Arc<XdsResource>>,
+    resource: XdsResource,
+) -> Arc<XdsResource> {
+    if let Some(existing) = map.get(&resource.name)
+        && existing.version == resource.version
     {
-        return;
+        return Arc::clone(existing);
     }
-    map.insert(resource.name.clone(), Arc::new(resource));
+    let resource = Arc::new(resource);
+    map.insert(resource.name.clone(), Arc::clone(&resource));
+    resource
+}
+
+/// Service `name`'s cluster for proxyless clients and, with mTLS unless the mode is `off`
+/// (then the same `Arc`), for proxies.
+fn rebuild_cluster(config: &MeshConfig, mode: MtlsMode, res: &mut MeshResources, name: &str) {
+    let Some(spec) = config.services.get(name) else {
+        res.clusters.remove(name);
+        res.proxy_clusters.remove(name);
+        return;
+    };
+    let plain = service_cluster(name, spec);
+    let shared = put_resource(&mut res.clusters, name, &plain);
+    if mode == MtlsMode::Off {
+        res.proxy_clusters.insert(name.to_owned(), shared);
+    } else {
+        let cluster = proxy_cluster(config, name, spec.protocol, plain);
+        put_resource(&mut res.proxy_clusters, name, &cluster);
+    }
+}
+
+/// Service `name`'s inbound security: mTLS from the mesh's mode, and its authorization.
+fn rebuild_inbound_security(config: &MeshConfig, res: &mut MeshResources, name: &str) {
+    let Some(spec) = config.services.get(name) else {
+        res.inbound_security.remove(name);
+        return;
+    };
+    let security = InboundSecurity {
+        // Authorization (RBAC) filters: none yet, every caller the mTLS part admits is allowed.
+        http_filters: Vec::new(),
+        network_filters: Vec::new(),
+        ..inbound_tls(config, spec.protocol)
+    };
+    if res
+        .inbound_security
+        .get(name)
+        .is_none_or(|old| **old != security)
+    {
+        res.inbound_security
+            .insert(name.to_owned(), Arc::new(security));
+    }
 }
 
 fn rebuild_load_assignment(
     config: &MeshConfig,
+    mtls: bool,
     state: &mut State,
     res: &mut MeshResources,
     service: &str,
@@ -151,7 +200,7 @@ fn rebuild_load_assignment(
         .filter_map(|e| config.endpoints.get(e).map(|spec| (e.as_str(), spec)));
     match config.services.get(service) {
         Some(spec) => {
-            let (cla, warnings) = load_assignment(service, spec, endpoints);
+            let (cla, warnings) = load_assignment(service, spec, endpoints, mtls);
             put_resource(&mut res.load_assignments, service, &cla);
             state.set_warnings(key, warnings);
         }
@@ -260,7 +309,7 @@ fn rebuild_gateway(config: &MeshConfig, state: &mut State, res: &mut MeshResourc
     }
     match gateway_listener(name, spec, with_fault) {
         Some(listener) if (1..=65535).contains(&spec.port) => {
-            put_resource(&mut res.listeners, &listener_name, &listener)
+            put_resource(&mut res.listeners, &listener_name, &listener);
         }
         _ => {
             warnings.push(format!(

@@ -105,6 +105,8 @@ pub(super) struct Dirty {
     pub(super) defaults: BTreeSet<(String, u32)>,
     pub(super) gateways: BTreeSet<String>,
     pub(super) outbound: bool,
+    /// Inbound security (service names).
+    pub(super) inbound: BTreeSet<String>,
 }
 
 pub(super) fn mark_all(config: &MeshConfig, state: &mut State) -> Dirty {
@@ -134,6 +136,7 @@ pub(super) fn mark_service(
 ) {
     dirty.clusters.insert(name.to_owned());
     dirty.load_assignments.insert(name.to_owned());
+    dirty.inbound.insert(name.to_owned());
     for spec in [old, config.services.get(name)].into_iter().flatten() {
         dirty.defaults.insert((name.to_owned(), spec.port));
     }
@@ -144,6 +147,16 @@ pub(super) fn mark_service(
         dirty.gateways.extend(gateways.iter().cloned());
     }
     dirty.outbound = true;
+}
+
+/// The mesh's mTLS inputs changed: every service's cluster for proxies, load assignment
+/// (endpoint metadata) and inbound security.
+pub(super) fn mark_mtls(config: &MeshConfig, dirty: &mut Dirty) {
+    dirty.clusters.extend(config.services.keys().cloned());
+    dirty
+        .load_assignments
+        .extend(config.services.keys().cloned());
+    dirty.inbound.extend(config.services.keys().cloned());
 }
 
 pub(super) fn mark_endpoint(

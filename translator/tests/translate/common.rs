@@ -3,7 +3,7 @@
 use std::collections::BTreeMap;
 
 use serde_json::{Value, json};
-use switchboard_model::{EndpointSpec, GatewaySpec, RouteSpec, ServiceSpec};
+use switchboard_model::{EndpointSpec, GatewaySpec, RouteSpec, ServiceSpec, TrustBundle};
 use switchboard_translator::pb::envoy::config::listener::v3::{Listener, filter};
 use switchboard_translator::pb::envoy::config::route::v3::{Route, RouteConfiguration};
 use switchboard_translator::pb::envoy::extensions::filters::network::http_connection_manager::v3::HttpConnectionManager;
@@ -56,8 +56,28 @@ impl Mesh {
             .insert(name.into(), spec::<GatewaySpec>(v));
         self
     }
+    /// Sets the mesh's mTLS mode (`strict`, `permissive`, `off`), trust domain `example.org`
+    /// and, if `with_ca`, a trust bundle (its content does not matter to the translator).
+    pub fn mtls(mut self, mode: &str, with_ca: bool) -> Self {
+        self.config.spec.mtls = spec(json!({"mode": mode}));
+        self.config.trust_domain = "example.org".into();
+        self.config.trust = if with_ca {
+            ca_bundle()
+        } else {
+            TrustBundle::default()
+        };
+        self
+    }
     pub fn translate(&self) -> MeshResources {
         translate(&self.config)
+    }
+}
+
+/// A trust bundle with one (made-up) root: the translator only asks whether there is one.
+pub fn ca_bundle() -> TrustBundle {
+    TrustBundle {
+        signer_id: "ca-1".into(),
+        roots_pem: vec!["-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n".into()],
     }
 }
 

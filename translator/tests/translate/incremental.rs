@@ -4,11 +4,12 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
 use serde_json::{Value, json};
+use switchboard_model::{MeshSpec, TrustBundle};
 use switchboard_translator::{
     Change, MeshConfig, MeshResources, Translator, XdsResource, translate,
 };
 
-use crate::common::{Mesh, base, spec};
+use crate::common::{Mesh, base, ca_bundle, spec};
 
 /// Every resource of `res`, keyed by type and name.
 fn resources(res: &MeshResources) -> BTreeMap<(&'static str, &str), &XdsResource> {
@@ -17,6 +18,7 @@ fn resources(res: &MeshResources) -> BTreeMap<(&'static str, &str), &XdsResource
         ("lds", &res.listeners),
         ("rds", &res.route_configurations),
         ("cds", &res.clusters),
+        ("cds-proxies", &res.proxy_clusters),
         ("eds", &res.load_assignments),
     ] {
         for (name, r) in map {
@@ -46,7 +48,10 @@ fn diff_lists_every_difference_once() {
         .endpoint("a2", json!({"service": "a", "address": "10.0.0.3"}))
         .translate();
     // Keys from both sides interleave (a's cds/a, cds/b, eds/a, then b's): each appears once.
-    assert_eq!(diff(&before, &after), ["cds/a", "cds/b", "eds/a"]);
+    assert_eq!(
+        diff(&before, &after),
+        ["cds/a", "cds/b", "cds-proxies/a", "cds-proxies/b", "eds/a"]
+    );
     assert_eq!(diff(&before, &before), Vec::<String>::new());
     let mut fewer = before.clone();
     fewer.clusters.remove("b");
@@ -81,7 +86,7 @@ fn changing_one_service_changes_only_its_cluster() {
     let after = sample()
         .service("a", json!({"port": 8080, "loadBalancing": "least_request"}))
         .translate();
-    assert_eq!(diff(&before, &after), ["cds/a"]);
+    assert_eq!(diff(&before, &after), ["cds/a", "cds-proxies/a"]);
 
     let after = sample()
         .endpoint("a2", json!({"service": "a", "address": "10.0.0.3"}))
@@ -94,7 +99,7 @@ fn changing_one_service_changes_only_its_cluster() {
         .translate();
     assert_eq!(
         diff(&before, &after),
-        ["cds/b"],
+        ["cds/b", "cds-proxies/b"],
         "no retries configured: nothing else changes"
     );
 }
@@ -142,7 +147,7 @@ const GATEWAYS: &[&str] = &["g0", "g1"];
 
 fn random_change(rng: &mut Lcg) -> Change {
     let delete = rng.below(5) == 0;
-    match rng.below(10) {
+    match rng.below(12) {
         0..=1 => {
             let name = rng.pick(SERVICES).to_string();
             let protocol = rng.pick(&["http", "grpc", "tcp", "http2"]);
@@ -158,6 +163,7 @@ fn random_change(rng: &mut Lcg) -> Change {
                 "weight": 1 + rng.below(3),
                 "priority": rng.below(3),
                 "locality": {"zone": rng.pick(&["a", "b"])},
+                "mtls": rng.below(2) == 0,
             });
             Change::Endpoint(name, (!delete).then(|| spec(v)))
         }
@@ -185,6 +191,14 @@ fn random_change(rng: &mut Lcg) -> Change {
             let v = json!({"hostnames": hostnames, "rules": [rule]});
             Change::Route(name, (!delete).then(|| spec(v)))
         }
+        10 => Change::Mesh(spec(
+            json!({"mtls": {"mode": rng.pick(&["strict", "permissive", "off"])}}),
+        )),
+        11 => Change::Trust(if rng.below(2) == 0 {
+            TrustBundle::default()
+        } else {
+            ca_bundle()
+        }),
         _ => {
             let name = rng.pick(GATEWAYS).to_string();
             let v: Value = if rng.below(3) == 0 {
@@ -210,6 +224,7 @@ fn apply_to(config: &mut MeshConfig, change: &Change) {
         Change::Route(n, s) => put(&mut config.routes, n, s),
         Change::Gateway(n, s) => put(&mut config.gateways, n, s),
         Change::Mesh(s) => config.spec = s.clone(),
+        Change::Trust(t) => config.trust = t.clone(),
     }
 }
 
@@ -232,7 +247,12 @@ fn assert_same(step: usize, got: &MeshResources, config: &MeshConfig) {
 fn incremental_equals_full_over_random_changes() {
     for seed in 1..=8u64 {
         let mut rng = Lcg(seed);
-        let mut config = MeshConfig::default();
+        let mut config = MeshConfig {
+            tenant: "acme".into(),
+            mesh: "prod".into(),
+            trust_domain: "example.org".into(),
+            ..Default::default()
+        };
         let mut by_apply = Translator::new(config.clone());
         let mut by_update = Translator::new(config.clone());
         for step in 0..150 {
@@ -250,4 +270,79 @@ fn incremental_equals_full_over_random_changes() {
             assert_same(step, by_update.resources(), &config);
         }
     }
+}
+
+#[test]
+fn mtls_changes_rebuild_proxy_clusters_and_inbound_security_only() {
+    let strict = sample()
+        .endpoint(
+            "sidecar-b-1",
+            json!({"service": "b", "address": "10.0.1.2", "node": "b-1", "mtls": true}),
+        )
+        .mtls("strict", true);
+    let mut t = Translator::new(strict.config.clone());
+    let before = t.resources().clone();
+    assert!(before.inbound_security["a"].transport_socket.is_some());
+
+    // Strict → off: the proxies' clusters become the proxyless ones; nothing else moves.
+    let mut off: MeshSpec = strict.config.spec.clone();
+    off.mtls.mode = switchboard_model::spec::MtlsMode::Off;
+    t.apply([Change::Mesh(off.clone())]);
+    let mut want = strict.config.clone();
+    want.spec = off;
+    assert_eq!(t.resources(), &translate(&want));
+    let after = t.resources().clone();
+    assert_eq!(
+        diff(&before, &after),
+        [
+            "cds-proxies/a",
+            "cds-proxies/b",
+            "cds-proxies/g",
+            "cds-proxies/m",
+            "eds/b"
+        ],
+        "only b has a mesh workload's endpoint, whose metadata goes"
+    );
+    for (name, c) in &before.clusters {
+        assert!(
+            Arc::ptr_eq(c, &after.clusters[name]),
+            "proxyless {name} kept"
+        );
+        assert!(Arc::ptr_eq(
+            &after.proxy_clusters[name],
+            &after.clusters[name]
+        ));
+    }
+    assert_eq!(*after.inbound_security["a"], Default::default());
+
+    // Permissive: mTLS only while there is a CA.
+    let permissive = sample().mtls("permissive", true);
+    let mut t = Translator::new(permissive.config.clone());
+    assert!(t.resources().inbound_security["a"].accept_plaintext);
+    t.apply([Change::Trust(TrustBundle::default())]);
+    let mut no_ca = permissive.config.clone();
+    no_ca.trust = TrustBundle::default();
+    assert_eq!(t.resources(), &translate(&no_ca));
+    assert_eq!(*t.resources().inbound_security["a"], Default::default());
+    // A rotation (another bundle, still a CA) changes nothing the translator emits.
+    t.apply([Change::Trust(ca_bundle())]);
+    let with_ca = t.resources().clone();
+    let mut rotated = ca_bundle();
+    rotated.signer_id = "ca-2".into();
+    rotated.roots_pem.push(rotated.roots_pem[0].clone());
+    t.apply([Change::Trust(rotated)]);
+    assert_eq!(diff(&with_ca, t.resources()), Vec::<String>::new());
+    assert!(Arc::ptr_eq(
+        &with_ca.inbound_security["a"],
+        &t.resources().inbound_security["a"]
+    ));
+
+    // The same through `update`, which compares whole configurations.
+    let mut t = Translator::new(permissive.config.clone());
+    t.update(no_ca.clone());
+    assert_eq!(t.resources(), &translate(&no_ca));
+    let mut other_domain = permissive.config.clone();
+    other_domain.trust_domain = "other.test".into();
+    t.update(other_domain.clone());
+    assert_eq!(t.resources(), &translate(&other_domain));
 }

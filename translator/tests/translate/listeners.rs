@@ -314,6 +314,7 @@ fn sidecar_inbound_security_seam() {
     };
     let security = InboundSecurity {
         transport_socket: Some(tls.clone()),
+        accept_plaintext: false,
         http_filters: vec![HttpFilter {
             name: "envoy.filters.http.rbac".into(),
             ..Default::default()

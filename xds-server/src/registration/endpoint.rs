@@ -1,5 +1,5 @@
-//! The endpoint a sidecar registers as: its name and its spec, validated as a REST write
-//! would be. Pure: every replica derives the same endpoint from the same stream.
+//! The endpoint a sidecar registers as: its name and its spec (marked `mtls`: a sidecar
+//! terminates mesh mTLS), validated as a REST write would be. Pure: every replica derives the same endpoint from the same stream.
 
 use std::net::{IpAddr, SocketAddr};
 
@@ -93,6 +93,8 @@ impl Desired {
                     "subZone": meta.sub_zone,
                 },
                 "node": node_name,
+                // A sidecar terminates mesh mTLS: callers may use it.
+                "mtls": true,
             }),
         )?;
         spec.validate()?;
@@ -169,6 +171,7 @@ mod tests {
         assert_eq!(e.port, Some(15006));
         assert_eq!(e.weight, 1);
         assert_eq!(e.service, "pay");
+        assert!(e.mtls, "a sidecar's endpoint speaks mesh mTLS");
         let meta = SidecarEndpointMeta {
             address: Some("fd00::7".parse().unwrap()),
             region: "eu".to_owned(),

@@ -7,5 +7,6 @@ mod common;
 mod ads;
 mod auth;
 mod cache;
+mod mtls;
 mod sds;
 mod status;
