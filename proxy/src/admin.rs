@@ -24,6 +24,8 @@ use tokio::sync::watch;
 #[derive(Clone)]
 pub struct Admin {
     pub ready: watch::Receiver<bool>,
+    /// Listeners waiting for their secrets.
+    pub warming: watch::Receiver<std::collections::BTreeSet<String>>,
     pub prometheus: PrometheusHandle,
     pub dump: ConfigDump,
     pub store: ConfigStore,
@@ -45,7 +47,7 @@ pub fn router(admin: Admin) -> Router {
 
 async fn index() -> &'static str {
     "switchboard-proxy admin\n\
-     /ready         200 once the initial listeners, routes, clusters and endpoints are applied\n\
+     /ready         200 once the initial listeners, routes, clusters, endpoints and secrets are applied\n\
      /stats         Prometheus text (also /stats/prometheus)\n\
      /config_dump   applied and refused xDS resources, as JSON\n\
      /clusters      endpoints with health, ejection and request counts (?format=text)\n\
@@ -53,12 +55,24 @@ async fn index() -> &'static str {
 }
 
 async fn ready(State(a): State<Admin>) -> Response {
+    let warming = a.warming.borrow().clone();
+    if !warming.is_empty() {
+        let names: Vec<&str> = warming.iter().map(String::as_str).collect();
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!(
+                "listeners warming (waiting for their secrets): {}\n",
+                names.join(", ")
+            ),
+        )
+            .into_response();
+    }
     if *a.ready.borrow() {
         (StatusCode::OK, "LIVE\n").into_response()
     } else {
         (
             StatusCode::SERVICE_UNAVAILABLE,
-            "initial configuration not applied yet (waiting for LDS, RDS, CDS and EDS)\n",
+            "initial configuration not applied yet (waiting for LDS, RDS, CDS, EDS and SDS)\n",
         )
             .into_response()
     }
@@ -150,6 +164,7 @@ async fn config_dump(State(a): State<Admin>) -> Response {
             section(ResourceType::RouteConfiguration, "RoutesConfigDump", "dynamic_route_configs", "route_config"),
             section(ResourceType::Cluster, "ClustersConfigDump", "dynamic_active_clusters", "cluster"),
             section(ResourceType::ClusterLoadAssignment, "EndpointsConfigDump", "dynamic_endpoint_configs", "endpoint_config"),
+            section(ResourceType::Secret, "SecretsConfigDump", "dynamic_active_secrets", "secret"),
         ]
     });
     json_response(&body)

@@ -5,7 +5,7 @@
 //! Binding happens inside `apply`, before the ACK, so a port that cannot be bound is NACKed
 //! with the OS error rather than silently missing; the previous version keeps serving.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -13,6 +13,8 @@ use std::time::Duration;
 use switchboard_proxy_data::ClusterManager;
 use switchboard_proxy_xds::config::Listener;
 use switchboard_proxy_xds::{ConfigStore, Handler, Rejected};
+use tokio::net::TcpSocket;
+use tokio::sync::watch;
 use tokio_util::sync::{CancellationToken, DropGuard};
 use tokio_util::task::TaskTracker;
 
@@ -26,7 +28,12 @@ pub struct ListenerManager {
     tasks: TaskTracker,
     /// The parent of every listener's drain token: cancelling it drains them all.
     shutdown: CancellationToken,
+    /// Listeners bound but waiting for their secrets (not accepting yet).
+    warming: watch::Sender<BTreeSet<String>>,
 }
+
+/// The accept backlog of a listener's socket.
+const LISTEN_BACKLOG: u32 = 1024;
 
 struct Active {
     address: SocketAddr,
@@ -69,27 +76,73 @@ impl ListenerManager {
             active: HashMap::new(),
             tasks,
             shutdown: token,
+            warming: watch::channel(BTreeSet::new()).0,
         };
         (manager, shutdown)
     }
 
-    fn bind(address: SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
-        // std sets SO_REUSEADDR on Unix, so a port drained a moment ago can be bound again.
-        let std = std::net::TcpListener::bind(address)?;
-        std.set_nonblocking(true)?;
-        tokio::net::TcpListener::from_std(std)
+    /// The listeners still warming (waiting for their SDS secrets); `/ready` is false while
+    /// any is.
+    pub fn warming(&self) -> watch::Receiver<BTreeSet<String>> {
+        self.warming.subscribe()
     }
 
-    fn start(&mut self, name: &str, address: SocketAddr, tcp: tokio::net::TcpListener) {
+    /// Binds without listening: the port is taken (a clash is NACKed now), but connections
+    /// are refused until the listener is warm and starts listening.
+    fn bind(address: SocketAddr) -> std::io::Result<TcpSocket> {
+        let socket = if address.is_ipv4() {
+            TcpSocket::new_v4()?
+        } else {
+            TcpSocket::new_v6()?
+        };
+        // So that a port drained a moment ago can be bound again.
+        socket.set_reuseaddr(true)?;
+        socket.bind(address)?;
+        Ok(socket)
+    }
+
+    fn start(&mut self, name: &str, address: SocketAddr, socket: TcpSocket) {
         let drain = self.shutdown.child_token();
-        let fut = switchboard_proxy_data::listener::run(
-            tcp,
-            name.to_owned(),
-            self.store.clone(),
-            self.clusters.clone(),
-            drain.clone(),
-            self.drain_timeout,
-        );
+        let store = self.store.clone();
+        let clusters = self.clusters.clone();
+        let drain_timeout = self.drain_timeout;
+        let warming = self.warming.clone();
+        let listener = name.to_owned();
+        let token = drain.clone();
+        warming.send_modify(|w| {
+            w.insert(listener.clone());
+        });
+        let fut = async move {
+            // Envoy's listener warming: no connection is accepted before the secrets its TLS
+            // context names have arrived.
+            let warm = tokio::select! {
+                () = switchboard_proxy_data::listener::warmed(&store, &listener) => true,
+                () = token.cancelled() => false,
+            };
+            warming.send_modify(|w| {
+                w.remove(&listener);
+            });
+            if !warm {
+                return;
+            }
+            let tcp = match socket.listen(LISTEN_BACKLOG) {
+                Ok(tcp) => tcp,
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot listen");
+                    return;
+                }
+            };
+            tracing::info!("warm; accepting connections");
+            switchboard_proxy_data::listener::run(
+                tcp,
+                listener,
+                store,
+                clusters,
+                token,
+                drain_timeout,
+            )
+            .await;
+        };
         let span = tracing::info_span!("listener", listener = %name, %address);
         self.tasks.spawn(tracing::Instrument::instrument(fut, span));
         // Replacing an active listener drops its guard, which drains it.

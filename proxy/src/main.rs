@@ -126,6 +126,7 @@ async fn run(args: Args, bootstrap: switchboard_proxy_xds::Bootstrap) -> anyhow:
     let clusters = Arc::new(ClusterManager::new());
     let (listeners, shutdown) =
         ListenerManager::new(store.clone(), clusters.clone(), args.drain_timeout);
+    let warming = listeners.warming();
     let handlers = Handlers {
         listeners: Box::new(listeners),
         ..Handlers::store(&store)
@@ -141,6 +142,7 @@ async fn run(args: Args, bootstrap: switchboard_proxy_xds::Bootstrap) -> anyhow:
         .with_context(|| format!("binding the admin port {}", args.admin_address))?;
     let admin = admin::router(admin::Admin {
         ready: xds.readiness(),
+        warming,
         prometheus,
         dump,
         store,

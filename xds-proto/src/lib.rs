@@ -96,6 +96,11 @@ mod tests {
                 DownstreamTlsContext::type_url(),
             ),
             (
+                type_url::TLS_INSPECTOR,
+                pb::envoy::extensions::filters::listener::tls_inspector::v3::TlsInspector::type_url(
+                ),
+            ),
+            (
                 type_url::HTTP_PROTOCOL_OPTIONS,
                 HttpProtocolOptions::type_url(),
             ),

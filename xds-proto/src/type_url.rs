@@ -59,6 +59,9 @@ pub const DOWNSTREAM_TLS_CONTEXT: &str =
 /// how a cluster is told to speak HTTP/2 (gRPC backends).
 pub const HTTP_PROTOCOL_OPTIONS: &str =
     "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions";
+/// The TLS inspector listener filter (TLS and plaintext on one port).
+pub const TLS_INSPECTOR: &str =
+    "type.googleapis.com/envoy.extensions.filters.listener.tls_inspector.v3.TlsInspector";
 /// Access log to a file.
 pub const FILE_ACCESS_LOG: &str =
     "type.googleapis.com/envoy.extensions.access_loggers.file.v3.FileAccessLog";
@@ -82,6 +85,7 @@ pub const ALL: &[&str] = &[
     TCP_PROXY,
     UPSTREAM_TLS_CONTEXT,
     DOWNSTREAM_TLS_CONTEXT,
+    TLS_INSPECTOR,
     HTTP_PROTOCOL_OPTIONS,
     FILE_ACCESS_LOG,
     STDOUT_ACCESS_LOG,

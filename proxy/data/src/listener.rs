@@ -26,7 +26,10 @@ use std::pin::pin;
 use std::sync::Arc;
 use std::time::Duration;
 
-use switchboard_proxy_xds::config::listener::{DownstreamTls, HttpLimits, ListenerKind, TcpProxy};
+use switchboard_proxy_xds::config::Secret;
+use switchboard_proxy_xds::config::listener::{
+    DownstreamTls, HttpLimits, Listener, ListenerKind, TcpProxy,
+};
 use switchboard_proxy_xds::{ConfigStore, Snapshot};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
@@ -139,8 +142,15 @@ struct Ctx {
     clusters: Arc<ClusterManager>,
     http: Arc<HttpHandler>,
     /// The TLS acceptor of the last TLS configuration seen (or why it is unusable), rebuilt
-    /// when the listener's TLS configuration changes.
-    tls: tokio::sync::Mutex<Option<(DownstreamTls, Result<TlsAcceptor, String>)>>,
+    /// when the listener's TLS configuration or one of its SDS secrets changes: new
+    /// handshakes use the new certificate, open connections keep theirs.
+    tls: tokio::sync::Mutex<Option<CachedAcceptor>>,
+}
+
+struct CachedAcceptor {
+    config: DownstreamTls,
+    secrets: Vec<Option<Arc<Secret>>>,
+    acceptor: Result<TlsAcceptor, String>,
 }
 
 impl Ctx {
@@ -158,10 +168,14 @@ impl Ctx {
         })
     }
 
-    async fn acceptor(&self, tls: &DownstreamTls) -> Option<TlsAcceptor> {
+    async fn acceptor(&self, tls: &DownstreamTls, snapshot: &Snapshot) -> Option<TlsAcceptor> {
+        let secrets = crate::tls::secrets_in_use(&tls.secret_names(), &snapshot.secrets);
         let mut cached = self.tls.lock().await;
-        if cached.as_ref().is_none_or(|(seen, _)| seen != tls) {
-            let built = crate::tls::server_config(tls)
+        let stale = cached
+            .as_ref()
+            .is_none_or(|c| c.config != *tls || !crate::tls::same_secrets(&c.secrets, &secrets));
+        if stale {
+            let built = crate::tls::server_config_with(tls, &snapshot.secrets)
                 .await
                 .map(TlsAcceptor::from)
                 .map_err(|e| e.to_string());
@@ -172,9 +186,15 @@ impl Ctx {
                     "unusable TLS configuration; refusing connections until it changes"
                 );
             }
-            *cached = Some((tls.clone(), built));
+            *cached = Some(CachedAcceptor {
+                config: tls.clone(),
+                secrets,
+                acceptor: built,
+            });
         }
-        cached.as_ref().and_then(|(_, a)| a.as_ref().ok().cloned())
+        cached
+            .as_ref()
+            .and_then(|c| c.acceptor.as_ref().ok().cloned())
     }
 }
 
@@ -291,21 +311,52 @@ async fn connection(
         (Ok(remote), Ok(local)) => Some(DownstreamAddrs { remote, local }),
         _ => None,
     };
-    let (mode, tls) = {
-        let snapshot = ctx.store.snapshot();
-        let listener = snapshot.listeners.get(&ctx.name);
-        let tls = listener.and_then(|l| l.tls.clone());
-        let mode = match listener.map(|l| &l.kind) {
-            Some(ListenerKind::Tcp(t)) => Mode::Tcp(t.clone(), snapshot.clone()),
-            Some(ListenerKind::Http(h)) => Mode::Http(h.limits),
-            None => Mode::Http(HttpLimits::default()),
-        };
-        (mode, tls)
+    let snapshot = ctx.store.snapshot();
+    let listener = snapshot.listeners.get(&ctx.name).cloned();
+    // Permissive mode: the first byte tells a TLS ClientHello (a handshake record) from
+    // plaintext, as Envoy's TLS inspector does.
+    let plaintext = match listener.as_deref() {
+        Some(Listener {
+            plaintext: Some(p),
+            tls: Some(tls),
+            ..
+        }) => {
+            let peeked = tokio::select! {
+                p = tokio::time::timeout(tls.handshake_timeout, starts_tls(&stream)) => p,
+                () = kill.cancelled() => return,
+            };
+            match peeked {
+                Ok(Ok(true)) => None,
+                Ok(Ok(false)) => Some(&p.kind),
+                Ok(Err(e)) => {
+                    tracing::debug!(error = %e, "reading the first byte failed");
+                    return;
+                }
+                Err(_) => {
+                    tracing::debug!("no first byte in time; closing");
+                    return;
+                }
+            }
+        }
+        _ => None,
+    };
+    let kind = plaintext.or(listener.as_deref().map(|l| &l.kind));
+    let mode = match kind {
+        Some(ListenerKind::Tcp(t)) => Mode::Tcp(t.clone(), snapshot.clone()),
+        Some(ListenerKind::Http(h)) => Mode::Http(h.limits),
+        None => Mode::Http(HttpLimits::default()),
+    };
+    let tls = match plaintext {
+        Some(_) => None,
+        None => listener.as_deref().and_then(|l| l.tls.clone()),
     };
     let Some(tls) = tls else {
+        drop(snapshot);
         return dispatch(stream, None, addrs, mode, ctx, drain, kill).await;
     };
-    let Some(acceptor) = ctx.acceptor(&tls).await else {
+    let acceptor = ctx.acceptor(&tls, &snapshot).await;
+    drop(snapshot);
+    let Some(acceptor) = acceptor else {
         return;
     };
     let handshake = tokio::time::timeout(tls.handshake_timeout, acceptor.accept(stream));
@@ -326,6 +377,37 @@ async fn connection(
     drop(tls);
     let alpn = stream.get_ref().1.alpn_protocol().map(<[u8]>::to_vec);
     dispatch(stream, alpn, addrs, mode, ctx, drain, kill).await;
+}
+
+/// Whether the connection opens with a TLS handshake record (0x16), without consuming it.
+async fn starts_tls(stream: &TcpStream) -> io::Result<bool> {
+    let mut first = [0u8; 1];
+    let n = stream.peek(&mut first).await?;
+    Ok(n == 1 && first[0] == 0x16)
+}
+
+/// Waits until listener `name` is warm: present in the snapshot with every SDS secret its
+/// TLS context names. Until then it must not accept connections (Envoy's listener warming).
+pub async fn warmed(store: &ConfigStore, name: &str) {
+    let mut changes = store.changes();
+    loop {
+        if is_warm(&store.snapshot(), name) {
+            return;
+        }
+        if changes.changed().await.is_err() {
+            // The store is gone with the process; nothing will arrive.
+            std::future::pending::<()>().await;
+        }
+    }
+}
+
+/// Whether listener `name` has every secret it needs in `snapshot`.
+pub fn is_warm(snapshot: &Snapshot, name: &str) -> bool {
+    snapshot.listeners.get(name).is_some_and(|l| {
+        l.secret_names()
+            .iter()
+            .all(|s| snapshot.secrets.contains_key(*s))
+    })
 }
 
 async fn dispatch<S>(

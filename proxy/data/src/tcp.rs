@@ -59,6 +59,15 @@ pub(crate) async fn relay<S>(
         );
         return;
     };
+    if cluster.tls.is_some() || cluster.tls_matches.iter().any(|m| m.tls.is_some()) {
+        // Never fall back to plaintext towards an endpoint that expects TLS.
+        tracing::warn!(
+            %listener,
+            cluster = %cluster.name,
+            "TCP proxy: TLS towards upstreams is not supported for TCP proxying; closing"
+        );
+        return;
+    }
     let Some(Upstream {
         stream: mut upstream,
         picked,

@@ -1,16 +1,26 @@
-//! TLS termination for listeners: a rustls server configuration (ring provider) built from a
-//! listener's [`DownstreamTls`], with ALPN and optional client certificate verification.
+//! TLS for listeners and clusters: rustls configurations (ring provider) built from a
+//! listener's [`DownstreamTls`] or a cluster's [`UpstreamTls`], with ALPN, client
+//! certificates, and peer verification against trusted CAs and SAN matchers (`verify`).
+//! Certificates and CAs come inline, from files, or from the snapshot's SDS secrets; a
+//! configuration built from secrets is rebuilt by its user when they change, so new
+//! handshakes use the new material while open connections keep theirs.
 //!
 //! Key material is read here and handed to rustls; no error message or log line carries it
 //! (PEM problems in a private key are reported without the parser's detail).
 
+mod verify;
+
+use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::Arc;
 
+use switchboard_proxy_xds::config::Secret;
 use switchboard_proxy_xds::config::listener::{DataSource, DownstreamTls};
+use switchboard_proxy_xds::config::tls::UpstreamTls;
 use tokio_rustls::rustls;
 use tokio_rustls::rustls::RootCertStore;
 use tokio_rustls::rustls::crypto::CryptoProvider;
+use tokio_rustls::rustls::pki_types::ServerName;
 use tokio_rustls::rustls::pki_types::pem::PemObject;
 use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use tokio_rustls::rustls::server::WebPkiClientVerifier;
@@ -35,21 +45,63 @@ pub enum TlsError {
     TrustedCa(String),
     #[error("TLS configuration: {0}")]
     Rustls(#[from] rustls::Error),
+    #[error("the secret {0:?} has not arrived over SDS")]
+    MissingSecret(String),
+    #[error("the secret {name:?} holds no {what} (it is the other kind of secret)")]
+    SecretKind { name: String, what: &'static str },
+    #[error("the sni {0:?} is not a valid DNS name")]
+    Sni(String),
 }
 
-/// The crypto provider every listener uses, chosen explicitly so that no process-wide
-/// default has to be installed.
+/// SDS secrets by name, as the snapshot holds them.
+pub type Secrets = BTreeMap<String, Arc<Secret>>;
+
+/// Which part of a certificate secret, or of a validation secret, a source stands for.
+#[derive(Debug, Clone, Copy)]
+enum Part {
+    Chain,
+    Key,
+    Ca,
+}
+
+/// The secrets `names` currently resolve to (`None`: not arrived), to tell when a TLS
+/// configuration built from them is stale.
+pub fn secrets_in_use(names: &[&str], secrets: &Secrets) -> Vec<Option<Arc<Secret>>> {
+    names.iter().map(|n| secrets.get(*n).cloned()).collect()
+}
+
+/// Whether two [`secrets_in_use`] results are the same secrets (by identity).
+pub fn same_secrets(a: &[Option<Arc<Secret>>], b: &[Option<Arc<Secret>>]) -> bool {
+    a.len() == b.len()
+        && a.iter().zip(b).all(|(x, y)| match (x, y) {
+            (Some(x), Some(y)) => Arc::ptr_eq(x, y),
+            (None, None) => true,
+            _ => false,
+        })
+}
+
+/// The crypto provider every listener and cluster uses, chosen explicitly so that no
+/// process-wide default has to be installed.
 fn provider() -> Arc<CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
 }
 
-/// Builds the server configuration of `tls`, reading its files now.
+/// Builds the server configuration of `tls` (without SDS secrets), reading its files now.
 pub async fn server_config(tls: &DownstreamTls) -> Result<Arc<rustls::ServerConfig>, TlsError> {
+    server_config_with(tls, &Secrets::new()).await
+}
+
+/// Builds the server configuration of `tls`, reading its files now and its SDS secrets
+/// from `secrets`.
+pub async fn server_config_with(
+    tls: &DownstreamTls,
+    secrets: &Secrets,
+) -> Result<Arc<rustls::ServerConfig>, TlsError> {
     let chain = certificates(
-        &read(&tls.certificate_chain, "certificate chain").await?,
+        &read(&tls.certificate_chain, Part::Chain, secrets).await?,
         "certificate chain",
     )?;
-    let key_pem = read(&tls.private_key, "private key").await?;
+    let key_pem = read(&tls.private_key, Part::Key, secrets).await?;
     let key = PrivateKeyDer::from_pem_slice(&key_pem).map_err(|_| TlsError::PrivateKey)?;
     drop(key_pem);
     let provider = provider();
@@ -58,12 +110,8 @@ pub async fn server_config(tls: &DownstreamTls) -> Result<Arc<rustls::ServerConf
     let builder = match &tls.client_validation {
         None => builder.with_no_client_auth(),
         Some(v) => {
-            let mut roots = RootCertStore::empty();
-            let cas = certificates(&read(&v.trusted_ca, "trusted CA").await?, "trusted CA")?;
-            for ca in cas {
-                roots.add(ca)?;
-            }
-            let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider);
+            let roots = roots(&v.trusted_ca, secrets).await?;
+            let verifier = WebPkiClientVerifier::builder_with_provider(roots, provider);
             let verifier = if v.required {
                 verifier
             } else {
@@ -72,7 +120,14 @@ pub async fn server_config(tls: &DownstreamTls) -> Result<Arc<rustls::ServerConf
             let verifier = verifier
                 .build()
                 .map_err(|e| TlsError::TrustedCa(e.to_string()))?;
-            builder.with_client_cert_verifier(verifier)
+            if v.san_matchers.is_empty() {
+                builder.with_client_cert_verifier(verifier)
+            } else {
+                builder.with_client_cert_verifier(Arc::new(verify::SanClientVerifier {
+                    inner: verifier,
+                    matchers: v.san_matchers.clone(),
+                }))
+            }
         }
     };
     let mut config = builder.with_single_cert(chain, key)?;
@@ -84,13 +139,97 @@ pub async fn server_config(tls: &DownstreamTls) -> Result<Arc<rustls::ServerConf
     Ok(Arc::new(config))
 }
 
-async fn read(source: &DataSource, what: &'static str) -> Result<Vec<u8>, TlsError> {
+/// The client configuration of a cluster's `tls`, and the server name to ask for (`sni`;
+/// `None`: the endpoint's IP address, which sends no SNI).
+pub async fn client_config(
+    tls: &UpstreamTls,
+    secrets: &Secrets,
+) -> Result<(Arc<rustls::ClientConfig>, Option<ServerName<'static>>), TlsError> {
+    let provider = provider();
+    let verifier = Arc::new(verify::SanServerVerifier {
+        roots: roots(&tls.validation.trusted_ca, secrets).await?,
+        matchers: tls.validation.san_matchers.clone(),
+        provider: provider.clone(),
+    });
+    let builder = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()?
+        .dangerous()
+        .with_custom_certificate_verifier(verifier);
+    let mut config = match &tls.client_certificate {
+        None => builder.with_no_client_auth(),
+        Some((chain, key)) => {
+            let chain = certificates(
+                &read(chain, Part::Chain, secrets).await?,
+                "certificate chain",
+            )?;
+            let key_pem = read(key, Part::Key, secrets).await?;
+            let key = PrivateKeyDer::from_pem_slice(&key_pem).map_err(|_| TlsError::PrivateKey)?;
+            drop(key_pem);
+            builder.with_client_auth_cert(chain, key)?
+        }
+    };
+    config.alpn_protocols = tls
+        .alpn_protocols
+        .iter()
+        .map(|p| p.as_bytes().to_vec())
+        .collect();
+    let sni = match &tls.sni {
+        Some(s) => Some(ServerName::try_from(s.clone()).map_err(|_| TlsError::Sni(s.clone()))?),
+        None => None,
+    };
+    Ok((Arc::new(config), sni))
+}
+
+async fn roots(source: &DataSource, secrets: &Secrets) -> Result<Arc<RootCertStore>, TlsError> {
+    let mut roots = RootCertStore::empty();
+    let cas = certificates(&read(source, Part::Ca, secrets).await?, "trusted CA")?;
+    for ca in cas {
+        roots.add(ca)?;
+    }
+    Ok(Arc::new(roots))
+}
+
+async fn read(source: &DataSource, part: Part, secrets: &Secrets) -> Result<Vec<u8>, TlsError> {
+    let what = match part {
+        Part::Chain => "certificate chain",
+        Part::Key => "private key",
+        Part::Ca => "trusted CA",
+    };
+    let source = match source {
+        DataSource::Sds(name) => {
+            let secret = secrets
+                .get(name)
+                .ok_or_else(|| TlsError::MissingSecret(name.clone()))?;
+            match (secret.as_ref(), part) {
+                (
+                    Secret::TlsCertificate {
+                        certificate_chain, ..
+                    },
+                    Part::Chain,
+                ) => certificate_chain,
+                (Secret::TlsCertificate { private_key, .. }, Part::Key) => private_key,
+                (Secret::ValidationContext { trusted_ca }, Part::Ca) => trusted_ca,
+                _ => {
+                    return Err(TlsError::SecretKind {
+                        name: name.clone(),
+                        what,
+                    });
+                }
+            }
+        }
+        other => other,
+    };
     match source {
         DataSource::Inline(bytes) => Ok(bytes.clone()),
         DataSource::File(path) => tokio::fs::read(path).await.map_err(|e| TlsError::Read {
             what,
             path: display(path),
             source: e,
+        }),
+        // Secrets hold inline or file data only (conversion refuses anything else).
+        DataSource::Sds(name) => Err(TlsError::SecretKind {
+            name: name.clone(),
+            what,
         }),
     }
 }

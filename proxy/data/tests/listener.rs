@@ -445,6 +445,7 @@ async fn mtls_requires_a_client_certificate_from_the_trusted_ca() {
     server_tls.client_validation = Some(ClientValidation {
         trusted_ca: DataSource::Inline(ca.pem().into_bytes()),
         required: true,
+        san_matchers: Vec::new(),
     });
     set_http_listener(&mut store, "mtls", HttpLimits::default(), Some(server_tls));
     let running = start(&store, "mtls", Duration::from_secs(5)).await;

@@ -429,6 +429,7 @@ async fn panic_mode_balances_over_ejected_and_unhealthy_endpoints() {
                 address: sick,
                 weight: 1,
                 health: Health::Unhealthy,
+                transport_labels: Default::default(),
             }],
         }],
     };

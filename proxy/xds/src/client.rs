@@ -7,7 +7,7 @@
 //!   the same response are applied, and the NACK's `error_detail` names each rejected one.
 //! - When the stream fails, the applied configuration stays; the client reconnects with
 //!   exponential backoff and jitter and re-sends the versions and names it holds.
-//! - Readiness turns true once the initial LDS, RDS, CDS and EDS have been handled, and stays
+//! - Readiness turns true once the initial LDS, RDS, CDS, EDS and SDS have been handled, and stays
 //!   true across reconnects (the last good configuration keeps serving).
 
 mod resource;
@@ -25,7 +25,7 @@ use resource::TypeState;
 pub use resource::XdsResource;
 
 use crate::bootstrap::Bootstrap;
-use crate::config::{Cluster, Listener, LoadAssignment, RouteConfig};
+use crate::config::{Cluster, Listener, LoadAssignment, RouteConfig, Secret};
 use crate::dump::ConfigDump;
 pub use crate::handler::{Handler, Rejected};
 use crate::state::ConfigStore;
@@ -54,6 +54,7 @@ pub struct Handlers {
     pub routes: Box<dyn Handler<RouteConfig>>,
     pub clusters: Box<dyn Handler<Cluster>>,
     pub endpoints: Box<dyn Handler<LoadAssignment>>,
+    pub secrets: Box<dyn Handler<Secret>>,
 }
 
 impl Handlers {
@@ -64,6 +65,7 @@ impl Handlers {
             routes: Box::new(store.clone()),
             clusters: Box::new(store.clone()),
             endpoints: Box::new(store.clone()),
+            secrets: Box::new(store.clone()),
         }
     }
 }
@@ -78,6 +80,7 @@ pub struct XdsClient {
     rds: TypeState,
     cds: TypeState,
     eds: TypeState,
+    sds: TypeState,
     ready: watch::Sender<bool>,
     dump: ConfigDump,
 }
@@ -155,6 +158,7 @@ impl XdsClient {
             rds: TypeState::new(ResourceType::RouteConfiguration, false, dump.clone()),
             cds: TypeState::new(ResourceType::Cluster, true, dump.clone()),
             eds: TypeState::new(ResourceType::ClusterLoadAssignment, false, dump.clone()),
+            sds: TypeState::new(ResourceType::Secret, false, dump.clone()),
             ready: watch::channel(false).0,
             dump,
         }
@@ -222,7 +226,13 @@ impl XdsClient {
         let mut client =
             AggregatedDiscoveryServiceClient::new(channel).max_decoding_message_size(64 << 20);
         let (tx, rx) = mpsc::unbounded_channel();
-        for t in [&mut self.cds, &mut self.lds, &mut self.eds, &mut self.rds] {
+        for t in [
+            &mut self.cds,
+            &mut self.lds,
+            &mut self.eds,
+            &mut self.rds,
+            &mut self.sds,
+        ] {
             t.nonce.clear();
         }
         let mut first = true;
@@ -231,6 +241,7 @@ impl XdsClient {
             ResourceType::Listener,
             ResourceType::ClusterLoadAssignment,
             ResourceType::RouteConfiguration,
+            ResourceType::Secret,
         ] {
             let state = self.state(kind);
             if state.wildcard || !state.names.is_empty() {
@@ -293,7 +304,8 @@ impl XdsClient {
             ResourceType::Listener => &self.lds,
             ResourceType::RouteConfiguration => &self.rds,
             ResourceType::Cluster => &self.cds,
-            _ => &self.eds,
+            ResourceType::ClusterLoadAssignment => &self.eds,
+            ResourceType::Secret => &self.sds,
         }
     }
 
@@ -325,8 +337,8 @@ impl XdsClient {
                 (&mut self.eds, r)
             }
             ResourceType::Secret => {
-                tracing::warn!("ignoring SDS: not subscribed");
-                return Vec::new();
+                let r = self.sds.handle(response, h.secrets.as_mut());
+                (&mut self.sds, r)
             }
         };
         state.nonce.clone_from(&response.nonce);
@@ -377,7 +389,17 @@ impl XdsClient {
         if let Some(state) = dependent {
             out.push((request(state, None), Duration::ZERO));
         }
-        if [&self.lds, &self.rds, &self.cds, &self.eds]
+        if matches!(kind, ResourceType::Listener | ResourceType::Cluster) {
+            let mut secrets = self.lds.secrets_needed();
+            secrets.extend(self.cds.secrets_needed());
+            if self
+                .sds
+                .resubscribe(secrets, self.handlers.secrets.as_mut())
+            {
+                out.push((request(&self.sds, None), Duration::ZERO));
+            }
+        }
+        if [&self.lds, &self.rds, &self.cds, &self.eds, &self.sds]
             .iter()
             .all(|t| t.synced())
         {

@@ -13,6 +13,8 @@ pub mod endpoint;
 pub mod listener;
 pub mod matcher;
 pub mod route;
+pub mod secret;
+pub mod tls;
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::OnceLock;
@@ -20,13 +22,16 @@ use std::time::Duration;
 
 use prost::{Message, Name};
 use prost_reflect::DescriptorPool;
-use switchboard_xds_proto::pb::envoy::config::core::v3::{Address, address, socket_address};
+use switchboard_xds_proto::pb::envoy::config::core::v3::{
+    Address, ConfigSource, address, config_source, socket_address,
+};
 use switchboard_xds_proto::pb::google::protobuf::Duration as PbDuration;
 
 pub use cluster::Cluster;
 pub use endpoint::LoadAssignment;
 pub use listener::Listener;
 pub use route::RouteConfig;
+pub use secret::Secret;
 
 /// Why a resource was rejected: where in the resource (`listener "x": filter_chains[0]`) and
 /// what is wrong there. The text goes verbatim into the NACK's `error_detail`.
@@ -183,4 +188,12 @@ pub(crate) fn socket_addr(addr: &Address, path: &Path) -> Result<SocketAddr, Con
         _ => return Err(path.err("a port_value is required")),
     };
     Ok(SocketAddr::new(ip, port))
+}
+
+/// RDS and EDS must come over the same ADS stream: the only source this client has.
+pub(crate) fn ads_source(source: Option<&ConfigSource>, path: &Path) -> Result<(), ConfigError> {
+    match source.and_then(|s| s.config_source_specifier.as_ref()) {
+        Some(config_source::ConfigSourceSpecifier::Ads(_)) => Ok(()),
+        _ => Err(path.err("only the ADS config source is supported")),
+    }
 }

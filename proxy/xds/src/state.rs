@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex, PoisonError, RwLock};
 
 use tokio::sync::watch;
 
-use crate::config::{Cluster, Listener, LoadAssignment, RouteConfig};
+use crate::config::{Cluster, Listener, LoadAssignment, RouteConfig, Secret};
 use crate::handler::{Handler, Rejected};
 
 /// Everything applied, by resource name. Values are `Arc`s so that a new snapshot shares the
@@ -22,6 +22,8 @@ pub struct Snapshot {
     pub clusters: BTreeMap<String, Arc<Cluster>>,
     /// Load assignments by EDS name (the cluster's `service_name`, usually its name).
     pub endpoints: BTreeMap<String, Arc<LoadAssignment>>,
+    /// SDS secrets by name; TLS configurations are built from the latest of each.
+    pub secrets: BTreeMap<String, Arc<Secret>>,
     /// Bumped on every swap, so watchers can tell snapshots apart.
     pub generation: u64,
 }
@@ -124,3 +126,4 @@ store_handler!(Listener, listeners);
 store_handler!(RouteConfig, routes);
 store_handler!(Cluster, clusters);
 store_handler!(LoadAssignment, endpoints);
+store_handler!(Secret, secrets);

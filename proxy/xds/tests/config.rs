@@ -726,8 +726,8 @@ mod listener_side {
         let e = err(Listener::try_from(tls_listener(ctx)));
         assert!(
             e.contains(
-                "transport_socket.typed_config.common_tls_context.tls_certificate_sds_secret_configs: \
-                 SDS is not supported yet"
+                "transport_socket.typed_config.common_tls_context.tls_certificates: give the \
+                 certificate either in tls_certificates or in tls_certificate_sds_secret_configs"
             ),
             "{e}"
         );

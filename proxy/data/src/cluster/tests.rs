@@ -23,6 +23,7 @@ fn ep(port: u16, weight: u32, health: Health) -> Endpoint {
         address: SocketAddr::from(([127, 0, 0, 1], port)),
         weight,
         health,
+        transport_labels: Default::default(),
     }
 }
 

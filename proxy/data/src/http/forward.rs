@@ -27,7 +27,9 @@ use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode, Uri, V
 use http_body_util::BodyExt;
 use hyper::body::{Body as _, Frame, Incoming, SizeHint};
 use rand::Rng;
-use switchboard_proxy_xds::config::cluster::{Cluster, LbPolicy, UpstreamProtocol};
+use switchboard_proxy_xds::config::cluster::{
+    Cluster, LbPolicy, TransportChoice, UpstreamProtocol,
+};
 use switchboard_proxy_xds::config::route::{DEFAULT_TIMEOUT, Forward, Mirror, RetryPolicy};
 
 use super::{Target, local};
@@ -47,7 +49,8 @@ pub const MAX_RETRY_BODY: u64 = 64 * 1024;
 struct Upstream {
     cluster: Arc<Cluster>,
     state: Arc<ClusterState>,
-    client: HttpClient,
+    /// One client per transport socket of the cluster (its own, then each match).
+    clients: Vec<(TransportChoice, HttpClient)>,
     endpoints: Option<Arc<dyn EndpointSource>>,
     /// The request's hash, for a ring hash cluster.
     hash: Option<u64>,
@@ -62,10 +65,14 @@ impl Upstream {
     ) -> Self {
         let state = target.registry.cluster_in(&cluster.name, target.snapshot);
         state.breakers.configure(&cluster.circuit_breakers);
-        let client = pools.client(cluster, &state, target.snapshot);
+        let choices = std::iter::once(TransportChoice::Default)
+            .chain((0..cluster.tls_matches.len()).map(TransportChoice::Match));
+        let clients = choices
+            .map(|c| (c, pools.client(cluster, c, &state, target.snapshot)))
+            .collect();
         Self {
             cluster: cluster.clone(),
-            client,
+            clients,
             endpoints: endpoint_source(target.snapshot, cluster),
             hash: match cluster.lb_policy {
                 LbPolicy::RingHash(_) => hash(),
@@ -73,6 +80,30 @@ impl Upstream {
             },
             state,
         }
+    }
+
+    /// The client for `address`: the one of the transport socket its metadata selects.
+    fn client_for(&self, address: std::net::SocketAddr) -> Option<&HttpClient> {
+        let choice = if self.cluster.tls_matches.is_empty() {
+            TransportChoice::Default
+        } else {
+            let labels = self
+                .endpoints
+                .as_ref()
+                .and_then(|e| e.load_assignment())
+                .and_then(|la| {
+                    la.localities
+                        .iter()
+                        .flat_map(|l| &l.endpoints)
+                        .find(|e| e.address == address)
+                })
+                .map(|e| &e.transport_labels);
+            labels.map_or(TransportChoice::Default, |l| self.cluster.transport_for(l))
+        };
+        self.clients
+            .iter()
+            .find(|(c, _)| *c == choice)
+            .map(|(_, client)| client)
     }
 
     fn pick(&self) -> Option<Picked> {
@@ -316,8 +347,14 @@ async fn attempt(
         UpstreamProtocol::Http2 => Version::HTTP_2,
     };
     *req.headers_mut() = head.headers.clone();
+    let Some(client) = up.client_for(picked.address) else {
+        return Outcome::Reset(format!(
+            "no transport socket for endpoint {}",
+            picked.address
+        ));
+    };
     set_current(current, Some(picked.host.clone()));
-    let send = up.client.request(req);
+    let send = client.request(req);
     let result = match per_try_timeout {
         Some(t) => tokio::time::timeout(t, send).await.ok(),
         None => Some(send.await),

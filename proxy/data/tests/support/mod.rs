@@ -219,6 +219,7 @@ pub fn apply_listener(
         address: SocketAddr::from(([127, 0, 0, 1], 0)),
         kind,
         tls,
+        plaintext: None,
     };
     Handler::<Listener>::apply(store, vec![(name.into(), listener)], vec![]).unwrap();
 }
@@ -248,6 +249,8 @@ pub fn set_cluster(
         circuit_breakers: CircuitBreakers::default(),
         outlier_detection: None,
         protocol,
+        tls: None,
+        tls_matches: Vec::new(),
     };
     let la = LoadAssignment {
         cluster_name: name.into(),
@@ -261,6 +264,7 @@ pub fn set_cluster(
                     address: *a,
                     weight: 1,
                     health: Health::Healthy,
+                    transport_labels: Default::default(),
                 })
                 .collect(),
         }],

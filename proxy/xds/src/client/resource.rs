@@ -8,21 +8,30 @@ use switchboard_xds_proto::pb::envoy::config::cluster::v3::Cluster as PbCluster;
 use switchboard_xds_proto::pb::envoy::config::endpoint::v3::ClusterLoadAssignment;
 use switchboard_xds_proto::pb::envoy::config::listener::v3::Listener as PbListener;
 use switchboard_xds_proto::pb::envoy::config::route::v3::RouteConfiguration;
-use switchboard_xds_proto::{DiscoveryResponse, ResourceType, unpack};
+use switchboard_xds_proto::pb::envoy::extensions::transport_sockets::tls::v3::Secret as PbSecret;
+use switchboard_xds_proto::pb::google::protobuf::Any;
+use switchboard_xds_proto::{DiscoveryResponse, ResourceType, pack, unpack};
 
-use crate::config::{Cluster, ConfigError, Listener, LoadAssignment, RouteConfig};
+use crate::config::{Cluster, ConfigError, Listener, LoadAssignment, RouteConfig, Secret};
 use crate::dump::ConfigDump;
 use crate::handler::{Handler, Rejected};
 
-/// A resource type the client handles: its proto, its name, and the names of the other type
-/// it needs (a listener's RDS name, a cluster's EDS name).
+/// A resource type the client handles: its proto, its name, the names of the other type
+/// it needs (a listener's RDS names, a cluster's EDS name) and the secrets it needs (SDS).
 pub trait XdsResource: Sized + Send + 'static {
     type Proto: Message + Default + Name;
     const TYPE: ResourceType;
     fn name_of(proto: &Self::Proto) -> &str;
     fn convert(proto: Self::Proto) -> Result<Self, ConfigError>;
-    fn needs(&self) -> Option<&str> {
-        None
+    fn needs(&self) -> Vec<&str> {
+        Vec::new()
+    }
+    fn secrets(&self) -> Vec<&str> {
+        Vec::new()
+    }
+    /// The resource as `/config_dump` keeps it.
+    fn for_dump(any: &Any) -> Any {
+        any.clone()
     }
 }
 
@@ -35,8 +44,11 @@ impl XdsResource for Listener {
     fn convert(proto: PbListener) -> Result<Self, ConfigError> {
         Listener::try_from(proto)
     }
-    fn needs(&self) -> Option<&str> {
-        self.route_names()
+    fn needs(&self) -> Vec<&str> {
+        self.all_route_names()
+    }
+    fn secrets(&self) -> Vec<&str> {
+        self.secret_names()
     }
 }
 
@@ -60,8 +72,11 @@ impl XdsResource for Cluster {
     fn convert(proto: PbCluster) -> Result<Self, ConfigError> {
         Cluster::try_from(proto)
     }
-    fn needs(&self) -> Option<&str> {
-        self.eds_name()
+    fn needs(&self) -> Vec<&str> {
+        self.eds_name().into_iter().collect()
+    }
+    fn secrets(&self) -> Vec<&str> {
+        self.secret_names()
     }
 }
 
@@ -76,6 +91,34 @@ impl XdsResource for LoadAssignment {
     }
 }
 
+impl XdsResource for Secret {
+    type Proto = PbSecret;
+    const TYPE: ResourceType = ResourceType::Secret;
+    fn name_of(proto: &PbSecret) -> &str {
+        &proto.name
+    }
+    fn convert(proto: PbSecret) -> Result<Self, ConfigError> {
+        Secret::try_from(proto)
+    }
+    /// Never the private key: the dump shows which secret (and version) is in use.
+    fn for_dump(any: &Any) -> Any {
+        match unpack::<PbSecret>(any) {
+            Ok(s) => pack(&crate::config::secret::redacted(s)),
+            Err(_) => Any {
+                type_url: any.type_url.clone(),
+                value: Vec::new(),
+            },
+        }
+    }
+}
+
+/// What an applied resource needs of the dependent type and of SDS.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Needs {
+    pub names: Vec<String>,
+    pub secrets: Vec<String>,
+}
+
 /// What the client knows of one type on the stream and across reconnects.
 #[derive(Debug)]
 pub(crate) struct TypeState {
@@ -88,8 +131,8 @@ pub(crate) struct TypeState {
     pub version: String,
     /// The last nonce received on the current stream.
     pub nonce: String,
-    /// Applied resources and the name each needs of the dependent type.
-    pub held: BTreeMap<String, Option<String>>,
+    /// Applied resources and the names each needs of the dependent type and of SDS.
+    pub held: BTreeMap<String, Needs>,
     /// A response of this type has been handled since start.
     pub answered: bool,
     /// Names received at least once (applied or rejected), for readiness.
@@ -128,7 +171,12 @@ impl TypeState {
 
     /// The names the held resources need of the dependent type.
     pub(crate) fn needed(&self) -> BTreeSet<String> {
-        self.held.values().flatten().cloned().collect()
+        self.held.values().flat_map(|n| n.names.clone()).collect()
+    }
+
+    /// The secrets the held resources need.
+    pub(crate) fn secrets_needed(&self) -> BTreeSet<String> {
+        self.held.values().flat_map(|n| n.secrets.clone()).collect()
     }
 
     /// Changes the subscription of a named type and drops what is no longer subscribed.
@@ -211,9 +259,15 @@ impl TypeState {
         } else {
             Vec::new()
         };
-        let applied: Vec<(String, Option<String>)> = updates
+        let applied: Vec<(String, Needs)> = updates
             .iter()
-            .map(|(n, r): &(String, T)| (n.clone(), r.needs().map(str::to_owned)))
+            .map(|(n, r): &(String, T)| {
+                let needs = Needs {
+                    names: r.needs().into_iter().map(str::to_owned).collect(),
+                    secrets: r.secrets().into_iter().map(str::to_owned).collect(),
+                };
+                (n.clone(), needs)
+            })
             .collect();
         let refused = match handler.apply(updates, removed.clone()) {
             Ok(()) => Vec::new(),
@@ -227,14 +281,15 @@ impl TypeState {
         for (name, needs) in applied {
             if !refused.iter().any(|r| r.name == name) {
                 if let Some(any) = received.get(&name) {
-                    self.dump.applied(self.kind, &name, version, (*any).clone());
+                    self.dump
+                        .applied(self.kind, &name, version, T::for_dump(any));
                 }
                 self.held.insert(name, needs);
             }
         }
         rejected.extend(refused);
         for r in &rejected {
-            let any = received.get(&r.name).map(|a| (*a).clone());
+            let any = received.get(&r.name).map(|a| T::for_dump(a));
             self.dump
                 .refused(self.kind, &r.name, version, any, &r.error);
         }

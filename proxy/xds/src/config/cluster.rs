@@ -13,8 +13,9 @@ use switchboard_xds_proto::pb::envoy::extensions::upstreams::http::v3::http_prot
 use switchboard_xds_proto::pb::google::protobuf::Any;
 use switchboard_xds_proto::{HttpProtocolOptions, type_url, unpack};
 
-use super::endpoint::{LoadAssignment, load_assignment};
+use super::endpoint::{LoadAssignment, TransportLabels, load_assignment};
 use super::listener::ads_source;
+use super::tls::{UpstreamTls, upstream_socket};
 use super::{ConfigError, Path, check_fields, duration};
 
 /// The key of the upstream HTTP options in `typed_extension_protocol_options`.
@@ -29,6 +30,30 @@ pub struct Cluster {
     pub circuit_breakers: CircuitBreakers,
     pub outlier_detection: Option<OutlierDetection>,
     pub protocol: UpstreamProtocol,
+    /// The cluster's `transport_socket`: TLS towards endpoints no entry of `tls_matches`
+    /// selects; `None` is plaintext.
+    pub tls: Option<UpstreamTls>,
+    /// `transport_socket_matches` in order: the first whose labels are all in an endpoint's
+    /// `envoy.transport_socket_match` metadata gives that endpoint's transport.
+    pub tls_matches: Vec<TransportSocketMatch>,
+}
+
+/// One of a cluster's `transport_socket_matches`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TransportSocketMatch {
+    pub name: String,
+    pub labels: TransportLabels,
+    /// `None`: plaintext.
+    pub tls: Option<UpstreamTls>,
+}
+
+/// Which transport socket of a cluster an endpoint uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum TransportChoice {
+    /// The cluster's own `transport_socket`.
+    Default,
+    /// `transport_socket_matches[i]`.
+    Match(usize),
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -144,6 +169,32 @@ pub struct OutlierDetection {
 }
 
 impl Cluster {
+    /// The transport socket for an endpoint with `labels`.
+    pub fn transport_for(&self, labels: &TransportLabels) -> TransportChoice {
+        self.tls_matches
+            .iter()
+            .position(|m| m.labels.iter().all(|(k, v)| labels.get(k) == Some(v)))
+            .map_or(TransportChoice::Default, TransportChoice::Match)
+    }
+
+    /// The TLS configuration of `choice` (`None`: plaintext).
+    pub fn tls_of(&self, choice: TransportChoice) -> Option<&UpstreamTls> {
+        match choice {
+            TransportChoice::Default => self.tls.as_ref(),
+            TransportChoice::Match(i) => self.tls_matches.get(i).and_then(|m| m.tls.as_ref()),
+        }
+    }
+
+    /// The SDS secrets of every transport socket.
+    pub fn secret_names(&self) -> Vec<&str> {
+        let matches = self.tls_matches.iter().filter_map(|m| m.tls.as_ref());
+        self.tls
+            .iter()
+            .chain(matches)
+            .flat_map(UpstreamTls::secret_names)
+            .collect()
+    }
+
     /// The load assignment this cluster needs over EDS, if any.
     pub fn eds_name(&self) -> Option<&str> {
         match &self.discovery {
@@ -171,9 +222,23 @@ impl TryFrom<PbCluster> for Cluster {
                 "circuit_breakers",
                 "outlier_detection",
                 "typed_extension_protocol_options",
+                "transport_socket",
+                "transport_socket_matches",
             ],
             &path,
         )?;
+        let tls = c
+            .transport_socket
+            .as_ref()
+            .map(|t| upstream_socket(t, &path.field("transport_socket")))
+            .transpose()?
+            .flatten();
+        let tls_matches = c
+            .transport_socket_matches
+            .iter()
+            .enumerate()
+            .map(|(i, m)| transport_match(m, &path.index("transport_socket_matches", i)))
+            .collect::<Result<Vec<_>, _>>()?;
         let kind = match c.cluster_discovery_type {
             Some(cluster::ClusterDiscoveryType::Type(t)) => {
                 cluster::DiscoveryType::try_from(t).ok()
@@ -244,8 +309,43 @@ impl TryFrom<PbCluster> for Cluster {
             circuit_breakers,
             outlier_detection,
             protocol,
+            tls,
+            tls_matches,
         })
     }
+}
+
+fn transport_match(
+    m: &cluster::TransportSocketMatch,
+    path: &Path,
+) -> Result<TransportSocketMatch, ConfigError> {
+    check_fields(m, &["name", "match", "transport_socket"], path)?;
+    let mut labels = TransportLabels::new();
+    if let Some(s) = &m.r#match {
+        for (key, value) in &s.fields {
+            use switchboard_xds_proto::pb::google::protobuf::value::Kind;
+            let text = match &value.kind {
+                Some(Kind::StringValue(v)) => v.clone(),
+                Some(Kind::BoolValue(v)) => v.to_string(),
+                Some(Kind::NumberValue(v)) => v.to_string(),
+                _ => {
+                    return Err(path
+                        .field(&format!("match.{key}"))
+                        .err("only string, bool and number values are supported"));
+                }
+            };
+            labels.insert(key.clone(), text);
+        }
+    }
+    let tls = match &m.transport_socket {
+        Some(t) => upstream_socket(t, &path.field("transport_socket"))?,
+        None => return Err(path.field("transport_socket").err("required")),
+    };
+    Ok(TransportSocketMatch {
+        name: m.name.clone(),
+        labels,
+        tls,
+    })
 }
 
 /// The ring sizes of a RING_HASH cluster. A `ring_hash_lb_config` on a cluster of another

@@ -1,11 +1,13 @@
 //! ClusterLoadAssignment: endpoints grouped by locality and priority, with weights and health.
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 
-use switchboard_xds_proto::pb::envoy::config::core::v3::HealthStatus;
+use switchboard_xds_proto::pb::envoy::config::core::v3::{HealthStatus, Metadata};
 use switchboard_xds_proto::pb::envoy::config::endpoint::v3::{
     ClusterLoadAssignment, LbEndpoint, LocalityLbEndpoints, lb_endpoint,
 };
+use switchboard_xds_proto::pb::google::protobuf::value::Kind;
 
 use super::{ConfigError, Path, check_fields, socket_addr};
 
@@ -37,7 +39,16 @@ pub struct Endpoint {
     pub address: SocketAddr,
     pub weight: u32,
     pub health: Health,
+    /// The endpoint's `envoy.transport_socket_match` metadata, which picks its cluster's
+    /// transport socket (TLS or plaintext); string, bool and number values as text.
+    pub transport_labels: TransportLabels,
 }
+
+/// Labels matched by a cluster's `transport_socket_matches`.
+pub type TransportLabels = BTreeMap<String, String>;
+
+/// The metadata namespace Envoy matches transport sockets against.
+pub const TRANSPORT_SOCKET_MATCH: &str = "envoy.transport_socket_match";
 
 /// Envoy's health statuses folded into what routing needs: only `Healthy` endpoints take
 /// traffic while any are healthy (Envoy treats UNKNOWN as healthy, and so do we).
@@ -120,9 +131,18 @@ fn locality(l: LocalityLbEndpoints, path: &Path) -> Result<LocalityEndpoints, Co
 fn endpoint(e: &LbEndpoint, path: &Path) -> Result<Endpoint, ConfigError> {
     check_fields(
         e,
-        &["endpoint", "health_status", "load_balancing_weight"],
+        &[
+            "endpoint",
+            "health_status",
+            "load_balancing_weight",
+            "metadata",
+        ],
         path,
     )?;
+    let transport_labels = match &e.metadata {
+        Some(m) => transport_labels(m, &path.field("metadata"))?,
+        None => TransportLabels::new(),
+    };
     let Some(lb_endpoint::HostIdentifier::Endpoint(ep)) = &e.host_identifier else {
         return Err(path.err("an endpoint is required (named endpoints are not supported)"));
     };
@@ -147,5 +167,32 @@ fn endpoint(e: &LbEndpoint, path: &Path) -> Result<Endpoint, ConfigError> {
         address,
         weight,
         health,
+        transport_labels,
     })
+}
+
+/// The `envoy.transport_socket_match` namespace of `filter_metadata` (other namespaces are
+/// accepted and ignored: nothing else in this proxy reads endpoint metadata).
+pub(crate) fn transport_labels(m: &Metadata, path: &Path) -> Result<TransportLabels, ConfigError> {
+    check_fields(m, &["filter_metadata"], path)?;
+    let mut out = TransportLabels::new();
+    let Some(s) = m.filter_metadata.get(TRANSPORT_SOCKET_MATCH) else {
+        return Ok(out);
+    };
+    for (key, value) in &s.fields {
+        let text = match &value.kind {
+            Some(Kind::StringValue(v)) => v.clone(),
+            Some(Kind::BoolValue(v)) => v.to_string(),
+            Some(Kind::NumberValue(v)) => v.to_string(),
+            _ => {
+                return Err(path
+                    .field(&format!(
+                        "filter_metadata[{TRANSPORT_SOCKET_MATCH:?}].{key}"
+                    ))
+                    .err("only string, bool and number values are supported"));
+            }
+        };
+        out.insert(key.clone(), text);
+    }
+    Ok(out)
 }

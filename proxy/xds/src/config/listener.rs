@@ -6,28 +6,27 @@
 //! defaults (see [`HttpLimits`]); where a default differs from Envoy's, the constant says so.
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::time::Duration;
 
 use switchboard_xds_proto::pb::envoy::config::core::v3::{
-    ConfigSource, DataSource as PbDataSource, Http2ProtocolOptions, HttpProtocolOptions,
-    TransportSocket, config_source, data_source, transport_socket,
+    Http2ProtocolOptions, HttpProtocolOptions,
 };
 use switchboard_xds_proto::pb::envoy::config::listener::v3::{
-    Filter, FilterChain, Listener as PbListener, filter,
+    Filter, FilterChain, Listener as PbListener, ListenerFilter, filter, listener_filter,
 };
+use switchboard_xds_proto::pb::envoy::extensions::filters::listener::tls_inspector::v3::TlsInspector;
 use switchboard_xds_proto::pb::envoy::extensions::filters::network::http_connection_manager::v3::{
     HttpConnectionManager as PbHcm, HttpFilter, http_connection_manager, http_filter,
 };
 use switchboard_xds_proto::pb::envoy::extensions::filters::network::tcp_proxy::v3::{
     TcpProxy as PbTcpProxy, tcp_proxy,
 };
-use switchboard_xds_proto::pb::envoy::extensions::transport_sockets::tls::v3::{
-    CommonTlsContext, DownstreamTlsContext, TlsCertificate, common_tls_context,
-};
 use switchboard_xds_proto::{HttpFault, Router, type_url, unpack};
 
+pub(crate) use super::ads_source;
 use super::route::{Clusters, Fault, RouteConfig, fault, route_config};
+use super::tls::downstream_socket;
+pub use super::tls::{ClientValidation, DataSource, DownstreamTls};
 use super::{ConfigError, Path, check_fields, duration, socket_addr};
 
 /// A listener the proxy binds.
@@ -39,7 +38,20 @@ pub struct Listener {
     /// TLS termination for every connection (the filter chain's `transport_socket`);
     /// `None` for plaintext.
     pub tls: Option<DownstreamTls>,
+    /// Permissive mode (`tls_inspector` and two filter chains told apart by
+    /// `filter_chain_match.transport_protocol`): connections that do not open with a TLS
+    /// handshake are served by this chain; `kind` and `tls` above are the TLS chain's.
+    pub plaintext: Option<PlaintextChain>,
 }
+
+/// The plaintext filter chain of a listener that also accepts TLS.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PlaintextChain {
+    pub kind: ListenerKind,
+}
+
+/// The listener filter that tells TLS from plaintext connections.
+const TLS_INSPECTOR: &str = "envoy.filters.listener.tls_inspector";
 
 /// What the listener does with a connection.
 #[derive(Debug, Clone, PartialEq)]
@@ -157,65 +169,6 @@ pub struct TcpProxy {
     pub max_connect_attempts: u32,
 }
 
-/// TLS termination: one certificate chain and key, ALPN, and optionally client
-/// certificates (mTLS). `Debug` never shows private key material.
-#[derive(Clone, PartialEq)]
-pub struct DownstreamTls {
-    pub certificate_chain: DataSource,
-    /// PEM (PKCS#8, PKCS#1 or SEC1).
-    pub private_key: DataSource,
-    /// Offered in preference order; `h2` selects HTTP/2 on an HTTP listener.
-    pub alpn_protocols: Vec<String>,
-    /// Client certificates are verified against these roots when present.
-    pub client_validation: Option<ClientValidation>,
-    /// `transport_socket_connect_timeout` of the filter chain: the whole TLS handshake.
-    pub handshake_timeout: Duration,
-}
-
-impl std::fmt::Debug for DownstreamTls {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let key: &dyn std::fmt::Debug = match &self.private_key {
-            DataSource::File(path) => path,
-            DataSource::Inline(_) => &"<redacted>",
-        };
-        f.debug_struct("DownstreamTls")
-            .field("certificate_chain", &self.certificate_chain)
-            .field("private_key", key)
-            .field("alpn_protocols", &self.alpn_protocols)
-            .field("client_validation", &self.client_validation)
-            .field("handshake_timeout", &self.handshake_timeout)
-            .finish()
-    }
-}
-
-/// How client certificates are checked (mTLS).
-#[derive(Debug, Clone, PartialEq)]
-pub struct ClientValidation {
-    /// PEM CA certificates (`validation_context.trusted_ca`).
-    pub trusted_ca: DataSource,
-    /// `require_client_certificate`: refuse the handshake without a valid certificate.
-    /// Otherwise a certificate is optional, but verified when one is presented.
-    pub required: bool,
-}
-
-/// PEM bytes given inline or read from a file when the listener's TLS is set up (the data
-/// path reads files; changes to a file apply when the listener's configuration changes).
-#[derive(Clone, PartialEq, Eq)]
-pub enum DataSource {
-    File(PathBuf),
-    Inline(Vec<u8>),
-}
-
-impl std::fmt::Debug for DataSource {
-    /// The length only: inline sources may be keys.
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Self::File(path) => f.debug_tuple("File").field(path).finish(),
-            Self::Inline(bytes) => write!(f, "Inline(<{} bytes>)", bytes.len()),
-        }
-    }
-}
-
 impl Listener {
     /// The RDS names this listener needs (empty for inline routes and TCP).
     pub fn route_names(&self) -> Option<&str> {
@@ -240,6 +193,7 @@ impl TryFrom<PbListener> for Listener {
                 "name",
                 "address",
                 "filter_chains",
+                "listener_filters",
                 "traffic_direction",
                 "stat_prefix",
             ],
@@ -253,52 +207,190 @@ impl TryFrom<PbListener> for Listener {
                 );
             }
         };
-        let [chain] = <[FilterChain; 1]>::try_from(l.filter_chains).map_err(|chains| {
-            path.field("filter_chains").err(format!(
-                "exactly one filter chain is supported, got {}",
-                chains.len()
-            ))
-        })?;
-        let chain_path = path.index("filter_chains", 0);
-        check_fields(
-            &chain,
-            &[
-                "filters",
-                "name",
-                "transport_socket",
-                "transport_socket_connect_timeout",
-            ],
-            &chain_path,
-        )?;
-        let handshake_timeout = match &chain.transport_socket_connect_timeout {
-            Some(d) => {
-                let d = duration(d, &chain_path.field("transport_socket_connect_timeout"))?;
-                if d.is_zero() {
-                    DEFAULT_TLS_HANDSHAKE_TIMEOUT
-                } else {
-                    d
-                }
-            }
-            None => DEFAULT_TLS_HANDSHAKE_TIMEOUT,
-        };
-        let tls = chain
-            .transport_socket
-            .as_ref()
-            .map(|t| transport_socket(t, handshake_timeout, &chain_path.field("transport_socket")))
-            .transpose()?;
-        let [filter] = <[Filter; 1]>::try_from(chain.filters).map_err(|filters| {
-            chain_path.field("filters").err(format!(
-                "exactly one network filter (http_connection_manager or tcp_proxy) is supported, got {}",
-                filters.len()
-            ))
-        })?;
-        let kind = network_filter(filter, &chain_path.index("filters", 0))?;
+        listener_filters(&l.listener_filters, &path)?;
+        let count = l.filter_chains.len();
+        let mut chains = Vec::with_capacity(count);
+        for (i, chain) in l.filter_chains.into_iter().enumerate() {
+            chains.push(filter_chain(chain, &path.index("filter_chains", i))?);
+        }
+        let (main, plaintext) = split_chains(chains, &path.field("filter_chains"))?;
         Ok(Listener {
             name: l.name,
             address,
-            kind,
-            tls,
+            kind: main.kind,
+            tls: main.tls,
+            plaintext: plaintext.map(|c| PlaintextChain { kind: c.kind }),
         })
+    }
+}
+
+impl Listener {
+    /// The SDS secrets this listener needs before it may accept connections.
+    pub fn secret_names(&self) -> Vec<&str> {
+        self.tls
+            .as_ref()
+            .map(DownstreamTls::secret_names)
+            .unwrap_or_default()
+    }
+
+    /// The RDS names of every filter chain.
+    pub fn all_route_names(&self) -> Vec<&str> {
+        let plaintext = self.plaintext.as_ref().map(|p| &p.kind);
+        [Some(&self.kind), plaintext]
+            .into_iter()
+            .flatten()
+            .filter_map(|k| match k {
+                ListenerKind::Http(HttpConnectionManager {
+                    routes: RouteSource::Rds(name),
+                    ..
+                }) => Some(name.as_str()),
+                _ => None,
+            })
+            .collect()
+    }
+}
+
+/// `listener_filters`: only the TLS inspector, which permissive mode needs (and which is
+/// implied by a `transport_protocol` match, as Envoy injects it then).
+fn listener_filters(filters: &[ListenerFilter], path: &Path) -> Result<(), ConfigError> {
+    for (i, f) in filters.iter().enumerate() {
+        let p = path.index("listener_filters", i);
+        check_fields(f, &["name", "typed_config"], &p)?;
+        match &f.config_type {
+            Some(listener_filter::ConfigType::TypedConfig(any))
+                if any.type_url == type_url::TLS_INSPECTOR =>
+            {
+                let t = unpack::<TlsInspector>(any)
+                    .map_err(|e| p.field("typed_config").err(e.to_string()))?;
+                check_fields(&t, &[], &p.field("typed_config"))?;
+            }
+            None if f.name == TLS_INSPECTOR => {}
+            _ => {
+                return Err(p.err(format!(
+                    "unsupported listener filter {} (only {TLS_INSPECTOR} is supported)",
+                    f.name
+                )));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Which connections a filter chain takes (`filter_chain_match.transport_protocol`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Transport {
+    Any,
+    Tls,
+    RawBuffer,
+}
+
+struct Chain {
+    transport: Transport,
+    kind: ListenerKind,
+    tls: Option<DownstreamTls>,
+}
+
+fn filter_chain(chain: FilterChain, path: &Path) -> Result<Chain, ConfigError> {
+    check_fields(
+        &chain,
+        &[
+            "filter_chain_match",
+            "filters",
+            "name",
+            "transport_socket",
+            "transport_socket_connect_timeout",
+        ],
+        path,
+    )?;
+    let transport = match &chain.filter_chain_match {
+        None => Transport::Any,
+        Some(m) => {
+            let p = path.field("filter_chain_match");
+            check_fields(m, &["transport_protocol"], &p)?;
+            match m.transport_protocol.as_str() {
+                "" => Transport::Any,
+                "tls" => Transport::Tls,
+                "raw_buffer" => Transport::RawBuffer,
+                other => {
+                    return Err(p.field("transport_protocol").err(format!(
+                        "{other:?} is not supported (\"tls\" or \"raw_buffer\")"
+                    )));
+                }
+            }
+        }
+    };
+    let handshake_timeout = match &chain.transport_socket_connect_timeout {
+        Some(d) => {
+            let d = duration(d, &path.field("transport_socket_connect_timeout"))?;
+            if d.is_zero() {
+                DEFAULT_TLS_HANDSHAKE_TIMEOUT
+            } else {
+                d
+            }
+        }
+        None => DEFAULT_TLS_HANDSHAKE_TIMEOUT,
+    };
+    let tls = chain
+        .transport_socket
+        .as_ref()
+        .map(|t| downstream_socket(t, handshake_timeout, &path.field("transport_socket")))
+        .transpose()?;
+    if transport == Transport::Tls && tls.is_none() {
+        return Err(path.field("transport_socket").err(
+            "a filter chain matching transport_protocol \"tls\" needs a TLS transport_socket",
+        ));
+    }
+    if transport == Transport::RawBuffer && tls.is_some() {
+        return Err(path.field("transport_socket").err(
+            "a filter chain matching transport_protocol \"raw_buffer\" cannot terminate TLS",
+        ));
+    }
+    let [filter] = <[Filter; 1]>::try_from(chain.filters).map_err(|filters| {
+        path.field("filters").err(format!(
+            "exactly one network filter (http_connection_manager or tcp_proxy) is supported, got {}",
+            filters.len()
+        ))
+    })?;
+    let kind = network_filter(filter, &path.index("filters", 0))?;
+    Ok(Chain {
+        transport,
+        kind,
+        tls,
+    })
+}
+
+/// One filter chain, or permissive mode's two: the TLS one first, then the plaintext one.
+fn split_chains(chains: Vec<Chain>, path: &Path) -> Result<(Chain, Option<Chain>), ConfigError> {
+    let count = chains.len();
+    let mut chains = chains.into_iter();
+    match (chains.next(), chains.next(), chains.next()) {
+        (Some(only), None, None) => Ok((only, None)),
+        (Some(a), Some(b), None)
+            if a.transport == Transport::Any && b.transport == Transport::Any =>
+        {
+            Err(path.err("exactly one filter chain is supported, got 2"))
+        }
+        (Some(a), Some(b), None) => {
+            let (tls, plain) = if a.transport == Transport::Tls {
+                (a, b)
+            } else {
+                (b, a)
+            };
+            if tls.transport != Transport::Tls
+                || plain.transport == Transport::Tls
+                || plain.tls.is_some()
+            {
+                return Err(path.err(
+                    "two filter chains are supported only for TLS and plaintext on one port: \
+                     one with filter_chain_match.transport_protocol \"tls\" and a TLS \
+                     transport_socket, the other without a transport_socket",
+                ));
+            }
+            Ok((tls, Some(plain)))
+        }
+        _ => Err(path.err(format!(
+            "exactly one filter chain is supported (or two: TLS and plaintext), got {count}"
+        ))),
     }
 }
 
@@ -372,151 +464,6 @@ fn tcp(t: PbTcpProxy, path: &Path) -> Result<TcpProxy, ConfigError> {
         idle_timeout,
         max_connect_attempts,
     })
-}
-
-fn transport_socket(
-    t: &TransportSocket,
-    handshake_timeout: Duration,
-    path: &Path,
-) -> Result<DownstreamTls, ConfigError> {
-    check_fields(t, &["name", "typed_config"], path)?;
-    let Some(transport_socket::ConfigType::TypedConfig(any)) = &t.config_type else {
-        return Err(path.err(format!("transport socket {} has no typed_config", t.name)));
-    };
-    if any.type_url != type_url::DOWNSTREAM_TLS_CONTEXT {
-        return Err(path.err(format!(
-            "unsupported transport socket {} ({}); only envoy.transport_sockets.tls with a \
-             DownstreamTlsContext is supported",
-            t.name, any.type_url
-        )));
-    }
-    let p = path.field("typed_config");
-    let ctx = unpack::<DownstreamTlsContext>(any).map_err(|e| p.err(e.to_string()))?;
-    downstream_tls(ctx, handshake_timeout, &p)
-}
-
-fn downstream_tls(
-    ctx: DownstreamTlsContext,
-    handshake_timeout: Duration,
-    path: &Path,
-) -> Result<DownstreamTls, ConfigError> {
-    check_fields(
-        &ctx,
-        &["common_tls_context", "require_client_certificate"],
-        path,
-    )?;
-    let required = ctx.require_client_certificate.is_some_and(|b| b.value);
-    let p = path.field("common_tls_context");
-    let Some(common) = ctx.common_tls_context else {
-        return Err(p.err("a common_tls_context with tls_certificates is required"));
-    };
-    let CommonTls {
-        certificate,
-        alpn_protocols,
-        trusted_ca,
-    } = common_tls(common, &p)?;
-    let client_validation = match (trusted_ca, required) {
-        (Some(trusted_ca), required) => Some(ClientValidation {
-            trusted_ca,
-            required,
-        }),
-        (None, true) => {
-            return Err(path.field("require_client_certificate").err(
-                "client certificates cannot be verified without \
-                 common_tls_context.validation_context.trusted_ca",
-            ));
-        }
-        (None, false) => None,
-    };
-    Ok(DownstreamTls {
-        certificate_chain: certificate.0,
-        private_key: certificate.1,
-        alpn_protocols,
-        client_validation,
-        handshake_timeout,
-    })
-}
-
-struct CommonTls {
-    certificate: (DataSource, DataSource),
-    alpn_protocols: Vec<String>,
-    trusted_ca: Option<DataSource>,
-}
-
-fn common_tls(c: CommonTlsContext, path: &Path) -> Result<CommonTls, ConfigError> {
-    // SDS is the natural next step for a control plane, so say precisely why it is refused
-    // rather than only naming the field.
-    if !c.tls_certificate_sds_secret_configs.is_empty() {
-        return Err(path.field("tls_certificate_sds_secret_configs").err(
-            "SDS is not supported yet; give the certificate and key in tls_certificates \
-             (filename, inline_bytes or inline_string)",
-        ));
-    }
-    if let Some(common_tls_context::ValidationContextType::ValidationContextSdsSecretConfig(_)) =
-        &c.validation_context_type
-    {
-        return Err(path.field("validation_context_sds_secret_config").err(
-            "SDS is not supported yet; give the CA in validation_context.trusted_ca \
-             (filename, inline_bytes or inline_string)",
-        ));
-    }
-    check_fields(
-        &c,
-        &["tls_certificates", "alpn_protocols", "validation_context"],
-        path,
-    )?;
-    let [cert] = <[TlsCertificate; 1]>::try_from(c.tls_certificates).map_err(|certs| {
-        path.field("tls_certificates").err(format!(
-            "exactly one certificate is supported, got {}",
-            certs.len()
-        ))
-    })?;
-    let cp = path.index("tls_certificates", 0);
-    check_fields(&cert, &["certificate_chain", "private_key"], &cp)?;
-    let chain = required_source(cert.certificate_chain, &cp.field("certificate_chain"))?;
-    let key = required_source(cert.private_key, &cp.field("private_key"))?;
-    for (i, proto) in c.alpn_protocols.iter().enumerate() {
-        if proto.is_empty() || proto.len() > 255 {
-            return Err(path
-                .index("alpn_protocols", i)
-                .err("an ALPN protocol name is 1 to 255 bytes"));
-        }
-    }
-    let trusted_ca = match c.validation_context_type {
-        Some(common_tls_context::ValidationContextType::ValidationContext(v)) => {
-            let vp = path.field("validation_context");
-            check_fields(&v, &["trusted_ca"], &vp)?;
-            Some(required_source(v.trusted_ca, &vp.field("trusted_ca"))?)
-        }
-        Some(_) => {
-            return Err(path.err(
-                "only validation_context (with trusted_ca) is supported for client certificates",
-            ));
-        }
-        None => None,
-    };
-    Ok(CommonTls {
-        certificate: (chain, key),
-        alpn_protocols: c.alpn_protocols,
-        trusted_ca,
-    })
-}
-
-fn required_source(s: Option<PbDataSource>, path: &Path) -> Result<DataSource, ConfigError> {
-    let Some(s) = s else {
-        return Err(path.err("required (filename, inline_bytes or inline_string)"));
-    };
-    check_fields(&s, &["filename", "inline_bytes", "inline_string"], path)?;
-    match s.specifier {
-        Some(data_source::Specifier::Filename(f)) if !f.is_empty() => {
-            Ok(DataSource::File(PathBuf::from(f)))
-        }
-        Some(data_source::Specifier::InlineBytes(b)) if !b.is_empty() => Ok(DataSource::Inline(b)),
-        Some(data_source::Specifier::InlineString(s)) if !s.is_empty() => {
-            Ok(DataSource::Inline(s.into_bytes()))
-        }
-        _ => Err(path.err("empty; give filename, inline_bytes or inline_string")),
-    }
 }
 
 fn hcm(h: PbHcm, path: &Path) -> Result<HttpConnectionManager, ConfigError> {
@@ -719,13 +666,5 @@ fn http_filter(f: HttpFilter, path: &Path) -> Result<HttpFilterKind, ConfigError
             &p,
         )?)),
         other => Err(path.err(format!("unsupported HTTP filter {} ({other})", f.name))),
-    }
-}
-
-/// RDS and EDS must come over the same ADS stream: the only source this client has.
-pub(crate) fn ads_source(source: Option<&ConfigSource>, path: &Path) -> Result<(), ConfigError> {
-    match source.and_then(|s| s.config_source_specifier.as_ref()) {
-        Some(config_source::ConfigSourceSpecifier::Ads(_)) => Ok(()),
-        _ => Err(path.err("only the ADS config source is supported")),
     }
 }
