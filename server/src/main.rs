@@ -5,6 +5,7 @@
 //!   default), layered and validated.
 //! - `serve`: start-up (logging, store, admin token, listeners) and shutdown.
 //! - `admin`: the admin port (`/metrics`, `/healthz`, `/readyz`).
+//! - `tls`: TLS on the REST and xDS ports, the certificate re-read when its files change.
 //! - `bootstrap`: the `bootstrap` subcommand.
 
 mod admin;
@@ -12,6 +13,7 @@ mod bootstrap;
 mod node_configs;
 mod serve;
 mod settings;
+mod tls;
 
 use clap::{Parser, Subcommand};
 use std::process::ExitCode;

@@ -1,6 +1,7 @@
 //! Start-up: logging, store, admin token, listeners; shutdown on SIGINT or SIGTERM.
 
 use crate::settings::{LogFormat, Settings};
+use crate::tls;
 use anyhow::{Context, Result};
 use base64::Engine;
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder};
@@ -41,6 +42,49 @@ pub async fn migrate(s: Settings) -> Result<()> {
     open_store(&s).await?;
     tracing::info!("migrations applied");
     Ok(())
+}
+
+/// The key signing JWT proxy tokens: from `proxy_jwt_key_file`, else generated at first start
+/// into data_dir (mode 0600), as the admin token is.
+fn proxy_jwt_key(s: &Settings) -> Result<switchboard_store::jwt::ProxyJwtKey> {
+    use switchboard_store::jwt::ProxyJwtKey;
+    let (path, configured) = if s.proxy_jwt_key_file.as_os_str().is_empty() {
+        (s.data_dir.join("proxy-jwt-key"), false)
+    } else {
+        (s.proxy_jwt_key_file.clone(), true)
+    };
+    match std::fs::read(&path) {
+        Ok(bytes) => {
+            let text = String::from_utf8_lossy(&bytes);
+            return ProxyJwtKey::new(text.trim().as_bytes())
+                .with_context(|| format!("setting proxy_jwt_key_file: {}", path.display()));
+        }
+        Err(e) if configured || e.kind() != std::io::ErrorKind::NotFound => {
+            return Err(e).with_context(|| {
+                format!("setting proxy_jwt_key_file: cannot read {}", path.display())
+            });
+        }
+        Err(_) => {}
+    }
+    std::fs::create_dir_all(&s.data_dir)
+        .with_context(|| format!("cannot create data_dir {}", s.data_dir.display()))?;
+    let mut raw = [0u8; 32];
+    rand::rng().fill_bytes(&mut raw);
+    let key = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(raw);
+    write_private(&path, &key)?;
+    tracing::info!(path = %path.display(), "generated the key of JWT proxy tokens");
+    Ok(ProxyJwtKey::new(key.as_bytes())?)
+}
+
+/// Warns, once per port, when `addr` takes credentials in plaintext from beyond loopback.
+fn warn_if_exposed(setting: &str, addr: std::net::SocketAddr, tls: bool) {
+    if crate::tls::plaintext_is_exposed(addr, tls) {
+        tracing::warn!(
+            %addr,
+            "{setting} listens beyond loopback without TLS: tokens and API keys cross the \
+             network in plaintext; set tls_cert_file and tls_key_file"
+        );
+    }
 }
 
 /// The configured admin token, or the one generated at first start (printed once).
@@ -115,6 +159,11 @@ pub async fn run(s: Settings) -> Result<()> {
         .context("cannot install the metrics recorder")?;
     let store = open_store(&s).await?;
     let admin = admin_token(&s)?;
+    store.set_proxy_jwt_key(proxy_jwt_key(&s)?);
+    let cert = match s.tls() {
+        Some(files) => Some(crate::tls::ReloadingCert::load(files).context("cannot serve TLS")?),
+        None => None,
+    };
     let rest = TcpListener::bind(s.rest_addr)
         .await
         .with_context(|| format!("cannot listen on rest_addr {}", s.rest_addr))?;
@@ -126,8 +175,15 @@ pub async fn run(s: Settings) -> Result<()> {
         .with_context(|| format!("cannot listen on admin_addr {}", s.admin_addr))?;
     tracing::info!(
         rest = %rest.local_addr()?, xds = %xds.local_addr()?, admin = %admin_listener.local_addr()?,
-        backend = ?store.backend(), "switchboard serving"
+        backend = ?store.backend(), tls = cert.is_some(), "switchboard serving"
     );
+    warn_if_exposed("rest_addr", rest.local_addr()?, cert.is_some());
+    warn_if_exposed("xds_addr", xds.local_addr()?, cert.is_some());
+    let _reload = cert.as_ref().map(|c| {
+        tokio_util::task::AbortOnDropHandle::new(tokio::spawn(
+            c.clone().watch(crate::tls::POLL_INTERVAL),
+        ))
+    });
     let xds_running = switchboard_xds_server::XdsServer::start(
         store.clone(),
         switchboard_xds_server::XdsConfig {
@@ -144,17 +200,35 @@ pub async fn run(s: Settings) -> Result<()> {
         node_configs: std::sync::Arc::new(crate::node_configs::XdsNodeConfigs(xds_server.clone())),
     });
     let admin_app = crate::admin::router(store.clone(), prometheus);
-    let rest_task = axum::serve(rest, app).with_graceful_shutdown(shutdown_signal());
     let admin_task =
         axum::serve(admin_listener, admin_app).with_graceful_shutdown(shutdown_signal());
+    let rest_task = async {
+        match &cert {
+            Some(cert) => tls::serve_rest(rest, cert.clone(), app, shutdown_signal())
+                .await
+                .context("REST server failed"),
+            None => axum::serve(rest, app)
+                .with_graceful_shutdown(shutdown_signal())
+                .await
+                .context("REST server failed"),
+        }
+    };
     // Stops registering sidecars at the signal (a stopping replica deregisters nothing), then
     // drains the port and ends the xDS server's tasks.
-    let xds_task = xds_running.serve(xds, shutdown_signal());
-    tokio::try_join!(
-        async { rest_task.await.context("REST server failed") },
-        async { xds_task.await.context("xDS server failed") },
-        async { admin_task.await.context("admin server failed") },
-    )?;
+    let xds_task = async {
+        match &cert {
+            Some(cert) => tls::serve_xds(xds, cert.clone(), xds_running, shutdown_signal())
+                .await
+                .context("xDS server failed"),
+            None => xds_running
+                .serve(xds, shutdown_signal())
+                .await
+                .context("xDS server failed"),
+        }
+    };
+    tokio::try_join!(rest_task, xds_task, async {
+        admin_task.await.context("admin server failed")
+    })?;
     tracing::info!("switchboard stopped");
     Ok(())
 }
