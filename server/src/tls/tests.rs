@@ -55,7 +55,8 @@ impl Pki {
 
     fn leaf(&self) -> Leaf {
         let key = KeyPair::generate().unwrap();
-        let mut params = CertificateParams::new(vec!["localhost".to_owned()]).unwrap();
+        let names = vec!["localhost".to_owned(), "127.0.0.1".to_owned()];
+        let mut params = CertificateParams::new(names).unwrap();
         params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
         let cert = params.signed_by(&key, &self.ca).unwrap();
         Leaf {
@@ -312,6 +313,66 @@ async fn xds_over_tls_with_a_tonic_client() {
         .connect()
         .await;
     assert!(refused.is_err());
+}
+
+/// Tenant `acme` with mesh `prod` holding service `pay`; returns a proxy token of it.
+async fn acme(store: &Store) -> String {
+    store
+        .create_tenant("acme", &json!({}), false)
+        .await
+        .unwrap();
+    let opts = switchboard_store::WriteOptions::default();
+    for (kind, mesh, name, spec) in [
+        (switchboard_model::Kind::Mesh, "", "prod", json!({})),
+        (
+            switchboard_model::Kind::Service,
+            "prod",
+            "pay",
+            json!({"port": 8080}),
+        ),
+    ] {
+        let spec = switchboard_model::Spec::parse(kind, spec).unwrap();
+        store
+            .put_spec("acme", mesh, name, &spec, &opts)
+            .await
+            .unwrap();
+    }
+    secret(store, "acme", CredentialKind::ProxyToken, None)
+        .await
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_proxy_xds_client_connects_over_tls() {
+    use switchboard_proxy_xds::{Bootstrap, ClientOptions, ConfigStore, XdsClient};
+    let pki = Pki::new();
+    let files = Files::new(&pki.leaf());
+    let ports = start(ReloadingCert::load(files.files.clone()).unwrap()).await;
+    let token = acme(&ports.store).await;
+    let dir = tempfile::tempdir().unwrap();
+    let (token_file, ca_file) = (dir.path().join("token"), dir.path().join("ca.pem"));
+    std::fs::write(&token_file, &token).unwrap();
+    std::fs::write(&ca_file, pki.ca_pem()).unwrap();
+    let bootstrap = Bootstrap {
+        xds_address: format!("https://{}", ports.xds),
+        node_id: "tenants/acme/meshes/prod/nodes/pay-1".to_owned(),
+        metadata: [
+            ("role", "sidecar"),
+            ("service", "pay"),
+            ("app_port", "8080"),
+        ]
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .into(),
+        token_file: Some(token_file),
+        xds_ca_file: Some(ca_file),
+    };
+    bootstrap.check_tls().unwrap();
+    let config = ConfigStore::new();
+    let mut client = XdsClient::new(bootstrap, &config, ClientOptions::default()).spawn();
+    tokio::time::timeout(Duration::from_secs(60), client.ready())
+        .await
+        .expect("the proxy's xDS client got its configuration over TLS");
+    assert!(config.snapshot().clusters.contains_key("pay"));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
