@@ -162,6 +162,39 @@ mod tests {
     }
 
     #[test]
+    fn tls_to_the_control_plane_needs_https_and_a_ca() {
+        let with = |extra: &[&str]| {
+            let mut argv = vec!["switchboard-proxy", "--node-id", "n"];
+            argv.extend_from_slice(extra);
+            Args::parse_from(argv).bootstrap()
+        };
+        let b = with(&[
+            "--xds-address",
+            "https://cp:18000",
+            "--xds-ca-file",
+            "/ca.pem",
+        ])
+        .unwrap();
+        assert_eq!(
+            b.xds_ca_file.as_deref(),
+            Some(std::path::Path::new("/ca.pem"))
+        );
+        let e = with(&["--xds-address", "https://cp:18000"])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("xds_ca_file"), "{e}");
+        let e = with(&[
+            "--xds-address",
+            "http://cp:18000",
+            "--xds-ca-file",
+            "/ca.pem",
+        ])
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("https://"), "{e}");
+    }
+
+    #[test]
     fn missing_fields_are_named() {
         let args = Args::parse_from(["switchboard-proxy", "--node-id", "n"]);
         let e = args.bootstrap().unwrap_err().to_string();
