@@ -104,6 +104,7 @@ const MAX_JWT_LIFETIME: std::time::Duration = std::time::Duration::from_secs(365
 fn jwt_lifetime(
     req: &NewCredentialRequest,
     kind: CredentialKind,
+    store_has_no_key: bool,
 ) -> Result<Option<std::time::Duration>, ApiError> {
     if req.format == TokenFormat::Opaque {
         return match req.expires_in {
@@ -118,6 +119,13 @@ fn jwt_lifetime(
         return Err(ApiError::field(
             "format",
             "API keys are opaque; only proxy tokens may be JWTs",
+        ));
+    }
+    if store_has_no_key {
+        return Err(ApiError::field(
+            "format",
+            "JWT proxy tokens are off: the control plane has no proxy_jwt_key_file (required \
+             with PostgreSQL, where every replica must verify them)",
         ));
     }
     let Some(text) = &req.expires_in else {
@@ -208,7 +216,7 @@ async fn create(
             ));
         }
     }
-    let lifetime = jwt_lifetime(&req, kind)?;
+    let lifetime = jwt_lifetime(&req, kind, s.store.proxy_jwt_key().is_none())?;
     let (created, expire) = match lifetime {
         None => (
             s.store

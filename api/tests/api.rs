@@ -533,9 +533,25 @@ both_backends!(tenant_isolation_, tenant_isolation);
 
 async fn jwt_proxy_tokens(b: Backend) {
     let Some(api) = Api::new(b).await else { return };
+    let key = api.tenant("acme").await;
+    // Without a signing key, JWTs are off, and the answer says why.
+    let off = api
+        .json(
+            Method::POST,
+            "/v1/tenants/acme/proxy-tokens",
+            &key,
+            json!({"format": "jwt"}),
+        )
+        .await;
+    assert_eq!(off.status, StatusCode::UNPROCESSABLE_ENTITY, "{}", off.body);
+    assert_eq!(off.body["errors"][0]["field"], "format");
+    assert!(
+        off.body.to_string().contains("proxy_jwt_key_file"),
+        "{}",
+        off.body
+    );
     api.store
         .set_proxy_jwt_key(switchboard_store::jwt::ProxyJwtKey::new(&[3; 32]).unwrap());
-    let key = api.tenant("acme").await;
     let created = api
         .json(
             Method::POST,

@@ -9,6 +9,7 @@ use rand::RngCore;
 use std::path::Path;
 use switchboard_api::{AdminToken, AppState};
 use switchboard_store::Store;
+use switchboard_store::jwt::ProxyJwtKey;
 use tokio::net::TcpListener;
 
 fn init_logging(s: &Settings) {
@@ -44,27 +45,31 @@ pub async fn migrate(s: Settings) -> Result<()> {
     Ok(())
 }
 
-/// The key signing JWT proxy tokens: from `proxy_jwt_key_file`, else generated at first start
-/// into data_dir (mode 0600), as the admin token is.
-fn proxy_jwt_key(s: &Settings) -> Result<switchboard_store::jwt::ProxyJwtKey> {
-    use switchboard_store::jwt::ProxyJwtKey;
-    let (path, configured) = if s.proxy_jwt_key_file.as_os_str().is_empty() {
-        (s.data_dir.join("proxy-jwt-key"), false)
-    } else {
-        (s.proxy_jwt_key_file.clone(), true)
+/// The key signing JWT proxy tokens: from `proxy_jwt_key_file`; else, on the embedded
+/// database (one replica), generated at first start into data_dir (mode 0600) as the admin
+/// token is. With PostgreSQL and no file there is none (JWT proxy tokens are off): a key
+/// generated per replica would make one replica's JWTs fail on the others.
+fn proxy_jwt_key(s: &Settings) -> Result<Option<ProxyJwtKey>> {
+    let read = |path: &Path| -> Result<ProxyJwtKey> {
+        let bytes = std::fs::read(path).with_context(|| {
+            format!("setting proxy_jwt_key_file: cannot read {}", path.display())
+        })?;
+        let text = String::from_utf8_lossy(&bytes);
+        ProxyJwtKey::new(text.trim().as_bytes())
+            .with_context(|| format!("setting proxy_jwt_key_file: {}", path.display()))
     };
-    match std::fs::read(&path) {
-        Ok(bytes) => {
-            let text = String::from_utf8_lossy(&bytes);
-            return ProxyJwtKey::new(text.trim().as_bytes())
-                .with_context(|| format!("setting proxy_jwt_key_file: {}", path.display()));
-        }
-        Err(e) if configured || e.kind() != std::io::ErrorKind::NotFound => {
-            return Err(e).with_context(|| {
-                format!("setting proxy_jwt_key_file: cannot read {}", path.display())
-            });
-        }
-        Err(_) => {}
+    if !s.proxy_jwt_key_file.as_os_str().is_empty() {
+        return read(&s.proxy_jwt_key_file).map(Some);
+    }
+    if !s.database_url.is_empty() {
+        tracing::info!(
+            "JWT proxy tokens are off: set proxy_jwt_key_file (the same file on every replica)"
+        );
+        return Ok(None);
+    }
+    let path = s.data_dir.join("proxy-jwt-key");
+    if path.exists() {
+        return read(&path).map(Some);
     }
     std::fs::create_dir_all(&s.data_dir)
         .with_context(|| format!("cannot create data_dir {}", s.data_dir.display()))?;
@@ -73,7 +78,7 @@ fn proxy_jwt_key(s: &Settings) -> Result<switchboard_store::jwt::ProxyJwtKey> {
     let key = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(raw);
     write_private(&path, &key)?;
     tracing::info!(path = %path.display(), "generated the key of JWT proxy tokens");
-    Ok(ProxyJwtKey::new(key.as_bytes())?)
+    Ok(Some(ProxyJwtKey::new(key.as_bytes())?))
 }
 
 /// Warns, once per port, when `addr` takes credentials in plaintext from beyond loopback.
@@ -159,7 +164,9 @@ pub async fn run(s: Settings) -> Result<()> {
         .context("cannot install the metrics recorder")?;
     let store = open_store(&s).await?;
     let admin = admin_token(&s)?;
-    store.set_proxy_jwt_key(proxy_jwt_key(&s)?);
+    if let Some(key) = proxy_jwt_key(&s)? {
+        store.set_proxy_jwt_key(key);
+    }
     let cert = match s.tls() {
         Some(files) => Some(crate::tls::ReloadingCert::load(files).context("cannot serve TLS")?),
         None => None,
@@ -231,4 +238,59 @@ pub async fn run(s: Settings) -> Result<()> {
     })?;
     tracing::info!("switchboard stopped");
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::settings::ServeArgs;
+
+    fn settings(pairs: &[(&str, &str)]) -> Settings {
+        let env = pairs.iter().map(|(k, v)| (k.to_string(), v.to_string()));
+        Settings::load(&ServeArgs::default(), env).unwrap()
+    }
+
+    #[test]
+    fn the_proxy_jwt_key_is_generated_once_on_sqlite_and_configured_on_postgres() {
+        use switchboard_store::jwt::{ISSUER, ProxyClaims};
+        let dir = tempfile::tempdir().unwrap();
+        let data = dir.path().join("data");
+        let sqlite = settings(&[("SWITCHBOARD_DATA_DIR", data.to_str().unwrap())]);
+        let first = proxy_jwt_key(&sqlite).unwrap().unwrap();
+        let again = proxy_jwt_key(&sqlite).unwrap().unwrap();
+        let claims = ProxyClaims {
+            iss: ISSUER.into(),
+            sub: "id".into(),
+            iat: 0,
+            exp: i64::MAX / 2,
+            tenant: "acme".into(),
+            mesh: None,
+        };
+        // A restart reads the same key: the JWTs it issued still verify.
+        assert!(again.verify(&first.sign(&claims).unwrap()).is_ok());
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::metadata(data.join("proxy-jwt-key"))
+                .unwrap()
+                .permissions();
+            assert_eq!(mode.mode() & 0o777, 0o600);
+        }
+        // PostgreSQL: none unless configured (every replica must hold the same key).
+        let pg = [("SWITCHBOARD_DATABASE_URL", "postgres://u@h/db")];
+        assert!(proxy_jwt_key(&settings(&pg)).unwrap().is_none());
+        let file = dir.path().join("jwt.key");
+        std::fs::write(&file, "too short\n").unwrap();
+        let configured = [
+            pg[0],
+            ("SWITCHBOARD_PROXY_JWT_KEY_FILE", file.to_str().unwrap()),
+        ];
+        let e = format!("{:#}", proxy_jwt_key(&settings(&configured)).unwrap_err());
+        assert!(
+            e.contains("proxy_jwt_key_file") && e.contains("32 bytes"),
+            "{e}"
+        );
+        std::fs::write(&file, "k".repeat(40)).unwrap();
+        assert!(proxy_jwt_key(&settings(&configured)).unwrap().is_some());
+    }
 }

@@ -74,7 +74,7 @@ settings! {
     tls_key_file: PathBuf = "", "FILE",
         "PEM private key of tls_cert_file (PKCS#8, PKCS#1 or SEC1), re-read with it";
     proxy_jwt_key_file: PathBuf = "", "FILE",
-        "HS256 key signing JWT proxy tokens (32+ bytes); empty: generated at first start into data_dir/proxy-jwt-key (mode 0600). Replicas must share it";
+        "HS256 key signing JWT proxy tokens (32+ bytes), the same file on every replica; empty: generated into data_dir/proxy-jwt-key on the embedded database, JWT proxy tokens off with PostgreSQL";
     log_format: LogFormat = "text", "FORMAT", "Log format: text or json";
     log_level: String = "info", "FILTER", "Log filter, e.g. info or switchboard=debug,sqlx=warn";
     #[serde(deserialize_with = "duration")]
