@@ -168,7 +168,7 @@ pub async fn run(s: Settings) -> Result<()> {
         store.set_proxy_jwt_key(key);
     }
     let cert = match s.tls() {
-        Some(files) => Some(crate::tls::ReloadingCert::load(files).context("cannot serve TLS")?),
+        Some(files) => Some(tls::ReloadingCert::load(files).context("cannot serve TLS")?),
         None => None,
     };
     let rest = TcpListener::bind(s.rest_addr)
@@ -187,9 +187,7 @@ pub async fn run(s: Settings) -> Result<()> {
     warn_if_exposed("rest_addr", rest.local_addr()?, cert.is_some());
     warn_if_exposed("xds_addr", xds.local_addr()?, cert.is_some());
     let _reload = cert.as_ref().map(|c| {
-        tokio_util::task::AbortOnDropHandle::new(tokio::spawn(
-            c.clone().watch(crate::tls::POLL_INTERVAL),
-        ))
+        tokio_util::task::AbortOnDropHandle::new(tokio::spawn(c.clone().watch(tls::POLL_INTERVAL)))
     });
     let xds_running = switchboard_xds_server::XdsServer::start(
         store.clone(),
