@@ -1,4 +1,6 @@
 //! API keys and proxy tokens of a tenant. The secret appears once, in the creation response.
+//! A proxy token is opaque (`sbp_…`) or, with `format: jwt`, a signed JWT with an expiry for
+//! gRPC's `jwt_token_file` call credentials (gRFC A97).
 
 use crate::auth::Caller;
 use crate::openapi::{Route, op, param, tenant_param};
@@ -76,6 +78,69 @@ pub struct NewCredentialRequest {
     /// Proxy tokens only: limit the token to one mesh.
     #[serde(default)]
     pub mesh: Option<String>,
+    /// Proxy tokens only: `opaque` (default, never expires) or `jwt` (a signed JWT with
+    /// `exp`, for gRPC's `jwt_token_file` call credentials).
+    #[serde(default)]
+    pub format: TokenFormat,
+    /// JWT proxy tokens only: how long the JWT is valid, e.g. `24h` (default 24h, 1m to 8760h).
+    #[serde(default)]
+    pub expires_in: Option<String>,
+}
+
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum TokenFormat {
+    #[default]
+    Opaque,
+    Jwt,
+}
+
+/// The lifetime of a JWT proxy token when the request names none.
+const DEFAULT_JWT_LIFETIME: std::time::Duration = std::time::Duration::from_secs(24 * 3600);
+const MIN_JWT_LIFETIME: std::time::Duration = std::time::Duration::from_secs(60);
+const MAX_JWT_LIFETIME: std::time::Duration = std::time::Duration::from_secs(365 * 24 * 3600);
+
+/// The JWT lifetime `req` asks for, if it asks for a JWT.
+fn jwt_lifetime(
+    req: &NewCredentialRequest,
+    kind: CredentialKind,
+    store_has_no_key: bool,
+) -> Result<Option<std::time::Duration>, ApiError> {
+    if req.format == TokenFormat::Opaque {
+        return match req.expires_in {
+            Some(_) => Err(ApiError::field(
+                "expiresIn",
+                "only JWT proxy tokens expire: add \"format\": \"jwt\"",
+            )),
+            None => Ok(None),
+        };
+    }
+    if kind == CredentialKind::ApiKey {
+        return Err(ApiError::field(
+            "format",
+            "API keys are opaque; only proxy tokens may be JWTs",
+        ));
+    }
+    if store_has_no_key {
+        return Err(ApiError::field(
+            "format",
+            "JWT proxy tokens are off: the control plane has no proxy_jwt_key_file (required \
+             with PostgreSQL, where every replica must verify them)",
+        ));
+    }
+    let Some(text) = &req.expires_in else {
+        return Ok(Some(DEFAULT_JWT_LIFETIME));
+    };
+    let lifetime = switchboard_model::duration::parse(text)
+        .map_err(|e| ApiError::field("expiresIn", e))?
+        .as_std();
+    if !(MIN_JWT_LIFETIME..=MAX_JWT_LIFETIME).contains(&lifetime) {
+        return Err(ApiError::field(
+            "expiresIn",
+            "a JWT proxy token lives from 1m to 8760h (a year)",
+        ));
+    }
+    Ok(Some(lifetime))
 }
 
 #[derive(Serialize, utoipa::ToSchema)]
@@ -89,6 +154,9 @@ pub struct CredentialView {
     /// Present only in the response that created it.
     #[serde(skip_serializing_if = "Option::is_none")]
     secret: Option<String>,
+    /// JWT proxy tokens, in the response that created them: when the JWT expires.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    expire_time: Option<String>,
 }
 
 impl CredentialView {
@@ -99,6 +167,7 @@ impl CredentialView {
             description: c.description.clone(),
             create_time: rfc3339(c.create_time),
             secret,
+            expire_time: None,
         }
     }
 }
@@ -147,19 +216,26 @@ async fn create(
             ));
         }
     }
-    let created = s
-        .store
-        .create_credential(&tenant, kind, req.mesh.as_deref(), &req.description)
-        .await?;
-    tracing::info!(tenant = %tenant, id = %created.credential.id, kind = ?kind, "credential created");
-    Ok((
-        StatusCode::CREATED,
-        axum::Json(CredentialView::new(
-            &created.credential,
-            Some(created.secret),
-        )),
-    )
-        .into_response())
+    let lifetime = jwt_lifetime(&req, kind, s.store.proxy_jwt_key().is_none())?;
+    let (created, expire) = match lifetime {
+        None => (
+            s.store
+                .create_credential(&tenant, kind, req.mesh.as_deref(), &req.description)
+                .await?,
+            None,
+        ),
+        Some(lifetime) => {
+            let (created, exp) = s
+                .store
+                .create_proxy_jwt(&tenant, req.mesh.as_deref(), &req.description, lifetime)
+                .await?;
+            (created, Some(exp))
+        }
+    };
+    tracing::info!(tenant = %tenant, id = %created.credential.id, kind = ?kind, jwt = expire.is_some(), "credential created");
+    let mut view = CredentialView::new(&created.credential, Some(created.secret));
+    view.expire_time = expire.map(|exp| rfc3339(exp.saturating_mul(1000)));
+    Ok((StatusCode::CREATED, axum::Json(view)).into_response())
 }
 
 async fn list(

@@ -532,6 +532,84 @@ async fn tenant_isolation(b: Backend) {
 }
 both_backends!(tenant_isolation_, tenant_isolation);
 
+async fn jwt_proxy_tokens(b: Backend) {
+    let Some(api) = Api::new(b).await else { return };
+    let key = api.tenant("acme").await;
+    // Without a signing key, JWTs are off, and the answer says why.
+    let off = api
+        .json(
+            Method::POST,
+            "/v1/tenants/acme/proxy-tokens",
+            &key,
+            json!({"format": "jwt"}),
+        )
+        .await;
+    assert_eq!(off.status, StatusCode::UNPROCESSABLE_ENTITY, "{}", off.body);
+    assert_eq!(off.body["errors"][0]["field"], "format");
+    assert!(
+        off.body.to_string().contains("proxy_jwt_key_file"),
+        "{}",
+        off.body
+    );
+    api.store
+        .set_proxy_jwt_key(switchboard_store::jwt::ProxyJwtKey::new(&[3; 32]).unwrap());
+    let created = api
+        .json(
+            Method::POST,
+            "/v1/tenants/acme/proxy-tokens",
+            &key,
+            json!({"mesh": "prod", "format": "jwt", "expiresIn": "2h"}),
+        )
+        .await;
+    assert_eq!(created.status, StatusCode::CREATED, "{}", created.body);
+    let jwt = created.body["secret"].as_str().unwrap();
+    let claims = api.store.proxy_jwt_key().unwrap().verify(jwt).unwrap();
+    assert_eq!(claims.sub, created.body["id"].as_str().unwrap());
+    assert_eq!(claims.exp - claims.iat, 7200);
+    assert_eq!(
+        (claims.tenant.as_str(), claims.mesh.as_deref()),
+        ("acme", Some("prod"))
+    );
+    assert!(created.body["expireTime"].is_string(), "{}", created.body);
+    // Listed like any proxy token, without the secret; revoked by id.
+    let list = api.get("/v1/tenants/acme/proxy-tokens", &key).await;
+    assert_eq!(list.body["items"][0]["id"], created.body["id"]);
+    assert!(list.body["items"][0].get("secret").is_none());
+    let cases = [
+        ("api-keys", json!({"format": "jwt"}), "format"),
+        ("proxy-tokens", json!({"expiresIn": "1h"}), "expiresIn"),
+        (
+            "proxy-tokens",
+            json!({"format": "jwt", "expiresIn": "10s"}),
+            "expiresIn",
+        ),
+        (
+            "proxy-tokens",
+            json!({"format": "jwt", "expiresIn": "soon"}),
+            "expiresIn",
+        ),
+        ("proxy-tokens", json!({"format": "pem"}), "format"),
+    ];
+    for (coll, body, field) in cases {
+        let r = api
+            .json(
+                Method::POST,
+                &format!("/v1/tenants/acme/{coll}"),
+                &key,
+                body.clone(),
+            )
+            .await;
+        assert_eq!(
+            r.status,
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "{body}: {}",
+            r.body
+        );
+        assert_eq!(r.body["errors"][0]["field"], field, "{body}: {}", r.body);
+    }
+}
+both_backends!(jwt_proxy_tokens_, jwt_proxy_tokens);
+
 async fn bad_input(b: Backend) {
     let Some(api) = Api::new(b).await else { return };
     let key = api.tenant("acme").await;

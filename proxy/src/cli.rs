@@ -18,7 +18,7 @@ use switchboard_proxy_xds::Bootstrap;
         writable file system."
 )]
 pub struct Args {
-    /// Bootstrap file (YAML or JSON): xds_address, node_id, metadata, token_file.
+    /// Bootstrap file (YAML or JSON): xds_address, node_id, metadata, token_file, xds_ca_file.
     #[arg(long, env = "SWITCHBOARD_PROXY_BOOTSTRAP")]
     pub bootstrap: Option<PathBuf>,
     /// The control plane's xDS address, e.g. http://127.0.0.1:18000.
@@ -34,6 +34,10 @@ pub struct Args {
     /// A file holding the proxy token (read on every connect, so it can be rotated).
     #[arg(long)]
     pub token_file: Option<PathBuf>,
+    /// PEM CA certificates that verify the control plane's TLS certificate (with an
+    /// https:// xDS address); read on every connect.
+    #[arg(long)]
+    pub xds_ca_file: Option<PathBuf>,
     /// Where the admin port listens (/ready, /stats, /config_dump, /clusters).
     #[arg(long, default_value = "127.0.0.1:15000")]
     pub admin_address: SocketAddr,
@@ -82,6 +86,8 @@ pub enum CliError {
          (`switchboard bootstrap proxy …` prints one)"
     )]
     Missing(&'static str, &'static str),
+    #[error("{0}")]
+    Tls(&'static str),
 }
 
 impl Args {
@@ -109,13 +115,20 @@ impl Args {
         let token_file = self
             .token_file
             .clone()
-            .or_else(|| file.and_then(|b| b.token_file));
-        Ok(Bootstrap {
+            .or_else(|| file.as_ref().and_then(|b| b.token_file.clone()));
+        let xds_ca_file = self
+            .xds_ca_file
+            .clone()
+            .or_else(|| file.and_then(|b| b.xds_ca_file));
+        let bootstrap = Bootstrap {
             xds_address,
             node_id,
             metadata,
             token_file,
-        })
+            xds_ca_file,
+        };
+        bootstrap.check_tls().map_err(CliError::Tls)?;
+        Ok(bootstrap)
     }
 }
 
@@ -146,6 +159,39 @@ mod tests {
         assert_eq!(b.node_id, "n");
         assert_eq!(b.metadata["role"], "sidecar");
         assert_eq!(b.metadata["service"], "y");
+    }
+
+    #[test]
+    fn tls_to_the_control_plane_needs_https_and_a_ca() {
+        let with = |extra: &[&str]| {
+            let mut argv = vec!["switchboard-proxy", "--node-id", "n"];
+            argv.extend_from_slice(extra);
+            Args::parse_from(argv).bootstrap()
+        };
+        let b = with(&[
+            "--xds-address",
+            "https://cp:18000",
+            "--xds-ca-file",
+            "/ca.pem",
+        ])
+        .unwrap();
+        assert_eq!(
+            b.xds_ca_file.as_deref(),
+            Some(std::path::Path::new("/ca.pem"))
+        );
+        let e = with(&["--xds-address", "https://cp:18000"])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("xds_ca_file"), "{e}");
+        let e = with(&[
+            "--xds-address",
+            "http://cp:18000",
+            "--xds-ca-file",
+            "/ca.pem",
+        ])
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("https://"), "{e}");
     }
 
     #[test]

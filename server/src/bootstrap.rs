@@ -5,6 +5,11 @@
 //! - `bootstrap proxy`: YAML for `switchboard-proxy --bootstrap` (sidecar or gateway).
 //! - `bootstrap grpc`: JSON for proxyless gRPC clients (`GRPC_XDS_BOOTSTRAP`), with
 //!   `node.locality`, which grpc-js-xds requires.
+//!
+//! With `--xds-ca-file` either connects to a control plane serving TLS (`tls_cert_file`):
+//! the proxy verifies the xDS server against that CA; a gRPC client gets gRFC A65's `tls`
+//! channel credentials and, with `--jwt-token-file`, gRFC A97's `jwt_token_file` call
+//! credentials (a JWT proxy token: `POST …/proxy-tokens {"format": "jwt"}`).
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -66,12 +71,16 @@ pub struct ProxyArgs {
     /// Gateway: the gateway resource this proxy serves.
     #[arg(long)]
     pub gateway: Option<String>,
-    /// The control plane's xDS address as the proxy reaches it.
+    /// The control plane's xDS address as the proxy reaches it (https://… with TLS).
     #[arg(long, default_value = "http://127.0.0.1:18000")]
     pub xds_address: String,
     /// Where the proxy will find its token (POST /v1/tenants/{t}/proxy-tokens).
     #[arg(long, default_value = "/var/run/switchboard/proxy-token")]
     pub token_file: PathBuf,
+    /// PEM CA certificates of the control plane's TLS certificate, as the proxy will read
+    /// them; needs an https:// --xds-address.
+    #[arg(long)]
+    pub xds_ca_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]
@@ -81,6 +90,15 @@ pub struct GrpcArgs {
     /// The control plane's xDS address as host:port.
     #[arg(long, default_value = "127.0.0.1:18000")]
     pub xds_address: String,
+    /// Connect over TLS, verifying the control plane against these PEM CA certificates
+    /// (gRFC A65 `tls` channel credentials).
+    #[arg(long)]
+    pub xds_ca_file: Option<PathBuf>,
+    /// A file holding a JWT proxy token, sent as `authorization: Bearer` and re-read as its
+    /// `exp` nears (gRFC A97 `jwt_token_file` call credentials; needs --xds-ca-file, and
+    /// GRPC_EXPERIMENTAL_XDS_BOOTSTRAP_CALL_CREDS=true in the client's environment).
+    #[arg(long)]
+    pub jwt_token_file: Option<PathBuf>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -94,6 +112,8 @@ pub enum BootstrapError {
     },
     #[error("cannot render the bootstrap: {0}")]
     Render(String),
+    #[error("{0}")]
+    Tls(&'static str),
 }
 
 /// The bootstrap text for `cmd`, or why the node would be refused.
@@ -166,9 +186,11 @@ fn proxy(a: &ProxyArgs) -> Result<String, BootstrapError> {
         node_id: id,
         metadata,
         token_file: Some(a.token_file.clone()),
+        xds_ca_file: a.xds_ca_file.clone(),
     };
     // The xDS server's own check: a missing service or clashing ports fail here, not at connect.
     node_role(&bootstrap.node())?;
+    bootstrap.check_tls().map_err(BootstrapError::Tls)?;
     let yaml =
         serde_yaml_ng::to_string(&bootstrap).map_err(|e| BootstrapError::Render(e.to_string()))?;
     Ok(format!(
@@ -182,12 +204,26 @@ fn proxy(a: &ProxyArgs) -> Result<String, BootstrapError> {
 
 fn grpc(a: &GrpcArgs) -> Result<String, BootstrapError> {
     let id = node_id(&a.node)?;
+    let channel_creds = match &a.xds_ca_file {
+        Some(ca) => json!([{"type": "tls", "config": {"ca_certificate_file": ca}}]),
+        None => json!([{"type": "insecure"}]),
+    };
+    let mut server = json!({
+        "server_uri": a.xds_address,
+        "channel_creds": channel_creds,
+        "server_features": ["xds_v3"],
+    });
+    if let Some(jwt) = &a.jwt_token_file {
+        if a.xds_ca_file.is_none() {
+            return Err(BootstrapError::Tls(
+                "--jwt-token-file needs --xds-ca-file: gRPC sends call credentials only over TLS",
+            ));
+        }
+        server["call_creds"] =
+            json!([{"type": "jwt_token_file", "config": {"jwt_token_file": jwt}}]);
+    }
     let body = json!({
-        "xds_servers": [{
-            "server_uri": a.xds_address,
-            "channel_creds": [{"type": "insecure"}],
-            "server_features": ["xds_v3"],
-        }],
+        "xds_servers": [server],
         "node": {
             "id": id,
             "locality": {"region": a.node.region, "zone": a.node.zone},
@@ -284,5 +320,72 @@ mod tests {
         let v: serde_json::Value = serde_json::from_str(&text).unwrap();
         assert_eq!(v["node"]["locality"]["zone"], "z1");
         assert_eq!(v["xds_servers"][0]["server_uri"], "127.0.0.1:18000");
+        assert_eq!(v["xds_servers"][0]["channel_creds"][0]["type"], "insecure");
+        assert!(v["xds_servers"][0].get("call_creds").is_none());
+    }
+
+    #[test]
+    fn grpc_bootstrap_over_tls_with_a_jwt() {
+        const NODE: [&str; 7] = ["grpc", "--tenant", "acme", "--mesh", "prod", "--node", "c"];
+        let mut args = NODE.to_vec();
+        args.extend([
+            "--xds-ca-file",
+            "/etc/sb/ca.pem",
+            "--jwt-token-file",
+            "/run/jwt",
+        ]);
+        let v: serde_json::Value = serde_json::from_str(&run(&args).unwrap()).unwrap();
+        let server = &v["xds_servers"][0];
+        assert_eq!(
+            server["channel_creds"],
+            json!([{"type": "tls", "config": {"ca_certificate_file": "/etc/sb/ca.pem"}}])
+        );
+        assert_eq!(
+            server["call_creds"],
+            json!([{"type": "jwt_token_file", "config": {"jwt_token_file": "/run/jwt"}}])
+        );
+        let mut plaintext = NODE.to_vec();
+        plaintext.extend(["--jwt-token-file", "/run/jwt"]);
+        let e = run(&plaintext).unwrap_err().to_string();
+        assert!(e.contains("--xds-ca-file"), "{e}");
+    }
+
+    #[test]
+    fn proxy_bootstrap_over_tls() {
+        let gateway = ["proxy", "--tenant", "acme", "--mesh", "prod", "--node", "g"];
+        let mut args = gateway.to_vec();
+        args.extend(["--role", "gateway", "--gateway", "edge"]);
+        args.extend([
+            "--xds-address",
+            "https://cp.example:18000",
+            "--xds-ca-file",
+            "/etc/sb/ca.pem",
+        ]);
+        let b = ProxyBootstrap::parse(&run(&args).unwrap()).unwrap();
+        assert_eq!(
+            b.xds_ca_file.as_deref(),
+            Some(std::path::Path::new("/etc/sb/ca.pem"))
+        );
+        assert_eq!(b.xds_address, "https://cp.example:18000");
+        // A CA for a plaintext address, or an https address without a CA: refused here.
+        let mut plaintext = gateway.to_vec();
+        plaintext.extend([
+            "--role",
+            "gateway",
+            "--gateway",
+            "edge",
+            "--xds-ca-file",
+            "/etc/sb/ca.pem",
+        ]);
+        assert!(
+            run(&plaintext)
+                .unwrap_err()
+                .to_string()
+                .contains("https://")
+        );
+        let mut no_ca = gateway.to_vec();
+        no_ca.extend(["--role", "gateway", "--gateway", "edge"]);
+        no_ca.extend(["--xds-address", "https://cp.example:18000"]);
+        assert!(run(&no_ca).unwrap_err().to_string().contains("xds_ca_file"));
     }
 }

@@ -7,6 +7,7 @@
 //! - `ca_key`: the key that encrypts the mesh CAs' keys (configured, or generated for SQLite)
 //!   and its check against the store.
 //! - `admin`: the admin port (`/metrics`, `/healthz`, `/readyz`).
+//! - `tls`: TLS on the REST and xDS ports, the certificate re-read when its files change.
 //! - `bootstrap`: the `bootstrap` subcommand.
 
 mod admin;
@@ -16,6 +17,7 @@ mod issuer;
 mod node_configs;
 mod serve;
 mod settings;
+mod tls;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};

@@ -1,12 +1,16 @@
 //! Start-up: logging, store, admin token, listeners; shutdown on SIGINT or SIGTERM.
 
 use crate::settings::{LogFormat, Settings};
+use crate::tls;
+use crate::write_private;
 use anyhow::{Context, Result};
 use base64::Engine;
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder};
 use rand::RngCore;
+use std::path::Path;
 use switchboard_api::{AdminToken, AppState};
 use switchboard_store::Store;
+use switchboard_store::jwt::ProxyJwtKey;
 use tokio::net::TcpListener;
 
 fn init_logging(s: &Settings) {
@@ -40,6 +44,53 @@ pub async fn migrate(s: Settings) -> Result<()> {
     open_store(&s).await?;
     tracing::info!("migrations applied");
     Ok(())
+}
+
+/// The key signing JWT proxy tokens: from `proxy_jwt_key_file`; else, on the embedded
+/// database (one replica), generated at first start into data_dir (mode 0600) as the admin
+/// token is. With PostgreSQL and no file there is none (JWT proxy tokens are off): a key
+/// generated per replica would make one replica's JWTs fail on the others.
+fn proxy_jwt_key(s: &Settings) -> Result<Option<ProxyJwtKey>> {
+    let read = |path: &Path| -> Result<ProxyJwtKey> {
+        let bytes = std::fs::read(path).with_context(|| {
+            format!("setting proxy_jwt_key_file: cannot read {}", path.display())
+        })?;
+        let text = String::from_utf8_lossy(&bytes);
+        ProxyJwtKey::new(text.trim().as_bytes())
+            .with_context(|| format!("setting proxy_jwt_key_file: {}", path.display()))
+    };
+    if !s.proxy_jwt_key_file.as_os_str().is_empty() {
+        return read(&s.proxy_jwt_key_file).map(Some);
+    }
+    if !s.database_url.is_empty() {
+        tracing::info!(
+            "JWT proxy tokens are off: set proxy_jwt_key_file (the same file on every replica)"
+        );
+        return Ok(None);
+    }
+    let path = s.data_dir.join("proxy-jwt-key");
+    if path.exists() {
+        return read(&path).map(Some);
+    }
+    std::fs::create_dir_all(&s.data_dir)
+        .with_context(|| format!("cannot create data_dir {}", s.data_dir.display()))?;
+    let mut raw = [0u8; 32];
+    rand::rng().fill_bytes(&mut raw);
+    let key = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(raw);
+    write_private(&path, &key)?;
+    tracing::info!(path = %path.display(), "generated the key of JWT proxy tokens");
+    Ok(Some(ProxyJwtKey::new(key.as_bytes())?))
+}
+
+/// Warns, once per port, when `addr` takes credentials in plaintext from beyond loopback.
+fn warn_if_exposed(setting: &str, addr: std::net::SocketAddr, tls: bool) {
+    if crate::tls::plaintext_is_exposed(addr, tls) {
+        tracing::warn!(
+            %addr,
+            "{setting} listens beyond loopback without TLS: tokens and API keys cross the \
+             network in plaintext; set tls_cert_file and tls_key_file"
+        );
+    }
 }
 
 /// The configured admin token, or the one generated at first start (printed once).
@@ -99,6 +150,13 @@ pub async fn run(s: Settings) -> Result<()> {
     let store = open_store(&s).await?;
     let admin = admin_token(&s)?;
     let kek = std::sync::Arc::new(crate::ca_key::load(&s, &store).await?);
+    if let Some(key) = proxy_jwt_key(&s)? {
+        store.set_proxy_jwt_key(key);
+    }
+    let cert = match s.tls() {
+        Some(files) => Some(tls::ReloadingCert::load(files).context("cannot serve TLS")?),
+        None => None,
+    };
     let rest = TcpListener::bind(s.rest_addr)
         .await
         .with_context(|| format!("cannot listen on rest_addr {}", s.rest_addr))?;
@@ -110,8 +168,13 @@ pub async fn run(s: Settings) -> Result<()> {
         .with_context(|| format!("cannot listen on admin_addr {}", s.admin_addr))?;
     tracing::info!(
         rest = %rest.local_addr()?, xds = %xds.local_addr()?, admin = %admin_listener.local_addr()?,
-        backend = ?store.backend(), "switchboard serving"
+        backend = ?store.backend(), tls = cert.is_some(), "switchboard serving"
     );
+    warn_if_exposed("rest_addr", rest.local_addr()?, cert.is_some());
+    warn_if_exposed("xds_addr", xds.local_addr()?, cert.is_some());
+    let _reload = cert.as_ref().map(|c| {
+        tokio_util::task::AbortOnDropHandle::new(tokio::spawn(c.clone().watch(tls::POLL_INTERVAL)))
+    });
     let xds_running = switchboard_xds_server::XdsServer::start(
         store.clone(),
         switchboard_xds_server::XdsConfig {
@@ -134,17 +197,90 @@ pub async fn run(s: Settings) -> Result<()> {
         kek,
     });
     let admin_app = crate::admin::router(store.clone(), prometheus);
-    let rest_task = axum::serve(rest, app).with_graceful_shutdown(shutdown_signal());
     let admin_task =
         axum::serve(admin_listener, admin_app).with_graceful_shutdown(shutdown_signal());
+    let rest_task = async {
+        match &cert {
+            Some(cert) => tls::serve_rest(rest, cert.clone(), app, shutdown_signal())
+                .await
+                .context("REST server failed"),
+            None => axum::serve(rest, app)
+                .with_graceful_shutdown(shutdown_signal())
+                .await
+                .context("REST server failed"),
+        }
+    };
     // Stops registering sidecars at the signal (a stopping replica deregisters nothing), then
     // drains the port and ends the xDS server's tasks.
-    let xds_task = xds_running.serve(xds, shutdown_signal());
-    tokio::try_join!(
-        async { rest_task.await.context("REST server failed") },
-        async { xds_task.await.context("xDS server failed") },
-        async { admin_task.await.context("admin server failed") },
-    )?;
+    let xds_task = async {
+        match &cert {
+            Some(cert) => tls::serve_xds(xds, cert.clone(), xds_running, shutdown_signal())
+                .await
+                .context("xDS server failed"),
+            None => xds_running
+                .serve(xds, shutdown_signal())
+                .await
+                .context("xDS server failed"),
+        }
+    };
+    tokio::try_join!(rest_task, xds_task, async {
+        admin_task.await.context("admin server failed")
+    })?;
     tracing::info!("switchboard stopped");
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::settings::ServeArgs;
+
+    fn settings(pairs: &[(&str, &str)]) -> Settings {
+        let env = pairs.iter().map(|(k, v)| (k.to_string(), v.to_string()));
+        Settings::load(&ServeArgs::default(), env).unwrap()
+    }
+
+    #[test]
+    fn the_proxy_jwt_key_is_generated_once_on_sqlite_and_configured_on_postgres() {
+        use switchboard_store::jwt::{ISSUER, ProxyClaims};
+        let dir = tempfile::tempdir().unwrap();
+        let data = dir.path().join("data");
+        let sqlite = settings(&[("SWITCHBOARD_DATA_DIR", data.to_str().unwrap())]);
+        let first = proxy_jwt_key(&sqlite).unwrap().unwrap();
+        let again = proxy_jwt_key(&sqlite).unwrap().unwrap();
+        let claims = ProxyClaims {
+            iss: ISSUER.into(),
+            sub: "id".into(),
+            iat: 0,
+            exp: i64::MAX / 2,
+            tenant: "acme".into(),
+            mesh: None,
+        };
+        // A restart reads the same key: the JWTs it issued still verify.
+        assert!(again.verify(&first.sign(&claims).unwrap()).is_ok());
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::metadata(data.join("proxy-jwt-key"))
+                .unwrap()
+                .permissions();
+            assert_eq!(mode.mode() & 0o777, 0o600);
+        }
+        // PostgreSQL: none unless configured (every replica must hold the same key).
+        let pg = [("SWITCHBOARD_DATABASE_URL", "postgres://u@h/db")];
+        assert!(proxy_jwt_key(&settings(&pg)).unwrap().is_none());
+        let file = dir.path().join("jwt.key");
+        std::fs::write(&file, "too short\n").unwrap();
+        let configured = [
+            pg[0],
+            ("SWITCHBOARD_PROXY_JWT_KEY_FILE", file.to_str().unwrap()),
+        ];
+        let e = format!("{:#}", proxy_jwt_key(&settings(&configured)).unwrap_err());
+        assert!(
+            e.contains("proxy_jwt_key_file") && e.contains("32 bytes"),
+            "{e}"
+        );
+        std::fs::write(&file, "k".repeat(40)).unwrap();
+        assert!(proxy_jwt_key(&settings(&configured)).unwrap().is_some());
+    }
 }

@@ -71,6 +71,12 @@ settings! {
         "The CA key-encryption key itself, best given as SWITCHBOARD_CA_KEY; with neither this nor ca_key_file, SQLite generates data_dir/ca-key";
     trust_domain: String = "switchboard.local", "DOMAIN",
         "SPIFFE trust domain: workload identities are spiffe://{tenant}.{trust_domain}/mesh/{mesh}/service/{service}";
+    tls_cert_file: PathBuf = "", "FILE",
+        "PEM certificate chain (leaf first) for TLS on the REST and xDS ports, re-read when it changes; empty: plaintext";
+    tls_key_file: PathBuf = "", "FILE",
+        "PEM private key of tls_cert_file (PKCS#8, PKCS#1 or SEC1), re-read with it";
+    proxy_jwt_key_file: PathBuf = "", "FILE",
+        "HS256 key signing JWT proxy tokens (32+ bytes), the same file on every replica; empty: generated into data_dir/proxy-jwt-key on the embedded database, JWT proxy tokens off with PostgreSQL";
     log_format: LogFormat = "text", "FORMAT", "Log format: text or json";
     log_level: String = "info", "FILTER", "Log filter, e.g. info or switchboard=debug,sqlx=warn";
     #[serde(deserialize_with = "duration")]
@@ -199,7 +205,27 @@ impl Settings {
                 message: "use at least 16 characters".into(),
             });
         }
+        if s.tls_cert_file.as_os_str().is_empty() != s.tls_key_file.as_os_str().is_empty() {
+            return Err(SettingsError::Invalid {
+                key: if s.tls_key_file.as_os_str().is_empty() {
+                    "tls_key_file"
+                } else {
+                    "tls_cert_file"
+                },
+                message:
+                    "set both tls_cert_file and tls_key_file for TLS, or neither for plaintext"
+                        .into(),
+            });
+        }
         Ok(s)
+    }
+
+    /// The certificate files of the REST and xDS ports, when TLS is on.
+    pub fn tls(&self) -> Option<crate::tls::TlsFiles> {
+        (!self.tls_cert_file.as_os_str().is_empty()).then(|| crate::tls::TlsFiles {
+            cert: self.tls_cert_file.clone(),
+            key: self.tls_key_file.clone(),
+        })
     }
 
     /// The database to open: the configured URL, or SQLite under data_dir.
@@ -334,6 +360,30 @@ mod tests {
                 row[1]
             );
         }
+    }
+
+    #[test]
+    fn tls_files_come_in_pairs() {
+        let s = Settings::load(&ServeArgs::default(), env(&[])).unwrap();
+        assert_eq!(s.tls(), None);
+        let s = Settings::load(
+            &ServeArgs::default(),
+            env(&[
+                ("SWITCHBOARD_TLS_CERT_FILE", "/etc/sb/cert.pem"),
+                ("SWITCHBOARD_TLS_KEY_FILE", "/etc/sb/key.pem"),
+            ]),
+        )
+        .unwrap();
+        let files = s.tls().unwrap();
+        assert_eq!(files.cert, PathBuf::from("/etc/sb/cert.pem"));
+        assert_eq!(files.key, PathBuf::from("/etc/sb/key.pem"));
+        let msg = Settings::load(
+            &ServeArgs::default(),
+            env(&[("SWITCHBOARD_TLS_CERT_FILE", "/etc/sb/cert.pem")]),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(msg.contains("tls_key_file"), "{msg}");
     }
 
     #[test]

@@ -196,6 +196,29 @@ fn bad_configuration_names_the_setting() {
             vec![],
             "admin_token",
         ),
+        (
+            vec!["serve", "--tls-cert-file", "cert.pem"],
+            vec![],
+            "tls_key_file",
+        ),
+        // Certificate files that do not load stop the start, naming the file.
+        (
+            vec![
+                "serve",
+                "--tls-cert-file",
+                "missing-cert.pem",
+                "--tls-key-file",
+                "missing-key.pem",
+                "--rest-addr",
+                "127.0.0.1:0",
+                "--xds-addr",
+                "127.0.0.1:0",
+                "--admin-addr",
+                "127.0.0.1:0",
+            ],
+            vec![],
+            "cannot read tls_cert_file missing-cert.pem",
+        ),
     ] {
         let out = Command::new(BIN)
             .current_dir(dir.path())

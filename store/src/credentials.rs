@@ -1,6 +1,7 @@
 //! API keys and proxy tokens. The secret is shown once at creation; only its SHA-256 is
 //! stored. Secrets carry 256 random bits, so a fast hash is the right one (there is nothing to
-//! brute-force), and lookups stay one indexed query.
+//! brute-force), and lookups stay one indexed query. A proxy token may also be issued as a
+//! signed JWT ([`crate::jwt`]): its row is the same, and the JWT names the row's id.
 
 use crate::{Store, StoreError, now_ms};
 use base64::Engine;
@@ -76,6 +77,24 @@ fn row_to_credential(r: &AnyRow) -> Result<Credential, StoreError> {
     })
 }
 
+fn new_credential(
+    tenant: &str,
+    kind: CredentialKind,
+    mesh: Option<&str>,
+    description: &str,
+) -> Credential {
+    let mut idb = [0u8; 8];
+    rand::rng().fill_bytes(&mut idb);
+    Credential {
+        id: hex::encode(idb),
+        tenant: tenant.into(),
+        kind,
+        mesh: mesh.map(str::to_string),
+        description: description.into(),
+        create_time: now_ms(),
+    }
+}
+
 const CRED_COLS: &str = "id, tenant, kind, mesh, description, create_time";
 
 impl Store {
@@ -94,29 +113,70 @@ impl Store {
             kind.prefix(),
             base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(raw)
         );
-        let mut idb = [0u8; 8];
-        rand::rng().fill_bytes(&mut idb);
-        let credential = Credential {
-            id: hex::encode(idb),
+        let credential = new_credential(tenant, kind, mesh, description);
+        self.insert_credential(&credential, &secret).await?;
+        Ok(NewCredential { credential, secret })
+    }
+
+    /// Issues a proxy token as a JWT valid for `lifetime`, signed with the key given to
+    /// [`Store::set_proxy_jwt_key`]. The JWT's `sub` is the credential's id.
+    pub async fn create_proxy_jwt(
+        &self,
+        tenant: &str,
+        mesh: Option<&str>,
+        description: &str,
+        lifetime: std::time::Duration,
+    ) -> Result<(NewCredential, i64), StoreError> {
+        self.get_tenant(tenant).await?;
+        let key = self.proxy_jwt_key().ok_or_else(|| {
+            StoreError::Config("no proxy JWT key is configured (proxy_jwt_key_file)".into())
+        })?;
+        let credential = new_credential(tenant, CredentialKind::ProxyToken, mesh, description);
+        let iat = credential.create_time / 1000;
+        let exp = iat.saturating_add(i64::try_from(lifetime.as_secs()).unwrap_or(i64::MAX));
+        let claims = crate::jwt::ProxyClaims {
+            iss: crate::jwt::ISSUER.into(),
+            sub: credential.id.clone(),
+            iat,
+            exp,
             tenant: tenant.into(),
-            kind,
-            mesh: mesh.map(str::to_string),
-            description: description.into(),
-            create_time: now_ms(),
+            mesh: mesh.map(str::to_owned),
         };
+        let secret = key
+            .sign(&claims)
+            .map_err(|e| StoreError::Config(e.to_string()))?;
+        self.insert_credential(&credential, &secret).await?;
+        Ok((NewCredential { credential, secret }, exp))
+    }
+
+    /// Sets the key that signs and verifies JWT proxy tokens; the first key set stays.
+    pub fn set_proxy_jwt_key(&self, key: crate::jwt::ProxyJwtKey) {
+        let _ = self.inner.proxy_jwt.set(key);
+    }
+
+    /// The key of JWT proxy tokens, if one was set.
+    pub fn proxy_jwt_key(&self) -> Option<&crate::jwt::ProxyJwtKey> {
+        self.inner.proxy_jwt.get()
+    }
+
+    async fn insert_credential(
+        &self,
+        credential: &Credential,
+        secret: &str,
+    ) -> Result<(), StoreError> {
         sqlx::query(&format!(
             "INSERT INTO credentials ({CRED_COLS}, hash) VALUES ($1, $2, $3, $4, $5, $6, $7)"
         ))
         .bind(&credential.id)
-        .bind(tenant)
-        .bind(kind.as_str())
-        .bind(mesh)
-        .bind(description)
+        .bind(&credential.tenant)
+        .bind(credential.kind.as_str())
+        .bind(credential.mesh.as_deref())
+        .bind(&credential.description)
         .bind(credential.create_time)
-        .bind(hash_secret(&secret))
+        .bind(hash_secret(secret))
         .execute(self.pool())
         .await?;
-        Ok(NewCredential { credential, secret })
+        Ok(())
     }
 
     pub async fn list_credentials(
@@ -171,6 +231,17 @@ impl Store {
             let _ = self.notices().send(notice);
         }
         Ok(())
+    }
+
+    /// The credential `id`, unless it was revoked (or never existed).
+    pub async fn get_credential(&self, id: &str) -> Result<Option<Credential>, StoreError> {
+        let row = sqlx::query(&format!(
+            "SELECT {CRED_COLS} FROM credentials WHERE id = $1"
+        ))
+        .bind(id)
+        .fetch_optional(self.pool())
+        .await?;
+        row.as_ref().map(row_to_credential).transpose()
     }
 
     /// Whether the credential `id` still exists (not revoked).

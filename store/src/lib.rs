@@ -27,6 +27,7 @@ mod cas;
 mod changes;
 mod credentials;
 mod error;
+pub mod jwt;
 mod proxies;
 mod resources;
 mod tenants;
@@ -77,6 +78,8 @@ struct Inner {
     /// SQLite allows one writer at a time; queueing writers here, in order, beats SQLite's
     /// busy handler, which sleeps in growing steps (tens of ms) while a lock is held.
     sqlite_writer: Arc<tokio::sync::Mutex<()>>,
+    /// Signs and verifies JWT proxy tokens ([`Store::set_proxy_jwt_key`]).
+    proxy_jwt: std::sync::OnceLock<jwt::ProxyJwtKey>,
 }
 
 impl Store {
@@ -116,6 +119,7 @@ impl Store {
                 url: url.to_string(),
                 notices,
                 sqlite_writer: Arc::new(tokio::sync::Mutex::new(())),
+                proxy_jwt: std::sync::OnceLock::new(),
             }),
         };
         if backend == Backend::Postgres {

@@ -499,6 +499,40 @@ async fn credentials(b: Backend) {
 }
 both_backends!(credentials_, credentials);
 
+async fn proxy_jwts(b: Backend) {
+    let Some((s, _db)) = setup(b).await else {
+        return;
+    };
+    let missing = s
+        .create_proxy_jwt("acme", Some("prod"), "", Duration::from_secs(60))
+        .await;
+    assert!(matches!(missing, Err(StoreError::Config(_))), "{missing:?}");
+    s.set_proxy_jwt_key(switchboard_store::jwt::ProxyJwtKey::new(&[9; 32]).unwrap());
+    let (created, exp) = s
+        .create_proxy_jwt("acme", Some("prod"), "grpc", Duration::from_secs(600))
+        .await
+        .unwrap();
+    let claims = s.proxy_jwt_key().unwrap().verify(&created.secret).unwrap();
+    assert_eq!(claims.sub, created.credential.id);
+    assert_eq!(
+        (claims.tenant.as_str(), claims.mesh.as_deref()),
+        ("acme", Some("prod"))
+    );
+    assert_eq!(claims.exp, exp);
+    assert_eq!(claims.exp - claims.iat, 600);
+    let row = s.get_credential(&created.credential.id).await.unwrap();
+    assert_eq!(row.as_ref(), Some(&created.credential));
+    assert_eq!(row.unwrap().kind, CredentialKind::ProxyToken);
+    s.revoke_credential("acme", CredentialKind::ProxyToken, &created.credential.id)
+        .await
+        .unwrap();
+    assert_eq!(
+        s.get_credential(&created.credential.id).await.unwrap(),
+        None
+    );
+}
+both_backends!(proxy_jwts_, proxy_jwts);
+
 async fn tenants(b: Backend) {
     let Some((s, _db)) = store(b).await else {
         return;

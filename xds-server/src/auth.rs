@@ -1,6 +1,8 @@
 //! Who may open an xDS stream for a node.
 //!
-//! A client sends a proxy token as `authorization: Bearer <token>`. The token must be a proxy
+//! A client sends a proxy token as `authorization: Bearer <token>`: opaque (`sbp_…`), or a
+//! JWT (gRFC A97's `jwt_token_file` call credentials) whose signature and `exp` verify and
+//! whose `sub` is a proxy token not revoked. The token must be a proxy
 //! token of the tenant the node id names and, if the token is limited to a mesh, of that mesh;
 //! else PERMISSION_DENIED. Without a token, only a mesh with `allowUnauthenticatedXds: true`
 //! admits the stream; else UNAUTHENTICATED. Whether a mesh exists is revealed (NOT_FOUND) only
@@ -8,6 +10,7 @@
 //! the same way whether B exists or not, and so is an anonymous client naming a mesh that
 //! does not exist.
 
+use switchboard_store::jwt::{self, JwtError};
 use switchboard_store::{Credential, CredentialKind, Store};
 use tonic::metadata::MetadataMap;
 
@@ -30,6 +33,8 @@ pub enum AuthError {
          proxy token for the tenant and send it as authorization: Bearer <token>"
     )]
     UnknownToken,
+    #[error("{0}")]
+    Jwt(JwtError),
     #[error(
         "the credential is an API key, not a proxy token: xDS clients authenticate with a proxy \
          token of the tenant their node id names"
@@ -62,9 +67,10 @@ impl AuthError {
     pub fn status(&self) -> tonic::Status {
         let msg = self.to_string();
         match self {
-            AuthError::Unauthenticated | AuthError::MalformedHeader | AuthError::UnknownToken => {
-                tonic::Status::unauthenticated(msg)
-            }
+            AuthError::Unauthenticated
+            | AuthError::MalformedHeader
+            | AuthError::UnknownToken
+            | AuthError::Jwt(_) => tonic::Status::unauthenticated(msg),
             AuthError::NotProxyToken
             | AuthError::TenantMismatch { .. }
             | AuthError::MeshMismatch { .. } => tonic::Status::permission_denied(msg),
@@ -91,6 +97,34 @@ pub fn bearer(metadata: &MetadataMap) -> Result<Option<String>, AuthError> {
         return Err(AuthError::MalformedHeader);
     }
     Ok(Some(token.to_owned()))
+}
+
+/// The credential a bearer token stands for: an opaque token by its hash, a JWT by its
+/// verified `sub` (so revoking the credential revokes the JWT).
+async fn credential(store: &Store, token: &str) -> Result<Credential, AuthError> {
+    let unreachable = |e: switchboard_store::StoreError| AuthError::Store(e.to_string());
+    if !jwt::is_jwt(token) {
+        return store
+            .authenticate(token)
+            .await
+            .map_err(unreachable)?
+            .ok_or(AuthError::UnknownToken);
+    }
+    // Without a key this deployment issued no JWT, so none can be ours.
+    let key = store
+        .proxy_jwt_key()
+        .ok_or(AuthError::Jwt(JwtError::BadSignature))?;
+    let claims = key.verify(token).map_err(AuthError::Jwt)?;
+    let credential = store
+        .get_credential(&claims.sub)
+        .await
+        .map_err(unreachable)?
+        .ok_or(AuthError::UnknownToken)?;
+    // Signed by us, so these agree; checked anyway, as the row is what revocation edits.
+    if credential.tenant != claims.tenant || credential.mesh != claims.mesh {
+        return Err(AuthError::UnknownToken);
+    }
+    Ok(credential)
 }
 
 /// Checks a proxy token against a node id (pure part of [`authorize`]).
@@ -130,11 +164,7 @@ pub async fn authorize(
 ) -> Result<Admitted, AuthError> {
     match token {
         Some(token) => {
-            let credential = store
-                .authenticate(token)
-                .await
-                .map_err(|e| AuthError::Store(e.to_string()))?
-                .ok_or(AuthError::UnknownToken)?;
+            let credential = credential(store, token).await?;
             check_proxy_token(&credential, node)?;
             let mesh = cache.acquire(&node.tenant, &node.mesh).await?;
             Ok(Admitted {
@@ -173,11 +203,7 @@ pub struct StatusScope {
 /// Checks the credential of a CSDS call.
 pub async fn status_scope(store: &Store, metadata: &MetadataMap) -> Result<StatusScope, AuthError> {
     let token = bearer(metadata)?.ok_or(AuthError::Unauthenticated)?;
-    let credential = store
-        .authenticate(&token)
-        .await
-        .map_err(|e| AuthError::Store(e.to_string()))?
-        .ok_or(AuthError::UnknownToken)?;
+    let credential = credential(store, &token).await?;
     Ok(StatusScope {
         tenant: credential.tenant,
         mesh: credential.mesh,

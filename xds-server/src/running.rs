@@ -4,11 +4,14 @@
 
 use std::future::Future;
 
+use futures::Stream;
 use switchboard_store::Store;
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
+use tonic::transport::server::Connected;
 
 use crate::server::{XdsConfig, XdsServer};
 
@@ -114,12 +117,29 @@ impl RunningXds {
         listener: TcpListener,
         signal: impl Future,
     ) -> Result<(), tonic::transport::Error> {
+        self.serve_incoming(TcpListenerStream::new(listener), signal)
+            .await
+    }
+
+    /// As [`RunningXds::serve`], on connections from `incoming`: TLS streams, say, whose
+    /// handshake the caller ran (with tonic's `tls-connect-info`, requests of a
+    /// `tokio_rustls` stream still know their peer address and certificates).
+    pub async fn serve_incoming<I, IO, IE>(
+        self,
+        incoming: I,
+        signal: impl Future,
+    ) -> Result<(), tonic::transport::Error>
+    where
+        I: Stream<Item = Result<IO, IE>>,
+        IO: AsyncRead + AsyncWrite + Connected + Unpin + Send + 'static,
+        IE: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
         let stop_registration = self.stop_registration.clone();
         let result = self
             .server
             .router()
             .await
-            .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async move {
+            .serve_with_incoming_shutdown(incoming, async move {
                 signal.await;
                 stop_registration.cancel();
             })

@@ -27,6 +27,7 @@ async fn routes_with_config_from_ads_and_follows_eds_updates() {
         node_id: "tenants/acme/meshes/prod/nodes/p-1".to_owned(),
         metadata: [("role".to_owned(), "sidecar".to_owned())].into(),
         token_file: None,
+        xds_ca_file: None,
     };
     let store = ConfigStore::new();
     let mut client = XdsClient::new(bootstrap, &store, ClientOptions::default()).spawn();

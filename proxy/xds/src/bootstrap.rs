@@ -12,7 +12,8 @@ use switchboard_xds_proto::pb::google::protobuf::{Struct, Value, value::Kind};
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Bootstrap {
-    /// `http://host:port` of the ADS server.
+    /// `http://host:port` of the ADS server, or `https://host:port` for TLS (with
+    /// `xds_ca_file`).
     pub xds_address: String,
     /// `tenants/{tenant}/meshes/{mesh}/nodes/{name}` for Switchboard.
     pub node_id: String,
@@ -22,6 +23,10 @@ pub struct Bootstrap {
     /// A file holding the proxy token, read on every connect so it can be rotated.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub token_file: Option<PathBuf>,
+    /// PEM CA certificates the control plane's TLS certificate must chain to (an `https`
+    /// `xds_address`), read on every connect so they can be rotated.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub xds_ca_file: Option<PathBuf>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -53,6 +58,21 @@ impl Bootstrap {
     /// Parses YAML or JSON text.
     pub fn parse(text: &str) -> Result<Self, serde_yaml_ng::Error> {
         serde_yaml_ng::from_str(text)
+    }
+
+    /// TLS to the control plane needs both an `https` address and a CA, and a CA only makes
+    /// sense with TLS.
+    pub fn check_tls(&self) -> Result<(), &'static str> {
+        let https = self.xds_address.starts_with("https://");
+        match (https, self.xds_ca_file.is_some()) {
+            (true, false) => Err(
+                "an https:// xds_address needs xds_ca_file, the CA certificates that verify the control plane",
+            ),
+            (false, true) => Err(
+                "xds_ca_file is for TLS to the control plane: write the xds_address as https://host:port",
+            ),
+            _ => Ok(()),
+        }
     }
 
     /// The `Node` sent on the first request of each stream.

@@ -19,7 +19,7 @@ use switchboard_xds_proto::service::ads::AggregatedDiscoveryServiceClient;
 use switchboard_xds_proto::{DiscoveryRequest, DiscoveryResponse, Node, ResourceType, Status};
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
-use tonic::transport::Endpoint;
+use tonic::transport::{Certificate, ClientTlsConfig, Endpoint};
 
 use resource::TypeState;
 pub use resource::XdsResource;
@@ -123,6 +123,11 @@ enum StreamError {
         path: String,
         source: std::io::Error,
     },
+    #[error("cannot read xds_ca_file {path}: {source}")]
+    Ca {
+        path: String,
+        source: std::io::Error,
+    },
     #[error("invalid xds_address {address:?}: {source}")]
     Address {
         address: String,
@@ -210,11 +215,28 @@ impl XdsClient {
         };
         // A new connection per stream: a server that went away must not be reached through
         // an old HTTP/2 connection.
-        let channel = Endpoint::from_shared(address.clone())
-            .map_err(|source| StreamError::Address {
+        let mut endpoint =
+            Endpoint::from_shared(address.clone()).map_err(|source| StreamError::Address {
                 address: address.clone(),
                 source,
-            })?
+            })?;
+        if let Some(path) = &self.bootstrap.xds_ca_file {
+            // Read on every connect, so that a rotated CA applies to the next stream.
+            let pem = tokio::fs::read(path)
+                .await
+                .map_err(|source| StreamError::Ca {
+                    path: path.display().to_string(),
+                    source,
+                })?;
+            let tls = ClientTlsConfig::new().ca_certificate(Certificate::from_pem(pem));
+            endpoint = endpoint
+                .tls_config(tls)
+                .map_err(|source| StreamError::Address {
+                    address: address.clone(),
+                    source,
+                })?;
+        }
+        let channel = endpoint
             .connect_timeout(self.options.connect_timeout)
             // Notices a control plane that vanished without closing the connection.
             .http2_keep_alive_interval(Duration::from_secs(30))

@@ -37,6 +37,7 @@ async fn env() -> Env {
         node_id: "tenants/acme/meshes/prod/nodes/p-1".to_owned(),
         metadata: [("role".to_owned(), "sidecar".to_owned())].into(),
         token_file: Some(token.path().to_owned()),
+        xds_ca_file: None,
     };
     let store = ConfigStore::new();
     let options = ClientOptions {
@@ -376,6 +377,7 @@ async fn a_resource_the_handler_refuses_is_nacked() {
         node_id: "n".to_owned(),
         metadata: Default::default(),
         token_file: None,
+        xds_ca_file: None,
     };
     let _client = XdsClient::with_handlers(bootstrap, handlers, ClientOptions::default()).spawn();
     let cds = expect(&mut server, CDS).await;

@@ -187,10 +187,22 @@ pub struct AdsClient {
 impl AdsClient {
     /// Opens an ADS stream to `url` as `node`, with `token` as a bearer proxy token.
     pub async fn connect(url: &str, node: Node, token: Option<&str>) -> Result<Self, Status> {
-        let mut client = AggregatedDiscoveryServiceClient::connect(url.to_owned())
+        let channel = tonic::transport::Endpoint::from_shared(url.to_owned())
+            .map_err(|e| Status::invalid_argument(format!("bad URL {url}: {e}")))?
+            .connect()
             .await
-            .map_err(|e| Status::unavailable(format!("cannot connect to {url}: {e}")))?
-            .max_decoding_message_size(64 << 20);
+            .map_err(|e| Status::unavailable(format!("cannot connect to {url}: {e}")))?;
+        Self::over(channel, node, token).await
+    }
+
+    /// Opens an ADS stream over `channel` (one set up for TLS, say).
+    pub async fn over(
+        channel: tonic::transport::Channel,
+        node: Node,
+        token: Option<&str>,
+    ) -> Result<Self, Status> {
+        let mut client =
+            AggregatedDiscoveryServiceClient::new(channel).max_decoding_message_size(64 << 20);
         let (requests, request) = Self::request_stream(token)?;
         let responses = client
             .stream_aggregated_resources(request)

@@ -224,3 +224,118 @@ async fn revoking_a_token_ends_its_streams_only() {
     let status = refused(&env, node("acme", "prod", "r3"), Some(&leaked.secret)).await;
     assert_eq!(status.code(), Code::Unauthenticated, "{status:?}");
 }
+
+/// gRFC A97: a proxy token issued as a JWT admits its node while its signature and `exp`
+/// verify and its credential is not revoked; its stream ends when the credential is revoked.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn jwt_proxy_tokens() {
+    use std::time::Duration;
+    use switchboard_store::jwt::{ISSUER, ProxyClaims, ProxyJwtKey};
+    let env = env().await;
+    // No key configured: no JWT can verify.
+    let stranger = ProxyJwtKey::new(&[1; 32]).unwrap();
+    let claims = |sub: &str, tenant: &str, mesh: Option<&str>, exp: i64| ProxyClaims {
+        iss: ISSUER.into(),
+        sub: sub.into(),
+        iat: exp - 3600,
+        exp,
+        tenant: tenant.into(),
+        mesh: mesh.map(str::to_owned),
+    };
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64;
+    let unverifiable = stranger
+        .sign(&claims("x", "acme", None, now + 600))
+        .unwrap();
+    let status = refused(&env, node("acme", "prod", "a"), Some(&unverifiable)).await;
+    assert_eq!(status.code(), Code::Unauthenticated, "{status:?}");
+
+    let key = ProxyJwtKey::new(&[2; 32]).unwrap();
+    env.store.set_proxy_jwt_key(key.clone());
+    let (jwt, _) = env
+        .store
+        .create_proxy_jwt("acme", Some("prod"), "grpc", Duration::from_secs(600))
+        .await
+        .unwrap();
+    let mut client = AdsClient::connect(
+        &env.server.url(),
+        node("acme", "prod", "jwt-1"),
+        Some(&jwt.secret),
+    )
+    .await
+    .unwrap();
+    client.subscribe(CDS, &[]).await.unwrap();
+    assert_eq!(names(&client.recv_and_ack(&[]).await.unwrap()), ["pay"]);
+
+    let id = jwt.credential.id.as_str();
+    let cases = [
+        (
+            "expired",
+            key.sign(&claims(id, "acme", Some("prod"), now - 5))
+                .unwrap(),
+            Code::Unauthenticated,
+            "expired",
+        ),
+        (
+            "bad signature",
+            stranger
+                .sign(&claims(id, "acme", Some("prod"), now + 600))
+                .unwrap(),
+            Code::Unauthenticated,
+            "signature",
+        ),
+        (
+            "tampered",
+            format!("{}x", jwt.secret),
+            Code::Unauthenticated,
+            "signature",
+        ),
+        (
+            "unknown id",
+            key.sign(&claims("0000", "acme", Some("prod"), now + 600))
+                .unwrap(),
+            Code::Unauthenticated,
+            "revoked",
+        ),
+        (
+            "claims other than the row's",
+            key.sign(&claims(id, "acme", None, now + 600)).unwrap(),
+            Code::Unauthenticated,
+            "revoked",
+        ),
+    ];
+    for (what, token, code, says) in cases {
+        let status = refused(&env, node("acme", "prod", "a"), Some(&token)).await;
+        assert_eq!(status.code(), code, "{what}: {status:?}");
+        assert!(status.message().contains(says), "{what}: {status:?}");
+        assert!(
+            !status.message().contains(&token),
+            "{what}: the token is not echoed"
+        );
+    }
+    // The JWT of another tenant or mesh is refused like an opaque token would be.
+    let (globex, _) = env
+        .store
+        .create_proxy_jwt("globex", None, "", Duration::from_secs(600))
+        .await
+        .unwrap();
+    let status = refused(&env, node("acme", "prod", "a"), Some(&globex.secret)).await;
+    assert_eq!(status.code(), Code::PermissionDenied, "{status:?}");
+    assert!(status.message().contains("tenant mismatch"), "{status:?}");
+    let status = refused(&env, node("acme", "dev", "a"), Some(&jwt.secret)).await;
+    assert_eq!(status.code(), Code::PermissionDenied, "{status:?}");
+    assert!(status.message().contains("mesh mismatch"), "{status:?}");
+
+    // Revoked by id: the open stream ends and the JWT opens no new one.
+    env.store
+        .revoke_credential("acme", CredentialKind::ProxyToken, id)
+        .await
+        .unwrap();
+    let ended = client.ended().await;
+    assert_eq!(ended.code(), Code::Unauthenticated, "{ended:?}");
+    let status = refused(&env, node("acme", "prod", "a"), Some(&jwt.secret)).await;
+    assert_eq!(status.code(), Code::Unauthenticated, "{status:?}");
+    assert!(status.message().contains("revoked"), "{status:?}");
+}
