@@ -310,6 +310,7 @@ async fn the_client_subscribes_to_the_secrets_listeners_name_and_dumps_no_key() 
         node_id: "tenants/acme/meshes/prod/nodes/p-1".to_owned(),
         metadata: Default::default(),
         token_file: None,
+        xds_ca_file: None,
     };
     let store = ConfigStore::new();
     let options = ClientOptions {
