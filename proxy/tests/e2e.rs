@@ -181,6 +181,24 @@ async fn mesh() -> Mesh {
         };
         assert_eq!(e["spec"]["service"], service);
         assert_eq!(e["spec"]["port"], port);
+        // A sidecar's endpoint speaks mesh mTLS (the default mode is permissive), and the
+        // sidecar holds a workload certificate for its service's SPIFFE ID from the mesh CA.
+        assert_eq!(e["spec"]["mtls"], true, "{e}");
+        let identity =
+            format!("\"spiffeId\":\"spiffe://acme.switchboard.local/mesh/prod/service/{service}\"");
+        let path = format!("/v1/tenants/acme/meshes/prod/proxies/{node}");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let (s, status) = cp.call(reqwest::Method::GET, &path, None).await;
+            if s == 200 && status.to_string().contains(&identity) {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{node} shows no certificate for {service}: {s} {status}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
     }
     let outbound = free_port();
     let mut client_meta = sidecar("client", free_port(), free_port());
