@@ -80,6 +80,9 @@ pub fn mesh_config(stored: &switchboard_store::MeshSnapshot) -> (MeshConfig, Vec
             Ok(Spec::Gateway(s)) => {
                 config.gateways.insert(name, s);
             }
+            Ok(Spec::AuthorizationPolicy(s)) => {
+                config.authorization_policies.insert(name, s);
+            }
             Ok(Spec::Mesh(_)) => {}
             Err(e) => warnings.push(format!("{} {name}: {e}", r.key.kind)),
         }
@@ -121,6 +124,11 @@ mod tests {
                     json!({"service": "pay", "address": "10.0.0.1"}),
                 ),
                 stored(Kind::Service, "broken", json!({"port": "eighty"})),
+                stored(
+                    Kind::AuthorizationPolicy,
+                    "only-web",
+                    json!({"service": "pay", "action": "allow", "from": [{"services": ["web"]}]}),
+                ),
             ],
         };
         let (config, warnings) = mesh_config(&snap);
@@ -130,11 +138,13 @@ mod tests {
         assert!(config.spec.allow_unauthenticated_xds);
         assert_eq!(config.services.len(), 1);
         assert_eq!(config.endpoints.len(), 1);
+        assert_eq!(config.authorization_policies["only-web"].service, "pay");
         assert_eq!(warnings.len(), 1, "{warnings:?}");
         assert!(warnings[0].contains("broken"));
         let resources = switchboard_translator::translate(&config);
         let snapshot = MeshSnapshot::new(&config, resources, None);
         assert_eq!(snapshot.service_protocols.get("pay"), Some(&Protocol::Grpc));
         assert!(snapshot.resources.clusters.contains_key("pay"));
+        assert!(snapshot.resources.inbound_rbac.contains_key("pay"));
     }
 }

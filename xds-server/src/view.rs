@@ -5,21 +5,25 @@ use std::sync::Arc;
 
 use switchboard_model::spec::Protocol;
 use switchboard_translator::{
-    InboundSecurity, NodeRole, XdsResource, names, sidecar_inbound_resources,
+    InboundRbac, InboundSecurity, NodeRole, XdsResource, names, sidecar_inbound_resources,
 };
 use switchboard_xds_proto::ResourceType;
 
 use crate::protocol::Resources;
 use crate::snapshot::MeshSnapshot;
 
+/// What a sidecar's inbound side is built from: its service's protocol and RBAC filters.
+type InboundInputs = (Protocol, Option<Arc<InboundRbac>>);
+
 /// A node's view of a mesh snapshot. Holds the snapshot by `Arc`; the per-node resources are
-/// two small resources rebuilt only when the sidecar's service changes protocol.
+/// two small resources rebuilt only when the sidecar's service changes protocol or
+/// authorization.
 #[derive(Debug, Clone)]
 pub struct NodeView {
     snapshot: Arc<MeshSnapshot>,
     role: NodeRole,
-    /// A sidecar's inbound listener and cluster, and the protocol they were built for.
-    inbound: Option<(Protocol, Arc<XdsResource>, Arc<XdsResource>)>,
+    /// A sidecar's inbound listener and cluster, and what they were built for.
+    inbound: Option<(InboundInputs, Arc<XdsResource>, Arc<XdsResource>)>,
     /// A sidecar's outbound listener when it asked for a port other than 15001: a copy of
     /// the mesh's, rebuilt when the mesh's changes (compared by version).
     outbound: Option<(String, Arc<XdsResource>)>,
@@ -96,17 +100,19 @@ impl NodeView {
             self.inbound = None;
             return;
         };
-        if matches!(&self.inbound, Some((p, _, _)) if *p == protocol) {
+        let rbac = self.snapshot.resources.inbound_rbac.get(&params.service);
+        let inputs = (protocol, rbac.cloned());
+        if matches!(&self.inbound, Some((i, _, _)) if *i == inputs) {
             return;
         }
-        self.inbound =
-            match sidecar_inbound_resources(params, protocol, &InboundSecurity::default()) {
-                Ok((listener, cluster)) => Some((protocol, listener, cluster)),
-                Err(e) => {
-                    tracing::warn!(error = %e, "cannot build the sidecar's inbound listener");
-                    None
-                }
-            };
+        let security = InboundSecurity::default().with_rbac(rbac.map(|r| &**r));
+        self.inbound = match sidecar_inbound_resources(params, protocol, &security) {
+            Ok((listener, cluster)) => Some((inputs, listener, cluster)),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot build the sidecar's inbound listener");
+                None
+            }
+        };
     }
 
     fn inbound_listener(&self) -> Option<&Arc<XdsResource>> {
@@ -170,7 +176,12 @@ mod tests {
     use switchboard_translator::{MeshConfig, SidecarParams, translate};
 
     fn snapshot(services: &[&str]) -> Arc<MeshSnapshot> {
-        let config = MeshConfig {
+        let config = snapshot_config(services);
+        Arc::new(MeshSnapshot::new(&config, translate(&config), None))
+    }
+
+    fn snapshot_config(services: &[&str]) -> MeshConfig {
+        MeshConfig {
             tenant: "acme".to_owned(),
             mesh: "prod".to_owned(),
             revision: 3,
@@ -187,8 +198,7 @@ mod tests {
             routes: BTreeMap::new(),
             gateways: BTreeMap::new(),
             ..Default::default()
-        };
-        Arc::new(MeshSnapshot::new(&config, translate(&config), None))
+        }
     }
 
     fn names_of<'a>(it: impl Iterator<Item = &'a Arc<XdsResource>>) -> Vec<String> {
@@ -224,6 +234,58 @@ mod tests {
                 .is_some()
         );
         assert!(view.get(ResourceType::Secret, "default").is_none());
+    }
+
+    /// The inbound listener carries the service's RBAC filters, and is rebuilt when they change.
+    #[test]
+    fn a_sidecars_inbound_listener_enforces_its_services_policies() {
+        use switchboard_xds_proto::pb::envoy::config::listener::v3::{Listener, filter};
+        use switchboard_xds_proto::pb::envoy::extensions::filters::network::http_connection_manager::v3::HttpConnectionManager;
+        let http_filters = |view: &NodeView| {
+            let l = view.get(ResourceType::Listener, names::INBOUND).unwrap();
+            let l: Listener = switchboard_xds_proto::unpack(&l.resource).unwrap();
+            let Some(filter::ConfigType::TypedConfig(any)) =
+                l.filter_chains[0].filters[0].config_type.clone()
+            else {
+                panic!("no HCM");
+            };
+            let hcm: HttpConnectionManager = switchboard_xds_proto::unpack(&any).unwrap();
+            hcm.http_filters
+                .into_iter()
+                .map(|f| f.name)
+                .collect::<Vec<_>>()
+        };
+        let with_policy = |action: &str| {
+            let mut config = snapshot_config(&["pay", "web"]);
+            config.authorization_policies.insert(
+                "p".to_owned(),
+                serde_json::from_value(serde_json::json!(
+                    {"service": "pay", "action": action, "from": [{"services": ["web"]}]}
+                ))
+                .unwrap(),
+            );
+            Arc::new(MeshSnapshot::new(&config, translate(&config), None))
+        };
+        let role = NodeRole::Sidecar(SidecarParams {
+            service: "pay".to_owned(),
+            inbound_port: 15006,
+            app_port: 8080,
+            outbound_port: 15001,
+        });
+        let mut view = NodeView::new(snapshot(&["pay", "web"]), role);
+        assert_eq!(http_filters(&view), [names::ROUTER_FILTER]);
+        let plain = view.inbound_listener().unwrap().version.clone();
+        view.update(with_policy("deny"));
+        assert_eq!(
+            http_filters(&view),
+            [names::RBAC_HTTP_FILTER, names::ROUTER_FILTER]
+        );
+        let denying = view.inbound_listener().unwrap().version.clone();
+        assert_ne!(denying, plain);
+        view.update(with_policy("allow"));
+        assert_ne!(view.inbound_listener().unwrap().version, denying);
+        view.update(snapshot(&["pay", "web"]));
+        assert_eq!(view.inbound_listener().unwrap().version, plain);
     }
 
     #[test]

@@ -17,17 +17,24 @@
 //! - RouteConfiguration `{s}:{port}`: service `s` and whether it is route-less.
 //! - `sidecar/outbound`: every route and every route-less service.
 //! - `gateway/{g}`: gateway `g` and its attached routes.
+//! - Inbound RBAC of service `s`: service `s` (existence, protocol), the policies naming `s`,
+//!   the mesh's default authorization, and tenant, mesh and trust domain (SPIFFE IDs).
 
 mod rebuild;
 mod state;
 
 use std::collections::BTreeMap;
 
-use switchboard_model::{EndpointSpec, GatewaySpec, MeshSpec, RouteSpec, ServiceSpec};
+use switchboard_model::{
+    AuthorizationPolicySpec, EndpointSpec, GatewaySpec, MeshSpec, RouteSpec, ServiceSpec,
+};
 
 use crate::{MeshConfig, MeshResources};
 use rebuild::rebuild;
-use state::{Dirty, State, mark_all, mark_endpoint, mark_gateway, mark_route, mark_service};
+use state::{
+    Dirty, State, mark_all, mark_all_inbound, mark_endpoint, mark_gateway, mark_policy, mark_route,
+    mark_service,
+};
 
 /// One change to a mesh's configuration: the new spec, or `None` for a deletion.
 #[derive(Debug, Clone, PartialEq)]
@@ -36,7 +43,8 @@ pub enum Change {
     Endpoint(String, Option<EndpointSpec>),
     Route(String, Option<RouteSpec>),
     Gateway(String, Option<GatewaySpec>),
-    /// The mesh's own spec; no resource depends on it today.
+    AuthorizationPolicy(String, Option<AuthorizationPolicySpec>),
+    /// The mesh's own spec (its default authorization decides every service's RBAC filters).
     Mesh(MeshSpec),
 }
 
@@ -95,6 +103,12 @@ impl Translator {
         for (name, old_spec) in changed(&old.gateways, &new.gateways) {
             mark_gateway(state, &mut dirty, name, old_spec, new.gateways.get(name));
         }
+        for (name, old_spec) in changed(&old.authorization_policies, &new.authorization_policies) {
+            mark_policy(new, state, &mut dirty, name, old_spec);
+        }
+        if authorization_inputs(&old) != authorization_inputs(new) {
+            mark_all_inbound(new, &mut dirty);
+        }
         rebuild(&self.config, &mut self.state, &mut self.resources, dirty);
         &self.resources
     }
@@ -130,7 +144,18 @@ impl Translator {
                         config.gateways.get(&name),
                     );
                 }
-                Change::Mesh(spec) => config.spec = spec,
+                Change::AuthorizationPolicy(name, spec) => {
+                    let old = put(&mut config.authorization_policies, &name, spec);
+                    mark_policy(config, state, &mut dirty, &name, old.as_ref());
+                }
+                Change::Mesh(spec) => {
+                    let default_changed =
+                        config.spec.default_authorization != spec.default_authorization;
+                    config.spec = spec;
+                    if default_changed {
+                        mark_all_inbound(config, &mut dirty);
+                    }
+                }
             }
         }
         rebuild(&self.config, &mut self.state, &mut self.resources, dirty);
@@ -145,6 +170,19 @@ pub(crate) fn translate(config: &MeshConfig) -> MeshResources {
     let dirty = mark_all(config, &mut state);
     rebuild(config, &mut state, &mut resources, dirty);
     resources
+}
+
+/// What every service's RBAC filters read besides its policies: the mesh default, and the
+/// names that make up SPIFFE IDs.
+fn authorization_inputs(
+    c: &MeshConfig,
+) -> (&switchboard_model::AuthorizationAction, &str, &str, &str) {
+    (
+        &c.spec.default_authorization,
+        &c.tenant,
+        &c.mesh,
+        &c.trust_domain,
+    )
 }
 
 fn put<T>(map: &mut BTreeMap<String, T>, name: &str, spec: Option<T>) -> Option<T> {

@@ -13,7 +13,7 @@ use crate::virtual_host::{
     Member, default_route_configuration, gateway_route_configuration, gateway_serves,
     outbound_route_configuration, route_configuration,
 };
-use crate::{MeshConfig, MeshResources, XdsResource, names};
+use crate::{InboundRbac, MeshConfig, MeshResources, XdsResource, names};
 
 /// Rebuilds every dirty output.
 pub(super) fn rebuild(
@@ -73,6 +73,9 @@ pub(super) fn rebuild(
     }
     if dirty.outbound {
         rebuild_outbound(config, state, res);
+    }
+    for service in &dirty.inbound {
+        rebuild_inbound_rbac(config, state, res, service);
     }
     res.warnings = state.warnings.values().flatten().cloned().collect();
 }
@@ -276,6 +279,26 @@ fn rebuild_gateway(config: &MeshConfig, state: &mut State, res: &mut MeshResourc
         res.route_configurations.remove(&listener_name);
     }
     state.set_warnings(key, warnings);
+}
+
+fn rebuild_inbound_rbac(
+    config: &MeshConfig,
+    state: &mut State,
+    res: &mut MeshResources,
+    service: &str,
+) {
+    let names = state.policies_by_service.get(service).into_iter().flatten();
+    let policies = names.filter_map(|n| {
+        let spec = config.authorization_policies.get(n)?;
+        Some((n.as_str(), spec))
+    });
+    let (rbac, warnings) = crate::rbac::build(config, service, policies);
+    state.set_warnings(warning_key("authorization-of", service), warnings);
+    if rbac == InboundRbac::default() {
+        res.inbound_rbac.remove(service);
+    } else if res.inbound_rbac.get(service).is_none_or(|r| **r != rbac) {
+        res.inbound_rbac.insert(service.to_owned(), Arc::new(rbac));
+    }
 }
 
 fn rebuild_outbound(config: &MeshConfig, state: &State, res: &mut MeshResources) {

@@ -9,4 +9,5 @@ mod common;
 mod endpoints;
 mod incremental;
 mod listeners;
+mod rbac;
 mod routes;
