@@ -954,6 +954,15 @@ async fn authorization_policies(b: Backend) {
         .call(Method::DELETE, &format!("{M}/services/a"), &key, None, &[])
         .await;
     assert_eq!(r.status, StatusCode::NO_CONTENT, "{}", r.body);
+    // The change log names the kind by its token.
+    let changes = api.get("/v1/tenants/acme/changes?since=0", &key).await.body;
+    let policy_changes = changes["changes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|c| c["kind"] == "authorization-policy")
+        .count();
+    assert_eq!(policy_changes, 4, "{changes}");
     // The OpenAPI document describes the kind.
     let doc = api.get("/v1/openapi.json", "").await.body;
     assert!(

@@ -6,5 +6,6 @@ mod common;
 
 mod ads;
 mod auth;
+mod authorization;
 mod cache;
 mod status;
