@@ -81,7 +81,8 @@ pub async fn get(
             serde_json::json!({
                 "revision": c.revision,
                 "mesh": c.mesh,
-                "kind": c.kind.singular(),
+                // The kind's token (`service`, `authorization-policy`), not its prose name.
+                "kind": c.kind,
                 "name": c.name,
                 "op": if c.op == ChangeOp::Delete { "delete" } else { "put" },
                 "time": rfc3339(c.time),

@@ -115,6 +115,7 @@ impl From<StoreError> for ApiError {
                 &field,
                 format!("{kind} {name:?} does not exist in this mesh"),
             ),
+            StoreError::Incompatible { field, message } => ApiError::field(&field, message),
             StoreError::Referenced { by, .. } => ApiError::new(
                 StatusCode::CONFLICT,
                 "referenced",

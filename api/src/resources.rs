@@ -12,7 +12,9 @@ use axum::routing::get;
 use base64::Engine;
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
-use switchboard_model::spec::{EndpointSpec, GatewaySpec, MeshSpec, RouteSpec, ServiceSpec};
+use switchboard_model::spec::{
+    AuthorizationPolicySpec, EndpointSpec, GatewaySpec, MeshSpec, RouteSpec, ServiceSpec,
+};
 use switchboard_model::{Kind, Spec, validate_name};
 use switchboard_store::{Precondition, ResourceKey, StoredResource, WriteOptions};
 use utoipa::openapi::path::{HttpMethod, ParameterIn};
@@ -292,6 +294,7 @@ fn spec_schema(kind: Kind) -> &'static str {
         Kind::Endpoint => "EndpointSpec",
         Kind::Route => "RouteSpec",
         Kind::Gateway => "GatewaySpec",
+        Kind::AuthorizationPolicy => "AuthorizationPolicySpec",
     }
 }
 
@@ -304,6 +307,7 @@ fn with_schemas(r: Route, kind: Kind) -> Route {
         Kind::Endpoint => r.schema::<EndpointSpec>(),
         Kind::Route => r.schema::<RouteSpec>(),
         Kind::Gateway => r.schema::<GatewaySpec>(),
+        Kind::AuthorizationPolicy => r.schema::<AuthorizationPolicySpec>(),
     }
 }
 
@@ -345,25 +349,30 @@ fn kind_routes(kind: Kind) -> Vec<Route> {
         None,
         ("200", None),
     );
+    let a = if k.starts_with(['a', 'e', 'i', 'o', 'u']) {
+        "an"
+    } else {
+        "a"
+    };
     let create_op = op(
-        format!("Create a {k} (body: name and {s})"),
+        format!("Create {a} {k} (body: name and {s})"),
         &with_dry,
         Some(s),
         ("201", Some("ResourceView")),
     );
     let get_op = op(
-        format!("Get a {k}"),
+        format!("Get {a} {k}"),
         &item_params,
         None,
         ("200", Some("ResourceView")),
     );
     let put_op = op(
-        format!("Create or replace a {k} (body: {s} under `spec`)"),
+        format!("Create or replace {a} {k} (body: {s} under `spec`)"),
         &item_write,
         Some(s),
         ("200", Some("ResourceView")),
     );
-    let delete_op = op(format!("Delete a {k}"), &item_write, None, ("204", None));
+    let delete_op = op(format!("Delete {a} {k}"), &item_write, None, ("204", None));
     let routes = if kind == Kind::Mesh {
         vec![
             Route::new(HttpMethod::Get, &coll, list_op, list_meshes),

@@ -877,3 +877,188 @@ async fn proxies(b: Backend) {
     );
 }
 both_backends!(proxies_, proxies);
+
+/// The authorization-policies kind end to end: round trip, references, the TCP rule, and
+/// field errors, each refusal leaving the database as it was.
+async fn authorization_policies(b: Backend) {
+    let Some(api) = Api::new(b).await else { return };
+    let key = api.tenant("acme").await;
+    let policies = format!("{M}/authorization-policies");
+    let spec = json!({"service": "b", "action": "deny", "from": [{"services": ["a"]}],
+                      "to": [{"paths": ["/admin/*"], "methods": ["POST"]}]});
+    let before = api.fingerprint("acme").await;
+    let r = api
+        .json(
+            Method::POST,
+            &policies,
+            &key,
+            json!({"name": "p", "spec": spec}),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::UNPROCESSABLE_ENTITY, "{}", r.body);
+    assert_eq!(r.body["errors"][0]["field"], "spec.service");
+    assert_eq!(api.fingerprint("acme").await, before);
+    for (name, protocol) in [("a", "http"), ("b", "http"), ("db", "tcp")] {
+        let r = api
+            .json(
+                Method::POST,
+                &format!("{M}/services"),
+                &key,
+                json!({"name": name, "spec": {"port": 80, "protocol": protocol}}),
+            )
+            .await;
+        assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
+    }
+    let r = api
+        .json(
+            Method::POST,
+            &policies,
+            &key,
+            json!({"name": "p", "spec": spec}),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
+    assert_eq!(r.headers["location"], format!("{policies}/p"));
+    assert_eq!(r.body["spec"], spec);
+    let got = api.get(&format!("{policies}/p"), &key).await;
+    assert_eq!(got.status, StatusCode::OK);
+    assert_eq!(got.body["spec"], spec);
+    let list = api.get(&policies, &key).await;
+    assert_eq!(list.body["items"].as_array().unwrap().len(), 1);
+
+    let before = api.fingerprint("acme").await;
+    let tcp_narrowed = json!({"service": "db", "action": "allow",
+                              "from": [{"anyAuthenticated": true}], "to": [{"methods": ["GET"]}]});
+    // (what, method, path, body, expected status, field named)
+    let cases = [
+        (
+            "empty from",
+            Method::POST,
+            policies.clone(),
+            json!({"name": "q", "spec": {"service": "b", "action": "allow", "from": []}}),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "spec.from",
+        ),
+        (
+            "relative path",
+            Method::POST,
+            policies.clone(),
+            json!({"name": "q", "spec": {"service": "b", "action": "allow", "from": [{"anyAuthenticated": true}], "to": [{"paths": ["admin"]}]}}),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "spec.to[0].paths[0]",
+        ),
+        (
+            "bad method",
+            Method::POST,
+            policies.clone(),
+            json!({"name": "q", "spec": {"service": "b", "action": "allow", "from": [{"anyAuthenticated": true}], "to": [{"methods": ["GE T"]}]}}),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "spec.to[0].methods[0]",
+        ),
+        (
+            "unknown action",
+            Method::POST,
+            policies.clone(),
+            json!({"name": "q", "spec": {"service": "b", "action": "audit", "from": [{"anyAuthenticated": true}]}}),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "spec.action",
+        ),
+        (
+            "missing source service",
+            Method::POST,
+            policies.clone(),
+            json!({"name": "q", "spec": {"service": "b", "action": "allow", "from": [{"services": ["a", "ghost"]}]}}),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "spec.from[0].services[1]",
+        ),
+        (
+            "narrowing a tcp service",
+            Method::POST,
+            policies.clone(),
+            json!({"name": "q", "spec": tcp_narrowed}),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "spec.to",
+        ),
+        (
+            "destination turned tcp",
+            Method::PUT,
+            format!("{M}/services/b"),
+            json!({"spec": {"port": 80, "protocol": "tcp"}}),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "spec.protocol",
+        ),
+        (
+            "deleting a source",
+            Method::DELETE,
+            format!("{M}/services/a"),
+            Value::Null,
+            StatusCode::CONFLICT,
+            "authorization-policies/p:spec.from[0].services[0]",
+        ),
+        (
+            "deleting the destination",
+            Method::DELETE,
+            format!("{M}/services/b"),
+            Value::Null,
+            StatusCode::CONFLICT,
+            "authorization-policies/p:spec.service",
+        ),
+    ];
+    for (what, method, path, body, status, field) in cases {
+        let body = (!body.is_null()).then(|| ("application/json", body.to_string().into_bytes()));
+        let r = api.call(method, &path, &key, body, &[]).await;
+        assert_eq!(r.status, status, "{what}: {}", r.body);
+        let fields: Vec<&str> = r.body["errors"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| e["field"].as_str().unwrap())
+            .collect();
+        assert!(fields.contains(&field), "{what}: {fields:?}: {}", r.body);
+        assert_eq!(api.fingerprint("acme").await, before, "{what}");
+    }
+    // From-only policies suit a TCP service; then the policy goes and its services can too.
+    let r = api
+        .json(
+            Method::PUT,
+            &format!("{policies}/db-callers"),
+            &key,
+            json!({"spec": {"service": "db", "action": "allow", "from": [{"services": ["a"]}]}}),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    for name in ["p", "db-callers"] {
+        let r = api
+            .call(
+                Method::DELETE,
+                &format!("{policies}/{name}"),
+                &key,
+                None,
+                &[],
+            )
+            .await;
+        assert_eq!(r.status, StatusCode::NO_CONTENT, "{}", r.body);
+    }
+    let r = api
+        .call(Method::DELETE, &format!("{M}/services/a"), &key, None, &[])
+        .await;
+    assert_eq!(r.status, StatusCode::NO_CONTENT, "{}", r.body);
+    // The change log names the kind by its token.
+    let changes = api.get("/v1/tenants/acme/changes?since=0", &key).await.body;
+    let policy_changes = changes["changes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|c| c["kind"] == "authorization-policy")
+        .count();
+    assert_eq!(policy_changes, 4, "{changes}");
+    // The OpenAPI document describes the kind.
+    let doc = api.get("/v1/openapi.json", "").await.body;
+    assert!(
+        doc["paths"]["/v1/tenants/{tenant}/meshes/{mesh}/authorization-policies/{name}"]
+            .is_object()
+    );
+    assert!(doc["components"]["schemas"]["AuthorizationPolicySpec"].is_object());
+    assert!(doc["components"]["schemas"]["AuthorizationSource"].is_object());
+}
+both_backends!(authorization_policies_, authorization_policies);

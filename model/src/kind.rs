@@ -10,17 +10,26 @@ pub enum Kind {
     Endpoint,
     Route,
     Gateway,
+    #[serde(rename = "authorization-policy")]
+    AuthorizationPolicy,
 }
 
 impl Kind {
     /// The kinds that live inside a mesh (everything but the mesh itself).
-    pub const IN_MESH: [Kind; 4] = [Kind::Service, Kind::Endpoint, Kind::Route, Kind::Gateway];
-    pub const ALL: [Kind; 5] = [
+    pub const IN_MESH: [Kind; 5] = [
+        Kind::Service,
+        Kind::Endpoint,
+        Kind::Route,
+        Kind::Gateway,
+        Kind::AuthorizationPolicy,
+    ];
+    pub const ALL: [Kind; 6] = [
         Kind::Mesh,
         Kind::Service,
         Kind::Endpoint,
         Kind::Route,
         Kind::Gateway,
+        Kind::AuthorizationPolicy,
     ];
 
     /// The collection segment in REST paths and the value stored in the database.
@@ -31,6 +40,7 @@ impl Kind {
             Kind::Endpoint => "endpoints",
             Kind::Route => "routes",
             Kind::Gateway => "gateways",
+            Kind::AuthorizationPolicy => "authorization-policies",
         }
     }
 
@@ -42,6 +52,7 @@ impl Kind {
             Kind::Endpoint => "endpoint",
             Kind::Route => "route",
             Kind::Gateway => "gateway",
+            Kind::AuthorizationPolicy => "authorization policy",
         }
     }
 

@@ -1,3 +1,4 @@
+use crate::spec::{MAX_MATCHES, MAX_RULES};
 use crate::*;
 use serde_json::json;
 
@@ -210,4 +211,184 @@ fn canonical_json_roundtrip() {
     assert_eq!(s.to_json()["protocol"], "http");
     let again = Spec::parse(Kind::Service, s.to_json()).unwrap();
     assert_eq!(again, s);
+}
+
+fn policy(extra: serde_json::Value) -> serde_json::Value {
+    let mut base = json!({"service": "b", "action": "allow", "from": [{"services": ["a"]}]});
+    if let (Some(base), Some(extra)) = (base.as_object_mut(), extra.as_object()) {
+        base.extend(extra.clone());
+    }
+    base
+}
+
+#[test]
+fn authorization_policies_name_each_bad_field() {
+    let ok = policy(json!({
+        "from": [{"services": ["a", "c"]}, {"anyAuthenticated": true}],
+        "to": [{"paths": ["/api/*", "/healthz"], "methods": ["GET", "PURGE"],
+                "headers": [{"name": "x-team", "value": "pay"}, {"name": "x-v", "prefix": "2"}]}]
+    }));
+    assert!(fields(Kind::AuthorizationPolicy, ok).is_empty());
+    assert!(fields(Kind::AuthorizationPolicy, policy(json!({"action": "deny"}))).is_empty());
+    let cases = [
+        (json!({"service": "Bad_Name"}), "spec.service"),
+        (json!({"from": []}), "spec.from"),
+        (json!({"from": [{}]}), "spec.from[0]"),
+        (
+            json!({"from": [{"services": ["a"], "anyAuthenticated": true}]}),
+            "spec.from[0].anyAuthenticated",
+        ),
+        (
+            json!({"from": [{"services": ["ok", "Not_A_Name"]}]}),
+            "spec.from[0].services[1]",
+        ),
+        (json!({"to": [{}]}), "spec.to[0]"),
+        (json!({"to": [{"paths": ["api"]}]}), "spec.to[0].paths[0]"),
+        (
+            json!({"to": [{"paths": ["/a", "/a*b"]}]}),
+            "spec.to[0].paths[1]",
+        ),
+        (json!({"to": [{"paths": ["/a/**"]}]}), "spec.to[0].paths[0]"),
+        (
+            json!({"to": [{"paths": ["/a?x=1"]}]}),
+            "spec.to[0].paths[0]",
+        ),
+        (
+            json!({"to": [{"methods": ["GET", "G ET"]}]}),
+            "spec.to[0].methods[1]",
+        ),
+        (json!({"to": [{"methods": [""]}]}), "spec.to[0].methods[0]"),
+        (
+            json!({"to": [{"headers": [{"name": "Bad Header", "value": "x"}]}]}),
+            "spec.to[0].headers[0].name",
+        ),
+        (
+            json!({"to": [{"headers": [{"name": ":method", "value": "GET"}]}]}),
+            "spec.to[0].headers[0].name",
+        ),
+        (
+            json!({"to": [{"headers": [{"name": "x"}]}]}),
+            "spec.to[0].headers[0]",
+        ),
+        (
+            json!({"to": [{"headers": [{"name": "x", "value": "a", "prefix": "b"}]}]}),
+            "spec.to[0].headers[0]",
+        ),
+        (
+            json!({"to": [{"headers": [{"name": "x", "value": "a\nb"}]}]}),
+            "spec.to[0].headers[0].value",
+        ),
+        (json!({"description": "x".repeat(1025)}), "spec.description"),
+    ];
+    for (extra, field) in cases {
+        assert_eq!(
+            fields(Kind::AuthorizationPolicy, policy(extra.clone())),
+            [field],
+            "{extra}"
+        );
+    }
+    let many: Vec<_> = (0..=MAX_RULES)
+        .map(|_| json!({"anyAuthenticated": true}))
+        .collect();
+    assert_eq!(
+        fields(Kind::AuthorizationPolicy, policy(json!({"from": many}))),
+        ["spec.from"]
+    );
+    let methods: Vec<_> = (0..=MAX_MATCHES).map(|i| format!("M{i}")).collect();
+    assert_eq!(
+        fields(
+            Kind::AuthorizationPolicy,
+            policy(json!({"to": [{"methods": methods}]}))
+        ),
+        ["spec.to[0].methods"]
+    );
+    let e = Spec::parse(
+        Kind::AuthorizationPolicy,
+        policy(json!({"action": "maybe"})),
+    )
+    .unwrap_err();
+    assert_eq!(e.0[0].field, "spec.action");
+    let e = Spec::parse(
+        Kind::AuthorizationPolicy,
+        json!({"service": "b", "from": []}),
+    )
+    .unwrap_err();
+    assert!(e.0[0].message.contains("action"), "{e}");
+    let e = Spec::parse(
+        Kind::AuthorizationPolicy,
+        policy(json!({"to": [{"path": ["/"]}]})),
+    )
+    .unwrap_err();
+    assert_eq!(e.0[0].field, "spec.to[0].path");
+}
+
+#[test]
+fn authorization_policy_references_and_tcp_rule() {
+    let spec = Spec::parse(
+        Kind::AuthorizationPolicy,
+        policy(json!({"from": [{"services": ["a", "c"]}, {"anyAuthenticated": true}, {"services": ["d"]}],
+                      "to": [{"methods": ["GET"]}]})),
+    )
+    .unwrap();
+    let refs: Vec<_> = spec
+        .references()
+        .into_iter()
+        .map(|r| (r.field, r.name))
+        .collect();
+    let expected = [
+        ("spec.service", "b"),
+        ("spec.from[0].services[0]", "a"),
+        ("spec.from[0].services[1]", "c"),
+        ("spec.from[2].services[0]", "d"),
+    ];
+    assert_eq!(refs, expected.map(|(f, n)| (f.to_owned(), n.to_owned())));
+    let tcp = Spec::parse(Kind::Service, json!({"port": 5432, "protocol": "tcp"})).unwrap();
+    let http = Spec::parse(Kind::Service, json!({"port": 80})).unwrap();
+    let destination = &spec.references()[0];
+    let source = &spec.references()[1];
+    let err = spec.check_target(destination, &tcp).unwrap();
+    assert_eq!(err.field, "spec.to");
+    assert!(spec.check_target(destination, &http).is_none());
+    assert!(
+        spec.check_target(source, &tcp).is_none(),
+        "a tcp source is fine"
+    );
+    let err = tcp.check_referrer("b", "p", &spec).unwrap();
+    assert_eq!(err.field, "spec.protocol");
+    assert!(err.message.contains("\"p\""), "{err}");
+    assert!(tcp.check_referrer("a", "p", &spec).is_none());
+    let from_only = Spec::parse(Kind::AuthorizationPolicy, policy(json!({}))).unwrap();
+    assert!(from_only.check_target(destination, &tcp).is_none());
+    assert_eq!(
+        Spec::constrained_by(Kind::Service),
+        [Kind::AuthorizationPolicy]
+    );
+    assert!(Spec::constrained_by(Kind::Route).is_empty());
+}
+
+#[test]
+fn authorization_policy_kind_and_json() {
+    assert_eq!(Kind::AuthorizationPolicy.plural(), "authorization-policies");
+    assert_eq!(
+        Kind::from_plural("authorization-policies"),
+        Some(Kind::AuthorizationPolicy)
+    );
+    let s = Spec::parse(Kind::AuthorizationPolicy, policy(json!({"action": "deny"}))).unwrap();
+    assert_eq!(s.kind(), Kind::AuthorizationPolicy);
+    assert_eq!(
+        s.to_json(),
+        json!({"service": "b", "action": "deny", "from": [{"services": ["a"]}]})
+    );
+    assert_eq!(
+        Spec::parse(Kind::AuthorizationPolicy, s.to_json()).unwrap(),
+        s
+    );
+    assert_eq!(
+        spec::PathPattern::parse("/api/*"),
+        spec::PathPattern::Prefix("/api/")
+    );
+    assert_eq!(
+        spec::PathPattern::parse("/api"),
+        spec::PathPattern::Exact("/api")
+    );
 }

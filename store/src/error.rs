@@ -24,6 +24,10 @@ pub enum StoreError {
         kind: Kind,
         name: String,
     },
+    /// The spec breaks a rule between it and a resource it refers to, or that refers to it
+    /// (`field` is in the spec being written).
+    #[error("{field}: {message}")]
+    Incompatible { field: String, message: String },
     #[error("{kind} {name:?} is referred to by {}", describe(.by))]
     Referenced {
         kind: Kind,

@@ -188,15 +188,8 @@ impl Store {
         opts: &WriteOptions,
     ) -> Result<StoredResource, StoreError> {
         let key = ResourceKey::new(tenant, mesh, spec.kind(), name);
-        self.put(
-            &key,
-            &spec.to_json(),
-            &spec.references(),
-            &spec.claims(),
-            opts,
-            None,
-        )
-        .await
+        self.put(&key, spec, &spec.references(), &spec.claims(), opts, None)
+            .await
     }
 
     /// [`Store::put_spec`] for a mesh, giving it `ca` (sealed) as its CA in the same
@@ -218,7 +211,7 @@ impl Store {
         let key = ResourceKey::mesh(tenant, name);
         self.put(
             &key,
-            &spec.to_json(),
+            spec,
             &spec.references(),
             &spec.claims(),
             opts,
@@ -232,13 +225,14 @@ impl Store {
     async fn put(
         &self,
         key: &ResourceKey,
-        spec: &serde_json::Value,
+        parsed: &Spec,
         refs: &[Reference],
         claims: &[Claim],
         opts: &WriteOptions,
         ca: Option<&switchboard_pki::SealedCa>,
     ) -> Result<StoredResource, StoreError> {
         let _t = Timer::start("put");
+        let spec = &parsed.to_json();
         let WriteTx {
             mut tx,
             revision,
@@ -256,13 +250,25 @@ impl Store {
         check_precondition(&opts.precondition, existing.as_ref(), key)?;
         for r in refs {
             let target = ResourceKey::new(&key.tenant, &key.mesh, r.kind, &r.name);
-            if !exists(&mut tx, &target).await? {
-                return Err(StoreError::DanglingReference {
-                    field: r.field.clone(),
-                    kind: r.kind,
-                    name: r.name.clone(),
-                });
+            let dangling = || StoreError::DanglingReference {
+                field: r.field.clone(),
+                kind: r.kind,
+                name: r.name.clone(),
+            };
+            if Spec::constrained_by(r.kind).contains(&key.kind) {
+                let target = fetch(&mut tx, &target).await?.ok_or_else(dangling)?;
+                if let Some(e) = parsed.check_target(r, &parse_stored(&target)?) {
+                    return Err(StoreError::Incompatible {
+                        field: e.field,
+                        message: e.message,
+                    });
+                }
+            } else if !exists(&mut tx, &target).await? {
+                return Err(dangling());
             }
+        }
+        if existing.is_some() {
+            check_referrers(&mut tx, key, parsed).await?;
         }
         for c in claims {
             let owner = sqlx::query(
@@ -594,6 +600,46 @@ async fn exists(tx: &mut Transaction<'static, Any>, key: &ResourceKey) -> Result
     .fetch_optional(&mut **tx)
     .await?;
     Ok(row.is_some())
+}
+
+/// A stored spec, parsed (a spec this version cannot read is corrupt).
+fn parse_stored(r: &StoredResource) -> Result<Spec, StoreError> {
+    Spec::parse(r.key.kind, r.spec.clone())
+        .map_err(|e| StoreError::Corrupt(format!("{} {:?}: {e}", r.key.kind, r.key.name)))
+}
+
+/// Checks `spec`, about to replace `key`, against the resources whose references to it come
+/// with a rule ([`Spec::constrained_by`]): a service referred to by a policy that narrows by
+/// path cannot become a TCP service.
+async fn check_referrers(
+    tx: &mut Transaction<'static, Any>,
+    key: &ResourceKey,
+    spec: &Spec,
+) -> Result<(), StoreError> {
+    for kind in Spec::constrained_by(key.kind) {
+        let rows = sqlx::query(
+            "SELECT DISTINCT from_name FROM refs WHERE tenant = $1 AND mesh = $2 AND to_kind = $3 \
+             AND to_name = $4 AND from_kind = $5 ORDER BY from_name",
+        )
+        .bind_key(key)
+        .bind(kind.plural())
+        .fetch_all(&mut **tx)
+        .await?;
+        for row in rows {
+            let name: String = row.try_get("from_name")?;
+            let referrer_key = ResourceKey::new(&key.tenant, &key.mesh, *kind, &name);
+            let Some(referrer) = fetch(tx, &referrer_key).await? else {
+                continue;
+            };
+            if let Some(e) = spec.check_referrer(&key.name, &name, &parse_stored(&referrer)?) {
+                return Err(StoreError::Incompatible {
+                    field: e.field,
+                    message: e.message,
+                });
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Replaces the references and claims held by `key`.

@@ -645,3 +645,129 @@ async fn many_proxy_rows(b: Backend) {
     assert!(all.iter().all(|r| r.status.role == "round 1"));
 }
 both_backends!(many_proxy_rows_, many_proxy_rows);
+
+/// Authorization policies refer to their destination and source services, and a policy that
+/// narrows by path needs an HTTP destination, checked in both directions inside the write.
+async fn authorization_policies(b: Backend) {
+    let Some((s, _db)) = setup(b).await else {
+        return;
+    };
+    let narrowed = json!({"service": "b", "action": "deny", "from": [{"services": ["a"]}],
+                          "to": [{"paths": ["/admin/*"]}]});
+    match put(&s, Kind::AuthorizationPolicy, "p", narrowed.clone())
+        .await
+        .unwrap_err()
+    {
+        StoreError::DanglingReference { field, name, .. } => {
+            assert_eq!((field.as_str(), name.as_str()), ("spec.service", "b"))
+        }
+        e => panic!("{e}"),
+    }
+    put(&s, Kind::Service, "b", json!({"port": 80}))
+        .await
+        .unwrap();
+    match put(&s, Kind::AuthorizationPolicy, "p", narrowed.clone())
+        .await
+        .unwrap_err()
+    {
+        StoreError::DanglingReference { field, name, .. } => {
+            assert_eq!(
+                (field.as_str(), name.as_str()),
+                ("spec.from[0].services[0]", "a")
+            )
+        }
+        e => panic!("{e}"),
+    }
+    put(
+        &s,
+        Kind::Service,
+        "a",
+        json!({"port": 80, "protocol": "tcp"}),
+    )
+    .await
+    .unwrap();
+    let stored = put(&s, Kind::AuthorizationPolicy, "p", narrowed.clone())
+        .await
+        .unwrap();
+    assert_eq!(stored.spec, narrowed);
+    let key = ResourceKey::new("acme", "prod", Kind::AuthorizationPolicy, "p");
+    assert_eq!(s.get(&key).await.unwrap().spec, narrowed);
+
+    // The destination cannot become a TCP service while a policy narrows by path …
+    let before = s.revision("acme").await.unwrap();
+    match put(
+        &s,
+        Kind::Service,
+        "b",
+        json!({"port": 80, "protocol": "tcp"}),
+    )
+    .await
+    .unwrap_err()
+    {
+        StoreError::Incompatible { field, message } => {
+            assert_eq!(field, "spec.protocol");
+            assert!(message.contains("\"p\""), "{message}");
+        }
+        e => panic!("{e}"),
+    }
+    assert_eq!(s.revision("acme").await.unwrap(), before);
+    // … and a narrowing policy cannot be written for a TCP service (a TCP source is fine).
+    let for_a = json!({"service": "a", "action": "allow", "from": [{"anyAuthenticated": true}],
+                       "to": [{"methods": ["GET"]}]});
+    match put(&s, Kind::AuthorizationPolicy, "q", for_a)
+        .await
+        .unwrap_err()
+    {
+        StoreError::Incompatible { field, .. } => assert_eq!(field, "spec.to"),
+        e => panic!("{e}"),
+    }
+    put(
+        &s,
+        Kind::AuthorizationPolicy,
+        "q",
+        json!({"service": "a", "action": "allow", "from": [{"anyAuthenticated": true}]}),
+    )
+    .await
+    .unwrap();
+    // A policy with only `from` lets its destination change protocol.
+    put(
+        &s,
+        Kind::Service,
+        "a",
+        json!({"port": 81, "protocol": "tcp"}),
+    )
+    .await
+    .unwrap();
+
+    // Services a policy names cannot be deleted; the policy can.
+    for svc in ["a", "b"] {
+        match delete(&s, Kind::Service, svc).await.unwrap_err() {
+            StoreError::Referenced { by, .. } => {
+                assert!(
+                    by.iter().all(|r| r.kind == Kind::AuthorizationPolicy),
+                    "{by:?}"
+                )
+            }
+            e => panic!("{e}"),
+        }
+    }
+    delete(&s, Kind::AuthorizationPolicy, "p").await.unwrap();
+    delete(&s, Kind::AuthorizationPolicy, "q").await.unwrap();
+    put(
+        &s,
+        Kind::Service,
+        "b",
+        json!({"port": 80, "protocol": "tcp"}),
+    )
+    .await
+    .unwrap();
+    delete(&s, Kind::Service, "a").await.unwrap();
+    let snapshot = s.mesh_snapshot("acme", "prod").await.unwrap();
+    assert!(
+        snapshot
+            .resources
+            .iter()
+            .all(|r| r.key.kind != Kind::AuthorizationPolicy)
+    );
+}
+both_backends!(authorization_policies_, authorization_policies);

@@ -11,6 +11,8 @@
 //!   [`Translator::apply`] recomputes only the resources a change touches.
 //! - [`sidecar_inbound`]: the per-node inbound listener and cluster of a sidecar, which depend
 //!   on the node's own metadata rather than on the mesh alone.
+//! - [`inbound_rbac`]: a service's authorization policies as RBAC filters for its inbound
+//!   listeners (kept per service in [`MeshResources::inbound_rbac`]).
 //!
 //! What each kind of client receives is decided by [`MeshResources::listeners_for`] and
 //! [`MeshResources::clusters_for`] (sidecars and gateways get clusters with mesh mTLS,
@@ -26,6 +28,7 @@ mod listener;
 mod matcher;
 mod mtls;
 pub mod names;
+mod rbac;
 mod resource;
 mod route;
 mod sidecar;
@@ -36,8 +39,12 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use switchboard_model::spec::{MtlsMode, Protocol};
-use switchboard_model::{EndpointSpec, GatewaySpec, MeshSpec, RouteSpec, ServiceSpec, TrustBundle};
+use switchboard_model::{
+    AuthorizationPolicySpec, EndpointSpec, GatewaySpec, MeshSpec, RouteSpec, ServiceSpec,
+    TrustBundle,
+};
 
+pub use rbac::{InboundRbac, inbound_rbac};
 pub use resource::XdsResource;
 pub use sidecar::{
     InboundSecurity, sidecar_inbound, sidecar_inbound_resources, sidecar_inbound_with,
@@ -64,6 +71,8 @@ pub struct MeshConfig {
     pub endpoints: BTreeMap<String, EndpointSpec>,
     pub routes: BTreeMap<String, RouteSpec>,
     pub gateways: BTreeMap<String, GatewaySpec>,
+    /// Authorization policies; each names the service it protects.
+    pub authorization_policies: BTreeMap<String, AuthorizationPolicySpec>,
     /// The trust domain of workload identities (from the control plane's configuration):
     /// SPIFFE IDs are `spiffe://{tenant}.{trust_domain}/…`, see [`switchboard_model::identity`].
     pub trust_domain: String,
@@ -104,10 +113,14 @@ pub struct MeshResources {
     pub proxy_clusters: BTreeMap<String, Arc<XdsResource>>,
     /// EDS: one per service, even without endpoints, so that clients do not wait for it.
     pub load_assignments: BTreeMap<String, Arc<XdsResource>>,
-    /// Per service: how its sidecars' inbound listener terminates mTLS and authorizes callers,
-    /// for [`sidecar_inbound_resources`]. Computed once per change, shared by the service's
-    /// sidecars.
+    /// Per service: how its sidecars' inbound listener terminates mTLS, for
+    /// [`sidecar_inbound_resources`]. Computed once per change, shared by the service's
+    /// sidecars; joined with [`MeshResources::inbound_rbac`] by
+    /// [`InboundSecurity::with_rbac`].
     pub inbound_security: BTreeMap<String, Arc<InboundSecurity>>,
+    /// The RBAC filters of each service's inbound listeners ([`inbound_rbac`]), for the
+    /// services that have any; a service missing here allows every caller.
+    pub inbound_rbac: BTreeMap<String, Arc<InboundRbac>>,
     /// Things validation could not see (e.g. an endpoint of a service that does not exist),
     /// grouped by the resource they come from. The offending piece is left out; the rest of
     /// the mesh is served.

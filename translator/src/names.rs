@@ -22,6 +22,10 @@ pub const FAULT_FILTER: &str = "envoy.filters.http.fault";
 pub const ROUTER_FILTER: &str = "envoy.filters.http.router";
 /// The network filter that makes a listener speak HTTP.
 pub const HTTP_CONNECTION_MANAGER_FILTER: &str = "envoy.filters.network.http_connection_manager";
+/// Authorization of HTTP requests (see `rbac.rs`).
+pub const RBAC_HTTP_FILTER: &str = "envoy.filters.http.rbac";
+/// Authorization of TCP connections.
+pub const RBAC_NETWORK_FILTER: &str = "envoy.filters.network.rbac";
 /// The network filter that proxies raw TCP.
 pub const TCP_PROXY_FILTER: &str = "envoy.filters.network.tcp_proxy";
 /// The key of a cluster's `typed_extension_protocol_options` that holds its upstream HTTP

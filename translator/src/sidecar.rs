@@ -46,6 +46,19 @@ pub struct InboundSecurity {
     pub network_filters: Vec<Filter>,
 }
 
+impl InboundSecurity {
+    /// Adds a service's authorization filters ([`crate::inbound_rbac`]) after the filters
+    /// already there; `None` (a service without policies or default deny) adds nothing.
+    pub fn with_rbac(mut self, rbac: Option<&crate::InboundRbac>) -> Self {
+        if let Some(rbac) = rbac {
+            self.http_filters.extend(rbac.http_filters.iter().cloned());
+            self.network_filters
+                .extend(rbac.network_filters.iter().cloned());
+        }
+        self
+    }
+}
+
 /// The inbound listener and cluster of a sidecar whose service speaks `protocol`, without
 /// mTLS or authorization.
 pub fn sidecar_inbound(

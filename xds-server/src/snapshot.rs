@@ -98,6 +98,9 @@ pub fn mesh_config(
             Ok(Spec::Gateway(s)) => {
                 config.gateways.insert(name, s);
             }
+            Ok(Spec::AuthorizationPolicy(s)) => {
+                config.authorization_policies.insert(name, s);
+            }
             Ok(Spec::Mesh(_)) => {}
             Err(e) => warnings.push(format!("{} {name}: {e}", r.key.kind)),
         }
@@ -139,6 +142,11 @@ mod tests {
                     json!({"service": "pay", "address": "10.0.0.1"}),
                 ),
                 stored(Kind::Service, "broken", json!({"port": "eighty"})),
+                stored(
+                    Kind::AuthorizationPolicy,
+                    "only-web",
+                    json!({"service": "pay", "action": "allow", "from": [{"services": ["web"]}]}),
+                ),
             ],
             trust: Default::default(),
         };
@@ -150,6 +158,7 @@ mod tests {
         assert!(config.spec.allow_unauthenticated_xds);
         assert_eq!(config.services.len(), 1);
         assert_eq!(config.endpoints.len(), 1);
+        assert_eq!(config.authorization_policies["only-web"].service, "pay");
         assert_eq!(warnings.len(), 1, "{warnings:?}");
         assert!(warnings[0].contains("broken"));
         let resources = switchboard_translator::translate(&config);
@@ -158,5 +167,6 @@ mod tests {
         assert!(snapshot.resources.clusters.contains_key("pay"));
         assert!(snapshot.root_ca.is_none(), "no CA yet, no ROOTCA");
         assert_eq!(snapshot.trust_domain, "mesh.local");
+        assert!(snapshot.resources.inbound_rbac.contains_key("pay"));
     }
 }

@@ -14,7 +14,7 @@ use switchboard_model::MtlsMode;
 use switchboard_model::identity::spiffe_id;
 use switchboard_model::spec::Protocol;
 use switchboard_translator::{
-    InboundSecurity, NodeRole, XdsResource, names, sidecar_inbound_resources,
+    InboundRbac, InboundSecurity, NodeRole, XdsResource, names, sidecar_inbound_resources,
 };
 use switchboard_xds_proto::ResourceType;
 
@@ -23,8 +23,8 @@ use crate::sds::{DEFAULT, NodeSecret, ROOTCA};
 use crate::snapshot::MeshSnapshot;
 
 /// A node's view of a mesh snapshot. Holds the snapshot by `Arc`; the per-node resources are
-/// two small resources rebuilt only when the sidecar's service changes protocol or inbound
-/// security.
+/// two small resources rebuilt only when the sidecar's service changes protocol, inbound
+/// mTLS or authorization.
 #[derive(Debug, Clone)]
 pub struct NodeView {
     snapshot: Arc<MeshSnapshot>,
@@ -45,6 +45,7 @@ pub struct NodeView {
 struct Inbound {
     protocol: Protocol,
     security: Arc<InboundSecurity>,
+    rbac: Option<Arc<InboundRbac>>,
     listener: Arc<XdsResource>,
     cluster: Arc<XdsResource>,
 }
@@ -182,17 +183,26 @@ impl NodeView {
             self.inbound = None;
             return;
         };
+        let rbac = self.snapshot.resources.inbound_rbac.get(service);
+        let same = |a: Option<&Arc<InboundRbac>>, b: Option<&Arc<InboundRbac>>| match (a, b) {
+            (Some(a), Some(b)) => Arc::ptr_eq(a, b) || **a == **b,
+            (None, None) => true,
+            _ => false,
+        };
         let unchanged = self.inbound.as_ref().is_some_and(|i| {
             i.protocol == protocol
                 && (Arc::ptr_eq(&i.security, security) || *i.security == **security)
+                && same(i.rbac.as_ref(), rbac)
         });
         if unchanged {
             return;
         }
-        self.inbound = match sidecar_inbound_resources(params, protocol, security) {
+        let combined = InboundSecurity::clone(security).with_rbac(rbac.map(|r| &**r));
+        self.inbound = match sidecar_inbound_resources(params, protocol, &combined) {
             Ok((listener, cluster)) => Some(Inbound {
                 protocol,
                 security: Arc::clone(security),
+                rbac: rbac.cloned(),
                 listener,
                 cluster,
             }),
@@ -277,7 +287,13 @@ mod tests {
 
     /// A snapshot of `services`, with `tweak` applied to the configuration first.
     fn snapshot_with(services: &[&str], tweak: impl FnOnce(&mut MeshConfig)) -> Arc<MeshSnapshot> {
-        let mut config = MeshConfig {
+        let mut config = snapshot_config(services);
+        tweak(&mut config);
+        Arc::new(MeshSnapshot::new(&config, translate(&config), None))
+    }
+
+    fn snapshot_config(services: &[&str]) -> MeshConfig {
+        MeshConfig {
             tenant: "acme".to_owned(),
             mesh: "prod".to_owned(),
             revision: 3,
@@ -294,9 +310,7 @@ mod tests {
             routes: BTreeMap::new(),
             gateways: BTreeMap::new(),
             ..Default::default()
-        };
-        tweak(&mut config);
-        Arc::new(MeshSnapshot::new(&config, translate(&config), None))
+        }
     }
 
     fn names_of<'a>(it: impl Iterator<Item = &'a Arc<XdsResource>>) -> Vec<String> {
@@ -438,6 +452,58 @@ mod tests {
         // No CA yet: no ROOTCA.
         let bare = NodeView::new(snapshot(&["pay"]), sidecar("pay")).with_secrets();
         assert!(bare.get(ResourceType::Secret, ROOTCA).is_none());
+    }
+
+    /// The inbound listener carries the service's RBAC filters, and is rebuilt when they change.
+    #[test]
+    fn a_sidecars_inbound_listener_enforces_its_services_policies() {
+        use switchboard_xds_proto::pb::envoy::config::listener::v3::{Listener, filter};
+        use switchboard_xds_proto::pb::envoy::extensions::filters::network::http_connection_manager::v3::HttpConnectionManager;
+        let http_filters = |view: &NodeView| {
+            let l = view.get(ResourceType::Listener, names::INBOUND).unwrap();
+            let l: Listener = switchboard_xds_proto::unpack(&l.resource).unwrap();
+            let Some(filter::ConfigType::TypedConfig(any)) =
+                l.filter_chains[0].filters[0].config_type.clone()
+            else {
+                panic!("no HCM");
+            };
+            let hcm: HttpConnectionManager = switchboard_xds_proto::unpack(&any).unwrap();
+            hcm.http_filters
+                .into_iter()
+                .map(|f| f.name)
+                .collect::<Vec<_>>()
+        };
+        let with_policy = |action: &str| {
+            let mut config = snapshot_config(&["pay", "web"]);
+            config.authorization_policies.insert(
+                "p".to_owned(),
+                serde_json::from_value(serde_json::json!(
+                    {"service": "pay", "action": action, "from": [{"services": ["web"]}]}
+                ))
+                .unwrap(),
+            );
+            Arc::new(MeshSnapshot::new(&config, translate(&config), None))
+        };
+        let role = NodeRole::Sidecar(SidecarParams {
+            service: "pay".to_owned(),
+            inbound_port: 15006,
+            app_port: 8080,
+            outbound_port: 15001,
+        });
+        let mut view = NodeView::new(snapshot(&["pay", "web"]), role);
+        assert_eq!(http_filters(&view), [names::ROUTER_FILTER]);
+        let plain = view.inbound_listener().unwrap().version.clone();
+        view.update(with_policy("deny"));
+        assert_eq!(
+            http_filters(&view),
+            [names::RBAC_HTTP_FILTER, names::ROUTER_FILTER]
+        );
+        let denying = view.inbound_listener().unwrap().version.clone();
+        assert_ne!(denying, plain);
+        view.update(with_policy("allow"));
+        assert_ne!(view.inbound_listener().unwrap().version, denying);
+        view.update(snapshot(&["pay", "web"]));
+        assert_eq!(view.inbound_listener().unwrap().version, plain);
     }
 
     #[test]

@@ -1,11 +1,16 @@
 //! The specs of each resource kind, and what they say about other resources.
 
+mod authorization;
 mod endpoint;
 mod gateway;
 mod mesh;
 mod route;
 mod service;
 
+pub use authorization::{
+    AuthorizationHeader, AuthorizationOperation, AuthorizationPolicySpec, AuthorizationSource,
+    MAX_MATCHES, MAX_RULES, MAX_SOURCE_SERVICES, PathPattern,
+};
 pub use endpoint::{EndpointSpec, Health, Locality};
 pub use gateway::{GatewayProtocol, GatewaySpec};
 pub use mesh::{
@@ -49,6 +54,7 @@ pub enum Spec {
     Endpoint(EndpointSpec),
     Route(RouteSpec),
     Gateway(GatewaySpec),
+    AuthorizationPolicy(AuthorizationPolicySpec),
 }
 
 impl Spec {
@@ -63,6 +69,7 @@ impl Spec {
             Kind::Endpoint => Spec::Endpoint(de(value)?),
             Kind::Route => Spec::Route(de(value)?),
             Kind::Gateway => Spec::Gateway(de(value)?),
+            Kind::AuthorizationPolicy => Spec::AuthorizationPolicy(de(value)?),
         })
     }
 
@@ -73,6 +80,7 @@ impl Spec {
             Spec::Endpoint(_) => Kind::Endpoint,
             Spec::Route(_) => Kind::Route,
             Spec::Gateway(_) => Kind::Gateway,
+            Spec::AuthorizationPolicy(_) => Kind::AuthorizationPolicy,
         }
     }
 
@@ -84,6 +92,7 @@ impl Spec {
             Spec::Endpoint(s) => s.validate(),
             Spec::Route(s) => s.validate(),
             Spec::Gateway(s) => s.validate(),
+            Spec::AuthorizationPolicy(s) => s.validate(),
         }
     }
 
@@ -93,6 +102,7 @@ impl Spec {
             Spec::Endpoint(s) => s.references(),
             Spec::Route(s) => s.references(),
             Spec::Gateway(s) => s.references(),
+            Spec::AuthorizationPolicy(s) => s.references(),
         }
     }
 
@@ -100,6 +110,53 @@ impl Spec {
         match self {
             Spec::Route(s) => s.claims(),
             _ => vec![],
+        }
+    }
+
+    /// The kinds whose references to a resource of `kind` come with a rule on that resource
+    /// (see [`Spec::check_target`]), so that a write of `kind` reads only those referrers.
+    pub fn constrained_by(kind: Kind) -> &'static [Kind] {
+        match kind {
+            Kind::Service => &[Kind::AuthorizationPolicy],
+            _ => &[],
+        }
+    }
+
+    /// Checks this spec against `target`, the resource `reference` (one of this spec's) names,
+    /// for rules neither can check alone: a policy narrowing by path needs an HTTP service.
+    /// The store calls it inside the write transaction, as it checks that `target` exists.
+    pub fn check_target(&self, reference: &Reference, target: &Spec) -> Option<FieldError> {
+        match (self, target) {
+            (Spec::AuthorizationPolicy(p), Spec::Service(s)) if reference.name == p.service => {
+                p.check_destination(s)
+            }
+            _ => None,
+        }
+    }
+
+    /// [`Spec::check_target`] the other way round: checks this spec, about to be written as
+    /// `name`, against a resource that refers to it (`referrer_name` of `referrer`'s kind),
+    /// naming the field of this spec that breaks the rule.
+    pub fn check_referrer(
+        &self,
+        name: &str,
+        referrer_name: &str,
+        referrer: &Spec,
+    ) -> Option<FieldError> {
+        match (self, referrer) {
+            (Spec::Service(s), Spec::AuthorizationPolicy(p)) if p.service == name => {
+                p.check_destination(s).map(|_| {
+                    FieldError::new(
+                        "spec.protocol",
+                        format!(
+                            "authorization policy {referrer_name:?} narrows requests to this \
+                             service by paths, methods or headers, which a tcp service does not \
+                             have: remove that policy's `to` first"
+                        ),
+                    )
+                })
+            }
+            _ => None,
         }
     }
 

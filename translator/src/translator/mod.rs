@@ -20,19 +20,25 @@
 //! - `sidecar/outbound`: every route and every route-less service.
 //! - `gateway/{g}`: gateway `g` and its attached routes.
 //! - Inbound security `{s}`: service `s` (its protocol) and the mesh's mTLS inputs.
+//! - Inbound RBAC of service `s`: service `s` (existence, protocol), the policies naming `s`,
+//!   the mesh's default authorization, and tenant, mesh and trust domain (SPIFFE IDs).
 
 mod rebuild;
 mod state;
 
 use std::collections::BTreeMap;
 
-use switchboard_model::{EndpointSpec, GatewaySpec, MeshSpec, RouteSpec, ServiceSpec, TrustBundle};
+use switchboard_model::{
+    AuthorizationPolicySpec, EndpointSpec, GatewaySpec, MeshSpec, RouteSpec, ServiceSpec,
+    TrustBundle,
+};
 
 use crate::mtls::MtlsInputs;
 use crate::{MeshConfig, MeshResources};
 use rebuild::rebuild;
 use state::{
-    Dirty, State, mark_all, mark_endpoint, mark_gateway, mark_mtls, mark_route, mark_service,
+    Dirty, State, mark_all, mark_all_inbound, mark_endpoint, mark_gateway, mark_mtls, mark_policy,
+    mark_route, mark_service,
 };
 
 /// One change to a mesh's configuration: the new spec, or `None` for a deletion.
@@ -42,7 +48,9 @@ pub enum Change {
     Endpoint(String, Option<EndpointSpec>),
     Route(String, Option<RouteSpec>),
     Gateway(String, Option<GatewaySpec>),
-    /// The mesh's own spec (its mTLS mode matters).
+    AuthorizationPolicy(String, Option<AuthorizationPolicySpec>),
+    /// The mesh's own spec (its mTLS mode matters, and its default authorization decides
+    /// every service's RBAC filters).
     Mesh(MeshSpec),
     /// The mesh CA's trust bundle (whether there is one matters).
     Trust(TrustBundle),
@@ -106,6 +114,12 @@ impl Translator {
         for (name, old_spec) in changed(&old.gateways, &new.gateways) {
             mark_gateway(state, &mut dirty, name, old_spec, new.gateways.get(name));
         }
+        for (name, old_spec) in changed(&old.authorization_policies, &new.authorization_policies) {
+            mark_policy(new, state, &mut dirty, name, old_spec);
+        }
+        if authorization_inputs(&old) != authorization_inputs(new) {
+            mark_all_inbound(new, &mut dirty);
+        }
         rebuild(&self.config, &mut self.state, &mut self.resources, dirty);
         &self.resources
     }
@@ -141,11 +155,20 @@ impl Translator {
                         config.gateways.get(&name),
                     );
                 }
+                Change::AuthorizationPolicy(name, spec) => {
+                    let old = put(&mut config.authorization_policies, &name, spec);
+                    mark_policy(config, state, &mut dirty, &name, old.as_ref());
+                }
                 Change::Mesh(spec) => {
                     let before = MtlsInputs::of(config);
+                    let default_changed =
+                        config.spec.default_authorization != spec.default_authorization;
                     config.spec = spec;
                     if before != MtlsInputs::of(config) {
                         mark_mtls(config, &mut dirty);
+                    }
+                    if default_changed {
+                        mark_all_inbound(config, &mut dirty);
                     }
                 }
                 Change::Trust(trust) => {
@@ -169,6 +192,19 @@ pub(crate) fn translate(config: &MeshConfig) -> MeshResources {
     let dirty = mark_all(config, &mut state);
     rebuild(config, &mut state, &mut resources, dirty);
     resources
+}
+
+/// What every service's RBAC filters read besides its policies: the mesh default, and the
+/// names that make up SPIFFE IDs.
+fn authorization_inputs(
+    c: &MeshConfig,
+) -> (&switchboard_model::AuthorizationAction, &str, &str, &str) {
+    (
+        &c.spec.default_authorization,
+        &c.tenant,
+        &c.mesh,
+        &c.trust_domain,
+    )
 }
 
 fn put<T>(map: &mut BTreeMap<String, T>, name: &str, spec: Option<T>) -> Option<T> {

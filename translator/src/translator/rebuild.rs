@@ -14,7 +14,7 @@ use crate::virtual_host::{
     Member, default_route_configuration, gateway_route_configuration, gateway_serves,
     outbound_route_configuration, route_configuration,
 };
-use crate::{InboundSecurity, MeshConfig, MeshResources, XdsResource, names};
+use crate::{InboundRbac, InboundSecurity, MeshConfig, MeshResources, XdsResource, names};
 use switchboard_model::spec::MtlsMode;
 
 /// Rebuilds every dirty output.
@@ -76,6 +76,9 @@ pub(super) fn rebuild(
     }
     if dirty.outbound {
         rebuild_outbound(config, state, res);
+    }
+    for service in &dirty.inbound {
+        rebuild_inbound_rbac(config, state, res, service);
     }
     res.warnings = state.warnings.values().flatten().cloned().collect();
 }
@@ -163,18 +166,14 @@ fn rebuild_cluster(config: &MeshConfig, mode: MtlsMode, res: &mut MeshResources,
     }
 }
 
-/// Service `name`'s inbound security: mTLS from the mesh's mode, and its authorization.
+/// Service `name`'s inbound mTLS, from the mesh's mode (its authorization filters are
+/// [`rebuild_inbound_rbac`]'s).
 fn rebuild_inbound_security(config: &MeshConfig, res: &mut MeshResources, name: &str) {
     let Some(spec) = config.services.get(name) else {
         res.inbound_security.remove(name);
         return;
     };
-    let security = InboundSecurity {
-        // Authorization (RBAC) filters: none yet, every caller the mTLS part admits is allowed.
-        http_filters: Vec::new(),
-        network_filters: Vec::new(),
-        ..inbound_tls(config, spec.protocol)
-    };
+    let security: InboundSecurity = inbound_tls(config, spec.protocol);
     if res
         .inbound_security
         .get(name)
@@ -325,6 +324,26 @@ fn rebuild_gateway(config: &MeshConfig, state: &mut State, res: &mut MeshResourc
         res.route_configurations.remove(&listener_name);
     }
     state.set_warnings(key, warnings);
+}
+
+fn rebuild_inbound_rbac(
+    config: &MeshConfig,
+    state: &mut State,
+    res: &mut MeshResources,
+    service: &str,
+) {
+    let names = state.policies_by_service.get(service).into_iter().flatten();
+    let policies = names.filter_map(|n| {
+        let spec = config.authorization_policies.get(n)?;
+        Some((n.as_str(), spec))
+    });
+    let (rbac, warnings) = crate::rbac::build(config, service, policies);
+    state.set_warnings(warning_key("authorization-of", service), warnings);
+    if rbac == InboundRbac::default() {
+        res.inbound_rbac.remove(service);
+    } else if res.inbound_rbac.get(service).is_none_or(|r| **r != rbac) {
+        res.inbound_rbac.insert(service.to_owned(), Arc::new(rbac));
+    }
 }
 
 fn rebuild_outbound(config: &MeshConfig, state: &State, res: &mut MeshResources) {

@@ -4,7 +4,9 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
-use switchboard_model::{EndpointSpec, GatewaySpec, RouteSpec, ServiceSpec};
+use switchboard_model::{
+    AuthorizationPolicySpec, EndpointSpec, GatewaySpec, RouteSpec, ServiceSpec,
+};
 
 use crate::route::RouteOut;
 use crate::{MeshConfig, names};
@@ -27,6 +29,8 @@ pub(super) struct State {
     /// Service name → TCP gateways forwarding to it.
     pub(super) gateways_by_service: BTreeMap<String, BTreeSet<String>>,
     pub(super) routes: BTreeMap<String, Arc<RouteOut>>,
+    /// Service name → authorization policies naming it as their destination.
+    pub(super) policies_by_service: BTreeMap<String, BTreeSet<String>>,
     /// Warnings by the source that produced them, so each is replaced when its source is
     /// recomputed.
     pub(super) warnings: BTreeMap<String, Vec<String>>,
@@ -105,7 +109,7 @@ pub(super) struct Dirty {
     pub(super) defaults: BTreeSet<(String, u32)>,
     pub(super) gateways: BTreeSet<String>,
     pub(super) outbound: bool,
-    /// Inbound security (service names).
+    /// Services whose inbound security (mTLS and RBAC filters) to rebuild.
     pub(super) inbound: BTreeSet<String>,
 }
 
@@ -123,8 +127,34 @@ pub(super) fn mark_all(config: &MeshConfig, state: &mut State) -> Dirty {
     for (name, spec) in &config.gateways {
         mark_gateway(state, &mut dirty, name, None, Some(spec));
     }
+    for name in config.authorization_policies.keys() {
+        mark_policy(config, state, &mut dirty, name, None);
+    }
     dirty.outbound = true;
     dirty
+}
+
+/// Something every service's authorization depends on changed (the mesh default, or what
+/// identities are called).
+pub(super) fn mark_all_inbound(config: &MeshConfig, dirty: &mut Dirty) {
+    dirty.inbound.extend(config.services.keys().cloned());
+}
+
+pub(super) fn mark_policy(
+    config: &MeshConfig,
+    state: &mut State,
+    dirty: &mut Dirty,
+    name: &str,
+    old: Option<&AuthorizationPolicySpec>,
+) {
+    if let Some(old) = old {
+        index_remove(&mut state.policies_by_service, &old.service, name);
+        dirty.inbound.insert(old.service.clone());
+    }
+    if let Some(new) = config.authorization_policies.get(name) {
+        index_add(&mut state.policies_by_service, &new.service, name);
+        dirty.inbound.insert(new.service.clone());
+    }
 }
 
 pub(super) fn mark_service(

@@ -144,10 +144,11 @@ impl Lcg {
 const SERVICES: &[&str] = &["s0", "s1", "s2", "s3", "s4", "s5"];
 const ROUTES: &[&str] = &["r0", "r1", "r2", "r3"];
 const GATEWAYS: &[&str] = &["g0", "g1"];
+const POLICIES: &[&str] = &["p0", "p1", "p2"];
 
 fn random_change(rng: &mut Lcg) -> Change {
     let delete = rng.below(5) == 0;
-    match rng.below(12) {
+    match rng.below(14) {
         0..=1 => {
             let name = rng.pick(SERVICES).to_string();
             let protocol = rng.pick(&["http", "grpc", "tcp", "http2"]);
@@ -191,10 +192,23 @@ fn random_change(rng: &mut Lcg) -> Change {
             let v = json!({"hostnames": hostnames, "rules": [rule]});
             Change::Route(name, (!delete).then(|| spec(v)))
         }
-        10 => Change::Mesh(spec(
-            json!({"mtls": {"mode": rng.pick(&["strict", "permissive", "off"])}}),
-        )),
-        11 => Change::Trust(if rng.below(2) == 0 {
+        10..=11 => {
+            let name = rng.pick(POLICIES).to_string();
+            let mut v = json!({
+                "service": rng.pick(SERVICES),
+                "action": rng.pick(&["allow", "deny"]),
+                "from": [{"services": [rng.pick(SERVICES)]}, {"anyAuthenticated": true}],
+            });
+            if rng.below(2) == 0 {
+                v["to"] = json!([{"paths": ["/api/*"], "methods": ["GET"]}]);
+            }
+            Change::AuthorizationPolicy(name, (!delete).then(|| spec(v)))
+        }
+        12 => Change::Mesh(spec(json!({
+            "mtls": {"mode": rng.pick(&["strict", "permissive", "off"])},
+            "defaultAuthorization": rng.pick(&["allow", "deny"]),
+        }))),
+        13 => Change::Trust(if rng.below(2) == 0 {
             TrustBundle::default()
         } else {
             ca_bundle()
@@ -223,6 +237,7 @@ fn apply_to(config: &mut MeshConfig, change: &Change) {
         Change::Endpoint(n, s) => put(&mut config.endpoints, n, s),
         Change::Route(n, s) => put(&mut config.routes, n, s),
         Change::Gateway(n, s) => put(&mut config.gateways, n, s),
+        Change::AuthorizationPolicy(n, s) => put(&mut config.authorization_policies, n, s),
         Change::Mesh(s) => config.spec = s.clone(),
         Change::Trust(t) => config.trust = t.clone(),
     }

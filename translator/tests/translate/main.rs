@@ -10,4 +10,5 @@ mod endpoints;
 mod incremental;
 mod listeners;
 mod mtls;
+mod rbac;
 mod routes;

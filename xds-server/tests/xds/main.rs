@@ -6,6 +6,7 @@ mod common;
 
 mod ads;
 mod auth;
+mod authorization;
 mod cache;
 mod mtls;
 mod sds;
