@@ -37,7 +37,11 @@ use tracing::Instrument;
 
 use crate::cluster::ClusterManager;
 use crate::http::HttpHandler;
-use crate::telemetry::{DownstreamAddrs, LISTENER_ACTIVE_CONNECTIONS, LISTENER_CONNECTIONS_TOTAL};
+use crate::rbac::{self, Subject};
+use crate::telemetry::{
+    DownstreamAddrs, LISTENER_ACTIVE_CONNECTIONS, LISTENER_CONNECTIONS_TOTAL, RBAC_DENIED_TOTAL,
+};
+use crate::tls::PeerIdentity;
 
 /// A listener's socket stopped accepting connections with an error that is not transient
 /// (see [`run`]); the only way serving a listener fails.
@@ -291,19 +295,26 @@ async fn connection(
         (Ok(remote), Ok(local)) => Some(DownstreamAddrs { remote, local }),
         _ => None,
     };
-    let (mode, tls) = {
+    let (mode, tls, rbac) = {
         let snapshot = ctx.store.snapshot();
         let listener = snapshot.listeners.get(&ctx.name);
         let tls = listener.and_then(|l| l.tls.clone());
+        // Kept (until the peer is known) only when there are network RBAC filters to run.
+        let rbac = listener
+            .is_some_and(|l| !l.network_rbac.is_empty())
+            .then(|| snapshot.clone());
         let mode = match listener.map(|l| &l.kind) {
             Some(ListenerKind::Tcp(t)) => Mode::Tcp(t.clone(), snapshot.clone()),
             Some(ListenerKind::Http(h)) => Mode::Http(h.limits),
             None => Mode::Http(HttpLimits::default()),
         };
-        (mode, tls)
+        (mode, tls, rbac)
     };
     let Some(tls) = tls else {
-        return dispatch(stream, None, addrs, mode, ctx, drain, kill).await;
+        if network_denied(rbac, None, addrs, ctx) {
+            return;
+        }
+        return dispatch(stream, None, addrs, None, mode, ctx, drain, kill).await;
     };
     let Some(acceptor) = ctx.acceptor(&tls).await else {
         return;
@@ -325,13 +336,55 @@ async fn connection(
     };
     drop(tls);
     let alpn = stream.get_ref().1.alpn_protocol().map(<[u8]>::to_vec);
-    dispatch(stream, alpn, addrs, mode, ctx, drain, kill).await;
+    let peer = PeerIdentity::of(stream.get_ref().1).map(Arc::new);
+    if network_denied(rbac, peer.as_deref(), addrs, ctx) {
+        return;
+    }
+    dispatch(stream, alpn, addrs, peer, mode, ctx, drain, kill).await;
 }
 
+/// Runs the listener's RBAC network filters (from the accept-time `snapshot`, `None` when
+/// it has none) once the peer is known; a denied connection is counted and logged, and the
+/// caller closes it.
+fn network_denied(
+    snapshot: Option<Arc<Snapshot>>,
+    peer: Option<&PeerIdentity>,
+    addrs: Option<DownstreamAddrs>,
+    ctx: &Ctx,
+) -> bool {
+    let Some(listener) = snapshot.as_ref().and_then(|s| s.listeners.get(&ctx.name)) else {
+        return false;
+    };
+    let subject = Subject {
+        peer,
+        destination_port: addrs.map(|a| a.local.port()),
+        request: None,
+    };
+    let Some((stat_prefix, denied)) = rbac::check_network(&listener.network_rbac, &subject) else {
+        return false;
+    };
+    metrics::counter!(
+        RBAC_DENIED_TOTAL,
+        "listener" => ctx.name.clone(),
+        "filter" => "network",
+        "policy" => denied.policy_name().to_owned(),
+    )
+    .increment(1);
+    tracing::info!(
+        stat_prefix,
+        details = %denied.details(),
+        peer = ?peer.map(|p| &p.uri_sans),
+        "connection denied by RBAC; closing"
+    );
+    true
+}
+
+#[allow(clippy::too_many_arguments)] // one connection's parts, passed straight through
 async fn dispatch<S>(
     io: S,
     alpn: Option<Vec<u8>>,
     addrs: Option<DownstreamAddrs>,
+    peer: Option<Arc<PeerIdentity>>,
     mode: Mode,
     ctx: &Ctx,
     drain: CancellationToken,
@@ -346,7 +399,7 @@ async fn dispatch<S>(
             () = kill.cancelled() => {}
         },
         Mode::Http(limits) => {
-            http_conn::serve(io, alpn, addrs, limits, ctx.http.clone(), drain, kill).await;
+            http_conn::serve(io, alpn, addrs, peer, limits, ctx.http.clone(), drain, kill).await;
         }
     }
 }

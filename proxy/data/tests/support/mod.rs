@@ -203,6 +203,7 @@ pub fn set_http_listener(
         fault: None,
         allow_absolute_url: false,
         limits,
+        rbac: Vec::new(),
     });
     apply_listener(store, name, kind, tls);
 }
@@ -219,6 +220,7 @@ pub fn apply_listener(
         address: SocketAddr::from(([127, 0, 0, 1], 0)),
         kind,
         tls,
+        network_rbac: Vec::new(),
     };
     Handler::<Listener>::apply(store, vec![(name.into(), listener)], vec![]).unwrap();
 }

@@ -1,6 +1,7 @@
 //! Listener: a socket address and one filter chain that is either an HTTP connection manager
 //! (routes over RDS or inline; fault and router filters) or a TCP proxy to one cluster (or a
-//! weighted choice of clusters), optionally behind TLS (`envoy.transport_sockets.tls`).
+//! weighted choice of clusters), optionally behind TLS (`envoy.transport_sockets.tls`) and
+//! RBAC network filters (see [`super::rbac`]).
 //!
 //! Limits that protect the proxy from bad clients are explicit here, with documented
 //! defaults (see [`HttpLimits`]); where a default differs from Envoy's, the constant says so.
@@ -25,8 +26,11 @@ use switchboard_xds_proto::pb::envoy::extensions::filters::network::tcp_proxy::v
 use switchboard_xds_proto::pb::envoy::extensions::transport_sockets::tls::v3::{
     CommonTlsContext, DownstreamTlsContext, TlsCertificate, common_tls_context,
 };
-use switchboard_xds_proto::{HttpFault, Router, type_url, unpack};
+use switchboard_xds_proto::{
+    HttpFault, HttpRbac as PbHttpRbac, NetworkRbac as PbNetworkRbac, Router, type_url, unpack,
+};
 
+use super::rbac::{HttpRbac, NetworkRbac, http_rbac, network_rbac};
 use super::route::{Clusters, Fault, RouteConfig, fault, route_config};
 use super::{ConfigError, Path, check_fields, duration, socket_addr};
 
@@ -39,6 +43,9 @@ pub struct Listener {
     /// TLS termination for every connection (the filter chain's `transport_socket`);
     /// `None` for plaintext.
     pub tls: Option<DownstreamTls>,
+    /// RBAC network filters before the HCM or TCP proxy, in order: each connection is
+    /// checked once, after the TLS handshake.
+    pub network_rbac: Vec<NetworkRbac>,
 }
 
 /// What the listener does with a connection.
@@ -59,6 +66,9 @@ pub struct HttpConnectionManager {
     pub allow_absolute_url: bool,
     /// Per-connection limits and timeouts against slow or abusive clients.
     pub limits: HttpLimits,
+    /// RBAC filters, in filter chain order; they run before routing (and before the fault
+    /// filter, which must come after them).
+    pub rbac: Vec<HttpRbac>,
 }
 
 /// Envoy's default for `max_request_headers_kb`: 60 KiB.
@@ -286,35 +296,64 @@ impl TryFrom<PbListener> for Listener {
             .as_ref()
             .map(|t| transport_socket(t, handshake_timeout, &chain_path.field("transport_socket")))
             .transpose()?;
-        let [filter] = <[Filter; 1]>::try_from(chain.filters).map_err(|filters| {
-            chain_path.field("filters").err(format!(
-                "exactly one network filter (http_connection_manager or tcp_proxy) is supported, got {}",
-                filters.len()
-            ))
-        })?;
-        let kind = network_filter(filter, &chain_path.index("filters", 0))?;
+        let count = chain.filters.len();
+        let mut network_rbac = Vec::new();
+        let mut kind = None;
+        for (i, filter) in chain.filters.into_iter().enumerate() {
+            let p = chain_path.index("filters", i);
+            match network_filter(filter, &p)? {
+                NetworkFilter::Rbac(_) if i + 1 == count => {
+                    return Err(p.err(
+                        "the RBAC filter must be followed by http_connection_manager or tcp_proxy",
+                    ));
+                }
+                NetworkFilter::Rbac(r) => network_rbac.push(r),
+                NetworkFilter::Terminal(k) if i + 1 == count => kind = Some(k),
+                NetworkFilter::Terminal(_) => {
+                    return Err(p.err(
+                        "http_connection_manager or tcp_proxy must be the last network filter",
+                    ));
+                }
+            }
+        }
+        let Some(kind) = kind else {
+            return Err(chain_path.field("filters").err(
+                "one network filter (http_connection_manager or tcp_proxy) is required, \
+                 optionally after RBAC filters",
+            ));
+        };
         Ok(Listener {
             name: l.name,
             address,
             kind,
             tls,
+            network_rbac,
         })
     }
 }
 
-fn network_filter(f: Filter, path: &Path) -> Result<ListenerKind, ConfigError> {
+enum NetworkFilter {
+    Rbac(NetworkRbac),
+    Terminal(ListenerKind),
+}
+
+fn network_filter(f: Filter, path: &Path) -> Result<NetworkFilter, ConfigError> {
     let Some(filter::ConfigType::TypedConfig(any)) = &f.config_type else {
         return Err(path.err(format!("filter {} has no typed_config", f.name)));
     };
     let decode =
         |e: switchboard_xds_proto::UnpackError| path.field("typed_config").err(e.to_string());
     match any.type_url.as_str() {
-        type_url::HTTP_CONNECTION_MANAGER => Ok(ListenerKind::Http(hcm(
+        type_url::HTTP_CONNECTION_MANAGER => Ok(NetworkFilter::Terminal(ListenerKind::Http(hcm(
             unpack::<PbHcm>(any).map_err(decode)?,
             &path.field("typed_config"),
-        )?)),
-        type_url::TCP_PROXY => Ok(ListenerKind::Tcp(tcp(
+        )?))),
+        type_url::TCP_PROXY => Ok(NetworkFilter::Terminal(ListenerKind::Tcp(tcp(
             unpack::<PbTcpProxy>(any).map_err(decode)?,
+            &path.field("typed_config"),
+        )?))),
+        type_url::NETWORK_RBAC => Ok(NetworkFilter::Rbac(network_rbac(
+            unpack::<PbNetworkRbac>(any).map_err(decode)?,
             &path.field("typed_config"),
         )?)),
         other => Err(path.err(format!("unsupported filter {} ({other})", f.name))),
@@ -562,10 +601,18 @@ fn hcm(h: PbHcm, path: &Path) -> Result<HttpConnectionManager, ConfigError> {
         _ => return Err(path.err("rds or route_config is required")),
     };
     let mut fault_filter = None;
+    let mut rbac = Vec::new();
     let count = h.http_filters.len();
     for (i, f) in h.http_filters.into_iter().enumerate() {
         let p = path.index("http_filters", i);
         match http_filter(f, &p)? {
+            HttpFilterKind::Rbac(_) if fault_filter.is_some() => {
+                return Err(p.err(
+                    "RBAC filters must come before the fault filter (this proxy checks access \
+                     before injecting faults)",
+                ));
+            }
+            HttpFilterKind::Rbac(r) => rbac.push(r),
             HttpFilterKind::Router if i + 1 == count => {}
             HttpFilterKind::Router => return Err(p.err("the router filter must be last")),
             HttpFilterKind::Fault(_) if fault_filter.is_some() => {
@@ -584,6 +631,7 @@ fn hcm(h: PbHcm, path: &Path) -> Result<HttpConnectionManager, ConfigError> {
         fault: fault_filter,
         allow_absolute_url,
         limits,
+        rbac,
     })
 }
 
@@ -699,6 +747,7 @@ fn http2_options(
 enum HttpFilterKind {
     Router,
     Fault(Fault),
+    Rbac(HttpRbac),
 }
 
 fn http_filter(f: HttpFilter, path: &Path) -> Result<HttpFilterKind, ConfigError> {
@@ -716,6 +765,10 @@ fn http_filter(f: HttpFilter, path: &Path) -> Result<HttpFilterKind, ConfigError
         }
         type_url::FAULT => Ok(HttpFilterKind::Fault(fault(
             unpack::<HttpFault>(any).map_err(decode)?,
+            &p,
+        )?)),
+        type_url::RBAC => Ok(HttpFilterKind::Rbac(http_rbac(
+            unpack::<PbHttpRbac>(any).map_err(decode)?,
             &p,
         )?)),
         other => Err(path.err(format!("unsupported HTTP filter {} ({other})", f.name))),
