@@ -20,6 +20,8 @@
 
 mod http_conn;
 
+use http_conn::Downstream;
+
 use std::io;
 use std::net::SocketAddr;
 use std::pin::pin;
@@ -314,7 +316,8 @@ async fn connection(
         if network_denied(rbac, None, addrs, ctx) {
             return;
         }
-        return dispatch(stream, None, addrs, None, mode, ctx, drain, kill).await;
+        let downstream = Downstream { addrs, peer: None };
+        return dispatch(stream, None, downstream, mode, ctx, drain, kill).await;
     };
     let Some(acceptor) = ctx.acceptor(&tls).await else {
         return;
@@ -340,7 +343,8 @@ async fn connection(
     if network_denied(rbac, peer.as_deref(), addrs, ctx) {
         return;
     }
-    dispatch(stream, alpn, addrs, peer, mode, ctx, drain, kill).await;
+    let downstream = Downstream { addrs, peer };
+    dispatch(stream, alpn, downstream, mode, ctx, drain, kill).await;
 }
 
 /// Runs the listener's RBAC network filters (from the accept-time `snapshot`, `None` when
@@ -379,12 +383,10 @@ fn network_denied(
     true
 }
 
-#[allow(clippy::too_many_arguments)] // one connection's parts, passed straight through
 async fn dispatch<S>(
     io: S,
     alpn: Option<Vec<u8>>,
-    addrs: Option<DownstreamAddrs>,
-    peer: Option<Arc<PeerIdentity>>,
+    downstream: Downstream,
     mode: Mode,
     ctx: &Ctx,
     drain: CancellationToken,
@@ -399,7 +401,7 @@ async fn dispatch<S>(
             () = kill.cancelled() => {}
         },
         Mode::Http(limits) => {
-            http_conn::serve(io, alpn, addrs, peer, limits, ctx.http.clone(), drain, kill).await;
+            http_conn::serve(io, alpn, downstream, limits, ctx.http.clone(), drain, kill).await;
         }
     }
 }

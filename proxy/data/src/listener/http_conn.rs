@@ -49,13 +49,19 @@ const MIN_HTTP1_BUFFER: usize = 8192 + 4096 * 100;
 /// The HTTP/2 connection preface; anything else starts HTTP/1.
 const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
+/// What every request of a connection carries in its extensions: the connection's addresses
+/// and, on TLS with a verified client certificate, the peer's identity.
+pub(super) struct Downstream {
+    pub(super) addrs: Option<DownstreamAddrs>,
+    pub(super) peer: Option<Arc<PeerIdentity>>,
+}
+
 /// Serves HTTP on `io` until the client is done, the connection times out, or it is drained
 /// (`drain`) or killed (`kill`).
 pub(super) async fn serve<S>(
     io: S,
     alpn: Option<Vec<u8>>,
-    addrs: Option<DownstreamAddrs>,
-    peer: Option<Arc<PeerIdentity>>,
+    downstream: Downstream,
     limits: HttpLimits,
     handler: Arc<HttpHandler>,
     drain: CancellationToken,
@@ -104,10 +110,10 @@ pub(super) async fn serve<S>(
         let state = state.clone();
         let stream_idle = limits.stream_idle_timeout;
         service_fn(move |mut req: Request<Incoming>| {
-            if let Some(a) = addrs {
+            if let Some(a) = downstream.addrs {
                 req.extensions_mut().insert(a);
             }
-            if let Some(p) = &peer {
+            if let Some(p) = &downstream.peer {
                 req.extensions_mut().insert(p.clone());
             }
             let idle = stream_idle.map(|t| Arc::new(StreamIdle::new(t)));
