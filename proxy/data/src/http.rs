@@ -18,6 +18,7 @@ use std::sync::Arc;
 use http::{Request, Response, StatusCode};
 use hyper::body::Incoming;
 use switchboard_proxy_xds::config::listener::{ListenerKind, RouteSource};
+use switchboard_proxy_xds::config::rbac::HttpRbac;
 use switchboard_proxy_xds::config::route::{Action, Clusters};
 use switchboard_proxy_xds::{ConfigStore, Snapshot};
 use tracing::Instrument;
@@ -25,9 +26,11 @@ use tracing::Instrument;
 use crate::body::Body;
 use crate::cluster::{ClusterManager, ClusterRegistry, pick_weighted};
 use crate::idle::StreamIdle;
+use crate::rbac::{self, RequestView, Subject};
 use crate::router::{self, RequestInfo};
-use crate::telemetry::ResponseFlags;
 use crate::telemetry::request::{self, Exchange, Observer, RequestBody};
+use crate::telemetry::{DownstreamAddrs, RBAC_DENIED_TOTAL, ResponseFlags};
+use crate::tls::PeerIdentity;
 
 /// Request handling for one HTTP listener: what every connection of a bound socket hands
 /// its requests to.
@@ -91,6 +94,12 @@ impl HttpHandler {
                 format!("listener {:?} is not an HTTP listener", self.listener),
             );
         };
+        // Envoy's order: the RBAC filters come before the router, which picks the route.
+        if !hcm.rbac.is_empty()
+            && let Some(denied) = rbac_check(&hcm.rbac, &req, &self.listener, ex)
+        {
+            return denied;
+        }
         let routes = match &hcm.routes {
             RouteSource::Inline(rc) => rc,
             RouteSource::Rds(name) => match snapshot.routes.get(name) {
@@ -134,11 +143,11 @@ impl HttpHandler {
         }
         let mut resp = match &route.action {
             Action::Direct { status, body } => {
-                ex.details = Some("direct_response");
+                ex.details = Some("direct_response".into());
                 local::direct(*status, body.as_deref())
             }
             Action::Redirect(r) => {
-                ex.details = Some("direct_response");
+                ex.details = Some("direct_response".into());
                 local::redirect(r, &req, &host, &route.matcher.path)
             }
             Action::Forward(f) => {
@@ -172,6 +181,44 @@ impl HttpHandler {
         local::mutate(resp.headers_mut(), &route.response_headers);
         resp
     }
+}
+
+/// The answer to a request the listener's RBAC filters deny: Envoy's 403 `RBAC: access
+/// denied`, with the matched policy in `%RESPONSE_CODE_DETAILS%` and counted per policy.
+fn rbac_check<B>(
+    filters: &[HttpRbac],
+    req: &Request<B>,
+    listener: &str,
+    ex: &mut Exchange,
+) -> Option<Response<Body>> {
+    let subject = Subject {
+        peer: req.extensions().get::<Arc<PeerIdentity>>().map(|p| &**p),
+        destination_port: req
+            .extensions()
+            .get::<DownstreamAddrs>()
+            .map(|a| a.local.port()),
+        request: Some(RequestView {
+            method: req.method(),
+            host: request_host(req),
+            path: req.uri().path(),
+            query: req.uri().query(),
+            headers: req.headers(),
+        }),
+    };
+    let denied = rbac::check_http(filters, &subject)?;
+    metrics::counter!(
+        RBAC_DENIED_TOTAL,
+        "listener" => listener.to_owned(),
+        "filter" => "http",
+        "policy" => denied.policy_name().to_owned(),
+    )
+    .increment(1);
+    ex.details = Some(denied.details().into());
+    // Envoy's body, without the newline of other local errors.
+    Some(local::text(
+        StatusCode::FORBIDDEN,
+        "RBAC: access denied".to_owned(),
+    ))
 }
 
 /// Where a forwarded request may go: one cluster, resolved against one snapshot.

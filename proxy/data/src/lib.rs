@@ -4,8 +4,9 @@
 //! - Leaves: [`body`] (the response body type), `idle` (inactivity timers), [`router`]
 //!   (virtual host and route selection in Envoy's order, pure), [`ring`] (ring hash and
 //!   request hashing, pure), [`outlier`] (ejection rules, pure), [`tls`] (rustls server
-//!   configs), [`telemetry`] (metric names, access log, trace context, OTLP, per-request
-//!   observation).
+//!   configs, the verified peer identity), `rbac` (RBAC decisions, pure; on `router`'s value
+//!   matching and `tls`'s identity), [`telemetry`] (metric names, access log, trace context,
+//!   OTLP, per-request observation).
 //! - [`cluster`]: the [`ClusterManager`] shared by every listener: per cluster its state
 //!   (endpoint choice by priority, locality and endpoint weights under round robin, least
 //!   request, random or ring hash; outlier ejection; circuit breakers), its connection pool
@@ -30,6 +31,7 @@ pub mod http;
 mod idle;
 pub mod listener;
 pub mod outlier;
+mod rbac;
 pub mod ring;
 pub mod router;
 pub mod tcp;
@@ -40,3 +42,4 @@ pub use body::Body;
 pub use cluster::{ClusterManager, ClusterRegistry, EndpointSource, Picked, pick_weighted};
 pub use listener::{AcceptError, serve};
 pub use router::{RequestInfo, route};
+pub use tls::PeerIdentity;

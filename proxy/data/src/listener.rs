@@ -20,6 +20,8 @@
 
 mod http_conn;
 
+use http_conn::Downstream;
+
 use std::io;
 use std::net::SocketAddr;
 use std::pin::pin;
@@ -30,6 +32,7 @@ use switchboard_proxy_xds::config::Secret;
 use switchboard_proxy_xds::config::listener::{
     DownstreamTls, HttpLimits, Listener, ListenerKind, TcpProxy,
 };
+use switchboard_proxy_xds::config::rbac::NetworkRbac;
 use switchboard_proxy_xds::{ConfigStore, Snapshot};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
@@ -40,7 +43,11 @@ use tracing::Instrument;
 
 use crate::cluster::ClusterManager;
 use crate::http::HttpHandler;
-use crate::telemetry::{DownstreamAddrs, LISTENER_ACTIVE_CONNECTIONS, LISTENER_CONNECTIONS_TOTAL};
+use crate::rbac::{self, Subject};
+use crate::telemetry::{
+    DownstreamAddrs, LISTENER_ACTIVE_CONNECTIONS, LISTENER_CONNECTIONS_TOTAL, RBAC_DENIED_TOTAL,
+};
+use crate::tls::PeerIdentity;
 
 /// A listener's socket stopped accepting connections with an error that is not transient
 /// (see [`run`]); the only way serving a listener fails.
@@ -327,7 +334,7 @@ async fn connection(
             };
             match peeked {
                 Ok(Ok(true)) => None,
-                Ok(Ok(false)) => Some(&p.kind),
+                Ok(Ok(false)) => Some(p),
                 Ok(Err(e)) => {
                     tracing::debug!(error = %e, "reading the first byte failed");
                     return;
@@ -340,7 +347,15 @@ async fn connection(
         }
         _ => None,
     };
-    let kind = plaintext.or(listener.as_deref().map(|l| &l.kind));
+    let kind = plaintext
+        .map(|p| &p.kind)
+        .or(listener.as_deref().map(|l| &l.kind));
+    // The chosen chain's RBAC network filters, run once the peer is known.
+    let rbac: Vec<NetworkRbac> = match (plaintext, listener.as_deref()) {
+        (Some(p), _) => p.network_rbac.clone(),
+        (None, Some(l)) => l.network_rbac.clone(),
+        (None, None) => Vec::new(),
+    };
     let mode = match kind {
         Some(ListenerKind::Tcp(t)) => Mode::Tcp(t.clone(), snapshot.clone()),
         Some(ListenerKind::Http(h)) => Mode::Http(h.limits),
@@ -352,7 +367,11 @@ async fn connection(
     };
     let Some(tls) = tls else {
         drop(snapshot);
-        return dispatch(stream, None, addrs, mode, ctx, drain, kill).await;
+        if network_denied(&rbac, None, addrs, ctx) {
+            return;
+        }
+        let downstream = Downstream { addrs, peer: None };
+        return dispatch(stream, None, downstream, mode, ctx, drain, kill).await;
     };
     let acceptor = ctx.acceptor(&tls, &snapshot).await;
     drop(snapshot);
@@ -376,7 +395,47 @@ async fn connection(
     };
     drop(tls);
     let alpn = stream.get_ref().1.alpn_protocol().map(<[u8]>::to_vec);
-    dispatch(stream, alpn, addrs, mode, ctx, drain, kill).await;
+    let peer = PeerIdentity::of(stream.get_ref().1).map(Arc::new);
+    if network_denied(&rbac, peer.as_deref(), addrs, ctx) {
+        return;
+    }
+    let downstream = Downstream { addrs, peer };
+    dispatch(stream, alpn, downstream, mode, ctx, drain, kill).await;
+}
+
+/// Runs the accepting filter chain's RBAC network filters once the peer is known; a denied
+/// connection is counted and logged, and the caller closes it.
+fn network_denied(
+    network_rbac: &[NetworkRbac],
+    peer: Option<&PeerIdentity>,
+    addrs: Option<DownstreamAddrs>,
+    ctx: &Ctx,
+) -> bool {
+    if network_rbac.is_empty() {
+        return false;
+    }
+    let subject = Subject {
+        peer,
+        destination_port: addrs.map(|a| a.local.port()),
+        request: None,
+    };
+    let Some((stat_prefix, denied)) = rbac::check_network(network_rbac, &subject) else {
+        return false;
+    };
+    metrics::counter!(
+        RBAC_DENIED_TOTAL,
+        "listener" => ctx.name.clone(),
+        "filter" => "network",
+        "policy" => denied.policy_name().to_owned(),
+    )
+    .increment(1);
+    tracing::info!(
+        stat_prefix,
+        details = %denied.details(),
+        peer = ?peer.map(|p| &p.uri_sans),
+        "connection denied by RBAC; closing"
+    );
+    true
 }
 
 /// Whether the connection opens with a TLS handshake record (0x16), without consuming it.
@@ -413,7 +472,7 @@ pub fn is_warm(snapshot: &Snapshot, name: &str) -> bool {
 async fn dispatch<S>(
     io: S,
     alpn: Option<Vec<u8>>,
-    addrs: Option<DownstreamAddrs>,
+    downstream: Downstream,
     mode: Mode,
     ctx: &Ctx,
     drain: CancellationToken,
@@ -428,7 +487,7 @@ async fn dispatch<S>(
             () = kill.cancelled() => {}
         },
         Mode::Http(limits) => {
-            http_conn::serve(io, alpn, addrs, limits, ctx.http.clone(), drain, kill).await;
+            http_conn::serve(io, alpn, downstream, limits, ctx.http.clone(), drain, kill).await;
         }
     }
 }

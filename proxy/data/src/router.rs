@@ -130,7 +130,7 @@ fn query_matches(q: &QueryMatch, query: Option<&str>) -> bool {
     })
 }
 
-fn value_matches(m: &ValueMatch, value: &str) -> bool {
+pub(crate) fn value_matches(m: &ValueMatch, value: &str) -> bool {
     match m {
         ValueMatch::Present => true,
         ValueMatch::Exact(v) => value == v,

@@ -60,6 +60,10 @@ pub const LISTENER_ACTIVE_CONNECTIONS: &str = "switchboard_proxy_listener_active
 pub const LISTENER_CONNECTIONS_TOTAL: &str = "switchboard_proxy_listener_connections_total";
 /// Bytes relayed by TCP proxy listeners, by listener and direction.
 pub const TCP_BYTES_TOTAL: &str = "switchboard_proxy_tcp_bytes_total";
+/// Requests (`filter="http"`, answered 403) and connections (`filter="network"`, closed)
+/// denied by RBAC, by listener and policy (`none`: no policy allowed it). Envoy's
+/// `http.<stat_prefix>.rbac.denied` and `<stat_prefix>.rbac.denied`, per policy.
+pub const RBAC_DENIED_TOTAL: &str = "switchboard_proxy_rbac_denied_total";
 
 /// Histogram buckets in seconds for latencies, from 0.5 ms to 30 s; the binary passes them
 /// to the Prometheus exporter for the `_seconds` histograms.
@@ -130,6 +134,11 @@ pub fn describe_metrics() {
         LISTENER_CONNECTIONS_TOTAL,
         Unit::Count,
         "Accepted downstream connections"
+    );
+    describe_counter!(
+        RBAC_DENIED_TOTAL,
+        Unit::Count,
+        "Requests and connections denied by RBAC, by listener, filter and policy"
     );
     describe_counter!(
         TCP_BYTES_TOTAL,

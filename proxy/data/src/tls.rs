@@ -250,3 +250,44 @@ fn certificates(pem: &[u8], what: &'static str) -> Result<Vec<CertificateDer<'st
     }
     Ok(certs)
 }
+
+/// Who is at the other end of a TLS connection: known only when the client presented a
+/// certificate the listener verified (`client_validation`). Read once per connection, after
+/// the handshake, and shared by its requests (as a request extension) for RBAC.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PeerIdentity {
+    /// The URI SANs of the client's leaf certificate (SPIFFE IDs), in certificate order.
+    pub uri_sans: Vec<String>,
+}
+
+impl PeerIdentity {
+    /// The verified identity of `conn`'s client, `None` when it presented no certificate.
+    /// rustls only completes a handshake whose client certificate passed the verifier, so a
+    /// present certificate is a verified one.
+    pub fn of(conn: &rustls::ServerConnection) -> Option<Self> {
+        let leaf = conn.peer_certificates()?.first()?;
+        Some(Self {
+            uri_sans: uri_sans(leaf),
+        })
+    }
+}
+
+/// The URI SANs of a DER certificate; none when it cannot be parsed (rustls verified it, so
+/// that does not happen, but then the peer matches no `principal_name`).
+fn uri_sans(der: &CertificateDer<'_>) -> Vec<String> {
+    use x509_parser::extensions::GeneralName;
+    let Ok((_, cert)) = x509_parser::parse_x509_certificate(der.as_ref()) else {
+        return Vec::new();
+    };
+    let Ok(Some(san)) = cert.subject_alternative_name() else {
+        return Vec::new();
+    };
+    san.value
+        .general_names
+        .iter()
+        .filter_map(|n| match n {
+            GeneralName::URI(uri) => Some((*uri).to_owned()),
+            _ => None,
+        })
+        .collect()
+}

@@ -289,13 +289,18 @@ async fn permissive_listener_serves_tls_and_plaintext_on_one_port() {
         fault: None,
         allow_absolute_url: false,
         limits: HttpLimits::default(),
+        rbac: Vec::new(),
     });
     let listener = Listener {
         name: "permissive".into(),
         address: SocketAddr::from(([127, 0, 0, 1], 0)),
         kind: http.clone(),
         tls: Some(mesh_tls()),
-        plaintext: Some(PlaintextChain { kind: http }),
+        plaintext: Some(PlaintextChain {
+            kind: http,
+            network_rbac: Vec::new(),
+        }),
+        network_rbac: Vec::new(),
     };
     Handler::<Listener>::apply(&mut store, vec![("permissive".into(), listener)], vec![]).unwrap();
     let running = start(&store, "permissive", Duration::from_secs(1)).await;

@@ -12,6 +12,7 @@ pub mod cluster;
 pub mod endpoint;
 pub mod listener;
 pub mod matcher;
+pub mod rbac;
 pub mod route;
 pub mod secret;
 pub mod tls;

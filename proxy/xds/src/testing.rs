@@ -6,6 +6,7 @@
 //! assert every ACK and NACK. [`AdsServer::stop`] kills it (the stream fails and the port
 //! closes); [`AdsServer::start_on`] brings one back on the same address.
 
+pub mod rbac;
 pub mod resources;
 
 use std::net::SocketAddr;

@@ -54,7 +54,7 @@ pub(super) fn mark_local(resp: &mut Response<Body>) {
     resp.extensions_mut().insert(LocalReply);
 }
 
-fn text(status: StatusCode, body: String) -> Response<Body> {
+pub(super) fn text(status: StatusCode, body: String) -> Response<Body> {
     let mut resp = Response::new(full(body));
     mark_local(&mut resp);
     *resp.status_mut() = status;

@@ -1,7 +1,8 @@
 //! One HTTP connection of a listener: the protocol is chosen by ALPN on TLS (`h2`, else
 //! HTTP/1.1) or by the HTTP/2 connection preface on cleartext (h2c prior knowledge); then
 //! hyper's HTTP/1 or HTTP/2 server runs with the listener's [`HttpLimits`], handing each
-//! request to the listener's [`HttpHandler`]:
+//! request to the listener's [`HttpHandler`] with the connection's addresses and verified
+//! peer identity (for RBAC) in its extensions:
 //! - request headers over `max_request_headers_bytes` (or `max_headers_count` headers) are
 //!   answered 431 on HTTP/1; on HTTP/2 the limit is `SETTINGS_MAX_HEADER_LIST_SIZE`, and a
 //!   larger header block gets the stream refused;
@@ -39,6 +40,7 @@ use tokio_util::sync::CancellationToken;
 use crate::http::HttpHandler;
 use crate::idle::{IdleTimer, StreamIdle};
 use crate::telemetry::DownstreamAddrs;
+use crate::tls::PeerIdentity;
 
 /// HTTP/1 reads are buffered up to at least this (hyper's default), or the header limit plus
 /// some room when that is larger, so that the header limit is what answers 431.
@@ -47,12 +49,19 @@ const MIN_HTTP1_BUFFER: usize = 8192 + 4096 * 100;
 /// The HTTP/2 connection preface; anything else starts HTTP/1.
 const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
+/// What every request of a connection carries in its extensions: the connection's addresses
+/// and, on TLS with a verified client certificate, the peer's identity.
+pub(super) struct Downstream {
+    pub(super) addrs: Option<DownstreamAddrs>,
+    pub(super) peer: Option<Arc<PeerIdentity>>,
+}
+
 /// Serves HTTP on `io` until the client is done, the connection times out, or it is drained
 /// (`drain`) or killed (`kill`).
 pub(super) async fn serve<S>(
     io: S,
     alpn: Option<Vec<u8>>,
-    addrs: Option<DownstreamAddrs>,
+    downstream: Downstream,
     limits: HttpLimits,
     handler: Arc<HttpHandler>,
     drain: CancellationToken,
@@ -101,8 +110,11 @@ pub(super) async fn serve<S>(
         let state = state.clone();
         let stream_idle = limits.stream_idle_timeout;
         service_fn(move |mut req: Request<Incoming>| {
-            if let Some(a) = addrs {
+            if let Some(a) = downstream.addrs {
                 req.extensions_mut().insert(a);
+            }
+            if let Some(p) = &downstream.peer {
+                req.extensions_mut().insert(p.clone());
             }
             let idle = stream_idle.map(|t| Arc::new(StreamIdle::new(t)));
             if let Some(idle) = &idle {

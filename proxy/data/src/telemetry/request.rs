@@ -4,6 +4,7 @@
 //! upstream), and [`Observer::finish`] with the response (counter, latency histogram, span
 //! status, and a body wrapper that counts bytes and writes the access log at its end).
 
+use std::borrow::Cow;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -39,7 +40,7 @@ pub(crate) struct Exchange {
     pub(crate) cluster: String,
     pub(crate) flags: ResponseFlags,
     /// `%RESPONSE_CODE_DETAILS%` for a local reply the handler made itself.
-    pub(crate) details: Option<&'static str>,
+    pub(crate) details: Option<Cow<'static, str>>,
     traceparent: Option<HeaderValue>,
     keep_tracestate: bool,
 }
@@ -164,7 +165,9 @@ impl Observer {
         if let Some(f) = resp.extensions().get::<ResponseFlags>() {
             flags.insert(*f);
         }
-        let details = ex.details.unwrap_or_else(|| details(flags, local));
+        let details = ex
+            .details
+            .unwrap_or_else(|| Cow::Borrowed(details(flags, local)));
 
         let listener = std::mem::take(&mut self.listener);
         metrics::counter!(
@@ -261,7 +264,7 @@ impl Drop for Observer {
                 response_headers: HeaderMap::new(),
                 trailers: None,
                 flags: ResponseFlags::DOWNSTREAM_CONNECTION_TERMINATION,
-                details: "downstream_remote_disconnect",
+                details: Cow::Borrowed("downstream_remote_disconnect"),
                 bytes_received: self.received.load(Ordering::Relaxed),
                 bytes_sent: 0,
                 duration: elapsed,

@@ -203,6 +203,7 @@ pub fn set_http_listener(
         fault: None,
         allow_absolute_url: false,
         limits,
+        rbac: Vec::new(),
     });
     apply_listener(store, name, kind, tls);
 }
@@ -220,6 +221,7 @@ pub fn apply_listener(
         kind,
         tls,
         plaintext: None,
+        network_rbac: Vec::new(),
     };
     Handler::<Listener>::apply(store, vec![(name.into(), listener)], vec![]).unwrap();
 }

@@ -1,6 +1,7 @@
 //! Listener: a socket address and one filter chain that is either an HTTP connection manager
 //! (routes over RDS or inline; fault and router filters) or a TCP proxy to one cluster (or a
-//! weighted choice of clusters), optionally behind TLS (`envoy.transport_sockets.tls`).
+//! weighted choice of clusters), optionally behind TLS (`envoy.transport_sockets.tls`) and
+//! RBAC network filters (see [`super::rbac`]).
 //!
 //! Limits that protect the proxy from bad clients are explicit here, with documented
 //! defaults (see [`HttpLimits`]); where a default differs from Envoy's, the constant says so.
@@ -21,9 +22,12 @@ use switchboard_xds_proto::pb::envoy::extensions::filters::network::http_connect
 use switchboard_xds_proto::pb::envoy::extensions::filters::network::tcp_proxy::v3::{
     TcpProxy as PbTcpProxy, tcp_proxy,
 };
-use switchboard_xds_proto::{HttpFault, Router, type_url, unpack};
+use switchboard_xds_proto::{
+    HttpFault, HttpRbac as PbHttpRbac, NetworkRbac as PbNetworkRbac, Router, type_url, unpack,
+};
 
 pub(crate) use super::ads_source;
+use super::rbac::{HttpRbac, NetworkRbac, http_rbac, network_rbac};
 use super::route::{Clusters, Fault, RouteConfig, fault, route_config};
 use super::tls::downstream_socket;
 pub use super::tls::{ClientValidation, DataSource, DownstreamTls};
@@ -42,12 +46,17 @@ pub struct Listener {
     /// `filter_chain_match.transport_protocol`): connections that do not open with a TLS
     /// handshake are served by this chain; `kind` and `tls` above are the TLS chain's.
     pub plaintext: Option<PlaintextChain>,
+    /// RBAC network filters before the HCM or TCP proxy, in order: each connection is
+    /// checked once, after the TLS handshake.
+    pub network_rbac: Vec<NetworkRbac>,
 }
 
 /// The plaintext filter chain of a listener that also accepts TLS.
 #[derive(Debug, Clone, PartialEq)]
 pub struct PlaintextChain {
     pub kind: ListenerKind,
+    /// This chain's RBAC network filters (as [`Listener::network_rbac`]).
+    pub network_rbac: Vec<NetworkRbac>,
 }
 
 /// The listener filter that tells TLS from plaintext connections.
@@ -71,6 +80,9 @@ pub struct HttpConnectionManager {
     pub allow_absolute_url: bool,
     /// Per-connection limits and timeouts against slow or abusive clients.
     pub limits: HttpLimits,
+    /// RBAC filters, in filter chain order; they run before routing (and before the fault
+    /// filter, which must come after them).
+    pub rbac: Vec<HttpRbac>,
 }
 
 /// Envoy's default for `max_request_headers_kb`: 60 KiB.
@@ -219,7 +231,11 @@ impl TryFrom<PbListener> for Listener {
             address,
             kind: main.kind,
             tls: main.tls,
-            plaintext: plaintext.map(|c| PlaintextChain { kind: c.kind }),
+            network_rbac: main.network_rbac,
+            plaintext: plaintext.map(|c| PlaintextChain {
+                kind: c.kind,
+                network_rbac: c.network_rbac,
+            }),
         })
     }
 }
@@ -288,6 +304,7 @@ struct Chain {
     transport: Transport,
     kind: ListenerKind,
     tls: Option<DownstreamTls>,
+    network_rbac: Vec<NetworkRbac>,
 }
 
 fn filter_chain(chain: FilterChain, path: &Path) -> Result<Chain, ConfigError> {
@@ -345,17 +362,37 @@ fn filter_chain(chain: FilterChain, path: &Path) -> Result<Chain, ConfigError> {
             "a filter chain matching transport_protocol \"raw_buffer\" cannot terminate TLS",
         ));
     }
-    let [filter] = <[Filter; 1]>::try_from(chain.filters).map_err(|filters| {
-        path.field("filters").err(format!(
-            "exactly one network filter (http_connection_manager or tcp_proxy) is supported, got {}",
-            filters.len()
-        ))
-    })?;
-    let kind = network_filter(filter, &path.index("filters", 0))?;
+    let count = chain.filters.len();
+    let mut network_rbac = Vec::new();
+    let mut kind = None;
+    for (i, filter) in chain.filters.into_iter().enumerate() {
+        let p = path.index("filters", i);
+        match network_filter(filter, &p)? {
+            NetworkFilter::Rbac(_) if i + 1 == count => {
+                return Err(p.err(
+                    "the RBAC filter must be followed by http_connection_manager or tcp_proxy",
+                ));
+            }
+            NetworkFilter::Rbac(r) => network_rbac.push(r),
+            NetworkFilter::Terminal(k) if i + 1 == count => kind = Some(k),
+            NetworkFilter::Terminal(_) => {
+                return Err(
+                    p.err("http_connection_manager or tcp_proxy must be the last network filter")
+                );
+            }
+        }
+    }
+    let Some(kind) = kind else {
+        return Err(path.field("filters").err(
+            "one network filter (http_connection_manager or tcp_proxy) is required, \
+             optionally after RBAC filters",
+        ));
+    };
     Ok(Chain {
         transport,
         kind,
         tls,
+        network_rbac,
     })
 }
 
@@ -394,19 +431,28 @@ fn split_chains(chains: Vec<Chain>, path: &Path) -> Result<(Chain, Option<Chain>
     }
 }
 
-fn network_filter(f: Filter, path: &Path) -> Result<ListenerKind, ConfigError> {
+enum NetworkFilter {
+    Rbac(NetworkRbac),
+    Terminal(ListenerKind),
+}
+
+fn network_filter(f: Filter, path: &Path) -> Result<NetworkFilter, ConfigError> {
     let Some(filter::ConfigType::TypedConfig(any)) = &f.config_type else {
         return Err(path.err(format!("filter {} has no typed_config", f.name)));
     };
     let decode =
         |e: switchboard_xds_proto::UnpackError| path.field("typed_config").err(e.to_string());
     match any.type_url.as_str() {
-        type_url::HTTP_CONNECTION_MANAGER => Ok(ListenerKind::Http(hcm(
+        type_url::HTTP_CONNECTION_MANAGER => Ok(NetworkFilter::Terminal(ListenerKind::Http(hcm(
             unpack::<PbHcm>(any).map_err(decode)?,
             &path.field("typed_config"),
-        )?)),
-        type_url::TCP_PROXY => Ok(ListenerKind::Tcp(tcp(
+        )?))),
+        type_url::TCP_PROXY => Ok(NetworkFilter::Terminal(ListenerKind::Tcp(tcp(
             unpack::<PbTcpProxy>(any).map_err(decode)?,
+            &path.field("typed_config"),
+        )?))),
+        type_url::NETWORK_RBAC => Ok(NetworkFilter::Rbac(network_rbac(
+            unpack::<PbNetworkRbac>(any).map_err(decode)?,
             &path.field("typed_config"),
         )?)),
         other => Err(path.err(format!("unsupported filter {} ({other})", f.name))),
@@ -509,10 +555,18 @@ fn hcm(h: PbHcm, path: &Path) -> Result<HttpConnectionManager, ConfigError> {
         _ => return Err(path.err("rds or route_config is required")),
     };
     let mut fault_filter = None;
+    let mut rbac = Vec::new();
     let count = h.http_filters.len();
     for (i, f) in h.http_filters.into_iter().enumerate() {
         let p = path.index("http_filters", i);
         match http_filter(f, &p)? {
+            HttpFilterKind::Rbac(_) if fault_filter.is_some() => {
+                return Err(p.err(
+                    "RBAC filters must come before the fault filter (this proxy checks access \
+                     before injecting faults)",
+                ));
+            }
+            HttpFilterKind::Rbac(r) => rbac.push(r),
             HttpFilterKind::Router if i + 1 == count => {}
             HttpFilterKind::Router => return Err(p.err("the router filter must be last")),
             HttpFilterKind::Fault(_) if fault_filter.is_some() => {
@@ -531,6 +585,7 @@ fn hcm(h: PbHcm, path: &Path) -> Result<HttpConnectionManager, ConfigError> {
         fault: fault_filter,
         allow_absolute_url,
         limits,
+        rbac,
     })
 }
 
@@ -646,6 +701,7 @@ fn http2_options(
 enum HttpFilterKind {
     Router,
     Fault(Fault),
+    Rbac(HttpRbac),
 }
 
 fn http_filter(f: HttpFilter, path: &Path) -> Result<HttpFilterKind, ConfigError> {
@@ -663,6 +719,10 @@ fn http_filter(f: HttpFilter, path: &Path) -> Result<HttpFilterKind, ConfigError
         }
         type_url::FAULT => Ok(HttpFilterKind::Fault(fault(
             unpack::<HttpFault>(any).map_err(decode)?,
+            &p,
+        )?)),
+        type_url::RBAC => Ok(HttpFilterKind::Rbac(http_rbac(
+            unpack::<PbHttpRbac>(any).map_err(decode)?,
             &p,
         )?)),
         other => Err(path.err(format!("unsupported HTTP filter {} ({other})", f.name))),

@@ -117,7 +117,7 @@ pub(crate) fn route_match(m: &PbRouteMatch, path: &Path) -> Result<RouteMatch, C
     })
 }
 
-fn header(h: &HeaderMatcher, path: &Path) -> Result<HeaderMatch, ConfigError> {
+pub(crate) fn header(h: &HeaderMatcher, path: &Path) -> Result<HeaderMatch, ConfigError> {
     use header_matcher::HeaderMatchSpecifier as S;
     check_fields(
         h,
@@ -173,7 +173,7 @@ fn query(q: &QueryParameterMatcher, path: &Path) -> Result<QueryMatch, ConfigErr
     })
 }
 
-fn string(s: &StringMatcher, path: &Path) -> Result<ValueMatch, ConfigError> {
+pub(crate) fn string(s: &StringMatcher, path: &Path) -> Result<ValueMatch, ConfigError> {
     use string_matcher::MatchPattern as P;
     check_fields(
         s,

@@ -133,6 +133,12 @@ fn route(r: PbRoute, path: &Path) -> Result<Route, ConfigError> {
     let mut fault_config = None;
     for (key, any) in &r.typed_per_filter_config {
         let p = path.field(&format!("typed_per_filter_config[{key:?}]"));
+        if any.type_url == type_url::RBAC_PER_ROUTE {
+            return Err(p.err(
+                "per-route RBAC overrides (RBACPerRoute) are not supported; the listener's \
+                 RBAC filters apply to every route",
+            ));
+        }
         if key != FAULT_FILTER || any.type_url != type_url::FAULT {
             return Err(p.err(format!("unsupported per-route config {}", any.type_url)));
         }

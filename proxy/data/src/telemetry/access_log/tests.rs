@@ -23,7 +23,7 @@ fn record() -> LogRecord {
         response_headers,
         trailers: None,
         flags: ResponseFlags::NO_HEALTHY_UPSTREAM,
-        details: "no_healthy_upstream",
+        details: "no_healthy_upstream".into(),
         bytes_received: 12,
         bytes_sent: 34,
         duration: Duration::from_millis(56),
@@ -255,7 +255,7 @@ fn json_output_is_pinned() {
     r.version = Version::HTTP_2;
     r.status = 0;
     r.flags = ResponseFlags::DOWNSTREAM_CONNECTION_TERMINATION;
-    r.details = "";
+    r.details = "".into();
     r.upstream_host = Some("[::1]:8443".parse().unwrap());
     r.cluster = String::new();
     r.route = "r\u{e9}\n".into();
