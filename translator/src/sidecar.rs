@@ -24,6 +24,9 @@ use crate::pb::envoy::config::listener::v3::{Filter, FilterChain, FilterChainMat
 use crate::pb::envoy::config::route::v3::{
     Route, RouteAction, RouteConfiguration, VirtualHost, route, route_action,
 };
+use crate::pb::envoy::extensions::filters::network::http_connection_manager::v3::http_connection_manager::{
+    ForwardClientCertDetails, SetCurrentClientCertDetails,
+};
 use crate::pb::envoy::extensions::filters::network::http_connection_manager::v3::HttpFilter;
 use crate::{SidecarParams, TranslateError, XdsResource};
 
@@ -101,11 +104,18 @@ pub fn sidecar_inbound_with(
     } else {
         let mut http_filters = security.http_filters.clone();
         http_filters.push(router());
-        vec![hcm_filter(&hcm_inline(
-            names::INBOUND,
-            inbound_routes(&cluster_name),
-            http_filters,
-        ))]
+        let mut hcm = hcm_inline(names::INBOUND, inbound_routes(&cluster_name), http_filters);
+        if security.transport_socket.is_some() {
+            // As Istio's sidecars: the application learns who called it from
+            // `x-forwarded-client-cert` (the caller's SPIFFE ID), set from the verified client
+            // certificate and never taken from the caller (a plaintext request's is removed).
+            hcm.forward_client_cert_details = ForwardClientCertDetails::SanitizeSet as i32;
+            hcm.set_current_client_cert_details = Some(SetCurrentClientCertDetails {
+                uri: true,
+                ..Default::default()
+            });
+        }
+        vec![hcm_filter(&hcm)]
     };
     let mut listener = Listener {
         name: names::INBOUND.to_owned(),

@@ -12,6 +12,7 @@
 mod fault;
 mod forward;
 mod local;
+mod xfcc;
 
 use std::sync::Arc;
 
@@ -100,6 +101,8 @@ impl HttpHandler {
         {
             return denied;
         }
+        let peer = req.extensions().get::<Arc<PeerIdentity>>().cloned();
+        xfcc::apply(req.headers_mut(), &hcm.xfcc, peer.as_deref());
         let routes = match &hcm.routes {
             RouteSource::Inline(rc) => rc,
             RouteSource::Rds(name) => match snapshot.routes.get(name) {
@@ -214,12 +217,19 @@ fn rbac_check<B>(
     )
     .increment(1);
     ex.details = Some(denied.details().into());
-    // Envoy's body, without the newline of other local errors.
-    Some(local::text(
-        StatusCode::FORBIDDEN,
-        "RBAC: access denied".to_owned(),
-    ))
+    // Envoy's body, without the newline of other local errors; the policy is named in a
+    // header so that the caller can tell which one to look at (policy names are resource
+    // names, not secrets).
+    let mut resp = local::text(StatusCode::FORBIDDEN, "RBAC: access denied".to_owned());
+    if let Ok(v) = http::HeaderValue::from_str(denied.policy_name()) {
+        resp.headers_mut().insert(DENIED_BY, v);
+    }
+    Some(resp)
 }
+
+/// The response header of a request RBAC denied: the policy that denied it (`none` when no
+/// allow policy matched).
+pub const DENIED_BY: http::HeaderName = http::HeaderName::from_static("x-switchboard-denied-by");
 
 /// Where a forwarded request may go: one cluster, resolved against one snapshot.
 struct Target<'a> {

@@ -157,7 +157,14 @@ struct Ctx {
 struct CachedAcceptor {
     config: DownstreamTls,
     secrets: Vec<Option<Arc<Secret>>>,
-    acceptor: Result<TlsAcceptor, String>,
+    acceptor: Result<Acceptor, String>,
+}
+
+/// A built TLS acceptor and the URI SAN of the certificate it presents (XFCC's `By`).
+#[derive(Clone)]
+struct Acceptor {
+    tls: TlsAcceptor,
+    local_uri: Option<Arc<str>>,
 }
 
 impl Ctx {
@@ -175,17 +182,22 @@ impl Ctx {
         })
     }
 
-    async fn acceptor(&self, tls: &DownstreamTls, snapshot: &Snapshot) -> Option<TlsAcceptor> {
+    async fn acceptor(&self, tls: &DownstreamTls, snapshot: &Snapshot) -> Option<Acceptor> {
         let secrets = crate::tls::secrets_in_use(&tls.secret_names(), &snapshot.secrets);
         let mut cached = self.tls.lock().await;
         let stale = cached
             .as_ref()
             .is_none_or(|c| c.config != *tls || !crate::tls::same_secrets(&c.secrets, &secrets));
         if stale {
-            let built = crate::tls::server_config_with(tls, &snapshot.secrets)
-                .await
-                .map(TlsAcceptor::from)
-                .map_err(|e| e.to_string());
+            let built = match crate::tls::server_config_with(tls, &snapshot.secrets).await {
+                Ok(config) => Ok(Acceptor {
+                    tls: TlsAcceptor::from(config),
+                    local_uri: crate::tls::local_uri(tls, &snapshot.secrets)
+                        .await
+                        .map(Arc::from),
+                }),
+                Err(e) => Err(e.to_string()),
+            };
             if let Err(e) = &built {
                 tracing::error!(
                     listener = %self.name,
@@ -378,7 +390,7 @@ async fn connection(
     let Some(acceptor) = acceptor else {
         return;
     };
-    let handshake = tokio::time::timeout(tls.handshake_timeout, acceptor.accept(stream));
+    let handshake = tokio::time::timeout(tls.handshake_timeout, acceptor.tls.accept(stream));
     let stream = tokio::select! {
         done = handshake => match done {
             Ok(Ok(s)) => s,
@@ -395,7 +407,7 @@ async fn connection(
     };
     drop(tls);
     let alpn = stream.get_ref().1.alpn_protocol().map(<[u8]>::to_vec);
-    let peer = PeerIdentity::of(stream.get_ref().1).map(Arc::new);
+    let peer = PeerIdentity::of(stream.get_ref().1, acceptor.local_uri.as_deref()).map(Arc::new);
     if network_denied(&rbac, peer.as_deref(), addrs, ctx) {
         return;
     }

@@ -187,9 +187,11 @@ mod tests {
         };
         let a = PeerIdentity {
             uri_sans: vec!["spiffe://t/ns/a".into()],
+            ..Default::default()
         };
         let c = PeerIdentity {
             uri_sans: vec!["spiffe://t/ns/c".into()],
+            ..Default::default()
         };
         let allow_a = Rules {
             action: Action::Allow,

@@ -253,41 +253,75 @@ fn certificates(pem: &[u8], what: &'static str) -> Result<Vec<CertificateDer<'st
 
 /// Who is at the other end of a TLS connection: known only when the client presented a
 /// certificate the listener verified (`client_validation`). Read once per connection, after
-/// the handshake, and shared by its requests (as a request extension) for RBAC.
+/// the handshake, and shared by its requests (as a request extension) for RBAC and
+/// `x-forwarded-client-cert`.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct PeerIdentity {
     /// The URI SANs of the client's leaf certificate (SPIFFE IDs), in certificate order.
     pub uri_sans: Vec<String>,
+    /// Its DNS SANs.
+    pub dns_sans: Vec<String>,
+    /// Its subject, as RFC 4514 text.
+    pub subject: String,
+    /// The SHA-256 of its DER, lower-case hex (XFCC's `Hash`).
+    pub hash: String,
+    /// The first URI SAN of the certificate this proxy presented (XFCC's `By`).
+    pub local_uri: Option<String>,
 }
 
 impl PeerIdentity {
     /// The verified identity of `conn`'s client, `None` when it presented no certificate.
     /// rustls only completes a handshake whose client certificate passed the verifier, so a
     /// present certificate is a verified one.
-    pub fn of(conn: &rustls::ServerConnection) -> Option<Self> {
+    pub fn of(conn: &rustls::ServerConnection, local_uri: Option<&str>) -> Option<Self> {
         let leaf = conn.peer_certificates()?.first()?;
+        let (uri_sans, dns_sans, subject) = names(leaf);
+        let digest = ring::digest::digest(&ring::digest::SHA256, leaf.as_ref());
+        let hash = digest.as_ref().iter().map(|b| format!("{b:02x}")).collect();
         Some(Self {
-            uri_sans: uri_sans(leaf),
+            uri_sans,
+            dns_sans,
+            subject,
+            hash,
+            local_uri: local_uri.map(str::to_owned),
         })
     }
 }
 
-/// The URI SANs of a DER certificate; none when it cannot be parsed (rustls verified it, so
-/// that does not happen, but then the peer matches no `principal_name`).
-fn uri_sans(der: &CertificateDer<'_>) -> Vec<String> {
+/// The first URI SAN of the certificate a listener with `tls` presents, if any.
+pub async fn local_uri(tls: &DownstreamTls, secrets: &Secrets) -> Option<String> {
+    let chain = read(&tls.certificate_chain, Part::Chain, secrets)
+        .await
+        .ok()?;
+    leaf_uri(&chain)
+}
+
+/// The first URI SAN of the leaf of a PEM chain (the proxy's own certificate), if any.
+pub fn leaf_uri(chain_pem: &[u8]) -> Option<String> {
+    use rustls::pki_types::pem::PemObject;
+    let leaf = CertificateDer::pem_slice_iter(chain_pem).next()?.ok()?;
+    names(&leaf).0.into_iter().next()
+}
+
+/// The URI SANs, DNS SANs and subject of a DER certificate; empty when it cannot be parsed
+/// (rustls verified it, so that does not happen, but then the peer matches no
+/// `principal_name`).
+fn names(der: &CertificateDer<'_>) -> (Vec<String>, Vec<String>, String) {
     use x509_parser::extensions::GeneralName;
     let Ok((_, cert)) = x509_parser::parse_x509_certificate(der.as_ref()) else {
-        return Vec::new();
+        return Default::default();
     };
+    let subject = cert.subject().to_string();
     let Ok(Some(san)) = cert.subject_alternative_name() else {
-        return Vec::new();
+        return (Vec::new(), Vec::new(), subject);
     };
-    san.value
-        .general_names
-        .iter()
-        .filter_map(|n| match n {
-            GeneralName::URI(uri) => Some((*uri).to_owned()),
-            _ => None,
-        })
-        .collect()
+    let (mut uris, mut dns) = (Vec::new(), Vec::new());
+    for n in &san.value.general_names {
+        match n {
+            GeneralName::URI(uri) => uris.push((*uri).to_owned()),
+            GeneralName::DNSName(d) => dns.push((*d).to_owned()),
+            _ => {}
+        }
+    }
+    (uris, dns, subject)
 }

@@ -290,6 +290,7 @@ async fn permissive_listener_serves_tls_and_plaintext_on_one_port() {
         allow_absolute_url: false,
         limits: HttpLimits::default(),
         rbac: Vec::new(),
+        xfcc: Default::default(),
     });
     let listener = Listener {
         name: "permissive".into(),

@@ -368,6 +368,13 @@ async fn answer(name: &str, flaky: &AtomicBool, req: Request<Incoming>) -> Respo
         .header("x-backend", name)
         .header("x-http-version", format!("{:?}", req.version()))
         .header("x-path", path)
+        .header(
+            "x-seen-client-cert",
+            req.headers()
+                .get("x-forwarded-client-cert")
+                .cloned()
+                .unwrap_or(hyper::header::HeaderValue::from_static("")),
+        )
         .body(Full::new(Bytes::from(name.to_owned())))
         .unwrap()
 }

@@ -16,6 +16,7 @@ pub mod rbac;
 pub mod route;
 pub mod secret;
 pub mod tls;
+pub mod xfcc;
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::OnceLock;

@@ -22,6 +22,10 @@ use switchboard_translator::pb::envoy::extensions::transport_sockets::tls::v3::{
     CertificateValidationContext, CommonTlsContext, DownstreamTlsContext, SdsSecretConfig,
     SubjectAltNameMatcher, UpstreamTlsContext, common_tls_context, subject_alt_name_matcher,
 };
+use switchboard_translator::pb::envoy::extensions::filters::network::http_connection_manager::v3::HttpConnectionManager;
+use switchboard_translator::pb::envoy::extensions::filters::network::http_connection_manager::v3::http_connection_manager::{
+    ForwardClientCertDetails, SetCurrentClientCertDetails,
+};
 use switchboard_translator::pb::envoy::r#type::matcher::v3::{StringMatcher, string_matcher};
 use switchboard_translator::pb::google::protobuf::{Any, BoolValue, Struct, Value, value};
 use switchboard_translator::{
@@ -161,7 +165,33 @@ fn strict_inbound_requires_mesh_client_certificates() {
         assert_eq!(tls, expected_downstream(alpn), "{service}");
         assert!(!res.inbound_security[service].accept_plaintext);
         assert!(res.inbound_security[service].http_filters.is_empty());
+        if protocol != Protocol::Tcp {
+            let hcm = inbound_hcm(chain);
+            assert_eq!(
+                hcm.forward_client_cert_details,
+                ForwardClientCertDetails::SanitizeSet as i32,
+                "{service}: the app learns its caller from x-forwarded-client-cert"
+            );
+            assert_eq!(
+                hcm.set_current_client_cert_details,
+                Some(SetCurrentClientCertDetails {
+                    uri: true,
+                    ..Default::default()
+                })
+            );
+        }
     }
+}
+
+fn inbound_hcm(chain: &FilterChain) -> HttpConnectionManager {
+    use switchboard_translator::pb::envoy::config::listener::v3::filter;
+    let Some(filter::ConfigType::TypedConfig(any)) = &chain.filters[0].config_type else {
+        panic!("no typed HCM");
+    };
+    unpack(
+        any,
+        "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
+    )
 }
 
 #[test]
@@ -222,6 +252,10 @@ fn off_and_permissive_without_a_ca_are_plaintext() {
         assert_eq!(l.filter_chains.len(), 1);
         assert_eq!(l.filter_chains[0].transport_socket, None, "{mode}");
         assert_eq!(*res.inbound_security["a"], Default::default());
+        // Plaintext: nothing is vouched for, Envoy's default (sanitize) removes the header.
+        let hcm = inbound_hcm(&l.filter_chains[0]);
+        assert_eq!(hcm.forward_client_cert_details, 0);
+        assert_eq!(hcm.set_current_client_cert_details, None);
         // Proxies get the very resources proxyless clients do.
         assert_eq!(res.proxy_clusters.len(), res.clusters.len());
         for (name, c) in &res.clusters {

@@ -204,6 +204,7 @@ pub fn set_http_listener(
         allow_absolute_url: false,
         limits,
         rbac: Vec::new(),
+        xfcc: Default::default(),
     });
     apply_listener(store, name, kind, tls);
 }

@@ -31,6 +31,7 @@ use super::rbac::{HttpRbac, NetworkRbac, http_rbac, network_rbac};
 use super::route::{Clusters, Fault, RouteConfig, fault, route_config};
 use super::tls::downstream_socket;
 pub use super::tls::{ClientValidation, DataSource, DownstreamTls};
+pub use super::xfcc::Xfcc;
 use super::{ConfigError, Path, check_fields, duration, socket_addr};
 
 /// A listener the proxy binds.
@@ -83,6 +84,9 @@ pub struct HttpConnectionManager {
     /// RBAC filters, in filter chain order; they run before routing (and before the fault
     /// filter, which must come after them).
     pub rbac: Vec<HttpRbac>,
+    /// `x-forwarded-client-cert`: removed by default, set from a verified client certificate
+    /// when configured.
+    pub xfcc: Xfcc,
 }
 
 /// Envoy's default for `max_request_headers_kb`: 60 KiB.
@@ -527,10 +531,13 @@ fn hcm(h: PbHcm, path: &Path) -> Result<HttpConnectionManager, ConfigError> {
             "max_request_headers_kb",
             "request_headers_timeout",
             "stream_idle_timeout",
+            "forward_client_cert_details",
+            "set_current_client_cert_details",
         ],
         path,
     )?;
     let limits = http_limits(&h, path)?;
+    let xfcc = super::xfcc::xfcc(&h, path)?;
     let allow_absolute_url = match &h.http_protocol_options {
         Some(o) => {
             let p = path.field("http_protocol_options");
@@ -586,6 +593,7 @@ fn hcm(h: PbHcm, path: &Path) -> Result<HttpConnectionManager, ConfigError> {
         allow_absolute_url,
         limits,
         rbac,
+        xfcc,
     })
 }
 
