@@ -28,6 +28,7 @@ use crate::node::{describe_role, node_role, sidecar_endpoint_meta};
 use crate::protocol::{Handled, Limits, ProtocolError, StreamState};
 use crate::registration::{Desired, Registered, Registrar};
 use crate::revocation::{Held, Revocations};
+use crate::sds::guard::{self, Entitlement};
 use crate::sds::renewal::{Renewal, Wanted};
 use crate::sds::{NodeSecret, WorkloadIssuer, wants_default};
 use crate::status::{Acked, Nacked, ProxyRegistry, ProxyStatus, Registration, Sent};
@@ -269,6 +270,19 @@ impl Engine {
                                 );
                                 return Err(Status::internal(
                                     "internal error: refusing to send another mesh's configuration",
+                                ));
+                            }
+                            let identity = stream.view.identity();
+                            let may = Entitlement {
+                                secrets: stream.view.serves_secrets(),
+                                identity: identity.as_deref(),
+                            };
+                            if let Err(v) = guard::check(&response, may) {
+                                tracing::error!(violation = %v, "refusing to send a secret; ending the stream");
+                                // Debug builds (the test suite) fail loudly on a violation.
+                                debug_assert!(false, "SDS isolation violated: {v}");
+                                return Err(Status::internal(
+                                    "internal error: refusing to send a secret this stream may not have",
                                 ));
                             }
                             permit.send(Ok(response))

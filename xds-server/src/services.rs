@@ -115,6 +115,18 @@ async fn fetch(
             type_url: rtype.type_url().to_owned(),
             ..Default::default()
         });
+    let identity = view.identity();
+    let may = crate::sds::guard::Entitlement {
+        secrets: view.serves_secrets(),
+        identity: identity.as_deref(),
+    };
+    if let Err(v) = crate::sds::guard::check(&response, may) {
+        tracing::error!(violation = %v, "refusing to send a secret");
+        debug_assert!(false, "SDS isolation violated: {v}");
+        return Err(Status::internal(
+            "internal error: refusing to send a secret this client may not have",
+        ));
+    }
     Ok(Response::new(response))
 }
 

@@ -88,6 +88,11 @@ impl NodeView {
         Some(spiffe_id(&s.tenant, &s.trust_domain, &s.mesh, name))
     }
 
+    /// Whether this node may receive secrets at all (an authenticated stream).
+    pub fn serves_secrets(&self) -> bool {
+        self.secrets
+    }
+
     /// Puts in (or, with `None`, takes out) the node's certificate. One for another identity
     /// than [`NodeView::identity`] is refused and nothing is served as `default`.
     pub fn set_certificate(&mut self, certificate: Option<Arc<NodeSecret>>) {

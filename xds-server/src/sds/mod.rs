@@ -6,6 +6,8 @@
 //! - [`secrets`]: the resources, built without IO, and the redaction that keeps private keys
 //!   out of status and CSDS.
 //! - [`renewal`]: the per-stream task that issues, renews and re-issues `default`.
+//! - [`guard`]: the check of every Secret response against the stream's credentials, just
+//!   before it is sent.
 //!
 //! Who gets what is decided by [`crate::view::NodeView`]: nothing for an anonymous stream;
 //! `ROOTCA` for any stream with a proxy token; `default` for a sidecar whose service exists
@@ -17,6 +19,7 @@ use switchboard_xds_proto::ResourceType;
 use crate::protocol::StreamState;
 
 pub mod ca;
+pub mod guard;
 pub mod renewal;
 pub mod secrets;
 
