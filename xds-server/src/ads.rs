@@ -21,7 +21,9 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 use tracing::{Instrument, field};
 
-use crate::auth::{self, Admitted, AuthError};
+use crate::auth::cert::{RootsCache, check_claim};
+use crate::auth::{self, Admitted, AuthError, Presented};
+use crate::expiry::Expiry;
 use crate::cache::{MeshState, SnapshotCache};
 use crate::metrics::{self, StreamGauge};
 use crate::node::{describe_role, node_role, sidecar_endpoint_meta};
@@ -48,6 +50,8 @@ pub(crate) struct Engine {
     pub(crate) registrar: Registrar,
     /// The proxy tokens of open streams, to end them when revoked.
     pub(crate) revocations: Revocations,
+    /// Parsed trust bundles, for client certificates.
+    pub(crate) roots: RootsCache,
     /// The mesh CA, for `default` certificates; `None` serves none.
     pub(crate) issuer: Option<Arc<dyn WorkloadIssuer>>,
 }
@@ -75,6 +79,7 @@ impl Engine {
         let service = only.map_or("ADS", ResourceType::short_name);
         let token = auth::bearer(request.metadata());
         let peer = request.remote_addr();
+        let certificates = request.peer_certs();
         let requests = request.into_inner();
         let (tx, rx) = mpsc::channel(self.queue.max(1));
         let span = tracing::info_span!(
@@ -89,7 +94,12 @@ impl Engine {
         tokio::spawn(
             async move {
                 let out = tx.clone();
-                match engine.drive(id, only, token, peer, requests, tx).await {
+                let client = Client {
+                    token,
+                    peer,
+                    certificates,
+                };
+                match engine.drive(id, only, client, requests, tx).await {
                     Ok(()) => tracing::debug!("stream closed"),
                     Err(status) => {
                         tracing::info!(code = ?status.code(), message = status.message(), "stream ended");
@@ -106,8 +116,7 @@ impl Engine {
         &self,
         id: u64,
         only: Option<ResourceType>,
-        token: Result<Option<String>, AuthError>,
-        peer: Option<SocketAddr>,
+        client: Client,
         mut requests: Streaming<DiscoveryRequest>,
         tx: mpsc::Sender<Result<DiscoveryResponse, Status>>,
     ) -> Result<(), Status> {
@@ -140,16 +149,40 @@ impl Engine {
         let span = tracing::Span::current();
         span.record("node", field::display(&node_id));
         span.record("role", field::display(describe_role(&role)));
+        let Client {
+            token,
+            peer,
+            certificates,
+        } = client;
         let token = token.map_err(|e| e.status())?;
+        let presented = Presented {
+            token: token.as_deref(),
+            certificates: certificates.as_deref().map(Vec::as_slice),
+        };
         let Admitted {
             mut mesh,
             authenticated,
             credential,
-        } = auth::authorize(&self.store, &self.cache, token.as_deref(), &node_id)
-            .await
-            .map_err(|e| e.status())?;
+            identity,
+            expires,
+        } = auth::authorize(
+            &self.store,
+            &self.cache,
+            &self.roots,
+            presented,
+            &node_id,
+            SystemTime::now(),
+        )
+        .await
+        .map_err(|e| e.status())?;
+        // A certificate speaks for one service: the node may claim no other.
+        if let Some(identity) = &identity {
+            check_claim(identity, &role).map_err(|e| e.status())?;
+        }
         // Held for the stream's life: a revoked token ends the stream, on any replica.
         let mut token_hold = credential.map(|id| self.revocations.hold(&id));
+        // And no longer than the credential is valid.
+        let mut expiry = Expiry::new(expires);
         let MeshState::Ready(snapshot) = mesh.current() else {
             return Err(Status::unavailable("the mesh is not loaded; retry"));
         };
@@ -166,6 +199,7 @@ impl Engine {
         });
         tracing::info!(
             authenticated,
+            identity = identity.as_ref().map(|i| i.to_uri()),
             revision = snapshot.revision,
             "stream admitted"
         );
@@ -231,6 +265,9 @@ impl Engine {
                          and reconnect with it",
                     ));
                 }
+                expired = expiry.reached() => {
+                    return Err(expired.status());
+                }
                 certificate = issued(&mut stream.renewal) => {
                     stream.view.set_certificate(Some(certificate));
                     dirty = true;
@@ -279,6 +316,14 @@ impl Engine {
             }
         }
     }
+}
+
+/// What a client brought to its stream, taken from the request before its body is read.
+struct Client {
+    token: Result<Option<String>, AuthError>,
+    peer: Option<SocketAddr>,
+    /// The TLS client certificate chain (leaf first), if it presented one.
+    certificates: Option<Arc<Vec<rustls_pki_types::CertificateDer<'static>>>>,
 }
 
 /// Resolves with each certificate the stream's renewal task issues; never without one.
