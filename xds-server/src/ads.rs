@@ -23,8 +23,8 @@ use tracing::{Instrument, field};
 
 use crate::auth::cert::{RootsCache, check_claim};
 use crate::auth::{self, Admitted, AuthError, Presented};
-use crate::expiry::Expiry;
 use crate::cache::{MeshState, SnapshotCache};
+use crate::expiry::Expiry;
 use crate::metrics::{self, StreamGauge};
 use crate::node::{describe_role, node_role, sidecar_endpoint_meta};
 use crate::protocol::{Handled, Limits, ProtocolError, StreamState};

@@ -87,7 +87,10 @@ pub enum AuthError {
          the node claims {claimed:?} (node metadata service/gateway); use a certificate of \
          {claimed:?} or fix the node metadata"
     )]
-    ServiceMismatch { certificate: String, claimed: String },
+    ServiceMismatch {
+        certificate: String,
+        claimed: String,
+    },
     #[error(transparent)]
     Mesh(#[from] CacheError),
     #[error(

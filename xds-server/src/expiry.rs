@@ -54,11 +54,11 @@ impl Expiry {
     /// wall clock, at admission).
     pub(crate) fn new(deadline: Option<Deadline>) -> Self {
         let timer = deadline.map(|d| {
-            let left = d
-                .at
-                .duration_since(SystemTime::now())
-                .unwrap_or_default();
-            (Box::pin(tokio::time::sleep_until(Instant::now() + left)), d.what)
+            let left = d.at.duration_since(SystemTime::now()).unwrap_or_default();
+            (
+                Box::pin(tokio::time::sleep_until(Instant::now() + left)),
+                d.what,
+            )
         });
         Self { timer }
     }
@@ -110,7 +110,10 @@ mod tests {
     fn messages_say_to_reconnect_with_a_fresh_credential() {
         let s = Expiring::Jwt.status();
         assert_eq!(s.code(), tonic::Code::Unauthenticated);
-        assert!(s.message().starts_with("token expired, reconnect with a fresh token"));
+        assert!(
+            s.message()
+                .starts_with("token expired, reconnect with a fresh token")
+        );
         let s = Expiring::ClientCertificate.status();
         assert_eq!(s.code(), tonic::Code::Unauthenticated);
         assert!(s.message().contains("renewed certificate"));

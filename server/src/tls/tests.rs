@@ -372,6 +372,8 @@ async fn the_proxy_xds_client_connects_over_tls() {
         .into(),
         token_file: Some(token_file),
         xds_ca_file: Some(ca_file),
+        xds_client_cert_file: None,
+        xds_client_key_file: None,
     };
     bootstrap.check_tls().unwrap();
     let config = ConfigStore::new();
@@ -486,8 +488,12 @@ async fn a_stalled_handshake_times_out_without_delaying_others() {
     use futures::StreamExt;
     let pki = Pki::new();
     let files = Files::new(&pki.leaf());
-    let config =
-        server_config(ReloadingCert::load(files.files.clone()).unwrap(), REST_ALPN).unwrap();
+    let config = server_config(
+        ReloadingCert::load(files.files.clone()).unwrap(),
+        REST_ALPN,
+        ClientAuth::None,
+    )
+    .unwrap();
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let mut accepted = serve::incoming(listener, config, Duration::from_millis(300));
