@@ -9,6 +9,8 @@
 //! - a certificate of another tenant's CA, an expired one, and no credentials at all are
 //!   UNAUTHENTICATED; a node claiming another service than its certificate's is
 //!   PERMISSION_DENIED, naming both; with a token and a certificate, the token decides;
+//! - during a CA rotation's overlap a certificate of the old root keeps its stream; once the
+//!   rotation completes, that stream ends with UNAUTHENTICATED;
 //! - a stream admitted by a JWT ends with UNAUTHENTICATED at the JWT's `exp`.
 //!
 //! The grpcio part needs `SWITCHBOARD_TEST_PYTHON` (scripts/lib/peers.sh) and skips without
@@ -331,7 +333,7 @@ fn expired() -> Workload {
 }
 
 /// The stream's first answer: Ok once a response arrives, or the status that refused it.
-async fn first(ads: Result<AdsClient, tonic::Status>) -> Result<(), tonic::Status> {
+async fn first_response(ads: Result<AdsClient, tonic::Status>) -> Result<(), tonic::Status> {
     let mut ads = ads?;
     ads.subscribe(type_url::CLUSTER, &[]).await?;
     ads.recv().await.map(|_| ())
@@ -357,7 +359,7 @@ async fn a_mesh_certificate_authenticates_on_the_xds_port() {
 
     // Refused: another tenant's CA, an expired certificate, nothing at all.
     let globex = env.workload("globex").await;
-    let status = first(
+    let status = first_response(
         env.sidecar("acme", "foreign", "pay", Some(&globex), None)
             .await,
     )
@@ -368,7 +370,7 @@ async fn a_mesh_certificate_authenticates_on_the_xds_port() {
         status.message().contains("not issued by the CA of mesh"),
         "{status:?}"
     );
-    let status = first(
+    let status = first_response(
         env.sidecar("acme", "old", "pay", Some(&expired()), None)
             .await,
     )
@@ -376,13 +378,13 @@ async fn a_mesh_certificate_authenticates_on_the_xds_port() {
     .unwrap_err();
     assert_eq!(status.code(), tonic::Code::Unauthenticated, "{status:?}");
     assert!(status.message().contains("expired"), "{status:?}");
-    let status = first(env.sidecar("acme", "nobody", "pay", None, None).await)
+    let status = first_response(env.sidecar("acme", "nobody", "pay", None, None).await)
         .await
         .unwrap_err();
     assert_eq!(status.code(), tonic::Code::Unauthenticated, "{status:?}");
 
     // A node claiming another service than its certificate's.
-    let status = first(
+    let status = first_response(
         env.sidecar("acme", "liar", "billing", Some(&pay), None)
             .await,
     )
@@ -396,7 +398,7 @@ async fn a_mesh_certificate_authenticates_on_the_xds_port() {
 
     // A token and a certificate: the token decides (here, despite a foreign certificate).
     let (token, _) = env.api.token("acme", json!({"mesh": "prod"})).await;
-    first(
+    first_response(
         env.sidecar("acme", "both", "pay", Some(&globex), Some(&token))
             .await,
     )
@@ -509,6 +511,55 @@ async fn a_mesh_certificate_authenticates_on_the_xds_port() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_completed_rotation_ends_the_streams_of_the_old_roots_certificates() {
+    let env = Env::start().await;
+    let old = env.workload("acme").await;
+    let mut ads = env
+        .sidecar("acme", "pay-rot", "pay", Some(&old), None)
+        .await
+        .unwrap();
+    ads.subscribe(type_url::SECRET, &["ROOTCA"]).await.unwrap();
+    let first = ads.recv_and_ack(&["ROOTCA"]).await.unwrap();
+    assert_eq!(first.type_url, type_url::SECRET);
+
+    // During the overlap both roots are trusted: the stream stays and gets the new bundle.
+    let rotation = "/v1/tenants/acme/meshes/prod/ca/rotation";
+    let (status, r) = env
+        .api
+        .call("POST", rotation, json!({"overlap": "1h"}))
+        .await;
+    assert!(status == 200 || status == 201, "{status} {r}");
+    let next = ads.recv_and_ack(&["ROOTCA"]).await.unwrap();
+    assert_eq!(next.type_url, type_url::SECRET);
+    assert_ne!(next.version_info, first.version_info);
+
+    // Completed, the old root goes: the stream of its certificate ends.
+    let (status, r) = env
+        .api
+        .call(
+            "POST",
+            &format!("{rotation}/complete?force=true"),
+            Value::Null,
+        )
+        .await;
+    assert_eq!(status, 200, "{r}");
+    let ended = ads.ended().await;
+    assert_eq!(ended.code(), tonic::Code::Unauthenticated, "{ended:?}");
+    assert!(
+        ended.message().contains("not issued by the CA of mesh"),
+        "{ended:?}"
+    );
+    // A certificate of the new CA authenticates.
+    let new = env.workload("acme").await;
+    first_response(
+        env.sidecar("acme", "pay-new", "pay", Some(&new), None)
+            .await,
+    )
+    .await
+    .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_jwt_stream_ends_at_its_exp() {
     let env = Env::start().await;
     // A JWT the control plane would issue, but with a 3 s lifetime (the API's minimum is a
@@ -556,7 +607,7 @@ async fn a_jwt_stream_ends_at_its_exp() {
     );
     assert!(started.elapsed() < Duration::from_secs(10), "ended at exp");
     // Reconnecting with the expired JWT is refused.
-    let again = first(
+    let again = first_response(
         env.sidecar("acme", "short", "pay", None, Some(&short))
             .await,
     )

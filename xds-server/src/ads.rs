@@ -13,6 +13,7 @@ use std::sync::Arc;
 use std::time::{Instant, SystemTime};
 
 use prost::Message;
+use switchboard_model::identity::TrustBundle;
 use switchboard_store::Store;
 use switchboard_translator::NodeRole;
 use switchboard_xds_proto::{DiscoveryRequest, DiscoveryResponse, ResourceType};
@@ -21,17 +22,18 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 use tracing::{Instrument, field};
 
-use crate::auth::cert::{RootsCache, check_claim};
+use crate::auth::cert::{RootsCache, check_claim, reverify};
 use crate::auth::{self, Admitted, AuthError, Presented};
 use crate::cache::{MeshState, SnapshotCache};
 use crate::expiry::Expiry;
 use crate::metrics::{self, StreamGauge};
-use crate::node::{describe_role, node_role, sidecar_endpoint_meta};
+use crate::node::{NodeId, describe_role, node_role, sidecar_endpoint_meta};
 use crate::protocol::{Handled, Limits, ProtocolError, StreamState};
 use crate::registration::{Desired, Registered, Registrar};
 use crate::revocation::{Held, Revocations};
 use crate::sds::renewal::{Renewal, Wanted};
 use crate::sds::{NodeSecret, WorkloadIssuer, wants_default};
+use crate::snapshot::MeshSnapshot;
 use crate::status::{Acked, Nacked, ProxyRegistry, ProxyStatus, Registration, Sent};
 use crate::view::NodeView;
 
@@ -183,9 +185,21 @@ impl Engine {
         let mut token_hold = credential.map(|id| self.revocations.hold(&id));
         // And no longer than the credential is valid.
         let mut expiry = Expiry::new(expires);
+        // A certificate is checked again whenever the mesh's bundle changes (a completed CA
+        // rotation stops trusting the old root).
+        let mut trusted = match (&identity, certificates) {
+            (Some(_), Some(chain)) if token.is_none() => Some(Trusted {
+                chain,
+                bundle: TrustBundle::default(),
+            }),
+            _ => None,
+        };
         let MeshState::Ready(snapshot) = mesh.current() else {
             return Err(Status::unavailable("the mesh is not loaded; retry"));
         };
+        if let Some(t) = &mut trusted {
+            t.follow(&snapshot, &self.roots, &node_id)?;
+        }
         let registration = self.registry.register(ProxyStatus {
             stream_id: id,
             node_id: node_id.clone(),
@@ -277,6 +291,9 @@ impl Engine {
                         if !authenticated && !snapshot.spec.allow_unauthenticated_xds {
                             return Err(AuthError::Unauthenticated.status());
                         }
+                        if let Some(t) = &mut trusted {
+                            t.follow(&snapshot, &self.roots, &node_id)?;
+                        }
                         stream.view.update(snapshot);
                         stream.sync_certificate(self.issuer.as_ref());
                         dirty = true;
@@ -324,6 +341,38 @@ struct Client {
     peer: Option<SocketAddr>,
     /// The TLS client certificate chain (leaf first), if it presented one.
     certificates: Option<Arc<Vec<rustls_pki_types::CertificateDer<'static>>>>,
+}
+
+/// The client certificate that admitted a stream, and the trust bundle it last verified
+/// against.
+struct Trusted {
+    chain: Arc<Vec<rustls_pki_types::CertificateDer<'static>>>,
+    bundle: TrustBundle,
+}
+
+impl Trusted {
+    /// Verifies the chain again if `snapshot`'s bundle is not the one it was checked against.
+    fn follow(
+        &mut self,
+        snapshot: &MeshSnapshot,
+        roots: &RootsCache,
+        node: &NodeId,
+    ) -> Result<(), Status> {
+        if self.bundle == snapshot.trust {
+            return Ok(());
+        }
+        self.bundle = snapshot.trust.clone();
+        reverify(
+            &self.chain,
+            roots,
+            &self.bundle,
+            node,
+            &snapshot.trust_domain,
+            SystemTime::now(),
+        )
+        .map(|_| ())
+        .map_err(|e| e.status())
+    }
 }
 
 /// Resolves with each certificate the stream's renewal task issues; never without one.

@@ -16,7 +16,8 @@
 //! certificate is then not even parsed): the token is the explicit choice, and a proxy that
 //! always presents its workload certificate can still be given a token's broader reach.
 //! A stream lives no longer than its credential: a JWT's `exp`, a certificate's notAfter
-//! ([`Admitted::expires`]).
+//! ([`Admitted::expires`]), or the trust of the root its certificate chains to
+//! ([`cert::reverify`] when the mesh's bundle changes).
 
 pub mod cert;
 

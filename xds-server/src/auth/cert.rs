@@ -223,6 +223,23 @@ pub(crate) fn verify(
     Ok(leaf)
 }
 
+/// Checks again a chain that admitted a stream, against a mesh's trust bundle now: after a
+/// CA rotation completes, a certificate of the old root no longer authenticates its stream.
+pub fn reverify(
+    chain: &[CertificateDer<'static>],
+    roots: &RootsCache,
+    bundle: &TrustBundle,
+    node: &NodeId,
+    trust_domain: &str,
+    now: SystemTime,
+) -> Result<Leaf, AuthError> {
+    let Some(der) = chain.first() else {
+        return Err(AuthError::Unauthenticated);
+    };
+    let leaf = Leaf::parse(der)?;
+    verify(chain, leaf, &roots.anchors(bundle), node, trust_domain, now)
+}
+
 /// A certificate authenticates one service: a sidecar of another service, or a gateway of
 /// another name, may not use it. Proxyless clients claim no service.
 pub fn check_claim(identity: &WorkloadId, role: &NodeRole) -> Result<(), AuthError> {
