@@ -18,7 +18,8 @@ use switchboard_proxy_xds::Bootstrap;
         writable file system."
 )]
 pub struct Args {
-    /// Bootstrap file (YAML or JSON): xds_address, node_id, metadata, token_file, xds_ca_file.
+    /// Bootstrap file (YAML or JSON): xds_address, node_id, metadata, token_file, xds_ca_file,
+    /// xds_client_cert_file, xds_client_key_file.
     #[arg(long, env = "SWITCHBOARD_PROXY_BOOTSTRAP")]
     pub bootstrap: Option<PathBuf>,
     /// The control plane's xDS address, e.g. http://127.0.0.1:18000.
@@ -38,6 +39,13 @@ pub struct Args {
     /// https:// xDS address); read on every connect.
     #[arg(long)]
     pub xds_ca_file: Option<PathBuf>,
+    /// PEM certificate chain this proxy presents to the control plane over TLS (a workload
+    /// certificate of the mesh CA authenticates it without a token); read on every connect.
+    #[arg(long, requires = "xds_client_key_file")]
+    pub xds_client_cert_file: Option<PathBuf>,
+    /// The PEM private key of --xds-client-cert-file.
+    #[arg(long, requires = "xds_client_cert_file")]
+    pub xds_client_key_file: Option<PathBuf>,
     /// Where the admin port listens (/ready, /stats, /config_dump, /clusters).
     #[arg(long, default_value = "127.0.0.1:15000")]
     pub admin_address: SocketAddr,
@@ -119,13 +127,22 @@ impl Args {
         let xds_ca_file = self
             .xds_ca_file
             .clone()
-            .or_else(|| file.and_then(|b| b.xds_ca_file));
+            .or_else(|| file.as_ref().and_then(|b| b.xds_ca_file.clone()));
+        // The pair comes from the flags or from the file, never one from each.
+        let (xds_client_cert_file, xds_client_key_file) = match &self.xds_client_cert_file {
+            Some(cert) => (Some(cert.clone()), self.xds_client_key_file.clone()),
+            None => file
+                .map(|b| (b.xds_client_cert_file, b.xds_client_key_file))
+                .unwrap_or_default(),
+        };
         let bootstrap = Bootstrap {
             xds_address,
             node_id,
             metadata,
             token_file,
             xds_ca_file,
+            xds_client_cert_file,
+            xds_client_key_file,
         };
         bootstrap.check_tls().map_err(CliError::Tls)?;
         Ok(bootstrap)

@@ -9,7 +9,11 @@
 //! With `--xds-ca-file` either connects to a control plane serving TLS (`tls_cert_file`):
 //! the proxy verifies the xDS server against that CA; a gRPC client gets gRFC A65's `tls`
 //! channel credentials and, with `--jwt-token-file`, gRFC A97's `jwt_token_file` call
-//! credentials (a JWT proxy token: `POST …/proxy-tokens {"format": "jwt"}`).
+//! credentials (a JWT proxy token: `POST …/proxy-tokens {"format": "jwt"}`). With
+//! `--xds-client-cert-file` and `--xds-client-key-file` the node presents a client
+//! certificate (a workload certificate of the mesh CA) that authenticates it without a token:
+//! the proxy's `xds_client_cert_file`/`xds_client_key_file`, gRPC's A65 `tls`
+//! `certificate_file`/`private_key_file`.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -44,6 +48,22 @@ pub struct NodeArgs {
     pub zone: String,
 }
 
+/// Where a proxy looks for its token when the bootstrap names no other file.
+pub const DEFAULT_TOKEN_FILE: &str = "/var/run/switchboard/proxy-token";
+
+/// A client certificate for TLS to the control plane (both files or neither).
+#[derive(Debug, Args)]
+pub struct ClientCertArgs {
+    /// PEM certificate chain the node presents to the control plane over TLS: a workload
+    /// certificate issued by the mesh CA authenticates it as its service, without a token
+    /// (needs --xds-ca-file).
+    #[arg(long, requires = "xds_client_key_file")]
+    pub xds_client_cert_file: Option<PathBuf>,
+    /// The PEM private key of --xds-client-cert-file.
+    #[arg(long, requires = "xds_client_cert_file")]
+    pub xds_client_key_file: Option<PathBuf>,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum Role {
     Sidecar,
@@ -74,13 +94,16 @@ pub struct ProxyArgs {
     /// The control plane's xDS address as the proxy reaches it (https://… with TLS).
     #[arg(long, default_value = "http://127.0.0.1:18000")]
     pub xds_address: String,
-    /// Where the proxy will find its token (POST /v1/tenants/{t}/proxy-tokens).
-    #[arg(long, default_value = "/var/run/switchboard/proxy-token")]
-    pub token_file: PathBuf,
+    /// Where the proxy will find its token (POST /v1/tenants/{t}/proxy-tokens); default
+    /// /var/run/switchboard/proxy-token, or none with a client certificate.
+    #[arg(long)]
+    pub token_file: Option<PathBuf>,
     /// PEM CA certificates of the control plane's TLS certificate, as the proxy will read
     /// them; needs an https:// --xds-address.
     #[arg(long)]
     pub xds_ca_file: Option<PathBuf>,
+    #[command(flatten)]
+    pub client_cert: ClientCertArgs,
 }
 
 #[derive(Debug, Args)]
@@ -99,6 +122,8 @@ pub struct GrpcArgs {
     /// GRPC_EXPERIMENTAL_XDS_BOOTSTRAP_CALL_CREDS=true in the client's environment).
     #[arg(long)]
     pub jwt_token_file: Option<PathBuf>,
+    #[command(flatten)]
+    pub client_cert: ClientCertArgs,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -180,33 +205,66 @@ fn proxy(a: &ProxyArgs) -> Result<String, BootstrapError> {
             metadata.insert(key.to_owned(), value.clone());
         }
     }
+    // A client certificate authenticates the proxy; a token file only if asked for too.
+    let cert = &a.client_cert;
+    let token_file = a.token_file.clone().or_else(|| {
+        cert.xds_client_cert_file
+            .is_none()
+            .then(|| PathBuf::from(DEFAULT_TOKEN_FILE))
+    });
     // The very struct the proxy parses, so the printed file is what it reads.
     let bootstrap = ProxyBootstrap {
         xds_address: a.xds_address.clone(),
         node_id: id,
         metadata,
-        token_file: Some(a.token_file.clone()),
+        token_file: token_file.clone(),
         xds_ca_file: a.xds_ca_file.clone(),
+        xds_client_cert_file: cert.xds_client_cert_file.clone(),
+        xds_client_key_file: cert.xds_client_key_file.clone(),
     };
     // The xDS server's own check: a missing service or clashing ports fail here, not at connect.
     node_role(&bootstrap.node())?;
     bootstrap.check_tls().map_err(BootstrapError::Tls)?;
     let yaml =
         serde_yaml_ng::to_string(&bootstrap).map_err(|e| BootstrapError::Render(e.to_string()))?;
+    let how = match (&token_file, &cert.xds_client_cert_file) {
+        (Some(f), _) => format!(
+            "# Put a proxy token of tenant {t} in {f}:\n\
+             #   curl -X POST …/v1/tenants/{t}/proxy-tokens -H 'authorization: Bearer <api key>'\n",
+            t = a.node.tenant,
+            f = f.display(),
+        ),
+        (None, Some(c)) => format!(
+            "# Authenticates with the client certificate in {c} (issued by the mesh CA).\n",
+            c = c.display(),
+        ),
+        (None, None) => String::new(),
+    };
     Ok(format!(
-        "# switchboard-proxy --bootstrap <this file>\n\
-         # Put a proxy token of tenant {t} in {f}:\n\
-         #   curl -X POST …/v1/tenants/{t}/proxy-tokens -H 'authorization: Bearer <api key>'\n{yaml}",
-        t = a.node.tenant,
-        f = a.token_file.display(),
+        "# switchboard-proxy --bootstrap <this file>\n{how}{yaml}"
     ))
 }
 
 fn grpc(a: &GrpcArgs) -> Result<String, BootstrapError> {
     let id = node_id(&a.node)?;
-    let channel_creds = match &a.xds_ca_file {
-        Some(ca) => json!([{"type": "tls", "config": {"ca_certificate_file": ca}}]),
-        None => json!([{"type": "insecure"}]),
+    let cert = &a.client_cert;
+    let channel_creds = match (
+        &a.xds_ca_file,
+        &cert.xds_client_cert_file,
+        &cert.xds_client_key_file,
+    ) {
+        (Some(ca), Some(c), Some(k)) => json!([{"type": "tls", "config": {
+            "ca_certificate_file": ca,
+            "certificate_file": c,
+            "private_key_file": k,
+        }}]),
+        (Some(ca), _, _) => json!([{"type": "tls", "config": {"ca_certificate_file": ca}}]),
+        (None, None, None) => json!([{"type": "insecure"}]),
+        (None, _, _) => {
+            return Err(BootstrapError::Tls(
+                "--xds-client-cert-file needs --xds-ca-file: a client certificate is presented only over TLS",
+            ));
+        }
     };
     let mut server = json!({
         "server_uri": a.xds_address,
@@ -387,5 +445,97 @@ mod tests {
         no_ca.extend(["--role", "gateway", "--gateway", "edge"]);
         no_ca.extend(["--xds-address", "https://cp.example:18000"]);
         assert!(run(&no_ca).unwrap_err().to_string().contains("xds_ca_file"));
+    }
+
+    const CLIENT_CERT: [&str; 4] = [
+        "--xds-client-cert-file",
+        "/etc/sb/pay.pem",
+        "--xds-client-key-file",
+        "/etc/sb/pay-key.pem",
+    ];
+
+    #[test]
+    fn proxy_bootstrap_with_a_client_certificate_needs_no_token() {
+        let mut args = vec!["proxy", "--tenant", "acme", "--mesh", "prod", "--node", "p"];
+        args.extend([
+            "--role",
+            "sidecar",
+            "--service",
+            "pay",
+            "--app-port",
+            "8080",
+        ]);
+        args.extend([
+            "--xds-address",
+            "https://cp:18000",
+            "--xds-ca-file",
+            "/ca.pem",
+        ]);
+        args.extend(CLIENT_CERT);
+        let text = run(&args).unwrap();
+        assert!(
+            text.contains("client certificate in /etc/sb/pay.pem"),
+            "{text}"
+        );
+        let b = ProxyBootstrap::parse(&text).unwrap();
+        assert_eq!(b.token_file, None);
+        assert_eq!(
+            b.xds_client_cert_file.as_deref(),
+            Some(std::path::Path::new("/etc/sb/pay.pem"))
+        );
+        assert_eq!(
+            b.xds_client_key_file.as_deref(),
+            Some(std::path::Path::new("/etc/sb/pay-key.pem"))
+        );
+        // Only over TLS.
+        let mut plaintext = vec!["proxy", "--tenant", "acme", "--mesh", "prod", "--node", "p"];
+        plaintext.extend([
+            "--role",
+            "sidecar",
+            "--service",
+            "pay",
+            "--app-port",
+            "8080",
+        ]);
+        plaintext.extend(CLIENT_CERT);
+        assert!(
+            run(&plaintext)
+                .unwrap_err()
+                .to_string()
+                .contains("https://")
+        );
+        // One file without the other is a usage error.
+        let mut argv = vec![
+            "bootstrap",
+            "proxy",
+            "--tenant",
+            "a",
+            "--mesh",
+            "m",
+            "--node",
+            "n",
+        ];
+        argv.extend(["--role", "gateway", "--xds-client-cert-file", "/c.pem"]);
+        assert!(Cli::try_parse_from(argv).is_err());
+    }
+
+    #[test]
+    fn grpc_bootstrap_with_a_client_certificate() {
+        let mut args = vec!["grpc", "--tenant", "acme", "--mesh", "prod", "--node", "g"];
+        args.extend(["--xds-ca-file", "/ca.pem"]);
+        args.extend(CLIENT_CERT);
+        let v: serde_json::Value = serde_json::from_str(&run(&args).unwrap()).unwrap();
+        assert_eq!(
+            v["xds_servers"][0]["channel_creds"],
+            json!([{"type": "tls", "config": {
+                "ca_certificate_file": "/ca.pem",
+                "certificate_file": "/etc/sb/pay.pem",
+                "private_key_file": "/etc/sb/pay-key.pem",
+            }}])
+        );
+        let mut no_ca = vec!["grpc", "--tenant", "acme", "--mesh", "prod", "--node", "g"];
+        no_ca.extend(CLIENT_CERT);
+        let e = run(&no_ca).unwrap_err().to_string();
+        assert!(e.contains("needs --xds-ca-file"), "{e}");
     }
 }

@@ -5,7 +5,9 @@
 //! applies to the next connection while open ones carry on with theirs. A file that does not
 //! load keeps the previous certificate in service and is logged (never with key material).
 //! `serve` accepts connections and runs their handshakes concurrently under a timeout.
+//! The xDS port also asks for a client certificate (optional; see [`client_cert`]).
 
+mod client_cert;
 mod serve;
 
 use std::path::{Path, PathBuf};
@@ -220,15 +222,30 @@ impl ResolvesServerCert for ReloadingCert {
     }
 }
 
+/// Whether a port asks clients for a certificate.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClientAuth {
+    /// The REST port: API keys only.
+    None,
+    /// The xDS port: an optional certificate, validated per mesh when a stream is admitted.
+    Deferred,
+}
+
 /// A server configuration presenting `cert` with the given ALPN protocols.
 pub fn server_config(
     cert: Arc<ReloadingCert>,
     alpn: &[&[u8]],
+    client_auth: ClientAuth,
 ) -> Result<Arc<rustls::ServerConfig>, rustls::Error> {
-    let mut config = rustls::ServerConfig::builder_with_provider(provider())
-        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])?
-        .with_no_client_auth()
-        .with_cert_resolver(cert);
+    let provider = provider();
+    let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
+        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])?;
+    let builder = match client_auth {
+        ClientAuth::None => builder.with_no_client_auth(),
+        ClientAuth::Deferred => builder
+            .with_client_cert_verifier(Arc::new(client_cert::DeferredClientCert::new(provider))),
+    };
+    let mut config = builder.with_cert_resolver(cert);
     config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
     Ok(Arc::new(config))
 }

@@ -82,7 +82,9 @@ impl ProxyJwtKey {
     }
 
     /// The claims of `token` if its signature verifies, it is ours (`iss`) and `exp` is in
-    /// the future (no leeway: the issuer's clock is the verifier's).
+    /// the future (no leeway: the issuer's clock is the verifier's). A JWT is expired from the
+    /// second of its `exp` on (RFC 7519 4.1.4: "on or after"), when the xDS server also ends
+    /// its streams; jsonwebtoken alone would still accept it during that second.
     pub fn verify(&self, token: &str) -> Result<ProxyClaims, JwtError> {
         let mut validation = Validation::new(Algorithm::HS256);
         validation.leeway = 0;
@@ -94,6 +96,12 @@ impl ProxyJwtKey {
                 ErrorKind::ExpiredSignature => JwtError::Expired,
                 ErrorKind::InvalidSignature => JwtError::BadSignature,
                 _ => JwtError::Malformed,
+            })
+            .and_then(|claims| {
+                if claims.exp <= crate::now_ms() / 1000 {
+                    return Err(JwtError::Expired);
+                }
+                Ok(claims)
             })
     }
 }
@@ -130,6 +138,9 @@ mod tests {
         let past = crate::now_ms() / 1000 - 5;
         let expired = key.sign(&claims(past)).unwrap();
         assert_eq!(key.verify(&expired), Err(JwtError::Expired));
+        // Expired from the second of its exp on.
+        let now = key.sign(&claims(crate::now_ms() / 1000)).unwrap();
+        assert_eq!(key.verify(&now), Err(JwtError::Expired));
         let other = ProxyJwtKey::new(&[8; 32]).unwrap();
         assert_eq!(other.verify(&token), Err(JwtError::BadSignature));
         assert_eq!(key.verify("a.b.c"), Err(JwtError::Malformed));

@@ -13,6 +13,7 @@ use std::sync::Arc;
 use std::time::{Instant, SystemTime};
 
 use prost::Message;
+use switchboard_model::identity::TrustBundle;
 use switchboard_store::Store;
 use switchboard_translator::NodeRole;
 use switchboard_xds_proto::{DiscoveryRequest, DiscoveryResponse, ResourceType};
@@ -21,16 +22,19 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 use tracing::{Instrument, field};
 
-use crate::auth::{self, Admitted, AuthError};
+use crate::auth::cert::{RootsCache, check_claim, reverify};
+use crate::auth::{self, Admitted, AuthError, Presented};
 use crate::cache::{MeshState, SnapshotCache};
+use crate::expiry::Expiry;
 use crate::metrics::{self, StreamGauge};
-use crate::node::{describe_role, node_role, sidecar_endpoint_meta};
+use crate::node::{NodeId, describe_role, node_role, sidecar_endpoint_meta};
 use crate::protocol::{Handled, Limits, ProtocolError, StreamState};
 use crate::registration::{Desired, Registered, Registrar};
 use crate::revocation::{Held, Revocations};
 use crate::sds::guard::{self, Entitlement};
 use crate::sds::renewal::{Renewal, Wanted};
 use crate::sds::{NodeSecret, WorkloadIssuer, wants_default};
+use crate::snapshot::MeshSnapshot;
 use crate::status::{Acked, Nacked, ProxyRegistry, ProxyStatus, Registration, Sent};
 use crate::view::NodeView;
 
@@ -49,6 +53,8 @@ pub(crate) struct Engine {
     pub(crate) registrar: Registrar,
     /// The proxy tokens of open streams, to end them when revoked.
     pub(crate) revocations: Revocations,
+    /// Parsed trust bundles, for client certificates.
+    pub(crate) roots: RootsCache,
     /// The mesh CA, for `default` certificates; `None` serves none.
     pub(crate) issuer: Option<Arc<dyn WorkloadIssuer>>,
 }
@@ -76,6 +82,7 @@ impl Engine {
         let service = only.map_or("ADS", ResourceType::short_name);
         let token = auth::bearer(request.metadata());
         let peer = request.remote_addr();
+        let certificates = request.peer_certs();
         let requests = request.into_inner();
         let (tx, rx) = mpsc::channel(self.queue.max(1));
         let span = tracing::info_span!(
@@ -90,7 +97,12 @@ impl Engine {
         tokio::spawn(
             async move {
                 let out = tx.clone();
-                match engine.drive(id, only, token, peer, requests, tx).await {
+                let client = Client {
+                    token,
+                    peer,
+                    certificates,
+                };
+                match engine.drive(id, only, client, requests, tx).await {
                     Ok(()) => tracing::debug!("stream closed"),
                     Err(status) => {
                         tracing::info!(code = ?status.code(), message = status.message(), "stream ended");
@@ -107,8 +119,7 @@ impl Engine {
         &self,
         id: u64,
         only: Option<ResourceType>,
-        token: Result<Option<String>, AuthError>,
-        peer: Option<SocketAddr>,
+        client: Client,
         mut requests: Streaming<DiscoveryRequest>,
         tx: mpsc::Sender<Result<DiscoveryResponse, Status>>,
     ) -> Result<(), Status> {
@@ -141,19 +152,55 @@ impl Engine {
         let span = tracing::Span::current();
         span.record("node", field::display(&node_id));
         span.record("role", field::display(describe_role(&role)));
+        let Client {
+            token,
+            peer,
+            certificates,
+        } = client;
         let token = token.map_err(|e| e.status())?;
+        let presented = Presented {
+            token: token.as_deref(),
+            certificates: certificates.as_deref().map(Vec::as_slice),
+        };
         let Admitted {
             mut mesh,
             authenticated,
             credential,
-        } = auth::authorize(&self.store, &self.cache, token.as_deref(), &node_id)
-            .await
-            .map_err(|e| e.status())?;
+            identity,
+            expires,
+        } = auth::authorize(
+            &self.store,
+            &self.cache,
+            &self.roots,
+            presented,
+            &node_id,
+            SystemTime::now(),
+        )
+        .await
+        .map_err(|e| e.status())?;
+        // A certificate speaks for one service: the node may claim no other.
+        if let Some(identity) = &identity {
+            check_claim(identity, &role).map_err(|e| e.status())?;
+        }
         // Held for the stream's life: a revoked token ends the stream, on any replica.
         let mut token_hold = credential.map(|id| self.revocations.hold(&id));
+        // And no longer than the credential is valid.
+        let mut expiry = Expiry::new(expires);
+        // A certificate is checked again whenever the mesh's bundle changes (a completed CA
+        // rotation stops trusting the old root).
+        let mut trusted = match (&identity, certificates) {
+            (Some(_), Some(chain)) if token.is_none() => Some(Trusted {
+                chain,
+                bundle: TrustBundle::default(),
+            }),
+            _ => None,
+        };
         let MeshState::Ready(snapshot) = mesh.current() else {
             return Err(Status::unavailable("the mesh is not loaded; retry"));
         };
+        if let Some(t) = &mut trusted {
+            t.follow(&snapshot, &self.roots, &node_id)?;
+        }
         let registration = self.registry.register(ProxyStatus {
             stream_id: id,
             node_id: node_id.clone(),
@@ -167,6 +214,7 @@ impl Engine {
         });
         tracing::info!(
             authenticated,
+            identity = identity.as_ref().map(|i| i.to_uri()),
             revision = snapshot.revision,
             "stream admitted"
         );
@@ -232,6 +280,9 @@ impl Engine {
                          and reconnect with it",
                     ));
                 }
+                expired = expiry.reached() => {
+                    return Err(expired.status());
+                }
                 certificate = issued(&mut stream.renewal) => {
                     stream.view.set_certificate(Some(certificate));
                     dirty = true;
@@ -240,6 +291,9 @@ impl Engine {
                     Ok(MeshState::Ready(snapshot)) => {
                         if !authenticated && !snapshot.spec.allow_unauthenticated_xds {
                             return Err(AuthError::Unauthenticated.status());
+                        }
+                        if let Some(t) = &mut trusted {
+                            t.follow(&snapshot, &self.roots, &node_id)?;
                         }
                         stream.view.update(snapshot);
                         stream.sync_certificate(self.issuer.as_ref());
@@ -292,6 +346,46 @@ impl Engine {
                 }
             }
         }
+    }
+}
+
+/// What a client brought to its stream, taken from the request before its body is read.
+struct Client {
+    token: Result<Option<String>, AuthError>,
+    peer: Option<SocketAddr>,
+    /// The TLS client certificate chain (leaf first), if it presented one.
+    certificates: Option<Arc<Vec<rustls_pki_types::CertificateDer<'static>>>>,
+}
+
+/// The client certificate that admitted a stream, and the trust bundle it last verified
+/// against.
+struct Trusted {
+    chain: Arc<Vec<rustls_pki_types::CertificateDer<'static>>>,
+    bundle: TrustBundle,
+}
+
+impl Trusted {
+    /// Verifies the chain again if `snapshot`'s bundle is not the one it was checked against.
+    fn follow(
+        &mut self,
+        snapshot: &MeshSnapshot,
+        roots: &RootsCache,
+        node: &NodeId,
+    ) -> Result<(), Status> {
+        if self.bundle == snapshot.trust {
+            return Ok(());
+        }
+        self.bundle = snapshot.trust.clone();
+        reverify(
+            &self.chain,
+            roots,
+            &self.bundle,
+            node,
+            &snapshot.trust_domain,
+            SystemTime::now(),
+        )
+        .map(|_| ())
+        .map_err(|e| e.status())
     }
 }
 

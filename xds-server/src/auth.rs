@@ -9,17 +9,36 @@
 //! to a client whose token passed: a token of tenant A naming a node of tenant B is refused
 //! the same way whether B exists or not, and so is an anonymous client naming a mesh that
 //! does not exist.
+//!
+//! Instead of a token, a client may present a TLS client certificate issued by the CA of the
+//! node's mesh ([`cert`]): it authenticates as that mesh's service named by its SPIFFE ID.
+//! A client that sends a token AND a certificate is judged by the token alone (the
+//! certificate is then not even parsed): the token is the explicit choice, and a proxy that
+//! always presents its workload certificate can still be given a token's broader reach.
+//! A stream lives no longer than its credential: a JWT's `exp`, a certificate's notAfter
+//! ([`Admitted::expires`]), or the trust of the root its certificate chains to
+//! ([`cert::reverify`] when the mesh's bundle changes).
+
+pub mod cert;
+
+use std::time::SystemTime;
+
+use rustls_pki_types::CertificateDer;
+use switchboard_model::identity::WorkloadId;
 
 use switchboard_store::jwt::{self, JwtError};
 use switchboard_store::{Credential, CredentialKind, Store};
 use tonic::metadata::MetadataMap;
 
 use crate::cache::{CacheError, MeshHandle, MeshState, SnapshotCache};
+use crate::expiry::{Deadline, Expiring};
 use crate::node::NodeId;
+use cert::{CertError, Leaf, RootsCache};
 
 /// The hint every refusal of an anonymous client carries.
 const SEND_A_TOKEN: &str = "send a proxy token in the authorization metadata \
-    (authorization: Bearer <token>), or enable allowUnauthenticatedXds on the mesh";
+    (authorization: Bearer <token>), present a client certificate issued by the mesh CA, or \
+    enable allowUnauthenticatedXds on the mesh";
 
 /// Why a stream was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -54,6 +73,26 @@ pub enum AuthError {
         node_mesh: String,
     },
     #[error(transparent)]
+    Certificate(#[from] CertError),
+    #[error(
+        "identity mismatch: the client certificate is for {identity:?}, not a workload of mesh \
+         {node_mesh:?} of tenant {node_tenant:?} that the node id names"
+    )]
+    IdentityMismatch {
+        identity: String,
+        node_tenant: String,
+        node_mesh: String,
+    },
+    #[error(
+        "service mismatch: the client certificate authenticates service {certificate:?}, but \
+         the node claims {claimed:?} (node metadata service/gateway); use a certificate of \
+         {claimed:?} or fix the node metadata"
+    )]
+    ServiceMismatch {
+        certificate: String,
+        claimed: String,
+    },
+    #[error(transparent)]
     Mesh(#[from] CacheError),
     #[error(
         "cannot check the proxy token: the configuration store is unreachable ({0}); retry \
@@ -70,10 +109,13 @@ impl AuthError {
             AuthError::Unauthenticated
             | AuthError::MalformedHeader
             | AuthError::UnknownToken
-            | AuthError::Jwt(_) => tonic::Status::unauthenticated(msg),
+            | AuthError::Jwt(_)
+            | AuthError::Certificate(_) => tonic::Status::unauthenticated(msg),
             AuthError::NotProxyToken
             | AuthError::TenantMismatch { .. }
-            | AuthError::MeshMismatch { .. } => tonic::Status::permission_denied(msg),
+            | AuthError::MeshMismatch { .. }
+            | AuthError::IdentityMismatch { .. }
+            | AuthError::ServiceMismatch { .. } => tonic::Status::permission_denied(msg),
             AuthError::Mesh(CacheError::NotFound { .. }) => tonic::Status::not_found(msg),
             AuthError::Mesh(CacheError::Unavailable(_)) | AuthError::Store(_) => {
                 tonic::Status::unavailable(msg)
@@ -100,14 +142,15 @@ pub fn bearer(metadata: &MetadataMap) -> Result<Option<String>, AuthError> {
 }
 
 /// The credential a bearer token stands for: an opaque token by its hash, a JWT by its
-/// verified `sub` (so revoking the credential revokes the JWT).
-async fn credential(store: &Store, token: &str) -> Result<Credential, AuthError> {
+/// verified `sub` (so revoking the credential revokes the JWT). With a JWT, also its `exp`.
+async fn credential(store: &Store, token: &str) -> Result<(Credential, Option<i64>), AuthError> {
     let unreachable = |e: switchboard_store::StoreError| AuthError::Store(e.to_string());
     if !jwt::is_jwt(token) {
         return store
             .authenticate(token)
             .await
             .map_err(unreachable)?
+            .map(|c| (c, None))
             .ok_or(AuthError::UnknownToken);
     }
     // Without a key this deployment issued no JWT, so none can be ours.
@@ -124,7 +167,7 @@ async fn credential(store: &Store, token: &str) -> Result<Credential, AuthError>
     if credential.tenant != claims.tenant || credential.mesh != claims.mesh {
         return Err(AuthError::UnknownToken);
     }
-    Ok(credential)
+    Ok((credential, Some(claims.exp)))
 }
 
 /// Checks a proxy token against a node id (pure part of [`authorize`]).
@@ -146,34 +189,58 @@ pub fn check_proxy_token(credential: &Credential, node: &NodeId) -> Result<(), A
     }
 }
 
-/// An admitted stream: its mesh, kept loaded, and whether it presented a token.
+/// What a client presented: a bearer token, and the certificate chain of its TLS
+/// connection (leaf first; `None` over plaintext or when it sent none).
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Presented<'a> {
+    pub token: Option<&'a str>,
+    pub certificates: Option<&'a [CertificateDer<'static>]>,
+}
+
+/// An admitted stream: its mesh, kept loaded, and what authenticated it.
 #[derive(Debug)]
 pub struct Admitted {
     pub mesh: MeshHandle,
     pub authenticated: bool,
     /// The id of the proxy token presented, if any (to end the stream when it is revoked).
     pub credential: Option<String>,
+    /// The workload identity of the client certificate that admitted the stream: the node may
+    /// claim only its service ([`cert::check_claim`]).
+    pub identity: Option<WorkloadId>,
+    /// When the credential expires (a JWT's `exp`, a certificate's notAfter), which ends the
+    /// stream.
+    pub expires: Option<Deadline>,
 }
 
-/// Admits or refuses a stream for `node` presenting `token`.
+/// Admits or refuses a stream for `node` presenting `presented`, at `now`.
 pub async fn authorize(
     store: &Store,
     cache: &SnapshotCache,
-    token: Option<&str>,
+    roots: &RootsCache,
+    presented: Presented<'_>,
     node: &NodeId,
+    now: SystemTime,
 ) -> Result<Admitted, AuthError> {
-    match token {
-        Some(token) => {
-            let credential = credential(store, token).await?;
+    let chain = presented.certificates.filter(|c| !c.is_empty());
+    match (presented.token, chain) {
+        (Some(token), _) => {
+            let (credential, exp) = credential(store, token).await?;
             check_proxy_token(&credential, node)?;
             let mesh = cache.acquire(&node.tenant, &node.mesh).await?;
             Ok(Admitted {
                 mesh,
                 authenticated: true,
                 credential: Some(credential.id),
+                identity: None,
+                expires: exp.map(|exp| Deadline {
+                    at: SystemTime::UNIX_EPOCH
+                        + std::time::Duration::from_secs(u64::try_from(exp).unwrap_or(0)),
+                    what: Expiring::Jwt,
+                }),
             })
         }
-        None => {
+        (None, Some(chain)) => certificate(cache, roots, chain, node, now).await,
+        (None, None) => {
             let mut mesh = match cache.acquire(&node.tenant, &node.mesh).await {
                 Ok(mesh) => mesh,
                 // Do not tell an anonymous client which meshes exist.
@@ -185,11 +252,56 @@ pub async fn authorize(
                     mesh,
                     authenticated: false,
                     credential: None,
+                    identity: None,
+                    expires: None,
                 }),
                 _ => Err(AuthError::Unauthenticated),
             }
         }
     }
+}
+
+/// Admits a stream by its client certificate: valid now, chaining to the current trust
+/// bundle of the node's mesh, and naming a workload of that mesh.
+async fn certificate(
+    cache: &SnapshotCache,
+    roots: &RootsCache,
+    chain: &[CertificateDer<'static>],
+    node: &NodeId,
+    now: SystemTime,
+) -> Result<Admitted, AuthError> {
+    let Some(leaf) = chain.first() else {
+        return Err(AuthError::Unauthenticated);
+    };
+    // Shape and dates first: their errors say nothing about which meshes exist.
+    let leaf = Leaf::parse(leaf)?;
+    leaf.check_time(now)?;
+    let untrusted = |reason: &str| CertError::Untrusted {
+        tenant: node.tenant.clone(),
+        mesh: node.mesh.clone(),
+        reason: reason.to_owned(),
+    };
+    let mut mesh = match cache.acquire(&node.tenant, &node.mesh).await {
+        Ok(mesh) => mesh,
+        // As for anonymous clients: a missing mesh looks like a CA that did not issue it.
+        Err(CacheError::NotFound { .. }) => return Err(untrusted("UnknownIssuer").into()),
+        Err(e) => return Err(e.into()),
+    };
+    let MeshState::Ready(snapshot) = mesh.current() else {
+        return Err(CacheError::Unavailable("the mesh is not loaded; retry".to_owned()).into());
+    };
+    let anchors = roots.anchors(&snapshot.trust);
+    let leaf = cert::verify(chain, leaf, &anchors, node, &snapshot.trust_domain, now)?;
+    Ok(Admitted {
+        mesh,
+        authenticated: true,
+        credential: None,
+        expires: Some(Deadline {
+            at: leaf.expires(),
+            what: Expiring::ClientCertificate,
+        }),
+        identity: Some(leaf.identity),
+    })
 }
 
 /// Who may read proxy status through CSDS: any API key or proxy token, limited to its tenant
@@ -203,7 +315,7 @@ pub struct StatusScope {
 /// Checks the credential of a CSDS call.
 pub async fn status_scope(store: &Store, metadata: &MetadataMap) -> Result<StatusScope, AuthError> {
     let token = bearer(metadata)?.ok_or(AuthError::Unauthenticated)?;
-    let credential = credential(store, &token).await?;
+    let (credential, _) = credential(store, &token).await?;
     Ok(StatusScope {
         tenant: credential.tenant,
         mesh: credential.mesh,

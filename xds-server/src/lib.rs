@@ -42,6 +42,7 @@ mod ads;
 pub mod auth;
 pub mod cache;
 pub mod csds;
+pub mod expiry;
 mod metrics;
 pub mod node;
 pub mod protocol;

@@ -11,6 +11,7 @@ use tonic::transport::server::Router;
 use tonic_health::ServingStatus;
 
 use crate::ads::Engine;
+use crate::auth::cert::RootsCache;
 use crate::cache::{SnapshotCache, TrustSource};
 use crate::csds::CsdsService;
 use crate::protocol::Limits;
@@ -99,6 +100,7 @@ impl XdsServer {
             queue: config.queue,
             registrar: Registrar::default(),
             revocations: Revocations::default(),
+            roots: RootsCache::default(),
             issuer: config.issuer.clone(),
         });
         let mut id = [0u8; 8];

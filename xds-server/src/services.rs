@@ -13,7 +13,8 @@ use switchboard_xds_proto::{
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::ads::{Engine, ResponseStream};
-use crate::auth::{self, Admitted};
+use crate::auth::cert::check_claim;
+use crate::auth::{self, Admitted, Presented};
 use crate::cache::MeshState;
 use crate::node::node_role;
 use crate::protocol::StreamState;
@@ -70,6 +71,7 @@ async fn fetch(
     request: Request<DiscoveryRequest>,
 ) -> Result<Response<DiscoveryResponse>, Status> {
     let token = auth::bearer(request.metadata()).map_err(|e| e.status())?;
+    let certificates = request.peer_certs();
     let request = request.into_inner();
     let mut state = StreamState::single(rtype, engine.limits);
     state
@@ -79,13 +81,28 @@ async fn fetch(
         return Err(Status::internal("the request was accepted without a node"));
     };
     let role = node_role(node).map_err(|e| Status::invalid_argument(e.to_string()))?;
+    let presented = Presented {
+        token: token.as_deref(),
+        certificates: certificates.as_deref().map(Vec::as_slice),
+    };
     let Admitted {
         mut mesh,
         authenticated,
+        identity,
         ..
-    } = auth::authorize(&engine.store, &engine.cache, token.as_deref(), node_id)
-        .await
-        .map_err(|e| e.status())?;
+    } = auth::authorize(
+        &engine.store,
+        &engine.cache,
+        &engine.roots,
+        presented,
+        node_id,
+        std::time::SystemTime::now(),
+    )
+    .await
+    .map_err(|e| e.status())?;
+    if let Some(identity) = &identity {
+        check_claim(identity, &role).map_err(|e| e.status())?;
+    }
     let MeshState::Ready(snapshot) = mesh.current() else {
         return Err(Status::unavailable("the mesh is not loaded; retry"));
     };

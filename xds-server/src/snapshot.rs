@@ -4,6 +4,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::Instant;
 
+use switchboard_model::identity::TrustBundle;
 use switchboard_model::spec::Protocol;
 use switchboard_model::{Kind, MeshSpec, Spec};
 use switchboard_translator::{MeshConfig, MeshResources, XdsResource};
@@ -26,6 +27,8 @@ pub struct MeshSnapshot {
     pub trust_domain: String,
     /// The CA that signs workload certificates now (`TrustBundle::signer_id`).
     pub signer_id: String,
+    /// The roots trusted now (client certificates on the xDS port chain to one of them).
+    pub trust: TrustBundle,
     /// The `ROOTCA` secret, built once per snapshot; `None` before the mesh has a CA.
     pub root_ca: Option<Arc<XdsResource>>,
     /// When the first commit notice this snapshot reflects arrived; `None` for a snapshot
@@ -55,6 +58,7 @@ impl MeshSnapshot {
             gateways: config.gateways.keys().cloned().collect(),
             trust_domain: config.trust_domain.clone(),
             signer_id: config.trust.signer_id.clone(),
+            trust: config.trust.clone(),
             root_ca: crate::sds::secrets::root_ca(&config.trust),
             committed_at,
             built_at: Instant::now(),

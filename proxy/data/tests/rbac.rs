@@ -212,6 +212,8 @@ impl Proxy {
             metadata: [("role".to_owned(), "sidecar".to_owned())].into(),
             token_file: None,
             xds_ca_file: None,
+            xds_client_cert_file: None,
+            xds_client_key_file: None,
         };
         let store = ConfigStore::new();
         let client = XdsClient::new(bootstrap, &store, ClientOptions::default()).spawn();

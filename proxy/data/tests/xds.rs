@@ -28,6 +28,8 @@ async fn routes_with_config_from_ads_and_follows_eds_updates() {
         metadata: [("role".to_owned(), "sidecar".to_owned())].into(),
         token_file: None,
         xds_ca_file: None,
+        xds_client_cert_file: None,
+        xds_client_key_file: None,
     };
     let store = ConfigStore::new();
     let mut client = XdsClient::new(bootstrap, &store, ClientOptions::default()).spawn();

@@ -27,6 +27,14 @@ pub struct Bootstrap {
     /// `xds_address`), read on every connect so they can be rotated.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub xds_ca_file: Option<PathBuf>,
+    /// A PEM certificate chain (leaf first) this proxy presents to the control plane over
+    /// TLS, e.g. a workload certificate of the mesh CA, which authenticates it instead of a
+    /// token. Read, with `xds_client_key_file`, on every connect so it can be renewed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub xds_client_cert_file: Option<PathBuf>,
+    /// The PEM private key of `xds_client_cert_file`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub xds_client_key_file: Option<PathBuf>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -61,9 +69,30 @@ impl Bootstrap {
     }
 
     /// TLS to the control plane needs both an `https` address and a CA, and a CA only makes
-    /// sense with TLS.
+    /// sense with TLS; a client certificate comes with its key, and only over TLS.
     pub fn check_tls(&self) -> Result<(), &'static str> {
         let https = self.xds_address.starts_with("https://");
+        match (
+            self.xds_client_cert_file.is_some(),
+            self.xds_client_key_file.is_some(),
+        ) {
+            (true, false) => {
+                return Err(
+                    "xds_client_cert_file needs xds_client_key_file, the private key of the certificate",
+                );
+            }
+            (false, true) => {
+                return Err(
+                    "xds_client_key_file needs xds_client_cert_file, the certificate of the key",
+                );
+            }
+            (true, true) if !https => {
+                return Err(
+                    "a client certificate is for TLS to the control plane: write the xds_address as https://host:port",
+                );
+            }
+            _ => {}
+        }
         match (https, self.xds_ca_file.is_some()) {
             (true, false) => Err(
                 "an https:// xds_address needs xds_ca_file, the CA certificates that verify the control plane",
@@ -111,5 +140,26 @@ mod tests {
         assert!(Bootstrap::parse(json).unwrap().metadata.is_empty());
         assert!(Bootstrap::parse("node_id: n\n").is_err());
         assert!(Bootstrap::parse("xds_address: a\nnode_id: n\nbogus: 1\n").is_err());
+    }
+
+    #[test]
+    fn a_client_certificate_comes_with_its_key_and_tls() {
+        let base = "node_id: n\nxds_ca_file: /ca.pem\n";
+        let parse = |extra: &str| {
+            Bootstrap::parse(&format!("{base}{extra}"))
+                .unwrap()
+                .check_tls()
+        };
+        let both = "xds_client_cert_file: /c.pem\nxds_client_key_file: /k.pem\n";
+        assert_eq!(parse(&format!("xds_address: https://x:1\n{both}")), Ok(()));
+        let e = parse("xds_address: https://x:1\nxds_client_cert_file: /c.pem\n").unwrap_err();
+        assert!(e.contains("needs xds_client_key_file"), "{e}");
+        let e = parse("xds_address: https://x:1\nxds_client_key_file: /k.pem\n").unwrap_err();
+        assert!(e.contains("needs xds_client_cert_file"), "{e}");
+        let e = Bootstrap::parse(&format!("node_id: n\nxds_address: http://x:1\n{both}"))
+            .unwrap()
+            .check_tls()
+            .unwrap_err();
+        assert!(e.contains("https://"), "{e}");
     }
 }

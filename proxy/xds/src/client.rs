@@ -19,7 +19,7 @@ use switchboard_xds_proto::service::ads::AggregatedDiscoveryServiceClient;
 use switchboard_xds_proto::{DiscoveryRequest, DiscoveryResponse, Node, ResourceType, Status};
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
-use tonic::transport::{Certificate, ClientTlsConfig, Endpoint};
+use tonic::transport::{Certificate, ClientTlsConfig, Endpoint, Identity};
 
 use resource::TypeState;
 pub use resource::XdsResource;
@@ -128,6 +128,13 @@ enum StreamError {
         path: String,
         source: std::io::Error,
     },
+    /// Names the file only: the key's contents never reach a message.
+    #[error("cannot read {what} {path}: {source}")]
+    ClientCert {
+        what: &'static str,
+        path: String,
+        source: std::io::Error,
+    },
     #[error("invalid xds_address {address:?}: {source}")]
     Address {
         address: String,
@@ -228,7 +235,28 @@ impl XdsClient {
                     path: path.display().to_string(),
                     source,
                 })?;
-            let tls = ClientTlsConfig::new().ca_certificate(Certificate::from_pem(pem));
+            let mut tls = ClientTlsConfig::new().ca_certificate(Certificate::from_pem(pem));
+            if let (Some(cert), Some(key)) = (
+                &self.bootstrap.xds_client_cert_file,
+                &self.bootstrap.xds_client_key_file,
+            ) {
+                // Also read on every connect: a renewed certificate applies to the next stream.
+                let read = |what, path: &std::path::PathBuf| {
+                    let path = path.clone();
+                    async move {
+                        tokio::fs::read(&path)
+                            .await
+                            .map_err(|source| StreamError::ClientCert {
+                                what,
+                                path: path.display().to_string(),
+                                source,
+                            })
+                    }
+                };
+                let cert = read("xds_client_cert_file", cert).await?;
+                let key = read("xds_client_key_file", key).await?;
+                tls = tls.identity(Identity::from_pem(cert, key));
+            }
             endpoint = endpoint
                 .tls_config(tls)
                 .map_err(|source| StreamError::Address {

@@ -38,6 +38,8 @@ async fn env() -> Env {
         metadata: [("role".to_owned(), "sidecar".to_owned())].into(),
         token_file: Some(token.path().to_owned()),
         xds_ca_file: None,
+        xds_client_cert_file: None,
+        xds_client_key_file: None,
     };
     let store = ConfigStore::new();
     let options = ClientOptions {
@@ -378,6 +380,8 @@ async fn a_resource_the_handler_refuses_is_nacked() {
         metadata: Default::default(),
         token_file: None,
         xds_ca_file: None,
+        xds_client_cert_file: None,
+        xds_client_key_file: None,
     };
     let _client = XdsClient::with_handlers(bootstrap, handlers, ClientOptions::default()).spawn();
     let cds = expect(&mut server, CDS).await;

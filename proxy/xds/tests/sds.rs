@@ -311,6 +311,8 @@ async fn the_client_subscribes_to_the_secrets_listeners_name_and_dumps_no_key() 
         metadata: Default::default(),
         token_file: None,
         xds_ca_file: None,
+        xds_client_cert_file: None,
+        xds_client_key_file: None,
     };
     let store = ConfigStore::new();
     let options = ClientOptions {

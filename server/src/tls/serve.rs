@@ -20,7 +20,7 @@ use tokio_rustls::rustls::{self, ServerConfig};
 use tokio_rustls::server::TlsStream;
 use tokio_stream::wrappers::ReceiverStream;
 
-use super::{REST_ALPN, ReloadingCert, XDS_ALPN, server_config};
+use super::{ClientAuth, REST_ALPN, ReloadingCert, XDS_ALPN, server_config};
 
 /// How long a client may take to complete its handshake.
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -93,7 +93,7 @@ pub async fn serve_rest(
     app: axum::Router,
     signal: impl Future<Output = ()>,
 ) -> Result<(), rustls::Error> {
-    let config = server_config(cert, REST_ALPN)?;
+    let config = server_config(cert, REST_ALPN, ClientAuth::None)?;
     let mut incoming = incoming(listener, config, HANDSHAKE_TIMEOUT);
     let graceful = GracefulShutdown::new();
     let builder = auto::Builder::new(TokioExecutor::new());
@@ -124,15 +124,15 @@ pub async fn serve_rest(
 }
 
 /// Serves the xDS port on `listener` over TLS with `cert`, shutting down as
-/// [`RunningXds::serve`] does. Requests keep their peer address (and, for the client
-/// certificate authentication to come, `Request::peer_certs`).
+/// [`RunningXds::serve`] does. Clients may present a certificate (checked per mesh by the
+/// xDS server); requests keep their peer address and `Request::peer_certs`.
 pub async fn serve_xds(
     listener: TcpListener,
     cert: Arc<ReloadingCert>,
     xds: RunningXds,
     signal: impl Future<Output = ()>,
 ) -> Result<(), ServeError> {
-    let config = server_config(cert, XDS_ALPN)?;
+    let config = server_config(cert, XDS_ALPN, ClientAuth::Deferred)?;
     xds.serve_incoming(incoming(listener, config, HANDSHAKE_TIMEOUT), signal)
         .await?;
     Ok(())

@@ -372,6 +372,8 @@ async fn the_proxy_xds_client_connects_over_tls() {
         .into(),
         token_file: Some(token_file),
         xds_ca_file: Some(ca_file),
+        xds_client_cert_file: None,
+        xds_client_key_file: None,
     };
     bootstrap.check_tls().unwrap();
     let config = ConfigStore::new();
@@ -486,8 +488,12 @@ async fn a_stalled_handshake_times_out_without_delaying_others() {
     use futures::StreamExt;
     let pki = Pki::new();
     let files = Files::new(&pki.leaf());
-    let config =
-        server_config(ReloadingCert::load(files.files.clone()).unwrap(), REST_ALPN).unwrap();
+    let config = server_config(
+        ReloadingCert::load(files.files.clone()).unwrap(),
+        REST_ALPN,
+        ClientAuth::None,
+    )
+    .unwrap();
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let mut accepted = serve::incoming(listener, config, Duration::from_millis(300));
@@ -513,4 +519,92 @@ fn plaintext_beyond_loopback_is_flagged() {
     assert!(exposed("[::]:18000", false));
     assert!(exposed("10.1.2.3:8080", false));
     assert!(!exposed("0.0.0.0:8080", true));
+}
+
+/// A client presenting `chain` and signing the handshake with `key` (of that chain, or not).
+fn client_with_cert(ca_pem: &str, chain: &str, key: &str) -> Arc<ClientConfig> {
+    use tokio_rustls::rustls::client::ResolvesClientCert;
+    use tokio_rustls::rustls::pki_types::PrivateKeyDer;
+    #[derive(Debug)]
+    struct Fixed(Arc<CertifiedKey>);
+    impl ResolvesClientCert for Fixed {
+        fn resolve(&self, _: &[&[u8]], _: &[rustls::SignatureScheme]) -> Option<Arc<CertifiedKey>> {
+            Some(self.0.clone())
+        }
+        fn has_certs(&self) -> bool {
+            true
+        }
+    }
+    let chain = CertificateDer::pem_slice_iter(chain.as_bytes())
+        .collect::<Result<Vec<_>, _>>()
+        .unwrap();
+    let key = provider()
+        .key_provider
+        .load_private_key(PrivateKeyDer::from_pem_slice(key.as_bytes()).unwrap())
+        .unwrap();
+    // `new`, unlike `from_der`, does not check that the key is the certificate's.
+    let certified = CertifiedKey::new(chain, key);
+    let mut roots = RootCertStore::empty();
+    roots
+        .add(CertificateDer::from_pem_slice(ca_pem.as_bytes()).unwrap())
+        .unwrap();
+    let config = ClientConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_client_cert_resolver(Arc::new(Fixed(Arc::new(certified))));
+    Arc::new(config)
+}
+
+/// Serves one handshake on `config` per connection; reports the client's chain or the error.
+async fn one_handshake(
+    config: Arc<rustls::ServerConfig>,
+    client: Arc<ClientConfig>,
+) -> Result<Option<Vec<CertificateDer<'static>>>, std::io::Error> {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let server = tokio::spawn(async move {
+        let (tcp, _) = listener.accept().await.unwrap();
+        let tls = tokio_rustls::TlsAcceptor::from(config).accept(tcp).await?;
+        Ok(tls.get_ref().1.peer_certificates().map(|c| c.to_vec()))
+    });
+    let tcp = TcpStream::connect(addr).await.unwrap();
+    // The client may finish before the server has checked its certificate (TLS 1.3).
+    let _client = TlsConnector::from(client)
+        .connect(ServerName::try_from("localhost").unwrap(), tcp)
+        .await;
+    server.await.unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_xds_port_takes_an_optional_client_certificate_whose_key_signs() {
+    let pki = Pki::new();
+    let files = Files::new(&pki.leaf());
+    let cert = || ReloadingCert::load(files.files.clone()).unwrap();
+    let xds = server_config(cert(), XDS_ALPN, ClientAuth::Deferred).unwrap();
+    // Any CA's certificate passes the handshake (its chain is the xDS server's to judge).
+    let (client_pki, other) = (Pki::new(), Pki::new());
+    let (mine, someone_else) = (client_pki.leaf(), other.leaf());
+
+    let none = one_handshake(xds.clone(), client_config(&pki.ca_pem(), &[b"h2"])).await;
+    assert_eq!(none.unwrap(), None, "no certificate is required");
+    let presented = one_handshake(
+        xds.clone(),
+        client_with_cert(&pki.ca_pem(), &mine.cert, &mine.key),
+    )
+    .await
+    .unwrap();
+    assert_eq!(presented, Some(vec![mine.der.clone()]));
+    // A certificate whose key the client does not hold: the handshake fails.
+    let stolen = one_handshake(
+        xds.clone(),
+        client_with_cert(&pki.ca_pem(), &mine.cert, &someone_else.key),
+    )
+    .await;
+    assert!(stolen.is_err(), "{stolen:?}");
+
+    // The REST port does not ask.
+    let rest = server_config(cert(), REST_ALPN, ClientAuth::None).unwrap();
+    let unasked = one_handshake(rest, client_with_cert(&pki.ca_pem(), &mine.cert, &mine.key)).await;
+    assert_eq!(unasked.unwrap(), None);
 }
