@@ -127,6 +127,8 @@ fn sidecar(service: &str, app: u16, inbound: u16, outbound: u16) -> Vec<(&'stati
 }
 
 /// A mesh in strict mode with certificates valid `lifetime`, its two sidecars and the app.
+/// The client sidecar authenticates with a JWT proxy token, the server's with an opaque one,
+/// so that both kinds go through the log scan.
 async fn strict_mesh(lifetime: &str) -> Mesh {
     let dir = tempfile::tempdir().unwrap();
     let cp = ControlPlane::start(dir.path()).await;
@@ -193,10 +195,11 @@ async fn strict_mesh(lifetime: &str) -> Mesh {
     }
     let outbound = free_port();
     let client_inbound = free_port();
+    let jwt = cp.proxy_token(dir.path(), "jwt-token", "jwt").await;
     let client = Proxy::start(
         &cp,
         dir.path(),
-        &token,
+        &jwt,
         "client",
         &sidecar("client", free_port(), client_inbound, outbound),
     )

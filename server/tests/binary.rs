@@ -688,8 +688,8 @@ async fn json_logs_carry_the_request_span() {
         .collect();
     let request = lines
         .iter()
-        .find(|l| l["span"]["request_id"] == "req-42")
-        .unwrap_or_else(|| panic!("no log line in the request's span: {text}"));
+        .find(|l| l["span"]["request_id"] == "req-42" && l.get("status").is_some())
+        .unwrap_or_else(|| panic!("no response log line in the request's span: {text}"));
     assert_eq!(request["span"]["tenant"], "acme");
     assert_eq!(request["status"], 404);
     assert!(

@@ -205,6 +205,28 @@ impl ControlPlane {
     }
 }
 
+impl ControlPlane {
+    /// Another proxy token of mesh `acme/prod`, `opaque` or `jwt`, written to `dir/{file}`.
+    pub async fn proxy_token(&self, dir: &Path, file: &str, format: &str) -> PathBuf {
+        let (s, b) = self
+            .call(
+                reqwest::Method::POST,
+                "/v1/tenants/acme/proxy-tokens",
+                Some(json!({"description": file, "mesh": "prod", "format": format})),
+            )
+            .await;
+        assert!(
+            s == 201 || s == 200,
+            "create a {format} proxy token: {s} {b}"
+        );
+        let secret = b["secret"].as_str().unwrap();
+        leaks::remember(&format!("{format} proxy token"), secret);
+        let path = dir.join(file);
+        std::fs::write(&path, secret).unwrap();
+        path
+    }
+}
+
 impl Drop for ControlPlane {
     /// Stops the process, then scans its whole log for secrets: the token and keys it was
     /// given or generated, and every pattern `leaks` knows.
