@@ -25,6 +25,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 use support::{Backend, ControlPlane, Protocol, Proxy, backend, free_port, tail};
+use switchboard_runtime::leaks;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_rustls::rustls;
 use tokio_rustls::rustls::client::danger::{
@@ -557,6 +558,74 @@ async fn strict_mode_refuses_plaintext_and_certificates_of_other_cas() {
     // The sidecars still serve after the refusals.
     assert_eq!(request(&app).await, Ok(()));
     assert_eq!(m.app.hits.load(Ordering::Relaxed), served + 1);
+
+    refused_credentials_are_not_logged(&m).await;
+}
+
+/// Sidecars with a revoked opaque token and with a forged JWT are refused on the xDS port;
+/// both ends log the refusal, and the scan of every log when the processes stop checks that
+/// neither logged the credential itself.
+async fn refused_credentials_are_not_logged(m: &Mesh) {
+    let (s, b) =
+        m.cp.call(
+            reqwest::Method::POST,
+            "/v1/tenants/acme/proxy-tokens",
+            Some(json!({"description": "revoked", "mesh": "prod"})),
+        )
+        .await;
+    assert_eq!(s, 201, "{b}");
+    let revoked = b["secret"].as_str().unwrap().to_owned();
+    leaks::remember("revoked proxy token", &revoked);
+    let path = format!(
+        "/v1/tenants/acme/proxy-tokens/{}",
+        b["id"].as_str().unwrap()
+    );
+    let (s, b) = m.cp.call(reqwest::Method::DELETE, &path, None).await;
+    assert_eq!(s, 204, "{b}");
+    let revoked_file = m.dir.path().join("revoked-token");
+    std::fs::write(&revoked_file, &revoked).unwrap();
+
+    // A JWT of this control plane with one character of its signature changed.
+    let jwt = std::fs::read_to_string(m.dir.path().join("jwt-token")).unwrap();
+    let mut forged = jwt.trim().to_owned().into_bytes();
+    let at = forged.len() - 10;
+    forged[at] = if forged[at] == b'A' { b'B' } else { b'A' };
+    let forged = String::from_utf8(forged).unwrap();
+    leaks::remember("forged JWT", &forged);
+    let forged_file = m.dir.path().join("forged-token");
+    std::fs::write(&forged_file, &forged).unwrap();
+
+    let mut refused = Vec::new();
+    for (name, token) in [("revoked", &revoked_file), ("forged", &forged_file)] {
+        let meta = sidecar("client", free_port(), free_port(), free_port());
+        refused.push(Proxy::spawn(&m.cp, m.dir.path(), token, name, &meta));
+    }
+    for proxy in &refused {
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            let log = std::fs::read_to_string(&proxy.log).unwrap_or_default();
+            if log.contains("xDS stream failed") && log.contains("valid authentication credentials")
+            {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no refusal in the proxy's log; its warnings:\n{}",
+                log.lines()
+                    .filter(|l| l.contains(" WARN") || l.contains("ERROR\x1b"))
+                    .collect::<Vec<_>>()
+                    .join("\n")
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        assert_ne!(
+            reqwest::get(format!("{}/ready", proxy.admin))
+                .await
+                .map(|r| r.status().as_u16())
+                .ok(),
+            Some(200)
+        );
+    }
 }
 
 /// Three minutes at 20 requests a second with 60 s certificates: the server sidecar's

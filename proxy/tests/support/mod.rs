@@ -75,9 +75,11 @@ impl Drop for Killed {
 /// every line a user could turn on.
 pub const LOG_LEVEL: &str = "trace";
 
-/// A log file for a child's stdout and stderr both.
+/// A log file for a child's stdout and stderr both (appended to, so nothing written
+/// beside the child is overwritten).
 fn log_stdio(log: &Path) -> (Stdio, Stdio) {
-    let file = std::fs::File::create(log).unwrap();
+    std::fs::File::create(log).unwrap();
+    let file = std::fs::OpenOptions::new().append(true).open(log).unwrap();
     (Stdio::from(file.try_clone().unwrap()), Stdio::from(file))
 }
 
@@ -281,6 +283,32 @@ impl Proxy {
         name: &str,
         metadata: &[(&str, String)],
     ) -> Proxy {
+        let proxy = Proxy::spawn(cp, dir, token, name, metadata);
+        let client = reqwest::Client::builder().no_proxy().build().unwrap();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Ok(r) = client.get(format!("{}/ready", proxy.admin)).send().await
+                && r.status() == 200
+            {
+                return proxy;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "proxy {name} did not become ready\n{}",
+                tail(&proxy.log, 4000)
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Starts a proxy named `name` with node `metadata`, without waiting for anything.
+    pub fn spawn(
+        cp: &ControlPlane,
+        dir: &Path,
+        token: &Path,
+        name: &str,
+        metadata: &[(&str, String)],
+    ) -> Proxy {
         let admin = free_port();
         let log = dir.join(format!("{name}.log"));
         let (stdout, stderr) = log_stdio(&log);
@@ -310,25 +338,10 @@ impl Proxy {
             }
             cmd.uid(NOBODY).gid(NOBODY);
         }
-        let proxy = Proxy {
+        Proxy {
             child: Killed(cmd.spawn().unwrap()),
             admin: format!("http://127.0.0.1:{admin}"),
             log,
-        };
-        let client = reqwest::Client::builder().no_proxy().build().unwrap();
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            if let Ok(r) = client.get(format!("{}/ready", proxy.admin)).send().await
-                && r.status() == 200
-            {
-                return proxy;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "proxy {name} did not become ready\n{}",
-                tail(&proxy.log, 4000)
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
 
