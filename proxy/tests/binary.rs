@@ -35,9 +35,11 @@ struct Running {
 }
 
 impl Drop for Running {
+    /// Stops the proxy, then scans its whole log for secrets.
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+        switchboard_runtime::leaks::assert_no_leaks(&self.log);
     }
 }
 
@@ -57,7 +59,7 @@ impl Running {
             .args(["--admin-address", &format!("127.0.0.1:{admin}")])
             .args(["--drain-timeout", "5s"])
             .args(extra)
-            .env("RUST_LOG", "info")
+            .env("RUST_LOG", support::LOG_LEVEL)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::from(std::fs::File::create(&log).unwrap()))

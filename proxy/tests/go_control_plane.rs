@@ -110,6 +110,16 @@ impl Drop for Proc {
         }
         let _ = self.child.wait();
         eprintln!("{} stopped", self.name);
+        // Everything it logged holds no secret (`switchboard_runtime::leaks`).
+        let leaks = switchboard_runtime::leaks::find_leaks(&self.log().join("\n"));
+        if !leaks.is_empty() {
+            let message = format!("{}'s log holds secrets: {leaks:?}", self.name);
+            if std::thread::panicking() {
+                eprintln!("{message}");
+            } else {
+                panic!("{message}");
+            }
+        }
     }
 }
 
@@ -226,7 +236,7 @@ async fn the_proxy_takes_its_config_from_go_control_plane_and_routes() {
             .arg(format!("127.0.0.1:{admin_port}"))
             .env_remove("SWITCHBOARD_PROXY_BOOTSTRAP")
             .env_remove("OTEL_EXPORTER_OTLP_ENDPOINT")
-            .env("RUST_LOG", "info")
+            .env("RUST_LOG", support::LOG_LEVEL)
             .env("NO_COLOR", "1")
             .stdout(Stdio::null()),
     );

@@ -5,8 +5,12 @@
 //!   every loop that retries a store, a listener or an xDS server.
 //! - [`eventually`] (feature `testing`): polls a condition until it holds or fails the test,
 //!   on tokio's clock, so it also works under a paused clock.
+//! - [`leaks`] (feature `testing`): the suite's scan of its logs for secrets.
 
 use std::time::Duration;
+
+#[cfg(feature = "testing")]
+pub mod leaks;
 
 /// Resolves on SIGTERM or SIGINT (Ctrl-C) and says which, for the log line that follows.
 pub async fn shutdown_signal() -> &'static str {

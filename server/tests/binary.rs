@@ -229,6 +229,11 @@ fn bad_configuration_names_the_setting() {
         assert!(!out.status.success(), "{args:?}");
         let err = String::from_utf8_lossy(&out.stderr);
         assert!(err.contains(setting), "{args:?}: {err}");
+        let leaks = switchboard_runtime::leaks::find_leaks(&err);
+        assert!(
+            leaks.is_empty(),
+            "{args:?}: a secret in the error: {leaks:?}"
+        );
     }
     std::fs::write(
         dir.path().join("switchboard.toml"),
@@ -643,6 +648,8 @@ async fn json_logs_carry_the_request_span() {
             "json",
             "--admin-token",
             "json-logs-admin-token",
+            "--log-level",
+            common::LOG_LEVEL,
         ])
         .args([
             "--rest-addr",
@@ -681,14 +688,16 @@ async fn json_logs_carry_the_request_span() {
         .collect();
     let request = lines
         .iter()
-        .find(|l| l["span"]["request_id"] == "req-42")
-        .unwrap_or_else(|| panic!("no log line in the request's span: {text}"));
+        .find(|l| l["span"]["request_id"] == "req-42" && l.get("status").is_some())
+        .unwrap_or_else(|| panic!("no response log line in the request's span: {text}"));
     assert_eq!(request["span"]["tenant"], "acme");
     assert_eq!(request["status"], 404);
     assert!(
         !text.contains("json-logs-admin-token"),
         "a secret was logged"
     );
+    common::remember_generated(&dir.path().join("data"));
+    switchboard_runtime::leaks::assert_no_leaks(&dir.path().join("log.json"));
 }
 
 #[tokio::test]

@@ -14,7 +14,9 @@ use common::{BIN, call, free_port};
 const ADMIN: &str = "ca-key-test-admin-token";
 
 /// Runs `serve` with `extra` in `dir`, expecting it to refuse to start: its stderr.
+/// Its stderr, at trace level, holds no secret (not even the bad key it was given).
 fn refused(dir: &std::path::Path, extra: &[&str]) -> String {
+    common::remember_flags(extra);
     let mut child = Command::new(BIN)
         .current_dir(dir)
         .args(["serve", "--admin-token", ADMIN])
@@ -22,6 +24,7 @@ fn refused(dir: &std::path::Path, extra: &[&str]) -> String {
         .args(["--xds-addr", &format!("127.0.0.1:{}", free_port())])
         .args(["--admin-addr", &format!("127.0.0.1:{}", free_port())])
         .args(extra)
+        .args(["--log-level", common::LOG_LEVEL])
         .env_remove("SWITCHBOARD_DATABASE_URL")
         .env_remove("SWITCHBOARD_CA_KEY")
         .stdin(Stdio::null())
@@ -35,6 +38,12 @@ fn refused(dir: &std::path::Path, extra: &[&str]) -> String {
             assert!(!status.success(), "serve {extra:?} exited successfully");
             let mut err = String::new();
             std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut err).unwrap();
+            common::remember_generated(&dir.join("data"));
+            let leaks = switchboard_runtime::leaks::find_leaks(&err);
+            assert!(
+                leaks.is_empty(),
+                "serve {extra:?} logged a secret: {leaks:?}"
+            );
             return err;
         }
         if Instant::now() > deadline {

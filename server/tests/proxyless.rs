@@ -44,7 +44,7 @@ mod common;
 
 use common::{Server, tail};
 
-/// `switchboard serve` with JSON debug logs in `dir/switchboard.log`, on the embedded default.
+/// `switchboard serve` with JSON trace logs in `dir/switchboard.log`, on the embedded default.
 async fn start_server(dir: &Path) -> Server {
     let data = dir.join("data");
     let flags = [
@@ -57,7 +57,7 @@ async fn start_server(dir: &Path) -> Server {
     ];
     let flags: Vec<&str> = flags
         .into_iter()
-        .chain(["--log-level", "info,switchboard_xds_server=debug"])
+        .chain(["--log-level", common::LOG_LEVEL])
         .collect();
     common::start(dir, &flags, Some(&dir.join("switchboard.log"))).await
 }

@@ -213,7 +213,7 @@ async fn grpcio_reaches_the_xds_port_over_tls_with_a_jwt() {
             "--log-format",
             "json",
             "--log-level",
-            "debug,h2=info,hyper=info,sqlx=warn,rustls=info,tower=info",
+            common::LOG_LEVEL,
         ],
         Some(&log),
     )

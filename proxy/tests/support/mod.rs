@@ -1,5 +1,7 @@
 //! End-to-end fixtures: the real `switchboard` control plane and `switchboard-proxy`
 //! processes on loopback (killed on drop), and real backends: HTTP/1.1, HTTP/2 (h2c) and gRPC.
+//! Both binaries log at trace level into a file that is scanned for secrets when the process
+//! wrapper drops (`switchboard_runtime::leaks`): a secret in any line fails the test.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, dead_code)]
 
@@ -18,6 +20,7 @@ use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use serde_json::{Value, json};
+use switchboard_runtime::leaks;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
@@ -68,9 +71,23 @@ impl Drop for Killed {
     }
 }
 
+/// The level both binaries log at in these tests: everything, so that the secret scan sees
+/// every line a user could turn on.
+pub const LOG_LEVEL: &str = "trace";
+
+/// A log file for a child's stdout and stderr both (appended to, so nothing written
+/// beside the child is overwritten).
+fn log_stdio(log: &Path) -> (Stdio, Stdio) {
+    std::fs::File::create(log).unwrap();
+    let file = std::fs::OpenOptions::new().append(true).open(log).unwrap();
+    (Stdio::from(file.try_clone().unwrap()), Stdio::from(file))
+}
+
 /// A running `switchboard serve` on SQLite in a temp dir.
 pub struct ControlPlane {
     _child: Killed,
+    /// Its data_dir, where it keeps the generated CA key and JWT key.
+    pub data: PathBuf,
     pub rest: String,
     pub xds: String,
     pub log: PathBuf,
@@ -81,21 +98,27 @@ impl ControlPlane {
     pub async fn start(dir: &Path) -> ControlPlane {
         let (rest, xds, admin) = (free_port(), free_port(), free_port());
         let log = dir.join("switchboard.log");
+        let data = dir.join("data");
+        let (stdout, stderr) = log_stdio(&log);
+        leaks::remember("admin token", ADMIN_TOKEN);
         let child = Command::new(control_plane_binary())
             .current_dir(dir)
             .args(["serve", "--rest-addr", &format!("127.0.0.1:{rest}")])
             .args(["--xds-addr", &format!("127.0.0.1:{xds}")])
             .args(["--admin-addr", &format!("127.0.0.1:{admin}")])
             .args(["--admin-token", ADMIN_TOKEN])
-            .args(["--data-dir", dir.join("data").to_str().unwrap()])
+            .args(["--data-dir", data.to_str().unwrap()])
+            .args(["--log-level", LOG_LEVEL])
             .env_remove("SWITCHBOARD_DATABASE_URL")
+            .env_remove("SWITCHBOARD_LOG_LEVEL")
             .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::from(std::fs::File::create(&log).unwrap()))
+            .stdout(stdout)
+            .stderr(stderr)
             .spawn()
             .unwrap();
         let cp = ControlPlane {
             _child: Killed(child),
+            data,
             rest: format!("http://127.0.0.1:{rest}"),
             xds: format!("http://127.0.0.1:{xds}"),
             log,
@@ -177,8 +200,51 @@ impl ControlPlane {
             .await;
         assert!(s == 201 || s == 200, "create proxy token: {s} {b}");
         let token = dir.join("token");
-        std::fs::write(&token, b["secret"].as_str().unwrap()).unwrap();
+        let secret = b["secret"].as_str().unwrap();
+        leaks::remember("proxy token", secret);
+        std::fs::write(&token, secret).unwrap();
         token
+    }
+}
+
+impl ControlPlane {
+    /// Another proxy token of mesh `acme/prod`, `opaque` or `jwt`, written to `dir/{file}`.
+    pub async fn proxy_token(&self, dir: &Path, file: &str, format: &str) -> PathBuf {
+        let (s, b) = self
+            .call(
+                reqwest::Method::POST,
+                "/v1/tenants/acme/proxy-tokens",
+                Some(json!({"description": file, "mesh": "prod", "format": format})),
+            )
+            .await;
+        assert!(
+            s == 201 || s == 200,
+            "create a {format} proxy token: {s} {b}"
+        );
+        let secret = b["secret"].as_str().unwrap();
+        leaks::remember(&format!("{format} proxy token"), secret);
+        let path = dir.join(file);
+        std::fs::write(&path, secret).unwrap();
+        path
+    }
+}
+
+impl Drop for ControlPlane {
+    /// Stops the process, then scans its whole log for secrets: the token and keys it was
+    /// given or generated, and every pattern `leaks` knows.
+    fn drop(&mut self) {
+        let _ = self._child.0.kill();
+        let _ = self._child.0.wait();
+        for (what, file) in [
+            ("CA key-encryption key", "ca-key"),
+            ("proxy JWT signing key", "proxy-jwt-key"),
+            ("admin token", "admin-token"),
+        ] {
+            if let Ok(text) = std::fs::read_to_string(self.data.join(file)) {
+                leaks::remember(what, &text);
+            }
+        }
+        leaks::assert_no_leaks(&self.log);
     }
 }
 
@@ -217,39 +283,7 @@ impl Proxy {
         name: &str,
         metadata: &[(&str, String)],
     ) -> Proxy {
-        let admin = free_port();
-        let log = dir.join(format!("{name}.log"));
-        let mut cmd = Command::new(PROXY);
-        cmd.args(["--xds-address", &cp.xds])
-            .args([
-                "--node-id",
-                &format!("tenants/acme/meshes/prod/nodes/{name}"),
-            ])
-            .args(["--token-file", token.to_str().unwrap()])
-            .args(["--admin-address", &format!("127.0.0.1:{admin}")])
-            .args(["--drain-timeout", "2s"])
-            .env("RUST_LOG", "info")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::from(std::fs::File::create(&log).unwrap()));
-        for (k, v) in metadata {
-            cmd.args(["--metadata", &format!("{k}={v}")]);
-        }
-        if running_as_root() {
-            // The proxy needs no privileges: under root (CI), prove it by running as nobody.
-            use std::os::unix::fs::PermissionsExt;
-            use std::os::unix::process::CommandExt;
-            for p in [dir, token] {
-                let mode = if p.is_dir() { 0o755 } else { 0o644 };
-                std::fs::set_permissions(p, std::fs::Permissions::from_mode(mode)).unwrap();
-            }
-            cmd.uid(NOBODY).gid(NOBODY);
-        }
-        let proxy = Proxy {
-            child: Killed(cmd.spawn().unwrap()),
-            admin: format!("http://127.0.0.1:{admin}"),
-            log,
-        };
+        let proxy = Proxy::spawn(cp, dir, token, name, metadata);
         let client = reqwest::Client::builder().no_proxy().build().unwrap();
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
@@ -264,6 +298,50 @@ impl Proxy {
                 tail(&proxy.log, 4000)
             );
             tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Starts a proxy named `name` with node `metadata`, without waiting for anything.
+    pub fn spawn(
+        cp: &ControlPlane,
+        dir: &Path,
+        token: &Path,
+        name: &str,
+        metadata: &[(&str, String)],
+    ) -> Proxy {
+        let admin = free_port();
+        let log = dir.join(format!("{name}.log"));
+        let (stdout, stderr) = log_stdio(&log);
+        let mut cmd = Command::new(PROXY);
+        cmd.args(["--xds-address", &cp.xds])
+            .args([
+                "--node-id",
+                &format!("tenants/acme/meshes/prod/nodes/{name}"),
+            ])
+            .args(["--token-file", token.to_str().unwrap()])
+            .args(["--admin-address", &format!("127.0.0.1:{admin}")])
+            .args(["--drain-timeout", "2s"])
+            .env("RUST_LOG", LOG_LEVEL)
+            .stdin(Stdio::null())
+            .stdout(stdout)
+            .stderr(stderr);
+        for (k, v) in metadata {
+            cmd.args(["--metadata", &format!("{k}={v}")]);
+        }
+        if running_as_root() {
+            // The proxy needs no privileges: under root (CI), prove it by running as nobody.
+            use std::os::unix::fs::PermissionsExt;
+            use std::os::unix::process::CommandExt;
+            for p in [dir, token] {
+                let mode = if p.is_dir() { 0o755 } else { 0o644 };
+                std::fs::set_permissions(p, std::fs::Permissions::from_mode(mode)).unwrap();
+            }
+            cmd.uid(NOBODY).gid(NOBODY);
+        }
+        Proxy {
+            child: Killed(cmd.spawn().unwrap()),
+            admin: format!("http://127.0.0.1:{admin}"),
+            log,
         }
     }
 
@@ -283,6 +361,15 @@ impl Proxy {
 
     pub fn pid(&self) -> u32 {
         self.child.0.id()
+    }
+}
+
+impl Drop for Proxy {
+    /// Stops the proxy, then scans its whole log for secrets.
+    fn drop(&mut self) {
+        let _ = self.child.0.kill();
+        let _ = self.child.0.wait();
+        leaks::assert_no_leaks(&self.log);
     }
 }
 

@@ -1,12 +1,16 @@
 //! Shared by the tests that run the built binary: free loopback ports, a `switchboard serve`
-//! child killed on drop, and a small REST call helper.
+//! child killed on drop, and a small REST call helper. Every `serve` logs into a file (at
+//! trace level unless the test chooses a level) that is scanned for secrets when it stops
+//! (`switchboard_runtime::leaks`): a secret in any line fails the test.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, dead_code)]
 
 use serde_json::Value;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
+use switchboard_runtime::leaks;
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_switchboard");
 
@@ -42,8 +46,10 @@ pub struct Server {
     pub admin: String,
     /// `127.0.0.1:port` of the xDS port.
     pub xds_addr: String,
-    /// Where its logs go, when asked for.
+    /// Where its logs go: the file asked for, else one of its own in the test's directory.
     pub log: Option<PathBuf>,
+    /// Its data_dir, where it keeps what it generates (CA key, JWT key, admin token).
+    data: PathBuf,
 }
 
 impl Server {
@@ -54,19 +60,70 @@ impl Server {
 }
 
 impl Drop for Server {
+    /// Stops the process, then scans its whole log for secrets: those it generated, those
+    /// the test gave it, and every pattern `leaks` knows.
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+        remember_generated(&self.data);
+        if let Some(log) = &self.log {
+            leaks::assert_no_leaks(log);
+        }
     }
 }
 
+/// The level a `serve` logs at unless the test chooses one: everything.
+pub const LOG_LEVEL: &str = "trace";
+
+/// Remembers the secrets in `extra` flags (the admin token, the CA key) for the log scan.
+pub fn remember_flags(extra: &[&str]) {
+    for pair in extra.windows(2) {
+        match pair[0] {
+            "--admin-token" => leaks::remember("admin token", pair[1]),
+            "--ca-key" => leaks::remember("CA key-encryption key", pair[1]),
+            _ => {}
+        }
+    }
+}
+
+/// Remembers the secrets a `serve` generated into `data` (its data_dir).
+pub fn remember_generated(data: &Path) {
+    for (what, file) in [
+        ("CA key-encryption key", "ca-key"),
+        ("proxy JWT signing key", "proxy-jwt-key"),
+        ("admin token", "admin-token"),
+    ] {
+        if let Ok(text) = std::fs::read_to_string(data.join(file)) {
+            leaks::remember(what, &text);
+        }
+    }
+}
+
+/// A log file of its own for each `serve` of this test process that was given none.
+fn own_log(dir: &Path) -> PathBuf {
+    static N: AtomicUsize = AtomicUsize::new(0);
+    dir.join(format!(
+        "switchboard-{}.log",
+        N.fetch_add(1, Ordering::Relaxed)
+    ))
+}
+
 /// Starts `switchboard serve` in `dir` on free ports with `extra` flags (its stderr into `log`
-/// when given), and waits until `/readyz` answers 200.
+/// when given, else into a file of its own in `dir`; at [`LOG_LEVEL`] unless `extra` sets
+/// one), and waits until `/readyz` answers 200.
 pub async fn start(dir: &Path, extra: &[&str], log: Option<&Path>) -> Server {
     let (rest, xds, admin) = (free_port(), free_port(), free_port());
-    let stderr = match log {
-        Some(p) => Stdio::from(std::fs::File::create(p).unwrap()),
-        None => Stdio::null(),
+    remember_flags(extra);
+    let log = log.map_or_else(|| own_log(dir), Path::to_path_buf);
+    let stderr = Stdio::from(std::fs::File::create(&log).unwrap());
+    let data = extra
+        .windows(2)
+        .find(|p| p[0] == "--data-dir")
+        .map_or_else(|| dir.join("data"), |p| dir.join(p[1]));
+    let level: &[&str] = if extra.contains(&"--log-level") {
+        &[]
+    } else {
+        &["--log-level", LOG_LEVEL]
     };
     let child = Command::new(BIN)
         .current_dir(dir)
@@ -79,7 +136,9 @@ pub async fn start(dir: &Path, extra: &[&str], log: Option<&Path>) -> Server {
         ])
         .args(["--admin-addr", &format!("127.0.0.1:{admin}")])
         .args(extra)
+        .args(level)
         .env_remove("SWITCHBOARD_DATABASE_URL")
+        .env_remove("SWITCHBOARD_LOG_LEVEL")
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(stderr)
@@ -90,7 +149,8 @@ pub async fn start(dir: &Path, extra: &[&str], log: Option<&Path>) -> Server {
         rest: format!("http://127.0.0.1:{rest}"),
         admin: format!("http://127.0.0.1:{admin}"),
         xds_addr: format!("127.0.0.1:{xds}"),
-        log: log.map(Path::to_path_buf),
+        log: Some(log),
+        data,
     };
     let client = reqwest::Client::new();
     let deadline = Instant::now() + Duration::from_secs(30);

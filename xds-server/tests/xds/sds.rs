@@ -57,12 +57,17 @@ impl Write for Capture {
     }
 }
 
-/// Panics if any captured log line holds key material.
+/// Panics if any captured log line holds a secret: key material, a proxy token, a JWT
+/// (`switchboard_runtime::leaks`).
 fn assert_no_key_logged() {
     let logs = logs().lock().unwrap();
     let text = String::from_utf8_lossy(&logs);
     assert!(!text.is_empty(), "the capture works");
-    assert!(!text.contains("PRIVATE KEY"), "a private key was logged");
+    let leaks = switchboard_runtime::leaks::find_leaks(&text);
+    assert!(
+        leaks.is_empty(),
+        "captured log lines hold secrets: {leaks:?}"
+    );
 }
 
 /// A store and a server whose mesh CA is a fresh [`TestIssuer`].
