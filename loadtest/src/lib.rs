@@ -6,23 +6,34 @@
 //! - `xds-convergence`: many proxyless ADS clients; how long a route change takes to reach
 //!   (and be ACKed by) all of them, and the control plane's memory.
 //! - `proxy-bench`: requests per second, latency, memory and CPU of `switchboard-proxy` as a
-//!   gateway configured by the control plane, against the backend directly and against nginx.
+//!   gateway configured by the control plane, against the backend directly and against nginx;
+//!   and as a pair of sidecars, the hop between them plaintext or mutual TLS, with the TLS
+//!   handshake rate at a sidecar's inbound port.
+//! - `sds-issue`: workload certificates issued per second by the control plane to many
+//!   sidecar streams subscribing to SDS at once.
 //!
 //! This library holds what every load test needs: [`ControlPlane`] (the child process, its
 //! database and its memory figures), [`Rest`] (an admin REST client) and [`Summary`]
 //! (percentiles); and what the proxy benchmark needs: [`load`] (an HTTP/1.1 load generator,
 //! open and closed loop), [`procfs`] (memory and CPU time of processes), [`backend`] (the
 //! backend server and its process), [`proxy`] (the gateway's configuration and the
-//! `switchboard-proxy` process) and [`nginx`] (nginx as a reverse proxy).
+//! `switchboard-proxy` process) and [`nginx`] (nginx as a reverse proxy); for the mesh:
+//! [`mesh`] (the sidecar pair), [`handshake`] (a closed loop of new, optionally TLS,
+//! connections), [`tls`] (a mesh workload's rustls client identity) and [`sds`] (workload
+//! certificates over ADS, as a sidecar gets them).
 
 pub mod backend;
 mod control_plane;
+pub mod handshake;
 pub mod load;
+pub mod mesh;
 pub mod nginx;
 pub mod procfs;
 pub mod proxy;
 mod rest;
+pub mod sds;
 mod stats;
+pub mod tls;
 
 pub use control_plane::{ControlPlane, Memory, Options};
 pub use rest::Rest;

@@ -103,12 +103,48 @@ pub async fn configure_gateway(rest: &Rest, gw: &Gateway, backend: SocketAddr) -
         .context("the proxy token response has no secret")
 }
 
+/// What a proxy is to the control plane (its node metadata).
+#[derive(Debug, Clone)]
+pub enum Role {
+    /// `role=gateway`, `gateway=<name>`.
+    Gateway(String),
+    /// `role=sidecar` of `service`, in front of the application on 127.0.0.1:`app_port`,
+    /// taking mesh traffic on `inbound_port` and the application's calls on `outbound_port`.
+    Sidecar {
+        service: String,
+        app_port: u16,
+        inbound_port: u16,
+        outbound_port: u16,
+    },
+}
+
+impl Role {
+    /// The `--metadata key=value` pairs.
+    fn metadata(&self) -> Vec<String> {
+        match self {
+            Role::Gateway(name) => vec!["role=gateway".into(), format!("gateway={name}")],
+            Role::Sidecar {
+                service,
+                app_port,
+                inbound_port,
+                outbound_port,
+            } => vec![
+                "role=sidecar".into(),
+                format!("service={service}"),
+                format!("app_port={app_port}"),
+                format!("inbound_port={inbound_port}"),
+                format!("outbound_port={outbound_port}"),
+            ],
+        }
+    }
+}
+
 /// How to start the proxy.
 #[derive(Debug, Clone)]
 pub struct ProxyOptions {
     pub xds_url: String,
     pub node_id: String,
-    pub gateway: String,
+    pub role: Role,
     pub token: String,
     /// `--concurrency`: worker threads.
     pub workers: usize,
@@ -144,10 +180,13 @@ impl ProxyProcess {
             .arg(&options.xds_url)
             .arg("--node-id")
             .arg(&options.node_id)
-            .arg("--metadata")
-            .arg("role=gateway")
-            .arg("--metadata")
-            .arg(format!("gateway={}", options.gateway))
+            .args(
+                options
+                    .role
+                    .metadata()
+                    .into_iter()
+                    .flat_map(|m| ["--metadata".to_owned(), m]),
+            )
             .arg("--token-file")
             .arg(&token_file)
             .arg("--admin-address")

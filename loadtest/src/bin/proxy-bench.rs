@@ -16,7 +16,10 @@
 //!      `bench-gw` (metadata `role=gateway`, `gateway=bench`, a proxy token from the REST
 //!      API), access log off, `--concurrency W`, once its admin `/ready` answers 200;
 //!    - `nginx`: a reverse proxy with the equivalent configuration (`worker_processes W`,
-//!      upstream keep-alive pool of 64, HTTP/1.1 upstream, `Connection ""`, access log off).
+//!      upstream keep-alive pool of 64, HTTP/1.1 upstream, `Connection ""`, access log off);
+//!    - `mesh` (not in the default list): a pair of sidecars, one hop between them, in a mesh
+//!      with `mtls.mode: off` and in one with `strict`, plus the TLS handshake rate at the
+//!      server sidecar's inbound port (see `mesh.rs`).
 //! 3. Load (this process, tokio + hyper client, keep-alive connections, `Host: bench.local`):
 //!    - fixed rate: an open loop of `PROXY_BENCH_RATE` (1000) requests per second over
 //!      `PROXY_BENCH_RATE_CONNECTIONS` (16) connections for `PROXY_BENCH_SECS` (10) s after
@@ -34,13 +37,17 @@
 //!
 //! Knobs: `PROXY_BENCH_WORKERS` (`1`; a comma list such as `1,2` runs the proxy and nginx
 //! once per value), `PROXY_BENCH_CLIENT_THREADS` (1), `PROXY_BENCH_BACKEND_THREADS` (1),
-//! `PROXY_BENCH_TARGETS` (`direct,proxy,nginx`), `PROXY_BENCH_TIMEOUT_SECS` (600, the whole
-//! run), `PROXY_BENCH_PROXY_LOG` (`warn`, the proxy's `RUST_LOG`). Binaries:
+//! `PROXY_BENCH_TARGETS` (`direct,proxy,nginx`; `mesh` also), `PROXY_BENCH_HANDSHAKE_CONNECTIONS`
+//! (8, the mesh's new-connection loop), `PROXY_BENCH_TIMEOUT_SECS` (600, the whole run), `PROXY_BENCH_PROXY_LOG` (`warn`, the proxy's `RUST_LOG`). Binaries:
 //! `SWITCHBOARD_BIN`, `SWITCHBOARD_PROXY_BIN` (default `target/release/…`), `NGINX_BIN`.
 //! Every child is killed on every exit path, and on Ctrl-C.
 //!
 //! Run with `scripts/bench`, or after `cargo build --release -p switchboard -p
 //! switchboard-proxy`: `cargo run --release -p switchboard-loadtest --bin proxy-bench`.
+
+// The `mesh` target, in a file of its own (a crate root looks for modules beside itself).
+#[path = "proxy-bench/mesh.rs"]
+mod mesh;
 
 use std::time::Duration;
 
@@ -49,7 +56,7 @@ use switchboard_loadtest::backend::{self, BackendArgs, BackendProcess};
 use switchboard_loadtest::load::{self, FixedRate, Outcome, Saturation, Target};
 use switchboard_loadtest::nginx::{self, Nginx};
 use switchboard_loadtest::procfs::{self, CpuUse, RssMonitor, Sample};
-use switchboard_loadtest::proxy::{self, Gateway, ProxyOptions, ProxyProcess};
+use switchboard_loadtest::proxy::{self, Gateway, ProxyOptions, ProxyProcess, Role};
 use switchboard_loadtest::{ControlPlane, Options, Rest, count_from_env, mib};
 
 const ADMIN_TOKEN: &str = "proxy-bench-admin-token-not-secret";
@@ -60,6 +67,7 @@ enum Kind {
     Direct,
     Proxy,
     Nginx,
+    Mesh,
 }
 
 struct Config {
@@ -68,6 +76,8 @@ struct Config {
     fixed: FixedRate,
     saturation: Saturation,
     client_threads: usize,
+    /// The mesh's new-connection loop: connections at a time.
+    handshake_connections: usize,
     backend: BackendArgs,
     request_timeout: Duration,
     deadline: Duration,
@@ -88,9 +98,10 @@ impl Config {
                 "direct" => Ok(Kind::Direct),
                 "proxy" => Ok(Kind::Proxy),
                 "nginx" => Ok(Kind::Nginx),
-                other => {
-                    bail!("PROXY_BENCH_TARGETS: unknown target {other:?} (direct, proxy, nginx)")
-                }
+                "mesh" => Ok(Kind::Mesh),
+                other => bail!(
+                    "PROXY_BENCH_TARGETS: unknown target {other:?} (direct, proxy, nginx, mesh)"
+                ),
             })
             .collect::<Result<Vec<_>>>()?;
         let workers = list("PROXY_BENCH_WORKERS", "1")
@@ -116,6 +127,7 @@ impl Config {
                 duration,
             },
             client_threads: count_from_env("PROXY_BENCH_CLIENT_THREADS", 1)?,
+            handshake_connections: count_from_env("PROXY_BENCH_HANDSHAKE_CONNECTIONS", 8)?,
             backend: BackendArgs {
                 threads: count_from_env("PROXY_BENCH_BACKEND_THREADS", 1)?,
                 body_bytes: count_from_env("PROXY_BENCH_BODY_BYTES", 1024)?,
@@ -273,7 +285,7 @@ async fn run_proxy(
                 &ProxyOptions {
                     xds_url: cp.xds_url.clone(),
                     node_id: gateway.node_id("bench-gw"),
-                    gateway: gateway.name.clone(),
+                    role: Role::Gateway(gateway.name.clone()),
                     token: token.clone(),
                     workers,
                     log_filter: cfg.proxy_log.clone(),
@@ -398,7 +410,7 @@ async fn run(cfg: Config) -> Result<()> {
     let ticks = procfs::clock_ticks_per_second();
     let load_before = load_average();
     // Fail early, before any measurement, on a missing binary.
-    if cfg.kinds.contains(&Kind::Proxy) {
+    if cfg.kinds.contains(&Kind::Proxy) || cfg.kinds.contains(&Kind::Mesh) {
         proxy::binary()?;
     }
     if cfg.kinds.contains(&Kind::Nginx) {
@@ -407,6 +419,7 @@ async fn run(cfg: Config) -> Result<()> {
     let mut backend = BackendProcess::start(cfg.backend).await?;
     let mut results = Vec::new();
     let mut notes = Vec::new();
+    let mut mesh_runs = Vec::new();
     let outcome = async {
         for kind in &cfg.kinds {
             match kind {
@@ -428,6 +441,9 @@ async fn run(cfg: Config) -> Result<()> {
                 }
                 Kind::Proxy => run_proxy(&cfg, &backend, ticks, &mut results, &mut notes).await?,
                 Kind::Nginx => run_nginx(&cfg, &backend, ticks, &mut results, &mut notes).await?,
+                Kind::Mesh => {
+                    mesh_runs = mesh::run(&cfg, &backend, ticks, &mut results, &mut notes).await?;
+                }
             }
         }
         Ok::<_, anyhow::Error>(())
@@ -445,6 +461,7 @@ async fn run(cfg: Config) -> Result<()> {
         &load_before,
         &load_after,
     );
+    mesh::report(&cfg, &results, &mesh_runs, ticks);
     Ok(())
 }
 
