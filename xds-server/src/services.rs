@@ -15,7 +15,7 @@ use tonic::{Request, Response, Status, Streaming};
 use crate::ads::{Engine, ResponseStream};
 use crate::auth::{self, Admitted};
 use crate::cache::MeshState;
-use crate::node::node_role;
+use crate::node::{has_certificate_providers, node_role};
 use crate::protocol::StreamState;
 use crate::sds::secrets::node_secret;
 use crate::sds::wants_default;
@@ -79,6 +79,8 @@ async fn fetch(
         return Err(Status::internal("the request was accepted without a node"));
     };
     let role = node_role(node).map_err(|e| Status::invalid_argument(e.to_string()))?;
+    let certificate_providers =
+        has_certificate_providers(node).map_err(|e| Status::invalid_argument(e.to_string()))?;
     let Admitted {
         mut mesh,
         authenticated,
@@ -89,7 +91,7 @@ async fn fetch(
     let MeshState::Ready(snapshot) = mesh.current() else {
         return Err(Status::unavailable("the mesh is not loaded; retry"));
     };
-    let mut view = NodeView::new(snapshot, role);
+    let mut view = NodeView::new(snapshot, role).with_certificate_providers(certificate_providers);
     if authenticated {
         view = view.with_secrets();
     }
