@@ -6,6 +6,12 @@
 //! - `bootstrap grpc`: JSON for proxyless gRPC clients (`GRPC_XDS_BOOTSTRAP`), with
 //!   `node.locality`, which grpc-js-xds requires.
 //!
+//! `bootstrap grpc` always names the listener xDS-enabled gRPC servers ask for
+//! (`server_listener_resource_name_template`, gRFC A36). With `--certificate-dir` it also
+//! defines certificate provider instance `default` (a `file_watcher` over that directory's
+//! files, gRFC A29) and says so in the node metadata (`certificate_providers`), so that the
+//! control plane sends the node the clusters and server listeners with mesh mTLS.
+//!
 //! With `--xds-ca-file` either connects to a control plane serving TLS (`tls_cert_file`):
 //! the proxy verifies the xDS server against that CA; a gRPC client gets gRFC A65's `tls`
 //! channel credentials and, with `--jwt-token-file`, gRFC A97's `jwt_token_file` call
@@ -21,8 +27,9 @@ use std::path::PathBuf;
 use clap::{Args, Subcommand, ValueEnum};
 use serde_json::json;
 use switchboard_proxy_xds::Bootstrap as ProxyBootstrap;
+use switchboard_translator::names;
 use switchboard_xds_server::NodeId;
-use switchboard_xds_server::node::{NodeError, node_role};
+use switchboard_xds_server::node::{CERTIFICATE_PROVIDERS_FIELD, NodeError, node_role};
 
 #[derive(Debug, Subcommand)]
 pub enum Bootstrap {
@@ -124,7 +131,22 @@ pub struct GrpcArgs {
     pub jwt_token_file: Option<PathBuf>,
     #[command(flatten)]
     pub client_cert: ClientCertArgs,
+    /// Mesh mTLS for this client or xDS-enabled server (gRFC A29): a directory holding
+    /// `certificate.pem` (the workload's certificate chain from the mesh CA), `private_key.pem`
+    /// (its PKCS#8 key) and `ca_certificates.pem` (the mesh's roots), which gRPC re-reads
+    /// (see --certificate-refresh-secs). Keep them fresh: renew before the certificate
+    /// expires.
+    #[arg(long)]
+    pub certificate_dir: Option<PathBuf>,
+    /// How often gRPC re-reads the files of --certificate-dir, in seconds.
+    #[arg(long, default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..))]
+    pub certificate_refresh_secs: u64,
 }
+
+/// The files `bootstrap grpc --certificate-dir` points gRPC's file watcher at.
+pub const CERTIFICATE_FILE: &str = "certificate.pem";
+pub const PRIVATE_KEY_FILE: &str = "private_key.pem";
+pub const CA_CERTIFICATE_FILE: &str = "ca_certificates.pem";
 
 #[derive(Debug, thiserror::Error)]
 pub enum BootstrapError {
@@ -280,13 +302,27 @@ fn grpc(a: &GrpcArgs) -> Result<String, BootstrapError> {
         server["call_creds"] =
             json!([{"type": "jwt_token_file", "config": {"jwt_token_file": jwt}}]);
     }
-    let body = json!({
+    let mut body = json!({
         "xds_servers": [server],
         "node": {
             "id": id,
             "locality": {"region": a.node.region, "zone": a.node.zone},
         },
+        "server_listener_resource_name_template": names::SERVER_LISTENER_TEMPLATE,
     });
+    if let Some(dir) = &a.certificate_dir {
+        let instance = names::CERTIFICATE_PROVIDER_INSTANCE;
+        body["certificate_providers"] = json!({instance: {
+            "plugin_name": "file_watcher",
+            "config": {
+                "certificate_file": dir.join(CERTIFICATE_FILE),
+                "private_key_file": dir.join(PRIVATE_KEY_FILE),
+                "ca_certificate_file": dir.join(CA_CERTIFICATE_FILE),
+                "refresh_interval": format!("{}s", a.certificate_refresh_secs),
+            },
+        }});
+        body["node"]["metadata"] = json!({CERTIFICATE_PROVIDERS_FIELD: [instance]});
+    }
     serde_json::to_string_pretty(&body)
         .map(|s| s + "\n")
         .map_err(|e| BootstrapError::Render(e.to_string()))
@@ -380,6 +416,69 @@ mod tests {
         assert_eq!(v["xds_servers"][0]["server_uri"], "127.0.0.1:18000");
         assert_eq!(v["xds_servers"][0]["channel_creds"][0]["type"], "insecure");
         assert!(v["xds_servers"][0].get("call_creds").is_none());
+    }
+
+    #[test]
+    fn grpc_bootstrap_with_certificate_providers() {
+        let plain = run(&["grpc", "--tenant", "acme", "--mesh", "prod", "--node", "c"]).unwrap();
+        let v: serde_json::Value = serde_json::from_str(&plain).unwrap();
+        assert_eq!(
+            v["server_listener_resource_name_template"],
+            "grpc/server?xds.resource.listening_address=%s"
+        );
+        assert!(v.get("certificate_providers").is_none());
+        assert!(v["node"].get("metadata").is_none());
+        let text = run(&[
+            "grpc",
+            "--tenant",
+            "acme",
+            "--mesh",
+            "prod",
+            "--node",
+            "c",
+            "--certificate-dir",
+            "/run/mtls",
+            "--certificate-refresh-secs",
+            "5",
+        ])
+        .unwrap();
+        let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+        assert_eq!(
+            v["certificate_providers"],
+            json!({"default": {"plugin_name": "file_watcher", "config": {
+                "certificate_file": "/run/mtls/certificate.pem",
+                "private_key_file": "/run/mtls/private_key.pem",
+                "ca_certificate_file": "/run/mtls/ca_certificates.pem",
+                "refresh_interval": "5s",
+            }}})
+        );
+        assert_eq!(
+            v["node"]["metadata"],
+            json!({"certificate_providers": ["default"]})
+        );
+        // The xDS server reads the metadata as gRPC sends it.
+        use switchboard_xds_proto::pb::google::protobuf::{ListValue, Struct, Value, value::Kind};
+        let names = v["node"]["metadata"]["certificate_providers"]
+            .as_array()
+            .unwrap();
+        let list = names.iter().map(|n| Value {
+            kind: Some(Kind::StringValue(n.as_str().unwrap().to_owned())),
+        });
+        let node = switchboard_xds_proto::Node {
+            metadata: Some(Struct {
+                fields: [(
+                    CERTIFICATE_PROVIDERS_FIELD.to_owned(),
+                    Value {
+                        kind: Some(Kind::ListValue(ListValue {
+                            values: list.collect(),
+                        })),
+                    },
+                )]
+                .into(),
+            }),
+            ..Default::default()
+        };
+        assert!(switchboard_xds_server::node::has_certificate_providers(&node).unwrap());
     }
 
     #[test]

@@ -23,6 +23,7 @@ mod cluster;
 mod common;
 mod endpoint;
 mod filters;
+mod grpc_mtls;
 mod hash;
 mod listener;
 mod matcher;
@@ -102,10 +103,19 @@ pub struct MeshResources {
     /// LDS: proxyless listeners (named after host names), the sidecars' outbound listener and
     /// the gateways' listeners. Use [`MeshResources::listeners_for`] to pick a node's.
     pub listeners: BTreeMap<String, Arc<XdsResource>>,
+    /// LDS for xDS-enabled gRPC servers (gRFC A36), named [`names::server_listener`]: one per
+    /// address and port of an endpoint of a `grpc` service, with mTLS when the endpoint is a
+    /// mesh workload and the mode is not `off`, and the service's RBAC filters.
+    pub server_listeners: BTreeMap<String, Arc<XdsResource>>,
     /// RDS.
     pub route_configurations: BTreeMap<String, Arc<XdsResource>>,
     /// CDS for proxyless gRPC clients: one per service, plaintext (gRPC does not speak SDS).
     pub clusters: BTreeMap<String, Arc<XdsResource>>,
+    /// CDS for proxyless gRPC clients whose bootstrap defines certificate provider instance
+    /// [`names::CERTIFICATE_PROVIDER_INSTANCE`] (gRFC A29): a service's cluster with mTLS when
+    /// the effective mode is not `off` and all its endpoints (at least one) are mesh
+    /// workloads, otherwise the very `Arc` of [`MeshResources::clusters`].
+    pub proxyless_mtls_clusters: BTreeMap<String, Arc<XdsResource>>,
     /// CDS for sidecars and gateways: the same clusters with mesh mTLS towards endpoints that
     /// are mesh workloads (`transport_socket_matches`), when the effective mTLS mode is not
     /// `off`; otherwise the very `Arc`s of [`MeshResources::clusters`]. Use

@@ -54,6 +54,36 @@ pub const WORKLOAD_CERTIFICATE_SECRET: &str = "default";
 /// SDS: the mesh's trust bundle, the roots peers' certificates must chain to (Istio's name).
 pub const ROOT_CA_SECRET: &str = "ROOTCA";
 
+/// gRPC certificate provider instance (gRFC A29) that proxyless clients and xDS-enabled gRPC
+/// servers are told to use; `switchboard bootstrap grpc --certificate-dir` defines it in the
+/// bootstrap's `certificate_providers` (a `file_watcher`). A node without it would NACK every
+/// resource naming it, so the translator names it only where the node declares it has it.
+pub const CERTIFICATE_PROVIDER_INSTANCE: &str = "default";
+/// The `certificate_name` asked of [`CERTIFICATE_PROVIDER_INSTANCE`] for the identity
+/// certificate (the file watcher ignores it; named like the SDS secret).
+pub const IDENTITY_CERTIFICATE_NAME: &str = WORKLOAD_CERTIFICATE_SECRET;
+/// The `certificate_name` asked of [`CERTIFICATE_PROVIDER_INSTANCE`] for the roots.
+pub const ROOT_CERTIFICATE_NAME: &str = ROOT_CA_SECRET;
+/// What an xDS-enabled gRPC server (gRFC A36) asks LDS for, followed by the `IP:port` it
+/// listens on: the bootstrap's `server_listener_resource_name_template` with `%s` taken away.
+/// Contains a `/`, so it never collides with a host-named listener.
+pub const SERVER_LISTENER_PREFIX: &str = "grpc/server?xds.resource.listening_address=";
+/// The inline route configuration (and its virtual host) of an xDS-enabled server's listener.
+pub const SERVER_ROUTE_CONFIGURATION: &str = "grpc/server";
+/// The template `switchboard bootstrap grpc` writes (gRPC replaces `%s`).
+pub const SERVER_LISTENER_TEMPLATE: &str = "grpc/server?xds.resource.listening_address=%s";
+
+/// The listener an xDS-enabled gRPC server listening on `address` asks for. IPv6 addresses
+/// are bracketed, as gRPC writes them (`[fd00::1]:50051`).
+pub fn server_listener(address: std::net::SocketAddr) -> String {
+    format!("{SERVER_LISTENER_PREFIX}{address}")
+}
+
+/// True for a listener an xDS-enabled gRPC server asks for ([`server_listener`]).
+pub fn is_server_listener(name: &str) -> bool {
+    name.starts_with(SERVER_LISTENER_PREFIX)
+}
+
 /// Cluster (and load assignment) of a service: its name (ARCHITECTURE.md, generated names).
 pub fn cluster(service: &str) -> String {
     service.to_owned()

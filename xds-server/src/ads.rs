@@ -27,7 +27,9 @@ use crate::auth::{self, Admitted, AuthError, Presented};
 use crate::cache::{MeshState, SnapshotCache};
 use crate::expiry::Expiry;
 use crate::metrics::{self, StreamGauge};
-use crate::node::{NodeId, describe_role, node_role, sidecar_endpoint_meta};
+use crate::node::{
+    NodeId, describe_role, has_certificate_providers, node_role, sidecar_endpoint_meta,
+};
 use crate::protocol::{Handled, Limits, ProtocolError, StreamState};
 use crate::registration::{Desired, Registered, Registrar};
 use crate::revocation::{Held, Revocations};
@@ -141,6 +143,8 @@ impl Engine {
             ));
         };
         let role = node_role(&node).map_err(|e| Status::invalid_argument(e.to_string()))?;
+        let certificate_providers = has_certificate_providers(&node)
+            .map_err(|e| Status::invalid_argument(e.to_string()))?;
         // A sidecar's endpoint metadata is checked whether or not it will register.
         let endpoint_meta = match &role {
             NodeRole::Sidecar(_) => Some(
@@ -234,7 +238,7 @@ impl Engine {
             }
             _ => None,
         };
-        let view = NodeView::new(snapshot, role);
+        let view = NodeView::new(snapshot, role).with_certificate_providers(certificate_providers);
         // Only a stream that proved who it is may receive secrets.
         let view = if authenticated {
             view.with_secrets()

@@ -179,6 +179,47 @@ pub fn node_role(node: &Node) -> Result<NodeRole, NodeError> {
     }
 }
 
+/// The node metadata key in which a proxyless gRPC client or xDS-enabled server lists the
+/// certificate provider instances its bootstrap defines (`switchboard bootstrap grpc
+/// --certificate-dir` writes it beside `certificate_providers`).
+pub const CERTIFICATE_PROVIDERS_FIELD: &str = "certificate_providers";
+
+/// Whether the node's bootstrap defines certificate provider instance
+/// [`names::CERTIFICATE_PROVIDER_INSTANCE`] (metadata `certificate_providers`, a list of
+/// instance names). Only then may it be sent clusters naming it (gRFC A29): gRPC NACKs a
+/// resource naming an instance its bootstrap lacks, whatever its channel credentials.
+pub fn has_certificate_providers(node: &Node) -> Result<bool, NodeError> {
+    let field = CERTIFICATE_PROVIDERS_FIELD;
+    let Some(meta) = node.metadata.as_ref() else {
+        return Ok(false);
+    };
+    let invalid = || NodeError::InvalidField {
+        field,
+        value: "not a list of strings".to_owned(),
+        hint: format!(
+            "set {field} to the names of the bootstrap's certificate provider instances, such \
+             as [\"{}\"]",
+            names::CERTIFICATE_PROVIDER_INSTANCE
+        ),
+    };
+    match meta.fields.get(field).and_then(|v| v.kind.as_ref()) {
+        None | Some(Kind::NullValue(_)) => Ok(false),
+        Some(Kind::ListValue(list)) => {
+            let mut found = false;
+            for v in &list.values {
+                match &v.kind {
+                    Some(Kind::StringValue(s)) => {
+                        found |= s == names::CERTIFICATE_PROVIDER_INSTANCE;
+                    }
+                    _ => return Err(invalid()),
+                }
+            }
+            Ok(found)
+        }
+        Some(_) => Err(invalid()),
+    }
+}
+
 /// A short description of a role for logs and status ("sidecar of payments").
 pub fn describe_role(role: &NodeRole) -> String {
     match role {
@@ -511,5 +552,28 @@ mod tests {
         }
         let err = node_role(&node(&[("role", Kind::BoolValue(true))])).unwrap_err();
         assert!(err.to_string().contains("string"), "{err}");
+    }
+
+    #[test]
+    fn certificate_providers_are_declared_in_metadata() {
+        use switchboard_xds_proto::pb::google::protobuf::ListValue;
+        let list = |names: &[&str]| {
+            Kind::ListValue(ListValue {
+                values: names
+                    .iter()
+                    .map(|n| Value {
+                        kind: Some(Kind::StringValue((*n).to_owned())),
+                    })
+                    .collect(),
+            })
+        };
+        assert!(!has_certificate_providers(&Node::default()).unwrap());
+        assert!(!has_certificate_providers(&node(&[])).unwrap());
+        let field = CERTIFICATE_PROVIDERS_FIELD;
+        assert!(has_certificate_providers(&node(&[(field, list(&["default"]))])).unwrap());
+        assert!(has_certificate_providers(&node(&[(field, list(&["x", "default"]))])).unwrap());
+        assert!(!has_certificate_providers(&node(&[(field, list(&["other"]))])).unwrap());
+        let err = has_certificate_providers(&node(&[(field, s("default"))])).unwrap_err();
+        assert!(err.to_string().contains("[\"default\"]"), "{err}");
     }
 }

@@ -16,7 +16,7 @@ use crate::ads::{Engine, ResponseStream};
 use crate::auth::cert::check_claim;
 use crate::auth::{self, Admitted, Presented};
 use crate::cache::MeshState;
-use crate::node::node_role;
+use crate::node::{has_certificate_providers, node_role};
 use crate::protocol::StreamState;
 use crate::sds::secrets::node_secret;
 use crate::sds::wants_default;
@@ -85,6 +85,8 @@ async fn fetch(
         token: token.as_deref(),
         certificates: certificates.as_deref().map(Vec::as_slice),
     };
+    let certificate_providers =
+        has_certificate_providers(node).map_err(|e| Status::invalid_argument(e.to_string()))?;
     let Admitted {
         mut mesh,
         authenticated,
@@ -106,7 +108,7 @@ async fn fetch(
     let MeshState::Ready(snapshot) = mesh.current() else {
         return Err(Status::unavailable("the mesh is not loaded; retry"));
     };
-    let mut view = NodeView::new(snapshot, role);
+    let mut view = NodeView::new(snapshot, role).with_certificate_providers(certificate_providers);
     if authenticated {
         view = view.with_secrets();
     }

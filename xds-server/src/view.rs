@@ -8,6 +8,7 @@
 //! node's certificate in ([`NodeView::set_certificate`]), which is accepted only for the
 //! identity the view itself derives ([`NodeView::identity`]).
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use switchboard_model::MtlsMode;
@@ -38,6 +39,9 @@ pub struct NodeView {
     secrets: bool,
     /// The node's `default` certificate, for [`NodeView::identity`].
     certificate: Option<Arc<NodeSecret>>,
+    /// A proxyless node whose bootstrap defines the certificate provider instance the
+    /// translator names: it gets the clusters with mTLS (gRFC A29).
+    certificate_providers: bool,
 }
 
 /// A sidecar's inbound listener and cluster, and what they were built from.
@@ -59,6 +63,7 @@ impl NodeView {
             outbound: None,
             secrets: false,
             certificate: None,
+            certificate_providers: false,
         };
         view.refresh_inbound();
         view.refresh_outbound();
@@ -70,6 +75,23 @@ impl NodeView {
     pub fn with_secrets(mut self) -> Self {
         self.secrets = true;
         self
+    }
+
+    /// The node's bootstrap defines the certificate provider instance mTLS clusters name
+    /// ([`crate::node::has_certificate_providers`]): a proxyless node gets
+    /// `proxyless_mtls_clusters` instead of the plaintext ones.
+    pub fn with_certificate_providers(mut self, yes: bool) -> Self {
+        self.certificate_providers = yes;
+        self
+    }
+
+    /// The clusters of this node's kind.
+    fn clusters(&self) -> &BTreeMap<String, Arc<XdsResource>> {
+        let r = &self.snapshot.resources;
+        match self.role {
+            NodeRole::Proxyless if self.certificate_providers => &r.proxyless_mtls_clusters,
+            _ => r.clusters_for(&self.role),
+        }
     }
 
     /// The SPIFFE ID this node's `default` certificate is for, when it may have one: an
@@ -240,16 +262,23 @@ impl Resources for NodeView {
                     return Some(l);
                 }
                 // Any client may ask for a host-named (proxyless) listener by name; the
-                // sidecar and gateway listeners only go to their own kind of node.
+                // sidecar and gateway listeners only go to their own kind of node, and an
+                // xDS-enabled gRPC server's to proxyless nodes.
                 if names::is_proxyless_listener(name) {
                     return r.listeners.get(name);
+                }
+                if names::is_server_listener(name) {
+                    return match self.role {
+                        NodeRole::Proxyless => r.server_listeners.get(name),
+                        _ => None,
+                    };
                 }
                 self.role_listeners().find(|l| l.name == name)
             }
             ResourceType::Cluster => self
                 .inbound_cluster()
                 .filter(|c| c.name == name)
-                .or_else(|| r.clusters_for(&self.role).get(name)),
+                .or_else(|| self.clusters().get(name)),
             ResourceType::RouteConfiguration => r.route_configurations.get(name),
             ResourceType::ClusterLoadAssignment => r.load_assignments.get(name),
             ResourceType::Secret => self.secret(name),
@@ -262,11 +291,9 @@ impl Resources for NodeView {
             ResourceType::Listener => {
                 Box::new(self.role_listeners().chain(self.inbound_listener()))
             }
-            ResourceType::Cluster => Box::new(
-                r.clusters_for(&self.role)
-                    .values()
-                    .chain(self.inbound_cluster()),
-            ),
+            ResourceType::Cluster => {
+                Box::new(self.clusters().values().chain(self.inbound_cluster()))
+            }
             ResourceType::RouteConfiguration => Box::new(r.route_configurations.values()),
             ResourceType::ClusterLoadAssignment => Box::new(r.load_assignments.values()),
             ResourceType::Secret => Box::new(
@@ -629,5 +656,54 @@ mod tests {
         assert_eq!(chains(&view), [true]);
         view.update(snapshot_with(&["pay"], mtls(MtlsMode::Off)));
         assert_eq!(chains(&view), [false]);
+    }
+
+    /// gRFC A29/A36: proxyless nodes declaring certificate providers get the mTLS clusters;
+    /// server listeners go to proxyless nodes only.
+    #[test]
+    fn proxyless_nodes_with_certificate_providers_get_mtls() {
+        let snap = snapshot_with(&[], |config| {
+            mtls(MtlsMode::Strict)(config);
+            let grpc: ServiceSpec =
+                serde_json::from_value(serde_json::json!({"port": 50051, "protocol": "grpc"}))
+                    .unwrap();
+            config.services.insert("greeter".to_owned(), grpc);
+            config.endpoints.insert(
+                "greeter-1".to_owned(),
+                serde_json::from_value(serde_json::json!(
+                    {"service": "greeter", "address": "10.0.0.7", "mtls": true}
+                ))
+                .unwrap(),
+            );
+        });
+        let r = &snap.resources;
+        let plain = NodeView::new(Arc::clone(&snap), NodeRole::Proxyless);
+        let secure =
+            NodeView::new(Arc::clone(&snap), NodeRole::Proxyless).with_certificate_providers(true);
+        let got = |v: &NodeView| Arc::clone(v.get(ResourceType::Cluster, "greeter").unwrap());
+        assert!(Arc::ptr_eq(&got(&plain), &r.clusters["greeter"]));
+        assert!(Arc::ptr_eq(
+            &got(&secure),
+            &r.proxyless_mtls_clusters["greeter"]
+        ));
+        assert_ne!(got(&plain).version, got(&secure).version);
+        let all: Vec<_> = secure.wildcard(ResourceType::Cluster).collect();
+        assert!(Arc::ptr_eq(all[0], &r.proxyless_mtls_clusters["greeter"]));
+        // Providers do not change what a sidecar gets.
+        let side =
+            NodeView::new(Arc::clone(&snap), sidecar("greeter")).with_certificate_providers(true);
+        assert!(Arc::ptr_eq(&got(&side), &r.proxy_clusters["greeter"]));
+
+        let server = "grpc/server?xds.resource.listening_address=10.0.0.7:50051";
+        assert!(plain.get(ResourceType::Listener, server).is_some());
+        assert!(side.get(ResourceType::Listener, server).is_none());
+        assert!(
+            plain
+                .get(
+                    ResourceType::Listener,
+                    "grpc/server?xds.resource.listening_address=10.0.0.8:1"
+                )
+                .is_none()
+        );
     }
 }

@@ -12,7 +12,11 @@ Every call waits for the channel to be ready (the first one waits for xDS config
 has a deadline; a command stops early when it has run for longer than COMMAND_BUDGET. Exits
 on EOF.
 
-Usage: python client.py [TARGET]
+With --xds-creds the channel uses xDS channel credentials (gRFC A29): the TLS the control
+plane configures for each cluster, with certificates from the bootstrap's certificate
+providers; plaintext where a cluster has no TLS.
+
+Usage: python client.py [TARGET] [--xds-creds]
 """
 
 import json
@@ -20,6 +24,7 @@ import sys
 import time
 
 import grpc
+import grpc.experimental
 
 METHOD = "/echo.Echo/Who"
 CALL_DEADLINE = 5.0  # seconds, per call
@@ -46,8 +51,13 @@ def run_calls(who, n: int, metadata) -> dict:
 
 
 def main() -> None:
-    target = sys.argv[1] if len(sys.argv) > 1 else "xds:///payments:8080"
-    channel = grpc.insecure_channel(target)
+    args = [a for a in sys.argv[1:] if a != "--xds-creds"]
+    target = args[0] if args else "xds:///payments:8080"
+    if "--xds-creds" in sys.argv[1:]:
+        creds = grpc.xds_channel_credentials(grpc.experimental.insecure_channel_credentials())
+        channel = grpc.secure_channel(target, creds)
+    else:
+        channel = grpc.insecure_channel(target)
     # No serializers: the request and the reply are raw bytes.
     who = channel.unary_unary(METHOD)
     for line in sys.stdin:

@@ -8,8 +8,10 @@
 //! route) is reassembled, not retranslated, when one route changes.
 //!
 //! What depends on what:
-//! - Cluster `{s}` (both kinds): service `s`; the proxies' one also the mesh's mTLS inputs
-//!   (effective mode, tenant, trust domain, mesh name: `MtlsInputs`).
+//! - Cluster `{s}` (all kinds): service `s`; the proxies' one also the mesh's mTLS inputs
+//!   (effective mode, tenant, trust domain, mesh name: `MtlsInputs`); the one for proxyless
+//!   clients with certificate providers those and whether the endpoints naming `s` are all
+//!   mesh workloads.
 //! - ClusterLoadAssignment `{s}`: service `s`, the endpoints naming `s`, and whether the
 //!   effective mTLS mode is `off` (endpoint metadata).
 //! - Route translation `{r}`: route `r` and the services it names (protocol → retry defaults).
@@ -22,6 +24,9 @@
 //! - Inbound security `{s}`: service `s` (its protocol) and the mesh's mTLS inputs.
 //! - Inbound RBAC of service `s`: service `s` (existence, protocol), the policies naming `s`,
 //!   the mesh's default authorization, and tenant, mesh and trust domain (SPIFFE IDs).
+//! - Server listener `grpc/server?xds.resource.listening_address={a}`: the endpoints at
+//!   address `a` (their own port, else their service's), their services (protocol) and
+//!   inbound RBAC, and the mesh's mTLS inputs.
 
 mod rebuild;
 mod state;
@@ -100,7 +105,7 @@ impl Translator {
         let mut dirty = Dirty::default();
         let state = &mut self.state;
         if MtlsInputs::of(&old) != MtlsInputs::of(new) {
-            mark_mtls(new, &mut dirty);
+            mark_mtls(new, state, &mut dirty);
         }
         for (name, old_spec) in changed(&old.services, &new.services) {
             mark_service(new, state, &mut dirty, name, old_spec);
@@ -165,7 +170,7 @@ impl Translator {
                         config.spec.default_authorization != spec.default_authorization;
                     config.spec = spec;
                     if before != MtlsInputs::of(config) {
-                        mark_mtls(config, &mut dirty);
+                        mark_mtls(config, state, &mut dirty);
                     }
                     if default_changed {
                         mark_all_inbound(config, &mut dirty);
@@ -175,7 +180,7 @@ impl Translator {
                     let before = MtlsInputs::of(config);
                     config.trust = trust;
                     if before != MtlsInputs::of(config) {
-                        mark_mtls(config, &mut dirty);
+                        mark_mtls(config, state, &mut dirty);
                     }
                 }
             }

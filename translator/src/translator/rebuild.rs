@@ -14,8 +14,10 @@ use crate::virtual_host::{
     Member, default_route_configuration, gateway_route_configuration, gateway_serves,
     outbound_route_configuration, route_configuration,
 };
-use crate::{InboundRbac, InboundSecurity, MeshConfig, MeshResources, XdsResource, names};
-use switchboard_model::spec::MtlsMode;
+use crate::{
+    InboundRbac, InboundSecurity, MeshConfig, MeshResources, XdsResource, grpc_mtls, names,
+};
+use switchboard_model::spec::{MtlsMode, Protocol};
 
 /// Rebuilds every dirty output.
 pub(super) fn rebuild(
@@ -33,7 +35,7 @@ pub(super) fn rebuild(
     }
 
     for name in &dirty.clusters {
-        rebuild_cluster(config, mode, res, name);
+        rebuild_cluster(config, mode, state, res, name);
     }
     for name in &dirty.inbound {
         rebuild_inbound_security(config, res, name);
@@ -79,6 +81,17 @@ pub(super) fn rebuild(
     }
     for service in &dirty.inbound {
         rebuild_inbound_rbac(config, state, res, service);
+        let members = state
+            .endpoints_by_service
+            .get(service)
+            .into_iter()
+            .flatten();
+        dirty
+            .server_listeners
+            .extend(members.filter_map(|e| state.server_listener_of.get(e).cloned()));
+    }
+    for name in &dirty.server_listeners {
+        rebuild_server_listener(config, state, res, name);
     }
     res.warnings = state.warnings.values().flatten().cloned().collect();
 }
@@ -148,22 +161,99 @@ fn keep_or_insert(
     resource
 }
 
-/// Service `name`'s cluster for proxyless clients and, with mTLS unless the mode is `off`
+/// Service `name`'s cluster for proxyless clients; for those with certificate providers,
+/// with mTLS when it applies (else the same `Arc`); and, with mTLS unless the mode is `off`
 /// (then the same `Arc`), for proxies.
-fn rebuild_cluster(config: &MeshConfig, mode: MtlsMode, res: &mut MeshResources, name: &str) {
+fn rebuild_cluster(
+    config: &MeshConfig,
+    mode: MtlsMode,
+    state: &State,
+    res: &mut MeshResources,
+    name: &str,
+) {
     let Some(spec) = config.services.get(name) else {
         res.clusters.remove(name);
+        res.proxyless_mtls_clusters.remove(name);
         res.proxy_clusters.remove(name);
         return;
     };
     let plain = service_cluster(name, spec);
     let shared = put_resource(&mut res.clusters, name, &plain);
+    let endpoint_mtls = state
+        .endpoints_by_service
+        .get(name)
+        .into_iter()
+        .flatten()
+        .filter_map(|e| config.endpoints.get(e).map(|ep| ep.mtls));
+    if grpc_mtls::client_mtls(config, endpoint_mtls) {
+        let cluster = grpc_mtls::client_cluster(config, name, plain.clone());
+        put_resource(&mut res.proxyless_mtls_clusters, name, &cluster);
+    } else {
+        res.proxyless_mtls_clusters
+            .insert(name.to_owned(), Arc::clone(&shared));
+    }
     if mode == MtlsMode::Off {
         res.proxy_clusters.insert(name.to_owned(), shared);
     } else {
         let cluster = proxy_cluster(config, name, spec.protocol, plain);
         put_resource(&mut res.proxy_clusters, name, &cluster);
     }
+}
+
+/// Server listener `name`: for the first endpoint (by name) at its address whose service
+/// speaks gRPC; none when there is no such endpoint (gRPC then serves nothing there).
+fn rebuild_server_listener(
+    config: &MeshConfig,
+    state: &mut State,
+    res: &mut MeshResources,
+    name: &str,
+) {
+    let key = warning_key("server-listener", name);
+    let at_address = state.endpoints_by_server_listener.get(name);
+    let mut candidates = at_address.into_iter().flatten().filter_map(|e| {
+        let ep = config.endpoints.get(e)?;
+        let service = config.services.get(&ep.service)?;
+        (service.protocol == Protocol::Grpc).then_some((e, ep))
+    });
+    let Some((endpoint, spec)) = candidates.next() else {
+        res.server_listeners.remove(name);
+        state.warnings.remove(&key);
+        return;
+    };
+    let others: Vec<&str> = candidates
+        .filter(|(_, ep)| ep.service != spec.service)
+        .map(|(e, _)| e.as_str())
+        .collect();
+    let warnings = if others.is_empty() {
+        vec![]
+    } else {
+        vec![format!(
+            "endpoint {endpoint} of service {} and endpoints {} of other services share the \
+             address an xDS-enabled gRPC server asks for as {name}; it serves {}",
+            spec.service,
+            others.join(", "),
+            spec.service
+        )]
+    };
+    let address = state.server_listener_of.get(endpoint).and_then(|l| {
+        l.strip_prefix(names::SERVER_LISTENER_PREFIX)?
+            .parse::<std::net::SocketAddr>()
+            .ok()
+    });
+    state.set_warnings(key, warnings);
+    let Some(address) = address else {
+        res.server_listeners.remove(name);
+        return;
+    };
+    let listener = grpc_mtls::server_listener(
+        config,
+        &grpc_mtls::ServerListener {
+            address,
+            mtls: spec.mtls,
+            rbac: res.inbound_rbac.get(&spec.service).map(|r| &**r),
+        },
+    );
+    put_resource(&mut res.server_listeners, name, &listener);
 }
 
 /// Service `name`'s inbound mTLS, from the mesh's mode (its authorization filters are

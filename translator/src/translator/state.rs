@@ -31,6 +31,12 @@ pub(super) struct State {
     pub(super) routes: BTreeMap<String, Arc<RouteOut>>,
     /// Service name → authorization policies naming it as their destination.
     pub(super) policies_by_service: BTreeMap<String, BTreeSet<String>>,
+    /// Endpoint name → the listener an xDS-enabled gRPC server at its address asks for
+    /// ([`names::server_listener`]), for endpoints with an IP address and a port (their own,
+    /// else their service's).
+    pub(super) server_listener_of: BTreeMap<String, String>,
+    /// The reverse: server listener name → endpoints at that address.
+    pub(super) endpoints_by_server_listener: BTreeMap<String, BTreeSet<String>>,
     /// Warnings by the source that produced them, so each is replaced when its source is
     /// recomputed.
     pub(super) warnings: BTreeMap<String, Vec<String>>,
@@ -109,8 +115,11 @@ pub(super) struct Dirty {
     pub(super) defaults: BTreeSet<(String, u32)>,
     pub(super) gateways: BTreeSet<String>,
     pub(super) outbound: bool,
-    /// Services whose inbound security (mTLS and RBAC filters) to rebuild.
+    /// Services whose inbound security (mTLS and RBAC filters) to rebuild; their endpoints'
+    /// server listeners are rebuilt with them.
     pub(super) inbound: BTreeSet<String>,
+    /// Server listeners (names) to rebuild.
+    pub(super) server_listeners: BTreeSet<String>,
 }
 
 pub(super) fn mark_all(config: &MeshConfig, state: &mut State) -> Dirty {
@@ -159,7 +168,7 @@ pub(super) fn mark_policy(
 
 pub(super) fn mark_service(
     config: &MeshConfig,
-    state: &State,
+    state: &mut State,
     dirty: &mut Dirty,
     name: &str,
     old: Option<&ServiceSpec>,
@@ -176,12 +185,50 @@ pub(super) fn mark_service(
     if let Some(gateways) = state.gateways_by_service.get(name) {
         dirty.gateways.extend(gateways.iter().cloned());
     }
+    // The service's port is its endpoints' default port, and its protocol decides whether
+    // they get server listeners.
+    let members: Vec<String> = state
+        .endpoints_by_service
+        .get(name)
+        .into_iter()
+        .flatten()
+        .cloned()
+        .collect();
+    for endpoint in members {
+        reindex_server_listener(config, state, dirty, &endpoint);
+    }
     dirty.outbound = true;
+}
+
+/// Re-reads where endpoint `name` listens, dirtying the server listeners it leaves and joins.
+fn reindex_server_listener(config: &MeshConfig, state: &mut State, dirty: &mut Dirty, name: &str) {
+    if let Some(old) = state.server_listener_of.remove(name) {
+        index_remove(&mut state.endpoints_by_server_listener, &old, name);
+        dirty.server_listeners.insert(old);
+    }
+    let Some(listener) = config.endpoints.get(name).and_then(|ep| {
+        let ip = ep.address.parse::<std::net::IpAddr>().ok()?;
+        let port = ep
+            .port
+            .or(config.services.get(&ep.service).map(|s| s.port))?;
+        let port = u16::try_from(port).ok().filter(|p| *p != 0)?;
+        Some(names::server_listener(std::net::SocketAddr::new(ip, port)))
+    }) else {
+        return;
+    };
+    index_add(&mut state.endpoints_by_server_listener, &listener, name);
+    state
+        .server_listener_of
+        .insert(name.to_owned(), listener.clone());
+    dirty.server_listeners.insert(listener);
 }
 
 /// The mesh's mTLS inputs changed: every service's cluster for proxies, load assignment
 /// (endpoint metadata) and inbound security.
-pub(super) fn mark_mtls(config: &MeshConfig, dirty: &mut Dirty) {
+pub(super) fn mark_mtls(config: &MeshConfig, state: &State, dirty: &mut Dirty) {
+    dirty
+        .server_listeners
+        .extend(state.endpoints_by_server_listener.keys().cloned());
     dirty.clusters.extend(config.services.keys().cloned());
     dirty
         .load_assignments
@@ -196,14 +243,19 @@ pub(super) fn mark_endpoint(
     name: &str,
     old: Option<&EndpointSpec>,
 ) {
+    // A service's cluster for proxyless clients with certificate providers depends on
+    // whether all its endpoints are mesh workloads.
     if let Some(old) = old {
         index_remove(&mut state.endpoints_by_service, &old.service, name);
         dirty.load_assignments.insert(old.service.clone());
+        dirty.clusters.insert(old.service.clone());
     }
     if let Some(new) = config.endpoints.get(name) {
         index_add(&mut state.endpoints_by_service, &new.service, name);
         dirty.load_assignments.insert(new.service.clone());
+        dirty.clusters.insert(new.service.clone());
     }
+    reindex_server_listener(config, state, dirty, name);
 }
 
 pub(super) fn mark_route(

@@ -158,7 +158,7 @@ fn random_change(rng: &mut Lcg) -> Change {
         }
         2..=4 => {
             let name = format!("e{}", rng.below(12));
-            let v = json!({
+            let mut v = json!({
                 "service": rng.pick(SERVICES),
                 "address": format!("10.0.0.{}", rng.below(6)),
                 "weight": 1 + rng.below(3),
@@ -166,6 +166,9 @@ fn random_change(rng: &mut Lcg) -> Change {
                 "locality": {"zone": rng.pick(&["a", "b"])},
                 "mtls": rng.below(2) == 0,
             });
+            if rng.below(3) == 0 {
+                v["port"] = json!([80, 9090][rng.below(2) as usize]);
+            }
             Change::Endpoint(name, (!delete).then(|| spec(v)))
         }
         5..=8 => {
