@@ -54,6 +54,15 @@ pub const WORKLOAD_CERTIFICATE_SECRET: &str = "default";
 /// SDS: the mesh's trust bundle, the roots peers' certificates must chain to (Istio's name).
 pub const ROOT_CA_SECRET: &str = "ROOTCA";
 
+/// SDS: a gateway certificate users uploaded (`certificates` kind) is served as
+/// `certificate/{name}`, which neither `default` nor `ROOTCA` can be.
+pub const CERTIFICATE_SECRET_PREFIX: &str = "certificate/";
+
+/// The SDS secret of uploaded certificate `name`.
+pub fn certificate_secret(name: &str) -> String {
+    format!("{CERTIFICATE_SECRET_PREFIX}{name}")
+}
+
 /// Cluster (and load assignment) of a service: its name (ARCHITECTURE.md, generated names).
 pub fn cluster(service: &str) -> String {
     service.to_owned()
