@@ -4,7 +4,6 @@
 //! name), and the facts the API shows filled in; only then does the store see it. Reads
 //! never show the key, not even sealed.
 
-use base64::Engine;
 use switchboard_model::Spec;
 use switchboard_model::spec::{CertificateKey, CertificateSpec, SealedKey};
 use switchboard_pki::{UploadError, seal_certificate_key, validate_certificate};
@@ -34,20 +33,17 @@ pub(crate) fn seal(
     .map_err(|e: UploadError| ApiError::field(&format!("spec.{}", e.field()), e.to_string()))?;
     let (kek_id, sealed) = seal_certificate_key(&state.kek, tenant, mesh, name, &checked.key_pem)
         .map_err(|e| {
-            tracing::error!(error = %e, "sealing a certificate key failed");
-            ApiError::new(
-                axum::http::StatusCode::INTERNAL_SERVER_ERROR,
-                "internal",
-                "Internal error",
-                "the key could not be sealed; see the server log",
-            )
-        })?;
+        tracing::error!(error = %e, "sealing a certificate key failed");
+        ApiError::new(
+            axum::http::StatusCode::INTERNAL_SERVER_ERROR,
+            "internal",
+            "Internal error",
+            "the key could not be sealed; see the server log",
+        )
+    })?;
     Ok(Spec::Certificate(CertificateSpec {
         certificate_chain: checked.chain_pem,
-        private_key: CertificateKey::Sealed(SealedKey {
-            kek_id,
-            sealed: base64::engine::general_purpose::STANDARD.encode(sealed),
-        }),
+        private_key: CertificateKey::Sealed(SealedKey { kek_id, sealed }),
         subject: checked.subject,
         dns_names: checked.dns_names,
         not_before: seconds(checked.not_before),

@@ -583,7 +583,11 @@ both_backends!(
 );
 
 /// A server certificate for `names` signed by a fresh root: (chain PEM, key PEM).
-fn server_certificate(names: &[&str], from: OffsetDateTime, to: OffsetDateTime) -> (String, String) {
+fn server_certificate(
+    names: &[&str],
+    from: OffsetDateTime,
+    to: OffsetDateTime,
+) -> (String, String) {
     let root_key = KeyPair::generate().unwrap();
     let mut root_params = CertificateParams::default();
     root_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
@@ -593,8 +597,8 @@ fn server_certificate(names: &[&str], from: OffsetDateTime, to: OffsetDateTime) 
     let root_chain = root.pem();
     let issuer = Issuer::new(root_params, root_key);
     let key = KeyPair::generate().unwrap();
-    let mut p = CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>())
-        .unwrap();
+    let mut p =
+        CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>()).unwrap();
     p.not_before = from;
     p.not_after = to;
     let leaf = p.signed_by(&key, &issuer).unwrap();
@@ -666,10 +670,15 @@ async fn gateway_certificates(b: Backend) {
         assert_eq!(p["errors"][0]["field"], field, "{p}");
         assert!(p["detail"].as_str().unwrap().contains(words), "{p}");
     }
-    assert_eq!(api.store.revision("acme").await.unwrap(), revision, "nothing stored");
+    assert_eq!(
+        api.store.revision("acme").await.unwrap(),
+        revision,
+        "nothing stored"
+    );
 
     // A gateway naming a certificate that does not exist.
-    let gateway = json!({"name": "edge", "spec": {"port": 8443, "tls": {"certificates": ["shop"]}}});
+    let gateway =
+        json!({"name": "edge", "spec": {"port": 8443, "tls": {"certificates": ["shop"]}}});
     let (s, p) = api
         .call(
             Method::POST,
@@ -692,18 +701,34 @@ async fn gateway_certificates(b: Backend) {
     assert_eq!(s, StatusCode::CREATED, "{c}");
     let spec = &c["spec"];
     assert!(spec.get("privateKey").is_none(), "{c}");
-    assert_eq!(spec["dnsNames"], json!(["shop.example.com", "*.shop.example.com"]));
+    assert_eq!(
+        spec["dnsNames"],
+        json!(["shop.example.com", "*.shop.example.com"])
+    );
     assert_eq!(spec["fingerprint"].as_str().unwrap().len(), 64);
     assert!(spec["notAfter"].as_str().unwrap().ends_with('Z'), "{c}");
-    assert!(spec["certificateChain"].as_str().unwrap().contains("BEGIN CERTIFICATE"));
+    assert!(
+        spec["certificateChain"]
+            .as_str()
+            .unwrap()
+            .contains("BEGIN CERTIFICATE")
+    );
     let (s, listed) = api.call(Method::GET, CERTS, &key, None).await;
     assert_eq!(s, StatusCode::OK);
-    assert!(listed["items"][0]["spec"].get("privateKey").is_none(), "{listed}");
+    assert!(
+        listed["items"][0]["spec"].get("privateKey").is_none(),
+        "{listed}"
+    );
 
     // At rest: sealed with the KEK, bound to the certificate's name.
     let stored = api
         .store
-        .get(&switchboard_store::ResourceKey::new("acme", "prod", Kind::Certificate, "shop"))
+        .get(&switchboard_store::ResourceKey::new(
+            "acme",
+            "prod",
+            Kind::Certificate,
+            "shop",
+        ))
         .await
         .unwrap();
     let raw = stored.spec.to_string();
@@ -713,16 +738,13 @@ async fn gateway_certificates(b: Backend) {
     };
     let sealed = parsed.sealed_key().unwrap();
     let kek = switchboard_pki::Kek::parse(&"11".repeat(32)).unwrap();
-    use base64::Engine;
-    let bytes = base64::engine::general_purpose::STANDARD
-        .decode(&sealed.sealed)
-        .unwrap();
+    let bytes = sealed.sealed.as_str();
     let opened =
-        switchboard_pki::open_certificate_key(&kek, "acme", "prod", "shop", &sealed.kek_id, &bytes)
+        switchboard_pki::open_certificate_key(&kek, "acme", "prod", "shop", &sealed.kek_id, bytes)
             .unwrap();
     assert!(opened.contains("BEGIN PRIVATE KEY"));
     assert!(
-        switchboard_pki::open_certificate_key(&kek, "acme", "prod", "other", &sealed.kek_id, &bytes)
+        switchboard_pki::open_certificate_key(&kek, "acme", "prod", "other", &sealed.kek_id, bytes)
             .is_err()
     );
 
@@ -736,11 +758,15 @@ async fn gateway_certificates(b: Backend) {
         )
         .await;
     assert_eq!(s, StatusCode::CREATED, "{p}");
-    let (s, p) = api.call(Method::DELETE, &format!("{CERTS}/shop"), &key, None).await;
+    let (s, p) = api
+        .call(Method::DELETE, &format!("{CERTS}/shop"), &key, None)
+        .await;
     assert_eq!(s, StatusCode::CONFLICT, "{p}");
 
     // Another tenant cannot tell it exists.
-    let (s, _) = api.call(Method::GET, &format!("{CERTS}/shop"), &other, None).await;
+    let (s, _) = api
+        .call(Method::GET, &format!("{CERTS}/shop"), &other, None)
+        .await;
     assert_eq!(s, StatusCode::NOT_FOUND);
     assert_no_key_in_logs();
 }

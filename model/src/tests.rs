@@ -448,7 +448,10 @@ fn gateway_tls_names_certificates_once_each() {
         ["spec.tls.certificates[0]"]
     );
     assert_eq!(
-        fields(Kind::Gateway, gw(json!({"mode": "passthrough", "certificates": ["a"]}))),
+        fields(
+            Kind::Gateway,
+            gw(json!({"mode": "passthrough", "certificates": ["a"]}))
+        ),
         ["spec.tls.mode"]
     );
     let spec = Spec::parse(Kind::Gateway, gw(json!({"certificates": ["a", "b"]}))).unwrap();

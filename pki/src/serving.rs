@@ -4,6 +4,8 @@
 //! not be a CA. The key is stored only sealed with the [`Kek`], bound to its tenant, mesh and
 //! certificate name ([`certificate_key_aad`]), so a sealed key copied elsewhere does not open.
 
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD;
 use time::OffsetDateTime;
 use x509_parser::extensions::GeneralName;
 use x509_parser::prelude::{FromDer, X509Certificate};
@@ -82,16 +84,17 @@ pub fn certificate_key_aad(tenant: &str, mesh: &str, name: &str) -> Vec<u8> {
     format!("switchboard-certificate-key/v1\0{tenant}\0{mesh}\0{name}").into_bytes()
 }
 
-/// Seals a gateway certificate's key for storage: the KEK's id and the sealed bytes.
+/// Seals a gateway certificate's key for storage: the KEK's id and the sealed bytes in
+/// base64.
 pub fn seal_certificate_key(
     kek: &Kek,
     tenant: &str,
     mesh: &str,
     name: &str,
     key_pem: &str,
-) -> Result<(String, Vec<u8>), KekError> {
+) -> Result<(String, String), KekError> {
     let sealed = kek.seal(key_pem.as_bytes(), &certificate_key_aad(tenant, mesh, name))?;
-    Ok((kek.id().to_owned(), sealed))
+    Ok((kek.id().to_owned(), STANDARD.encode(sealed)))
 }
 
 /// Why a stored gateway key does not open. Never carries key material.
@@ -115,7 +118,7 @@ pub fn open_certificate_key(
     mesh: &str,
     name: &str,
     kek_id: &str,
-    sealed: &[u8],
+    sealed_base64: &str,
 ) -> Result<Zeroizing<String>, OpenKeyError> {
     if kek_id != kek.id() {
         return Err(OpenKeyError::WrongKek {
@@ -123,7 +126,10 @@ pub fn open_certificate_key(
             configured: kek.id().to_owned(),
         });
     }
-    let bytes = kek.open(sealed, &certificate_key_aad(tenant, mesh, name))?;
+    let sealed = STANDARD
+        .decode(sealed_base64)
+        .map_err(|_| KekError::Corrupt("not base64"))?;
+    let bytes = kek.open(&sealed, &certificate_key_aad(tenant, mesh, name))?;
     let text = std::str::from_utf8(&bytes).map_err(|_| OpenKeyError::NotPem)?;
     Ok(Zeroizing::new(text.to_owned()))
 }

@@ -448,8 +448,8 @@ fn serving(names: &[&str], from: OffsetDateTime, to: OffsetDateTime) -> (String,
     let root = root_params.self_signed(&root_key).unwrap();
     let issuer = Issuer::new(root_params, root_key);
     let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256).unwrap();
-    let mut p = CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>())
-        .unwrap();
+    let mut p =
+        CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>()).unwrap();
     p.not_before = from;
     p.not_after = to;
     let leaf = p.signed_by(&key, &issuer).unwrap();
@@ -470,7 +470,7 @@ fn a_gateway_certificate_is_described_and_its_key_sealed_to_its_name() {
     assert!(!format!("{c:?}").contains("PRIVATE"));
     let k = kek(1);
     let (id, sealed) = seal_certificate_key(&k, "acme", "prod", "shop", &c.key_pem).unwrap();
-    assert!(!sealed.windows(10).any(|w| w == &c.key_pem.as_bytes()[40..50]));
+    assert!(!sealed.contains(&c.key_pem[40..50]));
     let opened = open_certificate_key(&k, "acme", "prod", "shop", &id, &sealed).unwrap();
     assert_eq!(opened.as_str(), c.key_pem.as_str());
     // Bound to its name, and to the key it was sealed with.
@@ -501,7 +501,10 @@ fn a_bad_gateway_certificate_names_its_field() {
     };
     check("not pem", &key, CHAIN_FIELD);
     check(&chain, "not a key", KEY_FIELD);
-    assert_eq!(check(&chain, &other_key, KEY_FIELD), UploadError::KeyMismatch);
+    assert_eq!(
+        check(&chain, &other_key, KEY_FIELD),
+        UploadError::KeyMismatch
+    );
     let (old, old_key) = serving(
         &["a.example.com"],
         now() - time::Duration::days(30),

@@ -91,7 +91,10 @@ pub fn validate_upload(
 
 /// The DER certificates of `chain_pem` (at most [`MAX_CHAIN`]), each valid at `now` and
 /// issued by the next one: what a CA upload and a gateway certificate have in common.
-pub(crate) fn parse_chain(chain_pem: &str, now: OffsetDateTime) -> Result<Vec<Vec<u8>>, UploadError> {
+pub(crate) fn parse_chain(
+    chain_pem: &str,
+    now: OffsetDateTime,
+) -> Result<Vec<Vec<u8>>, UploadError> {
     let mut ders = vec![];
     for (i, block) in Pem::iter_from_buffer(chain_pem.as_bytes()).enumerate() {
         let block =

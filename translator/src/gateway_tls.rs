@@ -96,7 +96,11 @@ pub(crate) fn sni_chains(
 }
 
 /// The filter chains of `chains`, each running `filter` behind TLS with its certificate.
-pub(crate) fn filter_chains(chains: &[SniChain], filter: &Filter, alpn: &[&str]) -> Vec<FilterChain> {
+pub(crate) fn filter_chains(
+    chains: &[SniChain],
+    filter: &Filter,
+    alpn: &[&str],
+) -> Vec<FilterChain> {
     chains
         .iter()
         .map(|c| {

@@ -82,7 +82,10 @@ impl CertificateSpec {
     pub fn validate(&self) -> Result<(), ValidationErrors> {
         let mut e = Errors::default();
         if self.certificate_chain.trim().is_empty() {
-            e.push("spec.certificateChain", "missing: the PEM certificate chain");
+            e.push(
+                "spec.certificateChain",
+                "missing: the PEM certificate chain",
+            );
         }
         if let CertificateKey::Pem(k) = &self.private_key
             && k.trim().is_empty()

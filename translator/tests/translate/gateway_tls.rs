@@ -10,14 +10,22 @@ use switchboard_translator::pb::envoy::extensions::transport_sockets::tls::v3::D
 use crate::common::*;
 
 fn certificate(dns: &[&str]) -> CertificateSpec {
-    spec(json!({"certificateChain": "CHAIN", "privateKey": {"kekId": "k", "sealed": "S"},
-                "dnsNames": dns}))
+    spec(
+        json!({"certificateChain": "CHAIN", "privateKey": {"kekId": "k", "sealed": "S"},
+                "dnsNames": dns}),
+    )
 }
 
 fn with_certificates(mut m: Mesh) -> Mesh {
     let c = &mut m.config.certificates;
-    c.insert("shop".into(), certificate(&["shop.example.com", "*.shop.example.com"]));
-    c.insert("blog".into(), certificate(&["blog.example.com", "shop.example.com"]));
+    c.insert(
+        "shop".into(),
+        certificate(&["shop.example.com", "*.shop.example.com"]),
+    );
+    c.insert(
+        "blog".into(),
+        certificate(&["blog.example.com", "shop.example.com"]),
+    );
     c.insert("bare".into(), certificate(&[]));
     m
 }
@@ -86,16 +94,25 @@ fn one_filter_chain_per_certificate_by_sni_and_a_default() {
                 h(&["h2", "http/1.1"])
             ),
             // No certificate without DNS names: the first listed is the default.
-            (vec![], "certificate/shop".to_owned(), h(&["h2", "http/1.1"])),
+            (
+                vec![],
+                "certificate/shop".to_owned(),
+                h(&["h2", "http/1.1"])
+            ),
         ]
     );
     assert!(
-        res.warnings.iter().any(|w| w.contains("blog") && w.contains("shares")),
+        res.warnings
+            .iter()
+            .any(|w| w.contains("blog") && w.contains("shares")),
         "{:?}",
         res.warnings
     );
     // The HTTP filter chain is the one a plaintext gateway has.
-    assert_eq!(filter_names(&chain_hcm(&edge)), ["envoy.filters.http.router"]);
+    assert_eq!(
+        filter_names(&chain_hcm(&edge)),
+        ["envoy.filters.http.router"]
+    );
     // TCP: no ALPN, and the certificate without DNS names is the default.
     let db = listener(&res, "gateway/db");
     assert_eq!(
@@ -121,9 +138,18 @@ fn certificate_changes_reach_the_gateways_naming_them() {
     let mut t = Translator::new(m.config.clone());
     let before = t.resources().listeners["gateway/edge"].clone();
     // A certificate no gateway names: nothing changes.
-    t.apply([Change::Certificate("bare".into(), Some(certificate(&["x.example.com"])))]);
-    assert!(std::sync::Arc::ptr_eq(&before, &t.resources().listeners["gateway/edge"]));
-    t.apply([Change::Certificate("blog".into(), Some(certificate(&["news.example.com"])))]);
+    t.apply([Change::Certificate(
+        "bare".into(),
+        Some(certificate(&["x.example.com"])),
+    )]);
+    assert!(std::sync::Arc::ptr_eq(
+        &before,
+        &t.resources().listeners["gateway/edge"]
+    ));
+    t.apply([Change::Certificate(
+        "blog".into(),
+        Some(certificate(&["news.example.com"])),
+    )]);
     let after = listener(t.resources(), "gateway/edge");
     assert_eq!(chains(&after)[1].0, ["news.example.com"]);
     // Every certificate gone: the gateway is not served (the store prevents this; the
@@ -133,7 +159,12 @@ fn certificate_changes_reach_the_gateways_naming_them() {
         Change::Certificate("shop".into(), None),
     ]);
     assert!(!t.resources().listeners.contains_key("gateway/edge"));
-    assert!(t.resources().warnings.iter().any(|w| w.contains("none of its certificates")));
+    assert!(
+        t.resources()
+            .warnings
+            .iter()
+            .any(|w| w.contains("none of its certificates"))
+    );
 }
 
 #[test]

@@ -233,7 +233,11 @@ fn random_change(rng: &mut Lcg) -> Change {
             if rng.below(2) == 0 {
                 let first = rng.pick(CERTIFICATES);
                 let second = rng.pick(CERTIFICATES);
-                let certs = if first == second { vec![first] } else { vec![first, second] };
+                let certs = if first == second {
+                    vec![first]
+                } else {
+                    vec![first, second]
+                };
                 v["tls"] = json!({"certificates": certs});
             }
             Change::Gateway(name, (!delete).then(|| spec(v)))
