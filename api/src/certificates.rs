@@ -41,7 +41,7 @@ pub(crate) fn seal(
             "the key could not be sealed; see the server log",
         )
     })?;
-    Ok(Spec::Certificate(CertificateSpec {
+    Ok(Spec::Certificate(Box::new(CertificateSpec {
         certificate_chain: checked.chain_pem,
         private_key: CertificateKey::Sealed(SealedKey { kek_id, sealed }),
         subject: checked.subject,
@@ -49,7 +49,7 @@ pub(crate) fn seal(
         not_before: seconds(checked.not_before),
         not_after: seconds(checked.not_after),
         fingerprint: checked.fingerprint,
-    }))
+    })))
 }
 
 /// A stored certificate's spec as the API shows it: everything but the key.

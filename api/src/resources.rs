@@ -218,7 +218,7 @@ async fn write(
     let spec = Spec::parse(w.kind, spec_json)?;
     spec.validate()?;
     let spec = match spec {
-        Spec::Certificate(c) => crate::certificates::seal(state, w.tenant, w.mesh, &name, c)?,
+        Spec::Certificate(c) => crate::certificates::seal(state, w.tenant, w.mesh, &name, *c)?,
         other => other,
     };
     let create = w.path_name.is_none();

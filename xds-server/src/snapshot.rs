@@ -120,7 +120,7 @@ pub fn mesh_config(
                 config.authorization_policies.insert(name, s);
             }
             Ok(Spec::Certificate(s)) => {
-                config.certificates.insert(name, s);
+                config.certificates.insert(name, *s);
             }
             Ok(Spec::Mesh(_)) => {}
             Err(e) => warnings.push(format!("{} {name}: {e}", r.key.kind)),

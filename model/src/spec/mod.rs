@@ -59,7 +59,8 @@ pub enum Spec {
     Route(RouteSpec),
     Gateway(GatewaySpec),
     AuthorizationPolicy(AuthorizationPolicySpec),
-    Certificate(CertificateSpec),
+    /// Boxed: far larger than the other specs, and rare.
+    Certificate(Box<CertificateSpec>),
 }
 
 impl Spec {
@@ -75,7 +76,7 @@ impl Spec {
             Kind::Route => Spec::Route(de(value)?),
             Kind::Gateway => Spec::Gateway(de(value)?),
             Kind::AuthorizationPolicy => Spec::AuthorizationPolicy(de(value)?),
-            Kind::Certificate => Spec::Certificate(de(value)?),
+            Kind::Certificate => Spec::Certificate(Box::new(de(value)?)),
         })
     }
 
