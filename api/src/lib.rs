@@ -20,6 +20,7 @@
 mod auth;
 mod body;
 mod cas;
+mod certificates;
 mod changes;
 mod credentials;
 mod error;

@@ -13,7 +13,8 @@ use base64::Engine;
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 use switchboard_model::spec::{
-    AuthorizationPolicySpec, EndpointSpec, GatewaySpec, MeshSpec, RouteSpec, ServiceSpec,
+    AuthorizationPolicySpec, CertificateSpec, EndpointSpec, GatewaySpec, MeshSpec, RouteSpec,
+    ServiceSpec,
 };
 use switchboard_model::{Kind, Spec, validate_name};
 use switchboard_store::{Precondition, ResourceKey, StoredResource, WriteOptions};
@@ -46,7 +47,10 @@ impl From<&StoredResource> for ResourceView {
             etag: r.etag(),
             create_time: rfc3339(r.create_time),
             update_time: rfc3339(r.update_time),
-            spec: r.spec.clone(),
+            spec: match r.key.kind {
+                Kind::Certificate => crate::certificates::view(r.spec.clone()),
+                _ => r.spec.clone(),
+            },
         }
     }
 }
@@ -94,7 +98,8 @@ pub fn parse_kind(s: &str) -> Result<Kind, ApiError> {
     match Kind::from_plural(s) {
         Some(k) if k != Kind::Mesh => Ok(k),
         _ => Err(ApiError::not_found(format!(
-            "no resource kind {s:?}: use services, endpoints, routes or gateways"
+            "no resource kind {s:?}: use services, endpoints, routes, gateways, \
+             authorization-policies or certificates"
         ))),
     }
 }
@@ -212,6 +217,10 @@ async fn write(
     };
     let spec = Spec::parse(w.kind, spec_json)?;
     spec.validate()?;
+    let spec = match spec {
+        Spec::Certificate(c) => crate::certificates::seal(state, w.tenant, w.mesh, &name, *c)?,
+        other => other,
+    };
     let create = w.path_name.is_none();
     let opts = WriteOptions {
         precondition: precondition(headers, create)?,
@@ -295,6 +304,7 @@ fn spec_schema(kind: Kind) -> &'static str {
         Kind::Route => "RouteSpec",
         Kind::Gateway => "GatewaySpec",
         Kind::AuthorizationPolicy => "AuthorizationPolicySpec",
+        Kind::Certificate => "CertificateSpec",
     }
 }
 
@@ -308,6 +318,7 @@ fn with_schemas(r: Route, kind: Kind) -> Route {
         Kind::Route => r.schema::<RouteSpec>(),
         Kind::Gateway => r.schema::<GatewaySpec>(),
         Kind::AuthorizationPolicy => r.schema::<AuthorizationPolicySpec>(),
+        Kind::Certificate => r.schema::<CertificateSpec>(),
     }
 }
 

@@ -586,3 +586,193 @@ both_backends!(
     another_tenants_key_sees_no_ca_,
     another_tenants_key_sees_no_ca
 );
+
+/// A server certificate for `names` signed by a fresh root: (chain PEM, key PEM).
+fn server_certificate(
+    names: &[&str],
+    from: OffsetDateTime,
+    to: OffsetDateTime,
+) -> (String, String) {
+    let root_key = KeyPair::generate().unwrap();
+    let mut root_params = CertificateParams::default();
+    root_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    root_params.not_before = from;
+    root_params.not_after = to;
+    let root = root_params.self_signed(&root_key).unwrap();
+    let root_chain = root.pem();
+    let issuer = Issuer::new(root_params, root_key);
+    let key = KeyPair::generate().unwrap();
+    let mut p =
+        CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>()).unwrap();
+    p.not_before = from;
+    p.not_after = to;
+    let leaf = p.signed_by(&key, &issuer).unwrap();
+    (format!("{}{root_chain}", leaf.pem()), key.serialize_pem())
+}
+
+const CERTS: &str = "/v1/tenants/acme/meshes/prod/certificates";
+
+/// The `certificates` kind: validated (422 naming the field, nothing stored), the key sealed
+/// at rest and never shown, referenced by gateways like any resource, and isolated by tenant.
+async fn gateway_certificates(b: Backend) {
+    let Some(api) = Api::new(b).await else { return };
+    let key = api.tenant("acme").await;
+    let other = api.tenant("globex").await;
+    let now = OffsetDateTime::now_utc();
+    let valid = || {
+        server_certificate(
+            &["shop.example.com", "*.shop.example.com"],
+            now - time::Duration::days(1),
+            now + time::Duration::days(90),
+        )
+    };
+    let (chain, pkey) = valid();
+    let (_, other_key) = valid();
+    let (expired, expired_key) = server_certificate(
+        &["old.example.com"],
+        now - time::Duration::days(30),
+        now - time::Duration::days(1),
+    );
+    let revision = api.store.revision("acme").await.unwrap();
+    let cases: Vec<(Value, &str, &str)> = vec![
+        (
+            json!({"certificateChain": "garbage", "privateKey": pkey}),
+            "spec.certificateChain",
+            "malformed PEM",
+        ),
+        (
+            json!({"certificateChain": chain, "privateKey": other_key}),
+            "spec.privateKey",
+            "does not match",
+        ),
+        (
+            json!({"certificateChain": expired, "privateKey": expired_key}),
+            "spec.certificateChain",
+            "expired",
+        ),
+        (
+            json!({"certificateChain": include_str!("../../pki/tests/fixtures/rsa1024.crt"),
+                   "privateKey": include_str!("../../pki/tests/fixtures/rsa1024.key")}),
+            "spec.privateKey",
+            "1024 bits",
+        ),
+        (
+            json!({"certificateChain": chain, "privateKey": {"kekId": "x", "sealed": "AAAA"}}),
+            "spec.privateKey",
+            "PEM private key",
+        ),
+    ];
+    for (spec, field, words) in cases {
+        let (s, p) = api
+            .call(
+                Method::POST,
+                CERTS,
+                &key,
+                Some(json!({"name": "shop", "spec": spec})),
+            )
+            .await;
+        assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY, "{field}: {p}");
+        assert_eq!(p["errors"][0]["field"], field, "{p}");
+        assert!(p["detail"].as_str().unwrap().contains(words), "{p}");
+    }
+    assert_eq!(
+        api.store.revision("acme").await.unwrap(),
+        revision,
+        "nothing stored"
+    );
+
+    // A gateway naming a certificate that does not exist.
+    let gateway =
+        json!({"name": "edge", "spec": {"port": 8443, "tls": {"certificates": ["shop"]}}});
+    let (s, p) = api
+        .call(
+            Method::POST,
+            "/v1/tenants/acme/meshes/prod/gateways",
+            &key,
+            Some(gateway.clone()),
+        )
+        .await;
+    assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY, "{p}");
+    assert_eq!(p["errors"][0]["field"], "spec.tls.certificates[0]", "{p}");
+
+    let (s, c) = api
+        .call(
+            Method::POST,
+            CERTS,
+            &key,
+            Some(json!({"name": "shop", "spec": {"certificateChain": chain, "privateKey": pkey}})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::CREATED, "{c}");
+    let spec = &c["spec"];
+    assert!(spec.get("privateKey").is_none(), "{c}");
+    assert_eq!(
+        spec["dnsNames"],
+        json!(["shop.example.com", "*.shop.example.com"])
+    );
+    assert_eq!(spec["fingerprint"].as_str().unwrap().len(), 64);
+    assert!(spec["notAfter"].as_str().unwrap().ends_with('Z'), "{c}");
+    assert!(
+        spec["certificateChain"]
+            .as_str()
+            .unwrap()
+            .contains("BEGIN CERTIFICATE")
+    );
+    let (s, listed) = api.call(Method::GET, CERTS, &key, None).await;
+    assert_eq!(s, StatusCode::OK);
+    assert!(
+        listed["items"][0]["spec"].get("privateKey").is_none(),
+        "{listed}"
+    );
+
+    // At rest: sealed with the KEK, bound to the certificate's name.
+    let stored = api
+        .store
+        .get(&switchboard_store::ResourceKey::new(
+            "acme",
+            "prod",
+            Kind::Certificate,
+            "shop",
+        ))
+        .await
+        .unwrap();
+    let raw = stored.spec.to_string();
+    assert!(!raw.contains("PRIVATE KEY"), "{raw}");
+    let Ok(Spec::Certificate(parsed)) = Spec::parse(Kind::Certificate, stored.spec.clone()) else {
+        panic!("not a certificate: {raw}");
+    };
+    let sealed = parsed.sealed_key().unwrap();
+    let kek = switchboard_pki::Kek::parse(&"11".repeat(32)).unwrap();
+    let bytes = sealed.sealed.as_str();
+    let opened =
+        switchboard_pki::open_certificate_key(&kek, "acme", "prod", "shop", &sealed.kek_id, bytes)
+            .unwrap();
+    assert!(opened.contains("BEGIN PRIVATE KEY"));
+    assert!(
+        switchboard_pki::open_certificate_key(&kek, "acme", "prod", "other", &sealed.kek_id, bytes)
+            .is_err()
+    );
+
+    // Referenced by a gateway: it cannot be deleted while the gateway names it.
+    let (s, p) = api
+        .call(
+            Method::POST,
+            "/v1/tenants/acme/meshes/prod/gateways",
+            &key,
+            Some(gateway),
+        )
+        .await;
+    assert_eq!(s, StatusCode::CREATED, "{p}");
+    let (s, p) = api
+        .call(Method::DELETE, &format!("{CERTS}/shop"), &key, None)
+        .await;
+    assert_eq!(s, StatusCode::CONFLICT, "{p}");
+
+    // Another tenant cannot tell it exists.
+    let (s, _) = api
+        .call(Method::GET, &format!("{CERTS}/shop"), &other, None)
+        .await;
+    assert_eq!(s, StatusCode::NOT_FOUND);
+    assert_no_key_in_logs();
+}
+both_backends!(gateway_certificates_, gateway_certificates);

@@ -12,24 +12,27 @@ pub enum Kind {
     Gateway,
     #[serde(rename = "authorization-policy")]
     AuthorizationPolicy,
+    Certificate,
 }
 
 impl Kind {
     /// The kinds that live inside a mesh (everything but the mesh itself).
-    pub const IN_MESH: [Kind; 5] = [
+    pub const IN_MESH: [Kind; 6] = [
         Kind::Service,
         Kind::Endpoint,
         Kind::Route,
         Kind::Gateway,
         Kind::AuthorizationPolicy,
+        Kind::Certificate,
     ];
-    pub const ALL: [Kind; 6] = [
+    pub const ALL: [Kind; 7] = [
         Kind::Mesh,
         Kind::Service,
         Kind::Endpoint,
         Kind::Route,
         Kind::Gateway,
         Kind::AuthorizationPolicy,
+        Kind::Certificate,
     ];
 
     /// The collection segment in REST paths and the value stored in the database.
@@ -41,6 +44,7 @@ impl Kind {
             Kind::Route => "routes",
             Kind::Gateway => "gateways",
             Kind::AuthorizationPolicy => "authorization-policies",
+            Kind::Certificate => "certificates",
         }
     }
 
@@ -53,6 +57,7 @@ impl Kind {
             Kind::Route => "route",
             Kind::Gateway => "gateway",
             Kind::AuthorizationPolicy => "authorization policy",
+            Kind::Certificate => "certificate",
         }
     }
 

@@ -18,8 +18,8 @@ pub use identity::{TrustBundle, WorkloadId, spiffe_id};
 pub use kind::Kind;
 pub use name::{is_dns_label, validate_name};
 pub use spec::{
-    AuthorizationAction, AuthorizationPolicySpec, Claim, EndpointSpec, GatewaySpec, MeshSpec,
-    MtlsMode, MtlsSettings, Reference, RouteSpec, ServiceSpec, Spec,
+    AuthorizationAction, AuthorizationPolicySpec, CertificateSpec, Claim, EndpointSpec,
+    GatewaySpec, MeshSpec, MtlsMode, MtlsSettings, Reference, RouteSpec, ServiceSpec, Spec,
 };
 
 #[cfg(test)]

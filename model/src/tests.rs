@@ -392,3 +392,80 @@ fn authorization_policy_kind_and_json() {
         spec::PathPattern::Exact("/api")
     );
 }
+
+#[test]
+fn certificates_take_a_pem_key_and_keep_a_sealed_one_without_showing_either() {
+    let written = Spec::parse(
+        Kind::Certificate,
+        json!({"certificateChain": "CHAIN", "privateKey": "-----BEGIN PRIVATE KEY-----\nS3\n"}),
+    )
+    .unwrap();
+    let Spec::Certificate(c) = &written else {
+        panic!("not a certificate");
+    };
+    assert!(matches!(c.private_key, spec::CertificateKey::Pem(_)));
+    assert!(c.sealed_key().is_none());
+    assert!(!format!("{written:?}").contains("S3"), "{written:?}");
+    let stored = Spec::parse(
+        Kind::Certificate,
+        json!({"certificateChain": "CHAIN", "privateKey": {"kekId": "k1", "sealed": "c2VhbGVk"},
+               "dnsNames": ["a.example.com"]}),
+    )
+    .unwrap();
+    let Spec::Certificate(c) = &stored else {
+        panic!("not a certificate");
+    };
+    assert_eq!(c.sealed_key().unwrap().kek_id, "k1");
+    assert!(!format!("{stored:?}").contains("c2VhbGVk"));
+    assert_eq!(stored.to_json()["privateKey"]["sealed"], "c2VhbGVk");
+    assert_eq!(
+        fields(
+            Kind::Certificate,
+            json!({"certificateChain": " ", "privateKey": ""})
+        ),
+        ["spec.certificateChain", "spec.privateKey"]
+    );
+    assert_eq!(
+        fields(Kind::Certificate, json!({"certificateChain": "C"})),
+        ["spec"]
+    );
+}
+
+#[test]
+fn gateway_tls_names_certificates_once_each() {
+    let gw = |tls: serde_json::Value| json!({"port": 443, "routes": ["r"], "tls": tls});
+    assert!(fields(Kind::Gateway, gw(json!({"certificates": ["a", "b"]}))).is_empty());
+    assert_eq!(
+        fields(Kind::Gateway, gw(json!({"certificates": []}))),
+        ["spec.tls.certificates"]
+    );
+    assert_eq!(
+        fields(Kind::Gateway, gw(json!({"certificates": ["a", "a"]}))),
+        ["spec.tls.certificates[1]"]
+    );
+    assert_eq!(
+        fields(Kind::Gateway, gw(json!({"certificates": ["A_"]}))),
+        ["spec.tls.certificates[0]"]
+    );
+    assert_eq!(
+        fields(
+            Kind::Gateway,
+            gw(json!({"mode": "passthrough", "certificates": ["a"]}))
+        ),
+        ["spec.tls.mode"]
+    );
+    let spec = Spec::parse(Kind::Gateway, gw(json!({"certificates": ["a", "b"]}))).unwrap();
+    let refs: Vec<_> = spec
+        .references()
+        .into_iter()
+        .filter(|r| r.kind == Kind::Certificate)
+        .map(|r| (r.field, r.name))
+        .collect();
+    assert_eq!(
+        refs,
+        [
+            ("spec.tls.certificates[0]".to_owned(), "a".to_owned()),
+            ("spec.tls.certificates[1]".to_owned(), "b".to_owned())
+        ]
+    );
+}

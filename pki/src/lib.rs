@@ -7,6 +7,8 @@
 //! - `upload`: [`validate_upload`], a user's intermediate CA checked field by field.
 //! - `kek`: [`Kek`], the key-encryption key CA keys are sealed with (AES-256-GCM).
 //! - `info`: [`describe`], what the API shows of a certificate.
+//! - `serving`: [`validate_certificate`], a gateway certificate a user uploads, and the
+//!   sealing of its key.
 //!
 //! How the xDS server issues a workload certificate: read the mesh's signing CA from the
 //! store (sealed), [`MeshCa::unseal`] it with the configured [`Kek`] (once, then keep it
@@ -15,11 +17,16 @@
 mod ca;
 mod info;
 mod kek;
+mod serving;
 mod upload;
 
 pub use ca::{CLOCK_SKEW, IssuedCertificate, MeshCa, Origin, ROOT_VALIDITY, SealedCa, SealedCaRef};
 pub use info::{CertInfo, describe};
 pub use kek::{Kek, KekError, ca_key_aad};
+pub use serving::{
+    OpenKeyError, ServingCertificate, certificate_key_aad, open_certificate_key,
+    seal_certificate_key, validate_certificate,
+};
 pub use upload::{CHAIN_FIELD, KEY_FIELD, MAX_CHAIN, MIN_RSA_BITS, UploadError, validate_upload};
 
 use ring::rand::{SecureRandom, SystemRandom};

@@ -440,3 +440,100 @@ fn describe_reads_subject_serial_and_validity() {
     assert_eq!(info.serial.len(), 32);
     assert!(describe("nothing").is_err());
 }
+
+/// A server certificate for `names` signed by a fresh root: (chain PEM, key PEM).
+fn serving(names: &[&str], from: OffsetDateTime, to: OffsetDateTime) -> (String, String) {
+    let root_key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256).unwrap();
+    let root_params = ca_params("web root", from, to, true);
+    let root = root_params.self_signed(&root_key).unwrap();
+    let issuer = Issuer::new(root_params, root_key);
+    let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256).unwrap();
+    let mut p =
+        CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>()).unwrap();
+    p.not_before = from;
+    p.not_after = to;
+    let leaf = p.signed_by(&key, &issuer).unwrap();
+    (format!("{}{}", leaf.pem(), root.pem()), key.serialize_pem())
+}
+
+#[test]
+fn a_gateway_certificate_is_described_and_its_key_sealed_to_its_name() {
+    let (chain, key) = serving(
+        &["Shop.example.com", "*.shop.example.com"],
+        now() - time::Duration::days(1),
+        now() + time::Duration::days(90),
+    );
+    let c = validate_certificate(&chain, &key, now()).unwrap();
+    assert_eq!(c.dns_names, ["shop.example.com", "*.shop.example.com"]);
+    assert_eq!(c.fingerprint.len(), 64);
+    assert_eq!(ders(&c.chain_pem).len(), 2);
+    assert!(!format!("{c:?}").contains("PRIVATE"));
+    let k = kek(1);
+    let (id, sealed) = seal_certificate_key(&k, "acme", "prod", "shop", &c.key_pem).unwrap();
+    assert!(!sealed.contains(&c.key_pem[40..50]));
+    let opened = open_certificate_key(&k, "acme", "prod", "shop", &id, &sealed).unwrap();
+    assert_eq!(opened.as_str(), c.key_pem.as_str());
+    // Bound to its name, and to the key it was sealed with.
+    assert!(open_certificate_key(&k, "acme", "prod", "other", &id, &sealed).is_err());
+    assert!(open_certificate_key(&k, "evil", "prod", "shop", &id, &sealed).is_err());
+    assert!(matches!(
+        open_certificate_key(&kek(2), "acme", "prod", "shop", &id, &sealed),
+        Err(OpenKeyError::WrongKek { .. })
+    ));
+}
+
+#[test]
+fn a_bad_gateway_certificate_names_its_field() {
+    let valid = || {
+        serving(
+            &["a.example.com"],
+            now() - time::Duration::days(1),
+            now() + time::Duration::days(90),
+        )
+    };
+    let (chain, key) = valid();
+    let (_, other_key) = valid();
+    let check = |chain: &str, key: &str, field: &str| {
+        let e = validate_certificate(chain, key, now()).unwrap_err();
+        assert_eq!(e.field(), field, "{e}");
+        assert!(!e.to_string().contains("MII"), "{e}");
+        e
+    };
+    check("not pem", &key, CHAIN_FIELD);
+    check(&chain, "not a key", KEY_FIELD);
+    assert_eq!(
+        check(&chain, &other_key, KEY_FIELD),
+        UploadError::KeyMismatch
+    );
+    let (old, old_key) = serving(
+        &["a.example.com"],
+        now() - time::Duration::days(30),
+        now() - time::Duration::days(1),
+    );
+    assert!(matches!(
+        check(&old, &old_key, CHAIN_FIELD),
+        UploadError::Expired { .. }
+    ));
+    let (future, future_key) = serving(
+        &["a.example.com"],
+        now() + time::Duration::days(1),
+        now() + time::Duration::days(30),
+    );
+    assert!(matches!(
+        check(&future, &future_key, CHAIN_FIELD),
+        UploadError::NotYetValid { .. }
+    ));
+    let weak = check(
+        include_str!("../tests/fixtures/rsa1024.crt"),
+        include_str!("../tests/fixtures/rsa1024.key"),
+        KEY_FIELD,
+    );
+    assert!(matches!(weak, UploadError::WeakRsa(1024)), "{weak}");
+    // A CA certificate is not refused as a server certificate, and RSA 2048 is accepted.
+    validate_certificate(
+        include_str!("../tests/fixtures/rsa2048.crt"),
+        include_str!("../tests/fixtures/rsa2048.key"),
+        now(),
+    )
+    .unwrap();
+}

@@ -76,6 +76,25 @@ pub fn validate_upload(
     key_pem: &str,
     now: OffsetDateTime,
 ) -> Result<MeshCa, UploadError> {
+    let ders = parse_chain(chain_pem, now)?;
+    let (_, leaf) = X509Certificate::from_der(&ders[0])
+        .map_err(|e| UploadError::MalformedChain(format!("certificate 1 does not parse: {e}")))?;
+    let is_ca = matches!(leaf.basic_constraints(), Ok(Some(bc)) if bc.value.ca);
+    if !is_ca {
+        return Err(UploadError::NotCa(leaf.subject().to_string()));
+    }
+    let key = leaf_key(&leaf, key_pem)?;
+    let chain = ders.iter().map(|d| info::der_to_pem(d)).collect();
+    MeshCa::assemble(Origin::Uploaded, chain, key)
+        .map_err(|e| UploadError::MalformedChain(e.to_string()))
+}
+
+/// The DER certificates of `chain_pem` (at most [`MAX_CHAIN`]), each valid at `now` and
+/// issued by the next one: what a CA upload and a gateway certificate have in common.
+pub(crate) fn parse_chain(
+    chain_pem: &str,
+    now: OffsetDateTime,
+) -> Result<Vec<Vec<u8>>, UploadError> {
     let mut ders = vec![];
     for (i, block) in Pem::iter_from_buffer(chain_pem.as_bytes()).enumerate() {
         let block =
@@ -126,19 +145,18 @@ pub fn validate_upload(
             return Err(UploadError::BrokenChain(i + 1));
         }
     }
-    let leaf = &certs[0];
-    let is_ca = matches!(leaf.basic_constraints(), Ok(Some(bc)) if bc.value.ca);
-    if !is_ca {
-        return Err(UploadError::NotCa(leaf.subject().to_string()));
-    }
+    drop(certs);
+    Ok(ders)
+}
+
+/// The private key of `leaf`: of a type we accept, and matching the certificate.
+pub(crate) fn leaf_key(leaf: &X509Certificate<'_>, key_pem: &str) -> Result<KeyPair, UploadError> {
     check_key_type(leaf)?;
     let key = parse_key(key_pem)?;
     if key.subject_public_key_info() != leaf.public_key().raw {
         return Err(UploadError::KeyMismatch);
     }
-    let chain = ders.iter().map(|d| info::der_to_pem(d)).collect();
-    MeshCa::assemble(Origin::Uploaded, chain, key)
-        .map_err(|e| UploadError::MalformedChain(e.to_string()))
+    Ok(key)
 }
 
 /// The certificate's key must be one we accept (checked on the certificate, so a weak RSA

@@ -10,10 +10,12 @@ use std::time::Duration;
 use futures::FutureExt;
 use futures::future::BoxFuture;
 use switchboard_model::TrustBundle;
-use switchboard_pki::{Kek, MeshCa};
+use switchboard_model::spec::SealedKey;
+use switchboard_pki::{Kek, MeshCa, open_certificate_key};
 use switchboard_store::Store;
 use switchboard_xds_server::{IssueError, IssuedCertificate, WorkloadIssuer};
 use time::OffsetDateTime;
+use zeroize::Zeroizing;
 
 pub struct StoreIssuer {
     store: Store,
@@ -113,5 +115,24 @@ impl WorkloadIssuer for StoreIssuer {
                 .map_err(|e| IssueError::Unavailable(e.to_string()))
         }
         .boxed()
+    }
+
+    /// Uploaded certificates' keys are sealed with the same KEK as the CA keys.
+    fn open_certificate_key(
+        &self,
+        tenant: &str,
+        mesh: &str,
+        name: &str,
+        sealed: &SealedKey,
+    ) -> Result<Zeroizing<String>, IssueError> {
+        open_certificate_key(
+            &self.kek,
+            tenant,
+            mesh,
+            name,
+            &sealed.kek_id,
+            &sealed.sealed,
+        )
+        .map_err(|e| IssueError::Failed(format!("certificate {name:?}: {e}")))
     }
 }

@@ -23,6 +23,7 @@ mod cluster;
 mod common;
 mod endpoint;
 mod filters;
+mod gateway_tls;
 mod grpc_mtls;
 mod hash;
 mod listener;
@@ -41,8 +42,8 @@ use std::sync::Arc;
 
 use switchboard_model::spec::{MtlsMode, Protocol};
 use switchboard_model::{
-    AuthorizationPolicySpec, EndpointSpec, GatewaySpec, MeshSpec, RouteSpec, ServiceSpec,
-    TrustBundle,
+    AuthorizationPolicySpec, CertificateSpec, EndpointSpec, GatewaySpec, MeshSpec, RouteSpec,
+    ServiceSpec, TrustBundle,
 };
 
 pub use rbac::{InboundRbac, inbound_rbac};
@@ -74,6 +75,9 @@ pub struct MeshConfig {
     pub gateways: BTreeMap<String, GatewaySpec>,
     /// Authorization policies; each names the service it protects.
     pub authorization_policies: BTreeMap<String, AuthorizationPolicySpec>,
+    /// Uploaded certificates that gateways terminate TLS with (only their DNS names matter
+    /// here; the key is served over SDS by the xDS server).
+    pub certificates: BTreeMap<String, CertificateSpec>,
     /// The trust domain of workload identities (from the control plane's configuration):
     /// SPIFFE IDs are `spiffe://{tenant}.{trust_domain}/…`, see [`switchboard_model::identity`].
     pub trust_domain: String,

@@ -5,7 +5,10 @@ use switchboard_model::GatewaySpec;
 use switchboard_model::spec::GatewayProtocol;
 
 use crate::common::socket_address;
-use crate::filters::{forward_proxy_http1, hcm_filter, hcm_rds, http_filters, tcp_proxy_filter};
+use crate::filters::{
+    forward_proxy_http1, hcm_filter, hcm_rds, http_filters, tcp_proxy_filter, tls_inspector,
+};
+use crate::gateway_tls::{SniChain, filter_chains};
 use crate::names;
 use crate::pb::envoy::config::core::v3::TrafficDirection;
 use crate::pb::envoy::config::listener::v3::{ApiListener, FilterChain, Listener};
@@ -46,12 +49,14 @@ pub(crate) fn outbound_listener(with_fault: bool) -> Listener {
 }
 
 /// A gateway's listener on 0.0.0.0:port: HTTP with route configuration `gateway/{name}`, or
-/// TCP proxying to the gateway's service. `None` for a TCP gateway without a service, which
-/// validation rejects and Envoy would too (a listener needs a filter chain).
+/// TCP proxying to the gateway's service; behind TLS with one filter chain per certificate
+/// when `tls` has chains (see [`crate::gateway_tls`]). `None` for a TCP gateway without a
+/// service, which validation rejects and Envoy would too (a listener needs a filter chain).
 pub(crate) fn gateway_listener(
     name: &str,
     spec: &GatewaySpec,
     with_fault: bool,
+    tls: &[SniChain],
 ) -> Option<Listener> {
     let listener_name = names::gateway(name);
     let filter = match spec.protocol {
@@ -65,13 +70,24 @@ pub(crate) fn gateway_listener(
             tcp_proxy_filter(&listener_name, &names::cluster(service))
         }
     };
+    let (filter_chains, listener_filters) = if tls.is_empty() {
+        let plain = FilterChain {
+            filters: vec![filter],
+            ..Default::default()
+        };
+        (vec![plain], vec![])
+    } else {
+        let alpn: &[&str] = match spec.protocol {
+            GatewayProtocol::Http => &["h2", "http/1.1"],
+            GatewayProtocol::Tcp => &[],
+        };
+        (filter_chains(tls, &filter, alpn), vec![tls_inspector()])
+    };
     Some(Listener {
         address: Some(socket_address("0.0.0.0", spec.port)),
         traffic_direction: TrafficDirection::Inbound as i32,
-        filter_chains: vec![FilterChain {
-            filters: vec![filter],
-            ..Default::default()
-        }],
+        filter_chains,
+        listener_filters,
         name: listener_name,
         ..Default::default()
     })

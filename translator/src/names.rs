@@ -84,6 +84,15 @@ pub fn is_server_listener(name: &str) -> bool {
     name.starts_with(SERVER_LISTENER_PREFIX)
 }
 
+/// SDS: a gateway certificate users uploaded (`certificates` kind) is served as
+/// `certificate/{name}`, which neither `default` nor `ROOTCA` can be.
+pub const CERTIFICATE_SECRET_PREFIX: &str = "certificate/";
+
+/// The SDS secret of uploaded certificate `name`.
+pub fn certificate_secret(name: &str) -> String {
+    format!("{CERTIFICATE_SECRET_PREFIX}{name}")
+}
+
 /// Cluster (and load assignment) of a service: its name (ARCHITECTURE.md, generated names).
 pub fn cluster(service: &str) -> String {
     service.to_owned()

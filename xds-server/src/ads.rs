@@ -331,9 +331,12 @@ impl Engine {
                                 ));
                             }
                             let identity = stream.view.identity();
+                            let certificates: Vec<&str> =
+                                stream.view.gateway_certificate_names().collect();
                             let may = Entitlement {
                                 secrets: stream.view.serves_secrets(),
                                 identity: identity.as_deref(),
+                                gateway_certificates: &certificates,
                             };
                             if let Err(v) = guard::check(&response, may) {
                                 tracing::error!(violation = %v, "refusing to send a secret; ending the stream");

@@ -341,6 +341,10 @@ impl MeshTask {
             tracing::warn!(warning = %w, "left out of the mesh's xDS resources");
         }
         let mut snapshot = MeshSnapshot::new(&config, MeshResources::default(), committed_at);
+        if let Some(issuer) = &self.trust.issuer {
+            snapshot.certificates =
+                crate::snapshot::Certificates(crate::sds::certificates::open(&config, &**issuer));
+        }
         let revision = config.revision;
         // Translation is CPU work proportional to the change; keep it off the async workers.
         let translator = self.translator.take();

@@ -195,9 +195,12 @@ pub async fn status_sync(store: Store, registry: ProxyRegistry, replica: String)
 }
 
 /// The JSON of a list of resources.
+/// Proto3 JSON of `resources`, secrets without their private key (a recomputed view may
+/// hold a gateway's uploaded certificate).
 fn render(resources: &[Arc<XdsResource>]) -> Vec<Value> {
     resources
         .iter()
+        .map(crate::sds::secrets::redact)
         .map(|r| {
             any_to_json(&r.resource)
                 .unwrap_or_else(|e| json!({"name": r.name, "error": e.to_string()}))

@@ -135,9 +135,11 @@ async fn fetch(
             ..Default::default()
         });
     let identity = view.identity();
+    let certificates: Vec<&str> = view.gateway_certificate_names().collect();
     let may = crate::sds::guard::Entitlement {
         secrets: view.serves_secrets(),
         identity: identity.as_deref(),
+        gateway_certificates: &certificates,
     };
     if let Err(v) = crate::sds::guard::check(&response, may) {
         tracing::error!(violation = %v, "refusing to send a secret");

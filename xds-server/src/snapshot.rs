@@ -31,6 +31,12 @@ pub struct MeshSnapshot {
     pub trust: TrustBundle,
     /// The `ROOTCA` secret, built once per snapshot; `None` before the mesh has a CA.
     pub root_ca: Option<Arc<XdsResource>>,
+    /// Gateway name → the uploaded certificates it names (what it may receive over SDS).
+    pub gateway_certificates: BTreeMap<String, BTreeSet<String>>,
+    /// The `certificate/{name}` secrets (with their keys) by certificate name, for the
+    /// certificates gateways name; filled in by the rebuild through the CA port
+    /// ([`crate::sds::certificates::open`]), empty without one. `Debug` shows names only.
+    pub certificates: Certificates,
     /// When the first commit notice this snapshot reflects arrived; `None` for a snapshot
     /// loaded for a first stream. The start of the convergence time.
     pub committed_at: Option<Instant>,
@@ -60,9 +66,21 @@ impl MeshSnapshot {
             signer_id: config.trust.signer_id.clone(),
             trust: config.trust.clone(),
             root_ca: crate::sds::secrets::root_ca(&config.trust),
+            gateway_certificates: crate::sds::certificates::by_gateway(config),
+            certificates: Certificates::default(),
             committed_at,
             built_at: Instant::now(),
         }
+    }
+}
+
+/// Uploaded certificates' secrets by certificate name. `Debug` lists the names only.
+#[derive(Clone, Default)]
+pub struct Certificates(pub BTreeMap<String, Arc<XdsResource>>);
+
+impl std::fmt::Debug for Certificates {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_set().entries(self.0.keys()).finish()
     }
 }
 
@@ -104,6 +122,9 @@ pub fn mesh_config(
             }
             Ok(Spec::AuthorizationPolicy(s)) => {
                 config.authorization_policies.insert(name, s);
+            }
+            Ok(Spec::Certificate(s)) => {
+                config.certificates.insert(name, *s);
             }
             Ok(Spec::Mesh(_)) => {}
             Err(e) => warnings.push(format!("{} {name}: {e}", r.key.kind)),

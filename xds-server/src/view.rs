@@ -142,8 +142,27 @@ impl NodeView {
         match name {
             ROOTCA => self.snapshot.root_ca.as_ref(),
             DEFAULT => self.default_secret(),
-            _ => None,
+            _ => {
+                let certificate = name.strip_prefix(names::CERTIFICATE_SECRET_PREFIX)?;
+                self.gateway_certificate_names()
+                    .find(|c| *c == certificate)
+                    .and_then(|c| self.snapshot.certificates.0.get(c))
+            }
         }
+    }
+
+    /// The uploaded certificates this node may receive: those its gateway names (only an
+    /// authenticated gateway's view has any).
+    pub(crate) fn gateway_certificate_names(&self) -> impl Iterator<Item = &str> + '_ {
+        let gateway = match &self.role {
+            NodeRole::Gateway { name } if self.secrets => Some(name),
+            _ => None,
+        };
+        gateway
+            .and_then(|g| self.snapshot.gateway_certificates.get(g))
+            .into_iter()
+            .flatten()
+            .map(String::as_str)
     }
 
     /// `default`, only while it is still for the node's identity (the service or gateway may
@@ -299,7 +318,11 @@ impl Resources for NodeView {
             ResourceType::Secret => Box::new(
                 [ROOTCA, DEFAULT]
                     .into_iter()
-                    .filter_map(|name| self.secret(name)),
+                    .filter_map(|name| self.secret(name))
+                    .chain(
+                        self.gateway_certificate_names()
+                            .filter_map(|c| self.snapshot.certificates.0.get(c)),
+                    ),
             ),
         }
     }

@@ -27,6 +27,32 @@ pub struct GatewaySpec {
     /// TCP: the service that connections are forwarded to.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub service: Option<String>,
+    /// TLS termination with uploaded certificates (`certificates` kind), chosen by SNI.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<GatewayTls>,
+}
+
+/// The most certificates one gateway serves.
+pub const MAX_GATEWAY_CERTIFICATES: usize = 32;
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum GatewayTlsMode {
+    /// The gateway terminates TLS and forwards plaintext (HTTP routes or the TCP service).
+    #[default]
+    Terminate,
+}
+
+/// A gateway's TLS: each certificate serves the SNI names of its DNS SANs (exact, or
+/// `*.`-wildcard); a client sending no SNI, or one no certificate names, gets the first
+/// certificate listed without DNS names, else the first one listed.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct GatewayTls {
+    #[serde(default)]
+    pub mode: GatewayTlsMode,
+    /// Names of `certificates` resources of the mesh, in order of preference.
+    pub certificates: Vec<String>,
 }
 
 impl GatewaySpec {
@@ -38,6 +64,27 @@ impl GatewaySpec {
         }
         for (i, r) in self.routes.iter().enumerate() {
             e.reference(&format!("spec.routes[{i}]"), r);
+        }
+        if let Some(tls) = &self.tls {
+            if tls.certificates.is_empty() {
+                e.push(
+                    "spec.tls.certificates",
+                    "name at least one certificate to terminate TLS with",
+                );
+            }
+            if tls.certificates.len() > MAX_GATEWAY_CERTIFICATES {
+                e.push(
+                    "spec.tls.certificates",
+                    format!("at most {MAX_GATEWAY_CERTIFICATES} certificates"),
+                );
+            }
+            for (i, c) in tls.certificates.iter().enumerate() {
+                let field = format!("spec.tls.certificates[{i}]");
+                e.reference(&field, c);
+                if tls.certificates[..i].contains(c) {
+                    e.push(field, format!("certificate {c:?} is listed twice"));
+                }
+            }
         }
         match self.protocol {
             GatewayProtocol::Http => {
@@ -84,6 +131,13 @@ impl GatewaySpec {
                 kind: Kind::Service,
                 name: s.clone(),
             });
+        }
+        if let Some(tls) = &self.tls {
+            refs.extend(tls.certificates.iter().enumerate().map(|(i, c)| Reference {
+                field: format!("spec.tls.certificates[{i}]"),
+                kind: Kind::Certificate,
+                name: c.clone(),
+            }));
         }
         refs
     }

@@ -1,6 +1,7 @@
 //! The specs of each resource kind, and what they say about other resources.
 
 mod authorization;
+mod certificate;
 mod endpoint;
 mod gateway;
 mod mesh;
@@ -11,8 +12,11 @@ pub use authorization::{
     AuthorizationHeader, AuthorizationOperation, AuthorizationPolicySpec, AuthorizationSource,
     MAX_MATCHES, MAX_RULES, MAX_SOURCE_SERVICES, PathPattern,
 };
+pub use certificate::{CertificateKey, CertificateSpec, SealedKey};
 pub use endpoint::{EndpointSpec, Health, Locality};
-pub use gateway::{GatewayProtocol, GatewaySpec};
+pub use gateway::{
+    GatewayProtocol, GatewaySpec, GatewayTls, GatewayTlsMode, MAX_GATEWAY_CERTIFICATES,
+};
 pub use mesh::{
     AuthorizationAction, DEFAULT_CERTIFICATE_LIFETIME, MeshSpec, MtlsMode, MtlsSettings,
 };
@@ -55,6 +59,8 @@ pub enum Spec {
     Route(RouteSpec),
     Gateway(GatewaySpec),
     AuthorizationPolicy(AuthorizationPolicySpec),
+    /// Boxed: far larger than the other specs, and rare.
+    Certificate(Box<CertificateSpec>),
 }
 
 impl Spec {
@@ -70,6 +76,7 @@ impl Spec {
             Kind::Route => Spec::Route(de(value)?),
             Kind::Gateway => Spec::Gateway(de(value)?),
             Kind::AuthorizationPolicy => Spec::AuthorizationPolicy(de(value)?),
+            Kind::Certificate => Spec::Certificate(Box::new(de(value)?)),
         })
     }
 
@@ -81,6 +88,7 @@ impl Spec {
             Spec::Route(_) => Kind::Route,
             Spec::Gateway(_) => Kind::Gateway,
             Spec::AuthorizationPolicy(_) => Kind::AuthorizationPolicy,
+            Spec::Certificate(_) => Kind::Certificate,
         }
     }
 
@@ -93,12 +101,13 @@ impl Spec {
             Spec::Route(s) => s.validate(),
             Spec::Gateway(s) => s.validate(),
             Spec::AuthorizationPolicy(s) => s.validate(),
+            Spec::Certificate(s) => s.validate(),
         }
     }
 
     pub fn references(&self) -> Vec<Reference> {
         match self {
-            Spec::Mesh(_) | Spec::Service(_) => vec![],
+            Spec::Mesh(_) | Spec::Service(_) | Spec::Certificate(_) => vec![],
             Spec::Endpoint(s) => s.references(),
             Spec::Route(s) => s.references(),
             Spec::Gateway(s) => s.references(),

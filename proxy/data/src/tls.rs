@@ -5,9 +5,11 @@
 //! configuration built from secrets is rebuilt by its user when they change, so new
 //! handshakes use the new material while open connections keep theirs.
 //!
-//! Key material is read here and handed to rustls; no error message or log line carries it
+//! A listener whose filter chains choose certificates by SNI gets a certificate resolver
+//! (`sni`). Key material is read here and handed to rustls; no error message or log line carries it
 //! (PEM problems in a private key are reported without the parser's detail).
 
+mod sni;
 mod verify;
 
 use std::collections::BTreeMap;
@@ -111,7 +113,7 @@ pub async fn server_config_with(
         None => builder.with_no_client_auth(),
         Some(v) => {
             let roots = roots(&v.trusted_ca, secrets).await?;
-            let verifier = WebPkiClientVerifier::builder_with_provider(roots, provider);
+            let verifier = WebPkiClientVerifier::builder_with_provider(roots, provider.clone());
             let verifier = if v.required {
                 verifier
             } else {
@@ -130,7 +132,22 @@ pub async fn server_config_with(
             }
         }
     };
-    let mut config = builder.with_single_cert(chain, key)?;
+    let mut config = if tls.sni_certificates.is_empty() {
+        builder.with_single_cert(chain, key)?
+    } else {
+        let mut resolver = sni::SniResolver::new(sni::certified(&provider, chain, key)?);
+        for c in &tls.sni_certificates {
+            let chain = certificates(
+                &read(&c.certificate_chain, Part::Chain, secrets).await?,
+                "certificate chain",
+            )?;
+            let key_pem = read(&c.private_key, Part::Key, secrets).await?;
+            let key = PrivateKeyDer::from_pem_slice(&key_pem).map_err(|_| TlsError::PrivateKey)?;
+            drop(key_pem);
+            resolver.add(&c.server_names, sni::certified(&provider, chain, key)?);
+        }
+        builder.with_cert_resolver(Arc::new(resolver))
+    };
     config.alpn_protocols = tls
         .alpn_protocols
         .iter()

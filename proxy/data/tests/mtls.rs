@@ -121,6 +121,7 @@ fn mesh_tls() -> DownstreamTls {
             }],
         }),
         handshake_timeout: Duration::from_secs(5),
+        sni_certificates: Vec::new(),
     }
 }
 

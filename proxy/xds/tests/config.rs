@@ -1126,3 +1126,133 @@ mod resilience_config {
         assert!(err(rewrite).contains("unsupported field regex_rewrite"));
     }
 }
+
+/// Filter chains chosen by SNI (`server_names`): merged into one TLS chain whose certificate
+/// depends on the SNI; what this proxy cannot honour is refused by name.
+mod sni {
+    use switchboard_proxy_xds::config::listener::{DataSource, Listener};
+    use switchboard_proxy_xds::testing::resources::http_listener;
+    use switchboard_xds_proto::pack;
+    use switchboard_xds_proto::pb::envoy::config::core::v3::{TransportSocket, transport_socket};
+    use switchboard_xds_proto::pb::envoy::config::listener::v3::{FilterChain, FilterChainMatch};
+    use switchboard_xds_proto::pb::envoy::extensions::transport_sockets::tls::v3::{
+        CommonTlsContext, DownstreamTlsContext, SdsSecretConfig,
+    };
+
+    use super::err;
+
+    fn chain(secret: &str, names: &[&str], alpn: &[&str]) -> FilterChain {
+        let base = http_listener("x", 1, "rc").filter_chains.remove(0);
+        let ctx = DownstreamTlsContext {
+            common_tls_context: Some(CommonTlsContext {
+                tls_certificate_sds_secret_configs: vec![SdsSecretConfig {
+                    name: secret.to_owned(),
+                    sds_config: Some(switchboard_proxy_xds::testing::resources::ads()),
+                }],
+                alpn_protocols: alpn.iter().map(|a| (*a).to_owned()).collect(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        FilterChain {
+            filter_chain_match: (!names.is_empty()).then(|| FilterChainMatch {
+                server_names: names.iter().map(|n| (*n).to_owned()).collect(),
+                ..Default::default()
+            }),
+            transport_socket: Some(TransportSocket {
+                name: "envoy.transport_sockets.tls".to_owned(),
+                config_type: Some(transport_socket::ConfigType::TypedConfig(pack(&ctx))),
+            }),
+            ..base
+        }
+    }
+
+    fn listener(chains: Vec<FilterChain>) -> Result<Listener, String> {
+        let mut l = http_listener("x", 1, "rc");
+        l.filter_chains = chains;
+        Listener::try_from(l).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn sni_chains_merge_into_one_tls_chain_with_a_default() {
+        let h = ["h2", "http/1.1"];
+        let l = listener(vec![
+            chain("certificate/shop", &["Shop.example.com"], &h),
+            chain(
+                "certificate/blog",
+                &["blog.example.com", "*.blog.example.com"],
+                &h,
+            ),
+            chain("certificate/shop", &[], &h),
+        ])
+        .unwrap();
+        let tls = l.tls.as_ref().unwrap();
+        assert_eq!(
+            tls.certificate_chain,
+            DataSource::Sds("certificate/shop".into())
+        );
+        let sni: Vec<_> = tls
+            .sni_certificates
+            .iter()
+            .map(|c| (c.server_names.clone(), c.certificate_chain.clone()))
+            .collect();
+        assert_eq!(
+            sni,
+            [
+                (
+                    vec!["shop.example.com".to_owned()],
+                    DataSource::Sds("certificate/shop".into())
+                ),
+                (
+                    vec![
+                        "blog.example.com".to_owned(),
+                        "*.blog.example.com".to_owned()
+                    ],
+                    DataSource::Sds("certificate/blog".into())
+                ),
+            ]
+        );
+        assert!(l.plaintext.is_none());
+        let mut secrets = l.secret_names();
+        secrets.sort();
+        secrets.dedup();
+        assert_eq!(secrets, ["certificate/blog", "certificate/shop"]);
+    }
+
+    #[test]
+    fn sni_chains_this_proxy_cannot_honour_are_refused() {
+        let h = ["h2", "http/1.1"];
+        let no_default = err(listener(vec![
+            chain("a", &["a.example.com"], &h),
+            chain("b", &["b.example.com"], &h),
+        ]));
+        assert!(
+            no_default.contains("exactly one chain without server_names"),
+            "{no_default}"
+        );
+        let shared = err(listener(vec![
+            chain("a", &["a.example.com"], &h),
+            chain("b", &["A.example.com"], &h),
+            chain("a", &[], &h),
+        ]));
+        assert!(shared.contains("matched by two filter chains"), "{shared}");
+        let differs = err(listener(vec![
+            chain("a", &["a.example.com"], &["http/1.1"]),
+            chain("a", &[], &h),
+        ]));
+        assert!(
+            differs.contains("only the certificate may differ"),
+            "{differs}"
+        );
+        assert!(differs.contains("filter_chains[0]"), "{differs}");
+        let bad = err(listener(vec![
+            chain("a", &["not a name"], &h),
+            chain("a", &[], &h),
+        ]));
+        assert!(bad.contains("server_names[0]"), "{bad}");
+        let mut plain = chain("a", &["a.example.com"], &h);
+        plain.transport_socket = None;
+        let plain = err(listener(vec![plain, chain("a", &[], &h)]));
+        assert!(plain.contains("must terminate TLS"), "{plain}");
+    }
+}

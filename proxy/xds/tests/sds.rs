@@ -205,15 +205,15 @@ fn unsupported_sds_shapes_are_refused_naming_the_field() {
     let e = err(Listener::try_from(l));
     assert!(e.contains("matcher: unsupported field suffix"), "{e}");
 
-    // A filter chain match on something else than the transport protocol.
+    // A filter chain match on something else than the transport protocol or server names.
     let mut l = inbound(true);
     l.filter_chains[1].filter_chain_match = Some(FilterChainMatch {
-        server_names: vec!["x".to_owned()],
+        source_type: 1,
         ..Default::default()
     });
     let e = err(Listener::try_from(l));
     assert!(
-        e.contains("filter_chains[1].filter_chain_match: unsupported field server_names"),
+        e.contains("filter_chains[1].filter_chain_match: unsupported field source_type"),
         "{e}"
     );
 

@@ -20,7 +20,8 @@
 //!   none and `h` is `s` / `s:port`, service `s` and whether any route claims its names.
 //! - RouteConfiguration `{s}:{port}`: service `s` and whether it is route-less.
 //! - `sidecar/outbound`: every route and every route-less service.
-//! - `gateway/{g}`: gateway `g` and its attached routes.
+//! - `gateway/{g}`: gateway `g`, its attached routes and its TLS certificates (their DNS
+//!   names).
 //! - Inbound security `{s}`: service `s` (its protocol) and the mesh's mTLS inputs.
 //! - Inbound RBAC of service `s`: service `s` (existence, protocol), the policies naming `s`,
 //!   the mesh's default authorization, and tenant, mesh and trust domain (SPIFFE IDs).
@@ -34,16 +35,16 @@ mod state;
 use std::collections::BTreeMap;
 
 use switchboard_model::{
-    AuthorizationPolicySpec, EndpointSpec, GatewaySpec, MeshSpec, RouteSpec, ServiceSpec,
-    TrustBundle,
+    AuthorizationPolicySpec, CertificateSpec, EndpointSpec, GatewaySpec, MeshSpec, RouteSpec,
+    ServiceSpec, TrustBundle,
 };
 
 use crate::mtls::MtlsInputs;
 use crate::{MeshConfig, MeshResources};
 use rebuild::rebuild;
 use state::{
-    Dirty, State, mark_all, mark_all_inbound, mark_endpoint, mark_gateway, mark_mtls, mark_policy,
-    mark_route, mark_service,
+    Dirty, State, mark_all, mark_all_inbound, mark_certificate, mark_endpoint, mark_gateway,
+    mark_mtls, mark_policy, mark_route, mark_service,
 };
 
 /// One change to a mesh's configuration: the new spec, or `None` for a deletion.
@@ -54,6 +55,7 @@ pub enum Change {
     Route(String, Option<RouteSpec>),
     Gateway(String, Option<GatewaySpec>),
     AuthorizationPolicy(String, Option<AuthorizationPolicySpec>),
+    Certificate(String, Option<CertificateSpec>),
     /// The mesh's own spec (its mTLS mode matters, and its default authorization decides
     /// every service's RBAC filters).
     Mesh(MeshSpec),
@@ -122,6 +124,9 @@ impl Translator {
         for (name, old_spec) in changed(&old.authorization_policies, &new.authorization_policies) {
             mark_policy(new, state, &mut dirty, name, old_spec);
         }
+        for (name, _) in changed(&old.certificates, &new.certificates) {
+            mark_certificate(state, &mut dirty, name);
+        }
         if authorization_inputs(&old) != authorization_inputs(new) {
             mark_all_inbound(new, &mut dirty);
         }
@@ -163,6 +168,10 @@ impl Translator {
                 Change::AuthorizationPolicy(name, spec) => {
                     let old = put(&mut config.authorization_policies, &name, spec);
                     mark_policy(config, state, &mut dirty, &name, old.as_ref());
+                }
+                Change::Certificate(name, spec) => {
+                    put(&mut config.certificates, &name, spec);
+                    mark_certificate(state, &mut dirty, &name);
                 }
                 Change::Mesh(spec) => {
                     let before = MtlsInputs::of(config);

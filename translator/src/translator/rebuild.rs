@@ -6,6 +6,7 @@ use std::sync::Arc;
 use super::state::{Dirty, State};
 use crate::cluster::service_cluster;
 use crate::endpoint::load_assignment;
+use crate::gateway_tls::sni_chains;
 use crate::listener::{api_listener, gateway_listener, outbound_listener};
 use crate::mtls::{effective_mode, inbound_tls, proxy_cluster};
 use crate::pb::envoy::config::route::v3::RouteConfiguration;
@@ -396,7 +397,23 @@ fn rebuild_gateway(config: &MeshConfig, state: &mut State, res: &mut MeshResourc
             "gateway {name}: service {service} does not exist; connections are refused until it does"
         ));
     }
-    match gateway_listener(name, spec, with_fault) {
+    let tls = match &spec.tls {
+        Some(tls) => {
+            let chains = sni_chains(name, tls, &config.certificates, &mut warnings);
+            if chains.is_empty() {
+                warnings.push(format!(
+                    "gateway {name}: none of its certificates exists; not served"
+                ));
+                res.listeners.remove(&listener_name);
+                res.route_configurations.remove(&listener_name);
+                state.set_warnings(key, warnings);
+                return;
+            }
+            chains
+        }
+        None => Vec::new(),
+    };
+    match gateway_listener(name, spec, with_fault, &tls) {
         Some(listener) if (1..=65535).contains(&spec.port) => {
             put_resource(&mut res.listeners, &listener_name, &listener);
         }

@@ -28,6 +28,8 @@ pub(super) struct State {
     pub(super) gateways_by_route: BTreeMap<String, BTreeSet<String>>,
     /// Service name → TCP gateways forwarding to it.
     pub(super) gateways_by_service: BTreeMap<String, BTreeSet<String>>,
+    /// Certificate name → gateways terminating TLS with it.
+    pub(super) gateways_by_certificate: BTreeMap<String, BTreeSet<String>>,
     pub(super) routes: BTreeMap<String, Arc<RouteOut>>,
     /// Service name → authorization policies naming it as their destination.
     pub(super) policies_by_service: BTreeMap<String, BTreeSet<String>>,
@@ -314,6 +316,9 @@ pub(super) fn mark_gateway(
         if let Some(s) = &old.service {
             index_remove(&mut state.gateways_by_service, s, name);
         }
+        for c in old.tls.iter().flat_map(|t| &t.certificates) {
+            index_remove(&mut state.gateways_by_certificate, c, name);
+        }
     }
     if let Some(new) = new {
         for r in &new.routes {
@@ -322,8 +327,18 @@ pub(super) fn mark_gateway(
         if let Some(s) = &new.service {
             index_add(&mut state.gateways_by_service, s, name);
         }
+        for c in new.tls.iter().flat_map(|t| &t.certificates) {
+            index_add(&mut state.gateways_by_certificate, c, name);
+        }
     }
     dirty.gateways.insert(name.to_owned());
+}
+
+/// A certificate changed (its DNS names choose the gateways' filter chains).
+pub(super) fn mark_certificate(state: &State, dirty: &mut Dirty, name: &str) {
+    if let Some(gateways) = state.gateways_by_certificate.get(name) {
+        dirty.gateways.extend(gateways.iter().cloned());
+    }
 }
 
 fn referenced_services(spec: &RouteSpec) -> impl Iterator<Item = &str> {

@@ -145,10 +145,11 @@ const SERVICES: &[&str] = &["s0", "s1", "s2", "s3", "s4", "s5"];
 const ROUTES: &[&str] = &["r0", "r1", "r2", "r3"];
 const GATEWAYS: &[&str] = &["g0", "g1"];
 const POLICIES: &[&str] = &["p0", "p1", "p2"];
+const CERTIFICATES: &[&str] = &["c0", "c1", "c2"];
 
 fn random_change(rng: &mut Lcg) -> Change {
     let delete = rng.below(5) == 0;
-    match rng.below(14) {
+    match rng.below(16) {
         0..=1 => {
             let name = rng.pick(SERVICES).to_string();
             let protocol = rng.pick(&["http", "grpc", "tcp", "http2"]);
@@ -216,13 +217,32 @@ fn random_change(rng: &mut Lcg) -> Change {
         } else {
             ca_bundle()
         }),
+        14..=15 => {
+            let name = rng.pick(CERTIFICATES).to_string();
+            let dns: Vec<&str> = (0..rng.below(3))
+                .map(|_| rng.pick(&["a.example.com", "*.example.com", "b.example.com"]))
+                .collect();
+            let v = json!({"certificateChain": "CHAIN", "privateKey": {"kekId": "k", "sealed": "S"},
+                           "dnsNames": dns});
+            Change::Certificate(name, (!delete).then(|| spec(v)))
+        }
         _ => {
             let name = rng.pick(GATEWAYS).to_string();
-            let v: Value = if rng.below(3) == 0 {
+            let mut v: Value = if rng.below(3) == 0 {
                 json!({"port": 9000, "protocol": "tcp", "service": rng.pick(SERVICES)})
             } else {
                 json!({"port": 8000 + rng.below(3), "hostnames": [rng.pick(&["*.example.com", "s1.example.com"])], "routes": [rng.pick(ROUTES), rng.pick(ROUTES)]})
             };
+            if rng.below(2) == 0 {
+                let first = rng.pick(CERTIFICATES);
+                let second = rng.pick(CERTIFICATES);
+                let certs = if first == second {
+                    vec![first]
+                } else {
+                    vec![first, second]
+                };
+                v["tls"] = json!({"certificates": certs});
+            }
             Change::Gateway(name, (!delete).then(|| spec(v)))
         }
     }
@@ -241,6 +261,7 @@ fn apply_to(config: &mut MeshConfig, change: &Change) {
         Change::Route(n, s) => put(&mut config.routes, n, s),
         Change::Gateway(n, s) => put(&mut config.gateways, n, s),
         Change::AuthorizationPolicy(n, s) => put(&mut config.authorization_policies, n, s),
+        Change::Certificate(n, s) => put(&mut config.certificates, n, s),
         Change::Mesh(s) => config.spec = s.clone(),
         Change::Trust(t) => config.trust = t.clone(),
     }

@@ -7,6 +7,7 @@
 mod clusters;
 mod common;
 mod endpoints;
+mod gateway_tls;
 mod grpc_mtls;
 mod incremental;
 mod listeners;

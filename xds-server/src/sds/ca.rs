@@ -7,6 +7,7 @@ use std::time::{Duration, SystemTime};
 
 use futures::future::BoxFuture;
 use switchboard_model::TrustBundle;
+use switchboard_model::spec::SealedKey;
 use zeroize::Zeroizing;
 
 /// A workload certificate fresh from the mesh CA. Its private key exists only here, in the
@@ -66,4 +67,15 @@ pub trait WorkloadIssuer: fmt::Debug + Send + Sync + 'static {
         tenant: &'a str,
         mesh: &'a str,
     ) -> BoxFuture<'a, Result<TrustBundle, IssueError>>;
+
+    /// Opens the private key of uploaded certificate `name` of `tenant`/`mesh` (the
+    /// `certificates` kind), which the API sealed with the key-encryption key that stays
+    /// behind this port. Called at snapshot rebuilds, for the certificates gateways name.
+    fn open_certificate_key(
+        &self,
+        tenant: &str,
+        mesh: &str,
+        name: &str,
+        sealed: &SealedKey,
+    ) -> Result<Zeroizing<String>, IssueError>;
 }

@@ -5,8 +5,9 @@
 //!
 //! The rules: an anonymous stream gets no secret at all; `ROOTCA` is the trust bundle of the
 //! stream's own mesh (the caller checks that the snapshot is of the node's tenant and mesh);
-//! `default` must be a certificate whose SPIFFE ID is exactly the node's identity; nothing
-//! else is served.
+//! `default` must be a certificate whose SPIFFE ID is exactly the node's identity;
+//! `certificate/{name}` only to a gateway whose spec names certificate `name`; nothing else
+//! is served.
 
 use switchboard_xds_proto::pb::envoy::config::core::v3::{DataSource, data_source};
 use switchboard_xds_proto::pb::envoy::extensions::transport_sockets::tls::v3::{Secret, secret};
@@ -35,6 +36,8 @@ pub enum Violation {
 pub struct Entitlement<'a> {
     pub secrets: bool,
     pub identity: Option<&'a str>,
+    /// The uploaded certificates the node's gateway names (none for other nodes).
+    pub gateway_certificates: &'a [&'a str],
 }
 
 /// Checks every Secret resource of `response`; other responses pass untouched.
@@ -58,7 +61,13 @@ pub fn check(response: &DiscoveryResponse, may: Entitlement<'_>) -> Result<(), V
                     });
                 }
             }
-            _ => return Err(Violation::UnknownName(secret.name)),
+            name => {
+                match name.strip_prefix(switchboard_translator::names::CERTIFICATE_SECRET_PREFIX) {
+                    Some(c) if may.gateway_certificates.contains(&c) => {}
+                    Some(_) => return Err(Violation::NotEntitled(secret.name)),
+                    None => return Err(Violation::UnknownName(secret.name)),
+                }
+            }
         }
     }
     Ok(())
@@ -140,6 +149,7 @@ mod tests {
         let may = Entitlement {
             secrets: true,
             identity: Some(PAY),
+            gateway_certificates: &[],
         };
         assert_eq!(check(&response(&[root(), cert_for(PAY)]), may), Ok(()));
     }
@@ -149,6 +159,7 @@ mod tests {
         let anonymous = Entitlement {
             secrets: false,
             identity: None,
+            gateway_certificates: &[],
         };
         assert_eq!(
             check(&response(&[root()]), anonymous),
@@ -157,6 +168,7 @@ mod tests {
         let pay = Entitlement {
             secrets: true,
             identity: Some(PAY),
+            gateway_certificates: &[],
         };
         let other = "spiffe://acme.mesh.local/mesh/prod/service/other";
         assert_eq!(
@@ -169,6 +181,7 @@ mod tests {
         let no_identity = Entitlement {
             secrets: true,
             identity: None,
+            gateway_certificates: &[],
         };
         assert!(check(&response(&[cert_for(PAY)]), no_identity).is_err());
         let mut odd = root();
@@ -176,6 +189,19 @@ mod tests {
         assert_eq!(
             check(&response(&[odd]), pay),
             Err(Violation::UnknownName("kubernetes://other".into()))
+        );
+        // An uploaded certificate: only to the gateway naming it.
+        let mut web = root();
+        web.name = "certificate/web".into();
+        let edge = Entitlement {
+            secrets: true,
+            identity: None,
+            gateway_certificates: &["web"],
+        };
+        assert_eq!(check(&response(&[web.clone()]), edge), Ok(()));
+        assert_eq!(
+            check(&response(&[web]), pay),
+            Err(Violation::NotEntitled("certificate/web".into()))
         );
         // Other types pass untouched.
         let mut listeners = response(&[cert_for(PAY)]);

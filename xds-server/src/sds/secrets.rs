@@ -47,7 +47,7 @@ impl fmt::Debug for NodeSecret {
     }
 }
 
-fn inline(bytes: &[u8]) -> Option<DataSource> {
+pub(crate) fn inline(bytes: &[u8]) -> Option<DataSource> {
     Some(DataSource {
         specifier: Some(data_source::Specifier::InlineBytes(bytes.to_vec())),
         ..Default::default()

@@ -15,6 +15,7 @@ use rcgen::{
     KeyUsagePurpose, PKCS_ECDSA_P256_SHA256, SanType, SerialNumber,
 };
 use switchboard_model::TrustBundle;
+use switchboard_model::spec::SealedKey;
 use zeroize::Zeroizing;
 
 use crate::sds::{IssueError, IssuedCertificate, WorkloadIssuer};
@@ -34,6 +35,9 @@ struct MeshCas {
 
 /// The test mesh CA. Meshes get their root on first use.
 pub struct TestIssuer {
+    /// The key-encryption key uploaded certificates' keys are sealed with
+    /// ([`TestIssuer::seal_certificate_key`]).
+    kek: switchboard_pki::Kek,
     meshes: Mutex<BTreeMap<(String, String), MeshCas>>,
     /// Issued certificates are valid at most this long.
     max_validity: Mutex<Option<Duration>>,
@@ -58,6 +62,7 @@ fn failed(e: rcgen::Error) -> IssueError {
 impl TestIssuer {
     pub fn new() -> Arc<Self> {
         Arc::new(Self {
+            kek: switchboard_pki::Kek::parse(&"42".repeat(32)).unwrap_or_else(|_| unreachable!()),
             meshes: Mutex::new(BTreeMap::new()),
             max_validity: Mutex::new(None),
             refusing: Mutex::new(Vec::new()),
@@ -82,6 +87,21 @@ impl TestIssuer {
         if refuse {
             r.push((tenant.to_owned(), mesh.to_owned()));
         }
+    }
+
+    /// `key_pem` sealed as the API seals an uploaded certificate's key, for a spec written
+    /// to the store by a test.
+    pub fn seal_certificate_key(
+        &self,
+        tenant: &str,
+        mesh: &str,
+        name: &str,
+        key_pem: &str,
+    ) -> SealedKey {
+        let (kek_id, sealed) =
+            switchboard_pki::seal_certificate_key(&self.kek, tenant, mesh, name, key_pem)
+                .unwrap_or_else(|e| panic!("sealing failed: {e}"));
+        SealedKey { kek_id, sealed }
     }
 
     /// How many certificates were issued.
@@ -228,5 +248,23 @@ impl WorkloadIssuer for TestIssuer {
         mesh: &'a str,
     ) -> BoxFuture<'a, Result<TrustBundle, IssueError>> {
         Box::pin(async move { self.bundle(tenant, mesh) })
+    }
+
+    fn open_certificate_key(
+        &self,
+        tenant: &str,
+        mesh: &str,
+        name: &str,
+        sealed: &SealedKey,
+    ) -> Result<Zeroizing<String>, IssueError> {
+        switchboard_pki::open_certificate_key(
+            &self.kek,
+            tenant,
+            mesh,
+            name,
+            &sealed.kek_id,
+            &sealed.sealed,
+        )
+        .map_err(|e| IssueError::Failed(e.to_string()))
     }
 }

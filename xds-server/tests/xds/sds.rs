@@ -31,7 +31,7 @@ const SDS: &str = switchboard_xds_proto::type_url::SECRET;
 const BOTH: &[&str] = &["default", "ROOTCA"];
 
 /// Every log line of this test binary, to check that no key was ever logged.
-fn logs() -> &'static Arc<Mutex<Vec<u8>>> {
+pub(crate) fn logs() -> &'static Arc<Mutex<Vec<u8>>> {
     static LOGS: OnceLock<Arc<Mutex<Vec<u8>>>> = OnceLock::new();
     LOGS.get_or_init(|| {
         let buffer = Arc::new(Mutex::new(Vec::new()));
@@ -59,7 +59,7 @@ impl Write for Capture {
 
 /// Panics if any captured log line holds a secret: key material, a proxy token, a JWT
 /// (`switchboard_runtime::leaks`).
-fn assert_no_key_logged() {
+pub(crate) fn assert_no_key_logged() {
     let logs = logs().lock().unwrap();
     let text = String::from_utf8_lossy(&logs);
     assert!(!text.is_empty(), "the capture works");

@@ -177,6 +177,7 @@ pub fn tls(cert: &str, key: &str, alpn: &[&str]) -> DownstreamTls {
         alpn_protocols: alpn.iter().map(|p| (*p).to_owned()).collect(),
         client_validation: None,
         handshake_timeout: Duration::from_secs(5),
+        sni_certificates: Vec::new(),
     }
 }
 

@@ -26,11 +26,13 @@ use switchboard_xds_proto::{
     HttpFault, HttpRbac as PbHttpRbac, NetworkRbac as PbNetworkRbac, Router, type_url, unpack,
 };
 
+mod sni;
+
 pub(crate) use super::ads_source;
 use super::rbac::{HttpRbac, NetworkRbac, http_rbac, network_rbac};
 use super::route::{Clusters, Fault, RouteConfig, fault, route_config};
 use super::tls::downstream_socket;
-pub use super::tls::{ClientValidation, DataSource, DownstreamTls};
+pub use super::tls::{ClientValidation, DataSource, DownstreamTls, SniCertificate};
 pub use super::xfcc::Xfcc;
 use super::{ConfigError, Path, check_fields, duration, socket_addr};
 
@@ -306,6 +308,8 @@ enum Transport {
 
 struct Chain {
     transport: Transport,
+    /// `filter_chain_match.server_names` (lowercase; empty: any SNI).
+    server_names: Vec<String>,
     kind: ListenerKind,
     tls: Option<DownstreamTls>,
     network_rbac: Vec<NetworkRbac>,
@@ -323,11 +327,15 @@ fn filter_chain(chain: FilterChain, path: &Path) -> Result<Chain, ConfigError> {
         ],
         path,
     )?;
+    let server_names = match &chain.filter_chain_match {
+        None => Vec::new(),
+        Some(m) => sni::server_names(&m.server_names, &path.field("filter_chain_match"))?,
+    };
     let transport = match &chain.filter_chain_match {
         None => Transport::Any,
         Some(m) => {
             let p = path.field("filter_chain_match");
-            check_fields(m, &["transport_protocol"], &p)?;
+            check_fields(m, &["transport_protocol", "server_names"], &p)?;
             match m.transport_protocol.as_str() {
                 "" => Transport::Any,
                 "tls" => Transport::Tls,
@@ -394,14 +402,19 @@ fn filter_chain(chain: FilterChain, path: &Path) -> Result<Chain, ConfigError> {
     };
     Ok(Chain {
         transport,
+        server_names,
         kind,
         tls,
         network_rbac,
     })
 }
 
-/// One filter chain, or permissive mode's two: the TLS one first, then the plaintext one.
+/// One filter chain, or permissive mode's two: the TLS one first, then the plaintext one; or
+/// TLS chains chosen by SNI, merged into one (see `sni`).
 fn split_chains(chains: Vec<Chain>, path: &Path) -> Result<(Chain, Option<Chain>), ConfigError> {
+    if chains.iter().any(|c| !c.server_names.is_empty()) {
+        return sni::merge(chains, path).map(|c| (c, None));
+    }
     let count = chains.len();
     let mut chains = chains.into_iter();
     match (chains.next(), chains.next(), chains.next()) {

@@ -36,6 +36,30 @@ pub struct DownstreamTls {
     pub client_validation: Option<ClientValidation>,
     /// `transport_socket_connect_timeout` of the filter chain: the whole TLS handshake.
     pub handshake_timeout: Duration,
+    /// Certificates chosen by the client's SNI, from filter chains that differ only in their
+    /// certificate and `filter_chain_match.server_names`; `certificate_chain` and
+    /// `private_key` above are the default chain's (no SNI, or an SNI none of these names).
+    pub sni_certificates: Vec<SniCertificate>,
+}
+
+/// A certificate served to clients whose SNI is one of `server_names` (exact, or `*.`
+/// wildcards matching by the longest suffix, as Envoy matches them). `Debug` shows no key.
+#[derive(Clone, PartialEq)]
+pub struct SniCertificate {
+    /// Lowercase.
+    pub server_names: Vec<String>,
+    pub certificate_chain: DataSource,
+    pub private_key: DataSource,
+}
+
+impl std::fmt::Debug for SniCertificate {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SniCertificate")
+            .field("server_names", &self.server_names)
+            .field("certificate_chain", &self.certificate_chain)
+            .field("private_key", &Redacted(&self.private_key))
+            .finish()
+    }
 }
 
 impl std::fmt::Debug for DownstreamTls {
@@ -46,6 +70,7 @@ impl std::fmt::Debug for DownstreamTls {
             .field("alpn_protocols", &self.alpn_protocols)
             .field("client_validation", &self.client_validation)
             .field("handshake_timeout", &self.handshake_timeout)
+            .field("sni_certificates", &self.sni_certificates)
             .finish()
     }
 }
@@ -179,6 +204,7 @@ impl DownstreamTls {
         [Some(&self.certificate_chain), ca]
             .into_iter()
             .flatten()
+            .chain(self.sni_certificates.iter().map(|c| &c.certificate_chain))
             .filter_map(DataSource::secret)
             .collect()
     }
@@ -265,6 +291,7 @@ fn downstream_tls(
         alpn_protocols,
         client_validation,
         handshake_timeout,
+        sni_certificates: Vec::new(),
     })
 }
 
