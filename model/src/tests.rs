@@ -469,3 +469,21 @@ fn gateway_tls_names_certificates_once_each() {
         ]
     );
 }
+
+#[test]
+fn service_tls_needs_a_dns_name_and_pem_certificates() {
+    use crate::Kind;
+    let parse = |v: serde_json::Value| {
+        crate::Spec::parse(Kind::Service, v).and_then(|s| s.validate().map(|()| s))
+    };
+    assert!(parse(serde_json::json!({"port": 443, "tls": {"sni": "api.example.com"}})).is_ok());
+    let err = |v| parse(v).unwrap_err().to_string();
+    let e = err(serde_json::json!({"port": 443, "tls": {"sni": "not a name"}}));
+    assert!(e.contains("spec.tls.sni"), "{e}");
+    let e = err(
+        serde_json::json!({"port": 443, "tls": {"sni": "a.example", "caCertificates": "nope"}}),
+    );
+    assert!(e.contains("spec.tls.caCertificates"), "{e}");
+    let e = err(serde_json::json!({"port": 443, "protocol": "tcp", "tls": {"sni": "a.example"}}));
+    assert!(e.contains("spec.tls"), "{e}");
+}

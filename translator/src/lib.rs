@@ -30,6 +30,7 @@ mod listener;
 mod matcher;
 mod mtls;
 pub mod names;
+mod origination;
 mod rbac;
 mod resource;
 mod route;
@@ -122,8 +123,9 @@ pub struct MeshResources {
     pub proxyless_mtls_clusters: BTreeMap<String, Arc<XdsResource>>,
     /// CDS for sidecars and gateways: the same clusters with mesh mTLS towards endpoints that
     /// are mesh workloads (`transport_socket_matches`), when the effective mTLS mode is not
-    /// `off`; otherwise the very `Arc`s of [`MeshResources::clusters`]. Use
-    /// [`MeshResources::clusters_for`] to pick a node's.
+    /// `off`; otherwise the very `Arc`s of [`MeshResources::clusters`]. A service with `tls`
+    /// gets TLS origination instead, in any mode. Use [`MeshResources::clusters_for`] to pick
+    /// a node's.
     pub proxy_clusters: BTreeMap<String, Arc<XdsResource>>,
     /// EDS: one per service, even without endpoints, so that clients do not wait for it.
     pub load_assignments: BTreeMap<String, Arc<XdsResource>>,

@@ -25,7 +25,7 @@ pub use route::{
     Method, Mirror, PathMatch, PathMatchType, QueryMatch, QueryMatchType, Redirect, Retry, Rewrite,
     RouteMatch, RouteRule, RouteSpec,
 };
-pub use service::{CircuitBreaker, LbPolicy, OutlierDetection, Protocol, ServiceSpec};
+pub use service::{CircuitBreaker, LbPolicy, OutlierDetection, Protocol, ServiceSpec, ServiceTls};
 
 use crate::{FieldError, Kind, ValidationErrors};
 use serde::Serialize;

@@ -59,6 +59,21 @@ pub struct OutlierDetection {
     pub max_ejection_percent: Option<u32>,
 }
 
+/// TLS origination: sidecars and gateways call the service's endpoints over TLS (an API
+/// outside the mesh, a database that requires TLS) and verify the server as any TLS client
+/// does, so that the app can speak plaintext to its sidecar.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ServiceTls {
+    /// The server name sent (SNI) and the DNS name the server's certificate must hold.
+    #[schema(example = "api.example.com")]
+    pub sni: String,
+    /// PEM CA certificates the server's certificate must chain to; without them, the
+    /// platform's roots (the proxy host's system trust store).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_certificates: Option<String>,
+}
+
 /// A backend service: becomes an xDS Cluster named after it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
@@ -78,6 +93,9 @@ pub struct ServiceSpec {
     pub outlier_detection: Option<OutlierDetection>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub description: Option<String>,
+    /// Originate TLS towards the endpoints (see [`ServiceTls`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<ServiceTls>,
 }
 
 impl ServiceSpec {
@@ -106,6 +124,40 @@ impl ServiceSpec {
                 }
             }
         }
+        if let Some(tls) = &self.tls {
+            if rustls_pki_types::DnsName::try_from(tls.sni.as_str()).is_err() {
+                e.push("spec.tls.sni", "must be a DNS name (e.g. api.example.com)");
+            }
+            if let Some(pem) = &tls.ca_certificates
+                && let Err(why) = pem_certificates(pem)
+            {
+                e.push("spec.tls.caCertificates", why);
+            }
+            if self.protocol == Protocol::Tcp {
+                e.push(
+                    "spec.tls",
+                    "TLS origination is for HTTP, HTTP/2 and gRPC services; a tcp service's \
+                     clients speak TLS themselves",
+                );
+            }
+        }
         e.into_result()
     }
+}
+
+/// Checks that `pem` holds one or more PEM certificates and nothing else that looks like one.
+fn pem_certificates(pem: &str) -> Result<(), &'static str> {
+    use rustls_pki_types::CertificateDer;
+    use rustls_pki_types::pem::PemObject;
+    let mut count = 0;
+    for cert in CertificateDer::pem_slice_iter(pem.as_bytes()) {
+        if cert.is_err() {
+            return Err("is not valid PEM");
+        }
+        count += 1;
+    }
+    if count == 0 {
+        return Err("holds no PEM certificate (-----BEGIN CERTIFICATE-----)");
+    }
+    Ok(())
 }

@@ -18,7 +18,7 @@ use std::sync::Arc;
 
 use switchboard_proxy_xds::config::Secret;
 use switchboard_proxy_xds::config::listener::{DataSource, DownstreamTls};
-use switchboard_proxy_xds::config::tls::UpstreamTls;
+use switchboard_proxy_xds::config::tls::{TrustedCa, UpstreamTls};
 use tokio_rustls::rustls;
 use tokio_rustls::rustls::RootCertStore;
 use tokio_rustls::rustls::crypto::CryptoProvider;
@@ -53,6 +53,8 @@ pub enum TlsError {
     SecretKind { name: String, what: &'static str },
     #[error("the sni {0:?} is not a valid DNS name")]
     Sni(String),
+    #[error("the platform's trust store (system_root_certs) is unusable: {0}")]
+    SystemRoots(String),
 }
 
 /// SDS secrets by name, as the snapshot holds them.
@@ -164,7 +166,10 @@ pub async fn client_config(
 ) -> Result<(Arc<rustls::ClientConfig>, Option<ServerName<'static>>), TlsError> {
     let provider = provider();
     let verifier = Arc::new(verify::SanServerVerifier {
-        roots: roots(&tls.validation.trusted_ca, secrets).await?,
+        roots: match &tls.validation.trusted_ca {
+            TrustedCa::Source(source) => roots(source, secrets).await?,
+            TrustedCa::System => system_roots()?,
+        },
         matchers: tls.validation.san_matchers.clone(),
         provider: provider.clone(),
     });
@@ -195,6 +200,29 @@ pub async fn client_config(
         None => None,
     };
     Ok((Arc::new(config), sni))
+}
+
+/// The platform's trust store, read once (as Envoy reads `system_root_certs`): the
+/// certificates of the host's CA bundle (`SSL_CERT_FILE` / `SSL_CERT_DIR` override where).
+fn system_roots() -> Result<Arc<RootCertStore>, TlsError> {
+    static ROOTS: std::sync::OnceLock<Result<Arc<RootCertStore>, String>> =
+        std::sync::OnceLock::new();
+    ROOTS
+        .get_or_init(|| {
+            let found = rustls_native_certs::load_native_certs();
+            let mut roots = RootCertStore::empty();
+            let (added, _ignored) = roots.add_parsable_certificates(found.certs);
+            if added == 0 {
+                let why = found
+                    .errors
+                    .first()
+                    .map_or_else(|| "none found".to_owned(), ToString::to_string);
+                return Err(why);
+            }
+            Ok(Arc::new(roots))
+        })
+        .clone()
+        .map_err(TlsError::SystemRoots)
 }
 
 async fn roots(source: &DataSource, secrets: &Secrets) -> Result<Arc<RootCertStore>, TlsError> {

@@ -372,7 +372,9 @@ fn mesh_upstream(service: &str) -> UpstreamTls {
             DataSource::Sds("default".into()),
         )),
         validation: ServerValidation {
-            trusted_ca: DataSource::Sds("ROOTCA".into()),
+            trusted_ca: switchboard_proxy_xds::config::tls::TrustedCa::Source(DataSource::Sds(
+                "ROOTCA".into(),
+            )),
             san_matchers: vec![SanMatcher {
                 san_type: SanType::Uri,
                 matcher: SanMatch::Exact(format!("{MESH}{service}")),

@@ -309,6 +309,45 @@ impl Proxy {
         name: &str,
         metadata: &[(&str, String)],
     ) -> Proxy {
+        Proxy::spawn_env(cp, dir, token, name, metadata, &[])
+    }
+
+    /// [`Proxy::start`] with extra environment variables for the proxy process.
+    pub async fn start_env(
+        cp: &ControlPlane,
+        dir: &Path,
+        token: &Path,
+        name: &str,
+        metadata: &[(&str, String)],
+        env: &[(&str, &str)],
+    ) -> Proxy {
+        let proxy = Proxy::spawn_env(cp, dir, token, name, metadata, env);
+        let client = reqwest::Client::builder().no_proxy().build().unwrap();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Ok(r) = client.get(format!("{}/ready", proxy.admin)).send().await
+                && r.status() == 200
+            {
+                return proxy;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "proxy {name} did not become ready\n{}",
+                tail(&proxy.log, 4000)
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// [`Proxy::spawn`] with extra environment variables for the proxy process.
+    pub fn spawn_env(
+        cp: &ControlPlane,
+        dir: &Path,
+        token: &Path,
+        name: &str,
+        metadata: &[(&str, String)],
+        env: &[(&str, &str)],
+    ) -> Proxy {
         let admin = free_port();
         let log = dir.join(format!("{name}.log"));
         let (stdout, stderr) = log_stdio(&log);
@@ -328,6 +367,7 @@ impl Proxy {
         for (k, v) in metadata {
             cmd.args(["--metadata", &format!("{k}={v}")]);
         }
+        cmd.envs(env.iter().copied());
         if running_as_root() {
             // The proxy needs no privileges: under root (CI), prove it by running as nobody.
             use std::os::unix::fs::PermissionsExt;

@@ -193,7 +193,10 @@ fn rebuild_cluster(
         res.proxyless_mtls_clusters
             .insert(name.to_owned(), Arc::clone(&shared));
     }
-    if mode == MtlsMode::Off {
+    if let Some(tls) = &spec.tls {
+        let cluster = crate::origination::originating_cluster(plain, tls, spec.protocol);
+        put_resource(&mut res.proxy_clusters, name, &cluster);
+    } else if mode == MtlsMode::Off {
         res.proxy_clusters.insert(name.to_owned(), shared);
     } else {
         let cluster = proxy_cluster(config, name, spec.protocol, plain);

@@ -476,3 +476,67 @@ fn proxy_clusters_are_versioned_resources() {
     );
     assert_eq!(mesh("strict", true).translate(), res, "deterministic");
 }
+
+/// TLS origination: proxies' clusters of a service with `tls` carry an UpstreamTlsContext with
+/// its SNI, verifying against its CA or the platform's roots, in every mTLS mode; proxyless
+/// clients keep the plaintext cluster.
+#[test]
+fn services_with_tls_originate_it_from_proxies() {
+    use switchboard_translator::pb::envoy::config::core::v3::{DataSource, data_source};
+    use switchboard_translator::pb::envoy::extensions::transport_sockets::tls::v3::certificate_validation_context::SystemRootCerts;
+    for mode in ["off", "permissive", "strict"] {
+        let res = mesh(mode, true)
+            .service(
+                "ext",
+                json!({"port": 443, "tls": {"sni": "api.example.com"}}),
+            )
+            .service(
+                "pinned",
+                json!({"port": 443, "protocol": "grpc",
+                       "tls": {"sni": "db.example.com", "caCertificates": "PEM"}}),
+            )
+            .translate();
+        let cluster = |name: &str| -> Cluster { decode(&res.proxy_clusters, name) };
+        let ext = cluster("ext");
+        assert!(
+            ext.transport_socket_matches.is_empty(),
+            "{mode}: not mesh mTLS"
+        );
+        let tls = upstream(ext.transport_socket.as_ref().unwrap());
+        assert_eq!(tls.sni, "api.example.com");
+        let common = tls.common_tls_context.unwrap();
+        assert_eq!(common.alpn_protocols, ["http/1.1"]);
+        assert!(
+            common.tls_certificate_sds_secret_configs.is_empty(),
+            "no client certificate"
+        );
+        let Some(common_tls_context::ValidationContextType::ValidationContext(v)) =
+            common.validation_context_type
+        else {
+            panic!("{mode}: no validation context");
+        };
+        assert_eq!(v.system_root_certs, Some(SystemRootCerts::default()));
+        assert_eq!(v.trusted_ca, None);
+
+        let pinned = upstream(cluster("pinned").transport_socket.as_ref().unwrap());
+        assert_eq!(pinned.sni, "db.example.com");
+        let common = pinned.common_tls_context.unwrap();
+        assert_eq!(common.alpn_protocols, ["h2"]);
+        let Some(common_tls_context::ValidationContextType::ValidationContext(v)) =
+            common.validation_context_type
+        else {
+            panic!("{mode}: no validation context");
+        };
+        assert_eq!(
+            v.trusted_ca,
+            Some(DataSource {
+                specifier: Some(data_source::Specifier::InlineString("PEM".into())),
+                ..Default::default()
+            })
+        );
+        assert_eq!(v.system_root_certs, None);
+        // Proxyless gRPC clients: the plaintext cluster.
+        let plain: Cluster = decode(&res.clusters, "ext");
+        assert_eq!(plain.transport_socket, None);
+    }
+}

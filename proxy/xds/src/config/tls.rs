@@ -127,10 +127,19 @@ impl std::fmt::Debug for UpstreamTls {
     }
 }
 
+/// Where the roots that verify a server come from.
+#[derive(Debug, Clone, PartialEq)]
+pub enum TrustedCa {
+    /// PEM CA certificates.
+    Source(DataSource),
+    /// The platform's trust store (`system_root_certs`), for servers outside the mesh.
+    System,
+}
+
 /// How a server certificate is checked.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ServerValidation {
-    pub trusted_ca: DataSource,
+    pub trusted_ca: TrustedCa,
     /// The server's certificate must have a SAN matching one of these; none means the DNS
     /// name of `sni` is checked, as for any TLS client.
     pub san_matchers: Vec<SanMatcher>,
@@ -214,7 +223,11 @@ impl UpstreamTls {
     /// The SDS secrets this context needs.
     pub fn secret_names(&self) -> Vec<&str> {
         let chain = self.client_certificate.as_ref().map(|(c, _)| c);
-        [chain, Some(&self.validation.trusted_ca)]
+        let ca = match &self.validation.trusted_ca {
+            TrustedCa::Source(s) => Some(s),
+            TrustedCa::System => None,
+        };
+        [chain, ca]
             .into_iter()
             .flatten()
             .filter_map(DataSource::secret)
@@ -272,11 +285,17 @@ fn downstream_tls(
         ));
     };
     let client_validation = match (validation, required) {
-        (Some((trusted_ca, san_matchers)), required) => Some(ClientValidation {
+        (Some((TrustedCa::Source(trusted_ca), san_matchers)), required) => Some(ClientValidation {
             trusted_ca,
             required,
             san_matchers,
         }),
+        (Some((TrustedCa::System, _)), _) => {
+            return Err(p.field("validation_context.system_root_certs").err(
+                "client certificates are verified against a CA of your own (trusted_ca), not \
+                 the platform's roots",
+            ));
+        }
         (None, true) => {
             return Err(path.field("require_client_certificate").err(
                 "client certificates cannot be verified without a trusted CA \
@@ -340,8 +359,9 @@ fn upstream_tls(ctx: UpstreamTlsContext, path: &Path) -> Result<UpstreamTls, Con
     let sni = Some(ctx.sni).filter(|s| !s.is_empty());
     let Some((trusted_ca, san_matchers)) = validation else {
         return Err(path.field("common_tls_context").err(
-            "a validation context with the trusted CA is required (validation_context.trusted_ca, \
-             or an SDS validation context): this proxy does not use the platform's roots",
+            "a validation context is required (validation_context.trusted_ca, \
+             validation_context.system_root_certs for the platform's roots, or an SDS \
+             validation context)",
         ));
     };
     let validation = ServerValidation {
@@ -365,7 +385,7 @@ fn upstream_tls(ctx: UpstreamTlsContext, path: &Path) -> Result<UpstreamTls, Con
 struct CommonTls {
     certificate: Option<(DataSource, DataSource)>,
     alpn_protocols: Vec<String>,
-    validation: Option<(DataSource, Vec<SanMatcher>)>,
+    validation: Option<(TrustedCa, Vec<SanMatcher>)>,
 }
 
 fn common_tls(c: CommonTlsContext, path: &Path) -> Result<CommonTls, ConfigError> {
@@ -431,18 +451,26 @@ fn common_tls(c: CommonTlsContext, path: &Path) -> Result<CommonTls, ConfigError
         None => None,
         Some(V::ValidationContext(v)) => {
             let vp = path.field("validation_context");
+            let system = v.system_root_certs.is_some();
             let (ca, sans) = validation_context(v, &vp)?;
-            let Some(ca) = ca else {
-                return Err(vp.field("trusted_ca").err(
-                    "required (filename, inline_bytes or inline_string; or use an SDS \
-                     validation context)",
-                ));
+            let ca = match (ca, system) {
+                (Some(ca), false) => TrustedCa::Source(ca),
+                (None, true) => TrustedCa::System,
+                (Some(_), true) => {
+                    return Err(vp.err("give trusted_ca or system_root_certs, not both"));
+                }
+                (None, false) => {
+                    return Err(vp.field("trusted_ca").err(
+                        "required (filename, inline_bytes or inline_string; system_root_certs \
+                         for the platform's roots; or use an SDS validation context)",
+                    ));
+                }
             };
             Some((ca, sans))
         }
         Some(V::ValidationContextSdsSecretConfig(s)) => {
             let name = sds_name(&s, &path.field("validation_context_sds_secret_config"))?;
-            Some((DataSource::Sds(name), Vec::new()))
+            Some((TrustedCa::Source(DataSource::Sds(name)), Vec::new()))
         }
         Some(V::CombinedValidationContext(combined)) => {
             let cp = path.field("combined_validation_context");
@@ -455,6 +483,11 @@ fn common_tls(c: CommonTlsContext, path: &Path) -> Result<CommonTls, ConfigError
                 &cp,
             )?;
             let (inline_ca, sans) = match combined.default_validation_context {
+                Some(v) if v.system_root_certs.is_some() => {
+                    return Err(cp
+                        .field("default_validation_context.system_root_certs")
+                        .err("not supported in a combined validation context"));
+                }
                 Some(v) => validation_context(v, &cp.field("default_validation_context"))?,
                 None => (None, Vec::new()),
             };
@@ -470,7 +503,7 @@ fn common_tls(c: CommonTlsContext, path: &Path) -> Result<CommonTls, ConfigError
                     .err("required"));
             };
             let name = sds_name(s, &cp.field("validation_context_sds_secret_config"))?;
-            Some((DataSource::Sds(name), sans))
+            Some((TrustedCa::Source(DataSource::Sds(name)), sans))
         }
         Some(_) => {
             return Err(path.err(
@@ -493,7 +526,15 @@ fn validation_context(
     v: CertificateValidationContext,
     path: &Path,
 ) -> Result<Validation, ConfigError> {
-    check_fields(&v, &["trusted_ca", "match_typed_subject_alt_names"], path)?;
+    check_fields(
+        &v,
+        &[
+            "trusted_ca",
+            "system_root_certs",
+            "match_typed_subject_alt_names",
+        ],
+        path,
+    )?;
     let ca = v
         .trusted_ca
         .map(|s| required_source(Some(s), &path.field("trusted_ca")))
