@@ -283,22 +283,7 @@ impl Proxy {
         name: &str,
         metadata: &[(&str, String)],
     ) -> Proxy {
-        let proxy = Proxy::spawn(cp, dir, token, name, metadata);
-        let client = reqwest::Client::builder().no_proxy().build().unwrap();
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            if let Ok(r) = client.get(format!("{}/ready", proxy.admin)).send().await
-                && r.status() == 200
-            {
-                return proxy;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "proxy {name} did not become ready\n{}",
-                tail(&proxy.log, 4000)
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        Proxy::start_env(cp, dir, token, name, metadata, &[]).await
     }
 
     /// Starts a proxy named `name` with node `metadata`, without waiting for anything.
