@@ -22,16 +22,8 @@ mod common;
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
-use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
-use http_body_util::{BodyExt, Full};
-use hyper::body::Bytes;
-use hyper_util::rt::TokioIo;
-use rcgen::{
-    BasicConstraints, CertificateParams, CertifiedIssuer, DnType, ExtendedKeyUsagePurpose, IsCa,
-    KeyPair, KeyUsagePurpose,
-};
 use serde_json::{Value, json};
 use switchboard_xds_proto::pb::envoy::config::core::v3::data_source::Specifier;
 use switchboard_xds_proto::pb::envoy::extensions::transport_sockets::tls::v3::{Secret, secret};
@@ -39,101 +31,14 @@ use switchboard_xds_proto::{type_url, unpack};
 use switchboard_xds_server::testing::{AdsClient, node, with_metadata};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::process::Command;
-use tokio_rustls::TlsConnector;
-use tokio_rustls::rustls::pki_types::pem::PemObject;
-use tokio_rustls::rustls::pki_types::{CertificateDer, ServerName};
-use tokio_rustls::rustls::{self, ClientConfig, RootCertStore};
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
 
 use common::tail;
+use common::tls::{Https, certificates};
 
 const ADMIN: &str = "xds-client-cert-test-admin-token";
 
-/// A CA, and a server certificate for localhost with its key, in `dir`.
-fn server_certificates(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
-    let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
-    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    ca.distinguished_name
-        .push(DnType::CommonName, "switchboard test CA");
-    ca.key_usages = vec![
-        KeyUsagePurpose::KeyCertSign,
-        KeyUsagePurpose::DigitalSignature,
-    ];
-    let ca = CertifiedIssuer::self_signed(ca, KeyPair::generate().unwrap()).unwrap();
-    let key = KeyPair::generate().unwrap();
-    let mut leaf =
-        CertificateParams::new(vec!["localhost".to_owned(), "127.0.0.1".to_owned()]).unwrap();
-    leaf.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
-    leaf.distinguished_name
-        .push(DnType::CommonName, "localhost");
-    let leaf = leaf.signed_by(&key, &ca).unwrap();
-    let paths = (
-        dir.join("ca.pem"),
-        dir.join("cert.pem"),
-        dir.join("key.pem"),
-    );
-    std::fs::write(&paths.0, ca.pem()).unwrap();
-    std::fs::write(&paths.1, leaf.pem()).unwrap();
-    std::fs::write(&paths.2, key.serialize_pem()).unwrap();
-    paths
-}
-
-/// REST over TLS as the platform admin.
-struct Https {
-    addr: String,
-    config: Arc<ClientConfig>,
-}
-
 impl Https {
-    fn new(rest: &str, ca: &Path) -> Self {
-        let mut roots = RootCertStore::empty();
-        roots
-            .add(CertificateDer::from_pem_file(ca).unwrap())
-            .unwrap();
-        let config =
-            ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-                .with_safe_default_protocol_versions()
-                .unwrap()
-                .with_root_certificates(roots)
-                .with_no_client_auth();
-        Self {
-            addr: rest.trim_start_matches("http://").to_owned(),
-            config: Arc::new(config),
-        }
-    }
-
-    async fn call(&self, method: &str, path: &str, body: Value) -> (u16, Value) {
-        let tcp = tokio::net::TcpStream::connect(&self.addr).await.unwrap();
-        let tls = TlsConnector::from(self.config.clone())
-            .connect(ServerName::try_from("localhost").unwrap(), tcp)
-            .await
-            .unwrap();
-        let (mut send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
-            .await
-            .unwrap();
-        tokio::spawn(conn);
-        let req = hyper::Request::builder()
-            .method(method)
-            .uri(path)
-            .header("host", "localhost")
-            .header("authorization", format!("Bearer {ADMIN}"))
-            .header("content-type", "application/json")
-            .body(Full::new(Bytes::from(body.to_string())))
-            .unwrap();
-        let resp = send.send_request(req).await.unwrap();
-        let status = resp.status().as_u16();
-        let bytes = resp.into_body().collect().await.unwrap().to_bytes();
-        (
-            status,
-            serde_json::from_slice(&bytes).unwrap_or(Value::Null),
-        )
-    }
-
-    async fn put(&self, path: &str, body: Value) {
-        let (status, r) = self.call("PUT", path, body).await;
-        assert_eq!(status, 200, "PUT {path}: {r}");
-    }
-
     /// A proxy token of `tenant` (`format`: opaque or jwt): its secret and id.
     async fn token(&self, tenant: &str, body: Value) -> (String, String) {
         let (status, r) = self
@@ -161,7 +66,7 @@ impl Env {
     async fn start() -> Env {
         let dir = tempfile::tempdir().unwrap();
         let d = dir.path();
-        let (ca, cert, key) = server_certificates(d);
+        let (ca, cert, key) = certificates(d);
         let log = d.join("switchboard.log");
         let data = d.join("data");
         let server = common::start(
@@ -183,7 +88,7 @@ impl Env {
             Some(&log),
         )
         .await;
-        let api = Https::new(&server.rest, &ca);
+        let api = Https::new(&server.rest, &ca, ADMIN);
         for tenant in ["acme", "globex"] {
             let (status, r) = api
                 .call("POST", "/v1/tenants", json!({"name": tenant}))
