@@ -252,7 +252,7 @@ impl DeltaType {
             if name == WILDCARD {
                 self.wildcard = true;
                 self.legacy = false;
-            } else if self.names.insert(name.clone()) && self.held.get(name.as_str()).is_none() {
+            } else if self.names.insert(name.clone()) && !self.held.contains(name.as_str()) {
                 self.pending.insert(name.clone());
             }
         }
