@@ -499,3 +499,166 @@ async fn a_half_closed_stream_gets_what_it_is_owed_then_ends_ok() {
     let end = client.ended().await;
     assert_eq!(end.message(), "the server closed the stream", "{end:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_moved_route_goes_make_before_break() {
+    let env = env().await;
+    env.put(
+        "prod",
+        Kind::Route,
+        "r",
+        json!({"hostnames": ["shop"], "rules": [{"backends": [{"service": "pay"}]}]}),
+    )
+    .await;
+    let mut client = env.delta("prod", "a").await;
+    client.subscribe(LDS, &["shop"], &[]).await.unwrap();
+    client.subscribe(RDS, &["r"], &[]).await.unwrap();
+    client.subscribe(CDS, &[], &[]).await.unwrap();
+    client.subscribe(EDS, &["pay", "new"], &[]).await.unwrap();
+    collect_delta(&mut client, |got| {
+        [LDS, RDS, CDS, EDS]
+            .iter()
+            .all(|t| got.iter().any(|r| r.type_url == *t))
+    })
+    .await;
+    // A new service, the route moved to it, and the old one deleted.
+    env.put("prod", Kind::Service, "new", json!({"port": 8080}))
+        .await;
+    env.put(
+        "prod",
+        Kind::Route,
+        "r",
+        json!({"hostnames": ["shop"], "rules": [{"backends": [{"service": "new"}]}]}),
+    )
+    .await;
+    env.delete("prod", Kind::Service, "pay").await;
+    let has = |r: &DeltaDiscoveryResponse, t: &str, name: &str| {
+        r.type_url == t && sent(r).iter().any(|n| n == name)
+    };
+    let gone = |r: &DeltaDiscoveryResponse, t: &str, name: &str| {
+        r.type_url == t && r.removed_resources.iter().any(|n| n == name)
+    };
+    let got = collect_delta(&mut client, |got| {
+        got.iter().any(|r| gone(r, CDS, "pay")) && got.iter().any(|r| gone(r, EDS, "pay"))
+    })
+    .await;
+    let at = |f: &dyn Fn(&DeltaDiscoveryResponse) -> bool| {
+        got.iter().position(f).unwrap_or_else(|| {
+            panic!(
+                "missing step in {:?}",
+                got.iter()
+                    .map(|r| (&r.type_url, sent(r), &r.removed_resources))
+                    .collect::<Vec<_>>()
+            )
+        })
+    };
+    let cds_new = at(&|r| has(r, CDS, "new"));
+    let eds_new = at(&|r| has(r, EDS, "new"));
+    let route = at(&|r| r.type_url == RDS && !r.resources.is_empty());
+    let eds_gone = at(&|r| gone(r, EDS, "pay"));
+    let cds_gone = at(&|r| gone(r, CDS, "pay"));
+    assert!(
+        cds_new < eds_new && eds_new < route && route < eds_gone && eds_gone < cds_gone,
+        "order: {:?}",
+        got.iter()
+            .map(|r| (&r.type_url, sent(r), &r.removed_resources))
+            .collect::<Vec<_>>()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unknown_type_gets_an_empty_answer() {
+    let env = env().await;
+    let mut client = env.delta("prod", "a").await;
+    let runtime = "type.googleapis.com/envoy.service.runtime.v3.Runtime";
+    client.subscribe(runtime, &[], &[]).await.unwrap();
+    let r = client.recv().await.unwrap();
+    assert_eq!(r.type_url, runtime);
+    assert!(r.resources.is_empty() && r.removed_resources.is_empty());
+    client.subscribe(CDS, &[], &[]).await.unwrap();
+    assert_eq!(sent(&client.recv().await.unwrap()), ["pay"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn revocation_and_mesh_deletion_end_delta_streams() {
+    let env = env().await;
+    let leaked = env
+        .store
+        .create_credential(
+            "acme",
+            switchboard_store::CredentialKind::ProxyToken,
+            None,
+            "leaked",
+        )
+        .await
+        .unwrap();
+    let mut doomed = DeltaClient::connect(
+        &env.server.url(),
+        node("acme", "prod", "r1"),
+        Some(&leaked.secret),
+    )
+    .await
+    .unwrap();
+    doomed.subscribe(CDS, &[], &[]).await.unwrap();
+    doomed.recv_and_ack().await.unwrap();
+    env.store
+        .revoke_credential(
+            "acme",
+            switchboard_store::CredentialKind::ProxyToken,
+            &leaked.credential.id,
+        )
+        .await
+        .unwrap();
+    let status = doomed.ended().await;
+    assert_eq!(status.code(), Code::Unauthenticated, "{status:?}");
+    assert!(status.message().contains("revoked"), "{status:?}");
+
+    let mut dev = env.delta("dev", "d").await;
+    dev.subscribe(CDS, &[], &[]).await.unwrap();
+    dev.recv_and_ack().await.unwrap();
+    env.delete("", Kind::Mesh, "dev").await;
+    assert_eq!(dev.ended().await.code(), Code::NotFound);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn csds_reports_a_delta_stream() {
+    use switchboard_xds_proto::pb::envoy::admin::v3::ClientResourceStatus;
+    use switchboard_xds_proto::pb::envoy::service::status::v3::ClientStatusRequest;
+    use switchboard_xds_proto::service::csds::ClientStatusDiscoveryServiceClient;
+    let env = env().await;
+    let mut client = env.delta("prod", "a").await;
+    client.subscribe(CDS, &[], &[]).await.unwrap();
+    let r = client.recv_and_ack().await.unwrap();
+    client.subscribe(EDS, &["ghost"], &[]).await.unwrap();
+    client.recv_and_ack().await.unwrap();
+    assert_delta_quiet(&mut client).await;
+    let api_key = switchboard_xds_server::testing::secret(
+        &env.store,
+        "acme",
+        switchboard_store::CredentialKind::ApiKey,
+        None,
+    )
+    .await
+    .unwrap();
+    let mut csds = ClientStatusDiscoveryServiceClient::connect(env.server.url())
+        .await
+        .unwrap();
+    let mut request = tonic::Request::new(ClientStatusRequest::default());
+    request.metadata_mut().insert(
+        "authorization",
+        format!("Bearer {api_key}").parse().unwrap(),
+    );
+    let response = csds
+        .fetch_client_status(request)
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(response.config.len(), 1);
+    let pay = response.config[0]
+        .generic_xds_configs
+        .iter()
+        .find(|c| c.type_url == CDS && c.name == "pay")
+        .expect("cluster pay");
+    assert_eq!(pay.client_status, ClientResourceStatus::Acked as i32);
+    assert_eq!(pay.version_info, r.system_version_info);
+}
