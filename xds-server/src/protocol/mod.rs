@@ -23,6 +23,9 @@
 //! ([`StreamState::next_response`]), never queued per change, so a slow client skips
 //! intermediate states. The stream remembers what it sent (shared `Arc`s, never copies): a
 //! NACKed version is not sent again until the resources change.
+//!
+//! [`delta::DeltaState`] is the incremental variant of the same protocol, over the same
+//! [`Resources`].
 
 pub mod delta;
 #[cfg(test)]
