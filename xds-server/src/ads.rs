@@ -16,7 +16,7 @@ use prost::Message;
 use switchboard_model::identity::TrustBundle;
 use switchboard_store::Store;
 use switchboard_translator::NodeRole;
-use switchboard_xds_proto::{DiscoveryRequest, DiscoveryResponse, ResourceType};
+use switchboard_xds_proto::{DiscoveryRequest, DiscoveryResponse, Node, ResourceType};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
@@ -24,13 +24,13 @@ use tracing::{Instrument, field};
 
 use crate::auth::cert::{RootsCache, check_claim, reverify};
 use crate::auth::{self, Admitted, AuthError, Presented};
-use crate::cache::{MeshState, SnapshotCache};
+use crate::cache::{MeshHandle, MeshState, SnapshotCache};
 use crate::expiry::Expiry;
 use crate::metrics::{self, StreamGauge};
 use crate::node::{
     NodeId, describe_role, has_certificate_providers, node_role, sidecar_endpoint_meta,
 };
-use crate::protocol::{Handled, Limits, ProtocolError, StreamState};
+use crate::protocol::{Handled, Limits, ProtocolError, StreamState, Subscriptions};
 use crate::registration::{Desired, Registered, Registrar};
 use crate::revocation::{Held, Revocations};
 use crate::sds::guard::{self, Entitlement};
@@ -39,6 +39,10 @@ use crate::sds::{NodeSecret, WorkloadIssuer, wants_default};
 use crate::snapshot::MeshSnapshot;
 use crate::status::{Acked, Nacked, ProxyRegistry, ProxyStatus, Registration, Sent};
 use crate::view::NodeView;
+
+mod delta;
+
+pub use delta::DeltaResponseStream;
 
 /// The responses of one stream, as tonic sends them.
 pub type ResponseStream = ReceiverStream<Result<DiscoveryResponse, Status>>;
@@ -142,6 +146,22 @@ impl Engine {
                 "the first request was accepted without a node",
             ));
         };
+        let admission = self.admit(id, service, client, node, &node_id).await?;
+        self.serve(state, handled, admission, node_id, requests, tx)
+            .await
+    }
+
+    /// Admits a stream whose first request named `node`, for SotW and delta alike: checks
+    /// its credential and claim, holds it for revocation and expiry, registers its status
+    /// (and a sidecar's endpoint) and builds its view. An error ends the stream.
+    async fn admit(
+        &self,
+        id: u64,
+        service: &'static str,
+        client: Client,
+        node: Node,
+        node_id: &NodeId,
+    ) -> Result<Admission, Status> {
         let role = node_role(&node).map_err(|e| Status::invalid_argument(e.to_string()))?;
         let certificate_providers = has_certificate_providers(&node)
             .map_err(|e| Status::invalid_argument(e.to_string()))?;
@@ -177,7 +197,7 @@ impl Engine {
             &self.cache,
             &self.roots,
             presented,
-            &node_id,
+            node_id,
             SystemTime::now(),
         )
         .await
@@ -187,9 +207,9 @@ impl Engine {
             check_claim(identity, &role).map_err(|e| e.status())?;
         }
         // Held for the stream's life: a revoked token ends the stream, on any replica.
-        let mut token_hold = credential.map(|id| self.revocations.hold(&id));
+        let token_hold = credential.map(|id| self.revocations.hold(&id));
         // And no longer than the credential is valid.
-        let mut expiry = Expiry::new(expires);
+        let expiry = Expiry::new(expires);
         // A certificate is checked again whenever the mesh's bundle changes (a completed CA
         // rotation stops trusting the old root).
         let mut trusted = match (&identity, certificates) {
@@ -203,7 +223,7 @@ impl Engine {
             return Err(Status::unavailable("the mesh is not loaded; retry"));
         };
         if let Some(t) = &mut trusted {
-            t.follow(&snapshot, &self.roots, &node_id)?;
+            t.follow(&snapshot, &self.roots, node_id)?;
         }
         let registration = self.registry.register(ProxyStatus {
             stream_id: id,
@@ -229,7 +249,7 @@ impl Engine {
                 if authenticated && self.registrar.enabled() =>
             {
                 match Desired::new(&node_id.name, params, &meta, peer) {
-                    Ok(desired) => self.registrar.register(id, &node_id, desired),
+                    Ok(desired) => self.registrar.register(id, node_id, desired),
                     Err(e) => {
                         tracing::warn!(error = %e, "not registering the sidecar as an endpoint");
                         None
@@ -245,6 +265,40 @@ impl Engine {
         } else {
             view
         };
+        Ok(Admission {
+            mesh,
+            authenticated,
+            token_hold,
+            expiry,
+            trusted,
+            registration,
+            endpoint,
+            view,
+            admitted_revision,
+        })
+    }
+
+    /// The state-of-the-world loop of an admitted stream.
+    async fn serve(
+        &self,
+        state: StreamState,
+        handled: Handled,
+        admission: Admission,
+        node_id: NodeId,
+        mut requests: Streaming<DiscoveryRequest>,
+        tx: mpsc::Sender<Result<DiscoveryResponse, Status>>,
+    ) -> Result<(), Status> {
+        let Admission {
+            mut mesh,
+            authenticated,
+            mut token_hold,
+            mut expiry,
+            mut trusted,
+            registration,
+            endpoint,
+            view,
+            admitted_revision,
+        } = admission;
         let mut stream = Stream {
             admitted_revision,
             state,
@@ -291,61 +345,21 @@ impl Engine {
                     stream.view.set_certificate(Some(certificate));
                     dirty = true;
                 }
-                changed = mesh.changed() => match changed {
-                    Ok(MeshState::Ready(snapshot)) => {
-                        if !authenticated && !snapshot.spec.allow_unauthenticated_xds {
-                            return Err(AuthError::Unauthenticated.status());
-                        }
-                        if let Some(t) = &mut trusted {
-                            t.follow(&snapshot, &self.roots, &node_id)?;
-                        }
+                changed = mesh.changed() => {
+                    let followed = self.follow(changed, authenticated, &mut trusted, &node_id)?;
+                    if let Some(snapshot) = followed {
                         stream.view.update(snapshot);
                         stream.sync_certificate(self.issuer.as_ref());
                         dirty = true;
                     }
-                    Ok(MeshState::Missing) => {
-                        return Err(Status::not_found(format!(
-                            "mesh {:?} of tenant {:?} was deleted",
-                            node_id.mesh, node_id.tenant
-                        )));
-                    }
-                    Ok(MeshState::Loading | MeshState::Unavailable(_)) => {}
-                    Err(e) => return Err(Status::unavailable(e.to_string())),
-                },
+                }
                 permit = tx.reserve(), if dirty => {
                     let Ok(permit) = permit else {
                         return Ok(());
                     };
                     match stream.next() {
                         Some(response) => {
-                            // Isolation, checked on every response: what goes out comes from
-                            // the node's own tenant and mesh, or not at all.
-                            let from = stream.view.snapshot();
-                            if from.tenant != node_id.tenant || from.mesh != node_id.mesh {
-                                tracing::error!(
-                                    snapshot_tenant = %from.tenant, snapshot_mesh = %from.mesh,
-                                    "a response was built from another mesh's snapshot; ending the stream"
-                                );
-                                return Err(Status::internal(
-                                    "internal error: refusing to send another mesh's configuration",
-                                ));
-                            }
-                            let identity = stream.view.identity();
-                            let certificates: Vec<&str> =
-                                stream.view.gateway_certificate_names().collect();
-                            let may = Entitlement {
-                                secrets: stream.view.serves_secrets(),
-                                identity: identity.as_deref(),
-                                gateway_certificates: &certificates,
-                            };
-                            if let Err(v) = guard::check(&response, may) {
-                                tracing::error!(violation = %v, "refusing to send a secret; ending the stream");
-                                // Debug builds (the test suite) fail loudly on a violation.
-                                debug_assert!(false, "SDS isolation violated: {v}");
-                                return Err(Status::internal(
-                                    "internal error: refusing to send a secret this stream may not have",
-                                ));
-                            }
+                            release(&stream.view, &node_id, |may| guard::check(&response, may))?;
                             permit.send(Ok(response))
                         }
                         None => dirty = false,
@@ -354,6 +368,89 @@ impl Engine {
             }
         }
     }
+}
+
+impl Engine {
+    /// What a mesh change means for an admitted stream: the snapshot to serve from now on
+    /// (`None`: keep the current one), or the status that ends the stream.
+    fn follow(
+        &self,
+        changed: Result<MeshState, crate::cache::CacheError>,
+        authenticated: bool,
+        trusted: &mut Option<Trusted>,
+        node_id: &NodeId,
+    ) -> Result<Option<Arc<MeshSnapshot>>, Status> {
+        match changed {
+            Ok(MeshState::Ready(snapshot)) => {
+                if !authenticated && !snapshot.spec.allow_unauthenticated_xds {
+                    return Err(AuthError::Unauthenticated.status());
+                }
+                if let Some(t) = trusted {
+                    t.follow(&snapshot, &self.roots, node_id)?;
+                }
+                Ok(Some(snapshot))
+            }
+            Ok(MeshState::Missing) => Err(Status::not_found(format!(
+                "mesh {:?} of tenant {:?} was deleted",
+                node_id.mesh, node_id.tenant
+            ))),
+            Ok(MeshState::Loading | MeshState::Unavailable(_)) => Ok(None),
+            Err(e) => Err(Status::unavailable(e.to_string())),
+        }
+    }
+}
+
+/// What admission gives a stream: everything it holds for its life besides its protocol
+/// state.
+struct Admission {
+    mesh: MeshHandle,
+    authenticated: bool,
+    /// Held for the stream's life: a revoked token ends the stream, on any replica.
+    token_hold: Option<Held>,
+    expiry: Expiry,
+    /// The client certificate, checked again when the mesh's bundle changes.
+    trusted: Option<Trusted>,
+    registration: Registration,
+    endpoint: Option<Registered>,
+    view: NodeView,
+    admitted_revision: i64,
+}
+
+/// The last check before a response leaves, SotW or delta: it comes from the node's own
+/// tenant and mesh, and `check` (the SDS guard) passes it for what the stream may receive.
+fn release(
+    view: &NodeView,
+    node_id: &NodeId,
+    check: impl FnOnce(Entitlement<'_>) -> Result<(), guard::Violation>,
+) -> Result<(), Status> {
+    // Isolation, checked on every response: what goes out comes from the node's own tenant
+    // and mesh, or not at all.
+    let from = view.snapshot();
+    if from.tenant != node_id.tenant || from.mesh != node_id.mesh {
+        tracing::error!(
+            snapshot_tenant = %from.tenant, snapshot_mesh = %from.mesh,
+            "a response was built from another mesh's snapshot; ending the stream"
+        );
+        return Err(Status::internal(
+            "internal error: refusing to send another mesh's configuration",
+        ));
+    }
+    let identity = view.identity();
+    let certificates: Vec<&str> = view.gateway_certificate_names().collect();
+    let may = Entitlement {
+        secrets: view.serves_secrets(),
+        identity: identity.as_deref(),
+        gateway_certificates: &certificates,
+    };
+    if let Err(v) = check(may) {
+        tracing::error!(violation = %v, "refusing to send a secret; ending the stream");
+        // Debug builds (the test suite) fail loudly on a violation.
+        debug_assert!(false, "SDS isolation violated: {v}");
+        return Err(Status::internal(
+            "internal error: refusing to send a secret this stream may not have",
+        ));
+    }
+    Ok(())
 }
 
 /// What a client brought to its stream, taken from the request before its body is read.
@@ -416,9 +513,9 @@ fn invalid(e: ProtocolError) -> Status {
     Status::invalid_argument(e.to_string())
 }
 
-/// An admitted stream's state.
-struct Stream {
-    state: StreamState,
+/// An admitted stream's state, `S` its protocol state (SotW or delta).
+struct Stream<S = StreamState> {
+    state: S,
     view: NodeView,
     registration: Registration,
     gauge: StreamGauge,
@@ -437,7 +534,7 @@ struct Stream {
     renewal: Option<Renewal>,
 }
 
-impl Stream {
+impl<S: Subscriptions> Stream<S> {
     /// Starts, updates or stops the `default` certificate's renewal task to match what the
     /// stream subscribes to and what the mesh says now.
     fn sync_certificate(&mut self, issuer: Option<&Arc<dyn WorkloadIssuer>>) {
@@ -543,7 +640,9 @@ impl Stream {
             );
         }
     }
+}
 
+impl Stream {
     /// The next response to write, if any.
     fn next(&mut self) -> Option<DiscoveryResponse> {
         let out = self.state.next_response(&self.view)?;

@@ -8,11 +8,12 @@
 //! and the REST API report it.
 //!
 //! Code map:
-//! - [`protocol`]: the state-of-the-world protocol per stream (pure, no IO).
+//! - [`protocol`]: the state-of-the-world and delta protocols per stream (pure, no IO).
 //! - [`node`]: node id and role (pure).
 //! - [`snapshot`], [`cache`], [`watcher`]: per-mesh snapshots and their updates.
 //! - [`view`]: what one node may see of a snapshot.
-//! - `ads`, [`services`]: the stream driver and the ADS/LDS/RDS/CDS/EDS/SDS services.
+//! - `ads`, [`services`]: the stream drivers (SotW, and delta in `ads/delta.rs`) and the
+//!   ADS/LDS/RDS/CDS/EDS/SDS services.
 //! - [`sds`]: secrets (`ROOTCA`, the node's `default` certificate), the port to the mesh CA
 //!   and the per-stream renewal task.
 //! - [`auth`]: proxy tokens and anonymous access; `revocation` ends the streams of a
@@ -61,7 +62,7 @@ pub mod watcher;
 #[cfg(feature = "testing")]
 pub mod testing;
 
-pub use ads::ResponseStream;
+pub use ads::{DeltaResponseStream, ResponseStream};
 pub use cache::{CacheError, MeshHandle, MeshState, SnapshotCache, TrustSource};
 pub use node::{NodeError, NodeId, SidecarEndpointMeta};
 pub use registration::{DEFAULT_GRACE_PERIOD, endpoint_name, parse_grace_period};

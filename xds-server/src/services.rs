@@ -1,18 +1,16 @@
 //! The discovery services: ADS, and LDS, RDS, CDS, EDS and SDS for clients that open one
 //! stream per type. All run the same engine; the single-type services are ADS limited to one type.
-//! Delta (incremental) xDS is not served: clients fall back to state of the world.
+//! Each serves state-of-the-world and delta (incremental) xDS.
 
 use std::sync::Arc;
 
-use futures::stream::BoxStream;
 use switchboard_xds_proto::service::{ads, cds, eds, lds, rds, sds};
 use switchboard_xds_proto::{
-    DeltaDiscoveryRequest, DeltaDiscoveryResponse, DiscoveryRequest, DiscoveryResponse,
-    ResourceType,
+    DeltaDiscoveryRequest, DiscoveryRequest, DiscoveryResponse, ResourceType,
 };
 use tonic::{Request, Response, Status, Streaming};
 
-use crate::ads::{Engine, ResponseStream};
+use crate::ads::{DeltaResponseStream, Engine, ResponseStream};
 use crate::auth::cert::check_claim;
 use crate::auth::{self, Admitted, Presented};
 use crate::cache::MeshState;
@@ -21,16 +19,6 @@ use crate::protocol::StreamState;
 use crate::sds::secrets::node_secret;
 use crate::sds::wants_default;
 use crate::view::NodeView;
-
-/// What the delta methods answer.
-type DeltaStream = BoxStream<'static, Result<DeltaDiscoveryResponse, Status>>;
-
-fn no_delta() -> Status {
-    Status::unimplemented(
-        "incremental (delta) xDS is not supported: configure the client for state-of-the-world \
-         xDS (api_type GRPC, not DELTA_GRPC)",
-    )
-}
 
 /// The aggregated discovery service.
 #[derive(Debug, Clone)]
@@ -47,7 +35,7 @@ impl AdsService {
 #[tonic::async_trait]
 impl ads::AggregatedDiscoveryService for AdsService {
     type StreamAggregatedResourcesStream = ResponseStream;
-    type DeltaAggregatedResourcesStream = DeltaStream;
+    type DeltaAggregatedResourcesStream = DeltaResponseStream;
 
     async fn stream_aggregated_resources(
         &self,
@@ -58,9 +46,9 @@ impl ads::AggregatedDiscoveryService for AdsService {
 
     async fn delta_aggregated_resources(
         &self,
-        _request: Request<Streaming<DeltaDiscoveryRequest>>,
-    ) -> Result<Response<DeltaStream>, Status> {
-        Err(no_delta())
+        request: Request<Streaming<DeltaDiscoveryRequest>>,
+    ) -> Result<Response<DeltaResponseStream>, Status> {
+        Ok(self.engine.open_delta(None, request))
     }
 }
 
@@ -174,7 +162,7 @@ macro_rules! single_type_service {
         #[tonic::async_trait]
         impl $module::$trait for $name {
             type $stream_ty = ResponseStream;
-            type $delta_ty = DeltaStream;
+            type $delta_ty = DeltaResponseStream;
 
             async fn $stream_fn(
                 &self,
@@ -185,9 +173,9 @@ macro_rules! single_type_service {
 
             async fn $delta_fn(
                 &self,
-                _request: Request<Streaming<DeltaDiscoveryRequest>>,
-            ) -> Result<Response<DeltaStream>, Status> {
-                Err(no_delta())
+                request: Request<Streaming<DeltaDiscoveryRequest>>,
+            ) -> Result<Response<DeltaResponseStream>, Status> {
+                Ok(self.engine.open_delta(Some($rtype), request))
             }
 
             async fn $fetch_fn(

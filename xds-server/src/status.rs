@@ -29,7 +29,8 @@ pub struct ProxyStatus {
     pub node: Node,
     /// "proxyless", "sidecar of {service}", "gateway {name}".
     pub role: String,
-    /// "ADS", or the single-type service ("CDS", ...).
+    /// "ADS", or the single-type service ("CDS", ...); "delta ADS", "delta CDS", ... for
+    /// incremental streams.
     pub service: &'static str,
     /// Whether the stream presented a proxy token (else the mesh admits anonymous clients).
     pub authenticated: bool,

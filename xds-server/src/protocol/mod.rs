@@ -23,7 +23,13 @@
 //! ([`StreamState::next_response`]), never queued per change, so a slow client skips
 //! intermediate states. The stream remembers what it sent (shared `Arc`s, never copies): a
 //! NACKed version is not sent again until the resources change.
+//!
+//! [`delta::DeltaState`] is the incremental variant of the same protocol, over the same
+//! [`Resources`].
 
+pub mod delta;
+#[cfg(test)]
+mod delta_tests;
 mod subscription;
 #[cfg(test)]
 mod tests;
@@ -54,6 +60,18 @@ pub trait Resources {
     fn get(&self, t: ResourceType, name: &str) -> Option<&Arc<XdsResource>>;
     /// Everything of type `t` a wildcard subscription of this node receives.
     fn wildcard(&self, t: ResourceType) -> Box<dyn Iterator<Item = &Arc<XdsResource>> + '_>;
+    /// Whether `name` of type `t` does not exist yet but is on its way (a `default`
+    /// certificate being issued): the delta protocol then does not answer it as missing.
+    fn pending(&self, _t: ResourceType, _name: &str) -> bool {
+        false
+    }
+}
+
+/// What a stream subscribes to, whichever variant of the protocol it speaks.
+pub trait Subscriptions {
+    /// The subscription of type `t`: (wildcard, explicitly named resources); `None` if the
+    /// client never asked for `t`.
+    fn subscription(&self, t: ResourceType) -> Option<(bool, Vec<String>)>;
 }
 
 /// Per-stream limits.
@@ -177,14 +195,68 @@ pub struct Outgoing {
     pub phase: Phase,
 }
 
+/// The node of a stream: set by its first request, never changed after.
+#[derive(Debug, Default)]
+pub(crate) struct NodeSlot {
+    node: Option<Node>,
+    id: Option<NodeId>,
+}
+
+impl NodeSlot {
+    pub(crate) fn node(&self) -> Option<&Node> {
+        self.node.as_ref()
+    }
+
+    pub(crate) fn id(&self) -> Option<&NodeId> {
+        self.id.as_ref()
+    }
+
+    /// Takes the node of a request: required on the first, optional (but the same) after.
+    pub(crate) fn check(&mut self, incoming: Option<&Node>) -> Result<(), ProtocolError> {
+        match (&self.id, incoming) {
+            (None, None) => Err(NodeError::Missing.into()),
+            (None, Some(node)) if node.id.is_empty() => Err(NodeError::Missing.into()),
+            (None, Some(node)) => {
+                self.id = Some(NodeId::parse(&node.id)?);
+                self.node = Some(node.clone());
+                Ok(())
+            }
+            (Some(first), Some(node)) if !node.id.is_empty() && node.id != first.to_string() => {
+                Err(ProtocolError::NodeChanged {
+                    first: first.to_string(),
+                    now: node.id.chars().take(300).collect(),
+                })
+            }
+            (Some(_), _) => Ok(()),
+        }
+    }
+}
+
+/// The type URL a request is for: its own, or the service's on a single-type stream (where
+/// it may be left empty, and must not name another type).
+pub(crate) fn resolve_type(
+    only: Option<ResourceType>,
+    type_url: &str,
+) -> Result<&str, ProtocolError> {
+    match (type_url, only) {
+        ("", Some(t)) => Ok(t.type_url()),
+        ("", None) => Err(ProtocolError::MissingTypeUrl),
+        (url, Some(t)) if url != t.type_url() => Err(ProtocolError::WrongType {
+            service: t.short_name(),
+            expected: t.type_url(),
+            actual: url.to_owned(),
+        }),
+        (url, _) => Ok(url),
+    }
+}
+
 /// One stream's protocol state.
 #[derive(Debug)]
 pub struct StreamState {
     /// Set for the single-type services (LDS, RDS, CDS, EDS); `None` for ADS.
     only: Option<ResourceType>,
     limits: Limits,
-    node: Option<Node>,
-    node_id: Option<NodeId>,
+    node: NodeSlot,
     types: BTreeMap<ResourceType, TypeState>,
     /// Unknown type URLs seen, and whether their empty answer is still to be sent.
     unknown: BTreeMap<String, bool>,
@@ -206,8 +278,7 @@ impl StreamState {
         Self {
             only,
             limits,
-            node: None,
-            node_id: None,
+            node: NodeSlot::default(),
             types: BTreeMap::new(),
             unknown: BTreeMap::new(),
             nonce: 0,
@@ -216,12 +287,12 @@ impl StreamState {
 
     /// The node from the first request.
     pub fn node(&self) -> Option<&Node> {
-        self.node.as_ref()
+        self.node.node.as_ref()
     }
 
     /// The parsed node id from the first request.
     pub fn node_id(&self) -> Option<&NodeId> {
-        self.node_id.as_ref()
+        self.node.id.as_ref()
     }
 
     /// The subscription of type `t`: (wildcard, explicitly named resources); `None` if the
@@ -237,19 +308,8 @@ impl StreamState {
 
     /// Takes in one request. An error ends the stream (INVALID_ARGUMENT); nothing else does.
     pub fn handle(&mut self, req: &DiscoveryRequest) -> Result<Handled, ProtocolError> {
-        self.check_node(req)?;
-        let type_url = match (req.type_url.as_str(), self.only) {
-            ("", Some(t)) => t.type_url(),
-            ("", None) => return Err(ProtocolError::MissingTypeUrl),
-            (url, Some(t)) if url != t.type_url() => {
-                return Err(ProtocolError::WrongType {
-                    service: t.short_name(),
-                    expected: t.type_url(),
-                    actual: url.to_owned(),
-                });
-            }
-            (url, _) => url,
-        };
+        self.node.check(req.node.as_ref())?;
+        let type_url = resolve_type(self.only, &req.type_url)?;
         if req.resource_names.len() > self.limits.max_resource_names {
             return Err(ProtocolError::TooManyNames {
                 type_url: type_url.to_owned(),
@@ -280,25 +340,6 @@ impl StreamState {
             nack,
             stale,
         })
-    }
-
-    fn check_node(&mut self, req: &DiscoveryRequest) -> Result<(), ProtocolError> {
-        match (&self.node_id, &req.node) {
-            (None, None) => Err(NodeError::Missing.into()),
-            (None, Some(node)) if node.id.is_empty() => Err(NodeError::Missing.into()),
-            (None, Some(node)) => {
-                self.node_id = Some(NodeId::parse(&node.id)?);
-                self.node = Some(node.clone());
-                Ok(())
-            }
-            (Some(first), Some(node)) if !node.id.is_empty() && node.id != first.to_string() => {
-                Err(ProtocolError::NodeChanged {
-                    first: first.to_string(),
-                    now: node.id.chars().take(300).collect(),
-                })
-            }
-            (Some(_), _) => Ok(()),
-        }
     }
 
     /// The next response to send given what the node may see now, or `None` when the client
@@ -354,5 +395,11 @@ impl StreamState {
     fn next_nonce(&mut self) -> String {
         self.nonce += 1;
         self.nonce.to_string()
+    }
+}
+
+impl Subscriptions for StreamState {
+    fn subscription(&self, t: ResourceType) -> Option<(bool, Vec<String>)> {
+        StreamState::subscription(self, t)
     }
 }

@@ -15,7 +15,7 @@ use super::{Ack, Nack, Outgoing, Phase, Resources, WILDCARD};
 /// A resource the client was sent, ordered and looked up by name. Only a pointer to the
 /// snapshot's resource: streams never copy resources.
 #[derive(Debug, Clone)]
-struct Held(Arc<XdsResource>);
+pub(super) struct Held(pub(super) Arc<XdsResource>);
 
 impl Borrow<str> for Held {
     fn borrow(&self) -> &str {
@@ -96,7 +96,7 @@ impl Plan<'_> {
     }
 }
 
-fn same(a: &Arc<XdsResource>, b: &Arc<XdsResource>) -> bool {
+pub(super) fn same(a: &Arc<XdsResource>, b: &Arc<XdsResource>) -> bool {
     Arc::ptr_eq(a, b) || (a.version == b.version && a.resource.type_url == b.resource.type_url)
 }
 
@@ -298,17 +298,22 @@ impl TypeState {
         }
     }
 
-    /// The version of what the client holds after the response: a digest of the names and
-    /// versions, so equal content gets an equal version on any replica and after reconnects.
+    /// The version of what the client holds after the response.
     fn version(&self) -> String {
-        let mut hash = Sha256::new();
-        for h in &self.held {
-            hash.update(h.0.name.as_bytes());
-            hash.update([0]);
-            hash.update(h.0.version.as_bytes());
-            hash.update([0]);
-        }
-        let digest = hash.finalize();
-        hex::encode(&digest[..8])
+        digest(self.held.iter().map(|h| &h.0))
     }
+}
+
+/// The version of a set of resources: a digest of their names and versions, so equal content
+/// gets an equal version on any replica and after reconnects.
+pub(super) fn digest<'a>(held: impl Iterator<Item = &'a Arc<XdsResource>>) -> String {
+    let mut hash = Sha256::new();
+    for r in held {
+        hash.update(r.name.as_bytes());
+        hash.update([0]);
+        hash.update(r.version.as_bytes());
+        hash.update([0]);
+    }
+    let digest = hash.finalize();
+    hex::encode(&digest[..8])
 }

@@ -17,14 +17,14 @@ const NODE: &str = "tenants/acme/meshes/prod/nodes/n1";
 
 /// A fake mesh: every resource visible to the node.
 #[derive(Default)]
-struct Fake {
+pub(super) struct Fake {
     revision: i64,
     by_type: BTreeMap<ResourceType, BTreeMap<String, Arc<XdsResource>>>,
 }
 
 impl Fake {
     /// Adds or changes `name`; `v` goes into the message so a new `v` is a new version.
-    fn put(&mut self, t: ResourceType, name: &str, v: u32) {
+    pub(super) fn put(&mut self, t: ResourceType, name: &str, v: u32) {
         let tag = format!("v{v}");
         let r = match t {
             ResourceType::Cluster => XdsResource::new(
@@ -68,7 +68,7 @@ impl Fake {
         self.revision += 1;
     }
 
-    fn remove(&mut self, t: ResourceType, name: &str) {
+    pub(super) fn remove(&mut self, t: ResourceType, name: &str) {
         self.by_type.entry(t).or_default().remove(name);
         self.revision += 1;
     }

@@ -11,7 +11,7 @@
 
 use switchboard_xds_proto::pb::envoy::config::core::v3::{DataSource, data_source};
 use switchboard_xds_proto::pb::envoy::extensions::transport_sockets::tls::v3::{Secret, secret};
-use switchboard_xds_proto::{DiscoveryResponse, ResourceType, unpack};
+use switchboard_xds_proto::{Any, DeltaDiscoveryResponse, DiscoveryResponse, ResourceType, unpack};
 
 use super::{DEFAULT, ROOTCA};
 
@@ -24,6 +24,8 @@ pub enum Violation {
     UnknownName(String),
     #[error("secret `default` is not a certificate this server can read")]
     Unreadable,
+    #[error("a delta resource named {declared:?} carries secret {found:?}")]
+    NameMismatch { declared: String, found: String },
     #[error("secret `default` is for {found:?}, not for the node's identity {expected:?}")]
     WrongIdentity {
         found: String,
@@ -42,11 +44,43 @@ pub struct Entitlement<'a> {
 
 /// Checks every Secret resource of `response`; other responses pass untouched.
 pub fn check(response: &DiscoveryResponse, may: Entitlement<'_>) -> Result<(), Violation> {
-    if response.type_url != ResourceType::Secret.type_url() {
+    let resources = response.resources.iter().map(|any| (None, Some(any)));
+    check_resources(&response.type_url, resources, may)
+}
+
+/// [`check`] for a delta response, whose resources also carry their name outside the
+/// secret: that name must be the secret's own (a client files the secret under it).
+/// `removed_resources` carry no secret material and pass.
+pub fn check_delta(
+    response: &DeltaDiscoveryResponse,
+    may: Entitlement<'_>,
+) -> Result<(), Violation> {
+    let resources = response
+        .resources
+        .iter()
+        .map(|r| (Some(r.name.as_str()), r.resource.as_ref()));
+    check_resources(&response.type_url, resources, may)
+}
+
+fn check_resources<'a>(
+    type_url: &str,
+    resources: impl Iterator<Item = (Option<&'a str>, Option<&'a Any>)>,
+    may: Entitlement<'_>,
+) -> Result<(), Violation> {
+    if type_url != ResourceType::Secret.type_url() {
         return Ok(());
     }
-    for any in &response.resources {
+    for (declared, any) in resources {
+        let Some(any) = any else { continue };
         let secret: Secret = unpack(any).map_err(|_| Violation::Unreadable)?;
+        if let Some(declared) = declared
+            && declared != secret.name
+        {
+            return Err(Violation::NameMismatch {
+                declared: declared.to_owned(),
+                found: secret.name,
+            });
+        }
         if !may.secrets {
             return Err(Violation::NotEntitled(secret.name));
         }
@@ -207,5 +241,54 @@ mod tests {
         let mut listeners = response(&[cert_for(PAY)]);
         listeners.type_url = ResourceType::Listener.type_url().into();
         assert_eq!(check(&listeners, anonymous), Ok(()));
+    }
+
+    fn delta(secrets: &[(&str, Secret)]) -> DeltaDiscoveryResponse {
+        DeltaDiscoveryResponse {
+            type_url: ResourceType::Secret.type_url().into(),
+            resources: secrets
+                .iter()
+                .map(|(name, s)| switchboard_xds_proto::Resource {
+                    name: (*name).to_owned(),
+                    resource: Some(pack(s)),
+                    ..Default::default()
+                })
+                .collect(),
+            removed_resources: vec!["certificate/gone".into()],
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn delta_responses_get_the_same_rules_and_their_names_must_match() {
+        let pay = Entitlement {
+            secrets: true,
+            identity: Some(PAY),
+            gateway_certificates: &[],
+        };
+        let ok = delta(&[(ROOTCA, root()), (DEFAULT, cert_for(PAY))]);
+        assert_eq!(check_delta(&ok, pay), Ok(()));
+        let anonymous = Entitlement {
+            secrets: false,
+            identity: None,
+            gateway_certificates: &[],
+        };
+        assert_eq!(
+            check_delta(&delta(&[(ROOTCA, root())]), anonymous),
+            Err(Violation::NotEntitled(ROOTCA.into()))
+        );
+        let other = "spiffe://acme.mesh.local/mesh/prod/service/other";
+        assert!(matches!(
+            check_delta(&delta(&[(DEFAULT, cert_for(other))]), pay),
+            Err(Violation::WrongIdentity { .. })
+        ));
+        // A root filed under `default` would replace the node's certificate.
+        assert_eq!(
+            check_delta(&delta(&[(DEFAULT, root())]), pay),
+            Err(Violation::NameMismatch {
+                declared: DEFAULT.into(),
+                found: ROOTCA.into()
+            })
+        );
     }
 }

@@ -21,7 +21,7 @@
 
 use switchboard_xds_proto::ResourceType;
 
-use crate::protocol::StreamState;
+use crate::protocol::Subscriptions;
 
 pub mod ca;
 pub mod certificates;
@@ -34,7 +34,7 @@ pub use secrets::{CertificateInfo, DEFAULT, NodeSecret, ROOTCA};
 
 /// Whether a stream's Secret subscription covers `default` (by name or wildcard): only then
 /// is a certificate issued for it.
-pub(crate) fn wants_default(state: &StreamState) -> bool {
+pub(crate) fn wants_default(state: &(impl Subscriptions + ?Sized)) -> bool {
     state
         .subscription(ResourceType::Secret)
         .is_some_and(|(wildcard, names)| wildcard || names.iter().any(|n| n == DEFAULT))

@@ -2,8 +2,10 @@
 //! client driven by hand, so tests send each request and assert each response, ACK and NACK,
 //! and a mesh CA for SDS ([`TestIssuer`]).
 
+mod delta;
 mod issuer;
 
+pub use delta::DeltaClient;
 pub use issuer::TestIssuer;
 
 use std::net::SocketAddr;

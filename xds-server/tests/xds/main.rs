@@ -8,6 +8,7 @@ mod ads;
 mod auth;
 mod authorization;
 mod cache;
+mod delta;
 mod gateway_certs;
 mod mtls;
 mod sds;

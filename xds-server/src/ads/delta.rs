@@ -1,0 +1,295 @@
+//! The incremental (delta) xDS stream: the SotW stream's admission, status, metrics, SDS
+//! guard and flow control around the delta protocol state ([`DeltaState`]).
+//!
+//! **Half-close.** A client that half-closes still gets the responses owed to the requests it
+//! sent (what [`DeltaState::next_response`] has for the current snapshot), then the stream
+//! ends OK. It waits for no ACK, and is held no longer than [`HALF_CLOSE_GRACE`] (a client
+//! that does not read).
+
+use std::collections::BTreeMap;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use prost::Message;
+use switchboard_translator::XdsResource;
+use switchboard_xds_proto::{DeltaDiscoveryRequest, DeltaDiscoveryResponse, ResourceType};
+use tokio::sync::mpsc;
+use tokio::time::Sleep;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status, Streaming};
+use tracing::{Instrument, field};
+
+use super::{Admission, Client, Engine, Stream, issued, release, revoked};
+use crate::metrics::{self, StreamGauge};
+use crate::protocol::Resources;
+use crate::protocol::delta::{DeltaError, DeltaState};
+use crate::sds::{DEFAULT, guard};
+use crate::status::Sent;
+use crate::view::NodeView;
+
+/// The responses of one delta stream, as tonic sends them.
+pub type DeltaResponseStream = ReceiverStream<Result<DeltaDiscoveryResponse, Status>>;
+
+/// How long a stream is held after its client half-closed, to send what it is owed.
+pub const HALF_CLOSE_GRACE: Duration = Duration::from_secs(10);
+
+/// The service name a delta stream reports in its status.
+fn service_name(only: Option<ResourceType>) -> &'static str {
+    match only {
+        None => "delta ADS",
+        Some(ResourceType::Listener) => "delta LDS",
+        Some(ResourceType::RouteConfiguration) => "delta RDS",
+        Some(ResourceType::Cluster) => "delta CDS",
+        Some(ResourceType::ClusterLoadAssignment) => "delta EDS",
+        Some(ResourceType::Secret) => "delta SDS",
+    }
+}
+
+fn invalid(e: DeltaError) -> Status {
+    Status::invalid_argument(e.to_string())
+}
+
+impl Engine {
+    /// Starts serving a delta stream of `only` one type, or of every type (ADS). Returns at
+    /// once, as [`Engine::open`] does.
+    pub(crate) fn open_delta(
+        self: &Arc<Self>,
+        only: Option<ResourceType>,
+        request: Request<Streaming<DeltaDiscoveryRequest>>,
+    ) -> Response<DeltaResponseStream> {
+        let id = self.registry.next_stream_id();
+        let service = service_name(only);
+        let client = Client {
+            token: crate::auth::bearer(request.metadata()),
+            peer: request.remote_addr(),
+            certificates: request.peer_certs(),
+        };
+        let requests = request.into_inner();
+        let (tx, rx) = mpsc::channel(self.queue.max(1));
+        let span = tracing::info_span!(
+            "xds_stream",
+            stream = id,
+            service,
+            peer = ?client.peer,
+            node = field::Empty,
+            role = field::Empty,
+        );
+        let engine = Arc::clone(self);
+        tokio::spawn(
+            async move {
+                let out = tx.clone();
+                match engine.drive_delta(id, only, client, requests, tx).await {
+                    Ok(()) => tracing::debug!("stream closed"),
+                    Err(status) => {
+                        tracing::info!(code = ?status.code(), message = status.message(), "stream ended");
+                        let _ = out.send(Err(status)).await;
+                    }
+                }
+            }
+            .instrument(span),
+        );
+        Response::new(ReceiverStream::new(rx))
+    }
+
+    async fn drive_delta(
+        &self,
+        id: u64,
+        only: Option<ResourceType>,
+        client: Client,
+        mut requests: Streaming<DeltaDiscoveryRequest>,
+        tx: mpsc::Sender<Result<DeltaDiscoveryResponse, Status>>,
+    ) -> Result<(), Status> {
+        let mut state = match only {
+            Some(t) => DeltaState::single(t, self.limits),
+            None => DeltaState::aggregated(self.limits),
+        };
+        let first = match requests.message().await {
+            Ok(Some(r)) => r,
+            Ok(None) => return Ok(()),
+            Err(status) => return Err(status),
+        };
+        let handled = state.handle(&first).map_err(invalid)?;
+        let (Some(node), Some(node_id)) = (state.node().cloned(), state.node_id().cloned()) else {
+            return Err(Status::internal(
+                "the first request was accepted without a node",
+            ));
+        };
+        let admission = self
+            .admit(id, service_name(only), client, node, &node_id)
+            .await?;
+        let Admission {
+            mut mesh,
+            authenticated,
+            mut token_hold,
+            mut expiry,
+            mut trusted,
+            registration,
+            endpoint,
+            view,
+            admitted_revision,
+        } = admission;
+        let mut stream = Stream {
+            admitted_revision,
+            state,
+            view,
+            registration,
+            gauge: StreamGauge::new(&node_id.tenant),
+            tenant: node_id.tenant.clone(),
+            _endpoint: endpoint,
+            convergence: BTreeMap::new(),
+            measured: BTreeMap::new(),
+            renewal: None,
+        };
+        stream.took(handled);
+        stream.sync_certificate(self.issuer.as_ref());
+        let mut dirty = true;
+        // Set when the client half-closes: the end of the grace it is held for.
+        let mut closing: Option<Pin<Box<Sleep>>> = None;
+        loop {
+            tokio::select! {
+                biased;
+                message = requests.message(), if closing.is_none() => match message {
+                    Ok(Some(req)) => {
+                        let handled = stream.state.handle(&req).map_err(invalid)?;
+                        stream.took(handled);
+                        stream.sync_certificate(self.issuer.as_ref());
+                        dirty = true;
+                    }
+                    Ok(None) if !dirty => return Ok(()),
+                    Ok(None) => {
+                        tracing::debug!("the client half-closed; sending what it is owed");
+                        closing = Some(Box::pin(tokio::time::sleep(HALF_CLOSE_GRACE)));
+                    }
+                    Err(status) => {
+                        tracing::debug!(%status, "the client's request stream failed");
+                        return Err(status);
+                    }
+                },
+                () = grace(&mut closing) => {
+                    tracing::info!(
+                        grace = ?HALF_CLOSE_GRACE,
+                        "the half-closed client did not take what it was owed in time; ending the stream"
+                    );
+                    return Ok(());
+                }
+                () = revoked(&mut token_hold) => {
+                    return Err(Status::unauthenticated(
+                        "the proxy token of this stream was revoked: create a new proxy token \
+                         and reconnect with it",
+                    ));
+                }
+                expired = expiry.reached() => {
+                    return Err(expired.status());
+                }
+                certificate = issued(&mut stream.renewal) => {
+                    stream.view.set_certificate(Some(certificate));
+                    dirty = true;
+                }
+                changed = mesh.changed() => {
+                    let followed = self.follow(changed, authenticated, &mut trusted, &node_id)?;
+                    if let Some(snapshot) = followed {
+                        stream.view.update(snapshot);
+                        stream.sync_certificate(self.issuer.as_ref());
+                        dirty = true;
+                    }
+                }
+                permit = tx.reserve(), if dirty => {
+                    let Ok(permit) = permit else {
+                        return Ok(());
+                    };
+                    match stream.next_delta() {
+                        Some(response) => {
+                            release(&stream.view, &node_id, |may| guard::check_delta(&response, may))?;
+                            permit.send(Ok(response));
+                        }
+                        // Everything owed is out.
+                        None if closing.is_some() => return Ok(()),
+                        None => dirty = false,
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Resolves when the half-close grace is over; never before the client half-closed.
+async fn grace(closing: &mut Option<Pin<Box<Sleep>>>) {
+    match closing {
+        Some(sleep) => sleep.as_mut().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// The node's view, and whether its `default` certificate is being issued: a delta client
+/// waiting for it is not told it does not exist.
+struct Awaiting<'a> {
+    view: &'a NodeView,
+    certificate: bool,
+}
+
+impl Resources for Awaiting<'_> {
+    fn revision(&self) -> i64 {
+        self.view.revision()
+    }
+
+    fn get(&self, t: ResourceType, name: &str) -> Option<&Arc<XdsResource>> {
+        self.view.get(t, name)
+    }
+
+    fn wildcard(&self, t: ResourceType) -> Box<dyn Iterator<Item = &Arc<XdsResource>> + '_> {
+        self.view.wildcard(t)
+    }
+
+    fn pending(&self, t: ResourceType, name: &str) -> bool {
+        self.certificate && t == ResourceType::Secret && name == DEFAULT
+    }
+}
+
+impl Stream<DeltaState> {
+    /// The next delta response to write, if any, recorded in the status and metrics.
+    fn next_delta(&mut self) -> Option<DeltaDiscoveryResponse> {
+        let awaiting = Awaiting {
+            view: &self.view,
+            certificate: self.renewal.is_some() && self.view.certificate().is_none(),
+        };
+        let out = self.state.next_response(&awaiting)?;
+        let response = out.response();
+        let Some(rtype) = out.rtype else {
+            return Some(response);
+        };
+        metrics::pushed(&self.tenant, rtype, response.encoded_len());
+        if let Some(at) = self.view.snapshot().committed_at {
+            // As in SotW: the first push of a newly committed revision measures it.
+            let measured = self.measured.entry(rtype).or_insert(self.admitted_revision);
+            if out.revision > *measured {
+                *measured = out.revision;
+                self.convergence.insert(rtype, (out.nonce.clone(), at));
+            }
+        }
+        let sent = Sent {
+            version: out.system_version_info.clone(),
+            nonce: out.nonce.clone(),
+            revision: out.revision,
+            time: SystemTime::now(),
+        };
+        tracing::debug!(
+            r#type = %rtype,
+            version = %sent.version,
+            nonce = %sent.nonce,
+            revision = sent.revision,
+            resources = out.resources.len(),
+            removed = out.removed.len(),
+            phase = ?out.phase,
+            "delta push"
+        );
+        if rtype == ResourceType::Secret
+            && let Some(c) = self.view.certificate()
+            && out.state.iter().any(|r| Arc::ptr_eq(r, &c.resource))
+        {
+            self.registration.record_certificate(c.info.clone());
+        }
+        self.registration.record_sent(rtype, sent, out.state);
+        Some(response)
+    }
+}
