@@ -63,6 +63,8 @@ pub(crate) struct Engine {
     pub(crate) roots: RootsCache,
     /// The mesh CA, for `default` certificates; `None` serves none.
     pub(crate) issuer: Option<Arc<dyn WorkloadIssuer>>,
+    /// Open streams per tenant, against the tenant's `streams` quota.
+    pub(crate) streams: Arc<crate::quotas::TenantStreams>,
 }
 
 impl std::fmt::Debug for Engine {
@@ -202,6 +204,7 @@ impl Engine {
         )
         .await
         .map_err(|e| e.status())?;
+        let _quota = self.streams.admit(&self.store, &node_id.tenant).await?;
         // A certificate speaks for one service: the node may claim no other.
         if let Some(identity) = &identity {
             check_claim(identity, &role).map_err(|e| e.status())?;
