@@ -30,6 +30,9 @@ pub struct QuotaProblem {
     pub limit: u64,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub current: Option<u64>,
+    /// Seconds for `Retry-After` (a header, not in the body).
+    #[serde(skip)]
+    pub retry_after: u64,
 }
 
 #[derive(Debug)]
@@ -39,9 +42,8 @@ pub struct ApiError {
     pub title: &'static str,
     pub detail: String,
     pub errors: Vec<FieldError>,
-    pub quota: Option<QuotaProblem>,
-    /// Seconds for `Retry-After`.
-    pub retry_after: Option<u64>,
+    /// Boxed: rare, and every handler's `Result` carries an `ApiError`.
+    pub quota: Option<Box<QuotaProblem>>,
 }
 
 impl ApiError {
@@ -58,7 +60,6 @@ impl ApiError {
             detail: detail.into(),
             errors: vec![],
             quota: None,
-            retry_after: None,
         }
     }
     pub fn not_found(detail: impl Into<String>) -> Self {
@@ -102,9 +103,8 @@ impl ApiError {
         self
     }
     /// Names the quota exceeded, and when to retry.
-    pub fn with_quota(mut self, quota: QuotaProblem, retry_after: u64) -> Self {
-        self.quota = Some(quota);
-        self.retry_after = Some(retry_after);
+    pub fn with_quota(mut self, quota: QuotaProblem) -> Self {
+        self.quota = Some(Box::new(quota));
         self
     }
 }
@@ -170,14 +170,12 @@ impl From<StoreError> for ApiError {
                 "Quota exceeded",
                 detail,
             )
-            .with_quota(
-                QuotaProblem {
-                    quota: "resourcesPerMesh",
-                    limit,
-                    current: Some(current),
-                },
-                COUNT_QUOTA_RETRY_AFTER,
-            ),
+            .with_quota(QuotaProblem {
+                quota: "resourcesPerMesh",
+                limit,
+                current: Some(current),
+                retry_after: COUNT_QUOTA_RETRY_AFTER,
+            }),
             StoreError::CaConflict(_) => {
                 ApiError::new(StatusCode::CONFLICT, "ca-conflict", "Conflict", detail)
             }
@@ -238,7 +236,7 @@ impl IntoResponse for ApiError {
             status: self.status.as_u16(),
             detail: self.detail,
             errors: self.errors,
-            quota: self.quota,
+            quota: self.quota.map(|q| *q),
         };
         let body = serde_json::to_vec(&problem).unwrap_or_default();
         let mut resp = (self.status, body).into_response();
@@ -246,9 +244,9 @@ impl IntoResponse for ApiError {
             header::CONTENT_TYPE,
             HeaderValue::from_static("application/problem+json"),
         );
-        if let Some(secs) = self.retry_after {
+        if let Some(q) = &problem.quota {
             resp.headers_mut()
-                .insert(header::RETRY_AFTER, HeaderValue::from(secs));
+                .insert(header::RETRY_AFTER, HeaderValue::from(q.retry_after));
         }
         resp
     }

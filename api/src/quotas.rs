@@ -215,6 +215,9 @@ pub(crate) struct WriteLimiter {
 struct Bucket {
     tokens: f64,
     at: Instant,
+    /// The quota it was last used with.
+    rate: f64,
+    burst: f64,
 }
 
 impl Bucket {
@@ -224,7 +227,14 @@ impl Bucket {
         Bucket {
             tokens: (self.tokens + elapsed * rate).min(burst),
             at: now,
+            rate,
+            burst,
         }
+    }
+
+    /// Whether it would be full at `now` (then forgetting it changes nothing).
+    fn full(&self, now: Instant) -> bool {
+        self.at(now, self.rate, self.burst).tokens >= self.burst
     }
 }
 
@@ -237,12 +247,14 @@ impl WriteLimiter {
         let mut buckets = self.buckets.lock().unwrap_or_else(PoisonError::into_inner);
         if buckets.len() >= MAX_BUCKETS && !buckets.contains_key(tenant) {
             // A full bucket is the same as none: forgetting those loses nothing.
-            buckets.retain(|_, b| b.at(now, rate, burst).tokens < burst);
+            buckets.retain(|_, b| !b.full(now));
         }
         let bucket = buckets.get(tenant).map_or(
             Bucket {
                 tokens: burst,
                 at: now,
+                rate,
+                burst,
             },
             |b| b.at(now, rate, burst),
         );
@@ -323,14 +335,12 @@ fn write_quota_exceeded(tenant: &str, q: &Quotas, retry_after: u64) -> ApiError 
             q.writes_per_second, q.write_burst
         ),
     )
-    .with_quota(
-        QuotaProblem {
-            quota: "writesPerSecond",
-            limit: q.writes_per_second,
-            current: None,
-        },
+    .with_quota(QuotaProblem {
+        quota: "writesPerSecond",
+        limit: q.writes_per_second,
+        current: None,
         retry_after,
-    )
+    })
 }
 
 #[cfg(test)]
@@ -371,6 +381,26 @@ mod tests {
         };
         assert_eq!(l.take("c", &slow, t0), Ok(()));
         assert_eq!(l.take("c", &slow, t0), Err(1));
+    }
+
+    #[test]
+    fn full_buckets_are_forgotten_when_there_are_many() {
+        let l = WriteLimiter::default();
+        let q = Quotas {
+            writes_per_second: 1,
+            write_burst: 1,
+            ..Quotas::DEFAULT
+        };
+        let t0 = Instant::now();
+        for i in 0..MAX_BUCKETS {
+            assert_eq!(l.take(&format!("t{i}"), &q, t0), Ok(()));
+        }
+        // A moment later they are still empty: kept.
+        assert_eq!(l.take("late", &q, t0), Ok(()));
+        assert_eq!(l.buckets.lock().unwrap().len(), MAX_BUCKETS + 1);
+        // Two seconds later they are full again: forgotten.
+        assert_eq!(l.take("later", &q, t0 + Duration::from_secs(2)), Ok(()));
+        assert_eq!(l.buckets.lock().unwrap().len(), 1);
     }
 
     #[test]

@@ -17,7 +17,8 @@ use std::collections::HashMap;
 use std::sync::{Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
-use crate::cache::MeshKey;
+/// Tenant and mesh name (the cache's `MeshKey`).
+type MeshKey = (String, String);
 
 /// The bounds on loads caused by clients without verified credentials.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -34,13 +35,15 @@ pub struct LookupLimits {
 }
 
 impl Default for LookupLimits {
-    /// 20 loads a second (burst 40): a restart's reconnecting anonymous clients load each mesh
-    /// once, after which the mesh is loaded and free to join; a flood of made-up names costs
-    /// the database at most 20 small reads a second.
+    /// 50 loads a second (burst 100): after a restart, the anonymous and certificate clients
+    /// reconnecting load each of their meshes once (a replica serving more meshes than that
+    /// to such clients admits them over a few seconds, the refused ones retrying), after which
+    /// a loaded mesh is free to join; a flood of made-up names costs the database at most 50
+    /// mesh reads a second.
     fn default() -> Self {
         Self {
-            per_second: 20.0,
-            burst: 40,
+            per_second: 50.0,
+            burst: 100,
             negative_ttl: Duration::from_secs(5),
             negative_max: 10_000,
         }
