@@ -333,6 +333,29 @@ mod tests {
     }
 
     #[test]
+    fn quota_defaults() {
+        let s = Settings::load(&ServeArgs::default(), env(&[])).unwrap();
+        assert_eq!(s.quota_defaults(), switchboard_store::Quotas::DEFAULT);
+        let s = Settings::load(
+            &ServeArgs::default(),
+            env(&[("SWITCHBOARD_QUOTA_STREAMS", "7")]),
+        )
+        .unwrap();
+        assert_eq!(s.quota_defaults().streams, 7);
+        let msg = Settings::load(
+            &ServeArgs::default(),
+            env(&[("SWITCHBOARD_QUOTA_WRITES_PER_SECOND", "0")]),
+        )
+        .unwrap_err()
+        .to_string();
+        assert_eq!(
+            msg,
+            "invalid configuration: setting quota_writes_per_second: must be between 1 and \
+             1000000000"
+        );
+    }
+
+    #[test]
     fn change_retention() {
         let s = Settings::load(&ServeArgs::default(), env(&[])).unwrap();
         assert_eq!(s.change_retention, Duration::from_secs(24 * 3600)); // default
