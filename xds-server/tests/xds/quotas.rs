@@ -4,11 +4,23 @@
 use std::time::Duration;
 
 use switchboard_store::{CredentialKind, QuotaOverrides};
-use switchboard_xds_server::testing::{AdsClient, node, secret, start_with};
+use switchboard_xds_server::testing::{AdsClient, DeltaClient, node, secret, start_with};
 use switchboard_xds_server::{LookupLimits, XdsConfig};
 use tonic::Code;
 
 use crate::common::*;
+
+/// A delta stream like [`open`].
+async fn open_delta(
+    url: &str,
+    node: switchboard_xds_proto::Node,
+    token: Option<&str>,
+) -> Result<DeltaClient, tonic::Status> {
+    let mut client = DeltaClient::connect(url, node, token).await?;
+    client.subscribe(CDS, &[], &[]).await?;
+    client.recv_and_ack().await?;
+    Ok(client)
+}
 
 /// Opens a stream as `node` with `token` and asks for clusters: the first response, or the
 /// status that ended the stream.
@@ -54,6 +66,12 @@ async fn streams_quota() {
         assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
         assert_eq!(status.message(), STREAMS_QUOTA);
     }
+    // Delta streams count the same.
+    let status = open_delta(&url, node("acme", "prod", "c"), Some(&env.token))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
+    assert_eq!(status.message(), STREAMS_QUOTA);
     // Another tenant has its own quota.
     let globex = secret(&env.store, "globex", CredentialKind::ProxyToken, None)
         .await
@@ -90,7 +108,9 @@ async fn streams_quota() {
         )
         .await
         .unwrap();
-    let _fourth = open(&url, node("acme", "open", "d"), None).await.unwrap();
+    let _fourth = open_delta(&url, node("acme", "open", "d"), None)
+        .await
+        .unwrap();
     let status = open(&url, node("acme", "open", "e"), None)
         .await
         .unwrap_err();
