@@ -48,6 +48,10 @@ impl FromRequestParts<AppState> for Caller {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        // Already resolved by the write limit (`quotas::limit_writes`).
+        if let Some(caller) = parts.extensions.get::<Caller>() {
+            return Ok(caller.clone());
+        }
         let value = parts
             .headers
             .get(axum::http::header::AUTHORIZATION)

@@ -6,6 +6,9 @@ use serde::Serialize;
 use switchboard_model::{FieldError, ValidationErrors};
 use switchboard_store::StoreError;
 
+/// `Retry-After` (seconds) for a count quota, which frees up only when something is deleted.
+const COUNT_QUOTA_RETRY_AFTER: u64 = 60;
+
 #[derive(Debug, Serialize)]
 pub struct Problem {
     #[serde(rename = "type")]
@@ -15,6 +18,21 @@ pub struct Problem {
     pub detail: String,
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub errors: Vec<FieldError>,
+    /// For a 429: the quota exceeded (RFC 9457 extension members).
+    #[serde(flatten, skip_serializing_if = "Option::is_none")]
+    pub quota: Option<QuotaProblem>,
+}
+
+/// Which quota a request exceeded, its limit and (for a count) how many are held.
+#[derive(Debug, Clone, Serialize)]
+pub struct QuotaProblem {
+    pub quota: &'static str,
+    pub limit: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub current: Option<u64>,
+    /// Seconds for `Retry-After` (a header, not in the body).
+    #[serde(skip)]
+    pub retry_after: u64,
 }
 
 #[derive(Debug)]
@@ -24,6 +42,8 @@ pub struct ApiError {
     pub title: &'static str,
     pub detail: String,
     pub errors: Vec<FieldError>,
+    /// Boxed: rare, and every handler's `Result` carries an `ApiError`.
+    pub quota: Option<Box<QuotaProblem>>,
 }
 
 impl ApiError {
@@ -39,6 +59,7 @@ impl ApiError {
             title,
             detail: detail.into(),
             errors: vec![],
+            quota: None,
         }
     }
     pub fn not_found(detail: impl Into<String>) -> Self {
@@ -79,6 +100,11 @@ impl ApiError {
     }
     pub fn with_errors(mut self, errors: Vec<FieldError>) -> Self {
         self.errors = errors;
+        self
+    }
+    /// Names the quota exceeded, and when to retry.
+    pub fn with_quota(mut self, quota: QuotaProblem) -> Self {
+        self.quota = Some(Box::new(quota));
         self
     }
 }
@@ -136,6 +162,20 @@ impl From<StoreError> for ApiError {
                 ApiError::new(StatusCode::CONFLICT, "conflict", "Conflict", detail.clone())
                     .with_errors(vec![FieldError::new(field, detail)])
             }
+            // A count does not go down by waiting: the Retry-After is nominal, the detail says
+            // what to do.
+            StoreError::ResourceQuota { limit, current, .. } => ApiError::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "quota-exceeded",
+                "Quota exceeded",
+                detail,
+            )
+            .with_quota(QuotaProblem {
+                quota: "resourcesPerMesh",
+                limit,
+                current: Some(current),
+                retry_after: COUNT_QUOTA_RETRY_AFTER,
+            }),
             StoreError::CaConflict(_) => {
                 ApiError::new(StatusCode::CONFLICT, "ca-conflict", "Conflict", detail)
             }
@@ -196,6 +236,7 @@ impl IntoResponse for ApiError {
             status: self.status.as_u16(),
             detail: self.detail,
             errors: self.errors,
+            quota: self.quota.map(|q| *q),
         };
         let body = serde_json::to_vec(&problem).unwrap_or_default();
         let mut resp = (self.status, body).into_response();
@@ -203,6 +244,10 @@ impl IntoResponse for ApiError {
             header::CONTENT_TYPE,
             HeaderValue::from_static("application/problem+json"),
         );
+        if let Some(q) = &problem.quota {
+            resp.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(q.retry_after));
+        }
         resp
     }
 }

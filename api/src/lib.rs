@@ -10,6 +10,8 @@
 //!   document together, so the document cannot miss a route.
 //! - `tenants`, `credentials`, `resources`, `changes`, `proxies`: the handlers, each module
 //!   with the routes it serves. `resources` has one generic set for every kind.
+//! - `quotas`: a tenant's quotas (`…/quotas`, set by the platform admin) and the per-replica
+//!   `writesPerSecond` token bucket every tenant write passes (a middleware).
 //! - `cas`: the mesh CA (`…/meshes/{mesh}/ca`): show, upload, rotate. Keys are sealed here
 //!   with the KEK in [`AppState`] before the store sees them.
 //! - `proxies` also defines the [`NodeConfigs`] port: what a node is sent comes from the
@@ -27,6 +29,7 @@ mod error;
 mod observe;
 mod openapi;
 mod proxies;
+mod quotas;
 mod resources;
 mod tenants;
 
@@ -67,6 +70,7 @@ fn routes() -> Vec<openapi::Route> {
     [
         openapi::routes(),
         tenants::routes(),
+        quotas::routes(),
         changes::routes(),
         credentials::routes(),
         resources::routes(),
@@ -89,8 +93,13 @@ pub fn openapi() -> OpenApi {
 
 pub fn router(state: AppState) -> Router {
     let (router, doc) = api().split_for_parts();
+    let limiter = Arc::new(quotas::WriteLimiter::default());
     resources::any_kind(router)
         .fallback(|| async { ApiError::not_found("no such API path") })
+        .layer(axum::middleware::from_fn_with_state(
+            (state.clone(), limiter),
+            quotas::limit_writes,
+        ))
         .layer(Extension(Arc::new(doc)))
         .layer(axum::middleware::from_fn(observe::middleware))
         .with_state(state)

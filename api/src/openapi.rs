@@ -98,6 +98,24 @@ pub(crate) fn assemble(routes: Vec<Route>) -> OpenApiRouter<AppState> {
                             "errors",
                             utoipa::openapi::ArrayBuilder::new()
                                 .items(Ref::from_schema_name("FieldError")),
+                        )
+                        .property(
+                            "quota",
+                            ObjectBuilder::new()
+                                .schema_type(Type::String)
+                                .description(Some("on a 429: the quota exceeded")),
+                        )
+                        .property(
+                            "limit",
+                            ObjectBuilder::new()
+                                .schema_type(Type::Integer)
+                                .description(Some("on a 429: the quota's value")),
+                        )
+                        .property(
+                            "current",
+                            ObjectBuilder::new()
+                                .schema_type(Type::Integer)
+                                .description(Some("on a 429 of a count quota: how many are held")),
                         ),
                 )
                 .build(),

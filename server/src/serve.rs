@@ -153,6 +153,7 @@ pub async fn run(s: Settings) -> Result<()> {
     if let Some(key) = proxy_jwt_key(&s)? {
         store.set_proxy_jwt_key(key);
     }
+    store.set_quota_defaults(s.quota_defaults());
     let cert = match s.tls() {
         Some(files) => Some(tls::ReloadingCert::load(files).context("cannot serve TLS")?),
         None => None,

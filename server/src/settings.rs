@@ -86,6 +86,14 @@ settings! {
     #[serde(deserialize_with = "duration")]
     change_retention: Duration = "24h", "DURATION",
         "How long the change log keeps a revision's changes, e.g. 24h; 0s keeps them forever";
+    quota_streams: u64 = "50000", "N",
+        "Default per-tenant quota: concurrent xDS streams of a tenant on one replica";
+    quota_resources_per_mesh: u64 = "10000", "N",
+        "Default per-tenant quota: stored resources in one mesh";
+    quota_writes_per_second: u64 = "100", "N",
+        "Default per-tenant quota: REST writes per second on one replica (at least 1)";
+    quota_write_burst: u64 = "200", "N",
+        "Default per-tenant quota: REST writes allowed at once after a quiet period (at least 1)";
 }
 
 /// A setting's name and its default as written in a config file.
@@ -129,6 +137,16 @@ pub enum SettingsError {
 }
 
 impl Settings {
+    /// The quotas of tenants that have none of their own.
+    pub fn quota_defaults(&self) -> switchboard_store::Quotas {
+        switchboard_store::Quotas {
+            streams: self.quota_streams,
+            resources_per_mesh: self.quota_resources_per_mesh,
+            writes_per_second: self.quota_writes_per_second,
+            write_burst: self.quota_write_burst,
+        }
+    }
+
     /// Loads settings; `env` is the process environment (injectable for tests).
     pub fn load(
         args: &ServeArgs,
@@ -198,6 +216,19 @@ impl Settings {
                     MIN_CHANGE_RETENTION.as_secs()
                 ),
             });
+        }
+        for (key, value, min) in [
+            ("quota_streams", s.quota_streams, 0),
+            ("quota_resources_per_mesh", s.quota_resources_per_mesh, 0),
+            ("quota_writes_per_second", s.quota_writes_per_second, 1),
+            ("quota_write_burst", s.quota_write_burst, 1),
+        ] {
+            if !(min..=switchboard_store::QUOTA_MAX).contains(&value) {
+                return Err(SettingsError::Invalid {
+                    key,
+                    message: format!("must be between {min} and {}", switchboard_store::QUOTA_MAX),
+                });
+            }
         }
         if !s.admin_token.is_empty() && s.admin_token.len() < 16 {
             return Err(SettingsError::Invalid {
@@ -299,6 +330,29 @@ mod tests {
         .to_string();
         assert!(msg.contains("sidecar_grace_period"), "{msg}");
         assert!(msg.contains("not a duration"), "{msg}");
+    }
+
+    #[test]
+    fn quota_defaults() {
+        let s = Settings::load(&ServeArgs::default(), env(&[])).unwrap();
+        assert_eq!(s.quota_defaults(), switchboard_store::Quotas::DEFAULT);
+        let s = Settings::load(
+            &ServeArgs::default(),
+            env(&[("SWITCHBOARD_QUOTA_STREAMS", "7")]),
+        )
+        .unwrap();
+        assert_eq!(s.quota_defaults().streams, 7);
+        let msg = Settings::load(
+            &ServeArgs::default(),
+            env(&[("SWITCHBOARD_QUOTA_WRITES_PER_SECOND", "0")]),
+        )
+        .unwrap_err()
+        .to_string();
+        assert_eq!(
+            msg,
+            "invalid configuration: setting quota_writes_per_second: must be between 1 and \
+             1000000000"
+        );
     }
 
     #[test]

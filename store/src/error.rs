@@ -50,6 +50,18 @@ pub enum StoreError {
          then, so that certificates it signed keep working; complete with force to end it now"
     )]
     CaOverlap { until: i64 },
+    /// Creating a resource would take `mesh` past its tenant's `resourcesPerMesh`.
+    #[error(
+        "tenant {tenant:?} has reached its quota of {limit} resources in mesh {mesh:?} (quota \
+         resourcesPerMesh; the mesh holds {current}): delete resources or ask the platform \
+         admin to raise it"
+    )]
+    ResourceQuota {
+        tenant: String,
+        mesh: String,
+        limit: u64,
+        current: u64,
+    },
     #[error("configuration: {0}")]
     Config(String),
     #[error("database error: {0}")]

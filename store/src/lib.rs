@@ -17,6 +17,8 @@
 //! - `cas`: each mesh's sealed CAs, the rotation steps and the trust bundle; `ca_rows` the
 //!   row types and in-transaction helpers it shares with `resources`.
 //! - `tenants`, `credentials`: tenants; API keys and proxy tokens (stored as SHA-256).
+//! - `quotas`: per-tenant quotas, their defaults and cache, and the `resourcesPerMesh` check
+//!   of the write transaction.
 //! - `proxies`: per-stream xDS status rows, the typed [`ProxyStatusRecord`] the xDS server
 //!   writes and the REST API shows.
 //! - `types`, `error`: keys, stored values, [`StoreError`].
@@ -29,6 +31,7 @@ mod credentials;
 mod error;
 pub mod jwt;
 mod proxies;
+mod quotas;
 mod resources;
 mod tenants;
 mod types;
@@ -44,6 +47,7 @@ pub use proxies::{
     AckedRecord, CertificateRecord, NackRecord, PROXY_STALE_MS, ProxyRoleRecord, ProxyRow,
     ProxyStatusRecord, SentRecord, TypeState, TypeStatusRecord,
 };
+pub use quotas::{QUOTA_CACHE_TTL, QUOTA_MAX, QuotaOverrides, Quotas, TenantQuotas};
 pub use resources::{Page, Precondition, WriteOptions};
 pub use types::{Change, ChangeOp, MeshSnapshot, ResourceKey, StoredResource, Tenant};
 
@@ -80,6 +84,10 @@ struct Inner {
     sqlite_writer: Arc<tokio::sync::Mutex<()>>,
     /// Signs and verifies JWT proxy tokens ([`Store::set_proxy_jwt_key`]).
     proxy_jwt: std::sync::OnceLock<jwt::ProxyJwtKey>,
+    /// Quota defaults and the per-tenant quota cache.
+    quotas: quotas::QuotaState,
+    /// Mesh snapshots read ([`Store::mesh_reads`]).
+    mesh_reads: std::sync::atomic::AtomicU64,
 }
 
 impl Store {
@@ -120,6 +128,8 @@ impl Store {
                 notices,
                 sqlite_writer: Arc::new(tokio::sync::Mutex::new(())),
                 proxy_jwt: std::sync::OnceLock::new(),
+                quotas: quotas::QuotaState::default(),
+                mesh_reads: std::sync::atomic::AtomicU64::new(0),
             }),
         };
         if backend == Backend::Postgres {
@@ -177,6 +187,24 @@ impl Store {
 
     pub(crate) fn notices(&self) -> &broadcast::Sender<Notice> {
         &self.inner.notices
+    }
+
+    pub(crate) fn quota_state(&self) -> &quotas::QuotaState {
+        &self.inner.quotas
+    }
+
+    /// How many mesh snapshots this handle (and its clones) has read: what xDS admission of
+    /// meshes not yet loaded costs the database.
+    pub fn mesh_reads(&self) -> u64 {
+        self.inner
+            .mesh_reads
+            .load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    pub(crate) fn count_mesh_read(&self) {
+        self.inner
+            .mesh_reads
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     }
 }
 

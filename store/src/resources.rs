@@ -248,6 +248,9 @@ impl Store {
         }
         let existing = fetch(&mut tx, key).await?;
         check_precondition(&opts.precondition, existing.as_ref(), key)?;
+        if existing.is_none() && key.kind != Kind::Mesh {
+            crate::quotas::check_mesh_size(self, &mut tx, &key.tenant, &key.mesh).await?;
+        }
         for r in refs {
             let target = ResourceKey::new(&key.tenant, &key.mesh, r.kind, &r.name);
             let dangling = || StoreError::DanglingReference {
@@ -520,6 +523,7 @@ impl Store {
         mesh: &str,
     ) -> Result<MeshSnapshot, StoreError> {
         let _t = Timer::start("mesh_snapshot");
+        self.count_mesh_read();
         let mut tx = self.pool().begin().await?;
         if self.backend() == Backend::Postgres {
             sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")

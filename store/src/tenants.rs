@@ -99,6 +99,7 @@ impl Store {
             "changes",
             "credentials",
             "mesh_cas",
+            "tenant_quotas",
         ] {
             sqlx::query(&format!("DELETE FROM {table} WHERE tenant = $1"))
                 .bind(name)

@@ -31,6 +31,7 @@ use crate::node::{
     NodeId, describe_role, has_certificate_providers, node_role, sidecar_endpoint_meta,
 };
 use crate::protocol::{Handled, Limits, ProtocolError, StreamState, Subscriptions};
+use crate::quotas::StreamSlot;
 use crate::registration::{Desired, Registered, Registrar};
 use crate::revocation::{Held, Revocations};
 use crate::sds::guard::{self, Entitlement};
@@ -63,6 +64,8 @@ pub(crate) struct Engine {
     pub(crate) roots: RootsCache,
     /// The mesh CA, for `default` certificates; `None` serves none.
     pub(crate) issuer: Option<Arc<dyn WorkloadIssuer>>,
+    /// Open streams per tenant, against the tenant's `streams` quota.
+    pub(crate) streams: Arc<crate::quotas::TenantStreams>,
 }
 
 impl std::fmt::Debug for Engine {
@@ -202,6 +205,7 @@ impl Engine {
         )
         .await
         .map_err(|e| e.status())?;
+        let quota = self.streams.admit(&self.store, &node_id.tenant).await?;
         // A certificate speaks for one service: the node may claim no other.
         if let Some(identity) = &identity {
             check_claim(identity, &role).map_err(|e| e.status())?;
@@ -275,6 +279,7 @@ impl Engine {
             endpoint,
             view,
             admitted_revision,
+            quota,
         })
     }
 
@@ -298,6 +303,7 @@ impl Engine {
             endpoint,
             view,
             admitted_revision,
+            quota: _quota,
         } = admission;
         let mut stream = Stream {
             admitted_revision,
@@ -414,6 +420,8 @@ struct Admission {
     endpoint: Option<Registered>,
     view: NodeView,
     admitted_revision: i64,
+    /// The stream's place in its tenant's `streams` quota, given back when the stream ends.
+    quota: StreamSlot,
 }
 
 /// The last check before a response leaves, SotW or delta: it comes from the node's own

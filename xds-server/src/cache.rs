@@ -21,6 +21,7 @@ use switchboard_translator::{MeshResources, Translator};
 use tokio::sync::{mpsc, watch};
 use tracing::Instrument;
 
+use crate::lookups::{LookupLimits, Refused, UnverifiedLookups};
 use crate::sds::{IssueError, WorkloadIssuer};
 use crate::snapshot::{MeshSnapshot, mesh_config};
 
@@ -54,6 +55,14 @@ pub enum CacheError {
          the database reachable?)"
     )]
     Unavailable(String),
+    /// Clients without verified credentials are naming too many meshes not loaded here
+    /// ([`crate::lookups`]).
+    #[error(
+        "too many streams without verified credentials are naming meshes not loaded on this \
+         server (at most {per_second} such lookups per second): retry later, or authenticate \
+         with a proxy token"
+    )]
+    Busy { per_second: String },
 }
 
 /// Shared by every [`MeshHandle`] of the same mesh and by the watcher.
@@ -83,6 +92,8 @@ struct Inner {
     store: Store,
     trust: TrustSource,
     meshes: Mutex<BTreeMap<MeshKey, Entry>>,
+    /// Bounds the loads of clients without verified credentials.
+    unverified: UnverifiedLookups,
 }
 
 impl std::fmt::Debug for Inner {
@@ -103,13 +114,52 @@ impl SnapshotCache {
     /// A cache reading from `store` (and trust bundles from `trust`). Rebuilds follow the
     /// watcher's kicks, which are already debounced.
     pub fn new(store: Store, trust: TrustSource) -> Self {
+        Self::with_lookup_limits(store, trust, LookupLimits::default())
+    }
+
+    /// [`SnapshotCache::new`] with `limits` on the loads of unverified clients.
+    pub fn with_lookup_limits(store: Store, trust: TrustSource, limits: LookupLimits) -> Self {
         Self {
             inner: Arc::new(Inner {
                 store,
                 trust,
                 meshes: Mutex::new(BTreeMap::new()),
+                unverified: UnverifiedLookups::new(limits),
             }),
         }
+    }
+
+    /// [`SnapshotCache::acquire`] for a client whose credentials are not verified yet: a
+    /// mesh not loaded is read only within [`crate::lookups`]' bounds (`Busy` beyond them),
+    /// and one found missing a moment ago is `NotFound` without a read.
+    pub async fn acquire_unverified(
+        &self,
+        tenant: &str,
+        mesh: &str,
+    ) -> Result<MeshHandle, CacheError> {
+        let key = (tenant.to_owned(), mesh.to_owned());
+        let not_found = || CacheError::NotFound {
+            tenant: tenant.to_owned(),
+            mesh: mesh.to_owned(),
+        };
+        let guard = &self.inner.unverified;
+        if !self.meshes().contains_key(&key) {
+            match guard.before_load(&key, Instant::now()) {
+                Ok(()) => {}
+                Err(Refused::Missing) => return Err(not_found()),
+                Err(Refused::Busy) => {
+                    crate::metrics::unverified_lookup_refused();
+                    return Err(CacheError::Busy {
+                        per_second: guard.limits().per_second.to_string(),
+                    });
+                }
+            }
+        }
+        let acquired = self.acquire(tenant, mesh).await;
+        if let Err(CacheError::NotFound { .. }) = &acquired {
+            guard.missing(key, Instant::now());
+        }
+        acquired
     }
 
     fn meshes(&self) -> std::sync::MutexGuard<'_, BTreeMap<MeshKey, Entry>> {

@@ -17,7 +17,8 @@
 //! - [`sds`]: secrets (`ROOTCA`, the node's `default` certificate), the port to the mesh CA
 //!   and the per-stream renewal task.
 //! - [`auth`]: proxy tokens and anonymous access; `revocation` ends the streams of a
-//!   revoked token.
+//!   revoked token; [`lookups`] bounds the store reads clients without verified credentials
+//!   can cause; `quotas` the tenant's `streams` quota, taken at admission.
 //! - [`registration`]: sidecars registering themselves as endpoints of their services: the
 //!   endpoint's name and spec, the streams' registrar, a pure state machine and the task
 //!   that performs its store calls.
@@ -44,9 +45,11 @@ pub mod auth;
 pub mod cache;
 pub mod csds;
 pub mod expiry;
+pub mod lookups;
 mod metrics;
 pub mod node;
 pub mod protocol;
+mod quotas;
 pub mod registration;
 pub mod report;
 mod revocation;
@@ -64,6 +67,7 @@ pub mod testing;
 
 pub use ads::{DeltaResponseStream, ResponseStream};
 pub use cache::{CacheError, MeshHandle, MeshState, SnapshotCache, TrustSource};
+pub use lookups::LookupLimits;
 pub use node::{NodeError, NodeId, SidecarEndpointMeta};
 pub use registration::{DEFAULT_GRACE_PERIOD, endpoint_name, parse_grace_period};
 pub use running::RunningXds;

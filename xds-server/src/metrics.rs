@@ -11,6 +11,8 @@
 //! | `switchboard_xds_snapshot_build_seconds` | histogram | |
 //! | `switchboard_certificates_issued_total` | counter | `tenant`: workload certificates issued for SDS `default` |
 //! | `switchboard_certificate_issue_errors_total` | counter | `tenant`: issuances the mesh CA refused or could not do |
+//! | `switchboard_xds_quota_refusals_total` | counter | `tenant`: streams refused by the tenant's `streams` quota |
+//! | `switchboard_xds_unverified_lookups_refused_total` | counter | | streams without verified credentials refused for naming a mesh not loaded past the lookup limit |
 
 use std::collections::BTreeSet;
 use std::time::Duration;
@@ -46,6 +48,15 @@ pub(crate) fn certificate_issued(tenant: &str) {
 pub(crate) fn certificate_issue_failed(tenant: &str) {
     metrics::counter!("switchboard_certificate_issue_errors_total", "tenant" => tenant.to_owned())
         .increment(1);
+}
+
+pub(crate) fn stream_quota_refused(tenant: &str) {
+    metrics::counter!("switchboard_xds_quota_refusals_total", "tenant" => tenant.to_owned())
+        .increment(1);
+}
+
+pub(crate) fn unverified_lookup_refused() {
+    metrics::counter!("switchboard_xds_unverified_lookups_refused_total").increment(1);
 }
 
 /// Counts one stream in `switchboard_xds_streams` for each type it has asked for, until

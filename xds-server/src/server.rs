@@ -44,6 +44,8 @@ pub struct XdsConfig {
     /// The mesh CA, for SDS `default` certificates and `ROOTCA`. Without one the port serves
     /// no secret at all.
     pub issuer: Option<Arc<dyn WorkloadIssuer>>,
+    /// Bounds on the store reads that clients without verified credentials can cause.
+    pub unverified_lookups: crate::LookupLimits,
 }
 
 impl Default for XdsConfig {
@@ -57,6 +59,7 @@ impl Default for XdsConfig {
             sidecar_grace_period: crate::registration::DEFAULT_GRACE_PERIOD,
             trust_domain: "switchboard.local".to_owned(),
             issuer: None,
+            unverified_lookups: crate::LookupLimits::default(),
         }
     }
 }
@@ -85,12 +88,13 @@ impl XdsServer {
     /// The server with no background task: enough for reading its registry and snapshots,
     /// not for serving (see [`XdsServer::start`]).
     pub fn new(store: Store, config: XdsConfig) -> Self {
-        let cache = SnapshotCache::new(
+        let cache = SnapshotCache::with_lookup_limits(
             store.clone(),
             TrustSource {
                 trust_domain: config.trust_domain.clone(),
                 issuer: config.issuer.clone(),
             },
+            config.unverified_lookups,
         );
         let engine = Arc::new(Engine {
             store,
@@ -102,6 +106,7 @@ impl XdsServer {
             revocations: Revocations::default(),
             roots: RootsCache::default(),
             issuer: config.issuer.clone(),
+            streams: Arc::default(),
         });
         let mut id = [0u8; 8];
         rand::RngCore::fill_bytes(&mut rand::rng(), &mut id);

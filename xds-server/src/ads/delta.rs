@@ -128,6 +128,7 @@ impl Engine {
             endpoint,
             view,
             admitted_revision,
+            quota: _quota,
         } = admission;
         let mut stream = Stream {
             admitted_revision,

@@ -11,5 +11,6 @@ mod cache;
 mod delta;
 mod gateway_certs;
 mod mtls;
+mod quotas;
 mod sds;
 mod status;
