@@ -86,6 +86,25 @@ settings! {
     #[serde(deserialize_with = "duration")]
     change_retention: Duration = "24h", "DURATION",
         "How long the change log keeps a revision's changes, e.g. 24h; 0s keeps them forever";
+    xds_max_concurrent_initial_pushes: usize = "256", "COUNT",
+        "How many xDS streams build and write their initial responses at once; the others wait their turn, first come first served";
+    /// Zero: no keepalive pings.
+    #[serde(deserialize_with = "duration")]
+    xds_keepalive_interval: Duration = "30s", "DURATION",
+        "HTTP/2 PING interval on the xDS port, to drop proxies that vanished; 0s sends none";
+    #[serde(deserialize_with = "duration")]
+    xds_keepalive_timeout: Duration = "20s", "DURATION",
+        "How long an xDS connection's PING may go unanswered before the connection is closed";
+    /// Zero: connections have no maximum age.
+    #[serde(deserialize_with = "duration")]
+    xds_max_connection_age: Duration = "30m", "DURATION",
+        "xDS connections get GOAWAY after this age (plus or minus the jitter), so streams re-balance across replicas; 0s: never";
+    #[serde(deserialize_with = "duration")]
+    xds_max_connection_age_jitter: Duration = "3m", "DURATION",
+        "Spread of xds_max_connection_age, drawn per connection so connections opened together do not leave together";
+    #[serde(deserialize_with = "duration")]
+    xds_max_connection_age_grace: Duration = "30s", "DURATION",
+        "How long an xDS connection sent GOAWAY at its maximum age keeps its open streams before it is closed";
 }
 
 /// A setting's name and its default as written in a config file.
@@ -199,6 +218,27 @@ impl Settings {
                 ),
             });
         }
+        if s.xds_max_concurrent_initial_pushes == 0 {
+            return Err(SettingsError::Invalid {
+                key: "xds_max_concurrent_initial_pushes",
+                message: "allow at least 1 (no stream could be served with 0)".into(),
+            });
+        }
+        if !s.xds_keepalive_interval.is_zero() && s.xds_keepalive_timeout.is_zero() {
+            return Err(SettingsError::Invalid {
+                key: "xds_keepalive_timeout",
+                message: "give pings some time to be answered, e.g. 20s".into(),
+            });
+        }
+        if !s.xds_max_connection_age.is_zero()
+            && s.xds_max_connection_age_jitter >= s.xds_max_connection_age
+        {
+            return Err(SettingsError::Invalid {
+                key: "xds_max_connection_age_jitter",
+                message: "keep the jitter below xds_max_connection_age (10% of it is typical)"
+                    .into(),
+            });
+        }
         if !s.admin_token.is_empty() && s.admin_token.len() < 16 {
             return Err(SettingsError::Invalid {
                 key: "admin_token",
@@ -218,6 +258,22 @@ impl Settings {
             });
         }
         Ok(s)
+    }
+
+    /// The xDS port's connection policy: keepalive and maximum age (0s turns each off).
+    pub fn xds_connections(&self) -> switchboard_xds_server::ConnectionPolicy {
+        let nonzero = |d: Duration| (!d.is_zero()).then_some(d);
+        switchboard_xds_server::ConnectionPolicy {
+            keepalive_interval: nonzero(self.xds_keepalive_interval),
+            keepalive_timeout: self.xds_keepalive_timeout,
+            max_age: nonzero(self.xds_max_connection_age).map(|age| {
+                switchboard_xds_server::MaxAge {
+                    age,
+                    jitter: self.xds_max_connection_age_jitter,
+                    grace: self.xds_max_connection_age_grace,
+                }
+            }),
+        }
     }
 
     /// The certificate files of the REST and xDS ports, when TLS is on.

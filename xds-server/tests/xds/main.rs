@@ -12,3 +12,4 @@ mod gateway_certs;
 mod mtls;
 mod sds;
 mod status;
+mod streams;
