@@ -98,7 +98,10 @@ mod tests {
         let third = pushes.acquire();
         tokio::pin!(third);
         let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
-        assert!(third.as_mut().poll(&mut cx).is_pending(), "a third turn was granted");
+        assert!(
+            third.as_mut().poll(&mut cx).is_pending(),
+            "a third turn was granted"
+        );
         drop(a);
         let c = match third.as_mut().poll(&mut cx) {
             std::task::Poll::Ready(c) => c,
@@ -122,7 +125,10 @@ mod tests {
         // Each freed turn goes to the earliest waiter, never to a later one.
         for i in 0..waiting.len() {
             for later in &mut waiting[i + 1..] {
-                assert!(later.as_mut().poll(&mut cx).is_pending(), "a later waiter went first");
+                assert!(
+                    later.as_mut().poll(&mut cx).is_pending(),
+                    "a later waiter went first"
+                );
             }
             let turn = now(waiting[i].as_mut()).expect("the earliest waiter's turn");
             drop(turn);

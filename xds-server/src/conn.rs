@@ -148,9 +148,7 @@ async fn connection<IO>(
     let info = io.connect_info();
     let service = hyper::service::service_fn(move |mut request: http::Request<Incoming>| {
         request.extensions_mut().insert(info.clone());
-        routes
-            .clone()
-            .oneshot(request.map(tonic::body::Body::new))
+        routes.clone().oneshot(request.map(tonic::body::Body::new))
     });
     let mut conn = pin!(http2.serve_connection(TokioIo::new(io), service));
     let mut aged: Option<Pin<Box<Sleep>>> = age.map(|(a, _)| Box::pin(tokio::time::sleep(a)));

@@ -66,8 +66,8 @@ pub mod watcher;
 pub mod testing;
 
 pub use ads::ResponseStream;
-pub use conn::{ConnectionPolicy, MaxAge};
 pub use cache::{CacheError, MeshHandle, MeshState, SnapshotCache, TrustSource};
+pub use conn::{ConnectionPolicy, MaxAge};
 pub use node::{NodeError, NodeId, SidecarEndpointMeta};
 pub use registration::{DEFAULT_GRACE_PERIOD, endpoint_name, parse_grace_period};
 pub use running::RunningXds;

@@ -11,9 +11,9 @@ use tonic_health::ServingStatus;
 
 use crate::admission::{DEFAULT_MAX_CONCURRENT_INITIAL_PUSHES, InitialPushes};
 use crate::ads::Engine;
-use crate::conn::ConnectionPolicy;
 use crate::auth::cert::RootsCache;
 use crate::cache::{SnapshotCache, TrustSource};
+use crate::conn::ConnectionPolicy;
 use crate::csds::CsdsService;
 use crate::protocol::Limits;
 use crate::registration::Registrar;

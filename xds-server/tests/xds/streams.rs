@@ -128,7 +128,11 @@ async fn grpcio_half_closing_after_its_request_is_answered_every_time() {
             _ => panic!("unexpected output: {line}"),
         }
     }
-    assert_eq!(answered, vec![1; GRPCIO_RUNS], "responses per run\n{stdout}");
+    assert_eq!(
+        answered,
+        vec![1; GRPCIO_RUNS],
+        "responses per run\n{stdout}"
+    );
     assert_eq!(ends, vec!["OK"; GRPCIO_RUNS], "{stdout}");
 }
 
@@ -176,7 +180,9 @@ async fn reflection_v1alpha_lists_ads_and_resolves_its_file() {
         .collect();
     let declares_ads = descriptors.iter().any(|f| {
         f.package() == "envoy.service.discovery.v3"
-            && f.service.iter().any(|s| s.name() == "AggregatedDiscoveryService")
+            && f.service
+                .iter()
+                .any(|s| s.name() == "AggregatedDiscoveryService")
     });
     assert!(
         declares_ads,
@@ -215,7 +221,9 @@ async fn a_client_that_stops_answering_pings_is_dropped() {
     let mut tcp = tokio::net::TcpStream::connect(server.addr).await.unwrap();
     // The HTTP/2 preface and an empty SETTINGS frame; then silence: no SETTINGS ACK, no
     // PING ACK, no reading.
-    tcp.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n").await.unwrap();
+    tcp.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n")
+        .await
+        .unwrap();
     tcp.write_all(&[0, 0, 0, 4, 0, 0, 0, 0, 0]).await.unwrap();
     // The server pings, gets no answer, and closes: the socket reaches its end.
     let mut sent = Vec::new();
@@ -257,9 +265,13 @@ async fn a_connection_past_its_age_is_sent_goaway_and_its_client_reconnects() {
         .connect()
         .await
         .unwrap();
-    let mut client = AdsClient::over(channel.clone(), node("acme", "prod", "aged"), Some(&env.token))
-        .await
-        .unwrap();
+    let mut client = AdsClient::over(
+        channel.clone(),
+        node("acme", "prod", "aged"),
+        Some(&env.token),
+    )
+    .await
+    .unwrap();
     client.subscribe(CDS, &[]).await.unwrap();
     let first = client.recv_and_ack(&[]).await.unwrap();
     // The stream outlives neither the age nor the grace: it ends, and not for a reason of
@@ -280,9 +292,12 @@ async fn a_connection_past_its_age_is_sent_goaway_and_its_client_reconnects() {
     let mut last = None;
     for _ in 0..5 {
         let attempt = async {
-            let mut again =
-                AdsClient::over(channel.clone(), node("acme", "prod", "aged"), Some(&env.token))
-                    .await?;
+            let mut again = AdsClient::over(
+                channel.clone(),
+                node("acme", "prod", "aged"),
+                Some(&env.token),
+            )
+            .await?;
             again.subscribe(CDS, &[]).await?;
             again.recv().await
         };
