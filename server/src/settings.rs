@@ -443,6 +443,53 @@ mod tests {
     }
 
     #[test]
+    fn the_xds_connection_policy_follows_its_settings() {
+        use switchboard_xds_server::{ConnectionPolicy, MaxAge};
+        let load = |e: &[(&str, &str)]| Settings::load(&ServeArgs::default(), env(e));
+        let defaults = load(&[]).unwrap();
+        assert_eq!(defaults.xds_max_concurrent_initial_pushes, 256);
+        assert_eq!(
+            defaults.xds_connections(),
+            ConnectionPolicy {
+                keepalive_interval: Some(Duration::from_secs(30)),
+                keepalive_timeout: Duration::from_secs(20),
+                max_age: Some(MaxAge {
+                    age: Duration::from_secs(1800),
+                    jitter: Duration::from_secs(180),
+                    grace: Duration::from_secs(30),
+                }),
+            }
+        );
+        let off = load(&[
+            ("SWITCHBOARD_XDS_KEEPALIVE_INTERVAL", "0s"),
+            ("SWITCHBOARD_XDS_MAX_CONNECTION_AGE", "0s"),
+        ])
+        .unwrap()
+        .xds_connections();
+        assert_eq!((off.keepalive_interval, off.max_age), (None, None));
+        for (pairs, key) in [
+            (
+                &[("SWITCHBOARD_XDS_MAX_CONCURRENT_INITIAL_PUSHES", "0")][..],
+                "xds_max_concurrent_initial_pushes",
+            ),
+            (
+                &[("SWITCHBOARD_XDS_KEEPALIVE_TIMEOUT", "0s")][..],
+                "xds_keepalive_timeout",
+            ),
+            (
+                &[
+                    ("SWITCHBOARD_XDS_MAX_CONNECTION_AGE", "1m"),
+                    ("SWITCHBOARD_XDS_MAX_CONNECTION_AGE_JITTER", "1m"),
+                ][..],
+                "xds_max_connection_age_jitter",
+            ),
+        ] {
+            let msg = load(pairs).unwrap_err().to_string();
+            assert!(msg.contains(key), "{msg}");
+        }
+    }
+
+    #[test]
     fn errors_name_the_setting() {
         let bad = |args: ServeArgs, e: &[(&str, &str)]| {
             Settings::load(&args, env(e)).unwrap_err().to_string()

@@ -27,6 +27,9 @@ use tonic::service::Routes;
 use tonic::transport::server::Connected;
 use tower::ServiceExt;
 
+/// The HTTP/2 connection window (bytes) of the xDS port's connections.
+const CONNECTION_WINDOW: u32 = 4 << 20;
+
 /// How connections of the xDS port are kept and retired.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ConnectionPolicy {
@@ -98,6 +101,13 @@ pub(crate) async fn serve<I, IO, IE>(
         .timer(TokioTimer::new())
         // One connection may carry thousands of streams (ghz opens all of its -c on one).
         .max_concurrent_streams(None)
+        // h2 closes a connection (ENHANCE_YOUR_CALM, "too_many_data_frames") when small DATA
+        // frames not yet read add up past half the connection window. xDS requests are
+        // small, and thousands of streams opening at once on one connection (a reconnect
+        // storm, ghz -c 2000) each leave a few unread for a moment: the default 64 KiB
+        // window allows about 300. This one allows tens of thousands, and bounds what one
+        // connection's unread requests may hold.
+        .initial_connection_window_size(CONNECTION_WINDOW)
         .keep_alive_interval(policy.keepalive_interval)
         .keep_alive_timeout(policy.keepalive_timeout);
     let (stop, stopped) = watch::channel(());
