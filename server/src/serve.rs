@@ -180,6 +180,8 @@ pub async fn run(s: Settings) -> Result<()> {
         store.clone(),
         switchboard_xds_server::XdsConfig {
             sidecar_grace_period: s.sidecar_grace_period,
+            connections: s.xds_connections(),
+            max_concurrent_initial_pushes: s.xds_max_concurrent_initial_pushes,
             trust_domain: s.trust_domain.clone(),
             issuer: Some(std::sync::Arc::new(crate::issuer::StoreIssuer::new(
                 store.clone(),

@@ -94,6 +94,25 @@ settings! {
         "Default per-tenant quota: REST writes per second on one replica (at least 1)";
     quota_write_burst: u64 = "200", "N",
         "Default per-tenant quota: REST writes allowed at once after a quiet period (at least 1)";
+    xds_max_concurrent_initial_pushes: usize = "256", "COUNT",
+        "How many xDS streams build and write their initial responses at once; the others wait their turn, first come first served";
+    /// Zero: no keepalive pings.
+    #[serde(deserialize_with = "duration")]
+    xds_keepalive_interval: Duration = "30s", "DURATION",
+        "HTTP/2 PING interval on the xDS port, to drop proxies that vanished; 0s sends none";
+    #[serde(deserialize_with = "duration")]
+    xds_keepalive_timeout: Duration = "20s", "DURATION",
+        "How long an xDS connection's PING may go unanswered before the connection is closed";
+    /// Zero: connections have no maximum age.
+    #[serde(deserialize_with = "duration")]
+    xds_max_connection_age: Duration = "30m", "DURATION",
+        "xDS connections get GOAWAY after this age (plus or minus the jitter), so streams re-balance across replicas; 0s: never";
+    #[serde(deserialize_with = "duration")]
+    xds_max_connection_age_jitter: Duration = "3m", "DURATION",
+        "Spread of xds_max_connection_age, drawn per connection so connections opened together do not leave together";
+    #[serde(deserialize_with = "duration")]
+    xds_max_connection_age_grace: Duration = "30s", "DURATION",
+        "How long an xDS connection sent GOAWAY at its maximum age keeps its open streams before it is closed";
 }
 
 /// A setting's name and its default as written in a config file.
@@ -230,6 +249,27 @@ impl Settings {
                 });
             }
         }
+        if s.xds_max_concurrent_initial_pushes == 0 {
+            return Err(SettingsError::Invalid {
+                key: "xds_max_concurrent_initial_pushes",
+                message: "allow at least 1 (no stream could be served with 0)".into(),
+            });
+        }
+        if !s.xds_keepalive_interval.is_zero() && s.xds_keepalive_timeout.is_zero() {
+            return Err(SettingsError::Invalid {
+                key: "xds_keepalive_timeout",
+                message: "give pings some time to be answered, e.g. 20s".into(),
+            });
+        }
+        if !s.xds_max_connection_age.is_zero()
+            && s.xds_max_connection_age_jitter >= s.xds_max_connection_age
+        {
+            return Err(SettingsError::Invalid {
+                key: "xds_max_connection_age_jitter",
+                message: "keep the jitter below xds_max_connection_age (10% of it is typical)"
+                    .into(),
+            });
+        }
         if !s.admin_token.is_empty() && s.admin_token.len() < 16 {
             return Err(SettingsError::Invalid {
                 key: "admin_token",
@@ -249,6 +289,22 @@ impl Settings {
             });
         }
         Ok(s)
+    }
+
+    /// The xDS port's connection policy: keepalive and maximum age (0s turns each off).
+    pub fn xds_connections(&self) -> switchboard_xds_server::ConnectionPolicy {
+        let nonzero = |d: Duration| (!d.is_zero()).then_some(d);
+        switchboard_xds_server::ConnectionPolicy {
+            keepalive_interval: nonzero(self.xds_keepalive_interval),
+            keepalive_timeout: self.xds_keepalive_timeout,
+            max_age: nonzero(self.xds_max_connection_age).map(|age| {
+                switchboard_xds_server::MaxAge {
+                    age,
+                    jitter: self.xds_max_connection_age_jitter,
+                    grace: self.xds_max_connection_age_grace,
+                }
+            }),
+        }
     }
 
     /// The certificate files of the REST and xDS ports, when TLS is on.
@@ -438,6 +494,53 @@ mod tests {
         .unwrap_err()
         .to_string();
         assert!(msg.contains("tls_key_file"), "{msg}");
+    }
+
+    #[test]
+    fn the_xds_connection_policy_follows_its_settings() {
+        use switchboard_xds_server::{ConnectionPolicy, MaxAge};
+        let load = |e: &[(&str, &str)]| Settings::load(&ServeArgs::default(), env(e));
+        let defaults = load(&[]).unwrap();
+        assert_eq!(defaults.xds_max_concurrent_initial_pushes, 256);
+        assert_eq!(
+            defaults.xds_connections(),
+            ConnectionPolicy {
+                keepalive_interval: Some(Duration::from_secs(30)),
+                keepalive_timeout: Duration::from_secs(20),
+                max_age: Some(MaxAge {
+                    age: Duration::from_secs(1800),
+                    jitter: Duration::from_secs(180),
+                    grace: Duration::from_secs(30),
+                }),
+            }
+        );
+        let off = load(&[
+            ("SWITCHBOARD_XDS_KEEPALIVE_INTERVAL", "0s"),
+            ("SWITCHBOARD_XDS_MAX_CONNECTION_AGE", "0s"),
+        ])
+        .unwrap()
+        .xds_connections();
+        assert_eq!((off.keepalive_interval, off.max_age), (None, None));
+        for (pairs, key) in [
+            (
+                &[("SWITCHBOARD_XDS_MAX_CONCURRENT_INITIAL_PUSHES", "0")][..],
+                "xds_max_concurrent_initial_pushes",
+            ),
+            (
+                &[("SWITCHBOARD_XDS_KEEPALIVE_TIMEOUT", "0s")][..],
+                "xds_keepalive_timeout",
+            ),
+            (
+                &[
+                    ("SWITCHBOARD_XDS_MAX_CONNECTION_AGE", "1m"),
+                    ("SWITCHBOARD_XDS_MAX_CONNECTION_AGE_JITTER", "1m"),
+                ][..],
+                "xds_max_connection_age_jitter",
+            ),
+        ] {
+            let msg = load(pairs).unwrap_err().to_string();
+            assert!(msg.contains(key), "{msg}");
+        }
     }
 
     #[test]

@@ -10,7 +10,7 @@
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::{Instant, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use prost::Message;
 use switchboard_model::identity::TrustBundle;
@@ -22,6 +22,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 use tracing::{Instrument, field};
 
+use crate::admission::{self, InitialPushes};
 use crate::auth::cert::{RootsCache, check_claim, reverify};
 use crate::auth::{self, Admitted, AuthError, Presented};
 use crate::cache::{MeshHandle, MeshState, SnapshotCache};
@@ -44,6 +45,9 @@ use crate::view::NodeView;
 mod delta;
 
 pub use delta::DeltaResponseStream;
+/// How long a stream the client half-closed may take to write what it owes before it ends
+/// anyway: a client that half-closes and then stops reading cannot hold it open.
+pub(crate) const HALF_CLOSE_GRACE: Duration = Duration::from_secs(10);
 
 /// The responses of one stream, as tonic sends them.
 pub type ResponseStream = ReceiverStream<Result<DiscoveryResponse, Status>>;
@@ -66,6 +70,8 @@ pub(crate) struct Engine {
     pub(crate) issuer: Option<Arc<dyn WorkloadIssuer>>,
     /// Open streams per tenant, against the tenant's `streams` quota.
     pub(crate) streams: Arc<crate::quotas::TenantStreams>,
+    /// Turns for streams to push their initial responses.
+    pub(crate) initial_pushes: InitialPushes,
 }
 
 impl std::fmt::Debug for Engine {
@@ -114,6 +120,7 @@ impl Engine {
                 match engine.drive(id, only, client, requests, tx).await {
                     Ok(()) => tracing::debug!("stream closed"),
                     Err(status) => {
+                        metrics::stream_failed(status.code());
                         tracing::info!(code = ?status.code(), message = status.message(), "stream ended");
                         let _ = out.send(Err(status)).await;
                     }
@@ -246,6 +253,7 @@ impl Engine {
             revision = snapshot.revision,
             "stream admitted"
         );
+        metrics::admitted(&node_id.tenant, service);
         let admitted_revision = snapshot.revision;
         // Only a stream that proved who it is may write to the store.
         let endpoint = match (&role, endpoint_meta) {
@@ -319,18 +327,27 @@ impl Engine {
         };
         stream.took(handled);
         stream.sync_certificate(self.issuer.as_ref());
+        // The initial responses wait for a turn (admission control; see `admission`).
+        let mut initial = Some(self.initial_pushes.acquire().await);
         let mut dirty = true;
+        // Set when the client half-closes (ghz sends its request and closes at once): from
+        // then on nothing is read, what is owed to the requests received is written, and the
+        // stream ends with OK, at the latest at this deadline.
+        let mut half_closed: Option<std::pin::Pin<Box<tokio::time::Sleep>>> = None;
         loop {
             tokio::select! {
                 biased;
-                message = requests.message() => match message {
+                message = requests.message(), if half_closed.is_none() => match message {
                     Ok(Some(req)) => {
                         let handled = stream.state.handle(&req).map_err(invalid)?;
                         stream.took(handled);
                         stream.sync_certificate(self.issuer.as_ref());
                         dirty = true;
                     }
-                    Ok(None) => return Ok(()),
+                    Ok(None) => {
+                        tracing::debug!("the client half-closed; writing what its requests are owed");
+                        half_closed = Some(Box::pin(tokio::time::sleep(HALF_CLOSE_GRACE)));
+                    }
                     Err(status) => {
                         // Either the client went away (then nobody hears this) or its request
                         // did not decode (too large, not protobuf): it should learn why.
@@ -338,6 +355,14 @@ impl Engine {
                         return Err(status);
                     }
                 },
+                () = admission::expired(&mut initial) => {
+                    tracing::debug!("the initial responses took longer than a turn; letting the next stream go");
+                    initial = None;
+                }
+                () = until(&mut half_closed) => {
+                    tracing::debug!(grace = ?HALF_CLOSE_GRACE, "the half-closed client did not take what it was owed in time; ending the stream");
+                    return Ok(());
+                }
                 () = revoked(&mut token_hold) => {
                     return Err(Status::unauthenticated(
                         "the proxy token of this stream was revoked: create a new proxy token \
@@ -368,9 +393,17 @@ impl Engine {
                             release(&stream.view, &node_id, |may| guard::check(&response, may))?;
                             permit.send(Ok(response))
                         }
-                        None => dirty = false,
+                        None => {
+                            dirty = false;
+                            // Everything owed for the first snapshot is written.
+                            initial = None;
+                        }
                     }
                 }
+            }
+            // Half-closed and nothing more owed for the current snapshot: done.
+            if half_closed.is_some() && !dirty {
+                return Ok(());
             }
         }
     }
@@ -509,6 +542,14 @@ async fn issued(renewal: &mut Option<Renewal>) -> Arc<NodeSecret> {
     }
 }
 
+/// Resolves when `deadline` passes; never without one.
+async fn until(deadline: &mut Option<std::pin::Pin<Box<tokio::time::Sleep>>>) {
+    match deadline {
+        Some(d) => d.as_mut().await,
+        None => std::future::pending().await,
+    }
+}
+
 /// Resolves when the stream's proxy token is revoked; never for an anonymous stream.
 async fn revoked(hold: &mut Option<Held>) {
     match hold {
@@ -626,6 +667,7 @@ impl<S: Subscriptions> Stream<S> {
             }
         });
         if let Some(ack) = ack {
+            metrics::acked(&self.tenant, rtype);
             tracing::debug!(r#type = %rtype, version = %ack.version, revision = ack.revision, "ACK");
             if let Some((nonce, at)) = self.convergence.get(&rtype)
                 && *nonce == ack.nonce

@@ -25,6 +25,8 @@
 //! - [`status`], [`csds`]: per-proxy status and the Client Status Discovery Service;
 //!   [`report`] writes the status to the store for every replica's REST API.
 //! - `metrics`: what the server measures (see the module for names).
+//! - [`admission`]: turns for streams' initial responses (a reconnect storm queues); `conn`:
+//!   the port's HTTP/2 connections (keepalive, jittered maximum age).
 //! - [`XdsServer`] (`server`): assembles everything into tonic routes for the xDS port.
 //! - [`RunningXds`] (`running`): [`XdsServer::start`], the one way to serve the port; it starts
 //!   the watcher, status sync and registration tasks and ends them at shutdown.
@@ -40,9 +42,11 @@
 //!   snapshots and never delays another stream.
 //! - A store outage never takes config away: the last good snapshot keeps being served.
 
+pub mod admission;
 mod ads;
 pub mod auth;
 pub mod cache;
+mod conn;
 pub mod csds;
 pub mod expiry;
 pub mod lookups;
@@ -68,6 +72,7 @@ pub mod testing;
 pub use ads::{DeltaResponseStream, ResponseStream};
 pub use cache::{CacheError, MeshHandle, MeshState, SnapshotCache, TrustSource};
 pub use lookups::LookupLimits;
+pub use conn::{ConnectionPolicy, MaxAge};
 pub use node::{NodeError, NodeId, SidecarEndpointMeta};
 pub use registration::{DEFAULT_GRACE_PERIOD, endpoint_name, parse_grace_period};
 pub use running::RunningXds;

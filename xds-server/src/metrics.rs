@@ -6,6 +6,11 @@
 //! | `switchboard_xds_streams` | gauge | `tenant`, `type` (LDS, RDS, CDS, EDS, SDS) |
 //! | `switchboard_xds_pushes_total` | counter | `tenant`, `type` |
 //! | `switchboard_xds_nacks_total` | counter | `tenant`, `type` |
+//! | `switchboard_xds_acks_total` | counter | `tenant`, `type` |
+//! | `switchboard_xds_streams_admitted_total` | counter | `tenant`, `service` (ADS, LDS, …): streams past authentication |
+//! | `switchboard_xds_stream_errors_total` | counter | `code`: streams that ended with a gRPC status other than OK, before or after admission |
+//! | `switchboard_xds_connections_aged_total` | counter | connections sent GOAWAY at their maximum age |
+//! | `switchboard_xds_initial_push_waiting` | gauge | streams admitted and waiting for their turn to push their initial responses |
 //! | `switchboard_xds_push_bytes` | histogram | `type` |
 //! | `switchboard_xds_convergence_seconds` | histogram | `type`: from the commit notice of a revision to a client's ACK of it |
 //! | `switchboard_xds_snapshot_build_seconds` | histogram | |
@@ -29,6 +34,67 @@ pub(crate) fn pushed(tenant: &str, t: ResourceType, bytes: usize) {
 pub(crate) fn nacked(tenant: &str, t: ResourceType) {
     metrics::counter!("switchboard_xds_nacks_total", "tenant" => tenant.to_owned(), "type" => t.short_name())
         .increment(1);
+}
+
+pub(crate) fn acked(tenant: &str, t: ResourceType) {
+    metrics::counter!("switchboard_xds_acks_total", "tenant" => tenant.to_owned(), "type" => t.short_name())
+        .increment(1);
+}
+
+pub(crate) fn admitted(tenant: &str, service: &'static str) {
+    metrics::counter!("switchboard_xds_streams_admitted_total", "tenant" => tenant.to_owned(), "service" => service)
+        .increment(1);
+}
+
+/// A stream ended with `code` (not OK).
+pub(crate) fn stream_failed(code: tonic::Code) {
+    metrics::counter!("switchboard_xds_stream_errors_total", "code" => code_name(code))
+        .increment(1);
+}
+
+/// The canonical name of a gRPC status code, as gRPC tools print it.
+fn code_name(code: tonic::Code) -> &'static str {
+    use tonic::Code;
+    match code {
+        Code::Ok => "OK",
+        Code::Cancelled => "CANCELLED",
+        Code::Unknown => "UNKNOWN",
+        Code::InvalidArgument => "INVALID_ARGUMENT",
+        Code::DeadlineExceeded => "DEADLINE_EXCEEDED",
+        Code::NotFound => "NOT_FOUND",
+        Code::AlreadyExists => "ALREADY_EXISTS",
+        Code::PermissionDenied => "PERMISSION_DENIED",
+        Code::ResourceExhausted => "RESOURCE_EXHAUSTED",
+        Code::FailedPrecondition => "FAILED_PRECONDITION",
+        Code::Aborted => "ABORTED",
+        Code::OutOfRange => "OUT_OF_RANGE",
+        Code::Unimplemented => "UNIMPLEMENTED",
+        Code::Internal => "INTERNAL",
+        Code::Unavailable => "UNAVAILABLE",
+        Code::DataLoss => "DATA_LOSS",
+        Code::Unauthenticated => "UNAUTHENTICATED",
+    }
+}
+
+pub(crate) fn connection_aged() {
+    metrics::counter!("switchboard_xds_connections_aged_total").increment(1);
+}
+
+/// Counts one stream in `switchboard_xds_initial_push_waiting` until dropped.
+#[derive(Debug)]
+pub(crate) struct InitialPushWaiting(());
+
+impl InitialPushWaiting {
+    pub(crate) fn new() -> Self {
+        metrics::gauge!("switchboard_xds_initial_push_waiting").increment(1.0);
+        Self(())
+    }
+}
+
+impl Drop for InitialPushWaiting {
+    fn drop(&mut self) {
+        metrics::gauge!("switchboard_xds_initial_push_waiting").decrement(1.0);
+    }
 }
 
 pub(crate) fn converged(t: ResourceType, elapsed: Duration) {

@@ -4,7 +4,7 @@
 
 use std::future::Future;
 
-use futures::Stream;
+use futures::{Stream, StreamExt};
 use switchboard_store::Store;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
@@ -117,8 +117,12 @@ impl RunningXds {
         listener: TcpListener,
         signal: impl Future,
     ) -> Result<(), tonic::transport::Error> {
-        self.serve_incoming(TcpListenerStream::new(listener), signal)
-            .await
+        let incoming = TcpListenerStream::new(listener).map(|tcp| {
+            let tcp = tcp?;
+            tcp.set_nodelay(true)?;
+            Ok::<_, std::io::Error>(tcp)
+        });
+        self.serve_incoming(incoming, signal).await
     }
 
     /// As [`RunningXds::serve`], on connections from `incoming`: TLS streams, say, whose
@@ -135,17 +139,18 @@ impl RunningXds {
         IE: Into<Box<dyn std::error::Error + Send + Sync>>,
     {
         let stop_registration = self.stop_registration.clone();
-        let result = self
-            .server
-            .router()
-            .await
-            .serve_with_incoming_shutdown(incoming, async move {
+        crate::conn::serve(
+            self.server.routes().await,
+            self.server.config.connections,
+            incoming,
+            async move {
                 signal.await;
                 stop_registration.cancel();
-            })
-            .await;
+            },
+        )
+        .await;
         self.shutdown().await;
-        result
+        Ok(())
     }
 
     /// Ends every background task, registration first, and waits until they have.

@@ -7,12 +7,13 @@ use switchboard_store::Store;
 use switchboard_xds_proto::service::{ads, cds, csds, eds, lds, rds, sds};
 use switchboard_xds_proto::{FILE_DESCRIPTOR_SET, service_name};
 use tonic::service::Routes;
-use tonic::transport::server::Router;
 use tonic_health::ServingStatus;
 
+use crate::admission::{DEFAULT_MAX_CONCURRENT_INITIAL_PUSHES, InitialPushes};
 use crate::ads::Engine;
 use crate::auth::cert::RootsCache;
 use crate::cache::{SnapshotCache, TrustSource};
+use crate::conn::ConnectionPolicy;
 use crate::csds::CsdsService;
 use crate::protocol::Limits;
 use crate::registration::Registrar;
@@ -30,8 +31,12 @@ pub struct XdsConfig {
     /// Responses queued towards one client at most; a client slower than that skips
     /// intermediate states.
     pub queue: usize,
-    /// HTTP/2 keepalive pings, to notice proxies that vanished without closing.
-    pub keepalive: Option<Duration>,
+    /// HTTP/2 keepalive (proxies that vanished without closing are dropped) and the
+    /// jittered maximum connection age (streams re-balance across replicas).
+    pub connections: ConnectionPolicy,
+    /// Streams writing their initial responses at once at most (admission control: a
+    /// reconnect storm queues instead of building thousands of responses together).
+    pub max_concurrent_initial_pushes: usize,
     /// Whether authenticated sidecars register themselves as endpoints of their service (see
     /// [`crate::registration`]). On in `switchboard serve`; test servers turn it off unless
     /// they test it, so that their sidecars leave the store alone.
@@ -54,7 +59,8 @@ impl Default for XdsConfig {
             debounce: Duration::from_millis(20),
             limits: Limits::default(),
             queue: 1,
-            keepalive: Some(Duration::from_secs(30)),
+            connections: ConnectionPolicy::default(),
+            max_concurrent_initial_pushes: DEFAULT_MAX_CONCURRENT_INITIAL_PUSHES,
             register_sidecars: true,
             sidecar_grace_period: crate::registration::DEFAULT_GRACE_PERIOD,
             trust_domain: "switchboard.local".to_owned(),
@@ -107,6 +113,7 @@ impl XdsServer {
             roots: RootsCache::default(),
             issuer: config.issuer.clone(),
             streams: Arc::default(),
+            initial_pushes: InitialPushes::new(config.max_concurrent_initial_pushes),
         });
         let mut id = [0u8; 8];
         rand::RngCore::fill_bytes(&mut rand::rng(), &mut id);
@@ -137,7 +144,8 @@ impl XdsServer {
     }
 
     /// Every service of the xDS port: ADS, LDS, RDS, CDS, EDS, SDS, CSDS, `grpc.health.v1.Health`
-    /// (every service SERVING) and gRPC reflection (v1).
+    /// (every service SERVING) and gRPC reflection (v1, and v1alpha for the many tools that
+    /// still speak only that one).
     pub(crate) async fn routes(&self) -> Routes {
         let (health, health_service) = tonic_health::server::health_reporter();
         for name in [
@@ -178,25 +186,18 @@ impl XdsServer {
                 CsdsService::new(engine.store.clone(), engine.registry.clone()),
             ))
             .add_service(health_service);
-        match tonic_reflection::server::Builder::configure()
-            .register_encoded_file_descriptor_set(FILE_DESCRIPTOR_SET)
-            .build_v1()
-        {
-            Ok(reflection) => {
-                builder.add_service(reflection);
+        let reflection = || {
+            tonic_reflection::server::Builder::configure()
+                .register_encoded_file_descriptor_set(FILE_DESCRIPTOR_SET)
+        };
+        match (reflection().build_v1(), reflection().build_v1alpha()) {
+            (Ok(v1), Ok(v1alpha)) => {
+                builder.add_service(v1).add_service(v1alpha);
             }
-            Err(e) => {
+            (Err(e), _) | (_, Err(e)) => {
                 tracing::warn!(error = %e, "gRPC reflection is off: the descriptor set does not load")
             }
         }
         builder.routes()
-    }
-
-    /// A tonic router with [`XdsServer::routes`], ready to `serve` on the xDS port.
-    pub(crate) async fn router(&self) -> Router {
-        tonic::transport::Server::builder()
-            .http2_keepalive_interval(self.config.keepalive)
-            .tcp_nodelay(true)
-            .add_routes(self.routes().await)
     }
 }

@@ -9,7 +9,7 @@
 use std::collections::BTreeMap;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::SystemTime;
 
 use prost::Message;
 use switchboard_translator::XdsResource;
@@ -20,7 +20,10 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 use tracing::{Instrument, field};
 
-use super::{Admission, Client, Engine, Stream, issued, release, revoked};
+use super::{
+    Admission, Client, Engine, HALF_CLOSE_GRACE, Stream, issued, release, revoked, until,
+};
+use crate::admission;
 use crate::metrics::{self, StreamGauge};
 use crate::protocol::Resources;
 use crate::protocol::delta::{DeltaError, DeltaState};
@@ -30,9 +33,6 @@ use crate::view::NodeView;
 
 /// The responses of one delta stream, as tonic sends them.
 pub type DeltaResponseStream = ReceiverStream<Result<DeltaDiscoveryResponse, Status>>;
-
-/// How long a stream is held after its client half-closed, to send what it is owed.
-pub const HALF_CLOSE_GRACE: Duration = Duration::from_secs(10);
 
 /// The service name a delta stream reports in its status.
 fn service_name(only: Option<ResourceType>) -> &'static str {
@@ -144,6 +144,8 @@ impl Engine {
         };
         stream.took(handled);
         stream.sync_certificate(self.issuer.as_ref());
+        // The initial responses wait for a turn (admission control; see `admission`).
+        let mut initial = Some(self.initial_pushes.acquire().await);
         let mut dirty = true;
         // Set when the client half-closes: the end of the grace it is held for.
         let mut closing: Option<Pin<Box<Sleep>>> = None;
@@ -167,7 +169,11 @@ impl Engine {
                         return Err(status);
                     }
                 },
-                () = grace(&mut closing) => {
+                () = admission::expired(&mut initial) => {
+                    tracing::debug!("the initial responses took longer than a turn; letting the next stream go");
+                    initial = None;
+                }
+                () = until(&mut closing) => {
                     tracing::info!(
                         grace = ?HALF_CLOSE_GRACE,
                         "the half-closed client did not take what it was owed in time; ending the stream"
@@ -206,19 +212,15 @@ impl Engine {
                         }
                         // Everything owed is out.
                         None if closing.is_some() => return Ok(()),
-                        None => dirty = false,
+                        None => {
+                            dirty = false;
+                            // Everything owed for the first snapshot is written.
+                            initial = None;
+                        }
                     }
                 }
             }
         }
-    }
-}
-
-/// Resolves when the half-close grace is over; never before the client half-closed.
-async fn grace(closing: &mut Option<Pin<Box<Sleep>>>) {
-    match closing {
-        Some(sleep) => sleep.as_mut().await,
-        None => std::future::pending().await,
     }
 }
 

@@ -362,6 +362,32 @@ impl AdsClient {
         Ok(response)
     }
 
+    /// Half-closes the request side, as ghz does right after its request: nothing more
+    /// can be sent on this stream.
+    pub fn half_close(&mut self) {
+        let (closed, _) = mpsc::channel(1);
+        self.requests = closed;
+    }
+
+    /// Every response until the stream ends (each waited for up to [`RECV_TIMEOUT`]), and
+    /// how it ended: `Ok` for status OK.
+    pub async fn until_end(&mut self) -> (Vec<DiscoveryResponse>, Result<(), Status>) {
+        let mut responses = Vec::new();
+        loop {
+            match tokio::time::timeout(RECV_TIMEOUT, self.responses.message()).await {
+                Ok(Ok(Some(r))) => responses.push(r),
+                Ok(Ok(None)) => return (responses, Ok(())),
+                Ok(Err(status)) => return (responses, Err(status)),
+                Err(_) => {
+                    let late = Status::deadline_exceeded(format!(
+                        "the stream neither sent nor ended within {RECV_TIMEOUT:?}"
+                    ));
+                    return (responses, Err(late));
+                }
+            }
+        }
+    }
+
     /// Waits for the stream to end with an error status, skipping responses.
     pub async fn ended(&mut self) -> Status {
         loop {

@@ -14,3 +14,4 @@ mod mtls;
 mod quotas;
 mod sds;
 mod status;
+mod streams;
