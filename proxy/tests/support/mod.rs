@@ -60,6 +60,17 @@ pub fn tail(path: &Path, max: usize) -> String {
     format!("--- {} ---\n{}", path.display(), &text[start..])
 }
 
+/// The last `n` lines of a proxy's log about its xDS stream (opened, failed, fallen back),
+/// which trace-level noise would push out of a plain tail.
+pub fn xds_stream_lines(path: &Path, n: usize) -> String {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let lines: Vec<&str> = text
+        .lines()
+        .filter(|l| l.contains("xDS stream") || l.contains("delta xDS"))
+        .collect();
+    lines[lines.len().saturating_sub(n)..].join("\n")
+}
+
 /// The `switchboard` binary: built beside this package's binary by `cargo test --workspace`
 /// (scripts/test); built here when this package's tests run alone.
 pub fn control_plane_binary() -> PathBuf {
@@ -332,8 +343,10 @@ impl Proxy {
             }
             assert!(
                 Instant::now() < deadline,
-                "proxy {name} did not become ready (xDS protocol: {})\n{}",
+                "proxy {name} did not become ready (xDS protocol: {}); its last xDS stream \
+                 lines:\n{}\n{}",
                 xds_protocol().unwrap_or("the default"),
+                xds_stream_lines(&proxy.log, 5),
                 tail(&proxy.log, 4000)
             );
             tokio::time::sleep(Duration::from_millis(50)).await;
