@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{Parser, ValueEnum};
-use switchboard_proxy_xds::Bootstrap;
+use switchboard_proxy_xds::{ApiType, Bootstrap};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -19,7 +19,7 @@ use switchboard_proxy_xds::Bootstrap;
 )]
 pub struct Args {
     /// Bootstrap file (YAML or JSON): xds_address, node_id, metadata, token_file, xds_ca_file,
-    /// xds_client_cert_file, xds_client_key_file.
+    /// xds_client_cert_file, xds_client_key_file, ads_config: {api_type: DELTA_GRPC | GRPC}.
     #[arg(long, env = "SWITCHBOARD_PROXY_BOOTSTRAP")]
     pub bootstrap: Option<PathBuf>,
     /// The control plane's xDS address, e.g. http://127.0.0.1:18000.
@@ -46,6 +46,11 @@ pub struct Args {
     /// The PEM private key of --xds-client-cert-file.
     #[arg(long, requires = "xds_client_cert_file")]
     pub xds_client_key_file: Option<PathBuf>,
+    /// The ADS protocol: `delta` (incremental xDS) or `sotw` (state of the world); overrides
+    /// the bootstrap's ads_config.api_type. Neither given: delta, falling back to sotw when
+    /// the control plane does not serve delta; given: exactly that protocol.
+    #[arg(long, value_enum, env = "SWITCHBOARD_PROXY_XDS_PROTOCOL")]
+    pub xds_protocol: Option<XdsProtocol>,
     /// Where the admin port listens (/ready, /stats, /config_dump, /clusters).
     #[arg(long, default_value = "127.0.0.1:15000")]
     pub admin_address: SocketAddr,
@@ -70,6 +75,21 @@ pub struct Args {
     /// Export request spans over OTLP/gRPC to this collector, e.g. http://127.0.0.1:4317.
     #[arg(long, env = "OTEL_EXPORTER_OTLP_ENDPOINT")]
     pub otlp_endpoint: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum XdsProtocol {
+    Delta,
+    Sotw,
+}
+
+impl From<XdsProtocol> for ApiType {
+    fn from(p: XdsProtocol) -> Self {
+        match p {
+            XdsProtocol::Delta => ApiType::DeltaGrpc,
+            XdsProtocol::Sotw => ApiType::Grpc,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -128,6 +148,13 @@ impl Args {
             .xds_ca_file
             .clone()
             .or_else(|| file.as_ref().and_then(|b| b.xds_ca_file.clone()));
+        let mut ads_config = file
+            .as_ref()
+            .map(|b| b.ads_config.clone())
+            .unwrap_or_default();
+        if let Some(p) = self.xds_protocol {
+            ads_config.api_type = Some(p.into());
+        }
         // The pair comes from the flags or from the file, never one from each.
         let (xds_client_cert_file, xds_client_key_file) = match &self.xds_client_cert_file {
             Some(cert) => (Some(cert.clone()), self.xds_client_key_file.clone()),
@@ -143,6 +170,7 @@ impl Args {
             xds_ca_file,
             xds_client_cert_file,
             xds_client_key_file,
+            ads_config,
         };
         bootstrap.check_tls().map_err(CliError::Tls)?;
         Ok(bootstrap)
@@ -209,6 +237,49 @@ mod tests {
         .unwrap_err()
         .to_string();
         assert!(e.contains("https://"), "{e}");
+    }
+
+    #[test]
+    fn the_xds_protocol_flag_overrides_the_bootstrap() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("b.yaml");
+        std::fs::write(
+            &path,
+            "xds_address: http://a:1\nnode_id: n\nads_config: {api_type: GRPC}\n",
+        )
+        .unwrap();
+        let file = path.to_str().unwrap();
+        let parse = |extra: &[&str]| {
+            let mut argv = vec!["switchboard-proxy", "--bootstrap", file];
+            argv.extend_from_slice(extra);
+            Args::try_parse_from(argv).unwrap().bootstrap().unwrap()
+        };
+        // The variable is the flag's too: the file speaks only when neither is given.
+        if std::env::var_os("SWITCHBOARD_PROXY_XDS_PROTOCOL").is_none() {
+            assert_eq!(parse(&[]).ads_config.api_type, Some(ApiType::Grpc));
+        }
+        assert_eq!(
+            parse(&["--xds-protocol", "delta"]).ads_config.api_type,
+            Some(ApiType::DeltaGrpc)
+        );
+        let flags_only = Args::try_parse_from([
+            "switchboard-proxy",
+            "--xds-address",
+            "http://a:1",
+            "--node-id",
+            "n",
+            "--xds-protocol",
+            "sotw",
+        ])
+        .unwrap();
+        assert_eq!(
+            flags_only.bootstrap().unwrap().ads_config.api_type,
+            Some(ApiType::Grpc)
+        );
+        let e = Args::try_parse_from(["switchboard-proxy", "--xds-protocol", "rest"])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("delta") && e.contains("sotw"), "{e}");
     }
 
     #[test]

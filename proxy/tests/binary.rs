@@ -58,6 +58,8 @@ impl Running {
             .args(["--metadata", "role=gateway", "--metadata", "gateway=edge"])
             .args(["--admin-address", &format!("127.0.0.1:{admin}")])
             .args(["--drain-timeout", "5s"])
+            // The hand-driven server speaks state of the world.
+            .args(["--xds-protocol", "sotw"])
             .args(extra)
             .env("RUST_LOG", support::LOG_LEVEL)
             .stdin(Stdio::null())

@@ -6,7 +6,9 @@
 //!
 //! Checked: `/a` goes to backend a, `x-pick: b` to b, `/` is split over both; a new snapshot
 //! (`v2` on the Go program's stdin) is ACKed within 5 s, after which every `/` goes to b; the
-//! Go server saw no NACK and the proxy's `/config_dump` shows no refused resource.
+//! Go server saw no NACK and the proxy's `/config_dump` shows no refused resource. Run once
+//! per ADS protocol (`--xds-protocol delta` and `sotw`), each checked to be the only one the
+//! Go server saw.
 //!
 //! The Go program is built by `scripts/lib/peers.sh` (run by `scripts/test`), which exports
 //! `SWITCHBOARD_GO_XDS_SERVER`. Without it the test skips, unless `SWITCHBOARD_REQUIRE_PEERS=1`
@@ -176,7 +178,27 @@ fn route_version(dump: &Value) -> Option<String> {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_proxy_takes_its_config_from_go_control_plane_and_routes() {
+async fn over_delta_the_proxy_takes_its_config_from_go_control_plane_and_routes() {
+    takes_its_config_and_routes("delta").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn over_sotw_the_proxy_takes_its_config_from_go_control_plane_and_routes() {
+    takes_its_config_and_routes("sotw").await;
+}
+
+/// Whether a line of the Go server's log is about a delta stream (`DELTA ...`) or a
+/// state-of-the-world one (`STREAM ...`, `REQUEST ...`, `RESPONSE ...`).
+fn spoke(line: &str, protocol: &str) -> bool {
+    match protocol {
+        "delta" => line.starts_with("DELTA "),
+        _ => ["STREAM ", "REQUEST ", "RESPONSE "]
+            .iter()
+            .any(|p| line.starts_with(p)),
+    }
+}
+
+async fn takes_its_config_and_routes(protocol: &str) {
     let Some(gocp_path) = go_server() else {
         return;
     };
@@ -234,6 +256,8 @@ async fn the_proxy_takes_its_config_from_go_control_plane_and_routes() {
             .arg(&bootstrap)
             .arg("--admin-address")
             .arg(format!("127.0.0.1:{admin_port}"))
+            .arg("--xds-protocol")
+            .arg(protocol)
             .env_remove("SWITCHBOARD_PROXY_BOOTSTRAP")
             .env_remove("OTEL_EXPORTER_OTLP_ENDPOINT")
             .env("RUST_LOG", support::LOG_LEVEL)
@@ -271,6 +295,23 @@ async fn the_proxy_takes_its_config_from_go_control_plane_and_routes() {
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+
+    let other = if protocol == "delta" { "sotw" } else { "delta" };
+    assert!(
+        gocp.has_line(|l| spoke(l, protocol)) && !gocp.has_line(|l| spoke(l, other)),
+        "the proxy spoke {protocol} only\ngocp: {:#?}",
+        gocp.tail(30)
+    );
+    let dump_at_v1: Value = http
+        .get(format!("{admin}/config_dump"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let v1 = route_version(&dump_at_v1);
+    assert!(v1.is_some(), "{dump_at_v1:#}");
 
     let base = format!("http://127.0.0.1:{listener_port}");
     for _ in 0..10 {
@@ -323,7 +364,14 @@ async fn the_proxy_takes_its_config_from_go_control_plane_and_routes() {
         .json()
         .await
         .unwrap();
-    assert_eq!(route_version(&dump).as_deref(), Some("v2"), "{dump:#}");
+    // State of the world versions a type as a whole (the snapshot's); delta, each resource
+    // (go-control-plane hashes it).
+    let v2 = route_version(&dump);
+    if protocol == "sotw" {
+        assert_eq!(v2.as_deref(), Some("v2"), "{dump:#}");
+    } else {
+        assert!(v2.is_some() && v2 != v1, "{v1:?} then {v2:?}: {dump:#}");
+    }
     assert_eq!(refused(&dump), Vec::<String>::new(), "{dump:#}");
     let nacks = gocp.nacks();
     assert!(nacks.is_empty(), "the proxy NACKed: {nacks:#?}");

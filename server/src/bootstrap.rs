@@ -243,6 +243,7 @@ fn proxy(a: &ProxyArgs) -> Result<String, BootstrapError> {
         xds_ca_file: a.xds_ca_file.clone(),
         xds_client_cert_file: cert.xds_client_cert_file.clone(),
         xds_client_key_file: cert.xds_client_key_file.clone(),
+        ads_config: Default::default(),
     };
     // The xDS server's own check: a missing service or clashing ports fail here, not at connect.
     node_role(&bootstrap.node())?;

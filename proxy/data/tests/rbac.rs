@@ -26,7 +26,9 @@ use switchboard_proxy_data::telemetry::{self, ACCESS_LOG_TARGET, AccessLog, RBAC
 use switchboard_proxy_xds::testing::rbac::*;
 use switchboard_proxy_xds::testing::resources::{eds_cluster, load_assignment};
 use switchboard_proxy_xds::testing::{AdsServer, response};
-use switchboard_proxy_xds::{Bootstrap, ClientOptions, ConfigStore, XdsClient, XdsClientHandle};
+use switchboard_proxy_xds::{
+    AdsConfig, ApiType, Bootstrap, ClientOptions, ConfigStore, XdsClient, XdsClientHandle,
+};
 use switchboard_xds_proto::pb::envoy::config::core::v3::{
     DataSource, TransportSocket, data_source, transport_socket,
 };
@@ -214,6 +216,9 @@ impl Proxy {
             xds_ca_file: None,
             xds_client_cert_file: None,
             xds_client_key_file: None,
+            ads_config: AdsConfig {
+                api_type: Some(ApiType::Grpc),
+            },
         };
         let store = ConfigStore::new();
         let client = XdsClient::new(bootstrap, &store, ClientOptions::default()).spawn();

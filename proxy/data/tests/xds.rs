@@ -11,7 +11,7 @@ use switchboard_proxy_xds::testing::resources::{
     eds_cluster, http_listener, load_assignment, route_config,
 };
 use switchboard_proxy_xds::testing::{AdsServer, response};
-use switchboard_proxy_xds::{Bootstrap, ClientOptions, ConfigStore, XdsClient};
+use switchboard_proxy_xds::{AdsConfig, ApiType, Bootstrap, ClientOptions, ConfigStore, XdsClient};
 use switchboard_xds_proto::{pack, type_url};
 use tokio::net::TcpListener;
 
@@ -30,6 +30,9 @@ async fn routes_with_config_from_ads_and_follows_eds_updates() {
         xds_ca_file: None,
         xds_client_cert_file: None,
         xds_client_key_file: None,
+        ads_config: AdsConfig {
+            api_type: Some(ApiType::Grpc),
+        },
     };
     let store = ConfigStore::new();
     let mut client = XdsClient::new(bootstrap, &store, ClientOptions::default()).spawn();

@@ -2,8 +2,8 @@
 // server, used by switchboard-proxy's interop test (proxy/tests/go_control_plane.rs) to show
 // that the proxy speaks standard xDS.
 //
-// It serves ADS (state of the world) on 127.0.0.1:0 and prints "listening 127.0.0.1:PORT" on
-// stdout once serving. The snapshot for -node-id holds:
+// It serves ADS, state of the world and incremental (delta) alike from the same cache, on
+// 127.0.0.1:0 and prints "listening 127.0.0.1:PORT" on stdout once serving. The snapshot for -node-id holds:
 //
 //   - Listener "ingress" on 127.0.0.1:<-listener-port>: an HTTP connection manager with the
 //     router filter, routes over RDS (ADS) as RouteConfiguration "ingress-routes";
@@ -13,7 +13,11 @@
 //
 // Each line on stdin picks a snapshot: "v2" sends everything under "/" (but "/a") to svc-b,
 // "v1" restores the first one. The program exits when stdin closes. Requests, ACKs, NACKs
-// and responses are logged to stderr, a NACK as "NACK <type url> <error message>".
+// and responses are logged to stderr, a NACK as "NACK <type url> <error message>" and an ACK
+// as "ACK <type url> <snapshot version> ..." in both protocols (a delta ACK names its nonce
+// only; the version is the one that nonce's response carried). Delta lines start with
+// "DELTA " before that ("DELTA ACK ...", "DELTA NACK ..."), so a test can tell which
+// protocol a client spoke.
 package main
 
 import (
@@ -25,6 +29,7 @@ import (
 	"os"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	cluster "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
@@ -158,7 +163,44 @@ func logf(format string, args ...interface{}) {
 }
 
 func callbacks() serverv3.CallbackFuncs {
+	// A delta ACK carries the nonce of what it acknowledges, not a version: remember each
+	// response's system version by nonce to log ACKs the way state of the world does.
+	var mu sync.Mutex
+	deltaVersions := map[string]string{}
 	return serverv3.CallbackFuncs{
+		DeltaStreamOpenFunc: func(_ context.Context, id int64, typeURL string) error {
+			logf("DELTA STREAM %d open %s", id, typeURL)
+			return nil
+		},
+		DeltaStreamClosedFunc: func(id int64, node *core.Node) {
+			logf("DELTA STREAM %d closed (node %q)", id, node.GetId())
+		},
+		StreamDeltaRequestFunc: func(_ int64, req *discovery.DeltaDiscoveryRequest) error {
+			switch {
+			case req.GetErrorDetail() != nil:
+				logf("DELTA NACK %s %s", req.GetTypeUrl(), req.GetErrorDetail().GetMessage())
+				logf("NACK %s %s", req.GetTypeUrl(), req.GetErrorDetail().GetMessage())
+			case req.GetResponseNonce() != "":
+				mu.Lock()
+				version := deltaVersions[req.GetResponseNonce()]
+				mu.Unlock()
+				logf("DELTA ACK %s %s nonce=%s", req.GetTypeUrl(), version, req.GetResponseNonce())
+				logf("ACK %s %s nonce=%s", req.GetTypeUrl(), version, req.GetResponseNonce())
+			default:
+				logf("DELTA REQUEST %s node=%q subscribe=%v unsubscribe=%v initial=%v", req.GetTypeUrl(),
+					req.GetNode().GetId(), req.GetResourceNamesSubscribe(),
+					req.GetResourceNamesUnsubscribe(), req.GetInitialResourceVersions())
+			}
+			return nil
+		},
+		StreamDeltaResponseFunc: func(_ int64, _ *discovery.DeltaDiscoveryRequest, resp *discovery.DeltaDiscoveryResponse) {
+			mu.Lock()
+			deltaVersions[resp.GetNonce()] = resp.GetSystemVersionInfo()
+			mu.Unlock()
+			logf("DELTA RESPONSE %s %s nonce=%s resources=%d removed=%v", resp.GetTypeUrl(),
+				resp.GetSystemVersionInfo(), resp.GetNonce(), len(resp.GetResources()),
+				resp.GetRemovedResources())
+		},
 		StreamOpenFunc: func(_ context.Context, id int64, typeURL string) error {
 			logf("STREAM %d open %s", id, typeURL)
 			return nil

@@ -2,6 +2,10 @@
 //! processes on loopback (killed on drop), and real backends: HTTP/1.1, HTTP/2 (h2c) and gRPC.
 //! Both binaries log at trace level into a file that is scanned for secrets when the process
 //! wrapper drops (`switchboard_runtime::leaks`): a secret in any line fails the test.
+//!
+//! The proxies speak the ADS protocol `SWITCHBOARD_PROXY_XDS_PROTOCOL` names (`delta` or
+//! `sotw`, passed as `--xds-protocol`, so exactly that one), else the proxy's default (delta,
+//! falling back to sotw when the control plane does not serve delta); see [`xds_protocol`].
 
 #![allow(clippy::unwrap_used, clippy::expect_used, dead_code)]
 
@@ -27,6 +31,17 @@ use tokio::sync::watch;
 pub const PROXY: &str = env!("CARGO_BIN_EXE_switchboard-proxy");
 pub const ADMIN_TOKEN: &str = "proxy-e2e-admin-token-0123456789";
 
+/// The protocol the suite's proxies are told to speak, from `SWITCHBOARD_PROXY_XDS_PROTOCOL`;
+/// `None`: the proxy's default.
+pub fn xds_protocol() -> Option<&'static str> {
+    match std::env::var("SWITCHBOARD_PROXY_XDS_PROTOCOL").as_deref() {
+        Err(_) | Ok("") => None,
+        Ok("delta") => Some("delta"),
+        Ok("sotw") => Some("sotw"),
+        Ok(other) => panic!("SWITCHBOARD_PROXY_XDS_PROTOCOL={other:?}: use delta or sotw"),
+    }
+}
+
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
@@ -43,6 +58,17 @@ pub fn tail(path: &Path, max: usize) -> String {
         .find(|&i| text.is_char_boundary(i))
         .unwrap_or(text.len());
     format!("--- {} ---\n{}", path.display(), &text[start..])
+}
+
+/// The last `n` lines of a proxy's log about its xDS stream (opened, failed, fallen back),
+/// which trace-level noise would push out of a plain tail.
+pub fn xds_stream_lines(path: &Path, n: usize) -> String {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let lines: Vec<&str> = text
+        .lines()
+        .filter(|l| l.contains("xDS stream") || l.contains("delta xDS"))
+        .collect();
+    lines[lines.len().saturating_sub(n)..].join("\n")
 }
 
 /// The `switchboard` binary: built beside this package's binary by `cargo test --workspace`
@@ -317,7 +343,10 @@ impl Proxy {
             }
             assert!(
                 Instant::now() < deadline,
-                "proxy {name} did not become ready\n{}",
+                "proxy {name} did not become ready (xDS protocol: {}); its last xDS stream \
+                 lines:\n{}\n{}",
+                xds_protocol().unwrap_or("the default"),
+                xds_stream_lines(&proxy.log, 5),
                 tail(&proxy.log, 4000)
             );
             tokio::time::sleep(Duration::from_millis(50)).await;
@@ -345,12 +374,16 @@ impl Proxy {
             .args(["--token-file", token.to_str().unwrap()])
             .args(["--admin-address", &format!("127.0.0.1:{admin}")])
             .args(["--drain-timeout", "2s"])
+            .env_remove("SWITCHBOARD_PROXY_XDS_PROTOCOL")
             .env("RUST_LOG", LOG_LEVEL)
             .stdin(Stdio::null())
             .stdout(stdout)
             .stderr(stderr);
         for (k, v) in metadata {
             cmd.args(["--metadata", &format!("{k}={v}")]);
+        }
+        if let Some(protocol) = xds_protocol() {
+            cmd.args(["--xds-protocol", protocol]);
         }
         cmd.envs(env.iter().copied());
         if running_as_root() {

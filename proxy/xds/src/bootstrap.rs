@@ -35,6 +35,39 @@ pub struct Bootstrap {
     /// The PEM private key of `xds_client_cert_file`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub xds_client_key_file: Option<PathBuf>,
+    /// Which ADS protocol to speak, in the shape of Envoy's `dynamic_resources.ads_config`.
+    #[serde(default, skip_serializing_if = "AdsConfig::is_unset")]
+    pub ads_config: AdsConfig,
+}
+
+/// The part of Envoy's `ads_config` the proxy reads.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdsConfig {
+    /// `DELTA_GRPC` (incremental xDS) or `GRPC` (state of the world), Envoy's names.
+    ///
+    /// Absent, the proxy speaks delta and falls back to state of the world, once, when the
+    /// control plane answers `UNIMPLEMENTED` (an older control plane); named, it speaks
+    /// exactly that protocol and retries with backoff if the server refuses it, as Envoy does.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub api_type: Option<ApiType>,
+}
+
+impl AdsConfig {
+    fn is_unset(&self) -> bool {
+        self.api_type.is_none()
+    }
+}
+
+/// Envoy's `ApiConfigSource.ApiType` values that make sense for ADS.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum ApiType {
+    /// `DeltaAggregatedResources`: incremental xDS.
+    #[serde(rename = "DELTA_GRPC")]
+    DeltaGrpc,
+    /// `StreamAggregatedResources`: state of the world.
+    #[serde(rename = "GRPC")]
+    Grpc,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -140,6 +173,29 @@ mod tests {
         assert!(Bootstrap::parse(json).unwrap().metadata.is_empty());
         assert!(Bootstrap::parse("node_id: n\n").is_err());
         assert!(Bootstrap::parse("xds_address: a\nnode_id: n\nbogus: 1\n").is_err());
+    }
+
+    #[test]
+    fn ads_api_type_takes_envoys_names_and_defaults_to_unset() {
+        let base = "xds_address: http://x:1\nnode_id: n\n";
+        assert_eq!(Bootstrap::parse(base).unwrap().ads_config.api_type, None);
+        let with = |t: &str| Bootstrap::parse(&format!("{base}ads_config: {{api_type: {t}}}\n"));
+        assert_eq!(
+            with("DELTA_GRPC").unwrap().ads_config.api_type,
+            Some(ApiType::DeltaGrpc)
+        );
+        assert_eq!(
+            with("GRPC").unwrap().ads_config.api_type,
+            Some(ApiType::Grpc)
+        );
+        let e = with("REST").unwrap_err().to_string();
+        assert!(e.contains("DELTA_GRPC") && e.contains("GRPC"), "{e}");
+        // Unset, nothing is written: the printed bootstrap keeps the proxy's default.
+        let b = Bootstrap::parse(base).unwrap();
+        assert!(!serde_yaml_ng::to_string(&b).unwrap().contains("ads_config"));
+        let b = with("GRPC").unwrap();
+        let text = serde_yaml_ng::to_string(&b).unwrap();
+        assert_eq!(Bootstrap::parse(&text).unwrap(), b, "{text}");
     }
 
     #[test]

@@ -1,30 +1,39 @@
-//! The ADS client: one state-of-the-world stream carrying LDS, RDS, CDS and EDS.
+//! The ADS client: one stream carrying LDS, RDS, CDS, EDS and SDS, incremental (delta xDS)
+//! by default or state of the world ([`crate::bootstrap::AdsConfig`]). The two protocols
+//! differ only in how requests are formed and responses read (`wire`); the rules below hold
+//! for both.
 //!
-//! - LDS and CDS are wildcard subscriptions; RDS and EDS subscribe to exactly the names the
-//!   applied listeners and clusters need, and drop what they no longer need.
+//! - LDS and CDS are wildcard subscriptions; RDS, EDS and SDS subscribe to exactly the names
+//!   the applied listeners and clusters need, and drop what they no longer need.
 //! - Each response is converted, then handed to the type's [`Handler`]; the ACK goes out
 //!   only after the handler returned. One bad resource rejects only itself: the valid ones of
 //!   the same response are applied, and the NACK's `error_detail` names each rejected one.
 //! - When the stream fails, the applied configuration stays; the client reconnects with
-//!   exponential backoff and jitter and re-sends the versions and names it holds.
+//!   exponential backoff and jitter and re-sends the versions and names it holds (delta:
+//!   `initial_resource_versions`, per resource).
+//! - With `ads_config.api_type` unset, a control plane that answers delta with
+//!   `UNIMPLEMENTED` gets state of the world from then on (said once, at warn).
 //! - Readiness turns true once the initial LDS, RDS, CDS, EDS and SDS have been handled, and stays
 //!   true across reconnects (the last good configuration keeps serving).
 
+mod connect;
 mod resource;
+mod wire;
 
+use std::collections::HashMap;
 use std::time::Duration;
 
 use switchboard_runtime::Backoff;
-use switchboard_xds_proto::service::ads::AggregatedDiscoveryServiceClient;
-use switchboard_xds_proto::{DiscoveryRequest, DiscoveryResponse, Node, ResourceType, Status};
+use switchboard_xds_proto::{Node, ResourceType, Status};
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
-use tonic::transport::{Certificate, ClientTlsConfig, Endpoint, Identity};
 
+use connect::{StreamError, connect};
 use resource::TypeState;
 pub use resource::XdsResource;
+use wire::{Delta, Sotw, Wire};
 
-use crate::bootstrap::Bootstrap;
+use crate::bootstrap::{ApiType, Bootstrap};
 use crate::config::{Cluster, Listener, LoadAssignment, RouteConfig, Secret};
 use crate::dump::ConfigDump;
 pub use crate::handler::{Handler, Rejected};
@@ -115,44 +124,6 @@ impl Drop for XdsClientHandle {
     }
 }
 
-/// Why a stream ended.
-#[derive(Debug, thiserror::Error)]
-enum StreamError {
-    #[error("cannot read the token file {path}: {source} (hint: is the proxy token mounted?)")]
-    Token {
-        path: String,
-        source: std::io::Error,
-    },
-    #[error("cannot read xds_ca_file {path}: {source}")]
-    Ca {
-        path: String,
-        source: std::io::Error,
-    },
-    /// Names the file only: the key's contents never reach a message.
-    #[error("cannot read {what} {path}: {source}")]
-    ClientCert {
-        what: &'static str,
-        path: String,
-        source: std::io::Error,
-    },
-    #[error("invalid xds_address {address:?}: {source}")]
-    Address {
-        address: String,
-        source: tonic::transport::Error,
-    },
-    #[error("cannot connect to {address}: {source} (hint: is the control plane reachable?)")]
-    Connect {
-        address: String,
-        source: tonic::transport::Error,
-    },
-    #[error("the stream failed: {0}")]
-    Status(#[from] tonic::Status),
-    #[error("the token is not valid gRPC metadata")]
-    BadToken,
-    #[error("the stream closed")]
-    Closed,
-}
-
 impl XdsClient {
     /// A client applying everything to `store`.
     pub fn new(bootstrap: Bootstrap, store: &ConfigStore, options: ClientOptions) -> Self {
@@ -192,10 +163,46 @@ impl XdsClient {
     /// once a stream has delivered a response.
     pub async fn run(mut self) {
         let mut backoff = reconnect_backoff(&self.options);
+        let api_type = self.bootstrap.ads_config.api_type;
+        let mut protocol = api_type.unwrap_or(ApiType::DeltaGrpc);
         loop {
             let mut answered = false;
-            match self.stream(&mut answered).await {
+            let result = match protocol {
+                ApiType::DeltaGrpc => self.stream::<Delta>(&mut answered).await,
+                ApiType::Grpc => self.stream::<Sotw>(&mut answered).await,
+            };
+            match result {
                 Ok(()) => tracing::info!("the xDS stream ended; reconnecting"),
+                Err(StreamError::Status(status))
+                    if status.code() == tonic::Code::Unimplemented
+                        && protocol == ApiType::DeltaGrpc
+                        && api_type.is_none() =>
+                {
+                    // Only when delta is the default rather than asked for: a proxy pointed
+                    // at an older control plane is not left without configuration.
+                    tracing::warn!(
+                        status = %status.message(),
+                        "the control plane does not serve delta xDS (DeltaAggregatedResources \
+                         answered UNIMPLEMENTED); falling back to state-of-the-world ADS for \
+                         the life of this process"
+                    );
+                    protocol = ApiType::Grpc;
+                    continue;
+                }
+                Err(StreamError::Status(status)) if status.code() == tonic::Code::Unimplemented => {
+                    let (asked, other) = match protocol {
+                        ApiType::DeltaGrpc => ("delta (DELTA_GRPC)", "sotw"),
+                        ApiType::Grpc => ("state-of-the-world (GRPC)", "delta"),
+                    };
+                    tracing::warn!(
+                        status = %status.message(),
+                        hint = %format!(
+                            "the control plane does not serve {asked} ADS; \
+                             choose --xds-protocol {other} or set ads_config.api_type"
+                        ),
+                        "xDS stream failed: UNIMPLEMENTED; keeping the current configuration"
+                    );
+                }
                 Err(e) => {
                     tracing::warn!(error = %e, "xDS stream failed; keeping the current configuration")
                 }
@@ -209,129 +216,49 @@ impl XdsClient {
         }
     }
 
-    async fn stream(&mut self, answered: &mut bool) -> Result<(), StreamError> {
-        let address = self.bootstrap.xds_address.clone();
-        let token = match &self.bootstrap.token_file {
-            Some(path) => Some(tokio::fs::read_to_string(path).await.map_err(|source| {
-                StreamError::Token {
-                    path: path.display().to_string(),
-                    source,
-                }
-            })?),
-            None => None,
-        };
-        // A new connection per stream: a server that went away must not be reached through
-        // an old HTTP/2 connection.
-        let mut endpoint =
-            Endpoint::from_shared(address.clone()).map_err(|source| StreamError::Address {
-                address: address.clone(),
-                source,
-            })?;
-        if let Some(path) = &self.bootstrap.xds_ca_file {
-            // Read on every connect, so that a rotated CA applies to the next stream.
-            let pem = tokio::fs::read(path)
-                .await
-                .map_err(|source| StreamError::Ca {
-                    path: path.display().to_string(),
-                    source,
-                })?;
-            let mut tls = ClientTlsConfig::new().ca_certificate(Certificate::from_pem(pem));
-            if let (Some(cert), Some(key)) = (
-                &self.bootstrap.xds_client_cert_file,
-                &self.bootstrap.xds_client_key_file,
-            ) {
-                // Also read on every connect: a renewed certificate applies to the next stream.
-                let read = |what, path: &std::path::PathBuf| {
-                    let path = path.clone();
-                    async move {
-                        tokio::fs::read(&path)
-                            .await
-                            .map_err(|source| StreamError::ClientCert {
-                                what,
-                                path: path.display().to_string(),
-                                source,
-                            })
-                    }
-                };
-                let cert = read("xds_client_cert_file", cert).await?;
-                let key = read("xds_client_key_file", key).await?;
-                tls = tls.identity(Identity::from_pem(cert, key));
-            }
-            endpoint = endpoint
-                .tls_config(tls)
-                .map_err(|source| StreamError::Address {
-                    address: address.clone(),
-                    source,
-                })?;
-        }
-        let channel = endpoint
-            .connect_timeout(self.options.connect_timeout)
-            // Notices a control plane that vanished without closing the connection.
-            .http2_keep_alive_interval(Duration::from_secs(30))
-            .keep_alive_timeout(Duration::from_secs(10))
-            .keep_alive_while_idle(true)
-            .connect()
-            .await
-            .map_err(|source| StreamError::Connect { address, source })?;
-        let mut client =
-            AggregatedDiscoveryServiceClient::new(channel).max_decoding_message_size(64 << 20);
+    /// One stream of protocol `W`, until it fails or ends.
+    async fn stream<W: Wire>(&mut self, answered: &mut bool) -> Result<(), StreamError> {
+        let (mut client, authorization) =
+            connect(&self.bootstrap, self.options.connect_timeout).await?;
         let (tx, rx) = mpsc::unbounded_channel();
-        for t in [
-            &mut self.cds,
-            &mut self.lds,
-            &mut self.eds,
-            &mut self.rds,
-            &mut self.sds,
-        ] {
+        for t in self.types_mut() {
             t.nonce.clear();
         }
-        let mut first = true;
-        for kind in [
-            ResourceType::Cluster,
-            ResourceType::Listener,
-            ResourceType::ClusterLoadAssignment,
-            ResourceType::RouteConfiguration,
-            ResourceType::Secret,
-        ] {
-            let state = self.state(kind);
-            if state.wildcard || !state.names.is_empty() {
-                let mut request = request(state, None);
-                if first {
-                    request.node = Some(self.node.clone());
-                    first = false;
+        let mut node = Some(self.node.clone());
+        for kind in PUSH_ORDER {
+            if let Some(mut request) = W::initial(self.state(kind)) {
+                if let Some(node) = node.take() {
+                    W::with_node(&mut request, node);
                 }
                 let _ = tx.send(request);
             }
         }
         let mut request =
             tonic::Request::new(tokio_stream::wrappers::UnboundedReceiverStream::new(rx));
-        if let Some(token) = token {
-            let value = format!("Bearer {}", token.trim())
-                .parse()
-                .map_err(|_| StreamError::BadToken)?;
+        if let Some(value) = authorization {
             request.metadata_mut().insert("authorization", value);
         }
-        let mut responses = client
-            .stream_aggregated_resources(request)
-            .await?
-            .into_inner();
-        tracing::info!(address = %self.bootstrap.xds_address, "xDS stream open");
+        let mut responses = W::open(&mut client, request).await?;
+        tracing::info!(address = %self.bootstrap.xds_address, protocol = W::NAME, "xDS stream open");
         // A NACK held back by pacing, per type; a newer response of the type supersedes it.
-        let mut held: std::collections::HashMap<String, JoinHandle<()>> = Default::default();
+        let mut held: HashMap<ResourceType, JoinHandle<()>> = HashMap::new();
         let result = async {
             while let Some(response) = responses.message().await? {
                 *answered = true;
-                if let Some(old) = held.remove(&response.type_url) {
+                let Some(kind) = ResourceType::from_type_url(W::type_url(&response)) else {
+                    tracing::warn!(type_url = %W::type_url(&response), "ignoring a response of a type not asked for");
+                    continue;
+                };
+                if let Some(old) = held.remove(&kind) {
                     old.abort();
                 }
-                for (request, delay) in self.handle(&response) {
+                for (request, delay) in self.handle::<W>(kind, &response) {
                     if delay.is_zero() {
                         tx.send(request).map_err(|_| StreamError::Closed)?;
                     } else {
                         let tx = tx.clone();
-                        let type_url = request.type_url.clone();
                         held.insert(
-                            type_url,
+                            kind,
                             tokio::spawn(async move {
                                 tokio::time::sleep(delay).await;
                                 let _ = tx.send(request);
@@ -349,6 +276,16 @@ impl XdsClient {
         result
     }
 
+    fn types_mut(&mut self) -> [&mut TypeState; 5] {
+        [
+            &mut self.cds,
+            &mut self.lds,
+            &mut self.eds,
+            &mut self.rds,
+            &mut self.sds,
+        ]
+    }
+
     fn state(&self, kind: ResourceType) -> &TypeState {
         match kind {
             ResourceType::Listener => &self.lds,
@@ -360,93 +297,93 @@ impl XdsClient {
     }
 
     /// Handles a response; returns the requests to send, the ACK or NACK first, each with how
-    /// long to hold it back. A NACK of the version NACKed just before is paced (100 ms doubling
-    /// to 10 s): some servers (go-control-plane) answer a NACK by re-sending the same version
-    /// at once, and both sides would otherwise spin.
-    fn handle(&mut self, response: &DiscoveryResponse) -> Vec<(DiscoveryRequest, Duration)> {
-        let Some(kind) = ResourceType::from_type_url(&response.type_url) else {
-            tracing::warn!(type_url = %response.type_url, "ignoring a response of a type not asked for");
-            return Vec::new();
-        };
+    /// long to hold it back. A NACK of the very resources and versions NACKed just before is
+    /// paced (100 ms doubling to 10 s): some servers (go-control-plane) answer a NACK by
+    /// re-sending the same version at once, and both sides would otherwise spin.
+    fn handle<W: Wire>(
+        &mut self,
+        kind: ResourceType,
+        response: &W::Response,
+    ) -> Vec<(W::Request, Duration)> {
+        let update = W::read(response);
+        let version = update.version;
         let h = &mut self.handlers;
-        let (state, rejected) = match kind {
+        let (state, outcome) = match kind {
             ResourceType::Listener => {
-                let r = self.lds.handle(response, h.listeners.as_mut());
+                let r = self.lds.apply(update, h.listeners.as_mut());
                 (&mut self.lds, r)
             }
             ResourceType::RouteConfiguration => {
-                let r = self.rds.handle(response, h.routes.as_mut());
+                let r = self.rds.apply(update, h.routes.as_mut());
                 (&mut self.rds, r)
             }
             ResourceType::Cluster => {
-                let r = self.cds.handle(response, h.clusters.as_mut());
+                let r = self.cds.apply(update, h.clusters.as_mut());
                 (&mut self.cds, r)
             }
             ResourceType::ClusterLoadAssignment => {
-                let r = self.eds.handle(response, h.endpoints.as_mut());
+                let r = self.eds.apply(update, h.endpoints.as_mut());
                 (&mut self.eds, r)
             }
             ResourceType::Secret => {
-                let r = self.sds.handle(response, h.secrets.as_mut());
+                let r = self.sds.apply(update, h.secrets.as_mut());
                 (&mut self.sds, r)
             }
         };
-        state.nonce.clone_from(&response.nonce);
+        W::nonce(response).clone_into(&mut state.nonce);
         let mut delay = Duration::ZERO;
-        let error_detail = if rejected.is_empty() {
-            state.version.clone_from(&response.version_info);
+        let error_detail = if outcome.rejected.is_empty() {
             state.nacked = None;
-            tracing::debug!(%kind, version = %response.version_info, "ACK");
+            tracing::debug!(%kind, %version, protocol = W::NAME, "ACK");
             None
         } else {
             let repeats = match &state.nacked {
-                Some((v, n)) if *v == response.version_info => n + 1,
+                Some((key, n)) if *key == outcome.nack_key => n + 1,
                 _ => 0,
             };
-            state.nacked = Some((response.version_info.clone(), repeats));
+            state.nacked = Some((outcome.nack_key, repeats));
             if repeats > 0 {
                 delay = nack_pacing().delay(repeats - 1);
             }
-            let message = rejected
+            let message = outcome
+                .rejected
                 .iter()
                 .map(|r| format!("{}: {}", r.name, r.error))
                 .collect::<Vec<_>>()
                 .join("\n");
-            tracing::warn!(%kind, version = %response.version_info, %message, "NACK");
+            tracing::warn!(%kind, %version, protocol = W::NAME, %message, "NACK");
             Some(Status {
                 code: tonic::Code::InvalidArgument as i32,
                 message,
                 details: vec![],
             })
         };
-        let mut out = vec![(request(state, error_detail), delay)];
+        let mut out = vec![(W::ack(state, response, error_detail), delay)];
         // Dependent subscriptions follow what was just applied.
         let dependent = match kind {
             ResourceType::Listener => {
                 let needed = self.lds.needed();
                 self.rds
                     .resubscribe(needed, self.handlers.routes.as_mut())
-                    .then_some(&self.rds)
+                    .map(|c| W::resubscribe(&self.rds, &c))
             }
             ResourceType::Cluster => {
                 let needed = self.cds.needed();
                 self.eds
                     .resubscribe(needed, self.handlers.endpoints.as_mut())
-                    .then_some(&self.eds)
+                    .map(|c| W::resubscribe(&self.eds, &c))
             }
             _ => None,
         };
-        if let Some(state) = dependent {
-            out.push((request(state, None), Duration::ZERO));
-        }
+        out.extend(dependent.map(|r| (r, Duration::ZERO)));
         if matches!(kind, ResourceType::Listener | ResourceType::Cluster) {
             let mut secrets = self.lds.secrets_needed();
             secrets.extend(self.cds.secrets_needed());
-            if self
+            if let Some(c) = self
                 .sds
                 .resubscribe(secrets, self.handlers.secrets.as_mut())
             {
-                out.push((request(&self.sds, None), Duration::ZERO));
+                out.push((W::resubscribe(&self.sds, &c), Duration::ZERO));
             }
         }
         if [&self.lds, &self.rds, &self.cds, &self.eds, &self.sds]
@@ -459,21 +396,15 @@ impl XdsClient {
     }
 }
 
-/// The request that (re)states a type's subscription, version and nonce.
-fn request(state: &TypeState, error_detail: Option<Status>) -> DiscoveryRequest {
-    DiscoveryRequest {
-        version_info: state.version.clone(),
-        resource_names: if state.wildcard {
-            Vec::new()
-        } else {
-            state.names.iter().cloned().collect()
-        },
-        type_url: state.kind.type_url().to_owned(),
-        response_nonce: state.nonce.clone(),
-        error_detail,
-        ..Default::default()
-    }
-}
+/// The order of a stream's first requests: clusters before listeners, each before the type
+/// that depends on it (make before break).
+const PUSH_ORDER: [ResourceType; 5] = [
+    ResourceType::Cluster,
+    ResourceType::Listener,
+    ResourceType::ClusterLoadAssignment,
+    ResourceType::RouteConfiguration,
+    ResourceType::Secret,
+];
 
 /// Reconnect delays: `initial * 2^attempt`, capped, jittered so that proxies that lost the
 /// same server do not come back in lockstep.

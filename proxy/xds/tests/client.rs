@@ -10,7 +10,9 @@ use switchboard_proxy_xds::testing::resources::{
     eds_cluster, http_listener, load_assignment, redis_listener, regex_route_config, route_config,
 };
 use switchboard_proxy_xds::testing::{AdsServer, Received, response};
-use switchboard_proxy_xds::{Bootstrap, ClientOptions, ConfigStore, XdsClient, XdsClientHandle};
+use switchboard_proxy_xds::{
+    AdsConfig, ApiType, Bootstrap, ClientOptions, ConfigStore, XdsClient, XdsClientHandle,
+};
 use switchboard_runtime::eventually;
 use switchboard_xds_proto::{Any, DiscoveryRequest, pack, type_url};
 use tracing_subscriber::layer::{Context, Layer, SubscriberExt};
@@ -40,6 +42,9 @@ async fn env() -> Env {
         xds_ca_file: None,
         xds_client_cert_file: None,
         xds_client_key_file: None,
+        ads_config: AdsConfig {
+            api_type: Some(ApiType::Grpc),
+        },
     };
     let store = ConfigStore::new();
     let options = ClientOptions {
@@ -382,6 +387,9 @@ async fn a_resource_the_handler_refuses_is_nacked() {
         xds_ca_file: None,
         xds_client_cert_file: None,
         xds_client_key_file: None,
+        ads_config: AdsConfig {
+            api_type: Some(ApiType::Grpc),
+        },
     };
     let _client = XdsClient::with_handlers(bootstrap, handlers, ClientOptions::default()).spawn();
     let cds = expect(&mut server, CDS).await;

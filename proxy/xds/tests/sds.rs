@@ -11,7 +11,7 @@ use switchboard_proxy_xds::config::tls::{DataSource, SanMatch, SanType};
 use switchboard_proxy_xds::config::{Cluster, Listener, Secret};
 use switchboard_proxy_xds::testing::resources::{ads, eds_cluster, http_listener};
 use switchboard_proxy_xds::testing::{AdsServer, response};
-use switchboard_proxy_xds::{Bootstrap, ClientOptions, ConfigStore, XdsClient};
+use switchboard_proxy_xds::{AdsConfig, ApiType, Bootstrap, ClientOptions, ConfigStore, XdsClient};
 use switchboard_runtime::eventually;
 use switchboard_xds_proto::pb::envoy::config::cluster::v3::cluster::TransportSocketMatch;
 use switchboard_xds_proto::pb::envoy::config::core::v3::{
@@ -313,6 +313,9 @@ async fn the_client_subscribes_to_the_secrets_listeners_name_and_dumps_no_key() 
         xds_ca_file: None,
         xds_client_cert_file: None,
         xds_client_key_file: None,
+        ads_config: AdsConfig {
+            api_type: Some(ApiType::Grpc),
+        },
     };
     let store = ConfigStore::new();
     let options = ClientOptions {

@@ -374,6 +374,7 @@ async fn the_proxy_xds_client_connects_over_tls() {
         xds_ca_file: Some(ca_file),
         xds_client_cert_file: None,
         xds_client_key_file: None,
+        ads_config: Default::default(),
     };
     bootstrap.check_tls().unwrap();
     let config = ConfigStore::new();

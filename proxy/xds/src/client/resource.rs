@@ -1,5 +1,6 @@
-//! Per-type protocol state and the handling of one response: decode each resource, convert
-//! it, hand the good ones to the type's [`Handler`], and collect the rejected ones for the NACK.
+//! Per-type protocol state and the handling of one response, whichever protocol carried it:
+//! decode each resource, convert it, hand the good ones to the type's [`Handler`], and collect
+//! the rejected ones for the NACK.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -10,7 +11,7 @@ use switchboard_xds_proto::pb::envoy::config::listener::v3::Listener as PbListen
 use switchboard_xds_proto::pb::envoy::config::route::v3::RouteConfiguration;
 use switchboard_xds_proto::pb::envoy::extensions::transport_sockets::tls::v3::Secret as PbSecret;
 use switchboard_xds_proto::pb::google::protobuf::Any;
-use switchboard_xds_proto::{DiscoveryResponse, ResourceType, pack, unpack};
+use switchboard_xds_proto::{ResourceType, pack, unpack};
 
 use crate::config::{Cluster, ConfigError, Listener, LoadAssignment, RouteConfig, Secret};
 use crate::dump::ConfigDump;
@@ -112,9 +113,47 @@ impl XdsResource for Secret {
     }
 }
 
-/// What an applied resource needs of the dependent type and of SDS.
+/// One resource of a response, read the same way from either protocol.
+pub(crate) struct Item<'a> {
+    /// Delta's `Resource.name`, which must match the name inside.
+    pub wrapper_name: Option<&'a str>,
+    /// `None`: a delta `Resource` without a body (a TTL heartbeat of a resource held).
+    pub any: Option<&'a Any>,
+    /// SotW: the response's version; delta: the resource's own.
+    pub version: &'a str,
+}
+
+/// What one response says of its type.
+pub(crate) struct Update<'a> {
+    /// The response's version (SotW `version_info`, delta `system_version_info`), for logs.
+    pub version: &'a str,
+    pub items: Vec<Item<'a>>,
+    /// Names the response removes (delta's `removed_resources`).
+    pub removed: &'a [String],
+    /// The response is the type's whole state (SotW): on a wildcard type, a held resource it
+    /// leaves out is removed.
+    pub complete: bool,
+}
+
+/// What handling a response came to.
+#[derive(Debug, Default)]
+pub(crate) struct Outcome {
+    pub rejected: Vec<Rejected>,
+    /// Tells a NACK of the very same resources and versions from a new one, for pacing.
+    pub nack_key: String,
+}
+
+/// A change of a named type's subscription.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub(crate) struct Subscription {
+    pub added: Vec<String>,
+    pub removed: Vec<String>,
+}
+
+/// An applied resource: its version and what it needs of the dependent type and of SDS.
 #[derive(Debug, Clone, Default)]
-pub(crate) struct Needs {
+pub(crate) struct Held {
+    pub version: String,
     pub names: Vec<String>,
     pub secrets: Vec<String>,
 }
@@ -123,23 +162,23 @@ pub(crate) struct Needs {
 #[derive(Debug)]
 pub(crate) struct TypeState {
     pub kind: ResourceType,
-    /// LDS and CDS: every resource; absence from a response means removal.
+    /// LDS and CDS: every resource.
     pub wildcard: bool,
-    /// RDS and EDS: the names subscribed to.
+    /// RDS, EDS and SDS: the names subscribed to.
     pub names: BTreeSet<String>,
-    /// The last version ACKed; sent again on reconnect.
+    /// SotW: the last version ACKed; sent again on reconnect.
     pub version: String,
     /// The last nonce received on the current stream.
     pub nonce: String,
-    /// Applied resources and the names each needs of the dependent type and of SDS.
-    pub held: BTreeMap<String, Needs>,
+    /// Applied resources, by name.
+    pub held: BTreeMap<String, Held>,
     /// A response of this type has been handled since start.
     pub answered: bool,
-    /// Names received at least once (applied or rejected), for readiness.
+    /// Names received at least once (applied or rejected) or said not to exist, for readiness.
     pub seen: BTreeSet<String>,
     /// Applied and refused protos, for `/config_dump`.
     pub dump: ConfigDump,
-    /// The version last NACKed and how many times in a row, to pace repeated NACKs.
+    /// The last NACK's key and how many times in a row it was sent, to pace repeated NACKs.
     pub nacked: Option<(String, u32)>,
 }
 
@@ -160,7 +199,7 @@ impl TypeState {
     }
 
     /// Whether the initial fetch is complete: a wildcard type has had a response, a named
-    /// type has received every name it subscribes to.
+    /// type has received (or been told the absence of) every name it subscribes to.
     pub(crate) fn synced(&self) -> bool {
         if self.wildcard {
             self.answered
@@ -171,24 +210,28 @@ impl TypeState {
 
     /// The names the held resources need of the dependent type.
     pub(crate) fn needed(&self) -> BTreeSet<String> {
-        self.held.values().flat_map(|n| n.names.clone()).collect()
+        self.held.values().flat_map(|h| h.names.clone()).collect()
     }
 
     /// The secrets the held resources need.
     pub(crate) fn secrets_needed(&self) -> BTreeSet<String> {
-        self.held.values().flat_map(|n| n.secrets.clone()).collect()
+        self.held.values().flat_map(|h| h.secrets.clone()).collect()
     }
 
     /// Changes the subscription of a named type and drops what is no longer subscribed.
-    /// Returns whether it changed.
+    /// Returns the change, if any.
     pub(crate) fn resubscribe<T: XdsResource>(
         &mut self,
         names: BTreeSet<String>,
         handler: &mut dyn Handler<T>,
-    ) -> bool {
+    ) -> Option<Subscription> {
         if names == self.names {
-            return false;
+            return None;
         }
+        let change = Subscription {
+            added: names.difference(&self.names).cloned().collect(),
+            removed: self.names.difference(&names).cloned().collect(),
+        };
         let dropped: Vec<String> = self
             .held
             .keys()
@@ -206,32 +249,54 @@ impl TypeState {
         }
         self.seen.retain(|n| names.contains(n));
         self.names = names;
-        true
+        Some(change)
     }
 
-    /// Handles one response of this type; returns the rejected resources.
-    pub(crate) fn handle<T: XdsResource>(
+    /// Handles one response of this type.
+    pub(crate) fn apply<T: XdsResource>(
         &mut self,
-        response: &DiscoveryResponse,
+        update: Update<'_>,
         handler: &mut dyn Handler<T>,
-    ) -> Vec<Rejected> {
+    ) -> Outcome {
         let mut rejected = Vec::new();
         let mut updates = Vec::new();
         let mut present = BTreeSet::new();
-        let mut received = BTreeMap::new();
-        for (i, any) in response.resources.iter().enumerate() {
+        // Name (or `resources[i]`) to the proto as received and its version.
+        let mut received: BTreeMap<String, (Option<&Any>, &str)> = BTreeMap::new();
+        for (i, item) in update.items.iter().enumerate() {
+            let label = item
+                .wrapper_name
+                .map_or_else(|| format!("resources[{i}]"), str::to_owned);
+            let Some(any) = item.any else {
+                if self.held.contains_key(&label) {
+                    present.insert(label);
+                } else {
+                    received.insert(label.clone(), (None, item.version));
+                    rejected.push(Rejected::new(label, "the resource carries no body"));
+                }
+                continue;
+            };
             let proto = match unpack::<T::Proto>(any) {
                 Ok(p) => p,
                 Err(e) => {
-                    rejected.push(Rejected::new(format!("resources[{i}]"), e.to_string()));
+                    received.insert(label.clone(), (None, item.version));
+                    rejected.push(Rejected::new(label, e.to_string()));
                     continue;
                 }
             };
             let name = T::name_of(&proto).to_owned();
             if name.is_empty() {
+                received.insert(label.clone(), (None, item.version));
+                rejected.push(Rejected::new(label, "the name is empty"));
+                continue;
+            }
+            if let Some(wrapper) = item.wrapper_name
+                && wrapper != name
+            {
+                received.insert(label.clone(), (None, item.version));
                 rejected.push(Rejected::new(
-                    format!("resources[{i}]"),
-                    "the name is empty",
+                    label,
+                    format!("the resource inside is named {name:?}"),
                 ));
                 continue;
             }
@@ -243,30 +308,50 @@ impl TypeState {
                 rejected.push(Rejected::new(name, "listed twice in one response"));
                 continue;
             }
-            received.insert(name.clone(), any);
+            received.insert(name.clone(), (Some(any), item.version));
             match T::convert(proto) {
                 Ok(resource) => updates.push((name, resource)),
                 Err(e) => rejected.push(Rejected::new(name, e.to_string())),
             }
         }
         // A rejected resource keeps its previous version, so it is not removed either.
-        let removed: Vec<String> = if self.wildcard {
-            self.held
-                .keys()
-                .filter(|n| !present.contains(*n))
+        let removed: Vec<String> = if update.complete {
+            if self.wildcard {
+                self.held
+                    .keys()
+                    .filter(|n| !present.contains(*n))
+                    .cloned()
+                    .collect()
+            } else {
+                Vec::new()
+            }
+        } else {
+            update
+                .removed
+                .iter()
+                .filter(|n| self.held.contains_key(*n) && !present.contains(*n))
                 .cloned()
                 .collect()
-        } else {
-            Vec::new()
         };
-        let applied: Vec<(String, Needs)> = updates
+        // A subscribed name the server says does not exist is settled: readiness does not
+        // wait for it (Envoy treats it the same way).
+        let absent: Vec<String> = update
+            .removed
+            .iter()
+            .filter(|n| !self.wildcard && self.names.contains(*n) && !present.contains(*n))
+            .cloned()
+            .collect();
+        let applied: Vec<(String, Held)> = updates
             .iter()
             .map(|(n, r): &(String, T)| {
-                let needs = Needs {
+                let held = Held {
+                    version: received
+                        .get(n)
+                        .map_or_else(String::new, |(_, v)| (*v).to_owned()),
                     names: r.needs().into_iter().map(str::to_owned).collect(),
                     secrets: r.secrets().into_iter().map(str::to_owned).collect(),
                 };
-                (n.clone(), needs)
+                (n.clone(), held)
             })
             .collect();
         let refused = match handler.apply(updates, removed.clone()) {
@@ -277,24 +362,32 @@ impl TypeState {
             self.held.remove(n);
             self.dump.removed(self.kind, n);
         }
-        let version = response.version_info.as_str();
-        for (name, needs) in applied {
+        for (name, held) in applied {
             if !refused.iter().any(|r| r.name == name) {
-                if let Some(any) = received.get(&name) {
+                if let Some((Some(any), version)) = received.get(&name) {
                     self.dump
                         .applied(self.kind, &name, version, T::for_dump(any));
                 }
-                self.held.insert(name, needs);
+                self.held.insert(name, held);
             }
         }
         rejected.extend(refused);
+        let mut nack_key = Vec::new();
         for r in &rejected {
-            let any = received.get(&r.name).map(|a| T::for_dump(a));
+            let (any, version) = received
+                .get(&r.name)
+                .copied()
+                .unwrap_or((None, update.version));
+            nack_key.push(format!("{}@{version}", r.name));
             self.dump
-                .refused(self.kind, &r.name, version, any, &r.error);
+                .refused(self.kind, &r.name, version, any.map(T::for_dump), &r.error);
         }
         self.answered = true;
         self.seen.extend(present);
-        rejected
+        self.seen.extend(absent);
+        Outcome {
+            rejected,
+            nack_key: nack_key.join("\n"),
+        }
     }
 }
