@@ -11,6 +11,8 @@
 //!   on SQLite.
 //!
 //! Code map:
+//! - `group`: group commit: a tenant's concurrent writes committed in one transaction, each
+//!   with its own revision, answered after the commit.
 //! - `resources`: the transactional write path ([`Store::put_spec`] records the references
 //!   and claims a spec derives, so no caller computes them) and the reads.
 //! - `changes`: the change log, commit notices and the PostgreSQL listener.
@@ -27,6 +29,7 @@ mod cas;
 mod changes;
 mod credentials;
 mod error;
+mod group;
 pub mod jwt;
 mod proxies;
 mod resources;
@@ -80,6 +83,8 @@ struct Inner {
     sqlite_writer: Arc<tokio::sync::Mutex<()>>,
     /// Signs and verifies JWT proxy tokens ([`Store::set_proxy_jwt_key`]).
     proxy_jwt: std::sync::OnceLock<jwt::ProxyJwtKey>,
+    /// The tenants' queued writes (group commit).
+    groups: group::Groups,
 }
 
 impl Store {
@@ -120,6 +125,7 @@ impl Store {
                 notices,
                 sqlite_writer: Arc::new(tokio::sync::Mutex::new(())),
                 proxy_jwt: std::sync::OnceLock::new(),
+                groups: group::Groups::default(),
             }),
         };
         if backend == Backend::Postgres {
@@ -177,6 +183,10 @@ impl Store {
 
     pub(crate) fn notices(&self) -> &broadcast::Sender<Notice> {
         &self.inner.notices
+    }
+
+    pub(crate) fn groups(&self) -> &group::Groups {
+        &self.inner.groups
     }
 }
 
