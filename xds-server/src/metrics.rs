@@ -7,7 +7,7 @@
 //! | `switchboard_xds_pushes_total` | counter | `tenant`, `type` |
 //! | `switchboard_xds_nacks_total` | counter | `tenant`, `type` |
 //! | `switchboard_xds_push_bytes` | histogram | `type` |
-//! | `switchboard_xds_convergence_seconds` | histogram | `type`: from the commit notice of a revision to a client's ACK of it |
+//! | `switchboard_xds_convergence_seconds` | histogram | `type`: from the commit of a revision (the committing replica's clock) to a client's ACK of it |
 //! | `switchboard_xds_snapshot_build_seconds` | histogram | |
 //! | `switchboard_certificates_issued_total` | counter | `tenant`: workload certificates issued for SDS `default` |
 //! | `switchboard_certificate_issue_errors_total` | counter | `tenant`: issuances the mesh CA refused or could not do |
