@@ -193,7 +193,10 @@ impl From<StoreError> for ApiError {
                 "force",
                 "required to complete a rotation before its overlap ends",
             )]),
-            StoreError::Database(_) | StoreError::Config(_) | StoreError::Migrate(_) => {
+            StoreError::Database(_)
+            | StoreError::GroupFailed(_)
+            | StoreError::Config(_)
+            | StoreError::Migrate(_) => {
                 tracing::error!(error = %detail, "store error");
                 ApiError::new(
                     StatusCode::SERVICE_UNAVAILABLE,

@@ -66,6 +66,16 @@ pub enum StoreError {
     Config(String),
     #[error("database error: {0}")]
     Database(#[from] sqlx::Error),
+    /// Another write committed together with this one ([`Store::put_spec`] and
+    /// [`Store::delete`] commit a tenant's concurrent writes in one transaction) hit a
+    /// database error, so none of them was committed; retrying is safe.
+    ///
+    /// [`Store::put_spec`]: crate::Store::put_spec
+    /// [`Store::delete`]: crate::Store::delete
+    #[error(
+        "database error in a write committed together with this one (nothing was written): {0}"
+    )]
+    GroupFailed(String),
     #[error("migration failed: {0}")]
     Migrate(#[from] sqlx::migrate::MigrateError),
     #[error("stored data is corrupt: {0}")]

@@ -11,6 +11,8 @@
 //!   on SQLite.
 //!
 //! Code map:
+//! - `group`: group commit: a tenant's concurrent writes committed in one transaction, each
+//!   with its own revision, answered after the commit.
 //! - `resources`: the transactional write path ([`Store::put_spec`] records the references
 //!   and claims a spec derives, so no caller computes them) and the reads.
 //! - `changes`: the change log, commit notices and the PostgreSQL listener.
@@ -29,6 +31,7 @@ mod cas;
 mod changes;
 mod credentials;
 mod error;
+mod group;
 pub mod jwt;
 mod proxies;
 mod quotas;
@@ -88,6 +91,8 @@ struct Inner {
     quotas: quotas::QuotaState,
     /// Mesh snapshots read ([`Store::mesh_reads`]).
     mesh_reads: std::sync::atomic::AtomicU64,
+    /// The tenants' queued writes (group commit).
+    groups: group::Groups,
 }
 
 impl Store {
@@ -130,6 +135,7 @@ impl Store {
                 proxy_jwt: std::sync::OnceLock::new(),
                 quotas: quotas::QuotaState::default(),
                 mesh_reads: std::sync::atomic::AtomicU64::new(0),
+                groups: group::Groups::default(),
             }),
         };
         if backend == Backend::Postgres {
@@ -205,6 +211,10 @@ impl Store {
         self.inner
             .mesh_reads
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    pub(crate) fn groups(&self) -> &group::Groups {
+        &self.inner.groups
     }
 }
 

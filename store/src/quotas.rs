@@ -236,10 +236,10 @@ impl Store {
 /// `resourcesPerMesh`. Runs inside the write transaction, after the tenant's revision lock,
 /// so two writers cannot both take the last place.
 pub(crate) async fn check_mesh_size(
-    store: &Store,
     tx: &mut Transaction<'static, Any>,
     tenant: &str,
     mesh: &str,
+    default_limit: u64,
 ) -> Result<(), StoreError> {
     let row = sqlx::query(
         "SELECT (SELECT COUNT(*) FROM resources WHERE tenant = $1 AND mesh = $2) AS n, \
@@ -250,7 +250,7 @@ pub(crate) async fn check_mesh_size(
     .fetch_one(&mut **tx)
     .await?;
     let current = column(&row, "n")?.unwrap_or(0);
-    let limit = column(&row, "q")?.unwrap_or(store.quota_defaults().resources_per_mesh);
+    let limit = column(&row, "q")?.unwrap_or(default_limit);
     if current >= limit {
         return Err(StoreError::ResourceQuota {
             tenant: tenant.to_owned(),

@@ -1,9 +1,12 @@
 //! Mesh and in-mesh resources: the transactional write path and reads.
 
+mod state;
+mod write;
+
+use crate::group::JobError;
 use crate::types::etag;
 use crate::{
-    Backend, ChangeOp, MeshSnapshot, Referrer, ResourceKey, Store, StoreError, StoredResource,
-    Timer, now_ms,
+    Backend, ChangeOp, MeshSnapshot, ResourceKey, Store, StoreError, StoredResource, Timer, now_ms,
 };
 use sqlx::any::AnyRow;
 use sqlx::{Any, Row, Transaction};
@@ -128,7 +131,9 @@ impl Store {
         }
     }
 
-    /// Records the change and commits (or rolls back for a dry run), then announces it.
+    /// Records the change and commits (or rolls back for a dry run), then announces it: the
+    /// single-write path (CA and tenant writes, dry runs); resource writes commit in groups
+    /// ([`crate::group`]).
     pub(crate) async fn finish_write(
         &self,
         w: WriteTx,
@@ -141,21 +146,6 @@ impl Store {
             revision,
             turn,
         } = w;
-        let now = now_ms();
-        for (mesh, kind, name, op) in changes {
-            sqlx::query(
-                "INSERT INTO changes (tenant, revision, mesh, kind, name, op, time) VALUES ($1, $2, $3, $4, $5, $6, $7)",
-            )
-            .bind(tenant)
-            .bind(revision)
-            .bind(*mesh)
-            .bind(kind.plural())
-            .bind(*name)
-            .bind(op.as_str())
-            .bind(now)
-            .execute(&mut *tx)
-            .await?;
-        }
         if dry_run {
             tx.rollback().await?;
             return Ok(());
@@ -164,14 +154,68 @@ impl Store {
             tenant: tenant.into(),
             revision,
         };
-        if self.backend() == Backend::Postgres {
-            crate::changes::notify_in(&mut tx, &notice).await?;
-        }
+        let rows: Vec<_> = changes
+            .iter()
+            .map(|(mesh, kind, name, op)| (revision, *mesh, *kind, *name, *op))
+            .collect();
+        self.record_changes(&mut tx, tenant, &rows, &notice).await?;
         tx.commit().await?;
         drop(turn);
         if self.backend() == Backend::Sqlite {
             let _ = self.notices().send(notice);
         }
+        Ok(())
+    }
+
+    /// Records committed writes in the change log and, on PostgreSQL, sends `notice` in the
+    /// same statement (`pg_notify` in a CTE: one round trip less under the lock). Rows are
+    /// `(revision, mesh, kind, name, op)`. The log's `time` is taken here, in the last
+    /// statement before the commit: it is the commit time by this replica's wall clock (Unix
+    /// ms), from which the xDS server measures convergence.
+    pub(crate) async fn record_changes(
+        &self,
+        tx: &mut Transaction<'static, Any>,
+        tenant: &str,
+        rows: &[(i64, &str, Kind, &str, ChangeOp)],
+        notice: &crate::Notice,
+    ) -> Result<(), StoreError> {
+        let payload = match self.backend() {
+            Backend::Postgres => crate::changes::encode_notice(notice),
+            Backend::Sqlite => None,
+        };
+        if rows.is_empty() {
+            if payload.is_some() {
+                crate::changes::notify_in(tx, notice).await?;
+            }
+            return Ok(());
+        }
+        let first = if payload.is_some() { 3 } else { 1 };
+        let values = state::placeholders(rows.len(), 7, first);
+        let insert = "INSERT INTO changes (tenant, revision, mesh, kind, name, op, time)";
+        let sql = if payload.is_some() {
+            format!(
+                "WITH notice AS (SELECT pg_notify($1, $2)) {insert} \
+                 SELECT v.* FROM (VALUES {values}) AS v CROSS JOIN notice"
+            )
+        } else {
+            format!("{insert} VALUES {values}")
+        };
+        let mut query = sqlx::query(&sql);
+        if let Some(payload) = payload {
+            query = query.bind(crate::NOTIFY_CHANNEL).bind(payload);
+        }
+        let now = now_ms();
+        for (revision, mesh, kind, name, op) in rows {
+            query = query
+                .bind(tenant)
+                .bind(*revision)
+                .bind(*mesh)
+                .bind(kind.plural())
+                .bind(*name)
+                .bind(op.as_str())
+                .bind(now);
+        }
+        query.execute(&mut **tx).await?;
         Ok(())
     }
 
@@ -232,128 +276,36 @@ impl Store {
         ca: Option<&switchboard_pki::SealedCa>,
     ) -> Result<StoredResource, StoreError> {
         let _t = Timer::start("put");
-        let spec = &parsed.to_json();
-        let WriteTx {
-            mut tx,
-            revision,
-            turn,
-        } = self.begin_write(&key.tenant).await?;
-        if key.kind != Kind::Mesh
-            && !exists(&mut tx, &ResourceKey::mesh(&key.tenant, &key.mesh)).await?
-        {
-            return Err(StoreError::NotFound {
-                what: "mesh",
-                name: key.mesh.clone(),
-            });
-        }
-        let existing = fetch(&mut tx, key).await?;
-        check_precondition(&opts.precondition, existing.as_ref(), key)?;
-        if existing.is_none() && key.kind != Kind::Mesh {
-            crate::quotas::check_mesh_size(self, &mut tx, &key.tenant, &key.mesh).await?;
-        }
-        for r in refs {
-            let target = ResourceKey::new(&key.tenant, &key.mesh, r.kind, &r.name);
-            let dangling = || StoreError::DanglingReference {
-                field: r.field.clone(),
-                kind: r.kind,
-                name: r.name.clone(),
-            };
-            if Spec::constrained_by(r.kind).contains(&key.kind) {
-                let target = fetch(&mut tx, &target).await?.ok_or_else(dangling)?;
-                if let Some(e) = parsed.check_target(r, &parse_stored(&target)?) {
-                    return Err(StoreError::Incompatible {
-                        field: e.field,
-                        message: e.message,
-                    });
-                }
-            } else if !exists(&mut tx, &target).await? {
-                return Err(dangling());
-            }
-        }
-        if existing.is_some() {
-            check_referrers(&mut tx, key, parsed).await?;
-        }
-        for c in claims {
-            let owner = sqlx::query(
-                "SELECT owner_kind, owner_name FROM claims WHERE tenant = $1 AND mesh = $2 AND what = $3 AND value = $4",
-            )
-            .bind(&key.tenant)
-            .bind(&key.mesh)
-            .bind(c.what)
-            .bind(&c.value)
-            .fetch_optional(&mut *tx)
-            .await?;
-            if let Some(row) = owner {
-                let (ok, on): (String, String) =
-                    (row.try_get("owner_kind")?, row.try_get("owner_name")?);
-                if ok != key.kind.plural() || on != key.name {
-                    return Err(StoreError::Claimed {
-                        field: c.field.clone(),
-                        what: c.what,
-                        value: c.value.clone(),
-                        owner: on,
-                    });
-                }
-            }
-        }
-        let now = now_ms();
-        let spec_text = spec.to_string();
-        let create_time = match &existing {
-            Some(old) => {
-                sqlx::query(
-                    "UPDATE resources SET spec = $5, revision = $6, update_time = $7 \
-                     WHERE tenant = $1 AND mesh = $2 AND kind = $3 AND name = $4",
-                )
-                .bind_key(key)
-                .bind(&spec_text)
-                .bind(revision)
-                .bind(now)
-                .execute(&mut *tx)
-                .await?;
-                old.create_time
-            }
-            None => {
-                sqlx::query(&format!(
-                    "INSERT INTO resources ({COLS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)"
-                ))
-                .bind_key(key)
-                .bind(&spec_text)
-                .bind(revision)
-                .bind(now)
-                .bind(now)
-                .execute(&mut *tx)
-                .await?;
-                now
-            }
-        };
-        replace_edges(&mut tx, key, refs, claims).await?;
-        if let Some(ca) = ca {
-            let cas = crate::ca_rows::cas_in(&mut tx, &key.tenant, &key.name).await?;
-            if cas.is_empty() {
-                crate::ca_rows::insert_ca(
-                    &mut tx,
-                    &key.tenant,
-                    &key.name,
-                    crate::CaState::Active,
-                    ca,
-                )
-                .await?;
-            }
-        }
-        self.finish_write(
-            WriteTx { tx, revision, turn },
-            &key.tenant,
-            &[(&key.mesh, key.kind, &key.name, ChangeOp::Put)],
-            opts.dry_run,
-        )
-        .await?;
-        Ok(StoredResource {
+        // Everything that needs no database is done before the tenant's lock is taken.
+        let spec = parsed.to_json();
+        let write = write::PutWrite {
             key: key.clone(),
-            spec: spec.clone(),
-            revision,
-            create_time,
-            update_time: now,
+            parsed: parsed.clone(),
+            spec_text: spec.to_string(),
+            spec,
+            refs: refs.to_vec(),
+            claims: claims.to_vec(),
+            precondition: opts.precondition.clone(),
+            ca: ca.cloned(),
+            resources_per_mesh: self.quota_defaults().resources_per_mesh,
+        };
+        if opts.dry_run {
+            // A dry run writes, then rolls back: alone, outside the groups.
+            let mut w = self.begin_write(&key.tenant).await?;
+            let (stored, _) = write
+                .run(&mut w.tx, w.revision)
+                .await
+                .map_err(JobError::into_inner)?;
+            self.finish_write(w, &key.tenant, &[], true).await?;
+            return Ok(stored);
+        }
+        self.write_in_group(&key.tenant, move |tx, revision| {
+            Box::pin(async move {
+                let (stored, change) = write.run(tx, revision).await?;
+                Ok::<_, JobError>((stored, vec![change]))
+            })
         })
+        .await
     }
 
     /// Deletes a resource that nothing refers to. Deleting a mesh deletes everything in it.
@@ -363,69 +315,23 @@ impl Store {
         opts: &WriteOptions,
     ) -> Result<StoredResource, StoreError> {
         let _t = Timer::start("delete");
-        let WriteTx {
-            mut tx,
-            revision,
-            turn,
-        } = self.begin_write(&key.tenant).await?;
-        let existing = fetch(&mut tx, key).await?;
-        check_precondition(&opts.precondition, existing.as_ref(), key)?;
-        let Some(existing) = existing else {
-            return Err(StoreError::NotFound {
-                what: key.kind.singular(),
-                name: key.name.clone(),
-            });
+        let write = write::DeleteWrite {
+            key: key.clone(),
+            precondition: opts.precondition.clone(),
         };
-        if key.kind == Kind::Mesh {
-            for table in ["resources", "refs", "claims", "mesh_cas"] {
-                sqlx::query(&format!(
-                    "DELETE FROM {table} WHERE tenant = $1 AND mesh = $2"
-                ))
-                .bind(&key.tenant)
-                .bind(&key.name)
-                .execute(&mut *tx)
-                .await?;
-            }
-        } else {
-            let rows = sqlx::query(
-                "SELECT from_kind, from_name, field FROM refs WHERE tenant = $1 AND mesh = $2 AND to_kind = $3 AND to_name = $4 ORDER BY from_kind, from_name, field",
-            )
-            .bind_key(key)
-            .fetch_all(&mut *tx)
-            .await?;
-            if !rows.is_empty() {
-                let mut by = vec![];
-                for r in rows {
-                    let k: String = r.try_get("from_kind")?;
-                    by.push(Referrer {
-                        kind: Kind::from_plural(&k)
-                            .ok_or_else(|| StoreError::Corrupt(format!("kind {k:?}")))?,
-                        name: r.try_get("from_name")?,
-                        field: r.try_get("field")?,
-                    });
-                }
-                return Err(StoreError::Referenced {
-                    kind: key.kind,
-                    name: key.name.clone(),
-                    by,
-                });
-            }
-            replace_edges(&mut tx, key, &[], &[]).await?;
+        if opts.dry_run {
+            let mut w = self.begin_write(&key.tenant).await?;
+            let (existing, _) = write.run(&mut w.tx).await.map_err(JobError::into_inner)?;
+            self.finish_write(w, &key.tenant, &[], true).await?;
+            return Ok(existing);
         }
-        sqlx::query(
-            "DELETE FROM resources WHERE tenant = $1 AND mesh = $2 AND kind = $3 AND name = $4",
-        )
-        .bind_key(key)
-        .execute(&mut *tx)
-        .await?;
-        self.finish_write(
-            WriteTx { tx, revision, turn },
-            &key.tenant,
-            &[(&key.mesh, key.kind, &key.name, ChangeOp::Delete)],
-            opts.dry_run,
-        )
-        .await?;
-        Ok(existing)
+        self.write_in_group(&key.tenant, move |tx, _revision| {
+            Box::pin(async move {
+                let (existing, change) = write.run(tx).await?;
+                Ok::<_, JobError>((existing, vec![change]))
+            })
+        })
+        .await
     }
 
     pub async fn get(&self, key: &ResourceKey) -> Result<StoredResource, StoreError> {
@@ -596,20 +502,17 @@ async fn fetch(
     row.as_ref().map(row_to_resource).transpose()
 }
 
-async fn exists(tx: &mut Transaction<'static, Any>, key: &ResourceKey) -> Result<bool, StoreError> {
-    let row = sqlx::query(
-        "SELECT name FROM resources WHERE tenant = $1 AND mesh = $2 AND kind = $3 AND name = $4",
-    )
-    .bind_key(key)
-    .fetch_optional(&mut **tx)
-    .await?;
-    Ok(row.is_some())
-}
-
 /// A stored spec, parsed (a spec this version cannot read is corrupt).
 fn parse_stored(r: &StoredResource) -> Result<Spec, StoreError> {
     Spec::parse(r.key.kind, r.spec.clone())
         .map_err(|e| StoreError::Corrupt(format!("{} {:?}: {e}", r.key.kind, r.key.name)))
+}
+
+/// [`parse_stored`] from the `spec` column's text.
+fn parse_stored_text(kind: Kind, name: &str, spec: &str) -> Result<Spec, StoreError> {
+    let json = serde_json::from_str(spec)
+        .map_err(|e| StoreError::Corrupt(format!("spec of {kind} {name:?}: {e}")))?;
+    Spec::parse(kind, json).map_err(|e| StoreError::Corrupt(format!("{kind} {name:?}: {e}")))
 }
 
 /// Checks `spec`, about to replace `key`, against the resources whose references to it come
@@ -642,50 +545,6 @@ async fn check_referrers(
                 });
             }
         }
-    }
-    Ok(())
-}
-
-/// Replaces the references and claims held by `key`.
-async fn replace_edges(
-    tx: &mut Transaction<'static, Any>,
-    key: &ResourceKey,
-    refs: &[Reference],
-    claims: &[Claim],
-) -> Result<(), StoreError> {
-    sqlx::query(
-        "DELETE FROM refs WHERE tenant = $1 AND mesh = $2 AND from_kind = $3 AND from_name = $4",
-    )
-    .bind_key(key)
-    .execute(&mut **tx)
-    .await?;
-    sqlx::query("DELETE FROM claims WHERE tenant = $1 AND mesh = $2 AND owner_kind = $3 AND owner_name = $4")
-        .bind_key(key)
-        .execute(&mut **tx)
-        .await?;
-    for r in refs {
-        sqlx::query(
-            "INSERT INTO refs (tenant, mesh, from_kind, from_name, field, to_kind, to_name) VALUES ($1, $2, $3, $4, $5, $6, $7)",
-        )
-        .bind_key(key)
-        .bind(&r.field)
-        .bind(r.kind.plural())
-        .bind(&r.name)
-        .execute(&mut **tx)
-        .await?;
-    }
-    for c in claims {
-        sqlx::query(
-            "INSERT INTO claims (tenant, mesh, what, value, owner_kind, owner_name) VALUES ($1, $2, $3, $4, $5, $6)",
-        )
-        .bind(&key.tenant)
-        .bind(&key.mesh)
-        .bind(c.what)
-        .bind(&c.value)
-        .bind(key.kind.plural())
-        .bind(&key.name)
-        .execute(&mut **tx)
-        .await?;
     }
     Ok(())
 }

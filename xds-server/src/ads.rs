@@ -10,7 +10,7 @@
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, SystemTime};
 
 use prost::Message;
 use switchboard_model::identity::TrustBundle;
@@ -573,8 +573,9 @@ struct Stream<S = StreamState> {
     /// stream ended.
     _endpoint: Option<Registered>,
     /// Per type: the nonce of the first response of a newly committed revision, and when
-    /// that revision's notice arrived; its ACK observes the convergence time.
-    convergence: BTreeMap<ResourceType, (String, Instant)>,
+    /// that revision was committed (`MeshSnapshot::committed_at`); its ACK observes the
+    /// convergence time.
+    convergence: BTreeMap<ResourceType, (String, SystemTime)>,
     /// Per type, the latest revision whose convergence was measured.
     measured: BTreeMap<ResourceType, i64>,
     /// The mesh revision when the stream was admitted.
@@ -672,7 +673,9 @@ impl<S: Subscriptions> Stream<S> {
             if let Some((nonce, at)) = self.convergence.get(&rtype)
                 && *nonce == ack.nonce
             {
-                metrics::converged(rtype, at.elapsed());
+                // A commit stamped by a replica whose clock runs ahead counts as no wait.
+                let elapsed = SystemTime::now().duration_since(*at).unwrap_or_default();
+                metrics::converged(rtype, elapsed);
                 self.convergence.remove(&rtype);
             }
         }

@@ -13,7 +13,7 @@
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use switchboard_runtime::Backoff;
 use switchboard_store::{Store, StoreError};
@@ -69,7 +69,7 @@ pub enum CacheError {
 #[derive(Debug)]
 struct Shared {
     rx: watch::Receiver<MeshState>,
-    kick: mpsc::Sender<Instant>,
+    kick: mpsc::Sender<SystemTime>,
     /// The tenant revision up to which this mesh is known to be current.
     checked: Arc<AtomicI64>,
 }
@@ -247,8 +247,9 @@ impl SnapshotCache {
         self.meshes().keys().cloned().collect()
     }
 
-    /// Asks the mesh's task to re-read it; `at` is when the change was announced.
-    pub fn kick(&self, tenant: &str, mesh: &str, at: Instant) {
+    /// Asks the mesh's task to re-read it; `at` is when the change was committed (or, when
+    /// that is unknown, announced).
+    pub fn kick(&self, tenant: &str, mesh: &str, at: SystemTime) {
         let key = (tenant.to_owned(), mesh.to_owned());
         if let Some(e) = self.meshes().get(&key) {
             // Full means a rebuild is already pending, which will see this change too.
@@ -257,7 +258,7 @@ impl SnapshotCache {
     }
 
     /// Re-reads every loaded mesh (after notices may have been lost).
-    pub fn kick_all(&self, at: Instant) {
+    pub fn kick_all(&self, at: SystemTime) {
         for e in self.meshes().values() {
             let _ = e.shared.kick.try_send(at);
         }
@@ -318,14 +319,14 @@ struct MeshTask {
     trust: TrustSource,
     key: MeshKey,
     tx: watch::Sender<MeshState>,
-    kicks: mpsc::Receiver<Instant>,
+    kicks: mpsc::Receiver<SystemTime>,
     checked: Arc<AtomicI64>,
     translator: Option<Translator>,
 }
 
 impl MeshTask {
     async fn run(mut self) {
-        let mut committed_at: Option<Instant> = None;
+        let mut committed_at: Option<SystemTime> = None;
         loop {
             let mut backoff = Backoff::new(FIRST_BACKOFF, MAX_BACKOFF);
             while let Err(e) = self.rebuild(committed_at).await {
@@ -357,7 +358,7 @@ impl MeshTask {
         }
     }
 
-    async fn rebuild(&mut self, committed_at: Option<Instant>) -> Result<(), RebuildError> {
+    async fn rebuild(&mut self, committed_at: Option<SystemTime>) -> Result<(), RebuildError> {
         let (tenant, mesh) = &self.key;
         let stored = match self.store.mesh_snapshot(tenant, mesh).await {
             Ok(s) => s,
@@ -437,6 +438,6 @@ enum RebuildError {
     Translation(String),
 }
 
-fn earliest(a: Option<Instant>, b: Instant) -> Option<Instant> {
+fn earliest(a: Option<SystemTime>, b: SystemTime) -> Option<SystemTime> {
     Some(a.map_or(b, |a| a.min(b)))
 }

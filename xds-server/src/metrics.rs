@@ -12,7 +12,7 @@
 //! | `switchboard_xds_connections_aged_total` | counter | connections sent GOAWAY at their maximum age |
 //! | `switchboard_xds_initial_push_waiting` | gauge | streams admitted and waiting for their turn to push their initial responses |
 //! | `switchboard_xds_push_bytes` | histogram | `type` |
-//! | `switchboard_xds_convergence_seconds` | histogram | `type`: from the commit notice of a revision to a client's ACK of it |
+//! | `switchboard_xds_convergence_seconds` | histogram | `type`: from the commit of a revision (the committing replica's clock) to a client's ACK of it |
 //! | `switchboard_xds_snapshot_build_seconds` | histogram | |
 //! | `switchboard_certificates_issued_total` | counter | `tenant`: workload certificates issued for SDS `default` |
 //! | `switchboard_certificate_issue_errors_total` | counter | `tenant`: issuances the mesh CA refused or could not do |

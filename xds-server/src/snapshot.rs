@@ -2,7 +2,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Instant, SystemTime};
 
 use switchboard_model::identity::TrustBundle;
 use switchboard_model::spec::Protocol;
@@ -37,9 +37,12 @@ pub struct MeshSnapshot {
     /// certificates gateways name; filled in by the rebuild through the CA port
     /// ([`crate::sds::certificates::open`]), empty without one. `Debug` shows names only.
     pub certificates: Certificates,
-    /// When the first commit notice this snapshot reflects arrived; `None` for a snapshot
-    /// loaded for a first stream. The start of the convergence time.
-    pub committed_at: Option<Instant>,
+    /// When the first commit this snapshot reflects was made, by the committing replica's
+    /// wall clock (the change log's `time`; the notice's arrival when the log cannot say);
+    /// `None` for a snapshot loaded for a first stream. The start of the convergence time.
+    /// A wall clock, not an `Instant`, because the commit may come from another replica:
+    /// the skew between their clocks adds to (or, clamped at zero, hides) convergence.
+    pub committed_at: Option<SystemTime>,
     /// When the snapshot was built.
     pub built_at: Instant,
 }
@@ -48,7 +51,7 @@ impl MeshSnapshot {
     pub fn new(
         config: &MeshConfig,
         resources: MeshResources,
-        committed_at: Option<Instant>,
+        committed_at: Option<SystemTime>,
     ) -> Self {
         Self {
             tenant: config.tenant.clone(),

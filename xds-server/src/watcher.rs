@@ -7,11 +7,16 @@
 //! the log cannot say (too many changes, none although the revision moved: a deleted
 //! tenant, or pruned past the revision a mesh is at), every loaded mesh concerned is re-read.
 //!
+//! Each kick carries when the mesh's first unseen change was committed, from the change log's
+//! `time` (the committing replica's wall clock), so that convergence is measured from the
+//! commit rather than from the notice's arrival; when the log cannot say, the arrival time
+//! stands in.
+//!
 //! It also passes proxy token revocations on to `Revocations`, which ends the streams
 //! holding them; after a `Resync` it has every credential in use checked again.
 
-use std::collections::{BTreeMap, BTreeSet};
-use std::time::{Duration, Instant};
+use std::collections::BTreeMap;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use switchboard_model::Kind;
 use switchboard_store::{Change, Notice, Store, StoreError};
@@ -55,7 +60,7 @@ pub struct MeshWatcher {
     rx: tokio::sync::broadcast::Receiver<Notice>,
     debounce: Duration,
     /// Tenants with unhandled notices: the latest revision and when the first arrived.
-    pending: BTreeMap<String, (i64, Instant)>,
+    pending: BTreeMap<String, (i64, SystemTime)>,
 }
 
 impl MeshWatcher {
@@ -101,7 +106,7 @@ impl MeshWatcher {
 
     /// Records a notice; false when the channel is closed.
     fn take(&mut self, received: Result<Notice, RecvError>) -> bool {
-        let now = Instant::now();
+        let now = SystemTime::now();
         match received {
             Ok(Notice::Committed { tenant, revision }) => {
                 let entry = self.pending.entry(tenant).or_insert((revision, now));
@@ -133,7 +138,7 @@ impl MeshWatcher {
 
     /// Kicks the loaded meshes of `tenant` that changed after the revision they are current
     /// through.
-    async fn check(&self, tenant: &str, revision: i64, at: Instant) -> Result<(), StoreError> {
+    async fn check(&self, tenant: &str, revision: i64, at: SystemTime) -> Result<(), StoreError> {
         let loaded = self.cache.loaded(tenant);
         // A mesh still loading (0) may have been read before this commit: re-read it.
         let (loading, ready): (Vec<_>, Vec<_>) = loaded.into_iter().partition(|(_, c)| *c == 0);
@@ -165,8 +170,8 @@ impl MeshWatcher {
             .unwrap_or(revision)
             .max(revision);
         for (mesh, checked) in &ready {
-            if changed_meshes(&changes, *checked).contains(mesh.as_str()) {
-                self.cache.kick(tenant, mesh, at);
+            if let Some(committed) = changed_meshes(&changes, *checked).get(mesh.as_str()) {
+                self.cache.kick(tenant, mesh, *committed);
             } else {
                 self.cache.advance(tenant, mesh, through);
             }
@@ -175,25 +180,34 @@ impl MeshWatcher {
     }
 }
 
-/// The meshes that changes after `since` touched. A change to a mesh itself is logged with
-/// an empty mesh and the mesh's name.
-fn changed_meshes(changes: &[Change], since: i64) -> BTreeSet<&str> {
-    changes
-        .iter()
-        .filter(|c| c.revision > since)
-        .map(|c| {
-            if c.kind == Kind::Mesh {
-                c.name.as_str()
-            } else {
-                c.mesh.as_str()
-            }
-        })
-        .collect()
+/// The meshes that changes after `since` touched, each with when its first such change was
+/// committed. A change to a mesh itself is logged with an empty mesh and the mesh's name.
+fn changed_meshes(changes: &[Change], since: i64) -> BTreeMap<&str, SystemTime> {
+    let mut meshes = BTreeMap::new();
+    for c in changes.iter().filter(|c| c.revision > since) {
+        let mesh = if c.kind == Kind::Mesh {
+            c.name.as_str()
+        } else {
+            c.mesh.as_str()
+        };
+        let committed = commit_time(c.time);
+        meshes
+            .entry(mesh)
+            .and_modify(|t: &mut SystemTime| *t = (*t).min(committed))
+            .or_insert(committed);
+    }
+    meshes
+}
+
+/// A change's `time` (Unix ms, the committing replica's clock) as a `SystemTime`.
+fn commit_time(ms: i64) -> SystemTime {
+    UNIX_EPOCH + Duration::from_millis(u64::try_from(ms).unwrap_or(0))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::collections::BTreeSet;
     use switchboard_store::ChangeOp;
 
     fn change(revision: i64, mesh: &str, kind: Kind, name: &str) -> Change {
@@ -203,8 +217,12 @@ mod tests {
             kind,
             name: name.to_owned(),
             op: ChangeOp::Put,
-            time: 0,
+            time: 1_000 * revision,
         }
+    }
+
+    fn names(meshes: &BTreeMap<&str, SystemTime>) -> BTreeSet<String> {
+        meshes.keys().map(|m| (*m).to_owned()).collect()
     }
 
     #[test]
@@ -215,10 +233,27 @@ mod tests {
             change(5, "dev", Kind::Route, "r"),
         ];
         assert_eq!(
-            changed_meshes(&changes, 2),
-            BTreeSet::from(["prod", "staging", "dev"])
+            names(&changed_meshes(&changes, 2)),
+            BTreeSet::from(["prod".into(), "staging".into(), "dev".into()])
         );
-        assert_eq!(changed_meshes(&changes, 4), BTreeSet::from(["dev"]));
+        assert_eq!(
+            names(&changed_meshes(&changes, 4)),
+            BTreeSet::from(["dev".into()])
+        );
         assert!(changed_meshes(&changes, 5).is_empty());
+    }
+
+    #[test]
+    fn a_mesh_converges_from_its_first_unseen_commit() {
+        let changes = [
+            change(3, "prod", Kind::Service, "a"),
+            change(4, "prod", Kind::Route, "r"),
+            change(5, "dev", Kind::Route, "r"),
+        ];
+        let meshes = changed_meshes(&changes, 2);
+        assert_eq!(meshes["prod"], UNIX_EPOCH + Duration::from_secs(3));
+        assert_eq!(meshes["dev"], UNIX_EPOCH + Duration::from_secs(5));
+        let meshes = changed_meshes(&changes, 3);
+        assert_eq!(meshes["prod"], UNIX_EPOCH + Duration::from_secs(4));
     }
 }

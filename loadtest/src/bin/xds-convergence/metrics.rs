@@ -51,7 +51,7 @@ pub fn metrics_summary(text: &str) -> Vec<String> {
     out.push(format!("pushes: {}; NACKs: {nacks}", pushes.join(", ")));
     if !convergence.is_empty() {
         out.push(format!(
-            "convergence as the server measures it (commit notice to ACK), mean: {}",
+            "convergence as the server measures it (commit to ACK), mean: {}",
             convergence.join(", ")
         ));
     }

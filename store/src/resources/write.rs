@@ -1,0 +1,248 @@
+//! The work of a resource write under the tenant's lock: its checks (reads only), then its
+//! writes. The split is what lets a write share a transaction with others
+//! ([`crate::group`]): a write whose checks fail has written nothing, so it fails alone.
+
+use super::{BindKey, COLS, check_precondition, check_referrers, fetch, parse_stored_text, state};
+use crate::group::{ChangeRow, JobError, Tx};
+use crate::{ChangeOp, Referrer, ResourceKey, StoreError, StoredResource, now_ms};
+use sqlx::Row;
+use switchboard_model::{Claim, Kind, Reference, Spec};
+
+/// A create or replace, with everything it needs owned (it may run on the group's task).
+pub(super) struct PutWrite {
+    pub key: ResourceKey,
+    pub parsed: Spec,
+    pub spec: serde_json::Value,
+    /// The spec's JSON text, serialised before the lock is taken.
+    pub spec_text: String,
+    pub refs: Vec<Reference>,
+    pub claims: Vec<Claim>,
+    pub precondition: super::Precondition,
+    /// For a mesh: its CA, written when it has none yet.
+    pub ca: Option<switchboard_pki::SealedCa>,
+    /// The server's default `resourcesPerMesh` quota, for a tenant that has none of its own.
+    pub resources_per_mesh: u64,
+}
+
+impl PutWrite {
+    /// Checks, then writes at `revision`.
+    pub async fn run(
+        self,
+        tx: &mut Tx,
+        revision: i64,
+    ) -> Result<(StoredResource, ChangeRow), JobError> {
+        let (found, needs_ca) = self.check(tx).await.map_err(JobError::check)?;
+        let stored = self
+            .write(tx, revision, &found, needs_ca)
+            .await
+            .map_err(JobError::Fatal)?;
+        let change = (
+            self.key.mesh.clone(),
+            self.key.kind,
+            self.key.name.clone(),
+            ChangeOp::Put,
+        );
+        Ok((stored, change))
+    }
+
+    /// Reads and checks, writing nothing. Returns what it read and whether the mesh needs
+    /// its CA written.
+    async fn check(&self, tx: &mut Tx) -> Result<(state::Found, bool), StoreError> {
+        let key = &self.key;
+        // One round trip reads what the checks below need; they run under the lock, so they
+        // are race-free.
+        let found = state::read(tx, key, &self.refs, &self.claims).await?;
+        if key.kind != Kind::Mesh && !found.mesh_exists {
+            return Err(StoreError::NotFound {
+                what: "mesh",
+                name: key.mesh.clone(),
+            });
+        }
+        check_precondition(&self.precondition, found.existing.as_ref(), key)?;
+        // Counted under the lock (and after earlier writes of the same group), so the quota
+        // holds against concurrent creators on every replica.
+        if found.existing.is_none() && key.kind != Kind::Mesh {
+            crate::quotas::check_mesh_size(tx, &key.tenant, &key.mesh, self.resources_per_mesh)
+                .await?;
+        }
+        for r in &self.refs {
+            let Some(target) = found.target(r) else {
+                return Err(StoreError::DanglingReference {
+                    field: r.field.clone(),
+                    kind: r.kind,
+                    name: r.name.clone(),
+                });
+            };
+            if Spec::constrained_by(r.kind).contains(&key.kind) {
+                let target = parse_stored_text(r.kind, &r.name, target)?;
+                if let Some(e) = self.parsed.check_target(r, &target) {
+                    return Err(StoreError::Incompatible {
+                        field: e.field,
+                        message: e.message,
+                    });
+                }
+            }
+        }
+        if found.existing.is_some() {
+            check_referrers(tx, key, &self.parsed).await?;
+        }
+        for c in &self.claims {
+            if let Some((ok, on)) = found.owner(c)
+                && (ok != key.kind.plural() || *on != key.name)
+            {
+                return Err(StoreError::Claimed {
+                    field: c.field.clone(),
+                    what: c.what,
+                    value: c.value.clone(),
+                    owner: on.clone(),
+                });
+            }
+        }
+        let needs_ca = match &self.ca {
+            Some(_) => crate::ca_rows::cas_in(tx, &key.tenant, &key.name)
+                .await?
+                .is_empty(),
+            None => false,
+        };
+        Ok((found, needs_ca))
+    }
+
+    /// Writes the resource, its references and claims (and a new mesh's CA).
+    async fn write(
+        &self,
+        tx: &mut Tx,
+        revision: i64,
+        found: &state::Found,
+        needs_ca: bool,
+    ) -> Result<StoredResource, StoreError> {
+        let key = &self.key;
+        let now = now_ms();
+        let create_time = match &found.existing {
+            Some(old) => {
+                sqlx::query(
+                    "UPDATE resources SET spec = $5, revision = $6, update_time = $7 \
+                     WHERE tenant = $1 AND mesh = $2 AND kind = $3 AND name = $4",
+                )
+                .bind_key(key)
+                .bind(&self.spec_text)
+                .bind(revision)
+                .bind(now)
+                .execute(&mut **tx)
+                .await?;
+                old.create_time
+            }
+            None => {
+                sqlx::query(&format!(
+                    "INSERT INTO resources ({COLS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)"
+                ))
+                .bind_key(key)
+                .bind(&self.spec_text)
+                .bind(revision)
+                .bind(now)
+                .bind(now)
+                .execute(&mut **tx)
+                .await?;
+                now
+            }
+        };
+        state::replace_edges(tx, key, &self.refs, &self.claims, Some(&found.held)).await?;
+        if let (Some(ca), true) = (&self.ca, needs_ca) {
+            crate::ca_rows::insert_ca(tx, &key.tenant, &key.name, crate::CaState::Active, ca)
+                .await?;
+        }
+        Ok(StoredResource {
+            key: key.clone(),
+            spec: self.spec.clone(),
+            revision,
+            create_time,
+            update_time: now,
+        })
+    }
+}
+
+/// A delete.
+pub(super) struct DeleteWrite {
+    pub key: ResourceKey,
+    pub precondition: super::Precondition,
+}
+
+impl DeleteWrite {
+    /// Checks, then deletes. Returns the resource as it was.
+    pub async fn run(self, tx: &mut Tx) -> Result<(StoredResource, ChangeRow), JobError> {
+        let existing = self.check(tx).await.map_err(JobError::check)?;
+        self.write(tx).await.map_err(JobError::Fatal)?;
+        let change = (
+            self.key.mesh.clone(),
+            self.key.kind,
+            self.key.name.clone(),
+            ChangeOp::Delete,
+        );
+        Ok((existing, change))
+    }
+
+    /// The resource, if it may be deleted: it exists, matches the precondition and, unless
+    /// it is a mesh, nothing refers to it.
+    async fn check(&self, tx: &mut Tx) -> Result<StoredResource, StoreError> {
+        let key = &self.key;
+        let existing = fetch(tx, key).await?;
+        check_precondition(&self.precondition, existing.as_ref(), key)?;
+        let Some(existing) = existing else {
+            return Err(StoreError::NotFound {
+                what: key.kind.singular(),
+                name: key.name.clone(),
+            });
+        };
+        if key.kind == Kind::Mesh {
+            return Ok(existing);
+        }
+        let rows = sqlx::query(
+            "SELECT from_kind, from_name, field FROM refs WHERE tenant = $1 AND mesh = $2 AND to_kind = $3 AND to_name = $4 ORDER BY from_kind, from_name, field",
+        )
+        .bind_key(key)
+        .fetch_all(&mut **tx)
+        .await?;
+        if rows.is_empty() {
+            return Ok(existing);
+        }
+        let mut by = vec![];
+        for r in rows {
+            let k: String = r.try_get("from_kind")?;
+            by.push(Referrer {
+                kind: Kind::from_plural(&k)
+                    .ok_or_else(|| StoreError::Corrupt(format!("kind {k:?}")))?,
+                name: r.try_get("from_name")?,
+                field: r.try_get("field")?,
+            });
+        }
+        Err(StoreError::Referenced {
+            kind: key.kind,
+            name: key.name.clone(),
+            by,
+        })
+    }
+
+    /// Deletes the resource with its edges; a mesh with everything in it.
+    async fn write(&self, tx: &mut Tx) -> Result<(), StoreError> {
+        let key = &self.key;
+        if key.kind == Kind::Mesh {
+            for table in ["resources", "refs", "claims", "mesh_cas"] {
+                sqlx::query(&format!(
+                    "DELETE FROM {table} WHERE tenant = $1 AND mesh = $2"
+                ))
+                .bind(&key.tenant)
+                .bind(&key.name)
+                .execute(&mut **tx)
+                .await?;
+            }
+        } else {
+            state::replace_edges(tx, key, &[], &[], None).await?;
+        }
+        sqlx::query(
+            "DELETE FROM resources WHERE tenant = $1 AND mesh = $2 AND kind = $3 AND name = $4",
+        )
+        .bind_key(key)
+        .execute(&mut **tx)
+        .await?;
+        Ok(())
+    }
+}
