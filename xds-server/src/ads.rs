@@ -12,13 +12,11 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Instant, SystemTime};
 
-use prost::Message;
 use switchboard_model::identity::TrustBundle;
 use switchboard_store::Store;
 use switchboard_translator::NodeRole;
-use switchboard_xds_proto::{DiscoveryRequest, DiscoveryResponse, ResourceType};
+use switchboard_xds_proto::{DiscoveryRequest, ResourceType};
 use tokio::sync::mpsc;
-use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 use tracing::{Instrument, field};
 
@@ -39,9 +37,7 @@ use crate::sds::{NodeSecret, WorkloadIssuer, wants_default};
 use crate::snapshot::MeshSnapshot;
 use crate::status::{Acked, Nacked, ProxyRegistry, ProxyStatus, Registration, Sent};
 use crate::view::NodeView;
-
-/// The responses of one stream, as tonic sends them.
-pub type ResponseStream = ReceiverStream<Result<DiscoveryResponse, Status>>;
+use crate::wire::{Queued, ResponseStream, SotwResponse, WireMessage};
 
 /// What every stream shares.
 pub(crate) struct Engine {
@@ -86,7 +82,7 @@ impl Engine {
         let peer = request.remote_addr();
         let certificates = request.peer_certs();
         let requests = request.into_inner();
-        let (tx, rx) = mpsc::channel(self.queue.max(1));
+        let (tx, responses) = ResponseStream::channel(self.queue);
         let span = tracing::info_span!(
             "xds_stream",
             stream = id,
@@ -114,7 +110,7 @@ impl Engine {
             }
             .instrument(span),
         );
-        Response::new(ReceiverStream::new(rx))
+        Response::new(responses)
     }
 
     async fn drive(
@@ -123,7 +119,7 @@ impl Engine {
         only: Option<ResourceType>,
         client: Client,
         mut requests: Streaming<DiscoveryRequest>,
-        tx: mpsc::Sender<Result<DiscoveryResponse, Status>>,
+        tx: mpsc::Sender<Queued>,
     ) -> Result<(), Status> {
         let service = only.map_or("ADS", ResourceType::short_name);
         let mut state = match only {
@@ -137,7 +133,7 @@ impl Engine {
             Err(status) => return Err(status),
         };
         let handled = state.handle(&first).map_err(invalid)?;
-        let (Some(node), Some(node_id)) = (state.node().cloned(), state.node_id().cloned()) else {
+        let (Some(node), Some(node_id)) = (state.shared_node(), state.node_id().cloned()) else {
             return Err(Status::internal(
                 "the first request was accepted without a node",
             ));
@@ -172,14 +168,16 @@ impl Engine {
             credential,
             identity,
             expires,
-        } = auth::authorize(
+        } = Box::pin(auth::authorize(
             &self.store,
             &self.cache,
             &self.roots,
             presented,
             &node_id,
             SystemTime::now(),
-        )
+        ))
+        // Boxed: the admission's future (store reads) is large, and inline it would size the
+        // stream's task for its whole life.
         .await
         .map_err(|e| e.status())?;
         // A certificate speaks for one service: the node may claim no other.
@@ -346,7 +344,7 @@ impl Engine {
                                     "internal error: refusing to send a secret this stream may not have",
                                 ));
                             }
-                            permit.send(Ok(response))
+                            permit.send(Ok(Box::new(response)))
                         }
                         None => dirty = false,
                     }
@@ -545,7 +543,7 @@ impl Stream {
     }
 
     /// The next response to write, if any.
-    fn next(&mut self) -> Option<DiscoveryResponse> {
+    fn next(&mut self) -> Option<SotwResponse> {
         let out = self.state.next_response(&self.view)?;
         let Some(rtype) = out.rtype else {
             return Some(out.response);

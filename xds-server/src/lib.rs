@@ -23,6 +23,8 @@
 //! - [`status`], [`csds`]: per-proxy status and the Client Status Discovery Service;
 //!   [`report`] writes the status to the store for every replica's REST API.
 //! - `metrics`: what the server measures (see the module for names).
+//! - [`wire`]: responses written around the resources' shared encodings (one encoding per
+//!   snapshot, not per stream), the codec and the stream methods that use them.
 //! - [`XdsServer`] (`server`): assembles everything into tonic routes for the xDS port.
 //! - [`RunningXds`] (`running`): [`XdsServer::start`], the one way to serve the port; it starts
 //!   the watcher, status sync and registration tasks and ends them at shutdown.
@@ -57,11 +59,11 @@ pub mod snapshot;
 pub mod status;
 pub mod view;
 pub mod watcher;
+pub mod wire;
 
 #[cfg(feature = "testing")]
 pub mod testing;
 
-pub use ads::ResponseStream;
 pub use cache::{CacheError, MeshHandle, MeshState, SnapshotCache, TrustSource};
 pub use node::{NodeError, NodeId, SidecarEndpointMeta};
 pub use registration::{DEFAULT_GRACE_PERIOD, endpoint_name, parse_grace_period};
@@ -70,3 +72,4 @@ pub use sds::{IssueError, IssuedCertificate, WorkloadIssuer};
 pub use server::{XdsConfig, XdsServer};
 pub use snapshot::MeshSnapshot;
 pub use status::{ClientState, ProxyRegistry, ProxyStatus, TypeStatus};
+pub use wire::ResponseStream;

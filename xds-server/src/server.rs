@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use switchboard_store::Store;
 use switchboard_xds_proto::service::{ads, cds, csds, eds, lds, rds, sds};
-use switchboard_xds_proto::{FILE_DESCRIPTOR_SET, service_name};
+use switchboard_xds_proto::{FILE_DESCRIPTOR_SET, ResourceType, service_name};
 use tonic::service::Routes;
 use tonic::transport::server::Router;
 use tonic_health::ServingStatus;
@@ -20,6 +20,7 @@ use crate::revocation::Revocations;
 use crate::sds::WorkloadIssuer;
 use crate::services::{AdsService, CdsService, EdsService, LdsService, RdsService, SdsService};
 use crate::status::ProxyRegistry;
+use crate::wire::Discovery;
 
 /// Tuning of the xDS server.
 #[derive(Debug, Clone)]
@@ -151,24 +152,42 @@ impl XdsServer {
         let mut builder = Routes::builder();
         let engine = &self.engine;
         builder
-            .add_service(ads::AggregatedDiscoveryServiceServer::new(AdsService::new(
+            .add_service(Discovery::new(
                 Arc::clone(engine),
-            )))
-            .add_service(lds::ListenerDiscoveryServiceServer::new(LdsService::new(
+                None,
+                "StreamAggregatedResources",
+                ads::AggregatedDiscoveryServiceServer::new(AdsService::new(Arc::clone(engine))),
+            ))
+            .add_service(Discovery::new(
                 Arc::clone(engine),
-            )))
-            .add_service(rds::RouteDiscoveryServiceServer::new(RdsService::new(
+                Some(ResourceType::Listener),
+                "StreamListeners",
+                lds::ListenerDiscoveryServiceServer::new(LdsService::new(Arc::clone(engine))),
+            ))
+            .add_service(Discovery::new(
                 Arc::clone(engine),
-            )))
-            .add_service(cds::ClusterDiscoveryServiceServer::new(CdsService::new(
+                Some(ResourceType::RouteConfiguration),
+                "StreamRoutes",
+                rds::RouteDiscoveryServiceServer::new(RdsService::new(Arc::clone(engine))),
+            ))
+            .add_service(Discovery::new(
                 Arc::clone(engine),
-            )))
-            .add_service(eds::EndpointDiscoveryServiceServer::new(EdsService::new(
+                Some(ResourceType::Cluster),
+                "StreamClusters",
+                cds::ClusterDiscoveryServiceServer::new(CdsService::new(Arc::clone(engine))),
+            ))
+            .add_service(Discovery::new(
                 Arc::clone(engine),
-            )))
-            .add_service(sds::SecretDiscoveryServiceServer::new(SdsService::new(
+                Some(ResourceType::ClusterLoadAssignment),
+                "StreamEndpoints",
+                eds::EndpointDiscoveryServiceServer::new(EdsService::new(Arc::clone(engine))),
+            ))
+            .add_service(Discovery::new(
                 Arc::clone(engine),
-            )))
+                Some(ResourceType::Secret),
+                "StreamSecrets",
+                sds::SecretDiscoveryServiceServer::new(SdsService::new(Arc::clone(engine))),
+            ))
             .add_service(csds::ClientStatusDiscoveryServiceServer::new(
                 CsdsService::new(engine.store.clone(), engine.registry.clone()),
             ))

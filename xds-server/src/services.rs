@@ -1,9 +1,15 @@
 //! The discovery services: ADS, and LDS, RDS, CDS, EDS and SDS for clients that open one
 //! stream per type. All run the same engine; the single-type services are ADS limited to one type.
 //! Delta (incremental) xDS is not served: clients fall back to state of the world.
+//!
+//! On the port, the stream methods are served by [`crate::wire`] (responses written around
+//! the resources' shared encodings); these implementations of the generated traits answer
+//! Fetch and Delta there, and serve streams as prost messages for whoever mounts a generated
+//! server directly.
 
 use std::sync::Arc;
 
+use futures::StreamExt;
 use futures::stream::BoxStream;
 use switchboard_xds_proto::service::{ads, cds, eds, lds, rds, sds};
 use switchboard_xds_proto::{
@@ -12,7 +18,7 @@ use switchboard_xds_proto::{
 };
 use tonic::{Request, Response, Status, Streaming};
 
-use crate::ads::{Engine, ResponseStream};
+use crate::ads::Engine;
 use crate::auth::cert::check_claim;
 use crate::auth::{self, Admitted, Presented};
 use crate::cache::MeshState;
@@ -24,6 +30,20 @@ use crate::view::NodeView;
 
 /// What the delta methods answer.
 type DeltaStream = BoxStream<'static, Result<DeltaDiscoveryResponse, Status>>;
+
+/// A stream's responses as prost messages.
+type ResponseStream = BoxStream<'static, Result<DiscoveryResponse, Status>>;
+
+/// Opens a stream on the engine, with its responses as prost messages.
+fn open_messages(
+    engine: &Arc<Engine>,
+    only: Option<ResourceType>,
+    request: Request<Streaming<DiscoveryRequest>>,
+) -> Response<ResponseStream> {
+    engine
+        .open(only, request)
+        .map(|responses| responses.map(|r| r.map(|m| m.to_message())).boxed())
+}
 
 fn no_delta() -> Status {
     Status::unimplemented(
@@ -53,7 +73,7 @@ impl ads::AggregatedDiscoveryService for AdsService {
         &self,
         request: Request<Streaming<DiscoveryRequest>>,
     ) -> Result<Response<ResponseStream>, Status> {
-        Ok(self.engine.open(None, request))
+        Ok(open_messages(&self.engine, None, request))
     }
 
     async fn delta_aggregated_resources(
@@ -130,7 +150,7 @@ async fn fetch(
     let response = state
         .next_response(&view)
         .map(|out| out.response)
-        .unwrap_or_else(|| DiscoveryResponse {
+        .unwrap_or_else(|| crate::wire::SotwResponse {
             type_url: rtype.type_url().to_owned(),
             ..Default::default()
         });
@@ -148,7 +168,7 @@ async fn fetch(
             "internal error: refusing to send a secret this client may not have",
         ));
     }
-    Ok(Response::new(response))
+    Ok(Response::new(response.to_message()))
 }
 
 /// Defines a single-type discovery service backed by the engine.
@@ -180,7 +200,7 @@ macro_rules! single_type_service {
                 &self,
                 request: Request<Streaming<DiscoveryRequest>>,
             ) -> Result<Response<ResponseStream>, Status> {
-                Ok(self.engine.open(Some($rtype), request))
+                Ok(open_messages(&self.engine, Some($rtype), request))
             }
 
             async fn $delta_fn(

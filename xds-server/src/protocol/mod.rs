@@ -32,9 +32,10 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use switchboard_translator::XdsResource;
-use switchboard_xds_proto::{DiscoveryRequest, DiscoveryResponse, Node, ResourceType};
+use switchboard_xds_proto::{DiscoveryRequest, Node, ResourceType};
 
 use crate::node::{NodeError, NodeId};
+use crate::wire::SotwResponse;
 use subscription::TypeState;
 
 /// The most resource names one request may list per type.
@@ -168,7 +169,8 @@ pub enum Phase {
 pub struct Outgoing {
     /// `None` for the empty answer to an unknown type URL.
     pub rtype: Option<ResourceType>,
-    pub response: DiscoveryResponse,
+    /// The response, holding the resources as the snapshot's `Arc`s.
+    pub response: SotwResponse,
     /// The mesh revision the response was built from.
     pub revision: i64,
     /// Every resource of this type the client holds once it accepts the response (for
@@ -183,9 +185,11 @@ pub struct StreamState {
     /// Set for the single-type services (LDS, RDS, CDS, EDS); `None` for ADS.
     only: Option<ResourceType>,
     limits: Limits,
-    node: Option<Node>,
+    /// Shared with the stream's status entry (a node can be kilobytes of metadata).
+    node: Option<Arc<Node>>,
     node_id: Option<NodeId>,
-    types: BTreeMap<ResourceType, TypeState>,
+    /// Boxed: a map node has room for 11 entries, a stream has at most 5 types.
+    types: BTreeMap<ResourceType, Box<TypeState>>,
     /// Unknown type URLs seen, and whether their empty answer is still to be sent.
     unknown: BTreeMap<String, bool>,
     nonce: u64,
@@ -216,7 +220,12 @@ impl StreamState {
 
     /// The node from the first request.
     pub fn node(&self) -> Option<&Node> {
-        self.node.as_ref()
+        self.node.as_deref()
+    }
+
+    /// The node from the first request, shared.
+    pub fn shared_node(&self) -> Option<Arc<Node>> {
+        self.node.clone()
     }
 
     /// The parsed node id from the first request.
@@ -227,7 +236,7 @@ impl StreamState {
     /// The subscription of type `t`: (wildcard, explicitly named resources); `None` if the
     /// client never asked for `t`.
     pub fn subscription(&self, t: ResourceType) -> Option<(bool, Vec<String>)> {
-        self.types.get(&t).map(TypeState::subscription)
+        self.types.get(&t).map(|s| s.subscription())
     }
 
     /// The types the client has asked for, in push order.
@@ -271,7 +280,7 @@ impl StreamState {
         let state = self
             .types
             .entry(rtype)
-            .or_insert_with(|| TypeState::new(rtype));
+            .or_insert_with(|| Box::new(TypeState::new(rtype)));
         let (ack, nack, stale) = state.apply(req);
         Ok(Handled::Known {
             rtype,
@@ -288,7 +297,7 @@ impl StreamState {
             (None, Some(node)) if node.id.is_empty() => Err(NodeError::Missing.into()),
             (None, Some(node)) => {
                 self.node_id = Some(NodeId::parse(&node.id)?);
-                self.node = Some(node.clone());
+                self.node = Some(Arc::new(node.clone()));
                 Ok(())
             }
             (Some(first), Some(node)) if !node.id.is_empty() && node.id != first.to_string() => {
@@ -314,8 +323,7 @@ impl StreamState {
             let nonce = self.next_nonce();
             return Some(Outgoing {
                 rtype: None,
-                response: DiscoveryResponse {
-                    version_info: String::new(),
+                response: SotwResponse {
                     type_url,
                     nonce,
                     ..Default::default()

@@ -9,9 +9,14 @@
 //! `certificate/{name}` only to a gateway whose spec names certificate `name`; nothing else
 //! is served.
 
+use std::sync::Arc;
+
+use switchboard_translator::XdsResource;
+use switchboard_xds_proto::ResourceType;
 use switchboard_xds_proto::pb::envoy::config::core::v3::{DataSource, data_source};
 use switchboard_xds_proto::pb::envoy::extensions::transport_sockets::tls::v3::{Secret, secret};
-use switchboard_xds_proto::{DiscoveryResponse, ResourceType, unpack};
+
+use crate::wire::SotwResponse;
 
 use super::{DEFAULT, ROOTCA};
 
@@ -41,12 +46,21 @@ pub struct Entitlement<'a> {
 }
 
 /// Checks every Secret resource of `response`; other responses pass untouched.
-pub fn check(response: &DiscoveryResponse, may: Entitlement<'_>) -> Result<(), Violation> {
-    if response.type_url != ResourceType::Secret.type_url() {
+pub fn check(response: &SotwResponse, may: Entitlement<'_>) -> Result<(), Violation> {
+    check_resources(&response.type_url, &response.resources, may)
+}
+
+/// Checks `resources` about to be sent as `type_url` (any response shape, delta included).
+pub fn check_resources(
+    type_url: &str,
+    resources: &[Arc<XdsResource>],
+    may: Entitlement<'_>,
+) -> Result<(), Violation> {
+    if type_url != ResourceType::Secret.type_url() {
         return Ok(());
     }
-    for any in &response.resources {
-        let secret: Secret = unpack(any).map_err(|_| Violation::Unreadable)?;
+    for r in resources {
+        let secret: Secret = r.decode().map_err(|_| Violation::Unreadable)?;
         if !may.secrets {
             return Err(Violation::NotEntitled(secret.name));
         }
@@ -103,7 +117,6 @@ fn leaf_uri(secret: &Secret) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use switchboard_xds_proto::pack;
     use switchboard_xds_proto::pb::envoy::extensions::transport_sockets::tls::v3::{
         CertificateValidationContext, TlsCertificate,
     };
@@ -136,10 +149,13 @@ mod tests {
         }
     }
 
-    fn response(secrets: &[Secret]) -> DiscoveryResponse {
-        DiscoveryResponse {
+    fn response(secrets: &[Secret]) -> SotwResponse {
+        SotwResponse {
             type_url: ResourceType::Secret.type_url().into(),
-            resources: secrets.iter().map(pack).collect(),
+            resources: secrets
+                .iter()
+                .map(|s| Arc::new(XdsResource::new(s.name.clone(), s)))
+                .collect(),
             ..Default::default()
         }
     }
