@@ -84,16 +84,19 @@ struct RoundRow {
 
 async fn run(cfg: &Config, cp: &mut ControlPlane) -> Result<()> {
     let rest = Rest::new(&cp.rest_url, ADMIN_TOKEN, Duration::from_secs(30))?;
+    let spacing = match cfg.interval {
+        Some(i) => format!("one every {} ms", i.as_millis()),
+        None => format!("{} ms apart", cfg.pause.as_millis()),
+    };
     println!(
         "xds-convergence: {} control plane (pid {}), {} ADS streams over {} HTTP/2 connections, \
-         {} services, {} rounds {} ms apart",
+         {} services, {} rounds {spacing}",
         cp.backend,
         cp.pid(),
         cfg.streams,
         cfg.channels,
         cfg.services,
         cfg.rounds,
-        cfg.pause.as_millis()
     );
 
     let started = Instant::now();
