@@ -24,7 +24,7 @@
 //!   [`report`] writes the status to the store for every replica's REST API.
 //! - `metrics`: what the server measures (see the module for names).
 //! - [`wire`]: responses written around the resources' shared encodings (one encoding per
-//!   snapshot, not per stream), the codec and the stream methods that use them.
+//!   snapshot, not per stream) and their codec; `discovery` serves the stream methods with it.
 //! - [`XdsServer`] (`server`): assembles everything into tonic routes for the xDS port.
 //! - [`RunningXds`] (`running`): [`XdsServer::start`], the one way to serve the port; it starts
 //!   the watcher, status sync and registration tasks and ends them at shutdown.
@@ -44,6 +44,7 @@ mod ads;
 pub mod auth;
 pub mod cache;
 pub mod csds;
+mod discovery;
 pub mod expiry;
 mod metrics;
 pub mod node;

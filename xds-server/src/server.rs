@@ -14,13 +14,13 @@ use crate::ads::Engine;
 use crate::auth::cert::RootsCache;
 use crate::cache::{SnapshotCache, TrustSource};
 use crate::csds::CsdsService;
+use crate::discovery::Discovery;
 use crate::protocol::Limits;
 use crate::registration::Registrar;
 use crate::revocation::Revocations;
 use crate::sds::WorkloadIssuer;
 use crate::services::{AdsService, CdsService, EdsService, LdsService, RdsService, SdsService};
 use crate::status::ProxyRegistry;
-use crate::wire::Discovery;
 
 /// Tuning of the xDS server.
 #[derive(Debug, Clone)]

@@ -6,18 +6,17 @@
 //! streams costs one memory copy per stream into its HTTP/2 frames, never a clone of the
 //! `Any`s nor a protobuf encoding of the resources. Requests decode with prost as before.
 //!
-//! [`Discovery`] serves the state-of-the-world stream methods (ADS and the per-type
+//! `discovery` serves the state-of-the-world stream methods (ADS and the per-type
 //! services) with this codec and hands every other method of the service (Delta, Fetch) to
-//! the generated server it wraps.
+//! the generated server it wraps. [`ResponseStream`] is a stream's queue of responses.
 //!
 //! [`XdsResource::encoded_any`]: switchboard_translator::XdsResource::encoded_any
 
 mod codec;
+mod queue;
 mod response;
-mod service;
 
 pub use codec::{DECODE_BUFFER, ENCODE_BUFFER, WireMessage, XdsCodec};
+pub(crate) use queue::Queued;
+pub use queue::ResponseStream;
 pub use response::{DeltaResponse, SotwResponse};
-pub(crate) use service::Discovery;
-pub(crate) use service::Queued;
-pub use service::ResponseStream;

@@ -1,24 +1,21 @@
-//! The state-of-the-world stream methods, served with [`XdsCodec`]; the service's other
-//! methods go to the generated server.
+//! The state-of-the-world stream methods of the discovery services, served through the
+//! engine with [`XdsCodec`] (responses written around the resources' shared encodings); the
+//! services' other methods (Delta, Fetch) go to the generated servers.
 
 use std::convert::Infallible;
 use std::future::Ready;
-use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
-use futures::Stream;
 use futures::future::BoxFuture;
 use switchboard_xds_proto::{DiscoveryRequest, ResourceType};
-use tokio::sync::mpsc;
 use tonic::body::Body;
 use tonic::codegen::http;
 use tonic::server::{Grpc, NamedService, StreamingService};
 use tonic::{Request, Response, Status, Streaming};
 
-use super::codec::XdsCodec;
-use super::response::SotwResponse;
 use crate::ads::Engine;
+use crate::wire::{ResponseStream, SotwResponse, XdsCodec};
 
 /// One discovery service: its state-of-the-world stream method (`Stream…`) through the
 /// engine and [`XdsCodec`]; Delta and Fetch through `generated`, the envoy-types server of
@@ -100,33 +97,5 @@ impl StreamingService<DiscoveryRequest> for Open {
 
     fn call(&mut self, request: Request<Streaming<DiscoveryRequest>>) -> Self::Future {
         std::future::ready(Ok(self.engine.open(self.only, request)))
-    }
-}
-
-/// What a stream's task queues towards its client. Boxed, so that the queue's slots (tokio
-/// allocates them 32 at a time, whatever the bound) cost a pointer each, not a response.
-pub(crate) type Queued = Result<Box<SotwResponse>, Status>;
-
-/// The responses of one stream, as tonic sends them.
-#[derive(Debug)]
-pub struct ResponseStream {
-    rx: mpsc::Receiver<Queued>,
-}
-
-impl ResponseStream {
-    /// A queue of at most `bound` responses, and its sending side for the stream's task.
-    pub(crate) fn channel(bound: usize) -> (mpsc::Sender<Queued>, Self) {
-        let (tx, rx) = mpsc::channel(bound.max(1));
-        (tx, Self { rx })
-    }
-}
-
-impl Stream for ResponseStream {
-    type Item = Result<SotwResponse, Status>;
-
-    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
-        self.rx
-            .poll_recv(cx)
-            .map(|queued| queued.map(|r| r.map(|boxed| *boxed)))
     }
 }
