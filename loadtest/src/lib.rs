@@ -39,6 +39,25 @@ pub use control_plane::{ControlPlane, Memory, Options};
 pub use rest::Rest;
 pub use stats::{Summary, mib, ms};
 
+/// Raises this process's soft limit of open files to its hard limit (a load generator with
+/// thousands of connections needs more than the usual 1,024); returns the limit now in force
+/// (`u64::MAX` for unlimited). The control plane needs one descriptor per connection, not
+/// per stream: streams share HTTP/2 connections.
+pub fn raise_open_files() -> std::io::Result<u64> {
+    use rustix::process::{Resource, Rlimit, getrlimit, setrlimit};
+    let limit = getrlimit(Resource::Nofile);
+    if limit.current != limit.maximum {
+        setrlimit(
+            Resource::Nofile,
+            Rlimit {
+                current: limit.maximum,
+                maximum: limit.maximum,
+            },
+        )?;
+    }
+    Ok(limit.maximum.unwrap_or(u64::MAX))
+}
+
 /// Reads a whole number above 0 from `var`, or `default` when it is unset.
 pub fn count_from_env(var: &str, default: usize) -> anyhow::Result<usize> {
     match std::env::var(var) {

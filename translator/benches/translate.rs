@@ -409,11 +409,11 @@ fn main() {
     );
     let (mut count, mut bytes) = (0usize, 0usize);
     for (kind, map) in maps(&result) {
-        let sizes = map.values().map(|r| r.resource.value.len());
+        let sizes = map.values().map(|r| r.value().len());
         let total: usize = sizes.clone().sum();
         let (largest_name, largest) = map
             .iter()
-            .map(|(n, r)| (n.as_str(), r.resource.value.len()))
+            .map(|(n, r)| (n.as_str(), r.value().len()))
             .max_by_key(|(_, len)| *len)
             .unwrap_or(("-", 0));
         println!(

@@ -177,7 +177,7 @@ pub fn sidecar_inbound_resources(
 /// 127.0.0.1:`port` for one sidecar. `None` when `shared` does not decode as a listener,
 /// which the translator never produces.
 pub fn sidecar_outbound_on(shared: &XdsResource, port: u32) -> Option<Arc<XdsResource>> {
-    let mut listener: Listener = switchboard_xds_proto::unpack(&shared.resource).ok()?;
+    let mut listener: Listener = shared.decode().ok()?;
     listener.address = Some(socket_address(names::OUTBOUND_ADDRESS, port));
     Some(Arc::new(XdsResource::new(listener.name.clone(), &listener)))
 }

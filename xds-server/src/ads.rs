@@ -12,13 +12,11 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use prost::Message;
 use switchboard_model::identity::TrustBundle;
 use switchboard_store::Store;
 use switchboard_translator::NodeRole;
-use switchboard_xds_proto::{DiscoveryRequest, DiscoveryResponse, Node, ResourceType};
+use switchboard_xds_proto::{DiscoveryRequest, Node, ResourceType};
 use tokio::sync::mpsc;
-use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 use tracing::{Instrument, field};
 
@@ -41,16 +39,13 @@ use crate::sds::{NodeSecret, WorkloadIssuer, wants_default};
 use crate::snapshot::MeshSnapshot;
 use crate::status::{Acked, Nacked, ProxyRegistry, ProxyStatus, Registration, Sent};
 use crate::view::NodeView;
+use crate::wire::{Queued, ResponseStream, SotwResponse, WireMessage};
 
 mod delta;
 
-pub use delta::DeltaResponseStream;
 /// How long a stream the client half-closed may take to write what it owes before it ends
 /// anyway: a client that half-closes and then stops reading cannot hold it open.
 pub(crate) const HALF_CLOSE_GRACE: Duration = Duration::from_secs(10);
-
-/// The responses of one stream, as tonic sends them.
-pub type ResponseStream = ReceiverStream<Result<DiscoveryResponse, Status>>;
 
 /// What every stream shares.
 pub(crate) struct Engine {
@@ -99,7 +94,7 @@ impl Engine {
         let peer = request.remote_addr();
         let certificates = request.peer_certs();
         let requests = request.into_inner();
-        let (tx, rx) = mpsc::channel(self.queue.max(1));
+        let (tx, responses) = ResponseStream::channel(self.queue);
         let span = tracing::info_span!(
             "xds_stream",
             stream = id,
@@ -128,7 +123,7 @@ impl Engine {
             }
             .instrument(span),
         );
-        Response::new(ReceiverStream::new(rx))
+        Response::new(responses)
     }
 
     async fn drive(
@@ -137,7 +132,7 @@ impl Engine {
         only: Option<ResourceType>,
         client: Client,
         mut requests: Streaming<DiscoveryRequest>,
-        tx: mpsc::Sender<Result<DiscoveryResponse, Status>>,
+        tx: mpsc::Sender<Queued>,
     ) -> Result<(), Status> {
         let service = only.map_or("ADS", ResourceType::short_name);
         let mut state = match only {
@@ -151,7 +146,7 @@ impl Engine {
             Err(status) => return Err(status),
         };
         let handled = state.handle(&first).map_err(invalid)?;
-        let (Some(node), Some(node_id)) = (state.node().cloned(), state.node_id().cloned()) else {
+        let (Some(node), Some(node_id)) = (state.shared_node(), state.node_id().cloned()) else {
             return Err(Status::internal(
                 "the first request was accepted without a node",
             ));
@@ -169,7 +164,7 @@ impl Engine {
         id: u64,
         service: &'static str,
         client: Client,
-        node: Node,
+        node: Arc<Node>,
         node_id: &NodeId,
     ) -> Result<Admission, Status> {
         let role = node_role(&node).map_err(|e| Status::invalid_argument(e.to_string()))?;
@@ -202,14 +197,16 @@ impl Engine {
             credential,
             identity,
             expires,
-        } = auth::authorize(
+        } = Box::pin(auth::authorize(
             &self.store,
             &self.cache,
             &self.roots,
             presented,
             node_id,
             SystemTime::now(),
-        )
+        ))
+        // Boxed: the admission's future (store reads) is large, and inline it would size the
+        // stream's task for its whole life.
         .await
         .map_err(|e| e.status())?;
         let quota = self.streams.admit(&self.store, &node_id.tenant).await?;
@@ -299,7 +296,7 @@ impl Engine {
         admission: Admission,
         node_id: NodeId,
         mut requests: Streaming<DiscoveryRequest>,
-        tx: mpsc::Sender<Result<DiscoveryResponse, Status>>,
+        tx: mpsc::Sender<Queued>,
     ) -> Result<(), Status> {
         let Admission {
             mut mesh,
@@ -391,7 +388,7 @@ impl Engine {
                     match stream.next() {
                         Some(response) => {
                             release(&stream.view, &node_id, |may| guard::check(&response, may))?;
-                            permit.send(Ok(response))
+                            permit.send(Ok(Box::new(response)))
                         }
                         None => {
                             dirty = false;
@@ -697,7 +694,7 @@ impl<S: Subscriptions> Stream<S> {
 
 impl Stream {
     /// The next response to write, if any.
-    fn next(&mut self) -> Option<DiscoveryResponse> {
+    fn next(&mut self) -> Option<SotwResponse> {
         let out = self.state.next_response(&self.view)?;
         let Some(rtype) = out.rtype else {
             return Some(out.response);

@@ -151,7 +151,7 @@ pub fn client_config(p: &ProxyStatus, contents: bool) -> ClientConfig {
         per_type(*t, status, contents, &mut configs);
     }
     ClientConfig {
-        node: Some(p.node.clone()),
+        node: Some(switchboard_xds_proto::Node::clone(&p.node)),
         generic_xds_configs: configs,
         ..Default::default()
     }
@@ -197,7 +197,7 @@ fn per_type(
         };
         let error_state = match (&status.nack, is_nacked && state == ClientState::Nacked) {
             (Some(n), true) => Some(UpdateFailureState {
-                failed_configuration: contents.then(|| r.resource.clone()),
+                failed_configuration: contents.then(|| r.any()),
                 last_update_attempt: Some(timestamp(n.time)),
                 details: n.message.clone(),
                 version_info: n.version.clone(),
@@ -210,7 +210,7 @@ fn per_type(
             version_info: version,
             // Secrets come from the registry already redacted (`Registration::record_sent`):
             // a dump never holds a private key.
-            xds_config: contents.then(|| r.resource.clone()),
+            xds_config: contents.then(|| r.any()),
             last_updated: updated.map(timestamp),
             config_status: config_status as i32,
             client_status: client_status as i32,

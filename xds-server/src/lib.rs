@@ -27,6 +27,8 @@
 //! - `metrics`: what the server measures (see the module for names).
 //! - [`admission`]: turns for streams' initial responses (a reconnect storm queues); `conn`:
 //!   the port's HTTP/2 connections (keepalive, jittered maximum age).
+//! - [`wire`]: responses written around the resources' shared encodings (one encoding per
+//!   snapshot, not per stream) and their codec; `discovery` serves the stream methods with it.
 //! - [`XdsServer`] (`server`): assembles everything into tonic routes for the xDS port.
 //! - [`RunningXds`] (`running`): [`XdsServer::start`], the one way to serve the port; it starts
 //!   the watcher, status sync and registration tasks and ends them at shutdown.
@@ -48,6 +50,7 @@ pub mod auth;
 pub mod cache;
 mod conn;
 pub mod csds;
+mod discovery;
 pub mod expiry;
 pub mod lookups;
 mod metrics;
@@ -65,14 +68,14 @@ pub mod snapshot;
 pub mod status;
 pub mod view;
 pub mod watcher;
+pub mod wire;
 
 #[cfg(feature = "testing")]
 pub mod testing;
 
-pub use ads::{DeltaResponseStream, ResponseStream};
 pub use cache::{CacheError, MeshHandle, MeshState, SnapshotCache, TrustSource};
-pub use lookups::LookupLimits;
 pub use conn::{ConnectionPolicy, MaxAge};
+pub use lookups::LookupLimits;
 pub use node::{NodeError, NodeId, SidecarEndpointMeta};
 pub use registration::{DEFAULT_GRACE_PERIOD, endpoint_name, parse_grace_period};
 pub use running::RunningXds;
@@ -80,3 +83,5 @@ pub use sds::{IssueError, IssuedCertificate, WorkloadIssuer};
 pub use server::{XdsConfig, XdsServer};
 pub use snapshot::MeshSnapshot;
 pub use status::{ClientState, ProxyRegistry, ProxyStatus, TypeStatus};
+pub use wire::DeltaResponseStream;
+pub use wire::ResponseStream;

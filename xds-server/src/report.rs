@@ -202,7 +202,7 @@ fn render(resources: &[Arc<XdsResource>]) -> Vec<Value> {
         .iter()
         .map(crate::sds::secrets::redact)
         .map(|r| {
-            any_to_json(&r.resource)
+            any_to_json(&r.any())
                 .unwrap_or_else(|e| json!({"name": r.name, "error": e.to_string()}))
         })
         .collect()

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use switchboard_store::Store;
 use switchboard_xds_proto::service::{ads, cds, csds, eds, lds, rds, sds};
-use switchboard_xds_proto::{FILE_DESCRIPTOR_SET, service_name};
+use switchboard_xds_proto::{FILE_DESCRIPTOR_SET, ResourceType, service_name};
 use tonic::service::Routes;
 use tonic_health::ServingStatus;
 
@@ -15,6 +15,7 @@ use crate::auth::cert::RootsCache;
 use crate::cache::{SnapshotCache, TrustSource};
 use crate::conn::ConnectionPolicy;
 use crate::csds::CsdsService;
+use crate::discovery::Discovery;
 use crate::protocol::Limits;
 use crate::registration::Registrar;
 use crate::revocation::Revocations;
@@ -164,24 +165,42 @@ impl XdsServer {
         let mut builder = Routes::builder();
         let engine = &self.engine;
         builder
-            .add_service(ads::AggregatedDiscoveryServiceServer::new(AdsService::new(
+            .add_service(Discovery::new(
                 Arc::clone(engine),
-            )))
-            .add_service(lds::ListenerDiscoveryServiceServer::new(LdsService::new(
+                None,
+                ["StreamAggregatedResources", "DeltaAggregatedResources"],
+                ads::AggregatedDiscoveryServiceServer::new(AdsService::new(Arc::clone(engine))),
+            ))
+            .add_service(Discovery::new(
                 Arc::clone(engine),
-            )))
-            .add_service(rds::RouteDiscoveryServiceServer::new(RdsService::new(
+                Some(ResourceType::Listener),
+                ["StreamListeners", "DeltaListeners"],
+                lds::ListenerDiscoveryServiceServer::new(LdsService::new(Arc::clone(engine))),
+            ))
+            .add_service(Discovery::new(
                 Arc::clone(engine),
-            )))
-            .add_service(cds::ClusterDiscoveryServiceServer::new(CdsService::new(
+                Some(ResourceType::RouteConfiguration),
+                ["StreamRoutes", "DeltaRoutes"],
+                rds::RouteDiscoveryServiceServer::new(RdsService::new(Arc::clone(engine))),
+            ))
+            .add_service(Discovery::new(
                 Arc::clone(engine),
-            )))
-            .add_service(eds::EndpointDiscoveryServiceServer::new(EdsService::new(
+                Some(ResourceType::Cluster),
+                ["StreamClusters", "DeltaClusters"],
+                cds::ClusterDiscoveryServiceServer::new(CdsService::new(Arc::clone(engine))),
+            ))
+            .add_service(Discovery::new(
                 Arc::clone(engine),
-            )))
-            .add_service(sds::SecretDiscoveryServiceServer::new(SdsService::new(
+                Some(ResourceType::ClusterLoadAssignment),
+                ["StreamEndpoints", "DeltaEndpoints"],
+                eds::EndpointDiscoveryServiceServer::new(EdsService::new(Arc::clone(engine))),
+            ))
+            .add_service(Discovery::new(
                 Arc::clone(engine),
-            )))
+                Some(ResourceType::Secret),
+                ["StreamSecrets", "DeltaSecrets"],
+                sds::SecretDiscoveryServiceServer::new(SdsService::new(Arc::clone(engine))),
+            ))
             .add_service(csds::ClientStatusDiscoveryServiceServer::new(
                 CsdsService::new(engine.store.clone(), engine.registry.clone()),
             ))

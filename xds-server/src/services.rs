@@ -1,16 +1,24 @@
 //! The discovery services: ADS, and LDS, RDS, CDS, EDS and SDS for clients that open one
 //! stream per type. All run the same engine; the single-type services are ADS limited to one type.
 //! Each serves state-of-the-world and delta (incremental) xDS.
+//!
+//! On the port, the stream methods are served by [`crate::wire`] (responses written around
+//! the resources' shared encodings); these implementations of the generated traits answer
+//! Fetch there, and serve streams as prost messages for whoever mounts a generated server
+//! directly.
 
 use std::sync::Arc;
 
+use futures::StreamExt;
+use futures::stream::BoxStream;
 use switchboard_xds_proto::service::{ads, cds, eds, lds, rds, sds};
 use switchboard_xds_proto::{
-    DeltaDiscoveryRequest, DiscoveryRequest, DiscoveryResponse, ResourceType,
+    DeltaDiscoveryRequest, DeltaDiscoveryResponse, DiscoveryRequest, DiscoveryResponse,
+    ResourceType,
 };
 use tonic::{Request, Response, Status, Streaming};
 
-use crate::ads::{DeltaResponseStream, Engine, ResponseStream};
+use crate::ads::Engine;
 use crate::auth::cert::check_claim;
 use crate::auth::{self, Admitted, Presented};
 use crate::cache::MeshState;
@@ -19,6 +27,34 @@ use crate::protocol::StreamState;
 use crate::sds::secrets::node_secret;
 use crate::sds::wants_default;
 use crate::view::NodeView;
+
+/// A stream's responses as prost messages.
+type ResponseStream = BoxStream<'static, Result<DiscoveryResponse, Status>>;
+
+/// A delta stream's responses as prost messages.
+type DeltaResponseStream = BoxStream<'static, Result<DeltaDiscoveryResponse, Status>>;
+
+/// Opens a stream on the engine, with its responses as prost messages.
+fn open_messages(
+    engine: &Arc<Engine>,
+    only: Option<ResourceType>,
+    request: Request<Streaming<DiscoveryRequest>>,
+) -> Response<ResponseStream> {
+    engine
+        .open(only, request)
+        .map(|responses| responses.map(|r| r.map(|m| m.to_message())).boxed())
+}
+
+/// Opens a delta stream on the engine, with its responses as prost messages.
+fn open_delta_messages(
+    engine: &Arc<Engine>,
+    only: Option<ResourceType>,
+    request: Request<Streaming<DeltaDiscoveryRequest>>,
+) -> Response<DeltaResponseStream> {
+    engine
+        .open_delta(only, request)
+        .map(|responses| responses.map(|r| r.map(|m| m.to_message())).boxed())
+}
 
 /// The aggregated discovery service.
 #[derive(Debug, Clone)]
@@ -41,14 +77,14 @@ impl ads::AggregatedDiscoveryService for AdsService {
         &self,
         request: Request<Streaming<DiscoveryRequest>>,
     ) -> Result<Response<ResponseStream>, Status> {
-        Ok(self.engine.open(None, request))
+        Ok(open_messages(&self.engine, None, request))
     }
 
     async fn delta_aggregated_resources(
         &self,
         request: Request<Streaming<DeltaDiscoveryRequest>>,
     ) -> Result<Response<DeltaResponseStream>, Status> {
-        Ok(self.engine.open_delta(None, request))
+        Ok(open_delta_messages(&self.engine, None, request))
     }
 }
 
@@ -118,7 +154,7 @@ async fn fetch(
     let response = state
         .next_response(&view)
         .map(|out| out.response)
-        .unwrap_or_else(|| DiscoveryResponse {
+        .unwrap_or_else(|| crate::wire::SotwResponse {
             type_url: rtype.type_url().to_owned(),
             ..Default::default()
         });
@@ -136,7 +172,7 @@ async fn fetch(
             "internal error: refusing to send a secret this client may not have",
         ));
     }
-    Ok(Response::new(response))
+    Ok(Response::new(response.to_message()))
 }
 
 /// Defines a single-type discovery service backed by the engine.
@@ -168,14 +204,14 @@ macro_rules! single_type_service {
                 &self,
                 request: Request<Streaming<DiscoveryRequest>>,
             ) -> Result<Response<ResponseStream>, Status> {
-                Ok(self.engine.open(Some($rtype), request))
+                Ok(open_messages(&self.engine, Some($rtype), request))
             }
 
             async fn $delta_fn(
                 &self,
                 request: Request<Streaming<DeltaDiscoveryRequest>>,
             ) -> Result<Response<DeltaResponseStream>, Status> {
-                Ok(self.engine.open_delta(Some($rtype), request))
+                Ok(open_delta_messages(&self.engine, Some($rtype), request))
             }
 
             async fn $fetch_fn(

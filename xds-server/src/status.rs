@@ -25,8 +25,9 @@ pub struct ProxyStatus {
     /// Unique per server process.
     pub stream_id: u64,
     pub node_id: NodeId,
-    /// The node as the first request described it.
-    pub node: Node,
+    /// The node as the first request described it (the stream's protocol state holds the
+    /// same `Arc`).
+    pub node: Arc<Node>,
     /// "proxyless", "sidecar of {service}", "gateway {name}".
     pub role: String,
     /// "ADS", or the single-type service ("CDS", ...); "delta ADS", "delta CDS", ... for
@@ -35,7 +36,8 @@ pub struct ProxyStatus {
     /// Whether the stream presented a proxy token (else the mesh admits anonymous clients).
     pub authenticated: bool,
     pub connected_since: SystemTime,
-    pub types: BTreeMap<ResourceType, TypeStatus>,
+    /// Boxed: a map node has room for 11 entries, a stream has at most 5 types.
+    pub types: BTreeMap<ResourceType, Box<TypeStatus>>,
     /// The `default` certificate last sent to the proxy (public facts only).
     pub certificate: Option<CertificateInfo>,
 }
@@ -307,7 +309,7 @@ mod tests {
         ProxyStatus {
             stream_id: id,
             node_id: NodeId::parse(node).unwrap(),
-            node: Node::default(),
+            node: Arc::new(Node::default()),
             role: "proxyless".to_owned(),
             service: "ADS",
             authenticated: true,

@@ -516,7 +516,7 @@ mod tests {
         use switchboard_xds_proto::pb::envoy::extensions::filters::network::http_connection_manager::v3::HttpConnectionManager;
         let http_filters = |view: &NodeView| {
             let l = view.get(ResourceType::Listener, names::INBOUND).unwrap();
-            let l: Listener = switchboard_xds_proto::unpack(&l.resource).unwrap();
+            let l: Listener = l.decode().unwrap();
             let Some(filter::ConfigType::TypedConfig(any)) =
                 l.filter_chains[0].filters[0].config_type.clone()
             else {
@@ -579,7 +579,7 @@ mod tests {
         use switchboard_xds_proto::pb::envoy::config::core::v3::{address, socket_address};
         use switchboard_xds_proto::pb::envoy::config::listener::v3::Listener;
         let port_of = |r: &XdsResource| {
-            let l: Listener = switchboard_xds_proto::unpack(&r.resource).unwrap();
+            let l: Listener = r.decode().unwrap();
             let Some(address::Address::SocketAddress(sa)) = l.address.unwrap().address else {
                 panic!("no socket address");
             };

@@ -471,7 +471,7 @@ fn proxy_clusters_are_versioned_resources() {
     let r: &XdsResource = &res.proxy_clusters["a"];
     assert_eq!(r.name, "a");
     assert_eq!(
-        r.resource.type_url,
+        r.type_url(),
         "type.googleapis.com/envoy.config.cluster.v3.Cluster"
     );
     assert_eq!(mesh("strict", true).translate(), res, "deterministic");

@@ -11,18 +11,14 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::SystemTime;
 
-use prost::Message;
 use switchboard_translator::XdsResource;
-use switchboard_xds_proto::{DeltaDiscoveryRequest, DeltaDiscoveryResponse, ResourceType};
+use switchboard_xds_proto::{DeltaDiscoveryRequest, ResourceType};
 use tokio::sync::mpsc;
 use tokio::time::Sleep;
-use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 use tracing::{Instrument, field};
 
-use super::{
-    Admission, Client, Engine, HALF_CLOSE_GRACE, Stream, issued, release, revoked, until,
-};
+use super::{Admission, Client, Engine, HALF_CLOSE_GRACE, Stream, issued, release, revoked, until};
 use crate::admission;
 use crate::metrics::{self, StreamGauge};
 use crate::protocol::Resources;
@@ -30,9 +26,7 @@ use crate::protocol::delta::{DeltaError, DeltaState};
 use crate::sds::{DEFAULT, guard};
 use crate::status::Sent;
 use crate::view::NodeView;
-
-/// The responses of one delta stream, as tonic sends them.
-pub type DeltaResponseStream = ReceiverStream<Result<DeltaDiscoveryResponse, Status>>;
+use crate::wire::{DeltaResponse, DeltaResponseStream, Queued, WireMessage};
 
 /// The service name a delta stream reports in its status.
 fn service_name(only: Option<ResourceType>) -> &'static str {
@@ -66,7 +60,7 @@ impl Engine {
             certificates: request.peer_certs(),
         };
         let requests = request.into_inner();
-        let (tx, rx) = mpsc::channel(self.queue.max(1));
+        let (tx, responses) = DeltaResponseStream::channel(self.queue);
         let span = tracing::info_span!(
             "xds_stream",
             stream = id,
@@ -89,7 +83,7 @@ impl Engine {
             }
             .instrument(span),
         );
-        Response::new(ReceiverStream::new(rx))
+        Response::new(responses)
     }
 
     async fn drive_delta(
@@ -98,7 +92,7 @@ impl Engine {
         only: Option<ResourceType>,
         client: Client,
         mut requests: Streaming<DeltaDiscoveryRequest>,
-        tx: mpsc::Sender<Result<DeltaDiscoveryResponse, Status>>,
+        tx: mpsc::Sender<Queued<DeltaResponse>>,
     ) -> Result<(), Status> {
         let mut state = match only {
             Some(t) => DeltaState::single(t, self.limits),
@@ -110,7 +104,7 @@ impl Engine {
             Err(status) => return Err(status),
         };
         let handled = state.handle(&first).map_err(invalid)?;
-        let (Some(node), Some(node_id)) = (state.node().cloned(), state.node_id().cloned()) else {
+        let (Some(node), Some(node_id)) = (state.shared_node(), state.node_id().cloned()) else {
             return Err(Status::internal(
                 "the first request was accepted without a node",
             ));
@@ -208,7 +202,7 @@ impl Engine {
                     match stream.next_delta() {
                         Some(response) => {
                             release(&stream.view, &node_id, |may| guard::check_delta(&response, may))?;
-                            permit.send(Ok(response));
+                            permit.send(Ok(Box::new(response)));
                         }
                         // Everything owed is out.
                         None if closing.is_some() => return Ok(()),
@@ -251,7 +245,7 @@ impl Resources for Awaiting<'_> {
 
 impl Stream<DeltaState> {
     /// The next delta response to write, if any, recorded in the status and metrics.
-    fn next_delta(&mut self) -> Option<DeltaDiscoveryResponse> {
+    fn next_delta(&mut self) -> Option<DeltaResponse> {
         let awaiting = Awaiting {
             view: &self.view,
             certificate: self.renewal.is_some() && self.view.certificate().is_none(),

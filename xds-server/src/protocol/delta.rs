@@ -33,11 +33,11 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
 use switchboard_translator::XdsResource;
-use switchboard_xds_proto::{
-    DeltaDiscoveryRequest, DeltaDiscoveryResponse, Node, Resource, ResourceType,
-};
+use switchboard_xds_proto::{DeltaDiscoveryRequest, Node, ResourceType};
 
 use super::subscription::{Held, digest, same};
+use crate::wire::DeltaResponse;
+
 use super::{
     Ack, Handled, Limits, Nack, NodeSlot, Phase, ProtocolError, Resources, Subscriptions, WILDCARD,
     resolve_type,
@@ -103,23 +103,13 @@ pub struct DeltaOutgoing {
 impl DeltaOutgoing {
     /// The response on the wire. Every delta response is built here, so how resources are
     /// encoded can change in one place.
-    pub fn response(&self) -> DeltaDiscoveryResponse {
-        DeltaDiscoveryResponse {
+    pub fn response(&self) -> DeltaResponse {
+        DeltaResponse {
             system_version_info: self.system_version_info.clone(),
-            resources: self
-                .resources
-                .iter()
-                .map(|r| Resource {
-                    name: r.name.clone(),
-                    version: r.version.clone(),
-                    resource: Some(r.resource.clone()),
-                    ..Default::default()
-                })
-                .collect(),
+            resources: self.resources.clone(),
             type_url: self.type_url.clone(),
             removed_resources: self.removed.clone(),
             nonce: self.nonce.clone(),
-            ..Default::default()
         }
     }
 }
@@ -446,6 +436,11 @@ impl DeltaState {
     /// The node from the first request.
     pub fn node(&self) -> Option<&Node> {
         self.node.node()
+    }
+
+    /// The node from the first request, shared.
+    pub fn shared_node(&self) -> Option<Arc<Node>> {
+        self.node.shared()
     }
 
     /// The parsed node id from the first request.

@@ -38,9 +38,10 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use switchboard_translator::XdsResource;
-use switchboard_xds_proto::{DiscoveryRequest, DiscoveryResponse, Node, ResourceType};
+use switchboard_xds_proto::{DiscoveryRequest, Node, ResourceType};
 
 use crate::node::{NodeError, NodeId};
+use crate::wire::SotwResponse;
 use subscription::TypeState;
 
 /// The most resource names one request may list per type.
@@ -186,7 +187,8 @@ pub enum Phase {
 pub struct Outgoing {
     /// `None` for the empty answer to an unknown type URL.
     pub rtype: Option<ResourceType>,
-    pub response: DiscoveryResponse,
+    /// The response, holding the resources as the snapshot's `Arc`s.
+    pub response: SotwResponse,
     /// The mesh revision the response was built from.
     pub revision: i64,
     /// Every resource of this type the client holds once it accepts the response (for
@@ -198,13 +200,18 @@ pub struct Outgoing {
 /// The node of a stream: set by its first request, never changed after.
 #[derive(Debug, Default)]
 pub(crate) struct NodeSlot {
-    node: Option<Node>,
+    /// Shared with the stream's status entry (a node can be kilobytes of metadata).
+    node: Option<Arc<Node>>,
     id: Option<NodeId>,
 }
 
 impl NodeSlot {
     pub(crate) fn node(&self) -> Option<&Node> {
-        self.node.as_ref()
+        self.node.as_deref()
+    }
+
+    pub(crate) fn shared(&self) -> Option<Arc<Node>> {
+        self.node.clone()
     }
 
     pub(crate) fn id(&self) -> Option<&NodeId> {
@@ -218,7 +225,7 @@ impl NodeSlot {
             (None, Some(node)) if node.id.is_empty() => Err(NodeError::Missing.into()),
             (None, Some(node)) => {
                 self.id = Some(NodeId::parse(&node.id)?);
-                self.node = Some(node.clone());
+                self.node = Some(Arc::new(node.clone()));
                 Ok(())
             }
             (Some(first), Some(node)) if !node.id.is_empty() && node.id != first.to_string() => {
@@ -257,7 +264,8 @@ pub struct StreamState {
     only: Option<ResourceType>,
     limits: Limits,
     node: NodeSlot,
-    types: BTreeMap<ResourceType, TypeState>,
+    /// Boxed: a map node has room for 11 entries, a stream has at most 5 types.
+    types: BTreeMap<ResourceType, Box<TypeState>>,
     /// Unknown type URLs seen, and whether their empty answer is still to be sent.
     unknown: BTreeMap<String, bool>,
     nonce: u64,
@@ -287,7 +295,12 @@ impl StreamState {
 
     /// The node from the first request.
     pub fn node(&self) -> Option<&Node> {
-        self.node.node.as_ref()
+        self.node.node()
+    }
+
+    /// The node from the first request, shared.
+    pub fn shared_node(&self) -> Option<Arc<Node>> {
+        self.node.shared()
     }
 
     /// The parsed node id from the first request.
@@ -298,7 +311,7 @@ impl StreamState {
     /// The subscription of type `t`: (wildcard, explicitly named resources); `None` if the
     /// client never asked for `t`.
     pub fn subscription(&self, t: ResourceType) -> Option<(bool, Vec<String>)> {
-        self.types.get(&t).map(TypeState::subscription)
+        self.types.get(&t).map(|s| s.subscription())
     }
 
     /// The types the client has asked for, in push order.
@@ -331,7 +344,7 @@ impl StreamState {
         let state = self
             .types
             .entry(rtype)
-            .or_insert_with(|| TypeState::new(rtype));
+            .or_insert_with(|| Box::new(TypeState::new(rtype)));
         let (ack, nack, stale) = state.apply(req);
         Ok(Handled::Known {
             rtype,
@@ -355,8 +368,7 @@ impl StreamState {
             let nonce = self.next_nonce();
             return Some(Outgoing {
                 rtype: None,
-                response: DiscoveryResponse {
-                    version_info: String::new(),
+                response: SotwResponse {
                     type_url,
                     nonce,
                     ..Default::default()

@@ -8,9 +8,10 @@ use std::sync::Arc;
 
 use sha2::{Digest, Sha256};
 use switchboard_translator::XdsResource;
-use switchboard_xds_proto::{DiscoveryRequest, DiscoveryResponse, ResourceType};
+use switchboard_xds_proto::{DiscoveryRequest, ResourceType};
 
 use super::{Ack, Nack, Outgoing, Phase, Resources, WILDCARD};
+use crate::wire::SotwResponse;
 
 /// A resource the client was sent, ordered and looked up by name. Only a pointer to the
 /// snapshot's resource: streams never copy resources.
@@ -97,7 +98,7 @@ impl Plan<'_> {
 }
 
 pub(super) fn same(a: &Arc<XdsResource>, b: &Arc<XdsResource>) -> bool {
-    Arc::ptr_eq(a, b) || (a.version == b.version && a.resource.type_url == b.resource.type_url)
+    Arc::ptr_eq(a, b) || (a.version == b.version && a.type_url() == b.type_url())
 }
 
 impl TypeState {
@@ -285,12 +286,11 @@ impl TypeState {
         });
         Outgoing {
             rtype: Some(self.rtype),
-            response: DiscoveryResponse {
+            response: SotwResponse {
                 version_info: version,
-                resources: sent.iter().map(|r| r.resource.clone()).collect(),
+                resources: sent,
                 type_url: self.rtype.type_url().to_owned(),
                 nonce,
-                ..Default::default()
             },
             revision,
             state: self.held.iter().map(|h| Arc::clone(&h.0)).collect(),

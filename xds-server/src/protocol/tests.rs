@@ -123,6 +123,7 @@ fn names(out: &Outgoing) -> Vec<String> {
 fn sent(out: &Outgoing) -> Vec<String> {
     let t = out.rtype.unwrap();
     out.response
+        .to_message()
         .resources
         .iter()
         .map(|any| {

@@ -8,7 +8,6 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
 use switchboard_translator::{MeshConfig, XdsResource, names};
-use switchboard_xds_proto::pack;
 use switchboard_xds_proto::pb::envoy::extensions::transport_sockets::tls::v3::{
     Secret, TlsCertificate, secret,
 };
@@ -56,11 +55,8 @@ pub fn open(
                 };
                 // The version is the certificate's fingerprint (a new key means a new
                 // certificate), so nothing derived from the key leaves the process.
-                let resource = XdsResource {
-                    name: secret_name,
-                    version: spec.fingerprint.clone(),
-                    resource: pack(&secret),
-                };
+                let resource =
+                    XdsResource::with_version(secret_name, spec.fingerprint.clone(), &secret);
                 out.insert(name, Arc::new(resource));
             }
             Err(e) => {

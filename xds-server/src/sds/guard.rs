@@ -9,9 +9,14 @@
 //! `certificate/{name}` only to a gateway whose spec names certificate `name`; nothing else
 //! is served.
 
+use std::sync::Arc;
+
+use switchboard_translator::XdsResource;
+use switchboard_xds_proto::ResourceType;
 use switchboard_xds_proto::pb::envoy::config::core::v3::{DataSource, data_source};
 use switchboard_xds_proto::pb::envoy::extensions::transport_sockets::tls::v3::{Secret, secret};
-use switchboard_xds_proto::{Any, DeltaDiscoveryResponse, DiscoveryResponse, ResourceType, unpack};
+
+use crate::wire::{DeltaResponse, SotwResponse};
 
 use super::{DEFAULT, ROOTCA};
 
@@ -43,41 +48,31 @@ pub struct Entitlement<'a> {
 }
 
 /// Checks every Secret resource of `response`; other responses pass untouched.
-pub fn check(response: &DiscoveryResponse, may: Entitlement<'_>) -> Result<(), Violation> {
-    let resources = response.resources.iter().map(|any| (None, Some(any)));
-    check_resources(&response.type_url, resources, may)
+pub fn check(response: &SotwResponse, may: Entitlement<'_>) -> Result<(), Violation> {
+    check_resources(&response.type_url, &response.resources, may)
 }
 
-/// [`check`] for a delta response, whose resources also carry their name outside the
-/// secret: that name must be the secret's own (a client files the secret under it).
-/// `removed_resources` carry no secret material and pass.
-pub fn check_delta(
-    response: &DeltaDiscoveryResponse,
-    may: Entitlement<'_>,
-) -> Result<(), Violation> {
-    let resources = response
-        .resources
-        .iter()
-        .map(|r| (Some(r.name.as_str()), r.resource.as_ref()));
-    check_resources(&response.type_url, resources, may)
+/// [`check`] for a delta response. `removed_resources` carry no secret material and pass.
+pub fn check_delta(response: &DeltaResponse, may: Entitlement<'_>) -> Result<(), Violation> {
+    check_resources(&response.type_url, &response.resources, may)
 }
 
-fn check_resources<'a>(
+/// Checks `resources` about to be sent as `type_url` (any response shape). A resource's name
+/// (which a delta response also writes outside the secret, and a client files the secret
+/// under) must be the secret's own.
+pub fn check_resources(
     type_url: &str,
-    resources: impl Iterator<Item = (Option<&'a str>, Option<&'a Any>)>,
+    resources: &[Arc<XdsResource>],
     may: Entitlement<'_>,
 ) -> Result<(), Violation> {
     if type_url != ResourceType::Secret.type_url() {
         return Ok(());
     }
-    for (declared, any) in resources {
-        let Some(any) = any else { continue };
-        let secret: Secret = unpack(any).map_err(|_| Violation::Unreadable)?;
-        if let Some(declared) = declared
-            && declared != secret.name
-        {
+    for r in resources {
+        let secret: Secret = r.decode().map_err(|_| Violation::Unreadable)?;
+        if r.name != secret.name {
             return Err(Violation::NameMismatch {
-                declared: declared.to_owned(),
+                declared: r.name.clone(),
                 found: secret.name,
             });
         }
@@ -137,7 +132,6 @@ fn leaf_uri(secret: &Secret) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use switchboard_xds_proto::pack;
     use switchboard_xds_proto::pb::envoy::extensions::transport_sockets::tls::v3::{
         CertificateValidationContext, TlsCertificate,
     };
@@ -170,10 +164,13 @@ mod tests {
         }
     }
 
-    fn response(secrets: &[Secret]) -> DiscoveryResponse {
-        DiscoveryResponse {
+    fn response(secrets: &[Secret]) -> SotwResponse {
+        SotwResponse {
             type_url: ResourceType::Secret.type_url().into(),
-            resources: secrets.iter().map(pack).collect(),
+            resources: secrets
+                .iter()
+                .map(|s| Arc::new(XdsResource::new(s.name.clone(), s)))
+                .collect(),
             ..Default::default()
         }
     }
@@ -243,20 +240,16 @@ mod tests {
         assert_eq!(check(&listeners, anonymous), Ok(()));
     }
 
-    fn delta(secrets: &[(&str, Secret)]) -> DeltaDiscoveryResponse {
-        DeltaDiscoveryResponse {
-            type_url: ResourceType::Secret.type_url().into(),
-            resources: secrets
+    fn delta(secrets: &[(&str, Secret)]) -> DeltaResponse {
+        DeltaResponse::new(
+            ResourceType::Secret.type_url(),
+            "1",
+            secrets
                 .iter()
-                .map(|(name, s)| switchboard_xds_proto::Resource {
-                    name: (*name).to_owned(),
-                    resource: Some(pack(s)),
-                    ..Default::default()
-                })
+                .map(|(name, s)| Arc::new(XdsResource::new((*name).to_owned(), s)))
                 .collect(),
-            removed_resources: vec!["certificate/gone".into()],
-            ..Default::default()
-        }
+            vec!["certificate/gone".into()],
+        )
     }
 
     #[test]

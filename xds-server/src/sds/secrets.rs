@@ -7,7 +7,6 @@ use std::time::SystemTime;
 
 use switchboard_model::TrustBundle;
 use switchboard_translator::XdsResource;
-use switchboard_xds_proto::pack;
 use switchboard_xds_proto::pb::envoy::config::core::v3::{DataSource, data_source};
 use switchboard_xds_proto::pb::envoy::extensions::transport_sockets::tls::v3::{
     CertificateValidationContext, Secret, TlsCertificate, secret,
@@ -88,11 +87,11 @@ pub fn node_secret(spiffe_id: &str, cert: &IssuedCertificate) -> NodeSecret {
         })),
     };
     NodeSecret {
-        resource: Arc::new(XdsResource {
-            name: DEFAULT.to_owned(),
-            version: format!("{}/{}", cert.signer_id, cert.serial),
-            resource: pack(&secret),
-        }),
+        resource: Arc::new(XdsResource::with_version(
+            DEFAULT,
+            format!("{}/{}", cert.signer_id, cert.serial),
+            &secret,
+        )),
         info: CertificateInfo {
             serial: cert.serial.clone(),
             spiffe_id: spiffe_id.to_owned(),
@@ -118,11 +117,11 @@ pub fn redact(resource: &Arc<XdsResource>) -> Arc<XdsResource> {
         specifier: Some(data_source::Specifier::InlineString(REDACTED.to_owned())),
         ..Default::default()
     });
-    Arc::new(XdsResource {
-        name: resource.name.clone(),
-        version: resource.version.clone(),
-        resource: pack(&secret),
-    })
+    Arc::new(XdsResource::with_version(
+        resource.name.clone(),
+        resource.version.clone(),
+        &secret,
+    ))
 }
 
 #[cfg(test)]
@@ -168,8 +167,7 @@ mod tests {
         assert_eq!(s.resource.version, "ca-1/0a0b");
         assert!(
             s.resource
-                .resource
-                .value
+                .value()
                 .windows(KEY.len())
                 .any(|w| w == KEY.as_bytes())
         );
@@ -179,8 +177,7 @@ mod tests {
             (DEFAULT, "ca-1/0a0b")
         );
         assert!(
-            !red.resource
-                .value
+            !red.value()
                 .windows(6)
                 .any(|w| w == b"c2VjcmV0"[..6].as_ref())
         );

@@ -195,11 +195,7 @@ pub fn debug_of(response: &DiscoveryResponse) -> String {
         .resources
         .iter()
         .map(|any| {
-            let r = XdsResource {
-                name: String::new(),
-                version: String::new(),
-                resource: any.clone(),
-            };
+            let r = XdsResource::from_any("", any.type_url.clone(), any.value.clone());
             match t {
                 ResourceType::RouteConfiguration => {
                     format!(

@@ -17,7 +17,12 @@ pub struct Config {
     pub round_timeout: Duration,
     /// Between the end of a round and the next PUT.
     pub pause: Duration,
+    /// When set, between one PUT and the next (a steady rate of changes; a round that takes
+    /// longer delays the next), instead of `pause`.
+    pub interval: Option<Duration>,
     pub deadline: Duration,
+    /// How long after every stream closed the server's RSS is read.
+    pub close_wait: Duration,
     pub server_log: String,
 }
 
@@ -35,7 +40,14 @@ impl Config {
             converge_timeout: secs("LOADTEST_CONVERGE_TIMEOUT_SECS", 120)?,
             round_timeout: secs("LOADTEST_ROUND_TIMEOUT_SECS", 30)?,
             pause: Duration::from_millis(count_from_env("LOADTEST_PAUSE_MS", 1000)? as u64),
+            interval: match std::env::var_os("LOADTEST_INTERVAL_MS") {
+                Some(_) => Some(Duration::from_millis(
+                    count_from_env("LOADTEST_INTERVAL_MS", 1000)? as u64,
+                )),
+                None => None,
+            },
             deadline: secs("LOADTEST_TIMEOUT_SECS", 900)?,
+            close_wait: secs("LOADTEST_CLOSE_WAIT_SECS", 10)?,
             server_log: std::env::var("LOADTEST_SERVER_LOG").unwrap_or_else(|_| "warn".into()),
         };
         if c.services < 2 {

@@ -24,9 +24,11 @@
 //!    when it has ACKed the RouteConfiguration carrying that round. Per round and overall:
 //!    p50, p99 and max of (ACK − t0) over all clients, which all see the change.
 //! 4. The control plane's memory (VmRSS and VmHWM from `/proc/<pid>/status`): with the
-//!    configuration loaded and no stream, with every stream converged, after the rounds, and
-//!    once the streams are closed. Also the server's own xDS metrics and any warnings it
-//!    logged.
+//!    configuration loaded and no stream, with one stream converged (opened alone, before
+//!    the others: the mesh's snapshot is loaded with it), with every stream converged, after
+//!    the rounds, and `LOADTEST_CLOSE_WAIT_SECS` (10) after every stream closed. It prints
+//!    the RSS per stream beyond the first and the RSS after close as a multiple of the
+//!    1-stream RSS. Also the server's own xDS metrics and any warnings it logged.
 //!
 //! Bounds: setup requests time out after 30 s, convergence after
 //! `LOADTEST_CONVERGE_TIMEOUT_SECS` (120), each round after `LOADTEST_ROUND_TIMEOUT_SECS`
@@ -37,8 +39,12 @@
 //! Counts: `LOADTEST_STREAMS` (1000), `LOADTEST_CHANNELS` (10), `LOADTEST_SERVICES` (100),
 //! `LOADTEST_ENDPOINTS` (3 per service), `LOADTEST_ROUNDS` (20), `LOADTEST_PAUSE_MS` (1000,
 //! between the end of a round and the next PUT; the server writes the proxies' changed status
-//! to the store every 250 ms, and a PUT waits for that write). `LOADTEST_SERVER_LOG` is the
-//! child's log filter (`warn`).
+//! to the store every 250 ms, and a PUT waits for that write); `LOADTEST_INTERVAL_MS`, when
+//! set, replaces the pause with a steady rate: one PUT every interval (a round that takes
+//! longer delays the next; the run prints the rate achieved). `LOADTEST_SERVER_LOG` is the
+//! child's log filter (`warn`). The load generator raises its open-files limit to the hard
+//! limit; the server needs one descriptor per connection (`LOADTEST_CHANNELS`), not per
+//! stream.
 //!
 //! Run with `scripts/bench`, or after `cargo build --release -p switchboard`:
 //! `cargo run --release -p switchboard-loadtest --bin xds-convergence`.
@@ -78,16 +84,19 @@ struct RoundRow {
 
 async fn run(cfg: &Config, cp: &mut ControlPlane) -> Result<()> {
     let rest = Rest::new(&cp.rest_url, ADMIN_TOKEN, Duration::from_secs(30))?;
+    let spacing = match cfg.interval {
+        Some(i) => format!("one every {} ms", i.as_millis()),
+        None => format!("{} ms apart", cfg.pause.as_millis()),
+    };
     println!(
         "xds-convergence: {} control plane (pid {}), {} ADS streams over {} HTTP/2 connections, \
-         {} services, {} rounds {} ms apart",
+         {} services, {} rounds {spacing}",
         cp.backend,
         cp.pid(),
         cfg.streams,
         cfg.channels,
         cfg.services,
         cfg.rounds,
-        cfg.pause.as_millis()
     );
 
     let started = Instant::now();
@@ -113,8 +122,7 @@ async fn run(cfg: &Config, cp: &mut ControlPlane) -> Result<()> {
     }
     let (events_tx, mut events) = mpsc::unbounded_channel();
     let mut clients = JoinSet::new();
-    let opened = Instant::now();
-    for i in 0..cfg.streams {
+    let spawn = |clients: &mut JoinSet<()>, i: usize| {
         let listeners = BTreeSet::from([
             format!("{}:8080", service(i % cfg.services)),
             SHARED_HOST.to_owned(),
@@ -129,24 +137,22 @@ async fn run(cfg: &Config, cp: &mut ControlPlane) -> Result<()> {
                 });
             }
         });
+    };
+    // One stream first: its RSS (snapshot loaded, one stream) is what the others are
+    // measured against, and what the server should come back to once they are closed.
+    spawn(&mut clients, 0);
+    let first_deadline = tokio::time::Instant::from_std(Instant::now() + cfg.converge_timeout);
+    let first_after = wait_converged(&mut events, 1, first_deadline).await?;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let one = cp.memory()?;
+    let opened = Instant::now();
+    for i in 1..cfg.streams {
+        spawn(&mut clients, i);
     }
     drop(events_tx);
-    let mut per_stream = Vec::with_capacity(cfg.streams);
     let deadline = tokio::time::Instant::from_std(opened + cfg.converge_timeout);
-    while per_stream.len() < cfg.streams {
-        match tokio::time::timeout_at(deadline, events.recv()).await {
-            Ok(Some(Event::Converged { after })) => per_stream.push(after),
-            Ok(Some(Event::Failed { client, error })) => bail!("client n-{client}: {error}"),
-            Ok(Some(Event::Saw { .. })) => {}
-            Ok(None) => bail!("every client ended"),
-            Err(_) => bail!(
-                "only {} of {} streams converged within {:?}",
-                per_stream.len(),
-                cfg.streams,
-                cfg.converge_timeout
-            ),
-        }
-    }
+    let mut per_stream = wait_converged(&mut events, cfg.streams - 1, deadline).await?;
+    per_stream.extend(first_after);
     let all_converged = opened.elapsed();
     let open = Summary::of(&per_stream);
     println!(
@@ -170,6 +176,7 @@ async fn run(cfg: &Config, cp: &mut ControlPlane) -> Result<()> {
     let mut rows = Vec::new();
     let mut all = Vec::new();
     let mut late = 0usize;
+    let rounds_started = Instant::now();
     for round in 1..=cfg.rounds {
         cp.check_alive()?;
         let mut seen = vec![false; cfg.streams];
@@ -221,8 +228,12 @@ async fn run(cfg: &Config, cp: &mut ControlPlane) -> Result<()> {
         all.extend(latencies);
         rows.push(row);
         // One change at a time: let the server settle (take in the last ACKs, write the
-        // proxies' new status) before the next.
-        tokio::time::sleep(cfg.pause).await;
+        // proxies' new status) before the next; or, with a steady rate, the next change
+        // `interval` after this one (later if this round took longer).
+        match cfg.interval {
+            Some(interval) => tokio::time::sleep(interval.saturating_sub(t0.elapsed())).await,
+            None => tokio::time::sleep(cfg.pause).await,
+        }
     }
     let overall = Summary::of(&all);
     let expected = cfg.streams * cfg.rounds as usize;
@@ -242,6 +253,14 @@ async fn run(cfg: &Config, cp: &mut ControlPlane) -> Result<()> {
          carrying the change; PUT ms in the last row is the median, max {:.2} ms)",
         ms(puts.max)
     );
+    println!(
+        "write-to-ACK: p99 {:.1} ms over {} ACKs, {} changes in {:.1} s ({:.2} changes/s)",
+        ms(overall.p99),
+        all.len(),
+        rows.len(),
+        rounds_started.elapsed().as_secs_f64(),
+        rows.len() as f64 / rounds_started.elapsed().as_secs_f64().max(1e-9)
+    );
 
     cp.check_alive()?;
     let after_rounds = cp.memory()?;
@@ -252,7 +271,7 @@ async fn run(cfg: &Config, cp: &mut ControlPlane) -> Result<()> {
     clients.abort_all();
     while clients.join_next().await.is_some() {}
     drop(channels);
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    tokio::time::sleep(cfg.close_wait).await;
     let closed = cp.memory()?;
 
     println!();
@@ -268,13 +287,20 @@ async fn run(cfg: &Config, cp: &mut ControlPlane) -> Result<()> {
         );
     };
     mem_row("0 streams (configuration written)", idle);
+    mem_row("1 stream converged", one);
     mem_row(&format!("{} streams converged", cfg.streams), loaded);
     mem_row(&format!("after {} rounds", cfg.rounds), after_rounds);
-    mem_row("streams closed (+2 s)", closed);
-    let per_stream_kib = loaded.rss_kib.saturating_sub(idle.rss_kib) as f64 / cfg.streams as f64;
+    mem_row(
+        &format!("streams closed (+{} s)", cfg.close_wait.as_secs()),
+        closed,
+    );
+    let per_stream_kib = loaded.rss_kib.saturating_sub(one.rss_kib) as f64
+        / cfg.streams.saturating_sub(1).max(1) as f64;
     println!(
-        "({:.1} KiB of RSS per stream, counting the mesh's snapshot, which is loaded with the first stream)",
-        per_stream_kib
+        "memory: {per_stream_kib:.1} KiB of RSS per stream (beyond the first, whose RSS includes \
+         the mesh's snapshot); {:.2}x the 1-stream RSS {} s after every stream closed",
+        closed.rss_kib as f64 / one.rss_kib.max(1) as f64,
+        cfg.close_wait.as_secs()
     );
 
     println!();
@@ -305,9 +331,33 @@ async fn run(cfg: &Config, cp: &mut ControlPlane) -> Result<()> {
     Ok(())
 }
 
+/// Waits until `count` more clients have converged; their times from their stream's opening.
+async fn wait_converged(
+    events: &mut mpsc::UnboundedReceiver<Event>,
+    count: usize,
+    deadline: tokio::time::Instant,
+) -> Result<Vec<Duration>> {
+    let mut after = Vec::with_capacity(count);
+    while after.len() < count {
+        match tokio::time::timeout_at(deadline, events.recv()).await {
+            Ok(Some(Event::Converged { after: t })) => after.push(t),
+            Ok(Some(Event::Failed { client, error })) => bail!("client n-{client}: {error}"),
+            Ok(Some(Event::Saw { .. })) => {}
+            Ok(None) => bail!("every client ended"),
+            Err(_) => bail!("only {} of {count} streams converged in time", after.len()),
+        }
+    }
+    Ok(after)
+}
+
 fn main() -> Result<()> {
     // `cargo run` passes nothing; any arguments are ignored.
     let cfg = Config::from_env()?;
+    // Many connections need many descriptors: the soft limit goes up to the hard one.
+    match switchboard_loadtest::raise_open_files() {
+        Ok(n) => println!("open files limit: {n}"),
+        Err(e) => eprintln!("could not raise the open files limit: {e}"),
+    }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
