@@ -1,6 +1,6 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
-//! `loadtest/ghz/run` at its smallest: the two state-of-the-world scenarios at 100 concurrent
-//! streams, against the debug `switchboard` binary, with ghz installed (pinned) by the
+//! `loadtest/ghz/run` at its smallest: the four scenarios (state of the world and delta,
+//! proxyless and sidecar) at 100 concurrent streams, against the debug `switchboard` binary, with ghz installed (pinned) by the
 //! script. Asserts the script's verdicts: every ghz stream was admitted and received one
 //! response per subscribed type, with no stream error.
 //!
@@ -44,7 +44,7 @@ fn ghz_available() -> bool {
 }
 
 #[test]
-fn ghz_sotw_streams_each_receive_their_resources() {
+fn ghz_streams_each_receive_their_resources() {
     if !ghz_available() {
         let required = std::env::var("SWITCHBOARD_REQUIRE_PEERS").is_ok_and(|v| v == "1");
         assert!(
@@ -58,7 +58,12 @@ fn ghz_sotw_streams_each_receive_their_resources() {
     let (out, err) = (dir.path().join("stdout"), dir.path().join("stderr"));
     let mut child = Command::new("bash")
         .arg(Path::new(ROOT).join("loadtest/ghz/run"))
-        .args(["sotw-proxyless", "sotw-sidecar"])
+        .args([
+            "sotw-proxyless",
+            "sotw-sidecar",
+            "delta-proxyless",
+            "delta-sidecar",
+        ])
         .env("SWITCHBOARD_BIN", control_plane())
         .env("GHZ_CONCURRENCY", "100")
         .env("GHZ_ROUNDS", "2")
@@ -92,7 +97,7 @@ fn ghz_sotw_streams_each_receive_their_resources() {
         .collect();
     assert_eq!(
         verdicts.len(),
-        2,
+        4,
         "one verdict per scenario\n{stdout}\n{stderr}"
     );
     for v in &verdicts {

@@ -41,9 +41,19 @@ pub(crate) fn acked(tenant: &str, t: ResourceType) {
         .increment(1);
 }
 
+/// A stream was admitted. `service` is the name its status shows ("ADS", "delta CDS"); the
+/// metric splits it into `service` ("ADS", "CDS") and `protocol` ("sotw" or "delta"), since
+/// label values are best kept free of spaces.
 pub(crate) fn admitted(tenant: &str, service: &'static str) {
-    metrics::counter!("switchboard_xds_streams_admitted_total", "tenant" => tenant.to_owned(), "service" => service)
-        .increment(1);
+    let (protocol, service) = match service.strip_prefix("delta ") {
+        Some(service) => ("delta", service),
+        None => ("sotw", service),
+    };
+    metrics::counter!(
+        "switchboard_xds_streams_admitted_total",
+        "tenant" => tenant.to_owned(), "service" => service, "protocol" => protocol
+    )
+    .increment(1);
 }
 
 /// A stream ended with `code` (not OK).
