@@ -125,7 +125,10 @@ fn comparison_and_restart_storm_at_tiny_sizes() {
         "{out}"
     );
     // The latencies are above zero, so their ratios are numbers.
-    assert!(ratio[1..].iter().all(|r| r.is_finite() && *r > 0.0), "{out}");
+    assert!(
+        ratio[1..].iter().all(|r| r.is_finite() && *r > 0.0),
+        "{out}"
+    );
 
     // The restart storm: every stream back, with the process sampled.
     let storm =

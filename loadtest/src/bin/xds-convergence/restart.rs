@@ -40,6 +40,8 @@ fn sampler(
     let task = tokio::spawn(async move {
         let mut out = Vec::new();
         let mut tick = tokio::time::interval(SAMPLE_EVERY);
+        // A late tick moves the next ones, rather than two samples at once.
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
                 _ = tick.tick() => {
