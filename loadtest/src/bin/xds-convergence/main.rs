@@ -176,16 +176,31 @@ fn compare(cfg: &Config, sb: &Figures, go: &Figures) {
     );
 }
 
+/// `work`, failed at `deadline` (`LOADTEST_TIMEOUT_SECS`) or on Ctrl-C.
+async fn bounded<T>(
+    deadline: tokio::time::Instant,
+    work: impl std::future::Future<Output = Result<T>>,
+) -> Result<T> {
+    tokio::select! {
+        r = tokio::time::timeout_at(deadline, work) => {
+            r.unwrap_or_else(|_| Err(anyhow!("the run took longer than LOADTEST_TIMEOUT_SECS")))
+        }
+        _ = tokio::signal::ctrl_c() => Err(anyhow!("interrupted")),
+    }
+}
+
 async fn run_all(cfg: &Config, options: &Options) -> Result<()> {
-    let mut cp = ControlPlane::start(options).await?;
-    let outcome = switchboard(cfg, &mut cp).await;
+    let deadline = tokio::time::Instant::now() + cfg.deadline;
+    let mut cp = bounded(deadline, ControlPlane::start(options)).await?;
+    // The child is stopped (and its database dropped) on every exit path.
+    let outcome = bounded(deadline, switchboard(cfg, &mut cp)).await;
     if outcome.is_err() {
         eprintln!("the control plane's log ends with:\n{}", cp.log_tail(20));
     }
     cp.stop().await;
     let (sb, configs) = outcome?;
     if cfg.compare {
-        let go = go_control_plane(cfg, &configs).await?;
+        let go = bounded(deadline, go_control_plane(cfg, &configs)).await?;
         compare(cfg, &sb, &go);
     }
     if let Some(s) = &sb.storm {
@@ -219,11 +234,6 @@ fn main() -> Result<()> {
             log_level: cfg.server_log.clone(),
             ready_timeout: Duration::from_secs(60),
         };
-        tokio::select! {
-            r = tokio::time::timeout(cfg.deadline, run_all(&cfg, &options)) => {
-                r.unwrap_or_else(|_| Err(anyhow!("the run took longer than {:?} (LOADTEST_TIMEOUT_SECS)", cfg.deadline)))
-            }
-            _ = tokio::signal::ctrl_c() => Err(anyhow!("interrupted")),
-        }
+        run_all(&cfg, &options).await
     })
 }
