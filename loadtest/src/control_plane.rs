@@ -32,8 +32,11 @@ pub struct ControlPlane {
     /// `sqlite` or `postgres`.
     pub backend: &'static str,
     log: PathBuf,
+    /// The binary and its arguments, to start it again on the same ports and data.
+    bin: PathBuf,
+    args: Vec<std::ffi::OsString>,
     /// The child's working and data directory.
-    _dir: tempfile::TempDir,
+    dir: tempfile::TempDir,
     /// The PostgreSQL database created for this run: (server URL, database name).
     database: Option<(String, String)>,
 }
@@ -76,11 +79,7 @@ pub(crate) fn release_binary(env_var: &str, name: &str) -> Result<PathBuf> {
         }
         return Ok(bin);
     }
-    let target = match std::env::var_os("CARGO_TARGET_DIR") {
-        Some(dir) => PathBuf::from(dir),
-        None => Path::new(env!("CARGO_MANIFEST_DIR")).join("../target"),
-    };
-    let bin = target.join("release").join(name);
+    let bin = target_dir().join("release").join(name);
     if !bin.is_file() {
         bail!(
             "{} does not exist: build it with `cargo build --release -p {name}`, or set \
@@ -166,40 +165,31 @@ impl ControlPlane {
         };
         let [rest, xds, admin] = free_ports()?;
         let log = dir.path().join("switchboard.log");
-        let log_file = std::fs::File::create(&log)?;
-        let mut cmd = Command::new(&bin);
-        cmd.arg("serve")
-            .arg("--rest-addr")
-            .arg(rest.to_string())
-            .arg("--xds-addr")
-            .arg(xds.to_string())
-            .arg("--admin-addr")
-            .arg(admin.to_string())
-            .arg("--data-dir")
-            .arg(dir.path().join("data"))
-            .arg("--admin-token")
-            .arg(&options.admin_token)
-            .arg("--log-level")
-            .arg(&options.log_level)
-            .current_dir(dir.path())
-            .stdin(Stdio::null())
-            .stdout(log_file.try_clone()?)
-            .stderr(log_file)
-            .kill_on_drop(true);
+        let mut args: Vec<std::ffi::OsString> = vec![
+            "serve".into(),
+            "--rest-addr".into(),
+            rest.to_string().into(),
+            "--xds-addr".into(),
+            xds.to_string().into(),
+            "--admin-addr".into(),
+            admin.to_string().into(),
+            "--data-dir".into(),
+            dir.path().join("data").into(),
+            "--admin-token".into(),
+            options.admin_token.clone().into(),
+            "--log-level".into(),
+            options.log_level.clone().into(),
+        ];
         if let Some((_, _, url)) = &database {
             // PostgreSQL needs the CA key-encryption key configured (a throwaway one here).
-            cmd.arg("--database-url")
-                .arg(url)
-                .arg("--ca-key")
-                .arg("5a".repeat(32));
+            args.extend([
+                "--database-url".into(),
+                url.into(),
+                "--ca-key".into(),
+                "5a".repeat(32).into(),
+            ]);
         }
-        // Only the flags above configure the child, not this environment's settings.
-        for (key, _) in std::env::vars_os() {
-            if key.to_string_lossy().starts_with("SWITCHBOARD_") {
-                cmd.env_remove(key);
-            }
-        }
-        let (child, pid) = spawn(&mut cmd, &bin, "the control plane")?;
+        let (child, pid) = launch(&bin, &args, dir.path(), &log)?;
         let mut cp = ControlPlane {
             child,
             pid,
@@ -212,7 +202,9 @@ impl ControlPlane {
                 "sqlite"
             },
             log,
-            _dir: dir,
+            bin,
+            args,
+            dir,
             database: database.map(|(admin, name, _)| (admin, name)),
         };
         if let Err(e) = cp.wait_ready(options.ready_timeout).await {
@@ -225,7 +217,21 @@ impl ControlPlane {
         Ok(cp)
     }
 
-    async fn wait_ready(&mut self, timeout: Duration) -> Result<()> {
+    /// Kills the child with SIGKILL and starts it again with the same arguments (the same
+    /// ports and database), without waiting until it is ready: a crash and a restart. Returns
+    /// the instant it was killed.
+    pub async fn kill_and_restart(&mut self) -> Result<Instant> {
+        let killed = Instant::now();
+        self.child.start_kill()?;
+        self.child.wait().await?;
+        let (child, pid) = launch(&self.bin, &self.args, self.dir.path(), &self.log)?;
+        self.child = child;
+        self.pid = pid;
+        Ok(killed)
+    }
+
+    /// Waits until `/readyz` answers 200, failing if the child exits or after `timeout`.
+    pub async fn wait_ready(&mut self, timeout: Duration) -> Result<()> {
         let url = format!("{}/readyz", self.admin_url);
         wait_for_200(&mut self.child, "the control plane", &url, timeout).await
     }
@@ -293,6 +299,36 @@ impl ControlPlane {
         {
             eprintln!("could not drop the load-test database {name}: {e:#}");
         }
+    }
+}
+
+/// Starts `bin args` in `dir`, its output appended to `log`.
+fn launch(bin: &Path, args: &[std::ffi::OsString], dir: &Path, log: &Path) -> Result<(Child, u32)> {
+    let log_file = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)?;
+    let mut cmd = Command::new(bin);
+    cmd.args(args)
+        .current_dir(dir)
+        .stdin(Stdio::null())
+        .stdout(log_file.try_clone()?)
+        .stderr(log_file)
+        .kill_on_drop(true);
+    // Only the arguments configure the child, not this environment's settings.
+    for (key, _) in std::env::vars_os() {
+        if key.to_string_lossy().starts_with("SWITCHBOARD_") {
+            cmd.env_remove(key);
+        }
+    }
+    spawn(&mut cmd, bin, "the control plane")
+}
+
+/// The workspace's target directory (`CARGO_TARGET_DIR`, else `target`).
+pub(crate) fn target_dir() -> PathBuf {
+    match std::env::var_os("CARGO_TARGET_DIR") {
+        Some(dir) => PathBuf::from(dir),
+        None => Path::new(env!("CARGO_MANIFEST_DIR")).join("../target"),
     }
 }
 

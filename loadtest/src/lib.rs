@@ -13,7 +13,8 @@
 //!   sidecar streams subscribing to SDS at once.
 //!
 //! This library holds what every load test needs: [`ControlPlane`] (the child process, its
-//! database and its memory figures), [`Rest`] (an admin REST client) and [`Summary`]
+//! database and its memory figures; killed and restarted for the restart storm), [`gocp`]
+//! (go-control-plane's server, the reference xds-convergence compares with), [`Rest`] (an admin REST client) and [`Summary`]
 //! (percentiles); and what the proxy benchmark needs: [`load`] (an HTTP/1.1 load generator,
 //! open and closed loop), [`procfs`] (memory and CPU time of processes), [`backend`] (the
 //! backend server and its process), [`proxy`] (the gateway's configuration and the
@@ -24,6 +25,7 @@
 
 pub mod backend;
 mod control_plane;
+pub mod gocp;
 pub mod handshake;
 pub mod load;
 pub mod mesh;

@@ -1,5 +1,7 @@
 //! One proxyless ADS client: follows LDS -> RDS -> CDS -> EDS as gRPC's xDS client does, ACKs
-//! everything, and reports to the driver when it has converged and when it sees a round.
+//! everything, and reports to the driver when it has converged and when it sees a round. When
+//! its stream ends it can open a new one after a backoff with jitter, as a proxy does when its
+//! control plane restarts; a mirror client also hands the driver everything it holds.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
@@ -10,7 +12,7 @@ use switchboard_xds_proto::pb::envoy::config::route::v3::{route, route_action};
 use switchboard_xds_proto::pb::envoy::extensions::filters::network::http_connection_manager::v3::http_connection_manager::RouteSpecifier;
 use switchboard_xds_proto::service::ads::AggregatedDiscoveryServiceClient;
 use switchboard_xds_proto::{
-    Cluster, ClusterLoadAssignment, DiscoveryRequest, DiscoveryResponse, HttpConnectionManager,
+    Any, Cluster, ClusterLoadAssignment, DiscoveryRequest, DiscoveryResponse, HttpConnectionManager,
     Listener, Node, RouteConfiguration, type_url,
 };
 use tokio::sync::mpsc;
@@ -21,9 +23,13 @@ use crate::scenario::{MESH, ROUND_BASE, ROUND_SERVICE, SHARED, TENANT};
 
 /// What a client reports to the driver.
 pub enum Event {
-    /// Holds every resource it subscribed to, `after` its stream was opened.
+    /// Holds every resource it subscribed to (the `shared` route at `round`), at `at`,
+    /// `after` its stream was opened. Sent again by each new stream after a reconnection.
     Converged {
+        client: usize,
+        at: Instant,
         after: Duration,
+        round: Option<u32>,
     },
     /// Has ACKed the RouteConfiguration `shared` of `round`, at `acked`.
     Saw {
@@ -35,6 +41,32 @@ pub enum Event {
         client: usize,
         error: String,
     },
+}
+
+/// What a mirror client holds once converged, and each time the `shared` route changes: the
+/// round, and every resource it holds (of every type).
+pub type Held = (u32, Vec<Any>);
+
+/// How a client lives.
+#[derive(Clone, Default)]
+pub struct Mode {
+    /// Open a new stream (after a backoff) when the stream ends, instead of failing.
+    pub reconnect: bool,
+    /// Keep every resource received and send it here.
+    pub mirror: Option<mpsc::UnboundedSender<Held>>,
+}
+
+/// Reconnection backoff, gRPC's connection backoff shape: 1 s, times 1.6 per attempt, at most
+/// 10 s, each ±20 % at random; at most `MAX_ATTEMPTS` attempts in a row without convergence.
+const BACKOFF_BASE: Duration = Duration::from_secs(1);
+const BACKOFF_MAX: Duration = Duration::from_secs(10);
+const MAX_ATTEMPTS: u32 = 20;
+
+/// The delay before reconnection attempt `attempt` (0 for the first).
+fn backoff(attempt: u32) -> Duration {
+    let base = BACKOFF_BASE.as_secs_f64() * 1.6f64.powi(attempt.min(16) as i32);
+    let capped = base.min(BACKOFF_MAX.as_secs_f64());
+    Duration::from_secs_f64(capped * rand::random_range(0.8..1.2))
 }
 
 /// One resource type on one client's stream.
@@ -70,6 +102,9 @@ struct Client {
     /// The round of the `shared` route configuration last received.
     round: Option<u32>,
     converged: bool,
+    /// A mirror's resources, by type (LDS, RDS, CDS, EDS) and name.
+    held: Option<[BTreeMap<String, Any>; 4]>,
+    mirror: Option<mpsc::UnboundedSender<Held>>,
 }
 
 /// Which subscription a type URL is.
@@ -82,6 +117,10 @@ enum Type {
 }
 
 impl Type {
+    fn index(self) -> usize {
+        self as usize
+    }
+
     fn url(self) -> &'static str {
         match self {
             Type::Lds => type_url::LISTENER,
@@ -137,7 +176,11 @@ fn clusters_and_round(rc: &RouteConfiguration) -> (BTreeSet<String>, Option<u32>
 }
 
 impl Client {
-    fn new(id: usize, tx: mpsc::Sender<DiscoveryRequest>) -> Client {
+    fn new(
+        id: usize,
+        tx: mpsc::Sender<DiscoveryRequest>,
+        mirror: Option<mpsc::UnboundedSender<Held>>,
+    ) -> Client {
         Client {
             id,
             node: Some(Node {
@@ -157,6 +200,29 @@ impl Client {
             assignments: BTreeSet::new(),
             round: None,
             converged: false,
+            held: mirror.as_ref().map(|_| Default::default()),
+            mirror,
+        }
+    }
+
+    /// A mirror keeps `response`'s resources; `whole`: they replace those of the type.
+    fn keep(&mut self, t: Type, whole: bool, response: &DiscoveryResponse, names: &[String]) {
+        if let Some(held) = &mut self.held {
+            let map = &mut held[t.index()];
+            if whole {
+                map.clear();
+            }
+            for (name, any) in names.iter().zip(&response.resources) {
+                map.insert(name.clone(), any.clone());
+            }
+        }
+    }
+
+    /// A mirror hands over everything it holds, at `round`.
+    fn hand_over(&self, round: u32) {
+        if let (Some(held), Some(mirror)) = (&self.held, &self.mirror) {
+            let all = held.iter().flat_map(|m| m.values().cloned()).collect();
+            let _ = mirror.send((round, all));
         }
     }
 
@@ -217,12 +283,15 @@ impl Client {
             type_url::LISTENER => {
                 // Listener responses carry the whole subscription.
                 let mut listeners = BTreeMap::new();
+                let mut names = Vec::new();
                 for any in &response.resources {
                     let l = Listener::decode(any.value.as_slice())?;
                     let rc = route_config_name(&l)?;
+                    names.push(l.name.clone());
                     listeners.insert(l.name, rc);
                 }
                 self.listeners = listeners;
+                self.keep(Type::Lds, true, &response, &names);
                 self.ack(Type::Lds, &response).await?;
                 let wanted = self
                     .lds
@@ -235,6 +304,7 @@ impl Client {
             type_url::ROUTE_CONFIGURATION => {
                 // Route configuration responses carry what changed or was newly asked for.
                 let mut shared_round = None;
+                let mut names = Vec::new();
                 for any in &response.resources {
                     let rc = RouteConfiguration::decode(any.value.as_slice())?;
                     let (clusters, round) = clusters_and_round(&rc);
@@ -245,8 +315,10 @@ impl Client {
                             )
                         })?);
                     }
+                    names.push(rc.name.clone());
                     self.routes.insert(rc.name, clusters);
                 }
+                self.keep(Type::Rds, false, &response, &names);
                 self.ack(Type::Rds, &response).await?;
                 if let Some(round) = shared_round {
                     let acked = Instant::now();
@@ -256,6 +328,7 @@ impl Client {
                             round,
                             acked,
                         });
+                        self.hand_over(round);
                     }
                     self.round = Some(round);
                 }
@@ -272,6 +345,7 @@ impl Client {
             type_url::CLUSTER => {
                 // Cluster responses carry the whole subscription.
                 let mut clusters = BTreeMap::new();
+                let mut names = Vec::new();
                 for any in &response.resources {
                     let c = Cluster::decode(any.value.as_slice())?;
                     let eds = c
@@ -280,18 +354,23 @@ impl Client {
                         .map(|e| e.service_name.clone())
                         .filter(|s| !s.is_empty())
                         .unwrap_or_else(|| c.name.clone());
+                    names.push(c.name.clone());
                     clusters.insert(c.name, eds);
                 }
                 self.clusters = clusters;
+                self.keep(Type::Cds, true, &response, &names);
                 self.ack(Type::Cds, &response).await?;
                 let wanted = self.clusters.values().cloned().collect();
                 self.subscribe(Type::Eds, wanted).await?;
             }
             type_url::CLUSTER_LOAD_ASSIGNMENT => {
+                let mut names = Vec::new();
                 for any in &response.resources {
                     let cla = ClusterLoadAssignment::decode(any.value.as_slice())?;
+                    names.push(cla.cluster_name.clone());
                     self.assignments.insert(cla.cluster_name);
                 }
+                self.keep(Type::Eds, false, &response, &names);
                 self.ack(Type::Eds, &response).await?;
             }
             other => bail!("a response of a type never asked for: {other:?}"),
@@ -299,8 +378,14 @@ impl Client {
         if !self.converged && self.holds_everything() {
             self.converged = true;
             let _ = events.send(Event::Converged {
+                client: self.id,
+                at: Instant::now(),
                 after: self.opened.elapsed(),
+                round: self.round,
             });
+            if let Some(round) = self.round {
+                self.hand_over(round);
+            }
         }
         Ok(())
     }
@@ -316,29 +401,60 @@ impl Client {
     }
 }
 
-/// Runs client `id` on `channel` until its stream ends (an error) or the task is aborted.
+/// Runs client `id` on `channel` until its stream ends (an error, unless `mode.reconnect`:
+/// then a new stream after a backoff), it is sent something it cannot follow (an error), or
+/// the task is aborted. Each stream starts afresh (no versions), so that it is sent everything.
 pub async fn run_client(
     id: usize,
     channel: Channel,
     listeners: BTreeSet<String>,
     events: mpsc::UnboundedSender<Event>,
+    mode: Mode,
 ) -> Result<()> {
-    let (tx, rx) = mpsc::channel(16);
-    let mut client = Client::new(id, tx);
+    let mut attempt = 0u32;
+    loop {
+        let (tx, rx) = mpsc::channel(16);
+        let mut client = Client::new(id, tx, mode.mirror.clone());
+        let ended = stream(&mut client, channel.clone(), rx, &listeners, &events).await?;
+        if !mode.reconnect {
+            return Err(ended);
+        }
+        if client.converged {
+            attempt = 0;
+        }
+        if attempt >= MAX_ATTEMPTS {
+            return Err(ended.context(format!("{MAX_ATTEMPTS} reconnection attempts in a row")));
+        }
+        tokio::time::sleep(backoff(attempt)).await;
+        attempt += 1;
+    }
+}
+
+/// One stream: returns why it ended (the server closed it, or it could not be opened), or
+/// fails when the client was sent something it cannot follow.
+async fn stream(
+    client: &mut Client,
+    channel: Channel,
+    rx: mpsc::Receiver<DiscoveryRequest>,
+    listeners: &BTreeSet<String>,
+    events: &mpsc::UnboundedSender<Event>,
+) -> Result<anyhow::Error> {
     // Queued before the call, so the stream opens with it.
-    client.subscribe(Type::Lds, listeners).await?;
+    client.subscribe(Type::Lds, listeners.clone()).await?;
     let mut ads =
         AggregatedDiscoveryServiceClient::new(channel).max_decoding_message_size(64 << 20);
-    let mut responses = ads
+    let mut responses = match ads
         .stream_aggregated_resources(ReceiverStream::new(rx))
         .await
-        .context("opening the ADS stream")?
-        .into_inner();
+    {
+        Ok(r) => r.into_inner(),
+        Err(status) => return Ok(anyhow!("opening the ADS stream: {status}")),
+    };
     loop {
         match responses.message().await {
-            Ok(Some(response)) => client.handle(response, &events).await?,
-            Ok(None) => bail!("the server closed the stream"),
-            Err(status) => bail!("the stream failed: {status}"),
+            Ok(Some(response)) => client.handle(response, events).await?,
+            Ok(None) => return Ok(anyhow!("the server closed the stream")),
+            Err(status) => return Ok(anyhow!("the stream failed: {status}")),
         }
     }
 }

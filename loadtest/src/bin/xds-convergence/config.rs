@@ -24,6 +24,12 @@ pub struct Config {
     /// How long after every stream closed the server's RSS is read.
     pub close_wait: Duration,
     pub server_log: String,
+    /// `LOADTEST_COMPARE=go-control-plane`: the same scenario against go-control-plane after.
+    pub compare: bool,
+    /// `LOADTEST_RESTART=1`: the restart storm after the rounds.
+    pub restart: bool,
+    /// How long after the SIGKILL every stream must have reconverged.
+    pub restart_timeout: Duration,
 }
 
 impl Config {
@@ -49,6 +55,25 @@ impl Config {
             deadline: secs("LOADTEST_TIMEOUT_SECS", 900)?,
             close_wait: secs("LOADTEST_CLOSE_WAIT_SECS", 10)?,
             server_log: std::env::var("LOADTEST_SERVER_LOG").unwrap_or_else(|_| "warn".into()),
+            compare: match std::env::var("LOADTEST_COMPARE")
+                .unwrap_or_default()
+                .as_str()
+            {
+                "" => false,
+                "go-control-plane" => true,
+                other => {
+                    bail!("LOADTEST_COMPARE={other:?}: the only reference is go-control-plane")
+                }
+            },
+            restart: match std::env::var("LOADTEST_RESTART")
+                .unwrap_or_default()
+                .as_str()
+            {
+                "" | "0" => false,
+                "1" => true,
+                other => bail!("LOADTEST_RESTART={other:?}: expected 1 or 0"),
+            },
+            restart_timeout: secs("LOADTEST_RESTART_TIMEOUT_SECS", 120)?,
         };
         if c.services < 2 {
             bail!("LOADTEST_SERVICES must be at least 2 (route {SHARED} splits between two)");

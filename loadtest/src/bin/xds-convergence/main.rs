@@ -46,43 +46,51 @@
 //! limit; the server needs one descriptor per connection (`LOADTEST_CHANNELS`), not per
 //! stream.
 //!
+//! 5. `LOADTEST_RESTART=1`: after the rounds, the restart storm. The control plane is killed
+//!    (SIGKILL) and started again on the same ports and database; the clients (which then
+//!    reconnect when their stream ends: after 1 s, times 1.6 per attempt, at most 10 s, each
+//!    ±20 %, at most 20 attempts in a row) open new streams afresh. It prints the time until
+//!    `/readyz` answers and until every stream holds the current configuration again (bound:
+//!    `LOADTEST_RESTART_TIMEOUT_SECS`, 120), with the new process's RSS and CPU time
+//!    (utime + stime) sampled every 500 ms: the peak and a short series.
+//! 6. `LOADTEST_COMPARE=go-control-plane`: a mirror client (one more stream, subscribed to
+//!    every listener) records what switchboard served at setup and after each round; once
+//!    switchboard is stopped, go-control-plane's server (`loadtest/go-control-plane`, built
+//!    with the machine's Go into `target/gocp-loadtest/`) runs the same scenario with the same
+//!    counts, handed each recorded configuration in place of the PUT, and the run ends with a
+//!    table of both: RSS per stream, convergence p50/p99, and their ratios.
+//!
 //! Run with `scripts/bench`, or after `cargo build --release -p switchboard`:
 //! `cargo run --release -p switchboard-loadtest --bin xds-convergence`.
 //!
 //! The load generator shares the machine with the control plane: on a small machine its
 //! 1,000 client tasks compete with the server for CPU, which inflates the figures.
 //!
-//! Here: the run (setup, convergence, rounds, memory, report). `scenario`: the mesh's names
-//! and its setup through REST; `client`: one ADS client; `config`: the `LOADTEST_*` settings;
-//! `metrics`: the server's xDS metrics, summed.
+//! Here: the servers one after the other, and the comparison. `run`: one run of the scenario
+//! against one server; `restart`: the restart storm; `scenario`: the mesh's names and its setup
+//! through REST; `client`: one ADS client; `config`: the `LOADTEST_*` settings; `metrics`: the
+//! server's xDS metrics, summed.
 
 mod client;
 mod config;
 mod metrics;
+mod restart;
+mod run;
 mod scenario;
 
-use std::collections::BTreeSet;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use anyhow::{Context, Result, anyhow, bail};
-use switchboard_loadtest::{ControlPlane, Memory, Options, Rest, Summary, mib, ms};
-use tokio::sync::mpsc;
-use tokio::task::JoinSet;
-use tonic::transport::Endpoint;
+use anyhow::{Result, anyhow};
+use switchboard_loadtest::gocp::GoControlPlane;
+use switchboard_loadtest::{ControlPlane, Options, Rest, mib, ms};
+use switchboard_xds_proto::Any;
 
-use client::{Event, run_client};
 use config::Config;
-use metrics::metrics_summary;
-use scenario::{ADMIN_TOKEN, SHARED, SHARED_HOST, mesh_path, service, setup, shared_route};
+use run::{Figures, Server, run};
+use scenario::ADMIN_TOKEN;
 
-struct RoundRow {
-    round: u32,
-    put: Duration,
-    got: usize,
-    summary: Summary,
-}
-
-async fn run(cfg: &Config, cp: &mut ControlPlane) -> Result<()> {
+/// Switchboard's run; with `record`, also what it served at each round.
+async fn switchboard(cfg: &Config, cp: &mut ControlPlane) -> Result<(Figures, Vec<Vec<Any>>)> {
     let rest = Rest::new(&cp.rest_url, ADMIN_TOKEN, Duration::from_secs(30))?;
     let spacing = match cfg.interval {
         Some(i) => format!("one every {} ms", i.as_millis()),
@@ -98,256 +106,115 @@ async fn run(cfg: &Config, cp: &mut ControlPlane) -> Result<()> {
         cfg.services,
         cfg.rounds,
     );
+    run(cfg, Server::Switchboard { cp, rest }, cfg.compare).await
+}
 
-    let started = Instant::now();
-    let (endpoints, routes) = setup(&rest, cfg.services, cfg.endpoints).await?;
+/// go-control-plane's run on `configs`.
+async fn go_control_plane(cfg: &Config, configs: &[Vec<Any>]) -> Result<Figures> {
+    let mut go = GoControlPlane::start().await?;
+    println!();
     println!(
-        "setup: tenant, mesh, {} services, {endpoints} endpoints, {routes} routes through REST in {:.2} s",
-        cfg.services,
-        started.elapsed().as_secs_f64()
-    );
-    tokio::time::sleep(Duration::from_secs(1)).await;
-    let idle = cp.memory()?;
-
-    // Connect, open every stream, wait until each holds everything it subscribed to.
-    let mut channels = Vec::with_capacity(cfg.channels);
-    for _ in 0..cfg.channels {
-        let channel = Endpoint::from_shared(cp.xds_url.clone())?
-            .tcp_nodelay(true)
-            .connect_timeout(Duration::from_secs(5))
-            .connect()
-            .await
-            .with_context(|| format!("connecting to {}", cp.xds_url))?;
-        channels.push(channel);
-    }
-    let (events_tx, mut events) = mpsc::unbounded_channel();
-    let mut clients = JoinSet::new();
-    let spawn = |clients: &mut JoinSet<()>, i: usize| {
-        let listeners = BTreeSet::from([
-            format!("{}:8080", service(i % cfg.services)),
-            SHARED_HOST.to_owned(),
-        ]);
-        let channel = channels[i % channels.len()].clone();
-        let events = events_tx.clone();
-        clients.spawn(async move {
-            if let Err(e) = run_client(i, channel, listeners, events.clone()).await {
-                let _ = events.send(Event::Failed {
-                    client: i,
-                    error: format!("{e:#}"),
-                });
-            }
-        });
-    };
-    // One stream first: its RSS (snapshot loaded, one stream) is what the others are
-    // measured against, and what the server should come back to once they are closed.
-    spawn(&mut clients, 0);
-    let first_deadline = tokio::time::Instant::from_std(Instant::now() + cfg.converge_timeout);
-    let first_after = wait_converged(&mut events, 1, first_deadline).await?;
-    tokio::time::sleep(Duration::from_secs(1)).await;
-    let one = cp.memory()?;
-    let opened = Instant::now();
-    for i in 1..cfg.streams {
-        spawn(&mut clients, i);
-    }
-    drop(events_tx);
-    let deadline = tokio::time::Instant::from_std(opened + cfg.converge_timeout);
-    let mut per_stream = wait_converged(&mut events, cfg.streams - 1, deadline).await?;
-    per_stream.extend(first_after);
-    let all_converged = opened.elapsed();
-    let open = Summary::of(&per_stream);
-    println!(
-        "{} streams opened and converged (LDS, RDS, CDS, EDS ACKed) in {:.2} s; per stream p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms",
+        "xds-convergence: go-control-plane (pid {}), the same {} ADS streams over {} HTTP/2 \
+         connections, {} rounds",
+        go.pid(),
         cfg.streams,
-        all_converged.as_secs_f64(),
-        ms(open.p50),
-        ms(open.p99),
-        ms(open.max)
+        cfg.channels,
+        cfg.rounds
     );
-    tokio::time::sleep(Duration::from_secs(1)).await;
-    cp.check_alive()?;
-    let loaded = cp.memory()?;
+    let outcome = run(
+        cfg,
+        Server::Go {
+            go: &mut go,
+            configs,
+        },
+        false,
+    )
+    .await;
+    go.stop().await;
+    outcome.map(|(figures, _)| figures)
+}
 
-    // Rounds: one route change each, seen by every client.
+/// The side-by-side table: each server's figures, and switchboard's as a multiple of
+/// go-control-plane's.
+fn compare(cfg: &Config, sb: &Figures, go: &Figures) {
     println!();
     println!(
-        "{:>5} {:>11} {:>7} {:>8} {:>8} {:>8} {:>8}",
-        "round", "clients", "PUT ms", "min ms", "p50 ms", "p99 ms", "max ms"
+        "side by side: {} streams over {} connections, {} rounds, same machine, one server after \
+         the other",
+        cfg.streams, cfg.channels, cfg.rounds
     );
-    let mut rows = Vec::new();
-    let mut all = Vec::new();
-    let mut late = 0usize;
-    let rounds_started = Instant::now();
-    for round in 1..=cfg.rounds {
-        cp.check_alive()?;
-        let mut seen = vec![false; cfg.streams];
-        let mut latencies = Vec::with_capacity(cfg.streams);
-        let body = shared_route(round);
-        let path = format!("{}/routes/{SHARED}", mesh_path());
-        let t0 = Instant::now();
-        rest.put(&path, &body).await?;
-        let put = t0.elapsed();
-        let deadline = tokio::time::Instant::from_std(t0 + cfg.round_timeout);
-        while latencies.len() < cfg.streams {
-            match tokio::time::timeout_at(deadline, events.recv()).await {
-                Ok(Some(Event::Saw {
-                    client,
-                    round: r,
-                    acked,
-                })) => {
-                    if r == round && !seen[client] {
-                        seen[client] = true;
-                        latencies.push(acked.duration_since(t0));
-                    } else {
-                        late += 1;
-                    }
-                }
-                Ok(Some(Event::Failed { client, error })) => {
-                    bail!("round {round}: client n-{client}: {error}")
-                }
-                Ok(Some(Event::Converged { .. })) => {}
-                Ok(None) => bail!("every client ended"),
-                Err(_) => break,
-            }
-        }
-        let row = RoundRow {
-            round,
-            put,
-            got: latencies.len(),
-            summary: Summary::of(&latencies),
-        };
+    println!(
+        "{:<18} {:>14} {:>12} {:>12} {:>13} {:>13}",
+        "server", "RSS/stream KiB", "conv p50 ms", "conv p99 ms", "open p50 ms", "open p99 ms"
+    );
+    for f in [sb, go] {
         println!(
-            "{:>5} {:>11} {:>7.2} {:>8.2} {:>8.2} {:>8.2} {:>8.2}",
-            row.round,
-            format!("{}/{}", row.got, cfg.streams),
-            ms(row.put),
-            ms(row.summary.min),
-            ms(row.summary.p50),
-            ms(row.summary.p99),
-            ms(row.summary.max)
+            "{:<18} {:>14.1} {:>12.2} {:>12.2} {:>13.1} {:>13.1}",
+            f.server,
+            f.per_stream_kib,
+            ms(f.write_to_ack.p50),
+            ms(f.write_to_ack.p99),
+            ms(f.open.p50),
+            ms(f.open.p99)
         );
-        all.extend(latencies);
-        rows.push(row);
-        // One change at a time: let the server settle (take in the last ACKs, write the
-        // proxies' new status) before the next; or, with a steady rate, the next change
-        // `interval` after this one (later if this round took longer).
-        match cfg.interval {
-            Some(interval) => tokio::time::sleep(interval.saturating_sub(t0.elapsed())).await,
-            None => tokio::time::sleep(cfg.pause).await,
+    }
+    let ratio = |a: f64, b: f64| if b > 0.0 { a / b } else { f64::NAN };
+    println!(
+        "{:<18} {:>14.2} {:>12.2} {:>12.2} {:>13.2} {:>13.2}",
+        "ratio (sb ÷ gocp)",
+        ratio(sb.per_stream_kib, go.per_stream_kib),
+        ratio(ms(sb.write_to_ack.p50), ms(go.write_to_ack.p50)),
+        ratio(ms(sb.write_to_ack.p99), ms(go.write_to_ack.p99)),
+        ratio(ms(sb.open.p50), ms(go.open.p50)),
+        ratio(ms(sb.open.p99), ms(go.open.p99))
+    );
+    println!(
+        "(conv: from just before the change (switchboard: the REST PUT, committed and translated; \
+         go-control-plane: the hand-over of the whole configuration to SetSnapshot) to each \
+         stream's ACK of the new RouteConfiguration; open: a stream's opening to holding LDS, RDS, \
+         CDS and EDS)"
+    );
+}
+
+/// `work`, failed at `deadline` (`LOADTEST_TIMEOUT_SECS`) or on Ctrl-C.
+async fn bounded<T>(
+    deadline: tokio::time::Instant,
+    work: impl std::future::Future<Output = Result<T>>,
+) -> Result<T> {
+    tokio::select! {
+        r = tokio::time::timeout_at(deadline, work) => {
+            r.unwrap_or_else(|_| Err(anyhow!("the run took longer than LOADTEST_TIMEOUT_SECS")))
         }
+        _ = tokio::signal::ctrl_c() => Err(anyhow!("interrupted")),
     }
-    let overall = Summary::of(&all);
-    let expected = cfg.streams * cfg.rounds as usize;
-    let puts = Summary::of(&rows.iter().map(|r| r.put).collect::<Vec<_>>());
-    println!(
-        "{:>5} {:>11} {:>7.2} {:>8.2} {:>8.2} {:>8.2} {:>8.2}",
-        "all",
-        format!("{}/{}", all.len(), expected),
-        ms(puts.p50),
-        ms(overall.min),
-        ms(overall.p50),
-        ms(overall.p99),
-        ms(overall.max)
-    );
-    println!(
-        "(per client: from just before the PUT to the client's ACK of the RouteConfiguration \
-         carrying the change; PUT ms in the last row is the median, max {:.2} ms)",
-        ms(puts.max)
-    );
-    println!(
-        "write-to-ACK: p99 {:.1} ms over {} ACKs, {} changes in {:.1} s ({:.2} changes/s)",
-        ms(overall.p99),
-        all.len(),
-        rows.len(),
-        rounds_started.elapsed().as_secs_f64(),
-        rows.len() as f64 / rounds_started.elapsed().as_secs_f64().max(1e-9)
-    );
+}
 
-    cp.check_alive()?;
-    let after_rounds = cp.memory()?;
-    let metrics = rest
-        .get_text(&format!("{}/metrics", cp.admin_url))
-        .await
-        .unwrap_or_else(|e| format!("# {e:#}"));
-    clients.abort_all();
-    while clients.join_next().await.is_some() {}
-    drop(channels);
-    tokio::time::sleep(cfg.close_wait).await;
-    let closed = cp.memory()?;
-
-    println!();
-    println!(
-        "{:<34} {:>9} {:>15}",
-        "control plane memory", "RSS MiB", "peak (VmHWM) MiB"
-    );
-    let mem_row = |what: &str, m: Memory| {
+async fn run_all(cfg: &Config, options: &Options) -> Result<()> {
+    let deadline = tokio::time::Instant::now() + cfg.deadline;
+    let mut cp = bounded(deadline, ControlPlane::start(options)).await?;
+    // The child is stopped (and its database dropped) on every exit path.
+    let outcome = bounded(deadline, switchboard(cfg, &mut cp)).await;
+    if outcome.is_err() {
+        eprintln!("the control plane's log ends with:\n{}", cp.log_tail(20));
+    }
+    cp.stop().await;
+    let (sb, configs) = outcome?;
+    if cfg.compare {
+        let go = bounded(deadline, go_control_plane(cfg, &configs)).await?;
+        compare(cfg, &sb, &go);
+    }
+    if let Some(s) = &sb.storm {
         println!(
-            "{what:<34} {:>9.1} {:>15.1}",
-            mib(m.rss_kib),
-            mib(m.peak_kib)
-        );
-    };
-    mem_row("0 streams (configuration written)", idle);
-    mem_row("1 stream converged", one);
-    mem_row(&format!("{} streams converged", cfg.streams), loaded);
-    mem_row(&format!("after {} rounds", cfg.rounds), after_rounds);
-    mem_row(
-        &format!("streams closed (+{} s)", cfg.close_wait.as_secs()),
-        closed,
-    );
-    let per_stream_kib = loaded.rss_kib.saturating_sub(one.rss_kib) as f64
-        / cfg.streams.saturating_sub(1).max(1) as f64;
-    println!(
-        "memory: {per_stream_kib:.1} KiB of RSS per stream (beyond the first, whose RSS includes \
-         the mesh's snapshot); {:.2}x the 1-stream RSS {} s after every stream closed",
-        closed.rss_kib as f64 / one.rss_kib.max(1) as f64,
-        cfg.close_wait.as_secs()
-    );
-
-    println!();
-    for line in metrics_summary(&metrics) {
-        println!("server: {line}");
-    }
-    let (problems, first) = cp.log_problems(5);
-    println!("server: {problems} WARN/ERROR log lines");
-    for line in first {
-        println!("  {line}");
-    }
-    if late > 0 {
-        println!("{late} route updates arrived after their round had ended, or twice");
-    }
-    if all.len() < expected {
-        let missed: Vec<String> = rows
-            .iter()
-            .filter(|r| r.got < cfg.streams)
-            .map(|r| format!("round {}: {} missing", r.round, cfg.streams - r.got))
-            .collect();
-        bail!(
-            "{} of {expected} expected route updates did not arrive within {:?} of their PUT ({})",
-            expected - all.len(),
-            cfg.round_timeout,
-            missed.join(", ")
+            "restart: ready {:.2} s and all {} streams reconverged {:.2} s after the SIGKILL; \
+             peak RSS {:.1} MiB, CPU {:.2} s during the storm",
+            s.ready.as_secs_f64(),
+            cfg.streams,
+            s.converged.as_secs_f64(),
+            mib(s.peak_rss_kib),
+            s.cpu_secs
         );
     }
     Ok(())
-}
-
-/// Waits until `count` more clients have converged; their times from their stream's opening.
-async fn wait_converged(
-    events: &mut mpsc::UnboundedReceiver<Event>,
-    count: usize,
-    deadline: tokio::time::Instant,
-) -> Result<Vec<Duration>> {
-    let mut after = Vec::with_capacity(count);
-    while after.len() < count {
-        match tokio::time::timeout_at(deadline, events.recv()).await {
-            Ok(Some(Event::Converged { after: t })) => after.push(t),
-            Ok(Some(Event::Failed { client, error })) => bail!("client n-{client}: {error}"),
-            Ok(Some(Event::Saw { .. })) => {}
-            Ok(None) => bail!("every client ended"),
-            Err(_) => bail!("only {} of {count} streams converged in time", after.len()),
-        }
-    }
-    Ok(after)
 }
 
 fn main() -> Result<()> {
@@ -367,17 +234,6 @@ fn main() -> Result<()> {
             log_level: cfg.server_log.clone(),
             ready_timeout: Duration::from_secs(60),
         };
-        let mut cp = ControlPlane::start(&options).await?;
-        let outcome = tokio::select! {
-            r = tokio::time::timeout(cfg.deadline, run(&cfg, &mut cp)) => {
-                r.unwrap_or_else(|_| Err(anyhow!("the run took longer than {:?} (LOADTEST_TIMEOUT_SECS)", cfg.deadline)))
-            }
-            _ = tokio::signal::ctrl_c() => Err(anyhow!("interrupted")),
-        };
-        if outcome.is_err() {
-            eprintln!("the control plane's log ends with:\n{}", cp.log_tail(20));
-        }
-        cp.stop().await;
-        outcome
+        run_all(&cfg, &options).await
     })
 }
