@@ -210,6 +210,14 @@ impl Store {
         self.groups().lock().get(tenant).map_or(0, VecDeque::len)
     }
 
+    /// Whether the tenant's group task is running (it has taken a group and may be waiting
+    /// for the tenant's lock), for the same tests.
+    #[cfg(feature = "testing")]
+    #[doc(hidden)]
+    pub fn group_running(&self, tenant: &str) -> bool {
+        self.groups().lock().contains_key(tenant)
+    }
+
     /// The tenant's task: commits groups until its queue is empty.
     async fn run_groups(&self, tenant: &str) {
         let _running = Running {

@@ -307,15 +307,24 @@ impl Blocker {
 type Write = tokio::task::JoinHandle<Result<StoredResource, StoreError>>;
 
 /// Starts `write` and waits until it is queued as the `queued`-th write behind the group
-/// being committed.
+/// being committed; with `queued` 0, until the group task has taken it (a queue that is
+/// merely empty may not have seen the write yet).
 async fn queue(
     s: &Store,
     queued: usize,
     write: impl Future<Output = Result<StoredResource, StoreError>> + Send + 'static,
 ) -> Write {
+    if queued == 0 {
+        // A task from earlier writes may linger a moment after answering them.
+        switchboard_runtime::eventually("the earlier group task to end", || async {
+            (!s.group_running("acme")).then_some(())
+        })
+        .await;
+    }
     let task = tokio::spawn(write);
     switchboard_runtime::eventually("the write to queue", || async {
-        (s.queued_writes("acme") == queued).then_some(())
+        let running = queued > 0 || s.group_running("acme");
+        (running && s.queued_writes("acme") == queued).then_some(())
     })
     .await;
     task
