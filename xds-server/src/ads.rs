@@ -288,15 +288,16 @@ impl Engine {
         })
     }
 
-    /// The state-of-the-world loop of an admitted stream.
-    async fn serve(
+    /// The loop of an admitted stream, state of the world or delta (`P`): takes in requests
+    /// and snapshot changes, and writes responses when the client's queue has room.
+    async fn serve<P: Protocol>(
         &self,
-        state: StreamState,
+        state: P,
         handled: Handled,
         admission: Admission,
         node_id: NodeId,
-        mut requests: Streaming<DiscoveryRequest>,
-        tx: mpsc::Sender<Queued>,
+        mut requests: Streaming<P::Request>,
+        tx: mpsc::Sender<Queued<P::Response>>,
     ) -> Result<(), Status> {
         let Admission {
             mut mesh,
@@ -336,7 +337,7 @@ impl Engine {
                 biased;
                 message = requests.message(), if half_closed.is_none() => match message {
                     Ok(Some(req)) => {
-                        let handled = stream.state.handle(&req).map_err(invalid)?;
+                        let handled = stream.state.handle(&req)?;
                         stream.took(handled);
                         stream.sync_certificate(self.issuer.as_ref());
                         dirty = true;
@@ -385,9 +386,9 @@ impl Engine {
                     let Ok(permit) = permit else {
                         return Ok(());
                     };
-                    match stream.next() {
+                    match P::next(&mut stream) {
                         Some(response) => {
-                            release(&stream.view, &node_id, |may| guard::check(&response, may))?;
+                            release(&stream.view, &node_id, |may| P::check(&response, may))?;
                             permit.send(Ok(Box::new(response)))
                         }
                         None => {
@@ -403,6 +404,35 @@ impl Engine {
                 return Ok(());
             }
         }
+    }
+}
+
+/// What the stream loop ([`Engine::serve`]) needs of a protocol: how a request is taken in,
+/// the next response, and the SDS guard's check of it.
+trait Protocol: Subscriptions + Sized + Send + 'static {
+    type Request: prost::Message + Default + Send + 'static;
+    type Response: Send + 'static;
+    /// Applies a request; an error ends the stream with its status.
+    fn handle(&mut self, request: &Self::Request) -> Result<Handled, Status>;
+    /// The next response to write, recorded in the stream's status and metrics.
+    fn next(stream: &mut Stream<Self>) -> Option<Self::Response>;
+    fn check(response: &Self::Response, may: Entitlement<'_>) -> Result<(), guard::Violation>;
+}
+
+impl Protocol for StreamState {
+    type Request = DiscoveryRequest;
+    type Response = SotwResponse;
+
+    fn handle(&mut self, request: &DiscoveryRequest) -> Result<Handled, Status> {
+        StreamState::handle(self, request).map_err(invalid)
+    }
+
+    fn next(stream: &mut Stream<Self>) -> Option<SotwResponse> {
+        stream.next()
+    }
+
+    fn check(response: &SotwResponse, may: Entitlement<'_>) -> Result<(), guard::Violation> {
+        guard::check(response, may)
     }
 }
 

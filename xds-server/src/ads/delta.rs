@@ -6,24 +6,22 @@
 //! ends OK. It waits for no ACK, and is held no longer than [`HALF_CLOSE_GRACE`] (a client
 //! that does not read).
 
-use std::collections::BTreeMap;
-use std::pin::Pin;
 use std::sync::Arc;
 use std::time::SystemTime;
 
 use switchboard_translator::XdsResource;
 use switchboard_xds_proto::{DeltaDiscoveryRequest, ResourceType};
 use tokio::sync::mpsc;
-use tokio::time::Sleep;
 use tonic::{Request, Response, Status, Streaming};
 use tracing::{Instrument, field};
 
-use super::{Admission, Client, Engine, HALF_CLOSE_GRACE, Stream, issued, release, revoked, until};
-use crate::admission;
-use crate::metrics::{self, StreamGauge};
+use super::{Client, Engine, Protocol, Stream};
+use crate::metrics;
+use crate::protocol::Handled;
 use crate::protocol::Resources;
 use crate::protocol::delta::{DeltaError, DeltaState};
-use crate::sds::{DEFAULT, guard};
+use crate::sds::DEFAULT;
+use crate::sds::guard::{self, Entitlement};
 use crate::status::Sent;
 use crate::view::NodeView;
 use crate::wire::{DeltaResponse, DeltaResponseStream, Queued, WireMessage};
@@ -112,109 +110,25 @@ impl Engine {
         let admission = self
             .admit(id, service_name(only), client, node, &node_id)
             .await?;
-        let Admission {
-            mut mesh,
-            authenticated,
-            mut token_hold,
-            mut expiry,
-            mut trusted,
-            registration,
-            endpoint,
-            view,
-            admitted_revision,
-            quota: _quota,
-        } = admission;
-        let mut stream = Stream {
-            admitted_revision,
-            state,
-            view,
-            registration,
-            gauge: StreamGauge::new(&node_id.tenant),
-            tenant: node_id.tenant.clone(),
-            _endpoint: endpoint,
-            convergence: BTreeMap::new(),
-            measured: BTreeMap::new(),
-            renewal: None,
-        };
-        stream.took(handled);
-        stream.sync_certificate(self.issuer.as_ref());
-        // The initial responses wait for a turn (admission control; see `admission`).
-        let mut initial = Some(self.initial_pushes.acquire().await);
-        let mut dirty = true;
-        // Set when the client half-closes: the end of the grace it is held for.
-        let mut closing: Option<Pin<Box<Sleep>>> = None;
-        loop {
-            tokio::select! {
-                biased;
-                message = requests.message(), if closing.is_none() => match message {
-                    Ok(Some(req)) => {
-                        let handled = stream.state.handle(&req).map_err(invalid)?;
-                        stream.took(handled);
-                        stream.sync_certificate(self.issuer.as_ref());
-                        dirty = true;
-                    }
-                    Ok(None) if !dirty => return Ok(()),
-                    Ok(None) => {
-                        tracing::debug!("the client half-closed; sending what it is owed");
-                        closing = Some(Box::pin(tokio::time::sleep(HALF_CLOSE_GRACE)));
-                    }
-                    Err(status) => {
-                        tracing::debug!(%status, "the client's request stream failed");
-                        return Err(status);
-                    }
-                },
-                () = admission::expired(&mut initial) => {
-                    tracing::debug!("the initial responses took longer than a turn; letting the next stream go");
-                    initial = None;
-                }
-                () = until(&mut closing) => {
-                    tracing::info!(
-                        grace = ?HALF_CLOSE_GRACE,
-                        "the half-closed client did not take what it was owed in time; ending the stream"
-                    );
-                    return Ok(());
-                }
-                () = revoked(&mut token_hold) => {
-                    return Err(Status::unauthenticated(
-                        "the proxy token of this stream was revoked: create a new proxy token \
-                         and reconnect with it",
-                    ));
-                }
-                expired = expiry.reached() => {
-                    return Err(expired.status());
-                }
-                certificate = issued(&mut stream.renewal) => {
-                    stream.view.set_certificate(Some(certificate));
-                    dirty = true;
-                }
-                changed = mesh.changed() => {
-                    let followed = self.follow(changed, authenticated, &mut trusted, &node_id)?;
-                    if let Some(snapshot) = followed {
-                        stream.view.update(snapshot);
-                        stream.sync_certificate(self.issuer.as_ref());
-                        dirty = true;
-                    }
-                }
-                permit = tx.reserve(), if dirty => {
-                    let Ok(permit) = permit else {
-                        return Ok(());
-                    };
-                    match stream.next_delta() {
-                        Some(response) => {
-                            release(&stream.view, &node_id, |may| guard::check_delta(&response, may))?;
-                            permit.send(Ok(Box::new(response)));
-                        }
-                        // Everything owed is out.
-                        None if closing.is_some() => return Ok(()),
-                        None => {
-                            dirty = false;
-                            // Everything owed for the first snapshot is written.
-                            initial = None;
-                        }
-                    }
-                }
-            }
-        }
+        self.serve(state, handled, admission, node_id, requests, tx)
+            .await
+    }
+}
+
+impl Protocol for DeltaState {
+    type Request = DeltaDiscoveryRequest;
+    type Response = DeltaResponse;
+
+    fn handle(&mut self, request: &DeltaDiscoveryRequest) -> Result<Handled, Status> {
+        DeltaState::handle(self, request).map_err(invalid)
+    }
+
+    fn next(stream: &mut Stream<Self>) -> Option<DeltaResponse> {
+        stream.next_delta()
+    }
+
+    fn check(response: &DeltaResponse, may: Entitlement<'_>) -> Result<(), guard::Violation> {
+        guard::check_delta(response, may)
     }
 }
 
