@@ -39,18 +39,34 @@ pub const WAIT: Duration = Duration::from_secs(10);
 /// A request as the server received it, with the stream it came on (1, 2, ... in order of
 /// connection) and that stream's `authorization` metadata.
 #[derive(Debug, Clone)]
-pub struct Received {
+pub struct Received<R = DiscoveryRequest> {
     pub stream: u64,
     pub authorization: Option<String>,
-    pub request: DiscoveryRequest,
+    pub request: R,
 }
 
-/// A delta request as the server received it (see [`Received`]).
-#[derive(Debug, Clone)]
-pub struct DeltaReceived {
-    pub stream: u64,
-    pub authorization: Option<String>,
-    pub request: DeltaDiscoveryRequest,
+/// A delta request as the server received it.
+pub type DeltaReceived = Received<DeltaDiscoveryRequest>;
+
+/// Forwards the requests of stream number `stream` to the test until either side ends.
+fn forward<R: prost::Message + Default + Send + 'static>(
+    mut incoming: Streaming<R>,
+    stream: u64,
+    authorization: Option<String>,
+    requests: mpsc::UnboundedSender<Received<R>>,
+) {
+    tokio::spawn(async move {
+        while let Ok(Some(request)) = incoming.message().await {
+            let received = Received {
+                stream,
+                authorization: authorization.clone(),
+                request,
+            };
+            if requests.send(received).is_err() {
+                break;
+            }
+        }
+    });
 }
 
 /// Which ADS protocol a server answers; it refuses the other with `UNIMPLEMENTED`.
@@ -122,20 +138,12 @@ impl AggregatedDiscoveryService for Service {
             streams.current = Some(tx);
             streams.opened
         };
-        let mut incoming = request.into_inner();
-        let requests = self.requests.clone();
-        tokio::spawn(async move {
-            while let Ok(Some(request)) = incoming.message().await {
-                let received = Received {
-                    stream,
-                    authorization: authorization.clone(),
-                    request,
-                };
-                if requests.send(received).is_err() {
-                    break;
-                }
-            }
-        });
+        forward(
+            request.into_inner(),
+            stream,
+            authorization,
+            self.requests.clone(),
+        );
         Ok(Response::new(Box::pin(UnboundedReceiverStream::new(rx))))
     }
 
@@ -154,20 +162,12 @@ impl AggregatedDiscoveryService for Service {
             streams.current_delta = Some(tx);
             streams.opened
         };
-        let mut incoming = request.into_inner();
-        let requests = self.delta_requests.clone();
-        tokio::spawn(async move {
-            while let Ok(Some(request)) = incoming.message().await {
-                let received = DeltaReceived {
-                    stream,
-                    authorization: authorization.clone(),
-                    request,
-                };
-                if requests.send(received).is_err() {
-                    break;
-                }
-            }
-        });
+        forward(
+            request.into_inner(),
+            stream,
+            authorization,
+            self.delta_requests.clone(),
+        );
         Ok(Response::new(Box::pin(UnboundedReceiverStream::new(rx))))
     }
 }
