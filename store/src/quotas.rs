@@ -232,25 +232,18 @@ impl Store {
     }
 }
 
-/// Refuses a new resource in `mesh` when the mesh already holds its tenant's
-/// `resourcesPerMesh`. Runs inside the write transaction, after the tenant's revision lock,
-/// so two writers cannot both take the last place.
-pub(crate) async fn check_mesh_size(
-    tx: &mut Transaction<'static, Any>,
+/// Refuses a new resource in `mesh` when the mesh already holds `current` resources and that
+/// reaches its tenant's `resourcesPerMesh` (`set` by the platform admin, else
+/// `default_limit`). The write reads both under the tenant's revision lock (and after earlier
+/// writes of its group), so two writers cannot both take the last place.
+pub(crate) fn check_mesh_size(
     tenant: &str,
     mesh: &str,
+    current: u64,
+    set: Option<u64>,
     default_limit: u64,
 ) -> Result<(), StoreError> {
-    let row = sqlx::query(
-        "SELECT (SELECT COUNT(*) FROM resources WHERE tenant = $1 AND mesh = $2) AS n, \
-         (SELECT resources_per_mesh FROM tenant_quotas WHERE tenant = $1) AS q",
-    )
-    .bind(tenant)
-    .bind(mesh)
-    .fetch_one(&mut **tx)
-    .await?;
-    let current = column(&row, "n")?.unwrap_or(0);
-    let limit = column(&row, "q")?.unwrap_or(default_limit);
+    let limit = set.unwrap_or(default_limit);
     if current >= limit {
         return Err(StoreError::ResourceQuota {
             tenant: tenant.to_owned(),
@@ -259,5 +252,27 @@ pub(crate) async fn check_mesh_size(
             current,
         });
     }
+    Ok(())
+}
+
+/// Counts a resource created (`created`) or deleted in `mesh` (`mesh_sizes`, which the check
+/// above reads), in the write's transaction.
+pub(crate) async fn resize_mesh(
+    tx: &mut Transaction<'static, Any>,
+    tenant: &str,
+    mesh: &str,
+    created: bool,
+) -> Result<(), StoreError> {
+    let sql = if created {
+        "INSERT INTO mesh_sizes (tenant, mesh, resources) VALUES ($1, $2, 1) \
+         ON CONFLICT (tenant, mesh) DO UPDATE SET resources = mesh_sizes.resources + 1"
+    } else {
+        "UPDATE mesh_sizes SET resources = resources - 1 WHERE tenant = $1 AND mesh = $2"
+    };
+    sqlx::query(sql)
+        .bind(tenant)
+        .bind(mesh)
+        .execute(&mut **tx)
+        .await?;
     Ok(())
 }

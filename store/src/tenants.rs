@@ -100,6 +100,7 @@ impl Store {
             "credentials",
             "mesh_cas",
             "tenant_quotas",
+            "mesh_sizes",
         ] {
             sqlx::query(&format!("DELETE FROM {table} WHERE tenant = $1"))
                 .bind(name)

@@ -213,3 +213,176 @@ both_backends!(
     resources_per_mesh_is_race_free_,
     resources_per_mesh_is_race_free
 );
+
+/// The mesh's size the quota reads is kept by every write: a deleted mesh or tenant starts
+/// again from nothing, and creates and deletes committed together in one group count each.
+async fn the_mesh_size_follows_every_write(b: Backend) {
+    let Some((s, _db)) = store(b).await else {
+        return;
+    };
+    let mesh = Spec::parse(Kind::Mesh, json!({})).unwrap();
+    let limit = QuotaOverrides {
+        resources_per_mesh: Some(3),
+        ..Default::default()
+    };
+    for round in 0..2 {
+        s.create_tenant("acme", &json!({}), false).await.unwrap();
+        s.set_tenant_quotas("acme", &limit).await.unwrap();
+        s.put_spec("acme", "", "prod", &mesh, &WriteOptions::default())
+            .await
+            .unwrap();
+        for n in ["a", "b", "c"] {
+            put_service(&s, n, 80, false).await.unwrap();
+        }
+        assert!(put_service(&s, "d", 80, false).await.is_err(), "round {round}");
+        // Deleting the mesh deletes its count with everything in it.
+        s.delete(&ResourceKey::mesh("acme", "prod"), &WriteOptions::default())
+            .await
+            .unwrap();
+        s.put_spec("acme", "", "prod", &mesh, &WriteOptions::default())
+            .await
+            .unwrap();
+        for n in ["a", "b", "c"] {
+            put_service(&s, n, 80, false).await.unwrap();
+        }
+        assert!(put_service(&s, "d", 80, false).await.is_err(), "round {round}");
+        // So does deleting the tenant (the next round starts from an empty tenant).
+        s.delete_tenant("acme", false).await.unwrap();
+    }
+
+    // Deletes and creates racing in groups: the count ends exact, whatever the order.
+    s.create_tenant("acme", &json!({}), false).await.unwrap();
+    s.put_spec("acme", "", "prod", &mesh, &WriteOptions::default())
+        .await
+        .unwrap();
+    for i in 0..10 {
+        put_service(&s, &format!("old{i}"), 80, false).await.unwrap();
+    }
+    let tasks: Vec<_> = (0..10)
+        .map(|i| {
+            let s = s.clone();
+            tokio::spawn(async move {
+                let old = ResourceKey::new("acme", "prod", Kind::Service, &format!("old{i}"));
+                s.delete(&old, &WriteOptions::default()).await.unwrap();
+                put_service(&s, &format!("new{i}"), 80, false).await.unwrap();
+                put_service(&s, &format!("more{i}"), 80, false).await.unwrap();
+            })
+        })
+        .collect();
+    for t in tasks {
+        t.await.unwrap();
+    }
+    // 20 resources now: a quota of 21 leaves exactly one place.
+    s.set_tenant_quotas(
+        "acme",
+        &QuotaOverrides {
+            resources_per_mesh: Some(21),
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
+    put_service(&s, "last", 80, false).await.unwrap();
+    let err = put_service(&s, "over", 80, false).await.unwrap_err();
+    assert!(
+        matches!(
+            err,
+            StoreError::ResourceQuota {
+                limit: 21,
+                current: 21,
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+}
+both_backends!(
+    the_mesh_size_follows_every_write_,
+    the_mesh_size_follows_every_write
+);
+
+/// A database from before `mesh_sizes` gets its meshes counted by the migration that adds it.
+async fn the_migration_counts_existing_meshes(b: Backend) {
+    let Some(db) = switchboard_store::testing::fresh(b).await else {
+        return;
+    };
+    sqlx::any::install_default_drivers();
+    let pool = sqlx::AnyPool::connect(&db.url).await.unwrap();
+    let dir = std::path::Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/../migrations"));
+    let mut before = sqlx::migrate::Migrator::new(dir).await.unwrap();
+    before.migrations = before
+        .migrations
+        .iter()
+        .filter(|m| m.version < 7)
+        .cloned()
+        .collect::<Vec<_>>()
+        .into();
+    before.run(&pool).await.unwrap();
+    sqlx::query(
+        "INSERT INTO tenants (name, spec, revision, create_time, update_time) \
+         VALUES ('acme', '{}', 5, 0, 0)",
+    )
+    .execute(&pool)
+    .await
+    .unwrap();
+    let rows = [
+        ("", "meshes", "prod", "{}"),
+        ("", "meshes", "dev", "{}"),
+        ("", "meshes", "empty", "{}"),
+        ("prod", "services", "a", r#"{"port":80}"#),
+        ("prod", "services", "b", r#"{"port":80}"#),
+        ("dev", "services", "a", r#"{"port":80}"#),
+    ];
+    for (mesh, kind, name, spec) in rows {
+        sqlx::query(
+            "INSERT INTO resources (tenant, mesh, kind, name, spec, revision, create_time, \
+             update_time) VALUES ('acme', $1, $2, $3, $4, 1, 0, 0)",
+        )
+        .bind(mesh)
+        .bind(kind)
+        .bind(name)
+        .bind(spec)
+        .execute(&pool)
+        .await
+        .unwrap();
+    }
+    pool.close().await;
+
+    let s = Store::open(&db.url).await.unwrap();
+    s.set_tenant_quotas(
+        "acme",
+        &QuotaOverrides {
+            resources_per_mesh: Some(3),
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
+    let spec = Spec::parse(Kind::Service, json!({"port": 80})).unwrap();
+    let put = |mesh: &'static str, name: &'static str| {
+        let (s, spec) = (s.clone(), spec.clone());
+        async move {
+            s.put_spec("acme", mesh, name, &spec, &WriteOptions::default())
+                .await
+                .map(drop)
+        }
+    };
+    // prod held 2, dev 1, empty none: 1, 2 and 3 places left.
+    put("prod", "c").await.unwrap();
+    assert!(matches!(
+        put("prod", "d").await,
+        Err(StoreError::ResourceQuota { current: 3, .. })
+    ));
+    for n in ["b", "c"] {
+        put("dev", n).await.unwrap();
+    }
+    assert!(put("dev", "d").await.is_err());
+    for n in ["a", "b", "c"] {
+        put("empty", n).await.unwrap();
+    }
+    assert!(put("empty", "d").await.is_err());
+}
+both_backends!(
+    the_migration_counts_existing_meshes_,
+    the_migration_counts_existing_meshes
+);

@@ -59,6 +59,10 @@ pub(super) struct Found {
     owners: HashMap<(String, String), (String, String)>,
     /// The edges the resource holds now.
     pub held: Edges,
+    /// How many resources the mesh holds (`mesh_sizes`; 0 when writing a mesh).
+    pub mesh_size: u64,
+    /// The tenant's own `resourcesPerMesh` quota, if the platform admin set one.
+    pub quota: Option<u64>,
 }
 
 impl Found {
@@ -144,6 +148,13 @@ fn statement(
             "SELECT 'mesh', {RESOURCE} \
              WHERE tenant = $1 AND mesh = '' AND kind = {meshes} AND name = $2"
         ));
+        // The quota check's inputs: the mesh's size and the tenant's quota (-1: not set).
+        parts.push(
+            "SELECT 'size', '', '', '', '', \
+             COALESCE((SELECT resources FROM mesh_sizes WHERE tenant = $1 AND mesh = $2), 0), \
+             COALESCE((SELECT resources_per_mesh FROM tenant_quotas WHERE tenant = $1), -1), 0"
+                .to_owned(),
+        );
     }
     parts.push(
         "SELECT 'ref', to_kind, to_name, field, '', 0, 0, 0 FROM refs \
@@ -201,6 +212,12 @@ fn take(found: &mut Found, key: &ResourceKey, row: &AnyRow) -> Result<(), StoreE
             });
         }
         "mesh" => found.mesh_exists = true,
+        "size" => {
+            let (size, quota): (i64, i64) = (row.try_get("revision")?, row.try_get("create_time")?);
+            found.mesh_size = u64::try_from(size)
+                .map_err(|_| StoreError::Corrupt(format!("mesh size {size}")))?;
+            found.quota = u64::try_from(quota).ok();
+        }
         "ref" => {
             let field: String = row.try_get("spec")?;
             found.held.refs.insert((field, kind, name));

@@ -59,11 +59,16 @@ impl PutWrite {
             });
         }
         check_precondition(&self.precondition, found.existing.as_ref(), key)?;
-        // Counted under the lock (and after earlier writes of the same group), so the quota
+        // Read under the lock (and after earlier writes of the same group), so the quota
         // holds against concurrent creators on every replica.
         if found.existing.is_none() && key.kind != Kind::Mesh {
-            crate::quotas::check_mesh_size(tx, &key.tenant, &key.mesh, self.resources_per_mesh)
-                .await?;
+            crate::quotas::check_mesh_size(
+                &key.tenant,
+                &key.mesh,
+                found.mesh_size,
+                found.quota,
+                self.resources_per_mesh,
+            )?;
         }
         for r in &self.refs {
             let Some(target) = found.target(r) else {
@@ -142,6 +147,9 @@ impl PutWrite {
                 .bind(now)
                 .execute(&mut **tx)
                 .await?;
+                if key.kind != Kind::Mesh {
+                    crate::quotas::resize_mesh(tx, &key.tenant, &key.mesh, true).await?;
+                }
                 now
             }
         };
@@ -225,7 +233,7 @@ impl DeleteWrite {
     async fn write(&self, tx: &mut Tx) -> Result<(), StoreError> {
         let key = &self.key;
         if key.kind == Kind::Mesh {
-            for table in ["resources", "refs", "claims", "mesh_cas"] {
+            for table in ["resources", "refs", "claims", "mesh_cas", "mesh_sizes"] {
                 sqlx::query(&format!(
                     "DELETE FROM {table} WHERE tenant = $1 AND mesh = $2"
                 ))
@@ -236,6 +244,7 @@ impl DeleteWrite {
             }
         } else {
             state::replace_edges(tx, key, &[], &[], None).await?;
+            crate::quotas::resize_mesh(tx, &key.tenant, &key.mesh, false).await?;
         }
         sqlx::query(
             "DELETE FROM resources WHERE tenant = $1 AND mesh = $2 AND kind = $3 AND name = $4",
