@@ -316,11 +316,6 @@ impl Store {
             tx.rollback().await?;
             return Ok(());
         }
-        sqlx::query("UPDATE tenants SET revision = $1 WHERE name = $2")
-            .bind(revision)
-            .bind(tenant)
-            .execute(&mut *tx)
-            .await?;
         let notice = Notice::Committed {
             tenant: tenant.into(),
             revision,
@@ -329,7 +324,8 @@ impl Store {
             .iter()
             .map(|(r, (mesh, kind, name, op))| (*r, mesh.as_str(), *kind, name.as_str(), *op))
             .collect();
-        self.record_changes(&mut tx, tenant, &rows, &notice).await?;
+        self.record_changes(&mut tx, tenant, &rows, &notice, Some(revision))
+            .await?;
         tx.commit().await?;
         drop(turn);
         if self.backend() == Backend::Sqlite {

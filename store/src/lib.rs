@@ -11,6 +11,7 @@
 //!   on SQLite.
 //!
 //! Code map:
+//! - `batch`: a write's several statements sent to PostgreSQL as one.
 //! - `group`: group commit: a tenant's concurrent writes committed in one transaction, each
 //!   with its own revision, answered after the commit.
 //! - `resources`: the transactional write path ([`Store::put_spec`] records the references
@@ -26,6 +27,7 @@
 //! - `types`, `error`: keys, stored values, [`StoreError`].
 //! - `testing` (feature): fresh databases of either backend for tests.
 
+mod batch;
 mod ca_rows;
 mod cas;
 mod changes;

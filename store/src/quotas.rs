@@ -7,6 +7,7 @@
 //! through [`Store::quotas`], a per-process cache that a change made here refreshes at once
 //! and one made on another replica within [`QUOTA_CACHE_TTL`].
 
+use crate::batch::Batch;
 use crate::{Store, StoreError, Timer, now_ms};
 use sqlx::any::AnyRow;
 use sqlx::{Any, Row, Transaction};
@@ -255,24 +256,29 @@ pub(crate) fn check_mesh_size(
     Ok(())
 }
 
-/// Counts a resource created (`created`) or deleted in `mesh` (`mesh_sizes`, which the check
-/// above reads), in the write's transaction.
+/// Adds to `batch` the count of a resource created (`created`) or deleted in `mesh`
+/// (`mesh_sizes`, which the check above reads), written in the write's transaction.
 pub(crate) async fn resize_mesh(
+    batch: &mut Batch,
     tx: &mut Transaction<'static, Any>,
     tenant: &str,
     mesh: &str,
     created: bool,
 ) -> Result<(), StoreError> {
-    let sql = if created {
-        "INSERT INTO mesh_sizes (tenant, mesh, resources) VALUES ($1, $2, 1) \
-         ON CONFLICT (tenant, mesh) DO UPDATE SET resources = mesh_sizes.resources + 1"
-    } else {
-        "UPDATE mesh_sizes SET resources = resources - 1 WHERE tenant = $1 AND mesh = $2"
-    };
-    sqlx::query(sql)
-        .bind(tenant)
-        .bind(mesh)
-        .execute(&mut **tx)
-        .await?;
-    Ok(())
+    batch
+        .push(tx, |p| {
+            let (tenant, mesh) = (p.text(tenant), p.text(mesh));
+            if created {
+                format!(
+                    "INSERT INTO mesh_sizes (tenant, mesh, resources) VALUES ({tenant}, {mesh}, 1) \
+                     ON CONFLICT (tenant, mesh) DO UPDATE SET resources = mesh_sizes.resources + 1"
+                )
+            } else {
+                format!(
+                    "UPDATE mesh_sizes SET resources = resources - 1 \
+                     WHERE tenant = {tenant} AND mesh = {mesh}"
+                )
+            }
+        })
+        .await
 }

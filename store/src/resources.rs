@@ -158,7 +158,7 @@ impl Store {
             .iter()
             .map(|(mesh, kind, name, op)| (revision, *mesh, *kind, *name, *op))
             .collect();
-        self.record_changes(&mut tx, tenant, &rows, &notice).await?;
+        self.record_changes(&mut tx, tenant, &rows, &notice, None).await?;
         tx.commit().await?;
         drop(turn);
         if self.backend() == Backend::Sqlite {
@@ -168,41 +168,65 @@ impl Store {
     }
 
     /// Records committed writes in the change log and, on PostgreSQL, sends `notice` in the
-    /// same statement (`pg_notify` in a CTE: one round trip less under the lock). Rows are
-    /// `(revision, mesh, kind, name, op)`. The log's `time` is taken here, in the last
-    /// statement before the commit: it is the commit time by this replica's wall clock (Unix
-    /// ms), from which the xDS server measures convergence.
+    /// same statement (`pg_notify` in a CTE: one round trip less under the lock), and sets
+    /// the tenant's revision to `set_revision` when given (a group's last revision; in that
+    /// statement too on PostgreSQL). Rows are `(revision, mesh, kind, name, op)`. The log's
+    /// `time` is taken here, in the last statement before the commit: it is the commit time
+    /// by this replica's wall clock (Unix ms), from which the xDS server measures
+    /// convergence.
     pub(crate) async fn record_changes(
         &self,
         tx: &mut Transaction<'static, Any>,
         tenant: &str,
         rows: &[(i64, &str, Kind, &str, ChangeOp)],
         notice: &crate::Notice,
+        set_revision: Option<i64>,
     ) -> Result<(), StoreError> {
         let payload = match self.backend() {
             Backend::Postgres => crate::changes::encode_notice(notice),
             Backend::Sqlite => None,
         };
+        // Folded into the insert below on PostgreSQL; alone otherwise.
+        let fold_revision = payload.is_some() && !rows.is_empty();
+        if let (Some(revision), false) = (set_revision, fold_revision) {
+            sqlx::query("UPDATE tenants SET revision = $1 WHERE name = $2")
+                .bind(revision)
+                .bind(tenant)
+                .execute(&mut **tx)
+                .await?;
+        }
         if rows.is_empty() {
             if payload.is_some() {
                 crate::changes::notify_in(tx, notice).await?;
             }
             return Ok(());
         }
-        let first = if payload.is_some() { 3 } else { 1 };
+        let revision = set_revision.filter(|_| fold_revision);
+        let first = match (&payload, revision) {
+            (None, _) => 1,
+            (Some(_), None) => 3,
+            (Some(_), Some(_)) => 5,
+        };
         let values = state::placeholders(rows.len(), 7, first);
         let insert = "INSERT INTO changes (tenant, revision, mesh, kind, name, op, time)";
-        let sql = if payload.is_some() {
-            format!(
+        let sql = match (&payload, revision) {
+            (None, _) => format!("{insert} VALUES {values}"),
+            (Some(_), None) => format!(
                 "WITH notice AS (SELECT pg_notify($1, $2)) {insert} \
                  SELECT v.* FROM (VALUES {values}) AS v CROSS JOIN notice"
-            )
-        } else {
-            format!("{insert} VALUES {values}")
+            ),
+            (Some(_), Some(_)) => format!(
+                "WITH revision AS (UPDATE tenants SET revision = $3 WHERE name = $4), \
+                 notice AS (SELECT pg_notify($1, $2)) {insert} \
+                 SELECT v.* FROM (VALUES {values}) AS v CROSS JOIN notice"
+            ),
         };
         let mut query = sqlx::query(&sql);
         if let Some(payload) = payload {
             query = query.bind(crate::NOTIFY_CHANNEL).bind(payload);
+        }
+        if let Some(revision) = revision {
+            query = query.bind(revision).bind(tenant);
         }
         let now = now_ms();
         for (revision, mesh, kind, name, op) in rows {
@@ -288,6 +312,7 @@ impl Store {
             precondition: opts.precondition.clone(),
             ca: ca.cloned(),
             resources_per_mesh: self.quota_defaults().resources_per_mesh,
+            backend: self.backend(),
         };
         if opts.dry_run {
             // A dry run writes, then rolls back: alone, outside the groups.
@@ -318,6 +343,7 @@ impl Store {
         let write = write::DeleteWrite {
             key: key.clone(),
             precondition: opts.precondition.clone(),
+            backend: self.backend(),
         };
         if opts.dry_run {
             let mut w = self.begin_write(&key.tenant).await?;

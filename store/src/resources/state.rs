@@ -9,6 +9,7 @@
 //! changed.
 
 use super::BindKey;
+use crate::batch::{Batch, Params};
 use crate::{ResourceKey, StoreError, StoredResource};
 use sqlx::any::AnyRow;
 use sqlx::{Any, Row, Transaction};
@@ -19,7 +20,8 @@ use switchboard_model::{Claim, Kind, Reference};
 /// limit is 32,766; PostgreSQL's 65,535) for specs with very many references.
 const PER_READ: usize = 500;
 
-/// Rows inserted per statement, for the same reason (7 parameters per row).
+/// Rows inserted, or deleted by name, per statement, for the same reason (7 parameters per
+/// row).
 const PER_INSERT: usize = 500;
 
 /// The references and claims a resource holds, as stored.
@@ -242,76 +244,164 @@ fn take(found: &mut Found, key: &ResourceKey, row: &AnyRow) -> Result<(), StoreE
     Ok(())
 }
 
-/// Makes `key` hold exactly `refs` and `claims`. `held` is what it holds now, when known:
-/// rows are rewritten only when they differ from it.
+/// Adds to `batch` the deletes of every reference and claim `key` holds.
+pub(super) async fn drop_edges(
+    batch: &mut Batch,
+    tx: &mut Transaction<'static, Any>,
+    key: &ResourceKey,
+) -> Result<(), StoreError> {
+    for (table, owner) in [("refs", "from"), ("claims", "owner")] {
+        batch
+            .push(tx, |p| {
+                format!(
+                    "DELETE FROM {table} WHERE tenant = {} AND mesh = {} AND {owner}_kind = {} \
+                     AND {owner}_name = {}",
+                    p.text(&key.tenant),
+                    p.text(&key.mesh),
+                    p.text(key.kind.plural()),
+                    p.text(&key.name)
+                )
+            })
+            .await?;
+    }
+    Ok(())
+}
+
+/// Adds to `batch` the writes that make `key`, holding `held` now, hold exactly `refs` and
+/// `claims`. Only the differences are written (rows no longer held deleted, new ones
+/// inserted, a field now pointing elsewhere updated in place), so no row is both deleted and
+/// inserted and the writes can share a statement.
 pub(super) async fn replace_edges(
+    batch: &mut Batch,
     tx: &mut Transaction<'static, Any>,
     key: &ResourceKey,
     refs: &[Reference],
     claims: &[Claim],
-    held: Option<&Edges>,
+    held: &Edges,
 ) -> Result<(), StoreError> {
     let wanted = Edges::of(refs, claims);
-    let (refs_same, claims_same) = match held {
-        Some(h) => (h.refs == wanted.refs, h.claims == wanted.claims),
-        None => (false, false),
-    };
-    if !refs_same {
-        if held.is_none_or(|h| !h.refs.is_empty()) {
-            sqlx::query(
-                "DELETE FROM refs WHERE tenant = $1 AND mesh = $2 AND from_kind = $3 AND from_name = $4",
-            )
-            .bind_key(key)
-            .execute(&mut **tx)
+    // A reference is keyed by its field: one whose field is still wanted is overwritten by
+    // the insert below, so only fields no longer wanted are deleted.
+    let fields: BTreeSet<&str> = wanted.refs.iter().map(|(f, _, _)| f.as_str()).collect();
+    let gone: Vec<&str> = held
+        .refs
+        .iter()
+        .map(|(f, _, _)| f.as_str())
+        .filter(|f| !fields.contains(f))
+        .collect();
+    for chunk in gone.chunks(PER_READ) {
+        batch
+            .push(tx, |p| {
+                let key_sql = key_params(p, key);
+                let fields: Vec<String> = chunk.iter().map(|f| p.text(*f)).collect();
+                format!(
+                    "DELETE FROM refs WHERE {key_sql} AND field IN ({})",
+                    fields.join(", ")
+                )
+            })
             .await?;
-        }
-        let rows: Vec<_> = wanted.refs.iter().collect();
-        for chunk in rows.chunks(PER_INSERT) {
-            let sql = format!(
-                "INSERT INTO refs (tenant, mesh, from_kind, from_name, field, to_kind, to_name) VALUES {}",
-                placeholders(chunk.len(), 7, 1)
-            );
-            let mut q = sqlx::query(&sql);
-            for (field, to_kind, to_name) in chunk {
-                q = q
-                    .bind(key.tenant.clone())
-                    .bind(key.mesh.clone())
-                    .bind(key.kind.plural())
-                    .bind(key.name.clone())
-                    .bind(field.clone())
-                    .bind(to_kind.clone())
-                    .bind(to_name.clone());
-            }
-            q.execute(&mut **tx).await?;
-        }
     }
-    if !claims_same {
-        if held.is_none_or(|h| !h.claims.is_empty()) {
-            sqlx::query(
-                "DELETE FROM claims WHERE tenant = $1 AND mesh = $2 AND owner_kind = $3 AND owner_name = $4",
-            )
-            .bind_key(key)
-            .execute(&mut **tx)
+    let gone: Vec<&(String, String)> = held.claims.difference(&wanted.claims).collect();
+    for chunk in gone.chunks(PER_READ) {
+        batch
+            .push(tx, |p| {
+                let (tenant, mesh) = (p.text(&key.tenant), p.text(&key.mesh));
+                let any: Vec<String> = chunk
+                    .iter()
+                    .map(|(what, value)| {
+                        format!("(what = {} AND value = {})", p.text(what), p.text(value))
+                    })
+                    .collect();
+                format!(
+                    "DELETE FROM claims WHERE tenant = {tenant} AND mesh = {mesh} AND ({})",
+                    any.join(" OR ")
+                )
+            })
             .await?;
-        }
-        let rows: Vec<_> = wanted.claims.iter().collect();
-        for chunk in rows.chunks(PER_INSERT) {
-            let sql = format!(
-                "INSERT INTO claims (tenant, mesh, what, value, owner_kind, owner_name) VALUES {}",
-                placeholders(chunk.len(), 6, 1)
-            );
-            let mut q = sqlx::query(&sql);
-            for (what, value) in chunk {
-                q = q
-                    .bind(key.tenant.clone())
-                    .bind(key.mesh.clone())
-                    .bind(what.clone())
-                    .bind(value.clone())
-                    .bind(key.kind.plural())
-                    .bind(key.name.clone());
-            }
-            q.execute(&mut **tx).await?;
-        }
+    }
+    add_edges(
+        batch,
+        tx,
+        key,
+        wanted.refs.difference(&held.refs),
+        wanted.claims.difference(&held.claims),
+    )
+    .await
+}
+
+/// `tenant = $a AND mesh = $b AND from_kind = $c AND from_name = $d` for `key`.
+fn key_params(p: &mut Params<'_>, key: &ResourceKey) -> String {
+    format!(
+        "tenant = {} AND mesh = {} AND from_kind = {} AND from_name = {}",
+        p.text(&key.tenant),
+        p.text(&key.mesh),
+        p.text(key.kind.plural()),
+        p.text(&key.name)
+    )
+}
+
+/// Adds the inserts of `key`'s new references (a field it held pointing elsewhere is
+/// updated in place) and claims to `batch`.
+async fn add_edges<'e>(
+    batch: &mut Batch,
+    tx: &mut Transaction<'static, Any>,
+    key: &ResourceKey,
+    refs: impl Iterator<Item = &'e (String, String, String)>,
+    claims: impl Iterator<Item = &'e (String, String)>,
+) -> Result<(), StoreError> {
+    let refs: Vec<_> = refs.collect();
+    for chunk in refs.chunks(PER_INSERT) {
+        batch
+            .push(tx, |p| {
+                let rows: Vec<String> = chunk
+                    .iter()
+                    .map(|(field, to_kind, to_name)| {
+                        let cols = [
+                            p.text(&key.tenant),
+                            p.text(&key.mesh),
+                            p.text(key.kind.plural()),
+                            p.text(&key.name),
+                            p.text(field),
+                            p.text(to_kind),
+                            p.text(to_name),
+                        ];
+                        format!("({})", cols.join(", "))
+                    })
+                    .collect();
+                format!(
+                    "INSERT INTO refs (tenant, mesh, from_kind, from_name, field, to_kind, \
+                     to_name) VALUES {} ON CONFLICT (tenant, mesh, from_kind, from_name, field) \
+                     DO UPDATE SET to_kind = excluded.to_kind, to_name = excluded.to_name",
+                    rows.join(", ")
+                )
+            })
+            .await?;
+    }
+    let claims: Vec<_> = claims.collect();
+    for chunk in claims.chunks(PER_INSERT) {
+        batch
+            .push(tx, |p| {
+                let rows: Vec<String> = chunk
+                    .iter()
+                    .map(|(what, value)| {
+                        let cols = [
+                            p.text(&key.tenant),
+                            p.text(&key.mesh),
+                            p.text(what),
+                            p.text(value),
+                            p.text(key.kind.plural()),
+                            p.text(&key.name),
+                        ];
+                        format!("({})", cols.join(", "))
+                    })
+                    .collect();
+                format!(
+                    "INSERT INTO claims (tenant, mesh, what, value, owner_kind, owner_name) \
+                     VALUES {}",
+                    rows.join(", ")
+                )
+            })
+            .await?;
     }
     Ok(())
 }

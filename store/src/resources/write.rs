@@ -3,8 +3,9 @@
 //! ([`crate::group`]): a write whose checks fail has written nothing, so it fails alone.
 
 use super::{BindKey, COLS, check_precondition, check_referrers, fetch, parse_stored_text, state};
+use crate::batch::Batch;
 use crate::group::{ChangeRow, JobError, Tx};
-use crate::{ChangeOp, Referrer, ResourceKey, StoreError, StoredResource, now_ms};
+use crate::{Backend, ChangeOp, Referrer, ResourceKey, StoreError, StoredResource, now_ms};
 use sqlx::Row;
 use switchboard_model::{Claim, Kind, Reference, Spec};
 
@@ -22,6 +23,7 @@ pub(super) struct PutWrite {
     pub ca: Option<switchboard_pki::SealedCa>,
     /// The server's default `resourcesPerMesh` quota, for a tenant that has none of its own.
     pub resources_per_mesh: u64,
+    pub backend: Backend,
 }
 
 impl PutWrite {
@@ -112,7 +114,8 @@ impl PutWrite {
         Ok((found, needs_ca))
     }
 
-    /// Writes the resource, its references and claims (and a new mesh's CA).
+    /// Writes the resource, its references and claims, its mesh's size (one statement on
+    /// PostgreSQL, [`crate::batch`]), and a new mesh's CA.
     async fn write(
         &self,
         tx: &mut Tx,
@@ -122,38 +125,51 @@ impl PutWrite {
     ) -> Result<StoredResource, StoreError> {
         let key = &self.key;
         let now = now_ms();
+        let mut batch = Batch::new(self.backend);
         let create_time = match &found.existing {
             Some(old) => {
-                sqlx::query(
-                    "UPDATE resources SET spec = $5, revision = $6, update_time = $7 \
-                     WHERE tenant = $1 AND mesh = $2 AND kind = $3 AND name = $4",
-                )
-                .bind_key(key)
-                .bind(&self.spec_text)
-                .bind(revision)
-                .bind(now)
-                .execute(&mut **tx)
-                .await?;
+                batch
+                    .push(tx, |p| {
+                        format!(
+                            "UPDATE resources SET spec = {}, revision = {}, update_time = {} \
+                             WHERE tenant = {} AND mesh = {} AND kind = {} AND name = {}",
+                            p.text(&self.spec_text),
+                            p.int(revision),
+                            p.int(now),
+                            p.text(&key.tenant),
+                            p.text(&key.mesh),
+                            p.text(key.kind.plural()),
+                            p.text(&key.name),
+                        )
+                    })
+                    .await?;
                 old.create_time
             }
             None => {
-                sqlx::query(&format!(
-                    "INSERT INTO resources ({COLS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)"
-                ))
-                .bind_key(key)
-                .bind(&self.spec_text)
-                .bind(revision)
-                .bind(now)
-                .bind(now)
-                .execute(&mut **tx)
-                .await?;
+                batch
+                    .push(tx, |p| {
+                        let values = [
+                            p.text(&key.tenant),
+                            p.text(&key.mesh),
+                            p.text(key.kind.plural()),
+                            p.text(&key.name),
+                            p.text(&self.spec_text),
+                            p.int(revision),
+                            p.int(now),
+                            p.int(now),
+                        ];
+                        format!("INSERT INTO resources ({COLS}) VALUES ({})", values.join(", "))
+                    })
+                    .await?;
                 if key.kind != Kind::Mesh {
-                    crate::quotas::resize_mesh(tx, &key.tenant, &key.mesh, true).await?;
+                    crate::quotas::resize_mesh(&mut batch, tx, &key.tenant, &key.mesh, true)
+                        .await?;
                 }
                 now
             }
         };
-        state::replace_edges(tx, key, &self.refs, &self.claims, Some(&found.held)).await?;
+        state::replace_edges(&mut batch, tx, key, &self.refs, &self.claims, &found.held).await?;
+        batch.send(tx).await?;
         if let (Some(ca), true) = (&self.ca, needs_ca) {
             crate::ca_rows::insert_ca(tx, &key.tenant, &key.name, crate::CaState::Active, ca)
                 .await?;
@@ -172,6 +188,7 @@ impl PutWrite {
 pub(super) struct DeleteWrite {
     pub key: ResourceKey,
     pub precondition: super::Precondition,
+    pub backend: Backend,
 }
 
 impl DeleteWrite {
@@ -229,29 +246,39 @@ impl DeleteWrite {
         })
     }
 
-    /// Deletes the resource with its edges; a mesh with everything in it.
+    /// Deletes the resource with its edges; a mesh with everything in it. One statement on
+    /// PostgreSQL ([`crate::batch`]).
     async fn write(&self, tx: &mut Tx) -> Result<(), StoreError> {
         let key = &self.key;
+        let mut batch = Batch::new(self.backend);
         if key.kind == Kind::Mesh {
             for table in ["resources", "refs", "claims", "mesh_cas", "mesh_sizes"] {
-                sqlx::query(&format!(
-                    "DELETE FROM {table} WHERE tenant = $1 AND mesh = $2"
-                ))
-                .bind(&key.tenant)
-                .bind(&key.name)
-                .execute(&mut **tx)
-                .await?;
+                batch
+                    .push(tx, |p| {
+                        format!(
+                            "DELETE FROM {table} WHERE tenant = {} AND mesh = {}",
+                            p.text(&key.tenant),
+                            p.text(&key.name)
+                        )
+                    })
+                    .await?;
             }
         } else {
-            state::replace_edges(tx, key, &[], &[], None).await?;
-            crate::quotas::resize_mesh(tx, &key.tenant, &key.mesh, false).await?;
+            state::drop_edges(&mut batch, tx, key).await?;
+            crate::quotas::resize_mesh(&mut batch, tx, &key.tenant, &key.mesh, false).await?;
         }
-        sqlx::query(
-            "DELETE FROM resources WHERE tenant = $1 AND mesh = $2 AND kind = $3 AND name = $4",
-        )
-        .bind_key(key)
-        .execute(&mut **tx)
-        .await?;
-        Ok(())
+        batch
+            .push(tx, |p| {
+                format!(
+                    "DELETE FROM resources WHERE tenant = {} AND mesh = {} AND kind = {} \
+                     AND name = {}",
+                    p.text(&key.tenant),
+                    p.text(&key.mesh),
+                    p.text(key.kind.plural()),
+                    p.text(&key.name)
+                )
+            })
+            .await?;
+        batch.send(tx).await
     }
 }
