@@ -135,7 +135,10 @@ mod tests {
     #[test]
     fn writes_but_the_last_go_in_with_clauses() {
         assert_eq!(compose(std::iter::empty()), None);
-        assert_eq!(compose(["DELETE a"].into_iter()).as_deref(), Some("DELETE a"));
+        assert_eq!(
+            compose(["DELETE a"].into_iter()).as_deref(),
+            Some("DELETE a")
+        );
         assert_eq!(
             compose(["DELETE a", "INSERT b", "UPDATE c"].into_iter()).as_deref(),
             Some("WITH w0 AS (DELETE a), w1 AS (INSERT b) UPDATE c")

@@ -158,7 +158,8 @@ impl Store {
             .iter()
             .map(|(mesh, kind, name, op)| (revision, *mesh, *kind, *name, *op))
             .collect();
-        self.record_changes(&mut tx, tenant, &rows, &notice, None).await?;
+        self.record_changes(&mut tx, tenant, &rows, &notice, None)
+            .await?;
         tx.commit().await?;
         drop(turn);
         if self.backend() == Backend::Sqlite {

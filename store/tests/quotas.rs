@@ -234,7 +234,10 @@ async fn the_mesh_size_follows_every_write(b: Backend) {
         for n in ["a", "b", "c"] {
             put_service(&s, n, 80, false).await.unwrap();
         }
-        assert!(put_service(&s, "d", 80, false).await.is_err(), "round {round}");
+        assert!(
+            put_service(&s, "d", 80, false).await.is_err(),
+            "round {round}"
+        );
         // Deleting the mesh deletes its count with everything in it.
         s.delete(&ResourceKey::mesh("acme", "prod"), &WriteOptions::default())
             .await
@@ -245,7 +248,10 @@ async fn the_mesh_size_follows_every_write(b: Backend) {
         for n in ["a", "b", "c"] {
             put_service(&s, n, 80, false).await.unwrap();
         }
-        assert!(put_service(&s, "d", 80, false).await.is_err(), "round {round}");
+        assert!(
+            put_service(&s, "d", 80, false).await.is_err(),
+            "round {round}"
+        );
         // So does deleting the tenant (the next round starts from an empty tenant).
         s.delete_tenant("acme", false).await.unwrap();
     }
@@ -256,7 +262,9 @@ async fn the_mesh_size_follows_every_write(b: Backend) {
         .await
         .unwrap();
     for i in 0..10 {
-        put_service(&s, &format!("old{i}"), 80, false).await.unwrap();
+        put_service(&s, &format!("old{i}"), 80, false)
+            .await
+            .unwrap();
     }
     let tasks: Vec<_> = (0..10)
         .map(|i| {
@@ -264,8 +272,12 @@ async fn the_mesh_size_follows_every_write(b: Backend) {
             tokio::spawn(async move {
                 let old = ResourceKey::new("acme", "prod", Kind::Service, &format!("old{i}"));
                 s.delete(&old, &WriteOptions::default()).await.unwrap();
-                put_service(&s, &format!("new{i}"), 80, false).await.unwrap();
-                put_service(&s, &format!("more{i}"), 80, false).await.unwrap();
+                put_service(&s, &format!("new{i}"), 80, false)
+                    .await
+                    .unwrap();
+                put_service(&s, &format!("more{i}"), 80, false)
+                    .await
+                    .unwrap();
             })
         })
         .collect();

@@ -158,7 +158,10 @@ impl PutWrite {
                             p.int(now),
                             p.int(now),
                         ];
-                        format!("INSERT INTO resources ({COLS}) VALUES ({})", values.join(", "))
+                        format!(
+                            "INSERT INTO resources ({COLS}) VALUES ({})",
+                            values.join(", ")
+                        )
                     })
                     .await?;
                 if key.kind != Kind::Mesh {
