@@ -115,7 +115,7 @@ async fn edges_follow_every_update(b: Backend) {
 }
 both_backends!(edges_follow_every_update_, edges_follow_every_update);
 
-/// More references and claims than one statement reads (500 of each).
+/// More references and claims than one statement reads (200 of each).
 async fn a_write_with_many_references(b: Backend) {
     let Some((s, _db)) = setup(b).await else {
         return;
