@@ -174,7 +174,9 @@ async fn the_whole_control_plane_down_for_60s_keeps_traffic_flowing() {
         .first_acked_after(back, Duration::from_secs(10))
         .await
         .expect("no route write was acknowledged within 10s of the control plane's return");
-    let reconverged = local.converged(fresh.revision, Duration::from_secs(30)).await;
+    let reconverged = local
+        .converged(fresh.revision, Duration::from_secs(30))
+        .await;
     tokio::time::sleep(Duration::from_secs(3)).await;
     let after = writer.stop().await;
     let report = traffic.stop().await;

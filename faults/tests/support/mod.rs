@@ -25,10 +25,20 @@ fn bin_dir() -> PathBuf {
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
         let status = Command::new(cargo)
             .current_dir(ROOT)
-            .args(["build", "-p", "switchboard", "-p", "switchboard-proxy", "--bins"])
+            .args([
+                "build",
+                "-p",
+                "switchboard",
+                "-p",
+                "switchboard-proxy",
+                "--bins",
+            ])
             .status()
             .unwrap();
-        assert!(status.success(), "building switchboard and switchboard-proxy failed");
+        assert!(
+            status.success(),
+            "building switchboard and switchboard-proxy failed"
+        );
     }
     dir
 }
@@ -108,7 +118,14 @@ impl Local {
         path: &str,
         body: Option<Value>,
     ) -> Result<(u16, Value), String> {
-        rest(&self.client, &self.rest_url(path), &self.token, method, body).await
+        rest(
+            &self.client,
+            &self.rest_url(path),
+            &self.token,
+            method,
+            body,
+        )
+        .await
     }
 
     /// The highest revision `node` has ACKed (any type, any of its streams), as the REST API
@@ -198,8 +215,10 @@ impl Local {
 
 /// Whether `pid` is a live process (a zombie, which init has yet to reap, is not).
 fn running(pid: u32) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .is_ok_and(|s| s.rsplit_once(") ").is_some_and(|(_, rest)| !rest.starts_with('Z')))
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| {
+        s.rsplit_once(") ")
+            .is_some_and(|(_, rest)| !rest.starts_with('Z'))
+    })
 }
 
 impl Drop for Local {
@@ -219,6 +238,14 @@ impl Drop for Local {
                 }
             }
         }
+        // PostgreSQL's postmaster, started by pg_ctl, is in its own pid file.
+        let postmaster = std::fs::read_to_string(self.local().join("pg/data/postmaster.pid"));
+        if let Some(pid) = postmaster
+            .ok()
+            .and_then(|t| t.lines().next()?.trim().parse().ok())
+        {
+            pids.push(("postgres".to_owned(), pid));
+        }
         let out = Command::new(Path::new(ROOT).join("deploy/local/switchboard-local"))
             .args(["--dir", self.local().to_str().unwrap(), "down"])
             .output();
@@ -232,7 +259,11 @@ impl Drop for Local {
             );
             let left: Vec<_> = pids.iter().filter(|(_, pid)| running(*pid)).collect();
             assert!(left.is_empty(), "down left processes running: {left:?}");
-            assert!(!self.local().exists(), "down left {}", self.local().display());
+            assert!(
+                !self.local().exists(),
+                "down left {}",
+                self.local().display()
+            );
         }
     }
 }
@@ -250,7 +281,10 @@ fn script(dir: &Path, args: &[&str]) -> String {
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
-    assert!(out.status.success(), "switchboard-local {args:?} failed:\n{text}");
+    assert!(
+        out.status.success(),
+        "switchboard-local {args:?} failed:\n{text}"
+    );
     text
 }
 
@@ -452,18 +486,16 @@ impl Writer {
                     other => {
                         report.unacknowledged += 1;
                         if report.errors.len() < 10 {
-                            report.errors.push(format!("{:?}: {other:?}", start.elapsed()));
+                            report
+                                .errors
+                                .push(format!("{:?}: {other:?}", start.elapsed()));
                         }
                     }
                 }
             }
             report
         });
-        Writer {
-            stop,
-            acked,
-            task,
-        }
+        Writer { stop, acked, task }
     }
 
     /// The first write acknowledged after `t`, waiting for it up to `patience`.
@@ -505,10 +537,7 @@ pub async fn lost_writes(local: &Local, acked: &[Acked]) -> Vec<i64> {
     let mut since = first - 1;
     loop {
         let path = format!("/tenants/local/changes?since={since}");
-        let (s, body) = local
-            .rest(reqwest::Method::GET, &path, None)
-            .await
-            .unwrap();
+        let (s, body) = local.rest(reqwest::Method::GET, &path, None).await.unwrap();
         assert_eq!(s, 200, "GET {path}: {body}");
         let changes = body["changes"].as_array().cloned().unwrap_or_default();
         if changes.is_empty() {
