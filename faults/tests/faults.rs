@@ -24,7 +24,7 @@ async fn kill_9_of_one_replica_loses_no_request_and_no_write() {
     let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     let local = tokio::task::block_in_place(Local::up);
     let traffic = Traffic::start(&local, RPS, Duration::from_secs(120));
-    let mut writer = Writer::start(&local, WRITES_PER_SECOND, Duration::from_secs(120), 1000);
+    let mut writer = Writer::start(&local, WRITES_PER_SECOND, Duration::from_secs(120), 10_000);
 
     // Settled: both sidecars at the writer's latest revision.
     let warm = Instant::now();
@@ -127,7 +127,7 @@ async fn the_whole_control_plane_down_for_60s_keeps_traffic_flowing() {
     let traffic = Traffic::start(&local, RPS, Duration::from_secs(240));
 
     // A few writes, converged, before the outage.
-    let mut writer = Writer::start(&local, WRITES_PER_SECOND, Duration::from_secs(10), 2000);
+    let mut writer = Writer::start(&local, WRITES_PER_SECOND, Duration::from_secs(10), 20_000);
     let started = Instant::now();
     writer
         .first_acked_after(started, Duration::from_secs(10))
@@ -169,7 +169,7 @@ async fn the_whole_control_plane_down_for_60s_keeps_traffic_flowing() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
     // … and a write made now reaches both within the convergence promise.
-    let mut writer = Writer::start(&local, WRITES_PER_SECOND, Duration::from_secs(20), 3000);
+    let mut writer = Writer::start(&local, WRITES_PER_SECOND, Duration::from_secs(20), 30_000);
     let fresh = writer
         .first_acked_after(back, Duration::from_secs(10))
         .await
