@@ -4,13 +4,16 @@
 //! another replica and converge, and no acknowledged write is lost. Each test prints its
 //! figures. The tests take one installation at a time (a lock), each bounded in time.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod support;
 
 use std::time::{Duration, Instant};
 use support::{Local, NODES, Traffic, Writer, lost_writes};
 
 /// One installation at a time: two would share 2 cores and blur the timings.
-static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+/// (tokio's: it is held across awaits, and each test has its own runtime.)
+static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 /// Data-plane requests a second, through both sidecars together.
 const RPS: u32 = 20;
@@ -21,7 +24,7 @@ const CONVERGENCE: Duration = Duration::from_secs(5);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_9_of_one_replica_loses_no_request_and_no_write() {
-    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let _one = ONE_AT_A_TIME.lock().await;
     let local = tokio::task::block_in_place(Local::up);
     let traffic = Traffic::start(&local, RPS, Duration::from_secs(120));
     let mut writer = Writer::start(&local, WRITES_PER_SECOND, Duration::from_secs(120), 10_000);
@@ -122,7 +125,7 @@ async fn kill_9_of_one_replica_loses_no_request_and_no_write() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_whole_control_plane_down_for_60s_keeps_traffic_flowing() {
-    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let _one = ONE_AT_A_TIME.lock().await;
     let local = tokio::task::block_in_place(Local::up);
     let traffic = Traffic::start(&local, RPS, Duration::from_secs(240));
 

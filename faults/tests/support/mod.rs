@@ -2,6 +2,8 @@
 //! directory, data-plane traffic through its two sidecars, and a writer changing a route
 //! through its load balancer.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use serde_json::{Value, json};
 use std::collections::{BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
