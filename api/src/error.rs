@@ -9,6 +9,11 @@ use switchboard_store::StoreError;
 /// `Retry-After` (seconds) for a count quota, which frees up only when something is deleted.
 const COUNT_QUOTA_RETRY_AFTER: u64 = 60;
 
+/// `Retry-After` (seconds) when the store is unreachable: the answer itself came within the
+/// store's bound (`switchboard_store::ACQUIRE_TIMEOUT`), and a database restart or failover
+/// takes seconds.
+const STORE_RETRY_AFTER: u64 = 5;
+
 #[derive(Debug, Serialize)]
 pub struct Problem {
     #[serde(rename = "type")]
@@ -44,6 +49,8 @@ pub struct ApiError {
     pub errors: Vec<FieldError>,
     /// Boxed: rare, and every handler's `Result` carries an `ApiError`.
     pub quota: Option<Box<QuotaProblem>>,
+    /// `Retry-After` (seconds) of an error that is not a quota's (a 503).
+    pub retry_after: Option<u64>,
 }
 
 impl ApiError {
@@ -60,6 +67,7 @@ impl ApiError {
             detail: detail.into(),
             errors: vec![],
             quota: None,
+            retry_after: None,
         }
     }
     pub fn not_found(detail: impl Into<String>) -> Self {
@@ -100,6 +108,11 @@ impl ApiError {
     }
     pub fn with_errors(mut self, errors: Vec<FieldError>) -> Self {
         self.errors = errors;
+        self
+    }
+    /// Says when to retry (`Retry-After`).
+    pub fn with_retry_after(mut self, seconds: u64) -> Self {
+        self.retry_after = Some(seconds);
         self
     }
     /// Names the quota exceeded, and when to retry.
@@ -202,8 +215,12 @@ impl From<StoreError> for ApiError {
                     StatusCode::SERVICE_UNAVAILABLE,
                     "store-unavailable",
                     "Store unavailable",
-                    "the configuration store is unavailable; retry later",
+                    format!(
+                        "the configuration store is unavailable; retry \
+                         after {STORE_RETRY_AFTER}s (xDS keeps serving the last configuration)"
+                    ),
                 )
+                .with_retry_after(STORE_RETRY_AFTER)
             }
             // Only reading the change log from `since` can find it pruned.
             StoreError::Compacted { pruned_through, .. } => ApiError::new(
@@ -247,10 +264,37 @@ impl IntoResponse for ApiError {
             header::CONTENT_TYPE,
             HeaderValue::from_static("application/problem+json"),
         );
-        if let Some(q) = &problem.quota {
+        if let Some(seconds) = problem
+            .quota
+            .as_ref()
+            .map(|q| q.retry_after)
+            .or(self.retry_after)
+        {
             resp.headers_mut()
-                .insert(header::RETRY_AFTER, HeaderValue::from(q.retry_after));
+                .insert(header::RETRY_AFTER, HeaderValue::from(seconds));
         }
         resp
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+
+    #[test]
+    fn an_unreachable_store_is_a_503_with_retry_after() {
+        let resp = ApiError::from(StoreError::GroupFailed("pool timed out".into())).into_response();
+        assert_eq!(resp.status(), StatusCode::SERVICE_UNAVAILABLE);
+        let h = resp.headers();
+        assert_eq!(
+            h[header::RETRY_AFTER],
+            STORE_RETRY_AFTER.to_string().as_str()
+        );
+        assert_eq!(h[header::CONTENT_TYPE], "application/problem+json");
+        // Not a quota, and nothing else gets a Retry-After.
+        let other = ApiError::not_found("x").into_response();
+        assert!(other.headers().get(header::RETRY_AFTER).is_none());
     }
 }

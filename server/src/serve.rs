@@ -1,4 +1,11 @@
-//! Start-up: logging, store, admin token, listeners; shutdown on SIGINT or SIGTERM.
+//! Start-up: logging, store, admin token, listeners; a graceful drain on SIGINT or SIGTERM.
+//!
+//! The drain, bounded by `drain_period`: readiness fails at once (the admin port keeps
+//! answering until the end, so a load balancer sees it), the REST and xDS listeners close,
+//! in-flight REST requests finish (axum's graceful shutdown), and xDS connections are sent
+//! GOAWAY spread uniformly over the period, each closed shortly after its own, so clients
+//! reconnect (to other replicas) spread out too. The process exits 0 when all that is done,
+//! at the end of the period at the latest, or at once on a second signal.
 
 use crate::settings::{LogFormat, Settings};
 use crate::tls;
@@ -8,10 +15,12 @@ use base64::Engine;
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder};
 use rand::RngCore;
 use std::path::Path;
+use std::time::Duration;
 use switchboard_api::{AdminToken, AppState};
 use switchboard_store::Store;
 use switchboard_store::jwt::ProxyJwtKey;
 use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
 
 fn init_logging(s: &Settings) {
     let filter =
@@ -122,10 +131,28 @@ fn admin_token(s: &Settings) -> Result<AdminToken> {
     Ok(AdminToken::new(&token))
 }
 
-/// SIGTERM or Ctrl-C (the runtime crate's one signal function), as the `()` future each
-/// listener's graceful shutdown takes.
-async fn shutdown_signal() {
-    switchboard_runtime::shutdown_signal().await;
+/// Cancels `draining` at the first SIGTERM or Ctrl-C (the runtime crate's one signal
+/// function), and `stop_now` at the second, or when the drain period is over.
+fn on_signals(draining: CancellationToken, stop_now: CancellationToken, period: Duration) {
+    tokio::spawn(async move {
+        let signal = switchboard_runtime::shutdown_signal().await;
+        tracing::info!(
+            signal,
+            ?period,
+            "draining: readiness fails, the ports stop accepting, xDS connections are sent \
+             GOAWAY spread over the drain period"
+        );
+        draining.cancel();
+        tokio::select! {
+            signal = switchboard_runtime::shutdown_signal() => {
+                tracing::warn!(signal, "second signal: stopping without waiting for the drain");
+            }
+            () = tokio::time::sleep(period) => {
+                tracing::info!("the drain period is over");
+            }
+        }
+        stop_now.cancel();
+    });
 }
 
 pub async fn run(s: Settings) -> Result<()> {
@@ -187,6 +214,7 @@ pub async fn run(s: Settings) -> Result<()> {
                 store.clone(),
                 kek.clone(),
             ))),
+            drain: Some(s.xds_drain()),
             ..Default::default()
         },
     );
@@ -199,16 +227,26 @@ pub async fn run(s: Settings) -> Result<()> {
         node_configs: std::sync::Arc::new(crate::node_configs::XdsNodeConfigs(xds_server.clone())),
         kek,
     });
-    let admin_app = crate::admin::router(store.clone(), prometheus);
-    let admin_task =
-        axum::serve(admin_listener, admin_app).with_graceful_shutdown(shutdown_signal());
+    let draining = CancellationToken::new();
+    let stop_now = CancellationToken::new();
+    on_signals(draining.clone(), stop_now.clone(), s.drain_period);
+    let admin_app = crate::admin::router(
+        store.clone(),
+        xds_server.clone(),
+        prometheus,
+        draining.clone(),
+    );
+    // The admin port answers (readiness: draining) until the REST and xDS ports are done.
+    let admin_done = CancellationToken::new();
+    let admin_task = axum::serve(admin_listener, admin_app)
+        .with_graceful_shutdown(admin_done.clone().cancelled_owned());
     let rest_task = async {
         match &cert {
-            Some(cert) => tls::serve_rest(rest, cert.clone(), app, shutdown_signal())
+            Some(cert) => tls::serve_rest(rest, cert.clone(), app, draining.cancelled())
                 .await
                 .context("REST server failed"),
             None => axum::serve(rest, app)
-                .with_graceful_shutdown(shutdown_signal())
+                .with_graceful_shutdown(draining.clone().cancelled_owned())
                 .await
                 .context("REST server failed"),
         }
@@ -217,16 +255,27 @@ pub async fn run(s: Settings) -> Result<()> {
     // drains the port and ends the xDS server's tasks.
     let xds_task = async {
         match &cert {
-            Some(cert) => tls::serve_xds(xds, cert.clone(), xds_running, shutdown_signal())
+            Some(cert) => tls::serve_xds(xds, cert.clone(), xds_running, draining.cancelled())
                 .await
                 .context("xDS server failed"),
             None => xds_running
-                .serve(xds, shutdown_signal())
+                .serve(xds, draining.cancelled())
                 .await
                 .context("xDS server failed"),
         }
     };
-    tokio::try_join!(rest_task, xds_task, async {
+    let ports = async {
+        let done = tokio::select! {
+            done = async { tokio::try_join!(rest_task, xds_task) } => done.map(|_| ()),
+            () = stop_now.cancelled() => {
+                tracing::warn!("exiting with connections or requests still open");
+                Ok(())
+            }
+        };
+        admin_done.cancel();
+        done
+    };
+    tokio::try_join!(ports, async {
         admin_task.await.context("admin server failed")
     })?;
     tracing::info!("switchboard stopped");

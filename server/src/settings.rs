@@ -113,6 +113,10 @@ settings! {
     #[serde(deserialize_with = "duration")]
     xds_max_connection_age_grace: Duration = "30s", "DURATION",
         "How long an xDS connection sent GOAWAY at its maximum age keeps its open streams before it is closed";
+    /// Fits Kubernetes' default terminationGracePeriodSeconds (30 s) with 5 s to spare.
+    #[serde(deserialize_with = "duration")]
+    drain_period: Duration = "25s", "DURATION",
+        "On SIGTERM or SIGINT: readiness fails at once, the ports stop accepting, xDS connections get GOAWAY spread uniformly over this period, in-flight REST requests finish, and the process exits by its end; keep it below the orchestrator's kill timeout";
 }
 
 /// A setting's name and its default as written in a config file.
@@ -304,6 +308,13 @@ impl Settings {
                     grace: self.xds_max_connection_age_grace,
                 }
             }),
+        }
+    }
+
+    /// How the xDS port drains at shutdown.
+    pub fn xds_drain(&self) -> switchboard_xds_server::Drain {
+        switchboard_xds_server::Drain {
+            period: self.drain_period,
         }
     }
 
@@ -541,6 +552,21 @@ mod tests {
             let msg = load(pairs).unwrap_err().to_string();
             assert!(msg.contains(key), "{msg}");
         }
+    }
+
+    #[test]
+    fn the_drain_period_fits_kubernetes_grace_and_can_be_set() {
+        let load = |e: &[(&str, &str)]| Settings::load(&ServeArgs::default(), env(e));
+        assert_eq!(
+            load(&[]).unwrap().xds_drain().period,
+            Duration::from_secs(25)
+        );
+        let set = load(&[("SWITCHBOARD_DRAIN_PERIOD", "1m")]).unwrap();
+        assert_eq!(set.xds_drain().period, Duration::from_secs(60));
+        let msg = load(&[("SWITCHBOARD_DRAIN_PERIOD", "soon")])
+            .unwrap_err()
+            .to_string();
+        assert!(msg.contains("drain_period"), "{msg}");
     }
 
     #[test]

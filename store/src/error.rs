@@ -95,3 +95,18 @@ fn describe(by: &[Referrer]) -> String {
         .collect::<Vec<_>>()
         .join(", ")
 }
+
+impl StoreError {
+    /// Whether the database could not be reached or failed (as opposed to a refused write
+    /// or a missing resource): retrying later may succeed. The REST API answers 503 with
+    /// `Retry-After` for these.
+    pub fn is_unavailable(&self) -> bool {
+        matches!(
+            self,
+            StoreError::Database(_)
+                | StoreError::GroupFailed(_)
+                | StoreError::Config(_)
+                | StoreError::Migrate(_)
+        )
+    }
+}

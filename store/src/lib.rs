@@ -62,6 +62,14 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::broadcast;
 
+/// The longest a store call waits for a database connection. While the database is
+/// unreachable (stopped, refusing, or a connect that never completes) every call fails with
+/// a [`StoreError::Database`] (`PoolTimedOut`) within this bound instead of hanging: the REST
+/// API answers 503 with `Retry-After`, and xDS admission that needs the store answers
+/// UNAVAILABLE. Short, because an outage costs every call this long (sqlx retries a refused
+/// connection until then); long enough that a busy pool's queue never reaches it.
+pub const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(3);
+
 /// The channel on which PostgreSQL replicas announce commits.
 pub const NOTIFY_CHANNEL: &str = "switchboard_changes";
 
@@ -111,7 +119,7 @@ impl Store {
                 redact(url)
             )));
         };
-        let mut opts = AnyPoolOptions::new().acquire_timeout(Duration::from_secs(10));
+        let mut opts = AnyPoolOptions::new().acquire_timeout(ACQUIRE_TIMEOUT);
         opts = match backend {
             Backend::Postgres => opts.max_connections(16),
             Backend::Sqlite => opts.max_connections(8).after_connect(|conn, _| {

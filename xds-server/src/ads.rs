@@ -22,6 +22,7 @@ use tracing::{Instrument, field};
 
 use crate::admission::{self, InitialPushes};
 use crate::auth::cert::{RootsCache, check_claim, reverify};
+use crate::auth::known::KnownCredentials;
 use crate::auth::{self, Admitted, AuthError, Presented};
 use crate::cache::{MeshHandle, MeshState, SnapshotCache};
 use crate::expiry::Expiry;
@@ -61,6 +62,8 @@ pub(crate) struct Engine {
     pub(crate) revocations: Revocations,
     /// Parsed trust bundles, for client certificates.
     pub(crate) roots: RootsCache,
+    /// Proxy tokens verified here, admitted while the store is unreachable.
+    pub(crate) known: KnownCredentials,
     /// The mesh CA, for `default` certificates; `None` serves none.
     pub(crate) issuer: Option<Arc<dyn WorkloadIssuer>>,
     /// Open streams per tenant, against the tenant's `streams` quota.
@@ -201,6 +204,7 @@ impl Engine {
             &self.store,
             &self.cache,
             &self.roots,
+            &self.known,
             presented,
             node_id,
             SystemTime::now(),

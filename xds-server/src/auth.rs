@@ -18,10 +18,15 @@
 //! A stream lives no longer than its credential: a JWT's `exp`, a certificate's notAfter
 //! ([`Admitted::expires`]), or the trust of the root its certificate chains to
 //! ([`cert::reverify`] when the mesh's bundle changes).
+//!
+//! While the store is unreachable, a proxy token this replica verified within the last hour
+//! is still admitted ([`known`]); any other token is refused with UNAVAILABLE (retry), as
+//! soon as the store's bounded connection wait gives up.
 
 pub mod cert;
+pub mod known;
 
-use std::time::SystemTime;
+use std::time::{Instant, SystemTime};
 
 use rustls_pki_types::CertificateDer;
 use switchboard_model::identity::WorkloadId;
@@ -34,6 +39,7 @@ use crate::cache::{CacheError, MeshHandle, MeshState, SnapshotCache};
 use crate::expiry::{Deadline, Expiring};
 use crate::node::NodeId;
 use cert::{CertError, Leaf, RootsCache};
+use known::KnownCredentials;
 
 /// The hint every refusal of an anonymous client carries.
 const SEND_A_TOKEN: &str = "send a proxy token in the authorization metadata \
@@ -144,31 +150,53 @@ pub fn bearer(metadata: &MetadataMap) -> Result<Option<String>, AuthError> {
 
 /// The credential a bearer token stands for: an opaque token by its hash, a JWT by its
 /// verified `sub` (so revoking the credential revokes the JWT). With a JWT, also its `exp`.
-async fn credential(store: &Store, token: &str) -> Result<(Credential, Option<i64>), AuthError> {
-    let unreachable = |e: switchboard_store::StoreError| AuthError::Store(e.to_string());
-    if !jwt::is_jwt(token) {
-        return store
-            .authenticate(token)
-            .await
-            .map_err(unreachable)?
-            .map(|c| (c, None))
-            .ok_or(AuthError::UnknownToken);
-    }
-    // Without a key this deployment issued no JWT, so none can be ours.
-    let key = store
-        .proxy_jwt_key()
-        .ok_or(AuthError::Jwt(JwtError::BadSignature))?;
-    let claims = key.verify(token).map_err(AuthError::Jwt)?;
-    let credential = store
-        .get_credential(&claims.sub)
-        .await
-        .map_err(unreachable)?
-        .ok_or(AuthError::UnknownToken)?;
+/// With `known`, a token the store verified is remembered, and recalled when the store
+/// cannot answer.
+async fn credential(
+    store: &Store,
+    known: Option<&KnownCredentials>,
+    token: &str,
+) -> Result<(Credential, Option<i64>), AuthError> {
+    let (looked_up, claims) = if !jwt::is_jwt(token) {
+        (store.authenticate(token).await, None)
+    } else {
+        // Without a key this deployment issued no JWT, so none can be ours.
+        let key = store
+            .proxy_jwt_key()
+            .ok_or(AuthError::Jwt(JwtError::BadSignature))?;
+        let claims = key.verify(token).map_err(AuthError::Jwt)?;
+        (store.get_credential(&claims.sub).await, Some(claims))
+    };
+    let exp = claims.as_ref().map(|c| c.exp);
+    let found = match looked_up {
+        Ok(found) => found,
+        Err(e) => {
+            let recalled = e
+                .is_unavailable()
+                .then(|| known.and_then(|k| k.recall(token, Instant::now())))
+                .flatten();
+            let Some(credential) = recalled else {
+                return Err(AuthError::Store(e.to_string()));
+            };
+            tracing::info!(
+                credential = %credential.id, error = %e,
+                "the store is unreachable: admitting a proxy token this replica verified \
+                 within the last hour"
+            );
+            return Ok((credential, exp));
+        }
+    };
+    let credential = found.ok_or(AuthError::UnknownToken)?;
     // Signed by us, so these agree; checked anyway, as the row is what revocation edits.
-    if credential.tenant != claims.tenant || credential.mesh != claims.mesh {
+    if let Some(claims) = &claims
+        && (credential.tenant != claims.tenant || credential.mesh != claims.mesh)
+    {
         return Err(AuthError::UnknownToken);
     }
-    Ok((credential, Some(claims.exp)))
+    if let Some(known) = known {
+        known.remember(token, &credential, Instant::now());
+    }
+    Ok((credential, exp))
 }
 
 /// Checks a proxy token against a node id (pure part of [`authorize`]).
@@ -213,11 +241,13 @@ pub struct Admitted {
     pub expires: Option<Deadline>,
 }
 
-/// Admits or refuses a stream for `node` presenting `presented`, at `now`.
+/// Admits or refuses a stream for `node` presenting `presented`, at `now`; `known` holds
+/// the proxy tokens verified here, for when the store is unreachable.
 pub async fn authorize(
     store: &Store,
     cache: &SnapshotCache,
     roots: &RootsCache,
+    known: &KnownCredentials,
     presented: Presented<'_>,
     node: &NodeId,
     now: SystemTime,
@@ -225,7 +255,7 @@ pub async fn authorize(
     let chain = presented.certificates.filter(|c| !c.is_empty());
     match (presented.token, chain) {
         (Some(token), _) => {
-            let (credential, exp) = credential(store, token).await?;
+            let (credential, exp) = credential(store, Some(known), token).await?;
             check_proxy_token(&credential, node)?;
             let mesh = cache.acquire(&node.tenant, &node.mesh).await?;
             Ok(Admitted {
@@ -316,7 +346,7 @@ pub struct StatusScope {
 /// Checks the credential of a CSDS call.
 pub async fn status_scope(store: &Store, metadata: &MetadataMap) -> Result<StatusScope, AuthError> {
     let token = bearer(metadata)?.ok_or(AuthError::Unauthenticated)?;
-    let (credential, _) = credential(store, &token).await?;
+    let (credential, _) = credential(store, None, &token).await?;
     Ok(StatusScope {
         tenant: credential.tenant,
         mesh: credential.mesh,

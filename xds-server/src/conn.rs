@@ -7,6 +7,11 @@
 //! another replica, for their next stream, and after `grace` the old connection is closed,
 //! ending the streams still on it (their clients reconnect).
 //!
+//! Stopping drains ([`Drain`]): the listener closes at once, and each connection is sent
+//! GOAWAY at a time drawn uniformly over the drain period and closed a short grace later, so
+//! the clients of a stopping replica (of every replica, in a rolling restart) reconnect
+//! spread over the period rather than all at once.
+//!
 //! tonic's own server has a fixed `max_connection_age` with no jitter, so the port serves
 //! its routes here with hyper, as tonic does, adding each connection's
 //! [`Connected::connect_info`] to its requests so `remote_addr` and `peer_certs` keep working.
@@ -83,12 +88,39 @@ impl MaxAge {
     }
 }
 
+/// How the port stops: over `period`, each connection is sent GOAWAY at a moment drawn
+/// uniformly in `[0, period − grace)` and closed `grace` later (`grace` is a tenth of the
+/// period), ending the streams still on it; every connection is gone by the period's end.
+///
+/// The close, not the GOAWAY, is what moves a long-lived xDS stream (gRPC clients keep their
+/// open streams on a connection that received GOAWAY), so it is the close that is spread.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Drain {
+    pub period: Duration,
+}
+
+impl Drain {
+    /// One connection's wait before GOAWAY, and its grace after it.
+    pub fn draw(&self, rng: &mut impl Rng) -> (Duration, Duration) {
+        let grace = self.period / 10;
+        let window = (self.period - grace).as_secs_f64();
+        let at = if window > 0.0 {
+            rng.random_range(0.0..window)
+        } else {
+            0.0
+        };
+        (Duration::from_secs_f64(at), grace)
+    }
+}
+
 /// Serves `routes` on the connections from `incoming` until `signal` resolves; then stops
-/// accepting, sends every connection GOAWAY and waits for them to close, as tonic's
+/// accepting and drains: with `drain`, GOAWAY spread over its period (see [`Drain`]); without,
+/// every connection is sent GOAWAY at once and waited for, as tonic's
 /// `serve_with_incoming_shutdown` does.
 pub(crate) async fn serve<I, IO, IE>(
     routes: Routes,
     policy: ConnectionPolicy,
+    drain: Option<Drain>,
     incoming: I,
     signal: impl Future,
 ) where
@@ -110,7 +142,7 @@ pub(crate) async fn serve<I, IO, IE>(
         .initial_connection_window_size(CONNECTION_WINDOW)
         .keep_alive_interval(policy.keepalive_interval)
         .keep_alive_timeout(policy.keepalive_timeout);
-    let (stop, stopped) = watch::channel(());
+    let (stop, stopped) = watch::channel(None);
     let connections = TaskTracker::new();
     {
         let mut incoming = pin!(incoming);
@@ -138,20 +170,28 @@ pub(crate) async fn serve<I, IO, IE>(
         }
     }
     // Every connection drains (GOAWAY, then its open streams end).
-    let _ = stop.send(());
+    tracing::info!(
+        connections = connections.len(),
+        period = ?drain.map(|d| d.period),
+        "the xDS port stopped accepting; draining its connections"
+    );
+    let _ = stop.send(Some(drain));
     drop(stopped);
     connections.close();
     connections.wait().await;
 }
 
+/// What the server's stop tells its connections: `None` until it stops, then how to drain.
+type Stop = Option<Option<Drain>>;
+
 /// Serves one connection until it closes: GOAWAY at its age (then closed after the grace)
-/// or when the server stops.
+/// or when the server stops (at once, or at a drawn moment of the drain period).
 async fn connection<IO>(
     io: IO,
     routes: Routes,
     http2: hyper::server::conn::http2::Builder<TokioExecutor>,
     age: Option<(Duration, Duration)>,
-    mut stop: watch::Receiver<()>,
+    mut stop: watch::Receiver<Stop>,
 ) where
     IO: AsyncRead + AsyncWrite + Connected + Unpin + Send + 'static,
 {
@@ -163,6 +203,9 @@ async fn connection<IO>(
     let mut conn = pin!(http2.serve_connection(TokioIo::new(io), service));
     let mut aged: Option<Pin<Box<Sleep>>> = age.map(|(a, _)| Box::pin(tokio::time::sleep(a)));
     let mut closing: Option<Pin<Box<Sleep>>> = None;
+    let mut grace = age.map(|(_, g)| g).unwrap_or_default();
+    // The end of the drain period: the connection is closed whatever it still carries.
+    let mut drained: Option<Pin<Box<Sleep>>> = None;
     let mut stopping = false;
     loop {
         tokio::select! {
@@ -174,9 +217,12 @@ async fn connection<IO>(
             }
             () = until(&mut aged) => {
                 aged = None;
-                let grace = age.map(|(_, g)| g).unwrap_or_default();
-                tracing::debug!(?grace, "xDS connection reached its maximum age: GOAWAY");
-                crate::metrics::connection_aged();
+                if stopping {
+                    tracing::debug!(?grace, "draining an xDS connection: GOAWAY");
+                } else {
+                    tracing::debug!(?grace, "xDS connection reached its maximum age: GOAWAY");
+                    crate::metrics::connection_aged();
+                }
                 conn.as_mut().graceful_shutdown();
                 closing = Some(Box::pin(tokio::time::sleep(grace)));
             }
@@ -184,10 +230,25 @@ async fn connection<IO>(
                 tracing::debug!("closing an aged xDS connection with streams still open");
                 return;
             }
+            () = until(&mut drained) => {
+                tracing::debug!("the drain period is over: closing an xDS connection");
+                return;
+            }
             changed = stop.changed(), if !stopping => {
-                let _ = changed;
+                let plan = changed.ok().and_then(|()| *stop.borrow_and_update());
                 stopping = true;
-                conn.as_mut().graceful_shutdown();
+                match plan.flatten() {
+                    Some(drain) => {
+                        drained = Some(Box::pin(tokio::time::sleep(drain.period)));
+                        // A connection already sent GOAWAY at its age keeps its own close.
+                        if closing.is_none() {
+                            let (at, g) = drain.draw(&mut rand::rng());
+                            grace = g;
+                            aged = Some(Box::pin(tokio::time::sleep(at)));
+                        }
+                    }
+                    None => conn.as_mut().graceful_shutdown(),
+                }
             }
         }
     }
@@ -242,5 +303,31 @@ mod tests {
         for _ in 0..100 {
             assert!(wide.draw(&mut rng) <= Duration::from_secs(55));
         }
+    }
+
+    #[test]
+    fn a_drain_spreads_goaway_over_its_period_and_closes_within_it() {
+        let drain = Drain {
+            period: Duration::from_secs(20),
+        };
+        let mut rng = rand::rngs::StdRng::seed_from_u64(7);
+        let draws: Vec<_> = (0..1000).map(|_| drain.draw(&mut rng)).collect();
+        // Every connection is closed (GOAWAY plus grace) within the period.
+        assert!(
+            draws
+                .iter()
+                .all(|(at, grace)| *grace == Duration::from_secs(2)
+                    && *at + *grace <= drain.period)
+        );
+        // Uniform: each tenth of the window gets a share, none gets them all.
+        let mut tenths = [0usize; 10];
+        for (at, _) in &draws {
+            tenths[(at.as_secs_f64() / 1.8) as usize] += 1;
+        }
+        assert!(tenths.iter().all(|n| (50..=150).contains(n)), "{tenths:?}");
+        let none = Drain {
+            period: Duration::ZERO,
+        };
+        assert_eq!(none.draw(&mut rng), (Duration::ZERO, Duration::ZERO));
     }
 }

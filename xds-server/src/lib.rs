@@ -26,7 +26,8 @@
 //!   [`report`] writes the status to the store for every replica's REST API.
 //! - `metrics`: what the server measures (see the module for names).
 //! - [`admission`]: turns for streams' initial responses (a reconnect storm queues); `conn`:
-//!   the port's HTTP/2 connections (keepalive, jittered maximum age).
+//!   the port's HTTP/2 connections (keepalive, jittered maximum age, GOAWAY spread over
+//!   the drain period at shutdown).
 //! - [`wire`]: responses written around the resources' shared encodings (one encoding per
 //!   snapshot, not per stream) and their codec; `discovery` serves the stream methods with it.
 //! - [`XdsServer`] (`server`): assembles everything into tonic routes for the xDS port.
@@ -74,7 +75,7 @@ pub mod wire;
 pub mod testing;
 
 pub use cache::{CacheError, MeshHandle, MeshState, SnapshotCache, TrustSource};
-pub use conn::{ConnectionPolicy, MaxAge};
+pub use conn::{ConnectionPolicy, Drain, MaxAge};
 pub use lookups::LookupLimits;
 pub use node::{NodeError, NodeId, SidecarEndpointMeta};
 pub use registration::{DEFAULT_GRACE_PERIOD, endpoint_name, parse_grace_period};

@@ -110,8 +110,9 @@ impl RunningXds {
 
     /// Serves the xDS port on `listener` until `signal` resolves, then shuts down: sidecar
     /// registration stops at once (a stopping replica deregisters nothing: its sidecars come
-    /// back, here or on another replica, within the grace period), the port drains, and the
-    /// other tasks end last, so streams still open meanwhile keep getting updates.
+    /// back, here or on another replica, within the grace period), the listener closes, the
+    /// connections drain (spread over `XdsConfig::drain`'s period when set), and the other
+    /// tasks end last, so streams still open meanwhile keep getting updates.
     pub async fn serve(
         self,
         listener: TcpListener,
@@ -142,6 +143,7 @@ impl RunningXds {
         crate::conn::serve(
             self.server.routes().await,
             self.server.config.connections,
+            self.server.config.drain,
             incoming,
             async move {
                 signal.await;

@@ -13,7 +13,7 @@ use crate::admission::{DEFAULT_MAX_CONCURRENT_INITIAL_PUSHES, InitialPushes};
 use crate::ads::Engine;
 use crate::auth::cert::RootsCache;
 use crate::cache::{SnapshotCache, TrustSource};
-use crate::conn::ConnectionPolicy;
+use crate::conn::{ConnectionPolicy, Drain};
 use crate::csds::CsdsService;
 use crate::discovery::Discovery;
 use crate::protocol::Limits;
@@ -52,6 +52,9 @@ pub struct XdsConfig {
     pub issuer: Option<Arc<dyn WorkloadIssuer>>,
     /// Bounds on the store reads that clients without verified credentials can cause.
     pub unverified_lookups: crate::LookupLimits,
+    /// How the port stops: GOAWAY spread over a drain period; `None`: every connection is
+    /// sent GOAWAY at once and waited for (tests).
+    pub drain: Option<Drain>,
 }
 
 impl Default for XdsConfig {
@@ -67,6 +70,7 @@ impl Default for XdsConfig {
             trust_domain: "switchboard.local".to_owned(),
             issuer: None,
             unverified_lookups: crate::LookupLimits::default(),
+            drain: None,
         }
     }
 }
@@ -112,6 +116,7 @@ impl XdsServer {
             registrar: Registrar::default(),
             revocations: Revocations::default(),
             roots: RootsCache::default(),
+            known: Default::default(),
             issuer: config.issuer.clone(),
             streams: Arc::default(),
             initial_pushes: InitialPushes::new(config.max_concurrent_initial_pushes),
@@ -142,6 +147,17 @@ impl XdsServer {
     /// The per-mesh snapshots.
     pub fn cache(&self) -> &SnapshotCache {
         &self.engine.cache
+    }
+
+    /// How many meshes this replica holds a snapshot of, ready to serve new streams from
+    /// memory while the store is unreachable (readiness).
+    pub fn snapshots_loaded(&self) -> usize {
+        let cache = self.cache();
+        cache
+            .loaded_meshes()
+            .iter()
+            .filter(|(tenant, mesh)| cache.current(tenant, mesh).is_some())
+            .count()
     }
 
     /// Every service of the xDS port: ADS, LDS, RDS, CDS, EDS, SDS, CSDS, `grpc.health.v1.Health`

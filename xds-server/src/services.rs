@@ -120,6 +120,7 @@ async fn fetch(
         &engine.store,
         &engine.cache,
         &engine.roots,
+        &engine.known,
         presented,
         node_id,
         std::time::SystemTime::now(),

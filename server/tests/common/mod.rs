@@ -5,6 +5,7 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, dead_code)]
 
+pub mod pg;
 pub mod tls;
 
 use serde_json::Value;
@@ -58,6 +59,30 @@ impl Server {
     /// The xDS port as a URL, for tonic clients.
     pub fn xds_url(&self) -> String {
         format!("http://{}", self.xds_addr)
+    }
+
+    /// Sends the process a signal (`TERM`, `INT`, …) with kill(1).
+    pub fn signal(&self, name: &str) {
+        let sent = Command::new("kill")
+            .args([format!("-{name}"), self.child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(sent.success(), "kill -{name} failed");
+    }
+
+    /// Waits up to `patience` for the process to exit, and says how; `None` if it is still
+    /// running.
+    pub async fn exited_within(&mut self, patience: Duration) -> Option<std::process::ExitStatus> {
+        let deadline = Instant::now() + patience;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return Some(status);
+            }
+            if Instant::now() >= deadline {
+                return None;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
     }
 }
 
