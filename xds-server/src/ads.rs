@@ -43,6 +43,9 @@ use crate::view::NodeView;
 use crate::wire::{Queued, ResponseStream, SotwResponse, WireMessage};
 
 mod delta;
+mod per_type;
+
+use per_type::PerType;
 
 /// How long a stream the client half-closed may take to write what it owes before it ends
 /// anyway: a client that half-closes and then stops reading cannot hold it open.
@@ -142,19 +145,22 @@ impl Engine {
             Some(t) => StreamState::single(t, self.limits),
             None => StreamState::aggregated(self.limits),
         };
-        let first = match requests.message().await {
-            Ok(Some(r)) => r,
+        // The first request is dropped once taken in: held in this future, it would stay for
+        // the stream's whole life (with its copy of the node).
+        let handled = match requests.message().await {
+            Ok(Some(first)) => state.handle(&first).map_err(invalid)?,
             Ok(None) => return Ok(()),
             // A request that does not decode (too large, not protobuf): say so.
             Err(status) => return Err(status),
         };
-        let handled = state.handle(&first).map_err(invalid)?;
         let (Some(node), Some(node_id)) = (state.shared_node(), state.node_id().cloned()) else {
             return Err(Status::internal(
                 "the first request was accepted without a node",
             ));
         };
-        let admission = self.admit(id, service, client, node, &node_id).await?;
+        // Boxed: the admission's future (store reads) is freed once it is done, instead of
+        // sizing the stream's task for its whole life.
+        let admission = Box::pin(self.admit(id, service, client, node, &node_id)).await?;
         self.serve(state, handled, admission, node_id, requests, tx)
             .await
     }
@@ -323,8 +329,8 @@ impl Engine {
             gauge: StreamGauge::new(&node_id.tenant),
             tenant: node_id.tenant.clone(),
             _endpoint: endpoint,
-            convergence: BTreeMap::new(),
-            measured: BTreeMap::new(),
+            convergence: PerType::default(),
+            measured: PerType::default(),
             renewal: None,
         };
         stream.took(handled);
@@ -606,9 +612,9 @@ struct Stream<S = StreamState> {
     /// Per type: the nonce of the first response of a newly committed revision, and when
     /// that revision was committed (`MeshSnapshot::committed_at`); its ACK observes the
     /// convergence time.
-    convergence: BTreeMap<ResourceType, (String, SystemTime)>,
+    convergence: PerType<(String, SystemTime)>,
     /// Per type, the latest revision whose convergence was measured.
-    measured: BTreeMap<ResourceType, i64>,
+    measured: PerType<i64>,
     /// The mesh revision when the stream was admitted.
     admitted_revision: i64,
     /// Issues and renews the node's `default` certificate while the stream wants it.
@@ -701,18 +707,18 @@ impl<S: Subscriptions> Stream<S> {
         if let Some(ack) = ack {
             metrics::acked(&self.tenant, rtype);
             tracing::debug!(r#type = %rtype, version = %ack.version, revision = ack.revision, "ACK");
-            if let Some((nonce, at)) = self.convergence.get(&rtype)
+            if let Some((nonce, at)) = self.convergence.get(rtype)
                 && *nonce == ack.nonce
             {
                 // A commit stamped by a replica whose clock runs ahead counts as no wait.
                 let elapsed = SystemTime::now().duration_since(*at).unwrap_or_default();
                 metrics::converged(rtype, elapsed);
-                self.convergence.remove(&rtype);
+                self.convergence.remove(rtype);
             }
         }
         if let Some(nack) = nack {
             metrics::nacked(&self.tenant, rtype);
-            self.convergence.remove(&rtype);
+            self.convergence.remove(rtype);
             tracing::warn!(
                 r#type = %rtype,
                 version = %nack.version,
@@ -739,7 +745,7 @@ impl Stream {
             // Only the first push of a revision measures it; later pushes of the same revision
             // answer subscription changes.
             // A stream that connected after the commit did not wait for it.
-            let measured = self.measured.entry(rtype).or_insert(self.admitted_revision);
+            let measured = self.measured.get_or_insert(rtype, self.admitted_revision);
             if out.revision > *measured {
                 *measured = out.revision;
                 self.convergence

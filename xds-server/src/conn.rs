@@ -196,9 +196,12 @@ async fn connection<IO>(
     IO: AsyncRead + AsyncWrite + Connected + Unpin + Send + 'static,
 {
     let info = io.connect_info();
+    // The routing future is boxed: hyper keeps each stream's task sized for it (inline,
+    // hundreds of bytes holding the request) for the stream's whole life, while it is done
+    // once the response's headers are out; boxed, it is freed then.
     let service = hyper::service::service_fn(move |mut request: http::Request<Incoming>| {
         request.extensions_mut().insert(info.clone());
-        routes.clone().oneshot(request.map(tonic::body::Body::new))
+        Box::pin(routes.clone().oneshot(request.map(tonic::body::Body::new)))
     });
     let mut conn = pin!(http2.serve_connection(TokioIo::new(io), service));
     let mut aged: Option<Pin<Box<Sleep>>> = age.map(|(a, _)| Box::pin(tokio::time::sleep(a)));

@@ -96,20 +96,19 @@ impl Engine {
             Some(t) => DeltaState::single(t, self.limits),
             None => DeltaState::aggregated(self.limits),
         };
-        let first = match requests.message().await {
-            Ok(Some(r)) => r,
+        // Dropped once taken in, and the admission boxed, as in `Engine::drive`.
+        let handled = match requests.message().await {
+            Ok(Some(first)) => state.handle(&first).map_err(invalid)?,
             Ok(None) => return Ok(()),
             Err(status) => return Err(status),
         };
-        let handled = state.handle(&first).map_err(invalid)?;
         let (Some(node), Some(node_id)) = (state.shared_node(), state.node_id().cloned()) else {
             return Err(Status::internal(
                 "the first request was accepted without a node",
             ));
         };
-        let admission = self
-            .admit(id, service_name(only), client, node, &node_id)
-            .await?;
+        let admission =
+            Box::pin(self.admit(id, service_name(only), client, node, &node_id)).await?;
         self.serve(state, handled, admission, node_id, requests, tx)
             .await
     }
@@ -172,7 +171,7 @@ impl Stream<DeltaState> {
         metrics::pushed(&self.tenant, rtype, response.encoded_len());
         if let Some(at) = self.view.snapshot().committed_at {
             // As in SotW: the first push of a newly committed revision measures it.
-            let measured = self.measured.entry(rtype).or_insert(self.admitted_revision);
+            let measured = self.measured.get_or_insert(rtype, self.admitted_revision);
             if out.revision > *measured {
                 *measured = out.revision;
                 self.convergence.insert(rtype, (out.nonce.clone(), at));

@@ -44,6 +44,84 @@ impl Ord for Held {
     }
 }
 
+/// Explicitly subscribed names, sorted and without duplicates, in one allocation of their
+/// exact size: a `BTreeSet` allocates a node with room for eleven names and keeps it for the
+/// stream's life, and most subscriptions name one or two resources.
+#[derive(Debug, Default)]
+struct Names(Box<[String]>);
+
+impl Names {
+    /// The names of a request, without `*`; and whether `*` was among them.
+    fn parse(resource_names: &[String]) -> (Self, bool) {
+        let mut names: Vec<String> = resource_names
+            .iter()
+            .filter(|n| n.as_str() != WILDCARD)
+            .cloned()
+            .collect();
+        let wildcard = names.len() != resource_names.len();
+        names.sort_unstable();
+        names.dedup();
+        (Self(names.into_boxed_slice()), wildcard)
+    }
+
+    fn contains(&self, name: &str) -> bool {
+        self.0.binary_search_by(|n| n.as_str().cmp(name)).is_ok()
+    }
+
+    fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    fn iter(&self) -> std::slice::Iter<'_, String> {
+        self.0.iter()
+    }
+}
+
+/// What the client holds, sorted by name, in a `Vec` of about its size: a `BTreeSet`
+/// allocates a node with room for eleven, and a type holds one or two for most clients.
+#[derive(Debug, Default)]
+struct HeldSet(Vec<Held>);
+
+impl HeldSet {
+    /// From resources sorted by name without duplicates (a map's values).
+    fn from_sorted(held: impl Iterator<Item = Held>) -> Self {
+        Self(held.collect())
+    }
+
+    fn find(&self, name: &str) -> Result<usize, usize> {
+        self.0.binary_search_by(|h| h.0.name.as_str().cmp(name))
+    }
+
+    fn get(&self, name: &str) -> Option<&Held> {
+        self.find(name).ok().and_then(|i| self.0.get(i))
+    }
+
+    /// Adds `held`, or replaces the resource of the same name.
+    fn replace(&mut self, held: Held) {
+        match self.find(&held.0.name) {
+            Ok(i) => self.0[i] = held,
+            Err(i) => self.0.insert(i, held),
+        }
+    }
+
+    /// Adds what `other` holds under names `self` does not hold.
+    fn add_missing(&mut self, other: &HeldSet) {
+        for h in other.iter() {
+            if let Err(i) = self.find(&h.0.name) {
+                self.0.insert(i, h.clone());
+            }
+        }
+    }
+
+    fn retain(&mut self, keep: impl FnMut(&Held) -> bool) {
+        self.0.retain(keep);
+    }
+
+    fn iter(&self) -> std::slice::Iter<'_, Held> {
+        self.0.iter()
+    }
+}
+
 /// The latest response of a type.
 #[derive(Debug, Clone)]
 struct Last {
@@ -62,7 +140,7 @@ pub(super) struct TypeState {
     /// Subscribed to everything the node may see (legacy empty list, or `*`).
     wildcard: bool,
     /// Explicitly named resources (without `*`).
-    names: BTreeSet<String>,
+    names: Names,
     /// The client has sent a non-empty `resource_names`: an empty one now means "nothing",
     /// not the legacy wildcard.
     ever_named: bool,
@@ -72,7 +150,7 @@ pub(super) struct TypeState {
     /// Names added to the subscription and not yet answered: sent even if unchanged.
     added: BTreeSet<String>,
     /// What the client holds if it accepted every response.
-    held: BTreeSet<Held>,
+    held: HeldSet,
     last: Option<Last>,
 }
 
@@ -107,11 +185,11 @@ impl TypeState {
             rtype,
             requested: false,
             wildcard: false,
-            names: BTreeSet::new(),
+            names: Names::default(),
             ever_named: false,
             force: false,
             added: BTreeSet::new(),
-            held: BTreeSet::new(),
+            held: HeldSet::default(),
             last: None,
         }
     }
@@ -165,13 +243,16 @@ impl TypeState {
     }
 
     fn subscribe(&mut self, resource_names: &[String], first: bool) {
-        let mut names: BTreeSet<String> = resource_names.iter().cloned().collect();
-        let explicit_wildcard = names.remove(WILDCARD);
+        let (names, explicit_wildcard) = Names::parse(resource_names);
         let wildcard = explicit_wildcard || (names.is_empty() && !self.ever_named);
         if !resource_names.is_empty() {
             self.ever_named = true;
         }
-        let added: Vec<String> = names.difference(&self.names).cloned().collect();
+        let added: Vec<String> = names
+            .iter()
+            .filter(|n| !self.names.contains(n))
+            .cloned()
+            .collect();
         let wildcard_added = wildcard && !self.wildcard;
         self.wildcard = wildcard;
         self.names = names;
@@ -199,7 +280,7 @@ impl TypeState {
                 desired.insert(r.name.as_str(), r);
             }
         }
-        for name in &self.names {
+        for name in self.names.iter() {
             if let Some(r) = view.get(self.rtype, name) {
                 desired.insert(r.name.as_str(), r);
             }
@@ -239,10 +320,9 @@ impl TypeState {
         revision: i64,
     ) -> Outgoing {
         let sent: Vec<Arc<XdsResource>> = if self.full_state() {
-            let mut next: BTreeSet<Held> =
-                plan.desired.values().map(|r| Held(Arc::clone(r))).collect();
+            let mut next = HeldSet::from_sorted(plan.desired.values().map(|r| Held(Arc::clone(r))));
             if keep_removed {
-                next.extend(self.held.iter().cloned());
+                next.add_missing(&self.held);
             }
             self.held = next;
             self.held.iter().map(|h| Arc::clone(&h.0)).collect()
@@ -263,7 +343,7 @@ impl TypeState {
         nonce: String,
         revision: i64,
     ) -> Outgoing {
-        self.held = plan.desired.values().map(|r| Held(Arc::clone(r))).collect();
+        self.held = HeldSet::from_sorted(plan.desired.values().map(|r| Held(Arc::clone(r))));
         let sent = self.held.iter().map(|h| Arc::clone(&h.0)).collect();
         self.respond(sent, nonce, revision, Phase::Removal)
     }
