@@ -59,6 +59,11 @@ impl Server {
     pub fn xds_url(&self) -> String {
         format!("http://{}", self.xds_addr)
     }
+
+    /// The process id, to send it a signal.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
 }
 
 impl Drop for Server {
