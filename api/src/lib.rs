@@ -26,7 +26,7 @@ mod certificates;
 mod changes;
 mod credentials;
 mod error;
-mod observe;
+pub mod observe;
 mod openapi;
 mod proxies;
 mod quotas;

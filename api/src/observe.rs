@@ -1,7 +1,34 @@
 //! A span per request (method, route, tenant, request id) and the request metrics
-//! `switchboard_http_requests_total` and `switchboard_http_request_seconds`, by route and status.
+//! `switchboard_http_requests_total` and `switchboard_http_request_seconds`, by route and status
+//! ([`METRICS`]). The route is the matched template (`/v1/tenants/{tenant}/…`, or `unmatched`),
+//! never the path itself, so the labels stay bounded whatever callers send.
 
 use axum::extract::{MatchedPath, Request};
+
+/// One documented metric: its name, Prometheus type, labels and meaning.
+#[derive(Debug, Clone, Copy)]
+pub struct MetricDoc {
+    pub name: &'static str,
+    pub kind: &'static str,
+    pub labels: &'static str,
+    pub help: &'static str,
+}
+
+/// Every metric the REST API records.
+pub const METRICS: &[MetricDoc] = &[
+    MetricDoc {
+        name: "switchboard_http_requests_total",
+        kind: "counter",
+        labels: "route, method, status",
+        help: "REST requests answered, by route template, method and HTTP status",
+    },
+    MetricDoc {
+        name: "switchboard_http_request_seconds",
+        kind: "histogram",
+        labels: "route, method, status",
+        help: "REST request latency, from the request's arrival to its response's head",
+    },
+];
 use axum::http::HeaderValue;
 use axum::middleware::Next;
 use axum::response::Response;

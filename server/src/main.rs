@@ -6,7 +6,8 @@
 //! - `serve`: start-up (logging, store, admin token, listeners) and shutdown.
 //! - `ca_key`: the key that encrypts the mesh CAs' keys (configured, or generated for SQLite)
 //!   and its check against the store.
-//! - `admin`: the admin port (`/metrics`, `/healthz`, `/readyz`).
+//! - `admin`: the admin port (`/metrics`, `/healthz`, `/readyz`); `metrics`: the Prometheus
+//!   exporter, its buckets and every documented metric.
 //! - `tls`: TLS on the REST and xDS ports, the certificate re-read when its files change.
 //! - `bootstrap`: the `bootstrap` subcommand.
 
@@ -14,6 +15,7 @@ mod admin;
 mod bootstrap;
 mod ca_key;
 mod issuer;
+mod metrics;
 mod node_configs;
 mod serve;
 mod settings;

@@ -12,7 +12,6 @@ use crate::tls;
 use crate::write_private;
 use anyhow::{Context, Result};
 use base64::Engine;
-use metrics_exporter_prometheus::{Matcher, PrometheusBuilder};
 use rand::RngCore;
 use std::path::Path;
 use std::time::Duration;
@@ -157,23 +156,7 @@ fn on_signals(draining: CancellationToken, stop_now: CancellationToken, period: 
 
 pub async fn run(s: Settings) -> Result<()> {
     init_logging(&s);
-    let prometheus = PrometheusBuilder::new()
-        .set_buckets_for_metric(
-            Matcher::Suffix("_seconds".into()),
-            &[
-                0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
-            ],
-        )
-        .context("metrics buckets")?
-        .set_buckets_for_metric(
-            Matcher::Suffix("_bytes".into()),
-            &[
-                256.0, 1024.0, 4096.0, 16384.0, 65536.0, 262144.0, 1048576.0, 4194304.0,
-            ],
-        )
-        .context("metrics buckets")?
-        .install_recorder()
-        .context("cannot install the metrics recorder")?;
+    let prometheus = crate::metrics::install()?;
     let store = open_store(&s).await?;
     let admin = admin_token(&s)?;
     let kek = std::sync::Arc::new(crate::ca_key::load(&s, &store).await?);

@@ -64,8 +64,9 @@ pub enum StoreError {
     },
     #[error("configuration: {0}")]
     Config(String),
+    /// Counted in `switchboard_store_errors_total` as it is made (`From<sqlx::Error>`).
     #[error("database error: {0}")]
-    Database(#[from] sqlx::Error),
+    Database(sqlx::Error),
     /// Another write committed together with this one ([`Store::put_spec`] and
     /// [`Store::delete`] commit a tenant's concurrent writes in one transaction) hit a
     /// database error, so none of them was committed; retrying is safe.
@@ -87,6 +88,13 @@ pub enum StoreError {
          is older: re-read the resources, then follow the changes from the revision they are at"
     )]
     Compacted { since: i64, pruned_through: i64 },
+}
+
+impl From<sqlx::Error> for StoreError {
+    fn from(e: sqlx::Error) -> Self {
+        crate::metrics::database_error(&e);
+        StoreError::Database(e)
+    }
 }
 
 fn describe(by: &[Referrer]) -> String {

@@ -282,6 +282,7 @@ impl Store {
         tenant: &str,
         jobs: &mut [Box<dyn Job>],
     ) -> Result<(), GroupError> {
+        let _t = crate::Timer::start("group_commit");
         let turn = self.write_turn().await;
         let mut tx = self.pool().begin().await?;
         // The lock: the tenant's other writers (other replicas, CA writes) wait from here.

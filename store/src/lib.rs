@@ -25,6 +25,8 @@
 //! - `proxies`: per-stream xDS status rows, the typed [`ProxyStatusRecord`] the xDS server
 //!   writes and the REST API shows.
 //! - `types`, `error`: keys, stored values, [`StoreError`].
+//! - `metrics`: the store's metrics and their documentation; `replicas`: replica heartbeats
+//!   and the reads behind the change-log-lag metrics.
 //! - `testing` (feature): fresh databases of either backend for tests.
 
 mod batch;
@@ -35,8 +37,10 @@ mod credentials;
 mod error;
 mod group;
 pub mod jwt;
+pub mod metrics;
 mod proxies;
 mod quotas;
+mod replicas;
 mod resources;
 mod tenants;
 mod types;
@@ -53,6 +57,7 @@ pub use proxies::{
     ProxyStatusRecord, SentRecord, TypeState, TypeStatusRecord,
 };
 pub use quotas::{QUOTA_CACHE_TTL, QUOTA_MAX, QuotaOverrides, Quotas, TenantQuotas};
+pub use replicas::{REPLICA_FORGET_MS, ReplicaRow};
 pub use resources::{Page, Precondition, WriteOptions};
 pub use types::{Change, ChangeOp, MeshSnapshot, ResourceKey, StoredResource, Tenant};
 
@@ -133,6 +138,7 @@ impl Store {
                 })
             }),
         };
+        crate::metrics::init();
         let pool = opts.connect(url).await?;
         let (notices, _) = broadcast::channel(1024);
         let store = Store {
@@ -247,7 +253,8 @@ pub(crate) fn now_ms() -> i64 {
         .unwrap_or(0)
 }
 
-/// Times a store operation into `switchboard_store_seconds{op}`.
+/// Times a store operation into `switchboard_store_seconds{op, kind}` (the kind from
+/// `metrics::op_kind`).
 pub(crate) struct Timer(&'static str, std::time::Instant);
 
 impl Timer {
@@ -258,7 +265,9 @@ impl Timer {
 
 impl Drop for Timer {
     fn drop(&mut self) {
-        metrics::histogram!("switchboard_store_seconds", "op" => self.0)
-            .record(self.1.elapsed().as_secs_f64());
+        ::metrics::histogram!(
+            "switchboard_store_seconds", "op" => self.0, "kind" => crate::metrics::op_kind(self.0)
+        )
+        .record(self.1.elapsed().as_secs_f64());
     }
 }

@@ -330,6 +330,7 @@ impl MeshTask {
         loop {
             let mut backoff = Backoff::new(FIRST_BACKOFF, MAX_BACKOFF);
             while let Err(e) = self.rebuild(committed_at).await {
+                crate::metrics::snapshot_build_failed();
                 let delay = backoff.next_delay();
                 tracing::warn!(
                     error = %e,

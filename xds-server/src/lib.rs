@@ -24,7 +24,8 @@
 //!   that performs its store calls.
 //! - [`status`], [`csds`]: per-proxy status and the Client Status Discovery Service;
 //!   [`report`] writes the status to the store for every replica's REST API.
-//! - `metrics`: what the server measures (see the module for names).
+//! - [`metrics`]: what the server measures, documented in [`metrics::METRICS`]; `sampler`:
+//!   the gauges read from the store every few seconds (replica heartbeats, change-log lag).
 //! - [`admission`]: turns for streams' initial responses (a reconnect storm queues); `conn`:
 //!   the port's HTTP/2 connections (keepalive, jittered maximum age, GOAWAY spread over
 //!   the drain period at shutdown).
@@ -54,7 +55,7 @@ pub mod csds;
 mod discovery;
 pub mod expiry;
 pub mod lookups;
-mod metrics;
+pub mod metrics;
 pub mod node;
 pub mod protocol;
 mod quotas;
@@ -62,6 +63,7 @@ pub mod registration;
 pub mod report;
 mod revocation;
 mod running;
+mod sampler;
 pub mod sds;
 mod server;
 pub mod services;

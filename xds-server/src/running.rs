@@ -17,7 +17,7 @@ use crate::server::{XdsConfig, XdsServer};
 
 /// The xDS server with its background tasks: the watcher (store commits to snapshot
 /// rebuilds, revoked tokens to ended streams), the status sync (this replica's streams to the
-/// `proxies` table) and sidecar registration. Dropping it ends the tasks;
+/// `proxies` table), the metrics sampler (`sampler`) and sidecar registration. Dropping it ends the tasks;
 /// [`RunningXds::shutdown`] also waits for them.
 #[derive(Debug)]
 pub struct RunningXds {
@@ -64,6 +64,8 @@ impl XdsServer {
                 server.replica.clone(),
             ),
         );
+        crate::metrics::init();
+        spawn_sampler(&tasks, &stop, &server);
         if server.config.register_sidecars
             && let Some(registration) = crate::registration::run(
                 engine.store.clone(),
@@ -83,6 +85,21 @@ impl XdsServer {
             stop_registration,
         }
     }
+}
+
+/// Runs the metrics sampler (heartbeat, replicas, change-log lag) until `stop`, then removes
+/// this replica from the store's list of replicas: a replica that stopped is not missing.
+fn spawn_sampler(tasks: &TaskTracker, stop: &CancellationToken, server: &XdsServer) {
+    let (stop, store) = (stop.clone(), server.engine.store.clone());
+    let (cache, replica) = (server.engine.cache.clone(), server.replica.clone());
+    tasks.spawn(async move {
+        tokio::select! {
+            biased;
+            () = stop.cancelled() => {}
+            () = crate::sampler::sample(store.clone(), cache, replica.clone()) => {}
+        }
+        crate::sampler::remove(&store, &replica).await;
+    });
 }
 
 /// Runs `task` on `tasks` until it ends or `stop` is cancelled, whichever is first: a

@@ -118,12 +118,14 @@ impl MeshWatcher {
                 true
             }
             Ok(Notice::Resync) => {
+                crate::metrics::notice_gap("reconnect");
                 tracing::info!("store notices may have been lost; re-reading every loaded mesh");
                 self.cache.kick_all(now);
                 self.recheck_credentials = true;
                 true
             }
             Err(RecvError::Lagged(missed)) => {
+                crate::metrics::notice_gap("lagged");
                 tracing::warn!(
                     missed,
                     "fell behind the store's notices; re-reading every loaded mesh"
@@ -158,6 +160,7 @@ impl MeshWatcher {
             Err(e) => return Err(e),
         };
         if changes.is_empty() || changes.len() >= CHANGE_LIMIT as usize {
+            crate::metrics::caught_up("reread");
             for (mesh, _) in &ready {
                 self.cache.kick(tenant, mesh, at);
             }
@@ -169,6 +172,7 @@ impl MeshWatcher {
             .max()
             .unwrap_or(revision)
             .max(revision);
+        crate::metrics::caught_up("changelog");
         for (mesh, checked) in &ready {
             if let Some(committed) = changed_meshes(&changes, *checked).get(mesh.as_str()) {
                 self.cache.kick(tenant, mesh, *committed);

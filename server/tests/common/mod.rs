@@ -84,6 +84,11 @@ impl Server {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
+
+    /// The process id, to send it a signal.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
 }
 
 impl Drop for Server {
