@@ -17,6 +17,7 @@ mod issuer;
 mod node_configs;
 mod serve;
 mod settings;
+mod telemetry;
 mod tls;
 
 use anyhow::Context;

@@ -1,6 +1,7 @@
-//! Start-up: logging, store, admin token, listeners; shutdown on SIGINT or SIGTERM.
+//! Start-up: logging and traces (`telemetry`), store, admin token, listeners; shutdown on
+//! SIGINT or SIGTERM.
 
-use crate::settings::{LogFormat, Settings};
+use crate::settings::Settings;
 use crate::tls;
 use crate::write_private;
 use anyhow::{Context, Result};
@@ -12,18 +13,6 @@ use switchboard_api::{AdminToken, AppState};
 use switchboard_store::Store;
 use switchboard_store::jwt::ProxyJwtKey;
 use tokio::net::TcpListener;
-
-fn init_logging(s: &Settings) {
-    let filter =
-        tracing_subscriber::EnvFilter::try_new(&s.log_level).unwrap_or_else(|_| "info".into());
-    let b = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    let _ = match s.log_format {
-        LogFormat::Json => b.json().flatten_event(true).try_init(),
-        LogFormat::Text => b.try_init(),
-    };
-}
 
 async fn open_store(s: &Settings) -> Result<Store> {
     if s.database_url.is_empty() {
@@ -40,7 +29,7 @@ async fn open_store(s: &Settings) -> Result<Store> {
 }
 
 pub async fn migrate(s: Settings) -> Result<()> {
-    init_logging(&s);
+    crate::telemetry::init_logging(&s);
     open_store(&s).await?;
     tracing::info!("migrations applied");
     Ok(())
@@ -129,7 +118,7 @@ async fn shutdown_signal() {
 }
 
 pub async fn run(s: Settings) -> Result<()> {
-    init_logging(&s);
+    let otlp = crate::telemetry::init(&s)?;
     let prometheus = PrometheusBuilder::new()
         .set_buckets_for_metric(
             Matcher::Suffix("_seconds".into()),
@@ -230,6 +219,7 @@ pub async fn run(s: Settings) -> Result<()> {
         admin_task.await.context("admin server failed")
     })?;
     tracing::info!("switchboard stopped");
+    crate::telemetry::shutdown(otlp);
     Ok(())
 }
 
