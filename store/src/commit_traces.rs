@@ -19,10 +19,12 @@ const PER_TENANT: usize = 256;
 /// At most this many commits are returned for one build (its parent and links).
 pub const MAX_LINKED_COMMITS: usize = 32;
 
+/// A tenant's recent commits: revision → (meshes it changed, the commit span).
+type Commits = BTreeMap<i64, (Vec<String>, SpanContext)>;
+
 #[derive(Debug, Default)]
 pub(crate) struct CommitTraces {
-    /// Tenant → revision → (meshes it changed, the commit span).
-    tenants: Mutex<HashMap<String, BTreeMap<i64, (Vec<String>, SpanContext)>>>,
+    tenants: Mutex<HashMap<String, Commits>>,
 }
 
 impl CommitTraces {
