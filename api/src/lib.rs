@@ -14,6 +14,7 @@
 //!   `writesPerSecond` token bucket every tenant write passes (a middleware).
 //! - `cas`: the mesh CA (`…/meshes/{mesh}/ca`): show, upload, rotate. Keys are sealed here
 //!   with the KEK in [`AppState`] before the store sees them.
+//! - `rollout`: whether a revision reached every proxy of a mesh, and why not where not.
 //! - `proxies` also defines the [`NodeConfigs`] port: what a node is sent comes from the
 //!   process's xDS server, which the binary plugs in; this crate does not depend on it.
 //! - `auth` (the caller: admin or a tenant's API key), `body` (JSON or YAML bodies), `error`
@@ -31,6 +32,7 @@ mod openapi;
 mod proxies;
 mod quotas;
 mod resources;
+mod rollout;
 mod tenants;
 
 #[cfg(test)]
@@ -76,6 +78,7 @@ fn routes() -> Vec<openapi::Route> {
         resources::routes(),
         cas::routes(),
         proxies::routes(),
+        rollout::routes(),
     ]
     .into_iter()
     .flatten()

@@ -1,7 +1,13 @@
-//! A span per request (method, route, tenant, request id) and the request metrics
+//! A span per request (method, route, tenant, mesh, request id) and the request metrics
 //! `switchboard_http_requests_total` and `switchboard_http_request_seconds`, by route and status
 //! ([`METRICS`]). The route is the matched template (`/v1/tenants/{tenant}/…`, or `unmatched`),
 //! never the path itself, so the labels stay bounded whatever callers send.
+//!
+//! The span continues the caller's trace when the request carries a W3C `traceparent`
+//! (exactly one, valid): the store's commit span is its child, and the xDS server's snapshot
+//! build and pushes follow, so one trace shows a write from the caller to the proxies' ACKs.
+//! Only the method, route template, tenant, mesh and request id are recorded: never a header
+//! (no `Authorization`), a body or a query.
 
 use axum::extract::{MatchedPath, Request};
 
@@ -35,6 +41,8 @@ use axum::response::Response;
 use tracing::Instrument;
 
 const REQUEST_ID: &str = "x-request-id";
+const TRACEPARENT: &str = "traceparent";
+const TRACESTATE: &str = "tracestate";
 
 pub async fn middleware(req: Request, next: Next) -> Response {
     let start = std::time::Instant::now();
@@ -52,15 +60,27 @@ pub async fn middleware(req: Request, next: Next) -> Response {
         .filter(|v| !v.is_empty() && v.len() <= 128 && v.bytes().all(|b| b.is_ascii_graphic()))
         .map(str::to_string)
         .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
-    let tenant = req
+    let mut scope = req
         .uri()
         .path()
         .strip_prefix("/v1/tenants/")
-        .and_then(|rest| rest.split('/').next())
         .unwrap_or("")
-        .to_string();
-    let span =
-        tracing::info_span!("request", %method, %route, tenant = %tenant, request_id = %request_id);
+        .split('/');
+    let tenant = scope.next().unwrap_or("").to_string();
+    let mesh = match (scope.next(), scope.next()) {
+        (Some("meshes"), Some(mesh)) => mesh.to_string(),
+        _ => String::new(),
+    };
+    let span = tracing::info_span!(
+        "request", %method, %route, tenant = %tenant, mesh = %mesh, request_id = %request_id
+    );
+    let mut traceparents = req.headers().get_all(TRACEPARENT).iter();
+    if let (Some(tp), None) = (traceparents.next(), traceparents.next())
+        && let Ok(tp) = tp.to_str()
+    {
+        let tracestate = req.headers().get(TRACESTATE).and_then(|v| v.to_str().ok());
+        switchboard_runtime::otel::continue_trace(&span, tp, tracestate);
+    }
     let mut resp = next.run(req).instrument(span.clone()).await;
     let status = resp.status().as_u16();
     let secs = start.elapsed().as_secs_f64();

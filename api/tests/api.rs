@@ -820,6 +820,7 @@ async fn proxies(b: Backend) {
             spiffe_id: "spiffe://acme.switchboard.local/mesh/prod/service/pay".into(),
             not_after: "2023-11-15T22:13:20Z".into(),
         }),
+        acked_revision: Some(6),
     };
     api.store
         .put_proxies(&[ProxyRow {
@@ -860,6 +861,7 @@ async fn proxies(b: Backend) {
             "spiffeId": "spiffe://acme.switchboard.local/mesh/prod/service/pay",
             "notAfter": "2023-11-15T22:13:20Z",
         },
+        "ackedRevision": 6,
     });
     let listed = api.get(m, &key).await;
     assert_eq!(listed.body, json!({"items": [stream.clone()]}));

@@ -6,11 +6,14 @@
 //! - [`eventually`] (feature `testing`): polls a condition until it holds or fails the test,
 //!   on tokio's clock, so it also works under a paused clock.
 //! - [`leaks`] (feature `testing`): the suite's scan of its logs for secrets.
+//! - [`otel`]: OpenTelemetry span context carried across tasks, W3C `traceparent`, and
+//!   (feature `otlp`) the OTLP/gRPC exporter layer.
 
 use std::time::Duration;
 
 #[cfg(feature = "testing")]
 pub mod leaks;
+pub mod otel;
 
 /// Resolves on SIGTERM or SIGINT (Ctrl-C) and says which, for the log line that follows.
 pub async fn shutdown_signal() -> &'static str {

@@ -19,6 +19,7 @@ mod metrics;
 mod node_configs;
 mod serve;
 mod settings;
+mod telemetry;
 mod tls;
 
 use anyhow::Context;

@@ -1,4 +1,5 @@
-//! Start-up: logging, store, admin token, listeners; a graceful drain on SIGINT or SIGTERM.
+//! Start-up: logging and traces (`telemetry`), store, admin token, listeners; a graceful
+//! drain on SIGINT or SIGTERM.
 //!
 //! The drain, bounded by `drain_period`: readiness fails at once (the admin port keeps
 //! answering until the end, so a load balancer sees it), the REST and xDS listeners close,
@@ -7,7 +8,7 @@
 //! reconnect (to other replicas) spread out too. The process exits 0 when all that is done,
 //! at the end of the period at the latest, or at once on a second signal.
 
-use crate::settings::{LogFormat, Settings};
+use crate::settings::Settings;
 use crate::tls;
 use crate::write_private;
 use anyhow::{Context, Result};
@@ -20,18 +21,6 @@ use switchboard_store::Store;
 use switchboard_store::jwt::ProxyJwtKey;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
-
-fn init_logging(s: &Settings) {
-    let filter =
-        tracing_subscriber::EnvFilter::try_new(&s.log_level).unwrap_or_else(|_| "info".into());
-    let b = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    let _ = match s.log_format {
-        LogFormat::Json => b.json().flatten_event(true).try_init(),
-        LogFormat::Text => b.try_init(),
-    };
-}
 
 async fn open_store(s: &Settings) -> Result<Store> {
     if s.database_url.is_empty() {
@@ -48,7 +37,7 @@ async fn open_store(s: &Settings) -> Result<Store> {
 }
 
 pub async fn migrate(s: Settings) -> Result<()> {
-    init_logging(&s);
+    crate::telemetry::init_logging(&s);
     open_store(&s).await?;
     tracing::info!("migrations applied");
     Ok(())
@@ -155,7 +144,7 @@ fn on_signals(draining: CancellationToken, stop_now: CancellationToken, period: 
 }
 
 pub async fn run(s: Settings) -> Result<()> {
-    init_logging(&s);
+    let otlp = crate::telemetry::init(&s)?;
     let prometheus = crate::metrics::install()?;
     let store = open_store(&s).await?;
     let admin = admin_token(&s)?;
@@ -262,6 +251,7 @@ pub async fn run(s: Settings) -> Result<()> {
         admin_task.await.context("admin server failed")
     })?;
     tracing::info!("switchboard stopped");
+    crate::telemetry::shutdown(otlp);
     Ok(())
 }
 

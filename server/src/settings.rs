@@ -79,6 +79,10 @@ settings! {
         "HS256 key signing JWT proxy tokens (32+ bytes), the same file on every replica; empty: generated into data_dir/proxy-jwt-key on the embedded database, JWT proxy tokens off with PostgreSQL";
     log_format: LogFormat = "text", "FORMAT", "Log format: text or json";
     log_level: String = "info", "FILTER", "Log filter, e.g. info or switchboard=debug,sqlx=warn";
+    otlp_endpoint: String = "", "URL",
+        "OTLP/gRPC collector to export traces to, e.g. http://127.0.0.1:4317; when unset, OTEL_EXPORTER_OTLP_ENDPOINT, and without either nothing is exported";
+    trace_sampling_ratio: f64 = "1.0", "RATIO",
+        "Share of the traces started here that are exported, 0.0 to 1.0; a REST caller's traceparent decides for its own trace";
     #[serde(deserialize_with = "duration")]
     sidecar_grace_period: Duration = "30s", "DURATION",
         "How long a sidecar's self-registered endpoint outlives its last xDS stream, e.g. 30s or 2m";
@@ -179,6 +183,11 @@ impl Settings {
         for setting in SETTINGS {
             b = b.set_default(setting.key, setting.default)?;
         }
+        let env: Vec<(String, String)> = env.into_iter().collect();
+        // OpenTelemetry's standard variable, below every layer of our own.
+        if let Some((_, endpoint)) = env.iter().find(|(k, _)| k == "OTEL_EXPORTER_OTLP_ENDPOINT") {
+            b = b.set_default("otlp_endpoint", endpoint.as_str())?;
+        }
         b = match &args.config {
             Some(p) => b.add_source(
                 config::File::from(p.as_path())
@@ -272,6 +281,24 @@ impl Settings {
                 key: "xds_max_connection_age_jitter",
                 message: "keep the jitter below xds_max_connection_age (10% of it is typical)"
                     .into(),
+            });
+        }
+        if !(0.0..=1.0).contains(&s.trace_sampling_ratio) {
+            return Err(SettingsError::Invalid {
+                key: "trace_sampling_ratio",
+                message: format!(
+                    "{} is not a share: give 0.0 (none) to 1.0 (all)",
+                    s.trace_sampling_ratio
+                ),
+            });
+        }
+        if !s.otlp_endpoint.is_empty() && !s.otlp_endpoint.contains(':') {
+            return Err(SettingsError::Invalid {
+                key: "otlp_endpoint",
+                message: format!(
+                    "{:?} is not a collector address: use http://host:4317",
+                    s.otlp_endpoint
+                ),
             });
         }
         if !s.admin_token.is_empty() && s.admin_token.len() < 16 {

@@ -84,12 +84,15 @@ trait Job: Send {
     ) -> TxFuture<'a, Result<Ran, StoreError>>;
     /// Answers the writer.
     fn answer(self: Box<Self>, outcome: Outcome);
+    /// The writer's span (its REST request's), parent of the write's commit span.
+    fn caller(&self) -> &tracing::Span;
 }
 
 struct Typed<T, F> {
     work: Option<F>,
     result: Option<Result<T, StoreError>>,
     answer: oneshot::Sender<Result<T, StoreError>>,
+    caller: tracing::Span,
 }
 
 impl<T, F> Job for Typed<T, F>
@@ -132,6 +135,10 @@ where
         };
         // The writer may have gone (its request was cancelled); the write stands.
         let _ = self.answer.send(result);
+    }
+
+    fn caller(&self) -> &tracing::Span {
+        &self.caller
     }
 }
 
@@ -179,6 +186,7 @@ impl Store {
             work: Some(work),
             result: None,
             answer,
+            caller: tracing::Span::current(),
         });
         let start = {
             let mut queues = self.groups().lock();
@@ -283,6 +291,7 @@ impl Store {
         jobs: &mut [Box<dyn Job>],
     ) -> Result<(), GroupError> {
         let _t = crate::Timer::start("group_commit");
+        let jobs_len = jobs.len();
         let turn = self.write_turn().await;
         let mut tx = self.pool().begin().await?;
         // The lock: the tenant's other writers (other replicas, CA writes) wait from here.
@@ -298,10 +307,13 @@ impl Store {
         let base: i64 = row.try_get("revision").map_err(StoreError::from)?;
         let mut revision = base;
         let mut changes: Vec<(i64, ChangeRow)> = Vec::new();
+        // Each write's commit span (child of its writer's request span), ended at the commit.
+        let mut spans = Vec::new();
         for (i, job) in jobs.iter_mut().enumerate() {
             match job.run(&mut tx, revision + 1).await {
                 Ok(Ran::Wrote(rows)) => {
                     revision += 1;
+                    spans.push(commit_span(job.caller(), tenant, revision, &rows, jobs_len));
                     changes.extend(rows.into_iter().map(|c| (revision, c)));
                 }
                 Ok(Ran::Refused) => {}
@@ -329,11 +341,47 @@ impl Store {
             .await?;
         tx.commit().await?;
         drop(turn);
+        for (span, revision, meshes) in spans {
+            self.record_commit_trace(&span, tenant, revision, meshes);
+        }
         if self.backend() == Backend::Sqlite {
             let _ = self.notices().send(notice);
         }
         Ok(())
     }
+}
+
+/// The `store.commit` span of the write at `revision` that changed `rows`, child of the
+/// writer's span, with the meshes it changed.
+pub(crate) fn commit_span(
+    caller: &tracing::Span,
+    tenant: &str,
+    revision: i64,
+    rows: &[ChangeRow],
+    group: usize,
+) -> (tracing::Span, i64, Vec<String>) {
+    let mut meshes: Vec<String> = rows
+        .iter()
+        .map(|(mesh, kind, name, _)| {
+            if *kind == Kind::Mesh {
+                name.clone()
+            } else {
+                mesh.clone()
+            }
+        })
+        .collect();
+    meshes.sort();
+    meshes.dedup();
+    let span = tracing::info_span!(
+        target: switchboard_runtime::otel::TRACE_TARGET,
+        parent: caller,
+        "store.commit",
+        tenant,
+        mesh = %meshes.join(","),
+        revision,
+        writes_in_group = group,
+    );
+    (span, revision, meshes)
 }
 
 enum GroupError {

@@ -17,13 +17,15 @@
 //! - `resources`: the transactional write path ([`Store::put_spec`] records the references
 //!   and claims a spec derives, so no caller computes them) and the reads.
 //! - `changes`: the change log, commit notices and the PostgreSQL listener.
+//! - `commit_traces`: the span of each recent commit of this replica (a `store.commit` span,
+//!   child of the writer's request span), which the xDS server's snapshot builds join.
 //! - `cas`: each mesh's sealed CAs, the rotation steps and the trust bundle; `ca_rows` the
 //!   row types and in-transaction helpers it shares with `resources`.
 //! - `tenants`, `credentials`: tenants; API keys and proxy tokens (stored as SHA-256).
 //! - `quotas`: per-tenant quotas, their defaults and cache, and the `resourcesPerMesh` check
 //!   of the write transaction.
 //! - `proxies`: per-stream xDS status rows, the typed [`ProxyStatusRecord`] the xDS server
-//!   writes and the REST API shows.
+//!   writes and the REST API shows, and what the rollout view reads of them.
 //! - `types`, `error`: keys, stored values, [`StoreError`].
 //! - `metrics`: the store's metrics and their documentation; `replicas`: replica heartbeats
 //!   and the reads behind the change-log-lag metrics.
@@ -33,6 +35,7 @@ mod batch;
 mod ca_rows;
 mod cas;
 mod changes;
+mod commit_traces;
 mod credentials;
 mod error;
 mod group;
@@ -50,11 +53,12 @@ pub mod testing;
 
 pub use ca_rows::{CaState, StoredCa};
 pub use changes::Notice;
+pub use commit_traces::MAX_LINKED_COMMITS;
 pub use credentials::{Credential, CredentialKind, NewCredential};
 pub use error::{Referrer, StoreError};
 pub use proxies::{
-    AckedRecord, CertificateRecord, NackRecord, PROXY_STALE_MS, ProxyRoleRecord, ProxyRow,
-    ProxyStatusRecord, SentRecord, TypeState, TypeStatusRecord,
+    AckedRecord, CertificateRecord, NackRecord, PROXY_GONE_MS, PROXY_STALE_MS, ProxyRoleRecord,
+    ProxyRow, ProxyStatusRecord, RolloutRow, SentRecord, TypeState, TypeStatusRecord,
 };
 pub use quotas::{QUOTA_CACHE_TTL, QUOTA_MAX, QuotaOverrides, Quotas, TenantQuotas};
 pub use replicas::{REPLICA_FORGET_MS, ReplicaRow};
@@ -108,6 +112,8 @@ struct Inner {
     mesh_reads: std::sync::atomic::AtomicU64,
     /// The tenants' queued writes (group commit).
     groups: group::Groups,
+    /// The spans of this replica's recent commits, for the xDS server's traces.
+    commit_traces: commit_traces::CommitTraces,
 }
 
 impl Store {
@@ -152,6 +158,7 @@ impl Store {
                 quotas: quotas::QuotaState::default(),
                 mesh_reads: std::sync::atomic::AtomicU64::new(0),
                 groups: group::Groups::default(),
+                commit_traces: commit_traces::CommitTraces::default(),
             }),
         };
         if backend == Backend::Postgres {

@@ -1,6 +1,9 @@
 //! Per-stream xDS status rows. Each replica writes its own streams' rows (keyed by replica and
 //! stream id) and refreshes a heartbeat; rows whose heartbeat is older than
-//! [`PROXY_STALE_MS`] belong to a replica that died and are neither shown nor kept.
+//! [`PROXY_STALE_MS`] belong to a replica that died and are not shown as connected. A stream
+//! that ends is marked `disconnected_at` rather than deleted, and every row goes once its
+//! heartbeat is [`PROXY_GONE_MS`] old, so the rollout view can say which proxies left and
+//! since when.
 
 use crate::{Store, StoreError, now_ms};
 use serde::{Deserialize, Serialize};
@@ -8,6 +11,10 @@ use sqlx::Row;
 
 /// A row older than this (no heartbeat) is from a replica that is gone.
 pub const PROXY_STALE_MS: i64 = 60_000;
+
+/// How long the row of a stream that ended (or of a replica that died) is kept, for the
+/// rollout view's "disconnected since".
+pub const PROXY_GONE_MS: i64 = 600_000;
 
 /// Rows written per statement by [`Store::put_proxies`].
 pub const PROXY_CHUNK: usize = 100;
@@ -43,6 +50,11 @@ pub struct ProxyStatusRecord {
     /// The workload certificate (SDS `default`) last sent to the proxy; public facts only.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub certificate: Option<CertificateRecord>,
+    /// The mesh revision the stream has everything for: every response owed for the
+    /// snapshot of that revision was sent and ACKed (a type left unchanged by later
+    /// revisions keeps its older `acked.revision`, so this is the one figure to compare).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub acked_revision: Option<i64>,
 }
 
 /// A workload certificate as status shows it. Never the key: keys are not stored.
@@ -141,6 +153,35 @@ pub struct NackRecord {
 
 const COLS: &str = "tenant, mesh, node, replica, stream_id, connected_since, heartbeat, status";
 
+/// One stream of a mesh as the rollout view needs it: live or gone, what it has ACKed, and
+/// (only for a stream behind the revision asked about) its status, to say why.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RolloutRow {
+    pub node: String,
+    pub replica: String,
+    pub stream_id: i64,
+    pub connected_since: i64,
+    /// When the stream ended; `None` while its replica holds it (or until its replica's
+    /// heartbeat goes stale, see [`RolloutRow::gone_since`]).
+    pub disconnected_at: Option<i64>,
+    pub heartbeat: i64,
+    pub acked_revision: i64,
+    /// Only for streams with `acked_revision` below the revision asked about.
+    pub status: Option<ProxyStatusRecord>,
+}
+
+impl RolloutRow {
+    /// When the stream stopped being served (Unix ms), `None` while it is: its end, or the
+    /// last heartbeat of a replica that died.
+    pub fn gone_since(&self, now_ms: i64) -> Option<i64> {
+        match self.disconnected_at {
+            Some(at) => Some(at),
+            None if self.heartbeat < now_ms - PROXY_STALE_MS => Some(self.heartbeat),
+            None => None,
+        }
+    }
+}
+
 impl Store {
     /// Writes (inserts or replaces) the rows of one replica's streams, in chunks of
     /// [`PROXY_CHUNK`] rows per transaction so that configuration writes are never queued
@@ -149,13 +190,14 @@ impl Store {
         for chunk in rows.chunks(PROXY_CHUNK) {
             let values: Vec<String> = (0..chunk.len())
                 .map(|i| {
-                    let p: Vec<String> = (1..=8).map(|k| format!("${}", i * 8 + k)).collect();
+                    let p: Vec<String> = (1..=9).map(|k| format!("${}", i * 9 + k)).collect();
                     format!("({})", p.join(", "))
                 })
                 .collect();
             let sql = format!(
-                "INSERT INTO proxies ({COLS}) VALUES {} \
-                 ON CONFLICT (replica, stream_id) DO UPDATE SET heartbeat = excluded.heartbeat, status = excluded.status",
+                "INSERT INTO proxies ({COLS}, acked_revision) VALUES {} \
+                 ON CONFLICT (replica, stream_id) DO UPDATE SET heartbeat = excluded.heartbeat, \
+                 status = excluded.status, acked_revision = excluded.acked_revision",
                 values.join(", ")
             );
             let statuses = chunk
@@ -173,7 +215,8 @@ impl Store {
                     .bind(r.stream_id)
                     .bind(r.connected_since)
                     .bind(r.heartbeat)
-                    .bind(status);
+                    .bind(status)
+                    .bind(r.status.acked_revision.unwrap_or(0));
             }
             let _turn = self.write_turn().await;
             q.execute(self.pool()).await?;
@@ -200,17 +243,41 @@ impl Store {
         Ok(())
     }
 
-    /// Refreshes the heartbeat of every row of a replica, and drops rows of dead replicas.
+    /// Marks the rows of streams that ended as disconnected (now); they are shown no more as
+    /// connected, and go with [`Store::heartbeat_proxies`]' sweep after [`PROXY_GONE_MS`].
+    pub async fn end_proxies(&self, replica: &str, stream_ids: &[i64]) -> Result<(), StoreError> {
+        let now = now_ms();
+        let _turn = self.write_turn().await;
+        let mut tx = self.pool().begin().await?;
+        for id in stream_ids {
+            sqlx::query(
+                "UPDATE proxies SET disconnected_at = $1 \
+                 WHERE replica = $2 AND stream_id = $3 AND disconnected_at IS NULL",
+            )
+            .bind(now)
+            .bind(replica)
+            .bind(*id)
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Refreshes the heartbeat of a replica's live rows, and drops rows whose heartbeat is
+    /// [`PROXY_GONE_MS`] old (streams that ended, replicas that died).
     pub async fn heartbeat_proxies(&self, replica: &str) -> Result<(), StoreError> {
         let now = now_ms();
         let _turn = self.write_turn().await;
-        sqlx::query("UPDATE proxies SET heartbeat = $1 WHERE replica = $2")
-            .bind(now)
-            .bind(replica)
-            .execute(self.pool())
-            .await?;
+        sqlx::query(
+            "UPDATE proxies SET heartbeat = $1 WHERE replica = $2 AND disconnected_at IS NULL",
+        )
+        .bind(now)
+        .bind(replica)
+        .execute(self.pool())
+        .await?;
         sqlx::query("DELETE FROM proxies WHERE heartbeat < $1")
-            .bind(now - PROXY_STALE_MS)
+            .bind(now - PROXY_GONE_MS)
             .execute(self.pool())
             .await?;
         Ok(())
@@ -229,11 +296,13 @@ impl Store {
     pub async fn live_nodes(
         &self,
     ) -> Result<std::collections::HashSet<(String, String, String)>, StoreError> {
-        let rows =
-            sqlx::query("SELECT DISTINCT tenant, mesh, node FROM proxies WHERE heartbeat >= $1")
-                .bind(now_ms() - PROXY_STALE_MS)
-                .fetch_all(self.pool())
-                .await?;
+        let rows = sqlx::query(
+            "SELECT DISTINCT tenant, mesh, node FROM proxies \
+             WHERE disconnected_at IS NULL AND heartbeat >= $1",
+        )
+        .bind(now_ms() - PROXY_STALE_MS)
+        .fetch_all(self.pool())
+        .await?;
         rows.iter()
             .map(|r| Ok((r.try_get("tenant")?, r.try_get("mesh")?, r.try_get("node")?)))
             .collect()
@@ -247,7 +316,8 @@ impl Store {
         node: Option<&str>,
     ) -> Result<Vec<ProxyRow>, StoreError> {
         let rows = sqlx::query(&format!(
-            "SELECT {COLS} FROM proxies WHERE tenant = $1 AND mesh = $2 AND ($3 = '' OR node = $3) AND heartbeat >= $4 \
+            "SELECT {COLS} FROM proxies WHERE tenant = $1 AND mesh = $2 AND ($3 = '' OR node = $3) \
+             AND disconnected_at IS NULL AND heartbeat >= $4 \
              ORDER BY node, connected_since, replica, stream_id"
         ))
         .bind(tenant)
@@ -272,6 +342,84 @@ impl Store {
                 })
             })
             .collect()
+    }
+}
+
+impl Store {
+    /// Every stream of a mesh still on record (live, ended or of a dead replica, within
+    /// [`PROXY_GONE_MS`]), ordered by node; the status is read only for streams whose
+    /// `acked_revision` is below `revision`, so a mesh of thousands of proxies that are all
+    /// current costs a few columns per stream.
+    pub async fn rollout_rows(
+        &self,
+        tenant: &str,
+        mesh: &str,
+        revision: i64,
+    ) -> Result<Vec<RolloutRow>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT node, replica, stream_id, connected_since, disconnected_at, heartbeat, \
+             acked_revision, CASE WHEN acked_revision < $3 THEN status ELSE '' END AS behind \
+             FROM proxies WHERE tenant = $1 AND mesh = $2 \
+             ORDER BY node, connected_since, replica, stream_id",
+        )
+        .bind(tenant)
+        .bind(mesh)
+        .bind(revision)
+        .fetch_all(self.pool())
+        .await?;
+        rows.iter()
+            .map(|r| {
+                let behind: String = r.try_get("behind")?;
+                let status = if behind.is_empty() {
+                    None
+                } else {
+                    Some(
+                        serde_json::from_str(&behind)
+                            .map_err(|e| StoreError::Corrupt(format!("proxy status: {e}")))?,
+                    )
+                };
+                Ok(RolloutRow {
+                    node: r.try_get("node")?,
+                    replica: r.try_get("replica")?,
+                    stream_id: r.try_get("stream_id")?,
+                    connected_since: r.try_get("connected_since")?,
+                    disconnected_at: r.try_get("disconnected_at")?,
+                    heartbeat: r.try_get("heartbeat")?,
+                    acked_revision: r.try_get("acked_revision")?,
+                    status,
+                })
+            })
+            .collect()
+    }
+
+    /// The latest revision at or before `revision` that changed `mesh` (its spec, its CA or
+    /// anything in it), or 0: the revision a proxy of the mesh must have ACKed to have
+    /// everything `revision` means for it, since revisions count the tenant's writes and
+    /// most do not touch a given mesh. From the change log and, for what it no longer holds,
+    /// the revisions of the mesh's current resources (a delete older than the log's
+    /// retention is not seen).
+    pub async fn mesh_revision_at(
+        &self,
+        tenant: &str,
+        mesh: &str,
+        revision: i64,
+    ) -> Result<i64, StoreError> {
+        let row = sqlx::query(
+            "SELECT MAX(r) AS r FROM ( \
+               SELECT MAX(revision) AS r FROM changes WHERE tenant = $1 AND revision <= $3 \
+                 AND (mesh = $2 OR (mesh = '' AND kind = $4 AND name = $2)) \
+               UNION ALL \
+               SELECT MAX(revision) AS r FROM resources WHERE tenant = $1 AND revision <= $3 \
+                 AND (mesh = $2 OR (mesh = '' AND kind = $4 AND name = $2)) \
+             ) AS t",
+        )
+        .bind(tenant)
+        .bind(mesh)
+        .bind(revision)
+        .bind(switchboard_model::Kind::Mesh.plural())
+        .fetch_one(self.pool())
+        .await?;
+        Ok(row.try_get::<Option<i64>, _>("r")?.unwrap_or(0))
     }
 }
 

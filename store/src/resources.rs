@@ -158,10 +158,18 @@ impl Store {
             .iter()
             .map(|(mesh, kind, name, op)| (revision, *mesh, *kind, *name, *op))
             .collect();
+        let logged: Vec<crate::group::ChangeRow> = changes
+            .iter()
+            .map(|(mesh, kind, name, op)| ((*mesh).to_owned(), *kind, (*name).to_owned(), *op))
+            .collect();
+        let (span, _, meshes) =
+            crate::group::commit_span(&tracing::Span::current(), tenant, revision, &logged, 1);
         self.record_changes(&mut tx, tenant, &rows, &notice, None)
             .await?;
         tx.commit().await?;
         drop(turn);
+        self.record_commit_trace(&span, tenant, revision, meshes);
+        drop(span);
         if self.backend() == Backend::Sqlite {
             let _ = self.notices().send(notice);
         }

@@ -31,6 +31,7 @@ use crate::node::{
     NodeId, describe_role, has_certificate_providers, node_role, sidecar_endpoint_meta,
 };
 use crate::protocol::{Handled, Limits, ProtocolError, StreamState, Subscriptions};
+use crate::push_trace::PushTraces;
 use crate::quotas::StreamSlot;
 use crate::registration::{Desired, Registered, Registrar};
 use crate::revocation::{Held, Revocations};
@@ -253,6 +254,7 @@ impl Engine {
             connected_since: SystemTime::now(),
             types: BTreeMap::new(),
             certificate: None,
+            acked_revision: None,
         });
         tracing::info!(
             authenticated,
@@ -332,6 +334,7 @@ impl Engine {
             convergence: PerType::default(),
             measured: PerType::default(),
             renewal: None,
+            pushes: PushTraces::new(&node_id),
         };
         stream.took(handled);
         stream.sync_certificate(self.issuer.as_ref());
@@ -405,6 +408,8 @@ impl Engine {
                             dirty = false;
                             // Everything owed for the first snapshot is written.
                             initial = None;
+                            // And for the current one: with every answer in, the proxy has it.
+                            stream.registration.caught_up(stream.view.snapshot().revision);
                         }
                     }
                 }
@@ -619,6 +624,8 @@ struct Stream<S = StreamState> {
     admitted_revision: i64,
     /// Issues and renews the node's `default` certificate while the stream wants it.
     renewal: Option<Renewal>,
+    /// Spans of pushes awaiting their answer (sampled, bounded per snapshot).
+    pushes: PushTraces,
 }
 
 impl<S: Subscriptions> Stream<S> {
@@ -705,6 +712,7 @@ impl<S: Subscriptions> Stream<S> {
             }
         });
         if let Some(ack) = ack {
+            self.pushes.answered(rtype, &ack.nonce, None);
             metrics::acked(&self.tenant, rtype);
             tracing::debug!(r#type = %rtype, version = %ack.version, revision = ack.revision, "ACK");
             if let Some((nonce, at)) = self.convergence.get(rtype)
@@ -717,6 +725,8 @@ impl<S: Subscriptions> Stream<S> {
             }
         }
         if let Some(nack) = nack {
+            self.pushes
+                .answered(rtype, &nack.nonce, Some(&nack.message));
             metrics::nacked(&self.tenant, rtype);
             self.convergence.remove(rtype);
             tracing::warn!(
@@ -773,6 +783,12 @@ impl Stream {
         {
             self.registration.record_certificate(c.info.clone());
         }
+        self.pushes.pushed(
+            &snapshot.trace,
+            (snapshot.tenant.as_str(), snapshot.mesh.as_str()),
+            rtype,
+            &sent,
+        );
         self.registration.record_sent(rtype, sent, out.state);
         Some(out.response)
     }

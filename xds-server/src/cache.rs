@@ -22,6 +22,7 @@ use tokio::sync::{mpsc, watch};
 use tracing::Instrument;
 
 use crate::lookups::{LookupLimits, Refused, UnverifiedLookups};
+use crate::push_trace::BuildTrace;
 use crate::sds::{IssueError, WorkloadIssuer};
 use crate::snapshot::{MeshSnapshot, mesh_config};
 
@@ -373,12 +374,28 @@ impl MeshTask {
             }
             Err(e) => return Err(e.into()),
         };
-        if let MeshState::Ready(current) = &*self.tx.borrow()
-            && current.revision == stored.revision
-        {
-            self.checked.fetch_max(stored.revision, Ordering::AcqRel);
-            return Ok(());
-        }
+        let previous = match &*self.tx.borrow() {
+            MeshState::Ready(current) if current.revision == stored.revision => {
+                self.checked.fetch_max(stored.revision, Ordering::AcqRel);
+                return Ok(());
+            }
+            MeshState::Ready(current) => current.revision,
+            _ => 0,
+        };
+        let span = build_span(&self.store, tenant, mesh, previous, stored.revision);
+        self.build(stored, committed_at, &span)
+            .instrument(span.clone())
+            .await
+    }
+
+    /// Translates what [`MeshTask::rebuild`] read and publishes it; `span` is the build's.
+    async fn build(
+        &mut self,
+        stored: switchboard_store::MeshSnapshot,
+        committed_at: Option<SystemTime>,
+        span: &tracing::Span,
+    ) -> Result<(), RebuildError> {
+        let (tenant, mesh) = &self.key;
         let started = Instant::now();
         let (mut config, warnings) = mesh_config(&stored, &self.trust.trust_domain);
         if let Some(issuer) = &self.trust.issuer {
@@ -393,6 +410,7 @@ impl MeshTask {
             tracing::warn!(warning = %w, "left out of the mesh's xDS resources");
         }
         let mut snapshot = MeshSnapshot::new(&config, MeshResources::default(), committed_at);
+        snapshot.trace = BuildTrace::new(switchboard_runtime::otel::span_context(span));
         if let Some(issuer) = &self.trust.issuer {
             snapshot.certificates =
                 crate::snapshot::Certificates(crate::sds::certificates::open(&config, &**issuer));
@@ -437,6 +455,38 @@ enum RebuildError {
     Trust(IssueError),
     #[error("translation failed: {0}")]
     Translation(String),
+}
+
+/// The `xds.snapshot_build` span of `tenant`/`mesh` at `revision`: child of the first of
+/// this replica's commits it includes (those after `previous`, the revision of the snapshot
+/// it replaces), linked to the others, so the write's trace goes on through the build. A
+/// build with no such commit (another replica's, a first load) starts its own trace.
+fn build_span(
+    store: &Store,
+    tenant: &str,
+    mesh: &str,
+    previous: i64,
+    revision: i64,
+) -> tracing::Span {
+    let commits = store.commit_traces(tenant, mesh, previous, revision);
+    let span = tracing::info_span!(
+        target: switchboard_runtime::otel::TRACE_TARGET,
+        parent: None,
+        "xds.snapshot_build",
+        tenant,
+        mesh,
+        revision,
+        previous_revision = previous,
+        commits = commits.len(),
+    );
+    let mut commits = commits.iter();
+    if let Some(first) = commits.next() {
+        switchboard_runtime::otel::set_parent(&span, first);
+    }
+    for other in commits {
+        switchboard_runtime::otel::add_link(&span, other);
+    }
+    span
 }
 
 fn earliest(a: Option<SystemTime>, b: SystemTime) -> Option<SystemTime> {

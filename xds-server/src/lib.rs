@@ -12,6 +12,9 @@
 //! - [`node`]: node id and role (pure).
 //! - [`snapshot`], [`cache`], [`watcher`]: per-mesh snapshots and their updates.
 //! - [`view`]: what one node may see of a snapshot.
+//! - [`push_trace`]: the xDS end of a write's trace: push and ACK spans under the snapshot
+//!   build's span (which `cache` opens as a child of the store's commit span), bounded per
+//!   snapshot.
 //! - `ads`, [`services`]: the stream drivers (SotW, and delta in `ads/delta.rs`) and the
 //!   ADS/LDS/RDS/CDS/EDS/SDS services.
 //! - [`sds`]: secrets (`ROOTCA`, the node's `default` certificate), the port to the mesh CA
@@ -58,6 +61,7 @@ pub mod lookups;
 pub mod metrics;
 pub mod node;
 pub mod protocol;
+pub mod push_trace;
 mod quotas;
 pub mod registration;
 pub mod report;

@@ -142,6 +142,7 @@ pub fn status_record(s: &ProxyStatus) -> ProxyStatusRecord {
         user_agent: agent.trim().to_owned(),
         types: s.types.iter().map(|(t, st)| type_record(*t, st)).collect(),
         certificate: s.certificate.as_ref().map(certificate_record),
+        acked_revision: s.acked_revision,
     }
 }
 
@@ -175,7 +176,7 @@ pub async fn status_sync(store: Store, registry: ProxyRegistry, replica: String)
         let result = async {
             store.put_proxies(&rows).await?;
             if !ended_ids.is_empty() {
-                store.delete_proxies(&replica, &ended_ids).await?;
+                store.end_proxies(&replica, &ended_ids).await?;
             }
             Ok::<_, switchboard_store::StoreError>(())
         }

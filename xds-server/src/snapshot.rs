@@ -45,6 +45,8 @@ pub struct MeshSnapshot {
     pub committed_at: Option<SystemTime>,
     /// When the snapshot was built.
     pub built_at: Instant,
+    /// The build's span (parent of the streams' push spans) and their budget.
+    pub trace: crate::push_trace::BuildTrace,
 }
 
 impl MeshSnapshot {
@@ -73,6 +75,7 @@ impl MeshSnapshot {
             certificates: Certificates::default(),
             committed_at,
             built_at: Instant::now(),
+            trace: Default::default(),
         }
     }
 }

@@ -40,6 +40,9 @@ pub struct ProxyStatus {
     pub types: BTreeMap<ResourceType, Box<TypeStatus>>,
     /// The `default` certificate last sent to the proxy (public facts only).
     pub certificate: Option<CertificateInfo>,
+    /// The latest mesh revision the proxy has everything for (see
+    /// [`Registration::caught_up`]); `None` until it first has.
+    pub acked_revision: Option<i64>,
 }
 
 /// One resource type of one stream.
@@ -280,6 +283,28 @@ impl Registration {
         });
     }
 
+    /// Called when every response owed for the snapshot of `revision` has been written, and
+    /// again after each ACK: if no type awaits an answer or stands NACKed, the proxy has
+    /// everything `revision` means for it, which [`ProxyStatus::acked_revision`] records (it
+    /// only grows). A type whose resources a later revision left unchanged is not re-sent
+    /// and keeps its older ACK, so this is the figure that says "the proxy has revision N".
+    pub(crate) fn caught_up(&self, revision: i64) {
+        let mut entry = lock(&self.entry);
+        if entry.acked_revision.is_some_and(|r| r >= revision) {
+            return;
+        }
+        let settled = entry
+            .types
+            .values()
+            .all(|t| matches!(t.state(), ClientState::Acked | ClientState::Requested));
+        if !settled {
+            return;
+        }
+        entry.acked_revision = Some(revision);
+        drop(entry);
+        lock(&self.registry.inner.changes).updated.insert(self.id);
+    }
+
     /// Records the certificate last sent to the proxy.
     pub(crate) fn record_certificate(&self, info: CertificateInfo) {
         let mut entry = lock(&self.entry);
@@ -316,6 +341,7 @@ mod tests {
             connected_since: SystemTime::now(),
             types: BTreeMap::new(),
             certificate: None,
+            acked_revision: None,
         }
     }
 
@@ -349,6 +375,62 @@ mod tests {
         );
         drop(b);
         assert_eq!(registry.list("acme", None).len(), 1);
+    }
+
+    #[test]
+    fn caught_up_waits_for_every_answer_and_a_nack_blocks_it() {
+        let registry = ProxyRegistry::new();
+        let r = registry.register(status(1, "tenants/acme/meshes/prod/nodes/a"));
+        let now = SystemTime::now();
+        let sent = |nonce: &str, revision| Sent {
+            version: format!("v{revision}"),
+            nonce: nonce.to_owned(),
+            revision,
+            time: now,
+        };
+        let acked = |nonce: &str, revision| Acked {
+            version: format!("v{revision}"),
+            nonce: nonce.to_owned(),
+            revision,
+            time: now,
+        };
+        let got = || registry.node("acme", "prod", "a")[0].acked_revision;
+        // Nothing sent yet (only requested): nothing is owed.
+        r.update_type(ResourceType::Listener, |_| {});
+        r.caught_up(3);
+        assert_eq!(got(), Some(3));
+        r.update_type(ResourceType::Cluster, |t| t.sent = Some(sent("1", 5)));
+        r.update_type(ResourceType::Listener, |t| t.sent = Some(sent("2", 5)));
+        r.caught_up(5);
+        assert_eq!(got(), Some(3), "responses are out, not answered");
+        r.update_type(ResourceType::Cluster, |t| t.acked = Some(acked("1", 5)));
+        r.caught_up(5);
+        assert_eq!(got(), Some(3), "LDS not answered yet");
+        r.update_type(ResourceType::Listener, |t| t.acked = Some(acked("2", 5)));
+        r.caught_up(5);
+        assert_eq!(got(), Some(5));
+        // Revision 7 changes only clusters: LDS keeps its revision-5 ACK.
+        r.update_type(ResourceType::Cluster, |t| {
+            t.sent = Some(sent("3", 7));
+            t.nack = Some(Nacked {
+                version: "v7".to_owned(),
+                nonce: "3".to_owned(),
+                revision: 7,
+                message: "bad cluster".to_owned(),
+                names: vec!["pay".to_owned()],
+                time: now,
+            });
+        });
+        r.caught_up(7);
+        assert_eq!(got(), Some(5), "a NACK is not having it");
+        r.update_type(ResourceType::Cluster, |t| {
+            t.sent = Some(sent("4", 8));
+            t.acked = Some(acked("4", 8));
+        });
+        r.caught_up(8);
+        assert_eq!(got(), Some(8));
+        r.caught_up(6);
+        assert_eq!(got(), Some(8), "never goes back");
     }
 
     #[test]

@@ -12,6 +12,9 @@
 //! commit rather than from the notice's arrival; when the log cannot say, the arrival time
 //! stands in.
 //!
+//! Handling a notice of a commit made through this replica is an `xds.change_notice` span in
+//! the commit's trace.
+//!
 //! It also passes proxy token revocations on to `Revocations`, which ends the streams
 //! holding them; after a `Resync` it has every credential in use checked again.
 
@@ -21,6 +24,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use switchboard_model::Kind;
 use switchboard_store::{Change, Notice, Store, StoreError};
 use tokio::sync::broadcast::error::RecvError;
+use tracing::Instrument;
 
 use crate::cache::SnapshotCache;
 use crate::revocation::Revocations;
@@ -90,7 +94,11 @@ impl MeshWatcher {
                 let Some(&(revision, at)) = self.pending.get(&tenant) else {
                     continue;
                 };
-                match self.check(&tenant, revision, at).await {
+                match self
+                    .check(&tenant, revision, at)
+                    .instrument(notice_span(&self.store, &tenant, revision))
+                    .await
+                {
                     Ok(()) => {
                         self.pending.remove(&tenant);
                     }
@@ -182,6 +190,24 @@ impl MeshWatcher {
         }
         Ok(())
     }
+}
+
+/// The `xds.change_notice` span of the notice of `tenant`'s `revision`, child of its
+/// commit's span when the commit was made through this replica; none otherwise (a notice
+/// alone starts no trace).
+fn notice_span(store: &Store, tenant: &str, revision: i64) -> tracing::Span {
+    let Some(commit) = store.commit_trace(tenant, revision) else {
+        return tracing::Span::none();
+    };
+    let span = tracing::info_span!(
+        target: switchboard_runtime::otel::TRACE_TARGET,
+        parent: None,
+        "xds.change_notice",
+        tenant,
+        revision,
+    );
+    switchboard_runtime::otel::set_parent(&span, &commit);
+    span
 }
 
 /// The meshes that changes after `since` touched, each with when its first such change was

@@ -199,6 +199,13 @@ impl Stream<DeltaState> {
         {
             self.registration.record_certificate(c.info.clone());
         }
+        let snapshot = self.view.snapshot();
+        self.pushes.pushed(
+            &snapshot.trace,
+            (snapshot.tenant.as_str(), snapshot.mesh.as_str()),
+            rtype,
+            &sent,
+        );
         self.registration.record_sent(rtype, sent, out.state);
         Some(response)
     }

@@ -6,9 +6,7 @@ use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use http::{HeaderMap, HeaderValue};
-use opentelemetry::propagation::{Extractor, TextMapPropagator};
 use opentelemetry::trace::{SpanContext, SpanId, TraceContextExt, TraceId};
-use opentelemetry_sdk::propagation::TraceContextPropagator;
 use rand::Rng;
 
 use super::TelemetryError;
@@ -171,52 +169,11 @@ impl CallerTrace {
     }
 }
 
-/// Runs the propagator over one `traceparent` (and `tracestate`); `None` unless it yields a
-/// valid remote span context.
+/// Runs the propagator over one `traceparent` (and `tracestate`), with the W3C field widths
+/// it does not check (the one parser, shared with the control plane's REST API); `None`
+/// unless it yields a valid remote span context.
 fn extract(traceparent: &str, tracestate: Option<&str>) -> Option<opentelemetry::Context> {
-    if !w3c_field_widths(traceparent) {
-        return None;
-    }
-    let headers = W3cHeaders {
-        traceparent,
-        tracestate,
-    };
-    let cx = TraceContextPropagator::new()
-        .extract_with_context(&opentelemetry::Context::new(), &headers);
-    cx.span().span_context().is_valid().then_some(cx)
-}
-
-/// The W3C rule the propagator leaves out: fixed field widths. The first 55 bytes are
-/// `vv-` 32 `-` 16 `-ff` hex digits (their case and values are the propagator's to check),
-/// and only a version after `00` may continue, with a `-`.
-fn w3c_field_widths(value: &str) -> bool {
-    let b = value.as_bytes();
-    let fields = b.len() >= 55
-        && b.iter().take(55).enumerate().all(|(i, c)| match i {
-            2 | 35 | 52 => *c == b'-',
-            _ => c.is_ascii_hexdigit(),
-        });
-    fields && (b.len() == 55 || (b.get(55) == Some(&b'-') && !value.starts_with("00")))
-}
-
-/// The two headers the propagator reads.
-struct W3cHeaders<'a> {
-    traceparent: &'a str,
-    tracestate: Option<&'a str>,
-}
-
-impl Extractor for W3cHeaders<'_> {
-    fn get(&self, key: &str) -> Option<&str> {
-        match key {
-            TRACEPARENT => Some(self.traceparent),
-            TRACESTATE => self.tracestate,
-            _ => None,
-        }
-    }
-
-    fn keys(&self) -> Vec<&str> {
-        vec![TRACEPARENT, TRACESTATE]
-    }
+    switchboard_runtime::otel::remote_parent(traceparent, tracestate)
 }
 
 #[cfg(test)]
