@@ -111,7 +111,7 @@ async fn lag(store: &Store, cache: &SnapshotCache) -> Result<(i64, f64), StoreEr
             (newest > floor).then_some((newest - floor, tenant, floor))
         })
         .collect();
-    behind.sort_by(|a, b| b.0.cmp(&a.0));
+    behind.sort_by_key(|b| std::cmp::Reverse(b.0));
     let revisions = behind.first().map_or(0, |b| b.0);
     let now = now_ms();
     let mut seconds = 0.0f64;
