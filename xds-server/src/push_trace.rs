@@ -157,7 +157,7 @@ impl PushTraces {
 
     /// The client answered the response `nonce` of `rtype`: ACK, or NACK with `error`.
     pub(crate) fn answered(&mut self, rtype: ResourceType, nonce: &str, error: Option<&str>) {
-        if !self.open.get(&rtype).is_some_and(|(n, _)| n == nonce) {
+        if self.open.get(&rtype).is_none_or(|(n, _)| n != nonce) {
             return;
         }
         let Some((_, push)) = self.open.remove(&rtype) else {
