@@ -23,10 +23,13 @@ pub const KNOWN_FOR: Duration = Duration::from_secs(3600);
 /// Entries kept at most; past that the memory starts over (it refills as tokens verify).
 const MAX_KNOWN: usize = 100_000;
 
+/// A verified token's credential and when it was verified, by the token's SHA-256.
+type Verified = HashMap<[u8; 32], (Credential, Instant)>;
+
 /// The proxy tokens verified here, by SHA-256. Cheap to clone.
 #[derive(Debug, Clone, Default)]
 pub struct KnownCredentials {
-    inner: Arc<Mutex<HashMap<[u8; 32], (Credential, Instant)>>>,
+    inner: Arc<Mutex<Verified>>,
 }
 
 fn key(token: &str) -> [u8; 32] {

@@ -293,7 +293,7 @@ impl TypeState {
             .iter()
             .filter(|(name, r)| {
                 self.added.contains(**name)
-                    || self.held.get(**name).is_none_or(|held| !same(&held.0, r))
+                    || self.held.get(name).is_none_or(|held| !same(&held.0, r))
             })
             .map(|(_, r)| *r)
             .collect();
