@@ -11,14 +11,7 @@
 
 use axum::extract::{MatchedPath, Request};
 
-/// One documented metric: its name, Prometheus type, labels and meaning.
-#[derive(Debug, Clone, Copy)]
-pub struct MetricDoc {
-    pub name: &'static str,
-    pub kind: &'static str,
-    pub labels: &'static str,
-    pub help: &'static str,
-}
+pub use switchboard_runtime::MetricDoc;
 
 /// Every metric the REST API records.
 pub const METRICS: &[MetricDoc] = &[

@@ -144,3 +144,14 @@ mod tests {
         }
     }
 }
+
+/// One documented metric: its name, Prometheus type, labels and meaning. Each crate that
+/// records metrics lists its own in a `METRICS` table of these; the server turns them into
+/// HELP lines and the README's table, so the docs are the code's.
+#[derive(Debug, Clone, Copy)]
+pub struct MetricDoc {
+    pub name: &'static str,
+    pub kind: &'static str,
+    pub labels: &'static str,
+    pub help: &'static str,
+}

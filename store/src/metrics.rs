@@ -9,14 +9,7 @@
 //! count; refusals such as "not found" or a stale `If-Match` are answers, not errors, and are
 //! not counted.
 
-/// One documented metric: its name, Prometheus type, labels and meaning.
-#[derive(Debug, Clone, Copy)]
-pub struct MetricDoc {
-    pub name: &'static str,
-    pub kind: &'static str,
-    pub labels: &'static str,
-    pub help: &'static str,
-}
+pub use switchboard_runtime::MetricDoc;
 
 /// Every metric the store records.
 pub const METRICS: &[MetricDoc] = &[

@@ -11,14 +11,7 @@ use std::time::Duration;
 
 use switchboard_xds_proto::ResourceType;
 
-/// One documented metric: its name, Prometheus type, labels and meaning.
-#[derive(Debug, Clone, Copy)]
-pub struct MetricDoc {
-    pub name: &'static str,
-    pub kind: &'static str,
-    pub labels: &'static str,
-    pub help: &'static str,
-}
+pub use switchboard_runtime::MetricDoc;
 
 const fn doc(
     name: &'static str,
