@@ -6,11 +6,14 @@
 //! - [`eventually`] (feature `testing`): polls a condition until it holds or fails the test,
 //!   on tokio's clock, so it also works under a paused clock.
 //! - [`leaks`] (feature `testing`): the suite's scan of its logs for secrets.
+//! - [`collector`] (feature `otlp-collector`): an OTLP trace collector for tests.
 //! - [`otel`]: OpenTelemetry span context carried across tasks, W3C `traceparent`, and
 //!   (feature `otlp`) the OTLP/gRPC exporter layer.
 
 use std::time::Duration;
 
+#[cfg(feature = "otlp-collector")]
+pub mod collector;
 #[cfg(feature = "testing")]
 pub mod leaks;
 pub mod otel;

@@ -5,45 +5,16 @@
 
 use anyhow::Context;
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
-
-/// One documented metric: its name, Prometheus type, labels and meaning.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Documented {
-    pub name: &'static str,
-    pub kind: &'static str,
-    /// Read by the README check only.
-    #[cfg_attr(not(test), allow(dead_code))]
-    pub labels: &'static str,
-    pub help: &'static str,
-}
+use switchboard_runtime::MetricDoc;
 
 /// Every metric the control plane exports: the REST API's, the xDS server's, the store's.
-pub fn documented() -> Vec<Documented> {
-    let api = switchboard_api::observe::METRICS
-        .iter()
-        .map(|m| Documented {
-            name: m.name,
-            kind: m.kind,
-            labels: m.labels,
-            help: m.help,
-        });
-    let xds = switchboard_xds_server::metrics::METRICS
-        .iter()
-        .map(|m| Documented {
-            name: m.name,
-            kind: m.kind,
-            labels: m.labels,
-            help: m.help,
-        });
-    let store = switchboard_store::metrics::METRICS
-        .iter()
-        .map(|m| Documented {
-            name: m.name,
-            kind: m.kind,
-            labels: m.labels,
-            help: m.help,
-        });
-    api.chain(xds).chain(store).collect()
+pub fn documented() -> Vec<MetricDoc> {
+    [
+        switchboard_api::observe::METRICS,
+        switchboard_xds_server::metrics::METRICS,
+        switchboard_store::metrics::METRICS,
+    ]
+    .concat()
 }
 
 /// Buckets of latencies in seconds: sub-millisecond store reads to slow REST writes.

@@ -9,12 +9,6 @@
 mod common;
 
 use common::{call, start};
-use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{
-    TraceService, TraceServiceServer,
-};
-use opentelemetry_proto::tonic::collector::trace::v1::{
-    ExportTraceServiceRequest, ExportTraceServiceResponse,
-};
 use opentelemetry_proto::tonic::common::v1::KeyValue;
 use opentelemetry_proto::tonic::common::v1::any_value::Value as OtlpValue;
 use opentelemetry_proto::tonic::trace::v1::Span as OtlpSpan;
@@ -28,34 +22,7 @@ use switchboard_xds_server::testing::{AdsClient, node};
 
 /// An OTLP/gRPC trace collector on 127.0.0.1 keeping every span it receives.
 async fn collector(spans: Arc<Mutex<Vec<OtlpSpan>>>) -> SocketAddr {
-    struct Collector(Arc<Mutex<Vec<OtlpSpan>>>);
-
-    #[tonic::async_trait]
-    impl TraceService for Collector {
-        async fn export(
-            &self,
-            request: tonic::Request<ExportTraceServiceRequest>,
-        ) -> Result<tonic::Response<ExportTraceServiceResponse>, tonic::Status> {
-            let mut spans = self.0.lock().unwrap();
-            for resource in request.into_inner().resource_spans {
-                for scope in resource.scope_spans {
-                    spans.extend(scope.spans);
-                }
-            }
-            Ok(tonic::Response::new(ExportTraceServiceResponse {
-                partial_success: None,
-            }))
-        }
-    }
-
-    let tcp = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = tcp.local_addr().unwrap();
-    tokio::spawn(
-        tonic::transport::Server::builder()
-            .add_service(TraceServiceServer::new(Collector(spans)))
-            .serve_with_incoming(tonic::transport::server::TcpIncoming::from(tcp)),
-    );
-    addr
+    switchboard_runtime::collector::start(spans).await.unwrap()
 }
 
 fn text(v: &KeyValue) -> String {

@@ -21,19 +21,12 @@ use http::{Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
-use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{
-    TraceService, TraceServiceServer,
-};
-use opentelemetry_proto::tonic::collector::trace::v1::{
-    ExportTraceServiceRequest, ExportTraceServiceResponse,
-};
 use opentelemetry_proto::tonic::common::v1::any_value::Value as OtlpValue;
 use opentelemetry_proto::tonic::trace::v1::Span as OtlpSpan;
 use switchboard_proxy_data::telemetry::{self, AccessLog, OtlpGuard, TelemetryError, TraceParent};
 use switchboard_proxy_xds::ConfigStore;
 use switchboard_proxy_xds::config::cluster::UpstreamProtocol;
 use switchboard_proxy_xds::config::route::{Abort, Action, Fault, PathMatch, RetryPolicy};
-use tokio::net::TcpListener;
 use tracing::Level;
 use tracing_subscriber::Layer;
 use tracing_subscriber::filter::Targets;
@@ -135,34 +128,7 @@ impl Write for Buffer {
 
 /// An OTLP/gRPC trace collector on 127.0.0.1 keeping every span it receives.
 async fn collector(spans: Arc<Mutex<Vec<OtlpSpan>>>) -> SocketAddr {
-    struct Collector(Arc<Mutex<Vec<OtlpSpan>>>);
-
-    #[tonic::async_trait]
-    impl TraceService for Collector {
-        async fn export(
-            &self,
-            request: tonic::Request<ExportTraceServiceRequest>,
-        ) -> Result<tonic::Response<ExportTraceServiceResponse>, tonic::Status> {
-            let mut spans = self.0.lock().unwrap();
-            for resource in request.into_inner().resource_spans {
-                for scope in resource.scope_spans {
-                    spans.extend(scope.spans);
-                }
-            }
-            Ok(tonic::Response::new(ExportTraceServiceResponse {
-                partial_success: None,
-            }))
-        }
-    }
-
-    let tcp = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = tcp.local_addr().unwrap();
-    tokio::spawn(
-        tonic::transport::Server::builder()
-            .add_service(TraceServiceServer::new(Collector(spans)))
-            .serve_with_incoming(tonic::transport::server::TcpIncoming::from(tcp)),
-    );
-    addr
+    switchboard_runtime::collector::start(spans).await.unwrap()
 }
 
 /// A backend echoing the trace headers it received (`x-echo-traceparent`,
