@@ -25,11 +25,11 @@ mod tls;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 
-/// See the `mimalloc` feature in Cargo.toml: memory freed when streams close goes back to the
+/// See the `jemalloc` feature in Cargo.toml: memory freed when streams close goes back to the
 /// system.
-#[cfg(feature = "mimalloc")]
+#[cfg(feature = "jemalloc")]
 #[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 use std::process::ExitCode;
 
 /// Writes a new secret file readable by its owner only (mode 0600); never overwrites.

@@ -1,9 +1,8 @@
 //! The stream methods (state of the world and delta) of the discovery services, served
-//! through the engine with [`XdsCodec`] (responses written around the resources' shared
+//! through the engine with [`streaming`] (responses written around the resources' shared
 //! encodings); the services' other method (Fetch) goes to the generated servers.
 
 use std::convert::Infallible;
-use std::future::Ready;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
@@ -11,14 +10,13 @@ use futures::future::BoxFuture;
 use switchboard_xds_proto::{DeltaDiscoveryRequest, DiscoveryRequest, ResourceType};
 use tonic::body::Body;
 use tonic::codegen::http;
-use tonic::server::{Grpc, NamedService, StreamingService};
-use tonic::{Request, Response, Status, Streaming};
+use tonic::server::NamedService;
 
 use crate::ads::Engine;
-use crate::wire::{DeltaResponse, DeltaResponseStream, ResponseStream, SotwResponse, XdsCodec};
+use crate::wire::body::streaming;
 
 /// One discovery service: its stream methods (`Stream…` and `Delta…`) through the engine
-/// and [`XdsCodec`]; Fetch through `generated`, the envoy-types server of the same service.
+/// and [`streaming`]; Fetch through `generated`, the envoy-types server of the same service.
 #[derive(Debug, Clone)]
 pub(crate) struct Discovery<G> {
     engine: Arc<Engine>,
@@ -72,50 +70,22 @@ where
     }
 
     fn call(&mut self, request: http::Request<Body>) -> Self::Future {
-        let open = Open {
-            engine: Arc::clone(&self.engine),
-            only: self.only,
-        };
+        let (engine, only) = (Arc::clone(&self.engine), self.only);
         let path = request.uri().path();
         if path == self.path {
             Box::pin(async move {
-                let mut grpc = Grpc::new(XdsCodec::<SotwResponse, DiscoveryRequest>::default());
-                Ok(grpc.streaming(open, request).await)
+                Ok(streaming::<DiscoveryRequest, _, _>(request, |r| {
+                    engine.open(only, r)
+                }))
             })
         } else if path == self.delta_path {
             Box::pin(async move {
-                let mut grpc =
-                    Grpc::new(XdsCodec::<DeltaResponse, DeltaDiscoveryRequest>::default());
-                Ok(grpc.streaming(open, request).await)
+                Ok(streaming::<DeltaDiscoveryRequest, _, _>(request, |r| {
+                    engine.open_delta(only, r)
+                }))
             })
         } else {
             Box::pin(self.generated.call(request))
         }
-    }
-}
-
-/// Opens one stream on the engine.
-struct Open {
-    engine: Arc<Engine>,
-    only: Option<ResourceType>,
-}
-
-impl StreamingService<DiscoveryRequest> for Open {
-    type Response = SotwResponse;
-    type ResponseStream = ResponseStream;
-    type Future = Ready<Result<Response<ResponseStream>, Status>>;
-
-    fn call(&mut self, request: Request<Streaming<DiscoveryRequest>>) -> Self::Future {
-        std::future::ready(Ok(self.engine.open(self.only, request)))
-    }
-}
-
-impl StreamingService<DeltaDiscoveryRequest> for Open {
-    type Response = DeltaResponse;
-    type ResponseStream = DeltaResponseStream;
-    type Future = Ready<Result<Response<DeltaResponseStream>, Status>>;
-
-    fn call(&mut self, request: Request<Streaming<DeltaDiscoveryRequest>>) -> Self::Future {
-        std::future::ready(Ok(self.engine.open_delta(self.only, request)))
     }
 }

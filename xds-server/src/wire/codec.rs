@@ -1,22 +1,18 @@
-//! A tonic codec that writes [`WireMessage`]s and decodes requests with prost, with small
-//! per-stream buffers.
+//! The messages' encoding: responses written by hand around shared, already-encoded
+//! resources, each into a gRPC frame of its own; requests decoded with prost from a small
+//! per-stream buffer.
 
 use std::marker::PhantomData;
 
-use bytes::{Buf, BufMut};
+use bytes::{Buf, BufMut, Bytes, BytesMut};
 use tonic::Status;
-use tonic::codec::{BufferSettings, Codec, DecodeBuf, Decoder, EncodeBuf, Encoder};
-
-/// The encode buffer a stream starts with. tonic's default (8 KiB) is kept for the stream's
-/// whole life whatever its messages' sizes; an idle xDS stream needs none, and a response
-/// larger than this grows the buffer as needed.
-pub const ENCODE_BUFFER: usize = 512;
+use tonic::codec::{BufferSettings, DecodeBuf, Decoder};
 
 /// The decode buffer a stream starts with (tonic's default is 8 KiB): ACKs are a few hundred
 /// bytes, and the first request (with the node) grows it once if it must.
 pub const DECODE_BUFFER: usize = 512;
 
-/// tonic's default: encoded messages are handed to HTTP/2 once this many bytes are buffered.
+/// tonic's default: decoded messages are handed on once this many bytes are buffered.
 const YIELD_THRESHOLD: usize = 32 * 1024;
 
 /// A response message written by hand around shared, already-encoded resources.
@@ -27,59 +23,37 @@ pub trait WireMessage: Send + 'static {
     fn encode_to(&self, buf: &mut impl BufMut);
 }
 
-/// Encodes `E` ([`WireMessage`]) and decodes `D` (a prost message).
-#[derive(Debug)]
-pub struct XdsCodec<E, D> {
-    _types: PhantomData<fn(E) -> D>,
+/// The gRPC frame of one message (uncompressed flag, big-endian length, the encoding) in a
+/// buffer of its own, exactly its size.
+///
+/// Not tonic's encoder: that one writes every message of a stream into one buffer that keeps
+/// the capacity of the largest message sent for the stream's whole life, so each idle stream
+/// held a copy-sized buffer of its largest response (a full CDS or RDS). This buffer goes when
+/// HTTP/2 has written it.
+pub(crate) fn frame(message: &impl WireMessage) -> Result<Bytes, Status> {
+    let len = message.encoded_len();
+    let prefix = u32::try_from(len).map_err(|_| {
+        Status::resource_exhausted(format!(
+            "a response of {len} bytes is over gRPC's largest message (4 GiB)"
+        ))
+    })?;
+    let mut buf = BytesMut::with_capacity(5 + len);
+    buf.put_u8(0);
+    buf.put_u32(prefix);
+    message.encode_to(&mut buf);
+    debug_assert_eq!(buf.len(), 5 + len, "encoded_len must match what is written");
+    Ok(buf.freeze())
 }
 
-impl<E, D> Default for XdsCodec<E, D> {
-    fn default() -> Self {
-        Self {
-            _types: PhantomData,
-        }
-    }
-}
-
-impl<E, D> Codec for XdsCodec<E, D>
-where
-    E: WireMessage,
-    D: prost::Message + Default + Send + 'static,
-{
-    type Encode = E;
-    type Decode = D;
-    type Encoder = WireEncoder<E>;
-    type Decoder = ProstDecoder<D>;
-
-    fn encoder(&mut self) -> Self::Encoder {
-        WireEncoder(PhantomData)
-    }
-
-    fn decoder(&mut self) -> Self::Decoder {
-        ProstDecoder(PhantomData)
-    }
-}
-
-#[derive(Debug)]
-pub struct WireEncoder<E>(PhantomData<fn(E)>);
-
-impl<E: WireMessage> Encoder for WireEncoder<E> {
-    type Item = E;
-    type Error = Status;
-
-    fn encode(&mut self, item: E, dst: &mut EncodeBuf<'_>) -> Result<(), Status> {
-        dst.reserve(item.encoded_len());
-        item.encode_to(dst);
-        Ok(())
-    }
-
-    fn buffer_settings(&self) -> BufferSettings {
-        BufferSettings::new(ENCODE_BUFFER, YIELD_THRESHOLD)
-    }
-}
-
+/// Decodes requests of type `D` with prost.
 #[derive(Debug)]
 pub struct ProstDecoder<D>(PhantomData<fn() -> D>);
+
+impl<D> Default for ProstDecoder<D> {
+    fn default() -> Self {
+        Self(PhantomData)
+    }
+}
 
 impl<D: prost::Message + Default> Decoder for ProstDecoder<D> {
     type Item = D;
