@@ -404,6 +404,20 @@ async fn postgres_stopped_for_60s_keeps_xds_and_traffic_and_rest_answers_503() {
             a.took
         );
     }
+    // Across the outage's edges too (a write in flight when the database stopped, or sent
+    // while it started), and before and after it: every write answered within the bound,
+    // stored (2xx) or refused with 503, never left hanging or failed otherwise.
+    for a in &writes.attempts {
+        assert!(
+            a.took <= ANSWER_BOUND
+                && a.status
+                    .is_some_and(|s| (200..300).contains(&s) || s == 503),
+            "a write sent {:?} after the database stopped was answered {:?} after {:?}",
+            a.sent.saturating_duration_since(stopping),
+            a.status,
+            a.took
+        );
+    }
     assert_eq!(pids_after, pids, "a replica was restarted");
     assert_eq!(
         streams_opened_after, streams_opened,
