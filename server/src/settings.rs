@@ -10,7 +10,7 @@
 use clap::Args;
 use serde::Deserialize;
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 /// Declares the settings: from one line per setting it generates the flags of `serve` and
@@ -61,10 +61,14 @@ settings! {
         "Admin listen address for /metrics, /healthz, /readyz";
     database_url: String = "", "URL",
         "postgres://… to share one database between replicas; empty for embedded SQLite under data_dir";
+    database_url_file: PathBuf = "", "FILE",
+        "File holding database_url (a Kubernetes Secret or systemd credential), so the password is in neither the environment nor the command line";
     data_dir: PathBuf = "./data", "DIR",
         "Directory for the embedded database and the generated admin token";
     admin_token: String = "", "TOKEN",
         "Platform admin token; when unset one is generated at first start into data_dir/admin-token (mode 0600)";
+    admin_token_file: PathBuf = "", "FILE",
+        "File holding admin_token (a Kubernetes Secret or systemd credential)";
     ca_key_file: String = "", "FILE",
         "File holding the key that encrypts the mesh CAs' private keys (64 hex characters or base64 of 32 bytes)";
     ca_key: String = "", "KEY",
@@ -163,6 +167,39 @@ pub enum SettingsError {
     Invalid { key: &'static str, message: String },
 }
 
+/// Fills the secret setting `key` from its `{key}_file` when that is set: the file's content
+/// without its trailing newline (`echo` and editors add one; `LoadCredential=` and a mounted
+/// Secret pass the bytes as they are). Giving both, or a file that is missing, unreadable or
+/// empty, is an error naming `{key}_file`.
+/// The file's content is never quoted.
+fn read_secret_file(
+    value: &mut String,
+    (key, file_key): (&str, &'static str),
+    file: &Path,
+) -> Result<(), SettingsError> {
+    if file.as_os_str().is_empty() {
+        return Ok(());
+    }
+    let invalid = |message: String| SettingsError::Invalid {
+        key: file_key,
+        message,
+    };
+    if !value.is_empty() {
+        return Err(invalid(format!("set {key} or {file_key}, not both")));
+    }
+    let bytes =
+        std::fs::read(file).map_err(|e| invalid(format!("cannot read {}: {e}", file.display())))?;
+    let text = String::from_utf8(bytes)
+        .map_err(|_| invalid(format!("{} is not UTF-8 text", file.display())))?;
+    let text = text.strip_suffix('\n').unwrap_or(&text);
+    let text = text.strip_suffix('\r').unwrap_or(text);
+    if text.trim().is_empty() {
+        return Err(invalid(format!("{} is empty", file.display())));
+    }
+    *value = text.to_owned();
+    Ok(())
+}
+
 impl Settings {
     /// The quotas of tenants that have none of their own.
     pub fn quota_defaults(&self) -> switchboard_store::Quotas {
@@ -214,7 +251,18 @@ impl Settings {
         for (key, value) in args.flags() {
             b = b.set_override(key, value)?;
         }
-        let s: Settings = b.build()?.try_deserialize()?;
+        let mut s: Settings = b.build()?.try_deserialize()?;
+        let (url, token) = (&s.database_url_file, &s.admin_token_file);
+        read_secret_file(
+            &mut s.database_url,
+            ("database_url", "database_url_file"),
+            url,
+        )?;
+        read_secret_file(
+            &mut s.admin_token,
+            ("admin_token", "admin_token_file"),
+            token,
+        )?;
         let db_ok = ["", "postgres://", "postgresql://", "sqlite:"]
             .iter()
             .any(|p| {
@@ -630,5 +678,88 @@ mod tests {
             &[],
         );
         assert!(msg.contains("rest_adr"), "{msg}");
+    }
+
+    #[test]
+    fn secrets_come_from_files_without_their_trailing_newline() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = dir.path().join("database-url");
+        std::fs::write(&url, "postgres://sb:pw@db:5432/sb\n").unwrap();
+        let token = dir.path().join("admin-token");
+        std::fs::write(&token, "a-token-long-enough\r\n").unwrap();
+        let s = Settings::load(
+            &ServeArgs {
+                admin_token_file: Some(token.to_str().unwrap().into()),
+                ..Default::default()
+            },
+            env(&[("SWITCHBOARD_DATABASE_URL_FILE", url.to_str().unwrap())]),
+        )
+        .unwrap();
+        assert_eq!(s.database_url, "postgres://sb:pw@db:5432/sb");
+        assert_eq!(s.database_url(), "postgres://sb:pw@db:5432/sb");
+        assert_eq!(s.admin_token, "a-token-long-enough");
+        // The value's own checks apply to the file's content, without quoting it.
+        std::fs::write(&url, "mysql://sb:hunter2@db/sb").unwrap();
+        std::fs::write(&token, "short").unwrap();
+        let load = |key: &str, file: &Path| {
+            Settings::load(&ServeArgs::default(), env(&[(key, file.to_str().unwrap())]))
+                .unwrap_err()
+                .to_string()
+        };
+        let msg = load("SWITCHBOARD_DATABASE_URL_FILE", &url);
+        assert!(msg.contains("setting database_url:"), "{msg}");
+        assert!(!msg.contains("hunter2"), "{msg}");
+        let msg = load("SWITCHBOARD_ADMIN_TOKEN_FILE", &token);
+        assert!(msg.contains("setting admin_token:"), "{msg}");
+    }
+
+    #[test]
+    fn a_secret_file_missing_empty_or_given_with_its_value_is_an_error_naming_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let empty = dir.path().join("empty");
+        std::fs::write(&empty, "\n").unwrap();
+        let token = dir.path().join("token");
+        std::fs::write(&token, "a-token-long-enough\n").unwrap();
+        let missing = dir.path().join("missing");
+        let path = |p: &Path| p.to_str().unwrap().to_owned();
+        for (pairs, key, says) in [
+            (
+                vec![("SWITCHBOARD_ADMIN_TOKEN_FILE", path(&missing))],
+                "admin_token_file",
+                "cannot read",
+            ),
+            (
+                vec![("SWITCHBOARD_DATABASE_URL_FILE", path(dir.path()))],
+                "database_url_file",
+                "cannot read",
+            ),
+            (
+                vec![("SWITCHBOARD_DATABASE_URL_FILE", path(&empty))],
+                "database_url_file",
+                "is empty",
+            ),
+            (
+                vec![
+                    (
+                        "SWITCHBOARD_ADMIN_TOKEN",
+                        "another-token-long-enough".to_owned(),
+                    ),
+                    ("SWITCHBOARD_ADMIN_TOKEN_FILE", path(&token)),
+                ],
+                "admin_token_file",
+                "set admin_token or admin_token_file, not both",
+            ),
+        ] {
+            let pairs: Vec<(&str, &str)> = pairs.iter().map(|(k, v)| (*k, v.as_str())).collect();
+            let msg = Settings::load(&ServeArgs::default(), env(&pairs))
+                .unwrap_err()
+                .to_string();
+            assert!(
+                msg.starts_with(&format!("invalid configuration: setting {key}: ")),
+                "{msg}"
+            );
+            assert!(msg.contains(says), "{msg}");
+            assert!(!msg.contains("a-token-long-enough"), "{msg}");
+        }
     }
 }

@@ -4,6 +4,8 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+pub mod streams;
+
 use serde_json::{Value, json};
 use std::collections::{BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
@@ -56,6 +58,11 @@ pub struct Local {
 impl Local {
     /// `switchboard-local up` in a fresh directory.
     pub fn up() -> Local {
+        Local::up_with(&[])
+    }
+
+    /// `switchboard-local up` with more options (`--drain-period 15s`).
+    pub fn up_with(options: &[&str]) -> Local {
         let dir = tempfile::Builder::new()
             .prefix("switchboard-faults")
             .tempdir()
@@ -67,7 +74,7 @@ impl Local {
         )
         .unwrap();
         let local = dir.path().join("local");
-        let out = script(&local, &["up"]);
+        let out = script(&local, &[&["up"], options].concat());
         eprintln!("{out}");
         let mut env = HashMap::new();
         let text = std::fs::read_to_string(local.join("env")).unwrap();
@@ -173,6 +180,12 @@ impl Local {
     /// Open xDS connections HAProxy holds to each replica (`scur` of backend `xds`, by
     /// replica number), from its stats page.
     pub async fn xds_connections(&self) -> HashMap<u32, u64> {
+        self.xds_stat("scur").await
+    }
+
+    /// A column of HAProxy's stats for backend `xds`, by replica number (`scur`: open
+    /// connections; `stot`: connections ever made).
+    pub async fn xds_stat(&self, column: &str) -> HashMap<u32, u64> {
         let url = format!("http://127.0.0.1:{}/stats;csv", self.port("LB_STATS"));
         let Ok(resp) = self.client.get(&url).send().await else {
             return HashMap::new();
@@ -186,7 +199,7 @@ impl Local {
             .split(',')
             .collect();
         let col = |name: &str| header.iter().position(|h| *h == name);
-        let (Some(px), Some(sv), Some(scur)) = (col("pxname"), col("svname"), col("scur")) else {
+        let (Some(px), Some(sv), Some(scur)) = (col("pxname"), col("svname"), col(column)) else {
             return HashMap::new();
         };
         lines
@@ -196,6 +209,59 @@ impl Local {
                 (*f.get(px)? == "xds").then_some((n, f.get(scur)?.parse().ok()?))
             })
             .collect()
+    }
+
+    /// The pid of one of the installation's processes (`replica-2`, `sidecar-web`), from
+    /// its pid file.
+    pub fn pid(&self, name: &str) -> Option<u32> {
+        std::fs::read_to_string(self.local().join("pids").join(name))
+            .ok()?
+            .trim()
+            .parse()
+            .ok()
+    }
+
+    /// How many lines of process `name`'s log contain `needle`.
+    pub fn log_lines(&self, name: &str, needle: &str) -> usize {
+        let log = self.local().join("logs").join(format!("{name}.log"));
+        std::fs::read_to_string(log)
+            .unwrap_or_default()
+            .lines()
+            .filter(|l| l.contains(needle))
+            .count()
+    }
+
+    /// Replica `i`'s open xDS streams of tenant `local` that asked for Clusters (its
+    /// `switchboard_xds_streams` gauge); `None` when its admin port does not answer.
+    pub async fn replica_cds_streams(&self, i: u32) -> Option<u64> {
+        let url = format!(
+            "http://127.0.0.1:{}/metrics",
+            self.port(&format!("ADMIN_{i}"))
+        );
+        let text = self.client.get(url).send().await.ok()?.text().await.ok()?;
+        Some(
+            text.lines()
+                .filter(|l| {
+                    l.starts_with("switchboard_xds_streams{")
+                        && l.contains("tenant=\"local\"")
+                        && l.contains("type=\"CDS\"")
+                })
+                .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+                .sum::<f64>() as u64,
+        )
+    }
+
+    /// The platform admin token.
+    pub fn admin_token(&self) -> &str {
+        &self.token
+    }
+
+    /// The proxy token of the installation's sidecars (tenant `local`, mesh `demo`).
+    pub fn proxy_token(&self) -> String {
+        std::fs::read_to_string(self.local().join("proxy-token"))
+            .unwrap()
+            .trim()
+            .to_owned()
     }
 
     /// Every log of the installation, for a failing test's message.
@@ -297,15 +363,32 @@ async fn rest(
     method: reqwest::Method,
     body: Option<Value>,
 ) -> Result<(u16, Value), String> {
+    let (status, _, body) = send(client, url, token, method, body).await?;
+    Ok((status, body))
+}
+
+/// A REST call: its status, its `Retry-After` and its body (JSON, else the text).
+async fn send(
+    client: &reqwest::Client,
+    url: &str,
+    token: &str,
+    method: reqwest::Method,
+    body: Option<Value>,
+) -> Result<(u16, Option<String>, Value), String> {
     let mut req = client.request(method, url).bearer_auth(token);
     if let Some(b) = body {
         req = req.json(&b);
     }
     let resp = req.send().await.map_err(|e| e.to_string())?;
     let status = resp.status().as_u16();
+    let retry_after = resp
+        .headers()
+        .get(reqwest::header::RETRY_AFTER)
+        .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned());
     let text = resp.text().await.map_err(|e| e.to_string())?;
     Ok((
         status,
+        retry_after,
         serde_json::from_str(&text).unwrap_or(Value::String(text)),
     ))
 }
@@ -428,9 +511,21 @@ pub struct Acked {
     pub at: Instant,
 }
 
+/// One write as the writer sent it: when, how long its answer took, and the answer (`None`:
+/// no answer within the client's 5 s timeout, or a connection error).
+#[derive(Debug, Clone)]
+pub struct Attempt {
+    pub sent: Instant,
+    pub took: Duration,
+    pub status: Option<u16>,
+    pub retry_after: Option<String>,
+}
+
 #[derive(Debug, Default)]
 pub struct WriterReport {
     pub acked: Vec<Acked>,
+    /// Every write, answered or not.
+    pub attempts: Vec<Attempt>,
     /// Writes that got no 2xx (an error or another status): not promised to be stored.
     pub unacknowledged: u64,
     pub errors: Vec<String>,
@@ -472,7 +567,8 @@ impl Writer {
                 }
                 let timeout_ms = next;
                 next += 1;
-                let r = rest(
+                let sent = Instant::now();
+                let r = send(
                     &client,
                     &url,
                     &token,
@@ -480,6 +576,13 @@ impl Writer {
                     Some(route(timeout_ms)),
                 )
                 .await;
+                report.attempts.push(Attempt {
+                    sent,
+                    took: sent.elapsed(),
+                    status: r.as_ref().ok().map(|(s, _, _)| *s),
+                    retry_after: r.as_ref().ok().and_then(|(_, ra, _)| ra.clone()),
+                });
+                let r = r.map(|(s, _, body)| (s, body));
                 match r {
                     Ok((s, body)) if (200..300).contains(&s) => {
                         let revision = body["revision"].as_i64().unwrap_or(-1);

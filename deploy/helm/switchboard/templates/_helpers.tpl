@@ -51,16 +51,15 @@ app.kubernetes.io/part-of: switchboard
 {{- end -}}
 
 {{/*
-The environment both the replicas and the migration Job get: the database URL and admin
-token from the Secret, the keys as files mounted from it, and the listen addresses.
+The environment both the replicas and the migration Job get: every secret as a file mounted
+from the Secret (the *_FILE settings; none in the environment, which child processes and
+crash reports inherit), and the listen addresses.
 */}}
 {{- define "switchboard.env" -}}
-- name: SWITCHBOARD_DATABASE_URL
-  valueFrom:
-    secretKeyRef: {name: {{ include "switchboard.secretName" . }}, key: database-url}
-- name: SWITCHBOARD_ADMIN_TOKEN
-  valueFrom:
-    secretKeyRef: {name: {{ include "switchboard.secretName" . }}, key: admin-token}
+- name: SWITCHBOARD_DATABASE_URL_FILE
+  value: /etc/switchboard/secret/database-url
+- name: SWITCHBOARD_ADMIN_TOKEN_FILE
+  value: /etc/switchboard/secret/admin-token
 - name: SWITCHBOARD_CA_KEY_FILE
   value: /etc/switchboard/secret/ca-key
 {{- if include "switchboard.hasProxyJwtKey" . }}
@@ -105,6 +104,8 @@ token from the Secret, the keys as files mounted from it, and the listen address
     secretName: {{ include "switchboard.secretName" . }}
     defaultMode: 0400
     items:
+      - {key: database-url, path: database-url}
+      - {key: admin-token, path: admin-token}
       - {key: ca-key, path: ca-key}
       {{- if include "switchboard.hasProxyJwtKey" . }}
       - {key: proxy-jwt-key, path: proxy-jwt-key}
