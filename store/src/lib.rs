@@ -67,7 +67,7 @@ pub use quotas::{QUOTA_CACHE_TTL, QUOTA_MAX, QuotaOverrides, Quotas, TenantQuota
 pub use replicas::{REPLICA_FORGET_MS, ReplicaRow};
 pub use resources::{
     BatchEffect, BatchError, BatchItem, BatchOptions, BatchOutcome, BatchWrite, Page, Precondition,
-    TenantDump, WriteAt, WriteOptions,
+    TenantDump, WriteAt, WriteOptions, dependency_rank,
 };
 pub use types::{Change, ChangeOp, MeshSnapshot, ResourceKey, StoredResource, Tenant};
 

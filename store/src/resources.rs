@@ -8,6 +8,7 @@ mod write;
 pub use dump::TenantDump;
 pub use many::{
     BatchEffect, BatchError, BatchItem, BatchOptions, BatchOutcome, BatchWrite, WriteAt,
+    dependency_rank,
 };
 
 use crate::group::JobError;

@@ -9,7 +9,8 @@ use sqlx::Row;
 #[derive(Debug, Clone)]
 pub struct TenantDump {
     pub revision: i64,
-    /// Meshes first, then each mesh's resources by kind and name.
+    /// Meshes first, then each mesh's resources, in the order of what refers to what
+    /// ([`crate::dependency_rank`]) and by name.
     pub resources: Vec<StoredResource>,
     /// Every CA of every mesh, active first within a mesh.
     pub cas: Vec<StoredCa>,
@@ -48,9 +49,17 @@ impl Store {
         .fetch_all(&mut *tx)
         .await?;
         tx.commit().await?;
+        let mut resources = rows
+            .iter()
+            .map(row_to_resource)
+            .collect::<Result<Vec<_>, _>>()?;
+        resources.sort_by(|a, b| {
+            let at = |r: &StoredResource| (r.key.mesh.clone(), crate::dependency_rank(r.key.kind));
+            at(a).cmp(&at(b)).then_with(|| a.key.name.cmp(&b.key.name))
+        });
         Ok(TenantDump {
             revision,
-            resources: rows.iter().map(row_to_resource).collect::<Result<_, _>>()?,
+            resources,
             cas: cas.iter().map(row_to_ca).collect::<Result<_, _>>()?,
         })
     }

@@ -28,6 +28,12 @@ const PUT_ORDER: [Kind; 7] = [
     Kind::Gateway,
 ];
 
+/// Where `kind` comes in [`PUT_ORDER`]: a resource refers only to kinds that come before
+/// its own. Exports list documents in this order, so a file reads top-down.
+pub fn dependency_rank(kind: Kind) -> usize {
+    rank(kind)
+}
+
 fn rank(kind: Kind) -> usize {
     PUT_ORDER
         .iter()
