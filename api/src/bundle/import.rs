@@ -280,7 +280,8 @@ async fn restore_ca(
 }
 
 /// A certificate's spec as stored. The target's own copy when it holds this very
-/// certificate (so re-importing changes nothing, and needs no key); otherwise the key comes
+/// certificate, as the document shows it (so re-importing changes nothing, and needs no
+/// key); otherwise the key comes
 /// from `spec.privateKey` (PEM, as a REST write) or the document's encrypted secret, and is
 /// checked and sealed as a REST write's.
 async fn certificate(
@@ -296,10 +297,9 @@ async fn certificate(
     if !has_pem {
         let key = ResourceKey::new(tenant, mesh, Kind::Certificate, name);
         match s.store.get(&key).await {
-            Ok(stored)
-                if stored.spec.get("fingerprint") == spec.get("fingerprint")
-                    && stored.spec.get("certificateChain") == spec.get("certificateChain") =>
-            {
+            // The document must say exactly what a GET of it shows, else it is checked as
+            // a new certificate (and needs its key).
+            Ok(stored) if crate::certificates::view(stored.spec.clone()) == spec => {
                 return Spec::parse(Kind::Certificate, stored.spec)
                     .map_err(|e| super::internal("reading a stored certificate", e));
             }
