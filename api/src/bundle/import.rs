@@ -192,8 +192,8 @@ async fn prepare(
             let write = BatchWrite::Put {
                 mesh: String::new(),
                 name: doc.name,
-                spec,
-                ca: Some(ca),
+                spec: Box::new(spec),
+                ca: Some(Box::new(ca)),
             };
             Ok((write, restored))
         }

@@ -49,8 +49,8 @@ pub enum BatchWrite {
     Put {
         mesh: String,
         name: String,
-        spec: Spec,
-        ca: Option<SealedCa>,
+        spec: Box<Spec>,
+        ca: Option<Box<SealedCa>>,
     },
     /// Delete `name` (a mesh with everything in it), which must exist.
     Delete {
@@ -65,7 +65,7 @@ impl BatchWrite {
         BatchWrite::Put {
             mesh: mesh.into(),
             name: name.into(),
-            spec,
+            spec: Box::new(spec),
             ca: None,
         }
     }
@@ -234,6 +234,7 @@ impl Store {
             let key = keys[i].clone();
             let ran = match write {
                 BatchWrite::Put { spec, ca, .. } => {
+                    let spec = *spec;
                     let json = spec.to_json();
                     let put = PutWrite {
                         key,
@@ -243,7 +244,7 @@ impl Store {
                         claims: spec.claims(),
                         parsed: spec,
                         precondition: Precondition::None,
-                        ca,
+                        ca: ca.map(|c| *c),
                         resources_per_mesh,
                         backend: self.backend(),
                     };
