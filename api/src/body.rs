@@ -1,5 +1,5 @@
-//! Request bodies: JSON or YAML, at most 1 MiB, parsed into JSON values with errors that say
-//! where the syntax broke.
+//! Request bodies: JSON or YAML, at most 1 MiB (an import, more), parsed into JSON values
+//! with errors that say where the syntax broke.
 
 use crate::{ApiError, MAX_BODY_BYTES};
 use axum::body::Body;

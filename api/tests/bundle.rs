@@ -200,6 +200,57 @@ impl Api {
     }
 }
 
+const SPIFFE: &str = "spiffe://acme.switchboard.local/mesh/prod/service/payments";
+
+/// A workload certificate (chain PEM, leaf first) from the mesh's active CA, opened with the
+/// KEK as the SDS issuer opens it.
+async fn issue(api: &Api, tenant: &str) -> String {
+    let ca = api.store.signing_ca(tenant, "prod").await.unwrap().unwrap();
+    let ca = switchboard_pki::MeshCa::unseal(ca.sealed(), &api.kek).unwrap();
+    ca.issue(
+        SPIFFE,
+        std::time::Duration::from_secs(3600),
+        OffsetDateTime::now_utc(),
+    )
+    .unwrap()
+    .chain_pem
+}
+
+/// Whether `chain_pem` verifies for client authentication against the mesh's active root now.
+async fn verifies(api: &Api, tenant: &str, chain_pem: &str) -> bool {
+    use rustls_pki_types::pem::PemObject;
+    use rustls_pki_types::{CertificateDer, UnixTime};
+    let root = api
+        .store
+        .signing_ca(tenant, "prod")
+        .await
+        .unwrap()
+        .unwrap()
+        .ca
+        .root_pem;
+    let root = CertificateDer::from_pem_slice(root.as_bytes()).unwrap();
+    let anchor = webpki::anchor_from_trusted_cert(&root).unwrap().to_owned();
+    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(chain_pem.as_bytes())
+        .collect::<Result<_, _>>()
+        .unwrap();
+    let (leaf, intermediates) = certs.split_first().unwrap();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap();
+    webpki::EndEntityCert::try_from(leaf)
+        .unwrap()
+        .verify_for_usage(
+            webpki::ALL_VERIFICATION_ALGS,
+            &[anchor],
+            intermediates,
+            UnixTime::since_unix_epoch(now),
+            webpki::KeyUsage::client_auth(),
+            None,
+            None,
+        )
+        .is_ok()
+}
+
 /// A server certificate for `name` signed by a fresh root: (chain PEM, key PEM).
 fn server_certificate(name: &str) -> (String, String) {
     let now = OffsetDateTime::now_utc();
@@ -322,6 +373,8 @@ async fn round_trip_with_secrets(b: Backend) {
     assert_eq!(original["documents"][0]["kind"], "mesh");
     let ca = api.ca("acme", "prod").await;
     let cert_key = api.certificate_key("acme", "shop").await;
+    let workload = issue(&api, "acme").await;
+    assert!(verifies(&api, "acme", &workload).await);
 
     // Into a fresh tenant: everything, at one revision, with the same CA and keys.
     let other = api.tenant("restored").await;
@@ -354,6 +407,10 @@ async fn round_trip_with_secrets(b: Backend) {
         ca,
         "the very CA, key and all"
     );
+    // A workload certificate issued before the export verifies against the restored CA, and
+    // one the restored CA issues verifies against the original.
+    assert!(verifies(&api, "restored", &workload).await);
+    assert!(verifies(&api, "acme", &issue(&api, "restored").await).await);
     assert_eq!(api.certificate_key("restored", "shop").await, cert_key);
     // Stored sealed with this server's KEK for the new tenant: never in clear.
     let (_, stored) = api.contents("restored").await;
@@ -445,6 +502,7 @@ async fn round_trip_without_secrets(b: Backend) {
         api.ca("fresh", "prod").await.0,
         api.ca("acme", "prod").await.0
     );
+    assert!(!verifies(&api, "fresh", &issue(&api, "acme").await).await);
 
     // A certificate without its key imports only where that very certificate is.
     let (chain, pem) = server_certificate("shop.example.com");
