@@ -1,5 +1,5 @@
-//! Request bodies: JSON or YAML, at most 1 MiB, parsed into JSON values with errors that say
-//! where the syntax broke.
+//! Request bodies: JSON or YAML, at most 1 MiB (an import, more), parsed into JSON values
+//! with errors that say where the syntax broke.
 
 use crate::{ApiError, MAX_BODY_BYTES};
 use axum::body::Body;
@@ -7,6 +7,18 @@ use axum::http::{HeaderMap, StatusCode, header};
 
 /// Reads and parses a body as JSON or YAML by its Content-Type (JSON when absent).
 pub async fn parse(headers: &HeaderMap, body: Body) -> Result<serde_json::Value, ApiError> {
+    parse_up_to(headers, body, MAX_BODY_BYTES)
+        .await?
+        .ok_or_else(|| ApiError::bad_request("body", "the request body is empty"))
+}
+
+/// [`parse`] with a limit of `max` bytes, and None for an empty body (for requests whose
+/// body is optional, or larger than most: an import).
+pub async fn parse_up_to(
+    headers: &HeaderMap,
+    body: Body,
+    max: usize,
+) -> Result<Option<serde_json::Value>, ApiError> {
     let ctype = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
@@ -31,24 +43,23 @@ pub async fn parse(headers: &HeaderMap, body: Body) -> Result<serde_json::Value,
             ));
         }
     };
-    let bytes = axum::body::to_bytes(body, MAX_BODY_BYTES)
-        .await
-        .map_err(|_| {
-            ApiError::new(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                "too-large",
-                "Body too large",
-                format!("the request body is larger than {MAX_BODY_BYTES} bytes"),
-            )
-        })?;
+    let bytes = axum::body::to_bytes(body, max).await.map_err(|_| {
+        ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "too-large",
+            "Body too large",
+            format!("the request body is larger than {max} bytes"),
+        )
+    })?;
     if bytes.is_empty() {
-        return Err(ApiError::bad_request("body", "the request body is empty"));
+        return Ok(None);
     }
-    if yaml {
+    let value = if yaml {
         serde_yaml_ng::from_slice(&bytes)
-            .map_err(|e| ApiError::bad_request("body", format!("malformed YAML: {e}")))
+            .map_err(|e| ApiError::bad_request("body", format!("malformed YAML: {e}")))?
     } else {
         serde_json::from_slice(&bytes)
-            .map_err(|e| ApiError::bad_request("body", format!("malformed JSON: {e}")))
-    }
+            .map_err(|e| ApiError::bad_request("body", format!("malformed JSON: {e}")))?
+    };
+    Ok(Some(value))
 }

@@ -15,6 +15,8 @@
 //! - `cas`: the mesh CA (`…/meshes/{mesh}/ca`): show, upload, rotate. Keys are sealed here
 //!   with the KEK in [`AppState`] before the store sees them.
 //! - `rollout`: whether a revision reached every proxy of a mesh, and why not where not.
+//! - `bundle`: export and import of a tenant (documents; private keys only when asked,
+//!   encrypted with the caller's passphrase), the import in one store transaction.
 //! - `proxies` also defines the [`NodeConfigs`] port: what a node is sent comes from the
 //!   process's xDS server, which the binary plugs in; this crate does not depend on it.
 //! - `auth` (the caller: admin or a tenant's API key), `body` (JSON or YAML bodies), `error`
@@ -22,6 +24,7 @@
 
 mod auth;
 mod body;
+pub mod bundle;
 mod cas;
 mod certificates;
 mod changes;
@@ -79,6 +82,7 @@ fn routes() -> Vec<openapi::Route> {
         cas::routes(),
         proxies::routes(),
         rollout::routes(),
+        bundle::routes(),
     ]
     .into_iter()
     .flatten()

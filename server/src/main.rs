@@ -10,8 +10,11 @@
 //!   exporter, its buckets and every documented metric.
 //! - `tls`: TLS on the REST and xDS ports, the certificate re-read when its files change.
 //! - `bootstrap`: the `bootstrap` subcommand.
+//! - `backup`: the `export` and `import` subcommands (a tenant's backup and restore through
+//!   the REST API).
 
 mod admin;
+mod backup;
 mod bootstrap;
 mod ca_key;
 mod issuer;
@@ -69,6 +72,11 @@ enum Command {
     /// Print a bootstrap for a node: `bootstrap proxy` (switchboard-proxy) or `bootstrap grpc`.
     #[command(subcommand)]
     Bootstrap(bootstrap::Bootstrap),
+    /// Write a tenant's meshes and resources as YAML documents (secrets only when asked,
+    /// encrypted with a passphrase).
+    Export(backup::ExportArgs),
+    /// Apply a file of documents (as `export` writes them) to a tenant in one transaction.
+    Import(backup::ImportArgs),
 }
 
 fn main() -> ExitCode {
@@ -76,6 +84,8 @@ fn main() -> ExitCode {
     let (args, migrate_only) = match cli.command {
         Command::Serve(a) => (a, false),
         Command::Migrate(a) => (a, true),
+        Command::Export(a) => return backup::export(&a),
+        Command::Import(a) => return backup::import(&a),
         Command::Bootstrap(b) => {
             return match bootstrap::render(&b) {
                 Ok(text) => {

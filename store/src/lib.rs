@@ -15,7 +15,10 @@
 //! - `group`: group commit: a tenant's concurrent writes committed in one transaction, each
 //!   with its own revision, answered after the commit.
 //! - `resources`: the transactional write path ([`Store::put_spec`] records the references
-//!   and claims a spec derives, so no caller computes them) and the reads.
+//!   and claims a spec derives, so no caller computes them) and the reads;
+//!   `resources/many.rs` several writes in one transaction at one revision
+//!   ([`Store::write_many`], all or nothing); `resources/dump.rs` a whole tenant read at one
+//!   revision, for exports.
 //! - `changes`: the change log, commit notices and the PostgreSQL listener.
 //! - `commit_traces`: the span of each recent commit of this replica (a `store.commit` span,
 //!   child of the writer's request span), which the xDS server's snapshot builds join.
@@ -62,7 +65,10 @@ pub use proxies::{
 };
 pub use quotas::{QUOTA_CACHE_TTL, QUOTA_MAX, QuotaOverrides, Quotas, TenantQuotas};
 pub use replicas::{REPLICA_FORGET_MS, ReplicaRow};
-pub use resources::{Page, Precondition, WriteOptions};
+pub use resources::{
+    BatchEffect, BatchError, BatchItem, BatchOptions, BatchOutcome, BatchWrite, Page, Precondition,
+    TenantDump, WriteAt, WriteOptions, dependency_rank,
+};
 pub use types::{Change, ChangeOp, MeshSnapshot, ResourceKey, StoredResource, Tenant};
 
 use sqlx::any::{AnyPoolOptions, install_default_drivers};

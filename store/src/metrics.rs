@@ -38,6 +38,7 @@ pub const METRICS: &[MetricDoc] = &[
 const WRITES: &[&str] = &[
     "put",
     "delete",
+    "write_many",
     "create_tenant",
     "delete_tenant",
     "set_tenant_quotas",
@@ -53,6 +54,7 @@ const COMMITS: &[&str] = &["group_commit"];
 #[cfg(test)]
 const READS: &[&str] = &[
     "get",
+    "tenant_dump",
     "list",
     "list_everywhere",
     "mesh_snapshot",

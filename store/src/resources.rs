@@ -1,7 +1,15 @@
 //! Mesh and in-mesh resources: the transactional write path and reads.
 
+mod dump;
+mod many;
 mod state;
 mod write;
+
+pub use dump::TenantDump;
+pub use many::{
+    BatchEffect, BatchError, BatchItem, BatchOptions, BatchOutcome, BatchWrite, WriteAt,
+    dependency_rank,
+};
 
 use crate::group::JobError;
 use crate::types::etag;

@@ -9,6 +9,14 @@ use crate::{Backend, ChangeOp, Referrer, ResourceKey, StoreError, StoredResource
 use sqlx::Row;
 use switchboard_model::{Claim, Kind, Reference, Spec};
 
+/// What a put did (see [`PutWrite::run_if_changed`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum PutEffect {
+    Created,
+    Updated,
+    Unchanged,
+}
+
 /// A create or replace, with everything it needs owned (it may run on the group's task).
 pub(super) struct PutWrite {
     pub key: ResourceKey,
@@ -45,6 +53,30 @@ impl PutWrite {
             ChangeOp::Put,
         );
         Ok((stored, change))
+    }
+
+    /// [`run`](Self::run), except that a resource stored with this very spec (and, for a
+    /// mesh, already holding a CA) is left alone: [`PutEffect::Unchanged`] with the stored
+    /// resource, and nothing written. What a batch ([`super::many`]) needs, so that applying
+    /// the same file twice writes nothing.
+    pub async fn run_if_changed(
+        self,
+        tx: &mut Tx,
+        revision: i64,
+    ) -> Result<(StoredResource, PutEffect), JobError> {
+        let (found, needs_ca) = self.check(tx).await.map_err(JobError::check)?;
+        let effect = match &found.existing {
+            Some(existing) if existing.spec == self.spec && !needs_ca => {
+                return Ok((existing.clone(), PutEffect::Unchanged));
+            }
+            Some(_) => PutEffect::Updated,
+            None => PutEffect::Created,
+        };
+        let stored = self
+            .write(tx, revision, &found, needs_ca)
+            .await
+            .map_err(JobError::Fatal)?;
+        Ok((stored, effect))
     }
 
     /// Reads and checks, writing nothing. Returns what it read and whether the mesh needs
