@@ -48,6 +48,10 @@ pub struct Memory {
     pub rss_kib: u64,
     /// Peak resident set size since start (VmHWM).
     pub peak_kib: u64,
+    /// The anonymous part of the RSS (RssAnon): the heap, what the process itself holds. The
+    /// rest is mostly its program text paged in from the binary (RssFile), which the kernel
+    /// can drop at any time and which grows as a run executes more of the code.
+    pub anon_kib: u64,
 }
 
 /// The binary to start: `SWITCHBOARD_BIN`, else `target/release/switchboard` of this
@@ -265,6 +269,7 @@ impl ControlPlane {
         Ok(Memory {
             rss_kib: field("VmRSS:")?,
             peak_kib: field("VmHWM:")?,
+            anon_kib: field("RssAnon:")?,
         })
     }
 

@@ -196,6 +196,7 @@ impl GoControlPlane {
         Ok(Memory {
             rss_kib: s.rss_kib,
             peak_kib: s.hwm_kib,
+            anon_kib: s.anon_kib,
         })
     }
 

@@ -17,6 +17,8 @@ pub struct Sample {
     pub rss_kib: u64,
     /// Sum of VmHWM (each process's own peak since it started), KiB.
     pub hwm_kib: u64,
+    /// Sum of RssAnon (the anonymous part of VmRSS), KiB.
+    pub anon_kib: u64,
     /// Sum of user + system CPU time, in clock ticks.
     pub cpu_ticks: u64,
     /// Sum of threads.
@@ -58,17 +60,19 @@ pub fn sample(pid: u32) -> Result<Sample> {
     let status = std::fs::read_to_string(&path).with_context(|| format!("reading {path}"))?;
     let path = format!("/proc/{pid}/stat");
     let stat = std::fs::read_to_string(&path).with_context(|| format!("reading {path}"))?;
-    let (Some(rss_kib), Some(hwm_kib), Some(cpu_ticks), Some(threads)) = (
+    let (Some(rss_kib), Some(hwm_kib), Some(anon_kib), Some(cpu_ticks), Some(threads)) = (
         status_field(&status, "VmRSS"),
         status_field(&status, "VmHWM"),
+        status_field(&status, "RssAnon"),
         stat_cpu_ticks(&stat),
         status_field(&status, "Threads"),
     ) else {
-        bail!("pid {pid}: cannot read VmRSS, VmHWM or CPU times (a zombie?)");
+        bail!("pid {pid}: cannot read VmRSS, VmHWM, RssAnon or CPU times (a zombie?)");
     };
     Ok(Sample {
         rss_kib,
         hwm_kib,
+        anon_kib,
         cpu_ticks,
         threads,
         at: Some(Instant::now()),
@@ -85,6 +89,7 @@ pub fn sample_all(pids: &[u32]) -> Result<Sample> {
         let s = sample(pid)?;
         total.rss_kib += s.rss_kib;
         total.hwm_kib += s.hwm_kib;
+        total.anon_kib += s.anon_kib;
         total.cpu_ticks += s.cpu_ticks;
         total.threads += s.threads;
     }
