@@ -36,9 +36,9 @@ where
         ))
         .into_http();
     }
-    let request = Request::from_http(request.map(|body| {
-        Streaming::new_request(ProstDecoder::<D>::default(), body, None, None)
-    }));
+    let request = Request::from_http(
+        request.map(|body| Streaming::new_request(ProstDecoder::<D>::default(), body, None, None)),
+    );
     let (metadata, responses, extensions) = open(request).into_parts();
     let mut response = http::Response::new(Body::new(WireBody {
         responses: Some(responses),
