@@ -7,112 +7,22 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod support;
+
 use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
-use std::sync::Arc;
-use switchboard_api::{AdminToken, AppState, NodeConfigFuture, NodeConfigs, router};
+use support::{ADMIN, Api};
 use switchboard_model::{Kind, Spec};
-use switchboard_store::testing::{TestDb, store};
-use switchboard_store::{Backend, ResourceKey, Store, both_backends};
+use switchboard_store::{Backend, ResourceKey, both_backends};
 use time::OffsetDateTime;
 
-const ADMIN: &str = "test-admin-token-0123456789";
 const PASSPHRASE: &str = "a long enough passphrase";
 static KEK: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| "22".repeat(32));
 
-struct NoStreams;
-
-impl NodeConfigs for NoStreams {
-    fn node_config<'a>(&'a self, _: &'a str, _: &'a str, _: &'a str) -> NodeConfigFuture<'a> {
-        Box::pin(async { Ok(None) })
-    }
-}
-
-struct Api {
-    base: String,
-    http: reqwest::Client,
-    store: Store,
-    kek: switchboard_pki::Kek,
-    server: tokio::task::JoinHandle<()>,
-    _db: TestDb,
-}
-
-impl Drop for Api {
-    fn drop(&mut self) {
-        self.server.abort();
-    }
-}
-
 impl Api {
     async fn new(b: Backend) -> Option<Api> {
-        let (store, db) = store(b).await?;
-        let app = router(AppState {
-            store: store.clone(),
-            admin: AdminToken::new(ADMIN),
-            node_configs: Arc::new(NoStreams),
-            kek: Arc::new(switchboard_pki::Kek::parse(&KEK).unwrap()),
-        });
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let base = format!("http://{}", listener.local_addr().unwrap());
-        let server = tokio::spawn(async move {
-            axum::serve(listener, app).await.unwrap();
-        });
-        Some(Api {
-            base,
-            http: reqwest::Client::new(),
-            store,
-            kek: switchboard_pki::Kek::parse(&KEK).unwrap(),
-            server,
-            _db: db,
-        })
-    }
-
-    async fn call(
-        &self,
-        method: Method,
-        path: &str,
-        token: &str,
-        body: Option<Value>,
-    ) -> (StatusCode, Value) {
-        let mut req = self
-            .http
-            .request(method, format!("{}{path}", self.base))
-            .bearer_auth(token);
-        if let Some(b) = body {
-            req = req.json(&b);
-        }
-        let resp = req.send().await.unwrap();
-        let status = resp.status();
-        let text = resp.text().await.unwrap();
-        assert!(
-            !text.contains("PRIVATE KEY"),
-            "a response holds a key: {text}"
-        );
-        (status, serde_json::from_str(&text).unwrap_or(Value::Null))
-    }
-
-    /// A tenant and an API key for it.
-    async fn tenant(&self, name: &str) -> String {
-        let (s, b) = self
-            .call(
-                Method::POST,
-                "/v1/tenants",
-                ADMIN,
-                Some(json!({"name": name})),
-            )
-            .await;
-        assert_eq!(s, StatusCode::CREATED, "{b}");
-        let (s, k) = self
-            .call(
-                Method::POST,
-                &format!("/v1/tenants/{name}/api-keys"),
-                ADMIN,
-                Some(json!({})),
-            )
-            .await;
-        assert_eq!(s, StatusCode::CREATED, "{k}");
-        k["secret"].as_str().unwrap().to_owned()
+        Api::serve(b, &KEK).await
     }
 
     async fn put(&self, key: &str, path: &str, spec: Value) {
@@ -343,7 +253,7 @@ fn plain(export: &Value) -> Vec<Value> {
 
 async fn round_trip_with_secrets(b: Backend) {
     let Some(api) = Api::new(b).await else { return };
-    let acme = api.tenant("acme").await;
+    let acme = api.tenant_key("acme").await;
     populate(&api, "acme", &acme, true).await;
     let original = api.export("acme", &acme, Some(PASSPHRASE)).await;
     assert_eq!(original["secrets"], "encrypted");
@@ -377,7 +287,7 @@ async fn round_trip_with_secrets(b: Backend) {
     assert!(verifies(&api, "acme", &workload).await);
 
     // Into a fresh tenant: everything, at one revision, with the same CA and keys.
-    let other = api.tenant("restored").await;
+    let other = api.tenant_key("restored").await;
     let before = api.store.revision("restored").await.unwrap();
     let (s, r) = api
         .import(
@@ -464,7 +374,7 @@ both_backends!(round_trip_with_secrets_, round_trip_with_secrets);
 
 async fn round_trip_without_secrets(b: Backend) {
     let Some(api) = Api::new(b).await else { return };
-    let acme = api.tenant("acme").await;
+    let acme = api.tenant_key("acme").await;
     populate(&api, "acme", &acme, false).await;
     let original = api.export("acme", &acme, None).await;
     assert_eq!(original["secrets"], "omitted");
@@ -479,7 +389,7 @@ async fn round_trip_without_secrets(b: Backend) {
         !text.contains("PRIVATE KEY") && !text.contains("sbx1:") && !text.contains("\"secret\""),
         "{text}"
     );
-    let other = api.tenant("fresh").await;
+    let other = api.tenant_key("fresh").await;
     let (s, r) = api
         .import("fresh", &other, &original["documents"], None, false)
         .await;
@@ -542,11 +452,11 @@ both_backends!(round_trip_without_secrets_, round_trip_without_secrets);
 
 async fn bad_files_change_nothing(b: Backend) {
     let Some(api) = Api::new(b).await else { return };
-    let acme = api.tenant("acme").await;
+    let acme = api.tenant_key("acme").await;
     populate(&api, "acme", &acme, true).await;
     let export = api.export("acme", &acme, Some(PASSPHRASE)).await;
     let docs = export["documents"].as_array().unwrap().clone();
-    let target = api.tenant("target").await;
+    let target = api.tenant_key("target").await;
     let before = api.contents("target").await;
 
     // A bad field in the third document.

@@ -4,28 +4,20 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod support;
+
 use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair, KeyUsagePurpose};
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 use std::io::Write;
 use std::sync::{Arc, Mutex, OnceLock};
-use switchboard_api::{AdminToken, AppState, NodeConfigFuture, NodeConfigs, router};
+use support::{ADMIN, Api};
 use switchboard_model::{Kind, Spec};
-use switchboard_store::testing::{TestDb, store};
-use switchboard_store::{Backend, Store, WriteOptions, both_backends};
+use switchboard_store::{Backend, WriteOptions, both_backends};
 use time::OffsetDateTime;
 
-const ADMIN: &str = "test-admin-token-0123456789";
 /// The CA key-encryption key, as configuration would give it (64 hex characters).
 static KEK: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| "11".repeat(32));
-
-struct NoStreams;
-
-impl NodeConfigs for NoStreams {
-    fn node_config<'a>(&'a self, _: &'a str, _: &'a str, _: &'a str) -> NodeConfigFuture<'a> {
-        Box::pin(async { Ok(None) })
-    }
-}
 
 /// Every log line of this test binary, at every level.
 #[derive(Clone)]
@@ -68,89 +60,15 @@ fn assert_no_key_in_logs() {
     );
 }
 
-struct Api {
-    base: String,
-    http: reqwest::Client,
-    store: Store,
-    server: tokio::task::JoinHandle<()>,
-    _db: TestDb,
-}
-
-impl Drop for Api {
-    fn drop(&mut self) {
-        self.server.abort();
-    }
-}
-
 impl Api {
     async fn new(b: Backend) -> Option<Api> {
         logs();
-        let (store, db) = store(b).await?;
-        let app = router(AppState {
-            store: store.clone(),
-            admin: AdminToken::new(ADMIN),
-            node_configs: Arc::new(NoStreams),
-            kek: Arc::new(switchboard_pki::Kek::parse(&KEK).unwrap()),
-        });
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let base = format!("http://{}", listener.local_addr().unwrap());
-        let server = tokio::spawn(async move {
-            axum::serve(listener, app).await.unwrap();
-        });
-        Some(Api {
-            base,
-            http: reqwest::Client::new(),
-            store,
-            server,
-            _db: db,
-        })
-    }
-
-    async fn call(
-        &self,
-        method: Method,
-        path: &str,
-        token: &str,
-        body: Option<Value>,
-    ) -> (StatusCode, Value) {
-        let mut req = self
-            .http
-            .request(method, format!("{}{path}", self.base))
-            .bearer_auth(token);
-        if let Some(b) = body {
-            req = req.json(&b);
-        }
-        let resp = req.send().await.unwrap();
-        let status = resp.status();
-        let text = resp.text().await.unwrap();
-        assert!(
-            !text.contains("PRIVATE KEY"),
-            "a response holds a key: {text}"
-        );
-        (status, serde_json::from_str(&text).unwrap_or(Value::Null))
+        Api::serve(b, &KEK).await
     }
 
     /// A tenant with an API key and a mesh `prod` created through the API.
     async fn tenant(&self, name: &str) -> String {
-        let (s, b) = self
-            .call(
-                Method::POST,
-                "/v1/tenants",
-                ADMIN,
-                Some(json!({"name": name})),
-            )
-            .await;
-        assert_eq!(s, StatusCode::CREATED, "{b}");
-        let (s, k) = self
-            .call(
-                Method::POST,
-                &format!("/v1/tenants/{name}/api-keys"),
-                ADMIN,
-                Some(json!({})),
-            )
-            .await;
-        assert_eq!(s, StatusCode::CREATED, "{k}");
-        let key = k["secret"].as_str().unwrap().to_owned();
+        let key = self.tenant_key(name).await;
         let (s, b) = self
             .call(
                 Method::POST,
