@@ -419,7 +419,9 @@ async fn traffic_survives_the_control_plane_and_resyncs() {
     stop.store(true, Ordering::Relaxed);
     load.await.unwrap();
     let (ok, failed) = (ok.load(Ordering::Relaxed), failed.load(Ordering::Relaxed));
-    assert!(ok > 50, "only {ok} requests ran");
+    // Traffic ran before, during (at least 20, checked above) and after the outage; how many
+    // requests that makes depends on the machine's speed, so no count beyond that is asserted.
+    assert!(ok >= served + 20, "only {ok} requests ran");
     assert_eq!(
         failed,
         0,
