@@ -49,6 +49,7 @@ pub fn router(
 }
 
 async fn metrics(State(s): State<AdminState>) -> impl IntoResponse {
+    crate::memory::refresh();
     (
         [("content-type", "text/plain; version=0.0.4")],
         s.prometheus.render(),

@@ -7,7 +7,8 @@
 //! - `ca_key`: the key that encrypts the mesh CAs' keys (configured, or generated for SQLite)
 //!   and its check against the store.
 //! - `admin`: the admin port (`/metrics`, `/healthz`, `/readyz`); `metrics`: the Prometheus
-//!   exporter, its buckets and every documented metric.
+//!   exporter, its buckets and every documented metric; `memory`: the allocator's statistics
+//!   as gauges.
 //! - `tls`: TLS on the REST and xDS ports, the certificate re-read when its files change.
 //! - `bootstrap`: the `bootstrap` subcommand.
 //! - `backup`: the `export` and `import` subcommands (a tenant's backup and restore through
@@ -18,6 +19,7 @@ mod backup;
 mod bootstrap;
 mod ca_key;
 mod issuer;
+mod memory;
 mod metrics;
 mod node_configs;
 mod serve;

@@ -13,6 +13,7 @@ pub fn documented() -> Vec<MetricDoc> {
         switchboard_api::observe::METRICS,
         switchboard_xds_server::metrics::METRICS,
         switchboard_store::metrics::METRICS,
+        crate::memory::METRICS,
     ]
     .concat()
 }

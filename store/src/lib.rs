@@ -60,8 +60,9 @@ pub use commit_traces::MAX_LINKED_COMMITS;
 pub use credentials::{Credential, CredentialKind, NewCredential};
 pub use error::{Referrer, StoreError};
 pub use proxies::{
-    AckedRecord, CertificateRecord, NackRecord, PROXY_GONE_MS, PROXY_STALE_MS, ProxyRoleRecord,
-    ProxyRow, ProxyStatusRecord, RolloutRow, SentRecord, TypeState, TypeStatusRecord,
+    AckedRecord, CertificateRecord, NackRecord, PROXY_CHUNK, PROXY_GONE_MS, PROXY_STALE_MS,
+    ProxyRoleRecord, ProxyRow, ProxyStatusRecord, RolloutRow, SentRecord, TypeState,
+    TypeStatusRecord,
 };
 pub use quotas::{QUOTA_CACHE_TTL, QUOTA_MAX, QuotaOverrides, Quotas, TenantQuotas};
 pub use replicas::{REPLICA_FORGET_MS, ReplicaRow};
@@ -122,6 +123,10 @@ struct Inner {
     commit_traces: commit_traces::CommitTraces,
 }
 
+/// Each SQLite connection's page cache, in KiB (a negative `cache_size`): 8 connections hold
+/// at most 4 MiB of pages.
+const SQLITE_CACHE_SIZE: &str = "PRAGMA cache_size = -512";
+
 impl Store {
     /// Connects to `url` (`postgres://…` or `sqlite://path`), without migrating.
     pub async fn connect(url: &str) -> Result<Store, StoreError> {
@@ -146,6 +151,12 @@ impl Store {
                     conn.execute("PRAGMA journal_mode = WAL").await?;
                     conn.execute("PRAGMA busy_timeout = 10000").await?;
                     conn.execute("PRAGMA synchronous = NORMAL").await?;
+                    // A small page cache per connection: the control plane holds what it
+                    // serves in its own snapshots, and the pages it reads again (a snapshot
+                    // build, a write's checks) come from the OS's file cache. With SQLite's
+                    // default (2 MiB each, 16 MiB for the pool), the pages of a fleet's status
+                    // rows stayed in the process after the fleet left.
+                    conn.execute(SQLITE_CACHE_SIZE).await?;
                     Ok(())
                 })
             }),

@@ -214,18 +214,27 @@ impl ProxyRegistry {
         out
     }
 
-    /// The streams updated and the stream ids ended since the last call.
-    pub fn take_changes(&self) -> (Vec<ProxyStatus>, Vec<u64>) {
+    /// The ids of the streams updated and of the streams ended since the last call. The
+    /// status sync reads the updated ones a chunk at a time ([`ProxyRegistry::map`]), so that
+    /// a fleet's worth of changes is never copied at once.
+    pub fn take_changes(&self) -> (Vec<u64>, Vec<u64>) {
         let changes = std::mem::take(&mut *lock(&self.inner.changes));
-        let streams = lock(&self.inner.streams);
-        let entries: Vec<_> = changes
-            .updated
-            .iter()
-            .filter_map(|id| streams.get(id).cloned())
-            .collect();
-        drop(streams);
-        let updated = entries.iter().map(|e| lock(e).clone()).collect();
-        (updated, changes.ended.into_iter().collect())
+        (
+            changes.updated.into_iter().collect(),
+            changes.ended.into_iter().collect(),
+        )
+    }
+
+    /// `f` of the current status of each stream of `ids` still connected, in the order of
+    /// `ids`, without copying the statuses.
+    pub fn map<R>(&self, ids: &[u64], f: impl Fn(&ProxyStatus) -> R) -> Vec<R> {
+        let entries: Vec<_> = {
+            let streams = lock(&self.inner.streams);
+            ids.iter()
+                .filter_map(|id| streams.get(id).cloned())
+                .collect()
+        };
+        entries.iter().map(|e| f(&lock(e))).collect()
     }
 
     /// Marks streams as changed again (their last write failed).

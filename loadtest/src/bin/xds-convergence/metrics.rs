@@ -67,3 +67,19 @@ pub fn metrics_summary(text: &str) -> Vec<String> {
     }
     out
 }
+
+/// The allocator's gauges (`switchboard_memory_*_bytes`, a jemalloc build's), in MiB, as one
+/// line: what the control plane holds beside what it has not given back. `None` when the
+/// server exports none.
+pub fn allocator_summary(text: &str) -> Option<String> {
+    let mut parts = Vec::new();
+    for what in ["allocated", "active", "metadata", "resident"] {
+        let name = format!("switchboard_memory_{what}_bytes ");
+        let value = text
+            .lines()
+            .find_map(|l| l.strip_prefix(&name))
+            .and_then(|v| v.trim().parse::<f64>().ok())?;
+        parts.push(format!("{what} {:.1}", value / (1024.0 * 1024.0)));
+    }
+    Some(format!("{} MiB", parts.join(", ")))
+}

@@ -15,7 +15,7 @@ use tonic::transport::{Channel, Endpoint};
 
 use crate::client::{Event, Held, Mode, run_client};
 use crate::config::Config;
-use crate::metrics::metrics_summary;
+use crate::metrics::{allocator_summary, metrics_summary};
 use crate::restart::{Storm, storm};
 use crate::scenario::{SHARED, SHARED_HOST, mesh_path, service, setup, shared_route};
 
@@ -51,6 +51,18 @@ impl Server<'_> {
         match self {
             Server::Switchboard { cp, .. } => cp.memory(),
             Server::Go { go, .. } => go.memory(),
+        }
+    }
+
+    /// The allocator's gauges from switchboard's `/metrics` (see [`allocator_summary`]).
+    async fn allocator(&self) -> Option<String> {
+        match self {
+            Server::Switchboard { cp, rest } => rest
+                .get_text(&format!("{}/metrics", cp.admin_url))
+                .await
+                .ok()
+                .and_then(|text| allocator_summary(&text)),
+            Server::Go { .. } => None,
         }
     }
 
@@ -225,6 +237,7 @@ pub async fn run(
     let first_after = wait_converged(&mut events, 1, first_deadline).await?;
     tokio::time::sleep(Duration::from_secs(1)).await;
     let one = server.memory()?;
+    let one_allocator = server.allocator().await;
     let opened = Instant::now();
     for i in 1..cfg.streams {
         streams.spawn_client(cfg, i);
@@ -373,6 +386,7 @@ pub async fn run(
     drop(streams);
     tokio::time::sleep(cfg.close_wait).await;
     let closed = server.memory()?;
+    let closed_allocator = server.allocator().await;
 
     println!();
     println!(
@@ -424,6 +438,14 @@ pub async fn run(
         mib(one.rss_kib.saturating_sub(one.anon_kib)),
         mib(closed.rss_kib.saturating_sub(closed.anon_kib)),
     );
+
+    if let (Some(one), Some(closed)) = (one_allocator, closed_allocator) {
+        println!(
+            "memory: the allocator's account with 1 stream: {one}; {} s after every stream \
+             closed: {closed}",
+            cfg.close_wait.as_secs()
+        );
+    }
 
     if let (Some(metrics), Server::Switchboard { cp, .. }) = (metrics, &server) {
         println!();
