@@ -15,6 +15,7 @@ use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use std::collections::HashMap;
+use switchboard_model::spec::CertificateKey;
 use switchboard_model::{FieldError, Kind, Spec, ValidationErrors, validate_name};
 use switchboard_pki::{MeshCa, Origin, SealedCa, SealedCaRef};
 use switchboard_store::{BatchEffect, BatchOptions, BatchWrite, ResourceKey, StoreError};
@@ -82,6 +83,10 @@ pub(super) async fn import(
                     (Kind::Mesh, true, false) => Some("generated"),
                     _ => None,
                 },
+                spec: dry_run.then(|| match r.key.kind {
+                    Kind::Certificate => crate::certificates::view(r.spec.clone()),
+                    _ => r.spec.clone(),
+                }),
             }
         })
         .collect::<Vec<_>>();
@@ -337,13 +342,60 @@ async fn certificate(
     }
     let parsed = Spec::parse(Kind::Certificate, spec)?;
     parsed.validate()?;
-    match parsed {
-        Spec::Certificate(c) => crate::certificates::seal(s, tenant, mesh, name, *c),
-        _ => Err(ApiError::new(
+    let Spec::Certificate(written) = parsed else {
+        return Err(ApiError::new(
             StatusCode::INTERNAL_SERVER_ERROR,
             "internal",
             "Internal error",
             "a certificate did not parse as one",
-        )),
+        ));
+    };
+    let key_pem = match &written.private_key {
+        CertificateKey::Pem(pem) => Some(zeroize::Zeroizing::new(pem.clone())),
+        CertificateKey::Sealed(_) => None,
+    };
+    let sealed = crate::certificates::seal(s, tenant, mesh, name, *written)?;
+    match (
+        key_pem,
+        stored_if_same(s, tenant, mesh, name, &sealed).await?,
+    ) {
+        (Some(pem), Some((stored, stored_pem))) if stored_pem.trim() == pem.trim() => Ok(stored),
+        _ => Ok(sealed),
+    }
+}
+
+/// The stored certificate `name` and its opened key, when its spec (but for the key,
+/// which is sealed anew with a fresh nonce on every write) equals `sealed`: a document
+/// written with the same PEM chain and key then changes nothing (applying a file twice
+/// writes nothing the second time).
+async fn stored_if_same(
+    s: &AppState,
+    tenant: &str,
+    mesh: &str,
+    name: &str,
+    sealed: &Spec,
+) -> Result<Option<(Spec, zeroize::Zeroizing<String>)>, ApiError> {
+    let key = ResourceKey::new(tenant, mesh, Kind::Certificate, name);
+    let stored = match s.store.get(&key).await {
+        Ok(stored) => stored,
+        Err(StoreError::NotFound { .. }) => return Ok(None),
+        Err(e) => return Err(e.into()),
+    };
+    let view = crate::certificates::view;
+    if view(stored.spec.clone()) != view(sealed.to_json()) {
+        return Ok(None);
+    }
+    let spec = Spec::parse(Kind::Certificate, stored.spec)
+        .map_err(|e| super::internal("reading a stored certificate", e))?;
+    let Spec::Certificate(c) = &spec else {
+        return Ok(None);
+    };
+    let CertificateKey::Sealed(k) = &c.private_key else {
+        return Ok(None);
+    };
+    // A key sealed with another KEK (or not opening) is replaced, as a new write would.
+    match switchboard_pki::open_certificate_key(&s.kek, tenant, mesh, name, &k.kek_id, &k.sealed) {
+        Ok(pem) => Ok(Some((spec, pem))),
+        Err(_) => Ok(None),
     }
 }
