@@ -350,31 +350,23 @@ async fn certificate(
             "a certificate did not parse as one",
         ));
     };
-    let key_pem = match &written.private_key {
-        CertificateKey::Pem(pem) => Some(zeroize::Zeroizing::new(pem.clone())),
-        CertificateKey::Sealed(_) => None,
-    };
     let sealed = crate::certificates::seal(s, tenant, mesh, name, *written)?;
-    match (
-        key_pem,
-        stored_if_same(s, tenant, mesh, name, &sealed).await?,
-    ) {
-        (Some(pem), Some((stored, stored_pem))) if stored_pem.trim() == pem.trim() => Ok(stored),
-        _ => Ok(sealed),
-    }
+    Ok(stored_if_same(s, tenant, mesh, name, &sealed)
+        .await?
+        .unwrap_or(sealed))
 }
 
-/// The stored certificate `name` and its opened key, when its spec (but for the key,
-/// which is sealed anew with a fresh nonce on every write) equals `sealed`: a document
-/// written with the same PEM chain and key then changes nothing (applying a file twice
-/// writes nothing the second time).
+/// The stored certificate `name` when it is `sealed` but for the sealing: the same spec and
+/// the same key, which every write seals anew (a fresh nonce), so that a document written
+/// with the same PEM chain and key changes nothing (applying a file twice writes nothing
+/// the second time).
 async fn stored_if_same(
     s: &AppState,
     tenant: &str,
     mesh: &str,
     name: &str,
     sealed: &Spec,
-) -> Result<Option<(Spec, zeroize::Zeroizing<String>)>, ApiError> {
+) -> Result<Option<Spec>, ApiError> {
     let key = ResourceKey::new(tenant, mesh, Kind::Certificate, name);
     let stored = match s.store.get(&key).await {
         Ok(stored) => stored,
@@ -385,17 +377,21 @@ async fn stored_if_same(
     if view(stored.spec.clone()) != view(sealed.to_json()) {
         return Ok(None);
     }
-    let spec = Spec::parse(Kind::Certificate, stored.spec)
+    let stored = Spec::parse(Kind::Certificate, stored.spec)
         .map_err(|e| super::internal("reading a stored certificate", e))?;
-    let Spec::Certificate(c) = &spec else {
-        return Ok(None);
+    // A key that does not open (sealed with another KEK) is replaced, as a new write would.
+    let open = |spec: &Spec| match spec {
+        Spec::Certificate(c) => match &c.private_key {
+            CertificateKey::Sealed(k) => switchboard_pki::open_certificate_key(
+                &s.kek, tenant, mesh, name, &k.kek_id, &k.sealed,
+            )
+            .ok(),
+            CertificateKey::Pem(_) => None,
+        },
+        _ => None,
     };
-    let CertificateKey::Sealed(k) = &c.private_key else {
-        return Ok(None);
-    };
-    // A key sealed with another KEK (or not opening) is replaced, as a new write would.
-    match switchboard_pki::open_certificate_key(&s.kek, tenant, mesh, name, &k.kek_id, &k.sealed) {
-        Ok(pem) => Ok(Some((spec, pem))),
-        Err(_) => Ok(None),
+    match (open(&stored), open(sealed)) {
+        (Some(a), Some(b)) if a == b => Ok(Some(stored)),
+        _ => Ok(None),
     }
 }
