@@ -9,7 +9,8 @@
 //! `secret`, encrypted with a key derived from the passphrase (`secrets`), and an import
 //! with the same passphrase seals them again with this server's KEK. Without its CA, an
 //! imported mesh gets a new one, as creating a mesh does. Export answers JSON; the CLI
-//! (`switchboard export`) writes it as YAML documents.
+//! (`switchboard export`) writes it as YAML documents, and `switchboard apply` and `diff`
+//! send their files here (a dry run's items carry the specs as they would be stored).
 
 mod import;
 mod secrets;
@@ -179,6 +180,12 @@ pub struct ImportItem {
     /// For a mesh created: whether its CA was `restored` from the document or `generated`.
     #[serde(skip_serializing_if = "Option::is_none")]
     ca: Option<&'static str>,
+    /// For a dry run: the spec as it would be stored, as a GET would show it (defaults
+    /// filled in, a certificate without its key), so a client can show what would change
+    /// (`switchboard diff`) without knowing how the server normalizes specs.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Object>)]
+    spec: Option<serde_json::Value>,
 }
 
 /// A kind as documents name it (`authorization-policy`).

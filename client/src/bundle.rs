@@ -66,13 +66,7 @@ impl Documents {
     /// A field the API named (`documents[2].spec.port`) as the file's reader knows it:
     /// `document 3: spec.port` (its number in the file, the field within it).
     pub fn locate(&self, field: &str) -> String {
-        let Some(rest) = field.strip_prefix("documents[") else {
-            return field.to_owned();
-        };
-        let Some((index, after)) = rest.split_once(']') else {
-            return field.to_owned();
-        };
-        let Ok(index) = index.parse::<usize>() else {
+        let Some((index, after)) = document_field(field) else {
             return field.to_owned();
         };
         let at = match self.positions.get(index) {
@@ -82,7 +76,6 @@ impl Documents {
             Some(n) => format!("document {n}"),
             None => format!("documents[{index}]"),
         };
-        let after = after.strip_prefix('.').unwrap_or(after);
         if after.is_empty() {
             at
         } else {
@@ -97,6 +90,15 @@ impl Documents {
             .map(|e| format!("{}: {}", self.locate(&e.field), e.message))
             .collect()
     }
+}
+
+/// A field the API named under `documents[i]`: `i`, and the field within the document
+/// (`spec.port`; empty for the document itself).
+pub fn document_field(field: &str) -> Option<(usize, &str)> {
+    let rest = field.strip_prefix("documents[")?;
+    let (index, after) = rest.split_once(']')?;
+    let index = index.parse::<usize>().ok()?;
+    Some((index, after.strip_prefix('.').unwrap_or(after)))
 }
 
 /// An export as a YAML file: a comment header, then one document per resource.

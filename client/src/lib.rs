@@ -1,11 +1,11 @@
 //! A client of Switchboard's REST API, for the `switchboard` CLI's verbs: one [`Client`]
-//! (base URL and API key), errors that carry the API's problem+json, and the tenant
-//! export and import (`bundle`: the calls, and their YAML files of several documents).
-//!
-//! It speaks plain HTTP; an `https://` API URL is refused with a clear error (this build of
-//! reqwest has no TLS).
+//! (base URL, API key, and for `https://` the platform's roots or a CA file), errors that
+//! carry the API's problem+json, the tenant export and import (`bundle`: the calls, and
+//! their YAML files of several documents), and reads and deletes of resources, proxies and
+//! rollouts (`resources`).
 
 pub mod bundle;
+pub mod resources;
 
 use serde::Deserialize;
 use zeroize::Zeroizing;
@@ -36,12 +36,12 @@ pub struct Problem {
 pub enum ClientError {
     #[error("bad API URL {url:?}: {why}")]
     Url { url: String, why: &'static str },
-    #[error("cannot reach the API at {url}: {source}")]
-    Connect {
-        url: String,
-        #[source]
-        source: reqwest::Error,
-    },
+    #[error("bad CA file: {0}")]
+    Ca(String),
+    /// No answer: `why` is the whole chain of causes on one line (reqwest's own message
+    /// names only the first).
+    #[error("cannot reach the API at {url}: {why}")]
+    Connect { url: String, why: String },
     /// The API refused the request; `detail` says why, `errors` name the fields.
     #[error("{} ({})", problem.detail, problem.status)]
     Problem { problem: Problem },
@@ -58,23 +58,34 @@ pub struct Client {
 }
 
 impl Client {
-    pub fn new(api_url: &str, token: &str) -> Result<Client, ClientError> {
+    /// A client of the API at `api_url` (`http://` or `https://`, with or without `/v1`).
+    /// `ca_pem`: the certificates to trust for `https://`, instead of the platform's roots.
+    pub fn new(api_url: &str, token: &str, ca_pem: Option<&[u8]>) -> Result<Client, ClientError> {
         let base = api_url.trim().trim_end_matches('/').to_owned();
-        let bad = |why| ClientError::Url {
-            url: api_url.to_owned(),
-            why,
-        };
-        if base.starts_with("https://") {
-            return Err(bad(
-                "https is not supported by this client yet; use http://",
-            ));
-        }
-        if !base.starts_with("http://") {
-            return Err(bad("expected http://host:port"));
+        if !base.starts_with("http://") && !base.starts_with("https://") {
+            return Err(ClientError::Url {
+                url: api_url.to_owned(),
+                why: "expected http://host:port or https://host:port",
+            });
         }
         let base = base.strip_suffix("/v1").unwrap_or(&base).to_owned();
+        let mut builder = reqwest::Client::builder()
+            .use_rustls_tls()
+            .connect_timeout(std::time::Duration::from_secs(10));
+        if let Some(pem) = ca_pem {
+            let certs = reqwest::Certificate::from_pem_bundle(pem)
+                .map_err(|e| ClientError::Ca(causes(&e)))?;
+            if certs.is_empty() {
+                return Err(ClientError::Ca("no PEM certificate in it".into()));
+            }
+            builder = builder.tls_built_in_root_certs(false);
+            for cert in certs {
+                builder = builder.add_root_certificate(cert);
+            }
+        }
+        let http = builder.build().map_err(|e| ClientError::Ca(causes(&e)))?;
         Ok(Client {
-            http: reqwest::Client::new(),
+            http,
             base,
             token: Zeroizing::new(token.trim().to_owned()),
         })
@@ -88,38 +99,77 @@ impl Client {
         query: &[(&str, &str)],
         body: &serde_json::Value,
     ) -> Result<serde_json::Value, ClientError> {
-        let url = format!("{}/v1{path}", self.base);
-        let resp = self
-            .http
-            .post(&url)
-            .query(query)
-            .bearer_auth(self.token.as_str())
-            .json(body)
-            .send()
+        self.send(reqwest::Method::POST, path, query, Some(body))
             .await
-            .map_err(|source| ClientError::Connect {
-                url: url.clone(),
-                source,
-            })?;
+    }
+
+    /// One call of `method` on `path` (under `/v1`): the JSON answer (`Null` for an empty
+    /// one, as a delete's 204), or the API's problem as [`ClientError::Problem`].
+    pub async fn send(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        query: &[(&str, &str)],
+        body: Option<&serde_json::Value>,
+    ) -> Result<serde_json::Value, ClientError> {
+        let url = format!("{}/v1{path}", self.base);
+        let mut req = self
+            .http
+            .request(method, &url)
+            .query(query)
+            .bearer_auth(self.token.as_str());
+        if let Some(body) = body {
+            req = req.json(body);
+        }
+        let unreachable = |e: reqwest::Error| ClientError::Connect {
+            url: self.base.clone(),
+            why: causes(&e),
+        };
+        let resp = req.send().await.map_err(unreachable)?;
         let status = resp.status();
-        let text = resp.text().await.map_err(|source| ClientError::Connect {
-            url: url.clone(),
-            source,
-        })?;
+        let text = resp.text().await.map_err(unreachable)?;
         if status.is_success() {
+            if text.trim().is_empty() {
+                return Ok(serde_json::Value::Null);
+            }
             return serde_json::from_str(&text).map_err(|_| ClientError::Unexpected {
                 status: status.as_u16(),
-                body: text.chars().take(200).collect(),
+                body: one_line(&text),
             });
         }
         match serde_json::from_str::<Problem>(&text) {
             Ok(problem) if !problem.detail.is_empty() => Err(ClientError::Problem { problem }),
             _ => Err(ClientError::Unexpected {
                 status: status.as_u16(),
-                body: text.chars().take(200).collect(),
+                body: one_line(&text),
             }),
         }
     }
+}
+
+/// An error and its sources on one line (`a: b: c`), each said once.
+fn causes(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        let text = s.to_string();
+        if !out.contains(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
+        source = s.source();
+    }
+    one_line(&out)
+}
+
+/// At most 200 characters of `text`, on one line.
+fn one_line(text: &str) -> String {
+    text.split_whitespace()
+        .collect::<Vec<_>>()
+        .join(" ")
+        .chars()
+        .take(200)
+        .collect()
 }
 
 /// `tenant` as one path segment (names are DNS labels; anything else is escaped so it

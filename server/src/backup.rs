@@ -3,37 +3,22 @@
 //! consistent read; one transaction); this module reads flags, files and the environment,
 //! and turns problems into one line naming the file, the document and the field.
 //!
-//! Exit codes: 0 done, 1 an error (one line on stderr), 2 bad usage.
+//! The API, key and tenant come as for every verb (`cli::Target`: flags, environment, then
+//! the config file's context). Exit codes: 0 done, 1 an error (one line on stderr), 2 bad
+//! usage.
 
+use crate::cli::{ApiArgs, Failure, Target, error, finish, print, read_secret, runtime, usage};
 use clap::Args;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use switchboard_client::ClientError;
 use switchboard_client::bundle::{Documents, to_yaml};
-use switchboard_client::{Client, ClientError};
 use zeroize::Zeroizing;
-
-/// Where the API is and who calls it.
-#[derive(Debug, Args)]
-pub struct ApiArgs {
-    /// The REST API's base URL.
-    #[arg(
-        long,
-        env = "SWITCHBOARD_API_URL",
-        default_value = "http://127.0.0.1:8080"
-    )]
-    pub api_url: String,
-    /// A file holding the API key (or the admin token); else $SWITCHBOARD_TOKEN.
-    #[arg(long)]
-    pub token_file: Option<PathBuf>,
-}
 
 #[derive(Debug, Args)]
 pub struct ExportArgs {
     #[command(flatten)]
     pub api: ApiArgs,
-    /// The tenant to export.
-    #[arg(long)]
-    pub tenant: String,
     /// Include the meshes' CA keys and the certificates' private keys, encrypted with the
     /// passphrase in --passphrase-file.
     #[arg(long, requires = "passphrase_file")]
@@ -51,9 +36,6 @@ pub struct ExportArgs {
 pub struct ImportArgs {
     #[command(flatten)]
     pub api: ApiArgs,
-    /// The tenant to import into (it must exist).
-    #[arg(long)]
-    pub tenant: String,
     /// The YAML (or JSON) file of documents; `-` reads standard input.
     #[arg(short, long)]
     pub file: PathBuf,
@@ -65,77 +47,6 @@ pub struct ImportArgs {
     pub passphrase_file: Option<PathBuf>,
 }
 
-/// A failure: its message, and whether it is bad usage (exit 2) or an error (exit 1).
-struct Failure {
-    usage: bool,
-    message: String,
-}
-
-fn error(message: impl Into<String>) -> Failure {
-    Failure {
-        usage: false,
-        message: message.into(),
-    }
-}
-
-fn usage(message: impl Into<String>) -> Failure {
-    Failure {
-        usage: true,
-        message: message.into(),
-    }
-}
-
-fn finish(verb: &str, result: Result<(), Failure>) -> ExitCode {
-    match result {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(f) => {
-            eprintln!("switchboard {verb}: {}", f.message);
-            ExitCode::from(if f.usage { 2 } else { 1 })
-        }
-    }
-}
-
-fn runtime() -> Result<tokio::runtime::Runtime, Failure> {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .map_err(|e| error(format!("cannot start the async runtime: {e}")))
-}
-
-/// A secret from a file: one trailing newline removed.
-fn read_secret(path: &Path, what: &str) -> Result<Zeroizing<String>, Failure> {
-    let text = Zeroizing::new(std::fs::read_to_string(path).map_err(|e| {
-        usage(format!(
-            "cannot read the {what} file {}: {e}",
-            path.display()
-        ))
-    })?);
-    let trimmed = text.strip_suffix('\n').unwrap_or(&text);
-    let trimmed = trimmed.strip_suffix('\r').unwrap_or(trimmed);
-    if trimmed.is_empty() {
-        return Err(usage(format!(
-            "the {what} file {} is empty",
-            path.display()
-        )));
-    }
-    Ok(Zeroizing::new(trimmed.to_owned()))
-}
-
-fn client(api: &ApiArgs) -> Result<Client, Failure> {
-    let token = match &api.token_file {
-        Some(path) => read_secret(path, "token")?,
-        None => match std::env::var("SWITCHBOARD_TOKEN") {
-            Ok(t) if !t.trim().is_empty() => Zeroizing::new(t),
-            _ => {
-                return Err(usage(
-                    "no API key: give --token-file FILE or set SWITCHBOARD_TOKEN",
-                ));
-            }
-        },
-    };
-    Client::new(&api.api_url, &token).map_err(|e| usage(e.to_string()))
-}
-
 /// An API failure as one line; `documents` names the documents of the import's file.
 fn api_failure(e: ClientError, file: Option<(&str, &Documents)>) -> Failure {
     match (e, file) {
@@ -145,15 +56,7 @@ fn api_failure(e: ClientError, file: Option<(&str, &Documents)>) -> Failure {
                 docs.explain(&problem.errors).join("; ")
             ))
         }
-        (ClientError::Problem { problem }, _) if !problem.errors.is_empty() => error(
-            problem
-                .errors
-                .iter()
-                .map(|f| format!("{}: {}", f.field, f.message))
-                .collect::<Vec<_>>()
-                .join("; "),
-        ),
-        (e, _) => error(e.to_string()),
+        (e, _) => crate::cli::api_failure(e),
     }
 }
 
@@ -171,17 +74,18 @@ fn write_owner_only(path: &Path, text: &str) -> std::io::Result<()> {
 }
 
 pub fn export(args: &ExportArgs) -> ExitCode {
-    finish("export", run_export(args))
+    finish("export", run_export(args).map(|()| ExitCode::SUCCESS))
 }
 
 fn run_export(args: &ExportArgs) -> Result<(), Failure> {
-    let client = client(&args.api)?;
+    let target = Target::resolve(&args.api)?;
+    let (client, tenant) = (&target.client, target.tenant()?);
     let passphrase = match (&args.passphrase_file, args.include_secrets) {
         (Some(path), true) => Some(read_secret(path, "passphrase")?),
         _ => None,
     };
     let export = runtime()?
-        .block_on(client.export(&args.tenant, passphrase.as_ref().map(|p| p.as_str())))
+        .block_on(client.export(tenant, passphrase.as_ref().map(|p| p.as_str())))
         .map_err(|e| api_failure(e, None))?;
     let yaml = Zeroizing::new(
         to_yaml(&export).map_err(|e| error(format!("cannot write the export as YAML: {e}")))?,
@@ -189,12 +93,7 @@ fn run_export(args: &ExportArgs) -> Result<(), Failure> {
     match &args.output {
         Some(path) => write_owner_only(path, &yaml)
             .map_err(|e| error(format!("cannot write {}: {e}", path.display())))?,
-        None => {
-            use std::io::Write;
-            std::io::stdout()
-                .write_all(yaml.as_bytes())
-                .map_err(|e| error(format!("cannot write to standard output: {e}")))?;
-        }
+        None => print(&yaml)?,
     }
     let count = export
         .get("documents")
@@ -202,7 +101,7 @@ fn run_export(args: &ExportArgs) -> Result<(), Failure> {
         .map_or(0, Vec::len);
     eprintln!(
         "exported {count} documents of tenant {:?} at revision {} (secrets {})",
-        args.tenant,
+        tenant,
         export.get("revision").and_then(|r| r.as_i64()).unwrap_or(0),
         export
             .get("secrets")
@@ -213,11 +112,12 @@ fn run_export(args: &ExportArgs) -> Result<(), Failure> {
 }
 
 pub fn import(args: &ImportArgs) -> ExitCode {
-    finish("import", run_import(args))
+    finish("import", run_import(args).map(|()| ExitCode::SUCCESS))
 }
 
 fn run_import(args: &ImportArgs) -> Result<(), Failure> {
-    let client = client(&args.api)?;
+    let target = Target::resolve(&args.api)?;
+    let (client, tenant) = (&target.client, target.tenant()?);
     let passphrase = match &args.passphrase_file {
         Some(path) => Some(read_secret(path, "passphrase")?),
         None => None,
@@ -236,7 +136,7 @@ fn run_import(args: &ImportArgs) -> Result<(), Failure> {
     let docs = Documents::parse(&text).map_err(|e| error(format!("{name}: {e}")))?;
     let result = runtime()?
         .block_on(client.import(
-            &args.tenant,
+            tenant,
             &docs,
             passphrase.as_ref().map(|p| p.as_str()),
             args.dry_run,
@@ -265,16 +165,16 @@ fn run_import(args: &ImportArgs) -> Result<(), Failure> {
     ) {
         (true, _) => eprintln!(
             "dry run of {name} into tenant {:?}: {} documents would import ({summary}); nothing written",
-            args.tenant,
+            tenant,
             items.len()
         ),
         (false, Some(revision)) => eprintln!(
             "imported {name} into tenant {:?} at revision {revision}: {summary}",
-            args.tenant
+            tenant
         ),
         (false, None) => eprintln!(
             "imported {name} into tenant {:?}: nothing changed ({summary})",
-            args.tenant
+            tenant
         ),
     }
     Ok(())

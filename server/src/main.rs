@@ -13,11 +13,14 @@
 //! - `bootstrap`: the `bootstrap` subcommand.
 //! - `backup`: the `export` and `import` subcommands (a tenant's backup and restore through
 //!   the REST API).
+//! - `cli`: the verbs over the REST API (`login`, `config`, `apply`, `diff`, `get`, `delete`,
+//!   `status`, `rollout`) and `completion` and `man`.
 
 mod admin;
 mod backup;
 mod bootstrap;
 mod ca_key;
+mod cli;
 mod issuer;
 mod memory;
 mod metrics;
@@ -28,7 +31,7 @@ mod telemetry;
 mod tls;
 
 use anyhow::Context;
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 
 /// See the `jemalloc` feature in Cargo.toml: memory freed when streams close goes back to the
 /// system.
@@ -79,6 +82,35 @@ enum Command {
     Export(backup::ExportArgs),
     /// Apply a file of documents (as `export` writes them) to a tenant in one transaction.
     Import(backup::ImportArgs),
+    /// Save an API URL and key (and tenant, mesh, CA file) as a named context, made current.
+    Login(cli::context::LoginArgs),
+    /// Manage the config file's contexts.
+    #[command(subcommand)]
+    Config(cli::context::ConfigCommand),
+    /// Create or replace the resources in files of documents (as `export` writes them), one
+    /// transaction per mesh; applying the same files again changes nothing.
+    Apply(cli::apply::ApplyArgs),
+    /// Show what `apply` would change, as a unified diff of specs; exit 3 if it would
+    /// change anything.
+    Diff(cli::apply::DiffArgs),
+    /// List the resources of a kind, or show one, as a table, YAML or JSON documents.
+    Get(cli::show::GetArgs),
+    /// Delete a resource (a mesh with everything in it).
+    Delete(cli::show::DeleteArgs),
+    /// The proxies of a mesh and what each has ACKed or NACKed.
+    Status(cli::show::StatusArgs),
+    /// Whether a revision has reached every proxy of a mesh, and why not where it has not.
+    Rollout(cli::show::RolloutArgs),
+    /// Print a shell completion script.
+    Completion {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Print the man page (roff); with --dir, write a page per subcommand there.
+    Man {
+        #[arg(long)]
+        dir: Option<std::path::PathBuf>,
+    },
 }
 
 fn main() -> ExitCode {
@@ -88,6 +120,16 @@ fn main() -> ExitCode {
         Command::Migrate(a) => (a, true),
         Command::Export(a) => return backup::export(&a),
         Command::Import(a) => return backup::import(&a),
+        Command::Login(a) => return cli::context::login(&a),
+        Command::Config(c) => return cli::context::config(&c),
+        Command::Apply(a) => return cli::apply::apply(&a),
+        Command::Diff(a) => return cli::apply::diff(&a),
+        Command::Get(a) => return cli::show::get(&a),
+        Command::Delete(a) => return cli::show::delete(&a),
+        Command::Status(a) => return cli::show::status(&a),
+        Command::Rollout(a) => return cli::show::rollout(&a),
+        Command::Completion { shell } => return cli::completion(shell, Cli::command()),
+        Command::Man { dir } => return cli::man(Cli::command(), dir.as_deref()),
         Command::Bootstrap(b) => {
             return match bootstrap::render(&b) {
                 Ok(text) => {

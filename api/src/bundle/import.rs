@@ -15,6 +15,7 @@ use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use std::collections::HashMap;
+use switchboard_model::spec::CertificateKey;
 use switchboard_model::{FieldError, Kind, Spec, ValidationErrors, validate_name};
 use switchboard_pki::{MeshCa, Origin, SealedCa, SealedCaRef};
 use switchboard_store::{BatchEffect, BatchOptions, BatchWrite, ResourceKey, StoreError};
@@ -82,6 +83,10 @@ pub(super) async fn import(
                     (Kind::Mesh, true, false) => Some("generated"),
                     _ => None,
                 },
+                spec: dry_run.then(|| match r.key.kind {
+                    Kind::Certificate => crate::certificates::view(r.spec.clone()),
+                    _ => r.spec.clone(),
+                }),
             }
         })
         .collect::<Vec<_>>();
@@ -337,13 +342,56 @@ async fn certificate(
     }
     let parsed = Spec::parse(Kind::Certificate, spec)?;
     parsed.validate()?;
-    match parsed {
-        Spec::Certificate(c) => crate::certificates::seal(s, tenant, mesh, name, *c),
-        _ => Err(ApiError::new(
+    let Spec::Certificate(written) = parsed else {
+        return Err(ApiError::new(
             StatusCode::INTERNAL_SERVER_ERROR,
             "internal",
             "Internal error",
             "a certificate did not parse as one",
-        )),
+        ));
+    };
+    let sealed = crate::certificates::seal(s, tenant, mesh, name, *written)?;
+    Ok(stored_if_same(s, tenant, mesh, name, &sealed)
+        .await?
+        .unwrap_or(sealed))
+}
+
+/// The stored certificate `name` when it is `sealed` but for the sealing: the same spec and
+/// the same key, which every write seals anew (a fresh nonce), so that a document written
+/// with the same PEM chain and key changes nothing (applying a file twice writes nothing
+/// the second time).
+async fn stored_if_same(
+    s: &AppState,
+    tenant: &str,
+    mesh: &str,
+    name: &str,
+    sealed: &Spec,
+) -> Result<Option<Spec>, ApiError> {
+    let key = ResourceKey::new(tenant, mesh, Kind::Certificate, name);
+    let stored = match s.store.get(&key).await {
+        Ok(stored) => stored,
+        Err(StoreError::NotFound { .. }) => return Ok(None),
+        Err(e) => return Err(e.into()),
+    };
+    let view = crate::certificates::view;
+    if view(stored.spec.clone()) != view(sealed.to_json()) {
+        return Ok(None);
+    }
+    let stored = Spec::parse(Kind::Certificate, stored.spec)
+        .map_err(|e| super::internal("reading a stored certificate", e))?;
+    // A key that does not open (sealed with another KEK) is replaced, as a new write would.
+    let open = |spec: &Spec| match spec {
+        Spec::Certificate(c) => match &c.private_key {
+            CertificateKey::Sealed(k) => switchboard_pki::open_certificate_key(
+                &s.kek, tenant, mesh, name, &k.kek_id, &k.sealed,
+            )
+            .ok(),
+            CertificateKey::Pem(_) => None,
+        },
+        _ => None,
+    };
+    match (open(&stored), open(sealed)) {
+        (Some(a), Some(b)) if a == b => Ok(Some(stored)),
+        _ => Ok(None),
     }
 }
