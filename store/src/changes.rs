@@ -82,6 +82,12 @@ pub(crate) fn spawn_pg_listener(store: Store) {
             }
             let listener = async {
                 let mut l = PgListener::connect(&url).await?;
+                // A lost connection is reported (`Ok(None)`) rather than re-established
+                // inside `try_recv`, which the poll's timeout below would cancel every second
+                // while the database is down, and which would then come back listening
+                // without ever reporting the loss: no `Resync`, and the notices of the gap
+                // lost. This loop reconnects instead, then says `Resync`.
+                l.eager_reconnect(false);
                 l.listen(crate::NOTIFY_CHANNEL).await?;
                 Ok::<_, sqlx::Error>(l)
             }
@@ -116,9 +122,14 @@ pub(crate) fn spawn_pg_listener(store: Store) {
                             "ignoring malformed change notice"
                         ),
                     },
-                    // The connection was lost: notices may be gone.
+                    // The connection was lost: notices may be gone. Connect again here
+                    // rather than through the listener's own reconnect, so that `Resync` is
+                    // said once listening again: said now, while the database may still be
+                    // down, a reload could fail and the notices of writes committed before
+                    // the listener was back would be lost for good.
                     Ok(Ok(None)) => {
-                        let _ = tx.send(Notice::Resync);
+                        tracing::warn!("store change listener lost its connection; reconnecting");
+                        break;
                     }
                     Ok(Err(e)) => {
                         tracing::warn!(error = %e, "store change listener failed; reconnecting");
