@@ -12,7 +12,7 @@ mod common;
 use reqwest::Method;
 use serde_json::{Value, json};
 use std::path::Path;
-use std::process::{Command, Output, Stdio};
+use std::process::Output;
 use switchboard_store::{Backend, both_backends};
 
 const ADMIN: &str = "backup-test-admin-token-0123";
@@ -20,26 +20,7 @@ const PASSPHRASE: &str = "correct horse battery staple";
 
 /// Runs the CLI with `args` against `api` (token from `token_file`), `stdin` fed in.
 fn cli(args: &[&str], stdin: Option<&str>) -> Output {
-    let mut child = Command::new(common::BIN)
-        .args(args)
-        .env_remove("SWITCHBOARD_TOKEN")
-        .env_remove("SWITCHBOARD_API_URL")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    if let Some(text) = stdin {
-        use std::io::Write;
-        child
-            .stdin
-            .take()
-            .unwrap()
-            .write_all(text.as_bytes())
-            .unwrap();
-    }
-    drop(child.stdin.take());
-    child.wait_with_output().unwrap()
+    common::cli(None, args, stdin)
 }
 
 fn stderr(o: &Output) -> String {

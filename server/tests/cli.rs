@@ -10,39 +10,16 @@ mod common;
 use reqwest::Method;
 use serde_json::{Value, json};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::Output;
 use switchboard_store::{Backend, both_backends};
 use switchboard_xds_proto::type_url::CLUSTER;
 use switchboard_xds_server::testing::{AdsClient, node};
 
 const ADMIN: &str = "cli-test-admin-token-0123456";
 
-/// The CLI with `args`, its config file `config`, `stdin` fed in; no API settings from the
-/// test's own environment.
+/// The CLI with `args`, its config file `config`, `stdin` fed in.
 fn cli(config: &Path, args: &[&str], stdin: Option<&str>) -> Output {
-    let mut child = Command::new(common::BIN)
-        .args(args)
-        .env("SWITCHBOARD_CONFIG", config)
-        .env_remove("SWITCHBOARD_TOKEN")
-        .env_remove("SWITCHBOARD_API_URL")
-        .env_remove("SWITCHBOARD_TENANT")
-        .env_remove("SWITCHBOARD_CONTEXT")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    if let Some(text) = stdin {
-        use std::io::Write;
-        child
-            .stdin
-            .take()
-            .unwrap()
-            .write_all(text.as_bytes())
-            .unwrap();
-    }
-    drop(child.stdin.take());
-    child.wait_with_output().unwrap()
+    common::cli(Some(config), args, stdin)
 }
 
 fn out(o: &Output) -> String {

@@ -10,7 +10,7 @@ pub mod tls;
 
 use serde_json::Value;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command, Output, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 use switchboard_runtime::leaks;
@@ -239,4 +239,33 @@ pub async fn metrics(c: &reqwest::Client, server: &Server) -> String {
         .text()
         .await
         .unwrap()
+}
+
+/// Runs the CLI (`switchboard ARGS`) with `stdin` fed in, its config file `config` when given,
+/// and none of the test's own `SWITCHBOARD_*` API settings.
+pub fn cli(config: Option<&Path>, args: &[&str], stdin: Option<&str>) -> Output {
+    let mut cmd = Command::new(BIN);
+    cmd.args(args)
+        .env_remove("SWITCHBOARD_TOKEN")
+        .env_remove("SWITCHBOARD_API_URL")
+        .env_remove("SWITCHBOARD_TENANT")
+        .env_remove("SWITCHBOARD_CONTEXT")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    if let Some(config) = config {
+        cmd.env("SWITCHBOARD_CONFIG", config);
+    }
+    let mut child = cmd.spawn().unwrap();
+    if let Some(text) = stdin {
+        use std::io::Write;
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(text.as_bytes())
+            .unwrap();
+    }
+    drop(child.stdin.take());
+    child.wait_with_output().unwrap()
 }
