@@ -99,21 +99,6 @@ impl Rest<'_> {
     }
 }
 
-/// A server certificate for `name` signed by a fresh root: (chain PEM, key PEM).
-fn server_certificate(name: &str) -> (String, String) {
-    let root_key = rcgen::KeyPair::generate().unwrap();
-    let mut root_params = rcgen::CertificateParams::default();
-    root_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-    let root = root_params.self_signed(&root_key).unwrap();
-    let issuer = rcgen::Issuer::new(root_params, root_key);
-    let key = rcgen::KeyPair::generate().unwrap();
-    let leaf = rcgen::CertificateParams::new(vec![name.to_owned()])
-        .unwrap()
-        .signed_by(&key, &issuer)
-        .unwrap();
-    (format!("{}{}", leaf.pem(), root.pem()), key.serialize_pem())
-}
-
 async fn export_and_import_with_the_cli(b: Backend) {
     let Some(db) = switchboard_store::testing::fresh(b).await else {
         return;
@@ -150,7 +135,7 @@ async fn export_and_import_with_the_cli(b: Backend) {
         json!({"service": "payments", "action": "allow", "from": [{"anyAuthenticated": true}]}),
     )
     .await;
-    let (chain, key) = server_certificate("pay.example.com");
+    let (chain, key) = common::tls::server_certificate("pay.example.com");
     rest.put(
         "prod/certificates/shop",
         json!({"certificateChain": chain, "privateKey": key}),

@@ -90,21 +90,6 @@ impl Rest {
     }
 }
 
-/// A server certificate for `name` signed by a fresh root: (chain PEM, key PEM).
-fn server_certificate(name: &str) -> (String, String) {
-    let root_key = rcgen::KeyPair::generate().unwrap();
-    let mut root_params = rcgen::CertificateParams::default();
-    root_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-    let root = root_params.self_signed(&root_key).unwrap();
-    let issuer = rcgen::Issuer::new(root_params, root_key);
-    let key = rcgen::KeyPair::generate().unwrap();
-    let leaf = rcgen::CertificateParams::new(vec![name.to_owned()])
-        .unwrap()
-        .signed_by(&key, &issuer)
-        .unwrap();
-    (format!("{}{}", leaf.pem(), root.pem()), key.serialize_pem())
-}
-
 /// The repository a platform team keeps: two meshes over three files (YAML with several
 /// documents, JSON, and a certificate with its PEM key).
 fn write_repo(dir: &Path, port: u16) -> PathBuf {
@@ -128,7 +113,7 @@ fn write_repo(dir: &Path, port: u16) -> PathBuf {
         .to_string(),
     )
     .unwrap();
-    let (chain, key) = server_certificate("pay.example.com");
+    let (chain, key) = common::tls::server_certificate("pay.example.com");
     let cert = json!({"kind": "certificate", "mesh": "prod", "name": "shop",
         "spec": {"certificateChain": chain, "privateKey": key}});
     let staging = json!({"kind": "mesh", "name": "staging"});

@@ -17,6 +17,22 @@ use tokio_rustls::rustls::pki_types::pem::PemObject;
 use tokio_rustls::rustls::pki_types::{CertificateDer, ServerName};
 use tokio_rustls::rustls::{self, ClientConfig, RootCertStore};
 
+/// A server certificate for `name` signed by a fresh root: (chain PEM, key PEM), for a
+/// gateway's uploaded certificate.
+pub fn server_certificate(name: &str) -> (String, String) {
+    let root_key = KeyPair::generate().unwrap();
+    let mut root_params = CertificateParams::default();
+    root_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let root = root_params.self_signed(&root_key).unwrap();
+    let issuer = rcgen::Issuer::new(root_params, root_key);
+    let key = KeyPair::generate().unwrap();
+    let leaf = CertificateParams::new(vec![name.to_owned()])
+        .unwrap()
+        .signed_by(&key, &issuer)
+        .unwrap();
+    (format!("{}{}", leaf.pem(), root.pem()), key.serialize_pem())
+}
+
 /// A CA, and a server certificate for localhost and 127.0.0.1 with its key, in `dir`.
 pub fn certificates(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
     let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
