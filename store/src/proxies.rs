@@ -205,7 +205,11 @@ impl Store {
                 .map(|r| serde_json::to_string(&r.status))
                 .collect::<Result<Vec<_>, _>>()
                 .map_err(|e| StoreError::Corrupt(format!("cannot encode a proxy status: {e}")))?;
-            let mut q = sqlx::query(&sql);
+            // Not kept prepared: its text differs with the number of rows (1 to
+            // PROXY_CHUNK), and a cached statement per row count on every connection stayed
+            // in the process after a fleet's status had been written (10 s after 25,000
+            // streams closed: 1.21x the RSS of one stream on SQLite, 1.13x without the cache).
+            let mut q = sqlx::query(&sql).persistent(false);
             for (r, status) in chunk.iter().zip(statuses) {
                 q = q
                     .bind(&r.tenant)
