@@ -24,8 +24,8 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
-use switchboard_model::Kind;
 use switchboard_model::spec::{CertificateKey, CertificateSpec};
+use switchboard_model::{Kind, Labels};
 use switchboard_store::{CaState, StoredCa, StoredResource};
 use utoipa::openapi::path::HttpMethod;
 
@@ -111,6 +111,9 @@ pub struct Document {
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub mesh: String,
     pub name: String,
+    /// The resource's labels (a write replaces them).
+    #[serde(default, skip_serializing_if = "Labels::is_empty")]
+    pub labels: Labels,
     /// The kind's spec, as a GET shows it (a certificate's without its key).
     #[serde(default)]
     #[schema(value_type = Object)]
@@ -154,6 +157,12 @@ pub struct ImportRequest {
     passphrase: Option<String>,
     #[schema(value_type = Vec<Document>)]
     documents: Vec<serde_json::Value>,
+    /// Also delete, in every mesh the documents name (a mesh document, or the `mesh` of
+    /// another), each resource labelled `switchboard.dev/managed-by: apply` that no document
+    /// names: what `switchboard apply --prune` sends. In the same transaction; listed after
+    /// the documents' items as `deleted`.
+    #[serde(default)]
+    prune: bool,
 }
 
 /// What an import did (or, with `dryRun`, would do).
@@ -164,7 +173,7 @@ pub struct ImportResult {
     /// The revision it committed at; absent when nothing changed or for a dry run.
     #[serde(skip_serializing_if = "Option::is_none")]
     revision: Option<i64>,
-    /// One per document, in the order given.
+    /// One per document, in the order given, then one per resource pruned.
     items: Vec<ImportItem>,
 }
 
@@ -175,7 +184,7 @@ pub struct ImportItem {
     #[serde(skip_serializing_if = "String::is_empty")]
     mesh: String,
     name: String,
-    /// created, updated, unchanged.
+    /// created, updated, unchanged; deleted for a resource pruned.
     effect: &'static str,
     /// For a mesh created: whether its CA was `restored` from the document or `generated`.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -186,6 +195,9 @@ pub struct ImportItem {
     #[serde(skip_serializing_if = "Option::is_none")]
     #[schema(value_type = Option<Object>)]
     spec: Option<serde_json::Value>,
+    /// For a dry run: the labels it would have.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    labels: Option<Labels>,
 }
 
 /// A kind as documents name it (`authorization-policy`).
@@ -286,6 +298,7 @@ async fn export(
             kind: kind_name(r.key.kind),
             mesh: r.key.mesh.clone(),
             name: r.key.name.clone(),
+            labels: r.labels.clone(),
             spec: match r.key.kind {
                 Kind::Certificate => crate::certificates::view(r.spec.clone()),
                 _ => r.spec.clone(),

@@ -16,7 +16,7 @@ use switchboard_model::spec::{
     AuthorizationPolicySpec, CertificateSpec, EndpointSpec, GatewaySpec, MeshSpec, RouteSpec,
     ServiceSpec,
 };
-use switchboard_model::{Kind, Spec, validate_name};
+use switchboard_model::{Kind, Labels, Spec, validate_labels, validate_name};
 use switchboard_store::{Precondition, ResourceKey, StoredResource, WriteOptions};
 use utoipa::openapi::path::{HttpMethod, ParameterIn};
 
@@ -32,6 +32,10 @@ pub struct ResourceView {
     pub etag: String,
     pub create_time: String,
     pub update_time: String,
+    /// String pairs beside the spec; `switchboard apply` marks what it wrote with
+    /// `switchboard.dev/managed-by: apply`.
+    #[serde(skip_serializing_if = "Labels::is_empty")]
+    pub labels: Labels,
     pub spec: serde_json::Value,
 }
 
@@ -47,6 +51,7 @@ impl From<&StoredResource> for ResourceView {
             etag: r.etag(),
             create_time: rfc3339(r.create_time),
             update_time: rfc3339(r.update_time),
+            labels: r.labels.clone(),
             spec: match r.key.kind {
                 Kind::Certificate => crate::certificates::view(r.spec.clone()),
                 _ => r.spec.clone(),
@@ -62,6 +67,9 @@ impl From<&StoredResource> for ResourceView {
 struct Envelope {
     name: Option<String>,
     spec: Option<serde_json::Value>,
+    /// Replaces the resource's labels (none when absent).
+    #[serde(default)]
+    labels: Labels,
     #[serde(rename = "kind")]
     _kind: Option<serde_json::Value>,
     #[serde(rename = "mesh")]
@@ -210,6 +218,8 @@ async fn write(
     };
     validate_name("name", &name)
         .map_err(|e| ApiError::invalid(switchboard_model::ValidationErrors(vec![e])))?;
+    validate_labels("labels", &env.labels)
+        .map_err(|e| ApiError::invalid(switchboard_model::ValidationErrors(e)))?;
     let spec_json = match (env.spec, w.kind) {
         (Some(s), _) => s,
         (None, Kind::Mesh) => serde_json::json!({}),
@@ -225,6 +235,7 @@ async fn write(
     let opts = WriteOptions {
         precondition: precondition(headers, create)?,
         dry_run: dry,
+        labels: env.labels,
     };
     let stored = if w.kind == Kind::Mesh {
         // A new mesh gets its CA in the same transaction (kept when the mesh already has one).
@@ -260,6 +271,7 @@ async fn remove(
     let opts = WriteOptions {
         precondition: precondition(headers, false)?,
         dry_run: dry_run(q)?,
+        ..WriteOptions::default()
     };
     state.store.delete(&key, &opts).await?;
     Ok(StatusCode::NO_CONTENT.into_response())

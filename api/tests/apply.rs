@@ -112,3 +112,163 @@ both_backends!(
     hand_written_documents_apply_twice_without_a_change_,
     hand_written_documents_apply_twice_without_a_change
 );
+
+/// `POST …/import` with `prune`, straight.
+async fn prune(api: &Api, key: &str, docs: &Value, dry: bool) -> (StatusCode, Value) {
+    let q = if dry { "?dryRun=true" } else { "" };
+    api.call(
+        Method::POST,
+        &format!("/v1/tenants/acme/import{q}"),
+        key,
+        Some(json!({ "documents": docs, "prune": true })),
+    )
+    .await
+}
+
+fn managed() -> Value {
+    json!({"switchboard.dev/managed-by": "apply"})
+}
+
+/// Labels are kept beside the spec (REST and import alike, checked as fields), and `prune`
+/// deletes only what carries apply's label, only in the meshes the documents name, in the
+/// same transaction, or nothing when a delete can't be made.
+async fn labels_and_prune(b: Backend) {
+    let Some(api) = Api::serve(b, &"33".repeat(32)).await else {
+        return;
+    };
+    let key = api.tenant_key("acme").await;
+    let svc = |mesh: &str, name: &str| {
+        json!({"kind": "service", "mesh": mesh, "name": name, "spec": {"port": 8080},
+               "labels": managed()})
+    };
+    let docs = json!([
+        {"kind": "mesh", "name": "prod", "labels": managed()},
+        svc("prod", "pay"),
+        svc("prod", "old"),
+        {"kind": "route", "mesh": "prod", "name": "old", "labels": managed(),
+         "spec": {"hostnames": ["old.example.com"], "rules": [{"backends": [{"service": "old"}]}]}},
+        {"kind": "mesh", "name": "staging", "labels": managed()},
+        svc("staging", "web"),
+    ]);
+    import(&api, &key, &docs, false).await;
+    // Written another way: never pruned.
+    let (s, by_hand) = api
+        .call(
+            Method::PUT,
+            "/v1/tenants/acme/meshes/prod/services/manual",
+            &key,
+            Some(json!({"spec": {"port": 81}, "labels": {"team": "payments"}})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{by_hand}");
+    assert_eq!(by_hand["labels"], json!({"team": "payments"}));
+    let (_, got) = api
+        .call(
+            Method::GET,
+            "/v1/tenants/acme/meshes/prod/services/pay",
+            &key,
+            None,
+        )
+        .await;
+    assert_eq!(got["labels"], managed());
+
+    // A bad label is a field error, on REST and on import.
+    let (s, p) = api
+        .call(
+            Method::PUT,
+            "/v1/tenants/acme/meshes/prod/services/manual",
+            &key,
+            Some(json!({"spec": {"port": 81}, "labels": {"-team": "x"}})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY, "{p}");
+    assert_eq!(p["errors"][0]["field"], "labels[\"-team\"]", "{p}");
+    let mut bad = svc("prod", "pay");
+    bad["labels"]["team"] = json!("not ok!");
+    let (s, p) = prune(&api, &key, &json!([bad]), false).await;
+    assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY, "{p}");
+    assert_eq!(
+        p["errors"][0]["field"], "documents[0].labels[\"team\"]",
+        "{p}"
+    );
+
+    let (_, tenant) = api.call(Method::GET, "/v1/tenants/acme", &key, None).await;
+    let before = tenant["revision"].as_i64().unwrap();
+
+    // prod without `old` (service and route): a dry run says what would go, writes nothing.
+    let kept = json!([{"kind": "mesh", "name": "prod", "labels": managed()}, svc("prod", "pay")]);
+    let (s, planned) = prune(&api, &key, &kept, true).await;
+    assert_eq!(s, StatusCode::OK, "{planned}");
+    assert_eq!(
+        effects(&planned),
+        ["unchanged", "unchanged", "deleted", "deleted"]
+    );
+    let gone: Vec<(&str, &str)> = planned["items"].as_array().unwrap()[2..]
+        .iter()
+        .map(|i| (i["kind"].as_str().unwrap(), i["name"].as_str().unwrap()))
+        .collect();
+    assert_eq!(gone, [("route", "old"), ("service", "old")]);
+    let (_, tenant) = api.call(Method::GET, "/v1/tenants/acme", &key, None).await;
+    assert_eq!(tenant["revision"], before);
+
+    // Pruned in one transaction (the route before the service it refers to).
+    let (s, r) = prune(&api, &key, &kept, false).await;
+    assert_eq!(s, StatusCode::OK, "{r}");
+    assert_eq!(
+        effects(&r),
+        ["unchanged", "unchanged", "deleted", "deleted"]
+    );
+    for (path, exists) in [
+        ("prod/services/old", false),
+        ("prod/routes/old", false),
+        ("prod/services/pay", true),
+        ("prod/services/manual", true),
+        ("staging/services/web", true),
+    ] {
+        let (s, _) = api
+            .call(
+                Method::GET,
+                &format!("/v1/tenants/acme/meshes/{path}"),
+                &key,
+                None,
+            )
+            .await;
+        assert_eq!(s == StatusCode::OK, exists, "{path}");
+    }
+    // Again: nothing to do, no revision.
+    let (_, again) = prune(&api, &key, &kept, false).await;
+    assert_eq!(effects(&again), ["unchanged", "unchanged"]);
+    assert!(again.get("revision").is_none(), "{again}");
+
+    // A prune that can't be made (a route written by hand still uses `pay`) fails whole.
+    let (s, _) = api
+        .call(
+            Method::PUT,
+            "/v1/tenants/acme/meshes/prod/routes/by-hand",
+            &key,
+            Some(json!({"spec": {"hostnames": ["h.example.com"],
+                                 "rules": [{"backends": [{"service": "pay"}]}]}})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK);
+    let (_, tenant) = api.call(Method::GET, "/v1/tenants/acme", &key, None).await;
+    let before = tenant["revision"].as_i64().unwrap();
+    let only_mesh = json!([{"kind": "mesh", "name": "prod", "labels": managed()},
+                           svc("prod", "new")]);
+    let (s, p) = prune(&api, &key, &only_mesh, false).await;
+    assert_eq!(s, StatusCode::CONFLICT, "{p}");
+    let detail = p["detail"].as_str().unwrap();
+    assert!(detail.starts_with("pruning service \"pay\""), "{detail}");
+    let (_, tenant) = api.call(Method::GET, "/v1/tenants/acme", &key, None).await;
+    assert_eq!(tenant["revision"], before);
+    let (s, _) = api
+        .call(
+            Method::GET,
+            "/v1/tenants/acme/meshes/prod/services/new",
+            &key,
+            None,
+        )
+        .await;
+    assert_eq!(s, StatusCode::NOT_FOUND);
+}
+both_backends!(labels_and_prune_, labels_and_prune);

@@ -155,8 +155,9 @@ impl Client {
         documents: &Documents,
         passphrase: Option<&str>,
         dry_run: bool,
+        prune: bool,
     ) -> Result<Value, ClientError> {
-        let mut body = json!({"documents": documents.documents});
+        let mut body = json!({"documents": documents.documents, "prune": prune});
         if let (Some(p), Some(o)) = (passphrase, body.as_object_mut()) {
             o.insert("passphrase".into(), p.into());
         }

@@ -43,7 +43,7 @@ fn path(tenant: &str, kind: Kind, mesh: &str, name: Option<&str>) -> String {
 }
 
 /// A resource as the API shows it (`ResourceView`) as a document:
-/// `{apiVersion, kind, mesh, name, spec}`.
+/// `{apiVersion, kind, mesh, name, labels, spec}` (`labels` when it has some).
 pub fn document(kind: Kind, view: &Value) -> Value {
     let mut doc = json!({"apiVersion": API_VERSION, "kind": document_kind(kind)});
     if let Some(o) = doc.as_object_mut() {
@@ -53,6 +53,12 @@ pub fn document(kind: Kind, view: &Value) -> Value {
             o.insert("mesh".into(), mesh.into());
         }
         o.insert("name".into(), view.get("name").cloned().unwrap_or_default());
+        if let Some(labels) = view
+            .get("labels")
+            .filter(|l| l.as_object().is_some_and(|l| !l.is_empty()))
+        {
+            o.insert("labels".into(), labels.clone());
+        }
         o.insert("spec".into(), view.get("spec").cloned().unwrap_or_default());
     }
     doc

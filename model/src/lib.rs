@@ -8,6 +8,7 @@ pub mod duration;
 pub mod error;
 pub mod identity;
 pub mod kind;
+pub mod labels;
 pub mod name;
 pub mod spec;
 mod validate;
@@ -16,6 +17,7 @@ pub use duration::Duration;
 pub use error::{FieldError, ValidationErrors};
 pub use identity::{TrustBundle, WorkloadId, spiffe_id};
 pub use kind::Kind;
+pub use labels::{Labels, MANAGED_BY, MANAGED_BY_APPLY, validate_labels};
 pub use name::{is_dns_label, validate_name};
 pub use spec::{
     AuthorizationAction, AuthorizationPolicySpec, CertificateSpec, Claim, EndpointSpec,

@@ -140,6 +140,7 @@ fn run_import(args: &ImportArgs) -> Result<(), Failure> {
             &docs,
             passphrase.as_ref().map(|p| p.as_str()),
             args.dry_run,
+            false,
         ))
         .map_err(|e| api_failure(e, Some((&name, &docs))))?;
     let items = result

@@ -1,4 +1,4 @@
-//! The CLI's verbs (`login`, `config`, `apply`, `diff`, `get`, `delete`, `status`,
+//! The CLI's verbs (`login`, `config`, `apply [--prune]`, `diff`, `get`, `delete`, `status`,
 //! `rollout`, `completion`, `man`) as a CI job runs them: the real `switchboard` binary
 //! against a real `switchboard serve` on 127.0.0.1, on SQLite and on PostgreSQL, with real
 //! ADS clients for `status`; and over HTTPS with a CA file.
@@ -258,7 +258,7 @@ async fn the_verbs_as_ci_runs_them(b: Backend) {
     assert!(diff.contains("--- live/service/prod/payments"), "{diff}");
     assert!(diff.contains("+++ file/service/prod/payments"), "{diff}");
     assert!(
-        diff.lines().any(|l| l == "-port: 8080") && diff.lines().any(|l| l == "+port: 9090"),
+        diff.lines().any(|l| l == "-  port: 8080") && diff.lines().any(|l| l == "+  port: 9090"),
         "{diff}"
     );
     assert!(
@@ -279,7 +279,8 @@ async fn the_verbs_as_ci_runs_them(b: Backend) {
     assert_eq!(
         doc,
         json!({"apiVersion": "switchboard/v1", "kind": "service", "mesh": "prod",
-            "name": "payments", "spec": doc["spec"].clone()})
+            "name": "payments", "labels": {"switchboard.dev/managed-by": "apply"},
+            "spec": doc["spec"].clone()})
     );
     assert_eq!(doc["spec"]["port"], 8080);
     let o = run(&["get", "meshes", "-o", "json"]);
@@ -339,12 +340,52 @@ async fn the_verbs_as_ci_runs_them(b: Backend) {
     let line = one_line_failure(&run(&["apply", "-f", &bad_s]));
     assert!(line.contains(&format!("{bad_s}: document 2:")), "{line}");
 
+    // apply --prune: the route's file is gone from the repository. `diff --prune` shows the
+    // route going, `apply --prune` deletes it and nothing written another way, then changes
+    // nothing; files naming only staging leave prod alone.
+    rest.ok(
+        Method::PUT,
+        "/v1/tenants/acme/meshes/prod/services/by-hand",
+        Some(json!({"spec": {"port": 81}})),
+    )
+    .await;
+    std::fs::remove_file(repo.join("20-routes.json")).unwrap();
+    let o = run(&["diff", "--prune", "-f", &repo_s]);
+    code(&o, 3);
+    assert!(out(&o).contains("--- live/route/prod/pay"), "{}", out(&o));
+    assert!(!out(&o).contains("by-hand"), "{}", out(&o));
+    let o = run(&["apply", "--prune", "-f", &repo_s]);
+    code(&o, 0);
+    assert!(
+        out(&o).lines().any(|l| l == "route prod/pay deleted"),
+        "{}",
+        out(&o)
+    );
+    assert!(err(&o).contains("1 deleted"), "{}", err(&o));
+    assert!(!rest.exists("prod/routes/pay").await);
+    assert!(rest.exists("prod/services/by-hand").await);
+    let pruned = rest.revision().await;
+    let o = run(&["apply", "--prune", "-f", &repo_s]);
+    code(&o, 0);
+    assert!(err(&o).contains("nothing changed"), "{}", err(&o));
+    let staging = d.join("staging.yaml");
+    std::fs::write(
+        &staging,
+        "kind: mesh\nname: staging\n---\nkind: service\nmesh: staging\nname: web\nspec: {port: 80}\n",
+    )
+    .unwrap();
+    let o = run(&["apply", "--prune", "-f", &staging.display().to_string()]);
+    code(&o, 0);
+    assert!(err(&o).contains("nothing changed"), "{}", err(&o));
+    assert!(rest.exists("prod/services/payments").await);
+    assert_eq!(rest.revision().await, pruned);
+
     // delete, then the resource is gone (get: exit 1, one line).
     let o = run(&["delete", "service", "web", "--mesh", "staging"]);
     code(&o, 0);
     assert_eq!(out(&o), "service staging/web deleted\n");
     one_line_failure(&run(&["get", "service", "web", "--mesh", "staging"]));
-    assert!(rest.revision().await > applied);
+    assert!(rest.revision().await > pruned);
 
     // status and rollout: one proxy ACKs, one NACKs.
     let pt = rest

@@ -37,6 +37,8 @@ pub struct WriteOptions {
     pub precondition: Precondition,
     /// Check everything, then roll back.
     pub dry_run: bool,
+    /// For a put: the labels the resource gets, in place of those it had.
+    pub labels: switchboard_model::Labels,
 }
 
 /// One page of a listing, ordered by name.
@@ -71,6 +73,11 @@ pub(crate) fn spec_column(
     serde_json::from_str(&spec).map_err(|e| StoreError::Corrupt(format!("{}: {e}", what())))
 }
 
+/// Labels as stored: a JSON object of strings.
+pub(crate) fn labels_text(text: &str) -> Result<switchboard_model::Labels, StoreError> {
+    serde_json::from_str(text).map_err(|e| StoreError::Corrupt(format!("labels: {e}")))
+}
+
 /// An open write transaction with its new revision (and, on SQLite, the turn to write).
 pub(crate) struct WriteTx {
     pub tx: Transaction<'static, Any>,
@@ -94,7 +101,7 @@ impl<'q> BindKey<'q> for AnyQuery<'q> {
     }
 }
 
-const COLS: &str = "tenant, mesh, kind, name, spec, revision, create_time, update_time";
+const COLS: &str = "tenant, mesh, kind, name, spec, revision, create_time, update_time, labels";
 
 pub(crate) fn row_to_resource(row: &AnyRow) -> Result<StoredResource, StoreError> {
     let kind: String = row.try_get("kind")?;
@@ -107,6 +114,7 @@ pub(crate) fn row_to_resource(row: &AnyRow) -> Result<StoredResource, StoreError
             name: row.try_get("name")?,
         },
         spec: spec_column(row, || format!("spec of {kind}"))?,
+        labels: labels_text(&row.try_get::<String, _>("labels")?)?,
         revision: row.try_get("revision")?,
         create_time: row.try_get("create_time")?,
         update_time: row.try_get("update_time")?,
@@ -319,11 +327,15 @@ impl Store {
         let _t = Timer::start("put");
         // Everything that needs no database is done before the tenant's lock is taken.
         let spec = parsed.to_json();
+        let labels_text = serde_json::to_string(&opts.labels)
+            .map_err(|e| StoreError::Corrupt(format!("labels: {e}")))?;
         let write = write::PutWrite {
             key: key.clone(),
             parsed: parsed.clone(),
             spec_text: spec.to_string(),
             spec,
+            labels: opts.labels.clone(),
+            labels_text,
             refs: refs.to_vec(),
             claims: claims.to_vec(),
             precondition: opts.precondition.clone(),
@@ -395,7 +407,45 @@ impl Store {
         }
     }
 
-    /// Lists resources of one kind in a mesh (or the tenant's meshes), by name, after `after`.
+    /// The resources of `mesh` (not the mesh itself) labelled `label` = `value`, by kind and
+    /// name: what `apply --prune` may delete.
+    pub async fn labeled(
+        &self,
+        tenant: &str,
+        mesh: &str,
+        label: &str,
+        value: &str,
+    ) -> Result<Vec<ResourceKey>, StoreError> {
+        let _t = Timer::start("labeled");
+        let mut conn = self.pool().acquire().await?;
+        // Labels are rare: only labelled rows are read, and matched here.
+        let rows = sqlx::query(
+            "SELECT kind, name, labels FROM resources \
+             WHERE tenant = $1 AND mesh = $2 AND labels <> '{}' ORDER BY kind, name",
+        )
+        .bind(tenant)
+        .bind(mesh)
+        .fetch_all(&mut *conn)
+        .await?;
+        let mut keys = vec![];
+        for row in rows {
+            let labels = labels_text(&row.try_get::<String, _>("labels")?)?;
+            if mesh.is_empty() || labels.get(label).map(String::as_str) != Some(value) {
+                continue;
+            }
+            let kind: String = row.try_get("kind")?;
+            let kind = Kind::from_plural(&kind)
+                .ok_or_else(|| StoreError::Corrupt(format!("unknown kind {kind:?}")))?;
+            keys.push(ResourceKey::new(
+                tenant,
+                mesh,
+                kind,
+                &row.try_get::<String, _>("name")?,
+            ));
+        }
+        Ok(keys)
+    }
+
     /// Every resource of `kind` whose name starts with `prefix`, in every tenant and mesh
     /// (for replica-wide housekeeping, such as sweeping sidecar endpoints).
     pub async fn list_everywhere(

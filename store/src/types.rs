@@ -36,6 +36,8 @@ pub struct StoredResource {
     pub key: ResourceKey,
     /// Canonical JSON of the spec.
     pub spec: serde_json::Value,
+    /// Its labels (a put replaces them).
+    pub labels: switchboard_model::Labels,
     /// The tenant revision of the last write to this resource.
     pub revision: i64,
     pub create_time: i64,

@@ -343,6 +343,7 @@ fn put_task(
         let opts = WriteOptions {
             precondition,
             dry_run: false,
+            ..Default::default()
         };
         s.put_spec("acme", "prod", &name, &parsed, &opts).await
     }

@@ -149,6 +149,7 @@ mod tests {
         StoredResource {
             key: ResourceKey::new("acme", "prod", kind, name),
             spec,
+            labels: Default::default(),
             revision: 1,
             create_time: 0,
             update_time: 0,

@@ -14,9 +14,12 @@ use axum::body::Body;
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap, HashSet};
 use switchboard_model::spec::CertificateKey;
-use switchboard_model::{FieldError, Kind, Spec, ValidationErrors, validate_name};
+use switchboard_model::{
+    FieldError, Kind, MANAGED_BY, MANAGED_BY_APPLY, Spec, ValidationErrors, validate_labels,
+    validate_name,
+};
 use switchboard_pki::{MeshCa, Origin, SealedCa, SealedCaRef};
 use switchboard_store::{BatchEffect, BatchOptions, BatchWrite, ResourceKey, StoreError};
 
@@ -50,6 +53,13 @@ pub(super) async fn import(
         writes.push(write);
         restored.push(ca);
     }
+    let documents = writes.len();
+    if req.prune {
+        for write in pruned(&s, &tenant, &writes).await? {
+            writes.push(write);
+            restored.push(false);
+        }
+    }
     let labels: Vec<String> = writes
         .iter()
         .map(|w| match w {
@@ -63,7 +73,17 @@ pub(super) async fn import(
         .write_many(&tenant, writes, &BatchOptions { dry_run })
         .await
         .map_err(|e| match e.at {
-            Some(at) => at_document(at.index, &labels[at.index], store_error(e.error)),
+            Some(at) if at.index < documents => {
+                at_document(at.index, &labels[at.index], store_error(e.error))
+            }
+            Some(at) => {
+                let mut e = ApiError::from(e.error);
+                e.detail = format!(
+                    "pruning {} (no document names it): {}",
+                    labels[at.index], e.detail
+                );
+                e
+            }
             None => ApiError::from(e.error),
         })?;
     let items = outcome
@@ -83,7 +103,8 @@ pub(super) async fn import(
                     (Kind::Mesh, true, false) => Some("generated"),
                     _ => None,
                 },
-                spec: dry_run.then(|| match r.key.kind {
+                labels: (dry_run && item.effect != BatchEffect::Deleted).then(|| r.labels.clone()),
+                spec: (dry_run && item.effect != BatchEffect::Deleted).then(|| match r.key.kind {
                     Kind::Certificate => crate::certificates::view(r.spec.clone()),
                     _ => r.spec.clone(),
                 }),
@@ -125,6 +146,43 @@ fn at_document(index: usize, label: &str, mut e: ApiError) -> ApiError {
     e
 }
 
+/// The deletes `prune` adds: in every mesh the writes name, each resource that `apply` wrote
+/// (labelled [`MANAGED_BY`]` = `[`MANAGED_BY_APPLY`]) and no write names. Read before the
+/// batch's transaction: a resource created meanwhile is left alone, and one deleted meanwhile
+/// fails the batch (nothing written), so a retry sees it gone.
+async fn pruned(
+    s: &AppState,
+    tenant: &str,
+    writes: &[BatchWrite],
+) -> Result<Vec<BatchWrite>, ApiError> {
+    let named: HashSet<(&str, Kind, &str)> = writes
+        .iter()
+        .map(|w| match w {
+            BatchWrite::Put { mesh, name, .. } | BatchWrite::Delete { mesh, name, .. } => {
+                (mesh.as_str(), w.kind(), name.as_str())
+            }
+        })
+        .collect();
+    let meshes: BTreeSet<&str> = named
+        .iter()
+        .map(|(mesh, kind, name)| if *kind == Kind::Mesh { *name } else { *mesh })
+        .collect();
+    let mut deletes = vec![];
+    for mesh in meshes {
+        let owned = s
+            .store
+            .labeled(tenant, mesh, MANAGED_BY, MANAGED_BY_APPLY)
+            .await?;
+        deletes.extend(
+            owned
+                .into_iter()
+                .filter(|k| !named.contains(&(mesh, k.kind, k.name.as_str())))
+                .map(|k| BatchWrite::delete(mesh, k.kind, &k.name)),
+        );
+    }
+    Ok(deletes)
+}
+
 fn name_error(e: FieldError) -> ApiError {
     ApiError::invalid(ValidationErrors(vec![e]))
 }
@@ -156,6 +214,8 @@ async fn prepare(
             )
         })?;
     validate_name("name", &doc.name).map_err(name_error)?;
+    validate_labels("labels", &doc.labels).map_err(|e| ApiError::invalid(ValidationErrors(e)))?;
+    let labels = doc.labels;
     match (kind, doc.mesh.is_empty()) {
         (Kind::Mesh, false) => {
             return Err(ApiError::field(
@@ -198,6 +258,7 @@ async fn prepare(
                 mesh: String::new(),
                 name: doc.name,
                 spec: Box::new(spec),
+                labels,
                 ca: Some(Box::new(ca)),
             };
             Ok((write, restored))
@@ -214,7 +275,10 @@ async fn prepare(
                 None => None,
             };
             let spec = certificate(s, tenant, &doc.mesh, &doc.name, spec_json, key, opener).await?;
-            Ok((BatchWrite::put(&doc.mesh, &doc.name, spec), false))
+            Ok((
+                BatchWrite::put(&doc.mesh, &doc.name, spec).labeled(labels),
+                false,
+            ))
         }
         _ => {
             if secret.is_some() {
@@ -225,7 +289,10 @@ async fn prepare(
             }
             let spec = Spec::parse(kind, spec_json)?;
             spec.validate()?;
-            Ok((BatchWrite::put(&doc.mesh, &doc.name, spec), false))
+            Ok((
+                BatchWrite::put(&doc.mesh, &doc.name, spec).labeled(labels),
+                false,
+            ))
         }
     }
 }

@@ -8,6 +8,11 @@
 //! Applying the same files again changes nothing: the store writes nothing for a spec equal
 //! to the stored one, and commits nothing (no new revision) when nothing changed.
 //!
+//! Every document is sent labelled `switchboard.dev/managed-by: apply`. With `--prune`, each
+//! import also deletes, in its mesh, every resource carrying that label that the files no
+//! longer name (in the same transaction): resources written some other way are never pruned,
+//! nor anything in a mesh the files do not name.
+//!
 //! `diff` asks the dry run for the specs as they would be stored (defaults filled in, as
 //! the server normalizes them) and compares them with what a GET shows now: a unified diff
 //! per changed resource, exit 3 when there is one.
@@ -21,6 +26,7 @@ use std::process::ExitCode;
 use switchboard_client::bundle::{Documents, document_field};
 use switchboard_client::resources::parse_kind;
 use switchboard_client::{Client, ClientError};
+use switchboard_model::{MANAGED_BY, MANAGED_BY_APPLY};
 
 #[derive(Debug, Args)]
 pub struct ApplyArgs {
@@ -33,6 +39,9 @@ pub struct ApplyArgs {
     /// Check everything, write nothing.
     #[arg(long)]
     pub dry_run: bool,
+    /// Also delete what `apply` wrote earlier in these meshes and the files no longer name.
+    #[arg(long)]
+    pub prune: bool,
 }
 
 #[derive(Debug, Args)]
@@ -42,6 +51,9 @@ pub struct DiffArgs {
     /// As for `apply`.
     #[arg(short, long = "filename", required = true)]
     pub file: Vec<PathBuf>,
+    /// Also show what `apply --prune` would delete.
+    #[arg(long)]
+    pub prune: bool,
 }
 
 /// A document and where it came from.
@@ -154,23 +166,45 @@ fn explain(e: ClientError, group: &[Sourced]) -> Failure {
     }
 }
 
-/// One import of a group (a dry run, or not): the API's items, one per document.
+/// `document` with apply's label, [`MANAGED_BY`] = [`MANAGED_BY_APPLY`], added to its own.
+fn managed(document: &Value) -> Value {
+    let mut document = document.clone();
+    if let Some(doc) = document.as_object_mut() {
+        let labels = doc
+            .entry("labels")
+            .or_insert_with(|| Value::Object(Default::default()));
+        if let Some(labels) = labels.as_object_mut() {
+            labels.insert(MANAGED_BY.into(), MANAGED_BY_APPLY.into());
+        }
+    }
+    document
+}
+
+/// How an import is made.
+#[derive(Debug, Clone, Copy)]
+struct Mode {
+    dry_run: bool,
+    prune: bool,
+}
+
+/// One import of a group (a dry run, or not): the API's items, one per document, then one per
+/// resource pruned.
 async fn import(
     client: &Client,
     tenant: &str,
     group: &[Sourced],
-    dry_run: bool,
+    mode: Mode,
 ) -> Result<(Option<i64>, Vec<Value>), Failure> {
     let docs = Documents {
-        documents: group.iter().map(|d| d.document.clone()).collect(),
+        documents: group.iter().map(|d| managed(&d.document)).collect(),
         positions: group.iter().map(|d| d.position).collect(),
     };
     let result = client
-        .import(tenant, &docs, None, dry_run)
+        .import(tenant, &docs, None, mode.dry_run, mode.prune)
         .await
         .map_err(|e| explain(e, group))?;
     let items = match result.get("items") {
-        Some(Value::Array(items)) if items.len() == group.len() => items.clone(),
+        Some(Value::Array(items)) if items.len() >= group.len() => items.clone(),
         _ => {
             return Err(error(
                 "unexpected answer from the API: no item per document",
@@ -200,26 +234,35 @@ fn run_apply(args: &ApplyArgs) -> Result<ExitCode, Failure> {
     let target = Target::resolve(&args.api)?;
     let tenant = target.tenant()?;
     let groups = by_mesh(load(&args.file)?);
-    runtime()?.block_on(apply_groups(&target.client, tenant, &groups, args.dry_run))
+    let mode = Mode {
+        dry_run: args.dry_run,
+        prune: args.prune,
+    };
+    runtime()?.block_on(apply_groups(&target.client, tenant, &groups, mode))
 }
 
 async fn apply_groups(
     client: &Client,
     tenant: &str,
     groups: &[Vec<Sourced>],
-    dry_run: bool,
+    mode: Mode,
 ) -> Result<ExitCode, Failure> {
+    let dry_run = mode.dry_run;
     // Several transactions: check them all before writing any.
     if groups.len() > 1 || dry_run {
+        let check = Mode {
+            dry_run: true,
+            ..mode
+        };
         for g in groups {
-            import(client, tenant, g, true).await?;
+            import(client, tenant, g, check).await?;
         }
     }
     let mut counts: BTreeMap<String, usize> = BTreeMap::new();
     let mut revisions = vec![];
     let mut lines = String::new();
     for g in groups {
-        let (revision, items) = import(client, tenant, g, dry_run).await?;
+        let (revision, items) = import(client, tenant, g, mode).await?;
         revisions.extend(revision);
         for item in &items {
             let effect = field(item, "effect");
@@ -228,7 +271,11 @@ async fn apply_groups(
         }
     }
     print(&lines)?;
-    let summary = ["created", "updated", "unchanged"]
+    let mut effects = vec!["created", "updated", "unchanged"];
+    if mode.prune {
+        effects.push("deleted");
+    }
+    let summary = effects
         .iter()
         .map(|e| format!("{} {e}", counts.get(*e).copied().unwrap_or(0)))
         .collect::<Vec<_>>()
@@ -249,22 +296,27 @@ fn run_diff(args: &DiffArgs) -> Result<ExitCode, Failure> {
     let target = Target::resolve(&args.api)?;
     let tenant = target.tenant()?;
     let groups = by_mesh(load(&args.file)?);
-    runtime()?.block_on(diff_groups(&target.client, tenant, &groups))
+    runtime()?.block_on(diff_groups(&target.client, tenant, &groups, args.prune))
 }
 
 async fn diff_groups(
     client: &Client,
     tenant: &str,
     groups: &[Vec<Sourced>],
+    prune: bool,
 ) -> Result<ExitCode, Failure> {
+    let mode = Mode {
+        dry_run: true,
+        prune,
+    };
     let mut planned = vec![];
     for g in groups {
-        planned.extend(import(client, tenant, g, true).await?.1);
+        planned.extend(import(client, tenant, g, mode).await?.1);
     }
     let mut out = String::new();
     for item in &planned {
         let before = match field(item, "effect") {
-            "updated" => {
+            "updated" | "deleted" => {
                 let kind = parse_kind(field(item, "kind")).ok_or_else(|| {
                     error(format!(
                         "unknown kind in the API's answer: {}",
@@ -275,12 +327,15 @@ async fn diff_groups(
                     .get_resource(tenant, kind, field(item, "mesh"), field(item, "name"))
                     .await
                     .map_err(api_failure)?;
-                yaml(live.get("spec"))?
+                yaml(&live)?
             }
             "created" => String::new(),
             _ => continue,
         };
-        let after = yaml(item.get("spec"))?;
+        let after = match field(item, "effect") {
+            "deleted" => String::new(),
+            _ => yaml(item)?,
+        };
         let name = label(item).replace(' ', "/");
         out.push_str(
             &similar::TextDiff::from_lines(&before, &after)
@@ -298,8 +353,14 @@ async fn diff_groups(
     Ok(ExitCode::from(3))
 }
 
-/// A spec as YAML, for diffing line by line.
-fn yaml(spec: Option<&Value>) -> Result<String, Failure> {
-    serde_yaml_ng::to_string(spec.unwrap_or(&Value::Null))
+/// A resource's labels and spec (from a GET, or a dry run's item) as YAML, for diffing line
+/// by line.
+fn yaml(resource: &Value) -> Result<String, Failure> {
+    let labels = resource
+        .get("labels")
+        .cloned()
+        .unwrap_or_else(|| Value::Object(Default::default()));
+    let spec = resource.get("spec").cloned().unwrap_or(Value::Null);
+    serde_yaml_ng::to_string(&serde_json::json!({"labels": labels, "spec": spec}))
         .map_err(|e| error(format!("cannot write a spec as YAML: {e}")))
 }

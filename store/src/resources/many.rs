@@ -11,7 +11,7 @@ use super::Precondition;
 use super::write::{DeleteWrite, PutEffect, PutWrite};
 use crate::{ChangeOp, ResourceKey, Store, StoreError, StoredResource, Timer};
 use std::collections::HashMap;
-use switchboard_model::{Kind, Spec};
+use switchboard_model::{Kind, Labels, Spec};
 use switchboard_pki::SealedCa;
 
 /// The order in which a batch's puts run, so that what a spec refers to is written before
@@ -50,6 +50,8 @@ pub enum BatchWrite {
         mesh: String,
         name: String,
         spec: Box<Spec>,
+        /// The labels it gets, in place of those it had.
+        labels: Labels,
         ca: Option<Box<SealedCa>>,
     },
     /// Delete `name` (a mesh with everything in it), which must exist.
@@ -66,8 +68,17 @@ impl BatchWrite {
             mesh: mesh.into(),
             name: name.into(),
             spec: Box::new(spec),
+            labels: Labels::new(),
             ca: None,
         }
+    }
+
+    /// This write with `labels` (for a put; a delete has none).
+    pub fn labeled(mut self, with: Labels) -> Self {
+        if let BatchWrite::Put { labels, .. } = &mut self {
+            *labels = with;
+        }
+        self
     }
 
     pub fn delete(mesh: &str, kind: Kind, name: &str) -> Self {
@@ -233,13 +244,27 @@ impl Store {
             };
             let key = keys[i].clone();
             let ran = match write {
-                BatchWrite::Put { spec, ca, .. } => {
+                BatchWrite::Put {
+                    spec, labels, ca, ..
+                } => {
                     let spec = *spec;
                     let json = spec.to_json();
+                    let labels_text = match serde_json::to_string(&labels) {
+                        Ok(text) => text,
+                        Err(e) => {
+                            let _ = self.finish_write(w, tenant, &[], true).await;
+                            return Err(BatchError {
+                                at: Some(at(i)),
+                                error: StoreError::Corrupt(format!("labels: {e}")),
+                            });
+                        }
+                    };
                     let put = PutWrite {
                         key,
                         spec_text: json.to_string(),
                         spec: json,
+                        labels,
+                        labels_text,
                         refs: spec.references(),
                         claims: spec.claims(),
                         parsed: spec,

@@ -132,7 +132,7 @@ fn statement(
     claimed: &[(&str, &str)],
 ) -> (String, Vec<String>) {
     const RESOURCE: &str =
-        "kind, name, spec, '' AS extra, revision, create_time, update_time FROM resources";
+        "kind, name, spec, labels AS extra, revision, create_time, update_time FROM resources";
     let mut parts = Vec::new();
     let mut params: Vec<String> = Vec::new();
     // The next parameter after the key's four.
@@ -197,6 +197,7 @@ fn take(found: &mut Found, key: &ResourceKey, row: &AnyRow) -> Result<(), StoreE
             found.existing = Some(StoredResource {
                 key: key.clone(),
                 spec: super::spec_column(row, || format!("spec of {kind} {name:?}"))?,
+                labels: super::labels_text(&row.try_get::<String, _>("extra")?)?,
                 revision: row.try_get("revision")?,
                 create_time: row.try_get("create_time")?,
                 update_time: row.try_get("update_time")?,

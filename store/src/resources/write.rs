@@ -24,6 +24,9 @@ pub(super) struct PutWrite {
     pub spec: serde_json::Value,
     /// The spec's JSON text, serialised before the lock is taken.
     pub spec_text: String,
+    /// The labels it gets, and their JSON text.
+    pub labels: switchboard_model::Labels,
+    pub labels_text: String,
     pub refs: Vec<Reference>,
     pub claims: Vec<Claim>,
     pub precondition: super::Precondition,
@@ -66,7 +69,9 @@ impl PutWrite {
     ) -> Result<(StoredResource, PutEffect), JobError> {
         let (found, needs_ca) = self.check(tx).await.map_err(JobError::check)?;
         let effect = match &found.existing {
-            Some(existing) if existing.spec == self.spec && !needs_ca => {
+            Some(existing)
+                if existing.spec == self.spec && existing.labels == self.labels && !needs_ca =>
+            {
                 return Ok((existing.clone(), PutEffect::Unchanged));
             }
             Some(_) => PutEffect::Updated,
@@ -163,9 +168,11 @@ impl PutWrite {
                 batch
                     .push(tx, |p| {
                         format!(
-                            "UPDATE resources SET spec = {}, revision = {}, update_time = {} \
+                            "UPDATE resources SET spec = {}, labels = {}, revision = {}, \
+                             update_time = {} \
                              WHERE tenant = {} AND mesh = {} AND kind = {} AND name = {}",
                             p.text(&self.spec_text),
+                            p.text(&self.labels_text),
                             p.int(revision),
                             p.int(now),
                             p.text(&key.tenant),
@@ -189,6 +196,7 @@ impl PutWrite {
                             p.int(revision),
                             p.int(now),
                             p.int(now),
+                            p.text(&self.labels_text),
                         ];
                         format!(
                             "INSERT INTO resources ({COLS}) VALUES ({})",
@@ -212,6 +220,7 @@ impl PutWrite {
         Ok(StoredResource {
             key: key.clone(),
             spec: self.spec.clone(),
+            labels: self.labels.clone(),
             revision,
             create_time,
             update_time: now,

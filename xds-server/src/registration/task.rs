@@ -148,7 +148,7 @@ impl Task {
             Action::Delete { key, etag } => {
                 let opts = WriteOptions {
                     precondition: Precondition::IfMatch(etag),
-                    dry_run: false,
+                    ..WriteOptions::default()
                 };
                 let result = self.store.delete(&key, &opts).await.map(|_| ());
                 if result.is_ok() {
@@ -226,7 +226,7 @@ async fn put(
 ) -> Result<StoredResource, StoreError> {
     let opts = WriteOptions {
         precondition,
-        dry_run: false,
+        ..WriteOptions::default()
     };
     store
         .put_spec(&key.tenant, &key.mesh, &key.name, spec, &opts)

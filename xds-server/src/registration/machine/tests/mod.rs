@@ -122,6 +122,7 @@ impl FakeStore {
             .map(|(spec, revision)| StoredResource {
                 key: key.clone(),
                 spec: spec.clone(),
+                labels: Default::default(),
                 revision: *revision,
                 create_time: 0,
                 update_time: 0,
