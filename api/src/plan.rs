@@ -78,6 +78,9 @@ pub struct Deletion {
 pub struct PlanInput {
     pub before: MeshSnapshot,
     pub after: MeshSnapshot,
+    /// The resources `after` creates, replaces or deletes (the mesh itself when its spec
+    /// changes): nothing else differs.
+    pub changed: Vec<ResourceKey>,
     pub streams: Vec<ProxyRow>,
 }
 
@@ -182,6 +185,12 @@ async fn plan(
             ),
             None => ApiError::from(e.error),
         })?;
+    let changed = outcome
+        .items
+        .iter()
+        .filter(|i| i.effect != BatchEffect::Unchanged)
+        .map(|i| i.resource.key.clone())
+        .collect();
     let after = overlay(&before, outcome.items);
     let streams = s.store.list_proxies(&tenant, &mesh, None).await?;
     let revision = before.revision;
@@ -190,6 +199,7 @@ async fn plan(
         port.plan(PlanInput {
             before,
             after,
+            changed,
             streams,
         })
     })

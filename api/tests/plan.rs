@@ -135,7 +135,8 @@ async fn revision(api: &Api, key: &str) -> i64 {
 }
 
 async fn plans_a_weight_change_a_new_service_and_a_deleted_route(b: Backend) {
-    let Some(api) = Api::serve_with(b, &"44".repeat(32), Arc::new(XdsPlanner)).await else {
+    let Some(api) = Api::serve_with(b, &"44".repeat(32), Arc::new(XdsPlanner::default())).await
+    else {
         return;
     };
     let key = api.tenant_key("acme").await;
@@ -245,7 +246,8 @@ async fn plans_a_weight_change_a_new_service_and_a_deleted_route(b: Backend) {
 }
 
 async fn bad_input_is_named_and_other_tenants_see_nothing(b: Backend) {
-    let Some(api) = Api::serve_with(b, &"55".repeat(32), Arc::new(XdsPlanner)).await else {
+    let Some(api) = Api::serve_with(b, &"55".repeat(32), Arc::new(XdsPlanner::default())).await
+    else {
         return;
     };
     let key = api.tenant_key("acme").await;

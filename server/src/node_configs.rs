@@ -7,11 +7,24 @@ use switchboard_api::plan::{
 };
 use switchboard_api::{NodeConfigFuture, NodeConfigs};
 use switchboard_xds_server::XdsServer;
-use switchboard_xds_server::plan::{Action, MeshPlan};
+use switchboard_xds_server::plan::{Action, MeshPlan, Planner};
 use switchboard_xds_server::report::ReportError;
 
-/// What a node is being sent, as the xDS server reports it.
-pub struct XdsNodeConfigs(pub XdsServer);
+/// What a node is being sent, as the xDS server reports it, and plans with its code (the
+/// planner keeps the meshes it planned against translated).
+pub struct XdsNodeConfigs {
+    xds: XdsServer,
+    planner: Planner,
+}
+
+impl XdsNodeConfigs {
+    pub fn new(xds: XdsServer) -> Self {
+        Self {
+            xds,
+            planner: Planner::default(),
+        }
+    }
+}
 
 impl NodeConfigs for XdsNodeConfigs {
     fn node_config<'a>(
@@ -21,7 +34,7 @@ impl NodeConfigs for XdsNodeConfigs {
         node: &'a str,
     ) -> NodeConfigFuture<'a> {
         Box::pin(async move {
-            self.0
+            self.xds
                 .node_config(tenant, mesh, node)
                 .await
                 .map_err(|e| match e {
@@ -31,9 +44,11 @@ impl NodeConfigs for XdsNodeConfigs {
     }
 
     fn plan(&self, input: PlanInput) -> Result<PlanOutcome, PlanUnavailable> {
-        Ok(outcome(self.0.plan(
+        Ok(outcome(self.planner.plan(
             &input.before,
             &input.after,
+            &input.changed,
+            self.xds.trust_domain(),
             &input.streams,
         )))
     }

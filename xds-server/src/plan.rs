@@ -15,12 +15,13 @@
 //!
 //! Pure: no IO, no clock. The caller reads the stored mesh, the changed mesh and the streams.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::sync::Arc;
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::sync::{Arc, Mutex};
 
 use serde_json::Value;
-use switchboard_store::{MeshSnapshot as StoredMesh, ProxyRow, ProxyStatusRecord};
-use switchboard_translator::{MeshResources, Translator, XdsResource};
+use switchboard_model::{Kind, Spec};
+use switchboard_store::{MeshSnapshot as StoredMesh, ProxyRow, ProxyStatusRecord, ResourceKey};
+use switchboard_translator::{Change as ConfigChange, MeshResources, Translator, XdsResource};
 use switchboard_xds_proto::{ResourceType, any_to_json};
 
 use crate::protocol::Resources;
@@ -72,25 +73,167 @@ pub struct MeshPlan {
 }
 
 /// The plan of changing `before` into `after` (two reads of one mesh; `after` as the write
-/// would leave it), for the live `streams` of the mesh.
+/// would leave it, differing from `before` in the resources `changed` names at most), for
+/// the live `streams` of the mesh. Translates `before` in full; [`Planner`] keeps it.
 pub fn plan(
     before: &StoredMesh,
     after: &StoredMesh,
+    changed: &[ResourceKey],
     trust_domain: &str,
     streams: &[ProxyRow],
 ) -> MeshPlan {
-    let (config_before, _) = mesh_config(before, trust_domain);
-    let (config_after, mut warnings) = mesh_config(after, trust_domain);
-    // The translator recomputes only what the change touches: one route's weight in a mesh
-    // of thousands of resources costs that route, not the mesh.
-    let mut translator = Translator::new(config_before.clone());
-    let resources_before = translator.resources().clone();
-    translator.update(config_after.clone());
-    let resources_after = translator.resources().clone();
-    warnings.extend(resources_after.warnings.iter().cloned());
-    let snap_before = Arc::new(MeshSnapshot::new(&config_before, resources_before, None));
-    let snap_after = Arc::new(MeshSnapshot::new(&config_after, resources_after, None));
+    Planner::default().plan(before, after, changed, trust_domain, streams)
+}
 
+/// Plans, keeping the last few meshes it planned against translated (by tenant, mesh and
+/// revision): a plan against a revision already seen translates only its own change, and
+/// then undoes it, instead of translating the whole mesh again.
+#[derive(Default)]
+pub struct Planner {
+    cache: Mutex<Vec<Prepared>>,
+}
+
+/// One mesh at one revision, translated.
+struct Prepared {
+    key: (String, String, i64, String),
+    translator: Translator,
+    snapshot: Arc<MeshSnapshot>,
+}
+
+/// Meshes kept translated by a [`Planner`].
+const KEPT: usize = 4;
+
+impl Planner {
+    /// As [`plan`].
+    pub fn plan(
+        &self,
+        before: &StoredMesh,
+        after: &StoredMesh,
+        changed: &[ResourceKey],
+        trust_domain: &str,
+        streams: &[ProxyRow],
+    ) -> MeshPlan {
+        let key = (
+            before.tenant.clone(),
+            before.mesh.key.name.clone(),
+            before.revision,
+            trust_domain.to_owned(),
+        );
+        let (forward, mut warnings) = changes(after, changed);
+        let (backward, _) = changes(before, changed);
+        // A panic while the lock is held leaves a translator half changed: start afresh.
+        let mut cache = match self.cache.lock() {
+            Ok(c) => c,
+            Err(poisoned) => {
+                let mut c = poisoned.into_inner();
+                c.clear();
+                c
+            }
+        };
+        let at = match cache.iter().position(|p| p.key == key) {
+            Some(at) => at,
+            None => {
+                let (config, _) = mesh_config(before, trust_domain);
+                let translator = Translator::new(config);
+                let snapshot = Arc::new(MeshSnapshot::new(
+                    translator.config(),
+                    translator.resources().clone(),
+                    None,
+                ));
+                if cache.len() >= KEPT {
+                    cache.remove(0);
+                }
+                cache.push(Prepared {
+                    key,
+                    translator,
+                    snapshot,
+                });
+                cache.len() - 1
+            }
+        };
+        let prepared = &mut cache[at];
+        let snap_before = Arc::clone(&prepared.snapshot);
+        // The change, then its inverse: the translator is left as it was (its resources always
+        // equal a full translation of its configuration).
+        prepared.translator.apply(forward);
+        let snap_after = Arc::new(MeshSnapshot::new(
+            prepared.translator.config(),
+            prepared.translator.resources().clone(),
+            None,
+        ));
+        prepared.translator.apply(backward);
+        drop(cache);
+        warnings.extend(snap_after.resources.warnings.iter().cloned());
+        diff(&snap_before, &snap_after, streams, warnings)
+    }
+}
+
+/// The mesh's spec as `stored` holds it.
+fn spec_of(stored: &StoredMesh) -> Option<switchboard_model::MeshSpec> {
+    match Spec::parse(Kind::Mesh, stored.mesh.spec.clone()) {
+        Ok(Spec::Mesh(spec)) => Some(spec),
+        _ => None,
+    }
+}
+
+/// The translator's changes making a mesh's `changed` resources what `mesh` holds (absent:
+/// deleted), and what could not be parsed.
+fn changes(mesh: &StoredMesh, changed: &[ResourceKey]) -> (Vec<ConfigChange>, Vec<String>) {
+    let wanted: HashSet<&ResourceKey> = changed.iter().collect();
+    let mut found: HashMap<&ResourceKey, &serde_json::Value> = mesh
+        .resources
+        .iter()
+        .filter(|r| wanted.contains(&r.key))
+        .map(|r| (&r.key, &r.spec))
+        .collect();
+    let mut out = vec![];
+    let mut warnings = vec![];
+    for key in changed {
+        let name = key.name.clone();
+        if key.kind == Kind::Mesh {
+            if let Some(spec) = spec_of(mesh) {
+                out.push(ConfigChange::Mesh(spec));
+            }
+            continue;
+        }
+        let spec = match found.remove(key).map(|v| Spec::parse(key.kind, v.clone())) {
+            None => None,
+            Some(Ok(spec)) => Some(spec),
+            Some(Err(e)) => {
+                warnings.push(format!("{} {name}: {e}", key.kind));
+                None
+            }
+        };
+        out.push(match (key.kind, spec) {
+            (Kind::Service, Some(Spec::Service(s))) => ConfigChange::Service(name, Some(s)),
+            (Kind::Service, _) => ConfigChange::Service(name, None),
+            (Kind::Endpoint, Some(Spec::Endpoint(s))) => ConfigChange::Endpoint(name, Some(s)),
+            (Kind::Endpoint, _) => ConfigChange::Endpoint(name, None),
+            (Kind::Route, Some(Spec::Route(s))) => ConfigChange::Route(name, Some(s)),
+            (Kind::Route, _) => ConfigChange::Route(name, None),
+            (Kind::Gateway, Some(Spec::Gateway(s))) => ConfigChange::Gateway(name, Some(s)),
+            (Kind::Gateway, _) => ConfigChange::Gateway(name, None),
+            (Kind::AuthorizationPolicy, Some(Spec::AuthorizationPolicy(s))) => {
+                ConfigChange::AuthorizationPolicy(name, Some(s))
+            }
+            (Kind::AuthorizationPolicy, _) => ConfigChange::AuthorizationPolicy(name, None),
+            (Kind::Certificate, Some(Spec::Certificate(s))) => {
+                ConfigChange::Certificate(name, Some(*s))
+            }
+            (Kind::Certificate, _) => ConfigChange::Certificate(name, None),
+            (Kind::Mesh, _) => continue,
+        });
+    }
+    (out, warnings)
+}
+
+/// The resources that differ between two snapshots of a mesh, and who receives each.
+fn diff(
+    snap_before: &Arc<MeshSnapshot>,
+    snap_after: &Arc<MeshSnapshot>,
+    streams: &[ProxyRow],
+    warnings: Vec<String>,
+) -> MeshPlan {
     let mut plans: BTreeMap<(usize, ResourceType, String), ResourcePlan> = BTreeMap::new();
     for (t, b, a) in mesh_wide(&snap_before.resources, &snap_after.resources) {
         for (name, action, rb, ra) in changed(b, a) {
@@ -122,7 +265,7 @@ pub fn plan(
     }
     let connected: BTreeSet<&str> = streams.iter().map(|s| s.node.as_str()).collect();
     for (status, nodes) in groups.into_values() {
-        for (t, name, action, rb, ra) in node_changes(&snap_before, &snap_after, status) {
+        for (t, (name, action, rb, ra)) in node_changes(snap_before, snap_after, status) {
             let plan = plans
                 .entry((order(t), t, name.clone()))
                 .or_insert_with(|| resource_plan(t, name, action, rb, ra));
@@ -145,9 +288,9 @@ pub fn plan(
 }
 
 impl crate::XdsServer {
-    /// [`plan`] with this server's trust domain.
-    pub fn plan(&self, before: &StoredMesh, after: &StoredMesh, streams: &[ProxyRow]) -> MeshPlan {
-        plan(before, after, &self.config.trust_domain, streams)
+    /// The trust domain workload identities are in (what a plan translates with).
+    pub fn trust_domain(&self) -> &str {
+        &self.config.trust_domain
     }
 }
 
@@ -158,38 +301,44 @@ fn order(t: ResourceType) -> usize {
         .unwrap_or(usize::MAX)
 }
 
-type Map = BTreeMap<String, Arc<XdsResource>>;
+/// Resources by name, borrowed from a snapshot or a view: only changes are copied.
+type Map<'a> = BTreeMap<&'a str, &'a Arc<XdsResource>>;
 
 /// The mesh's own resources by type, before and after: what every node's view draws from.
 /// Clusters are those sent to sidecars and gateways (the proxyless ones are the same
 /// without mTLS; where they differ, a connected proxyless node adds its own).
-fn mesh_wide<'a>(b: &'a MeshResources, a: &'a MeshResources) -> Vec<(ResourceType, Map, Map)> {
-    let join = |x: &'a Map, y: &'a Map| -> Map {
-        x.iter()
-            .chain(y.iter())
-            .map(|(k, v)| (k.clone(), Arc::clone(v)))
+fn mesh_wide<'a>(
+    b: &'a MeshResources,
+    a: &'a MeshResources,
+) -> Vec<(ResourceType, Map<'a>, Map<'a>)> {
+    fn map<'a>(
+        maps: &[&'a BTreeMap<String, Arc<XdsResource>>],
+    ) -> BTreeMap<&'a str, &'a Arc<XdsResource>> {
+        maps.iter()
+            .flat_map(|m| m.iter())
+            .map(|(k, v)| (k.as_str(), v))
             .collect()
-    };
+    }
     vec![
         (
             ResourceType::Listener,
-            join(&b.listeners, &b.server_listeners),
-            join(&a.listeners, &a.server_listeners),
+            map(&[&b.listeners, &b.server_listeners]),
+            map(&[&a.listeners, &a.server_listeners]),
         ),
         (
             ResourceType::RouteConfiguration,
-            b.route_configurations.clone(),
-            a.route_configurations.clone(),
+            map(&[&b.route_configurations]),
+            map(&[&a.route_configurations]),
         ),
         (
             ResourceType::Cluster,
-            b.proxy_clusters.clone(),
-            a.proxy_clusters.clone(),
+            map(&[&b.proxy_clusters]),
+            map(&[&a.proxy_clusters]),
         ),
         (
             ResourceType::ClusterLoadAssignment,
-            b.load_assignments.clone(),
-            a.load_assignments.clone(),
+            map(&[&b.load_assignments]),
+            map(&[&a.load_assignments]),
         ),
     ]
 }
@@ -202,18 +351,23 @@ type Change = (
 );
 
 /// The names whose resource differs between `b` and `a` (by version: a hash of the bytes).
-fn changed(b: Map, mut a: Map) -> Vec<Change> {
+fn changed(b: Map<'_>, mut a: Map<'_>) -> Vec<Change> {
     let mut out = vec![];
     for (name, rb) in b {
-        match a.remove(&name) {
-            Some(ra) if ra.version == rb.version => {}
-            Some(ra) => out.push((name, Action::Changed, Some(rb), Some(ra))),
-            None => out.push((name, Action::Removed, Some(rb), None)),
+        match a.remove(name) {
+            Some(ra) if Arc::ptr_eq(ra, rb) || ra.version == rb.version => {}
+            Some(ra) => out.push((
+                name.to_owned(),
+                Action::Changed,
+                Some(Arc::clone(rb)),
+                Some(Arc::clone(ra)),
+            )),
+            None => out.push((name.to_owned(), Action::Removed, Some(Arc::clone(rb)), None)),
         }
     }
     out.extend(
         a.into_iter()
-            .map(|(name, ra)| (name, Action::Added, None, Some(ra))),
+            .map(|(name, ra)| (name.to_owned(), Action::Added, None, Some(Arc::clone(ra)))),
     );
     out
 }
@@ -223,13 +377,7 @@ fn node_changes(
     before: &Arc<MeshSnapshot>,
     after: &Arc<MeshSnapshot>,
     status: &ProxyStatusRecord,
-) -> Vec<(
-    ResourceType,
-    String,
-    Action,
-    Option<Arc<XdsResource>>,
-    Option<Arc<XdsResource>>,
-)> {
+) -> Vec<(ResourceType, Change)> {
     let role = role_from_record(&status.role_spec);
     let mut vb = NodeView::new(Arc::clone(before), role.clone());
     let mut va = NodeView::new(Arc::clone(after), role);
@@ -242,29 +390,27 @@ fn node_changes(
         let Some(rt) = ResourceType::from_short_name(&t.type_name) else {
             continue;
         };
-        let (b, a): (Map, Map) = if t.wildcard {
-            let all = |v: &NodeView| {
-                v.wildcard(rt)
-                    .map(|r| (r.name.clone(), Arc::clone(r)))
-                    .collect()
-            };
-            (all(&vb), all(&va))
+        let changes = if t.wildcard {
+            changed(wildcard(&vb, rt), wildcard(&va, rt))
         } else {
-            let named = |v: &NodeView| {
-                t.names
-                    .iter()
-                    .filter_map(|n| v.get(rt, n).map(|r| (n.clone(), Arc::clone(r))))
-                    .collect()
-            };
-            (named(&vb), named(&va))
+            changed(named(&vb, rt, &t.names), named(&va, rt, &t.names))
         };
-        out.extend(
-            changed(b, a)
-                .into_iter()
-                .map(|(name, action, rb, ra)| (rt, name, action, rb, ra)),
-        );
+        out.extend(changes.into_iter().map(|c| (rt, c)));
     }
     out
+}
+
+/// What a view sends to a wildcard subscription of `t`.
+fn wildcard(v: &NodeView, t: ResourceType) -> Map<'_> {
+    v.wildcard(t).map(|r| (r.name.as_str(), r)).collect()
+}
+
+/// What a view sends to a subscription of `t` naming `names`.
+fn named<'a>(v: &'a NodeView, t: ResourceType, names: &'a [String]) -> Map<'a> {
+    names
+        .iter()
+        .filter_map(|n| v.get(t, n).map(|r| (n.as_str(), r)))
+        .collect()
 }
 
 fn resource_plan(

@@ -5,9 +5,10 @@ use switchboard_api::plan::{
     DiffOp, PlanInput, PlanOutcome, PlanUnavailable, PlannedResource, Receivers,
 };
 use switchboard_api::{NodeConfigFuture, NodeConfigs};
-use switchboard_xds_server::plan::{Action, plan};
+use switchboard_xds_server::plan::{Action, Planner};
 
-pub struct XdsPlanner;
+#[derive(Default)]
+pub struct XdsPlanner(Planner);
 
 impl NodeConfigs for XdsPlanner {
     fn node_config<'a>(&'a self, _: &'a str, _: &'a str, _: &'a str) -> NodeConfigFuture<'a> {
@@ -15,9 +16,10 @@ impl NodeConfigs for XdsPlanner {
     }
 
     fn plan(&self, input: PlanInput) -> Result<PlanOutcome, PlanUnavailable> {
-        let p = plan(
+        let p = self.0.plan(
             &input.before,
             &input.after,
+            &input.changed,
             "switchboard.local",
             &input.streams,
         );
