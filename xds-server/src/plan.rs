@@ -22,7 +22,8 @@ use serde_json::Value;
 use switchboard_model::{Kind, Spec};
 use switchboard_store::{MeshSnapshot as StoredMesh, ProxyRow, ProxyStatusRecord, ResourceKey};
 use switchboard_translator::{Change as ConfigChange, MeshResources, Translator, XdsResource};
-use switchboard_xds_proto::{ResourceType, any_to_json};
+use switchboard_xds_proto::pb::envoy::config::route::v3::{RouteConfiguration, VirtualHost};
+use switchboard_xds_proto::{ResourceType, any_to_json, pack};
 
 use crate::protocol::Resources;
 use crate::report::role_from_record;
@@ -421,7 +422,7 @@ fn resource_plan(
     after: Option<Arc<XdsResource>>,
 ) -> ResourcePlan {
     let diff = match (&before, &after) {
-        (Some(b), Some(a)) => json_diff(&json(b), &json(a)),
+        (Some(b), Some(a)) => resource_diff(t, b, a),
         _ => vec![],
     };
     ResourcePlan {
@@ -431,6 +432,74 @@ fn resource_plan(
         diff,
         nodes: vec![],
     }
+}
+
+/// The JSON diff of a changed resource. A route configuration holds a virtual host per
+/// route (the sidecars' outbound one, every route of the mesh): only its virtual hosts that
+/// differ are rendered and compared, so one route's change costs that route.
+fn resource_diff(t: ResourceType, b: &Arc<XdsResource>, a: &Arc<XdsResource>) -> Vec<JsonChange> {
+    if t == ResourceType::RouteConfiguration
+        && let (Ok(rb), Ok(ra)) = (
+            b.decode::<RouteConfiguration>(),
+            a.decode::<RouteConfiguration>(),
+        )
+    {
+        return route_configuration_diff(rb, ra);
+    }
+    json_diff(&json(b), &json(a))
+}
+
+fn route_configuration_diff(
+    mut b: RouteConfiguration,
+    mut a: RouteConfiguration,
+) -> Vec<JsonChange> {
+    let hosts_before = std::mem::take(&mut b.virtual_hosts);
+    let hosts_after = std::mem::take(&mut a.virtual_hosts);
+    let mut out = json_diff(&message_json(&b), &message_json(&a));
+    let before: HashMap<&str, &VirtualHost> =
+        hosts_before.iter().map(|v| (v.name.as_str(), v)).collect();
+    let after: HashSet<&str> = hosts_after.iter().map(|v| v.name.as_str()).collect();
+    for (i, host) in hosts_after.iter().enumerate() {
+        let at = format!("/virtualHosts/{i}");
+        match before.get(host.name.as_str()) {
+            Some(old) if *old == host => {}
+            Some(old) => out.extend(
+                json_diff(&message_json(*old), &message_json(host))
+                    .into_iter()
+                    .map(|c| JsonChange {
+                        path: format!("{at}{}", c.path),
+                        ..c
+                    }),
+            ),
+            None => out.push(JsonChange {
+                op: "add",
+                path: at,
+                before: None,
+                after: Some(message_json(host)),
+            }),
+        }
+    }
+    for (i, host) in hosts_before.iter().enumerate() {
+        if !after.contains(host.name.as_str()) {
+            out.push(JsonChange {
+                op: "remove",
+                path: format!("/virtualHosts/{i}"),
+                before: Some(message_json(host)),
+                after: None,
+            });
+        }
+    }
+    out
+}
+
+/// Proto3 JSON of one message (without the `@type` an `Any` adds).
+fn message_json<M: prost::Message + prost::Name>(m: &M) -> Value {
+    let mut v =
+        any_to_json(&pack(m)).unwrap_or_else(|e| serde_json::json!({"error": e.to_string()}));
+    if let Value::Object(o) = &mut v {
+        o.remove("@type");
+    }
+    v
 }
 
 /// Proto3 JSON of a resource, a secret's private key redacted (as `…/proxies/{node}/config`
