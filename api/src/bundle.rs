@@ -15,6 +15,9 @@
 mod import;
 mod secrets;
 
+/// What `plan` shares with the import: a document's checks and write, and its errors.
+pub(crate) use import::{MAX_IMPORT_BYTES, at_document, prepare, store_error};
+
 use crate::auth::Caller;
 use crate::openapi::{Route, dry_run_param, op, tenant_param};
 use crate::{ApiError, AppState, MAX_BODY_BYTES, body};

@@ -14,6 +14,8 @@
 //!   `writesPerSecond` token bucket every tenant write passes (a middleware).
 //! - `cas`: the mesh CA (`…/meshes/{mesh}/ca`): show, upload, rotate. Keys are sealed here
 //!   with the KEK in [`AppState`] before the store sees them.
+//! - `plan`: what a change would send to which proxies (`…/meshes/{mesh}/plan`), checked as
+//!   an import and computed through the [`NodeConfigs`] port.
 //! - `rollout`: whether a revision reached every proxy of a mesh, and why not where not.
 //! - `bundle`: export and import of a tenant (documents; private keys only when asked,
 //!   encrypted with the caller's passphrase), the import in one store transaction.
@@ -32,6 +34,7 @@ mod credentials;
 mod error;
 pub mod observe;
 mod openapi;
+pub mod plan;
 mod proxies;
 mod quotas;
 mod resources;
@@ -82,6 +85,7 @@ fn routes() -> Vec<openapi::Route> {
         cas::routes(),
         proxies::routes(),
         rollout::routes(),
+        plan::routes(),
         bundle::routes(),
     ]
     .into_iter()

@@ -5,6 +5,7 @@
 
 use crate::auth::Caller;
 use crate::openapi::{Route, op, param, tenant_param};
+use crate::plan::{PlanInput, PlanOutcome, PlanUnavailable};
 use crate::resources::rfc3339;
 use crate::{ApiError, AppState};
 use axum::extract::{Path, State};
@@ -30,6 +31,15 @@ pub trait NodeConfigs: Send + Sync + 'static {
         mesh: &'a str,
         node: &'a str,
     ) -> NodeConfigFuture<'a>;
+
+    /// What a change would send to whom (`POST …/plan`): both versions of the mesh
+    /// translated, the resources that differ and the streams that would receive each. CPU
+    /// work, called off the async runtime. A process without an xDS server (the API's own
+    /// tests of other routes, benchmarks) does not plan.
+    fn plan(&self, input: PlanInput) -> Result<PlanOutcome, PlanUnavailable> {
+        let _ = input;
+        Err(PlanUnavailable)
+    }
 }
 
 /// One stream as the API shows it: where it is, then the status its replica recorded.

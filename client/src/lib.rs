@@ -5,6 +5,7 @@
 //! rollouts (`resources`).
 
 pub mod bundle;
+pub mod plan;
 pub mod resources;
 
 use serde::Deserialize;

@@ -13,7 +13,7 @@
 //! - `bootstrap`: the `bootstrap` subcommand.
 //! - `backup`: the `export` and `import` subcommands (a tenant's backup and restore through
 //!   the REST API).
-//! - `cli`: the verbs over the REST API (`login`, `config`, `apply`, `diff`, `get`, `delete`,
+//! - `cli`: the verbs over the REST API (`login`, `config`, `apply`, `diff`, `plan`, `get`, `delete`,
 //!   `status`, `rollout`) and `completion` and `man`.
 
 mod admin;
@@ -93,6 +93,10 @@ enum Command {
     /// Show what `apply` would change, as a unified diff of specs; exit 3 if it would
     /// change anything.
     Diff(cli::apply::DiffArgs),
+    /// Show what files of documents (and deletions) would send to the proxies: the Envoy
+    /// resources added, changed (with a JSON diff) or removed, and which connected proxies
+    /// would receive each; exit 3 if any would change.
+    Plan(cli::plan::PlanArgs),
     /// List the resources of a kind, or show one, as a table, YAML or JSON documents.
     Get(cli::show::GetArgs),
     /// Delete a resource (a mesh with everything in it).
@@ -124,6 +128,7 @@ fn main() -> ExitCode {
         Command::Config(c) => return cli::context::config(&c),
         Command::Apply(a) => return cli::apply::apply(&a),
         Command::Diff(a) => return cli::apply::diff(&a),
+        Command::Plan(a) => return cli::plan::plan(&a),
         Command::Get(a) => return cli::show::get(&a),
         Command::Delete(a) => return cli::show::delete(&a),
         Command::Status(a) => return cli::show::status(&a),

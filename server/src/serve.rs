@@ -196,7 +196,9 @@ pub async fn run(s: Settings) -> Result<()> {
     let app = switchboard_api::router(AppState {
         store: store.clone(),
         admin,
-        node_configs: std::sync::Arc::new(crate::node_configs::XdsNodeConfigs(xds_server.clone())),
+        node_configs: std::sync::Arc::new(crate::node_configs::XdsNodeConfigs::new(
+            xds_server.clone(),
+        )),
         kek,
     });
     let draining = CancellationToken::new();

@@ -60,6 +60,7 @@ pub mod expiry;
 pub mod lookups;
 pub mod metrics;
 pub mod node;
+pub mod plan;
 pub mod protocol;
 pub mod push_trace;
 mod quotas;

@@ -58,7 +58,7 @@ fn role_record(role: &NodeRole) -> ProxyRoleRecord {
     }
 }
 
-fn role_from_record(r: &ProxyRoleRecord) -> NodeRole {
+pub(crate) fn role_from_record(r: &ProxyRoleRecord) -> NodeRole {
     match r {
         ProxyRoleRecord::Sidecar {
             service,

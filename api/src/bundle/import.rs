@@ -24,7 +24,7 @@ use switchboard_pki::{MeshCa, Origin, SealedCa, SealedCaRef};
 use switchboard_store::{BatchEffect, BatchOptions, BatchWrite, ResourceKey, StoreError};
 
 /// The largest import accepted: a tenant's whole configuration.
-const MAX_IMPORT_BYTES: usize = 32 * 1024 * 1024;
+pub(crate) const MAX_IMPORT_BYTES: usize = 32 * 1024 * 1024;
 
 pub(super) async fn import(
     State(s): State<AppState>,
@@ -122,7 +122,7 @@ pub(super) async fn import(
 
 /// A store error about one document: a missing mesh is the document's fault (422 naming
 /// `mesh`), not a missing URL.
-fn store_error(e: StoreError) -> ApiError {
+pub(crate) fn store_error(e: StoreError) -> ApiError {
     match e {
         StoreError::NotFound { what: "mesh", name } => ApiError::field(
             "mesh",
@@ -133,7 +133,7 @@ fn store_error(e: StoreError) -> ApiError {
 }
 
 /// Names the document in every field and in the detail.
-fn at_document(index: usize, label: &str, mut e: ApiError) -> ApiError {
+pub(crate) fn at_document(index: usize, label: &str, mut e: ApiError) -> ApiError {
     let at = format!("documents[{index}]");
     if e.errors.is_empty() {
         e.errors.push(FieldError::new(at.clone(), e.detail.clone()));
@@ -188,7 +188,7 @@ fn name_error(e: FieldError) -> ApiError {
 }
 
 /// The store write of one document, and whether it restores a mesh's CA.
-async fn prepare(
+pub(crate) async fn prepare(
     s: &AppState,
     tenant: &str,
     doc: Document,

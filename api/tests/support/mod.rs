@@ -4,6 +4,8 @@
 // Each test binary uses a part of it.
 #![allow(dead_code)]
 
+pub mod xds_plan;
+
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 use std::sync::Arc;
@@ -42,11 +44,20 @@ impl Api {
     /// The API on a fresh store of backend `b` with the CA key-encryption key `kek` (64 hex
     /// characters); `None` when the backend is not available here.
     pub async fn serve(b: Backend, kek: &str) -> Option<Api> {
+        Self::serve_with(b, kek, Arc::new(NoStreams)).await
+    }
+
+    /// As [`Api::serve`], with `node_configs` as the xDS side.
+    pub async fn serve_with(
+        b: Backend,
+        kek: &str,
+        node_configs: Arc<dyn NodeConfigs>,
+    ) -> Option<Api> {
         let (store, db) = store(b).await?;
         let app = router(AppState {
             store: store.clone(),
             admin: AdminToken::new(ADMIN),
-            node_configs: Arc::new(NoStreams),
+            node_configs,
             kek: Arc::new(switchboard_pki::Kek::parse(kek).unwrap()),
         });
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();

@@ -57,15 +57,22 @@ pub struct DiffArgs {
 }
 
 /// A document and where it came from.
-struct Sourced {
-    document: Value,
+pub(super) struct Sourced {
+    pub(super) document: Value,
     file: String,
     /// Its number in the file (1-based).
     position: usize,
 }
 
+impl Sourced {
+    /// Its file and number in it.
+    pub(super) fn place(&self) -> (String, usize) {
+        (self.file.clone(), self.position)
+    }
+}
+
 /// The documents of every path, in order.
-fn load(paths: &[PathBuf]) -> Result<Vec<Sourced>, Failure> {
+pub(super) fn load(paths: &[PathBuf]) -> Result<Vec<Sourced>, Failure> {
     let mut files = vec![];
     for path in paths {
         if path.as_os_str() == "-" {
@@ -118,31 +125,35 @@ fn load(paths: &[PathBuf]) -> Result<Vec<Sourced>, Failure> {
 
 /// The documents by mesh (a mesh document's mesh is its name), each group in file order.
 /// A document naming no mesh goes in its own group, for the API to say what is missing.
-fn by_mesh(docs: Vec<Sourced>) -> Vec<Vec<Sourced>> {
+pub(super) fn by_mesh(docs: Vec<Sourced>) -> Vec<Vec<Sourced>> {
     let mut groups: BTreeMap<String, Vec<Sourced>> = BTreeMap::new();
-    let text = |d: &Value, k: &str| {
-        d.get(k)
-            .and_then(Value::as_str)
-            .unwrap_or_default()
-            .to_owned()
-    };
     for d in docs {
-        let mesh = match d
-            .document
-            .get("kind")
-            .and_then(Value::as_str)
-            .and_then(parse_kind)
-        {
-            Some(switchboard_model::Kind::Mesh) => text(&d.document, "name"),
-            _ => text(&d.document, "mesh"),
-        };
-        groups.entry(mesh).or_default().push(d);
+        groups.entry(mesh_of(&d.document)).or_default().push(d);
     }
     groups.into_values().collect()
 }
 
+/// The mesh a document is in (a mesh document's is its name); empty when it names none.
+pub(super) fn mesh_of(document: &Value) -> String {
+    let text = |k: &str| {
+        document
+            .get(k)
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_owned()
+    };
+    match document
+        .get("kind")
+        .and_then(Value::as_str)
+        .and_then(parse_kind)
+    {
+        Some(switchboard_model::Kind::Mesh) => text("name"),
+        _ => text("mesh"),
+    }
+}
+
 /// An import's problem, its fields named by file, document and field.
-fn explain(e: ClientError, group: &[Sourced]) -> Failure {
+pub(super) fn explain(e: ClientError, group: &[Sourced]) -> Failure {
     match e {
         ClientError::Problem { problem } if !problem.errors.is_empty() => error(
             problem

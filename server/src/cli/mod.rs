@@ -1,14 +1,16 @@
 //! The CLI's verbs over the REST API (`switchboard-client`): `login` and `config` (named
 //! contexts in a config file, `context`), `apply` and `diff` (files of documents, `apply`),
-//! `get`, `delete`, `status` and `rollout` (`show`), and shell completions and the man page.
+//! `plan` (what files would send to which proxies, `plan`), `get`, `delete`, `status` and
+//! `rollout` (`show`), and shell completions and the man page.
 //! The API does the work; these modules read flags, files and the environment, and turn
 //! problems into one line.
 //!
-//! Exit codes, for CI: 0 done, 1 an error (one line on stderr), 2 bad usage, 3 `diff` found
-//! changes.
+//! Exit codes, for CI: 0 done, 1 an error (one line on stderr), 2 bad usage, 3 `diff` or
+//! `plan` found changes.
 
 pub mod apply;
 pub mod context;
+pub mod plan;
 pub mod show;
 
 use clap::{Args, ValueEnum};

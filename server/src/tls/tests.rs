@@ -186,7 +186,7 @@ async fn start(cert: Arc<ReloadingCert>) -> Ports {
     let app = switchboard_api::router(AppState {
         store: store.clone(),
         admin: AdminToken::new("test-admin-token-0123456789"),
-        node_configs: Arc::new(crate::node_configs::XdsNodeConfigs(
+        node_configs: Arc::new(crate::node_configs::XdsNodeConfigs::new(
             running.server().clone(),
         )),
         kek: Arc::new(switchboard_pki::Kek::generate().unwrap().0),

@@ -1,0 +1,602 @@
+//! What a change to a mesh would do to its proxies, before it is written: both versions of
+//! the mesh translated by the same pure translator, the Envoy resources that differ (by
+//! version, which is a hash of the bytes), each changed one's JSON diff, and which connected
+//! streams would receive each.
+//!
+//! Who receives what is decided by [`NodeView`], the very code that serves the streams,
+//! applied to each stream's role and subscriptions as its replica recorded them in the
+//! `proxies` table, so any replica answers for all. It is exact for what the views compute
+//! from the mesh (listeners, route configurations, clusters, load assignments, a sidecar's
+//! inbound side, `ROOTCA`) and for the subscriptions as they stand; it cannot know names a
+//! client will ask for only once it sees the change (the cluster of a backend a proxyless
+//! client's route starts using), a proxyless node's certificate providers (not recorded: its
+//! plaintext clusters are assumed), nor the per-stream `default` certificate and gateways'
+//! uploaded certificates (issued or opened per stream, never by a plan).
+//!
+//! Pure: no IO, no clock. The caller reads the stored mesh, the changed mesh and the streams.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+
+use serde_json::Value;
+use switchboard_model::{Kind, Spec};
+use switchboard_store::{MeshSnapshot as StoredMesh, ProxyRow, ProxyStatusRecord, ResourceKey};
+use switchboard_translator::{Change as ConfigChange, MeshResources, Translator, XdsResource};
+use switchboard_xds_proto::pb::envoy::config::route::v3::{RouteConfiguration, VirtualHost};
+use switchboard_xds_proto::{ResourceType, any_to_json, pack};
+
+use crate::protocol::Resources;
+use crate::report::role_from_record;
+use crate::snapshot::{MeshSnapshot, mesh_config};
+use crate::view::NodeView;
+
+/// What happens to one resource.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Action {
+    Added,
+    Changed,
+    Removed,
+}
+
+/// One RFC 6902 operation of a changed resource's JSON diff, with the value it replaces or
+/// removes (`before`) beside the one it writes (`after`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct JsonChange {
+    /// `add`, `remove` or `replace`.
+    pub op: &'static str,
+    /// A JSON pointer into the resource's proto3 JSON.
+    pub path: String,
+    pub before: Option<Value>,
+    pub after: Option<Value>,
+}
+
+/// One Envoy resource the change adds, changes or removes.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ResourcePlan {
+    pub resource_type: ResourceType,
+    pub name: String,
+    pub action: Action,
+    /// For a changed resource: its JSON diff (private keys redacted on both sides).
+    pub diff: Vec<JsonChange>,
+    /// The connected nodes that would be sent it (or told it is gone), sorted, each once.
+    pub nodes: Vec<String>,
+}
+
+/// The plan of one mesh.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct MeshPlan {
+    /// In push order (clusters before listeners…), then by name.
+    pub resources: Vec<ResourcePlan>,
+    /// Connected nodes of the mesh that were considered.
+    pub connected_nodes: usize,
+    /// What the translator could not turn into resources in the changed mesh.
+    pub warnings: Vec<String>,
+}
+
+/// The plan of changing `before` into `after` (two reads of one mesh; `after` as the write
+/// would leave it, differing from `before` in the resources `changed` names at most), for
+/// the live `streams` of the mesh. Translates `before` in full; [`Planner`] keeps it.
+pub fn plan(
+    before: &StoredMesh,
+    after: &StoredMesh,
+    changed: &[ResourceKey],
+    trust_domain: &str,
+    streams: &[ProxyRow],
+) -> MeshPlan {
+    Planner::default().plan(before, after, changed, trust_domain, streams)
+}
+
+/// Plans, keeping the last few meshes it planned against translated (by tenant, mesh and
+/// revision): a plan against a revision already seen translates only its own change, and
+/// then undoes it, instead of translating the whole mesh again.
+#[derive(Default)]
+pub struct Planner {
+    cache: Mutex<Vec<Prepared>>,
+}
+
+/// One mesh at one revision, translated.
+struct Prepared {
+    key: (String, String, i64, String),
+    translator: Translator,
+    snapshot: Arc<MeshSnapshot>,
+}
+
+/// Meshes kept translated by a [`Planner`].
+const KEPT: usize = 4;
+
+impl Planner {
+    /// As [`plan`].
+    pub fn plan(
+        &self,
+        before: &StoredMesh,
+        after: &StoredMesh,
+        changed: &[ResourceKey],
+        trust_domain: &str,
+        streams: &[ProxyRow],
+    ) -> MeshPlan {
+        let key = (
+            before.tenant.clone(),
+            before.mesh.key.name.clone(),
+            before.revision,
+            trust_domain.to_owned(),
+        );
+        let (forward, mut warnings) = changes(after, changed);
+        let (backward, _) = changes(before, changed);
+        // A panic while the lock is held leaves a translator half changed: start afresh.
+        let mut cache = match self.cache.lock() {
+            Ok(c) => c,
+            Err(poisoned) => {
+                let mut c = poisoned.into_inner();
+                c.clear();
+                c
+            }
+        };
+        let at = match cache.iter().position(|p| p.key == key) {
+            Some(at) => at,
+            None => {
+                let (config, _) = mesh_config(before, trust_domain);
+                let translator = Translator::new(config);
+                let snapshot = Arc::new(MeshSnapshot::new(
+                    translator.config(),
+                    translator.resources().clone(),
+                    None,
+                ));
+                if cache.len() >= KEPT {
+                    cache.remove(0);
+                }
+                cache.push(Prepared {
+                    key,
+                    translator,
+                    snapshot,
+                });
+                cache.len() - 1
+            }
+        };
+        let prepared = &mut cache[at];
+        let snap_before = Arc::clone(&prepared.snapshot);
+        // The change, then its inverse: the translator is left as it was (its resources always
+        // equal a full translation of its configuration).
+        prepared.translator.apply(forward);
+        let snap_after = Arc::new(MeshSnapshot::new(
+            prepared.translator.config(),
+            prepared.translator.resources().clone(),
+            None,
+        ));
+        prepared.translator.apply(backward);
+        drop(cache);
+        warnings.extend(snap_after.resources.warnings.iter().cloned());
+        diff(&snap_before, &snap_after, streams, warnings)
+    }
+}
+
+/// The mesh's spec as `stored` holds it.
+fn spec_of(stored: &StoredMesh) -> Option<switchboard_model::MeshSpec> {
+    match Spec::parse(Kind::Mesh, stored.mesh.spec.clone()) {
+        Ok(Spec::Mesh(spec)) => Some(spec),
+        _ => None,
+    }
+}
+
+/// The translator's changes making a mesh's `changed` resources what `mesh` holds (absent:
+/// deleted), and what could not be parsed.
+fn changes(mesh: &StoredMesh, changed: &[ResourceKey]) -> (Vec<ConfigChange>, Vec<String>) {
+    let wanted: HashSet<&ResourceKey> = changed.iter().collect();
+    let mut found: HashMap<&ResourceKey, &serde_json::Value> = mesh
+        .resources
+        .iter()
+        .filter(|r| wanted.contains(&r.key))
+        .map(|r| (&r.key, &r.spec))
+        .collect();
+    let mut out = vec![];
+    let mut warnings = vec![];
+    for key in changed {
+        let name = key.name.clone();
+        if key.kind == Kind::Mesh {
+            if let Some(spec) = spec_of(mesh) {
+                out.push(ConfigChange::Mesh(spec));
+            }
+            continue;
+        }
+        let spec = match found.remove(key).map(|v| Spec::parse(key.kind, v.clone())) {
+            None => None,
+            Some(Ok(spec)) => Some(spec),
+            Some(Err(e)) => {
+                warnings.push(format!("{} {name}: {e}", key.kind));
+                None
+            }
+        };
+        out.push(match (key.kind, spec) {
+            (Kind::Service, Some(Spec::Service(s))) => ConfigChange::Service(name, Some(s)),
+            (Kind::Service, _) => ConfigChange::Service(name, None),
+            (Kind::Endpoint, Some(Spec::Endpoint(s))) => ConfigChange::Endpoint(name, Some(s)),
+            (Kind::Endpoint, _) => ConfigChange::Endpoint(name, None),
+            (Kind::Route, Some(Spec::Route(s))) => ConfigChange::Route(name, Some(s)),
+            (Kind::Route, _) => ConfigChange::Route(name, None),
+            (Kind::Gateway, Some(Spec::Gateway(s))) => ConfigChange::Gateway(name, Some(s)),
+            (Kind::Gateway, _) => ConfigChange::Gateway(name, None),
+            (Kind::AuthorizationPolicy, Some(Spec::AuthorizationPolicy(s))) => {
+                ConfigChange::AuthorizationPolicy(name, Some(s))
+            }
+            (Kind::AuthorizationPolicy, _) => ConfigChange::AuthorizationPolicy(name, None),
+            (Kind::Certificate, Some(Spec::Certificate(s))) => {
+                ConfigChange::Certificate(name, Some(*s))
+            }
+            (Kind::Certificate, _) => ConfigChange::Certificate(name, None),
+            (Kind::Mesh, _) => continue,
+        });
+    }
+    (out, warnings)
+}
+
+/// The resources that differ between two snapshots of a mesh, and who receives each.
+fn diff(
+    snap_before: &Arc<MeshSnapshot>,
+    snap_after: &Arc<MeshSnapshot>,
+    streams: &[ProxyRow],
+    warnings: Vec<String>,
+) -> MeshPlan {
+    let mut plans: BTreeMap<(usize, ResourceType, String), ResourcePlan> = BTreeMap::new();
+    for (t, b, a) in mesh_wide(&snap_before.resources, &snap_after.resources) {
+        for (name, action, rb, ra) in changed(b, a) {
+            plans.insert(
+                (order(t), t, name.clone()),
+                resource_plan(t, name, action, rb, ra),
+            );
+        }
+    }
+
+    // Streams alike in role, credentials and subscriptions receive alike: one view each.
+    let mut groups: HashMap<String, (&ProxyStatusRecord, BTreeSet<&str>)> = HashMap::new();
+    for s in streams {
+        let key = serde_json::to_string(&(
+            &s.status.role_spec,
+            s.status.authenticated,
+            s.status
+                .types
+                .iter()
+                .map(|t| (&t.type_name, t.wildcard, &t.names))
+                .collect::<Vec<_>>(),
+        ))
+        .unwrap_or_else(|_| format!("{}/{}", s.replica, s.stream_id));
+        groups
+            .entry(key)
+            .or_insert_with(|| (&s.status, BTreeSet::new()))
+            .1
+            .insert(&s.node);
+    }
+    let connected: BTreeSet<&str> = streams.iter().map(|s| s.node.as_str()).collect();
+    for (status, nodes) in groups.into_values() {
+        for (t, (name, action, rb, ra)) in node_changes(snap_before, snap_after, status) {
+            let plan = plans
+                .entry((order(t), t, name.clone()))
+                .or_insert_with(|| resource_plan(t, name, action, rb, ra));
+            plan.nodes.extend(nodes.iter().map(|n| (*n).to_owned()));
+        }
+    }
+    let resources = plans
+        .into_values()
+        .map(|mut p| {
+            p.nodes.sort();
+            p.nodes.dedup();
+            p
+        })
+        .collect();
+    MeshPlan {
+        resources,
+        connected_nodes: connected.len(),
+        warnings,
+    }
+}
+
+impl crate::XdsServer {
+    /// The trust domain workload identities are in (what a plan translates with).
+    pub fn trust_domain(&self) -> &str {
+        &self.config.trust_domain
+    }
+}
+
+fn order(t: ResourceType) -> usize {
+    ResourceType::PUSH_ORDER
+        .iter()
+        .position(|x| *x == t)
+        .unwrap_or(usize::MAX)
+}
+
+/// Resources by name, borrowed from a snapshot or a view: only changes are copied.
+type Map<'a> = BTreeMap<&'a str, &'a Arc<XdsResource>>;
+
+/// The mesh's own resources by type, before and after: what every node's view draws from.
+/// Clusters are those sent to sidecars and gateways (the proxyless ones are the same
+/// without mTLS; where they differ, a connected proxyless node adds its own).
+fn mesh_wide<'a>(
+    b: &'a MeshResources,
+    a: &'a MeshResources,
+) -> Vec<(ResourceType, Map<'a>, Map<'a>)> {
+    fn map<'a>(
+        maps: &[&'a BTreeMap<String, Arc<XdsResource>>],
+    ) -> BTreeMap<&'a str, &'a Arc<XdsResource>> {
+        maps.iter()
+            .flat_map(|m| m.iter())
+            .map(|(k, v)| (k.as_str(), v))
+            .collect()
+    }
+    vec![
+        (
+            ResourceType::Listener,
+            map(&[&b.listeners, &b.server_listeners]),
+            map(&[&a.listeners, &a.server_listeners]),
+        ),
+        (
+            ResourceType::RouteConfiguration,
+            map(&[&b.route_configurations]),
+            map(&[&a.route_configurations]),
+        ),
+        (
+            ResourceType::Cluster,
+            map(&[&b.proxy_clusters]),
+            map(&[&a.proxy_clusters]),
+        ),
+        (
+            ResourceType::ClusterLoadAssignment,
+            map(&[&b.load_assignments]),
+            map(&[&a.load_assignments]),
+        ),
+    ]
+}
+
+type Change = (
+    String,
+    Action,
+    Option<Arc<XdsResource>>,
+    Option<Arc<XdsResource>>,
+);
+
+/// The names whose resource differs between `b` and `a` (by version: a hash of the bytes).
+fn changed(b: Map<'_>, mut a: Map<'_>) -> Vec<Change> {
+    let mut out = vec![];
+    for (name, rb) in b {
+        match a.remove(name) {
+            Some(ra) if Arc::ptr_eq(ra, rb) || ra.version == rb.version => {}
+            Some(ra) => out.push((
+                name.to_owned(),
+                Action::Changed,
+                Some(Arc::clone(rb)),
+                Some(Arc::clone(ra)),
+            )),
+            None => out.push((name.to_owned(), Action::Removed, Some(Arc::clone(rb)), None)),
+        }
+    }
+    out.extend(
+        a.into_iter()
+            .map(|(name, ra)| (name.to_owned(), Action::Added, None, Some(Arc::clone(ra)))),
+    );
+    out
+}
+
+/// What one stream (by its recorded role and subscriptions) would be sent differently.
+fn node_changes(
+    before: &Arc<MeshSnapshot>,
+    after: &Arc<MeshSnapshot>,
+    status: &ProxyStatusRecord,
+) -> Vec<(ResourceType, Change)> {
+    let role = role_from_record(&status.role_spec);
+    let mut vb = NodeView::new(Arc::clone(before), role.clone());
+    let mut va = NodeView::new(Arc::clone(after), role);
+    if status.authenticated {
+        vb = vb.with_secrets();
+        va = va.with_secrets();
+    }
+    let mut out = vec![];
+    for t in &status.types {
+        let Some(rt) = ResourceType::from_short_name(&t.type_name) else {
+            continue;
+        };
+        let changes = if t.wildcard {
+            changed(wildcard(&vb, rt), wildcard(&va, rt))
+        } else {
+            changed(named(&vb, rt, &t.names), named(&va, rt, &t.names))
+        };
+        out.extend(changes.into_iter().map(|c| (rt, c)));
+    }
+    out
+}
+
+/// What a view sends to a wildcard subscription of `t`.
+fn wildcard(v: &NodeView, t: ResourceType) -> Map<'_> {
+    v.wildcard(t).map(|r| (r.name.as_str(), r)).collect()
+}
+
+/// What a view sends to a subscription of `t` naming `names`.
+fn named<'a>(v: &'a NodeView, t: ResourceType, names: &'a [String]) -> Map<'a> {
+    names
+        .iter()
+        .filter_map(|n| v.get(t, n).map(|r| (n.as_str(), r)))
+        .collect()
+}
+
+fn resource_plan(
+    t: ResourceType,
+    name: String,
+    action: Action,
+    before: Option<Arc<XdsResource>>,
+    after: Option<Arc<XdsResource>>,
+) -> ResourcePlan {
+    let diff = match (&before, &after) {
+        (Some(b), Some(a)) => resource_diff(t, b, a),
+        _ => vec![],
+    };
+    ResourcePlan {
+        resource_type: t,
+        name,
+        action,
+        diff,
+        nodes: vec![],
+    }
+}
+
+/// The JSON diff of a changed resource. A route configuration holds a virtual host per
+/// route (the sidecars' outbound one, every route of the mesh): only its virtual hosts that
+/// differ are rendered and compared, so one route's change costs that route.
+fn resource_diff(t: ResourceType, b: &Arc<XdsResource>, a: &Arc<XdsResource>) -> Vec<JsonChange> {
+    if t == ResourceType::RouteConfiguration
+        && let (Ok(rb), Ok(ra)) = (
+            b.decode::<RouteConfiguration>(),
+            a.decode::<RouteConfiguration>(),
+        )
+    {
+        return route_configuration_diff(rb, ra);
+    }
+    json_diff(&json(b), &json(a))
+}
+
+fn route_configuration_diff(
+    mut b: RouteConfiguration,
+    mut a: RouteConfiguration,
+) -> Vec<JsonChange> {
+    let hosts_before = std::mem::take(&mut b.virtual_hosts);
+    let hosts_after = std::mem::take(&mut a.virtual_hosts);
+    let mut out = json_diff(&message_json(&b), &message_json(&a));
+    let before: HashMap<&str, &VirtualHost> =
+        hosts_before.iter().map(|v| (v.name.as_str(), v)).collect();
+    let after: HashSet<&str> = hosts_after.iter().map(|v| v.name.as_str()).collect();
+    for (i, host) in hosts_after.iter().enumerate() {
+        let at = format!("/virtualHosts/{i}");
+        match before.get(host.name.as_str()) {
+            Some(old) if *old == host => {}
+            Some(old) => out.extend(
+                json_diff(&message_json(*old), &message_json(host))
+                    .into_iter()
+                    .map(|c| JsonChange {
+                        path: format!("{at}{}", c.path),
+                        ..c
+                    }),
+            ),
+            None => out.push(JsonChange {
+                op: "add",
+                path: at,
+                before: None,
+                after: Some(message_json(host)),
+            }),
+        }
+    }
+    for (i, host) in hosts_before.iter().enumerate() {
+        if !after.contains(host.name.as_str()) {
+            out.push(JsonChange {
+                op: "remove",
+                path: format!("/virtualHosts/{i}"),
+                before: Some(message_json(host)),
+                after: None,
+            });
+        }
+    }
+    out
+}
+
+/// Proto3 JSON of one message (without the `@type` an `Any` adds).
+fn message_json<M: prost::Message + prost::Name>(m: &M) -> Value {
+    let mut v =
+        any_to_json(&pack(m)).unwrap_or_else(|e| serde_json::json!({"error": e.to_string()}));
+    if let Value::Object(o) = &mut v {
+        o.remove("@type");
+    }
+    v
+}
+
+/// Proto3 JSON of a resource, a secret's private key redacted (as `…/proxies/{node}/config`
+/// shows it).
+fn json(r: &Arc<XdsResource>) -> Value {
+    let r = crate::sds::secrets::redact(r);
+    any_to_json(&r.any()).unwrap_or_else(|e| serde_json::json!({"error": e.to_string()}))
+}
+
+/// The RFC 6902 operations turning `b` into `a`, each with the value it overwrites.
+pub fn json_diff(b: &Value, a: &Value) -> Vec<JsonChange> {
+    use json_patch::PatchOperation as Op;
+    let at = |v: &Value, path: &str| v.pointer(path).cloned();
+    json_patch::diff(b, a)
+        .0
+        .into_iter()
+        .map(|op| match op {
+            Op::Add(o) => JsonChange {
+                op: "add",
+                path: o.path.to_string(),
+                before: None,
+                after: Some(o.value),
+            },
+            Op::Remove(o) => {
+                let path = o.path.to_string();
+                JsonChange {
+                    op: "remove",
+                    before: at(b, &path),
+                    path,
+                    after: None,
+                }
+            }
+            Op::Replace(o) => {
+                let path = o.path.to_string();
+                JsonChange {
+                    op: "replace",
+                    before: at(b, &path),
+                    path,
+                    after: Some(o.value),
+                }
+            }
+            // `diff` writes only the three above; the others would be a new version's.
+            Op::Move(o) => JsonChange {
+                op: "move",
+                before: at(b, &o.from.to_string()),
+                path: o.path.to_string(),
+                after: None,
+            },
+            Op::Copy(o) => JsonChange {
+                op: "copy",
+                before: at(b, &o.from.to_string()),
+                path: o.path.to_string(),
+                after: None,
+            },
+            Op::Test(o) => JsonChange {
+                op: "test",
+                path: o.path.to_string(),
+                before: Some(o.value),
+                after: None,
+            },
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn a_json_diff_says_what_each_operation_overwrites() {
+        let b = json!({"a": 1, "b": [1, 2], "c": {"d": "x"}});
+        let a = json!({"a": 2, "b": [1], "c": {"d": "x", "e": true}});
+        let mut d = json_diff(&b, &a);
+        d.sort_by(|x, y| x.path.cmp(&y.path));
+        assert_eq!(
+            d,
+            vec![
+                JsonChange {
+                    op: "replace",
+                    path: "/a".into(),
+                    before: Some(json!(1)),
+                    after: Some(json!(2))
+                },
+                JsonChange {
+                    op: "remove",
+                    path: "/b/1".into(),
+                    before: Some(json!(2)),
+                    after: None
+                },
+                JsonChange {
+                    op: "add",
+                    path: "/c/e".into(),
+                    before: None,
+                    after: Some(json!(true))
+                },
+            ]
+        );
+    }
+}
