@@ -115,6 +115,7 @@ async fn preconditions(b: Backend) {
         WriteOptions {
             precondition: Precondition::IfMatch(stale.clone()),
             dry_run: false,
+            actor: None,
         },
     )
     .await
@@ -127,6 +128,7 @@ async fn preconditions(b: Backend) {
         WriteOptions {
             precondition: Precondition::IfMatch(stale),
             dry_run: false,
+            actor: None,
         },
     )
     .await
@@ -143,6 +145,7 @@ async fn preconditions(b: Backend) {
         WriteOptions {
             precondition: Precondition::Create,
             dry_run: false,
+            actor: None,
         },
     )
     .await
@@ -222,6 +225,7 @@ async fn dry_run_writes_nothing(b: Backend) {
     let dry = WriteOptions {
         precondition: Precondition::None,
         dry_run: true,
+        actor: None,
     };
     put_with(&s, Kind::Service, "a", json!({"port": 80}), dry.clone())
         .await
@@ -379,6 +383,7 @@ async fn concurrent_writers_one_wins(b: Backend) {
                     WriteOptions {
                         precondition: Precondition::IfMatch(tag),
                         dry_run: false,
+                        actor: None,
                     },
                 )
                 .await

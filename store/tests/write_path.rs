@@ -343,6 +343,7 @@ fn put_task(
         let opts = WriteOptions {
             precondition,
             dry_run: false,
+            actor: None,
         };
         s.put_spec("acme", "prod", &name, &parsed, &opts).await
     }

@@ -149,6 +149,7 @@ impl Task {
                 let opts = WriteOptions {
                     precondition: Precondition::IfMatch(etag),
                     dry_run: false,
+                    actor: None,
                 };
                 let result = self.store.delete(&key, &opts).await.map(|_| ());
                 if result.is_ok() {
@@ -227,6 +228,7 @@ async fn put(
     let opts = WriteOptions {
         precondition,
         dry_run: false,
+        actor: None,
     };
     store
         .put_spec(&key.tenant, &key.mesh, &key.name, spec, &opts)
