@@ -1,6 +1,7 @@
 //! The CLI's verbs over the REST API (`switchboard-client`): `login` and `config` (named
 //! contexts in a config file, `context`), `apply` and `diff` (files of documents, `apply`),
-//! `get`, `delete`, `status` and `rollout` (`show`), and shell completions and the man page.
+//! `get`, `delete`, `status` and `rollout` (`show`), `history`, `rollback` and `audit`
+//! (`history`), and shell completions and the man page.
 //! The API does the work; these modules read flags, files and the environment, and turn
 //! problems into one line.
 //!
@@ -9,6 +10,7 @@
 
 pub mod apply;
 pub mod context;
+pub mod history;
 pub mod show;
 
 use clap::{Args, ValueEnum};
@@ -40,7 +42,7 @@ pub struct ApiArgs {
     pub ca_file: Option<PathBuf>,
 }
 
-/// How `get`, `status` and `rollout` write what they read.
+/// How `get`, `status`, `rollout`, `history` and `audit` write what they read.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum Output {
     Table,
