@@ -110,7 +110,7 @@ pub struct AuditQuery {
 pub struct MeshAt {
     /// The tenant revision the plan was read at.
     pub read_at: i64,
-    /// Every resource of the mesh then or now (the mesh itself first): its key, its spec
+    /// Every resource of the mesh then or now, by kind and name: its key, its spec
     /// now and its spec at the revision (None: absent).
     pub resources: Vec<(
         ResourceKey,
@@ -124,6 +124,9 @@ const COLS: &str =
 
 /// The history rows of one key, oldest first: `(revision, op, spec)`.
 type KeyRows = Vec<(i64, HistoryOp, Option<serde_json::Value>)>;
+
+/// A resource as stored now: `(spec, revision)`.
+type Now = (serde_json::Value, i64);
 
 fn row_to_entry(row: &AnyRow) -> Result<HistoryEntry, StoreError> {
     let op: String = row.try_get("op")?;
@@ -367,10 +370,7 @@ impl Store {
         .await?;
         let now = now
             .map(|r| {
-                Ok::<_, StoreError>((
-                    crate::resources::spec_column(&r, || "spec".into())?,
-                    r.try_get::<i64, _>("revision")?,
-                ))
+                Ok::<_, StoreError>((json_column(&r, "spec")?, r.try_get::<i64, _>("revision")?))
             })
             .transpose()?;
         state_at(n, &history, now.as_ref().map(|(s, r)| (s, *r))).map_err(|()| {
@@ -409,21 +409,19 @@ impl Store {
             if self.history_bounds(&mut conn, tenant, n).await? != read_at {
                 continue;
             }
-            let mut keys: BTreeMap<
-                (usize, Kind, String),
-                (KeyRows, Option<(serde_json::Value, i64)>),
-            > = BTreeMap::new();
-            let key_of = |row: &AnyRow| -> Result<(usize, Kind, String), StoreError> {
+            // By kind and name: `write_many` orders the writes by what refers to what.
+            let mut keys: BTreeMap<(&str, Kind, String), (KeyRows, Option<Now>)> = BTreeMap::new();
+            let key_of = |row: &AnyRow| -> Result<(&'static str, Kind, String), StoreError> {
                 let kind: String = row.try_get("kind")?;
                 let kind = Kind::from_plural(&kind)
                     .ok_or_else(|| StoreError::Corrupt(format!("kind {kind:?}")))?;
-                Ok((crate::dependency_rank(kind), kind, row.try_get("name")?))
+                Ok((kind.plural(), kind, row.try_get("name")?))
             };
             for row in &history_rows {
                 keys.entry(key_of(row)?).or_default().0.push(key_row(row)?);
             }
             for row in &now_rows {
-                let spec = crate::resources::spec_column(row, || "spec".into())?;
+                let spec = json_column(row, "spec")?;
                 keys.entry(key_of(row)?).or_default().1 = Some((spec, row.try_get("revision")?));
             }
             let mut resources = Vec::with_capacity(keys.len());
@@ -515,6 +513,12 @@ impl Store {
         }
         Ok(removed)
     }
+}
+
+/// A JSON text column.
+fn json_column(row: &AnyRow, column: &str) -> Result<serde_json::Value, StoreError> {
+    let text: String = row.try_get(column)?;
+    serde_json::from_str(&text).map_err(|e| StoreError::Corrupt(format!("{column}: {e}")))
 }
 
 fn key_row(row: &AnyRow) -> Result<(i64, HistoryOp, Option<serde_json::Value>), StoreError> {

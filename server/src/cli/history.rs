@@ -4,6 +4,7 @@
 
 use super::{ApiArgs, Failure, Output, Target, api_failure, error, print, runtime, table, usage};
 use clap::Args;
+use serde::Deserialize;
 use serde_json::{Value, json};
 use std::process::ExitCode;
 use switchboard_client::resources::{document_kind, parse_kind};
@@ -84,19 +85,71 @@ fn structured(output: Output, v: &Value) -> Result<String, Failure> {
     }
 }
 
-fn text(v: &Value, key: &str) -> String {
-    match v.get(key) {
-        Some(Value::String(s)) => s.clone(),
-        Some(Value::Number(n)) => n.to_string(),
-        _ => String::new(),
-    }
+/// The credential of an entry, as the API shows it.
+#[derive(Deserialize)]
+struct CredentialRef {
+    id: String,
+    description: String,
+}
+
+/// One revision, as `GET …/history` lists it.
+#[derive(Deserialize)]
+struct HistoryItem {
+    revision: i64,
+    time: String,
+    op: String,
+    credential: Option<CredentialRef>,
+}
+
+/// One entry, as `GET …/audit` lists it.
+#[derive(Deserialize)]
+struct AuditItem {
+    revision: i64,
+    time: String,
+    #[serde(default)]
+    mesh: String,
+    kind: String,
+    name: String,
+    op: String,
+    credential: Option<CredentialRef>,
+}
+
+/// What `POST …/{kind}/{name}/rollback` answers (the part the table shows).
+#[derive(Deserialize)]
+struct RollbackAnswer {
+    effect: String,
+    resource: RolledBack,
+}
+
+#[derive(Deserialize)]
+struct RolledBack {
+    revision: i64,
+}
+
+/// What `POST …/meshes/{m}/rollback` answers.
+#[derive(Deserialize)]
+struct MeshRollbackAnswer {
+    revision: Option<i64>,
+    items: Vec<MeshRollbackItem>,
+}
+
+#[derive(Deserialize)]
+struct MeshRollbackItem {
+    kind: String,
+    name: String,
+    effect: String,
+}
+
+/// The API's answer as `T`.
+fn typed<T: serde::de::DeserializeOwned>(v: Value) -> Result<T, Failure> {
+    serde_json::from_value(v).map_err(|e| error(format!("unexpected answer from the API: {e}")))
 }
 
 /// `id (description)`, or `-` for the control plane's own changes.
-fn credential(v: &Value) -> String {
-    match v.get("credential") {
-        Some(c) if c.is_object() => format!("{} ({})", text(c, "id"), text(c, "description")),
-        _ => "-".to_owned(),
+fn credential(c: &Option<CredentialRef>) -> String {
+    match c {
+        Some(c) => format!("{} ({})", c.id, c.description),
+        None => "-".to_owned(),
     }
 }
 
@@ -127,14 +180,15 @@ fn run_history(args: &HistoryArgs) -> Result<ExitCode, Failure> {
         eprintln!("no history for {} {:?}", document_kind(kind), args.name);
         return Ok(ExitCode::SUCCESS);
     }
+    let items: Vec<HistoryItem> = typed(Value::Array(items))?;
     let rows: Vec<Vec<String>> = items
-        .iter()
-        .map(|v| {
+        .into_iter()
+        .map(|h| {
             vec![
-                text(v, "revision"),
-                text(v, "time"),
-                text(v, "op"),
-                credential(v),
+                h.revision.to_string(),
+                h.time,
+                h.op,
+                credential(&h.credential),
             ]
         })
         .collect();
@@ -170,12 +224,9 @@ fn run_rollback(args: &RollbackArgs) -> Result<ExitCode, Failure> {
         if args.output != Output::Table {
             return print(&structured(args.output, &answer)?).map(|()| ExitCode::SUCCESS);
         }
-        let items = answer
-            .get("items")
-            .and_then(Value::as_array)
-            .cloned()
-            .unwrap_or_default();
-        let mut out = match answer.get("revision").and_then(Value::as_i64) {
+        let answer: MeshRollbackAnswer = typed(answer)?;
+        let items = answer.items;
+        let mut out = match answer.revision {
             Some(r) => format!(
                 "mesh {} rolled back to revision {n} at revision {r}\n",
                 args.name
@@ -186,12 +237,7 @@ fn run_rollback(args: &RollbackArgs) -> Result<ExitCode, Failure> {
             None => format!("mesh {} would roll back to revision {n}{dry}\n", args.name),
         };
         for i in &items {
-            out.push_str(&format!(
-                "  {} {} {}\n",
-                text(i, "kind"),
-                text(i, "name"),
-                text(i, "effect")
-            ));
+            out.push_str(&format!("  {} {} {}\n", i.kind, i.name, i.effect));
         }
         print(&out)?;
         return Ok(ExitCode::SUCCESS);
@@ -207,16 +253,14 @@ fn run_rollback(args: &RollbackArgs) -> Result<ExitCode, Failure> {
     if args.output != Output::Table {
         return print(&structured(args.output, &answer)?).map(|()| ExitCode::SUCCESS);
     }
+    let answer: RollbackAnswer = typed(answer)?;
     let what = format!("{} {mesh}/{}", document_kind(kind), args.name);
-    let line = match (text(&answer, "effect").as_str(), args.dry_run) {
+    let line = match (answer.effect.as_str(), args.dry_run) {
         ("deleted", _) => format!("{what} deleted: it did not exist at revision {n}{dry}\n"),
         (_, true) => format!("{what} would roll back to revision {n}{dry}\n"),
         _ => format!(
             "{what} rolled back to revision {n} at revision {}\n",
-            answer
-                .get("resource")
-                .map(|r| text(r, "revision"))
-                .unwrap_or_default()
+            answer.resource.revision
         ),
     };
     print(&line)?;
@@ -247,20 +291,21 @@ fn run_audit(args: &AuditArgs) -> Result<ExitCode, Failure> {
         eprintln!("no changes recorded");
         return Ok(ExitCode::SUCCESS);
     }
+    let items: Vec<AuditItem> = typed(Value::Array(items))?;
     let rows: Vec<Vec<String>> = items
-        .iter()
-        .map(|v| {
-            let name = match text(v, "mesh").as_str() {
-                "" => text(v, "name"),
-                m if text(v, "kind") == "mesh" => m.to_owned(),
-                m => format!("{m}/{}", text(v, "name")),
+        .into_iter()
+        .map(|a| {
+            let name = match a.mesh.as_str() {
+                "" => a.name,
+                m if a.kind == "mesh" => m.to_owned(),
+                m => format!("{m}/{}", a.name),
             };
             vec![
-                text(v, "time"),
-                text(v, "revision"),
-                credential(v),
-                text(v, "op"),
-                text(v, "kind"),
+                a.time,
+                a.revision.to_string(),
+                credential(&a.credential),
+                a.op,
+                a.kind,
                 name,
             ]
         })
