@@ -265,7 +265,10 @@ async fn run(backend: Backend, label: &str) -> Result<()> {
                     "r0",
                     spec.clone(),
                 )],
-                &switchboard_store::BatchOptions { dry_run: true },
+                &switchboard_store::BatchOptions {
+                    dry_run: true,
+                    ..Default::default()
+                },
             )
             .await
             .map_err(|e| anyhow::anyhow!("{:?}", e.error))?;

@@ -8,7 +8,7 @@ use axum::extract::FromRequestParts;
 use axum::http::request::Parts;
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
-use switchboard_store::CredentialKind;
+use switchboard_store::{Actor, CredentialKind};
 
 /// The platform admin token, kept only as its SHA-256.
 #[derive(Clone)]
@@ -27,19 +27,33 @@ impl AdminToken {
 #[derive(Debug, Clone)]
 pub enum Caller {
     Admin,
-    Tenant(String),
+    /// An API key of `tenant`: its id and description name it in history and audit.
+    Tenant {
+        tenant: String,
+        key: Actor,
+    },
 }
 
 impl Caller {
     pub fn is_admin(&self) -> bool {
         matches!(self, Caller::Admin)
     }
+
+    /// Who the history says wrote: the key, or the platform admin.
+    pub fn actor(&self) -> Actor {
+        match self {
+            Caller::Admin => Actor::admin(),
+            Caller::Tenant { key, .. } => key.clone(),
+        }
+    }
     /// 404 unless the caller may see `tenant`.
     pub fn check_tenant(&self, tenant: &str) -> Result<(), ApiError> {
         match self {
             Caller::Admin => Ok(()),
-            Caller::Tenant(t) if t == tenant => Ok(()),
-            Caller::Tenant(_) => Err(ApiError::not_found(format!("tenant {tenant:?} not found"))),
+            Caller::Tenant { tenant: t, .. } if t == tenant => Ok(()),
+            Caller::Tenant { .. } => {
+                Err(ApiError::not_found(format!("tenant {tenant:?} not found")))
+            }
         }
     }
 }
@@ -69,7 +83,13 @@ impl FromRequestParts<AppState> for Caller {
             return Ok(Caller::Admin);
         }
         match state.store.authenticate(token).await? {
-            Some(c) if c.kind == CredentialKind::ApiKey => Ok(Caller::Tenant(c.tenant)),
+            Some(c) if c.kind == CredentialKind::ApiKey => Ok(Caller::Tenant {
+                tenant: c.tenant,
+                key: Actor {
+                    id: c.id,
+                    description: c.description,
+                },
+            }),
             Some(_) => Err(ApiError::unauthenticated(
                 "a proxy token is for xDS only; use an API key",
             )),

@@ -11,7 +11,7 @@ use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde::{Deserialize, Serialize};
-use switchboard_store::{Credential, CredentialKind, ResourceKey};
+use switchboard_store::{Credential, CredentialKind, HistoryOp, ResourceKey};
 use utoipa::openapi::path::{HttpMethod, ParameterIn};
 
 /// The API keys' and the proxy tokens' collections: list, create, revoke.
@@ -233,6 +233,15 @@ async fn create(
         }
     };
     tracing::info!(tenant = %tenant, id = %created.credential.id, kind = ?kind, jwt = expire.is_some(), "credential created");
+    audit(
+        &s,
+        &caller,
+        &tenant,
+        kind,
+        &created.credential.id,
+        HistoryOp::Create,
+    )
+    .await;
     let mut view = CredentialView::new(&created.credential, Some(created.secret));
     view.expire_time = expire.map(|exp| rfc3339(exp.saturating_mul(1000)));
     Ok((StatusCode::CREATED, axum::Json(view)).into_response())
@@ -266,5 +275,26 @@ async fn revoke(
     caller.check_tenant(&tenant)?;
     s.store.revoke_credential(&tenant, kind, &id).await?;
     tracing::info!(tenant = %tenant, id = %id, kind = ?kind, "credential revoked");
+    audit(&s, &caller, &tenant, kind, &id, HistoryOp::Delete).await;
     Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+/// Records a credential's creation or revocation in the audit log. After the write, not in
+/// its transaction: a credential created must be answered with its secret even when the
+/// audit row cannot be written, so that failure is logged instead.
+async fn audit(
+    s: &AppState,
+    caller: &Caller,
+    tenant: &str,
+    kind: CredentialKind,
+    id: &str,
+    op: HistoryOp,
+) {
+    if let Err(e) = s
+        .store
+        .record_audit(tenant, kind.as_str(), id, op, &caller.actor())
+        .await
+    {
+        tracing::warn!(%tenant, %id, error = %e, "cannot record a credential in the audit log");
+    }
 }

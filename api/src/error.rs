@@ -235,6 +235,38 @@ impl From<StoreError> for ApiError {
                     "older than the change log keeps; it holds the revisions after {pruned_through}"
                 ),
             )]),
+            StoreError::BadCursor => ApiError::bad_request("pageToken", detail),
+            StoreError::RevisionOutside { .. } => ApiError::new(
+                StatusCode::NOT_FOUND,
+                "revision-not-found",
+                "Revision not found",
+                detail.clone(),
+            )
+            .with_errors(vec![FieldError::new("toRevision", detail)]),
+            StoreError::HistoryPruned { .. } => ApiError::new(
+                StatusCode::NOT_FOUND,
+                "history-pruned",
+                "Revision pruned",
+                detail.clone(),
+            )
+            .with_errors(vec![FieldError::new("toRevision", detail)]),
+            StoreError::AbsentAt { .. } => ApiError::new(
+                StatusCode::NOT_FOUND,
+                "absent-at-revision",
+                "Not found at revision",
+                detail.clone(),
+            )
+            .with_errors(vec![FieldError::new("toRevision", detail)]),
+            StoreError::HistoryIncomplete { .. } => ApiError::new(
+                StatusCode::CONFLICT,
+                "history-incomplete",
+                "History incomplete",
+                detail.clone(),
+            )
+            .with_errors(vec![FieldError::new("toRevision", detail)]),
+            StoreError::RevisionMoved => {
+                ApiError::new(StatusCode::CONFLICT, "conflict", "Conflict", detail)
+            }
             StoreError::Corrupt(_) => {
                 tracing::error!(error = %detail, "corrupt stored data");
                 ApiError::new(

@@ -16,6 +16,8 @@
 //!   with the KEK in [`AppState`] before the store sees them.
 //! - `plan`: what a change would send to which proxies (`…/meshes/{mesh}/plan`), checked as
 //!   an import and computed through the [`NodeConfigs`] port.
+//! - `history`: a resource's revisions with the credential that wrote each, rollback of a
+//!   resource or of a whole mesh to a revision, and the tenant's audit log.
 //! - `rollout`: whether a revision reached every proxy of a mesh, and why not where not.
 //! - `bundle`: export and import of a tenant (documents; private keys only when asked,
 //!   encrypted with the caller's passphrase), the import in one store transaction.
@@ -32,6 +34,7 @@ mod certificates;
 mod changes;
 mod credentials;
 mod error;
+mod history;
 pub mod observe;
 mod openapi;
 pub mod plan;
@@ -82,6 +85,7 @@ fn routes() -> Vec<openapi::Route> {
         changes::routes(),
         credentials::routes(),
         resources::routes(),
+        history::routes(),
         cas::routes(),
         proxies::routes(),
         rollout::routes(),
@@ -105,7 +109,7 @@ pub fn openapi() -> OpenApi {
 pub fn router(state: AppState) -> Router {
     let (router, doc) = api().split_for_parts();
     let limiter = Arc::new(quotas::WriteLimiter::default());
-    resources::any_kind(router)
+    history::any_kind(resources::any_kind(router))
         .fallback(|| async { ApiError::not_found("no such API path") })
         .layer(axum::middleware::from_fn_with_state(
             (state.clone(), limiter),

@@ -172,7 +172,14 @@ async fn plan(
     let documents = writes.len() - labels.deletions;
     let outcome = s
         .store
-        .write_many(&tenant, writes, &BatchOptions { dry_run: true })
+        .write_many(
+            &tenant,
+            writes,
+            &BatchOptions {
+                dry_run: true,
+                ..Default::default()
+            },
+        )
         .await
         .map_err(|e| match e.at {
             Some(at) if at.index < documents => {

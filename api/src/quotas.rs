@@ -310,7 +310,7 @@ pub(crate) async fn limit_writes(
     if let Ok(caller) = Caller::from_request_parts(&mut parts, &state).await {
         // Only the tenant's own keys spend its writes: another tenant's key gets the 404 of
         // `check_tenant` from the handler, and cannot drain this bucket.
-        if matches!(&caller, Caller::Tenant(t) if *t == tenant) {
+        if matches!(&caller, Caller::Tenant { tenant: t, .. } if *t == tenant) {
             // If the quotas cannot be read the store is failing, and so will the write.
             if let Ok(q) = state.store.quotas(&tenant).await
                 && let Err(retry_after) = limiter.take(&tenant, &q, Instant::now())

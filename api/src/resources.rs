@@ -189,6 +189,8 @@ fn with_etag(status: StatusCode, r: &StoredResource, location: Option<String>) -
 }
 
 struct WriteReq<'a> {
+    /// Who writes, for the history.
+    caller: &'a Caller,
     tenant: &'a str,
     mesh: &'a str,
     kind: Kind,
@@ -236,6 +238,7 @@ async fn write(
         precondition: precondition(headers, create)?,
         dry_run: dry,
         labels: env.labels,
+        actor: Some(w.caller.actor()),
     };
     let stored = if w.kind == Kind::Mesh {
         // A new mesh gets its CA in the same transaction (kept when the mesh already has one).
@@ -264,6 +267,7 @@ async fn write(
 
 async fn remove(
     state: &AppState,
+    caller: &Caller,
     key: ResourceKey,
     headers: &HeaderMap,
     q: &HashMap<String, String>,
@@ -271,6 +275,7 @@ async fn remove(
     let opts = WriteOptions {
         precondition: precondition(headers, false)?,
         dry_run: dry_run(q)?,
+        actor: Some(caller.actor()),
         ..WriteOptions::default()
     };
     state.store.delete(&key, &opts).await?;
@@ -426,7 +431,7 @@ fn kind_routes(kind: Kind) -> Vec<Route> {
                       h: HeaderMap,
                       b: Body| async move {
                     c.check_tenant(&t)?;
-                    write_in(&s, &t, &m, kind, None, &q, &h, b).await
+                    write_in(&s, &c, &t, &m, kind, None, &q, &h, b).await
                 },
             ),
             Route::new(
@@ -449,7 +454,7 @@ fn kind_routes(kind: Kind) -> Vec<Route> {
                       h: HeaderMap,
                       b: Body| async move {
                     c.check_tenant(&t)?;
-                    write_in(&s, &t, &m, kind, Some(&n), &q, &h, b).await
+                    write_in(&s, &c, &t, &m, kind, Some(&n), &q, &h, b).await
                 },
             ),
             Route::new(
@@ -462,7 +467,7 @@ fn kind_routes(kind: Kind) -> Vec<Route> {
                       Query(q): Q,
                       h: HeaderMap| async move {
                     c.check_tenant(&t)?;
-                    remove(&s, ResourceKey::new(&t, &m, kind, &n), &h, &q).await
+                    remove(&s, &c, ResourceKey::new(&t, &m, kind, &n), &h, &q).await
                 },
             ),
         ]
@@ -492,6 +497,7 @@ async fn get_one(s: &AppState, key: ResourceKey) -> Result<Response, ApiError> {
 #[allow(clippy::too_many_arguments)]
 async fn write_in(
     s: &AppState,
+    caller: &Caller,
     tenant: &str,
     mesh: &str,
     kind: Kind,
@@ -505,6 +511,7 @@ async fn write_in(
         Some(_) => String::new(),
     };
     let w = WriteReq {
+        caller,
         tenant,
         mesh,
         kind,
@@ -533,6 +540,7 @@ async fn create_mesh(
 ) -> Result<Response, ApiError> {
     caller.check_tenant(&tenant)?;
     let w = WriteReq {
+        caller: &caller,
         tenant: &tenant,
         mesh: "",
         kind: Kind::Mesh,
@@ -567,7 +575,18 @@ async fn put_mesh(
     body: Body,
 ) -> Result<Response, ApiError> {
     caller.check_tenant(&tenant)?;
-    write_in(&s, &tenant, "", Kind::Mesh, Some(&mesh), &q, &headers, body).await
+    write_in(
+        &s,
+        &caller,
+        &tenant,
+        "",
+        Kind::Mesh,
+        Some(&mesh),
+        &q,
+        &headers,
+        body,
+    )
+    .await
 }
 
 async fn delete_mesh(
@@ -578,7 +597,7 @@ async fn delete_mesh(
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     caller.check_tenant(&tenant)?;
-    remove(&s, ResourceKey::mesh(&tenant, &mesh), &headers, &q).await
+    remove(&s, &caller, ResourceKey::mesh(&tenant, &mesh), &headers, &q).await
 }
 
 async fn list(
@@ -602,7 +621,7 @@ async fn create(
 ) -> Result<Response, ApiError> {
     caller.check_tenant(&tenant)?;
     let kind = parse_kind(&kind)?;
-    write_in(&s, &tenant, &mesh, kind, None, &q, &headers, body).await
+    write_in(&s, &caller, &tenant, &mesh, kind, None, &q, &headers, body).await
 }
 
 async fn get_any(
@@ -625,7 +644,18 @@ async fn put(
 ) -> Result<Response, ApiError> {
     caller.check_tenant(&tenant)?;
     let kind = parse_kind(&kind)?;
-    write_in(&s, &tenant, &mesh, kind, Some(&name), &q, &headers, body).await
+    write_in(
+        &s,
+        &caller,
+        &tenant,
+        &mesh,
+        kind,
+        Some(&name),
+        &q,
+        &headers,
+        body,
+    )
+    .await
 }
 
 async fn delete(
@@ -639,6 +669,7 @@ async fn delete(
     let kind = parse_kind(&kind)?;
     remove(
         &s,
+        &caller,
         ResourceKey::new(&tenant, &mesh, kind, &name),
         &headers,
         &q,

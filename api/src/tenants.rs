@@ -153,7 +153,7 @@ pub async fn list(
             (page.items, page.next_after)
         }
         // A tenant's key lists just its own tenant.
-        Caller::Tenant(t) => (vec![s.store.get_tenant(t).await?], None),
+        Caller::Tenant { tenant: t, .. } => (vec![s.store.get_tenant(t).await?], None),
     };
     let items: Vec<TenantView> = items.iter().map(TenantView::from).collect();
     Ok(

@@ -2,9 +2,10 @@
 //! (base URL, API key, and for `https://` the platform's roots or a CA file), errors that
 //! carry the API's problem+json, the tenant export and import (`bundle`: the calls, and
 //! their YAML files of several documents), and reads and deletes of resources, proxies and
-//! rollouts (`resources`).
+//! rollouts (`resources`), and history, rollbacks and the audit log (`history`).
 
 pub mod bundle;
+mod history;
 pub mod plan;
 pub mod resources;
 

@@ -27,7 +27,7 @@ pub fn document_kind(kind: Kind) -> String {
 
 /// Where a resource (or, `name` None, its collection) is: `/tenants/t/meshes[/m]` for
 /// meshes, `/tenants/t/meshes/m/{plural}[/n]` for the rest.
-fn path(tenant: &str, kind: Kind, mesh: &str, name: Option<&str>) -> String {
+pub(crate) fn path(tenant: &str, kind: Kind, mesh: &str, name: Option<&str>) -> String {
     let mut p = format!("/tenants/{}/meshes", segment(tenant));
     if kind == Kind::Mesh {
         if let Some(n) = name {

@@ -13,8 +13,8 @@
 //! - `bootstrap`: the `bootstrap` subcommand.
 //! - `backup`: the `export` and `import` subcommands (a tenant's backup and restore through
 //!   the REST API).
-//! - `cli`: the verbs over the REST API (`login`, `config`, `apply`, `diff`, `plan`, `get`, `delete`,
-//!   `status`, `rollout`) and `completion` and `man`.
+//! - `cli`: the verbs over the REST API (`login`, `config`, `apply`, `diff`, `plan`, `get`,
+//!   `delete`, `status`, `rollout`, `history`, `rollback`, `audit`) and `completion` and `man`.
 
 mod admin;
 mod backup;
@@ -105,6 +105,13 @@ enum Command {
     Status(cli::show::StatusArgs),
     /// Whether a revision has reached every proxy of a mesh, and why not where it has not.
     Rollout(cli::show::RolloutArgs),
+    /// The revisions of a resource, with the API key that wrote each.
+    History(cli::history::HistoryArgs),
+    /// Write a resource back to its spec at a revision; `rollback mesh M` the whole mesh, in
+    /// one transaction.
+    Rollback(cli::history::RollbackArgs),
+    /// Who changed what in the tenant, and when (newest first).
+    Audit(cli::history::AuditArgs),
     /// Print a shell completion script.
     Completion {
         #[arg(value_enum)]
@@ -133,6 +140,9 @@ fn main() -> ExitCode {
         Command::Delete(a) => return cli::show::delete(&a),
         Command::Status(a) => return cli::show::status(&a),
         Command::Rollout(a) => return cli::show::rollout(&a),
+        Command::History(a) => return cli::history::history(&a),
+        Command::Rollback(a) => return cli::history::rollback(&a),
+        Command::Audit(a) => return cli::history::audit(&a),
         Command::Completion { shell } => return cli::completion(shell, Cli::command()),
         Command::Man { dir } => return cli::man(Cli::command(), dir.as_deref()),
         Command::Bootstrap(b) => {

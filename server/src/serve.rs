@@ -193,6 +193,8 @@ pub async fn run(s: Settings) -> Result<()> {
     let xds_server = xds_running.server().clone();
     let _pruning =
         (!s.change_retention.is_zero()).then(|| store.spawn_change_pruning(s.change_retention));
+    let _history_pruning =
+        (!s.history_retention.is_zero()).then(|| store.spawn_history_pruning(s.history_retention));
     let app = switchboard_api::router(AppState {
         store: store.clone(),
         admin,

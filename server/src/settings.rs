@@ -94,6 +94,10 @@ settings! {
     #[serde(deserialize_with = "duration")]
     change_retention: Duration = "24h", "DURATION",
         "How long the change log keeps a revision's changes, e.g. 24h; 0s keeps them forever";
+    /// Zero: history is never pruned.
+    #[serde(deserialize_with = "duration")]
+    history_retention: Duration = "720h", "DURATION",
+        "How long resource history and the audit log are kept (720h: 30 days); 0s keeps them forever";
     quota_streams: u64 = "50000", "N",
         "Default per-tenant quota: concurrent xDS streams of a tenant on one replica";
     quota_resources_per_mesh: u64 = "10000", "N",
@@ -495,6 +499,24 @@ mod tests {
             "invalid configuration: setting quota_writes_per_second: must be between 1 and \
              1000000000"
         );
+    }
+
+    #[test]
+    fn history_retention() {
+        let s = Settings::load(&ServeArgs::default(), env(&[])).unwrap();
+        assert_eq!(s.history_retention, Duration::from_secs(30 * 24 * 3600)); // default
+        let s = Settings::load(
+            &ServeArgs::default(),
+            env(&[("SWITCHBOARD_HISTORY_RETENTION", "0s")]),
+        )
+        .unwrap();
+        assert!(s.history_retention.is_zero());
+        let args = ServeArgs {
+            history_retention: Some("a month".into()),
+            ..Default::default()
+        };
+        let msg = Settings::load(&args, env(&[])).unwrap_err().to_string();
+        assert!(msg.contains("history_retention"), "{msg}");
     }
 
     #[test]

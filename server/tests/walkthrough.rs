@@ -9,7 +9,7 @@
 mod common;
 
 use reqwest::Method;
-use serde_json::json;
+use serde_json::{Value, json};
 use std::path::Path;
 use std::process::Command;
 use switchboard_store::{Backend, both_backends};
@@ -104,6 +104,11 @@ async fn the_readme_walkthrough(b: Backend) {
     }
     assert!(stdout.contains("--- live/route/prod/checkout"), "{stdout}");
     assert!(stdout.contains("diff exit 3: changes to apply"), "{stdout}");
+    assert!(
+        stdout.contains("plan exit 3: Envoy resources would change"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("~ RouteConfiguration checkout"), "{stdout}");
 
     // What the mesh holds now, read with the API key the walkthrough made.
     let key = std::fs::read_to_string(d.join("acme.key")).unwrap();
@@ -118,10 +123,28 @@ async fn the_readme_walkthrough(b: Backend) {
     };
     let (status, route) = get("/routes/checkout").await;
     assert_eq!(status, 200, "{route}");
+    // Rolled back to revision 3: 90/10 again, as a new revision, by the walkthrough's key.
     assert_eq!(
         route["spec"]["rules"][1]["backends"],
-        json!([{"service": "checkout-v1", "weight": 50}, {"service": "checkout-v2", "weight": 50}])
+        json!([{"service": "checkout-v1", "weight": 90}, {"service": "checkout-v2", "weight": 10}])
     );
+    assert_eq!(route["revision"], 6, "{route}");
+    let (status, history) = get("/routes/checkout/history").await;
+    assert_eq!(status, 200, "{history}");
+    let weights: Vec<(i64, Value)> = history["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|h| {
+            (
+                h["revision"].as_i64().unwrap(),
+                h["spec"]["rules"][1]["backends"][0]["weight"].clone(),
+            )
+        })
+        .collect();
+    assert!(weights.contains(&(3, json!(90))), "{history}");
+    assert!(weights.contains(&(4, json!(50))), "{history}");
+    assert!(weights.contains(&(6, json!(90))), "{history}");
     assert_eq!(
         route["labels"],
         json!({"switchboard.dev/managed-by": "apply"})

@@ -50,8 +50,14 @@ impl Store {
         tenant: &str,
         mesh: &str,
     ) -> Result<(), StoreError> {
-        self.finish_write(w, tenant, &[("", Kind::Mesh, mesh, ChangeOp::Put)], false)
-            .await
+        self.finish_write(
+            w,
+            tenant,
+            &[("", Kind::Mesh, mesh, ChangeOp::Put)],
+            &[],
+            false,
+        )
+        .await
     }
 
     /// The mesh's CAs, active first (none for a mesh created before CAs existed).

@@ -19,7 +19,8 @@ pub enum CredentialKind {
 }
 
 impl CredentialKind {
-    fn as_str(self) -> &'static str {
+    /// `api-key` or `proxy-token`, as stored (and as the audit log names it).
+    pub fn as_str(self) -> &'static str {
         match self {
             CredentialKind::ApiKey => "api-key",
             CredentialKind::ProxyToken => "proxy-token",

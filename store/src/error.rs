@@ -88,6 +88,37 @@ pub enum StoreError {
          is older: re-read the resources, then follow the changes from the revision they are at"
     )]
     Compacted { since: i64, pruned_through: i64 },
+    /// A page cursor this store did not give out.
+    #[error("not a page token this API gave out")]
+    BadCursor,
+    /// A revision the tenant never had (below 0 or above its current one).
+    #[error("revision {revision} is not in this tenant's history (its revision is {current})")]
+    RevisionOutside { revision: i64, current: i64 },
+    /// A revision older than the history kept (`history_retention`).
+    #[error(
+        "revision {revision} is older than the history kept, which starts at revision \
+         {pruned_through}"
+    )]
+    HistoryPruned { revision: i64, pruned_through: i64 },
+    /// The history does not say what the resource was at the revision (it was written
+    /// before history was kept).
+    #[error("the history does not say what {kind} {name:?} was at revision {revision}")]
+    HistoryIncomplete {
+        kind: Kind,
+        name: String,
+        revision: i64,
+    },
+    /// Rolling back to a revision at which the resource did not exist (nor does it now).
+    #[error("{kind} {name:?} did not exist at revision {revision}")]
+    AbsentAt {
+        kind: Kind,
+        name: String,
+        revision: i64,
+    },
+    /// The tenant's revision moved while a mesh rollback was being planned, again and
+    /// again: retrying may succeed.
+    #[error("the tenant kept changing while the rollback was planned; retry")]
+    RevisionMoved,
 }
 
 impl From<sqlx::Error> for StoreError {

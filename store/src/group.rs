@@ -31,8 +31,15 @@ pub(crate) type Tx = Transaction<'static, Any>;
 /// A future borrowing the transaction.
 pub(crate) type TxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
-/// What a committed write records in the change log: `(mesh, kind, name, op)`.
-pub(crate) type ChangeRow = (String, Kind, String, ChangeOp);
+/// What a committed write records in the change log, `(mesh, kind, name, op)`, and what it
+/// keeps in history (None: nothing, as for a CA write, which changes no spec).
+pub(crate) type ChangeRow = (
+    String,
+    Kind,
+    String,
+    ChangeOp,
+    Option<Box<crate::history::Recorded>>,
+);
 
 /// Why a write of a group did not write.
 #[derive(Debug)]
@@ -335,9 +342,16 @@ impl Store {
         };
         let rows: Vec<_> = changes
             .iter()
-            .map(|(r, (mesh, kind, name, op))| (*r, mesh.as_str(), *kind, name.as_str(), *op))
+            .map(|(r, (mesh, kind, name, op, _))| (*r, mesh.as_str(), *kind, name.as_str(), *op))
             .collect();
-        self.record_changes(&mut tx, tenant, &rows, &notice, Some(revision))
+        let history: Vec<_> = changes
+            .iter()
+            .filter_map(|(r, (mesh, kind, name, _, rec))| {
+                rec.as_deref()
+                    .map(|rec| (*r, mesh.as_str(), *kind, name.as_str(), rec))
+            })
+            .collect();
+        self.record_changes(&mut tx, tenant, &rows, &history, &notice, Some(revision))
             .await?;
         tx.commit().await?;
         drop(turn);
@@ -362,7 +376,7 @@ pub(crate) fn commit_span(
 ) -> (tracing::Span, i64, Vec<String>) {
     let mut meshes: Vec<String> = rows
         .iter()
-        .map(|(mesh, kind, name, _)| {
+        .map(|(mesh, kind, name, _, _)| {
             if *kind == Kind::Mesh {
                 name.clone()
             } else {

@@ -20,6 +20,9 @@
 //!   ([`Store::write_many`], all or nothing); `resources/dump.rs` a whole tenant read at one
 //!   revision, for exports.
 //! - `changes`: the change log, commit notices and the PostgreSQL listener.
+//! - `history`: every spec a write stored with its credential (recorded beside the change
+//!   log), the audit log, a resource or mesh as it was at a revision, and their pruning;
+//!   `resources/rollback.rs` the rollbacks built on them.
 //! - `commit_traces`: the span of each recent commit of this replica (a `store.commit` span,
 //!   child of the writer's request span), which the xDS server's snapshot builds join.
 //! - `cas`: each mesh's sealed CAs, the rotation steps and the trust bundle; `ca_rows` the
@@ -42,6 +45,7 @@ mod commit_traces;
 mod credentials;
 mod error;
 mod group;
+mod history;
 pub mod jwt;
 pub mod metrics;
 mod proxies;
@@ -59,6 +63,7 @@ pub use changes::Notice;
 pub use commit_traces::MAX_LINKED_COMMITS;
 pub use credentials::{Credential, CredentialKind, NewCredential};
 pub use error::{Referrer, StoreError};
+pub use history::{Actor, AuditQuery, HistoryEntry, HistoryOp, HistoryPage, MeshAt};
 pub use proxies::{
     AckedRecord, CertificateRecord, NackRecord, PROXY_CHUNK, PROXY_GONE_MS, PROXY_STALE_MS,
     ProxyRoleRecord, ProxyRow, ProxyStatusRecord, RolloutRow, SentRecord, TypeState,
@@ -68,7 +73,7 @@ pub use quotas::{QUOTA_CACHE_TTL, QUOTA_MAX, QuotaOverrides, Quotas, TenantQuota
 pub use replicas::{REPLICA_FORGET_MS, ReplicaRow};
 pub use resources::{
     BatchEffect, BatchError, BatchItem, BatchOptions, BatchOutcome, BatchWrite, Page, Precondition,
-    TenantDump, WriteAt, WriteOptions, dependency_rank,
+    Rollback, TenantDump, WriteAt, WriteOptions, dependency_rank,
 };
 pub use types::{Change, ChangeOp, MeshSnapshot, ResourceKey, StoredResource, Tenant};
 

@@ -54,6 +54,7 @@ const COMMITS: &[&str] = &["group_commit"];
 #[cfg(test)]
 const READS: &[&str] = &[
     "get",
+    "labeled",
     "tenant_dump",
     "list",
     "list_everywhere",

@@ -2,6 +2,7 @@
 
 mod dump;
 mod many;
+mod rollback;
 mod state;
 mod write;
 
@@ -10,6 +11,7 @@ pub use many::{
     BatchEffect, BatchError, BatchItem, BatchOptions, BatchOutcome, BatchWrite, WriteAt,
     dependency_rank,
 };
+pub use rollback::Rollback;
 
 use crate::group::JobError;
 use crate::types::etag;
@@ -39,6 +41,8 @@ pub struct WriteOptions {
     pub dry_run: bool,
     /// For a put: the labels the resource gets, in place of those it had.
     pub labels: switchboard_model::Labels,
+    /// Who writes, for the history (None: the control plane itself).
+    pub actor: Option<crate::Actor>,
 }
 
 /// One page of a listing, ordered by name.
@@ -155,6 +159,7 @@ impl Store {
         w: WriteTx,
         tenant: &str,
         changes: &[(&str, Kind, &str, ChangeOp)],
+        history: &[crate::history::HistoryRow<'_>],
         dry_run: bool,
     ) -> Result<(), StoreError> {
         let WriteTx {
@@ -176,11 +181,13 @@ impl Store {
             .collect();
         let logged: Vec<crate::group::ChangeRow> = changes
             .iter()
-            .map(|(mesh, kind, name, op)| ((*mesh).to_owned(), *kind, (*name).to_owned(), *op))
+            .map(|(mesh, kind, name, op)| {
+                ((*mesh).to_owned(), *kind, (*name).to_owned(), *op, None)
+            })
             .collect();
         let (span, _, meshes) =
             crate::group::commit_span(&tracing::Span::current(), tenant, revision, &logged, 1);
-        self.record_changes(&mut tx, tenant, &rows, &notice, None)
+        self.record_changes(&mut tx, tenant, &rows, history, &notice, None)
             .await?;
         tx.commit().await?;
         drop(turn);
@@ -198,12 +205,15 @@ impl Store {
     /// statement too on PostgreSQL). Rows are `(revision, mesh, kind, name, op)`. The log's
     /// `time` is taken here, in the last statement before the commit: it is the commit time
     /// by this replica's wall clock (Unix ms), from which the xDS server measures
-    /// convergence.
+    /// convergence. The `history` rows (each a subset of `rows` with the spec written and
+    /// who wrote it) go in the same statement on PostgreSQL when they are few (a group's),
+    /// in statements of their own otherwise.
     pub(crate) async fn record_changes(
         &self,
         tx: &mut Transaction<'static, Any>,
         tenant: &str,
         rows: &[(i64, &str, Kind, &str, ChangeOp)],
+        history: &[crate::history::HistoryRow<'_>],
         notice: &crate::Notice,
         set_revision: Option<i64>,
     ) -> Result<(), StoreError> {
@@ -211,6 +221,18 @@ impl Store {
             Backend::Postgres => crate::changes::encode_notice(notice),
             Backend::Sqlite => None,
         };
+        let now = now_ms();
+        // Folded into the change log's insert on PostgreSQL when few; alone otherwise.
+        let fold_history = payload.is_some() && !rows.is_empty() && history.len() <= 64;
+        if !fold_history {
+            for chunk in history.chunks(crate::history::PER_STATEMENT) {
+                let (values, binds) = crate::history::values(chunk, tenant, now, 1);
+                let sql = format!("{} VALUES {values}", crate::history::INSERT);
+                bind_history(sqlx::query(&sql), binds)
+                    .execute(&mut **tx)
+                    .await?;
+            }
+        }
         // Folded into the insert below on PostgreSQL; alone otherwise.
         let fold_revision = payload.is_some() && !rows.is_empty();
         if let (Some(revision), false) = (set_revision, fold_revision) {
@@ -233,15 +255,24 @@ impl Store {
             (Some(_), Some(_)) => 5,
         };
         let values = state::placeholders(rows.len(), 7, first);
+        let (hist, hist_binds) = match fold_history && !history.is_empty() {
+            true => {
+                let (values, binds) =
+                    crate::history::values(history, tenant, now, first + rows.len() * 7);
+                let hist = format!("hist AS ({} VALUES {values}), ", crate::history::INSERT);
+                (hist, binds)
+            }
+            false => (String::new(), Vec::new()),
+        };
         let insert = "INSERT INTO changes (tenant, revision, mesh, kind, name, op, time)";
         let sql = match (&payload, revision) {
             (None, _) => format!("{insert} VALUES {values}"),
             (Some(_), None) => format!(
-                "WITH notice AS (SELECT pg_notify($1, $2)) {insert} \
+                "WITH {hist}notice AS (SELECT pg_notify($1, $2)) {insert} \
                  SELECT v.* FROM (VALUES {values}) AS v CROSS JOIN notice"
             ),
             (Some(_), Some(_)) => format!(
-                "WITH revision AS (UPDATE tenants SET revision = $3 WHERE name = $4), \
+                "WITH {hist}revision AS (UPDATE tenants SET revision = $3 WHERE name = $4), \
                  notice AS (SELECT pg_notify($1, $2)) {insert} \
                  SELECT v.* FROM (VALUES {values}) AS v CROSS JOIN notice"
             ),
@@ -253,7 +284,6 @@ impl Store {
         if let Some(revision) = revision {
             query = query.bind(revision).bind(tenant);
         }
-        let now = now_ms();
         for (revision, mesh, kind, name, op) in rows {
             query = query
                 .bind(tenant)
@@ -264,7 +294,7 @@ impl Store {
                 .bind(op.as_str())
                 .bind(now);
         }
-        query.execute(&mut **tx).await?;
+        bind_history(query, hist_binds).execute(&mut **tx).await?;
         Ok(())
     }
 
@@ -342,6 +372,7 @@ impl Store {
             ca: ca.cloned(),
             resources_per_mesh: self.quota_defaults().resources_per_mesh,
             backend: self.backend(),
+            actor: opts.actor.clone(),
         };
         if opts.dry_run {
             // A dry run writes, then rolls back: alone, outside the groups.
@@ -350,7 +381,7 @@ impl Store {
                 .run(&mut w.tx, w.revision)
                 .await
                 .map_err(JobError::into_inner)?;
-            self.finish_write(w, &key.tenant, &[], true).await?;
+            self.finish_write(w, &key.tenant, &[], &[], true).await?;
             return Ok(stored);
         }
         self.write_in_group(&key.tenant, move |tx, revision| {
@@ -373,16 +404,20 @@ impl Store {
             key: key.clone(),
             precondition: opts.precondition.clone(),
             backend: self.backend(),
+            actor: opts.actor.clone(),
         };
         if opts.dry_run {
             let mut w = self.begin_write(&key.tenant).await?;
-            let (existing, _) = write.run(&mut w.tx).await.map_err(JobError::into_inner)?;
-            self.finish_write(w, &key.tenant, &[], true).await?;
+            let (existing, _) = write
+                .run(&mut w.tx, w.revision)
+                .await
+                .map_err(JobError::into_inner)?;
+            self.finish_write(w, &key.tenant, &[], &[], true).await?;
             return Ok(existing);
         }
-        self.write_in_group(&key.tenant, move |tx, _revision| {
+        self.write_in_group(&key.tenant, move |tx, revision| {
             Box::pin(async move {
-                let (existing, change) = write.run(tx).await?;
+                let (existing, change) = write.run(tx, revision).await?;
                 Ok::<_, JobError>((existing, vec![change]))
             })
         })
@@ -444,6 +479,36 @@ impl Store {
             ));
         }
         Ok(keys)
+    }
+
+    /// The labels of the mesh `mesh` and of the resources in it, for those that have some.
+    pub(crate) async fn labels_in(
+        &self,
+        tenant: &str,
+        mesh: &str,
+    ) -> Result<std::collections::HashMap<(Kind, String), switchboard_model::Labels>, StoreError>
+    {
+        let mut conn = self.pool().acquire().await?;
+        let rows = sqlx::query(
+            "SELECT kind, name, labels FROM resources WHERE tenant = $1 \
+             AND (mesh = $2 OR (mesh = '' AND kind = $3 AND name = $2)) AND labels <> '{}'",
+        )
+        .bind(tenant)
+        .bind(mesh)
+        .bind(Kind::Mesh.plural())
+        .fetch_all(&mut *conn)
+        .await?;
+        let mut out = std::collections::HashMap::new();
+        for row in rows {
+            let kind: String = row.try_get("kind")?;
+            let kind = Kind::from_plural(&kind)
+                .ok_or_else(|| StoreError::Corrupt(format!("unknown kind {kind:?}")))?;
+            out.insert(
+                (kind, row.try_get::<String, _>("name")?),
+                labels_text(&row.try_get::<String, _>("labels")?)?,
+            );
+        }
+        Ok(out)
     }
 
     /// Every resource of `kind` whose name starts with `prefix`, in every tenant and mesh
@@ -561,6 +626,17 @@ impl Store {
             trust,
         })
     }
+}
+
+/// Binds [`crate::history::values`]' parameters after those already bound.
+fn bind_history(mut query: AnyQuery<'_>, binds: Vec<crate::history::Bind>) -> AnyQuery<'_> {
+    for b in binds {
+        query = match b {
+            crate::history::Bind::Text(v) => query.bind(v),
+            crate::history::Bind::Int(v) => query.bind(v),
+        };
+    }
+    query
 }
 
 fn check_precondition(

@@ -97,6 +97,7 @@ impl Store {
             "refs",
             "claims",
             "changes",
+            "history",
             "credentials",
             "mesh_cas",
             "tenant_quotas",
@@ -114,6 +115,7 @@ impl Store {
         self.finish_write(
             crate::resources::WriteTx { tx, revision, turn },
             name,
+            &[],
             &[],
             dry_run,
         )

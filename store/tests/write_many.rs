@@ -280,7 +280,10 @@ async fn dry_run_and_deletes(b: Backend) {
     let Some((s, _db)) = setup(b).await else {
         return;
     };
-    let dry = BatchOptions { dry_run: true };
+    let dry = BatchOptions {
+        dry_run: true,
+        ..Default::default()
+    };
     let start = s.revision("acme").await.unwrap();
     let out = s.write_many("acme", mesh_batch(), &dry).await.unwrap();
     assert_eq!(out.revision, None);

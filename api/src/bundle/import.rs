@@ -70,7 +70,15 @@ pub(super) async fn import(
         .collect();
     let outcome = s
         .store
-        .write_many(&tenant, writes, &BatchOptions { dry_run })
+        .write_many(
+            &tenant,
+            writes,
+            &BatchOptions {
+                dry_run,
+                actor: Some(caller.actor()),
+                ..Default::default()
+            },
+        )
         .await
         .map_err(|e| match e.at {
             Some(at) if at.index < documents => {

@@ -1,7 +1,8 @@
 //! The CLI's verbs over the REST API (`switchboard-client`): `login` and `config` (named
 //! contexts in a config file, `context`), `apply` and `diff` (files of documents, `apply`),
 //! `plan` (what files would send to which proxies, `plan`), `get`, `delete`, `status` and
-//! `rollout` (`show`), and shell completions and the man page.
+//! `rollout` (`show`), `history`, `rollback` and `audit` (`history`), and shell completions
+//! and the man page.
 //! The API does the work; these modules read flags, files and the environment, and turn
 //! problems into one line.
 //!
@@ -10,6 +11,7 @@
 
 pub mod apply;
 pub mod context;
+pub mod history;
 pub mod plan;
 pub mod show;
 
@@ -42,7 +44,7 @@ pub struct ApiArgs {
     pub ca_file: Option<PathBuf>,
 }
 
-/// How `get`, `status` and `rollout` write what they read.
+/// How `get`, `status`, `rollout`, `history` and `audit` write what they read.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum Output {
     Table,

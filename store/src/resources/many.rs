@@ -9,6 +9,7 @@
 
 use super::Precondition;
 use super::write::{DeleteWrite, PutEffect, PutWrite};
+use crate::history::{HistoryOp, HistoryRow, Recorded};
 use crate::{ChangeOp, ResourceKey, Store, StoreError, StoredResource, Timer};
 use std::collections::HashMap;
 use switchboard_model::{Kind, Labels, Spec};
@@ -117,6 +118,11 @@ impl BatchWrite {
 pub struct BatchOptions {
     /// Check everything, then roll back.
     pub dry_run: bool,
+    /// Who writes, for the history (None: the control plane itself).
+    pub actor: Option<crate::Actor>,
+    /// Write only if the tenant is still at this revision ([`StoreError::RevisionMoved`]
+    /// otherwise): for a batch planned from what was read at it (a mesh rollback).
+    pub if_revision: Option<i64>,
 }
 
 /// What one write of a batch did.
@@ -184,7 +190,7 @@ fn describe(at: &Option<WriteAt>) -> String {
 }
 
 impl BatchError {
-    fn whole(error: StoreError) -> Self {
+    pub(crate) fn whole(error: StoreError) -> Self {
         BatchError { at: None, error }
     }
 }
@@ -238,6 +244,10 @@ impl Store {
         let mut items: Vec<Option<BatchItem>> = vec![None; slots.len()];
         let mut changed: Vec<usize> = vec![];
         let mut w = self.begin_write(tenant).await.map_err(BatchError::whole)?;
+        if opts.if_revision.is_some_and(|r| r + 1 != w.revision) {
+            let _ = self.finish_write(w, tenant, &[], &[], true).await;
+            return Err(BatchError::whole(StoreError::RevisionMoved));
+        }
         for i in order {
             let Some(write) = slots[i].take() else {
                 continue;
@@ -252,7 +262,7 @@ impl Store {
                     let labels_text = match serde_json::to_string(&labels) {
                         Ok(text) => text,
                         Err(e) => {
-                            let _ = self.finish_write(w, tenant, &[], true).await;
+                            let _ = self.finish_write(w, tenant, &[], &[], true).await;
                             return Err(BatchError {
                                 at: Some(at(i)),
                                 error: StoreError::Corrupt(format!("labels: {e}")),
@@ -272,6 +282,7 @@ impl Store {
                         ca: ca.map(|c| *c),
                         resources_per_mesh,
                         backend: self.backend(),
+                        actor: opts.actor.clone(),
                     };
                     put.run_if_changed(&mut w.tx, w.revision)
                         .await
@@ -289,11 +300,15 @@ impl Store {
                         key,
                         precondition: Precondition::None,
                         backend: self.backend(),
+                        actor: opts.actor.clone(),
                     };
-                    delete.run(&mut w.tx).await.map(|(resource, _)| BatchItem {
-                        effect: BatchEffect::Deleted,
-                        resource,
-                    })
+                    delete
+                        .run(&mut w.tx, w.revision)
+                        .await
+                        .map(|(resource, _)| BatchItem {
+                            effect: BatchEffect::Deleted,
+                            resource,
+                        })
                 }
             };
             match ran {
@@ -305,7 +320,7 @@ impl Store {
                 }
                 Err(e) => {
                     // Rolled back: nothing of the batch stays, not even the revision.
-                    let _ = self.finish_write(w, tenant, &[], true).await;
+                    let _ = self.finish_write(w, tenant, &[], &[], true).await;
                     return Err(BatchError {
                         at: Some(at(i)),
                         error: e.into_inner(),
@@ -330,7 +345,39 @@ impl Store {
                 )
             })
             .collect();
-        self.finish_write(w, tenant, &rows, !commit)
+        // What history keeps: the spec each write stored, or its delete.
+        let recorded: Vec<(usize, Recorded)> = changed
+            .iter()
+            .filter_map(|&i| {
+                let item = items[i].as_ref()?;
+                let (op, spec) = match item.effect {
+                    BatchEffect::Created => {
+                        (HistoryOp::Create, Some(item.resource.spec.to_string()))
+                    }
+                    BatchEffect::Updated => {
+                        (HistoryOp::Update, Some(item.resource.spec.to_string()))
+                    }
+                    BatchEffect::Deleted => (HistoryOp::Delete, None),
+                    BatchEffect::Unchanged => return None,
+                };
+                let actor = opts.actor.clone();
+                Some((i, Recorded { op, spec, actor }))
+            })
+            .collect();
+        let history: Vec<HistoryRow<'_>> = recorded
+            .iter()
+            .map(|(i, rec)| {
+                let key = &keys[*i];
+                (
+                    revision,
+                    key.mesh.as_str(),
+                    key.kind,
+                    key.name.as_str(),
+                    rec,
+                )
+            })
+            .collect();
+        self.finish_write(w, tenant, &rows, &history, !commit)
             .await
             .map_err(BatchError::whole)?;
         let items = items

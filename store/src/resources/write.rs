@@ -5,7 +5,8 @@
 use super::{BindKey, COLS, check_precondition, check_referrers, fetch, parse_stored_text, state};
 use crate::batch::Batch;
 use crate::group::{ChangeRow, JobError, Tx};
-use crate::{Backend, ChangeOp, Referrer, ResourceKey, StoreError, StoredResource, now_ms};
+use crate::history::{HistoryOp, Recorded};
+use crate::{Actor, Backend, ChangeOp, Referrer, ResourceKey, StoreError, StoredResource, now_ms};
 use sqlx::Row;
 use switchboard_model::{Claim, Kind, Reference, Spec};
 
@@ -35,6 +36,8 @@ pub(super) struct PutWrite {
     /// The server's default `resourcesPerMesh` quota, for a tenant that has none of its own.
     pub resources_per_mesh: u64,
     pub backend: Backend,
+    /// Who writes, for the history.
+    pub actor: Option<Actor>,
 }
 
 impl PutWrite {
@@ -49,11 +52,20 @@ impl PutWrite {
             .write(tx, revision, &found, needs_ca)
             .await
             .map_err(JobError::Fatal)?;
+        let op = match found.existing {
+            Some(_) => HistoryOp::Update,
+            None => HistoryOp::Create,
+        };
         let change = (
             self.key.mesh.clone(),
             self.key.kind,
             self.key.name.clone(),
             ChangeOp::Put,
+            Some(Box::new(Recorded {
+                op,
+                spec: Some(self.spec_text),
+                actor: self.actor,
+            })),
         );
         Ok((stored, change))
     }
@@ -233,18 +245,29 @@ pub(super) struct DeleteWrite {
     pub key: ResourceKey,
     pub precondition: super::Precondition,
     pub backend: Backend,
+    /// Who deletes, for the history.
+    pub actor: Option<Actor>,
 }
 
 impl DeleteWrite {
-    /// Checks, then deletes. Returns the resource as it was.
-    pub async fn run(self, tx: &mut Tx) -> Result<(StoredResource, ChangeRow), JobError> {
+    /// Checks, then deletes at `revision`. Returns the resource as it was.
+    pub async fn run(
+        self,
+        tx: &mut Tx,
+        revision: i64,
+    ) -> Result<(StoredResource, ChangeRow), JobError> {
         let existing = self.check(tx).await.map_err(JobError::check)?;
-        self.write(tx).await.map_err(JobError::Fatal)?;
+        self.write(tx, revision).await.map_err(JobError::Fatal)?;
         let change = (
             self.key.mesh.clone(),
             self.key.kind,
             self.key.name.clone(),
             ChangeOp::Delete,
+            Some(Box::new(Recorded {
+                op: HistoryOp::Delete,
+                spec: None,
+                actor: self.actor,
+            })),
         );
         Ok((existing, change))
     }
@@ -292,10 +315,31 @@ impl DeleteWrite {
 
     /// Deletes the resource with its edges; a mesh with everything in it. One statement on
     /// PostgreSQL ([`crate::batch`]).
-    async fn write(&self, tx: &mut Tx) -> Result<(), StoreError> {
+    async fn write(&self, tx: &mut Tx, revision: i64) -> Result<(), StoreError> {
         let key = &self.key;
         let mut batch = Batch::new(self.backend);
         if key.kind == Kind::Mesh {
+            // The history says that everything in the mesh went with it (read before the
+            // deletes below: in one statement on PostgreSQL, all see the same snapshot).
+            let (id, description) = self
+                .actor
+                .as_ref()
+                .map_or(("", ""), |a| (a.id.as_str(), a.description.as_str()));
+            batch
+                .push(tx, |p| {
+                    format!(
+                        "{} SELECT tenant, {}, mesh, kind, name, 'delete', NULL, {}, {}, {} \
+                         FROM resources WHERE tenant = {} AND mesh = {}",
+                        crate::history::INSERT,
+                        p.int(revision),
+                        p.int(now_ms()),
+                        p.text(id),
+                        p.text(description),
+                        p.text(&key.tenant),
+                        p.text(&key.name)
+                    )
+                })
+                .await?;
             for table in ["resources", "refs", "claims", "mesh_cas", "mesh_sizes"] {
                 batch
                     .push(tx, |p| {
