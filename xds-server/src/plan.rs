@@ -15,7 +15,7 @@
 //!
 //! Pure: no IO, no clock. The caller reads the stored mesh, the changed mesh and the streams.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};
 
 use serde_json::Value;
@@ -24,13 +24,16 @@ use switchboard_store::{MeshSnapshot as StoredMesh, ProxyRow, ProxyStatusRecord,
 use switchboard_translator::{
     Change as ConfigChange, MeshConfig, MeshResources, Translator, XdsResource,
 };
-use switchboard_xds_proto::pb::envoy::config::route::v3::{RouteConfiguration, VirtualHost};
-use switchboard_xds_proto::{ResourceType, any_to_json, pack};
+use switchboard_xds_proto::ResourceType;
 
 use crate::protocol::Resources;
 use crate::report::role_from_record;
 use crate::snapshot::{MeshSnapshot, mesh_config};
 use crate::view::NodeView;
+
+mod json;
+use json::resource_diff;
+pub use json::{JsonChange, json_diff};
 
 /// What happens to one resource.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -38,18 +41,6 @@ pub enum Action {
     Added,
     Changed,
     Removed,
-}
-
-/// One RFC 6902 operation of a changed resource's JSON diff, with the value it replaces or
-/// removes (`before`) beside the one it writes (`after`).
-#[derive(Debug, Clone, PartialEq)]
-pub struct JsonChange {
-    /// `add`, `remove` or `replace`.
-    pub op: &'static str,
-    /// A JSON pointer into the resource's proto3 JSON.
-    pub path: String,
-    pub before: Option<Value>,
-    pub after: Option<Value>,
 }
 
 /// One Envoy resource the change adds, changes or removes.
@@ -564,136 +555,6 @@ fn resource_plan(
         diff,
         nodes: vec![],
     }
-}
-
-/// The JSON diff of a changed resource. A route configuration holds a virtual host per
-/// route (the sidecars' outbound one, every route of the mesh): only its virtual hosts that
-/// differ are rendered and compared, so one route's change costs that route.
-fn resource_diff(t: ResourceType, b: &Arc<XdsResource>, a: &Arc<XdsResource>) -> Vec<JsonChange> {
-    if t == ResourceType::RouteConfiguration
-        && let (Ok(rb), Ok(ra)) = (
-            b.decode::<RouteConfiguration>(),
-            a.decode::<RouteConfiguration>(),
-        )
-    {
-        return route_configuration_diff(rb, ra);
-    }
-    json_diff(&json(b), &json(a))
-}
-
-fn route_configuration_diff(
-    mut b: RouteConfiguration,
-    mut a: RouteConfiguration,
-) -> Vec<JsonChange> {
-    let hosts_before = std::mem::take(&mut b.virtual_hosts);
-    let hosts_after = std::mem::take(&mut a.virtual_hosts);
-    let mut out = json_diff(&message_json(&b), &message_json(&a));
-    let before: HashMap<&str, &VirtualHost> =
-        hosts_before.iter().map(|v| (v.name.as_str(), v)).collect();
-    let after: HashSet<&str> = hosts_after.iter().map(|v| v.name.as_str()).collect();
-    for (i, host) in hosts_after.iter().enumerate() {
-        let at = format!("/virtualHosts/{i}");
-        match before.get(host.name.as_str()) {
-            Some(old) if *old == host => {}
-            Some(old) => out.extend(
-                json_diff(&message_json(*old), &message_json(host))
-                    .into_iter()
-                    .map(|c| JsonChange {
-                        path: format!("{at}{}", c.path),
-                        ..c
-                    }),
-            ),
-            None => out.push(JsonChange {
-                op: "add",
-                path: at,
-                before: None,
-                after: Some(message_json(host)),
-            }),
-        }
-    }
-    for (i, host) in hosts_before.iter().enumerate() {
-        if !after.contains(host.name.as_str()) {
-            out.push(JsonChange {
-                op: "remove",
-                path: format!("/virtualHosts/{i}"),
-                before: Some(message_json(host)),
-                after: None,
-            });
-        }
-    }
-    out
-}
-
-/// Proto3 JSON of one message (without the `@type` an `Any` adds).
-fn message_json<M: prost::Message + prost::Name>(m: &M) -> Value {
-    let mut v =
-        any_to_json(&pack(m)).unwrap_or_else(|e| serde_json::json!({"error": e.to_string()}));
-    if let Value::Object(o) = &mut v {
-        o.remove("@type");
-    }
-    v
-}
-
-/// Proto3 JSON of a resource, a secret's private key redacted (as `…/proxies/{node}/config`
-/// shows it).
-fn json(r: &Arc<XdsResource>) -> Value {
-    let r = crate::sds::secrets::redact(r);
-    any_to_json(&r.any()).unwrap_or_else(|e| serde_json::json!({"error": e.to_string()}))
-}
-
-/// The RFC 6902 operations turning `b` into `a`, each with the value it overwrites.
-pub fn json_diff(b: &Value, a: &Value) -> Vec<JsonChange> {
-    use json_patch::PatchOperation as Op;
-    let at = |v: &Value, path: &str| v.pointer(path).cloned();
-    json_patch::diff(b, a)
-        .0
-        .into_iter()
-        .map(|op| match op {
-            Op::Add(o) => JsonChange {
-                op: "add",
-                path: o.path.to_string(),
-                before: None,
-                after: Some(o.value),
-            },
-            Op::Remove(o) => {
-                let path = o.path.to_string();
-                JsonChange {
-                    op: "remove",
-                    before: at(b, &path),
-                    path,
-                    after: None,
-                }
-            }
-            Op::Replace(o) => {
-                let path = o.path.to_string();
-                JsonChange {
-                    op: "replace",
-                    before: at(b, &path),
-                    path,
-                    after: Some(o.value),
-                }
-            }
-            // `diff` writes only the three above; the others would be a new version's.
-            Op::Move(o) => JsonChange {
-                op: "move",
-                before: at(b, &o.from.to_string()),
-                path: o.path.to_string(),
-                after: None,
-            },
-            Op::Copy(o) => JsonChange {
-                op: "copy",
-                before: at(b, &o.from.to_string()),
-                path: o.path.to_string(),
-                after: None,
-            },
-            Op::Test(o) => JsonChange {
-                op: "test",
-                path: o.path.to_string(),
-                before: Some(o.value),
-                after: None,
-            },
-        })
-        .collect()
 }
 
 #[cfg(test)]
