@@ -5,8 +5,9 @@
 //! Not criterion: a bounded workload that prints figures, like `rest_writes`. Per backend: a
 //! fresh store, the API router on 127.0.0.1:0 in this process, planning with the xDS server's
 //! code. Setup (not timed): the mesh, in imports of 1,000 documents. Timed: `BENCH_PLANS` (30) plans over HTTP
-//! (reading the mesh, the dry-run batch, translation, diff, receivers), and the same plan's
-//! pure part alone (`switchboard_xds_server::plan::plan` on the two meshes). Every answer
+//! (the tenant's revision, the dry-run batch, the streams, and the plan against the
+//! translation the planner holds: the first plan reads and translates the whole mesh),
+//! and the same plan's pure part alone (`Planner::plan` on the stored mesh and the change). Every answer
 //! must be 200 with the route's configuration and the sidecars' outbound one changed. Run with `scripts/bench`, or
 //! `cargo bench -p switchboard-api --bench plan` (SQLite; PostgreSQL too with
 //! `SWITCHBOARD_TEST_DATABASE_URL`).
@@ -204,23 +205,14 @@ async fn run(backend: Backend, label: &str) -> Result<()> {
 
     // The pure part alone: two translations (incremental), diff, receivers.
     let before = store.mesh_snapshot("bench", "prod").await?;
-    let mut after = before.clone();
-    let r = after
-        .resources
-        .iter_mut()
-        .find(|r| r.key.name == "r0" && r.key.kind == switchboard_model::Kind::Route)
-        .context("no route r0")?;
-    r.spec = route(0, (3, 1))["spec"].clone();
-    let rows = streams();
-    let changed = [switchboard_store::ResourceKey::new(
-        "bench",
-        "prod",
-        switchboard_model::Kind::Route,
-        "r0",
+    let changed = [(
+        switchboard_store::ResourceKey::new("bench", "prod", switchboard_model::Kind::Route, "r0"),
+        Some(route(0, (3, 1))["spec"].clone()),
     )];
+    let rows = streams();
     let planner = switchboard_xds_server::plan::Planner::default();
     let t = Instant::now();
-    planner.plan(&before, &after, &changed, "switchboard.local", &rows);
+    planner.plan(&before, &changed, "switchboard.local", &rows);
     report(
         label,
         "plan, pure part, first (full translation)",
@@ -229,7 +221,7 @@ async fn run(backend: Backend, label: &str) -> Result<()> {
     let mut pure = vec![];
     for _ in 0..PLANS {
         let t = Instant::now();
-        let p = planner.plan(&before, &after, &changed, "switchboard.local", &rows);
+        let p = planner.plan(&before, &changed, "switchboard.local", &rows);
         pure.push(t.elapsed());
         if p.resources.len() != 2 {
             bail!(
@@ -243,6 +235,7 @@ async fn run(backend: Backend, label: &str) -> Result<()> {
     // Where the rest goes: the pure part without streams, the reads and the dry run.
     let mut no_streams = vec![];
     let mut read = vec![];
+    let mut revision = vec![];
     let mut dry = vec![];
     let spec = switchboard_model::Spec::parse(
         switchboard_model::Kind::Route,
@@ -250,12 +243,16 @@ async fn run(backend: Backend, label: &str) -> Result<()> {
     )?;
     for _ in 0..PLANS {
         let t = Instant::now();
-        planner.plan(&before, &after, &changed, "switchboard.local", &[]);
+        planner.plan(&before, &changed, "switchboard.local", &[]);
         no_streams.push(t.elapsed());
         let t = Instant::now();
         store.mesh_snapshot("bench", "prod").await?;
         store.list_proxies("bench", "prod", None).await?;
         read.push(t.elapsed());
+        let t = Instant::now();
+        store.revision("bench").await?;
+        store.list_proxies("bench", "prod", None).await?;
+        revision.push(t.elapsed());
         let t = Instant::now();
         store
             .write_many(
@@ -276,6 +273,11 @@ async fn run(backend: Backend, label: &str) -> Result<()> {
     }
     report(label, "plan, pure part without streams", &no_streams);
     report(label, "reading the mesh and its streams", &read);
+    report(
+        label,
+        "reading the revision and the streams (a held revision)",
+        &revision,
+    );
     report(label, "the dry-run batch", &dry);
     Ok(())
 }

@@ -15,11 +15,9 @@ use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde::{Deserialize, Serialize};
-use std::collections::HashMap;
 use switchboard_model::{Kind, ValidationErrors, validate_name};
 use switchboard_store::{
-    BatchEffect, BatchItem, BatchOptions, BatchWrite, MeshSnapshot, ProxyRow, ResourceKey,
-    StoredResource,
+    BatchEffect, BatchOptions, BatchWrite, MeshSnapshot, ProxyRow, ResourceKey,
 };
 use utoipa::openapi::path::{HttpMethod, ParameterIn};
 
@@ -73,14 +71,21 @@ pub struct Deletion {
     name: String,
 }
 
-/// The stored mesh, the mesh as the change would leave it, and the mesh's live streams:
+/// A change to plan against the mesh at a tenant revision, and the mesh's live streams:
 /// what the port plans from.
+#[derive(Clone)]
 pub struct PlanInput {
-    pub before: MeshSnapshot,
-    pub after: MeshSnapshot,
-    /// The resources `after` creates, replaces or deletes (the mesh itself when its spec
-    /// changes): nothing else differs.
-    pub changed: Vec<ResourceKey>,
+    pub tenant: String,
+    pub mesh: String,
+    /// The tenant revision the change is planned against.
+    pub revision: i64,
+    /// The mesh as stored at `revision`; `None` when the port said it holds that revision
+    /// ([`NodeConfigs::holds`](crate::NodeConfigs::holds)), which spares reading it.
+    pub before: Option<MeshSnapshot>,
+    /// The resources the change creates, replaces or deletes (the mesh itself when its spec
+    /// changes), each with its spec as the change would leave it (`None`: deleted): nothing
+    /// else differs.
+    pub changed: Vec<(ResourceKey, Option<serde_json::Value>)>,
     pub streams: Vec<ProxyRow>,
 }
 
@@ -167,7 +172,14 @@ async fn plan(
         .await?
         .ok_or_else(|| ApiError::bad_request("body", "the request body is empty"))?;
     let req: PlanRequest = typed(v, "")?;
-    let before = s.store.mesh_snapshot(&tenant, &mesh).await?;
+    // The mesh is read only when the port does not hold its translation at the tenant's
+    // revision; the revision is read again after the dry run, which must have seen it.
+    let held = s.store.revision(&tenant).await?;
+    let mut before = if s.node_configs.holds(&tenant, &mesh, held) {
+        None
+    } else {
+        Some(s.store.mesh_snapshot(&tenant, &mesh).await?)
+    };
     let (writes, labels) = writes(&s, &tenant, &mesh, req).await?;
     let documents = writes.len() - labels.deletions;
     let outcome = s
@@ -192,34 +204,58 @@ async fn plan(
             ),
             None => ApiError::from(e.error),
         })?;
+    if before.is_none() && s.store.revision(&tenant).await? != held {
+        before = Some(s.store.mesh_snapshot(&tenant, &mesh).await?);
+    }
     let changed = outcome
         .items
-        .iter()
+        .into_iter()
         .filter(|i| i.effect != BatchEffect::Unchanged)
-        .map(|i| i.resource.key.clone())
-        .collect();
-    let after = overlay(&before, outcome.items);
-    let streams = s.store.list_proxies(&tenant, &mesh, None).await?;
-    let revision = before.revision;
-    let port = s.node_configs.clone();
-    let planned = tokio::task::spawn_blocking(move || {
-        port.plan(PlanInput {
-            before,
-            after,
-            changed,
-            streams,
+        .map(|i| {
+            let spec = (i.effect != BatchEffect::Deleted).then_some(i.resource.spec);
+            (i.resource.key, spec)
         })
-    })
-    .await
-    .map_err(|e| crate::bundle::internal("planning", e))?
-    .map_err(|e| {
-        ApiError::new(
-            StatusCode::NOT_IMPLEMENTED,
-            "plan-unavailable",
-            "Plan unavailable",
-            e.to_string(),
-        )
-    })?;
+        .collect();
+    let streams = s.store.list_proxies(&tenant, &mesh, None).await?;
+    let revision = before.as_ref().map_or(held, |b| b.revision);
+    let mut input = PlanInput {
+        tenant: tenant.clone(),
+        mesh: mesh.clone(),
+        revision,
+        before,
+        changed,
+        streams,
+    };
+    let planned = loop {
+        let port = s.node_configs.clone();
+        let given = input.clone();
+        let answer = tokio::task::spawn_blocking(move || port.plan(given))
+            .await
+            .map_err(|e| crate::bundle::internal("planning", e))?
+            .map_err(|e| {
+                ApiError::new(
+                    StatusCode::NOT_IMPLEMENTED,
+                    "plan-unavailable",
+                    "Plan unavailable",
+                    e.to_string(),
+                )
+            })?;
+        match answer {
+            Some(planned) => break planned,
+            // It no longer holds the revision (other meshes were planned meanwhile).
+            None if input.before.is_none() => {
+                let read = s.store.mesh_snapshot(&tenant, &mesh).await?;
+                input.revision = read.revision;
+                input.before = Some(read);
+            }
+            None => {
+                return Err(crate::bundle::internal(
+                    "planning",
+                    "the port needs the mesh it was given",
+                ));
+            }
+        }
+    };
     tracing::info!(%tenant, %mesh, revision, resources = planned.resources.len(), "planned");
     Ok(axum::Json(Plan {
         revision,
@@ -317,34 +353,4 @@ fn at_deletion(index: usize, label: &str, mut e: ApiError) -> ApiError {
     }
     e.detail = format!("{at} ({label}): {}", e.detail);
     e
-}
-
-/// The mesh as the (dry-run) batch would leave it.
-fn overlay(before: &MeshSnapshot, items: Vec<BatchItem>) -> MeshSnapshot {
-    let mut after = before.clone();
-    let mut written: HashMap<ResourceKey, Option<StoredResource>> = HashMap::new();
-    for item in items {
-        match (item.resource.key.kind, item.effect) {
-            (_, BatchEffect::Unchanged) => {}
-            (Kind::Mesh, _) => after.mesh = item.resource,
-            (_, BatchEffect::Deleted) => {
-                written.insert(item.resource.key, None);
-            }
-            (_, BatchEffect::Created | BatchEffect::Updated) => {
-                written.insert(item.resource.key.clone(), Some(item.resource));
-            }
-        }
-    }
-    after
-        .resources
-        .retain_mut(|r| match written.remove(&r.key) {
-            None => true,
-            Some(None) => false,
-            Some(Some(new)) => {
-                *r = new;
-                true
-            }
-        });
-    after.resources.extend(written.into_values().flatten());
-    after
 }

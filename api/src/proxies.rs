@@ -36,9 +36,18 @@ pub trait NodeConfigs: Send + Sync + 'static {
     /// translated, the resources that differ and the streams that would receive each. CPU
     /// work, called off the async runtime. A process without an xDS server (the API's own
     /// tests of other routes, benchmarks) does not plan.
-    fn plan(&self, input: PlanInput) -> Result<PlanOutcome, PlanUnavailable> {
+    /// `None` when `input` has no stored mesh and the port does not hold its revision
+    /// (any more): the caller reads the mesh and asks again.
+    fn plan(&self, input: PlanInput) -> Result<Option<PlanOutcome>, PlanUnavailable> {
         let _ = input;
         Err(PlanUnavailable)
+    }
+
+    /// Whether the port holds the mesh translated at this tenant revision, so that a plan
+    /// against it needs no stored mesh.
+    fn holds(&self, tenant: &str, mesh: &str, revision: i64) -> bool {
+        let _ = (tenant, mesh, revision);
+        false
     }
 }
 

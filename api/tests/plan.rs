@@ -223,6 +223,11 @@ async fn plans_a_weight_change_a_new_service_and_a_deleted_route(b: Backend) {
     assert_eq!(rc["action"], "remove");
     assert_eq!(nodes(rc), ["checkout-1", "pay-v1-sidecar"]);
 
+    // The planner held the mesh's translation for all of these (same revision) and undid
+    // each change: the weight change planned again answers the same.
+    let again = plan(&api, &key, json!({"documents": [route((50, 50))]})).await;
+    assert_eq!(again, weight);
+
     // Nothing was written by any of it.
     assert_eq!(revision(&api, &key).await, before);
     let (_, stored) = api

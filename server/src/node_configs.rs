@@ -43,14 +43,26 @@ impl NodeConfigs for XdsNodeConfigs {
         })
     }
 
-    fn plan(&self, input: PlanInput) -> Result<PlanOutcome, PlanUnavailable> {
-        Ok(outcome(self.planner.plan(
-            &input.before,
-            &input.after,
-            &input.changed,
-            self.xds.trust_domain(),
-            &input.streams,
-        )))
+    fn plan(&self, input: PlanInput) -> Result<Option<PlanOutcome>, PlanUnavailable> {
+        let domain = self.xds.trust_domain();
+        let plan = match &input.before {
+            Some(before) => Some(
+                self.planner
+                    .plan(before, &input.changed, domain, &input.streams),
+            ),
+            None => self.planner.plan_held(
+                (&input.tenant, &input.mesh, input.revision),
+                &input.changed,
+                domain,
+                &input.streams,
+            ),
+        };
+        Ok(plan.map(outcome))
+    }
+
+    fn holds(&self, tenant: &str, mesh: &str, revision: i64) -> bool {
+        self.planner
+            .holds(tenant, mesh, revision, self.xds.trust_domain())
     }
 }
 

@@ -15,20 +15,25 @@
 //!
 //! Pure: no IO, no clock. The caller reads the stored mesh, the changed mesh and the streams.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};
 
 use serde_json::Value;
 use switchboard_model::{Kind, Spec};
 use switchboard_store::{MeshSnapshot as StoredMesh, ProxyRow, ProxyStatusRecord, ResourceKey};
-use switchboard_translator::{Change as ConfigChange, MeshResources, Translator, XdsResource};
-use switchboard_xds_proto::pb::envoy::config::route::v3::{RouteConfiguration, VirtualHost};
-use switchboard_xds_proto::{ResourceType, any_to_json, pack};
+use switchboard_translator::{
+    Change as ConfigChange, MeshConfig, MeshResources, Translator, XdsResource,
+};
+use switchboard_xds_proto::ResourceType;
 
 use crate::protocol::Resources;
 use crate::report::role_from_record;
 use crate::snapshot::{MeshSnapshot, mesh_config};
 use crate::view::NodeView;
+
+mod json;
+use json::resource_diff;
+pub use json::{JsonChange, json_diff};
 
 /// What happens to one resource.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -36,18 +41,6 @@ pub enum Action {
     Added,
     Changed,
     Removed,
-}
-
-/// One RFC 6902 operation of a changed resource's JSON diff, with the value it replaces or
-/// removes (`before`) beside the one it writes (`after`).
-#[derive(Debug, Clone, PartialEq)]
-pub struct JsonChange {
-    /// `add`, `remove` or `replace`.
-    pub op: &'static str,
-    /// A JSON pointer into the resource's proto3 JSON.
-    pub path: String,
-    pub before: Option<Value>,
-    pub after: Option<Value>,
 }
 
 /// One Envoy resource the change adds, changes or removes.
@@ -73,22 +66,24 @@ pub struct MeshPlan {
     pub warnings: Vec<String>,
 }
 
-/// The plan of changing `before` into `after` (two reads of one mesh; `after` as the write
-/// would leave it, differing from `before` in the resources `changed` names at most), for
-/// the live `streams` of the mesh. Translates `before` in full; [`Planner`] keeps it.
+/// One resource a change creates, replaces or deletes (the mesh itself when its spec
+/// changes), with its stored spec as the change would leave it (`None`: deleted).
+pub type Changed = (ResourceKey, Option<Value>);
+
+/// The plan of the change `changed` to the mesh `before` (read from the store), for the
+/// live `streams` of the mesh. Translates `before` in full; [`Planner`] keeps it.
 pub fn plan(
     before: &StoredMesh,
-    after: &StoredMesh,
-    changed: &[ResourceKey],
+    changed: &[Changed],
     trust_domain: &str,
     streams: &[ProxyRow],
 ) -> MeshPlan {
-    Planner::default().plan(before, after, changed, trust_domain, streams)
+    Planner::default().plan(before, changed, trust_domain, streams)
 }
 
 /// Plans, keeping the last few meshes it planned against translated (by tenant, mesh and
-/// revision): a plan against a revision already seen translates only its own change, and
-/// then undoes it, instead of translating the whole mesh again.
+/// revision): a plan against a revision already seen needs neither the stored mesh nor its
+/// translation, only its own change (applied, then undone).
 #[derive(Default)]
 pub struct Planner {
     cache: Mutex<Vec<Prepared>>,
@@ -96,21 +91,23 @@ pub struct Planner {
 
 /// One mesh at one revision, translated.
 struct Prepared {
-    key: (String, String, i64, String),
+    key: Held,
     translator: Translator,
     snapshot: Arc<MeshSnapshot>,
 }
+
+/// Tenant, mesh, tenant revision and trust domain.
+type Held = (String, String, i64, String);
 
 /// Meshes kept translated by a [`Planner`].
 const KEPT: usize = 4;
 
 impl Planner {
-    /// As [`plan`].
+    /// As [`plan`]; `before` is translated only when this planner does not hold its revision.
     pub fn plan(
         &self,
         before: &StoredMesh,
-        after: &StoredMesh,
-        changed: &[ResourceKey],
+        changed: &[Changed],
         trust_domain: &str,
         streams: &[ProxyRow],
     ) -> MeshPlan {
@@ -120,8 +117,49 @@ impl Planner {
             before.revision,
             trust_domain.to_owned(),
         );
-        let (forward, mut warnings) = changes(after, changed);
-        let (backward, _) = changes(before, changed);
+        self.plan_with(key, Some(before), changed, streams)
+            .unwrap_or_default()
+    }
+
+    /// As [`Planner::plan`] against the mesh `tenant`/`mesh` at tenant revision `revision`,
+    /// without the stored mesh: `None` when this planner does not hold that revision (the
+    /// caller then reads the mesh and calls [`Planner::plan`]).
+    pub fn plan_held(
+        &self,
+        (tenant, mesh, revision): (&str, &str, i64),
+        changed: &[Changed],
+        trust_domain: &str,
+        streams: &[ProxyRow],
+    ) -> Option<MeshPlan> {
+        let key = (
+            tenant.to_owned(),
+            mesh.to_owned(),
+            revision,
+            trust_domain.to_owned(),
+        );
+        self.plan_with(key, None, changed, streams)
+    }
+
+    /// Whether a plan against `tenant`/`mesh` at `revision` needs no stored mesh.
+    pub fn holds(&self, tenant: &str, mesh: &str, revision: i64, trust_domain: &str) -> bool {
+        let cache = match self.cache.lock() {
+            Ok(c) => c,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        cache.iter().any(|p| {
+            let (t, m, r, d) = &p.key;
+            t == tenant && m == mesh && *r == revision && d == trust_domain
+        })
+    }
+
+    fn plan_with(
+        &self,
+        key: Held,
+        before: Option<&StoredMesh>,
+        changed: &[Changed],
+        streams: &[ProxyRow],
+    ) -> Option<MeshPlan> {
+        let (forward, mut warnings) = changes(changed);
         // A panic while the lock is held leaves a translator half changed: start afresh.
         let mut cache = match self.cache.lock() {
             Ok(c) => c,
@@ -131,10 +169,11 @@ impl Planner {
                 c
             }
         };
-        let at = match cache.iter().position(|p| p.key == key) {
-            Some(at) => at,
-            None => {
-                let (config, _) = mesh_config(before, trust_domain);
+        let at = match (cache.iter().position(|p| p.key == key), before) {
+            (Some(at), _) => at,
+            (None, None) => return None,
+            (None, Some(before)) => {
+                let (config, _) = mesh_config(before, &key.3);
                 let translator = Translator::new(config);
                 let snapshot = Arc::new(MeshSnapshot::new(
                     translator.config(),
@@ -154,8 +193,10 @@ impl Planner {
         };
         let prepared = &mut cache[at];
         let snap_before = Arc::clone(&prepared.snapshot);
-        // The change, then its inverse: the translator is left as it was (its resources always
+        // The change, then its inverse (what the translator's configuration holds for each
+        // changed resource now): the translator is left as it was (its resources always
         // equal a full translation of its configuration).
+        let backward = inverse(prepared.translator.config(), changed);
         prepared.translator.apply(forward);
         let snap_after = Arc::new(MeshSnapshot::new(
             prepared.translator.config(),
@@ -165,39 +206,18 @@ impl Planner {
         prepared.translator.apply(backward);
         drop(cache);
         warnings.extend(snap_after.resources.warnings.iter().cloned());
-        diff(&snap_before, &snap_after, streams, warnings)
+        Some(diff(&snap_before, &snap_after, streams, warnings))
     }
 }
 
-/// The mesh's spec as `stored` holds it.
-fn spec_of(stored: &StoredMesh) -> Option<switchboard_model::MeshSpec> {
-    match Spec::parse(Kind::Mesh, stored.mesh.spec.clone()) {
-        Ok(Spec::Mesh(spec)) => Some(spec),
-        _ => None,
-    }
-}
-
-/// The translator's changes making a mesh's `changed` resources what `mesh` holds (absent:
-/// deleted), and what could not be parsed.
-fn changes(mesh: &StoredMesh, changed: &[ResourceKey]) -> (Vec<ConfigChange>, Vec<String>) {
-    let wanted: HashSet<&ResourceKey> = changed.iter().collect();
-    let mut found: HashMap<&ResourceKey, &serde_json::Value> = mesh
-        .resources
-        .iter()
-        .filter(|r| wanted.contains(&r.key))
-        .map(|r| (&r.key, &r.spec))
-        .collect();
+/// The translator's changes writing `changed`, and what could not be parsed (left out, as a
+/// full translation leaves it out).
+fn changes(changed: &[Changed]) -> (Vec<ConfigChange>, Vec<String>) {
     let mut out = vec![];
     let mut warnings = vec![];
-    for key in changed {
+    for (key, value) in changed {
         let name = key.name.clone();
-        if key.kind == Kind::Mesh {
-            if let Some(spec) = spec_of(mesh) {
-                out.push(ConfigChange::Mesh(spec));
-            }
-            continue;
-        }
-        let spec = match found.remove(key).map(|v| Spec::parse(key.kind, v.clone())) {
+        let spec = match value.as_ref().map(|v| Spec::parse(key.kind, v.clone())) {
             None => None,
             Some(Ok(spec)) => Some(spec),
             Some(Err(e)) => {
@@ -206,6 +226,8 @@ fn changes(mesh: &StoredMesh, changed: &[ResourceKey]) -> (Vec<ConfigChange>, Ve
             }
         };
         out.push(match (key.kind, spec) {
+            (Kind::Mesh, Some(Spec::Mesh(s))) => ConfigChange::Mesh(s),
+            (Kind::Mesh, _) => continue,
             (Kind::Service, Some(Spec::Service(s))) => ConfigChange::Service(name, Some(s)),
             (Kind::Service, _) => ConfigChange::Service(name, None),
             (Kind::Endpoint, Some(Spec::Endpoint(s))) => ConfigChange::Endpoint(name, Some(s)),
@@ -222,10 +244,46 @@ fn changes(mesh: &StoredMesh, changed: &[ResourceKey]) -> (Vec<ConfigChange>, Ve
                 ConfigChange::Certificate(name, Some(*s))
             }
             (Kind::Certificate, _) => ConfigChange::Certificate(name, None),
-            (Kind::Mesh, _) => continue,
         });
     }
     (out, warnings)
+}
+
+/// The translator's changes putting each of `changed` back as `config` holds it.
+fn inverse(config: &MeshConfig, changed: &[Changed]) -> Vec<ConfigChange> {
+    changed
+        .iter()
+        .map(|(key, _)| {
+            let name = key.name.clone();
+            match key.kind {
+                Kind::Mesh => ConfigChange::Mesh(config.spec.clone()),
+                Kind::Service => {
+                    let s = config.services.get(&name).cloned();
+                    ConfigChange::Service(name, s)
+                }
+                Kind::Endpoint => {
+                    let s = config.endpoints.get(&name).cloned();
+                    ConfigChange::Endpoint(name, s)
+                }
+                Kind::Route => {
+                    let s = config.routes.get(&name).cloned();
+                    ConfigChange::Route(name, s)
+                }
+                Kind::Gateway => {
+                    let s = config.gateways.get(&name).cloned();
+                    ConfigChange::Gateway(name, s)
+                }
+                Kind::AuthorizationPolicy => {
+                    let s = config.authorization_policies.get(&name).cloned();
+                    ConfigChange::AuthorizationPolicy(name, s)
+                }
+                Kind::Certificate => {
+                    let s = config.certificates.get(&name).cloned();
+                    ConfigChange::Certificate(name, s)
+                }
+            }
+        })
+        .collect()
 }
 
 /// The resources that differ between two snapshots of a mesh, and who receives each.
@@ -265,8 +323,9 @@ fn diff(
             .insert(&s.node);
     }
     let connected: BTreeSet<&str> = streams.iter().map(|s| s.node.as_str()).collect();
+    let touched = Touched::new(&snap_before.resources, &snap_after.resources);
     for (status, nodes) in groups.into_values() {
-        for (t, (name, action, rb, ra)) in node_changes(snap_before, snap_after, status) {
+        for (t, (name, action, rb, ra)) in node_changes(snap_before, snap_after, status, &touched) {
             let plan = plans
                 .entry((order(t), t, name.clone()))
                 .or_insert_with(|| resource_plan(t, name, action, rb, ra));
@@ -373,11 +432,55 @@ fn changed(b: Map<'_>, mut a: Map<'_>) -> Vec<Change> {
     out
 }
 
+/// The names that differ between two snapshots in the maps a view's wildcard clusters,
+/// route configurations and load assignments are drawn from: a wildcard subscription of
+/// those can differ only there (and in a sidecar's own inbound cluster), so a stream's
+/// comparison looks at these names instead of its whole view.
+struct Touched {
+    clusters: BTreeSet<String>,
+    route_configurations: BTreeSet<String>,
+    load_assignments: BTreeSet<String>,
+}
+
+impl Touched {
+    fn new(b: &MeshResources, a: &MeshResources) -> Self {
+        let mut clusters = differing(&b.clusters, &a.clusters);
+        clusters.extend(differing(&b.proxy_clusters, &a.proxy_clusters));
+        clusters.extend(differing(
+            &b.proxyless_mtls_clusters,
+            &a.proxyless_mtls_clusters,
+        ));
+        Self {
+            clusters,
+            route_configurations: differing(&b.route_configurations, &a.route_configurations),
+            load_assignments: differing(&b.load_assignments, &a.load_assignments),
+        }
+    }
+}
+
+/// The names whose entry differs between two maps of resources (absent on one side, or
+/// another version).
+fn differing(
+    b: &BTreeMap<String, Arc<XdsResource>>,
+    a: &BTreeMap<String, Arc<XdsResource>>,
+) -> BTreeSet<String> {
+    let same =
+        |x: &Arc<XdsResource>, y: &Arc<XdsResource>| Arc::ptr_eq(x, y) || x.version == y.version;
+    let mut out: BTreeSet<String> = b
+        .iter()
+        .filter(|(k, rb)| !a.get(*k).is_some_and(|ra| same(rb, ra)))
+        .map(|(k, _)| k.clone())
+        .collect();
+    out.extend(a.keys().filter(|k| !b.contains_key(*k)).cloned());
+    out
+}
+
 /// What one stream (by its recorded role and subscriptions) would be sent differently.
 fn node_changes(
     before: &Arc<MeshSnapshot>,
     after: &Arc<MeshSnapshot>,
     status: &ProxyStatusRecord,
+    touched: &Touched,
 ) -> Vec<(ResourceType, Change)> {
     let role = role_from_record(&status.role_spec);
     let mut vb = NodeView::new(Arc::clone(before), role.clone());
@@ -391,10 +494,30 @@ fn node_changes(
         let Some(rt) = ResourceType::from_short_name(&t.type_name) else {
             continue;
         };
-        let changes = if t.wildcard {
-            changed(wildcard(&vb, rt), wildcard(&va, rt))
-        } else {
-            changed(named(&vb, rt, &t.names), named(&va, rt, &t.names))
+        // A view's `get` of these types answers exactly what its wildcard holds under the
+        // name (listeners differ: any client may name a proxyless one).
+        let narrowed = match rt {
+            ResourceType::Cluster => {
+                let mut names = touched.clusters.clone();
+                names.extend(
+                    [&vb, &va]
+                        .iter()
+                        .filter_map(|v| v.inbound_cluster())
+                        .map(|r| r.name.clone()),
+                );
+                Some(names)
+            }
+            ResourceType::RouteConfiguration => Some(touched.route_configurations.clone()),
+            ResourceType::ClusterLoadAssignment => Some(touched.load_assignments.clone()),
+            _ => None,
+        };
+        let changes = match (t.wildcard, narrowed) {
+            (true, Some(names)) => {
+                let names: Vec<String> = names.into_iter().collect();
+                changed(named(&vb, rt, &names), named(&va, rt, &names))
+            }
+            (true, None) => changed(wildcard(&vb, rt), wildcard(&va, rt)),
+            (false, _) => changed(named(&vb, rt, &t.names), named(&va, rt, &t.names)),
         };
         out.extend(changes.into_iter().map(|c| (rt, c)));
     }
@@ -432,136 +555,6 @@ fn resource_plan(
         diff,
         nodes: vec![],
     }
-}
-
-/// The JSON diff of a changed resource. A route configuration holds a virtual host per
-/// route (the sidecars' outbound one, every route of the mesh): only its virtual hosts that
-/// differ are rendered and compared, so one route's change costs that route.
-fn resource_diff(t: ResourceType, b: &Arc<XdsResource>, a: &Arc<XdsResource>) -> Vec<JsonChange> {
-    if t == ResourceType::RouteConfiguration
-        && let (Ok(rb), Ok(ra)) = (
-            b.decode::<RouteConfiguration>(),
-            a.decode::<RouteConfiguration>(),
-        )
-    {
-        return route_configuration_diff(rb, ra);
-    }
-    json_diff(&json(b), &json(a))
-}
-
-fn route_configuration_diff(
-    mut b: RouteConfiguration,
-    mut a: RouteConfiguration,
-) -> Vec<JsonChange> {
-    let hosts_before = std::mem::take(&mut b.virtual_hosts);
-    let hosts_after = std::mem::take(&mut a.virtual_hosts);
-    let mut out = json_diff(&message_json(&b), &message_json(&a));
-    let before: HashMap<&str, &VirtualHost> =
-        hosts_before.iter().map(|v| (v.name.as_str(), v)).collect();
-    let after: HashSet<&str> = hosts_after.iter().map(|v| v.name.as_str()).collect();
-    for (i, host) in hosts_after.iter().enumerate() {
-        let at = format!("/virtualHosts/{i}");
-        match before.get(host.name.as_str()) {
-            Some(old) if *old == host => {}
-            Some(old) => out.extend(
-                json_diff(&message_json(*old), &message_json(host))
-                    .into_iter()
-                    .map(|c| JsonChange {
-                        path: format!("{at}{}", c.path),
-                        ..c
-                    }),
-            ),
-            None => out.push(JsonChange {
-                op: "add",
-                path: at,
-                before: None,
-                after: Some(message_json(host)),
-            }),
-        }
-    }
-    for (i, host) in hosts_before.iter().enumerate() {
-        if !after.contains(host.name.as_str()) {
-            out.push(JsonChange {
-                op: "remove",
-                path: format!("/virtualHosts/{i}"),
-                before: Some(message_json(host)),
-                after: None,
-            });
-        }
-    }
-    out
-}
-
-/// Proto3 JSON of one message (without the `@type` an `Any` adds).
-fn message_json<M: prost::Message + prost::Name>(m: &M) -> Value {
-    let mut v =
-        any_to_json(&pack(m)).unwrap_or_else(|e| serde_json::json!({"error": e.to_string()}));
-    if let Value::Object(o) = &mut v {
-        o.remove("@type");
-    }
-    v
-}
-
-/// Proto3 JSON of a resource, a secret's private key redacted (as `…/proxies/{node}/config`
-/// shows it).
-fn json(r: &Arc<XdsResource>) -> Value {
-    let r = crate::sds::secrets::redact(r);
-    any_to_json(&r.any()).unwrap_or_else(|e| serde_json::json!({"error": e.to_string()}))
-}
-
-/// The RFC 6902 operations turning `b` into `a`, each with the value it overwrites.
-pub fn json_diff(b: &Value, a: &Value) -> Vec<JsonChange> {
-    use json_patch::PatchOperation as Op;
-    let at = |v: &Value, path: &str| v.pointer(path).cloned();
-    json_patch::diff(b, a)
-        .0
-        .into_iter()
-        .map(|op| match op {
-            Op::Add(o) => JsonChange {
-                op: "add",
-                path: o.path.to_string(),
-                before: None,
-                after: Some(o.value),
-            },
-            Op::Remove(o) => {
-                let path = o.path.to_string();
-                JsonChange {
-                    op: "remove",
-                    before: at(b, &path),
-                    path,
-                    after: None,
-                }
-            }
-            Op::Replace(o) => {
-                let path = o.path.to_string();
-                JsonChange {
-                    op: "replace",
-                    before: at(b, &path),
-                    path,
-                    after: Some(o.value),
-                }
-            }
-            // `diff` writes only the three above; the others would be a new version's.
-            Op::Move(o) => JsonChange {
-                op: "move",
-                before: at(b, &o.from.to_string()),
-                path: o.path.to_string(),
-                after: None,
-            },
-            Op::Copy(o) => JsonChange {
-                op: "copy",
-                before: at(b, &o.from.to_string()),
-                path: o.path.to_string(),
-                after: None,
-            },
-            Op::Test(o) => JsonChange {
-                op: "test",
-                path: o.path.to_string(),
-                before: Some(o.value),
-                after: None,
-            },
-        })
-        .collect()
 }
 
 #[cfg(test)]

@@ -263,7 +263,8 @@ impl NodeView {
         self.inbound.as_ref().map(|i| &i.listener)
     }
 
-    fn inbound_cluster(&self) -> Option<&Arc<XdsResource>> {
+    /// A sidecar's own inbound cluster (a plan compares it beside the mesh's clusters).
+    pub(crate) fn inbound_cluster(&self) -> Option<&Arc<XdsResource>> {
         self.inbound.as_ref().map(|i| &i.cluster)
     }
 }

@@ -15,15 +15,20 @@ impl NodeConfigs for XdsPlanner {
         Box::pin(async { Ok(None) })
     }
 
-    fn plan(&self, input: PlanInput) -> Result<PlanOutcome, PlanUnavailable> {
-        let p = self.0.plan(
-            &input.before,
-            &input.after,
-            &input.changed,
-            "switchboard.local",
-            &input.streams,
-        );
-        Ok(PlanOutcome {
+    fn plan(&self, input: PlanInput) -> Result<Option<PlanOutcome>, PlanUnavailable> {
+        let p = match &input.before {
+            Some(before) => self.0.plan(before, &input.changed, DOMAIN, &input.streams),
+            None => match self.0.plan_held(
+                (&input.tenant, &input.mesh, input.revision),
+                &input.changed,
+                DOMAIN,
+                &input.streams,
+            ) {
+                Some(p) => p,
+                None => return Ok(None),
+            },
+        };
+        Ok(Some(PlanOutcome {
             resources: p
                 .resources
                 .into_iter()
@@ -54,6 +59,13 @@ impl NodeConfigs for XdsPlanner {
                 .collect(),
             connected_proxies: p.connected_nodes,
             warnings: p.warnings,
-        })
+        }))
+    }
+
+    fn holds(&self, tenant: &str, mesh: &str, revision: i64) -> bool {
+        self.0.holds(tenant, mesh, revision, DOMAIN)
     }
 }
+
+/// The trust domain plans translate with.
+const DOMAIN: &str = "switchboard.local";
