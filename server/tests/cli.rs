@@ -22,24 +22,7 @@ fn cli(config: &Path, args: &[&str], stdin: Option<&str>) -> Output {
     common::cli(Some(config), args, stdin)
 }
 
-fn out(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stdout).into_owned()
-}
-
-fn err(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
-}
-
-/// Asserts the exit code, showing both streams when it is not.
-fn code(o: &Output, expected: i32) {
-    assert_eq!(
-        o.status.code(),
-        Some(expected),
-        "stdout:\n{}\nstderr:\n{}",
-        out(o),
-        err(o)
-    );
-}
+use common::{code, err, out};
 
 /// A failure as CI sees it: exit 1 and one line on stderr.
 fn one_line_failure(o: &Output) -> String {

@@ -14,23 +14,7 @@ use switchboard_store::{Backend, both_backends};
 
 const ADMIN: &str = "history-test-admin-token-0123";
 
-fn out(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stdout).into_owned()
-}
-
-fn err(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
-}
-
-fn code(o: &Output, expected: i32) {
-    assert_eq!(
-        o.status.code(),
-        Some(expected),
-        "stdout:\n{}\nstderr:\n{}",
-        out(o),
-        err(o)
-    );
-}
+use common::{code, err, out};
 
 fn json_out(o: &Output) -> Value {
     code(o, 0);

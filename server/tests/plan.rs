@@ -9,7 +9,6 @@ mod common;
 
 use reqwest::Method;
 use serde_json::{Value, json};
-use std::process::Output;
 use switchboard_store::{Backend, both_backends};
 use switchboard_xds_proto::pb::envoy::config::cluster::v3::Cluster;
 use switchboard_xds_proto::type_url::{CLUSTER, ROUTE_CONFIGURATION};
@@ -122,15 +121,7 @@ fn t(a: &str, k: &str, n: &str) -> (String, String, String) {
     (a.to_owned(), k.to_owned(), n.to_owned())
 }
 
-fn code(o: &Output, expected: i32) {
-    assert_eq!(
-        o.status.code(),
-        Some(expected),
-        "stdout:\n{}\nstderr:\n{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    );
-}
+use common::code;
 
 async fn plans_what_the_proxies_then_receive(b: Backend) {
     let Some(db) = switchboard_store::testing::fresh(b).await else {

@@ -206,6 +206,24 @@ impl Store {
     /// tenth of it (between 10 s and 10 min). Call once, inside a Tokio runtime; the task
     /// ends soon after the last handle of the store is dropped.
     pub fn spawn_change_pruning(&self, retention: Duration) -> tokio::task::JoinHandle<()> {
+        self.spawn_pruning(retention, "the change log", |store, before| async move {
+            store.prune_changes(before).await
+        })
+    }
+
+    /// Runs `prune` with the time `retention` ago (Unix ms), now and then every tenth of
+    /// `retention` (between 10 s and 10 min), logging what it removed from `what`. The task
+    /// ends soon after the last handle of the store is dropped.
+    pub(crate) fn spawn_pruning<F, Fut>(
+        &self,
+        retention: Duration,
+        what: &'static str,
+        prune: F,
+    ) -> tokio::task::JoinHandle<()>
+    where
+        F: Fn(Store, i64) -> Fut + Send + 'static,
+        Fut: std::future::Future<Output = Result<u64, StoreError>> + Send,
+    {
         let weak = std::sync::Arc::downgrade(&self.inner);
         let every = (retention / 10).clamp(Duration::from_secs(10), Duration::from_secs(600));
         let retention_ms = i64::try_from(retention.as_millis()).unwrap_or(i64::MAX);
@@ -214,14 +232,12 @@ impl Store {
                 let Some(inner) = weak.upgrade() else {
                     return;
                 };
-                let store = Store { inner };
                 let before = crate::now_ms().saturating_sub(retention_ms);
-                match store.prune_changes(before).await {
+                match prune(Store { inner }, before).await {
                     Ok(0) => {}
-                    Ok(removed) => tracing::info!(removed, "pruned the change log"),
-                    Err(e) => tracing::warn!(error = %e, "cannot prune the change log; will retry"),
+                    Ok(removed) => tracing::info!(removed, "pruned {what}"),
+                    Err(e) => tracing::warn!(error = %e, "cannot prune {what}; will retry"),
                 }
-                drop(store);
                 tokio::time::sleep(every).await;
             }
         })

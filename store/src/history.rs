@@ -444,25 +444,11 @@ impl Store {
     /// Starts pruning history older than `retention`, now and then every tenth of it
     /// (between 10 s and 10 min), like [`Store::spawn_change_pruning`].
     pub fn spawn_history_pruning(&self, retention: Duration) -> tokio::task::JoinHandle<()> {
-        let weak = std::sync::Arc::downgrade(&self.inner);
-        let every = (retention / 10).clamp(Duration::from_secs(10), Duration::from_secs(600));
-        let retention_ms = i64::try_from(retention.as_millis()).unwrap_or(i64::MAX);
-        tokio::spawn(async move {
-            loop {
-                let Some(inner) = weak.upgrade() else {
-                    return;
-                };
-                let store = Store { inner };
-                let before = now_ms().saturating_sub(retention_ms);
-                match store.prune_history(before).await {
-                    Ok(0) => {}
-                    Ok(removed) => tracing::info!(removed, "pruned the resource history"),
-                    Err(e) => tracing::warn!(error = %e, "cannot prune the history; will retry"),
-                }
-                drop(store);
-                tokio::time::sleep(every).await;
-            }
-        })
+        self.spawn_pruning(
+            retention,
+            "the resource history",
+            |store, before| async move { store.prune_history(before).await },
+        )
     }
 
     /// Removes history written before `before_ms` (Unix ms), except each resource's row in

@@ -2,12 +2,13 @@
 //! wrote each, a resource or a whole mesh written back to a revision, and who changed what
 //! in the tenant. Tables by default; `-o yaml|json` writes the API's answer.
 
+use super::show::{kind, structured};
 use super::{ApiArgs, Failure, Output, Target, api_failure, error, print, runtime, table, usage};
 use clap::Args;
 use serde::Deserialize;
 use serde_json::{Value, json};
 use std::process::ExitCode;
-use switchboard_client::resources::{document_kind, parse_kind};
+use switchboard_client::resources::document_kind;
 use switchboard_model::Kind;
 
 #[derive(Debug, Args)]
@@ -65,24 +66,6 @@ pub struct AuditArgs {
     pub limit: usize,
     #[arg(short, long, value_enum, default_value = "table")]
     pub output: Output,
-}
-
-fn kind(text: &str) -> Result<Kind, Failure> {
-    parse_kind(text).ok_or_else(|| {
-        usage(format!(
-            "unknown kind {text:?}: use mesh, service, endpoint, route, gateway, \
-             authorization-policy or certificate"
-        ))
-    })
-}
-
-fn structured(output: Output, v: &Value) -> Result<String, Failure> {
-    match output {
-        Output::Json => serde_json::to_string_pretty(v)
-            .map(|s| s + "\n")
-            .map_err(|e| error(format!("cannot write JSON: {e}"))),
-        _ => serde_yaml_ng::to_string(v).map_err(|e| error(format!("cannot write YAML: {e}"))),
-    }
 }
 
 /// The credential of an entry, as the API shows it.

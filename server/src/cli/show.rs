@@ -64,7 +64,8 @@ pub struct RolloutArgs {
     pub output: Output,
 }
 
-fn kind(text: &str) -> Result<Kind, Failure> {
+/// A kind as the verbs take it (`service`, `services`, `authorization-policy` …).
+pub(super) fn kind(text: &str) -> Result<Kind, Failure> {
     parse_kind(text).ok_or_else(|| {
         usage(format!(
             "unknown kind {text:?}: use mesh, service, endpoint, route, gateway, \
@@ -100,7 +101,7 @@ fn to_json(v: &Value) -> Result<String, Failure> {
 }
 
 /// `v` as YAML or JSON.
-fn structured(output: Output, v: &Value) -> Result<String, Failure> {
+pub(super) fn structured(output: Output, v: &Value) -> Result<String, Failure> {
     match output {
         Output::Json => to_json(v),
         _ => to_yaml(v),

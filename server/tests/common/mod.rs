@@ -269,3 +269,24 @@ pub fn cli(config: Option<&Path>, args: &[&str], stdin: Option<&str>) -> Output 
     drop(child.stdin.take());
     child.wait_with_output().unwrap()
 }
+
+/// A CLI run's standard output.
+pub fn out(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+/// A CLI run's standard error.
+pub fn err(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+/// Asserts a CLI run's exit code, showing both streams when it is not.
+pub fn code(o: &Output, expected: i32) {
+    assert_eq!(
+        o.status.code(),
+        Some(expected),
+        "stdout:\n{}\nstderr:\n{}",
+        out(o),
+        err(o)
+    );
+}
