@@ -8,7 +8,9 @@
 //! (the tenant's revision, the dry-run batch, the streams, and the plan against the
 //! translation the planner holds: the first plan reads and translates the whole mesh),
 //! and the same plan's pure part alone (`Planner::plan` on the stored mesh and the change). Every answer
-//! must be 200 with the route's configuration and the sidecars' outbound one changed. Run with `scripts/bench`, or
+//! must be 200 with the route's configuration and the sidecars' outbound one changed. Then the
+//! same on a replica that serves the mesh ([`loaded`]): a write before each plan, the plan
+//! starting from the snapshot cache's translator. Run with `scripts/bench`, or
 //! `cargo bench -p switchboard-api --bench plan` (SQLite; PostgreSQL too with
 //! `SWITCHBOARD_TEST_DATABASE_URL`).
 
@@ -202,6 +204,7 @@ async fn run(backend: Backend, label: &str) -> Result<()> {
         }
     }
     report(label, "plan over HTTP", &rest);
+    loaded(&store, &http, &key, label).await?;
 
     // The pure part alone: two translations (incremental), diff, receivers.
     let before = store.mesh_snapshot("bench", "prod").await?;
@@ -279,6 +282,109 @@ async fn run(backend: Backend, label: &str) -> Result<()> {
         &revision,
     );
     report(label, "the dry-run batch", &dry);
+    Ok(())
+}
+
+/// The same plans on a replica that serves the mesh (its proxies connected here): the port
+/// copies the translator the xDS server's snapshot cache keeps current. Each round writes a
+/// change (another route's weights), kicks the cache as the change watcher does on the
+/// notice, waits until the cache has the new revision (timed apart: that is the push path's
+/// rebuild), then plans: the first plan after a write.
+async fn loaded(
+    store: &switchboard_store::Store,
+    http: &reqwest::Client,
+    key: &str,
+    label: &str,
+) -> Result<()> {
+    use switchboard_xds_server::{SnapshotCache, TrustSource};
+    let cache = SnapshotCache::new(
+        store.clone(),
+        TrustSource {
+            trust_domain: "switchboard.local".into(),
+            issuer: None,
+        },
+    );
+    let t = Instant::now();
+    let _handle = cache
+        .acquire("bench", "prod")
+        .await
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    report(label, "snapshot cache, first load", &[t.elapsed()]);
+    let app = router(AppState {
+        store: store.clone(),
+        admin: AdminToken::new(ADMIN),
+        node_configs: Arc::new(xds_plan::XdsPlanner::seeded(cache.clone())),
+        kek: Arc::new(switchboard_pki::Kek::parse(&"66".repeat(32))?),
+    });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let base = format!("http://{}/v1", listener.local_addr()?);
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    let url = format!("{base}/tenants/bench/meshes/prod/plan");
+    let (mut rebuilds, mut plans, mut pures) = (vec![], vec![], vec![]);
+    let planner = switchboard_xds_server::plan::Planner::seeded(cache.clone());
+    let rows = streams();
+    let change = [(
+        switchboard_store::ResourceKey::new("bench", "prod", switchboard_model::Kind::Route, "r0"),
+        Some(route(0, (3, 1))["spec"].clone()),
+    )];
+    for i in 0..PLANS {
+        let written = route(i * 7 + 3, (5, 1 + i as u32));
+        call(
+            http,
+            reqwest::Method::POST,
+            &format!("{base}/tenants/bench/import"),
+            key,
+            json!({ "documents": [written] }),
+        )
+        .await?;
+        let revision = store.revision("bench").await?;
+        let t = Instant::now();
+        cache.kick("bench", "prod", std::time::SystemTime::now());
+        let deadline = t + Duration::from_secs(60);
+        while !cache.holds("bench", "prod", revision) {
+            if Instant::now() > deadline {
+                bail!("the snapshot cache did not reach revision {revision} in 60 s");
+            }
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        rebuilds.push(t.elapsed());
+        let body = json!({"documents": [route(i * 7, (3, 1))]});
+        let t = Instant::now();
+        let plan = call(http, reqwest::Method::POST, &url, key, body).await?;
+        plans.push(t.elapsed());
+        let changed = plan["resources"].as_array().map_or(0, Vec::len);
+        if changed != 2 || plan["revision"] != revision {
+            bail!("loaded plan {i}: expected two resources at revision {revision}, got {plan}");
+        }
+        let t = Instant::now();
+        let pure = planner
+            .plan_held(
+                ("bench", "prod", revision),
+                &change,
+                "switchboard.local",
+                &rows,
+            )
+            .context("the snapshot cache no longer holds the revision")?;
+        pures.push(t.elapsed());
+        if pure.resources.len() != 2 {
+            bail!("loaded pure plan {i}: {} resources", pure.resources.len());
+        }
+    }
+    report(
+        label,
+        "plan, pure part, on the snapshot cache's translator",
+        &pures,
+    );
+    report(
+        label,
+        "snapshot cache rebuild after a write (not the plan)",
+        &rebuilds,
+    );
+    report(
+        label,
+        "plan over HTTP, mesh served here, first plan after each write",
+        &plans,
+    );
     Ok(())
 }
 

@@ -11,7 +11,8 @@ use switchboard_xds_server::plan::{Action, MeshPlan, Planner};
 use switchboard_xds_server::report::ReportError;
 
 /// What a node is being sent, as the xDS server reports it, and plans with its code (the
-/// planner keeps the meshes it planned against translated).
+/// planner starts from the translators of the meshes this replica serves, and keeps the
+/// meshes it planned against translated).
 pub struct XdsNodeConfigs {
     xds: XdsServer,
     planner: Planner,
@@ -20,8 +21,8 @@ pub struct XdsNodeConfigs {
 impl XdsNodeConfigs {
     pub fn new(xds: XdsServer) -> Self {
         Self {
+            planner: Planner::seeded(xds.cache().clone()),
             xds,
-            planner: Planner::default(),
         }
     }
 }

@@ -9,9 +9,13 @@
 //!   rebuild, after a short debounce.
 //! - If the store cannot be read, the last good snapshot stays published and the task retries
 //!   with backoff.
+//! - The translator sits in a slot the task empties while it rebuilds. Between rebuilds a
+//!   planner may borrow it ([`SnapshotCache::translator_at`]) to apply a change and undo it,
+//!   rather than read and translate the whole mesh again; a rebuild about to start refuses
+//!   new borrowers, so it waits for one plan at most.
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -73,6 +77,39 @@ struct Shared {
     kick: mpsc::Sender<SystemTime>,
     /// The tenant revision up to which this mesh is known to be current.
     checked: Arc<AtomicI64>,
+    /// The task's translator between rebuilds.
+    slot: Slot,
+}
+
+/// A mesh task's translator, shared with planners ([`SnapshotCache::translator_at`]).
+type Slot = Arc<TranslatorSlot>;
+
+#[derive(Debug, Default)]
+struct TranslatorSlot {
+    /// The translator and the tenant revision its configuration was read at; empty while a
+    /// rebuild runs and before the first.
+    built: Mutex<Option<Built>>,
+    /// Set while the task wants the translator: no planner may take the lock meanwhile.
+    wanted: AtomicBool,
+}
+
+struct Built {
+    revision: i64,
+    translator: Translator,
+}
+
+impl std::fmt::Debug for Built {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Built")
+            .field("revision", &self.revision)
+            .finish_non_exhaustive()
+    }
+}
+
+fn lock(slot: &Slot) -> std::sync::MutexGuard<'_, Option<Built>> {
+    // Nothing panics while holding the lock: the task only moves the translator in and out,
+    // and a planner's panic is caught (the translator then dropped).
+    slot.built.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 #[derive(Debug)]
@@ -220,6 +257,7 @@ impl SnapshotCache {
         // One pending kick: everything that arrives while a rebuild runs becomes one rebuild.
         let (kick, kicks) = mpsc::channel(1);
         let checked = Arc::new(AtomicI64::new(0));
+        let slot = Slot::default();
         let task = MeshTask {
             store: self.inner.store.clone(),
             trust: self.inner.trust.clone(),
@@ -227,11 +265,80 @@ impl SnapshotCache {
             tx,
             kicks,
             checked: Arc::clone(&checked),
-            translator: None,
+            slot: Arc::clone(&slot),
         };
         let span = tracing::info_span!("mesh", tenant = %key.0, mesh = %key.1);
         tokio::spawn(task.run().instrument(span));
-        Arc::new(Shared { rx, kick, checked })
+        Arc::new(Shared {
+            rx,
+            kick,
+            checked,
+            slot,
+        })
+    }
+
+    /// The trust domain snapshots are translated with.
+    pub fn trust_domain(&self) -> &str {
+        &self.inner.trust.trust_domain
+    }
+
+    /// The shared state of a loaded mesh whose translator is current at tenant revision
+    /// `revision`: read at or before it, and the mesh unchanged from then through it.
+    fn current_at(&self, tenant: &str, mesh: &str, revision: i64) -> Option<Arc<Shared>> {
+        let key = (tenant.to_owned(), mesh.to_owned());
+        let shared = Arc::clone(&self.meshes().get(&key)?.shared);
+        (shared.checked.load(Ordering::Acquire) >= revision).then_some(shared)
+    }
+
+    /// Whether [`SnapshotCache::translator_at`] would give a translator now.
+    pub fn holds(&self, tenant: &str, mesh: &str, revision: i64) -> bool {
+        self.current_at(tenant, mesh, revision).is_some_and(|s| {
+            !s.slot.wanted.load(Ordering::Acquire)
+                && lock(&s.slot)
+                    .as_ref()
+                    .is_some_and(|b| b.revision <= revision)
+        })
+    }
+
+    /// `plan` run on the translator of the loaded mesh `tenant`/`mesh` when it holds the
+    /// mesh as it is at tenant revision `revision`: a planner applies its change and undoes
+    /// it there, rather than read and translate the mesh. `None` when the mesh is not loaded,
+    /// is current at another revision, or is (about to be) rebuilt.
+    ///
+    /// `plan` must leave the translator as it found it. The translator is locked meanwhile,
+    /// so the next rebuild waits for it; a panic in it drops the translator (the next rebuild
+    /// translates the mesh in full) and gives `None`.
+    pub fn translator_at<T>(
+        &self,
+        tenant: &str,
+        mesh: &str,
+        revision: i64,
+        plan: impl FnOnce(&mut Translator) -> T,
+    ) -> Option<T> {
+        let shared = self.current_at(tenant, mesh, revision)?;
+        if shared.slot.wanted.load(Ordering::Acquire) {
+            return None;
+        }
+        let mut built = lock(&shared.slot);
+        if shared.slot.wanted.load(Ordering::Acquire) {
+            return None;
+        }
+        // `checked` only grows, and the slot holds what was read at `b.revision`: the mesh
+        // did not change between that revision and `revision`.
+        let b = built.as_mut().filter(|b| b.revision <= revision)?;
+        let translator = &mut b.translator;
+        match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| plan(translator))) {
+            Ok(planned) => Some(planned),
+            Err(_) => {
+                tracing::error!(
+                    %tenant, %mesh,
+                    "a plan failed on the mesh's translator; it is dropped and the mesh will be \
+                     translated in full"
+                );
+                *built = None;
+                None
+            }
+        }
     }
 
     /// The loaded meshes of `tenant` and the revision each is known to be current through.
@@ -322,7 +429,7 @@ struct MeshTask {
     tx: watch::Sender<MeshState>,
     kicks: mpsc::Receiver<SystemTime>,
     checked: Arc<AtomicI64>,
-    translator: Option<Translator>,
+    slot: Slot,
 }
 
 impl MeshTask {
@@ -367,7 +474,7 @@ impl MeshTask {
             Err(StoreError::NotFound { .. }) => {
                 if !matches!(*self.tx.borrow(), MeshState::Missing) {
                     tracing::info!("the mesh does not exist (or was deleted)");
-                    self.translator = None;
+                    *lock(&self.slot) = None;
                     self.tx.send_replace(MeshState::Missing);
                 }
                 return Ok(());
@@ -417,7 +524,9 @@ impl MeshTask {
         }
         let revision = config.revision;
         // Translation is CPU work proportional to the change; keep it off the async workers.
-        let translator = self.translator.take();
+        // No new planner from here until the translator is back.
+        self.slot.wanted.store(true, Ordering::Release);
+        let translator = lock(&self.slot).take().map(|b| b.translator);
         let (translator, resources) = tokio::task::spawn_blocking(move || {
             let t = match translator {
                 Some(mut t) => {
@@ -430,8 +539,15 @@ impl MeshTask {
             (t, resources)
         })
         .await
-        .map_err(|e| RebuildError::Translation(e.to_string()))?;
-        self.translator = Some(translator);
+        .map_err(|e| {
+            self.slot.wanted.store(false, Ordering::Release);
+            RebuildError::Translation(e.to_string())
+        })?;
+        *lock(&self.slot) = Some(Built {
+            revision,
+            translator,
+        });
+        self.slot.wanted.store(false, Ordering::Release);
         snapshot.resources = resources;
         crate::metrics::snapshot_built(started.elapsed());
         tracing::debug!(

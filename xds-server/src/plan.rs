@@ -26,6 +26,7 @@ use switchboard_translator::{
 };
 use switchboard_xds_proto::ResourceType;
 
+use crate::cache::SnapshotCache;
 use crate::protocol::Resources;
 use crate::report::role_from_record;
 use crate::snapshot::{MeshSnapshot, mesh_config};
@@ -84,9 +85,15 @@ pub fn plan(
 /// Plans, keeping the last few meshes it planned against translated (by tenant, mesh and
 /// revision): a plan against a revision already seen needs neither the stored mesh nor its
 /// translation, only its own change (applied, then undone).
+///
+/// With the xDS server's snapshot cache ([`Planner::seeded`]), a mesh this replica serves is
+/// planned on the translator the cache keeps current (the change applied, then undone), so a
+/// plan after a write needs neither the stored mesh nor a translation either. A mesh held at
+/// another revision is brought to the stored one by the translator's incremental update.
 #[derive(Default)]
 pub struct Planner {
     cache: Mutex<Vec<Prepared>>,
+    snapshots: Option<SnapshotCache>,
 }
 
 /// One mesh at one revision, translated.
@@ -103,6 +110,58 @@ type Held = (String, String, i64, String);
 const KEPT: usize = 4;
 
 impl Planner {
+    /// A planner that plans the meshes `snapshots` has loaded on their own translators.
+    pub fn seeded(snapshots: SnapshotCache) -> Self {
+        Self {
+            cache: Mutex::default(),
+            snapshots: Some(snapshots),
+        }
+    }
+
+    /// The mesh `key` before and after `changed`, on the snapshot cache's translator.
+    fn on_snapshot_cache(
+        &self,
+        (tenant, mesh, revision, domain): &Held,
+        changed: &[Changed],
+    ) -> Option<(Arc<MeshSnapshot>, Arc<MeshSnapshot>)> {
+        let snapshots = self.snapshots.as_ref()?;
+        if snapshots.trust_domain() != domain {
+            return None;
+        }
+        snapshots.translator_at(tenant, mesh, *revision, |t| {
+            (snapshot(t), round_trip(t, changed))
+        })
+    }
+
+    /// The index in `cache` of the mesh `key` translated, translating it if need be: from
+    /// another revision of the same mesh, brought to `before` by the translator's
+    /// incremental update; else `before` in full. `None` when `before` is needed and not
+    /// given.
+    fn prepare(cache: &mut Vec<Prepared>, key: Held, before: Option<&StoredMesh>) -> Option<usize> {
+        if let Some(at) = cache.iter().position(|p| p.key == key) {
+            return Some(at);
+        }
+        let config = mesh_config(before?, &key.3).0;
+        let same_mesh = |p: &Prepared| p.key.0 == key.0 && p.key.1 == key.1 && p.key.3 == key.3;
+        let translator = match cache.iter().position(same_mesh) {
+            Some(at) => {
+                let mut translator = cache.remove(at).translator;
+                translator.update(config);
+                translator
+            }
+            None => Translator::new(config),
+        };
+        if cache.len() >= KEPT {
+            cache.remove(0);
+        }
+        cache.push(Prepared {
+            key,
+            snapshot: snapshot(&translator),
+            translator,
+        });
+        Some(cache.len() - 1)
+    }
+
     /// As [`plan`]; `before` is translated only when this planner does not hold its revision.
     pub fn plan(
         &self,
@@ -146,10 +205,14 @@ impl Planner {
             Ok(c) => c,
             Err(poisoned) => poisoned.into_inner(),
         };
-        cache.iter().any(|p| {
+        let held = cache.iter().any(|p| {
             let (t, m, r, d) = &p.key;
             t == tenant && m == mesh && *r == revision && d == trust_domain
-        })
+        });
+        held || self
+            .snapshots
+            .as_ref()
+            .is_some_and(|s| s.trust_domain() == trust_domain && s.holds(tenant, mesh, revision))
     }
 
     fn plan_with(
@@ -159,55 +222,50 @@ impl Planner {
         changed: &[Changed],
         streams: &[ProxyRow],
     ) -> Option<MeshPlan> {
-        let (forward, mut warnings) = changes(changed);
-        // A panic while the lock is held leaves a translator half changed: start afresh.
-        let mut cache = match self.cache.lock() {
-            Ok(c) => c,
-            Err(poisoned) => {
-                let mut c = poisoned.into_inner();
-                c.clear();
-                c
+        let mut warnings = changes(changed).1;
+        let (snap_before, snap_after) = match self.on_snapshot_cache(&key, changed) {
+            Some(planned) => planned,
+            None => {
+                // A panic while the lock is held leaves a translator half changed: start
+                // afresh.
+                let mut cache = match self.cache.lock() {
+                    Ok(c) => c,
+                    Err(poisoned) => {
+                        let mut c = poisoned.into_inner();
+                        c.clear();
+                        c
+                    }
+                };
+                let at = Self::prepare(&mut cache, key, before)?;
+                let prepared = &mut cache[at];
+                let after = round_trip(&mut prepared.translator, changed);
+                (Arc::clone(&prepared.snapshot), after)
             }
         };
-        let at = match (cache.iter().position(|p| p.key == key), before) {
-            (Some(at), _) => at,
-            (None, None) => return None,
-            (None, Some(before)) => {
-                let (config, _) = mesh_config(before, &key.3);
-                let translator = Translator::new(config);
-                let snapshot = Arc::new(MeshSnapshot::new(
-                    translator.config(),
-                    translator.resources().clone(),
-                    None,
-                ));
-                if cache.len() >= KEPT {
-                    cache.remove(0);
-                }
-                cache.push(Prepared {
-                    key,
-                    translator,
-                    snapshot,
-                });
-                cache.len() - 1
-            }
-        };
-        let prepared = &mut cache[at];
-        let snap_before = Arc::clone(&prepared.snapshot);
-        // The change, then its inverse (what the translator's configuration holds for each
-        // changed resource now): the translator is left as it was (its resources always
-        // equal a full translation of its configuration).
-        let backward = inverse(prepared.translator.config(), changed);
-        prepared.translator.apply(forward);
-        let snap_after = Arc::new(MeshSnapshot::new(
-            prepared.translator.config(),
-            prepared.translator.resources().clone(),
-            None,
-        ));
-        prepared.translator.apply(backward);
-        drop(cache);
         warnings.extend(snap_after.resources.warnings.iter().cloned());
         Some(diff(&snap_before, &snap_after, streams, warnings))
     }
+}
+
+/// The mesh as `translator` holds it.
+fn snapshot(translator: &Translator) -> Arc<MeshSnapshot> {
+    Arc::new(MeshSnapshot::new(
+        translator.config(),
+        translator.resources().clone(),
+        None,
+    ))
+}
+
+/// The mesh after `changed`, computed by applying it to `translator` and then its inverse
+/// (what the translator's configuration holds for each changed resource now): the
+/// translator is left as it was (its resources always equal a full translation of its
+/// configuration).
+fn round_trip(translator: &mut Translator, changed: &[Changed]) -> Arc<MeshSnapshot> {
+    let backward = inverse(translator.config(), changed);
+    translator.apply(changes(changed).0);
+    let after = snapshot(translator);
+    translator.apply(backward);
+    after
 }
 
 /// The translator's changes writing `changed`, and what could not be parsed (left out, as a

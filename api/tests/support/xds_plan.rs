@@ -10,6 +10,14 @@ use switchboard_xds_server::plan::{Action, Planner};
 #[derive(Default)]
 pub struct XdsPlanner(Planner);
 
+impl XdsPlanner {
+    /// Starting from the translators of the meshes `cache` has loaded, as a replica serving
+    /// them does.
+    pub fn seeded(cache: switchboard_xds_server::SnapshotCache) -> Self {
+        Self(Planner::seeded(cache))
+    }
+}
+
 impl NodeConfigs for XdsPlanner {
     fn node_config<'a>(&'a self, _: &'a str, _: &'a str, _: &'a str) -> NodeConfigFuture<'a> {
         Box::pin(async { Ok(None) })

@@ -67,41 +67,14 @@ fn route_configuration_diff_encoded(b: &[u8], a: &[u8]) -> Option<Vec<JsonChange
     };
     let old = decode_others(&hosts_b, &in_a)?;
     let new = decode_others(&hosts_a, &in_b)?;
-    let mut out = json_diff(&message_json(&top_b), &message_json(&top_a));
-    let before: HashMap<&str, &VirtualHost> =
-        old.iter().map(|(_, v)| (v.name.as_str(), v)).collect();
-    let after: HashSet<&str> = new.iter().map(|(_, v)| v.name.as_str()).collect();
-    for (i, host) in &new {
-        let at = format!("/virtualHosts/{i}");
-        match before.get(host.name.as_str()) {
-            Some(old) if *old == host => {}
-            Some(old) => out.extend(
-                json_diff(&message_json(*old), &message_json(host))
-                    .into_iter()
-                    .map(|c| JsonChange {
-                        path: format!("{at}{}", c.path),
-                        ..c
-                    }),
-            ),
-            None => out.push(JsonChange {
-                op: "add",
-                path: at,
-                before: None,
-                after: Some(message_json(host)),
-            }),
-        }
+    fn pairs(hosts: &[(usize, VirtualHost)]) -> Vec<(usize, &VirtualHost)> {
+        hosts.iter().map(|(i, v)| (*i, v)).collect()
     }
-    for (i, host) in &old {
-        if !after.contains(host.name.as_str()) {
-            out.push(JsonChange {
-                op: "remove",
-                path: format!("/virtualHosts/{i}"),
-                before: Some(message_json(host)),
-                after: None,
-            });
-        }
-    }
-    Some(out)
+    Some(virtual_hosts_diff(
+        (&top_b, &top_a),
+        pairs(&old),
+        pairs(&new),
+    ))
 }
 
 /// An encoded `RouteConfiguration` split into its other fields (still encoded) and its
@@ -156,16 +129,31 @@ fn route_configuration_diff(
 ) -> Vec<JsonChange> {
     let hosts_before = std::mem::take(&mut b.virtual_hosts);
     let hosts_after = std::mem::take(&mut a.virtual_hosts);
-    let mut out = json_diff(&message_json(&b), &message_json(&a));
+    virtual_hosts_diff(
+        (&b, &a),
+        hosts_before.iter().enumerate().collect(),
+        hosts_after.iter().enumerate().collect(),
+    )
+}
+
+/// The diff of a route configuration's fields but its virtual hosts (`top`, before and
+/// after), then of its virtual hosts matched by name: `old` and `new` are the hosts to
+/// compare (every one, or those whose bytes differ) with their index in the list.
+fn virtual_hosts_diff(
+    (top_b, top_a): (&RouteConfiguration, &RouteConfiguration),
+    old: Vec<(usize, &VirtualHost)>,
+    new: Vec<(usize, &VirtualHost)>,
+) -> Vec<JsonChange> {
+    let mut out = json_diff(&message_json(top_b), &message_json(top_a));
     let before: HashMap<&str, &VirtualHost> =
-        hosts_before.iter().map(|v| (v.name.as_str(), v)).collect();
-    let after: HashSet<&str> = hosts_after.iter().map(|v| v.name.as_str()).collect();
-    for (i, host) in hosts_after.iter().enumerate() {
+        old.iter().map(|(_, v)| (v.name.as_str(), *v)).collect();
+    let after: HashSet<&str> = new.iter().map(|(_, v)| v.name.as_str()).collect();
+    for (i, host) in &new {
         let at = format!("/virtualHosts/{i}");
         match before.get(host.name.as_str()) {
-            Some(old) if *old == host => {}
+            Some(old) if old == host => {}
             Some(old) => out.extend(
-                json_diff(&message_json(*old), &message_json(host))
+                json_diff(&message_json(*old), &message_json(*host))
                     .into_iter()
                     .map(|c| JsonChange {
                         path: format!("{at}{}", c.path),
@@ -176,16 +164,16 @@ fn route_configuration_diff(
                 op: "add",
                 path: at,
                 before: None,
-                after: Some(message_json(host)),
+                after: Some(message_json(*host)),
             }),
         }
     }
-    for (i, host) in hosts_before.iter().enumerate() {
+    for (i, host) in &old {
         if !after.contains(host.name.as_str()) {
             out.push(JsonChange {
                 op: "remove",
                 path: format!("/virtualHosts/{i}"),
-                before: Some(message_json(host)),
+                before: Some(message_json(*host)),
                 after: None,
             });
         }

@@ -11,6 +11,7 @@ mod cache;
 mod delta;
 mod gateway_certs;
 mod mtls;
+mod plan;
 mod quotas;
 mod sds;
 mod status;
