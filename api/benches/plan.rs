@@ -17,6 +17,10 @@
 #[path = "../tests/support/xds_plan.rs"]
 mod xds_plan;
 
+/// The `switchboard` binary's allocator (its `jemalloc` feature, on by default).
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 use anyhow::{Context, Result, bail};
 use serde_json::{Value, json};
 use std::sync::Arc;
