@@ -1,6 +1,11 @@
-//! The benchmark backend: a hyper 1 HTTP/1.1 server on 127.0.0.1 that answers every request
-//! with 200 and the same body, run as its own process ([`BackendProcess`]) so that its CPU
-//! time is not the load generator's.
+//! The benchmark backend: a hyper 1 server on 127.0.0.1 that answers every request with 200
+//! and the same body, run as its own process ([`BackendProcess`]) so that its CPU time is not
+//! the load generator's. Each connection speaks HTTP/1.1 or HTTP/2 (h2c with prior
+//! knowledge), told apart by its first bytes (hyper-util's `auto` server), so a proxy may
+//! pool either. A request with `content-type: application/grpc` is a call of the benchmark's
+//! gRPC method ([`crate::grpc`]): its message must be well framed, and the answer is the
+//! body's length in one framed message with the trailer `grpc-status: 0` (`3` for a
+//! malformed request).
 //!
 //! The process is the calling binary itself, started again with the arguments
 //! `backend --threads N --body-bytes N`: [`run`] is that subcommand. It binds a free port,
@@ -17,12 +22,14 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use bytes::Bytes;
-use http::{Request, Response, header};
-use http_body_util::Full;
+use http::{HeaderMap, HeaderValue, Request, Response, header};
+use http_body_util::combinators::WithTrailers;
+use http_body_util::{BodyExt, Either, Full};
 use hyper::body::Incoming;
-use hyper::server::conn::http1;
 use hyper::service::service_fn;
-use hyper_util::rt::TokioIo;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
+use std::future::{Ready, ready};
 use std::io::Read;
 
 use tokio::io::{AsyncBufReadExt, BufReader};
@@ -36,11 +43,80 @@ const MAX_LIFETIME: Duration = Duration::from_secs(3600);
 /// other than those that asked this (each on a connection of its own).
 pub const CONNECTIONS_PATH: &str = "/__bench/connections";
 
-/// Serves `body` to every request on every connection `listener` accepts, forever; and the
-/// number of connections accepted at [`CONNECTIONS_PATH`].
+/// A gRPC answer: one framed message, then the trailers.
+type GrpcBody = WithTrailers<Full<Bytes>, Ready<Option<Result<HeaderMap, Infallible>>>>;
+type Reply = Response<Either<Full<Bytes>, GrpcBody>>;
+
+/// What every connection answers with.
+struct Answers {
+    /// The plain body.
+    body: Bytes,
+    /// The plain body's length as one gRPC message, framed.
+    grpc_message: Bytes,
+    accepted: AtomicU64,
+    asked: AtomicU64,
+}
+
+impl Answers {
+    async fn answer(&self, request: Request<Incoming>) -> Reply {
+        let grpc = request
+            .headers()
+            .get(header::CONTENT_TYPE)
+            .is_some_and(|v| {
+                v.as_bytes()
+                    .starts_with(crate::grpc::CONTENT_TYPE.as_bytes())
+            });
+        if grpc {
+            return self.answer_grpc(request).await;
+        }
+        let body = if request.uri().path() == CONNECTIONS_PATH {
+            let asked = self.asked.fetch_add(1, Ordering::Relaxed) + 1;
+            let others = self.accepted.load(Ordering::Relaxed).saturating_sub(asked);
+            Bytes::from(others.to_string())
+        } else {
+            self.body.clone()
+        };
+        let mut response = Response::new(Either::Left(Full::new(body)));
+        response
+            .headers_mut()
+            .insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
+        response
+    }
+
+    /// Reads the whole request (a proxy still sending it must not see it reset), checks its
+    /// framing and answers the message with `grpc-status: 0`, or no message with `3`.
+    async fn answer_grpc(&self, request: Request<Incoming>) -> Reply {
+        let well_framed = match request.into_body().collect().await {
+            Ok(body) => crate::grpc::message_len(&body.to_bytes()).is_some(),
+            Err(_) => false,
+        };
+        let (message, status) = if well_framed {
+            (self.grpc_message.clone(), crate::grpc::OK)
+        } else {
+            (Bytes::new(), crate::grpc::INVALID_ARGUMENT)
+        };
+        let mut trailers = HeaderMap::new();
+        trailers.insert(crate::grpc::STATUS, HeaderValue::from_static(status));
+        let body = Full::new(message).with_trailers(ready(Some(Ok(trailers))));
+        let mut response = Response::new(Either::Right(body));
+        response.headers_mut().insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static(crate::grpc::CONTENT_TYPE),
+        );
+        response
+    }
+}
+
+/// Serves `body` to every request on every connection `listener` accepts, forever (HTTP/1.1
+/// or h2c, and the gRPC method); and the number of connections accepted at
+/// [`CONNECTIONS_PATH`].
 pub async fn serve(listener: TcpListener, body: Bytes) {
-    let accepted = Arc::new(AtomicU64::new(0));
-    let asked = Arc::new(AtomicU64::new(0));
+    let answers = Arc::new(Answers {
+        grpc_message: crate::grpc::frame(body.len(), b'x'),
+        body,
+        accepted: AtomicU64::new(0),
+        asked: AtomicU64::new(0),
+    });
     loop {
         let stream = match listener.accept().await {
             Ok((stream, _)) => stream,
@@ -50,30 +126,15 @@ pub async fn serve(listener: TcpListener, body: Bytes) {
                 continue;
             }
         };
-        accepted.fetch_add(1, Ordering::Relaxed);
+        answers.accepted.fetch_add(1, Ordering::Relaxed);
         let _ = stream.set_nodelay(true);
-        let body = body.clone();
-        let accepted = Arc::clone(&accepted);
-        let asked = Arc::clone(&asked);
+        let answers = Arc::clone(&answers);
         tokio::spawn(async move {
             let service = service_fn(move |request: Request<Incoming>| {
-                let body = if request.uri().path() == CONNECTIONS_PATH {
-                    let asked = asked.fetch_add(1, Ordering::Relaxed) + 1;
-                    let others = accepted.load(Ordering::Relaxed).saturating_sub(asked);
-                    Bytes::from(others.to_string())
-                } else {
-                    body.clone()
-                };
-                async move {
-                    let mut response = Response::new(Full::new(body));
-                    response.headers_mut().insert(
-                        header::CONTENT_TYPE,
-                        header::HeaderValue::from_static("text/plain"),
-                    );
-                    Ok::<_, Infallible>(response)
-                }
+                let answers = Arc::clone(&answers);
+                async move { Ok::<_, Infallible>(answers.answer(request).await) }
             });
-            let _ = http1::Builder::new()
+            let _ = auto::Builder::new(TokioExecutor::new())
                 .serve_connection(TokioIo::new(stream), service)
                 .await;
         });

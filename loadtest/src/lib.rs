@@ -15,8 +15,9 @@
 //! This library holds what every load test needs: [`ControlPlane`] (the child process, its
 //! database and its memory figures; killed and restarted for the restart storm), [`gocp`]
 //! (go-control-plane's server, the reference xds-convergence compares with), [`Rest`] (an admin REST client) and [`Summary`]
-//! (percentiles); and what the proxy benchmark needs: [`load`] (an HTTP/1.1 load generator,
-//! open and closed loop), [`procfs`] (memory and CPU time of processes), [`backend`] (the
+//! (percentiles); and what the proxy benchmark needs: [`load`] (a load generator, open and
+//! closed loop, over HTTP/1.1, h2c and gRPC; its HTTP/2 half in `h2load`), [`grpc`] (the
+//! benchmark's proto-free gRPC method), [`procfs`] (memory and CPU time of processes), [`backend`] (the
 //! backend server and its process), [`proxy`] (the gateway's configuration and the
 //! `switchboard-proxy` process) and [`nginx`] (nginx as a reverse proxy); for the mesh:
 //! [`mesh`] (the sidecar pair), [`handshake`] (a closed loop of new, optionally TLS,
@@ -26,6 +27,8 @@
 pub mod backend;
 mod control_plane;
 pub mod gocp;
+pub mod grpc;
+mod h2load;
 pub mod handshake;
 pub mod load;
 pub mod mesh;
@@ -35,6 +38,7 @@ pub mod proxy;
 mod rest;
 pub mod sds;
 mod stats;
+mod target;
 pub mod tls;
 
 pub use control_plane::{ControlPlane, Memory, Options};

@@ -1,18 +1,21 @@
-//! An HTTP/1.1 load generator over keep-alive connections (hyper 1 client connections, one
-//! request in flight per connection), in two shapes:
+//! A load generator over keep-alive connections (hyper 1 client connections), in two shapes,
+//! each driving a number of *lanes* that send one request at a time: over HTTP/1.1 a lane is
+//! a connection of its own; over HTTP/2 (h2c) and gRPC ([`crate::h2load`]) the lanes share
+//! [`Target::h2_connections`] connections, one stream each.
 //!
 //! - [`fixed_rate`]: an open loop. A pacer thread releases request `i` at its intended time
 //!   `t0 + i / rate` into a queue that every connection takes from when it is idle. Latency is
 //!   measured from the intended time, so a slow response delays the requests queued behind it
 //!   and that wait is counted (no coordinated omission). The pacer's own lateness is recorded
 //!   too: it is the floor of what this client can measure.
-//! - [`saturation`]: a closed loop. Each connection sends its next request as soon as the
+//! - [`saturation`]: a closed loop. Each lane sends its next request as soon as the
 //!   previous response has been read; latency is measured from the actual send.
 //!
-//! Every response must be a 200 whose body has the expected length; anything else is counted
-//! as an error of its kind, never silently dropped. A connection the server closed
-//! gracefully (as nginx does after `keepalive_requests`) is reopened before the next request
-//! and counted as a reconnect, not an error.
+//! Every response must be a 200 whose body has the expected length (gRPC: one well-framed
+//! message of that length and `grpc-status: 0`); anything else is counted as an error of its
+//! kind, never silently dropped. A connection the server closed gracefully (as nginx does
+//! after `keepalive_requests`) is reopened before the next request and counted as a
+//! reconnect, not an error.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -29,20 +32,11 @@ use tokio::net::TcpStream;
 use tokio::sync::{Mutex, mpsc};
 use tokio::task::JoinSet;
 
-/// What to request, and what a good answer is.
-#[derive(Debug, Clone)]
-pub struct Target {
-    pub addr: SocketAddr,
-    /// The `Host` header.
-    pub host: String,
-    pub path: String,
-    /// The body length a good response has.
-    pub body_len: usize,
-    /// A request that takes longer fails with [`Failure::Timeout`].
-    pub timeout: Duration,
-}
+use crate::h2load;
+pub use crate::target::{Failure, Protocol, Target};
 
-/// The open loop: `rate` requests per second over `connections`, unrecorded for `warmup`,
+/// The open loop: `rate` requests per second over `connections` lanes (HTTP/1.1:
+/// connections; HTTP/2: streams over the target's connections), unrecorded for `warmup`,
 /// then recorded for `duration`.
 #[derive(Debug, Clone, Copy)]
 pub struct FixedRate {
@@ -52,27 +46,13 @@ pub struct FixedRate {
     pub duration: Duration,
 }
 
-/// The closed loop: `connections` requests in flight, unrecorded for `warmup`, then recorded
-/// for `duration`.
+/// The closed loop: `connections` lanes, so as many requests in flight (HTTP/2: streams
+/// over the target's connections), unrecorded for `warmup`, then recorded for `duration`.
 #[derive(Debug, Clone, Copy)]
 pub struct Saturation {
     pub connections: usize,
     pub warmup: Duration,
     pub duration: Duration,
-}
-
-/// Why a request failed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Failure {
-    /// The TCP connection or the HTTP/1.1 handshake failed.
-    Connect,
-    /// The request or the response failed on the wire.
-    Io,
-    /// An answer other than 200.
-    Status,
-    /// A 200 whose body did not have the expected length.
-    Body,
-    Timeout,
 }
 
 /// Failed requests by kind.
@@ -82,6 +62,7 @@ pub struct Errors {
     pub io: u64,
     pub status: u64,
     pub body: u64,
+    pub grpc: u64,
     pub timeout: u64,
 }
 
@@ -92,6 +73,7 @@ impl Errors {
             Failure::Io => self.io += 1,
             Failure::Status => self.status += 1,
             Failure::Body => self.body += 1,
+            Failure::Grpc => self.grpc += 1,
             Failure::Timeout => self.timeout += 1,
         }
     }
@@ -101,11 +83,12 @@ impl Errors {
         self.io += o.io;
         self.status += o.status;
         self.body += o.body;
+        self.grpc += o.grpc;
         self.timeout += o.timeout;
     }
 
     pub fn total(&self) -> u64 {
-        self.connect + self.io + self.status + self.body + self.timeout
+        self.connect + self.io + self.status + self.body + self.grpc + self.timeout
     }
 
     /// `0`, or the total with its kinds, e.g. `3 (io 2, timeout 1)`.
@@ -118,6 +101,7 @@ impl Errors {
             ("io", self.io),
             ("status", self.status),
             ("body", self.body),
+            ("grpc", self.grpc),
             ("timeout", self.timeout),
         ]
         .iter()
@@ -261,6 +245,72 @@ impl Connection {
     }
 }
 
+/// One request at a time: over HTTP/1.1 on a connection of its own, over HTTP/2 on a
+/// stream of a shared connection.
+enum Lane {
+    H1(Connection),
+    H2(h2load::Lane),
+}
+
+/// The lanes of one phase (`n` of them; over HTTP/2 spread evenly over the target's
+/// connections), and the HTTP/2 connections they share.
+fn lanes(target: &Target, n: usize) -> Result<(Vec<Lane>, Vec<Arc<h2load::Shared>>)> {
+    if target.protocol == Protocol::Http1 {
+        return Ok((
+            (0..n).map(|_| Lane::H1(Connection::new())).collect(),
+            Vec::new(),
+        ));
+    }
+    let shared: Vec<_> = (0..target.h2_connections.clamp(1, n.max(1)))
+        .map(|_| h2load::Shared::new(target.addr))
+        .collect();
+    let lanes = (0..n)
+        .map(|i| {
+            h2load::Lane::new(Arc::clone(&shared[i % shared.len()]), target)
+                .map(Lane::H2)
+                .with_context(|| format!("the request URI of {}", target.host))
+        })
+        .collect::<Result<_>>()?;
+    Ok((lanes, shared))
+}
+
+impl Lane {
+    /// Opens the lane's connection if it has none.
+    async fn ready(&mut self, target: &Target) -> Result<(), Failure> {
+        match self {
+            Lane::H1(c) => c.ready(target.addr).await.map(|_| ()),
+            Lane::H2(l) => l.ready().await.map(|_| ()),
+        }
+    }
+
+    /// One request within the target's timeout. After a failure the lane drops its
+    /// connection (HTTP/2: its handle on the shared one): its state is unknown.
+    async fn request(&mut self, target: &Target) -> Result<(), Failure> {
+        match self {
+            Lane::H1(c) => c.request(target).await,
+            Lane::H2(l) => {
+                let result = match tokio::time::timeout(target.timeout, l.request(target)).await {
+                    Ok(r) => r,
+                    Err(_) => Err(Failure::Timeout),
+                };
+                if result.is_err() {
+                    l.reset();
+                }
+                result
+            }
+        }
+    }
+
+    /// HTTP/1.1: the connections the server closed and this lane reopened (HTTP/2 counts
+    /// them per shared connection).
+    fn reconnects(&self) -> u64 {
+        match self {
+            Lane::H1(c) => c.reconnects,
+            Lane::H2(_) => 0,
+        }
+    }
+}
+
 /// The body of a 200 answer to `GET path` on a fresh connection to `addr`, within 5 s.
 pub async fn get(addr: SocketAddr, path: &str) -> Result<Bytes> {
     let fetch = async {
@@ -282,9 +332,15 @@ pub async fn get(addr: SocketAddr, path: &str) -> Result<Bytes> {
         .with_context(|| format!("GET http://{addr}{path}"))
 }
 
-/// One GET on a fresh connection: checks that `target` answers as a load run expects.
+/// One request on a fresh connection: checks that `target` answers as a load run expects.
 pub async fn probe(target: &Target) -> Result<(), Failure> {
-    Connection::new().request(target).await
+    let Ok((mut lanes, _)) = lanes(target, 1) else {
+        return Err(Failure::Io);
+    };
+    match lanes.first_mut() {
+        Some(lane) => lane.request(target).await,
+        None => Err(Failure::Io),
+    }
 }
 
 /// What one connection task recorded.
@@ -320,8 +376,10 @@ impl Tally {
     }
 }
 
-async fn merge(mut tasks: JoinSet<Result<Tally>>) -> Result<Tally> {
+/// The tallies of a phase's lanes, with the reconnects of its HTTP/2 connections.
+async fn merge(mut tasks: JoinSet<Result<Tally>>, shared: &[Arc<h2load::Shared>]) -> Result<Tally> {
     let mut total = Tally::new()?;
+    total.reconnects = shared.iter().map(|s| s.reconnects()).sum();
     while let Some(t) = tasks.join_next().await {
         let t = t.context("a load task panicked")??;
         total
@@ -359,13 +417,11 @@ pub async fn fixed_rate(
     let total = warm + measured;
 
     // Open the connections first, so the first second does not measure handshakes.
-    let mut connections = Vec::with_capacity(shape.connections);
-    for _ in 0..shape.connections.max(1) {
-        let mut c = Connection::new();
-        c.ready(target.addr)
+    let (mut connections, shared) = lanes(target, shape.connections.max(1))?;
+    for c in &mut connections {
+        c.ready(target)
             .await
             .map_err(|f| anyhow::anyhow!("connecting to {}: {f:?}", target.addr))?;
-        connections.push(c);
     }
 
     let t0 = Instant::now() + Duration::from_millis(20);
@@ -394,7 +450,7 @@ pub async fn fixed_rate(
                     tally.last = Some(done);
                 }
             }
-            tally.reconnects = conn.reconnects;
+            tally.reconnects = conn.reconnects();
             Ok(tally)
         });
     }
@@ -425,7 +481,7 @@ pub async fn fixed_rate(
     let window_start = t0 + period * u32::try_from(warm)?;
     tokio::time::sleep_until(window_start.into()).await;
     mark();
-    let tally = merge(tasks).await?;
+    let tally = merge(tasks, &shared).await?;
     mark();
     let lag = pacer
         .join()
@@ -454,11 +510,11 @@ pub async fn saturation(
     let window_start = start + shape.warmup;
     let window_end = window_start + shape.duration;
     let mut tasks = JoinSet::new();
-    for _ in 0..shape.connections.max(1) {
+    let (connections, shared) = lanes(target, shape.connections.max(1))?;
+    for mut conn in connections {
         let target = target.clone();
         tasks.spawn(async move {
             let mut tally = Tally::new()?;
-            let mut conn = Connection::new();
             let mut in_window = 0u64;
             loop {
                 let sent = Instant::now();
@@ -481,7 +537,7 @@ pub async fn saturation(
                 }
             }
             tally.ok = in_window;
-            tally.reconnects = conn.reconnects;
+            tally.reconnects = conn.reconnects();
             Ok(tally)
         });
     }
@@ -489,7 +545,7 @@ pub async fn saturation(
     mark();
     tokio::time::sleep_until(window_end.into()).await;
     mark();
-    let tally = merge(tasks).await?;
+    let tally = merge(tasks, &shared).await?;
     Ok(Outcome {
         latency: tally.latency,
         ok: tally.ok,

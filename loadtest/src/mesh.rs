@@ -95,6 +95,7 @@ impl SidecarPair {
             token: o.token.clone(),
             workers: o.workers,
             log_filter: o.log_filter.clone(),
+            access_log: Some("off".into()),
         };
         let server = ProxyProcess::start(
             &start(
@@ -129,6 +130,8 @@ impl SidecarPair {
             path: "/".into(),
             body_len: o.body_len,
             timeout: o.timeout,
+            protocol: load::Protocol::Http1,
+            h2_connections: 1,
         };
         let mut pair = SidecarPair {
             client,

@@ -1,7 +1,7 @@
 //! nginx as a reverse proxy, for comparison: a master and `worker_processes` workers run as
 //! the current user in the foreground (`-g 'daemon off;'`), every path (prefix, pid, logs,
 //! temp files) inside a temporary directory. The configuration is the plain keep-alive
-//! reverse proxy (see [`config`]).
+//! reverse proxy, over HTTP/1.1, h2c or gRPC (see [`config`]).
 
 use std::net::{SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
@@ -12,6 +12,7 @@ use anyhow::{Context, Result, bail};
 use tokio::process::{Child, Command};
 
 use crate::control_plane::spawn;
+use crate::load::Protocol;
 use crate::procfs;
 
 /// The nginx to run: `NGINX_BIN`, else `nginx` on `PATH`, else `/usr/sbin/nginx` (where
@@ -49,12 +50,39 @@ pub fn version(bin: &Path) -> String {
         .unwrap_or_else(|| "nginx (unknown version)".into())
 }
 
-/// The configuration: `listen` on 127.0.0.1, everything to one upstream over HTTP/1.1 with
-/// a pool of 64 idle keep-alive connections (`Connection ""` so nginx does not ask the
-/// backend to close), no access log. Both keep-alive request limits are raised from their
-/// default of 1,000 so that nginx, like switchboard-proxy, never closes a busy connection.
-pub fn config(dir: &Path, listen: SocketAddr, backend: SocketAddr, workers: usize) -> String {
+/// The configuration: `listen` on 127.0.0.1, everything to one upstream with a pool of 64
+/// idle keep-alive connections, no access log. Both keep-alive request limits are raised
+/// from their default of 1,000 so that nginx, like switchboard-proxy, never closes a busy
+/// connection (`keepalive_requests` also bounds HTTP/2 streams per connection since nginx
+/// 1.19.7). By protocol:
+/// - HTTP/1.1: `proxy_pass` over HTTP/1.1 (`Connection ""` so nginx does not ask the
+///   backend to close);
+/// - HTTP/2: `listen … http2` without TLS, which before nginx 1.25 is h2c with prior
+///   knowledge only; upstream the same `proxy_pass` over HTTP/1.1, the only upstream
+///   protocol nginx's proxy module speaks;
+/// - gRPC: h2c downstream and `grpc_pass grpc://` upstream (HTTP/2, one call per upstream
+///   connection at a time, the connections kept alive).
+pub fn config(
+    dir: &Path,
+    listen: SocketAddr,
+    backend: SocketAddr,
+    workers: usize,
+    protocol: Protocol,
+) -> String {
     let d = dir.display();
+    let (http2, pass) = match protocol {
+        Protocol::Http1 | Protocol::Http2 => (
+            if protocol == Protocol::Http2 {
+                " http2"
+            } else {
+                ""
+            },
+            "proxy_pass http://backend;
+            proxy_http_version 1.1;
+            proxy_set_header Connection \"\";",
+        ),
+        Protocol::Grpc => (" http2", "grpc_pass grpc://backend;"),
+    };
     format!(
         "worker_processes {workers};
 pid {d}/nginx.pid;
@@ -76,11 +104,9 @@ http {{
         keepalive_requests 1000000;
     }}
     server {{
-        listen {listen};
+        listen {listen}{http2};
         location / {{
-            proxy_pass http://backend;
-            proxy_http_version 1.1;
-            proxy_set_header Connection \"\";
+            {pass}
         }}
     }}
 }}
@@ -103,13 +129,14 @@ pub struct Nginx {
 
 impl Nginx {
     /// Starts nginx in front of `backend` with `workers` worker processes on a free loopback
-    /// port, and waits until every worker runs and the port accepts connections.
-    pub async fn start(backend: SocketAddr, workers: usize) -> Result<Nginx> {
+    /// port, speaking `protocol`, and waits until every worker runs and the port accepts
+    /// connections.
+    pub async fn start(backend: SocketAddr, workers: usize, protocol: Protocol) -> Result<Nginx> {
         let bin = binary()?;
         let dir = tempfile::tempdir().context("creating a temporary directory")?;
         let addr = TcpListener::bind("127.0.0.1:0")?.local_addr()?;
         let conf = dir.path().join("nginx.conf");
-        std::fs::write(&conf, config(dir.path(), addr, backend, workers))?;
+        std::fs::write(&conf, config(dir.path(), addr, backend, workers, protocol))?;
         let log = std::fs::File::create(dir.path().join("stderr.log"))?;
         let (child, master) = spawn(
             Command::new(&bin)

@@ -13,6 +13,7 @@ use tokio::process::{Child, Command};
 
 use crate::Rest;
 use crate::control_plane::{last_lines, release_binary, spawn, wait_for_200};
+use crate::load::Protocol;
 
 /// The binary to start: `SWITCHBOARD_PROXY_BIN`, else `target/release/switchboard-proxy`.
 pub fn binary() -> Result<PathBuf> {
@@ -43,7 +44,7 @@ pub struct Gateway {
     pub name: String,
     /// The port of its HTTP listener.
     pub port: u16,
-    /// The host name its route serves.
+    /// The host name its HTTP/1.1 route serves (see [`Gateway::host`]).
     pub host: String,
 }
 
@@ -51,42 +52,68 @@ impl Gateway {
     pub fn node_id(&self, node: &str) -> String {
         format!("tenants/{}/meshes/{}/nodes/{node}", self.tenant, self.mesh)
     }
+
+    /// The host name whose route leads to the service of `protocol`: `host`, `h2.host`,
+    /// `grpc.host`.
+    pub fn host(&self, protocol: Protocol) -> String {
+        match protocol {
+            Protocol::Http1 => self.host.clone(),
+            Protocol::Http2 => format!("h2.{}", self.host),
+            Protocol::Grpc => format!("grpc.{}", self.host),
+        }
+    }
 }
 
-/// Through REST as the platform admin: the tenant and mesh, service `backend` (HTTP) whose one
-/// endpoint is `backend`, route `bench` (host name `gw.host`, every request to `backend`, no
-/// retries, no timeout), and gateway `gw.name` (HTTP on `gw.port`, route `bench`). Returns
-/// a proxy token of the mesh.
+/// The service (and route) of `protocol`, and its `protocol` in the REST API: `http2` and
+/// `grpc` give its cluster HTTP/2 towards the endpoints (h2c).
+fn service(protocol: Protocol) -> (&'static str, &'static str) {
+    match protocol {
+        Protocol::Http1 => ("backend", "http"),
+        Protocol::Http2 => ("backend-h2", "http2"),
+        Protocol::Grpc => ("backend-grpc", "grpc"),
+    }
+}
+
+/// Through REST as the platform admin: the tenant and mesh; per protocol a service
+/// (`backend` HTTP, `backend-h2` HTTP/2, `backend-grpc` gRPC) whose one endpoint is
+/// `backend`, and a route of the same name (host name [`Gateway::host`], every request to
+/// that service, no retries, no timeout); and gateway `gw.name` (HTTP on `gw.port`, the
+/// three routes). Returns a proxy token of the mesh.
 pub async fn configure_gateway(rest: &Rest, gw: &Gateway, backend: SocketAddr) -> Result<String> {
     let m = format!("/v1/tenants/{}/meshes/{}", gw.tenant, gw.mesh);
     rest.post("/v1/tenants", &json!({"name": gw.tenant}))
         .await?;
     rest.put(&m, &json!({"spec": {}})).await?;
-    rest.put(
-        &format!("{m}/services/backend"),
-        &json!({"spec": {"protocol": "http", "port": backend.port()}}),
-    )
-    .await?;
-    rest.put(
-        &format!("{m}/endpoints/backend-1"),
-        &json!({"spec": {
-            "service": "backend",
-            "address": backend.ip().to_string(),
-            "port": backend.port(),
-        }}),
-    )
-    .await?;
-    rest.put(
-        &format!("{m}/routes/bench"),
-        &json!({"spec": {
-            "hostnames": [gw.host],
-            "rules": [{"backends": [{"service": "backend"}]}],
-        }}),
-    )
-    .await?;
+    let mut routes = Vec::new();
+    for protocol in Protocol::ALL {
+        let (name, kind) = service(protocol);
+        rest.put(
+            &format!("{m}/services/{name}"),
+            &json!({"spec": {"protocol": kind, "port": backend.port()}}),
+        )
+        .await?;
+        rest.put(
+            &format!("{m}/endpoints/{name}-1"),
+            &json!({"spec": {
+                "service": name,
+                "address": backend.ip().to_string(),
+                "port": backend.port(),
+            }}),
+        )
+        .await?;
+        rest.put(
+            &format!("{m}/routes/{name}"),
+            &json!({"spec": {
+                "hostnames": [gw.host(protocol)],
+                "rules": [{"backends": [{"service": name}]}],
+            }}),
+        )
+        .await?;
+        routes.push(name);
+    }
     rest.put(
         &format!("{m}/gateways/{}", gw.name),
-        &json!({"spec": {"port": gw.port, "protocol": "http", "routes": ["bench"]}}),
+        &json!({"spec": {"port": gw.port, "protocol": "http", "routes": routes}}),
     )
     .await?;
     let created = rest
@@ -150,6 +177,9 @@ pub struct ProxyOptions {
     pub workers: usize,
     /// `RUST_LOG` of the child.
     pub log_filter: String,
+    /// `--access-log-format`; `None` leaves the proxy's default (Envoy's default text format,
+    /// at INFO with target `access_log`, so `log_filter` must let that through).
+    pub access_log: Option<String>,
 }
 
 /// A running `switchboard-proxy`, killed when stopped or dropped.
@@ -165,8 +195,9 @@ pub struct ProxyProcess {
 }
 
 impl ProxyProcess {
-    /// Starts the proxy with its access log off, and waits until its admin port's `/ready`
-    /// answers 200 (its initial listeners, routes, clusters and endpoints applied).
+    /// Starts the proxy, its standard output and error (its logs, the access log included)
+    /// into a file, and waits until its admin port's `/ready` answers 200 (its initial
+    /// listeners, routes, clusters and endpoints applied).
     pub async fn start(options: &ProxyOptions, ready_timeout: Duration) -> Result<ProxyProcess> {
         let bin = binary()?;
         let dir = tempfile::tempdir().context("creating a temporary directory")?;
@@ -193,8 +224,12 @@ impl ProxyProcess {
             .arg(admin.to_string())
             .arg("--concurrency")
             .arg(options.workers.to_string())
-            .arg("--access-log-format")
-            .arg("off")
+            .args(
+                options
+                    .access_log
+                    .iter()
+                    .flat_map(|f| ["--access-log-format", f.as_str()]),
+            )
             .env("RUST_LOG", &options.log_filter)
             .env_remove("SWITCHBOARD_PROXY_BOOTSTRAP")
             .env_remove("OTEL_EXPORTER_OTLP_ENDPOINT")
@@ -238,6 +273,23 @@ impl ProxyProcess {
             &std::fs::read_to_string(&self.log).unwrap_or_default(),
             lines,
         )
+    }
+
+    /// Lines of the proxy's log that contain `needle`, and the log's size in bytes.
+    pub fn log_lines(&self, needle: &str) -> Result<(u64, u64)> {
+        use std::io::BufRead;
+        let file = std::fs::File::open(&self.log)?;
+        let size = file.metadata()?.len();
+        let mut lines = 0;
+        for line in std::io::BufReader::new(file).split(b'\n') {
+            if line?
+                .windows(needle.len().max(1))
+                .any(|w| w == needle.as_bytes())
+            {
+                lines += 1;
+            }
+        }
+        Ok((lines, size))
     }
 
     pub async fn stop(&mut self) {

@@ -11,9 +11,9 @@ use std::time::Duration;
 use bytes::Bytes;
 use hdrhistogram::Histogram;
 use switchboard_loadtest::load::{
-    Errors, Failure, FixedRate, Saturation, Target, fixed_rate, get, probe, saturation,
+    Errors, Failure, FixedRate, Protocol, Saturation, Target, fixed_rate, get, probe, saturation,
 };
-use switchboard_loadtest::{backend, handshake, mesh, sds, tls};
+use switchboard_loadtest::{backend, grpc, handshake, mesh, sds, tls};
 use switchboard_pki::MeshCa;
 use time::OffsetDateTime;
 use tokio_rustls::rustls::pki_types::ServerName;
@@ -32,7 +32,24 @@ fn target(addr: SocketAddr, body_len: usize) -> Target {
         path: "/".into(),
         body_len,
         timeout: Duration::from_secs(5),
+        protocol: Protocol::Http1,
+        h2_connections: 1,
     }
+}
+
+fn h2_target(addr: SocketAddr, body_len: usize, protocol: Protocol) -> Target {
+    Target {
+        protocol,
+        h2_connections: 4,
+        ..target(addr, body_len)
+    }
+}
+
+async fn connections_accepted(addr: SocketAddr) -> u64 {
+    std::str::from_utf8(&get(addr, backend::CONNECTIONS_PATH).await.unwrap())
+        .unwrap()
+        .parse()
+        .unwrap()
 }
 
 #[tokio::test]
@@ -90,6 +107,88 @@ async fn wrong_answers_are_errors_of_their_kind() {
     e.add(Failure::Io);
     e.add(Failure::Timeout);
     assert_eq!(e.describe(), "3 (io 2, timeout 1)");
+}
+
+#[tokio::test]
+async fn http2_lanes_share_the_connections_and_grpc_calls_are_checked() {
+    for protocol in [Protocol::Http2, Protocol::Grpc] {
+        let t = h2_target(start_backend(1024).await, 1024, protocol);
+        let shape = FixedRate {
+            rate: 400,
+            connections: 16,
+            warmup: Duration::from_millis(250),
+            duration: Duration::from_secs(1),
+        };
+        let o = fixed_rate(&t, shape, || {}).await.unwrap();
+        assert_eq!(o.errors.total(), 0, "{protocol:?}: {}", o.errors.describe());
+        assert_eq!(o.ok, 400, "{protocol:?}");
+        let shape = Saturation {
+            connections: 32,
+            warmup: Duration::from_millis(100),
+            duration: Duration::from_millis(400),
+        };
+        let o = saturation(&t, shape, || {}).await.unwrap();
+        assert_eq!(o.errors.total(), 0, "{protocol:?}: {}", o.errors.describe());
+        assert!(o.ok > 0);
+        // 16 and then 32 lanes, each time over 4 HTTP/2 connections.
+        assert_eq!(connections_accepted(t.addr).await, 8, "{protocol:?}");
+        assert_eq!(o.reconnects, 0);
+    }
+}
+
+#[tokio::test]
+async fn wrong_http2_and_grpc_answers_are_errors_of_their_kind() {
+    let addr = start_backend(1000).await;
+    for protocol in [Protocol::Http2, Protocol::Grpc] {
+        assert_eq!(
+            probe(&h2_target(addr, 1024, protocol)).await,
+            Err(Failure::Body),
+            "{protocol:?}"
+        );
+        assert_eq!(probe(&h2_target(addr, 1000, protocol)).await, Ok(()));
+    }
+}
+
+/// The backend refuses a malformed gRPC message with `grpc-status: 3` and no message.
+#[tokio::test]
+async fn the_backend_checks_the_grpc_framing() {
+    use http_body_util::{BodyExt, Full};
+    let addr = start_backend(64).await;
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let (mut sender, conn) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(tcp),
+    )
+    .await
+    .unwrap();
+    tokio::spawn(conn);
+    for (body, status, len) in [
+        (grpc::frame(10, b'q'), grpc::OK, Some(64)),
+        (
+            grpc::frame(10, b'q').slice(..12),
+            grpc::INVALID_ARGUMENT,
+            Some(0),
+        ),
+    ] {
+        let request = http::Request::post(format!("http://bench.local{}", grpc::PATH))
+            .header(http::header::CONTENT_TYPE, grpc::CONTENT_TYPE)
+            .body(Full::new(body))
+            .unwrap();
+        let response = sender.send_request(request).await.unwrap();
+        assert_eq!(response.status(), 200);
+        let body = response.into_body().collect().await.unwrap();
+        let trailers = body.trailers().cloned().unwrap();
+        assert_eq!(trailers.get(grpc::STATUS).unwrap(), status);
+        let bytes = body.to_bytes();
+        assert_eq!(
+            if bytes.is_empty() {
+                Some(0)
+            } else {
+                grpc::message_len(&bytes)
+            },
+            len
+        );
+    }
 }
 
 #[tokio::test]

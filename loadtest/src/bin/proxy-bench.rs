@@ -1,73 +1,125 @@
 //! The proxy benchmark: requests per second, latency, memory and CPU of `switchboard-proxy`
-//! on loopback, in one run, against the same backend reached directly and through nginx.
+//! on loopback, in one run, against the same backend reached directly and through nginx, over
+//! HTTP/1.1, HTTP/2 (h2c) and gRPC.
 //!
 //! Not a test: a bounded workload that prints figures (markdown tables). It asserts nothing
 //! about speed; it fails when a process does not start or a probe request is not answered.
 //!
 //! 1. Backend: this binary started again as `proxy-bench backend` (its own process, so its
-//!    CPU is not the load generator's): hyper 1, HTTP/1.1, 200 with a body of
-//!    `PROXY_BENCH_BODY_BYTES` (1024) bytes to every request.
-//! 2. Targets, in this order, each measured the same way:
-//!    - `direct`: the backend itself;
-//!    - `switchboard-proxy`: the real control plane (`switchboard serve` on SQLite in a
-//!      temporary directory, free ports) configured over REST with a tenant, mesh, service
-//!      `backend` (its one endpoint the backend), route `bench` (host name `bench.local`)
-//!      and an HTTP gateway on a free port; then `switchboard-proxy` as that gateway's node
-//!      `bench-gw` (metadata `role=gateway`, `gateway=bench`, a proxy token from the REST
-//!      API), access log off, `--concurrency W`, once its admin `/ready` answers 200;
-//!    - `nginx`: a reverse proxy with the equivalent configuration (`worker_processes W`,
-//!      upstream keep-alive pool of 64, HTTP/1.1 upstream, `Connection ""`, access log off);
+//!    CPU is not the load generator's): hyper 1, HTTP/1.1 or h2c on each connection, 200
+//!    with a body of `PROXY_BENCH_BODY_BYTES` (1024) bytes to every request, and the
+//!    benchmark's gRPC method (a message of that length, `grpc-status: 0`).
+//! 2. Targets (`PROXY_BENCH_TARGETS`, in the order given; see [`TARGETS`]), each measured
+//!    the same way:
+//!    - `direct`, `direct-h2`, `direct-grpc`: the backend itself;
+//!    - `proxy`, `proxy-h2`, `proxy-grpc`: the real control plane (`switchboard serve` on
+//!      SQLite in a temporary directory, free ports, started once for all of them) configured
+//!      over REST with a tenant, mesh, a service per protocol (`http`, `http2`, `grpc`: the
+//!      last two HTTP/2 upstream) whose one endpoint is the backend, a route per service
+//!      (host names `bench.local`, `h2.bench.local`, `grpc.bench.local`) and an HTTP
+//!      gateway on a free port; then `switchboard-proxy` as that gateway's node `bench-gw`
+//!      (metadata `role=gateway`, `gateway=bench`, a proxy token from the REST API), access
+//!      log off, `--concurrency W`, once its admin `/ready` answers 200;
+//!    - `proxy-log`: the same over HTTP/1.1 with the proxy's default access log (Envoy's
+//!      default format) on, written to a file;
+//!    - `nginx`, `nginx-h2`, `nginx-grpc`: a reverse proxy with the equivalent configuration
+//!      (`worker_processes W`, upstream keep-alive pool of 64, access log off; h2c with
+//!      `listen … http2`; gRPC with `grpc_pass`);
 //!    - `mesh` (not in the default list): a pair of sidecars, one hop between them, in a mesh
 //!      with `mtls.mode: off` and in one with `strict`, plus the TLS handshake rate at the
 //!      server sidecar's inbound port (see `mesh.rs`).
 //! 3. Load (this process, tokio + hyper client, keep-alive connections, `Host: bench.local`):
 //!    - fixed rate: an open loop of `PROXY_BENCH_RATE` (1000) requests per second over
-//!      `PROXY_BENCH_RATE_CONNECTIONS` (16) connections for `PROXY_BENCH_SECS` (10) s after
+//!      `PROXY_BENCH_RATE_CONNECTIONS` (16) connections for `PROXY_BENCH_SECS` (6) s after
 //!      `PROXY_BENCH_RATE_WARMUP_SECS` (1) s unrecorded; latency from each request's intended
 //!      send time, so queueing behind a slow response counts (no coordinated omission);
 //!    - saturation: a closed loop of `PROXY_BENCH_CONNECTIONS` (64) connections, one request
-//!      in flight each, for `PROXY_BENCH_SECS` s after `PROXY_BENCH_WARMUP_SECS` (2) s.
+//!      in flight each, for `PROXY_BENCH_SECS` s after `PROXY_BENCH_WARMUP_SECS` (2) s;
+//!    - HTTP/2 and gRPC: the same lanes as streams over `PROXY_BENCH_H2_CONNECTIONS` (4)
+//!      connections; the closed loop with `PROXY_BENCH_H2_STREAMS` (16) per connection.
 //!
 //!    p50/p90/p99/max from an HDR histogram (µs resolution), errors by kind, achieved rate.
 //! 4. Processes (the proxy, nginx's master + workers summed, the backend, the load generator,
 //!    the idle control plane): VmRSS when idle (ready, before any load), the highest VmRSS
 //!    sampled every 100 ms under load, VmHWM at the end, and CPU time (utime + stime from
 //!    `/proc/<pid>/stat`) over each recorded window: cores busy and CPU-ms per 1,000
-//!    requests.
+//!    requests. Last, a "vs nginx" table: each proxy row against nginx's of its protocol.
 //!
 //! Knobs: `PROXY_BENCH_WORKERS` (`1`; a comma list such as `1,2` runs the proxy and nginx
 //! once per value), `PROXY_BENCH_CLIENT_THREADS` (1), `PROXY_BENCH_BACKEND_THREADS` (1),
-//! `PROXY_BENCH_TARGETS` (`direct,proxy,nginx`; `mesh` also), `PROXY_BENCH_HANDSHAKE_CONNECTIONS`
-//! (8, the mesh's new-connection loop), `PROXY_BENCH_TIMEOUT_SECS` (600, the whole run), `PROXY_BENCH_PROXY_LOG` (`warn`, the proxy's `RUST_LOG`). Binaries:
-//! `SWITCHBOARD_BIN`, `SWITCHBOARD_PROXY_BIN` (default `target/release/…`), `NGINX_BIN`.
-//! Every child is killed on every exit path, and on Ctrl-C.
+//! `PROXY_BENCH_HANDSHAKE_CONNECTIONS` (8, the mesh's new-connection loop),
+//! `PROXY_BENCH_TIMEOUT_SECS` (900, the whole run), `PROXY_BENCH_PROXY_LOG` (`warn`, the
+//! proxy's `RUST_LOG`). Binaries: `SWITCHBOARD_BIN`, `SWITCHBOARD_PROXY_BIN` (default
+//! `target/release/…`), `NGINX_BIN`. Every child is killed on every exit path, and on Ctrl-C.
 //!
 //! Run with `scripts/bench`, or after `cargo build --release -p switchboard -p
 //! switchboard-proxy`: `cargo run --release -p switchboard-loadtest --bin proxy-bench`.
 
-// The `mesh` target, in a file of its own (a crate root looks for modules beside itself).
+// The `mesh` target and the report, in files of their own (a crate root looks for modules
+// beside itself).
 #[path = "proxy-bench/mesh.rs"]
 mod mesh;
+#[path = "proxy-bench/report.rs"]
+mod report;
 
 use std::time::Duration;
 
 use anyhow::{Context, Result, anyhow, bail};
 use switchboard_loadtest::backend::{self, BackendArgs, BackendProcess};
-use switchboard_loadtest::load::{self, FixedRate, Outcome, Saturation, Target};
+use switchboard_loadtest::load::{self, FixedRate, Outcome, Protocol, Saturation, Target};
 use switchboard_loadtest::nginx::{self, Nginx};
 use switchboard_loadtest::procfs::{self, CpuUse, RssMonitor, Sample};
 use switchboard_loadtest::proxy::{self, Gateway, ProxyOptions, ProxyProcess, Role};
-use switchboard_loadtest::{ControlPlane, Options, Rest, count_from_env, mib};
+use switchboard_loadtest::{ControlPlane, Options, Rest, count_from_env};
 
 const ADMIN_TOKEN: &str = "proxy-bench-admin-token-not-secret";
 const HOST: &str = "bench.local";
 
+/// What one target is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Kind {
-    Direct,
-    Proxy,
-    Nginx,
+    Direct(Protocol),
+    Proxy(Protocol),
+    /// The proxy over HTTP/1.1 with its default access log on.
+    ProxyLog,
+    Nginx(Protocol),
     Mesh,
+}
+
+/// Every target by its name in `PROXY_BENCH_TARGETS`.
+const TARGETS: [(&str, Kind); 11] = [
+    ("direct", Kind::Direct(Protocol::Http1)),
+    ("direct-h2", Kind::Direct(Protocol::Http2)),
+    ("direct-grpc", Kind::Direct(Protocol::Grpc)),
+    ("proxy", Kind::Proxy(Protocol::Http1)),
+    ("proxy-h2", Kind::Proxy(Protocol::Http2)),
+    ("proxy-grpc", Kind::Proxy(Protocol::Grpc)),
+    ("proxy-log", Kind::ProxyLog),
+    ("nginx", Kind::Nginx(Protocol::Http1)),
+    ("nginx-h2", Kind::Nginx(Protocol::Http2)),
+    ("nginx-grpc", Kind::Nginx(Protocol::Grpc)),
+    ("mesh", Kind::Mesh),
+];
+
+/// Each protocol through direct, the proxy and nginx, and the proxy with its access log: about
+/// 3 minutes per worker count with the default windows.
+const DEFAULT_TARGETS: &str = "direct,proxy,proxy-log,nginx,direct-h2,proxy-h2,nginx-h2,\
+                               direct-grpc,proxy-grpc,nginx-grpc";
+
+impl Kind {
+    fn name(self) -> &'static str {
+        TARGETS
+            .iter()
+            .find(|(_, k)| *k == self)
+            .map_or("?", |(n, _)| n)
+    }
+
+    fn protocol(self) -> Protocol {
+        match self {
+            Kind::Direct(p) | Kind::Proxy(p) | Kind::Nginx(p) => p,
+            Kind::ProxyLog | Kind::Mesh => Protocol::Http1,
+        }
+    }
 }
 
 struct Config {
@@ -75,6 +127,9 @@ struct Config {
     workers: Vec<usize>,
     fixed: FixedRate,
     saturation: Saturation,
+    /// HTTP/2 and gRPC: connections, and streams per connection in the closed loop.
+    h2_connections: usize,
+    h2_streams: usize,
     client_threads: usize,
     /// The mesh's new-connection loop: connections at a time.
     handshake_connections: usize,
@@ -92,16 +147,17 @@ impl Config {
         let list = |var: &str, default: &str| -> String {
             std::env::var(var).unwrap_or_else(|_| default.to_owned())
         };
-        let kinds = list("PROXY_BENCH_TARGETS", "direct,proxy,nginx")
+        let kinds = list("PROXY_BENCH_TARGETS", DEFAULT_TARGETS)
             .split(',')
-            .map(|k| match k.trim() {
-                "direct" => Ok(Kind::Direct),
-                "proxy" => Ok(Kind::Proxy),
-                "nginx" => Ok(Kind::Nginx),
-                "mesh" => Ok(Kind::Mesh),
-                other => bail!(
-                    "PROXY_BENCH_TARGETS: unknown target {other:?} (direct, proxy, nginx, mesh)"
-                ),
+            .map(|k| {
+                let k = k.trim();
+                match TARGETS.iter().find(|(name, _)| *name == k) {
+                    Some((_, kind)) => Ok(*kind),
+                    None => bail!(
+                        "PROXY_BENCH_TARGETS: unknown target {k:?} ({})",
+                        TARGETS.map(|(n, _)| n).join(", ")
+                    ),
+                }
             })
             .collect::<Result<Vec<_>>>()?;
         let workers = list("PROXY_BENCH_WORKERS", "1")
@@ -111,7 +167,7 @@ impl Config {
                 _ => bail!("PROXY_BENCH_WORKERS: {w:?} is not a worker count (1 to 64)"),
             })
             .collect::<Result<Vec<_>>>()?;
-        let duration = secs("PROXY_BENCH_SECS", 10)?;
+        let duration = secs("PROXY_BENCH_SECS", 6)?;
         Ok(Config {
             kinds,
             workers,
@@ -126,6 +182,8 @@ impl Config {
                 warmup: secs("PROXY_BENCH_WARMUP_SECS", 2)?,
                 duration,
             },
+            h2_connections: count_from_env("PROXY_BENCH_H2_CONNECTIONS", 4)?,
+            h2_streams: count_from_env("PROXY_BENCH_H2_STREAMS", 16)?,
             client_threads: count_from_env("PROXY_BENCH_CLIENT_THREADS", 1)?,
             handshake_connections: count_from_env("PROXY_BENCH_HANDSHAKE_CONNECTIONS", 8)?,
             backend: BackendArgs {
@@ -133,7 +191,7 @@ impl Config {
                 body_bytes: count_from_env("PROXY_BENCH_BODY_BYTES", 1024)?,
             },
             request_timeout: Duration::from_secs(5),
-            deadline: secs("PROXY_BENCH_TIMEOUT_SECS", 600)?,
+            deadline: secs("PROXY_BENCH_TIMEOUT_SECS", 900)?,
             proxy_log: list("PROXY_BENCH_PROXY_LOG", "warn"),
         })
     }
@@ -164,13 +222,38 @@ struct ProcessFigures {
     saturation_cpu: CpuUse,
 }
 
+/// What a row is: its name in the tables, its target, and the worker count (none for
+/// `direct`).
+struct Label {
+    name: String,
+    kind: Kind,
+    workers: Option<usize>,
+}
+
+impl Label {
+    fn new(kind: Kind, workers: Option<usize>) -> Label {
+        let name = match workers {
+            Some(w) => format!("{} ({w} worker{})", kind.name(), plural(w)),
+            None => kind.name().to_owned(),
+        };
+        Label {
+            name,
+            kind,
+            workers,
+        }
+    }
+}
+
 /// One target's figures.
 struct Measured {
     name: String,
+    kind: Kind,
+    workers: Option<usize>,
     fixed: Outcome,
     saturation: Outcome,
     /// Connections the backend accepted during each phase (warm-up included).
     backend_connections: [u64; 2],
+    /// The proxy or nginx first, when there is one.
     processes: Vec<ProcessFigures>,
 }
 
@@ -184,23 +267,32 @@ fn sample_groups(groups: &[Group]) -> Result<Vec<Sample>> {
 /// Idle figures, a probe, then both load phases against `target`, with the processes of
 /// `groups` sampled around each recorded window.
 async fn measure(
-    name: String,
+    label: Label,
     target: &Target,
     backend: &BackendProcess,
     groups: Vec<Group>,
     cfg: &Config,
     ticks: u64,
 ) -> Result<Measured> {
+    let name = label.name;
     eprintln!(
         "==> {name}: idle, then {} rps, then saturation",
         cfg.fixed.rate
     );
+    let mut saturation_shape = cfg.saturation;
+    if target.protocol != Protocol::Http1 {
+        saturation_shape.connections = cfg.h2_connections * cfg.h2_streams;
+    }
     // Let start-up settle (allocator, xDS updates) before the idle figure.
     tokio::time::sleep(Duration::from_secs(1)).await;
     let idle = sample_groups(&groups)?;
-    load::probe(target)
-        .await
-        .map_err(|f| anyhow!("{name}: a probe GET to {} failed: {f:?}", target.addr))?;
+    load::probe(target).await.map_err(|f| {
+        anyhow!(
+            "{name}: a probe {} request to {} failed: {f:?}",
+            target.protocol.label(),
+            target.addr
+        )
+    })?;
     let monitor = RssMonitor::start(
         groups.iter().map(|g| g.pids.clone()).collect(),
         Duration::from_millis(100),
@@ -209,7 +301,7 @@ async fn measure(
     let mut marks = Vec::new();
     let fixed = load::fixed_rate(target, cfg.fixed, || marks.push(sample_groups(&groups))).await?;
     let c1 = backend.connections().await?;
-    let saturation = load::saturation(target, cfg.saturation, || {
+    let saturation = load::saturation(target, saturation_shape, || {
         marks.push(sample_groups(&groups))
     })
     .await?;
@@ -234,6 +326,8 @@ async fn measure(
         .collect();
     Ok(Measured {
         name,
+        kind: label.kind,
+        workers: label.workers,
         fixed,
         saturation,
         backend_connections: [c1.saturating_sub(c0), c2.saturating_sub(c1)],
@@ -241,118 +335,186 @@ async fn measure(
     })
 }
 
-fn target(addr: std::net::SocketAddr, cfg: &Config) -> Target {
+fn target(addr: std::net::SocketAddr, protocol: Protocol, host: String, cfg: &Config) -> Target {
     Target {
         addr,
-        host: HOST.into(),
+        host,
         path: "/".into(),
         body_len: cfg.backend.body_bytes,
         timeout: cfg.request_timeout,
+        protocol,
+        h2_connections: cfg.h2_connections,
     }
 }
 
-/// The control plane, configured with the gateway; stopped by the caller.
-async fn start_control_plane() -> Result<(ControlPlane, Gateway)> {
-    let cp = ControlPlane::start(&Options {
-        admin_token: ADMIN_TOKEN.into(),
-        log_level: "warn".into(),
-        ready_timeout: Duration::from_secs(60),
-    })
-    .await?;
-    let gateway = Gateway {
-        tenant: "bench".into(),
-        mesh: "bench".into(),
-        name: "bench".into(),
-        port: proxy::free_port()?,
-        host: HOST.into(),
-    };
-    Ok((cp, gateway))
+/// The control plane with the gateway configured, shared by every proxy target of the run.
+struct ProxyEnv {
+    cp: ControlPlane,
+    gateway: Gateway,
+    token: String,
 }
 
-async fn run_proxy(
-    cfg: &Config,
-    backend: &BackendProcess,
-    ticks: u64,
-    results: &mut Vec<Measured>,
-    notes: &mut Vec<String>,
-) -> Result<()> {
-    let (mut cp, gateway) = start_control_plane().await?;
-    let outcome = async {
-        let rest = Rest::new(&cp.rest_url, ADMIN_TOKEN, Duration::from_secs(30))?;
-        let token = proxy::configure_gateway(&rest, &gateway, backend.addr).await?;
-        for &workers in &cfg.workers {
-            let mut p = ProxyProcess::start(
-                &ProxyOptions {
-                    xds_url: cp.xds_url.clone(),
-                    node_id: gateway.node_id("bench-gw"),
-                    role: Role::Gateway(gateway.name.clone()),
-                    token: token.clone(),
-                    workers,
-                    log_filter: cfg.proxy_log.clone(),
-                },
-                Duration::from_secs(60),
-            )
-            .await?;
-            if workers == cfg.workers[0] {
-                notes.push(format!(
-                    "{}: gateway listener 0.0.0.0:{} (the translator binds gateways to every \
-                     address; load goes to 127.0.0.1 only), `--concurrency {}`, access log off",
-                    p.version,
-                    gateway.port,
-                    cfg.workers
-                        .iter()
-                        .map(ToString::to_string)
-                        .collect::<Vec<_>>()
-                        .join("/")
-                ));
-            }
-            let addr = std::net::SocketAddr::from(([127, 0, 0, 1], gateway.port));
-            let groups = vec![
-                Group::new("switchboard-proxy", vec![p.pid]),
-                Group::new("backend", vec![backend.pid]),
-                Group::new("load generator", vec![std::process::id()]),
-                Group::new("control plane (idle)", vec![cp.pid()]),
-            ];
-            let name = format!("switchboard-proxy ({workers} worker{})", plural(workers));
-            let measured = measure(name, &target(addr, cfg), backend, groups, cfg, ticks).await;
-            let alive = p.check_alive();
-            p.stop().await;
-            match (measured, alive) {
-                (Ok(m), Ok(())) => results.push(m),
-                (Err(e), _) | (Ok(_), Err(e)) => {
-                    return Err(e.context(format!("the proxy's log:\n{}", p.log_tail(40))));
-                }
+impl ProxyEnv {
+    /// Starts the control plane and configures the gateway; stopped by [`ProxyEnv::finish`].
+    async fn start(backend: &BackendProcess) -> Result<ProxyEnv> {
+        let mut cp = ControlPlane::start(&Options {
+            admin_token: ADMIN_TOKEN.into(),
+            log_level: "warn".into(),
+            ready_timeout: Duration::from_secs(60),
+        })
+        .await?;
+        let configured = async {
+            let gateway = Gateway {
+                tenant: "bench".into(),
+                mesh: "bench".into(),
+                name: "bench".into(),
+                port: proxy::free_port()?,
+                host: HOST.into(),
+            };
+            let rest = Rest::new(&cp.rest_url, ADMIN_TOKEN, Duration::from_secs(30))?;
+            let token = proxy::configure_gateway(&rest, &gateway, backend.addr).await?;
+            Ok::<_, anyhow::Error>((gateway, token))
+        }
+        .await;
+        match configured {
+            Ok((gateway, token)) => Ok(ProxyEnv { cp, gateway, token }),
+            Err(e) => {
+                cp.stop().await;
+                Err(e)
             }
         }
-        cp.check_alive()?;
-        let (warnings, first) = cp.log_problems(5);
-        if warnings > 0 {
+    }
+
+    /// Stops the control plane; when the run went well, fails if it had exited and notes
+    /// what it logged at WARN or above.
+    async fn finish(mut self, ok: bool, notes: &mut Vec<String>) -> Result<()> {
+        let checked = if ok { self.cp.check_alive() } else { Ok(()) };
+        let (warnings, first) = self.cp.log_problems(5);
+        if ok && warnings > 0 {
             notes.push(format!(
                 "the control plane logged {warnings} warnings or errors, first: {}",
                 first.join(" | ")
             ));
         }
-        Ok::<_, anyhow::Error>(())
+        self.cp.stop().await;
+        checked
     }
-    .await;
-    cp.stop().await;
-    outcome
 }
+
+/// One proxy target (`Kind::Proxy` or `Kind::ProxyLog`), once per worker count.
+async fn run_proxy(
+    cfg: &Config,
+    env: &ProxyEnv,
+    backend: &BackendProcess,
+    ticks: u64,
+    kind: Kind,
+    results: &mut Vec<Measured>,
+    notes: &mut Vec<String>,
+) -> Result<()> {
+    let logged = kind == Kind::ProxyLog;
+    let protocol = kind.protocol();
+    for &workers in &cfg.workers {
+        let mut p = ProxyProcess::start(
+            &ProxyOptions {
+                xds_url: env.cp.xds_url.clone(),
+                node_id: env.gateway.node_id("bench-gw"),
+                role: Role::Gateway(env.gateway.name.clone()),
+                token: env.token.clone(),
+                workers,
+                log_filter: if logged {
+                    format!("{},{}=info", cfg.proxy_log, ACCESS_LOG_TARGET)
+                } else {
+                    cfg.proxy_log.clone()
+                },
+                access_log: (!logged).then(|| "off".into()),
+            },
+            Duration::from_secs(60),
+        )
+        .await?;
+        if !notes.iter().any(|n| n.starts_with(&p.version)) {
+            notes.push(format!(
+                "{}: gateway listener 0.0.0.0:{} (the translator binds gateways to every \
+                 address; load goes to 127.0.0.1 only), `--concurrency {}`; routes by host: \
+                 `{}` → service `backend` (`protocol: http`, HTTP/1.1 upstream), `{}` → \
+                 `backend-h2` (`http2`: h2c upstream), `{}` → `backend-grpc` (`grpc`: h2c \
+                 upstream); access log off (`--access-log-format off`) except `proxy-log`: \
+                 the default access log (Envoy's default format) with `RUST_LOG={},{}=info`, \
+                 standard error into a file",
+                p.version,
+                env.gateway.port,
+                cfg.workers
+                    .iter()
+                    .map(ToString::to_string)
+                    .collect::<Vec<_>>()
+                    .join("/"),
+                env.gateway.host(Protocol::Http1),
+                env.gateway.host(Protocol::Http2),
+                env.gateway.host(Protocol::Grpc),
+                cfg.proxy_log,
+                ACCESS_LOG_TARGET,
+            ));
+        }
+        let addr = std::net::SocketAddr::from(([127, 0, 0, 1], env.gateway.port));
+        let groups = vec![
+            Group::new("switchboard-proxy", vec![p.pid]),
+            Group::new("backend", vec![backend.pid]),
+            Group::new("load generator", vec![std::process::id()]),
+            Group::new("control plane (idle)", vec![env.cp.pid()]),
+        ];
+        let target = target(addr, protocol, env.gateway.host(protocol), cfg);
+        let label = Label::new(kind, Some(workers));
+        let measured = measure(label, &target, backend, groups, cfg, ticks).await;
+        let alive = p.check_alive();
+        // Envoy's default format renders each of these requests as `"GET / HTTP/1.1" 200`.
+        let access_lines = logged.then(|| p.log_lines(r#""GET / HTTP/1.1" 200"#));
+        p.stop().await;
+        let m = match (measured, alive) {
+            (Ok(m), Ok(())) => m,
+            (Err(e), _) | (Ok(_), Err(e)) => {
+                return Err(e.context(format!("the proxy's log:\n{}", p.log_tail(40))));
+            }
+        };
+        if let Some(lines) = access_lines {
+            let (lines, bytes) = lines.context("reading the proxy's access log")?;
+            let recorded = m.fixed.ok + m.saturation.ok;
+            notes.push(format!(
+                "{}: the proxy's log has {lines} access log lines `\"GET / HTTP/1.1\" 200` \
+                 ({:.1} MiB in all) for the whole run, warm-ups and probe included{}",
+                m.name,
+                switchboard_loadtest::mib(bytes / 1024),
+                if lines >= recorded {
+                    String::new()
+                } else {
+                    format!(": FEWER than the {recorded} responses recorded")
+                }
+            ));
+        }
+        results.push(m);
+    }
+    Ok(())
+}
+
+/// The proxy's access log events' `tracing` target.
+const ACCESS_LOG_TARGET: &str = "access_log";
 
 async fn run_nginx(
     cfg: &Config,
     backend: &BackendProcess,
     ticks: u64,
+    protocol: Protocol,
     results: &mut Vec<Measured>,
     notes: &mut Vec<String>,
 ) -> Result<()> {
     for &workers in &cfg.workers {
-        let mut n = Nginx::start(backend.addr, workers).await?;
-        if workers == cfg.workers[0] {
+        let mut n = Nginx::start(backend.addr, workers, protocol).await?;
+        if !notes.iter().any(|note| note.starts_with(&n.version)) {
             notes.push(format!(
-                "{}: `worker_processes {}`, upstream `keepalive 64`, `proxy_http_version 1.1`, \
-                 `Connection \"\"`, `access_log off`, `keepalive_requests 1000000`; as root its \
-                 workers run as `nobody` (nginx's default)",
+                "{}: `worker_processes {}`, upstream `keepalive 64`, `access_log off`, \
+                 `keepalive_requests 1000000` (both sides); HTTP/1.1: `proxy_pass` with \
+                 `proxy_http_version 1.1` and `Connection \"\"`; HTTP/2: `listen … http2` \
+                 without TLS (h2c, prior knowledge) and the same `proxy_pass`, so HTTP/1.1 \
+                 upstream; gRPC: `listen … http2` and `grpc_pass grpc://` (HTTP/2 upstream); \
+                 as root its workers run as `nobody` (nginx's default)",
                 n.version,
                 cfg.workers
                     .iter()
@@ -373,12 +535,85 @@ async fn run_nginx(
             Group::new("backend", vec![backend.pid]),
             Group::new("load generator", vec![std::process::id()]),
         ];
-        let name = format!("nginx ({workers} worker{})", plural(workers));
-        let measured = measure(name, &target(n.addr, cfg), backend, groups, cfg, ticks).await;
+        let label = Label::new(Kind::Nginx(protocol), Some(workers));
+        let target = target(n.addr, protocol, HOST.into(), cfg);
+        let measured = measure(label, &target, backend, groups, cfg, ticks).await;
         let log = n.log();
         n.stop().await;
         results.push(measured.with_context(|| format!("nginx's log:\n{log}"))?);
     }
+    Ok(())
+}
+
+async fn run(cfg: Config) -> Result<()> {
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let ticks = procfs::clock_ticks_per_second();
+    let load_before = load_average();
+    // Fail early, before any measurement, on a missing binary.
+    let any = |f: fn(&Kind) -> bool| cfg.kinds.iter().any(f);
+    if any(|k| matches!(k, Kind::Proxy(_) | Kind::ProxyLog | Kind::Mesh)) {
+        proxy::binary()?;
+    }
+    if any(|k| matches!(k, Kind::Nginx(_))) {
+        nginx::binary()?;
+    }
+    let mut backend = BackendProcess::start(cfg.backend).await?;
+    let mut results = Vec::new();
+    let mut notes = Vec::new();
+    let mut mesh_runs = Vec::new();
+    let mut env: Option<ProxyEnv> = None;
+    let outcome = async {
+        for &kind in &cfg.kinds {
+            match kind {
+                Kind::Direct(protocol) => {
+                    let groups = vec![
+                        Group::new("backend", vec![backend.pid]),
+                        Group::new("load generator", vec![std::process::id()]),
+                    ];
+                    let target = target(backend.addr, protocol, HOST.into(), &cfg);
+                    let label = Label::new(kind, None);
+                    results.push(measure(label, &target, &backend, groups, &cfg, ticks).await?);
+                }
+                Kind::Proxy(_) | Kind::ProxyLog => {
+                    if env.is_none() {
+                        env = Some(ProxyEnv::start(&backend).await?);
+                    }
+                    let Some(e) = env.as_ref() else {
+                        bail!("the control plane was not started");
+                    };
+                    run_proxy(&cfg, e, &backend, ticks, kind, &mut results, &mut notes).await?;
+                }
+                Kind::Nginx(protocol) => {
+                    run_nginx(&cfg, &backend, ticks, protocol, &mut results, &mut notes).await?;
+                }
+                Kind::Mesh => {
+                    mesh_runs = mesh::run(&cfg, &backend, ticks, &mut results, &mut notes).await?;
+                }
+            }
+        }
+        Ok::<_, anyhow::Error>(())
+    }
+    .await;
+    let finished = match env {
+        Some(e) => e.finish(outcome.is_ok(), &mut notes).await,
+        None => Ok(()),
+    };
+    backend.stop().await;
+    outcome?;
+    finished?;
+    let load_after = load_average();
+    report::report(
+        &cfg,
+        &results,
+        &notes,
+        &report::RunInfo {
+            cores,
+            ticks,
+            load_before: &load_before,
+            load_after: &load_after,
+        },
+    );
+    mesh::report(&cfg, &results, &mesh_runs, ticks);
     Ok(())
 }
 
@@ -392,237 +627,8 @@ fn load_average() -> String {
         .unwrap_or_else(|_| "?".into())
 }
 
-fn cpu_model() -> String {
-    std::fs::read_to_string("/proc/cpuinfo")
-        .ok()
-        .and_then(|c| {
-            c.lines().find_map(|l| {
-                l.strip_prefix("model name")?
-                    .split_once(':')
-                    .map(|(_, m)| m.trim().to_owned())
-            })
-        })
-        .unwrap_or_else(|| "unknown CPU".into())
-}
-
-async fn run(cfg: Config) -> Result<()> {
-    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-    let ticks = procfs::clock_ticks_per_second();
-    let load_before = load_average();
-    // Fail early, before any measurement, on a missing binary.
-    if cfg.kinds.contains(&Kind::Proxy) || cfg.kinds.contains(&Kind::Mesh) {
-        proxy::binary()?;
-    }
-    if cfg.kinds.contains(&Kind::Nginx) {
-        nginx::binary()?;
-    }
-    let mut backend = BackendProcess::start(cfg.backend).await?;
-    let mut results = Vec::new();
-    let mut notes = Vec::new();
-    let mut mesh_runs = Vec::new();
-    let outcome = async {
-        for kind in &cfg.kinds {
-            match kind {
-                Kind::Direct => {
-                    let groups = vec![
-                        Group::new("backend", vec![backend.pid]),
-                        Group::new("load generator", vec![std::process::id()]),
-                    ];
-                    let m = measure(
-                        "direct".into(),
-                        &target(backend.addr, &cfg),
-                        &backend,
-                        groups,
-                        &cfg,
-                        ticks,
-                    )
-                    .await?;
-                    results.push(m);
-                }
-                Kind::Proxy => run_proxy(&cfg, &backend, ticks, &mut results, &mut notes).await?,
-                Kind::Nginx => run_nginx(&cfg, &backend, ticks, &mut results, &mut notes).await?,
-                Kind::Mesh => {
-                    mesh_runs = mesh::run(&cfg, &backend, ticks, &mut results, &mut notes).await?;
-                }
-            }
-        }
-        Ok::<_, anyhow::Error>(())
-    }
-    .await;
-    backend.stop().await;
-    outcome?;
-    let load_after = load_average();
-    report(
-        &cfg,
-        &results,
-        &notes,
-        cores,
-        ticks,
-        &load_before,
-        &load_after,
-    );
-    mesh::report(&cfg, &results, &mesh_runs, ticks);
-    Ok(())
-}
-
 fn ms(v: f64) -> String {
     format!("{v:.3}")
-}
-
-fn report(
-    cfg: &Config,
-    results: &[Measured],
-    notes: &[String],
-    cores: usize,
-    ticks: u64,
-    load_before: &str,
-    load_after: &str,
-) {
-    let f = cfg.fixed;
-    let s = cfg.saturation;
-    println!(
-        "## Proxy benchmark (loopback, {} B responses)\n",
-        cfg.backend.body_bytes
-    );
-    println!(
-        "Machine: {cores} cores ({}), load average {load_before} before and {load_after} after \
-         the run; CLK_TCK {ticks}.",
-        cpu_model()
-    );
-    println!(
-        "Everything shares those {cores} cores: the load generator ({} thread{}), the backend \
-         ({} thread{}) and the proxy or nginx ({} worker{}), so the saturation figures are of \
-         the whole system on this machine, not of the proxy alone.",
-        cfg.client_threads,
-        plural(cfg.client_threads),
-        cfg.backend.threads,
-        plural(cfg.backend.threads),
-        cfg.workers
-            .iter()
-            .map(ToString::to_string)
-            .collect::<Vec<_>>()
-            .join("/"),
-        plural(cfg.workers.iter().copied().max().unwrap_or(1)),
-    );
-    println!(
-        "Fixed rate: open loop, {} rps over {} keep-alive connections for {} s after {} s \
-         unrecorded, latency from each request's intended send time. Saturation: closed loop, \
-         {} connections with one request in flight each, for {} s after {} s unrecorded.\n",
-        f.rate,
-        f.connections,
-        f.duration.as_secs(),
-        f.warmup.as_secs(),
-        s.connections,
-        s.duration.as_secs(),
-        s.warmup.as_secs()
-    );
-    for n in notes {
-        println!("- {n}");
-    }
-    println!();
-
-    println!(
-        "| target | {} rps: achieved | p50 ms | p99 ms | errors | saturation: rps | p50 ms | p99 ms | errors |",
-        f.rate
-    );
-    println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|");
-    for r in results {
-        println!(
-            "| {} | {:.0} | {} | {} | {} | {:.0} | {} | {} | {} |",
-            r.name,
-            r.fixed.rps(),
-            ms(r.fixed.ms(50.0)),
-            ms(r.fixed.ms(99.0)),
-            r.fixed.errors.describe(),
-            r.saturation.rps(),
-            ms(r.saturation.ms(50.0)),
-            ms(r.saturation.ms(99.0)),
-            r.saturation.errors.describe(),
-        );
-    }
-    println!();
-
-    println!("Latency detail (ms):\n");
-    println!(
-        "| target | phase | responses | rps | p50 | p90 | p99 | max | errors | client reconnects | backend connections opened |"
-    );
-    println!("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
-    for r in results {
-        for (phase, o, opened) in [
-            ("fixed rate", &r.fixed, r.backend_connections[0]),
-            ("saturation", &r.saturation, r.backend_connections[1]),
-        ] {
-            println!(
-                "| {} | {phase} | {} | {:.0} | {} | {} | {} | {} | {} | {} | {opened} |",
-                r.name,
-                o.ok,
-                o.rps(),
-                ms(o.ms(50.0)),
-                ms(o.ms(90.0)),
-                ms(o.ms(99.0)),
-                ms(o.max_ms()),
-                o.errors.describe(),
-                o.reconnects,
-            );
-        }
-    }
-    println!(
-        "\nClient reconnects: connections the target closed and the client reopened. Backend \
-         connections opened: connections the backend accepted during the phase, warm-up \
-         included (direct, that is the client's own; through a proxy, how well it pools).\n"
-    );
-    let lags: Vec<String> = results
-        .iter()
-        .filter_map(|r| {
-            let lag = r.fixed.pacer_lag.as_ref()?;
-            Some(format!(
-                "{} p50 {} / p99 {}",
-                r.name,
-                ms(lag.value_at_quantile(0.5) as f64 / 1000.0),
-                ms(lag.value_at_quantile(0.99) as f64 / 1000.0)
-            ))
-        })
-        .collect();
-    println!(
-        "Pacer lateness at the fixed rate (ms; the floor of the fixed-rate latencies, a cost \
-         of this client): {}.\n",
-        lags.join("; ")
-    );
-
-    println!("Processes (RSS in MiB; CPU as cores busy and CPU-ms per 1,000 requests):\n");
-    println!(
-        "| target | process | threads | RSS idle | RSS peak under load | VmHWM | CPU @ {} rps | CPU-ms / 1k req @ {} rps | CPU @ saturation | CPU-ms / 1k req @ saturation |",
-        f.rate, f.rate
-    );
-    println!("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|");
-    for r in results {
-        let fixed_requests = r.fixed.ok + r.fixed.errors.total();
-        for p in &r.processes {
-            println!(
-                "| {} | {} | {} | {:.1} | {:.1} | {:.1} | {:.3} | {:.1} | {:.3} | {:.1} |",
-                r.name,
-                p.label,
-                p.end.threads,
-                mib(p.idle.rss_kib),
-                mib(p.peak_rss_kib),
-                mib(p.end.hwm_kib),
-                p.fixed_cpu.cores(),
-                p.fixed_cpu.ms_per_1k(fixed_requests),
-                p.saturation_cpu.cores(),
-                p.saturation_cpu.ms_per_1k(r.saturation.ok),
-            );
-        }
-    }
-    println!(
-        "\nCPU times are in clock ticks of 1/{ticks} s: over {} s at {} rps a figure is good to \
-         about ±{:.1} CPU-ms per 1,000 requests. CPU-ms per 1,000 requests at {} rps equals \
-         ten times the percent of one core that {} rps costs.",
-        f.duration.as_secs(),
-        f.rate,
-        1000.0 / ticks.max(1) as f64 / (f.rate as f64 * f.duration.as_secs_f64() / 1000.0),
-        f.rate,
-        f.rate,
-    );
 }
 
 fn main() -> Result<()> {

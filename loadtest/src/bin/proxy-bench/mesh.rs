@@ -21,7 +21,9 @@ use switchboard_loadtest::procfs::CpuUse;
 use switchboard_loadtest::{ControlPlane, Options, Rest, sds, tls};
 use tokio_rustls::rustls::pki_types::ServerName;
 
-use super::{ADMIN_TOKEN, Config, Group, Measured, measure, ms, plural, sample_groups};
+use super::{
+    ADMIN_TOKEN, Config, Group, Kind, Label, Measured, measure, ms, plural, sample_groups,
+};
 
 const TENANT: &str = "bench";
 /// (mesh, its `mtls.mode`, label).
@@ -182,7 +184,12 @@ async fn measure_pair(
         Group::new("control plane (idle)", vec![cp.pid()]),
     ];
     let name = format!("mesh {label} pair ({workers} worker{})", plural(workers));
-    let measured = measure(name, &pair.outbound, backend, groups, cfg, ticks).await?;
+    let row = Label {
+        name,
+        kind: Kind::Mesh,
+        workers: Some(workers),
+    };
+    let measured = measure(row, &pair.outbound, backend, groups, cfg, ticks).await?;
 
     eprintln!(
         "==> mesh {label}: new connections to the server sidecar's inbound port, {} at a time",
