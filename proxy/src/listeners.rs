@@ -4,16 +4,20 @@
 //!
 //! Binding happens inside `apply`, before the ACK, so a port that cannot be bound is NACKed
 //! with the OS error rather than silently missing; the previous version keeps serving.
+//!
+//! Each listener gets one socket per worker (`SO_REUSEPORT` when there are several), served
+//! on that worker's runtime with that worker's upstream pools (see [`crate::workers`]).
 
 use std::collections::{BTreeSet, HashMap};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use socket2::{Domain, Socket, Type};
 use switchboard_proxy_data::ClusterManager;
 use switchboard_proxy_xds::config::Listener;
 use switchboard_proxy_xds::{ConfigStore, Handler, Rejected};
-use tokio::net::TcpSocket;
+use tokio::runtime::Handle;
 use tokio::sync::watch;
 use tokio_util::sync::{CancellationToken, DropGuard};
 use tokio_util::task::TaskTracker;
@@ -21,7 +25,8 @@ use tokio_util::task::TaskTracker;
 /// Owns the bound listeners.
 pub struct ListenerManager {
     store: ConfigStore,
-    clusters: Arc<ClusterManager>,
+    /// Each worker's runtime and cluster manager (its own pools, the shared cluster state).
+    workers: Vec<(Handle, Arc<ClusterManager>)>,
     drain_timeout: Duration,
     active: HashMap<String, Active>,
     /// Every serving and draining listener task; waited for at shutdown.
@@ -33,7 +38,7 @@ pub struct ListenerManager {
 }
 
 /// The accept backlog of a listener's socket.
-const LISTEN_BACKLOG: u32 = 1024;
+const LISTEN_BACKLOG: i32 = 1024;
 
 struct Active {
     address: SocketAddr,
@@ -60,7 +65,7 @@ impl Shutdown {
 impl ListenerManager {
     pub fn new(
         store: ConfigStore,
-        clusters: Arc<ClusterManager>,
+        workers: Vec<(Handle, Arc<ClusterManager>)>,
         drain_timeout: Duration,
     ) -> (Self, Shutdown) {
         let tasks = TaskTracker::new();
@@ -71,7 +76,7 @@ impl ListenerManager {
         };
         let manager = Self {
             store,
-            clusters,
+            workers,
             drain_timeout,
             active: HashMap::new(),
             tasks,
@@ -87,24 +92,31 @@ impl ListenerManager {
         self.warming.subscribe()
     }
 
-    /// Binds without listening: the port is taken (a clash is NACKed now), but connections
-    /// are refused until the listener is warm and starts listening.
-    fn bind(address: SocketAddr) -> std::io::Result<TcpSocket> {
-        let socket = if address.is_ipv4() {
-            TcpSocket::new_v4()?
-        } else {
-            TcpSocket::new_v6()?
-        };
-        // So that a port drained a moment ago can be bound again.
-        socket.set_reuseaddr(true)?;
-        socket.bind(address)?;
-        Ok(socket)
+    /// Binds one socket per worker without listening: the port is taken (a clash is NACKed
+    /// now), but connections are refused until the listener is warm and starts listening.
+    fn bind(&self, address: SocketAddr) -> std::io::Result<Vec<Socket>> {
+        let shared = self.workers.len() > 1;
+        (0..self.workers.len())
+            .map(|_| {
+                let socket = Socket::new(Domain::for_address(address), Type::STREAM, None)?;
+                // So that a port drained a moment ago can be bound again.
+                socket.set_reuse_address(true)?;
+                // The workers' sockets share the port; the kernel spreads connections.
+                if shared {
+                    socket.set_reuse_port(true)?;
+                }
+                socket.set_nonblocking(true)?;
+                socket.bind(&address.into())?;
+                Ok(socket)
+            })
+            .collect()
     }
 
-    fn start(&mut self, name: &str, address: SocketAddr, socket: TcpSocket) {
+    fn start(&mut self, name: &str, address: SocketAddr, sockets: Vec<Socket>) {
         let drain = self.shutdown.child_token();
         let store = self.store.clone();
-        let clusters = self.clusters.clone();
+        let workers = self.workers.clone();
+        let tasks = self.tasks.clone();
         let drain_timeout = self.drain_timeout;
         let warming = self.warming.clone();
         let listener = name.to_owned();
@@ -119,29 +131,53 @@ impl ListenerManager {
                 () = switchboard_proxy_data::listener::warmed(&store, &listener) => true,
                 () = token.cancelled() => false,
             };
+            // Every worker's socket listens before the listener counts as warm, so that
+            // `/ready` means connections are accepted.
+            let listening: std::io::Result<Vec<std::net::TcpListener>> = if warm {
+                sockets
+                    .into_iter()
+                    .map(|s| s.listen(LISTEN_BACKLOG).map(|()| s.into()))
+                    .collect()
+            } else {
+                Ok(Vec::new())
+            };
             warming.send_modify(|w| {
                 w.remove(&listener);
             });
-            if !warm {
-                return;
-            }
-            let tcp = match socket.listen(LISTEN_BACKLOG) {
-                Ok(tcp) => tcp,
+            let listening = match listening {
+                Ok(l) if warm => l,
+                Ok(_) => return,
                 Err(e) => {
                     tracing::error!(error = %e, "cannot listen");
                     return;
                 }
             };
             tracing::info!("warm; accepting connections");
-            switchboard_proxy_data::listener::run(
-                tcp,
-                listener,
-                store,
-                clusters,
-                token,
-                drain_timeout,
-            )
-            .await;
+            for (socket, (runtime, clusters)) in listening.into_iter().zip(workers) {
+                let store = store.clone();
+                let listener = listener.clone();
+                let token = token.clone();
+                let serve = async move {
+                    // On the worker, so that the socket registers with its reactor.
+                    let tcp = match tokio::net::TcpListener::from_std(socket) {
+                        Ok(tcp) => tcp,
+                        Err(e) => {
+                            tracing::error!(error = %e, "cannot listen");
+                            return;
+                        }
+                    };
+                    switchboard_proxy_data::listener::run(
+                        tcp,
+                        listener,
+                        store,
+                        clusters,
+                        token,
+                        drain_timeout,
+                    )
+                    .await;
+                };
+                tasks.spawn_on(tracing::Instrument::in_current_span(serve), &runtime);
+            }
         };
         let span = tracing::info_span!("listener", listener = %name, %address);
         self.tasks.spawn(tracing::Instrument::instrument(fut, span));
@@ -181,7 +217,7 @@ impl Handler<Listener> for ListenerManager {
                 accepted.push((name, listener));
                 continue;
             }
-            match Self::bind(listener.address) {
+            match self.bind(listener.address) {
                 Ok(tcp) => {
                     to_start.push((name.clone(), listener.address, tcp));
                     accepted.push((name, listener));

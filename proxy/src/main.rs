@@ -3,6 +3,7 @@
 //! - [`cli`]: bootstrap file and flags.
 //! - [`listeners`]: the LDS handler that binds, keeps and drains sockets.
 //! - [`admin`]: `/ready`, `/stats`, `/config_dump`, `/clusters`.
+//! - [`workers`]: the data path's threads, one single-threaded runtime each.
 //!
 //! Everything else is in the libraries: the xDS client (`switchboard-proxy-xds`) and the
 //! data path (`switchboard-proxy-data`). The process needs no privileges: it binds the ports
@@ -12,6 +13,7 @@
 mod admin;
 mod cli;
 mod listeners;
+mod workers;
 
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -28,6 +30,7 @@ use tracing_subscriber::{EnvFilter, Layer};
 
 use cli::{Args, LogFormat};
 use listeners::ListenerManager;
+use workers::Workers;
 
 fn main() -> ExitCode {
     let args = Args::parse();
@@ -51,19 +54,32 @@ fn main() -> ExitCode {
             }
         }
     }
-    let mut runtime = tokio::runtime::Builder::new_multi_thread();
-    runtime.enable_all();
-    if let Some(n) = args.concurrency {
-        runtime.worker_threads(n.max(1));
-    }
-    let runtime = match runtime.build() {
+    let concurrency = args
+        .concurrency
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, usize::from));
+    let workers = match Workers::start(concurrency) {
+        Ok(w) => w,
+        Err(e) => {
+            eprintln!("switchboard-proxy: cannot start the worker threads: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    // The control runtime: xDS, admin and signals, on this thread.
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("switchboard-proxy: cannot start the async runtime: {e}");
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(run(args, bootstrap)) {
+    let result = runtime.block_on(run(args, bootstrap, &workers));
+    // The listeners have drained (or timed out): stop the workers, then the rest.
+    drop(workers);
+    drop(runtime);
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!(error = format!("{e:#}"), "switchboard-proxy failed");
@@ -119,13 +135,22 @@ fn init_metrics() -> anyhow::Result<PrometheusHandle> {
     Ok(handle)
 }
 
-async fn run(args: Args, bootstrap: switchboard_proxy_xds::Bootstrap) -> anyhow::Result<()> {
+async fn run(
+    args: Args,
+    bootstrap: switchboard_proxy_xds::Bootstrap,
+    workers: &Workers,
+) -> anyhow::Result<()> {
     let otlp = init_logging(&args)?;
     let prometheus = init_metrics()?;
     let store = ConfigStore::new();
     let clusters = Arc::new(ClusterManager::new());
-    let (listeners, shutdown) =
-        ListenerManager::new(store.clone(), clusters.clone(), args.drain_timeout);
+    // Each worker pools its own upstream connections; cluster state is shared.
+    let per_worker = workers
+        .handles()
+        .iter()
+        .map(|h| (h.clone(), Arc::new(clusters.for_worker())))
+        .collect();
+    let (listeners, shutdown) = ListenerManager::new(store.clone(), per_worker, args.drain_timeout);
     let warming = listeners.warming();
     let handlers = Handlers {
         listeners: Box::new(listeners),

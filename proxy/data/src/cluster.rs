@@ -35,6 +35,7 @@ mod state;
 mod tests;
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::{Instant, SystemTime};
 
 use switchboard_proxy_xds::Snapshot;
@@ -54,13 +55,23 @@ pub(crate) use state::{ClusterState, ConnectionSlot, RequestSlot};
 /// The state and connection pool of every cluster, keyed by cluster name.
 #[derive(Default)]
 pub struct ClusterManager {
-    pub(crate) registry: ClusterRegistry,
+    pub(crate) registry: Arc<ClusterRegistry>,
     pub(crate) pools: ConnectionPools,
 }
 
 impl ClusterManager {
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// A manager for another worker thread: the same cluster state (balancing, circuit
+    /// breakers, outlier detection, metrics), but connection pools of its own, so that a
+    /// worker's upstream connections are driven by, and used from, that worker's runtime.
+    pub fn for_worker(&self) -> Self {
+        Self {
+            registry: self.registry.clone(),
+            pools: ConnectionPools::default(),
+        }
     }
 
     /// Every cluster of `snapshot` (by name), with its endpoints as the snapshot has them

@@ -29,6 +29,7 @@ use crate::cluster::{ClusterManager, ClusterRegistry, pick_weighted};
 use crate::idle::StreamIdle;
 use crate::rbac::{self, RequestView, Subject};
 use crate::router::{self, RequestInfo};
+use crate::telemetry::meters::ListenerMeters;
 use crate::telemetry::request::{self, Exchange, Observer, RequestBody};
 use crate::telemetry::{DownstreamAddrs, RBAC_DENIED_TOTAL, ResponseFlags};
 use crate::tls::PeerIdentity;
@@ -39,12 +40,14 @@ pub(crate) struct HttpHandler {
     listener: String,
     store: ConfigStore,
     clusters: Arc<ClusterManager>,
+    meters: Arc<ListenerMeters>,
 }
 
 impl HttpHandler {
     /// Request handling for the listener named `listener`; one per bound socket.
     pub(crate) fn new(listener: String, store: ConfigStore, clusters: Arc<ClusterManager>) -> Self {
         Self {
+            meters: Arc::new(ListenerMeters::new(&listener)),
             listener,
             store,
             clusters,
@@ -58,7 +61,7 @@ impl HttpHandler {
     /// request that moves nothing for that long before its response headers gets 408.
     pub(crate) async fn handle(&self, req: Request<Incoming>) -> Response<Body> {
         let idle = req.extensions().get::<Arc<StreamIdle>>().cloned();
-        let (observer, mut ex, req) = Observer::start(&self.listener, req);
+        let (observer, mut ex, req) = Observer::start(&self.meters, req);
         let answered = {
             let dispatch = self
                 .dispatch(req, &mut ex)

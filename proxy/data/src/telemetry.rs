@@ -19,6 +19,7 @@
 //! the binary from its flags before serving.
 
 mod access_log;
+pub(crate) mod meters;
 mod otlp;
 pub(crate) mod request;
 mod trace_context;

@@ -39,7 +39,8 @@ pub(crate) type HttpClient = Client<CountingConnector, Body>;
 /// over one connection per endpoint.
 #[derive(Default)]
 pub(crate) struct ConnectionPools {
-    pools: Mutex<HashMap<(String, TransportChoice), Pool>>,
+    /// By cluster name, then transport socket (keyed so that a lookup borrows the name).
+    pools: Mutex<HashMap<String, Vec<(TransportChoice, Pool)>>>,
 }
 
 struct Pool {
@@ -68,9 +69,11 @@ impl ConnectionPools {
             let secrets = secrets_in_use(&t.secret_names(), &snapshot.secrets);
             (t.clone(), secrets)
         });
-        let key = (cluster.name.clone(), choice);
         let mut pools = self.pools.lock().unwrap_or_else(PoisonError::into_inner);
-        if let Some(p) = pools.get(&key)
+        if let Some(p) = pools
+            .get(cluster.name.as_str())
+            .and_then(|ps| ps.iter().find(|(c, _)| *c == choice))
+            .map(|(_, p)| p)
             && p.http2 == http2
             && p.connect_timeout == cluster.connect_timeout
             && Arc::ptr_eq(&p.state, state)
@@ -78,7 +81,7 @@ impl ConnectionPools {
         {
             return p.client.clone();
         }
-        pools.retain(|(name, _), _| snapshot.clusters.contains_key(name));
+        pools.retain(|name, _| snapshot.clusters.contains_key(name));
         let mut connector = HttpConnector::new();
         connector.set_nodelay(true);
         connector.set_connect_timeout(Some(cluster.connect_timeout));
@@ -101,16 +104,16 @@ impl ConnectionPools {
             builder.http2_only(true);
         }
         let client = builder.build(connector);
-        pools.insert(
-            key,
-            Pool {
-                http2,
-                connect_timeout: cluster.connect_timeout,
-                state: state.clone(),
-                tls,
-                client: client.clone(),
-            },
-        );
+        let pool = Pool {
+            http2,
+            connect_timeout: cluster.connect_timeout,
+            state: state.clone(),
+            tls,
+            client: client.clone(),
+        };
+        let of_cluster = pools.entry(cluster.name.clone()).or_default();
+        of_cluster.retain(|(c, _)| *c != choice);
+        of_cluster.push((choice, pool));
         client
     }
 }

@@ -22,11 +22,9 @@ use tracing::field::Empty;
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 
 use super::access_log::{LogRecord, access_log};
+use super::meters::{ListenerMeters, Series};
 use super::trace_context::{CallerTrace, TRACEPARENT, TRACESTATE, TraceParent};
-use super::{
-    ACTIVE_REQUESTS, DownstreamAddrs, LocalReply, REQUEST_DURATION_SECONDS, REQUESTS_TOTAL,
-    ResponseFlags, UpstreamHost,
-};
+use super::{DownstreamAddrs, LocalReply, ResponseFlags, UpstreamHost};
 use crate::body::Body;
 use crate::idle::StreamIdle;
 
@@ -71,7 +69,7 @@ struct Arrival {
 
 /// One request's telemetry from arrival to the end of its response body.
 pub(crate) struct Observer {
-    listener: String,
+    meters: Arc<ListenerMeters>,
     start: Instant,
     start_time: SystemTime,
     span: Span,
@@ -89,12 +87,13 @@ pub(crate) struct Observer {
 impl Observer {
     /// Starts observing `req`, whose body comes back wrapped to count the bytes read.
     pub(crate) fn start(
-        listener: &str,
+        meters: &Arc<ListenerMeters>,
         req: Request<Incoming>,
     ) -> (Self, Exchange, Request<RequestBody>) {
         let start = Instant::now();
         let start_time = SystemTime::now();
-        let active = ActiveRequest::new(listener);
+        let listener = meters.listener();
+        let active = ActiveRequest::new(meters.active());
         let incoming = CallerTrace::from_headers(req.headers());
         let span = tracing::info_span!(
             "proxy_request",
@@ -112,7 +111,9 @@ impl Observer {
             Some(parent) => parent.child(),
             None => TraceParent::new_sampled_root(),
         });
-        span.record("trace_id", trace.trace_id_hex());
+        if !span.is_disabled() {
+            span.record("trace_id", trace.trace_id_hex());
+        }
         let arrival = access_log().enabled().then(|| Arrival {
             method: req.method().clone(),
             uri: req.uri().clone(),
@@ -134,7 +135,7 @@ impl Observer {
             ..Default::default()
         };
         let observer = Self {
-            listener: listener.to_owned(),
+            meters: meters.clone(),
             start,
             start_time,
             span,
@@ -169,22 +170,15 @@ impl Observer {
             .details
             .unwrap_or_else(|| Cow::Borrowed(details(flags, local)));
 
-        let listener = std::mem::take(&mut self.listener);
-        metrics::counter!(
-            REQUESTS_TOTAL,
-            "listener" => listener.clone(),
-            "route_config" => ex.route_config.clone(),
-            "virtual_host" => ex.virtual_host.clone(),
-            "cluster" => ex.cluster.clone(),
-            "code_class" => code_class(status),
-        )
-        .increment(1);
-        metrics::histogram!(
-            REQUEST_DURATION_SECONDS,
-            "listener" => listener,
-            "cluster" => ex.cluster.clone(),
-        )
-        .record(elapsed.as_secs_f64());
+        self.meters.record(
+            Series {
+                route_config: &ex.route_config,
+                virtual_host: &ex.virtual_host,
+                cluster: &ex.cluster,
+                code_class: code_class(status),
+            },
+            elapsed,
+        );
 
         let span = std::mem::replace(&mut self.span, Span::none());
         // i64: OpenTelemetry has no unsigned integers (a u64 would be exported as text).
@@ -373,10 +367,9 @@ fn code_class(status: StatusCode) -> &'static str {
 struct ActiveRequest(Option<metrics::Gauge>);
 
 impl ActiveRequest {
-    fn new(listener: &str) -> Self {
-        let gauge = metrics::gauge!(ACTIVE_REQUESTS, "listener" => listener.to_owned());
+    fn new(gauge: &metrics::Gauge) -> Self {
         gauge.increment(1.0);
-        Self(Some(gauge))
+        Self(Some(gauge.clone()))
     }
 
     fn take(&mut self) -> Self {
