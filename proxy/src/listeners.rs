@@ -96,20 +96,27 @@ impl ListenerManager {
     /// now), but connections are refused until the listener is warm and starts listening.
     fn bind(&self, address: SocketAddr) -> std::io::Result<Vec<Socket>> {
         let shared = self.workers.len() > 1;
-        (0..self.workers.len())
-            .map(|_| {
-                let socket = Socket::new(Domain::for_address(address), Type::STREAM, None)?;
-                // So that a port drained a moment ago can be bound again.
-                socket.set_reuse_address(true)?;
-                // The workers' sockets share the port; the kernel spreads connections.
-                if shared {
-                    socket.set_reuse_port(true)?;
-                }
-                socket.set_nonblocking(true)?;
-                socket.bind(&address.into())?;
-                Ok(socket)
-            })
-            .collect()
+        let socket = |address: SocketAddr| -> std::io::Result<Socket> {
+            let socket = Socket::new(Domain::for_address(address), Type::STREAM, None)?;
+            // So that a port drained a moment ago can be bound again.
+            socket.set_reuse_address(true)?;
+            // The workers' sockets share the port; the kernel spreads connections.
+            if shared {
+                socket.set_reuse_port(true)?;
+            }
+            socket.set_nonblocking(true)?;
+            socket.bind(&address.into())?;
+            Ok(socket)
+        };
+        let first = socket(address)?;
+        // The others on the port the first got (the same one unless the address asks for
+        // any free port, 0).
+        let bound = first.local_addr()?.as_socket().unwrap_or(address);
+        let mut sockets = vec![first];
+        for _ in 1..self.workers.len() {
+            sockets.push(socket(bound)?);
+        }
+        Ok(sockets)
     }
 
     fn start(&mut self, name: &str, address: SocketAddr, sockets: Vec<Socket>) {
