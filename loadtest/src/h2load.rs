@@ -21,7 +21,7 @@ use tokio::net::TcpStream;
 use tokio::sync::Mutex;
 
 use crate::grpc;
-use crate::target::{Failure, Protocol, Target};
+use crate::target::{Failure, Protocol, Target, check, check_response};
 
 type Sender = SendRequest<Full<Bytes>>;
 
@@ -135,18 +135,10 @@ impl Lane {
             .send_request(request)
             .await
             .map_err(|_| Failure::Io)?;
-        let status = response.status();
         if !grpc {
-            let mut body = response.into_body();
-            let mut len = 0usize;
-            while let Some(frame) = body.frame().await {
-                let frame = frame.map_err(|_| Failure::Io)?;
-                if let Some(data) = frame.data_ref() {
-                    len += data.len();
-                }
-            }
-            return check(status, len == target.body_len);
+            return check_response(response, target).await;
         }
+        let status = response.status();
         let body = response
             .into_body()
             .collect()
@@ -164,14 +156,4 @@ impl Lane {
             grpc::message_len(&body.to_bytes()) == Some(target.body_len),
         )
     }
-}
-
-fn check(status: StatusCode, body_ok: bool) -> Result<(), Failure> {
-    if status != StatusCode::OK {
-        return Err(Failure::Status);
-    }
-    if !body_ok {
-        return Err(Failure::Body);
-    }
-    Ok(())
 }

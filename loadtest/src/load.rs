@@ -213,22 +213,7 @@ impl Connection {
             .send_request(request)
             .await
             .map_err(|_| Failure::Io)?;
-        let status = response.status();
-        let mut body = response.into_body();
-        let mut len = 0usize;
-        while let Some(frame) = body.frame().await {
-            let frame = frame.map_err(|_| Failure::Io)?;
-            if let Some(data) = frame.data_ref() {
-                len += data.len();
-            }
-        }
-        if status != StatusCode::OK {
-            return Err(Failure::Status);
-        }
-        if len != target.body_len {
-            return Err(Failure::Body);
-        }
-        Ok(())
+        crate::target::check_response(response, target).await
     }
 
     /// One GET within the target's timeout. After a failure the connection is dropped: its

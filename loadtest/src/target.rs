@@ -62,3 +62,33 @@ pub enum Failure {
     Grpc,
     Timeout,
 }
+
+/// A plain response's outcome: its status must be 200 and its body as long as the target's
+/// (read to the end, counting bytes, so nothing is kept).
+pub(crate) async fn check_response(
+    response: http::Response<hyper::body::Incoming>,
+    target: &Target,
+) -> Result<(), Failure> {
+    use http_body_util::BodyExt;
+    let status = response.status();
+    let mut body = response.into_body();
+    let mut len = 0usize;
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|_| Failure::Io)?;
+        if let Some(data) = frame.data_ref() {
+            len += data.len();
+        }
+    }
+    check(status, len == target.body_len)
+}
+
+/// 200 and a body as expected, else the failure's kind.
+pub(crate) fn check(status: http::StatusCode, body_ok: bool) -> Result<(), Failure> {
+    if status != http::StatusCode::OK {
+        return Err(Failure::Status);
+    }
+    if !body_ok {
+        return Err(Failure::Body);
+    }
+    Ok(())
+}
