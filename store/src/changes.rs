@@ -247,9 +247,36 @@ impl Store {
     /// revisions at a time, and records per tenant how far the log was pruned. Returns how
     /// many changes were removed. Safe to run on several replicas at once.
     pub async fn prune_changes(&self, before_ms: i64) -> Result<u64, StoreError> {
-        let rows = sqlx::query(
-            "SELECT tenant, MAX(revision) AS through FROM changes WHERE time < $1 GROUP BY tenant",
+        self.prune_by_tenant(
+            "changes",
+            "changes_pruned_through",
+            before_ms,
+            |tenant, through| {
+                sqlx::query("DELETE FROM changes WHERE tenant = $1 AND revision <= $2")
+                    .bind(tenant)
+                    .bind(through)
+            },
         )
+        .await
+    }
+
+    /// Prunes `table` (the change log or the history) tenant by tenant: for each tenant with
+    /// rows written before `before_ms`, one transaction under the write turn raises
+    /// `tenants.{pruned_through}` to the newest such revision and runs the query `delete`
+    /// makes of the tenant and that revision. Returns how many rows the deletes removed.
+    pub(crate) async fn prune_by_tenant<F>(
+        &self,
+        table: &'static str,
+        pruned_through: &'static str,
+        before_ms: i64,
+        delete: F,
+    ) -> Result<u64, StoreError>
+    where
+        F: for<'q> Fn(&'q str, i64) -> crate::resources::AnyQuery<'q>,
+    {
+        let rows = sqlx::query(&format!(
+            "SELECT tenant, MAX(revision) AS through FROM {table} WHERE time < $1 GROUP BY tenant"
+        ))
         .bind(before_ms)
         .fetch_all(self.pool())
         .await?;
@@ -259,19 +286,15 @@ impl Store {
             let through: i64 = row.try_get("through")?;
             let turn = self.write_turn().await;
             let mut tx = self.pool().begin().await?;
-            sqlx::query(
-                "UPDATE tenants SET changes_pruned_through = $2 \
-                 WHERE name = $1 AND changes_pruned_through < $2",
-            )
+            sqlx::query(&format!(
+                "UPDATE tenants SET {pruned_through} = $2 \
+                 WHERE name = $1 AND {pruned_through} < $2"
+            ))
             .bind(&tenant)
             .bind(through)
             .execute(&mut *tx)
             .await?;
-            let done = sqlx::query("DELETE FROM changes WHERE tenant = $1 AND revision <= $2")
-                .bind(&tenant)
-                .bind(through)
-                .execute(&mut *tx)
-                .await?;
+            let done = delete(&tenant, through).execute(&mut *tx).await?;
             tx.commit().await?;
             drop(turn);
             removed += done.rows_affected();

@@ -456,48 +456,29 @@ impl Store {
     /// and records per tenant the revision from which history is complete. Returns how many
     /// rows were removed.
     pub async fn prune_history(&self, before_ms: i64) -> Result<u64, StoreError> {
-        let rows = sqlx::query(
-            "SELECT tenant, MAX(revision) AS through FROM history WHERE time < $1 GROUP BY tenant",
-        )
-        .bind(before_ms)
-        .fetch_all(self.pool())
-        .await?;
-        let mut removed = 0;
-        for row in rows {
-            let tenant: String = row.try_get("tenant")?;
-            let through: i64 = row.try_get("through")?;
-            let turn = self.write_turn().await;
-            let mut tx = self.pool().begin().await?;
-            sqlx::query(
-                "UPDATE tenants SET history_pruned_through = $2 \
-                 WHERE name = $1 AND history_pruned_through < $2",
-            )
-            .bind(&tenant)
-            .bind(through)
-            .execute(&mut *tx)
-            .await?;
-            // Audit rows (credentials) go by time; a resource's rows up to `through` go
-            // when a later one up to `through` replaces them, or when they delete it.
-            let done = sqlx::query(
-                "DELETE FROM history WHERE tenant = $1 AND ( \
+        self.prune_by_tenant(
+            "history",
+            "history_pruned_through",
+            before_ms,
+            |tenant, through| {
+                // Audit rows (credentials) go by time; a resource's rows up to `through` go
+                // when a later one up to `through` replaces them, or when they delete it.
+                sqlx::query(
+                    "DELETE FROM history WHERE tenant = $1 AND ( \
                  (mesh = '' AND kind <> $3 AND time < $4) OR \
                  ((mesh <> '' OR kind = $3) AND revision <= $2 AND (op = 'delete' OR EXISTS ( \
                  SELECT 1 FROM history AS later WHERE later.tenant = history.tenant \
                  AND later.mesh = history.mesh AND later.kind = history.kind \
                  AND later.name = history.name AND later.revision > history.revision \
                  AND later.revision <= $2))))",
-            )
-            .bind(&tenant)
-            .bind(through)
-            .bind(Kind::Mesh.plural())
-            .bind(before_ms)
-            .execute(&mut *tx)
-            .await?;
-            tx.commit().await?;
-            drop(turn);
-            removed += done.rows_affected();
-        }
-        Ok(removed)
+                )
+                .bind(tenant)
+                .bind(through)
+                .bind(Kind::Mesh.plural())
+                .bind(before_ms)
+            },
+        )
+        .await
     }
 }
 
