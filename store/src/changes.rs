@@ -272,7 +272,10 @@ impl Store {
         delete: F,
     ) -> Result<u64, StoreError>
     where
-        F: for<'q> Fn(&'q str, i64) -> crate::resources::AnyQuery<'q>,
+        F: for<'q> Fn(
+            &'q str,
+            i64,
+        ) -> sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments<'q>>,
     {
         let rows = sqlx::query(&format!(
             "SELECT tenant, MAX(revision) AS through FROM {table} WHERE time < $1 GROUP BY tenant"

@@ -89,7 +89,7 @@ pub(crate) struct WriteTx {
     pub turn: Option<tokio::sync::OwnedMutexGuard<()>>,
 }
 
-pub(crate) type AnyQuery<'q> = sqlx::query::Query<'q, Any, sqlx::any::AnyArguments<'q>>;
+type AnyQuery<'q> = sqlx::query::Query<'q, Any, sqlx::any::AnyArguments<'q>>;
 
 /// Binds a resource key as `$1..$4` (tenant, mesh, kind, name): every keyed query starts so.
 trait BindKey<'q> {
