@@ -11,7 +11,8 @@
 //!   [`pick_weighted`].
 //! - `endpoint`: one endpoint's counters, [`Picked`], and [`EndpointSource`].
 //! - `breakers`: circuit breaker counts and thresholds ([`Threshold`], [`BreakerStatus`]).
-//! - `pool`: one hyper client per cluster, whose connector counts connections.
+//! - `pool`: each worker's upstream connections, per cluster, transport socket and endpoint,
+//!   under the cluster's connection circuit breakers.
 //! - `metrics`: the per-cluster metric handles.
 //!
 //! Upstream metrics, by `cluster` (names in [`crate::telemetry`]):
@@ -43,12 +44,11 @@ use switchboard_proxy_xds::config::cluster::{Discovery, LbPolicy};
 use switchboard_proxy_xds::config::endpoint::{Health, LoadAssignment, Locality};
 
 pub use balance::pick_weighted;
-pub(crate) use breakers::overflow_of;
 pub use breakers::{BreakerStatus, Overflow, Threshold};
 pub use endpoint::{EndpointSource, Picked};
 pub(crate) use endpoint::{HostState, endpoint_source};
 pub(crate) use metrics::AttemptOutcome;
-pub(crate) use pool::{ConnectionPools, HttpClient};
+pub(crate) use pool::{ConnectionPools, Lease, Pool, SendError};
 pub use registry::ClusterRegistry;
 pub(crate) use state::{ClusterState, ConnectionSlot, RequestSlot};
 

@@ -197,6 +197,80 @@ async fn max_requests_overflow_is_503_overloaded() {
     assert_eq!(script.hits(), 2);
 }
 
+/// A raw HTTP/1.1 backend that answers every request on a connection with `ok` and keeps
+/// the connection open; it counts the connections it accepted.
+async fn counting_backend() -> (SocketAddr, Arc<std::sync::atomic::AtomicUsize>) {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let accepted = Arc::new(AtomicUsize::new(0));
+    let count = accepted.clone();
+    tokio::spawn(async move {
+        while let Ok((mut socket, _)) = listener.accept().await {
+            count.fetch_add(1, Ordering::SeqCst);
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 4096];
+                loop {
+                    let Ok(n) = socket.read(&mut chunk).await else {
+                        return;
+                    };
+                    if n == 0 {
+                        return;
+                    }
+                    buf.extend_from_slice(&chunk[..n]);
+                    // GET requests only: each ends at its blank line.
+                    while let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                        buf.drain(..end + 4);
+                        let answer = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok";
+                        if socket.write_all(answer).await.is_err() {
+                            return;
+                        }
+                    }
+                }
+            });
+        }
+    });
+    (addr, accepted)
+}
+
+#[tokio::test]
+async fn upstream_connections_are_pooled_and_reused() {
+    use std::sync::atomic::Ordering;
+    let (backend, accepted) = counting_backend().await;
+    let mut store = ConfigStore::new();
+    set_cluster_with(&mut store, "pooled", &[backend], |_| {});
+    let p = Proxy::start(store, vec![prefix("pooled", to("pooled"))]).await;
+    let client = h1_client();
+    // One after another: each finds the previous one's connection back in the pool.
+    for i in 0..20 {
+        let got = get(&client, p.addr, "svc", &format!("/pooled/{i}"), &[]).await;
+        assert_eq!((got.status.as_u16(), got.body.as_str()), (200, "ok"));
+    }
+    assert_eq!(accepted.load(Ordering::SeqCst), 1);
+    // Four at once need up to four connections, and never more, however many batches.
+    for _ in 0..3 {
+        let batch: Vec<_> = (0..4)
+            .map(|i| {
+                let (client, addr) = (client.clone(), p.addr);
+                tokio::spawn(async move {
+                    get(&client, addr, "svc", &format!("/pooled/b{i}"), &[]).await
+                })
+            })
+            .collect();
+        for got in batch {
+            assert_eq!(got.await.unwrap().status.as_u16(), 200);
+        }
+    }
+    let opened = accepted.load(Ordering::SeqCst);
+    assert!((1..=4).contains(&opened), "{opened} connections opened");
+    assert_eq!(
+        p.cluster("pooled").circuit_breakers.connections,
+        opened as u64
+    );
+}
+
 #[tokio::test]
 async fn max_connections_queue_and_max_pending_overflow() {
     let (slow, script) = scripted_backend("slow").await;

@@ -4,8 +4,8 @@
 //! other field that is set, naming it, so that a control plane asking for a behaviour the
 //! proxy does not have gets a NACK instead of silently different traffic. Rather than
 //! destructuring each of Envoy's (very wide) messages by hand, [`check_fields`] lists the set
-//! fields of a message (by their tags) and names them through its protobuf descriptor, so a field added to Envoy's protos
-//! later is rejected too, without anyone having to notice it.
+//! fields of a message (by their tags) and names them through its protobuf descriptor, so a
+//! field added to Envoy's protos later is rejected too, without anyone having to notice it.
 
 pub mod action;
 pub mod cluster;
@@ -18,12 +18,12 @@ pub mod secret;
 pub mod tls;
 pub mod xfcc;
 
+use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
-use std::sync::OnceLock;
+use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 use std::time::Duration;
 
 use prost::{Message, Name};
-use prost_reflect::DescriptorPool;
 use switchboard_xds_proto::pb::envoy::config::core::v3::{
     Address, ConfigSource, address, config_source, socket_address,
 };
@@ -80,10 +80,107 @@ impl Path {
     }
 }
 
-fn descriptors() -> Option<&'static DescriptorPool> {
-    static POOL: OnceLock<Option<DescriptorPool>> = OnceLock::new();
-    POOL.get_or_init(|| DescriptorPool::decode(switchboard_xds_proto::FILE_DESCRIPTOR_SET).ok())
-        .as_ref()
+/// The fields (number, name) of message `full_name`, read from the descriptor set the first
+/// time the message is checked and kept, per message, for the life of the process.
+///
+/// Why not a `prost_reflect::DescriptorPool`: it holds every Envoy message, several MiB of
+/// heap for the whole life of the proxy, to name the fields of the few dozen messages the
+/// proxy reads. Here only the files of the message's package are decoded, once, and only
+/// its own fields are kept.
+fn fields_of(full_name: &str) -> Option<Arc<[(u32, String)]>> {
+    type Table = Mutex<HashMap<String, Arc<[(u32, String)]>>>;
+    static FIELDS: OnceLock<Table> = OnceLock::new();
+    let table = FIELDS.get_or_init(Table::default);
+    if let Some(f) = table
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .get(full_name)
+    {
+        return Some(f.clone());
+    }
+    let fields: Arc<[(u32, String)]> = read_fields(full_name)?.into();
+    table
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .insert(full_name.to_owned(), fields.clone());
+    Some(fields)
+}
+
+/// Scans [`switchboard_xds_proto::FILE_DESCRIPTOR_SET`] for the files of `full_name`'s
+/// package (reading only each file's `package` field) and decodes just those.
+fn read_fields(full_name: &str) -> Option<Vec<(u32, String)>> {
+    use prost::encoding::decode_varint;
+    let mut set = switchboard_xds_proto::FILE_DESCRIPTOR_SET;
+    while !set.is_empty() {
+        let key = decode_varint(&mut set).ok()?;
+        if key & 7 != 2 {
+            return None; // a FileDescriptorSet holds only its files
+        }
+        let len = usize::try_from(decode_varint(&mut set).ok()?).ok()?;
+        let file = set.get(..len)?;
+        set = set.get(len..)?;
+        if key >> 3 != 1 {
+            continue;
+        }
+        let Some(package) = package_of(file) else {
+            continue;
+        };
+        let Some(path) = full_name
+            .strip_prefix(package)
+            .and_then(|rest| rest.strip_prefix('.'))
+        else {
+            continue;
+        };
+        let file = prost_types::FileDescriptorProto::decode(file).ok()?;
+        // A package spans several files: look on when this one lacks the message.
+        if let Some(message) = find_message(&file.message_type, path) {
+            return Some(
+                message
+                    .field
+                    .iter()
+                    .filter_map(|f| Some((u32::try_from(f.number()).ok()?, f.name().to_owned())))
+                    .collect(),
+            );
+        }
+    }
+    None
+}
+
+/// The message at `path` (`Outer.Inner`) among `messages` and their nested types.
+fn find_message<'a>(
+    messages: &'a [prost_types::DescriptorProto],
+    path: &str,
+) -> Option<&'a prost_types::DescriptorProto> {
+    let mut names = path.split('.');
+    let first = names.next()?;
+    let mut message = messages.iter().find(|m| m.name() == first)?;
+    for n in names {
+        message = message.nested_type.iter().find(|m| m.name() == n)?;
+    }
+    Some(message)
+}
+
+/// The `package` (field 2) of an encoded `FileDescriptorProto`.
+fn package_of(mut file: &[u8]) -> Option<&str> {
+    use prost::encoding::decode_varint;
+    while !file.is_empty() {
+        let key = decode_varint(&mut file).ok()?;
+        let skip = match key & 7 {
+            0 => {
+                decode_varint(&mut file).ok()?;
+                0
+            }
+            1 => 8,
+            2 => usize::try_from(decode_varint(&mut file).ok()?).ok()?,
+            5 => 4,
+            _ => return None,
+        };
+        if key == (2 << 3 | 2) {
+            return std::str::from_utf8(file.get(..skip)?).ok();
+        }
+        file = file.get(skip..)?;
+    }
+    None
 }
 
 /// Rejects `message` if a field outside `supported` (proto field names) is set. Supported
@@ -98,13 +195,11 @@ pub(crate) fn check_fields<M: Message + Name>(
 ) -> Result<(), ConfigError> {
     let name = M::full_name();
     let internal = |what: String| path.err(format!("internal error: {what}"));
-    let descriptor = descriptors()
-        .and_then(|pool| pool.get_message_by_name(&name))
-        .ok_or_else(|| internal(format!("no descriptor for {name}")))?;
+    let fields = fields_of(&name).ok_or_else(|| internal(format!("no descriptor for {name}")))?;
     if cfg!(debug_assertions)
         && let Some(typo) = supported
             .iter()
-            .find(|f| descriptor.get_field_by_name(f).is_none())
+            .find(|f| !fields.iter().any(|(_, n)| n == *f))
     {
         return Err(internal(format!("{name} has no field {typo}")));
     }
@@ -112,9 +207,10 @@ pub(crate) fn check_fields<M: Message + Name>(
         .ok_or_else(|| internal(format!("cannot scan {name}")))?;
     let mut unsupported: Vec<String> = Vec::new();
     for number in numbers {
-        let field = descriptor
-            .get_field(number)
-            .map_or_else(|| format!("#{number}"), |f| f.name().to_owned());
+        let field = fields
+            .iter()
+            .find(|(n, _)| *n == number)
+            .map_or_else(|| format!("#{number}"), |(_, name)| name.clone());
         if !supported.contains(&field.as_str()) && !unsupported.contains(&field) {
             unsupported.push(field);
         }
@@ -197,5 +293,31 @@ pub(crate) fn ads_source(source: Option<&ConfigSource>, path: &Path) -> Result<(
     match source.and_then(|s| s.config_source_specifier.as_ref()) {
         Some(config_source::ConfigSourceSpecifier::Ads(_)) => Ok(()),
         _ => Err(path.err("only the ADS config source is supported")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn named(message: &str, number: u32) -> Option<String> {
+        fields_of(message)?
+            .iter()
+            .find(|(n, _)| *n == number)
+            .map(|(_, name)| name.clone())
+    }
+
+    #[test]
+    fn fields_are_named_from_the_descriptor_set() {
+        let cluster = "envoy.config.cluster.v3.Cluster";
+        assert_eq!(named(cluster, 1).as_deref(), Some("name"));
+        assert_eq!(named(cluster, 4).as_deref(), Some("connect_timeout"));
+        // A nested message, and one from another file of the same package.
+        let common = "envoy.config.cluster.v3.Cluster.CommonLbConfig";
+        assert_eq!(named(common, 1).as_deref(), Some("healthy_panic_threshold"));
+        let thresholds = "envoy.config.cluster.v3.CircuitBreakers.Thresholds";
+        assert_eq!(named(thresholds, 2).as_deref(), Some("max_connections"));
+        assert!(fields_of("envoy.config.cluster.v3.NoSuchMessage").is_none());
+        assert!(fields_of("no.such.package.Message").is_none());
     }
 }

@@ -5,15 +5,13 @@
 //! - `max_retries`, or a `retry_budget` instead: retries in flight, from the decision to
 //!   retry until the next decision or the end of the request (as Envoy counts them).
 //! - `max_connections`: open upstream connections of the cluster, counted by the cluster's
-//!   pool connector as they open and close. At the limit a new connection waits (up
-//!   to the connect timeout) for one to close, while hyper's pool may hand the request an
-//!   idle connection in the meantime; a request that gets neither overflows. As in Envoy,
-//!   an endpoint with no connection at all may always open one.
-//! - `max_pending_requests`: **approximated.** hyper-util's pool does not say how many
-//!   requests wait for a connection, so a request counts as pending while it waits for a
-//!   connection *it asked the connector for* (connecting, or waiting for a connection slot
-//!   under `max_connections`). Requests queued inside hyper's pool for an HTTP/2 connection
-//!   that another request is opening are not counted.
+//!   pool as they open and close. At the limit a new connection waits (up to the connect
+//!   timeout) for one to close, and the request takes a connection handed back to the pool
+//!   meanwhile instead; a request that gets neither overflows. As in Envoy, an endpoint with
+//!   no connection at all may always open one.
+//! - `max_pending_requests`: requests that found no usable connection, from then until they
+//!   have one (opening it, waiting for a connection slot, or waiting for the HTTP/2
+//!   connection another request is opening).
 //!
 //! An overflow is answered locally with 503 and `x-envoy-overloaded: true` (retry overflows
 //! instead pass the last upstream answer on) and counted, per threshold, in
@@ -261,33 +259,5 @@ impl Breakers {
             }
             None => (u64::from(cb.max_retries), Threshold::MaxRetries),
         }
-    }
-}
-
-/// The circuit breaker behind a hyper client error, if a connector refused the connection.
-pub(crate) fn overflow_of(e: &(dyn std::error::Error + 'static)) -> Option<Threshold> {
-    let mut source = Some(e);
-    while let Some(err) = source {
-        if let Some(Overflow(t)) = err.downcast_ref::<Overflow>() {
-            return Some(*t);
-        }
-        source = err.source();
-    }
-    None
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn overflow_is_found_in_an_error_chain() {
-        #[derive(Debug, thiserror::Error)]
-        #[error("outer")]
-        struct Outer(#[source] Overflow);
-        let e = Outer(Overflow(Threshold::MaxPendingRequests));
-        assert_eq!(overflow_of(&e), Some(Threshold::MaxPendingRequests));
-        let plain = std::io::Error::other("x");
-        assert_eq!(overflow_of(&plain), None);
     }
 }

@@ -1,124 +1,121 @@
-//! Upstream connection pools, one hyper-util client per cluster and transport socket, whose
-//! connector counts the cluster's connections and waiting requests for the
-//! `max_connections` and `max_pending_requests` circuit breakers, and wraps connections in
-//! TLS when the transport socket says so. A cluster whose endpoints use different transport
-//! sockets (`transport_socket_matches`) has one pool per socket, so TLS and plaintext
-//! connections to an endpoint are never mixed.
+//! Upstream connection pools over hyper's connection API (`hyper::client::conn`), one per
+//! cluster and transport socket in each worker. A cluster whose endpoints use different
+//! transport sockets (`transport_socket_matches`) has one pool per socket, so TLS and
+//! plaintext connections to an endpoint are never mixed.
+//!
+//! Why not hyper-util's pooled client: it spawns a task and a channel per HTTP/1 request to
+//! put the connection back, builds a URI and a pool key per request, and locks a pool shared
+//! by every worker. Here each worker keeps its own idle connections per endpoint; the only
+//! task is the one driving each connection, and a connection goes back to its pool when the
+//! response body that used it ends ([`Lease`]).
+//!
+//! - HTTP/1: idle connections are reused newest first. A new one is opened under the
+//!   cluster's `max_pending_requests` (while it is set up) and `max_connections` (for as long
+//!   as it is open); a request waiting for a connection slot takes a connection handed back
+//!   meanwhile instead. A request that an idle connection refused unsent (it had just closed)
+//!   is sent again on another.
+//! - HTTP/2: one connection per endpoint carries every request; a TLS connection that
+//!   negotiates `h2` by ALPN is used the same way even in an HTTP/1 cluster.
+//! - A connection with nothing in flight for [`IDLE_TIMEOUT`] is closed, by the one timer of
+//!   its task.
 
 use std::collections::HashMap;
-use std::future::Future;
-use std::pin::Pin;
+use std::net::SocketAddr;
+use std::pin::{Pin, pin};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use http::Uri;
+use http::uri::{Authority, PathAndQuery, Scheme};
+use http::{HeaderValue, Request, Response, Uri, Version};
+use hyper::body::Incoming;
+use hyper::client::conn::{http1, http2};
 use hyper::rt::{Read, ReadBufCursor, Write};
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::{Connected, Connection, HttpConnector};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use switchboard_proxy_xds::Snapshot;
 use switchboard_proxy_xds::config::Secret;
 use switchboard_proxy_xds::config::cluster::{Cluster, TransportChoice, UpstreamProtocol};
 use switchboard_proxy_xds::config::tls::UpstreamTls;
 use tokio::net::TcpStream;
-use tokio::sync::OnceCell;
+use tokio::sync::{Notify, OnceCell};
+use tokio::time::Instant;
 use tokio_rustls::TlsConnector;
 use tokio_rustls::client::TlsStream;
 use tokio_rustls::rustls::pki_types::ServerName;
 
+use super::breakers::Threshold;
 use super::state::{ClusterState, ConnectionSlot};
 use crate::body::Body;
 use crate::tls::{Secrets, client_config, same_secrets, secrets_in_use};
 
-/// The hyper client of one cluster, over its counting connector.
-pub(crate) type HttpClient = Client<CountingConnector, Body>;
+/// How long an upstream connection may sit with nothing in flight before it is closed.
+pub(crate) const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 
-/// Connection pools, one per cluster (its connections are what `max_connections`
-/// counts); each pools connections per endpoint, and an HTTP/2 one multiplexes requests
-/// over one connection per endpoint.
+/// How many times a request that a pooled connection handed back unsent is sent again.
+const UNSENT_TRIES: usize = 3;
+
+/// Connection pools of one worker, by cluster name, then transport socket.
 #[derive(Default)]
 pub(crate) struct ConnectionPools {
-    /// By cluster name, then transport socket (keyed so that a lookup borrows the name).
-    pools: Mutex<HashMap<String, Vec<(TransportChoice, Pool)>>>,
+    pools: Mutex<HashMap<String, OfCluster>>,
 }
 
-struct Pool {
-    http2: bool,
-    connect_timeout: Duration,
-    state: Arc<ClusterState>,
-    /// The TLS configuration and the secrets it was built from (`None`: plaintext).
-    tls: Option<(UpstreamTls, Vec<Option<Arc<Secret>>>)>,
-    client: HttpClient,
-}
+/// The pools of one cluster, by transport socket.
+type OfCluster = Vec<(TransportChoice, Arc<Pool>)>;
 
 impl ConnectionPools {
-    /// The client of `cluster` for endpoints using transport socket `choice`; a new one
-    /// when its protocol, connect timeout, TLS configuration or secrets changed (open
-    /// connections of the old one finish what they carry), or its state was replaced. Pools
-    /// of clusters gone from `snapshot` are dropped then.
-    pub(crate) fn client(
+    /// The pool of `cluster` for endpoints using transport socket `choice`; a new one when
+    /// its protocol, connect timeout, TLS configuration or secrets changed (open connections
+    /// of the old one finish what they carry), or its state was replaced. Pools of clusters
+    /// gone from `snapshot` are dropped then. The comparison is skipped for the snapshot the
+    /// pool was last found current for.
+    pub(crate) fn pool(
         &self,
         cluster: &Cluster,
         choice: TransportChoice,
         state: &Arc<ClusterState>,
         snapshot: &Snapshot,
-    ) -> HttpClient {
-        let http2 = cluster.protocol == UpstreamProtocol::Http2;
-        let tls = cluster.tls_of(choice).map(|t| {
-            let secrets = secrets_in_use(&t.secret_names(), &snapshot.secrets);
-            (t.clone(), secrets)
-        });
+    ) -> Arc<Pool> {
         let mut pools = self.pools.lock().unwrap_or_else(PoisonError::into_inner);
-        if let Some(p) = pools
+        let found = pools
             .get(cluster.name.as_str())
             .and_then(|ps| ps.iter().find(|(c, _)| *c == choice))
             .map(|(_, p)| p)
-            && p.http2 == http2
-            && p.connect_timeout == cluster.connect_timeout
-            && Arc::ptr_eq(&p.state, state)
-            && same_tls(p.tls.as_ref(), tls.as_ref())
-        {
-            return p.client.clone();
+            .filter(|p| Arc::ptr_eq(&p.state, state));
+        if let Some(p) = found {
+            if p.checked_generation.load(Ordering::Relaxed) == snapshot.generation {
+                return p.clone();
+            }
+            if p.http2 == (cluster.protocol == UpstreamProtocol::Http2)
+                && p.connect_timeout == cluster.connect_timeout
+                && same_tls(
+                    p.tls_key.as_ref(),
+                    tls_key(cluster, choice, snapshot).as_ref(),
+                )
+            {
+                p.checked_generation
+                    .store(snapshot.generation, Ordering::Relaxed);
+                return p.clone();
+            }
         }
         pools.retain(|name, _| snapshot.clusters.contains_key(name));
-        let mut connector = HttpConnector::new();
-        connector.set_nodelay(true);
-        connector.set_connect_timeout(Some(cluster.connect_timeout));
-        let upstream_tls = tls.as_ref().map(|(config, _)| {
-            Arc::new(TlsSetup {
-                config: config.clone(),
-                secrets: snapshot.secrets.clone(),
-                built: OnceCell::new(),
-            })
-        });
-        let connector = CountingConnector::new(
-            connector,
-            state.clone(),
-            cluster.connect_timeout,
-            upstream_tls,
-        );
-        let mut builder = Client::builder(TokioExecutor::new());
-        builder.pool_idle_timeout(Duration::from_secs(60));
-        if http2 {
-            builder.http2_only(true);
-        }
-        let client = builder.build(connector);
-        let pool = Pool {
-            http2,
-            connect_timeout: cluster.connect_timeout,
-            state: state.clone(),
-            tls,
-            client: client.clone(),
-        };
+        let pool = Arc::new(Pool::new(cluster, choice, state, snapshot));
         let of_cluster = pools.entry(cluster.name.clone()).or_default();
         of_cluster.retain(|(c, _)| *c != choice);
-        of_cluster.push((choice, pool));
-        client
+        of_cluster.push((choice, pool.clone()));
+        pool
     }
 }
 
 type TlsKey = (UpstreamTls, Vec<Option<Arc<Secret>>>);
+
+fn tls_key(cluster: &Cluster, choice: TransportChoice, snapshot: &Snapshot) -> Option<TlsKey> {
+    cluster.tls_of(choice).map(|t| {
+        let secrets = secrets_in_use(&t.secret_names(), &snapshot.secrets);
+        (t.clone(), secrets)
+    })
+}
 
 fn same_tls(a: Option<&TlsKey>, b: Option<&TlsKey>) -> bool {
     match (a, b) {
@@ -126,6 +123,414 @@ fn same_tls(a: Option<&TlsKey>, b: Option<&TlsKey>) -> bool {
         (Some((ca, sa)), Some((cb, sb))) => ca == cb && same_secrets(sa, sb),
         _ => false,
     }
+}
+
+/// Why a request could not be sent, or got no response.
+#[derive(Debug)]
+pub(crate) enum SendError {
+    /// A circuit breaker refused a new connection.
+    Overflow(Threshold),
+    /// No connection could be opened (TCP, TLS or the HTTP/2 handshake).
+    Connect(String),
+    /// The connection failed after the request was handed to it.
+    Reset(String),
+}
+
+/// The connections of one cluster and transport socket, by endpoint.
+pub(crate) struct Pool {
+    http2: bool,
+    connect_timeout: Duration,
+    state: Arc<ClusterState>,
+    tls_key: Option<TlsKey>,
+    tls: Option<Arc<TlsSetup>>,
+    checked_generation: AtomicU64,
+    hosts: Mutex<HashMap<SocketAddr, Arc<Host>>>,
+}
+
+/// The connections to one endpoint.
+struct Host {
+    /// The breakers' key for the endpoint.
+    endpoint: String,
+    authority: Authority,
+    host_header: HeaderValue,
+    /// HTTP/1 connections with nothing in flight, newest last.
+    idle: Mutex<Vec<(http1::SendRequest<Body>, Arc<InUse>)>>,
+    /// Wakes a request waiting for a connection slot when a connection is handed back.
+    returned: Notify,
+    /// The endpoint's HTTP/2 connection, when it has one.
+    h2: Mutex<Option<(http2::SendRequest<Body>, Arc<InUse>)>>,
+    /// Held while an HTTP/2 connection is being opened, so that requests arriving meanwhile
+    /// wait for it rather than open one each.
+    h2_connecting: tokio::sync::Mutex<()>,
+}
+
+/// What a connection's task needs to tell it is idle: requests in flight, and since when
+/// there have been none (milliseconds after `start`).
+struct InUse {
+    start: Instant,
+    active: AtomicUsize,
+    idle_since_ms: AtomicU64,
+}
+
+impl InUse {
+    fn new() -> Arc<Self> {
+        Arc::new(Self {
+            start: Instant::now(),
+            active: AtomicUsize::new(0),
+            idle_since_ms: AtomicU64::new(0),
+        })
+    }
+
+    fn begin(&self) {
+        self.active.fetch_add(1, Ordering::AcqRel);
+    }
+
+    fn end(&self) {
+        if self.active.fetch_sub(1, Ordering::AcqRel) == 1 {
+            let ms = u64::try_from(self.start.elapsed().as_millis()).unwrap_or(u64::MAX);
+            self.idle_since_ms.store(ms, Ordering::Release);
+        }
+    }
+
+    /// When the connection will have been idle for `timeout`, if nothing starts before.
+    fn idle_deadline(&self, timeout: Duration) -> Instant {
+        if self.active.load(Ordering::Acquire) > 0 {
+            return Instant::now() + timeout;
+        }
+        self.start + Duration::from_millis(self.idle_since_ms.load(Ordering::Acquire)) + timeout
+    }
+}
+
+/// A connection lent to one request until its response ends. [`Lease::finish`] (the
+/// response body ended) hands an HTTP/1 connection back to its pool; a lease dropped
+/// unfinished drops its HTTP/1 connection, which closes it.
+pub(crate) struct Lease {
+    in_use: Arc<InUse>,
+    h1: Option<(http1::SendRequest<Body>, Arc<Host>)>,
+}
+
+impl Lease {
+    /// The response ended: an HTTP/1 connection can carry the next request.
+    pub(crate) fn finish(mut self) {
+        if let Some((sender, host)) = self.h1.take() {
+            host.idle
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .push((sender, self.in_use.clone()));
+            host.returned.notify_one();
+        }
+    }
+}
+
+impl Drop for Lease {
+    fn drop(&mut self) {
+        self.in_use.end();
+    }
+}
+
+/// A connection checked out for one request.
+enum Checked {
+    H1(http1::SendRequest<Body>, Arc<InUse>),
+    H2(http2::SendRequest<Body>, Arc<InUse>),
+}
+
+impl Pool {
+    fn new(
+        cluster: &Cluster,
+        choice: TransportChoice,
+        state: &Arc<ClusterState>,
+        snapshot: &Snapshot,
+    ) -> Self {
+        let tls_key = tls_key(cluster, choice, snapshot);
+        let tls = tls_key.as_ref().map(|(config, _)| {
+            Arc::new(TlsSetup {
+                config: config.clone(),
+                secrets: snapshot.secrets.clone(),
+                built: OnceCell::new(),
+            })
+        });
+        Self {
+            http2: cluster.protocol == UpstreamProtocol::Http2,
+            connect_timeout: cluster.connect_timeout,
+            state: state.clone(),
+            tls_key,
+            tls,
+            checked_generation: AtomicU64::new(snapshot.generation),
+            hosts: Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn host(&self, addr: SocketAddr) -> Option<Arc<Host>> {
+        let mut hosts = self.hosts.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(h) = hosts.get(&addr) {
+            return Some(h.clone());
+        }
+        let endpoint = addr.to_string();
+        let host = Arc::new(Host {
+            authority: Authority::try_from(endpoint.as_str()).ok()?,
+            host_header: HeaderValue::from_str(&endpoint).ok()?,
+            endpoint,
+            idle: Mutex::new(Vec::new()),
+            returned: Notify::new(),
+            h2: Mutex::new(None),
+            h2_connecting: tokio::sync::Mutex::new(()),
+        });
+        // Endpoints come and go with EDS: forget those with nothing pooled.
+        hosts.retain(|_, h| Arc::strong_count(h) > 1 || h.has_connections());
+        hosts.insert(addr, host.clone());
+        Some(host)
+    }
+
+    /// Sends `req` (origin-form URI) to `addr` on a pooled or new connection; the response
+    /// comes with the [`Lease`] of its connection, to be finished when its body ends.
+    pub(crate) async fn send(
+        &self,
+        addr: SocketAddr,
+        mut req: Request<Body>,
+    ) -> Result<(Response<Incoming>, Lease), SendError> {
+        let Some(host) = self.host(addr) else {
+            return Err(SendError::Connect(format!(
+                "{addr} is not a valid authority"
+            )));
+        };
+        let path = req
+            .uri()
+            .path_and_query()
+            .cloned()
+            .unwrap_or_else(|| PathAndQuery::from_static("/"));
+        for _ in 0..UNSENT_TRIES {
+            match self.checkout(&host).await? {
+                Checked::H1(mut sender, in_use) => {
+                    in_use.begin();
+                    *req.version_mut() = Version::HTTP_11;
+                    *req.uri_mut() = Uri::from(path.clone());
+                    req.headers_mut()
+                        .entry(http::header::HOST)
+                        .or_insert_with(|| host.host_header.clone());
+                    let lease = Lease { in_use, h1: None };
+                    match sender.try_send_request(req).await {
+                        Ok(resp) => {
+                            let mut lease = lease;
+                            lease.h1 = Some((sender, host.clone()));
+                            return Ok((resp, lease));
+                        }
+                        Err(mut e) => match e.take_message() {
+                            Some(unsent) => req = unsent,
+                            None => return Err(SendError::Reset(error_chain(&e.into_error()))),
+                        },
+                    }
+                }
+                Checked::H2(mut sender, in_use) => {
+                    in_use.begin();
+                    *req.version_mut() = Version::HTTP_2;
+                    *req.uri_mut() = self.absolute(&host, &path);
+                    let lease = Lease { in_use, h1: None };
+                    match sender.try_send_request(req).await {
+                        Ok(resp) => return Ok((resp, lease)),
+                        Err(mut e) => match e.take_message() {
+                            Some(unsent) => req = unsent,
+                            None => return Err(SendError::Reset(error_chain(&e.into_error()))),
+                        },
+                    }
+                }
+            }
+        }
+        Err(SendError::Reset(
+            "connections to the endpoint kept closing before the request was sent".to_owned(),
+        ))
+    }
+
+    fn absolute(&self, host: &Host, path: &PathAndQuery) -> Uri {
+        let mut parts = http::uri::Parts::default();
+        parts.scheme = Some(if self.tls.is_some() {
+            Scheme::HTTPS
+        } else {
+            Scheme::HTTP
+        });
+        parts.authority = Some(host.authority.clone());
+        parts.path_and_query = Some(path.clone());
+        Uri::from_parts(parts).unwrap_or_else(|_| Uri::from(path.clone()))
+    }
+
+    /// A connection to `host`: its HTTP/2 one, an idle HTTP/1 one, or a new one.
+    async fn checkout(&self, host: &Arc<Host>) -> Result<Checked, SendError> {
+        if let Some(c) = host.h2_open() {
+            return Ok(c);
+        }
+        if self.http2 {
+            // Waiting for another request's connection is pending too.
+            let _pending = self
+                .state
+                .begin_pending()
+                .map_err(|o| SendError::Overflow(o.0))?;
+            let _connecting = host.h2_connecting.lock().await;
+            if let Some(c) = host.h2_open() {
+                return Ok(c);
+            }
+            let slot = self
+                .state
+                .connection_slot(host.endpoint.clone(), self.connect_timeout)
+                .await
+                .map_err(|o| SendError::Overflow(o.0))?;
+            return self.open(host, slot).await;
+        }
+        if let Some(c) = host.idle_ready().await {
+            return Ok(c);
+        }
+        let _pending = self
+            .state
+            .begin_pending()
+            .map_err(|o| SendError::Overflow(o.0))?;
+        let mut slot = pin!(
+            self.state
+                .connection_slot(host.endpoint.clone(), self.connect_timeout)
+        );
+        let slot = loop {
+            let mut returned = pin!(host.returned.notified());
+            returned.as_mut().enable();
+            if let Some(c) = host.idle_ready().await {
+                return Ok(c);
+            }
+            tokio::select! {
+                slot = &mut slot => break slot.map_err(|o| SendError::Overflow(o.0))?,
+                () = returned => {}
+            }
+        };
+        self.open(host, slot).await
+    }
+
+    /// Opens a connection to `host` (TCP, then TLS when the pool's transport socket says
+    /// so, then the HTTP handshake) and spawns the task that drives it.
+    async fn open(&self, host: &Arc<Host>, slot: ConnectionSlot) -> Result<Checked, SendError> {
+        let connect_failed =
+            |e: &dyn std::fmt::Display| SendError::Connect(format!("tcp connect error: {e}"));
+        let tcp = tokio::time::timeout(
+            self.connect_timeout,
+            TcpStream::connect(host.endpoint.as_str()),
+        )
+        .await
+        .map_err(|_| SendError::Connect("tcp connect error: timed out".to_owned()))?
+        .map_err(|e| connect_failed(&e))?;
+        if let Err(e) = tcp.set_nodelay(true) {
+            tracing::debug!(error = %e, "setting TCP_NODELAY upstream");
+        }
+        let (io, alpn_h2) = match &self.tls {
+            None => (Io::Plain(TokioIo::new(tcp)), false),
+            Some(tls) => {
+                let (connector, sni) = tls
+                    .connector()
+                    .await
+                    .map_err(|e| SendError::Connect(format!("upstream TLS: {e}")))?;
+                let name = match sni {
+                    Some(name) => name,
+                    None => match host.endpoint.parse::<SocketAddr>() {
+                        Ok(addr) => ServerName::IpAddress(addr.ip().into()),
+                        Err(e) => return Err(SendError::Connect(e.to_string())),
+                    },
+                };
+                let stream =
+                    tokio::time::timeout(self.connect_timeout, connector.connect(name, tcp))
+                        .await
+                        .map_err(|_| {
+                            SendError::Connect("upstream TLS handshake timed out".to_owned())
+                        })?
+                        .map_err(|e| SendError::Connect(format!("upstream TLS: {e}")))?;
+                let h2 = stream.get_ref().1.alpn_protocol() == Some(b"h2");
+                (Io::Tls(Box::new(TokioIo::new(stream))), h2)
+            }
+        };
+        let io = CountedIo { io, _slot: slot };
+        let in_use = InUse::new();
+        if self.http2 || alpn_h2 {
+            let (sender, conn) = http2::handshake(TokioExecutor::new(), io)
+                .await
+                .map_err(|e| SendError::Connect(error_chain(&e)))?;
+            spawn_connection(conn, in_use.clone());
+            *host.h2.lock().unwrap_or_else(PoisonError::into_inner) =
+                Some((sender.clone(), in_use.clone()));
+            Ok(Checked::H2(sender, in_use))
+        } else {
+            let (sender, conn) = http1::handshake(io)
+                .await
+                .map_err(|e| SendError::Connect(error_chain(&e)))?;
+            spawn_connection(conn, in_use.clone());
+            Ok(Checked::H1(sender, in_use))
+        }
+    }
+}
+
+impl Host {
+    fn h2_open(&self) -> Option<Checked> {
+        let h2 = self.h2.lock().unwrap_or_else(PoisonError::into_inner);
+        match &*h2 {
+            Some((sender, in_use)) if !sender.is_closed() => {
+                Some(Checked::H2(sender.clone(), in_use.clone()))
+            }
+            _ => None,
+        }
+    }
+
+    /// The newest idle HTTP/1 connection that is still open, once it is ready.
+    async fn idle_ready(&self) -> Option<Checked> {
+        loop {
+            let popped = self
+                .idle
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .pop();
+            let (mut sender, in_use) = popped?;
+            if sender.is_closed() {
+                continue;
+            }
+            if sender.ready().await.is_ok() {
+                return Some(Checked::H1(sender, in_use));
+            }
+        }
+    }
+
+    fn has_connections(&self) -> bool {
+        !self
+            .idle
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .is_empty()
+            || self
+                .h2
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .as_ref()
+                .is_some_and(|(s, _)| !s.is_closed())
+    }
+}
+
+/// Drives one upstream connection until it ends, or has had nothing in flight for
+/// [`IDLE_TIMEOUT`] (then it is dropped, which closes it).
+fn spawn_connection<C>(conn: C, in_use: Arc<InUse>)
+where
+    C: std::future::Future<Output = hyper::Result<()>> + Send + 'static,
+{
+    tokio::spawn(async move {
+        let mut conn = pin!(conn);
+        loop {
+            let deadline = in_use.idle_deadline(IDLE_TIMEOUT);
+            tokio::select! {
+                done = conn.as_mut() => {
+                    if let Err(e) = done {
+                        tracing::debug!(error = %e, "upstream connection ended with an error");
+                    }
+                    return;
+                }
+                () = tokio::time::sleep_until(deadline) => {
+                    if in_use.active.load(Ordering::Acquire) == 0
+                        && in_use.idle_deadline(IDLE_TIMEOUT) <= Instant::now()
+                    {
+                        tracing::debug!("closing an idle upstream connection");
+                        return;
+                    }
+                }
+            }
+        }
+    });
 }
 
 /// A pool's TLS: built on its first connection (reading files and secrets), then shared.
@@ -144,93 +549,29 @@ impl std::fmt::Debug for TlsSetup {
 }
 
 impl TlsSetup {
-    async fn connector(&self) -> Result<(TlsConnector, Option<ServerName<'static>>), BoxError> {
-        let built = self
-            .built
+    async fn connector(&self) -> Result<(TlsConnector, Option<ServerName<'static>>), String> {
+        self.built
             .get_or_init(|| async {
                 client_config(&self.config, &self.secrets)
                     .await
                     .map(|(config, sni)| (TlsConnector::from(config), sni))
                     .map_err(|e| e.to_string())
             })
-            .await;
-        built
+            .await
             .clone()
-            .map_err(|e| format!("upstream TLS: {e}").into())
     }
 }
 
-type BoxError = Box<dyn std::error::Error + Send + Sync>;
-
-/// hyper-util's `HttpConnector`, counting the cluster's connections and the requests
-/// waiting for one, under `max_connections` and `max_pending_requests`, then the TLS
-/// handshake when the pool's transport socket is TLS.
-#[derive(Debug, Clone)]
-pub(crate) struct CountingConnector {
-    inner: HttpConnector,
-    cluster: Arc<ClusterState>,
-    /// How long a new connection may wait for a slot (the connect timeout); also the bound
-    /// on the TLS handshake.
-    wait: Duration,
-    tls: Option<Arc<TlsSetup>>,
-}
-
-impl CountingConnector {
-    fn new(
-        inner: HttpConnector,
-        cluster: Arc<ClusterState>,
-        wait: Duration,
-        tls: Option<Arc<TlsSetup>>,
-    ) -> Self {
-        Self {
-            inner,
-            cluster,
-            wait,
-            tls,
-        }
+/// An error and its sources on one line: hyper's top-level messages alone are too vague.
+pub(crate) fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        out.push_str(": ");
+        out.push_str(&s.to_string());
+        source = s.source();
     }
-}
-
-impl tower::Service<Uri> for CountingConnector {
-    type Response = CountedIo;
-    type Error = BoxError;
-    type Future = Pin<Box<dyn Future<Output = Result<CountedIo, BoxError>> + Send>>;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
-        self.inner.poll_ready(cx).map_err(Into::into)
-    }
-
-    fn call(&mut self, dst: Uri) -> Self::Future {
-        let cluster = self.cluster.clone();
-        let endpoint = dst.authority().map(|a| a.to_string()).unwrap_or_default();
-        let connect = self.inner.call(dst);
-        let wait = self.wait;
-        let tls = self.tls.clone();
-        Box::pin(async move {
-            let _pending = cluster.begin_pending()?;
-            let slot = cluster.connection_slot(endpoint.clone(), wait).await?;
-            let tcp = connect.await?;
-            let io = match tls {
-                None => Io::Plain(tcp),
-                Some(tls) => {
-                    let (connector, sni) = tls.connector().await?;
-                    let name = match sni {
-                        Some(name) => name,
-                        None => {
-                            let addr: std::net::SocketAddr = endpoint.parse()?;
-                            ServerName::IpAddress(addr.ip().into())
-                        }
-                    };
-                    let handshake = connector.connect(name, tcp.into_inner());
-                    let stream = tokio::time::timeout(wait, handshake)
-                        .await
-                        .map_err(|_| "upstream TLS handshake timed out")??;
-                    Io::Tls(Box::new(TokioIo::new(stream)))
-                }
-            };
-            Ok(CountedIo { io, _slot: slot })
-        })
-    }
+    out
 }
 
 /// An upstream connection, plaintext or TLS.
@@ -240,28 +581,11 @@ enum Io {
     Tls(Box<TokioIo<TlsStream<TcpStream>>>),
 }
 
-/// A connection that frees its slot when closed.
+/// A connection that frees its `max_connections` slot when closed.
 #[derive(Debug)]
-pub(crate) struct CountedIo {
+struct CountedIo {
     io: Io,
     _slot: ConnectionSlot,
-}
-
-impl Connection for CountedIo {
-    fn connected(&self) -> Connected {
-        match &self.io {
-            Io::Plain(io) => io.connected(),
-            Io::Tls(io) => {
-                let (tcp, conn) = io.inner().get_ref();
-                let connected = tcp.connected();
-                if conn.alpn_protocol() == Some(b"h2") {
-                    connected.negotiated_h2()
-                } else {
-                    connected
-                }
-            }
-        }
-    }
 }
 
 /// Forwards to whichever stream `$io` holds.

@@ -17,26 +17,28 @@
 //! dropped, their failures only logged, and they are bounded by the route timeout (15 s
 //! when the route has none).
 
+use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode, Uri, Version};
+use http::uri::{Authority, PathAndQuery};
+use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Response, StatusCode, Uri};
 use http_body_util::BodyExt;
 use hyper::body::{Body as _, Frame, Incoming, SizeHint};
 use rand::Rng;
-use switchboard_proxy_xds::config::cluster::{
-    Cluster, LbPolicy, TransportChoice, UpstreamProtocol,
+use switchboard_proxy_xds::config::cluster::{Cluster, LbPolicy, TransportChoice};
+use switchboard_proxy_xds::config::route::{
+    DEFAULT_TIMEOUT, Forward, HashPolicy, Mirror, RetryPolicy,
 };
-use switchboard_proxy_xds::config::route::{DEFAULT_TIMEOUT, Forward, Mirror, RetryPolicy};
 
 use super::{Target, local};
 use crate::body::{Body, full};
 use crate::cluster::{
-    AttemptOutcome, ClusterState, ConnectionPools, EndpointSource, HostState, HttpClient, Picked,
-    RequestSlot, Threshold, endpoint_source, overflow_of,
+    AttemptOutcome, ClusterState, ConnectionPools, EndpointSource, HostState, Lease, Picked, Pool,
+    RequestSlot, SendError, Threshold, endpoint_source,
 };
 use crate::ring::{HashInput, request_hash};
 use crate::telemetry::request::RequestBody;
@@ -49,8 +51,10 @@ pub const MAX_RETRY_BODY: u64 = 64 * 1024;
 struct Upstream {
     cluster: Arc<Cluster>,
     state: Arc<ClusterState>,
-    /// One client per transport socket of the cluster (its own, then each match).
-    clients: Vec<(TransportChoice, HttpClient)>,
+    /// The pool of the cluster's own transport socket, and one per `transport_socket_matches`
+    /// entry (none in most clusters, so nothing is allocated for them).
+    pool: Arc<Pool>,
+    matched: Vec<(TransportChoice, Arc<Pool>)>,
     endpoints: Option<Arc<dyn EndpointSource>>,
     /// The request's hash, for a ring hash cluster.
     hash: Option<u64>,
@@ -65,14 +69,14 @@ impl Upstream {
     ) -> Self {
         let state = target.registry.cluster_in(&cluster.name, target.snapshot);
         state.breakers.configure(&cluster.circuit_breakers);
-        let choices = std::iter::once(TransportChoice::Default)
-            .chain((0..cluster.tls_matches.len()).map(TransportChoice::Match));
-        let clients = choices
-            .map(|c| (c, pools.client(cluster, c, &state, target.snapshot)))
+        let pool = |c| pools.pool(cluster, c, &state, target.snapshot);
+        let matched = (0..cluster.tls_matches.len())
+            .map(|i| (TransportChoice::Match(i), pool(TransportChoice::Match(i))))
             .collect();
         Self {
+            pool: pool(TransportChoice::Default),
+            matched,
             cluster: cluster.clone(),
-            clients,
             endpoints: endpoint_source(target.snapshot, cluster),
             hash: match cluster.lb_policy {
                 LbPolicy::RingHash(_) => hash(),
@@ -82,28 +86,27 @@ impl Upstream {
         }
     }
 
-    /// The client for `address`: the one of the transport socket its metadata selects.
-    fn client_for(&self, address: std::net::SocketAddr) -> Option<&HttpClient> {
-        let choice = if self.cluster.tls_matches.is_empty() {
-            TransportChoice::Default
-        } else {
-            let labels = self
-                .endpoints
-                .as_ref()
-                .and_then(|e| e.load_assignment())
-                .and_then(|la| {
-                    la.localities
-                        .iter()
-                        .flat_map(|l| &l.endpoints)
-                        .find(|e| e.address == address)
-                })
-                .map(|e| &e.transport_labels);
-            labels.map_or(TransportChoice::Default, |l| self.cluster.transport_for(l))
-        };
-        self.clients
+    /// The pool for `address`: the one of the transport socket its metadata selects.
+    fn pool_for(&self, address: SocketAddr) -> &Arc<Pool> {
+        if self.matched.is_empty() {
+            return &self.pool;
+        }
+        let labels = self
+            .endpoints
+            .as_ref()
+            .and_then(|e| e.load_assignment())
+            .and_then(|la| {
+                la.localities
+                    .iter()
+                    .flat_map(|l| &l.endpoints)
+                    .find(|e| e.address == address)
+            })
+            .map(|e| &e.transport_labels);
+        let choice = labels.map_or(TransportChoice::Default, |l| self.cluster.transport_for(l));
+        self.matched
             .iter()
             .find(|(c, _)| *c == choice)
-            .map(|(_, client)| client)
+            .map_or(&self.pool, |(_, p)| p)
     }
 
     fn pick(&self) -> Option<Picked> {
@@ -130,10 +133,35 @@ impl Upstream {
 }
 
 /// What goes upstream of the request, whatever the attempt.
+#[derive(Clone)]
 struct Head {
     method: Method,
-    path_and_query: String,
+    path_and_query: PathAndQuery,
     headers: HeaderMap,
+}
+
+/// What a ring hash policy may hash besides the head.
+struct HashSource<'a> {
+    policy: &'a [HashPolicy],
+    authority: Option<Authority>,
+    source_ip: Option<IpAddr>,
+}
+
+impl HashSource<'_> {
+    fn hash(&self, head: &Head) -> Option<u64> {
+        let input = HashInput {
+            method: &head.method,
+            authority: self.authority.as_ref().map(Authority::as_str).or_else(|| {
+                head.headers
+                    .get(http::header::HOST)
+                    .and_then(|h| h.to_str().ok())
+            }),
+            path_and_query: head.path_and_query.as_str(),
+            headers: &head.headers,
+            source_ip: self.source_ip,
+        };
+        request_hash(self.policy, &input)
+    }
 }
 
 /// How one attempt ended, before retry policy looks at it.
@@ -165,37 +193,26 @@ pub(super) async fn forward(
         );
     };
     let (parts, body) = req.into_parts();
+    let mut uri = parts.uri.into_parts();
     let head = Head {
-        path_and_query: parts
-            .uri
-            .path_and_query()
-            .map_or("/", |pq| pq.as_str())
-            .to_owned(),
-        headers: upstream_headers(&parts.headers),
+        path_and_query: uri
+            .path_and_query
+            .take()
+            .unwrap_or_else(|| PathAndQuery::from_static("/")),
+        headers: upstream_headers(parts.headers),
         method: parts.method,
     };
-    let source_ip = parts
-        .extensions
-        .get::<DownstreamAddrs>()
-        .map(|a| a.remote.ip());
-    let authority = parts.uri.authority().map(|a| a.as_str().to_owned());
-    let hash = || {
-        let input = HashInput {
-            method: &head.method,
-            authority: authority.as_deref().or_else(|| {
-                head.headers
-                    .get(http::header::HOST)
-                    .and_then(|h| h.to_str().ok())
-            }),
-            path_and_query: &head.path_and_query,
-            headers: &head.headers,
-            source_ip,
-        };
-        request_hash(&f.hash_policy, &input)
+    let hashing = HashSource {
+        policy: &f.hash_policy,
+        authority: uri.authority.take(),
+        source_ip: parts
+            .extensions
+            .get::<DownstreamAddrs>()
+            .map(|a| a.remote.ip()),
     };
-    let up = Upstream::new(pools, target, cluster, hash);
+    let up = Upstream::new(pools, target, cluster, || hashing.hash(&head));
     let current: Current = Mutex::new(None);
-    let work = attempts(pools, target, &up, f, &head, body, &hash, &current);
+    let work = attempts(pools, target, &up, f, head, body, &hashing, &current);
     let result = match f.timeout {
         Some(t) => tokio::time::timeout(t, work).await.ok(),
         None => Some(work.await),
@@ -261,9 +278,9 @@ async fn attempts(
     target: &Target<'_>,
     up: &Upstream,
     f: &Forward,
-    head: &Head,
+    head: Head,
     body: RequestBody,
-    hash: &(dyn Fn() -> Option<u64> + Sync),
+    hashing: &HashSource<'_>,
     current: &Current,
 ) -> Outcome {
     let retry = f.retry.as_ref().filter(|r| r.num_retries > 0);
@@ -289,7 +306,7 @@ async fn attempts(
         Err(e) => return Outcome::Reset(format!("reading the request body: {e}")),
     };
     for m in mirrors {
-        mirror(pools, target, f, m, head, bytes.clone(), hash);
+        mirror(pools, target, f, m, &head, bytes.clone(), hashing);
     }
     let Some(policy) = retry else {
         return attempt(up, per_try, head, full(bytes), current).await;
@@ -297,7 +314,7 @@ async fn attempts(
     let mut retries = 0;
     let mut _retry_slot = None;
     loop {
-        let outcome = attempt(up, per_try, head, full(bytes.clone()), current).await;
+        let outcome = attempt(up, per_try, head.clone(), full(bytes.clone()), current).await;
         if retries >= policy.num_retries || !retriable(policy, &outcome) {
             return outcome;
         }
@@ -322,7 +339,7 @@ async fn attempts(
 async fn attempt(
     up: &Upstream,
     per_try_timeout: Option<Duration>,
-    head: &Head,
+    head: Head,
     body: Body,
     current: &Current,
 ) -> Outcome {
@@ -333,28 +350,13 @@ async fn attempt(
     let Some(picked) = up.pick() else {
         return Outcome::NoEndpoint;
     };
-    let Ok(uri) = format!("http://{}{}", picked.address, head.path_and_query).parse::<Uri>() else {
-        return Outcome::Reset(format!(
-            "cannot build an upstream URI for {:?}",
-            head.path_and_query
-        ));
-    };
     let mut req = Request::new(body);
-    *req.method_mut() = head.method.clone();
-    *req.uri_mut() = uri;
-    *req.version_mut() = match up.cluster.protocol {
-        UpstreamProtocol::Http1 => Version::HTTP_11,
-        UpstreamProtocol::Http2 => Version::HTTP_2,
-    };
-    *req.headers_mut() = head.headers.clone();
-    let Some(client) = up.client_for(picked.address) else {
-        return Outcome::Reset(format!(
-            "no transport socket for endpoint {}",
-            picked.address
-        ));
-    };
+    *req.method_mut() = head.method;
+    *req.uri_mut() = Uri::from(head.path_and_query);
+    *req.headers_mut() = head.headers;
+    let pool = up.pool_for(picked.address);
     set_current(current, Some(picked.host.clone()));
-    let send = client.request(req);
+    let send = pool.send(picked.address, req);
     let result = match per_try_timeout {
         Some(t) => tokio::time::timeout(t, send).await.ok(),
         None => Some(send.await),
@@ -365,26 +367,25 @@ async fn attempt(
         return Outcome::TimedOut;
     };
     match result {
-        Ok(resp) => {
+        Ok((resp, lease)) => {
             up.finish(&picked.host, AttemptOutcome::Status(resp.status().as_u16()));
             let address = picked.address;
-            let mut resp = resp.map(|b| Guarded::new(b, (slot, picked)).boxed_unsync());
+            let mut resp = resp.map(|b| Guarded::new(b, (slot, picked), lease).boxed_unsync());
             strip_response_hop_by_hop(resp.headers_mut());
             resp.extensions_mut().insert(UpstreamHost(address));
             Outcome::Response(resp)
         }
-        Err(e) => {
-            if let Some(t) = overflow_of(&e) {
-                up.state.overflow(t);
-                return Outcome::Overflow(t);
-            }
-            if e.is_connect() {
-                up.finish(&picked.host, AttemptOutcome::ConnectFailure);
-                Outcome::ConnectFailure(error_chain(&e))
-            } else {
-                up.finish(&picked.host, AttemptOutcome::Reset);
-                Outcome::Reset(error_chain(&e))
-            }
+        Err(SendError::Overflow(t)) => {
+            up.state.overflow(t);
+            Outcome::Overflow(t)
+        }
+        Err(SendError::Connect(e)) => {
+            up.finish(&picked.host, AttemptOutcome::ConnectFailure);
+            Outcome::ConnectFailure(e)
+        }
+        Err(SendError::Reset(e)) => {
+            up.finish(&picked.host, AttemptOutcome::Reset);
+            Outcome::Reset(e)
         }
     }
 }
@@ -413,13 +414,13 @@ fn mirror(
     m: &Mirror,
     head: &Head,
     body: Bytes,
-    hash: &(dyn Fn() -> Option<u64> + Sync),
+    hashing: &HashSource<'_>,
 ) {
     let Some(cluster) = target.snapshot.clusters.get(&m.cluster) else {
         tracing::debug!(cluster = %m.cluster, "mirror cluster is not configured; not mirrored");
         return;
     };
-    let up = Upstream::new(pools, target, cluster, hash);
+    let up = Upstream::new(pools, target, cluster, || hashing.hash(head));
     let mut headers = head.headers.clone();
     if let Some(host) = headers
         .get(http::header::HOST)
@@ -438,7 +439,7 @@ fn mirror(
     tokio::spawn(async move {
         let current: Current = Mutex::new(None);
         let work = async {
-            match attempt(&up, None, &head, full(body), &current).await {
+            match attempt(&up, None, head, full(body), &current).await {
                 Outcome::Response(resp) => {
                     // Read and drop the answer, so the connection can be reused.
                     let mut body = resp.into_body();
@@ -494,13 +495,17 @@ fn sampled(per_million: u32) -> bool {
 struct Guarded {
     body: Incoming,
     guards: Option<(RequestSlot, Picked)>,
+    lease: Option<Lease>,
+    ended: bool,
 }
 
 impl Guarded {
-    fn new(body: Incoming, guards: (RequestSlot, Picked)) -> Self {
+    fn new(body: Incoming, guards: (RequestSlot, Picked), lease: Lease) -> Self {
         Self {
             body,
             guards: Some(guards),
+            lease: Some(lease),
+            ended: false,
         }
     }
 }
@@ -515,8 +520,19 @@ impl hyper::body::Body for Guarded {
     ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
         let this = self.get_mut();
         let polled = Pin::new(&mut this.body).poll_frame(cx);
-        if matches!(polled, Poll::Ready(None | Some(Err(_)))) {
-            this.guards = None;
+        match &polled {
+            Poll::Ready(None) => {
+                this.ended = true;
+                this.guards = None;
+                if let Some(lease) = this.lease.take() {
+                    lease.finish();
+                }
+            }
+            Poll::Ready(Some(Err(_))) => {
+                this.guards = None;
+                this.lease = None;
+            }
+            _ => {}
         }
         polled
     }
@@ -530,45 +546,63 @@ impl hyper::body::Body for Guarded {
     }
 }
 
+/// A body read to its end hands its connection back even when its reader stopped at the
+/// last frame (a known length lets hyper stop polling before the end is signalled).
+impl Drop for Guarded {
+    fn drop(&mut self) {
+        if let Some(lease) = self.lease.take()
+            && (self.ended || self.body.is_end_stream())
+        {
+            lease.finish();
+        }
+    }
+}
+
 /// Drops hop-by-hop headers, which belong to the downstream connection (and which HTTP/2
 /// forbids), keeping `te: trailers` that gRPC needs.
-fn upstream_headers(headers: &HeaderMap) -> HeaderMap {
-    const HOP_BY_HOP: [&str; 7] = [
-        "connection",
-        "keep-alive",
-        "proxy-connection",
-        "proxy-authorization",
-        "transfer-encoding",
-        "upgrade",
-        "te",
+fn upstream_headers(mut headers: HeaderMap) -> HeaderMap {
+    use http::header::{CONNECTION, PROXY_AUTHORIZATION, TE, TRANSFER_ENCODING, UPGRADE};
+    const HOP_BY_HOP: [HeaderName; 7] = [
+        CONNECTION,
+        KEEP_ALIVE,
+        PROXY_CONNECTION,
+        PROXY_AUTHORIZATION,
+        TRANSFER_ENCODING,
+        UPGRADE,
+        TE,
     ];
-    let mut out = headers.clone();
     let te_trailers = headers
         .get(http::header::TE)
         .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"trailers"));
-    for name in HOP_BY_HOP {
-        out.remove(name);
+    for name in &HOP_BY_HOP {
+        headers.remove(name);
     }
     if te_trailers {
-        out.insert(http::header::TE, HeaderValue::from_static("trailers"));
+        headers.insert(http::header::TE, HeaderValue::from_static("trailers"));
     }
-    out
+    headers
 }
 
 /// Drops the upstream connection's hop-by-hop headers from a response, so that framing is
 /// decided by the downstream connection (an HTTP/1.1 `transfer-encoding` must not reach an
 /// HTTP/2 client, nor a `connection: close` close the wrong connection).
 fn strip_response_hop_by_hop(headers: &mut HeaderMap) {
+    use http::header::{CONNECTION, TRANSFER_ENCODING, UPGRADE};
     for name in [
-        "connection",
-        "keep-alive",
-        "proxy-connection",
-        "transfer-encoding",
-        "upgrade",
+        CONNECTION,
+        KEEP_ALIVE,
+        PROXY_CONNECTION,
+        TRANSFER_ENCODING,
+        UPGRADE,
     ] {
         headers.remove(name);
     }
 }
+
+/// Hop-by-hop headers without a constant in `http`: by name, so that removing them does not
+/// parse the name for every request.
+const KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
+const PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
 
 fn retriable(p: &RetryPolicy, outcome: &Outcome) -> bool {
     let on = |c: &str| p.retry_on.iter().any(|r| r == c);
@@ -597,18 +631,6 @@ fn backoff(p: &RetryPolicy, retry: u32) -> Duration {
         return ceiling;
     }
     rand::rng().random_range(Duration::ZERO..ceiling)
-}
-
-/// An error and its sources on one line: hyper's top-level messages alone are too vague.
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut out = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        out.push_str(": ");
-        out.push_str(&s.to_string());
-        source = s.source();
-    }
-    out
 }
 
 #[cfg(test)]

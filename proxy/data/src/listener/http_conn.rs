@@ -224,7 +224,10 @@ async fn drive<C>(
     let mut watchdog = pin!(watchdog(state, limits));
     let mut closing = false;
     loop {
+        // Biased: the connection first (it is what wakes this task for every request), and
+        // no random number drawn per wake-up to shuffle the branches.
         tokio::select! {
+            biased;
             done = conn.as_mut() => {
                 if let Err(e) = done {
                     tracing::debug!(error = %e, "connection ended with an error");
