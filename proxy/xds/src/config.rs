@@ -109,20 +109,16 @@ fn fields_of(full_name: &str) -> Option<Arc<[(u32, String)]>> {
 /// Scans [`switchboard_xds_proto::FILE_DESCRIPTOR_SET`] for the files of `full_name`'s
 /// package (reading only each file's `package` field) and decodes just those.
 fn read_fields(full_name: &str) -> Option<Vec<(u32, String)>> {
-    use prost::encoding::decode_varint;
-    let mut set = switchboard_xds_proto::FILE_DESCRIPTOR_SET;
-    while !set.is_empty() {
-        let key = decode_varint(&mut set).ok()?;
-        if key & 7 != 2 {
-            return None; // a FileDescriptorSet holds only its files
-        }
-        let len = usize::try_from(decode_varint(&mut set).ok()?).ok()?;
-        let file = set.get(..len)?;
-        set = set.get(len..)?;
-        if key >> 3 != 1 {
+    for (number, file) in top_level_fields(switchboard_xds_proto::FILE_DESCRIPTOR_SET)? {
+        // `file` (1) is the only field of a FileDescriptorSet; a file's `package` is its 2.
+        let (1, Some(file)) = (number, file) else {
             continue;
-        }
-        let Some(package) = package_of(file) else {
+        };
+        let Some(package) = top_level_fields(file)?
+            .into_iter()
+            .find_map(|(n, value)| value.filter(|_| n == 2))
+            .and_then(|p| std::str::from_utf8(p).ok())
+        else {
             continue;
         };
         let Some(path) = full_name
@@ -160,29 +156,6 @@ fn find_message<'a>(
     Some(message)
 }
 
-/// The `package` (field 2) of an encoded `FileDescriptorProto`.
-fn package_of(mut file: &[u8]) -> Option<&str> {
-    use prost::encoding::decode_varint;
-    while !file.is_empty() {
-        let key = decode_varint(&mut file).ok()?;
-        let skip = match key & 7 {
-            0 => {
-                decode_varint(&mut file).ok()?;
-                0
-            }
-            1 => 8,
-            2 => usize::try_from(decode_varint(&mut file).ok()?).ok()?,
-            5 => 4,
-            _ => return None,
-        };
-        if key == (2 << 3 | 2) {
-            return std::str::from_utf8(file.get(..skip)?).ok();
-        }
-        file = file.get(skip..)?;
-    }
-    None
-}
-
 /// Rejects `message` if a field outside `supported` (proto field names) is set. Supported
 /// fields may still be ignored by the proxy when they do not change traffic (`stat_prefix`).
 ///
@@ -203,10 +176,10 @@ pub(crate) fn check_fields<M: Message + Name>(
     {
         return Err(internal(format!("{name} has no field {typo}")));
     }
-    let numbers = field_numbers(&message.encode_to_vec())
-        .ok_or_else(|| internal(format!("cannot scan {name}")))?;
+    let encoded = message.encode_to_vec();
+    let set = top_level_fields(&encoded).ok_or_else(|| internal(format!("cannot scan {name}")))?;
     let mut unsupported: Vec<String> = Vec::new();
-    for number in numbers {
+    for (number, _) in set {
         let field = fields
             .iter()
             .find(|(n, _)| *n == number)
@@ -227,25 +200,30 @@ pub(crate) fn check_fields<M: Message + Name>(
     }
 }
 
-/// The field numbers present at the top level of an encoded message, in order.
-fn field_numbers(mut buf: &[u8]) -> Option<Vec<u32>> {
+/// A top-level field of an encoded message: its number and, when it is length-delimited,
+/// its bytes.
+type RawField<'a> = (u32, Option<&'a [u8]>);
+
+/// The fields at the top level of an encoded message, in order.
+fn top_level_fields(mut buf: &[u8]) -> Option<Vec<RawField<'_>>> {
     use prost::encoding::decode_varint;
     let mut out = Vec::new();
     while !buf.is_empty() {
         let key = decode_varint(&mut buf).ok()?;
         let number = u32::try_from(key >> 3).ok()?;
-        let skip = match key & 7 {
+        let (skip, delimited) = match key & 7 {
             0 => {
                 decode_varint(&mut buf).ok()?;
-                0
+                (0, false)
             }
-            1 => 8,
-            2 => usize::try_from(decode_varint(&mut buf).ok()?).ok()?,
-            5 => 4,
+            1 => (8, false),
+            2 => (usize::try_from(decode_varint(&mut buf).ok()?).ok()?, true),
+            5 => (4, false),
             _ => return None, // groups: not used by any xDS message
         };
+        let value = buf.get(..skip)?;
         buf = buf.get(skip..)?;
-        out.push(number);
+        out.push((number, delimited.then_some(value)));
     }
     Some(out)
 }

@@ -210,15 +210,27 @@ pub(crate) struct Lease {
 }
 
 impl Lease {
-    /// The response ended: an HTTP/1 connection can carry the next request.
+    /// The response ended: an HTTP/1 connection can carry the next request. It almost
+    /// always can at once; one still sending the request's body (the upstream answered
+    /// early) goes back only once it is ready, so that the pool never holds a connection a
+    /// request would have to wait on.
     pub(crate) fn finish(mut self) {
-        if let Some((sender, host)) = self.h1.take() {
-            host.idle
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .push((sender, self.in_use.clone()));
-            host.returned.notify_one();
+        let Some((mut sender, host)) = self.h1.take() else {
+            return;
+        };
+        if sender.is_closed() {
+            return;
         }
+        let in_use = self.in_use.clone();
+        if sender.is_ready() {
+            host.hand_back(sender, in_use);
+            return;
+        }
+        tokio::spawn(async move {
+            if sender.ready().await.is_ok() {
+                host.hand_back(sender, in_use);
+            }
+        });
     }
 }
 
@@ -460,6 +472,15 @@ impl Pool {
 }
 
 impl Host {
+    /// An idle HTTP/1 connection, ready for the next request, back in the pool.
+    fn hand_back(&self, sender: http1::SendRequest<Body>, in_use: Arc<InUse>) {
+        self.idle
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push((sender, in_use));
+        self.returned.notify_one();
+    }
+
     fn h2_open(&self) -> Option<Checked> {
         let h2 = self.h2.lock().unwrap_or_else(PoisonError::into_inner);
         match &*h2 {
@@ -470,7 +491,8 @@ impl Host {
         }
     }
 
-    /// The newest idle HTTP/1 connection that is still open, once it is ready.
+    /// The newest idle HTTP/1 connection that is still open (every one was ready when it
+    /// was handed back, so `ready` only tells whether it closed since).
     async fn idle_ready(&self) -> Option<Checked> {
         loop {
             let popped = self
