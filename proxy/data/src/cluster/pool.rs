@@ -210,27 +210,14 @@ pub(crate) struct Lease {
 }
 
 impl Lease {
-    /// The response ended: an HTTP/1 connection can carry the next request. It almost
-    /// always can at once; one still sending the request's body (the upstream answered
-    /// early) goes back only once it is ready, so that the pool never holds a connection a
-    /// request would have to wait on.
+    /// The response ended: an HTTP/1 connection can carry the next request once its task
+    /// has caught up (see [`Host::idle_ready`]).
     pub(crate) fn finish(mut self) {
-        let Some((mut sender, host)) = self.h1.take() else {
-            return;
-        };
-        if sender.is_closed() {
-            return;
+        if let Some((sender, host)) = self.h1.take()
+            && !sender.is_closed()
+        {
+            host.hand_back(sender, self.in_use.clone());
         }
-        let in_use = self.in_use.clone();
-        if sender.is_ready() {
-            host.hand_back(sender, in_use);
-            return;
-        }
-        tokio::spawn(async move {
-            if sender.ready().await.is_ok() {
-                host.hand_back(sender, in_use);
-            }
-        });
     }
 }
 
@@ -491,23 +478,42 @@ impl Host {
         }
     }
 
-    /// The newest idle HTTP/1 connection that is still open (every one was ready when it
-    /// was handed back, so `ready` only tells whether it closed since).
+    /// The newest idle HTTP/1 connection that is open and ready. One handed back as its
+    /// response ended is usually ready once its task has run once more (the task delivered
+    /// the body's end before it could take the next request), so a connection not ready is
+    /// given that one turn; one still not ready (still sending the body of a request its
+    /// upstream answered early) is set aside, not waited on.
     async fn idle_ready(&self) -> Option<Checked> {
-        loop {
+        let mut set_aside = Vec::new();
+        let found = loop {
             let popped = self
                 .idle
                 .lock()
                 .unwrap_or_else(PoisonError::into_inner)
                 .pop();
-            let (mut sender, in_use) = popped?;
+            let Some((sender, in_use)) = popped else {
+                break None;
+            };
             if sender.is_closed() {
                 continue;
             }
-            if sender.ready().await.is_ok() {
-                return Some(Checked::H1(sender, in_use));
+            if !sender.is_ready() {
+                tokio::task::yield_now().await;
             }
+            if sender.is_ready() {
+                break Some(Checked::H1(sender, in_use));
+            }
+            if !sender.is_closed() {
+                set_aside.push((sender, in_use));
+            }
+        };
+        if !set_aside.is_empty() {
+            let mut idle = self.idle.lock().unwrap_or_else(PoisonError::into_inner);
+            // Under the newer ones, so that the next request tries those first.
+            set_aside.extend(idle.drain(..));
+            *idle = set_aside;
         }
+        found
     }
 
     fn has_connections(&self) -> bool {

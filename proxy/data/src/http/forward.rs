@@ -496,7 +496,6 @@ struct Guarded {
     body: Incoming,
     guards: Option<(RequestSlot, Picked)>,
     lease: Option<Lease>,
-    ended: bool,
 }
 
 impl Guarded {
@@ -505,7 +504,6 @@ impl Guarded {
             body,
             guards: Some(guards),
             lease: Some(lease),
-            ended: false,
         }
     }
 }
@@ -522,7 +520,6 @@ impl hyper::body::Body for Guarded {
         let polled = Pin::new(&mut this.body).poll_frame(cx);
         match &polled {
             Poll::Ready(None) => {
-                this.ended = true;
                 this.guards = None;
                 if let Some(lease) = this.lease.take() {
                     lease.finish();
@@ -551,7 +548,7 @@ impl hyper::body::Body for Guarded {
 impl Drop for Guarded {
     fn drop(&mut self) {
         if let Some(lease) = self.lease.take()
-            && (self.ended || self.body.is_end_stream())
+            && self.body.is_end_stream()
         {
             lease.finish();
         }

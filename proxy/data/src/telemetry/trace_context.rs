@@ -114,20 +114,16 @@ impl TraceParent {
     /// The `traceparent` header, written into a buffer on the stack: this runs for every
     /// request, and formatting through `Display` costs two allocations more.
     pub(crate) fn to_header_value(self) -> HeaderValue {
-        fn hex(bytes: &[u8], out: &mut [u8]) {
-            const DIGITS: &[u8; 16] = b"0123456789abcdef";
-            for (b, pair) in bytes.iter().zip(out.chunks_exact_mut(2)) {
-                pair[0] = DIGITS[usize::from(b >> 4)];
-                pair[1] = DIGITS[usize::from(b & 0xf)];
-            }
-        }
-        // 00-<32 hex>-<16 hex>-<2 hex>
+        // 00-<32 hex>-<16 hex>-<2 hex>; each slice is exactly twice its input, so the
+        // encodings cannot fail, and the digits and dashes always make a valid header value.
         let mut out = *b"00-00000000000000000000000000000000-0000000000000000-00";
-        hex(&self.trace_id, &mut out[3..35]);
-        hex(&self.parent_id, &mut out[36..52]);
-        hex(&[self.flags], &mut out[53..55]);
-        // Hex digits and dashes only, always a valid header value.
-        HeaderValue::from_bytes(&out).unwrap_or(HeaderValue::from_static(""))
+        let encoded = hex::encode_to_slice(self.trace_id, &mut out[3..35])
+            .and_then(|()| hex::encode_to_slice(self.parent_id, &mut out[36..52]))
+            .and_then(|()| hex::encode_to_slice([self.flags], &mut out[53..55]));
+        match encoded {
+            Ok(()) => HeaderValue::from_bytes(&out).unwrap_or(HeaderValue::from_static("")),
+            Err(_) => HeaderValue::from_static(""),
+        }
     }
 }
 
