@@ -210,6 +210,12 @@ pub(crate) struct Lease {
 }
 
 impl Lease {
+    /// A request starts on the connection `in_use` tracks.
+    fn begin(in_use: Arc<InUse>) -> Self {
+        in_use.begin();
+        Self { in_use, h1: None }
+    }
+
     /// The response ended: an HTTP/1 connection can carry the next request once its task
     /// has caught up (see [`Host::idle_ready`]).
     pub(crate) fn finish(mut self) {
@@ -298,40 +304,33 @@ impl Pool {
             .cloned()
             .unwrap_or_else(|| PathAndQuery::from_static("/"));
         for _ in 0..UNSENT_TRIES {
-            match self.checkout(&host).await? {
+            let (sent, lease) = match self.checkout(&host).await? {
                 Checked::H1(mut sender, in_use) => {
-                    in_use.begin();
+                    let mut lease = Lease::begin(in_use);
                     *req.version_mut() = Version::HTTP_11;
                     *req.uri_mut() = Uri::from(path.clone());
                     req.headers_mut()
                         .entry(http::header::HOST)
                         .or_insert_with(|| host.host_header.clone());
-                    let lease = Lease { in_use, h1: None };
-                    match sender.try_send_request(req).await {
-                        Ok(resp) => {
-                            let mut lease = lease;
-                            lease.h1 = Some((sender, host.clone()));
-                            return Ok((resp, lease));
-                        }
-                        Err(mut e) => match e.take_message() {
-                            Some(unsent) => req = unsent,
-                            None => return Err(SendError::Reset(error_chain(&e.into_error()))),
-                        },
-                    }
+                    let sent = sender.try_send_request(req).await;
+                    lease.h1 = Some((sender, host.clone()));
+                    (sent, lease)
                 }
                 Checked::H2(mut sender, in_use) => {
-                    in_use.begin();
+                    let lease = Lease::begin(in_use);
                     *req.version_mut() = Version::HTTP_2;
                     *req.uri_mut() = self.absolute(&host, &path);
-                    let lease = Lease { in_use, h1: None };
-                    match sender.try_send_request(req).await {
-                        Ok(resp) => return Ok((resp, lease)),
-                        Err(mut e) => match e.take_message() {
-                            Some(unsent) => req = unsent,
-                            None => return Err(SendError::Reset(error_chain(&e.into_error()))),
-                        },
-                    }
+                    (sender.try_send_request(req).await, lease)
                 }
+            };
+            match sent {
+                Ok(resp) => return Ok((resp, lease)),
+                // Refused before a byte was written (the connection had just closed): the
+                // request comes back, to go on another connection.
+                Err(mut e) => match e.take_message() {
+                    Some(unsent) => req = unsent,
+                    None => return Err(SendError::Reset(error_chain(&e.into_error()))),
+                },
             }
         }
         Err(SendError::Reset(
@@ -401,15 +400,13 @@ impl Pool {
     /// Opens a connection to `host` (TCP, then TLS when the pool's transport socket says
     /// so, then the HTTP handshake) and spawns the task that drives it.
     async fn open(&self, host: &Arc<Host>, slot: ConnectionSlot) -> Result<Checked, SendError> {
-        let connect_failed =
-            |e: &dyn std::fmt::Display| SendError::Connect(format!("tcp connect error: {e}"));
         let tcp = tokio::time::timeout(
             self.connect_timeout,
             TcpStream::connect(host.endpoint.as_str()),
         )
         .await
         .map_err(|_| SendError::Connect("tcp connect error: timed out".to_owned()))?
-        .map_err(|e| connect_failed(&e))?;
+        .map_err(|e| SendError::Connect(format!("tcp connect error: {e}")))?;
         if let Err(e) = tcp.set_nodelay(true) {
             tracing::debug!(error = %e, "setting TCP_NODELAY upstream");
         }
@@ -549,9 +546,8 @@ where
                     return;
                 }
                 () = tokio::time::sleep_until(deadline) => {
-                    if in_use.active.load(Ordering::Acquire) == 0
-                        && in_use.idle_deadline(IDLE_TIMEOUT) <= Instant::now()
-                    {
+                    // Recomputed: a request may have come and gone while this slept.
+                    if in_use.idle_deadline(IDLE_TIMEOUT) <= Instant::now() {
                         tracing::debug!("closing an idle upstream connection");
                         return;
                     }
@@ -591,7 +587,7 @@ impl TlsSetup {
 }
 
 /// An error and its sources on one line: hyper's top-level messages alone are too vague.
-pub(crate) fn error_chain(e: &dyn std::error::Error) -> String {
+fn error_chain(e: &dyn std::error::Error) -> String {
     let mut out = e.to_string();
     let mut source = e.source();
     while let Some(s) = source {
