@@ -6,6 +6,7 @@
 //! - [`eventually`] (feature `testing`): polls a condition until it holds or fails the test,
 //!   on tokio's clock, so it also works under a paused clock.
 //! - [`leaks`] (feature `testing`): the suite's scan of its logs for secrets.
+//! - [`ports`] (feature `testing`): free loopback ports, never the same one twice.
 //! - [`collector`] (feature `otlp-collector`): an OTLP trace collector for tests.
 //! - [`otel`]: OpenTelemetry span context carried across tasks, W3C `traceparent`, and
 //!   (feature `otlp`) the OTLP/gRPC exporter layer.
@@ -17,6 +18,8 @@ pub mod collector;
 #[cfg(feature = "testing")]
 pub mod leaks;
 pub mod otel;
+#[cfg(feature = "testing")]
+pub mod ports;
 
 /// Resolves on SIGTERM or SIGINT (Ctrl-C) and says which, for the log line that follows.
 pub async fn shutdown_signal() -> &'static str {

@@ -42,13 +42,7 @@ pub fn xds_protocol() -> Option<&'static str> {
     }
 }
 
-pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
+pub use switchboard_runtime::ports::free_port;
 
 /// The last `max` bytes of a log file, for failure messages.
 pub fn tail(path: &Path, max: usize) -> String {

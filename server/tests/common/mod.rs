@@ -17,13 +17,7 @@ use switchboard_runtime::leaks;
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_switchboard");
 
-pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
+pub use switchboard_runtime::ports::free_port;
 
 /// The last `max` bytes of a log file, for failure messages.
 pub fn tail(path: &Path, max: usize) -> String {
