@@ -57,7 +57,7 @@ pub struct Memory {
 /// The binary to start: `SWITCHBOARD_BIN`, else `target/release/switchboard` of this
 /// workspace (honouring `CARGO_TARGET_DIR`).
 fn binary() -> Result<PathBuf> {
-    release_binary("SWITCHBOARD_BIN", "switchboard")
+    built_binary("SWITCHBOARD_BIN", "switchboard", "release")
 }
 
 /// Spawns `cmd`, which runs `bin`, and returns the child with its process id; `what` names
@@ -72,10 +72,10 @@ pub(crate) fn spawn(cmd: &mut Command, bin: &Path, what: &str) -> Result<(Child,
     Ok((child, pid))
 }
 
-/// A binary of this workspace: the file that `env_var` names, else `target/release/{name}`
-/// (honouring `CARGO_TARGET_DIR`), which must have been built (`cargo build --release -p
-/// {name}`).
-pub(crate) fn release_binary(env_var: &str, name: &str) -> Result<PathBuf> {
+/// A binary of this workspace: the file that `env_var` names, else `target/{profile}/{name}`
+/// (honouring `CARGO_TARGET_DIR`), which must have been built (`cargo build --profile
+/// {profile} -p {name}`; the profile `release` is `--release`).
+pub(crate) fn built_binary(env_var: &str, name: &str, profile: &str) -> Result<PathBuf> {
     if let Some(bin) = std::env::var_os(env_var) {
         let bin = PathBuf::from(bin);
         if !bin.is_file() {
@@ -83,10 +83,14 @@ pub(crate) fn release_binary(env_var: &str, name: &str) -> Result<PathBuf> {
         }
         return Ok(bin);
     }
-    let bin = target_dir().join("release").join(name);
+    let bin = target_dir().join(profile).join(name);
     if !bin.is_file() {
+        let flag = match profile {
+            "release" => "--release".to_owned(),
+            other => format!("--profile {other}"),
+        };
         bail!(
-            "{} does not exist: build it with `cargo build --release -p {name}`, or set \
+            "{} does not exist: build it with `cargo build {flag} -p {name}`, or set \
              {env_var} to the binary to test",
             bin.display()
         );

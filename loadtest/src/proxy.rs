@@ -12,12 +12,13 @@ use serde_json::json;
 use tokio::process::{Child, Command};
 
 use crate::Rest;
-use crate::control_plane::{last_lines, release_binary, spawn, wait_for_200};
+use crate::control_plane::{built_binary, last_lines, spawn, wait_for_200};
 use crate::load::Protocol;
 
-/// The binary to start: `SWITCHBOARD_PROXY_BIN`, else `target/release/switchboard-proxy`.
+/// The binary to start: `SWITCHBOARD_PROXY_BIN`, else `target/dist/switchboard-proxy`, the
+/// proxy as it ships (`cargo build --profile dist -p switchboard-proxy`: release with LTO).
 pub fn binary() -> Result<PathBuf> {
-    release_binary("SWITCHBOARD_PROXY_BIN", "switchboard-proxy")
+    built_binary("SWITCHBOARD_PROXY_BIN", "switchboard-proxy", "dist")
 }
 
 /// `switchboard-proxy --version`.

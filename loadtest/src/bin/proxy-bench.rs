@@ -49,11 +49,13 @@
 //! once per value), `PROXY_BENCH_CLIENT_THREADS` (1), `PROXY_BENCH_BACKEND_THREADS` (1),
 //! `PROXY_BENCH_HANDSHAKE_CONNECTIONS` (8, the mesh's new-connection loop),
 //! `PROXY_BENCH_TIMEOUT_SECS` (900, the whole run), `PROXY_BENCH_PROXY_LOG` (`warn`, the
-//! proxy's `RUST_LOG`). Binaries: `SWITCHBOARD_BIN`, `SWITCHBOARD_PROXY_BIN` (default
-//! `target/release/…`), `NGINX_BIN`. Every child is killed on every exit path, and on Ctrl-C.
+//! proxy's `RUST_LOG`). Binaries: `SWITCHBOARD_BIN` (default `target/release/switchboard`),
+//! `SWITCHBOARD_PROXY_BIN` (default `target/dist/switchboard-proxy`: the proxy as it ships,
+//! with LTO), `NGINX_BIN`. Every child is killed on every exit path, and on Ctrl-C.
 //!
-//! Run with `scripts/bench`, or after `cargo build --release -p switchboard -p
-//! switchboard-proxy`: `cargo run --release -p switchboard-loadtest --bin proxy-bench`.
+//! Run with `scripts/bench`, or after `cargo build --release -p switchboard` and `cargo build
+//! --profile dist -p switchboard-proxy`: `cargo run --release -p switchboard-loadtest --bin
+//! proxy-bench`.
 
 // The `mesh` target and the report, in files of their own (a crate root looks for modules
 // beside itself).
