@@ -1,6 +1,6 @@
 //! The control plane under test: the real `switchboard` binary as a child process.
 
-use std::net::{SocketAddr, TcpListener};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -98,18 +98,14 @@ pub(crate) fn built_binary(env_var: &str, name: &str, profile: &str) -> Result<P
     Ok(bin)
 }
 
-/// Three distinct free loopback ports. The listeners are closed only once all three are
-/// bound, so they differ; another process could still take one before the child binds it.
+/// Three distinct free loopback ports (another process could still take one before the
+/// child binds it).
 fn free_ports() -> Result<[SocketAddr; 3]> {
-    let listeners = [
-        TcpListener::bind("127.0.0.1:0")?,
-        TcpListener::bind("127.0.0.1:0")?,
-        TcpListener::bind("127.0.0.1:0")?,
-    ];
+    let loopback = |port| SocketAddr::from(([127, 0, 0, 1], port));
     Ok([
-        listeners[0].local_addr()?,
-        listeners[1].local_addr()?,
-        listeners[2].local_addr()?,
+        loopback(switchboard_runtime::ports::try_free_port()?),
+        loopback(switchboard_runtime::ports::try_free_port()?),
+        loopback(switchboard_runtime::ports::try_free_port()?),
     ])
 }
 

@@ -3,7 +3,7 @@
 //! temp files) inside a temporary directory. The configuration is the plain keep-alive
 //! reverse proxy, over HTTP/1.1, h2c or gRPC (see [`config`]).
 
-use std::net::{SocketAddr, TcpListener};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
@@ -134,7 +134,7 @@ impl Nginx {
     pub async fn start(backend: SocketAddr, workers: usize, protocol: Protocol) -> Result<Nginx> {
         let bin = binary()?;
         let dir = tempfile::tempdir().context("creating a temporary directory")?;
-        let addr = TcpListener::bind("127.0.0.1:0")?.local_addr()?;
+        let addr = SocketAddr::from(([127, 0, 0, 1], switchboard_runtime::ports::try_free_port()?));
         let conf = dir.path().join("nginx.conf");
         std::fs::write(&conf, config(dir.path(), addr, backend, workers, protocol))?;
         let log = std::fs::File::create(dir.path().join("stderr.log"))?;

@@ -2,7 +2,7 @@
 //! writes that give it a listener ([`configure_gateway`]) and the child process
 //! ([`ProxyProcess`]).
 
-use std::net::{SocketAddr, TcpListener};
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::Stdio;
 use std::time::Duration;
@@ -32,9 +32,10 @@ pub fn version(bin: &std::path::Path) -> String {
         .unwrap_or_else(|| "switchboard-proxy (unknown version)".into())
 }
 
-/// A free loopback port (closed again, so another process could take it first).
+/// A free loopback port, never one this process handed out before (closed again, so
+/// another process could take it first).
 pub fn free_port() -> Result<u16> {
-    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+    Ok(switchboard_runtime::ports::try_free_port()?)
 }
 
 /// The gateway a benchmark configures.
@@ -204,7 +205,7 @@ impl ProxyProcess {
         let dir = tempfile::tempdir().context("creating a temporary directory")?;
         let token_file = dir.path().join("token");
         std::fs::write(&token_file, &options.token)?;
-        let admin = TcpListener::bind("127.0.0.1:0")?.local_addr()?;
+        let admin = SocketAddr::from(([127, 0, 0, 1], free_port()?));
         let log = dir.path().join("proxy.log");
         let log_file = std::fs::File::create(&log)?;
         let mut cmd = Command::new(&bin);
