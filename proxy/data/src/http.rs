@@ -34,6 +34,19 @@ use crate::telemetry::request::{self, Exchange, Observer, RequestBody};
 use crate::telemetry::{DownstreamAddrs, RBAC_DENIED_TOTAL, ResponseFlags};
 use crate::tls::PeerIdentity;
 
+/// What the connection knows about one of its requests, handed to [`HttpHandler::handle`]
+/// beside the request rather than in its extensions (a map and a box per value, for every
+/// request).
+#[derive(Default)]
+pub(crate) struct RequestContext {
+    /// The connection's addresses.
+    pub(crate) addrs: Option<DownstreamAddrs>,
+    /// On TLS with a verified client certificate, the peer's identity (for RBAC and XFCC).
+    pub(crate) peer: Option<Arc<PeerIdentity>>,
+    /// The request's `stream_idle_timeout`, when its listener has one.
+    pub(crate) idle: Option<Arc<StreamIdle>>,
+}
+
 /// Request handling for one HTTP listener: what every connection of a bound socket hands
 /// its requests to.
 pub(crate) struct HttpHandler {
@@ -57,14 +70,18 @@ impl HttpHandler {
     /// Serves one request, with its telemetry: a `proxy_request` span, W3C trace context
     /// for the upstream, request metrics and the access log (see [`crate::telemetry`]).
     ///
-    /// With a `stream_idle_timeout` (a [`StreamIdle`] in the request's extensions), a
-    /// request that moves nothing for that long before its response headers gets 408.
-    pub(crate) async fn handle(&self, req: Request<Incoming>) -> Response<Body> {
-        let idle = req.extensions().get::<Arc<StreamIdle>>().cloned();
-        let (observer, mut ex, req) = Observer::start(&self.meters, req);
+    /// With a `stream_idle_timeout` (`ctx.idle`), a request that moves nothing for that
+    /// long before its response headers gets 408.
+    pub(crate) async fn handle(
+        &self,
+        req: Request<Incoming>,
+        ctx: RequestContext,
+    ) -> Response<Body> {
+        let idle = ctx.idle.clone();
+        let (observer, mut ex, req) = Observer::start(&self.meters, req, ctx.addrs, idle.clone());
         let answered = {
             let dispatch = self
-                .dispatch(req, &mut ex)
+                .dispatch(req, &mut ex, &ctx)
                 .instrument(observer.span().clone());
             match &idle {
                 None => Some(dispatch.await),
@@ -82,7 +99,12 @@ impl HttpHandler {
     }
 
     /// Routes and answers one request, recording in `ex` what was decided.
-    async fn dispatch(&self, mut req: Request<RequestBody>, ex: &mut Exchange) -> Response<Body> {
+    async fn dispatch(
+        &self,
+        mut req: Request<RequestBody>,
+        ex: &mut Exchange,
+        ctx: &RequestContext,
+    ) -> Response<Body> {
         let snapshot = self.store.snapshot();
         let Some(listener) = snapshot.listeners.get(&self.listener) else {
             ex.flags.insert(ResponseFlags::NO_ROUTE);
@@ -100,12 +122,11 @@ impl HttpHandler {
         };
         // Envoy's order: the RBAC filters come before the router, which picks the route.
         if !hcm.rbac.is_empty()
-            && let Some(denied) = rbac_check(&hcm.rbac, &req, &self.listener, ex)
+            && let Some(denied) = rbac_check(&hcm.rbac, &req, ctx, &self.listener, ex)
         {
             return denied;
         }
-        let peer = req.extensions().get::<Arc<PeerIdentity>>().cloned();
-        xfcc::apply(req.headers_mut(), &hcm.xfcc, peer.as_deref());
+        xfcc::apply(req.headers_mut(), &hcm.xfcc, ctx.peer.as_deref());
         let routes = match &hcm.routes {
             RouteSource::Inline(rc) => rc,
             RouteSource::Rds(name) => match snapshot.routes.get(name) {
@@ -121,13 +142,14 @@ impl HttpHandler {
             },
         };
         ex.route_config.clone_from(&routes.name);
-        let host = request_host(&req).to_owned();
-        if let Some(vh) = router::virtual_host(routes, &host) {
+        let host = HostName::of(&req);
+        let host = host.as_str();
+        if let Some(vh) = router::virtual_host(routes, host) {
             ex.virtual_host.clone_from(&vh.name);
         }
         let info = RequestInfo {
             method: req.method(),
-            host: &host,
+            host,
             path: req.uri().path(),
             query: req.uri().query(),
             headers: req.headers(),
@@ -154,7 +176,7 @@ impl HttpHandler {
             }
             Action::Redirect(r) => {
                 ex.details = Some("direct_response".into());
-                local::redirect(r, &req, &host, &route.matcher.path)
+                local::redirect(r, &req, host, &route.matcher.path)
             }
             Action::Forward(f) => {
                 let cluster = match &f.clusters {
@@ -170,13 +192,16 @@ impl HttpHandler {
                     snapshot: &snapshot,
                     cluster,
                     registry: &self.clusters.registry,
+                    source_ip: ctx.addrs.map(|a| a.remote.ip()),
                 };
                 let body_retriable = hyper::body::Body::size_hint(req.body())
                     .upper()
                     .is_some_and(|n| n <= forward::MAX_RETRY_BODY);
-                req = local::rewrite(req, route, f, &host);
+                req = local::rewrite(req, route, f, host);
                 ex.propagate_trace(req.headers_mut());
-                let resp = forward::forward(&self.clusters.pools, &target, f, req).await;
+                let (resp, upstream) =
+                    forward::forward(&self.clusters.pools, &target, f, req).await;
+                ex.upstream_host = upstream;
                 if request::retries_exhausted(f.retry.as_ref(), body_retriable, &resp) {
                     ex.flags
                         .insert(ResponseFlags::UPSTREAM_RETRY_LIMIT_EXCEEDED);
@@ -194,15 +219,13 @@ impl HttpHandler {
 fn rbac_check<B>(
     filters: &[HttpRbac],
     req: &Request<B>,
+    ctx: &RequestContext,
     listener: &str,
     ex: &mut Exchange,
 ) -> Option<Response<Body>> {
     let subject = Subject {
-        peer: req.extensions().get::<Arc<PeerIdentity>>().map(|p| &**p),
-        destination_port: req
-            .extensions()
-            .get::<DownstreamAddrs>()
-            .map(|a| a.local.port()),
+        peer: ctx.peer.as_deref(),
+        destination_port: ctx.addrs.map(|a| a.local.port()),
         request: Some(RequestView {
             method: req.method(),
             host: request_host(req),
@@ -239,6 +262,36 @@ struct Target<'a> {
     snapshot: &'a Snapshot,
     cluster: &'a str,
     registry: &'a ClusterRegistry,
+    /// The client's address, for hash policies on the source IP.
+    source_ip: Option<std::net::IpAddr>,
+}
+
+/// [`request_host`], held apart from the request (which routing then changes and moves):
+/// a reference-counted handle on the bytes hyper parsed, not a copy.
+enum HostName {
+    Authority(http::uri::Authority),
+    Header(http::HeaderValue),
+    Missing,
+}
+
+impl HostName {
+    fn of<B>(req: &Request<B>) -> Self {
+        if let Some(a) = req.uri().authority() {
+            return Self::Authority(a.clone());
+        }
+        match req.headers().get(http::header::HOST) {
+            Some(h) if h.to_str().is_ok() => Self::Header(h.clone()),
+            _ => Self::Missing,
+        }
+    }
+
+    fn as_str(&self) -> &str {
+        match self {
+            Self::Authority(a) => a.as_str(),
+            Self::Header(h) => h.to_str().unwrap_or_default(),
+            Self::Missing => "",
+        }
+    }
 }
 
 /// The authority of an HTTP/2 (or absolute-form) request, else its `Host` header.

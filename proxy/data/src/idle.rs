@@ -5,15 +5,15 @@
 //! in either direction, for that long: answered 408 before its response headers, and reset
 //! after them (an HTTP/2 RST_STREAM, or the HTTP/1 connection closed), as Envoy does. The
 //! access log shows `SI`. Without it, a request on a route with no timeout to an upstream
-//! that never answers would hold its stream, and its memory, forever.
+//! that never answers would hold its stream, and its memory, forever. The connection's
+//! watchdog times it (see [`StreamIdle`]).
 
-use std::future::Future;
-use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::task::Context;
+use std::sync::{Mutex, PoisonError};
+use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
-use tokio::time::{Instant, Sleep};
+use tokio::time::Instant;
 
 /// When bytes last moved, in milliseconds since the start.
 #[derive(Debug)]
@@ -52,13 +52,21 @@ impl Activity {
     }
 }
 
-/// One request's `stream_idle_timeout`, shared (as a request extension) by the request
-/// body, the handler and the response body, which all count as activity.
+/// One request's `stream_idle_timeout`, shared by the request body, the handler and the
+/// response body, which all count as activity.
+///
+/// It has no timer of its own: the watchdog of its connection (`listener::http_conn`), one
+/// timer per connection, checks the streams in flight against [`StreamIdle::deadline`] and
+/// fires those idle for too long ([`StreamIdle::fire`]). Touching a stream is an atomic
+/// store; a timer per request cost a timer-wheel entry, an allocation and a wake-up each.
 #[derive(Debug)]
 pub(crate) struct StreamIdle {
     activity: Activity,
     timeout: Duration,
     fired: AtomicBool,
+    /// The task to wake when it fires: the handler's before the response headers, then the
+    /// response body's.
+    waker: Mutex<Option<Waker>>,
 }
 
 impl StreamIdle {
@@ -67,6 +75,7 @@ impl StreamIdle {
             activity: Activity::new(),
             timeout,
             fired: AtomicBool::new(false),
+            waker: Mutex::new(None),
         }
     }
 
@@ -74,52 +83,51 @@ impl StreamIdle {
         self.activity.touch();
     }
 
-    /// Resolves, marking the stream timed out, once it is idle for the timeout.
-    pub(crate) async fn expired(&self) {
-        self.activity.idle_for(self.timeout).await;
-        self.fired.store(true, Ordering::Relaxed);
+    /// When the stream times out if nothing moves until then.
+    pub(crate) fn deadline(&self) -> Instant {
+        self.activity.deadline(self.timeout)
+    }
+
+    /// Marks the stream timed out and wakes the task waiting on it.
+    pub(crate) fn fire(&self) {
+        self.fired.store(true, Ordering::Release);
+        let waker = self
+            .waker
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take();
+        if let Some(w) = waker {
+            w.wake();
+        }
     }
 
     /// Whether the timeout ended this stream (for the access log's `SI`).
     pub(crate) fn fired(&self) -> bool {
-        self.fired.load(Ordering::Relaxed)
-    }
-}
-
-/// The poll-based form of [`StreamIdle::expired`], for a response body.
-#[derive(Debug)]
-pub(crate) struct IdleTimer {
-    idle: std::sync::Arc<StreamIdle>,
-    sleep: Option<Pin<Box<Sleep>>>,
-}
-
-impl IdleTimer {
-    pub(crate) fn new(idle: std::sync::Arc<StreamIdle>) -> Self {
-        Self { idle, sleep: None }
+        self.fired.load(Ordering::Acquire)
     }
 
-    pub(crate) fn touch(&self) {
-        self.idle.touch();
-    }
-
-    /// Whether the stream has been idle for the timeout; otherwise arranges for `cx` to be
-    /// woken when it would be.
-    pub(crate) fn poll_expired(&mut self, cx: &mut Context<'_>) -> bool {
-        loop {
-            let deadline = self.idle.activity.deadline(self.idle.timeout);
-            if Instant::now() >= deadline {
-                self.idle.fired.store(true, Ordering::Relaxed);
-                return true;
-            }
-            let sleep = self
-                .sleep
-                .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
-            if sleep.deadline() != deadline {
-                sleep.as_mut().reset(deadline);
-            }
-            if sleep.as_mut().poll(cx).is_pending() {
-                return false;
+    /// Ready once the stream has timed out; otherwise arranges for `cx` to be woken when it
+    /// does.
+    pub(crate) fn poll_expired(&self, cx: &mut Context<'_>) -> Poll<()> {
+        if self.fired() {
+            return Poll::Ready(());
+        }
+        {
+            let mut waker = self.waker.lock().unwrap_or_else(PoisonError::into_inner);
+            match &*waker {
+                Some(w) if w.will_wake(cx.waker()) => {}
+                _ => *waker = Some(cx.waker().clone()),
             }
         }
+        // Fired between the first check and the registration: its wake found no waker.
+        if self.fired() {
+            return Poll::Ready(());
+        }
+        Poll::Pending
+    }
+
+    /// Resolves once the stream has timed out.
+    pub(crate) async fn expired(&self) {
+        std::future::poll_fn(|cx| self.poll_expired(cx)).await;
     }
 }

@@ -1,7 +1,7 @@
 //! The data path of `switchboard-proxy`, as a library. Its modules are layered, each using
 //! only those listed before it:
 //!
-//! - Leaves: [`body`] (the response body type), `idle` (inactivity timers), [`router`]
+//! - Leaves: [`body`] (the response body type), `idle` (inactivity timeouts), [`router`]
 //!   (virtual host and route selection in Envoy's order, pure), [`ring`] (ring hash and
 //!   request hashing, pure), [`outlier`] (ejection rules, pure), [`tls`] (rustls server
 //!   configs, the verified peer identity), `rbac` (RBAC decisions, pure; on `router`'s value

@@ -30,7 +30,12 @@ pub fn route<'a>(config: &'a RouteConfig, req: &RequestInfo<'_>) -> Option<&'a R
 /// tried as sent and without its port, and the better match of the two wins (as sent on a
 /// tie), so `svc:8080` reaches a virtual host that lists only `svc` rather than `svc*`.
 pub fn virtual_host<'a>(config: &'a RouteConfig, host: &str) -> Option<&'a VirtualHost> {
-    let host = host.to_ascii_lowercase();
+    // Host names arrive lower case almost always: no copy for those.
+    let host = if host.bytes().any(|b| b.is_ascii_uppercase()) {
+        std::borrow::Cow::Owned(host.to_ascii_lowercase())
+    } else {
+        std::borrow::Cow::Borrowed(host)
+    };
     let as_sent = best_domain(config, &host);
     let stripped = strip_port(&host).and_then(|h| best_domain(config, h));
     match (as_sent, stripped) {

@@ -248,14 +248,9 @@ impl std::fmt::Display for ResponseFlags {
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct LocalReply;
 
-/// Response extension: the upstream endpoint that answered (`%UPSTREAM_HOST%`), inserted by
-/// the forward path.
-#[derive(Debug, Clone, Copy)]
-pub(crate) struct UpstreamHost(pub(crate) SocketAddr);
-
-/// Request extension: the addresses of the downstream connection a request arrived on
-/// (`%DOWNSTREAM_REMOTE_ADDRESS%`, `%DOWNSTREAM_LOCAL_ADDRESS%`). The accept loop inserts it
-/// into each request before handing it to the data path.
+/// The addresses of the downstream connection a request arrived on
+/// (`%DOWNSTREAM_REMOTE_ADDRESS%`, `%DOWNSTREAM_LOCAL_ADDRESS%`), handed with each request
+/// to the data path.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct DownstreamAddrs {
     pub remote: SocketAddr,

@@ -298,7 +298,7 @@ fn certificates(pem: &[u8], what: &'static str) -> Result<Vec<CertificateDer<'st
 
 /// Who is at the other end of a TLS connection: known only when the client presented a
 /// certificate the listener verified (`client_validation`). Read once per connection, after
-/// the handshake, and shared by its requests (as a request extension) for RBAC and
+/// the handshake, and shared by its requests (in their `RequestContext`) for RBAC and
 /// `x-forwarded-client-cert`.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct PeerIdentity {

@@ -631,3 +631,85 @@ async fn stream_idle_timeout_answers_408_resets_stalled_streams_and_spares_activ
     let rest = within(resp.into_body().collect()).await;
     assert!(rest.is_err(), "the stalled response was cut: {rest:?}");
 }
+
+/// A kept-alive connection over HTTP/1.1 or HTTP/2 (prior knowledge), and the task driving
+/// it, which ends when the proxy closes the connection.
+async fn watched_conn(
+    addr: SocketAddr,
+    h2: bool,
+) -> (
+    Box<dyn FnMut() -> BoxedStatus + Send>,
+    tokio::task::JoinHandle<()>,
+) {
+    let io = TokioIo::new(TcpStream::connect(addr).await.unwrap());
+    if h2 {
+        let (send, conn) = hyper::client::conn::http2::handshake(TokioExecutor::new(), io)
+            .await
+            .unwrap();
+        let task = tokio::spawn(async move {
+            let _ = conn.await;
+        });
+        let send_one = move || -> BoxedStatus {
+            let mut send = send.clone();
+            Box::pin(async move { status_of(send.send_request(req("/drip"))).await })
+        };
+        (Box::new(send_one), task)
+    } else {
+        let (send, conn) = hyper::client::conn::http1::handshake(io).await.unwrap();
+        let task = tokio::spawn(async move {
+            let _ = conn.await;
+        });
+        let send = std::sync::Arc::new(tokio::sync::Mutex::new(send));
+        let send_one = move || -> BoxedStatus {
+            let send = send.clone();
+            Box::pin(async move {
+                let mut send = send.lock().await;
+                status_of(send.send_request(req("/drip"))).await
+            })
+        };
+        (Box::new(send_one), task)
+    }
+}
+
+type BoxedStatus = std::pin::Pin<Box<dyn std::future::Future<Output = u16> + Send>>;
+
+#[tokio::test]
+async fn idle_timeout_closes_connections_with_nothing_in_flight_and_spares_busy_ones() {
+    // `/drip` takes about 800 ms, longer than the idle timeout.
+    let slow = slow_backend().await;
+    let mut store = ConfigStore::new();
+    set_cluster(&mut store, "a", UpstreamProtocol::Http1, &[slow]);
+    route_all_to_a(&mut store);
+    let limits = HttpLimits {
+        idle_timeout: Some(Duration::from_millis(500)),
+        ..HttpLimits::default()
+    };
+    set_http_listener(&mut store, "conn-idle", limits, None);
+    let running = start(&store, "conn-idle", Duration::from_secs(5)).await;
+
+    for h2 in [false, true] {
+        let (mut send, mut closed) = watched_conn(running.addr, h2).await;
+        // A request in flight for longer than the idle timeout keeps its connection, and so
+        // do requests that follow one another with shorter gaps in between.
+        let mut last_sent = Instant::now();
+        for _ in 0..3 {
+            last_sent = Instant::now();
+            assert_eq!(within(send()).await, 200, "h2: {h2}");
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            assert!(!closed.is_finished(), "h2: {h2}: closed while in use");
+        }
+        // Then nothing: closed (HTTP/2 with a GOAWAY) once idle for the timeout, not before.
+        // The connection fell idle after the last request was sent, so no sooner than 500 ms
+        // after that.
+        within(&mut closed).await.unwrap();
+        let after = last_sent.elapsed();
+        assert!(
+            after >= Duration::from_millis(1300),
+            "h2: {h2}: closed after {after:?}"
+        );
+        assert!(
+            after < Duration::from_secs(6),
+            "h2: {h2}: closed after {after:?}"
+        );
+    }
+}

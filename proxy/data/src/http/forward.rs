@@ -41,8 +41,8 @@ use crate::cluster::{
     RequestSlot, SendError, Threshold, endpoint_source,
 };
 use crate::ring::{HashInput, request_hash};
+use crate::telemetry::ResponseFlags;
 use crate::telemetry::request::RequestBody;
-use crate::telemetry::{DownstreamAddrs, ResponseFlags, UpstreamHost};
 
 /// Bodies up to this size are buffered so that the request can be retried or mirrored.
 pub const MAX_RETRY_BODY: u64 = 64 * 1024;
@@ -166,7 +166,8 @@ impl HashSource<'_> {
 
 /// How one attempt ended, before retry policy looks at it.
 enum Outcome {
-    Response(Response<Body>),
+    /// The response, and the endpoint that sent it.
+    Response(Response<Body>, SocketAddr),
     ConnectFailure(String),
     Reset(String),
     TimedOut,
@@ -182,15 +183,13 @@ pub(super) async fn forward(
     target: &Target<'_>,
     f: &Forward,
     req: Request<RequestBody>,
-) -> Response<Body> {
+) -> (Response<Body>, Option<SocketAddr>) {
     let Some(cluster) = target.snapshot.clusters.get(target.cluster) else {
-        return flagged(
-            local::error(
-                StatusCode::SERVICE_UNAVAILABLE,
-                format!("cluster {:?} is not configured", target.cluster),
-            ),
-            ResponseFlags::NO_CLUSTER,
+        let resp = local::error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("cluster {:?} is not configured", target.cluster),
         );
+        return (flagged(resp, ResponseFlags::NO_CLUSTER), None);
     };
     let (parts, body) = req.into_parts();
     let mut uri = parts.uri.into_parts();
@@ -205,10 +204,7 @@ pub(super) async fn forward(
     let hashing = HashSource {
         policy: &f.hash_policy,
         authority: uri.authority.take(),
-        source_ip: parts
-            .extensions
-            .get::<DownstreamAddrs>()
-            .map(|a| a.remote.ip()),
+        source_ip: target.source_ip,
     };
     let up = Upstream::new(pools, target, cluster, || hashing.hash(&head));
     let current: Current = Mutex::new(None);
@@ -219,14 +215,12 @@ pub(super) async fn forward(
     };
     let Some(outcome) = result else {
         timed_out(&up, &current);
-        return flagged(
-            local::error(StatusCode::GATEWAY_TIMEOUT, "upstream request timeout"),
-            ResponseFlags::UPSTREAM_REQUEST_TIMEOUT,
-        );
+        let resp = local::error(StatusCode::GATEWAY_TIMEOUT, "upstream request timeout");
+        return (flagged(resp, ResponseFlags::UPSTREAM_REQUEST_TIMEOUT), None);
     };
     let name = &cluster.name;
-    match outcome {
-        Outcome::Response(resp) => resp,
+    let resp = match outcome {
+        Outcome::Response(resp, upstream) => return (resp, Some(upstream)),
         Outcome::NoEndpoint => flagged(
             local::error(
                 StatusCode::SERVICE_UNAVAILABLE,
@@ -261,7 +255,8 @@ pub(super) async fn forward(
                 .insert("x-envoy-overloaded", HeaderValue::from_static("true"));
             flagged(resp, ResponseFlags::UPSTREAM_OVERFLOW)
         }
-    }
+    };
+    (resp, None)
 }
 
 /// Marks a local reply with why the proxy made it (for the access log).
@@ -372,8 +367,7 @@ async fn attempt(
             let address = picked.address;
             let mut resp = resp.map(|b| Guarded::new(b, (slot, picked), lease).boxed_unsync());
             strip_response_hop_by_hop(resp.headers_mut());
-            resp.extensions_mut().insert(UpstreamHost(address));
-            Outcome::Response(resp)
+            Outcome::Response(resp, address)
         }
         Err(SendError::Overflow(t)) => {
             up.state.overflow(t);
@@ -440,7 +434,7 @@ fn mirror(
         let current: Current = Mutex::new(None);
         let work = async {
             match attempt(&up, None, head, full(body), &current).await {
-                Outcome::Response(resp) => {
+                Outcome::Response(resp, _) => {
                     // Read and drop the answer, so the connection can be reused.
                     let mut body = resp.into_body();
                     while let Some(frame) = body.frame().await {
@@ -604,7 +598,7 @@ const PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection")
 fn retriable(p: &RetryPolicy, outcome: &Outcome) -> bool {
     let on = |c: &str| p.retry_on.iter().any(|r| r == c);
     match outcome {
-        Outcome::Response(r) => {
+        Outcome::Response(r, _) => {
             let s = r.status().as_u16();
             (on("5xx") && s >= 500)
                 || (on("gateway-error") && matches!(s, 502..=504))

@@ -2,7 +2,7 @@
 //! HTTP/1.1) or by the HTTP/2 connection preface on cleartext (h2c prior knowledge); then
 //! hyper's HTTP/1 or HTTP/2 server runs with the listener's [`HttpLimits`], handing each
 //! request to the listener's [`HttpHandler`] with the connection's addresses and verified
-//! peer identity (for RBAC) in its extensions:
+//! peer identity (for RBAC) beside it ([`RequestContext`]):
 //! - request headers over `max_request_headers_bytes` (or `max_headers_count` headers) are
 //!   answered 431 on HTTP/1; on HTTP/2 the limit is `SETTINGS_MAX_HEADER_LIST_SIZE`, and a
 //!   larger header block gets the stream refused;
@@ -21,8 +21,8 @@ use std::convert::Infallible;
 use std::future::Future;
 use std::io;
 use std::pin::{Pin, pin};
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -31,14 +31,15 @@ use hyper::body::{Body as HttpBody, Frame, Incoming, SizeHint};
 use hyper::server::conn::{http1, http2};
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
+use slab::Slab;
 use switchboard_proxy_xds::config::listener::HttpLimits;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf};
 use tokio::sync::Notify;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use crate::http::HttpHandler;
-use crate::idle::{IdleTimer, StreamIdle};
+use crate::http::{HttpHandler, RequestContext};
+use crate::idle::StreamIdle;
 use crate::telemetry::DownstreamAddrs;
 use crate::tls::PeerIdentity;
 
@@ -49,8 +50,8 @@ const MIN_HTTP1_BUFFER: usize = 8192 + 4096 * 100;
 /// The HTTP/2 connection preface; anything else starts HTTP/1.
 const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
-/// What every request of a connection carries in its extensions: the connection's addresses
-/// and, on TLS with a verified client certificate, the peer's identity.
+/// What every request of a connection is handed with: the connection's addresses and, on
+/// TLS with a verified client certificate, the peer's identity.
 pub(super) struct Downstream {
     pub(super) addrs: Option<DownstreamAddrs>,
     pub(super) peer: Option<Arc<PeerIdentity>>,
@@ -109,24 +110,20 @@ pub(super) async fn serve<S>(
     let svc = {
         let state = state.clone();
         let stream_idle = limits.stream_idle_timeout;
-        service_fn(move |mut req: Request<Incoming>| {
-            if let Some(a) = downstream.addrs {
-                req.extensions_mut().insert(a);
-            }
-            if let Some(p) = &downstream.peer {
-                req.extensions_mut().insert(p.clone());
-            }
+        service_fn(move |req: Request<Incoming>| {
             let idle = stream_idle.map(|t| Arc::new(StreamIdle::new(t)));
-            if let Some(idle) = &idle {
-                req.extensions_mut().insert(idle.clone());
-            }
-            let in_flight = InFlight::begin(state.clone());
+            let ctx = RequestContext {
+                addrs: downstream.addrs,
+                peer: downstream.peer.clone(),
+                idle: idle.clone(),
+            };
+            let in_flight = InFlight::begin(state.clone(), idle.clone());
             let handler = handler.clone();
             async move {
-                let resp = handler.handle(req).await;
+                let resp = handler.handle(req, ctx).await;
                 Ok::<_, Infallible>(resp.map(|body| Tracked {
                     body,
-                    idle: idle.map(IdleTimer::new),
+                    idle,
                     _in_flight: in_flight,
                 }))
             }
@@ -210,6 +207,7 @@ async fn sniff<S: AsyncRead + Unpin>(io: &mut S) -> io::Result<Option<(Vec<u8>, 
 
 /// Polls an HTTP connection until it ends, shutting it down gracefully on drain or idle
 /// timeout, and dropping it (closing the socket) on a header timeout or the drain deadline.
+/// While it shuts down, its streams' idle timeouts still apply.
 async fn drive<C>(
     conn: C,
     graceful_shutdown: impl Fn(Pin<&mut C>),
@@ -220,6 +218,11 @@ async fn drive<C>(
 ) where
     C: Future<Output = hyper::Result<()>>,
 {
+    let streams_only = HttpLimits {
+        request_headers_timeout: None,
+        idle_timeout: None,
+        ..*limits
+    };
     let mut conn = pin!(conn);
     let mut watchdog = pin!(watchdog(state, limits));
     let mut closing = false;
@@ -237,8 +240,9 @@ async fn drive<C>(
             () = drain.cancelled(), if !closing => {
                 graceful_shutdown(conn.as_mut());
                 closing = true;
+                watchdog.set(self::watchdog(state, &streams_only));
             }
-            expiry = &mut watchdog, if !closing => match expiry {
+            expiry = &mut watchdog => match expiry {
                 Expiry::RequestHeaders => {
                     tracing::debug!("request headers not complete in time; closing");
                     return;
@@ -247,6 +251,7 @@ async fn drive<C>(
                     tracing::debug!("idle timeout; closing");
                     graceful_shutdown(conn.as_mut());
                     closing = true;
+                    watchdog.set(self::watchdog(state, &streams_only));
                 }
             },
             () = kill.cancelled() => return,
@@ -260,34 +265,74 @@ enum Expiry {
     Idle,
 }
 
-/// Resolves when the connection's request headers are late or it has been idle too long.
+/// Resolves when the connection's request headers are late or it has been idle too long,
+/// and fires the idle timeout of each stream that moved nothing for too long.
+///
+/// One timer for the connection and no wake-up per request: requests only touch atomics.
+/// While anything is in flight it sleeps until the earliest deadline it knows of, but never
+/// longer than the shortest timeout, because whatever starts meanwhile (the next request's
+/// headers, a stream, the connection falling idle) has a deadline no earlier than that.
+/// Only a connection with nothing in flight sleeps until its idle deadline; it is then
+/// `parked`, and the first byte of a request or a new stream wakes it.
 async fn watchdog(state: &ConnState, limits: &HttpLimits) -> Expiry {
+    let bound = [
+        limits.request_headers_timeout,
+        limits.stream_idle_timeout,
+        limits.idle_timeout,
+    ]
+    .into_iter()
+    .flatten()
+    .min();
+    let mut sleep = pin!(tokio::time::sleep_until(Instant::now()));
     loop {
         let now = Instant::now();
         let mut next: Option<Instant> = None;
-        if let (Some(timeout), Some(since)) =
-            (limits.request_headers_timeout, state.headers_since())
-        {
+        let mut earliest = |at: Instant| next = Some(next.map_or(at, |n| n.min(at)));
+        let headers_since = state.headers_since();
+        if let (Some(timeout), Some(since)) = (limits.request_headers_timeout, headers_since) {
             let at = since + timeout;
             if now >= at {
                 return Expiry::RequestHeaders;
             }
-            next = Some(next.map_or(at, |n| n.min(at)));
+            earliest(at);
         }
+        let active = state.active.load(Ordering::Acquire) > 0;
         if let Some(timeout) = limits.idle_timeout
-            && state.active.load(Ordering::Acquire) == 0
+            && !active
         {
             let at = state.idle_since() + timeout;
             if now >= at {
                 return Expiry::Idle;
             }
-            next = Some(next.map_or(at, |n| n.min(at)));
+            earliest(at);
+        }
+        if limits.stream_idle_timeout.is_some()
+            && let Some(at) = state.check_streams(now)
+        {
+            earliest(at);
+        }
+        if active || headers_since.is_some() {
+            if let Some(bound) = bound {
+                earliest(now + bound);
+            }
+        } else {
+            state.parked.store(true, Ordering::SeqCst);
+            // A request began between the reads above and parking: look again.
+            if state.active.load(Ordering::SeqCst) > 0 || state.headers_since().is_some() {
+                state.parked.store(false, Ordering::SeqCst);
+                continue;
+            }
         }
         match next {
-            Some(at) => tokio::select! {
-                () = tokio::time::sleep_until(at) => {}
-                () = state.changed.notified() => {}
-            },
+            Some(at) => {
+                if sleep.deadline() != at {
+                    sleep.as_mut().reset(at);
+                }
+                tokio::select! {
+                    () = sleep.as_mut() => {}
+                    () = state.changed.notified() => {}
+                }
+            }
             None => state.changed.notified().await,
         }
     }
@@ -303,7 +348,11 @@ struct ConnState {
     /// The first byte read while no request was active (HTTP/1: the start of the next
     /// request's headers); [`NONE`] when there is none.
     headers_since_ms: AtomicU64,
-    /// Wakes the watchdog when the above change.
+    /// The streams in flight that have a `stream_idle_timeout`.
+    streams: Mutex<Slab<Arc<StreamIdle>>>,
+    /// The watchdog sleeps until the idle deadline: a request starting must wake it.
+    parked: AtomicBool,
+    /// Wakes the watchdog when `parked`.
     changed: Notify,
 }
 
@@ -316,6 +365,8 @@ impl ConnState {
             active: AtomicUsize::new(0),
             idle_since_ms: AtomicU64::new(0),
             headers_since_ms: AtomicU64::new(NONE),
+            streams: Mutex::new(Slab::new()),
+            parked: AtomicBool::new(false),
             changed: Notify::new(),
         }
     }
@@ -343,6 +394,13 @@ impl ConnState {
         self.headers_since_ms.store(NONE, Ordering::Release);
     }
 
+    /// Something started that the parked watchdog must time.
+    fn wake_if_parked(&self) {
+        if self.parked.swap(false, Ordering::SeqCst) {
+            self.changed.notify_one();
+        }
+    }
+
     /// Bytes arrived: when no request is active they start the next request's headers.
     fn on_read(&self) {
         if self.active.load(Ordering::Acquire) == 0
@@ -351,30 +409,64 @@ impl ConnState {
                 .compare_exchange(NONE, self.now_ms(), Ordering::AcqRel, Ordering::Acquire)
                 .is_ok()
         {
-            self.changed.notify_one();
+            self.wake_if_parked();
         }
+    }
+
+    /// Fires the streams idle for their timeout; the earliest deadline of the others.
+    fn check_streams(&self, now: Instant) -> Option<Instant> {
+        let streams = self.streams.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut next: Option<Instant> = None;
+        for (_, stream) in streams.iter() {
+            if stream.fired() {
+                continue;
+            }
+            let at = stream.deadline();
+            if now >= at {
+                stream.fire();
+            } else {
+                next = Some(next.map_or(at, |n| n.min(at)));
+            }
+        }
+        next
     }
 }
 
 /// One request in flight on a connection: from the service call to the end (or drop) of its
-/// response body.
-struct InFlight(Arc<ConnState>);
+/// response body. Its stream is in the connection's list for the watchdog meanwhile.
+struct InFlight {
+    state: Arc<ConnState>,
+    stream: Option<usize>,
+}
 
 impl InFlight {
-    fn begin(state: Arc<ConnState>) -> Self {
+    fn begin(state: Arc<ConnState>, idle: Option<Arc<StreamIdle>>) -> Self {
         state.active.fetch_add(1, Ordering::AcqRel);
         state.clear_headers();
-        state.changed.notify_one();
-        Self(state)
+        let stream = idle.map(|idle| {
+            state
+                .streams
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .insert(idle)
+        });
+        state.wake_if_parked();
+        Self { state, stream }
     }
 }
 
 impl Drop for InFlight {
     fn drop(&mut self) {
-        let state = &self.0;
+        let state = &self.state;
+        if let Some(key) = self.stream {
+            state
+                .streams
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .try_remove(key);
+        }
         if state.active.fetch_sub(1, Ordering::AcqRel) == 1 {
             state.idle_since_ms.store(state.now_ms(), Ordering::Release);
-            state.changed.notify_one();
         }
     }
 }
@@ -384,7 +476,7 @@ impl Drop for InFlight {
 /// moving.
 struct Tracked<B> {
     body: B,
-    idle: Option<IdleTimer>,
+    idle: Option<Arc<StreamIdle>>,
     _in_flight: InFlight,
 }
 
@@ -416,7 +508,11 @@ where
             Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(e.into()))),
             Poll::Ready(None) => Poll::Ready(None),
             Poll::Pending => {
-                if this.idle.as_mut().is_some_and(|idle| idle.poll_expired(cx)) {
+                if this
+                    .idle
+                    .as_ref()
+                    .is_some_and(|idle| idle.poll_expired(cx).is_ready())
+                {
                     tracing::debug!("stream idle timeout: resetting the response");
                     return Poll::Ready(Some(Err(Box::new(StreamIdleTimeout))));
                 }

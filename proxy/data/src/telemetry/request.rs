@@ -5,6 +5,7 @@
 //! status, and a body wrapper that counts bytes and writes the access log at its end).
 
 use std::borrow::Cow;
+use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -24,7 +25,7 @@ use tracing_opentelemetry::OpenTelemetrySpanExt;
 use super::access_log::{LogRecord, access_log};
 use super::meters::{ListenerMeters, Series};
 use super::trace_context::{CallerTrace, TRACEPARENT, TRACESTATE, TraceParent};
-use super::{DownstreamAddrs, LocalReply, ResponseFlags, UpstreamHost};
+use super::{DownstreamAddrs, LocalReply, ResponseFlags};
 use crate::body::Body;
 use crate::idle::StreamIdle;
 
@@ -39,6 +40,8 @@ pub(crate) struct Exchange {
     pub(crate) flags: ResponseFlags,
     /// `%RESPONSE_CODE_DETAILS%` for a local reply the handler made itself.
     pub(crate) details: Option<Cow<'static, str>>,
+    /// The endpoint that sent the response, when one did.
+    pub(crate) upstream_host: Option<SocketAddr>,
     traceparent: Option<HeaderValue>,
     keep_tracestate: bool,
 }
@@ -46,12 +49,13 @@ pub(crate) struct Exchange {
 impl Exchange {
     /// Sets the request's W3C trace headers for the upstream: a `traceparent` naming the
     /// proxy's span as parent; the caller's `tracestate` is kept only if its `traceparent`
-    /// was valid (a new trace starts with no state).
-    pub(crate) fn propagate_trace(&self, headers: &mut HeaderMap) {
-        let Some(tp) = &self.traceparent else {
+    /// was valid (a new trace starts with no state). Once per request: the value moves
+    /// into the headers.
+    pub(crate) fn propagate_trace(&mut self, headers: &mut HeaderMap) {
+        let Some(tp) = self.traceparent.take() else {
             return;
         };
-        headers.insert(TRACEPARENT, tp.clone());
+        headers.insert(TRACEPARENT, tp);
         if !self.keep_tracestate {
             headers.remove(TRACESTATE);
         }
@@ -89,6 +93,8 @@ impl Observer {
     pub(crate) fn start(
         meters: &Arc<ListenerMeters>,
         req: Request<Incoming>,
+        downstream: Option<DownstreamAddrs>,
+        idle: Option<Arc<StreamIdle>>,
     ) -> (Self, Exchange, Request<RequestBody>) {
         let start = Instant::now();
         let start_time = SystemTime::now();
@@ -119,11 +125,10 @@ impl Observer {
             uri: req.uri().clone(),
             version: req.version(),
             headers: req.headers().clone(),
-            downstream: req.extensions().get::<DownstreamAddrs>().copied(),
+            downstream,
         });
         let received = Arc::new(AtomicU64::new(0));
         let bodiless = req.method() == Method::HEAD;
-        let idle = req.extensions().get::<Arc<StreamIdle>>().cloned();
         let req = req.map(|inner| RequestBody {
             inner,
             received: received.clone(),
@@ -209,7 +214,7 @@ impl Observer {
             bytes_sent: 0,
             duration: elapsed,
             response_duration: elapsed,
-            upstream_host: resp.extensions().get::<UpstreamHost>().map(|h| h.0),
+            upstream_host: ex.upstream_host,
             cluster: ex.cluster,
             route: ex.route,
             trace_id: self.trace.trace_id_hex(),

@@ -5,14 +5,14 @@
 use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use http::{HeaderMap, HeaderValue};
+use http::{HeaderMap, HeaderName, HeaderValue};
 use opentelemetry::trace::{SpanContext, SpanId, TraceContextExt, TraceId};
 use rand::Rng;
 
 use super::TelemetryError;
 
-pub(crate) const TRACEPARENT: &str = "traceparent";
-pub(crate) const TRACESTATE: &str = "tracestate";
+pub(crate) const TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
+pub(crate) const TRACESTATE: HeaderName = HeaderName::from_static("tracestate");
 
 /// The share of new traces (requests without a valid `traceparent`) marked sampled, as
 /// `f64` bits; 1.0 until [`set_trace_sampling_ratio`] says otherwise.
