@@ -46,9 +46,11 @@
 //!    requests. Last, a "vs nginx" table: each proxy row against nginx's of its protocol.
 //!
 //! Knobs: `PROXY_BENCH_WORKERS` (`1`; a comma list such as `1,2` runs the proxy and nginx
-//! once per value), `PROXY_BENCH_CLIENT_THREADS` (1), `PROXY_BENCH_BACKEND_THREADS` (1),
+//! once per value), `PROXY_BENCH_ROUNDS` (1: how many times the whole target list runs;
+//! with more than one, the "vs nginx" table comes per round and then as the median of the
+//! rounds), `PROXY_BENCH_CLIENT_THREADS` (1), `PROXY_BENCH_BACKEND_THREADS` (1),
 //! `PROXY_BENCH_HANDSHAKE_CONNECTIONS` (8, the mesh's new-connection loop),
-//! `PROXY_BENCH_TIMEOUT_SECS` (900, the whole run), `PROXY_BENCH_PROXY_LOG` (`warn`, the
+//! `PROXY_BENCH_TIMEOUT_SECS` (900 per round, the whole run), `PROXY_BENCH_PROXY_LOG` (`warn`, the
 //! proxy's `RUST_LOG`). Binaries: `SWITCHBOARD_BIN` (default `target/release/switchboard`),
 //! `SWITCHBOARD_PROXY_BIN` (default `target/dist/switchboard-proxy`: the proxy as it ships,
 //! with LTO), `NGINX_BIN`. Every child is killed on every exit path, and on Ctrl-C.
@@ -127,6 +129,8 @@ impl Kind {
 struct Config {
     kinds: Vec<Kind>,
     workers: Vec<usize>,
+    /// How many times the targets are measured, one after another in the order given.
+    rounds: usize,
     fixed: FixedRate,
     saturation: Saturation,
     /// HTTP/2 and gRPC: connections, and streams per connection in the closed loop.
@@ -170,9 +174,14 @@ impl Config {
             })
             .collect::<Result<Vec<_>>>()?;
         let duration = secs("PROXY_BENCH_SECS", 6)?;
+        let rounds = count_from_env("PROXY_BENCH_ROUNDS", 1)?;
+        if !(1..=20).contains(&rounds) {
+            bail!("PROXY_BENCH_ROUNDS: {rounds} is not a round count (1 to 20)");
+        }
         Ok(Config {
             kinds,
             workers,
+            rounds,
             fixed: FixedRate {
                 rate: u32::try_from(count_from_env("PROXY_BENCH_RATE", 1000)?)?,
                 connections: count_from_env("PROXY_BENCH_RATE_CONNECTIONS", 16)?,
@@ -193,7 +202,7 @@ impl Config {
                 body_bytes: count_from_env("PROXY_BENCH_BODY_BYTES", 1024)?,
             },
             request_timeout: Duration::from_secs(5),
-            deadline: secs("PROXY_BENCH_TIMEOUT_SECS", 900)?,
+            deadline: secs("PROXY_BENCH_TIMEOUT_SECS", 900 * rounds)?,
             proxy_log: list("PROXY_BENCH_PROXY_LOG", "warn"),
         })
     }
@@ -224,26 +233,38 @@ struct ProcessFigures {
     saturation_cpu: CpuUse,
 }
 
-/// What a row is: its name in the tables, its target, and the worker count (none for
-/// `direct`).
+/// What a row is: its name in the tables, its target, the worker count (none for
+/// `direct`) and the round (from 1).
 struct Label {
     name: String,
     kind: Kind,
     workers: Option<usize>,
+    round: usize,
 }
 
 impl Label {
-    fn new(kind: Kind, workers: Option<usize>) -> Label {
-        let name = match workers {
+    fn new(kind: Kind, workers: Option<usize>, round: Round) -> Label {
+        let mut name = match workers {
             Some(w) => format!("{} ({w} worker{})", kind.name(), plural(w)),
             None => kind.name().to_owned(),
         };
+        if round.of > 1 {
+            name.push_str(&format!(", round {}", round.this));
+        }
         Label {
             name,
             kind,
             workers,
+            round: round.this,
         }
     }
+}
+
+/// Which round of how many.
+#[derive(Debug, Clone, Copy)]
+struct Round {
+    this: usize,
+    of: usize,
 }
 
 /// One target's figures.
@@ -251,6 +272,7 @@ struct Measured {
     name: String,
     kind: Kind,
     workers: Option<usize>,
+    round: usize,
     fixed: Outcome,
     saturation: Outcome,
     /// Connections the backend accepted during each phase (warm-up included).
@@ -330,6 +352,7 @@ async fn measure(
         name,
         kind: label.kind,
         workers: label.workers,
+        round: label.round,
         fixed,
         saturation,
         backend_connections: [c1.saturating_sub(c0), c2.saturating_sub(c1)],
@@ -404,12 +427,14 @@ impl ProxyEnv {
 }
 
 /// One proxy target (`Kind::Proxy` or `Kind::ProxyLog`), once per worker count.
+#[allow(clippy::too_many_arguments)]
 async fn run_proxy(
     cfg: &Config,
     env: &ProxyEnv,
     backend: &BackendProcess,
     ticks: u64,
     kind: Kind,
+    round: Round,
     results: &mut Vec<Measured>,
     notes: &mut Vec<String>,
 ) -> Result<()> {
@@ -464,7 +489,7 @@ async fn run_proxy(
             Group::new("control plane (idle)", vec![env.cp.pid()]),
         ];
         let target = target(addr, protocol, env.gateway.host(protocol), cfg);
-        let label = Label::new(kind, Some(workers));
+        let label = Label::new(kind, Some(workers), round);
         let measured = measure(label, &target, backend, groups, cfg, ticks).await;
         let alive = p.check_alive();
         // Envoy's default format renders each of these requests as `"GET / HTTP/1.1" 200`.
@@ -504,6 +529,7 @@ async fn run_nginx(
     backend: &BackendProcess,
     ticks: u64,
     protocol: Protocol,
+    round: Round,
     results: &mut Vec<Measured>,
     notes: &mut Vec<String>,
 ) -> Result<()> {
@@ -537,7 +563,7 @@ async fn run_nginx(
             Group::new("backend", vec![backend.pid]),
             Group::new("load generator", vec![std::process::id()]),
         ];
-        let label = Label::new(Kind::Nginx(protocol), Some(workers));
+        let label = Label::new(Kind::Nginx(protocol), Some(workers), round);
         let target = target(n.addr, protocol, HOST.into(), cfg);
         let measured = measure(label, &target, backend, groups, cfg, ticks).await;
         let log = n.log();
@@ -565,7 +591,11 @@ async fn run(cfg: Config) -> Result<()> {
     let mut mesh_runs = Vec::new();
     let mut env: Option<ProxyEnv> = None;
     let outcome = async {
-        for &kind in &cfg.kinds {
+        for (this, &kind) in (1..=cfg.rounds).flat_map(|r| cfg.kinds.iter().map(move |k| (r, k))) {
+            let round = Round {
+                this,
+                of: cfg.rounds,
+            };
             match kind {
                 Kind::Direct(protocol) => {
                     let groups = vec![
@@ -573,7 +603,7 @@ async fn run(cfg: Config) -> Result<()> {
                         Group::new("load generator", vec![std::process::id()]),
                     ];
                     let target = target(backend.addr, protocol, HOST.into(), &cfg);
-                    let label = Label::new(kind, None);
+                    let label = Label::new(kind, None, round);
                     results.push(measure(label, &target, &backend, groups, &cfg, ticks).await?);
                 }
                 Kind::Proxy(_) | Kind::ProxyLog => {
@@ -583,11 +613,32 @@ async fn run(cfg: Config) -> Result<()> {
                     let Some(e) = env.as_ref() else {
                         bail!("the control plane was not started");
                     };
-                    run_proxy(&cfg, e, &backend, ticks, kind, &mut results, &mut notes).await?;
+                    run_proxy(
+                        &cfg,
+                        e,
+                        &backend,
+                        ticks,
+                        kind,
+                        round,
+                        &mut results,
+                        &mut notes,
+                    )
+                    .await?;
                 }
                 Kind::Nginx(protocol) => {
-                    run_nginx(&cfg, &backend, ticks, protocol, &mut results, &mut notes).await?;
+                    run_nginx(
+                        &cfg,
+                        &backend,
+                        ticks,
+                        protocol,
+                        round,
+                        &mut results,
+                        &mut notes,
+                    )
+                    .await?;
                 }
+                // The mesh pair has its own comparison (plaintext against mTLS): first round only.
+                Kind::Mesh if this > 1 => {}
                 Kind::Mesh => {
                     mesh_runs = mesh::run(&cfg, &backend, ticks, &mut results, &mut notes).await?;
                 }

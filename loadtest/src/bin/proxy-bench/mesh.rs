@@ -188,6 +188,7 @@ async fn measure_pair(
         name,
         kind: Kind::Mesh,
         workers: Some(workers),
+        round: 1,
     };
     let measured = measure(row, &pair.outbound, backend, groups, cfg, ticks).await?;
 

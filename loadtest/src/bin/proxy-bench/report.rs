@@ -219,49 +219,213 @@ fn ratio(a: f64, b: f64) -> String {
     }
 }
 
-/// Per protocol and worker count, each proxy row against nginx's and direct's.
+/// Per protocol and worker count, each proxy row against nginx's and direct's of the same
+/// round; with several rounds, a table per round and then the median of the rounds.
 fn versus_nginx(cfg: &Config, results: &[Measured], ticks: u64) {
-    let mut rows = Vec::new();
+    let rate = cfg.fixed.rate;
+    let mut printed = false;
+    for round in 1..=cfg.rounds {
+        let of_round: Vec<&Measured> = results.iter().filter(|r| r.round == round).collect();
+        let rows: Vec<String> = pairs(cfg, &of_round)
+            .into_iter()
+            .map(|p| row(p.protocol, p.workers, p.proxy, p.nginx, p.direct))
+            .collect();
+        if rows.is_empty() {
+            continue;
+        }
+        if !printed {
+            println!("\n## vs nginx\n");
+            println!(
+                "Each proxy row against nginx with the same protocol and worker count, from the \
+                 tables above: saturation rps and CPU-ms per 1,000 requests at {rate} rps (the \
+                 proxy's process against nginx's master and workers; each ±{:.1} at {ticks} \
+                 ticks/s) as proxy / nginx = ratio; p99 at {rate} rps minus direct's p99 of the \
+                 same protocol; RSS when idle.{}\n",
+                resolution(cfg, ticks),
+                if cfg.rounds > 1 {
+                    " Each round's proxy, nginx and direct rows are compared with one another."
+                } else {
+                    ""
+                }
+            );
+            printed = true;
+        }
+        if cfg.rounds > 1 {
+            println!("Round {round} of {}:\n", cfg.rounds);
+        }
+        println!(
+            "| protocol | workers | target | saturation rps: proxy / nginx | CPU-ms / 1k req @ {rate} rps: proxy / nginx | p99 @ {rate} rps − direct, ms: proxy / nginx | RSS idle MiB: proxy / nginx |"
+        );
+        println!("|---|---:|---|---:|---:|---:|---:|");
+        for r in rows {
+            println!("{r}");
+        }
+        println!();
+    }
+    if !printed {
+        return;
+    }
+    if cfg.rounds > 1 {
+        medians(cfg, results);
+    }
+    println!(
+        "Ratios above 1.0× in rps and at or below 1.0× in CPU favour the proxy. Over HTTP/2, \
+         nginx's upstream is HTTP/1.1 (its proxy module speaks nothing else upstream) while the \
+         proxy's is h2c; over gRPC both are HTTP/2 upstream."
+    );
+}
+
+/// One proxy row with nginx's and direct's rows of the same round, protocol and worker
+/// count.
+struct Pair<'a> {
+    protocol: Protocol,
+    workers: usize,
+    proxy: &'a Measured,
+    nginx: Option<&'a Measured>,
+    direct: Option<&'a Measured>,
+}
+
+/// Each proxy row of `results` (one round's) with nginx's and direct's rows it is compared
+/// with.
+fn pairs<'a>(cfg: &Config, results: &[&'a Measured]) -> Vec<Pair<'a>> {
+    let mut out = Vec::new();
     for protocol in Protocol::ALL {
-        let direct = results.iter().find(|r| r.kind == Kind::Direct(protocol));
+        let direct = results
+            .iter()
+            .copied()
+            .find(|r| r.kind == Kind::Direct(protocol));
         for &w in &cfg.workers {
             let nginx = results
                 .iter()
+                .copied()
                 .find(|r| r.kind == Kind::Nginx(protocol) && r.workers == Some(w));
-            let proxies = results.iter().filter(|r| {
+            let proxies = results.iter().copied().filter(|r| {
                 r.workers == Some(w)
                     && (r.kind == Kind::Proxy(protocol)
                         || (r.kind == Kind::ProxyLog && protocol == Protocol::Http1))
             });
             for p in proxies {
-                rows.push(row(protocol, w, p, nginx, direct));
+                out.push(Pair {
+                    protocol,
+                    workers: w,
+                    proxy: p,
+                    nginx,
+                    direct,
+                });
             }
         }
     }
-    if rows.is_empty() {
-        return;
+    out
+}
+
+/// With several rounds: per proxy row, the median over the rounds of each round's ratio
+/// (and p99 over direct), each round's figure in brackets. A round's proxy, nginx and direct
+/// ran minutes apart at most, so the VM's slow spells, which last longer than one target's
+/// run but shorter than a round, move fewer of the ratios than of the absolute figures.
+fn medians(cfg: &Config, results: &[Measured]) {
+    struct Figures {
+        rps: Vec<f64>,
+        cpu: Vec<f64>,
+        p99: Vec<f64>,
+        nginx_p99: Vec<f64>,
+        rss: Vec<f64>,
+        nginx_rss: Vec<f64>,
+    }
+    let mut rows: Vec<((Protocol, usize, Kind), Figures)> = Vec::new();
+    for round in 1..=cfg.rounds {
+        let of_round: Vec<&Measured> = results.iter().filter(|r| r.round == round).collect();
+        for Pair {
+            protocol,
+            workers: w,
+            proxy: p,
+            nginx,
+            direct,
+        } in pairs(cfg, &of_round)
+        {
+            let key = (protocol, w, p.kind);
+            let at = match rows.iter().position(|(k, _)| *k == key) {
+                Some(i) => i,
+                None => {
+                    rows.push((
+                        key,
+                        Figures {
+                            rps: Vec::new(),
+                            cpu: Vec::new(),
+                            p99: Vec::new(),
+                            nginx_p99: Vec::new(),
+                            rss: Vec::new(),
+                            nginx_rss: Vec::new(),
+                        },
+                    ));
+                    rows.len() - 1
+                }
+            };
+            let f = &mut rows[at].1;
+            let (rps, cpu, p99, rss) = own(p);
+            let n = nginx.map(own);
+            let d99 = direct.map(|d| d.fixed.ms(99.0));
+            if let Some((nrps, ncpu, n99, nrss)) = n {
+                if nrps > 0.0 {
+                    f.rps.push(rps / nrps);
+                }
+                if let (Some(c), Some(nc)) = (cpu, ncpu)
+                    && nc > 0.0
+                {
+                    f.cpu.push(c / nc);
+                }
+                if let Some(d) = d99 {
+                    f.nginx_p99.push(n99 - d);
+                }
+                f.nginx_rss.extend(nrss);
+            }
+            if let Some(d) = d99 {
+                f.p99.push(p99 - d);
+            }
+            f.rss.extend(rss);
+        }
     }
     let rate = cfg.fixed.rate;
-    println!("\n## vs nginx\n");
     println!(
-        "Each proxy row against nginx with the same protocol and worker count, from the tables \
-         above: saturation rps and CPU-ms per 1,000 requests at {rate} rps (the proxy's process \
-         against nginx's master and workers; each ±{:.1} at {ticks} ticks/s) as proxy / nginx \
-         = ratio; p99 at {rate} rps minus direct's p99 of the same protocol; RSS when idle.\n",
-        resolution(cfg, ticks)
+        "Median of the {} rounds (each round's figure in brackets):\n",
+        cfg.rounds
     );
     println!(
-        "| protocol | workers | target | saturation rps: proxy / nginx | CPU-ms / 1k req @ {rate} rps: proxy / nginx | p99 @ {rate} rps − direct, ms: proxy / nginx | RSS idle MiB: proxy / nginx |"
+        "| protocol | workers | target | saturation rps, proxy ÷ nginx | CPU-ms / 1k req @ {rate} rps, proxy ÷ nginx | p99 @ {rate} rps − direct, ms: proxy | nginx | RSS idle MiB, highest: proxy / nginx |"
     );
-    println!("|---|---:|---|---:|---:|---:|---:|");
-    for r in rows {
-        println!("{r}");
+    println!("|---|---:|---|---:|---:|---:|---:|---:|");
+    for ((protocol, w, kind), f) in rows {
+        let highest = |v: &[f64]| v.iter().copied().reduce(f64::max);
+        let rss = |v: Option<f64>| v.map_or("–".into(), |v| format!("{v:.1}"));
+        println!(
+            "| {} | {w} | {} | {} | {} | {} | {} | {} / {} |",
+            protocol.label(),
+            kind.name(),
+            spread(&f.rps, |v| format!("{v:.2}×")),
+            spread(&f.cpu, |v| format!("{v:.2}×")),
+            spread(&f.p99, |v| format!("{v:+.3}")),
+            spread(&f.nginx_p99, |v| format!("{v:+.3}")),
+            rss(highest(&f.rss)),
+            rss(highest(&f.nginx_rss)),
+        );
     }
-    println!(
-        "\nRatios above 1.0× in rps and at or below 1.0× in CPU favour the proxy. Over HTTP/2, \
-         nginx's upstream is HTTP/1.1 (its proxy module speaks nothing else upstream) while the \
-         proxy's is h2c; over gRPC both are HTTP/2 upstream."
-    );
+    println!();
+}
+
+/// `median (a / b / c)`, or `–` with no values.
+fn spread(values: &[f64], show: impl Fn(f64) -> String) -> String {
+    if values.is_empty() {
+        return "–".into();
+    }
+    let mut sorted = values.to_vec();
+    sorted.sort_by(f64::total_cmp);
+    let mid = sorted.len() / 2;
+    let median = if sorted.len() % 2 == 1 {
+        sorted[mid]
+    } else {
+        (sorted[mid - 1] + sorted[mid]) / 2.0
+    };
+    let each: Vec<String> = values.iter().map(|v| show(*v)).collect();
+    format!("**{}** ({})", show(median), each.join(" / "))
 }
 
 fn row(
