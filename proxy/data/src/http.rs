@@ -77,13 +77,13 @@ impl HttpHandler {
         req: Request<Incoming>,
         ctx: RequestContext,
     ) -> Response<Body> {
-        let idle = ctx.idle.clone();
-        let (observer, mut ex, req) = Observer::start(&self.meters, req, ctx.addrs, idle.clone());
+        let (observer, mut ex, req) =
+            Observer::start(&self.meters, req, ctx.addrs, ctx.idle.clone());
         let answered = {
             let dispatch = self
                 .dispatch(req, &mut ex, &ctx)
                 .instrument(observer.span().clone());
-            match &idle {
+            match &ctx.idle {
                 None => Some(dispatch.await),
                 Some(idle) => tokio::select! {
                     resp = dispatch => Some(resp),
@@ -120,9 +120,11 @@ impl HttpHandler {
                 format!("listener {:?} is not an HTTP listener", self.listener),
             );
         };
+        let host = HostName::of(&req);
+        let host = host.as_str();
         // Envoy's order: the RBAC filters come before the router, which picks the route.
         if !hcm.rbac.is_empty()
-            && let Some(denied) = rbac_check(&hcm.rbac, &req, ctx, &self.listener, ex)
+            && let Some(denied) = rbac_check(&hcm.rbac, &req, host, ctx, &self.listener, ex)
         {
             return denied;
         }
@@ -142,8 +144,6 @@ impl HttpHandler {
             },
         };
         ex.route_config.clone_from(&routes.name);
-        let host = HostName::of(&req);
-        let host = host.as_str();
         if let Some(vh) = router::virtual_host(routes, host) {
             ex.virtual_host.clone_from(&vh.name);
         }
@@ -219,6 +219,7 @@ impl HttpHandler {
 fn rbac_check<B>(
     filters: &[HttpRbac],
     req: &Request<B>,
+    host: &str,
     ctx: &RequestContext,
     listener: &str,
     ex: &mut Exchange,
@@ -228,7 +229,7 @@ fn rbac_check<B>(
         destination_port: ctx.addrs.map(|a| a.local.port()),
         request: Some(RequestView {
             method: req.method(),
-            host: request_host(req),
+            host,
             path: req.uri().path(),
             query: req.uri().query(),
             headers: req.headers(),
@@ -266,7 +267,8 @@ struct Target<'a> {
     source_ip: Option<std::net::IpAddr>,
 }
 
-/// [`request_host`], held apart from the request (which routing then changes and moves):
+/// The host a request is for: the authority of an HTTP/2 (or absolute-form) request, else
+/// its `Host` header. Held apart from the request (which routing then changes and moves):
 /// a reference-counted handle on the bytes hyper parsed, not a copy.
 enum HostName {
     Authority(http::uri::Authority),
@@ -292,17 +294,4 @@ impl HostName {
             Self::Missing => "",
         }
     }
-}
-
-/// The authority of an HTTP/2 (or absolute-form) request, else its `Host` header.
-fn request_host<B>(req: &Request<B>) -> &str {
-    req.uri()
-        .authority()
-        .map(|a| a.as_str())
-        .or_else(|| {
-            req.headers()
-                .get(http::header::HOST)
-                .and_then(|h| h.to_str().ok())
-        })
-        .unwrap_or("")
 }

@@ -25,9 +25,13 @@ use support::{backend, get, h1_client, set_cluster};
 
 /// An HTTP listener `name` with `limits`, routing everything to a real backend.
 async fn http_proxy(name: &str, limits: HttpLimits) -> (Running, ConfigStore) {
-    let a = backend("a").await;
+    proxy_to(backend("a").await, name, limits).await
+}
+
+/// An HTTP listener `name` with `limits`, routing everything to `upstream` (HTTP/1.1).
+async fn proxy_to(upstream: SocketAddr, name: &str, limits: HttpLimits) -> (Running, ConfigStore) {
     let mut store = ConfigStore::new();
-    set_cluster(&mut store, "a", UpstreamProtocol::Http1, &[a]);
+    set_cluster(&mut store, "a", UpstreamProtocol::Http1, &[upstream]);
     route_all_to_a(&mut store);
     set_http_listener(&mut store, name, limits, None);
     let running = start(&store, name, Duration::from_secs(5)).await;
@@ -591,16 +595,11 @@ async fn within<F: std::future::Future>(f: F) -> F::Output {
 
 #[tokio::test]
 async fn stream_idle_timeout_answers_408_resets_stalled_streams_and_spares_active_ones() {
-    let slow = slow_backend().await;
-    let mut store = ConfigStore::new();
-    set_cluster(&mut store, "a", UpstreamProtocol::Http1, &[slow]);
-    route_all_to_a(&mut store);
     let limits = HttpLimits {
         stream_idle_timeout: Some(Duration::from_millis(300)),
         ..HttpLimits::default()
     };
-    set_http_listener(&mut store, "stream-idle", limits, None);
-    let running = start(&store, "stream-idle", Duration::from_secs(5)).await;
+    let (running, _store) = proxy_to(slow_backend().await, "stream-idle", limits).await;
 
     // No answer at all: 408 (the route's own timeout is 15 s).
     let mut h2 = h2_conn(running.addr).await;
@@ -632,69 +631,59 @@ async fn stream_idle_timeout_answers_408_resets_stalled_streams_and_spares_activ
     assert!(rest.is_err(), "the stalled response was cut: {rest:?}");
 }
 
-/// A kept-alive connection over HTTP/1.1 or HTTP/2 (prior knowledge), and the task driving
-/// it, which ends when the proxy closes the connection.
-async fn watched_conn(
-    addr: SocketAddr,
-    h2: bool,
-) -> (
-    Box<dyn FnMut() -> BoxedStatus + Send>,
-    tokio::task::JoinHandle<()>,
-) {
-    let io = TokioIo::new(TcpStream::connect(addr).await.unwrap());
-    if h2 {
-        let (send, conn) = hyper::client::conn::http2::handshake(TokioExecutor::new(), io)
-            .await
-            .unwrap();
-        let task = tokio::spawn(async move {
-            let _ = conn.await;
-        });
-        let send_one = move || -> BoxedStatus {
-            let mut send = send.clone();
-            Box::pin(async move { status_of(send.send_request(req("/drip"))).await })
-        };
-        (Box::new(send_one), task)
-    } else {
-        let (send, conn) = hyper::client::conn::http1::handshake(io).await.unwrap();
-        let task = tokio::spawn(async move {
-            let _ = conn.await;
-        });
-        let send = std::sync::Arc::new(tokio::sync::Mutex::new(send));
-        let send_one = move || -> BoxedStatus {
-            let send = send.clone();
-            Box::pin(async move {
-                let mut send = send.lock().await;
-                status_of(send.send_request(req("/drip"))).await
-            })
-        };
-        (Box::new(send_one), task)
-    }
+/// A kept-alive connection over HTTP/1.1 or HTTP/2 (prior knowledge).
+enum Conn {
+    H1(hyper::client::conn::http1::SendRequest<Empty<Bytes>>),
+    H2(hyper::client::conn::http2::SendRequest<Empty<Bytes>>),
 }
 
-type BoxedStatus = std::pin::Pin<Box<dyn std::future::Future<Output = u16> + Send>>;
+impl Conn {
+    /// The connection, and the task driving it, which ends when the proxy closes it.
+    async fn open(addr: SocketAddr, h2: bool) -> (Conn, tokio::task::JoinHandle<()>) {
+        let io = TokioIo::new(TcpStream::connect(addr).await.unwrap());
+        if h2 {
+            let (send, conn) = hyper::client::conn::http2::handshake(TokioExecutor::new(), io)
+                .await
+                .unwrap();
+            (
+                Conn::H2(send),
+                tokio::spawn(async move { drop(conn.await) }),
+            )
+        } else {
+            let (send, conn) = hyper::client::conn::http1::handshake(io).await.unwrap();
+            (
+                Conn::H1(send),
+                tokio::spawn(async move { drop(conn.await) }),
+            )
+        }
+    }
+
+    /// The status of a `/drip` request, its body read to the end.
+    async fn drip(&mut self) -> u16 {
+        match self {
+            Conn::H1(send) => status_of(send.send_request(req("/drip"))).await,
+            Conn::H2(send) => status_of(send.send_request(req("/drip"))).await,
+        }
+    }
+}
 
 #[tokio::test]
 async fn idle_timeout_closes_connections_with_nothing_in_flight_and_spares_busy_ones() {
     // `/drip` takes about 800 ms, longer than the idle timeout.
-    let slow = slow_backend().await;
-    let mut store = ConfigStore::new();
-    set_cluster(&mut store, "a", UpstreamProtocol::Http1, &[slow]);
-    route_all_to_a(&mut store);
     let limits = HttpLimits {
         idle_timeout: Some(Duration::from_millis(500)),
         ..HttpLimits::default()
     };
-    set_http_listener(&mut store, "conn-idle", limits, None);
-    let running = start(&store, "conn-idle", Duration::from_secs(5)).await;
+    let (running, _store) = proxy_to(slow_backend().await, "conn-idle", limits).await;
 
     for h2 in [false, true] {
-        let (mut send, mut closed) = watched_conn(running.addr, h2).await;
+        let (mut conn, mut closed) = Conn::open(running.addr, h2).await;
         // A request in flight for longer than the idle timeout keeps its connection, and so
         // do requests that follow one another with shorter gaps in between.
         let mut last_sent = Instant::now();
         for _ in 0..3 {
             last_sent = Instant::now();
-            assert_eq!(within(send()).await, 200, "h2: {h2}");
+            assert_eq!(within(conn.drip()).await, 200, "h2: {h2}");
             tokio::time::sleep(Duration::from_millis(200)).await;
             assert!(!closed.is_finished(), "h2: {h2}: closed while in use");
         }

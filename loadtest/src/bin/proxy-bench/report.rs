@@ -226,10 +226,7 @@ fn versus_nginx(cfg: &Config, results: &[Measured], ticks: u64) {
     let mut printed = false;
     for round in 1..=cfg.rounds {
         let of_round: Vec<&Measured> = results.iter().filter(|r| r.round == round).collect();
-        let rows: Vec<String> = pairs(cfg, &of_round)
-            .into_iter()
-            .map(|p| row(p.protocol, p.workers, p.proxy, p.nginx, p.direct))
-            .collect();
+        let rows: Vec<String> = pairs(cfg, &of_round).into_iter().map(|p| row(&p)).collect();
         if rows.is_empty() {
             continue;
         }
@@ -323,6 +320,7 @@ fn pairs<'a>(cfg: &Config, results: &[&'a Measured]) -> Vec<Pair<'a>> {
 /// ran minutes apart at most, so the VM's slow spells, which last longer than one target's
 /// run but shorter than a round, move fewer of the ratios than of the absolute figures.
 fn medians(cfg: &Config, results: &[Measured]) {
+    #[derive(Default)]
     struct Figures {
         rps: Vec<f64>,
         cpu: Vec<f64>,
@@ -346,17 +344,7 @@ fn medians(cfg: &Config, results: &[Measured]) {
             let at = match rows.iter().position(|(k, _)| *k == key) {
                 Some(i) => i,
                 None => {
-                    rows.push((
-                        key,
-                        Figures {
-                            rps: Vec::new(),
-                            cpu: Vec::new(),
-                            p99: Vec::new(),
-                            nginx_p99: Vec::new(),
-                            rss: Vec::new(),
-                            nginx_rss: Vec::new(),
-                        },
-                    ));
+                    rows.push((key, Figures::default()));
                     rows.len() - 1
                 }
             };
@@ -428,13 +416,14 @@ fn spread(values: &[f64], show: impl Fn(f64) -> String) -> String {
     format!("**{}** ({})", show(median), each.join(" / "))
 }
 
-fn row(
-    protocol: Protocol,
-    workers: usize,
-    p: &Measured,
-    nginx: Option<&Measured>,
-    direct: Option<&Measured>,
-) -> String {
+fn row(pair: &Pair<'_>) -> String {
+    let Pair {
+        protocol,
+        workers,
+        proxy: p,
+        nginx,
+        direct,
+    } = *pair;
     let (rps, cpu, p99, rss) = own(p);
     let n = nginx.map(own);
     let d99 = direct.map(|d| d.fixed.ms(99.0));
