@@ -14,7 +14,10 @@ mod forward;
 mod local;
 mod xfcc;
 
+use std::future::{Future, poll_fn};
+use std::pin::pin;
 use std::sync::Arc;
+use std::task::Poll;
 
 use http::{Request, Response, StatusCode};
 use hyper::body::Incoming;
@@ -22,7 +25,6 @@ use switchboard_proxy_xds::config::listener::{ListenerKind, RouteSource};
 use switchboard_proxy_xds::config::rbac::HttpRbac;
 use switchboard_proxy_xds::config::route::{Action, Clusters};
 use switchboard_proxy_xds::{ConfigStore, Snapshot};
-use tracing::Instrument;
 
 use crate::body::Body;
 use crate::cluster::{ClusterManager, ClusterRegistry, pick_weighted};
@@ -77,19 +79,27 @@ impl HttpHandler {
         req: Request<Incoming>,
         ctx: RequestContext,
     ) -> Response<Body> {
-        let (observer, mut ex, req) =
-            Observer::start(&self.meters, req, ctx.addrs, ctx.idle.clone());
+        // One configuration for the whole request; the exchange's names borrow from it.
+        let snapshot = self.store.snapshot();
+        let (observer, ex, req) = Observer::start(&self.meters, req, ctx.addrs, ctx.idle.clone());
+        let mut ex: Exchange<'_> = ex;
         let answered = {
-            let dispatch = self
-                .dispatch(req, &mut ex, &ctx)
-                .instrument(observer.span().clone());
-            match &ctx.idle {
-                None => Some(dispatch.await),
-                Some(idle) => tokio::select! {
-                    resp = dispatch => Some(resp),
-                    () = idle.expired() => None,
-                },
-            }
+            // Pinned where it is built and polled in place, inside the request's span, so
+            // that this request's largest future is not copied again into an
+            // `Instrumented` and a `select!` (`tracing::Instrument` and `tokio::select!`
+            // each take theirs by value).
+            let mut dispatch = pin!(self.dispatch(&snapshot, req, &mut ex, &ctx));
+            let span = observer.span();
+            poll_fn(|cx| {
+                if let Poll::Ready(resp) = span.in_scope(|| dispatch.as_mut().poll(cx)) {
+                    return Poll::Ready(Some(resp));
+                }
+                match &ctx.idle {
+                    Some(idle) if idle.poll_expired(cx).is_ready() => Poll::Ready(None),
+                    _ => Poll::Pending,
+                }
+            })
+            .await
         };
         let resp = answered.unwrap_or_else(|| {
             ex.flags.insert(ResponseFlags::STREAM_IDLE_TIMEOUT);
@@ -99,13 +109,13 @@ impl HttpHandler {
     }
 
     /// Routes and answers one request, recording in `ex` what was decided.
-    async fn dispatch(
+    async fn dispatch<'s>(
         &self,
+        snapshot: &'s Snapshot,
         mut req: Request<RequestBody>,
-        ex: &mut Exchange,
+        ex: &mut Exchange<'s>,
         ctx: &RequestContext,
     ) -> Response<Body> {
-        let snapshot = self.store.snapshot();
         let Some(listener) = snapshot.listeners.get(&self.listener) else {
             ex.flags.insert(ResponseFlags::NO_ROUTE);
             return local::error(
@@ -134,7 +144,7 @@ impl HttpHandler {
             RouteSource::Rds(name) => match snapshot.routes.get(name) {
                 Some(rc) => rc.as_ref(),
                 None => {
-                    ex.route_config.clone_from(name);
+                    ex.route_config = name;
                     ex.flags.insert(ResponseFlags::NO_ROUTE);
                     return local::error(
                         StatusCode::SERVICE_UNAVAILABLE,
@@ -143,9 +153,9 @@ impl HttpHandler {
                 }
             },
         };
-        ex.route_config.clone_from(&routes.name);
+        ex.route_config = &routes.name;
         if let Some(vh) = router::virtual_host(routes, host) {
-            ex.virtual_host.clone_from(&vh.name);
+            ex.virtual_host = &vh.name;
         }
         let info = RequestInfo {
             method: req.method(),
@@ -158,7 +168,7 @@ impl HttpHandler {
             ex.flags.insert(ResponseFlags::NO_ROUTE);
             return local::error(StatusCode::NOT_FOUND, "no route matches this request");
         };
-        ex.route.clone_from(&route.name);
+        ex.route = &route.name;
         if let Some(fault) = route.fault.as_ref().or(hcm.fault.as_ref()) {
             let injected = fault::inject(fault).await;
             if injected.delayed {
@@ -187,9 +197,9 @@ impl HttpHandler {
                     ex.flags.insert(ResponseFlags::NO_CLUSTER);
                     return local::error(StatusCode::SERVICE_UNAVAILABLE, "no cluster to route to");
                 };
-                ex.cluster = cluster.to_owned();
+                ex.cluster = cluster;
                 let target = Target {
-                    snapshot: &snapshot,
+                    snapshot,
                     cluster,
                     registry: &self.clusters.registry,
                     source_ip: ctx.addrs.map(|a| a.remote.ip()),
@@ -222,7 +232,7 @@ fn rbac_check<B>(
     host: &str,
     ctx: &RequestContext,
     listener: &str,
-    ex: &mut Exchange,
+    ex: &mut Exchange<'_>,
 ) -> Option<Response<Body>> {
     let subject = Subject {
         peer: ctx.peer.as_deref(),

@@ -125,9 +125,4 @@ impl StreamIdle {
         }
         Poll::Pending
     }
-
-    /// Resolves once the stream has timed out.
-    pub(crate) async fn expired(&self) {
-        std::future::poll_fn(|cx| self.poll_expired(cx)).await;
-    }
 }

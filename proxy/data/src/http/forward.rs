@@ -208,10 +208,28 @@ pub(super) async fn forward(
     };
     let up = Upstream::new(pools, target, cluster, || hashing.hash(&head));
     let current: Current = Mutex::new(None);
-    let work = attempts(pools, target, &up, f, head, body, &hashing, &current);
-    let result = match f.timeout {
-        Some(t) => tokio::time::timeout(t, work).await.ok(),
-        None => Some(work.await),
+    let per_try = f.retry.as_ref().and_then(|r| r.per_try_timeout);
+    let result = match buffered(f, &body, &up.cluster.name) {
+        // The common case, one try with the body streamed, awaits `attempt` directly.
+        None => {
+            let work = attempt(&up, per_try, head, body.boxed_unsync(), &current);
+            match f.timeout {
+                Some(t) => tokio::time::timeout(t, work).await.ok(),
+                None => Some(work.await),
+            }
+        }
+        // Boxed: a future is as large as its largest await, and every request's future is
+        // copied as it moves into hyper's dispatcher and each caller, so the retry loop
+        // would otherwise add its size to every request's copies.
+        Some(mirrors) => {
+            let work = Box::pin(attempts(
+                pools, target, &up, f, head, body, mirrors, &hashing, &current,
+            ));
+            match f.timeout {
+                Some(t) => tokio::time::timeout(t, work).await.ok(),
+                None => Some(work.await),
+            }
+        }
     };
     let Some(outcome) = result else {
         timed_out(&up, &current);
@@ -265,20 +283,11 @@ fn flagged(mut resp: Response<Body>, flags: ResponseFlags) -> Response<Body> {
     resp
 }
 
-/// Sends the mirrors and runs the first attempt and any retries the policy and the
-/// circuit breakers allow.
-#[allow(clippy::too_many_arguments)]
-async fn attempts(
-    pools: &ConnectionPools,
-    target: &Target<'_>,
-    up: &Upstream,
-    f: &Forward,
-    head: Head,
-    body: RequestBody,
-    hashing: &HashSource<'_>,
-    current: &Current,
-) -> Outcome {
-    let retry = f.retry.as_ref().filter(|r| r.num_retries > 0);
+/// Whether the request is buffered (to be retried or mirrored) and, if so, the mirrors it
+/// goes to; `None` means one try with the body streamed (see the module's note on
+/// [`MAX_RETRY_BODY`]).
+fn buffered<'f>(f: &'f Forward, body: &RequestBody, cluster: &str) -> Option<Vec<&'f Mirror>> {
+    let retry = f.retry.as_ref().is_some_and(|r| r.num_retries > 0);
     let mirrors: Vec<&Mirror> = f
         .mirrors
         .iter()
@@ -288,14 +297,32 @@ async fn attempts(
         .size_hint()
         .upper()
         .is_some_and(|n| n <= MAX_RETRY_BODY);
-    let per_try = f.retry.as_ref().and_then(|r| r.per_try_timeout);
-    if !small || (retry.is_none() && mirrors.is_empty()) {
+    if !small || (!retry && mirrors.is_empty()) {
         if !mirrors.is_empty() {
-            tracing::debug!(cluster = %up.cluster.name,
+            tracing::debug!(cluster = %cluster,
                 "request body too large or of unknown length: not mirrored");
         }
-        return attempt(up, per_try, head, body.boxed_unsync(), current).await;
+        return None;
     }
+    Some(mirrors)
+}
+
+/// Buffers the body, sends the mirrors and runs the first attempt and any retries the
+/// policy and the circuit breakers allow.
+#[allow(clippy::too_many_arguments)]
+async fn attempts(
+    pools: &ConnectionPools,
+    target: &Target<'_>,
+    up: &Upstream,
+    f: &Forward,
+    head: Head,
+    body: RequestBody,
+    mirrors: Vec<&Mirror>,
+    hashing: &HashSource<'_>,
+    current: &Current,
+) -> Outcome {
+    let retry = f.retry.as_ref().filter(|r| r.num_retries > 0);
+    let per_try = f.retry.as_ref().and_then(|r| r.per_try_timeout);
     let bytes = match body.collect().await {
         Ok(c) => c.to_bytes(),
         Err(e) => return Outcome::Reset(format!("reading the request body: {e}")),
@@ -562,6 +589,9 @@ fn upstream_headers(mut headers: HeaderMap) -> HeaderMap {
         UPGRADE,
         TE,
     ];
+    if !has_any(&headers, &HOP_BY_HOP) {
+        return headers;
+    }
     let te_trailers = headers
         .get(http::header::TE)
         .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"trailers"));
@@ -579,15 +609,25 @@ fn upstream_headers(mut headers: HeaderMap) -> HeaderMap {
 /// HTTP/2 client, nor a `connection: close` close the wrong connection).
 fn strip_response_hop_by_hop(headers: &mut HeaderMap) {
     use http::header::{CONNECTION, TRANSFER_ENCODING, UPGRADE};
-    for name in [
+    const HOP_BY_HOP: [HeaderName; 5] = [
         CONNECTION,
         KEEP_ALIVE,
         PROXY_CONNECTION,
         TRANSFER_ENCODING,
         UPGRADE,
-    ] {
-        headers.remove(name);
+    ];
+    if has_any(headers, &HOP_BY_HOP) {
+        for name in &HOP_BY_HOP {
+            headers.remove(name);
+        }
     }
+}
+
+/// Whether any of `names` is present: one pass comparing the few names a message carries
+/// (the standard ones compare as integers), where a `remove` per name hashes each. Most
+/// messages carry no hop-by-hop header at all.
+fn has_any(headers: &HeaderMap, names: &[HeaderName]) -> bool {
+    headers.keys().any(|k| names.contains(k))
 }
 
 /// Hop-by-hop headers without a constant in `http`: by name, so that removing them does not

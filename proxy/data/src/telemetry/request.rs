@@ -29,14 +29,16 @@ use super::{DownstreamAddrs, LocalReply, ResponseFlags};
 use crate::body::Body;
 use crate::idle::StreamIdle;
 
-/// What routing decided about a request, filled in by the handler as it goes.
+/// What routing decided about a request, filled in by the handler as it goes. The names
+/// borrow from the configuration snapshot the request was routed with (`'s`), so naming
+/// costs no allocation; the access log copies the two it prints.
 #[derive(Debug, Default)]
-pub(crate) struct Exchange {
-    pub(crate) route_config: String,
-    pub(crate) virtual_host: String,
-    pub(crate) route: String,
+pub(crate) struct Exchange<'s> {
+    pub(crate) route_config: &'s str,
+    pub(crate) virtual_host: &'s str,
+    pub(crate) route: &'s str,
     /// The cluster the request was sent to (or failed to be); empty for local replies.
-    pub(crate) cluster: String,
+    pub(crate) cluster: &'s str,
     pub(crate) flags: ResponseFlags,
     /// `%RESPONSE_CODE_DETAILS%` for a local reply the handler made itself.
     pub(crate) details: Option<Cow<'static, str>>,
@@ -46,7 +48,7 @@ pub(crate) struct Exchange {
     keep_tracestate: bool,
 }
 
-impl Exchange {
+impl Exchange<'_> {
     /// Sets the request's W3C trace headers for the upstream: a `traceparent` naming the
     /// proxy's span as parent; the caller's `tracestate` is kept only if its `traceparent`
     /// was valid (a new trace starts with no state). Once per request: the value moves
@@ -64,6 +66,8 @@ impl Exchange {
 
 /// The request, as the access log shows it: captured on arrival, before route edits.
 struct Arrival {
+    /// The wall-clock time of arrival, read only when the access log is on.
+    start_time: SystemTime,
     method: Method,
     uri: Uri,
     version: Version,
@@ -75,7 +79,6 @@ struct Arrival {
 pub(crate) struct Observer {
     meters: Arc<ListenerMeters>,
     start: Instant,
-    start_time: SystemTime,
     span: Span,
     trace: TraceParent,
     active: ActiveRequest,
@@ -95,9 +98,8 @@ impl Observer {
         req: Request<Incoming>,
         downstream: Option<DownstreamAddrs>,
         idle: Option<Arc<StreamIdle>>,
-    ) -> (Self, Exchange, Request<RequestBody>) {
+    ) -> (Self, Exchange<'static>, Request<RequestBody>) {
         let start = Instant::now();
-        let start_time = SystemTime::now();
         let listener = meters.listener();
         let active = ActiveRequest::new(meters.active());
         let incoming = CallerTrace::from_headers(req.headers());
@@ -121,6 +123,7 @@ impl Observer {
             span.record("trace_id", trace.trace_id_hex());
         }
         let arrival = access_log().enabled().then(|| Arrival {
+            start_time: SystemTime::now(),
             method: req.method().clone(),
             uri: req.uri().clone(),
             version: req.version(),
@@ -142,7 +145,6 @@ impl Observer {
         let observer = Self {
             meters: meters.clone(),
             start,
-            start_time,
             span,
             trace,
             active,
@@ -162,7 +164,7 @@ impl Observer {
 
     /// Records the response (metrics, span fields) and wraps its body so that the access
     /// log is written, the span closed and the request counted inactive when it ends.
-    pub(crate) fn finish(mut self, ex: Exchange, resp: Response<Body>) -> Response<Body> {
+    pub(crate) fn finish(mut self, ex: Exchange<'_>, resp: Response<Body>) -> Response<Body> {
         self.finished = true;
         let elapsed = self.start.elapsed();
         let status = resp.status();
@@ -177,9 +179,9 @@ impl Observer {
 
         self.meters.record(
             Series {
-                route_config: &ex.route_config,
-                virtual_host: &ex.virtual_host,
-                cluster: &ex.cluster,
+                route_config: ex.route_config,
+                virtual_host: ex.virtual_host,
+                cluster: ex.cluster,
                 code_class: code_class(status),
             },
             elapsed,
@@ -189,17 +191,17 @@ impl Observer {
         // i64: OpenTelemetry has no unsigned integers (a u64 would be exported as text).
         span.record("status", i64::from(status.as_u16()));
         if !ex.route.is_empty() {
-            span.record("route", ex.route.as_str());
+            span.record("route", ex.route);
         }
         if !ex.cluster.is_empty() {
-            span.record("cluster", ex.cluster.as_str());
+            span.record("cluster", ex.cluster);
         }
         if status.is_server_error() {
             span.record("otel.status_code", "error");
         }
 
         let record = self.arrival.take().map(|a| LogRecord {
-            start_time: self.start_time,
+            start_time: a.start_time,
             method: a.method,
             uri: a.uri,
             version: a.version,
@@ -215,8 +217,8 @@ impl Observer {
             duration: elapsed,
             response_duration: elapsed,
             upstream_host: ex.upstream_host,
-            cluster: ex.cluster,
-            route: ex.route,
+            cluster: ex.cluster.to_owned(),
+            route: ex.route.to_owned(),
             trace_id: self.trace.trace_id_hex(),
         });
         let bodiless = self.bodiless
@@ -253,7 +255,7 @@ impl Drop for Observer {
         if let Some(a) = self.arrival.take() {
             let elapsed = self.start.elapsed();
             access_log().emit(&LogRecord {
-                start_time: self.start_time,
+                start_time: a.start_time,
                 method: a.method,
                 uri: a.uri,
                 version: a.version,
