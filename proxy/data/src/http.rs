@@ -82,6 +82,8 @@ impl HttpHandler {
         // One configuration for the whole request; the exchange's names borrow from it.
         let snapshot = self.store.snapshot();
         let (observer, ex, req) = Observer::start(&self.meters, req, ctx.addrs, ctx.idle.clone());
+        // `start` gives `Exchange<'static>` (no names yet); narrowed here to the snapshot's
+        // borrow, which the names routing records come from.
         let mut ex: Exchange<'_> = ex;
         let answered = {
             // Pinned where it is built and polled in place, inside the request's span, so
