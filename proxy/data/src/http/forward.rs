@@ -43,6 +43,7 @@ use crate::cluster::{
 use crate::ring::{HashInput, request_hash};
 use crate::telemetry::ResponseFlags;
 use crate::telemetry::request::RequestBody;
+use tokio_util::either::Either;
 
 /// Bodies up to this size are buffered so that the request can be retried or mirrored.
 pub const MAX_RETRY_BODY: u64 = 64 * 1024;
@@ -209,27 +210,19 @@ pub(super) async fn forward(
     let up = Upstream::new(pools, target, cluster, || hashing.hash(&head));
     let current: Current = Mutex::new(None);
     let per_try = f.retry.as_ref().and_then(|r| r.per_try_timeout);
-    let result = match buffered(f, &body, &up.cluster.name) {
+    let work = match buffered(f, &body, &up.cluster.name) {
         // The common case, one try with the body streamed, awaits `attempt` directly.
-        None => {
-            let work = attempt(&up, per_try, head, body.boxed_unsync(), &current);
-            match f.timeout {
-                Some(t) => tokio::time::timeout(t, work).await.ok(),
-                None => Some(work.await),
-            }
-        }
+        None => Either::Left(attempt(&up, per_try, head, body.boxed_unsync(), &current)),
         // Boxed: a future is as large as its largest await, and every request's future is
         // copied as it moves into hyper's dispatcher and each caller, so the retry loop
         // would otherwise add its size to every request's copies.
-        Some(mirrors) => {
-            let work = Box::pin(attempts(
-                pools, target, &up, f, head, body, mirrors, &hashing, &current,
-            ));
-            match f.timeout {
-                Some(t) => tokio::time::timeout(t, work).await.ok(),
-                None => Some(work.await),
-            }
-        }
+        Some(mirrors) => Either::Right(Box::pin(attempts(
+            pools, target, &up, f, head, body, mirrors, &hashing, &current,
+        ))),
+    };
+    let result = match f.timeout {
+        Some(t) => tokio::time::timeout(t, work).await.ok(),
+        None => Some(work.await),
     };
     let Some(outcome) = result else {
         timed_out(&up, &current);
