@@ -156,7 +156,8 @@ impl HttpHandler {
             },
         };
         ex.route_config = &routes.name;
-        if let Some(vh) = router::virtual_host(routes, host) {
+        let vh = router::virtual_host(routes, host);
+        if let Some(vh) = vh {
             ex.virtual_host = &vh.name;
         }
         let info = RequestInfo {
@@ -166,7 +167,7 @@ impl HttpHandler {
             query: req.uri().query(),
             headers: req.headers(),
         };
-        let Some(route) = router::route(routes, &info) else {
+        let Some(route) = vh.and_then(|vh| router::route_in(vh, &info)) else {
             ex.flags.insert(ResponseFlags::NO_ROUTE);
             return local::error(StatusCode::NOT_FOUND, "no route matches this request");
         };

@@ -27,6 +27,7 @@
 
 pub mod body;
 pub mod cluster;
+mod gate;
 pub mod http;
 mod idle;
 pub mod listener;

@@ -21,7 +21,12 @@ pub struct RequestInfo<'a> {
 
 /// The first route of the best virtual host that matches `req`, or `None` (a 404).
 pub fn route<'a>(config: &'a RouteConfig, req: &RequestInfo<'_>) -> Option<&'a Route> {
-    let vh = virtual_host(config, req.host)?;
+    route_in(virtual_host(config, req.host)?, req)
+}
+
+/// The first route of `vh` that matches `req`: [`route`] for a caller that already chose
+/// the virtual host.
+pub fn route_in<'a>(vh: &'a VirtualHost, req: &RequestInfo<'_>) -> Option<&'a Route> {
     vh.routes.iter().find(|r| matches(r, req))
 }
 
@@ -37,6 +42,10 @@ pub fn virtual_host<'a>(config: &'a RouteConfig, host: &str) -> Option<&'a Virtu
         std::borrow::Cow::Borrowed(host)
     };
     let as_sent = best_domain(config, &host);
+    if let Some(((EXACT, _), vh)) = as_sent {
+        // Nothing ranks above an exact match, so the host without its port cannot win.
+        return Some(vh);
+    }
     let stripped = strip_port(&host).and_then(|h| best_domain(config, h));
     match (as_sent, stripped) {
         (Some(a), Some(s)) => Some(if s.0 < a.0 { s.1 } else { a.1 }),
@@ -64,6 +73,10 @@ fn best_domain<'a>(config: &'a RouteConfig, host: &str) -> Option<(Rank, &'a Vir
             let Some(class) = domain_class(domain, host) else {
                 continue;
             };
+            if class == EXACT {
+                // The best rank there is, and the first one found wins ties.
+                return Some(((EXACT, std::cmp::Reverse(domain.len())), vh));
+            }
             let rank = (class, std::cmp::Reverse(domain.len()));
             if best.as_ref().is_none_or(|(b, _)| rank < *b) {
                 best = Some((rank, vh));
@@ -73,9 +86,12 @@ fn best_domain<'a>(config: &'a RouteConfig, host: &str) -> Option<(Rank, &'a Vir
     best
 }
 
+/// The class of an exact domain, the best of [`domain_class`]'s.
+const EXACT: u8 = 0;
+
 fn domain_class(domain: &str, host: &str) -> Option<u8> {
     if domain == host {
-        Some(0)
+        Some(EXACT)
     } else if domain == "*" {
         Some(3)
     } else if let Some(suffix) = domain.strip_prefix('*') {
@@ -218,6 +234,43 @@ mod tests {
             virtual_hosts: vec![vh("exact", &["a"], any("a"))],
         };
         assert!(virtual_host(&no_star, "b").is_none());
+    }
+
+    /// An exact match ends the search: the first virtual host listing the domain wins, and
+    /// the host as sent wins over the host without its port, as when every domain was
+    /// compared.
+    #[test]
+    fn exact_domain_first_and_as_sent() {
+        let config = RouteConfig {
+            name: "rc".into(),
+            virtual_hosts: vec![
+                vh("suffix", &["*.svc:80"], any("suffix")),
+                vh("bare", &["a.svc"], any("bare")),
+                vh("with-port", &["a.svc:80"], any("with-port")),
+                vh("again", &["a.svc:80", "b.svc"], any("again")),
+            ],
+        };
+        let cases = [
+            ("a.svc:80", "with-port"),
+            ("a.svc:81", "bare"),
+            ("b.svc:80", "again"),
+            ("c.svc:80", "suffix"),
+        ];
+        for (host, want) in cases {
+            assert_eq!(
+                virtual_host(&config, host).map(|v| v.name.as_str()),
+                Some(want),
+                "{host}"
+            );
+            let info = RequestInfo {
+                method: &http::Method::GET,
+                host,
+                path: "/",
+                query: None,
+                headers: &HeaderMap::new(),
+            };
+            assert_eq!(route(&config, &info).map(|r| r.name.as_str()), Some(want));
+        }
     }
 
     #[test]

@@ -44,7 +44,9 @@ use tokio_rustls::TlsConnector;
 use tokio_rustls::client::TlsStream;
 use tokio_rustls::rustls::pki_types::ServerName;
 
+use super::FastHash;
 use super::breakers::Threshold;
+use super::registry::ClusterRegistry;
 use super::state::{ClusterState, ConnectionSlot};
 use crate::body::Body;
 use crate::tls::{Secrets, client_config, same_secrets, secrets_in_use};
@@ -58,19 +60,50 @@ const UNSENT_TRIES: usize = 3;
 /// Connection pools of one worker, by cluster name, then transport socket.
 #[derive(Default)]
 pub(crate) struct ConnectionPools {
-    pools: Mutex<HashMap<String, OfCluster>>,
+    pools: Mutex<HashMap<String, OfCluster, FastHash>>,
 }
 
 /// The pools of one cluster, by transport socket.
 type OfCluster = Vec<(TransportChoice, Arc<Pool>)>;
 
 impl ConnectionPools {
+    /// The pool of `cluster` for endpoints using transport socket `choice`, and through it
+    /// ([`Pool::state`]) the cluster's state shared by every worker.
+    ///
+    /// A pool already found current for `snapshot`'s generation is returned from this
+    /// worker's own map, so finding the cluster's state takes no lock that other workers
+    /// take too. Otherwise the state comes from `registry` (one lock shared by all workers),
+    /// the circuit breakers take the cluster's limits, and [`Self::pool`] checks the pool;
+    /// that happens once per worker, cluster and snapshot.
+    pub(crate) fn pool_in(
+        &self,
+        cluster: &Cluster,
+        choice: TransportChoice,
+        registry: &ClusterRegistry,
+        snapshot: &Snapshot,
+    ) -> Arc<Pool> {
+        {
+            let pools = self.pools.lock().unwrap_or_else(PoisonError::into_inner);
+            let current = pools
+                .get(cluster.name.as_str())
+                .and_then(|ps| ps.iter().find(|(c, _)| *c == choice))
+                .map(|(_, p)| p)
+                .filter(|p| p.checked_generation.load(Ordering::Relaxed) == snapshot.generation);
+            if let Some(p) = current {
+                return p.clone();
+            }
+        }
+        let state = registry.cluster_in(&cluster.name, snapshot);
+        state.breakers.configure(&cluster.circuit_breakers);
+        self.pool(cluster, choice, &state, snapshot)
+    }
+
     /// The pool of `cluster` for endpoints using transport socket `choice`; a new one when
     /// its protocol, connect timeout, TLS configuration or secrets changed (open connections
     /// of the old one finish what they carry), or its state was replaced. Pools of clusters
     /// gone from `snapshot` are dropped then. The comparison is skipped for the snapshot the
     /// pool was last found current for.
-    pub(crate) fn pool(
+    fn pool(
         &self,
         cluster: &Cluster,
         choice: TransportChoice,
@@ -144,7 +177,7 @@ pub(crate) struct Pool {
     tls_key: Option<TlsKey>,
     tls: Option<Arc<TlsSetup>>,
     checked_generation: AtomicU64,
-    hosts: Mutex<HashMap<SocketAddr, Arc<Host>>>,
+    hosts: Mutex<HashMap<SocketAddr, Arc<Host>, FastHash>>,
 }
 
 /// The connections to one endpoint.
@@ -240,6 +273,11 @@ enum Checked {
 }
 
 impl Pool {
+    /// The state of the pool's cluster, shared by every worker.
+    pub(crate) fn state(&self) -> &Arc<ClusterState> {
+        &self.state
+    }
+
     fn new(
         cluster: &Cluster,
         choice: TransportChoice,
@@ -261,7 +299,7 @@ impl Pool {
             tls_key,
             tls,
             checked_generation: AtomicU64::new(snapshot.generation),
-            hosts: Mutex::new(HashMap::new()),
+            hosts: Mutex::new(HashMap::default()),
         }
     }
 

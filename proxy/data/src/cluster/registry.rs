@@ -8,6 +8,7 @@ use std::time::Instant;
 use switchboard_proxy_xds::Snapshot;
 use switchboard_proxy_xds::config::cluster::LbPolicy;
 
+use super::FastHash;
 use super::endpoint::{EndpointSource, Picked};
 use super::state::ClusterState;
 
@@ -15,7 +16,7 @@ use super::state::ClusterState;
 /// all requests of all listeners.
 #[derive(Debug, Default)]
 pub struct ClusterRegistry {
-    clusters: Mutex<HashMap<String, Arc<ClusterState>>>,
+    clusters: Mutex<HashMap<String, Arc<ClusterState>, FastHash>>,
 }
 
 impl ClusterRegistry {
@@ -69,7 +70,7 @@ impl ClusterRegistry {
         self.lock().get(name).cloned()
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Arc<ClusterState>>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Arc<ClusterState>, FastHash>> {
         self.clusters.lock().unwrap_or_else(PoisonError::into_inner)
     }
 }

@@ -51,7 +51,6 @@ pub const MAX_RETRY_BODY: u64 = 64 * 1024;
 /// One cluster as a request sends to it.
 struct Upstream {
     cluster: Arc<Cluster>,
-    state: Arc<ClusterState>,
     /// The pool of the cluster's own transport socket, and one per `transport_socket_matches`
     /// entry (none in most clusters, so nothing is allocated for them).
     pool: Arc<Pool>,
@@ -68,9 +67,7 @@ impl Upstream {
         cluster: &Arc<Cluster>,
         hash: impl FnOnce() -> Option<u64>,
     ) -> Self {
-        let state = target.registry.cluster_in(&cluster.name, target.snapshot);
-        state.breakers.configure(&cluster.circuit_breakers);
-        let pool = |c| pools.pool(cluster, c, &state, target.snapshot);
+        let pool = |c| pools.pool_in(cluster, c, target.registry, target.snapshot);
         let matched = (0..cluster.tls_matches.len())
             .map(|i| (TransportChoice::Match(i), pool(TransportChoice::Match(i))))
             .collect();
@@ -83,8 +80,13 @@ impl Upstream {
                 LbPolicy::RingHash(_) => hash(),
                 _ => None,
             },
-            state,
         }
+    }
+
+    /// The cluster's state, shared by every worker; reached through this worker's pool
+    /// rather than the registry's lock, with no clone of its `Arc`.
+    fn state(&self) -> &Arc<ClusterState> {
+        self.pool.state()
     }
 
     /// The pool for `address`: the one of the transport socket its metadata selects.
@@ -112,7 +114,7 @@ impl Upstream {
 
     fn pick(&self) -> Option<Picked> {
         let endpoints = self.endpoints.as_ref()?;
-        self.state.pick(
+        self.state().pick(
             self.cluster.lb_policy,
             endpoints,
             self.hash,
@@ -123,8 +125,8 @@ impl Upstream {
 
     /// Counts how an attempt on `host` ended, for metrics and outlier detection.
     fn finish(&self, host: &Arc<HostState>, outcome: AttemptOutcome) {
-        self.state.metrics.attempt(outcome);
-        self.state.record(
+        self.state().metrics.attempt(outcome);
+        self.state().record(
             host,
             outcome.failed(),
             self.cluster.outlier_detection.as_ref(),
@@ -335,7 +337,7 @@ async fn attempts(
         }
         // The previous retry is over once its attempt has answered (Envoy's accounting).
         _retry_slot = None;
-        match up.state.begin_retry(&up.cluster.circuit_breakers) {
+        match up.state().begin_retry(&up.cluster.circuit_breakers) {
             Ok(slot) => _retry_slot = Some(slot),
             Err(t) => {
                 tracing::debug!(cluster = %up.cluster.name, threshold = %t,
@@ -358,7 +360,7 @@ async fn attempt(
     body: Body,
     current: &Current,
 ) -> Outcome {
-    let slot = match up.state.begin_request(&up.cluster.circuit_breakers) {
+    let slot = match up.state().begin_request(&up.cluster.circuit_breakers) {
         Ok(g) => g,
         Err(t) => return Outcome::Overflow(t),
     };
@@ -390,7 +392,7 @@ async fn attempt(
             Outcome::Response(resp, address)
         }
         Err(SendError::Overflow(t)) => {
-            up.state.overflow(t);
+            up.state().overflow(t);
             Outcome::Overflow(t)
         }
         Err(SendError::Connect(e)) => {
@@ -449,7 +451,7 @@ fn mirror(
         headers,
     };
     let limit = f.timeout.unwrap_or(DEFAULT_TIMEOUT);
-    up.state.metrics.mirrored.increment(1);
+    up.state().metrics.mirrored.increment(1);
     tokio::spawn(async move {
         let current: Current = Mutex::new(None);
         let work = async {

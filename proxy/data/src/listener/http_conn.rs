@@ -18,7 +18,7 @@
 //! dropped.
 
 use std::convert::Infallible;
-use std::future::Future;
+use std::future::{Future, poll_fn};
 use std::io;
 use std::pin::{Pin, pin};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -38,6 +38,7 @@ use tokio::sync::Notify;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+use crate::gate::Gate;
 use crate::http::{HttpHandler, RequestContext};
 use crate::idle::StreamIdle;
 use crate::telemetry::DownstreamAddrs;
@@ -225,38 +226,66 @@ async fn drive<C>(
     };
     let mut conn = pin!(conn);
     let mut watchdog = pin!(watchdog(state, limits));
+    let mut drained = pin!(drain.cancelled());
+    let mut killed = pin!(kill.cancelled());
+    // The connection is polled on every wake-up; the rest only when one of them woke the
+    // task (see `Gate`).
+    let gate = Gate::new();
     let mut closing = false;
     loop {
-        // Biased: the connection first (it is what wakes this task for every request), and
-        // no random number drawn per wake-up to shuffle the branches.
-        tokio::select! {
-            biased;
-            done = conn.as_mut() => {
+        let event = poll_fn(|cx| {
+            if let Poll::Ready(done) = conn.as_mut().poll(cx) {
+                return Poll::Ready(Event::Done(done));
+            }
+            gate.poll(cx, |cx| {
+                if !closing && drained.as_mut().poll(cx).is_ready() {
+                    return Poll::Ready(Event::Drain);
+                }
+                if let Poll::Ready(expiry) = watchdog.as_mut().poll(cx) {
+                    return Poll::Ready(Event::Expired(expiry));
+                }
+                if killed.as_mut().poll(cx).is_ready() {
+                    return Poll::Ready(Event::Kill);
+                }
+                Poll::Pending
+            })
+        })
+        .await;
+        match event {
+            Event::Done(done) => {
                 if let Err(e) = done {
                     tracing::debug!(error = %e, "connection ended with an error");
                 }
                 return;
             }
-            () = drain.cancelled(), if !closing => {
+            Event::Drain => {
                 graceful_shutdown(conn.as_mut());
                 closing = true;
                 watchdog.set(self::watchdog(state, &streams_only));
             }
-            expiry = &mut watchdog => match expiry {
-                Expiry::RequestHeaders => {
-                    tracing::debug!("request headers not complete in time; closing");
-                    return;
-                }
-                Expiry::Idle => {
-                    tracing::debug!("idle timeout; closing");
-                    graceful_shutdown(conn.as_mut());
-                    closing = true;
-                    watchdog.set(self::watchdog(state, &streams_only));
-                }
-            },
-            () = kill.cancelled() => return,
+            Event::Expired(Expiry::RequestHeaders) => {
+                tracing::debug!("request headers not complete in time; closing");
+                return;
+            }
+            Event::Expired(Expiry::Idle) => {
+                tracing::debug!("idle timeout; closing");
+                graceful_shutdown(conn.as_mut());
+                closing = true;
+                watchdog.set(self::watchdog(state, &streams_only));
+            }
+            Event::Kill => return,
         }
+        // A new watchdog has registered nothing yet, and the tokens may still be ready.
+        gate.open();
     }
+}
+
+/// What ended one wait of [`drive`].
+enum Event {
+    Done(hyper::Result<()>),
+    Drain,
+    Expired(Expiry),
+    Kill,
 }
 
 #[derive(Debug)]
