@@ -199,6 +199,17 @@ mod tests {
         vec![r(name, PathMatch::Prefix("/".into()))]
     }
 
+    /// Each host reaches the virtual host named beside it.
+    fn assert_virtual_hosts(config: &RouteConfig, cases: &[(&str, &str)]) {
+        for &(host, want) in cases {
+            assert_eq!(
+                virtual_host(config, host).map(|v| v.name.as_str()),
+                Some(want),
+                "{host}"
+            );
+        }
+    }
+
     #[test]
     fn domain_order() {
         let config = RouteConfig {
@@ -222,13 +233,7 @@ mod tests {
             ("elsewhere", "star"),
             ("[::1]:80", "star"),
         ];
-        for (host, want) in cases {
-            assert_eq!(
-                virtual_host(&config, host).map(|v| v.name.as_str()),
-                Some(want),
-                "{host}"
-            );
-        }
+        assert_virtual_hosts(&config, &cases);
         let no_star = RouteConfig {
             name: "rc".into(),
             virtual_hosts: vec![vh("exact", &["a"], any("a"))],
@@ -256,12 +261,8 @@ mod tests {
             ("b.svc:80", "again"),
             ("c.svc:80", "suffix"),
         ];
+        assert_virtual_hosts(&config, &cases);
         for (host, want) in cases {
-            assert_eq!(
-                virtual_host(&config, host).map(|v| v.name.as_str()),
-                Some(want),
-                "{host}"
-            );
             let info = RequestInfo {
                 method: &http::Method::GET,
                 host,

@@ -84,10 +84,7 @@ impl ConnectionPools {
     ) -> Arc<Pool> {
         {
             let pools = self.pools.lock().unwrap_or_else(PoisonError::into_inner);
-            let current = pools
-                .get(cluster.name.as_str())
-                .and_then(|ps| ps.iter().find(|(c, _)| *c == choice))
-                .map(|(_, p)| p)
+            let current = find(&pools, cluster, choice)
                 .filter(|p| p.checked_generation.load(Ordering::Relaxed) == snapshot.generation);
             if let Some(p) = current {
                 return p.clone();
@@ -101,8 +98,8 @@ impl ConnectionPools {
     /// The pool of `cluster` for endpoints using transport socket `choice`; a new one when
     /// its protocol, connect timeout, TLS configuration or secrets changed (open connections
     /// of the old one finish what they carry), or its state was replaced. Pools of clusters
-    /// gone from `snapshot` are dropped then. The comparison is skipped for the snapshot the
-    /// pool was last found current for.
+    /// gone from `snapshot` are dropped then. A pool found current is marked so for
+    /// `snapshot`'s generation, which [`Self::pool_in`] then returns without this check.
     fn pool(
         &self,
         cluster: &Cluster,
@@ -111,26 +108,18 @@ impl ConnectionPools {
         snapshot: &Snapshot,
     ) -> Arc<Pool> {
         let mut pools = self.pools.lock().unwrap_or_else(PoisonError::into_inner);
-        let found = pools
-            .get(cluster.name.as_str())
-            .and_then(|ps| ps.iter().find(|(c, _)| *c == choice))
-            .map(|(_, p)| p)
-            .filter(|p| Arc::ptr_eq(&p.state, state));
-        if let Some(p) = found {
-            if p.checked_generation.load(Ordering::Relaxed) == snapshot.generation {
-                return p.clone();
-            }
-            if p.http2 == (cluster.protocol == UpstreamProtocol::Http2)
-                && p.connect_timeout == cluster.connect_timeout
-                && same_tls(
-                    p.tls_key.as_ref(),
-                    tls_key(cluster, choice, snapshot).as_ref(),
-                )
-            {
-                p.checked_generation
-                    .store(snapshot.generation, Ordering::Relaxed);
-                return p.clone();
-            }
+        let found = find(&pools, cluster, choice).filter(|p| Arc::ptr_eq(&p.state, state));
+        if let Some(p) = found
+            && p.http2 == (cluster.protocol == UpstreamProtocol::Http2)
+            && p.connect_timeout == cluster.connect_timeout
+            && same_tls(
+                p.tls_key.as_ref(),
+                tls_key(cluster, choice, snapshot).as_ref(),
+            )
+        {
+            p.checked_generation
+                .store(snapshot.generation, Ordering::Relaxed);
+            return p.clone();
         }
         pools.retain(|name, _| snapshot.clusters.contains_key(name));
         let pool = Arc::new(Pool::new(cluster, choice, state, snapshot));
@@ -139,6 +128,18 @@ impl ConnectionPools {
         of_cluster.push((choice, pool.clone()));
         pool
     }
+}
+
+/// The pool of `cluster` for transport socket `choice` in one worker's map, current or not.
+fn find<'p>(
+    pools: &'p HashMap<String, OfCluster, FastHash>,
+    cluster: &Cluster,
+    choice: TransportChoice,
+) -> Option<&'p Arc<Pool>> {
+    pools
+        .get(cluster.name.as_str())
+        .and_then(|ps| ps.iter().find(|(c, _)| *c == choice))
+        .map(|(_, p)| p)
 }
 
 type TlsKey = (UpstreamTls, Vec<Option<Arc<Secret>>>);
