@@ -4,9 +4,10 @@
 # same from run to run within a few tenths of a percent, where CPU time on this shared
 # machine moves by more than the changes being measured.
 #
-#   proxy/instructions.sh BIN [OUT_DIR] [SECONDS]
+#   [INSTRUCTIONS_TARGET=proxy-log] proxy/instructions.sh BIN [OUT_DIR] [SECONDS]
 #
-# Runs proxy-bench (PROXY_BENCH_TARGETS=proxy, one worker) with BIN under callgrind. Once
+# Runs proxy-bench (PROXY_BENCH_TARGETS=proxy, or INSTRUCTIONS_TARGET: `proxy-log` measures
+# the same with the default access log on; one worker) with BIN under callgrind. Once
 # requests flow at the fixed rate (1,000 rps, which the proxy keeps up with even under
 # callgrind), it zeroes the counts, waits SECONDS (15), dumps them and divides by the
 # requests the proxy's admin /stats counted meanwhile; proxy-bench then runs its
@@ -32,7 +33,7 @@ exec valgrind --tool=callgrind --callgrind-out-file=$out/callgrind.out.%p "$bin"
 EOF
 chmod +x "$wrapper"
 
-SWITCHBOARD_PROXY_BIN=$wrapper PROXY_BENCH_TARGETS=proxy PROXY_BENCH_SECS=$((secs + 8)) \
+SWITCHBOARD_PROXY_BIN=$wrapper PROXY_BENCH_TARGETS=${INSTRUCTIONS_TARGET:-proxy} PROXY_BENCH_SECS=$((secs + 8)) \
     PROXY_BENCH_WORKERS=1 "$here/target/release/proxy-bench" >"$out/bench.log" 2>&1 &
 bench=$!
 

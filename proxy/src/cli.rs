@@ -65,7 +65,9 @@ pub struct Args {
     pub log_format: LogFormat,
     /// Access log: `off`, `json`, or an Envoy-style format string such as
     /// "%REQ(:METHOD)% %REQ(X-ENVOY-ORIGINAL-PATH?:PATH)% %RESPONSE_CODE% %DURATION%".
-    /// Logged at INFO with target `access_log`; the default is Envoy's default text format.
+    /// Logged at INFO with target `access_log` (`RUST_LOG=access_log=off` silences it) on
+    /// standard error; with `--log-format text` each line is written bare, as Envoy writes
+    /// it. The default is Envoy's default text format.
     #[arg(long)]
     pub access_log_format: Option<String>,
     /// The share of new traces (requests without a `traceparent`) that are sampled, 0 to 1;

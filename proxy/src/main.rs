@@ -4,6 +4,7 @@
 //! - [`listeners`]: the LDS handler that binds, keeps and drains sockets.
 //! - [`admin`]: `/ready`, `/stats`, `/config_dump`, `/clusters`.
 //! - [`workers`]: the data path's threads, one single-threaded runtime each.
+//! - [`log_output`]: stderr, written in batches.
 //!
 //! Everything else is in the libraries: the xDS client (`switchboard-proxy-xds`) and the
 //! data path (`switchboard-proxy-data`). The process needs no privileges: it binds the ports
@@ -13,8 +14,10 @@
 mod admin;
 mod cli;
 mod listeners;
+mod log_output;
 mod workers;
 
+use std::io::IsTerminal;
 use std::process::ExitCode;
 use std::sync::Arc;
 
@@ -30,6 +33,7 @@ use tracing_subscriber::{EnvFilter, Layer};
 
 use cli::{Args, LogFormat};
 use listeners::ListenerManager;
+use log_output::{BareAccessLines, LogOutput, LogWriter};
 use workers::Workers;
 
 fn main() -> ExitCode {
@@ -57,6 +61,15 @@ fn main() -> ExitCode {
     let concurrency = args
         .concurrency
         .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, usize::from));
+    // Before anything logs, and dropped last, so that every line is written out.
+    let log = match LogOutput::stderr() {
+        Ok(log) => log,
+        Err(e) => {
+            eprintln!("switchboard-proxy: cannot start the log output: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    log.flush_on_panic();
     let workers = match Workers::start(concurrency) {
         Ok(w) => w,
         Err(e) => {
@@ -75,7 +88,7 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let result = runtime.block_on(run(args, bootstrap, &workers));
+    let result = runtime.block_on(run(args, bootstrap, &workers, log.writer()));
     // The listeners have drained (or timed out): stop the workers, then the rest.
     drop(workers);
     drop(runtime);
@@ -83,21 +96,29 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!(error = format!("{e:#}"), "switchboard-proxy failed");
+            // The log's lines first, then this one.
+            drop(log);
             eprintln!("switchboard-proxy: {e:#}");
             ExitCode::FAILURE
         }
     }
 }
 
-fn init_logging(args: &Args) -> anyhow::Result<Option<telemetry::OtlpGuard>> {
+/// Logs to `writer` (stderr, in batches: see [`log_output`]); colours only on a terminal.
+/// In the text format, access log lines are written bare, as Envoy writes them; in JSON
+/// each is the `message` of a log object, so that every line of the stream is JSON.
+fn init_logging(args: &Args, writer: LogWriter) -> anyhow::Result<Option<telemetry::OtlpGuard>> {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let ansi = std::io::stderr().is_terminal();
     let fmt = match args.log_format {
         LogFormat::Text => tracing_subscriber::fmt::layer()
-            .with_writer(std::io::stderr)
+            .with_ansi(ansi)
+            .event_format(BareAccessLines(tracing_subscriber::fmt::format()))
+            .with_writer(writer)
             .boxed(),
         LogFormat::Json => tracing_subscriber::fmt::layer()
             .json()
-            .with_writer(std::io::stderr)
+            .with_writer(writer)
             .boxed(),
     };
     let (otlp, guard) = match &args.otlp_endpoint {
@@ -139,8 +160,9 @@ async fn run(
     args: Args,
     bootstrap: switchboard_proxy_xds::Bootstrap,
     workers: &Workers,
+    log: LogWriter,
 ) -> anyhow::Result<()> {
-    let otlp = init_logging(&args)?;
+    let otlp = init_logging(&args, log)?;
     let prometheus = init_metrics()?;
     let store = ConfigStore::new();
     let clusters = Arc::new(ClusterManager::new());

@@ -20,6 +20,7 @@
 //!   its task.
 
 use std::collections::HashMap;
+use std::future::poll_fn;
 use std::net::SocketAddr;
 use std::pin::{Pin, pin};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -49,6 +50,7 @@ use super::breakers::Threshold;
 use super::registry::ClusterRegistry;
 use super::state::{ClusterState, ConnectionSlot};
 use crate::body::Body;
+use crate::gate::Gate;
 use crate::tls::{Secrets, client_config, same_secrets, secrets_in_use};
 
 /// How long an upstream connection may sit with nothing in flight before it is closed.
@@ -588,24 +590,31 @@ where
 {
     tokio::spawn(async move {
         let mut conn = pin!(conn);
-        loop {
-            let deadline = in_use.idle_deadline(IDLE_TIMEOUT);
-            tokio::select! {
-                done = conn.as_mut() => {
-                    if let Err(e) = done {
-                        tracing::debug!(error = %e, "upstream connection ended with an error");
-                    }
-                    return;
+        let mut idle = pin!(tokio::time::sleep_until(in_use.idle_deadline(IDLE_TIMEOUT)));
+        // The connection is polled on every wake-up (about three per request); the idle
+        // timer only when it fired (see `Gate`).
+        let gate = Gate::new();
+        poll_fn(|cx| {
+            if let Poll::Ready(done) = conn.as_mut().poll(cx) {
+                if let Err(e) = done {
+                    tracing::debug!(error = %e, "upstream connection ended with an error");
                 }
-                () = tokio::time::sleep_until(deadline) => {
-                    // Recomputed: a request may have come and gone while this slept.
-                    if in_use.idle_deadline(IDLE_TIMEOUT) <= Instant::now() {
-                        tracing::debug!("closing an idle upstream connection");
-                        return;
-                    }
-                }
+                return Poll::Ready(());
             }
-        }
+            while gate.poll(cx, |cx| idle.as_mut().poll(cx)).is_ready() {
+                // Recomputed: a request may have come and gone while this slept.
+                let deadline = in_use.idle_deadline(IDLE_TIMEOUT);
+                if deadline <= Instant::now() {
+                    tracing::debug!("closing an idle upstream connection");
+                    return Poll::Ready(());
+                }
+                idle.as_mut().reset(deadline);
+                // The timer, reset, has registered nothing yet.
+                gate.open();
+            }
+            Poll::Pending
+        })
+        .await;
     });
 }
 

@@ -10,6 +10,7 @@
 //! The JSON format is a derived `Serialize` record borrowing from the request's record.
 
 use std::borrow::Cow;
+use std::cell::RefCell;
 use std::fmt::Write as _;
 use std::io;
 use std::net::SocketAddr;
@@ -359,24 +360,22 @@ impl Operator {
     fn render(&self, r: &LogRecord, out: &mut String) {
         match self {
             // No format: Envoy's default.
-            Self::StartTime(None) => write_time(r.start_time, &DEFAULT_TIME, out),
+            Self::StartTime(None) => write_default_time(r.start_time, out),
             Self::StartTime(Some(format)) => write_time(r.start_time, format, out),
             Self::Req(h) => h.render(r, HeaderSide::Request, out),
             Self::Resp(h) => h.render(r, HeaderSide::Response, out),
             Self::Trailer(h) => h.render(r, HeaderSide::Trailer, out),
             Self::Method => out.push_str(r.method.as_str()),
             Self::Protocol => out.push_str(protocol(r.version)),
-            Self::ResponseCode => push_display(out, r.status),
+            Self::ResponseCode => push_int(out, r.status),
             Self::ResponseFlags => push_display(out, r.flags),
             Self::ResponseCodeDetails => out.push_str(&r.details),
-            Self::Duration => push_display(out, r.duration.as_millis()),
-            Self::ResponseDuration => push_display(out, r.response_duration.as_millis()),
-            Self::BytesReceived => push_display(out, r.bytes_received),
-            Self::BytesSent => push_display(out, r.bytes_sent),
+            Self::Duration => push_int(out, r.duration.as_millis()),
+            Self::ResponseDuration => push_int(out, r.response_duration.as_millis()),
+            Self::BytesReceived => push_int(out, r.bytes_received),
+            Self::BytesSent => push_int(out, r.bytes_sent),
             Self::UpstreamHost => {
-                if let Some(h) = r.upstream_host {
-                    push_display(out, h);
-                }
+                write_addr(r.upstream_host, true, out);
             }
             Self::UpstreamCluster => out.push_str(&r.cluster),
             Self::RouteName => out.push_str(&r.route),
@@ -467,7 +466,7 @@ impl HeaderKey {
                 }
             }
             Self::Scheme => out.push_str(r.uri.scheme_str().unwrap_or("http")),
-            Self::Status => push_display(out, r.status),
+            Self::Status => push_int(out, r.status),
         }
     }
 }
@@ -505,7 +504,7 @@ impl LogRecord {
                 .map(|v| String::from_utf8_lossy(v.as_bytes()))
         };
         let mut start_time = String::with_capacity(24);
-        write_time(self.start_time, &DEFAULT_TIME, &mut start_time);
+        write_default_time(self.start_time, &mut start_time);
         let path = header("x-envoy-original-path")
             .or_else(|| self.uri.path_and_query().map(|pq| pq.as_str().into()))
             .filter(|p| !p.is_empty());
@@ -591,15 +590,36 @@ fn protocol(v: Version) -> &'static str {
     }
 }
 
+/// An address as std prints it (`a.b.c.d:port`, `[v6]:port`); IPv4, the usual case, without
+/// `core::fmt`, whose padding support made it the costliest operator of the default format.
 fn write_addr(addr: Option<SocketAddr>, port: bool, out: &mut String) {
     match addr {
+        Some(SocketAddr::V4(a)) => {
+            for (i, octet) in a.ip().octets().into_iter().enumerate() {
+                if i > 0 {
+                    out.push('.');
+                }
+                push_int(out, octet);
+            }
+            if port {
+                out.push(':');
+                push_int(out, a.port());
+            }
+        }
         Some(a) if port => push_display(out, a),
         Some(a) => push_display(out, a.ip()),
         None => {}
     }
 }
 
-/// Envoy's default `%START_TIME%`: `2024-01-31T23:59:59.123Z`.
+/// An integer, formatted without `core::fmt` (several per line).
+fn push_int(out: &mut String, v: impl itoa::Integer) {
+    out.push_str(itoa::Buffer::new().format(v));
+}
+
+/// Envoy's default `%START_TIME%`: `2024-01-31T23:59:59.123Z` ([`write_default_time`]
+/// writes it).
+#[cfg(test)]
 const DEFAULT_TIME: FormatDescriptionV3<'static> = time::macros::format_description!(
     version = 3,
     "[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:3]Z"
@@ -658,6 +678,54 @@ fn parse_time_format(
 }
 
 /// Writes `t` in UTC as `format` says. Times before 1970 print as 1970, as they always have.
+/// [`DEFAULT_TIME`] to the second, which [`write_default_time`] formats once a second.
+const TO_THE_SECOND: FormatDescriptionV3<'static> =
+    time::macros::format_description!(version = 3, "[year]-[month]-[day]T[hour]:[minute]:[second]");
+
+/// `t` in Envoy's default `%START_TIME%` format. A line per request, most of them in the
+/// same second as the one before: the date and time to the second are formatted once a
+/// second per thread, and the milliseconds appended.
+fn write_default_time(t: SystemTime, out: &mut String) {
+    /// The second last formatted, its text, and whether `time` could represent it (else the
+    /// text is the epoch's, as [`write_time`] prints any time it cannot).
+    struct Second {
+        secs: u64,
+        text: String,
+        in_range: bool,
+    }
+    thread_local! {
+        static SECOND: RefCell<Second> = const {
+            RefCell::new(Second { secs: u64::MAX, text: String::new(), in_range: false })
+        };
+    }
+    let since = t.duration_since(UNIX_EPOCH).unwrap_or_default();
+    let secs = since.as_secs();
+    let in_range = SECOND.with_borrow_mut(|second| {
+        if second.secs != secs {
+            let whole = Duration::from_secs(secs);
+            second.in_range = time::Duration::try_from(whole)
+                .ok()
+                .and_then(|d| UtcDateTime::UNIX_EPOCH.checked_add(d))
+                .is_some();
+            second.text.clear();
+            write_time(
+                UNIX_EPOCH.checked_add(whole).unwrap_or(UNIX_EPOCH),
+                &TO_THE_SECOND,
+                &mut second.text,
+            );
+            second.secs = secs;
+        }
+        out.push_str(&second.text);
+        second.in_range
+    });
+    let ms = if in_range { since.subsec_millis() } else { 0 };
+    out.push('.');
+    for digit in [ms / 100, ms / 10 % 10, ms % 10] {
+        out.push(char::from_digit(digit, 10).unwrap_or('0'));
+    }
+    out.push('Z');
+}
+
 fn write_time(t: SystemTime, format: &FormatDescriptionV3<'_>, out: &mut String) {
     let since = t.duration_since(UNIX_EPOCH).unwrap_or_default();
     let utc = time::Duration::try_from(since)

@@ -83,8 +83,9 @@ pub(crate) struct Observer {
     trace: TraceParent,
     active: ActiveRequest,
     arrival: Option<Arrival>,
-    /// Request body bytes read so far (shared with the [`RequestBody`]).
-    received: Arc<AtomicU64>,
+    /// Request body bytes read so far (shared with the [`RequestBody`]); counted only for
+    /// the access log, so only when it is on.
+    received: Option<Arc<AtomicU64>>,
     /// The request's `stream_idle_timeout`, if its listener has one.
     idle: Option<Arc<StreamIdle>>,
     bodiless: bool,
@@ -130,7 +131,7 @@ impl Observer {
             headers: req.headers().clone(),
             downstream,
         });
-        let received = Arc::new(AtomicU64::new(0));
+        let received = arrival.is_some().then(|| Arc::new(AtomicU64::new(0)));
         let bodiless = req.method() == Method::HEAD;
         let req = req.map(|inner| RequestBody {
             inner,
@@ -200,26 +201,28 @@ impl Observer {
             span.record("otel.status_code", "error");
         }
 
-        let record = self.arrival.take().map(|a| LogRecord {
-            start_time: a.start_time,
-            method: a.method,
-            uri: a.uri,
-            version: a.version,
-            request_headers: a.headers,
-            downstream: a.downstream,
-            status: status.as_u16(),
-            response_headers: resp.headers().clone(),
-            trailers: None,
-            flags,
-            details,
-            bytes_received: 0,
-            bytes_sent: 0,
-            duration: elapsed,
-            response_duration: elapsed,
-            upstream_host: ex.upstream_host,
-            cluster: ex.cluster.to_owned(),
-            route: ex.route.to_owned(),
-            trace_id: self.trace.trace_id_hex(),
+        let record = self.arrival.take().map(|a| {
+            Box::new(LogRecord {
+                start_time: a.start_time,
+                method: a.method,
+                uri: a.uri,
+                version: a.version,
+                request_headers: a.headers,
+                downstream: a.downstream,
+                status: status.as_u16(),
+                response_headers: resp.headers().clone(),
+                trailers: None,
+                flags,
+                details,
+                bytes_received: 0,
+                bytes_sent: 0,
+                duration: elapsed,
+                response_duration: elapsed,
+                upstream_host: ex.upstream_host,
+                cluster: ex.cluster.to_owned(),
+                route: ex.route.to_owned(),
+                trace_id: self.trace.trace_id_hex(),
+            })
         });
         let bodiless = self.bodiless
             || status.is_informational()
@@ -230,7 +233,7 @@ impl Observer {
             span,
             active: self.active.take(),
             record,
-            received: self.received.clone(),
+            received: self.received.take(),
             idle: self.idle.take(),
             bytes_sent: 0,
             bodiless,
@@ -238,7 +241,7 @@ impl Observer {
         resp.map(|inner| {
             ObservedBody {
                 inner,
-                ending: Some(Box::new(ending)),
+                ending: Some(ending),
             }
             .boxed_unsync()
         })
@@ -266,7 +269,10 @@ impl Drop for Observer {
                 trailers: None,
                 flags: ResponseFlags::DOWNSTREAM_CONNECTION_TERMINATION,
                 details: Cow::Borrowed("downstream_remote_disconnect"),
-                bytes_received: self.received.load(Ordering::Relaxed),
+                bytes_received: self
+                    .received
+                    .as_ref()
+                    .map_or(0, |r| r.load(Ordering::Relaxed)),
                 bytes_sent: 0,
                 duration: elapsed,
                 response_duration: elapsed,
@@ -398,8 +404,9 @@ struct Ending {
     start: Instant,
     span: Span,
     active: ActiveRequest,
-    record: Option<LogRecord>,
-    received: Arc<AtomicU64>,
+    /// Boxed: only there when the access log is on, and the largest part.
+    record: Option<Box<LogRecord>>,
+    received: Option<Arc<AtomicU64>>,
     idle: Option<Arc<StreamIdle>>,
     bytes_sent: u64,
     /// Responses that carry no body (to HEAD, 1xx, 204, 304), which hyper drops unread.
@@ -410,7 +417,8 @@ struct Ending {
 /// what was read, not the declared length (chunked and gRPC bodies declare none).
 pub(crate) struct RequestBody {
     inner: Incoming,
-    received: Arc<AtomicU64>,
+    /// `None` when the access log is off: nothing would read the count.
+    received: Option<Arc<AtomicU64>>,
     /// Request data counts as activity for `stream_idle_timeout`.
     idle: Option<Arc<StreamIdle>>,
 }
@@ -427,8 +435,10 @@ impl hyper::body::Body for RequestBody {
         if let Poll::Ready(Some(Ok(frame))) = &polled
             && let Some(data) = frame.data_ref()
         {
-            let n = u64::try_from(data.len()).unwrap_or(u64::MAX);
-            self.received.fetch_add(n, Ordering::Relaxed);
+            if let Some(received) = &self.received {
+                let n = u64::try_from(data.len()).unwrap_or(u64::MAX);
+                received.fetch_add(n, Ordering::Relaxed);
+            }
             if let Some(idle) = &self.idle {
                 idle.touch();
             }
@@ -449,7 +459,8 @@ impl hyper::body::Body for RequestBody {
 /// it ends, fails, or is dropped (the downstream went away: `DC`).
 struct ObservedBody {
     inner: Body,
-    ending: Option<Box<Ending>>,
+    /// Inline: the body is boxed as a whole (one allocation for both).
+    ending: Option<Ending>,
 }
 
 impl ObservedBody {
@@ -466,10 +477,10 @@ impl ObservedBody {
             idle: _,
             bytes_sent,
             bodiless: _,
-        } = *ending;
+        } = ending;
         if let Some(mut r) = record {
             r.flags.insert(flags);
-            r.bytes_received = received.load(Ordering::Relaxed);
+            r.bytes_received = received.map_or(0, |c| c.load(Ordering::Relaxed));
             r.bytes_sent = bytes_sent;
             r.duration = start.elapsed();
             access_log().emit(&r);

@@ -110,7 +110,13 @@ impl TraceParent {
 
     /// The trace id as 32 lowercase hex digits.
     pub fn trace_id_hex(&self) -> String {
-        TraceId::from_bytes(self.trace_id).to_string()
+        // The same 32 lowercase digits as `TraceId`'s `Display`, without `core::fmt`
+        // (once per logged request); 16 bytes always fit 32 digits.
+        let mut out = [0u8; 32];
+        match hex::encode_to_slice(self.trace_id, &mut out) {
+            Ok(()) => String::from_utf8_lossy(&out).into_owned(),
+            Err(_) => String::new(),
+        }
     }
 
     /// The `traceparent` header, written into a buffer on the stack: this runs for every

@@ -299,3 +299,39 @@ fn json_output_is_pinned() {
         )
     );
 }
+
+/// The fast paths write what `time` and std would: the default start time (also the second
+/// after a cached one, and twice in one second), and addresses with and without the port.
+#[test]
+fn fast_paths_match_the_general_ones() {
+    for at in instants() {
+        for later in [0, 1, 999, 1_000, 1_001] {
+            let at = at + Duration::from_millis(later);
+            let mut fast = String::new();
+            write_default_time(at, &mut fast);
+            let mut general = String::new();
+            write_time(at, &DEFAULT_TIME, &mut general);
+            assert_eq!(fast, general, "{at:?}");
+        }
+    }
+    for a in [
+        "127.0.0.1:8080",
+        "0.0.0.0:0",
+        "255.255.255.255:65535",
+        "10.1.20.3:443",
+        "[::1]:8080",
+        "[::ffff:10.0.0.1]:80",
+        "[fe80::1]:9",
+    ] {
+        let a: SocketAddr = a.parse().unwrap();
+        let mut with_port = String::new();
+        write_addr(Some(a), true, &mut with_port);
+        assert_eq!(with_port, a.to_string());
+        let mut without = String::new();
+        write_addr(Some(a), false, &mut without);
+        assert_eq!(without, a.ip().to_string());
+    }
+    let mut none = String::new();
+    write_addr(None, true, &mut none);
+    assert_eq!(none, "");
+}
