@@ -617,8 +617,8 @@ fn push_int(out: &mut String, v: impl itoa::Integer) {
     out.push_str(itoa::Buffer::new().format(v));
 }
 
-/// Envoy's default `%START_TIME%`: `2024-01-31T23:59:59.123Z` ([`write_default_time`]
-/// writes it).
+/// Envoy's default `%START_TIME%`: `2024-01-31T23:59:59.123Z`. [`write_default_time`]
+/// writes it; the tests hold it to this description.
 #[cfg(test)]
 const DEFAULT_TIME: FormatDescriptionV3<'static> = time::macros::format_description!(
     version = 3,
@@ -677,8 +677,8 @@ fn parse_time_format(
         .map_err(|e| err(offset, format!("START_TIME: {e}")))
 }
 
-/// Writes `t` in UTC as `format` says. Times before 1970 print as 1970, as they always have.
-/// [`DEFAULT_TIME`] to the second, which [`write_default_time`] formats once a second.
+/// Envoy's default `%START_TIME%` to the second, which [`write_default_time`] formats once
+/// a second.
 const TO_THE_SECOND: FormatDescriptionV3<'static> =
     time::macros::format_description!(version = 3, "[year]-[month]-[day]T[hour]:[minute]:[second]");
 
@@ -726,6 +726,7 @@ fn write_default_time(t: SystemTime, out: &mut String) {
     out.push('Z');
 }
 
+/// Writes `t` in UTC as `format` says. Times before 1970 print as 1970, as they always have.
 fn write_time(t: SystemTime, format: &FormatDescriptionV3<'_>, out: &mut String) {
     let since = t.duration_since(UNIX_EPOCH).unwrap_or_default();
     let utc = time::Duration::try_from(since)

@@ -10,7 +10,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Poll};
-use std::time::{Instant, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
 use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode, Uri, Version};
@@ -73,6 +73,35 @@ struct Arrival {
     version: Version,
     headers: HeaderMap,
     downstream: Option<DownstreamAddrs>,
+}
+
+impl Arrival {
+    /// The request's log record as if the downstream went away before any response
+    /// (response code 0, `DC`, as Envoy logs it); a request answered overwrites the
+    /// response's fields.
+    fn record(self, elapsed: Duration, trace_id: String) -> LogRecord {
+        LogRecord {
+            start_time: self.start_time,
+            method: self.method,
+            uri: self.uri,
+            version: self.version,
+            request_headers: self.headers,
+            downstream: self.downstream,
+            status: 0,
+            response_headers: HeaderMap::new(),
+            trailers: None,
+            flags: ResponseFlags::DOWNSTREAM_CONNECTION_TERMINATION,
+            details: Cow::Borrowed("downstream_remote_disconnect"),
+            bytes_received: 0,
+            bytes_sent: 0,
+            duration: elapsed,
+            response_duration: elapsed,
+            upstream_host: None,
+            cluster: String::new(),
+            route: String::new(),
+            trace_id,
+        }
+    }
 }
 
 /// One request's telemetry from arrival to the end of its response body.
@@ -203,25 +232,14 @@ impl Observer {
 
         let record = self.arrival.take().map(|a| {
             Box::new(LogRecord {
-                start_time: a.start_time,
-                method: a.method,
-                uri: a.uri,
-                version: a.version,
-                request_headers: a.headers,
-                downstream: a.downstream,
                 status: status.as_u16(),
                 response_headers: resp.headers().clone(),
-                trailers: None,
                 flags,
                 details,
-                bytes_received: 0,
-                bytes_sent: 0,
-                duration: elapsed,
-                response_duration: elapsed,
                 upstream_host: ex.upstream_host,
                 cluster: ex.cluster.to_owned(),
                 route: ex.route.to_owned(),
-                trace_id: self.trace.trace_id_hex(),
+                ..a.record(elapsed, self.trace.trace_id_hex())
             })
         });
         let bodiless = self.bodiless
@@ -256,30 +274,12 @@ impl Drop for Observer {
             return;
         }
         if let Some(a) = self.arrival.take() {
-            let elapsed = self.start.elapsed();
             access_log().emit(&LogRecord {
-                start_time: a.start_time,
-                method: a.method,
-                uri: a.uri,
-                version: a.version,
-                request_headers: a.headers,
-                downstream: a.downstream,
-                status: 0,
-                response_headers: HeaderMap::new(),
-                trailers: None,
-                flags: ResponseFlags::DOWNSTREAM_CONNECTION_TERMINATION,
-                details: Cow::Borrowed("downstream_remote_disconnect"),
                 bytes_received: self
                     .received
                     .as_ref()
                     .map_or(0, |r| r.load(Ordering::Relaxed)),
-                bytes_sent: 0,
-                duration: elapsed,
-                response_duration: elapsed,
-                upstream_host: None,
-                cluster: String::new(),
-                route: String::new(),
-                trace_id: self.trace.trace_id_hex(),
+                ..a.record(self.start.elapsed(), self.trace.trace_id_hex())
             });
         }
     }
