@@ -41,9 +41,10 @@
 //!    p50/p90/p99/max from an HDR histogram (µs resolution), errors by kind, achieved rate.
 //! 4. Processes (the proxy, nginx's master + workers summed, the backend, the load generator,
 //!    the idle control plane): VmRSS when idle (ready, before any load), the highest VmRSS
-//!    sampled every 100 ms under load, VmHWM at the end, and CPU time (utime + stime from
-//!    `/proc/<pid>/stat`) over each recorded window: cores busy and CPU-ms per 1,000
-//!    requests. Last, a "vs nginx" table: each proxy row against nginx's of its protocol.
+//!    sampled every 100 ms under load, VmHWM at the end, and CPU time (each thread's
+//!    nanoseconds on a CPU from `/proc/<pid>/task/*/schedstat`; utime + stime from
+//!    `/proc/<pid>/stat` when the threads changed) over each recorded window: cores busy and
+//!    CPU-ms per 1,000 requests. Last, a "vs nginx" table: each proxy row against nginx's of its protocol.
 //!
 //! Knobs: `PROXY_BENCH_WORKERS` (`1`; a comma list such as `1,2` runs the proxy and nginx
 //! once per value), `PROXY_BENCH_ROUNDS` (1: how many times the whole target list runs;

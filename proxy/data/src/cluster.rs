@@ -50,7 +50,7 @@ pub(crate) use endpoint::{HostState, endpoint_source};
 pub(crate) use metrics::AttemptOutcome;
 pub(crate) use pool::{ConnectionPools, Lease, Pool, SendError};
 pub use registry::ClusterRegistry;
-pub(crate) use state::{ClusterState, ConnectionSlot, RequestSlot};
+pub(crate) use state::{Clock, ClusterState, ConnectionSlot, RequestSlot};
 
 /// The hasher of the maps a request looks up (pools by cluster name, connections by
 /// endpoint, cluster state by name): foldhash is several times cheaper per lookup than

@@ -28,6 +28,7 @@
 pub mod body;
 pub mod cluster;
 mod gate;
+mod headers;
 pub mod http;
 mod idle;
 pub mod listener;

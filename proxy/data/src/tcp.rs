@@ -26,7 +26,7 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 
 use crate::cluster::{
-    AttemptOutcome, ClusterRegistry, ConnectionSlot, Picked, endpoint_source, pick_weighted,
+    AttemptOutcome, Clock, ClusterRegistry, ConnectionSlot, Picked, endpoint_source, pick_weighted,
 };
 use crate::idle::Activity;
 use crate::telemetry::TCP_BYTES_TOTAL;
@@ -147,13 +147,7 @@ async fn connect(
     let mut tried: Vec<SocketAddr> = Vec::new();
     for attempt in 1..=attempts.max(1) {
         let Some(picked) = pick_untried(&tried, || {
-            state.pick(
-                cluster.lb_policy,
-                &source,
-                None,
-                outlier,
-                std::time::Instant::now(),
-            )
+            state.pick(cluster.lb_policy, &source, None, outlier, Clock)
         }) else {
             tracing::debug!(cluster = %cluster.name, "TCP proxy: no healthy endpoint; closing");
             return None;
@@ -171,7 +165,7 @@ async fn connect(
         {
             Ok(Ok(stream)) => {
                 let _ = stream.set_nodelay(true);
-                state.record(&picked.host, false, outlier, std::time::Instant::now());
+                state.record(&picked.host, false, outlier, Clock);
                 return Some(Upstream {
                     stream,
                     picked,
@@ -182,7 +176,7 @@ async fn connect(
             Err(_) => format!("no connection within {:?}", cluster.connect_timeout),
         };
         drop(slot);
-        state.record(&picked.host, true, outlier, std::time::Instant::now());
+        state.record(&picked.host, true, outlier, Clock);
         state.metrics.attempt(AttemptOutcome::ConnectFailure);
         tracing::debug!(
             cluster = %cluster.name,

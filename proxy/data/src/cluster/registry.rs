@@ -3,14 +3,13 @@
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
-use std::time::Instant;
 
 use switchboard_proxy_xds::Snapshot;
 use switchboard_proxy_xds::config::cluster::LbPolicy;
 
 use super::FastHash;
 use super::endpoint::{EndpointSource, Picked};
-use super::state::ClusterState;
+use super::state::{Clock, ClusterState};
 
 /// The state of every cluster that has served a request, keyed by cluster name; shared by
 /// all requests of all listeners.
@@ -38,7 +37,7 @@ impl ClusterRegistry {
     ) -> Option<Picked> {
         let source: Arc<dyn EndpointSource> = assignment.clone();
         self.cluster(cluster)
-            .pick(policy, &source, None, None, Instant::now())
+            .pick(policy, &source, None, None, Clock)
     }
 
     /// The state of cluster `name`, created on first use.

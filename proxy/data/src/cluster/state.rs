@@ -22,6 +22,29 @@ use super::endpoint::{EndpointSource, HostState, HostStats, Picked};
 use super::metrics::ClusterMetrics;
 use crate::outlier::{self, HostOutlier};
 
+/// The time a balancing decision or an outcome is taken at: an `Instant` (tests pass their
+/// own), or [`Clock`] to read the clock only when the call needs it. Almost no request does:
+/// only with an endpoint ejected, or on a failure that ejects one.
+pub(crate) trait Now: Copy {
+    fn get(self) -> Instant;
+}
+
+impl Now for Instant {
+    fn get(self) -> Instant {
+        self
+    }
+}
+
+/// The clock, read when a call needs the time.
+#[derive(Clone, Copy)]
+pub(crate) struct Clock;
+
+impl Now for Clock {
+    fn get(self) -> Instant {
+        Instant::now()
+    }
+}
+
 /// Everything the proxy keeps about one cluster, for as long as the cluster exists.
 #[derive(Debug)]
 pub(crate) struct ClusterState {
@@ -75,7 +98,7 @@ impl ClusterState {
         source: &Arc<dyn EndpointSource>,
         hash: Option<u64>,
         outlier: Option<&OutlierDetection>,
-        now: Instant,
+        now: impl Now,
     ) -> Option<Picked> {
         let mut lb = self.lock();
         lb.sync(policy, source, outlier, now, &self.metrics);
@@ -95,7 +118,7 @@ impl ClusterState {
         host: &Arc<HostState>,
         failed: bool,
         outlier: Option<&OutlierDetection>,
-        now: Instant,
+        now: impl Now,
     ) {
         host.total.fetch_add(1, Ordering::Relaxed);
         if !failed {
@@ -139,6 +162,7 @@ impl ClusterState {
         if !outlier::enforced(od) {
             return;
         }
+        let now = now.get();
         let record = lb.outliers.entry(host.address).or_default();
         let until = record.eject(od, now);
         lb.ejected += 1;
@@ -188,7 +212,7 @@ impl LbState {
         policy: LbPolicy,
         source: &Arc<dyn EndpointSource>,
         outlier: Option<&OutlierDetection>,
-        now: Instant,
+        now: impl Now,
         metrics: &ClusterMetrics,
     ) {
         if !self.source.as_ref().is_some_and(|s| Arc::ptr_eq(s, source)) {
@@ -227,12 +251,13 @@ impl LbState {
     fn uneject_expired(
         &mut self,
         outlier: Option<&OutlierDetection>,
-        now: Instant,
+        now: impl Now,
         metrics: &ClusterMetrics,
     ) {
         let Some(next) = self.next_unejection else {
             return;
         };
+        let now = now.get();
         if outlier.is_some() && next > now {
             return;
         }

@@ -21,7 +21,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{Context, Poll};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bytes::Bytes;
 use http::uri::{Authority, PathAndQuery};
@@ -37,9 +37,10 @@ use switchboard_proxy_xds::config::route::{
 use super::{Target, local};
 use crate::body::{Body, full};
 use crate::cluster::{
-    AttemptOutcome, ClusterState, ConnectionPools, EndpointSource, HostState, Lease, Picked, Pool,
-    RequestSlot, SendError, Threshold, endpoint_source,
+    AttemptOutcome, Clock, ClusterState, ConnectionPools, EndpointSource, HostState, Lease, Picked,
+    Pool, RequestSlot, SendError, Threshold, endpoint_source,
 };
+use crate::headers;
 use crate::ring::{HashInput, request_hash};
 use crate::telemetry::ResponseFlags;
 use crate::telemetry::request::RequestBody;
@@ -119,7 +120,7 @@ impl Upstream {
             endpoints,
             self.hash,
             self.cluster.outlier_detection.as_ref(),
-            Instant::now(),
+            Clock,
         )
     }
 
@@ -130,7 +131,7 @@ impl Upstream {
             host,
             outcome.failed(),
             self.cluster.outlier_detection.as_ref(),
-            Instant::now(),
+            Clock,
         );
     }
 }
@@ -584,7 +585,7 @@ fn upstream_headers(mut headers: HeaderMap) -> HeaderMap {
         UPGRADE,
         TE,
     ];
-    if !has_any(&headers, &HOP_BY_HOP) {
+    if !headers::contains_any(&headers, &HOP_BY_HOP) {
         return headers;
     }
     let te_trailers = headers
@@ -611,18 +612,11 @@ fn strip_response_hop_by_hop(headers: &mut HeaderMap) {
         TRANSFER_ENCODING,
         UPGRADE,
     ];
-    if has_any(headers, &HOP_BY_HOP) {
+    if headers::contains_any(headers, &HOP_BY_HOP) {
         for name in &HOP_BY_HOP {
             headers.remove(name);
         }
     }
-}
-
-/// Whether any of `names` is present: one pass comparing the few names a message carries
-/// (the standard ones compare as integers), where a `remove` per name hashes each. Most
-/// messages carry no hop-by-hop header at all.
-fn has_any(headers: &HeaderMap, names: &[HeaderName]) -> bool {
-    headers.keys().any(|k| names.contains(k))
 }
 
 /// Hop-by-hop headers without a constant in `http`: by name, so that removing them does not

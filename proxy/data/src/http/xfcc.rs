@@ -5,6 +5,7 @@ use http::HeaderMap;
 use http::header::{HeaderName, HeaderValue};
 use switchboard_proxy_xds::config::xfcc::{ForwardClientCert, Xfcc};
 
+use crate::headers;
 use crate::tls::PeerIdentity;
 
 const XFCC: HeaderName = HeaderName::from_static("x-forwarded-client-cert");
@@ -17,7 +18,7 @@ pub(super) fn apply(headers: &mut HeaderMap, xfcc: &Xfcc, peer: Option<&PeerIden
         (ForwardClientCert::AlwaysForwardOnly, _) | (ForwardClientCert::ForwardOnly, Some(_)) => {}
         (ForwardClientCert::SanitizeSet, Some(_)) => match element() {
             Some(v) => drop(headers.insert(XFCC, v)),
-            None => drop(headers.remove(XFCC)),
+            None => headers::remove(headers, &XFCC),
         },
         (ForwardClientCert::AppendForward, Some(_)) => {
             let previous: Vec<String> = headers
@@ -36,7 +37,9 @@ pub(super) fn apply(headers: &mut HeaderMap, xfcc: &Xfcc, peer: Option<&PeerIden
                 headers.insert(XFCC, v);
             }
         }
-        _ => drop(headers.remove(XFCC)),
+        // Most requests: a plaintext connection (or an mTLS one in `sanitize`), and no
+        // header to take out.
+        _ => headers::remove(headers, &XFCC),
     }
 }
 

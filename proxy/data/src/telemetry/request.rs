@@ -59,7 +59,7 @@ impl Exchange<'_> {
         };
         headers.insert(TRACEPARENT, tp);
         if !self.keep_tracestate {
-            headers.remove(TRACESTATE);
+            crate::headers::remove(headers, &TRACESTATE);
         }
     }
 }

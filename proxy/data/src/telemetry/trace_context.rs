@@ -175,7 +175,7 @@ impl CallerTrace {
     /// The request's trace context, if it has exactly one valid `traceparent` (W3C: two make
     /// it invalid).
     pub(crate) fn from_headers(headers: &HeaderMap) -> Option<Self> {
-        let mut values = headers.get_all(TRACEPARENT).iter();
+        let mut values = crate::headers::get_all(headers, &TRACEPARENT)?.iter();
         let first = values.next()?;
         if values.next().is_some() {
             return None;

@@ -1,0 +1,91 @@
+//! Header checks on the request path that most requests answer "absent".
+//!
+//! `HeaderMap` finds a name by hashing it, and it hashes a name outside the standard set
+//! (`traceparent`, `x-forwarded-client-cert`) byte by byte, for a `get` and for a `remove`
+//! alike, also when the name is not there. A message carries few headers, and comparing
+//! names is cheap (a standard name compares as an integer, a custom one by length first), so
+//! one pass over the names answers these checks for less. Above [`SCAN_MAX`] names the
+//! hashed lookup is used.
+
+use http::HeaderMap;
+use http::header::{GetAll, HeaderName, HeaderValue};
+
+/// Past this many distinct names, a pass costs more than a hash.
+const SCAN_MAX: usize = 16;
+
+/// Whether `headers` has `name`.
+pub(crate) fn contains(headers: &HeaderMap, name: &HeaderName) -> bool {
+    if headers.keys_len() > SCAN_MAX {
+        return headers.contains_key(name);
+    }
+    headers.keys().any(|k| k == name)
+}
+
+/// Whether `headers` has any of `names`.
+pub(crate) fn contains_any(headers: &HeaderMap, names: &[HeaderName]) -> bool {
+    if headers.keys_len() > SCAN_MAX {
+        return names.iter().any(|n| headers.contains_key(n));
+    }
+    headers.keys().any(|k| names.contains(k))
+}
+
+/// Removes every value of `name`, hashing it only when it is there.
+pub(crate) fn remove(headers: &mut HeaderMap, name: &HeaderName) {
+    if contains(headers, name) {
+        headers.remove(name);
+    }
+}
+
+/// Every value of `name`, hashing it only when it is there.
+pub(crate) fn get_all<'h>(
+    headers: &'h HeaderMap,
+    name: &HeaderName,
+) -> Option<GetAll<'h, HeaderValue>> {
+    contains(headers, name).then(|| headers.get_all(name))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn many(n: usize) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for i in 0..n {
+            h.insert(
+                HeaderName::from_bytes(format!("x-h{i}").as_bytes()).unwrap(),
+                HeaderValue::from_static("v"),
+            );
+        }
+        h
+    }
+
+    #[test]
+    fn answers_as_the_hashed_lookups_do_below_and_above_the_scan_limit() {
+        let custom = HeaderName::from_static("x-forwarded-client-cert");
+        let other = HeaderName::from_static("x-forwarded-client");
+        for n in [0, 3, SCAN_MAX, SCAN_MAX + 1, 40] {
+            let mut h = many(n);
+            h.insert(http::header::HOST, HeaderValue::from_static("a"));
+            assert!(!contains(&h, &custom), "{n}");
+            assert!(get_all(&h, &custom).is_none(), "{n}");
+            assert!(contains(&h, &http::header::HOST), "{n}");
+            assert!(
+                !contains_any(&h, &[custom.clone(), http::header::TE]),
+                "{n}"
+            );
+            h.append(&custom, HeaderValue::from_static("1"));
+            h.append(&custom, HeaderValue::from_static("2"));
+            assert!(contains(&h, &custom) && !contains(&h, &other), "{n}");
+            assert!(contains_any(&h, &[http::header::TE, custom.clone()]), "{n}");
+            let values: Vec<_> = get_all(&h, &custom).into_iter().flatten().collect();
+            assert_eq!(values, ["1", "2"], "{n}");
+            remove(&mut h, &other);
+            remove(&mut h, &custom);
+            assert!(
+                !h.contains_key(&custom) && h.contains_key(http::header::HOST),
+                "{n}"
+            );
+            assert_eq!(h.keys_len(), n + 1);
+        }
+    }
+}
