@@ -189,6 +189,8 @@ pub struct CpuUse {
     pub cpu_secs: f64,
     /// Wall-clock seconds between the samples.
     pub wall_secs: f64,
+    /// Whether `cpu_secs` is the scheduler's nanoseconds (else clock ticks).
+    pub precise: bool,
 }
 
 impl CpuUse {
@@ -199,16 +201,19 @@ impl CpuUse {
             (Some(b), Some(a)) => a.saturating_duration_since(b).as_secs_f64(),
             _ => 0.0,
         };
-        let cpu_secs = match (before.cpu_ns, after.cpu_ns) {
-            (Some(b), Some(a)) if before.tasks == after.tasks => a.saturating_sub(b) as f64 / 1e9,
+        let (cpu_secs, precise) = match (before.cpu_ns, after.cpu_ns) {
+            (Some(b), Some(a)) if before.tasks == after.tasks => {
+                (a.saturating_sub(b) as f64 / 1e9, true)
+            }
             _ => {
                 let ticks = after.cpu_ticks.saturating_sub(before.cpu_ticks);
-                ticks as f64 / ticks_per_second.max(1) as f64
+                (ticks as f64 / ticks_per_second.max(1) as f64, false)
             }
         };
         CpuUse {
             cpu_secs,
             wall_secs: wall,
+            precise,
         }
     }
 
@@ -317,18 +322,19 @@ mod tests {
             ..Sample::default()
         };
         let precise = CpuUse::between(&before, &after, 100);
-        assert!((precise.cpu_secs - 0.0345).abs() < 1e-12);
+        assert!(precise.precise && (precise.cpu_secs - 0.0345).abs() < 1e-12);
         // A thread left and another came: the ticks, which count the whole process.
         let changed = Sample {
             tasks: task_mix(8).wrapping_add(task_mix(9)),
             ..after
         };
-        assert!((CpuUse::between(&before, &changed, 100).cpu_secs - 0.03).abs() < 1e-12);
+        let ticks = CpuUse::between(&before, &changed, 100);
+        assert!(!ticks.precise && (ticks.cpu_secs - 0.03).abs() < 1e-12);
         let unknown = Sample {
             cpu_ns: None,
             ..after
         };
-        assert!((CpuUse::between(&before, &unknown, 100).cpu_secs - 0.03).abs() < 1e-12);
+        assert!(!CpuUse::between(&before, &unknown, 100).precise);
     }
 
     #[test]
@@ -340,6 +346,7 @@ mod tests {
         let cpu = CpuUse {
             cpu_secs: 0.5,
             wall_secs: 10.0,
+            precise: true,
         };
         assert!((cpu.cores() - 0.05).abs() < 1e-9);
         assert!((cpu.ms_per_1k(10_000) - 50.0).abs() < 1e-9);

@@ -273,11 +273,25 @@ pub fn report(cfg: &Config, results: &[Measured], runs: &[MeshRun], ticks: u64) 
         row("plaintext pair", plain, Some(cpu_plain));
         row("mTLS pair", mtls, Some(cpu_mtls));
         let added = |p: f64| mtls.fixed.ms(p) - plain.fixed.ms(p);
+        let precise = [plain, mtls]
+            .iter()
+            .flat_map(|m| &m.processes)
+            .all(|p| p.fixed_cpu.precise);
+        let resolution = if precise {
+            "each figure from the scheduler's nanoseconds".to_owned()
+        } else {
+            format!(
+                "at {ticks} ticks/s each figure is good to about ±{:.1} ms",
+                2.0 * 1000.0
+                    / ticks.max(1) as f64
+                    / (f64::from(rate) * cfg.fixed.duration.as_secs_f64() / 1000.0)
+            )
+        };
         println!(
             "\nAdded by mTLS on the hop at {rate} rps (mTLS pair − plaintext pair): p50 {:+.3} ms, \
              p99 {:+.3} ms (target: under 1 ms at p99). CPU of the two sidecars per 1,000 \
              requests: mTLS {cpu_mtls:.1} ms / plaintext {cpu_plain:.1} ms = {}× (target: within \
-             1.5×); at {ticks} ticks/s each figure is good to about ±{:.1} ms.",
+             1.5×); {resolution}.",
             added(50.0),
             added(99.0),
             if cpu_plain > 0.0 {
@@ -285,9 +299,6 @@ pub fn report(cfg: &Config, results: &[Measured], runs: &[MeshRun], ticks: u64) 
             } else {
                 "–".into()
             },
-            2.0 * 1000.0
-                / ticks.max(1) as f64
-                / (f64::from(rate) * cfg.fixed.duration.as_secs_f64() / 1000.0),
         );
         println!(
             "The sidecars keep their upstream connections open (see the backend connections \

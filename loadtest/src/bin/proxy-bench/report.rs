@@ -179,17 +179,24 @@ pub fn report(cfg: &Config, results: &[Measured], notes: &[String], info: &RunIn
             );
         }
     }
+    let windows = results
+        .iter()
+        .flat_map(|r| &r.processes)
+        .flat_map(|p| [p.fixed_cpu, p.saturation_cpu]);
+    let (all, in_ticks) = windows.fold((0, 0), |(n, t), c| (n + 1, t + usize::from(!c.precise)));
     println!(
-        "\nCPU times are in clock ticks of 1/{ticks} s: over {} s at {} rps a figure is good to \
-         about ±{:.1} CPU-ms per 1,000 requests. CPU-ms per 1,000 requests at {} rps equals \
-         ten times the percent of one core that {} rps costs.",
+        "\nCPU times are each thread's time on a CPU, user and kernel, in nanoseconds \
+         (/proc/<pid>/task/*/schedstat), except in {in_ticks} of {all} windows, where a thread \
+         came or went and utime + stime in clock ticks of 1/{ticks} s stood in (over {} s at \
+         {} rps good to about ±{:.1} CPU-ms per 1,000 requests). CPU-ms per 1,000 requests at \
+         {} rps equals ten times the percent of one core that {} rps costs.",
         f.duration.as_secs(),
         f.rate,
         resolution(cfg, ticks),
         f.rate,
         f.rate,
     );
-    versus_nginx(cfg, results, ticks);
+    versus_nginx(cfg, results);
 }
 
 /// One CPU tick in CPU-ms per 1,000 requests of the fixed-rate window.
@@ -221,7 +228,7 @@ fn ratio(a: f64, b: f64) -> String {
 
 /// Per protocol and worker count, each proxy row against nginx's and direct's of the same
 /// round; with several rounds, a table per round and then the median of the rounds.
-fn versus_nginx(cfg: &Config, results: &[Measured], ticks: u64) {
+fn versus_nginx(cfg: &Config, results: &[Measured]) {
     let rate = cfg.fixed.rate;
     let mut printed = false;
     for round in 1..=cfg.rounds {
@@ -235,10 +242,9 @@ fn versus_nginx(cfg: &Config, results: &[Measured], ticks: u64) {
             println!(
                 "Each proxy row against nginx with the same protocol and worker count, from the \
                  tables above: saturation rps and CPU-ms per 1,000 requests at {rate} rps (the \
-                 proxy's process against nginx's master and workers; each ±{:.1} at {ticks} \
-                 ticks/s) as proxy / nginx = ratio; p99 at {rate} rps minus direct's p99 of the \
+                 proxy's process against nginx's master and workers; their resolution is \
+                 above) as proxy / nginx = ratio; p99 at {rate} rps minus direct's p99 of the \
                  same protocol; RSS when idle.{}\n",
-                resolution(cfg, ticks),
                 if cfg.rounds > 1 {
                     " Each round's proxy, nginx and direct rows are compared with one another."
                 } else {
