@@ -44,7 +44,8 @@
 //!    sampled every 100 ms under load, VmHWM at the end, and CPU time (each thread's
 //!    nanoseconds on a CPU from `/proc/<pid>/task/*/schedstat`; utime + stime from
 //!    `/proc/<pid>/stat` when the threads changed) over each recorded window: cores busy and
-//!    CPU-ms per 1,000 requests. Last, a "vs nginx" table: each proxy row against nginx's of its protocol.
+//!    CPU-ms per 1,000 requests. Last, a "vs nginx" table: each proxy row against nginx's of
+//!    its protocol.
 //!
 //! Knobs: `PROXY_BENCH_WORKERS` (`1`; a comma list such as `1,2` runs the proxy and nginx
 //! once per value), `PROXY_BENCH_ROUNDS` (1: how many times the whole target list runs;
