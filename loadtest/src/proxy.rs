@@ -15,8 +15,9 @@ use crate::Rest;
 use crate::control_plane::{built_binary, last_lines, spawn, wait_for_200};
 use crate::load::Protocol;
 
-/// The binary to start: `SWITCHBOARD_PROXY_BIN`, else `target/dist/switchboard-proxy`, the
-/// proxy as it ships (`cargo build --profile dist -p switchboard-proxy`: release with LTO).
+/// The binary to start: `SWITCHBOARD_PROXY_BIN`, else `target/dist/switchboard-proxy`
+/// (`cargo build --profile dist -p switchboard-proxy`: release with LTO). The proxy as it
+/// ships is also built with PGO: `proxy/pgo-build.sh` prints its path.
 pub fn binary() -> Result<PathBuf> {
     built_binary("SWITCHBOARD_PROXY_BIN", "switchboard-proxy", "dist")
 }
@@ -184,7 +185,8 @@ pub struct ProxyOptions {
     pub access_log: Option<String>,
 }
 
-/// A running `switchboard-proxy`, killed when stopped or dropped.
+/// A running `switchboard-proxy`: stopped with SIGTERM ([`ProxyProcess::stop`]), killed when
+/// dropped.
 #[derive(Debug)]
 pub struct ProxyProcess {
     child: Child,
@@ -294,7 +296,26 @@ impl ProxyProcess {
         Ok((lines, size))
     }
 
+    /// SIGTERM, as a user stops it: the proxy drains its listeners (`--drain-timeout`, 5 s)
+    /// and exits, and an instrumented build (`proxy/pgo-build.sh`) writes its profile then.
+    /// SIGKILL if it has not exited within 12 s.
     pub async fn stop(&mut self) {
+        if !matches!(self.child.try_wait(), Ok(None)) {
+            return;
+        }
+        let pid = i32::try_from(self.pid)
+            .ok()
+            .and_then(rustix::process::Pid::from_raw);
+        let termed = pid.is_some_and(|pid| {
+            rustix::process::kill_process(pid, rustix::process::Signal::TERM).is_ok()
+        });
+        if termed
+            && tokio::time::timeout(Duration::from_secs(12), self.child.wait())
+                .await
+                .is_ok()
+        {
+            return;
+        }
         let _ = self.child.start_kill();
         let _ = tokio::time::timeout(Duration::from_secs(5), self.child.wait()).await;
     }

@@ -54,12 +54,13 @@
 //! `PROXY_BENCH_HANDSHAKE_CONNECTIONS` (8, the mesh's new-connection loop),
 //! `PROXY_BENCH_TIMEOUT_SECS` (900 per round, the whole run), `PROXY_BENCH_PROXY_LOG` (`warn`, the
 //! proxy's `RUST_LOG`). Binaries: `SWITCHBOARD_BIN` (default `target/release/switchboard`),
-//! `SWITCHBOARD_PROXY_BIN` (default `target/dist/switchboard-proxy`: the proxy as it ships,
-//! with LTO), `NGINX_BIN`. Every child is killed on every exit path, and on Ctrl-C.
+//! `SWITCHBOARD_PROXY_BIN` (default `target/dist/switchboard-proxy`: LTO; the proxy as it
+//! ships, with PGO too, is what `proxy/pgo-build.sh` prints), `NGINX_BIN`. Every child is
+//! stopped on every exit path, and on Ctrl-C.
 //!
-//! Run with `scripts/bench`, or after `cargo build --release -p switchboard` and `cargo build
-//! --profile dist -p switchboard-proxy`: `cargo run --release -p switchboard-loadtest --bin
-//! proxy-bench`.
+//! Run with `scripts/bench`, or after `cargo build --release -p switchboard` and
+//! `proxy/pgo-build.sh`: `SWITCHBOARD_PROXY_BIN=target/pgo/dist/switchboard-proxy cargo run
+//! --release -p switchboard-loadtest --bin proxy-bench`.
 
 // The `mesh` target and the report, in files of their own (a crate root looks for modules
 // beside itself).
