@@ -300,7 +300,7 @@ impl ProxyProcess {
     /// and exits, and an instrumented build (`proxy/pgo-build.sh`) writes its profile then.
     /// SIGKILL if it has not exited within 12 s.
     pub async fn stop(&mut self) {
-        if !matches!(self.child.try_wait(), Ok(None)) {
+        if let Ok(Some(_)) = self.child.try_wait() {
             return;
         }
         let pid = i32::try_from(self.pid)
