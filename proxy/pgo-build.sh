@@ -21,7 +21,7 @@
 #    when missing), into target/pgo-train/proxy.profdata;
 # 5. the proxy built with `-Cprofile-use`, in target/pgo.
 #
-# About 12 minutes on 2 cores with the instrumented build's dependencies cached, 25 from cold
+# About 14 minutes on 2 cores with the instrumented build's dependencies cached, 25 from cold
 # (the control plane for the training, and two builds with fat LTO). The Containerfile builds
 # the proxy image's binary this way.
 set -euo pipefail
