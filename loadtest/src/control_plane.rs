@@ -72,6 +72,29 @@ pub(crate) fn spawn(cmd: &mut Command, bin: &Path, what: &str) -> Result<(Child,
     Ok((child, pid))
 }
 
+/// Sends SIGTERM to each of `pids` (a process, and nginx's workers too).
+pub(crate) fn send_term(pids: &[u32]) {
+    for pid in pids.iter().filter_map(|p| i32::try_from(*p).ok()) {
+        if let Some(pid) = rustix::process::Pid::from_raw(pid) {
+            let _ = rustix::process::kill_process(pid, rustix::process::Signal::TERM);
+        }
+    }
+}
+
+/// Stops `child` as its user would: SIGTERM to `pids` (the child's first), then SIGKILL if it
+/// has not exited within `grace`.
+pub(crate) async fn terminate(child: &mut Child, pids: &[u32], grace: Duration) {
+    if let Ok(Some(_)) = child.try_wait() {
+        return;
+    }
+    send_term(pids);
+    if tokio::time::timeout(grace, child.wait()).await.is_ok() {
+        return;
+    }
+    let _ = child.start_kill();
+    let _ = tokio::time::timeout(Duration::from_secs(5), child.wait()).await;
+}
+
 /// A binary of this workspace: the file that `env_var` names, else `target/{profile}/{name}`
 /// (honouring `CARGO_TARGET_DIR`), which must have been built (`cargo build --profile
 /// {profile} -p {name}`; the profile `release` is `--release`).

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail};
 use tokio::process::{Child, Command};
 
-use crate::control_plane::spawn;
+use crate::control_plane::{send_term, spawn, terminate};
 use crate::load::Protocol;
 use crate::procfs;
 
@@ -210,15 +210,6 @@ impl Nginx {
             .join("\n")
     }
 
-    fn terminate(&self) {
-        let mut kill = std::process::Command::new("kill");
-        kill.arg("-TERM");
-        for pid in self.pids() {
-            kill.arg(pid.to_string());
-        }
-        let _ = kill.stdout(Stdio::null()).stderr(Stdio::null()).status();
-    }
-
     /// SIGTERM (fast shutdown) to the master and the workers; SIGKILL to the master if it has
     /// not exited within 5 s.
     pub async fn stop(&mut self) {
@@ -226,21 +217,15 @@ impl Nginx {
             return;
         }
         self.stopped = true;
-        self.terminate();
-        if tokio::time::timeout(Duration::from_secs(5), self.child.wait())
-            .await
-            .is_err()
-        {
-            let _ = self.child.start_kill();
-            let _ = self.child.wait().await;
-        }
+        let pids = self.pids();
+        terminate(&mut self.child, &pids, Duration::from_secs(5)).await;
     }
 }
 
 impl Drop for Nginx {
     fn drop(&mut self) {
         if !self.stopped {
-            self.terminate();
+            send_term(&self.pids());
         }
     }
 }

@@ -12,7 +12,7 @@ use serde_json::json;
 use tokio::process::{Child, Command};
 
 use crate::Rest;
-use crate::control_plane::{built_binary, last_lines, spawn, wait_for_200};
+use crate::control_plane::{built_binary, last_lines, spawn, terminate, wait_for_200};
 use crate::load::Protocol;
 
 /// The binary to start: `SWITCHBOARD_PROXY_BIN`, else `target/dist/switchboard-proxy`
@@ -300,23 +300,6 @@ impl ProxyProcess {
     /// and exits, and an instrumented build (`proxy/pgo-build.sh`) writes its profile then.
     /// SIGKILL if it has not exited within 12 s.
     pub async fn stop(&mut self) {
-        if let Ok(Some(_)) = self.child.try_wait() {
-            return;
-        }
-        let pid = i32::try_from(self.pid)
-            .ok()
-            .and_then(rustix::process::Pid::from_raw);
-        let termed = pid.is_some_and(|pid| {
-            rustix::process::kill_process(pid, rustix::process::Signal::TERM).is_ok()
-        });
-        if termed
-            && tokio::time::timeout(Duration::from_secs(12), self.child.wait())
-                .await
-                .is_ok()
-        {
-            return;
-        }
-        let _ = self.child.start_kill();
-        let _ = tokio::time::timeout(Duration::from_secs(5), self.child.wait()).await;
+        terminate(&mut self.child, &[self.pid], Duration::from_secs(12)).await;
     }
 }

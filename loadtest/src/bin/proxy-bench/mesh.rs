@@ -282,9 +282,7 @@ pub fn report(cfg: &Config, results: &[Measured], runs: &[MeshRun], ticks: u64) 
         } else {
             format!(
                 "at {ticks} ticks/s each figure is good to about ±{:.1} ms",
-                2.0 * 1000.0
-                    / ticks.max(1) as f64
-                    / (f64::from(rate) * cfg.fixed.duration.as_secs_f64() / 1000.0)
+                2.0 * super::report::resolution(cfg, ticks)
             )
         };
         println!(

@@ -200,7 +200,7 @@ pub fn report(cfg: &Config, results: &[Measured], notes: &[String], info: &RunIn
 }
 
 /// One CPU tick in CPU-ms per 1,000 requests of the fixed-rate window.
-fn resolution(cfg: &Config, ticks: u64) -> f64 {
+pub(super) fn resolution(cfg: &Config, ticks: u64) -> f64 {
     let f = cfg.fixed;
     1000.0 / ticks.max(1) as f64 / (f64::from(f.rate) * f.duration.as_secs_f64() / 1000.0)
 }
