@@ -9,6 +9,12 @@
 //! task is the one driving each connection, and a connection goes back to its pool when the
 //! response body that used it ends ([`Lease`]).
 //!
+//! That task polls its connection also while a request holds it. Polling an HTTP/1
+//! connection from the request's own task instead saves one task poll per request, and was
+//! measured and not kept: hyper's client still passes the request and the response through
+//! its channels, whose wake-ups then poll the request's task again, and the instructions
+//! per request rose by 3% (loadtest/README.md, thirteenth session).
+//!
 //! - HTTP/1: idle connections are reused newest first. A new one is opened under the
 //!   cluster's `max_pending_requests` (while it is set up) and `max_connections` (for as long
 //!   as it is open); a request waiting for a connection slot takes a connection handed back
