@@ -28,12 +28,15 @@
 mod balance;
 mod breakers;
 mod endpoint;
+mod h1;
 mod metrics;
 mod pool;
 mod registry;
 mod state;
 #[cfg(test)]
 mod tests;
+mod transport;
+mod upstream_body;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -51,6 +54,7 @@ pub(crate) use metrics::AttemptOutcome;
 pub(crate) use pool::{ConnectionPools, Lease, Pool, SendError};
 pub use registry::ClusterRegistry;
 pub(crate) use state::{Clock, ClusterState, ConnectionSlot, RequestSlot};
+pub(crate) use upstream_body::UpstreamBody;
 
 /// The hasher of the maps a request looks up (pools by cluster name, connections by
 /// endpoint, cluster state by name): foldhash is several times cheaper per lookup than

@@ -1,7 +1,9 @@
-//! Upstream connection pools over hyper's connection API (`hyper::client::conn`), one per
-//! cluster and transport socket in each worker. A cluster whose endpoints use different
-//! transport sockets (`transport_socket_matches`) has one pool per socket, so TLS and
-//! plaintext connections to an endpoint are never mixed.
+//! Upstream connection pools, one per cluster and transport socket in each worker. A
+//! plaintext HTTP/1 request with no body takes the path of [`h1`], driven by the request's
+//! own task; every other request goes over hyper's connection API (`hyper::client::conn`).
+//! A cluster whose endpoints use different transport sockets (`transport_socket_matches`)
+//! has one pool per socket, so TLS and plaintext connections to an endpoint are never
+//! mixed.
 //!
 //! Why not hyper-util's pooled client: it spawns a task and a channel per HTTP/1 request to
 //! put the connection back, builds a URI and a pool key per request, and locks a pool shared
@@ -9,11 +11,16 @@
 //! task is the one driving each connection, and a connection goes back to its pool when the
 //! response body that used it ends ([`Lease`]).
 //!
-//! That task polls its connection also while a request holds it. Polling an HTTP/1
+//! That task polls its connection also while a request holds it. Polling a hyper HTTP/1
 //! connection from the request's own task instead saves one task poll per request, and was
 //! measured and not kept: hyper's client still passes the request and the response through
 //! its channels, whose wake-ups then poll the request's task again, and the instructions
-//! per request rose by 3% (loadtest/README.md, thirteenth session).
+//! per request rose by 3% (loadtest/README.md, thirteenth session). Leaving out hyper's
+//! client for requests without a body, as [`h1`] does, saved 22% (fourteenth session).
+//!
+//! The two paths share each endpoint's connection slots (`max_connections`): a request
+//! waiting for a slot takes a connection of its own path handed back meanwhile, or closes
+//! an idle connection of the other path to free one.
 //!
 //! - HTTP/1: idle connections are reused newest first. A new one is opened under the
 //!   cluster's `max_pending_requests` (while it is set up) and `max_connections` (for as long
@@ -31,14 +38,12 @@ use std::net::SocketAddr;
 use std::pin::{Pin, pin};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
-use std::task::{Context, Poll};
+use std::task::Poll;
 use std::time::Duration;
 
 use http::uri::{Authority, PathAndQuery, Scheme};
 use http::{HeaderValue, Request, Response, Uri, Version};
-use hyper::body::Incoming;
 use hyper::client::conn::{http1, http2};
-use hyper::rt::{Read, ReadBufCursor, Write};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use switchboard_proxy_xds::Snapshot;
 use switchboard_proxy_xds::config::Secret;
@@ -48,13 +53,15 @@ use tokio::net::TcpStream;
 use tokio::sync::{Notify, OnceCell};
 use tokio::time::Instant;
 use tokio_rustls::TlsConnector;
-use tokio_rustls::client::TlsStream;
 use tokio_rustls::rustls::pki_types::ServerName;
 
 use super::FastHash;
-use super::breakers::Threshold;
+use super::breakers::{Overflow, Threshold};
+use super::h1;
 use super::registry::ClusterRegistry;
 use super::state::{ClusterState, ConnectionSlot};
+use super::transport::{CountedIo, Io};
+use super::upstream_body::UpstreamBody;
 use crate::body::Body;
 use crate::gate::Gate;
 use crate::tls::{Secrets, client_config, same_secrets, secrets_in_use};
@@ -191,14 +198,17 @@ pub(crate) struct Pool {
 
 /// The connections to one endpoint.
 struct Host {
+    /// Idle connections of the HTTP/1 path driven by the request's task ([`h1`]).
+    direct_idle: Arc<h1::Idle>,
     /// The breakers' key for the endpoint.
     endpoint: String,
     authority: Authority,
     host_header: HeaderValue,
     /// HTTP/1 connections with nothing in flight, newest last.
     idle: Mutex<Vec<(http1::SendRequest<Body>, Arc<InUse>)>>,
-    /// Wakes a request waiting for a connection slot when a connection is handed back.
-    returned: Notify,
+    /// Wakes a request waiting for a connection slot when a connection of either path is
+    /// handed back.
+    returned: Arc<Notify>,
     /// The endpoint's HTTP/2 connection, when it has one.
     h2: Mutex<Option<(http2::SendRequest<Body>, Arc<InUse>)>>,
     /// Held while an HTTP/2 connection is being opened, so that requests arriving meanwhile
@@ -243,11 +253,12 @@ impl InUse {
     }
 }
 
-/// A connection lent to one request until its response ends. [`Lease::finish`] (the
-/// response body ended) hands an HTTP/1 connection back to its pool; a lease dropped
-/// unfinished drops its HTTP/1 connection, which closes it.
+/// A connection of hyper's client lent to one request until its response ends.
+/// [`Lease::finish`] (the response body ended) hands an HTTP/1 connection back to its pool;
+/// a lease dropped unfinished drops its HTTP/1 connection, which closes it. Empty for the
+/// [`h1`] path, whose response body holds its connection itself.
 pub(crate) struct Lease {
-    in_use: Arc<InUse>,
+    in_use: Option<Arc<InUse>>,
     h1: Option<(http1::SendRequest<Body>, Arc<Host>)>,
 }
 
@@ -255,23 +266,36 @@ impl Lease {
     /// A request starts on the connection `in_use` tracks.
     fn begin(in_use: Arc<InUse>) -> Self {
         in_use.begin();
-        Self { in_use, h1: None }
+        Self {
+            in_use: Some(in_use),
+            h1: None,
+        }
+    }
+
+    fn none() -> Self {
+        Self {
+            in_use: None,
+            h1: None,
+        }
     }
 
     /// The response ended: an HTTP/1 connection can carry the next request once its task
     /// has caught up (see [`Host::idle_ready`]).
     pub(crate) fn finish(mut self) {
         if let Some((sender, host)) = self.h1.take()
+            && let Some(in_use) = &self.in_use
             && !sender.is_closed()
         {
-            host.hand_back(sender, self.in_use.clone());
+            host.hand_back(sender, in_use.clone());
         }
     }
 }
 
 impl Drop for Lease {
     fn drop(&mut self) {
-        self.in_use.end();
+        if let Some(in_use) = &self.in_use {
+            in_use.end();
+        }
     }
 }
 
@@ -318,12 +342,14 @@ impl Pool {
             return Some(h.clone());
         }
         let endpoint = addr.to_string();
+        let returned = Arc::new(Notify::new());
         let host = Arc::new(Host {
             authority: Authority::try_from(endpoint.as_str()).ok()?,
             host_header: HeaderValue::from_str(&endpoint).ok()?,
             endpoint,
             idle: Mutex::new(Vec::new()),
-            returned: Notify::new(),
+            direct_idle: Arc::new(h1::Idle::new(IDLE_TIMEOUT, returned.clone())),
+            returned,
             h2: Mutex::new(None),
             h2_connecting: tokio::sync::Mutex::new(()),
         });
@@ -339,7 +365,7 @@ impl Pool {
         &self,
         addr: SocketAddr,
         mut req: Request<Body>,
-    ) -> Result<(Response<Incoming>, Lease), SendError> {
+    ) -> Result<(Response<UpstreamBody>, Lease), SendError> {
         let Some(host) = self.host(addr) else {
             return Err(SendError::Connect(format!(
                 "{addr} is not a valid authority"
@@ -350,6 +376,9 @@ impl Pool {
             .path_and_query()
             .cloned()
             .unwrap_or_else(|| PathAndQuery::from_static("/"));
+        if !self.http2 && self.tls.is_none() && h1::eligible(&req) {
+            return self.send_direct(&host, req, &path).await;
+        }
         for _ in 0..UNSENT_TRIES {
             let (sent, lease) = match self.checkout(&host).await? {
                 Checked::H1(mut sender, in_use) => {
@@ -371,7 +400,7 @@ impl Pool {
                 }
             };
             match sent {
-                Ok(resp) => return Ok((resp, lease)),
+                Ok(resp) => return Ok((resp.map(UpstreamBody::hyper), lease)),
                 // Refused before a byte was written (the connection had just closed): the
                 // request comes back, to go on another connection.
                 Err(mut e) => match e.take_message() {
@@ -383,6 +412,57 @@ impl Pool {
         Err(SendError::Reset(
             "connections to the endpoint kept closing before the request was sent".to_owned(),
         ))
+    }
+
+    /// [`Pool::send`] on the HTTP/1 path driven by the request's task ([`h1`]): an idle
+    /// connection still open, or a new one. A request whose idle connection turned out to
+    /// have closed before answering is sent again on another when it is idempotent.
+    async fn send_direct(
+        &self,
+        host: &Arc<Host>,
+        req: Request<Body>,
+        path: &PathAndQuery,
+    ) -> Result<(Response<UpstreamBody>, Lease), SendError> {
+        for _ in 0..UNSENT_TRIES {
+            let (mut conn, reused) = match host.direct_idle.take() {
+                Some(conn) => (conn, true),
+                None => Box::pin(self.connect_direct(host)).await?,
+            };
+            match conn.exchange(&req, path, &host.host_header).await {
+                Ok(head) => {
+                    let body = h1::ResponseBody::new(conn, &head, host.direct_idle.clone());
+                    // The body hands its connection back itself.
+                    let lease = Lease::none();
+                    return Ok((
+                        Response::from_parts(head.parts, UpstreamBody::direct(body)),
+                        lease,
+                    ));
+                }
+                Err(h1::Failure::Unanswered(_)) if reused && h1::idempotent(req.method()) => {}
+                Err(h1::Failure::Unanswered(e) | h1::Failure::Failed(e)) => {
+                    return Err(SendError::Reset(e));
+                }
+            }
+        }
+        Err(SendError::Reset(
+            "connections to the endpoint kept closing before the request was answered".to_owned(),
+        ))
+    }
+
+    /// [`Pool::connect`] for the [`h1`] path: waits for a connection slot (or takes a
+    /// connection handed back meanwhile, then `true`) and opens a plaintext connection.
+    async fn connect_direct(&self, host: &Arc<Host>) -> Result<(h1::Conn, bool), SendError> {
+        let _pending = self
+            .state
+            .begin_pending()
+            .map_err(|o| SendError::Overflow(o.0))?;
+        let idle = || std::future::ready(host.direct_idle.take());
+        // No slot free: an idle connection of hyper's path gives its slot up.
+        let free = || host.close_oldest_idle();
+        match self.slot_or_returned(host, idle, free).await? {
+            SlotOr::Returned(c) => Ok((c, true)),
+            SlotOr::Slot(slot) => Ok((h1::Conn::new(self.tcp(host).await?, slot), false)),
+        }
     }
 
     fn absolute(&self, host: &Host, path: &PathAndQuery) -> Uri {
@@ -439,27 +519,52 @@ impl Pool {
             .state
             .begin_pending()
             .map_err(|o| SendError::Overflow(o.0))?;
+        let idle = || host.idle_ready();
+        // No slot free: an idle connection of the [`h1`] path gives its slot up.
+        let free = || host.direct_idle.close_oldest();
+        match self.slot_or_returned(host, idle, free).await? {
+            SlotOr::Returned(c) => Ok(c),
+            SlotOr::Slot(slot) => self.open(host, slot).await,
+        }
+    }
+
+    /// Waits for a connection slot to `host` under `max_connections`, or for a connection
+    /// that `idle` finds handed back meanwhile. While no slot is free, `free` closes an idle
+    /// connection of the other path (each path keeps its own idle list, and both take
+    /// slots).
+    async fn slot_or_returned<C, F>(
+        &self,
+        host: &Host,
+        idle: impl Fn() -> F,
+        free: impl Fn(),
+    ) -> Result<SlotOr<C>, SendError>
+    where
+        F: Future<Output = Option<C>>,
+    {
+        let overflow = |o: Overflow| SendError::Overflow(o.0);
         let mut slot = pin!(
             self.state
                 .connection_slot(host.endpoint.clone(), self.connect_timeout)
         );
-        let slot = loop {
+        loop {
             let mut returned = pin!(host.returned.notified());
             returned.as_mut().enable();
-            if let Some(c) = host.idle_ready().await {
-                return Ok(c);
+            if let Some(c) = idle().await {
+                return Ok(SlotOr::Returned(c));
             }
+            if let Poll::Ready(slot) = poll_once(slot.as_mut()).await {
+                return slot.map(SlotOr::Slot).map_err(overflow);
+            }
+            free();
             tokio::select! {
-                slot = &mut slot => break slot.map_err(|o| SendError::Overflow(o.0))?,
+                slot = &mut slot => return slot.map(SlotOr::Slot).map_err(overflow),
                 () = returned => {}
             }
-        };
-        self.open(host, slot).await
+        }
     }
 
-    /// Opens a connection to `host` (TCP, then TLS when the pool's transport socket says
-    /// so, then the HTTP handshake) and spawns the task that drives it.
-    async fn open(&self, host: &Arc<Host>, slot: ConnectionSlot) -> Result<Checked, SendError> {
+    /// A TCP connection to `host`, within the connect timeout, with `TCP_NODELAY`.
+    async fn tcp(&self, host: &Host) -> Result<TcpStream, SendError> {
         let tcp = tokio::time::timeout(
             self.connect_timeout,
             TcpStream::connect(host.endpoint.as_str()),
@@ -470,6 +575,13 @@ impl Pool {
         if let Err(e) = tcp.set_nodelay(true) {
             tracing::debug!(error = %e, "setting TCP_NODELAY upstream");
         }
+        Ok(tcp)
+    }
+
+    /// Opens a connection to `host` (TCP, then TLS when the pool's transport socket says
+    /// so, then the HTTP handshake) and spawns the task that drives it.
+    async fn open(&self, host: &Arc<Host>, slot: ConnectionSlot) -> Result<Checked, SendError> {
+        let tcp = self.tcp(host).await?;
         let (io, alpn_h2) = match &self.tls {
             None => (Io::Plain(TokioIo::new(tcp)), false),
             Some(tls) => {
@@ -525,6 +637,15 @@ impl Host {
         self.returned.notify_one();
     }
 
+    /// Closes the oldest idle HTTP/1 connection of hyper's path, if any, freeing its slot
+    /// once its task ends.
+    fn close_oldest_idle(&self) {
+        let mut idle = self.idle.lock().unwrap_or_else(PoisonError::into_inner);
+        if !idle.is_empty() {
+            drop(idle.remove(0));
+        }
+    }
+
     fn h2_open(&self) -> Option<Checked> {
         let h2 = self.h2.lock().unwrap_or_else(PoisonError::into_inner);
         match &*h2 {
@@ -574,11 +695,12 @@ impl Host {
     }
 
     fn has_connections(&self) -> bool {
-        !self
-            .idle
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .is_empty()
+        !self.direct_idle.is_empty()
+            || !self
+                .idle
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .is_empty()
             || self
                 .h2
                 .lock()
@@ -624,6 +746,18 @@ where
     });
 }
 
+/// What [`Pool::slot_or_returned`] got: a slot to open a connection under, or a
+/// connection handed back.
+enum SlotOr<C> {
+    Slot(ConnectionSlot),
+    Returned(C),
+}
+
+/// Polls `f` once: its output if ready.
+async fn poll_once<F: Future>(mut f: Pin<&mut F>) -> Poll<F::Output> {
+    poll_fn(|cx| Poll::Ready(f.as_mut().poll(cx))).await
+}
+
 /// A pool's TLS: built on its first connection (reading files and secrets), then shared.
 pub(crate) struct TlsSetup {
     config: UpstreamTls,
@@ -663,74 +797,4 @@ fn error_chain(e: &dyn std::error::Error) -> String {
         source = s.source();
     }
     out
-}
-
-/// An upstream connection, plaintext or TLS.
-#[derive(Debug)]
-enum Io {
-    Plain(TokioIo<TcpStream>),
-    Tls(Box<TokioIo<TlsStream<TcpStream>>>),
-}
-
-/// A connection that frees its `max_connections` slot when closed.
-#[derive(Debug)]
-struct CountedIo {
-    io: Io,
-    _slot: ConnectionSlot,
-}
-
-/// Forwards to whichever stream `$io` holds.
-macro_rules! either {
-    ($io:expr, $s:ident => $e:expr) => {
-        match $io {
-            Io::Plain($s) => $e,
-            Io::Tls($s) => {
-                let $s = &mut **$s;
-                $e
-            }
-        }
-    };
-}
-
-impl Read for CountedIo {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: ReadBufCursor<'_>,
-    ) -> Poll<std::io::Result<()>> {
-        either!(&mut self.get_mut().io, s => Pin::new(s).poll_read(cx, buf))
-    }
-}
-
-impl Write for CountedIo {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<std::io::Result<usize>> {
-        either!(&mut self.get_mut().io, s => Pin::new(s).poll_write(cx, buf))
-    }
-
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        either!(&mut self.get_mut().io, s => Pin::new(s).poll_flush(cx))
-    }
-
-    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        either!(&mut self.get_mut().io, s => Pin::new(s).poll_shutdown(cx))
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        match &self.io {
-            Io::Plain(s) => s.is_write_vectored(),
-            Io::Tls(s) => s.is_write_vectored(),
-        }
-    }
-
-    fn poll_write_vectored(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[std::io::IoSlice<'_>],
-    ) -> Poll<std::io::Result<usize>> {
-        either!(&mut self.get_mut().io, s => Pin::new(s).poll_write_vectored(cx, bufs))
-    }
 }

@@ -27,7 +27,7 @@ use bytes::Bytes;
 use http::uri::{Authority, PathAndQuery};
 use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Response, StatusCode, Uri};
 use http_body_util::BodyExt;
-use hyper::body::{Body as _, Frame, Incoming, SizeHint};
+use hyper::body::{Body as _, Frame, SizeHint};
 use rand::Rng;
 use switchboard_proxy_xds::config::cluster::{Cluster, LbPolicy, TransportChoice};
 use switchboard_proxy_xds::config::route::{
@@ -35,10 +35,10 @@ use switchboard_proxy_xds::config::route::{
 };
 
 use super::{Target, local};
-use crate::body::{Body, full};
+use crate::body::{Body, BoxError, full};
 use crate::cluster::{
     AttemptOutcome, Clock, ClusterState, ConnectionPools, EndpointSource, HostState, Lease, Picked,
-    Pool, RequestSlot, SendError, Threshold, endpoint_source,
+    Pool, RequestSlot, SendError, Threshold, UpstreamBody, endpoint_source,
 };
 use crate::headers;
 use crate::ring::{HashInput, request_hash};
@@ -510,13 +510,13 @@ fn sampled(per_million: u32) -> bool {
 /// An upstream response body that holds its attempt's circuit breaker slot and endpoint
 /// (for least request) until it ends or is dropped.
 struct Guarded {
-    body: Incoming,
+    body: UpstreamBody,
     guards: Option<(RequestSlot, Picked)>,
     lease: Option<Lease>,
 }
 
 impl Guarded {
-    fn new(body: Incoming, guards: (RequestSlot, Picked), lease: Lease) -> Self {
+    fn new(body: UpstreamBody, guards: (RequestSlot, Picked), lease: Lease) -> Self {
         Self {
             body,
             guards: Some(guards),
@@ -527,12 +527,12 @@ impl Guarded {
 
 impl hyper::body::Body for Guarded {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = BoxError;
 
     fn poll_frame(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = self.get_mut();
         let polled = Pin::new(&mut this.body).poll_frame(cx);
         match &polled {

@@ -26,7 +26,7 @@ use super::access_log::{LogRecord, access_log};
 use super::meters::{ListenerMeters, Series};
 use super::trace_context::{CallerTrace, TRACEPARENT, TRACESTATE, TraceParent};
 use super::{DownstreamAddrs, LocalReply, ResponseFlags};
-use crate::body::Body;
+use crate::body::{Body, BoxError};
 use crate::idle::StreamIdle;
 
 /// What routing decided about a request, filled in by the handler as it goes. The names
@@ -425,13 +425,15 @@ pub(crate) struct RequestBody {
 
 impl hyper::body::Body for RequestBody {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = BoxError;
 
     fn poll_frame(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
-        let polled = Pin::new(&mut self.inner).poll_frame(cx);
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let polled = Pin::new(&mut self.inner)
+            .poll_frame(cx)
+            .map_err(BoxError::from);
         if let Poll::Ready(Some(Ok(frame))) = &polled
             && let Some(data) = frame.data_ref()
         {
@@ -492,12 +494,12 @@ impl ObservedBody {
 
 impl hyper::body::Body for ObservedBody {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = BoxError;
 
     fn poll_frame(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = &mut *self;
         let polled = Pin::new(&mut this.inner).poll_frame(cx);
         match &polled {
