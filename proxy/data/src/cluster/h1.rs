@@ -245,7 +245,10 @@ fn parse_head(buf: &mut BytesMut, head_only: bool) -> Result<Option<Parsed>, Str
             Err(e) => return Err(format!("invalid response head: {e}")),
         };
         let base = buf.as_ptr() as usize;
-        let offset = |s: &[u8]| u32::try_from(s.as_ptr() as usize - base).unwrap_or(u32::MAX);
+        // httparse returns slices of its input; should one not be, the offsets fall outside
+        // the head and the lookup below refuses them rather than panicking.
+        let offset =
+            |s: &[u8]| u32::try_from((s.as_ptr() as usize).wrapping_sub(base)).unwrap_or(u32::MAX);
         for (span, h) in spans.iter_mut().zip(resp.headers.iter()) {
             let (n, v) = (offset(h.name.as_bytes()), offset(h.value));
             let end =
@@ -278,8 +281,12 @@ fn parse_head(buf: &mut BytesMut, head_only: bool) -> Result<Option<Parsed>, Str
         let range = |s: u32, e: u32| (s as usize)..(e as usize);
         let name = HeaderName::from_bytes(head.get(range(ns, ne)).unwrap_or_default())
             .map_err(|_| "invalid response header name".to_owned())?;
-        let value = HeaderValue::from_maybe_shared(head.slice(range(vs, ve)))
-            .map_err(|_| format!("invalid value of response header {name}"))?;
+        let value = match head.get(range(vs, ve)) {
+            // A slice of the frozen head, not a copy.
+            Some(_) => HeaderValue::from_maybe_shared(head.slice(range(vs, ve))),
+            None => return Err(format!("invalid value of response header {name}")),
+        }
+        .map_err(|_| format!("invalid value of response header {name}"))?;
         if name == CONNECTION {
             if has_token(&value, "close") {
                 close = true;
