@@ -25,7 +25,7 @@ use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
 use bytes::{Buf, Bytes, BytesMut};
-use http::header::{CONNECTION, CONTENT_LENGTH, HOST, TRANSFER_ENCODING, UPGRADE};
+use http::header::{CONNECTION, CONTENT_LENGTH, HOST, TRANSFER_ENCODING};
 use http::uri::PathAndQuery;
 use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, StatusCode, Version, response};
 use hyper::body::{Frame, SizeHint};
@@ -47,11 +47,11 @@ const MAX_HEAD_BYTES: usize = 8192 + 4096 * 100;
 const READ_CHUNK: usize = 8192;
 const MAX_READ_CHUNK: usize = 128 * 1024;
 
-/// Whether `req` can take this path (see the module doc).
+/// Whether `req` can take this path (see the module doc). No `Upgrade` check: the handler
+/// strips it with the other hop-by-hop headers (`forward::upstream_headers`) before any
+/// request reaches a pool.
 pub(super) fn eligible(req: &Request<Body>) -> bool {
-    hyper::body::Body::is_end_stream(req.body())
-        && req.method() != Method::CONNECT
-        && !req.headers().contains_key(UPGRADE)
+    hyper::body::Body::is_end_stream(req.body()) && req.method() != Method::CONNECT
 }
 
 /// Whether a request may be sent again after its connection closed without an answer
@@ -179,7 +179,7 @@ impl Conn {
                 Ok(_) => continue,
                 Err(e) => format!("reading the response: {e}"),
             };
-            return Err(if received || !self.rbuf.is_empty() {
+            return Err(if received {
                 Failure::Failed(closed)
             } else {
                 Failure::Unanswered(closed)
