@@ -40,6 +40,7 @@ pub mod sds;
 mod stats;
 mod target;
 pub mod tls;
+pub mod turns;
 
 pub use control_plane::{ControlPlane, Memory, Options};
 pub use rest::Rest;

@@ -153,12 +153,12 @@ pub fn histogram() -> Result<Histogram<u64>> {
     Histogram::new_with_bounds(1, 600_000_000, 3).context("creating a latency histogram")
 }
 
-fn micros(d: Duration) -> u64 {
+pub(crate) fn micros(d: Duration) -> u64 {
     u64::try_from(d.as_micros()).unwrap_or(u64::MAX).max(1)
 }
 
 /// One keep-alive connection, reopened when the server closed it or a request failed.
-struct Connection {
+pub(crate) struct Connection {
     sender: Option<SendRequest<Empty<Bytes>>>,
     reconnects: u64,
     opened: bool,
@@ -232,14 +232,14 @@ impl Connection {
 
 /// One request at a time: over HTTP/1.1 on a connection of its own, over HTTP/2 on a
 /// stream of a shared connection.
-enum Lane {
+pub(crate) enum Lane {
     H1(Connection),
     H2(h2load::Lane),
 }
 
 /// The lanes of one phase (`n` of them; over HTTP/2 spread evenly over the target's
 /// connections), and the HTTP/2 connections they share.
-fn lanes(target: &Target, n: usize) -> Result<(Vec<Lane>, Vec<Arc<h2load::Shared>>)> {
+pub(crate) fn lanes(target: &Target, n: usize) -> Result<(Vec<Lane>, Vec<Arc<h2load::Shared>>)> {
     if target.protocol == Protocol::Http1 {
         return Ok((
             (0..n).map(|_| Lane::H1(Connection::new())).collect(),
@@ -261,7 +261,7 @@ fn lanes(target: &Target, n: usize) -> Result<(Vec<Lane>, Vec<Arc<h2load::Shared
 
 impl Lane {
     /// Opens the lane's connection if it has none.
-    async fn ready(&mut self, target: &Target) -> Result<(), Failure> {
+    pub(crate) async fn ready(&mut self, target: &Target) -> Result<(), Failure> {
         match self {
             Lane::H1(c) => c.ready(target.addr).await.map(|_| ()),
             Lane::H2(l) => l.ready().await.map(|_| ()),
@@ -270,7 +270,7 @@ impl Lane {
 
     /// One request within the target's timeout. After a failure the lane drops its
     /// connection (HTTP/2: its handle on the shared one): its state is unknown.
-    async fn request(&mut self, target: &Target) -> Result<(), Failure> {
+    pub(crate) async fn request(&mut self, target: &Target) -> Result<(), Failure> {
         match self {
             Lane::H1(c) => c.request(target).await,
             Lane::H2(l) => {
@@ -288,7 +288,7 @@ impl Lane {
 
     /// HTTP/1.1: the connections the server closed and this lane reopened (HTTP/2 counts
     /// them per shared connection).
-    fn reconnects(&self) -> u64 {
+    pub(crate) fn reconnects(&self) -> u64 {
         match self {
             Lane::H1(c) => c.reconnects,
             Lane::H2(_) => 0,
@@ -329,17 +329,17 @@ pub async fn probe(target: &Target) -> Result<(), Failure> {
 }
 
 /// What one connection task recorded.
-struct Tally {
-    latency: Histogram<u64>,
-    ok: u64,
-    errors: Errors,
-    reconnects: u64,
+pub(crate) struct Tally {
+    pub(crate) latency: Histogram<u64>,
+    pub(crate) ok: u64,
+    pub(crate) errors: Errors,
+    pub(crate) reconnects: u64,
     /// Fixed rate: when its last recorded response arrived.
-    last: Option<Instant>,
+    pub(crate) last: Option<Instant>,
 }
 
 impl Tally {
-    fn new() -> Result<Tally> {
+    pub(crate) fn new() -> Result<Tally> {
         Ok(Tally {
             latency: histogram()?,
             ok: 0,
@@ -349,7 +349,7 @@ impl Tally {
         })
     }
 
-    fn record(&mut self, result: Result<(), Failure>, latency: Duration) {
+    pub(crate) fn record(&mut self, result: Result<(), Failure>, latency: Duration) {
         match result {
             Ok(()) => {
                 self.ok += 1;
@@ -362,7 +362,10 @@ impl Tally {
 }
 
 /// The tallies of a phase's lanes, with the reconnects of its HTTP/2 connections.
-async fn merge(mut tasks: JoinSet<Result<Tally>>, shared: &[Arc<h2load::Shared>]) -> Result<Tally> {
+pub(crate) async fn merge(
+    mut tasks: JoinSet<Result<Tally>>,
+    shared: &[Arc<h2load::Shared>],
+) -> Result<Tally> {
     let mut total = Tally::new()?;
     total.reconnects = shared.iter().map(|s| s.reconnects()).sum();
     while let Some(t) = tasks.join_next().await {

@@ -27,7 +27,11 @@
 //!      `listen … http2`; gRPC with `grpc_pass`);
 //!    - `mesh` (not in the default list): a pair of sidecars, one hop between them, in a mesh
 //!      with `mtls.mode: off` and in one with `strict`, plus the TLS handshake rate at the
-//!      server sidecar's inbound port (see `mesh.rs`).
+//!      server sidecar's inbound port (see `mesh.rs`);
+//!    - `turns` (last in the default list): `direct`, `proxy` and `nginx` over HTTP/1.1 all up
+//!      at once, the same two shapes moving from one to the next every 100 ms (fixed rate)
+//!      or 500 ms (saturation), so that the machine's slow spells fall on all three alike
+//!      (see `turns.rs` and `switchboard_loadtest::turns`).
 //! 3. Load (this process, tokio + hyper client, keep-alive connections, `Host: bench.local`):
 //!    - fixed rate: an open loop of `PROXY_BENCH_RATE` (1000) requests per second over
 //!      `PROXY_BENCH_RATE_CONNECTIONS` (16) connections for `PROXY_BENCH_SECS` (6) s after
@@ -68,6 +72,8 @@
 mod mesh;
 #[path = "proxy-bench/report.rs"]
 mod report;
+#[path = "proxy-bench/turns.rs"]
+mod turns;
 
 use std::time::Duration;
 
@@ -91,10 +97,12 @@ enum Kind {
     ProxyLog,
     Nginx(Protocol),
     Mesh,
+    /// Direct, the proxy and nginx over HTTP/1.1, up at once and measured in turns.
+    Turns,
 }
 
 /// Every target by its name in `PROXY_BENCH_TARGETS`.
-const TARGETS: [(&str, Kind); 11] = [
+const TARGETS: [(&str, Kind); 12] = [
     ("direct", Kind::Direct(Protocol::Http1)),
     ("direct-h2", Kind::Direct(Protocol::Http2)),
     ("direct-grpc", Kind::Direct(Protocol::Grpc)),
@@ -106,12 +114,13 @@ const TARGETS: [(&str, Kind); 11] = [
     ("nginx-h2", Kind::Nginx(Protocol::Http2)),
     ("nginx-grpc", Kind::Nginx(Protocol::Grpc)),
     ("mesh", Kind::Mesh),
+    ("turns", Kind::Turns),
 ];
 
-/// Each protocol through direct, the proxy and nginx, and the proxy with its access log: about
-/// 3 minutes per worker count with the default windows.
+/// Each protocol through direct, the proxy and nginx, the proxy with its access log, then
+/// HTTP/1.1's three in turns: about 4 minutes per worker count with the default windows.
 const DEFAULT_TARGETS: &str = "direct,proxy,proxy-log,nginx,direct-h2,proxy-h2,nginx-h2,\
-                               direct-grpc,proxy-grpc,nginx-grpc";
+                               direct-grpc,proxy-grpc,nginx-grpc,turns";
 
 impl Kind {
     fn name(self) -> &'static str {
@@ -124,7 +133,7 @@ impl Kind {
     fn protocol(self) -> Protocol {
         match self {
             Kind::Direct(p) | Kind::Proxy(p) | Kind::Nginx(p) => p,
-            Kind::ProxyLog | Kind::Mesh => Protocol::Http1,
+            Kind::ProxyLog | Kind::Mesh | Kind::Turns => Protocol::Http1,
         }
     }
 }
@@ -429,6 +438,23 @@ impl ProxyEnv {
     }
 }
 
+/// The bench gateway's proxy with `workers` threads; `logged`: its default access log on.
+fn proxy_options(cfg: &Config, env: &ProxyEnv, workers: usize, logged: bool) -> ProxyOptions {
+    ProxyOptions {
+        xds_url: env.cp.xds_url.clone(),
+        node_id: env.gateway.node_id("bench-gw"),
+        role: Role::Gateway(env.gateway.name.clone()),
+        token: env.token.clone(),
+        workers,
+        log_filter: if logged {
+            format!("{},{}=info", cfg.proxy_log, ACCESS_LOG_TARGET)
+        } else {
+            cfg.proxy_log.clone()
+        },
+        access_log: (!logged).then(|| "off".into()),
+    }
+}
+
 /// One proxy target (`Kind::Proxy` or `Kind::ProxyLog`), once per worker count.
 #[allow(clippy::too_many_arguments)]
 async fn run_proxy(
@@ -445,19 +471,7 @@ async fn run_proxy(
     let protocol = kind.protocol();
     for &workers in &cfg.workers {
         let mut p = ProxyProcess::start(
-            &ProxyOptions {
-                xds_url: env.cp.xds_url.clone(),
-                node_id: env.gateway.node_id("bench-gw"),
-                role: Role::Gateway(env.gateway.name.clone()),
-                token: env.token.clone(),
-                workers,
-                log_filter: if logged {
-                    format!("{},{}=info", cfg.proxy_log, ACCESS_LOG_TARGET)
-                } else {
-                    cfg.proxy_log.clone()
-                },
-                access_log: (!logged).then(|| "off".into()),
-            },
+            &proxy_options(cfg, env, workers, logged),
             Duration::from_secs(60),
         )
         .await?;
@@ -582,16 +596,22 @@ async fn run(cfg: Config) -> Result<()> {
     let load_before = load_average();
     // Fail early, before any measurement, on a missing binary.
     let any = |f: fn(&Kind) -> bool| cfg.kinds.iter().any(f);
-    if any(|k| matches!(k, Kind::Proxy(_) | Kind::ProxyLog | Kind::Mesh)) {
+    if any(|k| {
+        matches!(
+            k,
+            Kind::Proxy(_) | Kind::ProxyLog | Kind::Mesh | Kind::Turns
+        )
+    }) {
         proxy::binary()?;
     }
-    if any(|k| matches!(k, Kind::Nginx(_))) {
+    if any(|k| matches!(k, Kind::Nginx(_) | Kind::Turns)) {
         nginx::binary()?;
     }
     let mut backend = BackendProcess::start(cfg.backend).await?;
     let mut results = Vec::new();
     let mut notes = Vec::new();
     let mut mesh_runs = Vec::new();
+    let mut turns_runs = Vec::new();
     let mut env: Option<ProxyEnv> = None;
     let outcome = async {
         for (this, &kind) in (1..=cfg.rounds).flat_map(|r| cfg.kinds.iter().map(move |k| (r, k))) {
@@ -609,13 +629,17 @@ async fn run(cfg: Config) -> Result<()> {
                     let label = Label::new(kind, None, round);
                     results.push(measure(label, &target, &backend, groups, &cfg, ticks).await?);
                 }
-                Kind::Proxy(_) | Kind::ProxyLog => {
+                Kind::Proxy(_) | Kind::ProxyLog | Kind::Turns => {
                     if env.is_none() {
                         env = Some(ProxyEnv::start(&backend).await?);
                     }
                     let Some(e) = env.as_ref() else {
                         bail!("the control plane was not started");
                     };
+                    if kind == Kind::Turns {
+                        turns_runs.extend(turns::run(&cfg, e, &backend, ticks, round).await?);
+                        continue;
+                    }
                     run_proxy(
                         &cfg,
                         e,
@@ -670,6 +694,7 @@ async fn run(cfg: Config) -> Result<()> {
         },
     );
     mesh::report(&cfg, &results, &mesh_runs, ticks);
+    turns::report(&cfg, &turns_runs);
     Ok(())
 }
 

@@ -218,7 +218,7 @@ fn own(m: &Measured) -> (f64, Option<f64>, f64, Option<f64>) {
     )
 }
 
-fn ratio(a: f64, b: f64) -> String {
+pub fn ratio(a: f64, b: f64) -> String {
     if b > 0.0 {
         format!("{:.2}×", a / b)
     } else {

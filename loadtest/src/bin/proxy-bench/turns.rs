@@ -1,0 +1,206 @@
+//! The `turns` target: direct, the proxy and nginx over HTTP/1.1, all three up at once and
+//! measured in turns ([`switchboard_loadtest::turns`]) once per worker count, so that the
+//! machine's slow spells fall on all three alike; and its table.
+//!
+//! The other targets run one after another, each in its own ten seconds, and on a shared
+//! VM those ten seconds differ from one target to the next by more than the proxy and nginx
+//! differ. Here the fixed rate moves to the next target every 100 ms and the closed loop every
+//! 500 ms, round and round, until each target has had its warm-up and its recorded window of
+//! the usual length.
+
+use std::time::Duration;
+
+use anyhow::{Result, anyhow};
+use switchboard_loadtest::load::{Outcome, Protocol, Target};
+use switchboard_loadtest::nginx::Nginx;
+use switchboard_loadtest::procfs::{self, CpuUse};
+use switchboard_loadtest::proxy::ProxyProcess;
+use switchboard_loadtest::{load, turns};
+
+use super::{BackendProcess, Config, HOST, ProxyEnv, Round, ms, proxy_options, report, target};
+
+/// How long a target has the fixed-rate load before it moves on.
+const FIXED_TURN: Duration = Duration::from_millis(100);
+/// How long a target has the closed loop before it moves on.
+const SATURATION_TURN: Duration = Duration::from_millis(500);
+
+/// One round of the `turns` target with one worker count.
+pub struct TurnsRun {
+    round: usize,
+    workers: usize,
+    /// Direct, the proxy and nginx, in that order.
+    fixed: Vec<Outcome>,
+    saturation: Vec<Outcome>,
+    /// CPU-ms per 1,000 requests of the proxy and of nginx (master and workers), at the
+    /// fixed rate and at saturation, each over its own turns' requests.
+    cpu_fixed: [f64; 2],
+    cpu_saturation: [f64; 2],
+}
+
+/// Runs the `turns` target once per worker count of `cfg`.
+pub async fn run(
+    cfg: &Config,
+    env: &ProxyEnv,
+    backend: &BackendProcess,
+    ticks: u64,
+    round: Round,
+) -> Result<Vec<TurnsRun>> {
+    let mut runs = Vec::new();
+    for &workers in &cfg.workers {
+        eprintln!(
+            "==> turns ({workers} worker{}): direct, proxy and nginx in turns, {} rps, then \
+             saturation",
+            super::plural(workers),
+            cfg.fixed.rate
+        );
+        let mut p = ProxyProcess::start(
+            &proxy_options(cfg, env, workers, false),
+            Duration::from_secs(60),
+        )
+        .await?;
+        let mut n = match Nginx::start(backend.addr, workers, Protocol::Http1).await {
+            Ok(n) => n,
+            Err(e) => {
+                p.stop().await;
+                return Err(e);
+            }
+        };
+        let proxy_addr = std::net::SocketAddr::from(([127, 0, 0, 1], env.gateway.port));
+        let targets = [
+            target(backend.addr, Protocol::Http1, HOST.into(), cfg),
+            target(
+                proxy_addr,
+                Protocol::Http1,
+                env.gateway.host(Protocol::Http1),
+                cfg,
+            ),
+            target(n.addr, Protocol::Http1, HOST.into(), cfg),
+        ];
+        let measured = measure(cfg, &targets, [vec![p.pid], n.pids()], ticks).await;
+        let alive = p.check_alive();
+        let log = n.log();
+        p.stop().await;
+        n.stop().await;
+        let (fixed, saturation, cpu_fixed, cpu_saturation) = match (measured, alive) {
+            (Ok(m), Ok(())) => m,
+            (Err(e), _) | (Ok(_), Err(e)) => {
+                return Err(e.context(format!(
+                    "the proxy's log:\n{}\nnginx's log:\n{log}",
+                    p.log_tail(40)
+                )));
+            }
+        };
+        runs.push(TurnsRun {
+            round: round.this,
+            workers,
+            fixed,
+            saturation,
+            cpu_fixed,
+            cpu_saturation,
+        });
+    }
+    Ok(runs)
+}
+
+type Figures = (Vec<Outcome>, Vec<Outcome>, [f64; 2], [f64; 2]);
+
+/// A probe through each target, then both shapes in turns, with the CPU time of the proxy
+/// and of nginx (`pids`) sampled around each.
+async fn measure(
+    cfg: &Config,
+    targets: &[Target; 3],
+    pids: [Vec<u32>; 2],
+    ticks: u64,
+) -> Result<Figures> {
+    // Let start-up settle (xDS updates, nginx's workers) first.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    for t in targets {
+        load::probe(t)
+            .await
+            .map_err(|f| anyhow!("turns: a probe request to {} failed: {f:?}", t.addr))?;
+    }
+    let sample =
+        || -> Result<Vec<procfs::Sample>> { pids.iter().map(|p| procfs::sample_all(p)).collect() };
+    // CPU-ms per 1,000 of each process's own requests (errors included, as elsewhere).
+    let per_1k = |before: &[procfs::Sample], after: &[procfs::Sample], o: &[Outcome]| {
+        [0, 1].map(|i| {
+            let requests = o[i + 1].ok + o[i + 1].errors.total();
+            CpuUse::between(&before[i], &after[i], ticks).ms_per_1k(requests)
+        })
+    };
+    let before = sample()?;
+    let fixed = turns::fixed_rate(targets, cfg.fixed, FIXED_TURN).await?;
+    let between = sample()?;
+    let saturation = turns::saturation(targets, cfg.saturation, SATURATION_TURN).await?;
+    let after = sample()?;
+    let cpu_fixed = per_1k(&before, &between, &fixed);
+    let cpu_saturation = per_1k(&between, &after, &saturation);
+    Ok((fixed, saturation, cpu_fixed, cpu_saturation))
+}
+
+/// The `turns` table: per round and worker count, p50/p99 at the fixed rate of each target,
+/// what the proxy and nginx add at p99 over direct, saturation and CPU, proxy against nginx.
+pub fn report(cfg: &Config, runs: &[TurnsRun]) {
+    if runs.is_empty() {
+        return;
+    }
+    let rate = cfg.fixed.rate;
+    println!("\n## In turns: direct, proxy and nginx up at once (HTTP/1.1)\n");
+    println!(
+        "The `turns` target: the three take turns at the load, {} ms at a time at {rate} rps \
+         and {} ms at a time in the closed loop ({} connections), until each has had {} s \
+         recorded; so they share the machine's slow spells, where the rows above ran one \
+         after another. CPU: the proxy's process and nginx's master and workers, over the \
+         whole phase, per 1,000 of their own requests (they idle during the others' turns).\n",
+        FIXED_TURN.as_millis(),
+        SATURATION_TURN.as_millis(),
+        cfg.saturation.connections,
+        cfg.fixed.duration.as_secs(),
+    );
+    println!(
+        "| round | workers | p50 / p99 @ {rate} rps, ms: direct | proxy | nginx | p99 − direct, ms: proxy / nginx | saturation rps: direct | proxy | nginx | proxy ÷ nginx | CPU-ms / 1k @ {rate} rps: proxy / nginx | ÷ | errors |"
+    );
+    println!("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+    for r in runs {
+        let (d, p, n) = (&r.fixed[0], &r.fixed[1], &r.fixed[2]);
+        let pair = |o: &Outcome| format!("{} / {}", ms(o.ms(50.0)), ms(o.ms(99.0)));
+        let errors: u64 = r
+            .fixed
+            .iter()
+            .chain(&r.saturation)
+            .map(|o| o.errors.total())
+            .sum();
+        println!(
+            "| {} | {} | {} | {} | {} | {:+.3} / {:+.3} | {:.0} | {:.0} | {:.0} | {} | {:.1} / {:.1} | {} | {errors} |",
+            r.round,
+            r.workers,
+            pair(d),
+            pair(p),
+            pair(n),
+            p.ms(99.0) - d.ms(99.0),
+            n.ms(99.0) - d.ms(99.0),
+            r.saturation[0].rps(),
+            r.saturation[1].rps(),
+            r.saturation[2].rps(),
+            report::ratio(r.saturation[1].rps(), r.saturation[2].rps()),
+            r.cpu_fixed[0],
+            r.cpu_fixed[1],
+            report::ratio(r.cpu_fixed[0], r.cpu_fixed[1]),
+        );
+    }
+    println!(
+        "\nAt saturation, CPU-ms / 1k: {}.",
+        runs.iter()
+            .map(|r| format!(
+                "round {} with {} worker{}: proxy {:.1}, nginx {:.1} ({})",
+                r.round,
+                r.workers,
+                super::plural(r.workers),
+                r.cpu_saturation[0],
+                r.cpu_saturation[1],
+                report::ratio(r.cpu_saturation[0], r.cpu_saturation[1])
+            ))
+            .collect::<Vec<_>>()
+            .join("; ")
+    );
+}
