@@ -406,7 +406,7 @@ fn medians(cfg: &Config, results: &[Measured]) {
 }
 
 /// `median (a / b / c)`, or `–` with no values.
-fn spread(values: &[f64], show: impl Fn(f64) -> String) -> String {
+pub fn spread(values: &[f64], show: impl Fn(f64) -> String) -> String {
     if values.is_empty() {
         return "–".into();
     }

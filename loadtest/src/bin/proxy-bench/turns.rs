@@ -203,4 +203,43 @@ pub fn report(cfg: &Config, runs: &[TurnsRun]) {
             .collect::<Vec<_>>()
             .join("; ")
     );
+    if cfg.rounds > 1 {
+        medians(cfg, runs);
+    }
+}
+
+/// Per worker count, the median over the rounds of what the table compares, each round's
+/// figure in brackets.
+fn medians(cfg: &Config, runs: &[TurnsRun]) {
+    let rate = cfg.fixed.rate;
+    println!(
+        "\nIn turns, median of the {} rounds (each round's figure in brackets):\n",
+        cfg.rounds
+    );
+    println!(
+        "| workers | p99 @ {rate} rps − direct, ms: proxy | nginx | saturation rps, proxy ÷ nginx | CPU-ms / 1k @ {rate} rps, proxy ÷ nginx | at saturation |"
+    );
+    println!("|---:|---:|---:|---:|---:|---:|");
+    for &w in &cfg.workers {
+        let of: Vec<&TurnsRun> = runs.iter().filter(|r| r.workers == w).collect();
+        let figure = |f: &dyn Fn(&TurnsRun) -> f64| of.iter().map(|r| f(r)).collect::<Vec<_>>();
+        let over = |i: usize| figure(&|r| r.fixed[i].ms(99.0) - r.fixed[0].ms(99.0));
+        let divided = |a: f64, b: f64| if b > 0.0 { a / b } else { f64::NAN };
+        let times = |v: f64| format!("{v:.2}×");
+        let plus = |v: f64| format!("{v:+.3}");
+        println!(
+            "| {w} | {} | {} | {} | {} | {} |",
+            report::spread(&over(1), plus),
+            report::spread(&over(2), plus),
+            report::spread(
+                &figure(&|r| divided(r.saturation[1].rps(), r.saturation[2].rps())),
+                times
+            ),
+            report::spread(&figure(&|r| divided(r.cpu_fixed[0], r.cpu_fixed[1])), times),
+            report::spread(
+                &figure(&|r| divided(r.cpu_saturation[0], r.cpu_saturation[1])),
+                times
+            ),
+        );
+    }
 }
