@@ -382,10 +382,63 @@ pub(crate) async fn merge(
     Ok(total)
 }
 
-/// A request the pacer released: its index and intended send time.
-struct Ticket {
-    index: u64,
-    intended: Instant,
+/// A request the pacer released: whether it is in the recorded window, and its intended
+/// send time.
+pub(crate) struct Ticket {
+    pub(crate) recorded: bool,
+    pub(crate) intended: Instant,
+}
+
+/// `n` lanes to `target`, connected: an open loop opens its connections before its pacer
+/// starts, so that no window measures handshakes.
+pub(crate) async fn connected_lanes(
+    target: &Target,
+    n: usize,
+) -> Result<(Vec<Lane>, Vec<Arc<h2load::Shared>>)> {
+    let (mut connections, shared) = lanes(target, n.max(1))?;
+    for c in &mut connections {
+        c.ready(target)
+            .await
+            .map_err(|f| anyhow::anyhow!("connecting to {}: {f:?}", target.addr))?;
+    }
+    Ok((connections, shared))
+}
+
+/// An open loop's lanes at work: each takes the next ticket from one queue when it is idle
+/// and sends its request, unless `cutoff` has passed (then the request is counted as timed
+/// out, unsent). They stop once the pacer drops the queue's sender and it is empty.
+pub(crate) fn take_tickets(
+    connections: Vec<Lane>,
+    target: &Target,
+    cutoff: Instant,
+) -> (mpsc::UnboundedSender<Ticket>, JoinSet<Result<Tally>>) {
+    let (tx, rx) = mpsc::unbounded_channel::<Ticket>();
+    let rx = Arc::new(Mutex::new(rx));
+    let mut tasks = JoinSet::new();
+    for mut conn in connections {
+        let rx = Arc::clone(&rx);
+        let target = target.clone();
+        tasks.spawn(async move {
+            let mut tally = Tally::new()?;
+            loop {
+                let ticket = rx.lock().await.recv().await;
+                let Some(ticket) = ticket else { break };
+                let result = if Instant::now() > cutoff {
+                    Err(Failure::Timeout)
+                } else {
+                    conn.request(&target).await
+                };
+                let done = Instant::now();
+                if ticket.recorded {
+                    tally.record(result, done.saturating_duration_since(ticket.intended));
+                    tally.last = Some(done);
+                }
+            }
+            tally.reconnects = conn.reconnects();
+            Ok(tally)
+        });
+    }
+    (tx, tasks)
 }
 
 /// The open loop (see the module doc). `mark` is called when the recorded window starts and
@@ -405,43 +458,12 @@ pub async fn fixed_rate(
     let total = warm + measured;
 
     // Open the connections first, so the first second does not measure handshakes.
-    let (mut connections, shared) = lanes(target, shape.connections.max(1))?;
-    for c in &mut connections {
-        c.ready(target)
-            .await
-            .map_err(|f| anyhow::anyhow!("connecting to {}: {f:?}", target.addr))?;
-    }
-
+    let (connections, shared) = connected_lanes(target, shape.connections).await?;
     let t0 = Instant::now() + Duration::from_millis(20);
     // A request whose turn comes after this is not sent but counted as timed out, so a
     // target that stalls cannot stretch the phase beyond this plus one timeout.
     let cutoff = t0 + shape.warmup + shape.duration + target.timeout;
-    let (tx, rx) = mpsc::unbounded_channel::<Ticket>();
-    let rx = Arc::new(Mutex::new(rx));
-    let mut tasks = JoinSet::new();
-    for mut conn in connections {
-        let rx = Arc::clone(&rx);
-        let target = target.clone();
-        tasks.spawn(async move {
-            let mut tally = Tally::new()?;
-            loop {
-                let ticket = rx.lock().await.recv().await;
-                let Some(ticket) = ticket else { break };
-                let result = if Instant::now() > cutoff {
-                    Err(Failure::Timeout)
-                } else {
-                    conn.request(&target).await
-                };
-                let done = Instant::now();
-                if ticket.index >= warm {
-                    tally.record(result, done.saturating_duration_since(ticket.intended));
-                    tally.last = Some(done);
-                }
-            }
-            tally.reconnects = conn.reconnects();
-            Ok(tally)
-        });
-    }
+    let (tx, tasks) = take_tickets(connections, target, cutoff);
 
     let pacer = std::thread::Builder::new()
         .name("pacer".into())
@@ -458,7 +480,8 @@ pub async fn fixed_rate(
                         Instant::now().saturating_duration_since(intended),
                     ));
                 }
-                if tx.send(Ticket { index, intended }).is_err() {
+                let recorded = index >= warm;
+                if tx.send(Ticket { recorded, intended }).is_err() {
                     break;
                 }
             }

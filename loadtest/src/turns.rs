@@ -20,15 +20,16 @@
 //! Bounded like the single-target shapes: every request is released by the end of the last
 //! turn; one still queued a timeout after that is counted as timed out without being sent.
 
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use hdrhistogram::Histogram;
-use tokio::sync::{Mutex, mpsc};
 use tokio::task::JoinSet;
 
-use crate::load::{FixedRate, Outcome, Saturation, Tally, histogram, lanes, merge, micros};
+use crate::load::{
+    FixedRate, Outcome, Saturation, Tally, Ticket, connected_lanes, histogram, lanes, merge,
+    micros, take_tickets,
+};
 use crate::target::{Failure, Target};
 
 /// The turns of a run: `n` targets, each `warm` turns unrecorded, then `recorded` turns.
@@ -81,12 +82,6 @@ impl Schedule {
     }
 }
 
-/// A request the pacer released: the turn it belongs to and its intended send time.
-struct Ticket {
-    turn: u32,
-    intended: Instant,
-}
-
 /// The open loop in turns of `turn` (see the module doc), one [`Outcome`] per target in
 /// `targets`' order. `shape.warmup` and `shape.duration` are each target's, rounded to
 /// whole turns.
@@ -109,37 +104,8 @@ pub async fn fixed_rate(
     let mut running = Vec::new();
     for target in targets {
         // Every target's connections open first, so no turn measures handshakes.
-        let (mut connections, shared) = lanes(target, shape.connections.max(1))?;
-        for c in &mut connections {
-            c.ready(target)
-                .await
-                .map_err(|f| anyhow::anyhow!("connecting to {}: {f:?}", target.addr))?;
-        }
-        let (tx, rx) = mpsc::unbounded_channel::<Ticket>();
-        let rx = Arc::new(Mutex::new(rx));
-        let mut tasks = JoinSet::new();
-        for mut conn in connections {
-            let rx = Arc::clone(&rx);
-            let target = target.clone();
-            tasks.spawn(async move {
-                let mut tally = Tally::new()?;
-                loop {
-                    let ticket = rx.lock().await.recv().await;
-                    let Some(ticket) = ticket else { break };
-                    let result = if Instant::now() > cutoff {
-                        Err(Failure::Timeout)
-                    } else {
-                        conn.request(&target).await
-                    };
-                    if ticket.turn >= first_recorded {
-                        let done = Instant::now();
-                        tally.record(result, done.saturating_duration_since(ticket.intended));
-                    }
-                }
-                tally.reconnects = conn.reconnects();
-                Ok(tally)
-            });
-        }
+        let (connections, shared) = connected_lanes(target, shape.connections).await?;
+        let (tx, tasks) = take_tickets(connections, target, cutoff);
         senders.push(tx);
         running.push((tasks, shared));
     }
@@ -163,7 +129,8 @@ pub async fn fixed_rate(
                     ));
                 }
                 // A target whose tasks all failed has no receiver left: the others go on.
-                let _ = senders[owner].send(Ticket { turn: k, intended });
+                let recorded = k >= first_recorded;
+                let _ = senders[owner].send(Ticket { recorded, intended });
             }
             Ok(lag)
         })

@@ -4,9 +4,13 @@
 //! in-process mTLS server. (An integration test, so that `load` and `backend` need not know
 //! each other's tests.)
 
+mod common;
+
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
+
+use common::{start_backend, target};
 
 use bytes::Bytes;
 use hdrhistogram::Histogram;
@@ -17,25 +21,6 @@ use switchboard_loadtest::{backend, grpc, handshake, mesh, sds, tls};
 use switchboard_pki::MeshCa;
 use time::OffsetDateTime;
 use tokio_rustls::rustls::pki_types::ServerName;
-
-async fn start_backend(body_len: usize) -> SocketAddr {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(backend::serve(listener, Bytes::from(vec![b'x'; body_len])));
-    addr
-}
-
-fn target(addr: SocketAddr, body_len: usize) -> Target {
-    Target {
-        addr,
-        host: "bench.local".into(),
-        path: "/".into(),
-        body_len,
-        timeout: Duration::from_secs(5),
-        protocol: Protocol::Http1,
-        h2_connections: 1,
-    }
-}
 
 fn h2_target(addr: SocketAddr, body_len: usize, protocol: Protocol) -> Target {
     Target {

@@ -3,32 +3,15 @@
 //! window's requests on its own connections, and a target that refuses connections does not
 //! stop the others' turns.
 
-use std::net::SocketAddr;
+mod common;
+
 use std::time::Duration;
 
-use bytes::Bytes;
+use common::{start_backend, target};
+
 use hdrhistogram::Histogram;
-use switchboard_loadtest::load::{FixedRate, Protocol, Saturation, Target, get};
+use switchboard_loadtest::load::{FixedRate, Saturation, get};
 use switchboard_loadtest::{backend, turns};
-
-async fn start_backend(body_len: usize) -> SocketAddr {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(backend::serve(listener, Bytes::from(vec![b'x'; body_len])));
-    addr
-}
-
-fn target(addr: SocketAddr, body_len: usize) -> Target {
-    Target {
-        addr,
-        host: "bench.local".into(),
-        path: "/".into(),
-        body_len,
-        timeout: Duration::from_secs(5),
-        protocol: Protocol::Http1,
-        h2_connections: 1,
-    }
-}
 
 #[tokio::test]
 async fn fixed_rate_gives_each_target_its_whole_window() {
