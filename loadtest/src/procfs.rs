@@ -94,7 +94,12 @@ fn task_cpu_ns(pid: u32) -> Option<(u64, u64)> {
         else {
             continue;
         };
-        let text = std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/schedstat")).ok()?;
+        // A thread that exited since the listing is left out: its time is gone with it, and
+        // the fingerprint then differs from a sample that had it, which `CpuUse::between`
+        // sees.
+        let Ok(text) = std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/schedstat")) else {
+            continue;
+        };
         ns += schedstat_ns(&text)?;
         tasks = tasks.wrapping_add(task_mix(tid));
     }
