@@ -97,14 +97,17 @@ pub async fn fixed_rate(
     let total = u64::from(schedule.total()) * per_turn;
     let first_recorded = schedule.first_recorded();
 
+    // Every target's connections open first, so no turn measures handshakes.
+    let mut connected = Vec::new();
+    for target in targets {
+        connected.push(connected_lanes(target, shape.connections).await?);
+    }
     let t0 = Instant::now() + Duration::from_millis(20);
     let run = turn * schedule.total();
     let cutoff = t0 + run + targets.iter().map(|t| t.timeout).max().unwrap_or_default();
     let mut senders = Vec::new();
     let mut running = Vec::new();
-    for target in targets {
-        // Every target's connections open first, so no turn measures handshakes.
-        let (connections, shared) = connected_lanes(target, shape.connections).await?;
+    for (target, (connections, shared)) in targets.iter().zip(connected) {
         let (tx, tasks) = take_tickets(connections, target, cutoff);
         senders.push(tx);
         running.push((tasks, shared));
