@@ -126,13 +126,13 @@ pub async fn fixed_rate(
                 if intended > now {
                     std::thread::sleep(intended - now);
                 }
-                if k >= first_recorded {
+                let recorded = k >= first_recorded;
+                if recorded {
                     lag[owner].saturating_record(micros(
                         Instant::now().saturating_duration_since(intended),
                     ));
                 }
                 // A target whose tasks all failed has no receiver left: the others go on.
-                let recorded = k >= first_recorded;
                 let _ = senders[owner].send(Ticket { recorded, intended });
             }
             Ok(lag)

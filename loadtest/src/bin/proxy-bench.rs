@@ -422,6 +422,17 @@ impl ProxyEnv {
         }
     }
 
+    /// The run's environment, started by the first target that needs it.
+    async fn once<'a>(
+        env: &'a mut Option<ProxyEnv>,
+        backend: &BackendProcess,
+    ) -> Result<&'a ProxyEnv> {
+        if env.is_none() {
+            *env = Some(ProxyEnv::start(backend).await?);
+        }
+        env.as_ref().context("the control plane was not started")
+    }
+
     /// Stops the control plane; when the run went well, fails if it had exited and notes
     /// what it logged at WARN or above.
     async fn finish(mut self, ok: bool, notes: &mut Vec<String>) -> Result<()> {
@@ -629,17 +640,12 @@ async fn run(cfg: Config) -> Result<()> {
                     let label = Label::new(kind, None, round);
                     results.push(measure(label, &target, &backend, groups, &cfg, ticks).await?);
                 }
-                Kind::Proxy(_) | Kind::ProxyLog | Kind::Turns => {
-                    if env.is_none() {
-                        env = Some(ProxyEnv::start(&backend).await?);
-                    }
-                    let Some(e) = env.as_ref() else {
-                        bail!("the control plane was not started");
-                    };
-                    if kind == Kind::Turns {
-                        turns_runs.extend(turns::run(&cfg, e, &backend, ticks, round).await?);
-                        continue;
-                    }
+                Kind::Turns => {
+                    let e = ProxyEnv::once(&mut env, &backend).await?;
+                    turns_runs.extend(turns::run(&cfg, e, &backend, ticks, round).await?);
+                }
+                Kind::Proxy(_) | Kind::ProxyLog => {
+                    let e = ProxyEnv::once(&mut env, &backend).await?;
                     run_proxy(
                         &cfg,
                         e,
