@@ -78,10 +78,7 @@ fn main() -> ExitCode {
         }
     };
     // The control runtime: xDS, admin and signals, on this thread.
-    let runtime = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
+    let runtime = match workers::runtime() {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("switchboard-proxy: cannot start the async runtime: {e}");

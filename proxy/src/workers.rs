@@ -6,13 +6,30 @@
 //!
 //! The xDS client, the admin port and signal handling run on the main thread's own small
 //! runtime, so with `--concurrency 1` the proxy runs two threads (plus tokio's blocking
-//! threads, started only while files such as certificates are read).
+//! threads, started only while files such as certificates are read, and the log's
+//! flusher).
 
 use std::io;
 use std::thread::JoinHandle;
+use std::time::Duration;
 
-use tokio::runtime::{Builder, Handle};
+use tokio::runtime::{Builder, Handle, Runtime};
 use tokio::sync::oneshot;
+
+/// How long a blocking-pool thread outlives its last file read. tokio's default is 10 s, but
+/// the reads (the xDS token and certificates at a connect, a certificate file on a
+/// configuration change) come in short bursts far apart, so the thread would mostly idle;
+/// and its exit ten seconds later would change the process's threads in the middle of
+/// whatever came next (a benchmark's window of per-thread CPU time, for one).
+const BLOCKING_KEEP_ALIVE: Duration = Duration::from_millis(100);
+
+/// A single-threaded runtime with timers and IO, as every runtime of the proxy is.
+pub fn runtime() -> io::Result<Runtime> {
+    Builder::new_current_thread()
+        .enable_all()
+        .thread_keep_alive(BLOCKING_KEEP_ALIVE)
+        .build()
+}
 
 /// The running worker threads; dropping it stops them (after the listeners drained).
 pub struct Workers {
@@ -31,7 +48,7 @@ impl Workers {
             threads: Vec::new(),
         };
         for i in 0..n.max(1) {
-            let runtime = Builder::new_current_thread().enable_all().build()?;
+            let runtime = runtime()?;
             let (stop, stopped) = oneshot::channel::<()>();
             workers.handles.push(runtime.handle().clone());
             workers.stops.push(stop);
