@@ -213,9 +213,11 @@ pub fn run(args: BackendArgs) -> Result<()> {
     })
 }
 
-/// A backend child process, killed when dropped.
+/// A child process that is this executable started again as one of its subcommands, which
+/// prints `listening <address>` and serves until its standard input closes; killed when
+/// dropped. The backend and the relay are run this way.
 #[derive(Debug)]
-pub struct BackendProcess {
+pub(crate) struct ChildServer {
     child: Child,
     pub pid: u32,
     pub addr: SocketAddr,
@@ -223,19 +225,22 @@ pub struct BackendProcess {
     _stdin: ChildStdin,
 }
 
-impl BackendProcess {
-    /// Starts this executable again as `backend` and waits for the address it listens on.
-    pub async fn start(args: BackendArgs) -> Result<BackendProcess> {
+impl ChildServer {
+    /// Starts this executable with `args` and waits for the address it listens on; `what`
+    /// names it in errors.
+    pub async fn start(args: &[String], what: &str) -> Result<ChildServer> {
         let exe = std::env::current_exe().context("finding this executable")?;
         let mut child = Command::new(&exe)
-            .args(args.to_args())
+            .args(args)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .kill_on_drop(true)
             .spawn()
-            .with_context(|| format!("starting {} backend", exe.display()))?;
-        let pid = child.id().context("the backend exited at once")?;
+            .with_context(|| format!("starting {} {what}", exe.display()))?;
+        let pid = child
+            .id()
+            .with_context(|| format!("the {what} exited at once"))?;
         let stdin = child.stdin.take().context("no stdin pipe")?;
         let stdout = child.stdout.take().context("no stdout pipe")?;
         let mut line = String::new();
@@ -244,17 +249,42 @@ impl BackendProcess {
             BufReader::new(stdout).read_line(&mut line),
         )
         .await
-        .context("the backend did not print its address within 10 s")??;
+        .with_context(|| format!("the {what} did not print its address within 10 s"))??;
         let addr: SocketAddr = line
             .trim()
             .strip_prefix("listening ")
             .and_then(|a| a.parse().ok())
-            .with_context(|| format!("the backend printed {line:?}, not `listening <address>`"))?;
-        Ok(BackendProcess {
+            .with_context(|| format!("the {what} printed {line:?}, not `listening <address>`"))?;
+        Ok(ChildServer {
             child,
             pid,
             addr,
             _stdin: stdin,
+        })
+    }
+
+    pub async fn stop(&mut self) {
+        let _ = self.child.start_kill();
+        let _ = tokio::time::timeout(Duration::from_secs(5), self.child.wait()).await;
+    }
+}
+
+/// A backend child process, killed when dropped.
+#[derive(Debug)]
+pub struct BackendProcess {
+    process: ChildServer,
+    pub pid: u32,
+    pub addr: SocketAddr,
+}
+
+impl BackendProcess {
+    /// Starts this executable again as `backend` and waits for the address it listens on.
+    pub async fn start(args: BackendArgs) -> Result<BackendProcess> {
+        let process = ChildServer::start(&args.to_args(), "backend").await?;
+        Ok(BackendProcess {
+            pid: process.pid,
+            addr: process.addr,
+            process,
         })
     }
 
@@ -269,7 +299,6 @@ impl BackendProcess {
     }
 
     pub async fn stop(&mut self) {
-        let _ = self.child.start_kill();
-        let _ = tokio::time::timeout(Duration::from_secs(5), self.child.wait()).await;
+        self.process.stop().await;
     }
 }

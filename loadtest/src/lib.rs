@@ -19,7 +19,8 @@
 //! closed loop, over HTTP/1.1, h2c and gRPC; its HTTP/2 half in `h2load`), [`grpc`] (the
 //! benchmark's proto-free gRPC method), [`procfs`] (memory and CPU time of processes), [`backend`] (the
 //! backend server and its process), [`proxy`] (the gateway's configuration and the
-//! `switchboard-proxy` process) and [`nginx`] (nginx as a reverse proxy); for the mesh:
+//! `switchboard-proxy` process), [`nginx`] (nginx as a reverse proxy), [`relay`] (a bare TCP
+//! relay, the floor of a hop's cost) and [`turns`] (targets measured in turns); for the mesh:
 //! [`mesh`] (the sidecar pair), [`handshake`] (a closed loop of new, optionally TLS,
 //! connections), [`tls`] (a mesh workload's rustls client identity) and [`sds`] (workload
 //! certificates over ADS, as a sidecar gets them).
@@ -35,6 +36,7 @@ pub mod mesh;
 pub mod nginx;
 pub mod procfs;
 pub mod proxy;
+pub mod relay;
 mod rest;
 pub mod sds;
 mod stats;

@@ -31,7 +31,9 @@
 //!    - `turns` (last in the default list): `direct`, `proxy` and `nginx` over HTTP/1.1 all up
 //!      at once, the same two shapes moving from one to the next every 100 ms (fixed rate)
 //!      or 500 ms (saturation), so that the machine's slow spells fall on all three alike
-//!      (see `turns.rs` and `switchboard_loadtest::turns`).
+//!      (see `turns.rs` and `switchboard_loadtest::turns`); at the fixed rate a bare TCP
+//!      relay (`proxy-bench relay`, `switchboard_loadtest::relay`) takes turns too, the
+//!      floor of what one more hop costs.
 //! 3. Load (this process, tokio + hyper client, keep-alive connections, `Host: bench.local`):
 //!    - fixed rate: an open loop of `PROXY_BENCH_RATE` (1000) requests per second over
 //!      `PROXY_BENCH_RATE_CONNECTIONS` (16) connections for `PROXY_BENCH_SECS` (6) s after
@@ -83,6 +85,7 @@ use switchboard_loadtest::load::{self, FixedRate, Outcome, Protocol, Saturation,
 use switchboard_loadtest::nginx::{self, Nginx};
 use switchboard_loadtest::procfs::{self, CpuUse, RssMonitor, Sample};
 use switchboard_loadtest::proxy::{self, Gateway, ProxyOptions, ProxyProcess, Role};
+use switchboard_loadtest::relay;
 use switchboard_loadtest::{ControlPlane, Options, Rest, count_from_env};
 
 const ADMIN_TOKEN: &str = "proxy-bench-admin-token-not-secret";
@@ -723,10 +726,13 @@ fn main() -> Result<()> {
     if args.get(1).map(String::as_str) == Some("backend") {
         return backend::run(BackendArgs::parse(&args[2..])?);
     }
+    if args.get(1).map(String::as_str) == Some("relay") {
+        return relay::run(relay::parse(&args[2..])?);
+    }
     if args.len() > 1 {
         bail!(
             "proxy-bench takes no arguments (it is configured with PROXY_BENCH_* variables; \
-             `backend` is its internal subcommand)"
+             `backend` and `relay` are its internal subcommands)"
         );
     }
     let cfg = Config::from_env()?;

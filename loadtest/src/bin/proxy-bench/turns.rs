@@ -1,6 +1,8 @@
 //! The `turns` target: direct, the proxy and nginx over HTTP/1.1, all three up at once and
 //! measured in turns ([`switchboard_loadtest::turns`]) once per worker count, so that the
-//! machine's slow spells fall on all three alike; and its table.
+//! machine's slow spells fall on all three alike; and its table. At the fixed rate a bare TCP
+//! relay ([`switchboard_loadtest::relay`]) takes turns too: what it adds at p99 over direct
+//! is the floor of one more loopback hop, which no proxy can go below on this machine.
 //!
 //! The other targets run one after another, each in its own ten seconds, and on a shared
 //! VM those ten seconds differ from one target to the next by more than the proxy and nginx
@@ -15,6 +17,7 @@ use switchboard_loadtest::load::{Outcome, Protocol, Target};
 use switchboard_loadtest::nginx::Nginx;
 use switchboard_loadtest::procfs::{self, CpuUse};
 use switchboard_loadtest::proxy::ProxyProcess;
+use switchboard_loadtest::relay::RelayProcess;
 use switchboard_loadtest::{load, turns};
 
 use super::{BackendProcess, Config, HOST, ProxyEnv, Round, ms, proxy_options, report, target};
@@ -28,8 +31,9 @@ const SATURATION_TURN: Duration = Duration::from_millis(500);
 pub struct TurnsRun {
     round: usize,
     workers: usize,
-    /// Direct, the proxy and nginx, in that order.
+    /// Direct, the proxy, nginx and the relay, in that order.
     fixed: Vec<Outcome>,
+    /// Direct, the proxy and nginx.
     saturation: Vec<Outcome>,
     /// CPU-ms per 1,000 requests of the proxy and of nginx (master and workers), at the
     /// fixed rate and at saturation, each over its own turns' requests.
@@ -48,8 +52,8 @@ pub async fn run(
     let mut runs = Vec::new();
     for &workers in &cfg.workers {
         eprintln!(
-            "==> turns ({workers} worker{}): direct, proxy and nginx in turns, {} rps, then \
-             saturation",
+            "==> turns ({workers} worker{}): direct, proxy, nginx and the relay in turns, {} \
+             rps, then direct, proxy and nginx at saturation",
             super::plural(workers),
             cfg.fixed.rate
         );
@@ -65,6 +69,14 @@ pub async fn run(
                 return Err(e);
             }
         };
+        let mut relay = match RelayProcess::start(backend.addr).await {
+            Ok(r) => r,
+            Err(e) => {
+                p.stop().await;
+                n.stop().await;
+                return Err(e);
+            }
+        };
         let proxy_addr = std::net::SocketAddr::from(([127, 0, 0, 1], env.gateway.port));
         let targets = [
             target(backend.addr, Protocol::Http1, HOST.into(), cfg),
@@ -75,12 +87,14 @@ pub async fn run(
                 cfg,
             ),
             target(n.addr, Protocol::Http1, HOST.into(), cfg),
+            target(relay.addr, Protocol::Http1, HOST.into(), cfg),
         ];
         let measured = measure(cfg, &targets, [vec![p.pid], n.pids()], ticks).await;
         let alive = p.check_alive();
         let log = n.log();
         p.stop().await;
         n.stop().await;
+        relay.stop().await;
         let (fixed, saturation, cpu_fixed, cpu_saturation) = match (measured, alive) {
             (Ok(m), Ok(())) => m,
             (Err(e), _) | (Ok(_), Err(e)) => {
@@ -104,11 +118,12 @@ pub async fn run(
 
 type Figures = (Vec<Outcome>, Vec<Outcome>, [f64; 2], [f64; 2]);
 
-/// A probe through each target, then both shapes in turns, with the CPU time of the proxy
+/// A probe through each target, then the fixed rate in turns for all four and the closed loop
+/// for the first three (the relay is there for its latency), with the CPU time of the proxy
 /// and of nginx (`pids`) sampled around each.
 async fn measure(
     cfg: &Config,
-    targets: &[Target; 3],
+    targets: &[Target; 4],
     pids: [Vec<u32>; 2],
     ticks: u64,
 ) -> Result<Figures> {
@@ -131,7 +146,7 @@ async fn measure(
     let before = sample()?;
     let fixed = turns::fixed_rate(targets, cfg.fixed, FIXED_TURN).await?;
     let between = sample()?;
-    let saturation = turns::saturation(targets, cfg.saturation, SATURATION_TURN).await?;
+    let saturation = turns::saturation(&targets[..3], cfg.saturation, SATURATION_TURN).await?;
     let after = sample()?;
     let cpu_fixed = per_1k(&before, &between, &fixed);
     let cpu_saturation = per_1k(&between, &after, &saturation);
@@ -139,7 +154,8 @@ async fn measure(
 }
 
 /// The `turns` table: per round and worker count, p50/p99 at the fixed rate of each target,
-/// what the proxy and nginx add at p99 over direct, saturation and CPU, proxy against nginx.
+/// what the proxy, nginx and the relay add at p99 over direct, saturation and CPU, proxy
+/// against nginx.
 pub fn report(cfg: &Config, runs: &[TurnsRun]) {
     if runs.is_empty() {
         return;
@@ -150,19 +166,22 @@ pub fn report(cfg: &Config, runs: &[TurnsRun]) {
         "The `turns` target: the three take turns at the load, {} ms at a time at {rate} rps \
          and {} ms at a time in the closed loop ({} connections), until each has had {} s \
          recorded; so they share the machine's slow spells, where the rows above ran one \
-         after another. CPU: the proxy's process and nginx's master and workers, over the \
-         whole phase, per 1,000 of their own requests (they idle during the others' turns).\n",
+         after another. At {rate} rps a bare TCP relay (a blocking thread per direction, \
+         nothing parsed) takes turns as well: what it adds over direct is the floor of one \
+         more hop on this machine. CPU: the proxy's process and nginx's master and workers, \
+         over the whole phase, per 1,000 of their own requests (they idle during the others' \
+         turns).\n",
         FIXED_TURN.as_millis(),
         SATURATION_TURN.as_millis(),
         cfg.saturation.connections,
         cfg.fixed.duration.as_secs(),
     );
     println!(
-        "| round | workers | p50 / p99 @ {rate} rps, ms: direct | proxy | nginx | p99 − direct, ms: proxy / nginx | saturation rps: direct | proxy | nginx | proxy ÷ nginx | CPU-ms / 1k @ {rate} rps: proxy / nginx | ÷ | errors |"
+        "| round | workers | p50 / p99 @ {rate} rps, ms: direct | proxy | nginx | relay | p99 − direct, ms: proxy / nginx / relay | saturation rps: direct | proxy | nginx | proxy ÷ nginx | CPU-ms / 1k @ {rate} rps: proxy / nginx | ÷ | errors |"
     );
-    println!("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+    println!("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
     for r in runs {
-        let (d, p, n) = (&r.fixed[0], &r.fixed[1], &r.fixed[2]);
+        let (d, p, n, relay) = (&r.fixed[0], &r.fixed[1], &r.fixed[2], &r.fixed[3]);
         let pair = |o: &Outcome| format!("{} / {}", ms(o.ms(50.0)), ms(o.ms(99.0)));
         let errors: u64 = r
             .fixed
@@ -171,14 +190,16 @@ pub fn report(cfg: &Config, runs: &[TurnsRun]) {
             .map(|o| o.errors.total())
             .sum();
         println!(
-            "| {} | {} | {} | {} | {} | {:+.3} / {:+.3} | {:.0} | {:.0} | {:.0} | {} | {:.1} / {:.1} | {} | {errors} |",
+            "| {} | {} | {} | {} | {} | {} | {:+.3} / {:+.3} / {:+.3} | {:.0} | {:.0} | {:.0} | {} | {:.1} / {:.1} | {} | {errors} |",
             r.round,
             r.workers,
             pair(d),
             pair(p),
             pair(n),
+            pair(relay),
             p.ms(99.0) - d.ms(99.0),
             n.ms(99.0) - d.ms(99.0),
+            relay.ms(99.0) - d.ms(99.0),
             r.saturation[0].rps(),
             r.saturation[1].rps(),
             r.saturation[2].rps(),
@@ -217,9 +238,9 @@ fn medians(cfg: &Config, runs: &[TurnsRun]) {
         cfg.rounds
     );
     println!(
-        "| workers | p99 @ {rate} rps − direct, ms: proxy | nginx | saturation rps, proxy ÷ nginx | CPU-ms / 1k @ {rate} rps, proxy ÷ nginx | at saturation |"
+        "| workers | p99 @ {rate} rps − direct, ms: proxy | nginx | relay | saturation rps, proxy ÷ nginx | CPU-ms / 1k @ {rate} rps, proxy ÷ nginx | at saturation |"
     );
-    println!("|---:|---:|---:|---:|---:|---:|");
+    println!("|---:|---:|---:|---:|---:|---:|---:|");
     for &w in &cfg.workers {
         let of: Vec<&TurnsRun> = runs.iter().filter(|r| r.workers == w).collect();
         let figure = |f: &dyn Fn(&TurnsRun) -> f64| of.iter().map(|r| f(r)).collect::<Vec<_>>();
@@ -228,9 +249,10 @@ fn medians(cfg: &Config, runs: &[TurnsRun]) {
         let times = |v: f64| format!("{v:.2}×");
         let plus = |v: f64| format!("{v:+.3}");
         println!(
-            "| {w} | {} | {} | {} | {} | {} |",
+            "| {w} | {} | {} | {} | {} | {} | {} |",
             report::spread(&over(1), plus),
             report::spread(&over(2), plus),
+            report::spread(&over(3), plus),
             report::spread(
                 &figure(&|r| divided(r.saturation[1].rps(), r.saturation[2].rps())),
                 times
