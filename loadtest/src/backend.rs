@@ -192,25 +192,33 @@ pub fn run(args: BackendArgs) -> Result<()> {
         let listener = TcpListener::bind("127.0.0.1:0")
             .await
             .context("binding 127.0.0.1:0")?;
-        let addr = listener.local_addr()?;
-        println!("listening {addr}");
-        let body = Bytes::from(vec![b'x'; args.body_bytes]);
-        // Standard input reaches EOF (or fails) when the parent is gone.
-        let (gone_tx, gone_rx) = tokio::sync::oneshot::channel::<()>();
-        std::thread::Builder::new()
-            .name("stdin-watch".into())
-            .spawn(move || {
-                let _ = std::io::stdin().read_to_end(&mut Vec::new());
-                let _ = gone_tx.send(());
-            })
-            .context("starting the stdin thread")?;
-        tokio::select! {
-            () = serve(listener, body) => {}
-            _ = gone_rx => {}
-            () = tokio::time::sleep(MAX_LIFETIME) => {}
-        }
+        announce(listener.local_addr()?)?;
+        serve(listener, Bytes::from(vec![b'x'; args.body_bytes])).await;
         Ok(())
     })
+}
+
+/// The child's side of [`ChildServer`]: prints `listening <addr>` for the parent, then ends
+/// this process when its standard input closes (the parent is gone) or after
+/// [`MAX_LIFETIME`], whatever the serving threads are doing.
+pub(crate) fn announce(addr: SocketAddr) -> Result<()> {
+    println!("listening {addr}");
+    std::thread::Builder::new()
+        .name("stdin-watch".into())
+        .spawn(|| {
+            // Standard input reaches EOF (or fails) when the parent is gone.
+            let _ = std::io::stdin().read_to_end(&mut Vec::new());
+            std::process::exit(0);
+        })
+        .context("starting the stdin thread")?;
+    std::thread::Builder::new()
+        .name("lifetime".into())
+        .spawn(|| {
+            std::thread::sleep(MAX_LIFETIME);
+            std::process::exit(0);
+        })
+        .context("starting the lifetime thread")?;
+    Ok(())
 }
 
 /// A child process that is this executable started again as one of its subcommands, which

@@ -18,9 +18,6 @@ use anyhow::{Context, Result, bail};
 
 use crate::backend::ChildServer;
 
-/// The longest a relay process lives, whatever happens to its parent.
-const MAX_LIFETIME: Duration = Duration::from_secs(3600);
-
 /// Each direction's buffer: larger than any request or response of the benchmark, so one
 /// read takes what one write sent.
 const BUFFER: usize = 16 * 1024;
@@ -39,22 +36,7 @@ pub fn parse(args: &[String]) -> Result<SocketAddr> {
 /// is gone.
 pub fn run(upstream: SocketAddr) -> Result<()> {
     let listener = TcpListener::bind("127.0.0.1:0").context("binding 127.0.0.1:0")?;
-    println!("listening {}", listener.local_addr()?);
-    std::thread::Builder::new()
-        .name("stdin-watch".into())
-        .spawn(|| {
-            // Standard input reaches EOF (or fails) when the parent is gone.
-            let _ = io::stdin().read_to_end(&mut Vec::new());
-            std::process::exit(0);
-        })
-        .context("starting the stdin thread")?;
-    std::thread::Builder::new()
-        .name("lifetime".into())
-        .spawn(|| {
-            std::thread::sleep(MAX_LIFETIME);
-            std::process::exit(0);
-        })
-        .context("starting the lifetime thread")?;
+    crate::backend::announce(listener.local_addr()?)?;
     serve(listener, upstream);
     Ok(())
 }

@@ -57,6 +57,8 @@ pub async fn run(
             super::plural(workers),
             cfg.fixed.rate
         );
+        // First: it is killed when dropped, so an error starting the others stops it too.
+        let mut relay = RelayProcess::start(backend.addr).await?;
         let mut p = ProxyProcess::start(
             &proxy_options(cfg, env, workers, false),
             Duration::from_secs(60),
@@ -66,14 +68,6 @@ pub async fn run(
             Ok(n) => n,
             Err(e) => {
                 p.stop().await;
-                return Err(e);
-            }
-        };
-        let mut relay = match RelayProcess::start(backend.addr).await {
-            Ok(r) => r,
-            Err(e) => {
-                p.stop().await;
-                n.stop().await;
                 return Err(e);
             }
         };
