@@ -96,6 +96,7 @@ impl SidecarPair {
             workers: o.workers,
             log_filter: o.log_filter.clone(),
             access_log: Some("off".into()),
+            max_downstream_connections: None,
         };
         let server = ProxyProcess::start(
             &start(

@@ -183,6 +183,8 @@ pub struct ProxyOptions {
     /// `--access-log-format`; `None` leaves the proxy's default (Envoy's default text format,
     /// at INFO with target `access_log`, so `log_filter` must let that through).
     pub access_log: Option<String>,
+    /// `--max-downstream-connections`; `None` leaves the proxy's default.
+    pub max_downstream_connections: Option<u64>,
 }
 
 /// A running `switchboard-proxy`: stopped with SIGTERM ([`ProxyProcess::stop`]), killed when
@@ -233,6 +235,12 @@ impl ProxyProcess {
                     .access_log
                     .iter()
                     .flat_map(|f| ["--access-log-format", f.as_str()]),
+            )
+            .args(
+                options
+                    .max_downstream_connections
+                    .iter()
+                    .flat_map(|n| ["--max-downstream-connections".to_owned(), n.to_string()]),
             )
             .env("RUST_LOG", &options.log_filter)
             .env_remove("SWITCHBOARD_PROXY_BOOTSTRAP")

@@ -57,6 +57,12 @@ pub struct Args {
     /// Worker threads; defaults to the number of CPUs.
     #[arg(long)]
     pub concurrency: Option<usize>,
+    /// Open downstream connections allowed at once, over every listener and worker (Envoy's
+    /// `global_downstream_max_connections`). A connection over it is closed as soon as it is
+    /// accepted and counted in switchboard_proxy_listener_connections_overflow_total. With
+    /// the listeners' HTTP limits it bounds the proxy's memory under load.
+    #[arg(long, default_value_t = 50_000, value_parser = clap::value_parser!(u64).range(1..))]
+    pub max_downstream_connections: u64,
     /// How long a removed listener's open connections may finish before they are closed.
     #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
     pub drain_timeout: Duration,
@@ -182,6 +188,20 @@ impl Args {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn max_downstream_connections_defaults_to_50000_and_refuses_zero() {
+        let args = Args::parse_from(["switchboard-proxy"]);
+        assert_eq!(args.max_downstream_connections, 50_000);
+        let args = Args::parse_from(["switchboard-proxy", "--max-downstream-connections", "7"]);
+        assert_eq!(args.max_downstream_connections, 7);
+        let err = Args::try_parse_from(["switchboard-proxy", "--max-downstream-connections", "0"])
+            .unwrap_err();
+        assert!(
+            err.to_string().contains("--max-downstream-connections"),
+            "{err}"
+        );
+    }
 
     #[test]
     fn flags_override_the_file() {

@@ -6,7 +6,8 @@
 //! with the OS error rather than silently missing; the previous version keeps serving.
 //!
 //! Each listener gets one socket per worker (`SO_REUSEPORT` when there are several), served
-//! on that worker's runtime with that worker's upstream pools (see [`crate::workers`]).
+//! on that worker's runtime with that worker's upstream pools (see [`crate::workers`]). All
+//! of them share one cap on open downstream connections (`--max-downstream-connections`).
 
 use std::collections::{BTreeSet, HashMap};
 use std::net::SocketAddr;
@@ -15,6 +16,7 @@ use std::time::Duration;
 
 use socket2::{Domain, Socket, Type};
 use switchboard_proxy_data::ClusterManager;
+use switchboard_proxy_data::listener::ConnectionLimit;
 use switchboard_proxy_xds::config::Listener;
 use switchboard_proxy_xds::{ConfigStore, Handler, Rejected};
 use tokio::runtime::Handle;
@@ -27,6 +29,8 @@ pub struct ListenerManager {
     store: ConfigStore,
     /// Each worker's runtime and cluster manager (its own pools, the shared cluster state).
     workers: Vec<(Handle, Arc<ClusterManager>)>,
+    /// The cap on open downstream connections, shared by every listener and worker.
+    limit: ConnectionLimit,
     drain_timeout: Duration,
     active: HashMap<String, Active>,
     /// Every serving and draining listener task; waited for at shutdown.
@@ -66,6 +70,7 @@ impl ListenerManager {
     pub fn new(
         store: ConfigStore,
         workers: Vec<(Handle, Arc<ClusterManager>)>,
+        limit: ConnectionLimit,
         drain_timeout: Duration,
     ) -> (Self, Shutdown) {
         let tasks = TaskTracker::new();
@@ -77,6 +82,7 @@ impl ListenerManager {
         let manager = Self {
             store,
             workers,
+            limit,
             drain_timeout,
             active: HashMap::new(),
             tasks,
@@ -125,6 +131,7 @@ impl ListenerManager {
         let workers = self.workers.clone();
         let tasks = self.tasks.clone();
         let drain_timeout = self.drain_timeout;
+        let limit = self.limit.clone();
         let warming = self.warming.clone();
         let listener = name.to_owned();
         let token = drain.clone();
@@ -164,6 +171,7 @@ impl ListenerManager {
                 let store = store.clone();
                 let listener = listener.clone();
                 let token = token.clone();
+                let limit = limit.clone();
                 let serve = async move {
                     // On the worker, so that the socket registers with its reactor.
                     let tcp = match tokio::net::TcpListener::from_std(socket) {
@@ -178,6 +186,7 @@ impl ListenerManager {
                         listener,
                         store,
                         clusters,
+                        limit,
                         token,
                         drain_timeout,
                     )

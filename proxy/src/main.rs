@@ -24,6 +24,7 @@ use std::sync::Arc;
 use anyhow::Context;
 use clap::Parser;
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+use switchboard_proxy_data::listener::ConnectionLimit;
 use switchboard_proxy_data::{ClusterManager, telemetry};
 use switchboard_proxy_xds::client::Handlers;
 use switchboard_proxy_xds::{ClientOptions, ConfigStore, XdsClient};
@@ -169,7 +170,11 @@ async fn run(
         .iter()
         .map(|h| (h.clone(), Arc::new(clusters.for_worker())))
         .collect();
-    let (listeners, shutdown) = ListenerManager::new(store.clone(), per_worker, args.drain_timeout);
+    let limit = ConnectionLimit::new(
+        usize::try_from(args.max_downstream_connections).unwrap_or(usize::MAX),
+    );
+    let (listeners, shutdown) =
+        ListenerManager::new(store.clone(), per_worker, limit, args.drain_timeout);
     let warming = listeners.warming();
     let handlers = Handlers {
         listeners: Box::new(listeners),

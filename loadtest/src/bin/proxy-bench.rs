@@ -68,8 +68,10 @@
 //! `proxy/pgo-build.sh`: `SWITCHBOARD_PROXY_BIN=target/pgo/dist/switchboard-proxy cargo run
 //! --release -p switchboard-loadtest --bin proxy-bench`.
 
-// The `mesh` target and the report, in files of their own (a crate root looks for modules
-// beside itself).
+// The `mesh`, `turns` and `connections` targets and the report, in files of their own (a
+// crate root looks for modules beside itself).
+#[path = "proxy-bench/connections.rs"]
+mod connections;
 #[path = "proxy-bench/mesh.rs"]
 mod mesh;
 #[path = "proxy-bench/report.rs"]
@@ -102,10 +104,12 @@ enum Kind {
     Mesh,
     /// Direct, the proxy and nginx over HTTP/1.1, up at once and measured in turns.
     Turns,
+    /// The proxy's memory against open downstream connections, up to twice its cap.
+    Connections,
 }
 
 /// Every target by its name in `PROXY_BENCH_TARGETS`.
-const TARGETS: [(&str, Kind); 12] = [
+const TARGETS: [(&str, Kind); 13] = [
     ("direct", Kind::Direct(Protocol::Http1)),
     ("direct-h2", Kind::Direct(Protocol::Http2)),
     ("direct-grpc", Kind::Direct(Protocol::Grpc)),
@@ -118,6 +122,7 @@ const TARGETS: [(&str, Kind); 12] = [
     ("nginx-grpc", Kind::Nginx(Protocol::Grpc)),
     ("mesh", Kind::Mesh),
     ("turns", Kind::Turns),
+    ("connections", Kind::Connections),
 ];
 
 /// Each protocol through direct, the proxy and nginx, the proxy with its access log, then
@@ -136,7 +141,7 @@ impl Kind {
     fn protocol(self) -> Protocol {
         match self {
             Kind::Direct(p) | Kind::Proxy(p) | Kind::Nginx(p) => p,
-            Kind::ProxyLog | Kind::Mesh | Kind::Turns => Protocol::Http1,
+            Kind::ProxyLog | Kind::Mesh | Kind::Turns | Kind::Connections => Protocol::Http1,
         }
     }
 }
@@ -154,6 +159,8 @@ struct Config {
     client_threads: usize,
     /// The mesh's new-connection loop: connections at a time.
     handshake_connections: usize,
+    /// The `connections` target: the proxy's `--max-downstream-connections`.
+    connection_cap: usize,
     backend: BackendArgs,
     request_timeout: Duration,
     deadline: Duration,
@@ -190,6 +197,10 @@ impl Config {
             .collect::<Result<Vec<_>>>()?;
         let duration = secs("PROXY_BENCH_SECS", 6)?;
         let rounds = count_from_env("PROXY_BENCH_ROUNDS", 1)?;
+        let connection_cap = count_from_env("PROXY_BENCH_CONNECTION_CAP", 2000)?;
+        if !(4..=20_000).contains(&connection_cap) {
+            bail!("PROXY_BENCH_CONNECTION_CAP: {connection_cap} is not between 4 and 20000");
+        }
         if !(1..=20).contains(&rounds) {
             bail!("PROXY_BENCH_ROUNDS: {rounds} is not a round count (1 to 20)");
         }
@@ -212,6 +223,7 @@ impl Config {
             h2_streams: count_from_env("PROXY_BENCH_H2_STREAMS", 16)?,
             client_threads: count_from_env("PROXY_BENCH_CLIENT_THREADS", 1)?,
             handshake_connections: count_from_env("PROXY_BENCH_HANDSHAKE_CONNECTIONS", 8)?,
+            connection_cap,
             backend: BackendArgs {
                 threads: count_from_env("PROXY_BENCH_BACKEND_THREADS", 1)?,
                 body_bytes: count_from_env("PROXY_BENCH_BODY_BYTES", 1024)?,
@@ -466,6 +478,7 @@ fn proxy_options(cfg: &Config, env: &ProxyEnv, workers: usize, logged: bool) -> 
             cfg.proxy_log.clone()
         },
         access_log: (!logged).then(|| "off".into()),
+        max_downstream_connections: None,
     }
 }
 
@@ -613,7 +626,7 @@ async fn run(cfg: Config) -> Result<()> {
     if any(|k| {
         matches!(
             k,
-            Kind::Proxy(_) | Kind::ProxyLog | Kind::Mesh | Kind::Turns
+            Kind::Proxy(_) | Kind::ProxyLog | Kind::Mesh | Kind::Turns | Kind::Connections
         )
     }) {
         proxy::binary()?;
@@ -626,6 +639,7 @@ async fn run(cfg: Config) -> Result<()> {
     let mut notes = Vec::new();
     let mut mesh_runs = Vec::new();
     let mut turns_runs = Vec::new();
+    let mut connections_runs = Vec::new();
     let mut env: Option<ProxyEnv> = None;
     let outcome = async {
         for (this, &kind) in (1..=cfg.rounds).flat_map(|r| cfg.kinds.iter().map(move |k| (r, k))) {
@@ -642,6 +656,11 @@ async fn run(cfg: Config) -> Result<()> {
                     let target = target(backend.addr, protocol, HOST.into(), &cfg);
                     let label = Label::new(kind, None, round);
                     results.push(measure(label, &target, &backend, groups, &cfg, ticks).await?);
+                }
+                Kind::Connections if this > 1 => {}
+                Kind::Connections => {
+                    let e = ProxyEnv::once(&mut env, &backend).await?;
+                    connections_runs = connections::run(&cfg, e, &backend).await?;
                 }
                 Kind::Turns => {
                     let e = ProxyEnv::once(&mut env, &backend).await?;
@@ -704,6 +723,7 @@ async fn run(cfg: Config) -> Result<()> {
     );
     mesh::report(&cfg, &results, &mesh_runs, ticks);
     turns::report(&cfg, &turns_runs);
+    connections::report(&connections_runs);
     Ok(())
 }
 

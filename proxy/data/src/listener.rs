@@ -11,6 +11,8 @@
 //!
 //! - `http_conn`: one HTTP connection (protocol choice, hyper's server under the listener's
 //!   limits and timeouts, graceful shutdown).
+//! - `limit`: the process's cap on open downstream connections ([`ConnectionLimit`]), checked
+//!   at accept.
 //!
 //! Draining ([`run`]'s `drain` token cancelled): the socket is closed at once so the port is
 //! free; HTTP/1 connections finish their in-flight request and close, HTTP/2 connections
@@ -19,8 +21,10 @@
 //! gone.
 
 mod http_conn;
+mod limit;
 
 use http_conn::Downstream;
+pub use limit::ConnectionLimit;
 
 use std::io;
 use std::net::SocketAddr;
@@ -45,7 +49,8 @@ use crate::cluster::ClusterManager;
 use crate::http::HttpHandler;
 use crate::rbac::{self, Subject};
 use crate::telemetry::{
-    DownstreamAddrs, LISTENER_ACTIVE_CONNECTIONS, LISTENER_CONNECTIONS_TOTAL, RBAC_DENIED_TOTAL,
+    DownstreamAddrs, LISTENER_ACTIVE_CONNECTIONS, LISTENER_CONNECTIONS_OVERFLOW_TOTAL,
+    LISTENER_CONNECTIONS_TOTAL, RBAC_DENIED_TOTAL,
 };
 use crate::tls::PeerIdentity;
 
@@ -71,7 +76,12 @@ pub async fn serve(
     store: ConfigStore,
     clusters: Arc<ClusterManager>,
 ) -> Result<(), AcceptError> {
-    let ctx = Ctx::new(listener.into(), store, clusters);
+    let ctx = Ctx::new(
+        listener.into(),
+        store,
+        clusters,
+        ConnectionLimit::unlimited(),
+    );
     // A drain token nobody cancels.
     serve_until(tcp, ctx, CancellationToken::new(), Duration::ZERO).await
 }
@@ -80,17 +90,19 @@ pub async fn serve(
 /// closed, at most about `drain_timeout` after the drain started.
 ///
 /// Upstream state (cluster state and pools) is the process's `clusters`, shared with every
-/// other listener. An accept error that is not transient (an [`AcceptError`]) is logged and
-/// starts the drain as well.
+/// other listener, and so is `limit`, the cap on open downstream connections: one over it is
+/// closed as soon as it is accepted. An accept error that is not transient (an
+/// [`AcceptError`]) is logged and starts the drain as well.
 pub async fn run(
     tcp: TcpListener,
     name: String,
     store: ConfigStore,
     clusters: Arc<ClusterManager>,
+    limit: ConnectionLimit,
     drain: CancellationToken,
     drain_timeout: Duration,
 ) {
-    let ctx = Ctx::new(name, store, clusters);
+    let ctx = Ctx::new(name, store, clusters, limit);
     if let Err(e) = serve_until(tcp, ctx, drain, drain_timeout).await {
         tracing::error!(error = %e, "the listener stopped accepting connections");
     }
@@ -148,6 +160,7 @@ struct Ctx {
     store: ConfigStore,
     clusters: Arc<ClusterManager>,
     http: Arc<HttpHandler>,
+    limit: ConnectionLimit,
     /// The TLS acceptor of the last TLS configuration seen (or why it is unusable), rebuilt
     /// when the listener's TLS configuration or one of its SDS secrets changes: new
     /// handshakes use the new certificate, open connections keep theirs.
@@ -168,7 +181,12 @@ struct Acceptor {
 }
 
 impl Ctx {
-    fn new(name: String, store: ConfigStore, clusters: Arc<ClusterManager>) -> Arc<Self> {
+    fn new(
+        name: String,
+        store: ConfigStore,
+        clusters: Arc<ClusterManager>,
+        limit: ConnectionLimit,
+    ) -> Arc<Self> {
         Arc::new(Ctx {
             http: Arc::new(HttpHandler::new(
                 name.clone(),
@@ -178,6 +196,7 @@ impl Ctx {
             name,
             store,
             clusters,
+            limit,
             tls: tokio::sync::Mutex::new(None),
         })
     }
@@ -231,9 +250,12 @@ async fn accept_loop(
             () = drain.cancelled() => return Ok(()),
             Some(done) = conns.join_next(), if !conns.is_empty() => log_join(done),
             accepted = tcp.accept() => match accepted {
-                Ok((stream, peer)) => {
-                    spawn_connection(conns, ctx, stream, peer, conn_drain, kill);
-                }
+                Ok((stream, peer)) => match ctx.limit.try_acquire() {
+                    Some(permit) => {
+                        spawn_connection(conns, ctx, stream, peer, permit, conn_drain, kill);
+                    }
+                    None => refuse_over_limit(ctx, stream, peer),
+                },
                 Err(e) if is_transient(&e) => {
                     // Out of file descriptors and the like: back off instead of spinning.
                     tracing::warn!(listener = %ctx.name, error = %e, "accept failed; retrying");
@@ -258,6 +280,7 @@ fn spawn_connection(
     ctx: &Arc<Ctx>,
     stream: TcpStream,
     peer: SocketAddr,
+    permit: limit::Permit,
     conn_drain: &CancellationToken,
     kill: &CancellationToken,
 ) {
@@ -270,10 +293,29 @@ fn spawn_connection(
     conns.spawn(
         async move {
             let _open = open;
+            let _permit = permit;
             connection(stream, &ctx, drain, kill).await;
         }
         .instrument(span),
     );
+}
+
+/// Closes a connection accepted over the process's cap: counted, and logged at most once a
+/// second so that a flood does not flood the log.
+fn refuse_over_limit(ctx: &Ctx, stream: TcpStream, peer: SocketAddr) {
+    drop(stream);
+    metrics::counter!(LISTENER_CONNECTIONS_OVERFLOW_TOTAL, "listener" => ctx.name.clone())
+        .increment(1);
+    if ctx.limit.should_warn() {
+        tracing::warn!(
+            listener = %ctx.name,
+            %peer,
+            max = ctx.limit.max(),
+            "downstream connection limit reached; closing new connections"
+        );
+    } else {
+        tracing::debug!(listener = %ctx.name, %peer, "over the connection limit; closed");
+    }
 }
 
 /// The active-connections gauge, decremented however the connection task ends.
@@ -390,7 +432,13 @@ async fn connection(
     let Some(acceptor) = acceptor else {
         return;
     };
-    let handshake = tokio::time::timeout(tls.handshake_timeout, acceptor.tls.accept(stream));
+    // Boxed, as is the TLS connection's dispatch below: a connection's task is as large as
+    // the largest state it can be in, and each idle plaintext HTTP/1 connection would
+    // otherwise carry room for a TLS handshake and a TLS stream.
+    let handshake = Box::pin(tokio::time::timeout(
+        tls.handshake_timeout,
+        acceptor.tls.accept(stream),
+    ));
     let stream = tokio::select! {
         done = handshake => match done {
             Ok(Ok(s)) => s,
@@ -412,7 +460,7 @@ async fn connection(
         return;
     }
     let downstream = Downstream { addrs, peer };
-    dispatch(stream, alpn, downstream, mode, ctx, drain, kill).await;
+    Box::pin(dispatch(stream, alpn, downstream, mode, ctx, drain, kill)).await;
 }
 
 /// Runs the accepting filter chain's RBAC network filters once the peer is known; a denied
@@ -494,8 +542,9 @@ async fn dispatch<S>(
 {
     match mode {
         // TCP connections are not cut by the drain, only at its deadline.
+        // Boxed so that an HTTP connection's task has no room for a TCP relay.
         Mode::Tcp(t, snapshot) => tokio::select! {
-            () = crate::tcp::relay(io, &ctx.name, &t, snapshot, &ctx.clusters.registry) => {}
+            () = Box::pin(crate::tcp::relay(io, &ctx.name, &t, snapshot, &ctx.clusters.registry)) => {}
             () = kill.cancelled() => {}
         },
         Mode::Http(limits) => {

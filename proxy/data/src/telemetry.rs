@@ -59,6 +59,10 @@ pub const MIRRORED_REQUESTS_TOTAL: &str = "switchboard_proxy_mirrored_requests_t
 pub const LISTENER_ACTIVE_CONNECTIONS: &str = "switchboard_proxy_listener_active_connections";
 /// Accepted downstream connections, by listener.
 pub const LISTENER_CONNECTIONS_TOTAL: &str = "switchboard_proxy_listener_connections_total";
+/// Downstream connections closed at accept because the process was at its connection limit
+/// (`--max-downstream-connections`), by listener: Envoy's `downstream_global_cx_overflow`.
+pub const LISTENER_CONNECTIONS_OVERFLOW_TOTAL: &str =
+    "switchboard_proxy_listener_connections_overflow_total";
 /// Bytes relayed by TCP proxy listeners, by listener and direction.
 pub const TCP_BYTES_TOTAL: &str = "switchboard_proxy_tcp_bytes_total";
 /// Requests (`filter="http"`, answered 403) and connections (`filter="network"`, closed)
@@ -135,6 +139,11 @@ pub fn describe_metrics() {
         LISTENER_CONNECTIONS_TOTAL,
         Unit::Count,
         "Accepted downstream connections"
+    );
+    describe_counter!(
+        LISTENER_CONNECTIONS_OVERFLOW_TOTAL,
+        Unit::Count,
+        "Downstream connections closed at accept because the process was at its connection limit"
     );
     describe_counter!(
         RBAC_DENIED_TOTAL,

@@ -13,6 +13,8 @@ use bytes::Bytes;
 use http::{Request, StatusCode, Version};
 use http_body_util::{BodyExt, Empty};
 use hyper_util::rt::{TokioExecutor, TokioIo};
+use switchboard_proxy_data::ClusterManager;
+use switchboard_proxy_data::listener::ConnectionLimit;
 use switchboard_proxy_xds::ConfigStore;
 use switchboard_proxy_xds::config::cluster::{OutlierDetection, UpstreamProtocol};
 use switchboard_proxy_xds::config::listener::{ClientValidation, DataSource, HttpLimits};
@@ -255,6 +257,54 @@ async fn tcp_max_connections_closes_the_overflowing_client() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     assert_eq!(third.as_ref().map(|b| &b[..]), Some(&b"three"[..]));
+}
+
+#[tokio::test]
+async fn connections_over_the_process_limit_are_closed_and_counted() {
+    metrics();
+    let store = tcp_echo_store("tcp-limited", None).await;
+    let limit = ConnectionLimit::new(2);
+    let running = start_limited(
+        &store,
+        "tcp-limited",
+        Duration::from_secs(5),
+        Arc::new(ClusterManager::new()),
+        limit.clone(),
+    )
+    .await;
+    let mut first = TcpStream::connect(running.addr).await.unwrap();
+    let mut second = TcpStream::connect(running.addr).await.unwrap();
+    assert_eq!(echo(&mut first, b"one").await, b"one");
+    assert_eq!(echo(&mut second, b"two").await, b"two");
+    assert_eq!(limit.open(), 2);
+    // At the cap: the third is accepted and closed at once, and counted.
+    let mut third = TcpStream::connect(running.addr).await.unwrap();
+    assert!(closed_within(&mut third, Duration::from_secs(10)).await);
+    assert_eq!(
+        metric(
+            "switchboard_proxy_listener_connections_overflow_total",
+            &[("listener", "tcp-limited")]
+        ),
+        Some(1.0)
+    );
+    // The two admitted connections go on.
+    assert_eq!(echo(&mut first, b"still").await, b"still");
+    // Once one closes, its place is free again.
+    drop(first);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while limit.open() > 1 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(limit.open(), 1);
+    let mut fourth = TcpStream::connect(running.addr).await.unwrap();
+    assert_eq!(echo(&mut fourth, b"four").await, b"four");
+    assert_eq!(
+        metric(
+            "switchboard_proxy_listener_connections_overflow_total",
+            &[("listener", "tcp-limited")]
+        ),
+        Some(1.0)
+    );
 }
 
 #[tokio::test]

@@ -151,14 +151,16 @@ pub(super) async fn serve<S>(
                 .keep_alive_timeout(k.timeout);
         }
         let conn = builder.serve_connection(io, svc);
-        drive(
+        // Boxed: HTTP/2's connection state is several times HTTP/1's, and an HTTP/1
+        // connection's task would otherwise carry room for it while it idles.
+        Box::pin(drive(
             conn,
             |c: Pin<&mut _>| http2::Connection::graceful_shutdown(c),
             &state,
             &limits,
             drain,
             kill,
-        )
+        ))
         .await;
     } else {
         let mut builder = http1::Builder::new();

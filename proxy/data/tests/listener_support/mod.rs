@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use switchboard_proxy_data::ClusterManager;
+use switchboard_proxy_data::listener::ConnectionLimit;
 use switchboard_proxy_xds::ConfigStore;
 use switchboard_proxy_xds::config::cluster::UpstreamProtocol;
 use switchboard_proxy_xds::config::listener::{DataSource, DownstreamTls, ListenerKind, TcpProxy};
@@ -41,6 +42,24 @@ pub async fn start_with(
     drain_timeout: Duration,
     clusters: Arc<ClusterManager>,
 ) -> Running {
+    start_limited(
+        store,
+        name,
+        drain_timeout,
+        clusters,
+        ConnectionLimit::unlimited(),
+    )
+    .await
+}
+
+/// [`start_with`] under a cap on open downstream connections.
+pub async fn start_limited(
+    store: &ConfigStore,
+    name: &str,
+    drain_timeout: Duration,
+    clusters: Arc<ClusterManager>,
+    limit: ConnectionLimit,
+) -> Running {
     let tcp = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = tcp.local_addr().unwrap();
     let drain = CancellationToken::new();
@@ -49,6 +68,7 @@ pub async fn start_with(
         name.to_owned(),
         store.clone(),
         clusters,
+        limit,
         drain.clone(),
         drain_timeout,
     ));
