@@ -8,7 +8,7 @@
 # last one), and the proxy then runs at about 0.5 instructions per ns. Its hot path crosses
 # hyper, tokio, rustls and our crates; laid out by a profile, the code that runs per request
 # sits together and its branches fall through, which is what LLVM's PGO does
-# (loadtest/README.md has the figures with and without).
+# (loadtest/proxy-bench-log.md, twelfth session, has the figures with and without).
 #
 # Steps, each in its own target directory, so that neither RUSTFLAGS touches the ordinary
 # `target/dist` build:

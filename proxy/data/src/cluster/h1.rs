@@ -3,10 +3,10 @@
 //! Why not hyper's client for these: it gives every connection a task of its own and passes
 //! each request and response through channels between that task and the request's. For a
 //! request with no body, that hand-over was about a fifth of the proxy's instructions per
-//! request (loadtest/README.md, fourteenth session). Here the request's task writes the
-//! head, httparse (the parser hyper uses) reads the response head, and the response body
-//! reads its own bytes; a connection with nothing in flight sits in its host's idle list
-//! and has no task.
+//! request (loadtest/proxy-bench-log.md, fourteenth session). Here the request's task writes
+//! the head, httparse (the parser hyper uses) reads the response head, and the response body
+//! reads its own bytes; a connection with nothing in flight sits in its host's idle list and
+//! has no task.
 //!
 //! Only requests [`eligible`] take this path: no body to send, no upgrade, not `CONNECT`,
 //! plaintext. Everything else (bodies, upgrades, TLS, HTTP/2) stays on hyper's client.

@@ -15,8 +15,8 @@
 //! connection from the request's own task instead saves one task poll per request, and was
 //! measured and not kept: hyper's client still passes the request and the response through
 //! its channels, whose wake-ups then poll the request's task again, and the instructions
-//! per request rose by 3% (loadtest/README.md, thirteenth session). Leaving out hyper's
-//! client for requests without a body, as [`h1`] does, saved 22% (fourteenth session).
+//! per request rose by 3% (loadtest/proxy-bench-log.md, thirteenth session). Without hyper's
+//! client for requests with no body, as [`h1`] does, they fell by 22% (fourteenth session).
 //!
 //! The two paths share each endpoint's connection slots (`max_connections`): a request
 //! waiting for a slot takes a connection of its own path handed back meanwhile, or closes
