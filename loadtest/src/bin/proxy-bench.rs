@@ -33,7 +33,10 @@
 //!      or 500 ms (saturation), so that the machine's slow spells fall on all three alike
 //!      (see `turns.rs` and `switchboard_loadtest::turns`); at the fixed rate a bare TCP
 //!      relay (`proxy-bench relay`, `switchboard_loadtest::relay`) takes turns too, the
-//!      floor of what one more hop costs.
+//!      floor of what one more hop costs;
+//!    - `connections` (not in the default list): the proxy with `--max-downstream-connections`
+//!      `PROXY_BENCH_CONNECTION_CAP` (2000), then nginx, each given keep-alive connections up
+//!      to twice that, one `GET` each, with RSS after each step (see `connections.rs`).
 //! 3. Load (this process, tokio + hyper client, keep-alive connections, `Host: bench.local`):
 //!    - fixed rate: an open loop of `PROXY_BENCH_RATE` (1000) requests per second over
 //!      `PROXY_BENCH_RATE_CONNECTIONS` (16) connections for `PROXY_BENCH_SECS` (6) s after
@@ -58,6 +61,7 @@
 //! with more than one, the "vs nginx" table comes per round and then as the median of the
 //! rounds), `PROXY_BENCH_CLIENT_THREADS` (1), `PROXY_BENCH_BACKEND_THREADS` (1),
 //! `PROXY_BENCH_HANDSHAKE_CONNECTIONS` (8, the mesh's new-connection loop),
+//! `PROXY_BENCH_CONNECTION_CAP` (2000, the `connections` target's cap),
 //! `PROXY_BENCH_TIMEOUT_SECS` (900 per round, the whole run), `PROXY_BENCH_PROXY_LOG` (`warn`, the
 //! proxy's `RUST_LOG`). Binaries: `SWITCHBOARD_BIN` (default `target/release/switchboard`),
 //! `SWITCHBOARD_PROXY_BIN` (default `target/dist/switchboard-proxy`: LTO; the proxy as it
