@@ -157,20 +157,20 @@ pub(crate) fn micros(d: Duration) -> u64 {
     u64::try_from(d.as_micros()).unwrap_or(u64::MAX).max(1)
 }
 
-/// One keep-alive connection, reopened when the server closed it or a request failed.
-pub(crate) struct Connection {
+/// One keep-alive HTTP/1.1 connection, reopened when the server closed it or a request
+/// failed (counted in [`Connection::reconnects`]). The load's lanes drive it; proxy-bench's
+/// `connections` target holds many of them open.
+#[derive(Default)]
+pub struct Connection {
     sender: Option<SendRequest<Empty<Bytes>>>,
     reconnects: u64,
     opened: bool,
 }
 
 impl Connection {
-    fn new() -> Connection {
-        Connection {
-            sender: None,
-            reconnects: 0,
-            opened: false,
-        }
+    /// How many times the connection was reopened after its first request.
+    pub fn reconnects(&self) -> u64 {
+        self.reconnects
     }
 
     async fn open(addr: SocketAddr) -> Result<SendRequest<Empty<Bytes>>, Failure> {
@@ -216,9 +216,9 @@ impl Connection {
         crate::target::check_response(response, target).await
     }
 
-    /// One GET within the target's timeout. After a failure the connection is dropped: its
-    /// state is unknown.
-    async fn request(&mut self, target: &Target) -> Result<(), Failure> {
+    /// One GET within the target's timeout, answered as the target expects. After a failure
+    /// the connection is dropped: its state is unknown.
+    pub async fn request(&mut self, target: &Target) -> Result<(), Failure> {
         let result = match tokio::time::timeout(target.timeout, self.get(target)).await {
             Ok(r) => r,
             Err(_) => Err(Failure::Timeout),
@@ -242,7 +242,7 @@ pub(crate) enum Lane {
 pub(crate) fn lanes(target: &Target, n: usize) -> Result<(Vec<Lane>, Vec<Arc<h2load::Shared>>)> {
     if target.protocol == Protocol::Http1 {
         return Ok((
-            (0..n).map(|_| Lane::H1(Connection::new())).collect(),
+            (0..n).map(|_| Lane::H1(Connection::default())).collect(),
             Vec::new(),
         ));
     }

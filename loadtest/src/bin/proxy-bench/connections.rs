@@ -15,20 +15,13 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use anyhow::{Context, Result, bail};
-use bytes::Bytes;
-use http::{Request, StatusCode, header};
-use http_body_util::{BodyExt, Empty};
-use hyper::client::conn::http1::SendRequest;
-use hyper_util::rt::TokioIo;
-use switchboard_loadtest::load::Protocol;
+use anyhow::{Result, bail};
+use switchboard_loadtest::load::{self, Connection, Failure, Protocol, Target};
 use switchboard_loadtest::nginx::Nginx;
 use switchboard_loadtest::procfs;
 use switchboard_loadtest::proxy::ProxyProcess;
-use tokio::net::TcpStream;
-use tokio::task::JoinHandle;
 
-use super::{BackendProcess, Config, HOST, ProxyEnv, proxy_options};
+use super::{BackendProcess, Config, HOST, ProxyEnv, proxy_options, target};
 
 /// The overflow counter's name in the proxy's Prometheus text.
 const OVERFLOW_METRIC: &str = "switchboard_proxy_listener_connections_overflow_total";
@@ -59,12 +52,6 @@ struct Step {
     rss_kib: u64,
 }
 
-/// A kept connection: its request sender and the task driving it.
-struct Kept {
-    sender: SendRequest<Empty<Bytes>>,
-    task: JoinHandle<()>,
-}
-
 /// Runs the target once per worker count of `cfg`: the proxy, then nginx.
 pub async fn run(
     cfg: &Config,
@@ -85,8 +72,9 @@ pub async fn run(
         let mut p = ProxyProcess::start(&options, Duration::from_secs(60)).await?;
         let addr = SocketAddr::from(([127, 0, 0, 1], env.gateway.port));
         let host = env.gateway.host(Protocol::Http1);
+
         let measured = async {
-            let stepped = measure(cfg, &[p.pid], addr, &host, cap).await?;
+            let stepped = measure(&target(addr, Protocol::Http1, host, cfg), &[p.pid], cap).await?;
             Ok::<_, anyhow::Error>((stepped, overflow_counted(&p).await?))
         }
         .await;
@@ -99,7 +87,8 @@ pub async fn run(
             }
         };
         let mut n = Nginx::start(backend.addr, workers, Protocol::Http1).await?;
-        let measured = measure(cfg, &n.pids(), n.addr, HOST, cap).await;
+        let nginx_target = target(n.addr, Protocol::Http1, HOST.into(), cfg);
+        let measured = measure(&nginx_target, &n.pids(), cap).await;
         let log = n.log();
         n.stop().await;
         let nginx = measured.map_err(|e| e.context(format!("nginx's log:\n{log}")))?;
@@ -114,26 +103,23 @@ pub async fn run(
     Ok(runs)
 }
 
-/// Opens connections to `addr` in steps up to twice `cap`, reading the memory of `pids`
+/// Opens connections to `target` in steps up to twice `cap`, reading the memory of `pids`
 /// (summed) after each step, then asks every kept connection once more.
-async fn measure(
-    cfg: &Config,
-    pids: &[u32],
-    addr: SocketAddr,
-    host: &str,
-    cap: usize,
-) -> Result<Stepped> {
+async fn measure(target: &Target, pids: &[u32], cap: usize) -> Result<Stepped> {
     let idle_rss_kib = procfs::sample_all(pids)?.rss_kib;
-    let mut kept: Vec<Kept> = Vec::with_capacity(cap);
+    let mut kept: Vec<Connection> = Vec::with_capacity(cap);
     let mut refused = 0;
     let mut steps = Vec::new();
     let mut attempted = 0;
-    for target in [cap / 4, cap / 2, 3 * cap / 4, cap, 3 * cap / 2, 2 * cap] {
-        while attempted < target {
+    for step in [cap / 4, cap / 2, 3 * cap / 4, cap, 3 * cap / 2, 2 * cap] {
+        while attempted < step {
             attempted += 1;
-            match open(addr, host, cfg.request_timeout).await? {
-                Some(k) => kept.push(k),
-                None => refused += 1,
+            let mut connection = Connection::default();
+            match connection.request(target).await {
+                Ok(()) => kept.push(connection),
+                // Closed at accept (or refused at connect): what a server over its cap does.
+                Err(Failure::Io | Failure::Connect) => refused += 1,
+                Err(f) => bail!("{}: a new connection's request failed: {f:?}", target.addr),
             }
         }
         // Let the closes of refused connections and the allocator settle.
@@ -145,14 +131,13 @@ async fn measure(
             rss_kib: procfs::sample_all(pids)?.rss_kib,
         });
     }
+    // Answered on the same connection: a request the connection had to be reopened for
+    // does not count.
     let mut answered_again = 0;
-    for k in &mut kept {
-        if get(&mut k.sender, host, cfg.request_timeout).await.is_ok() {
+    for connection in &mut kept {
+        if connection.request(target).await.is_ok() && connection.reconnects() == 0 {
             answered_again += 1;
         }
-    }
-    for k in kept {
-        k.task.abort();
     }
     Ok(Stepped {
         idle_rss_kib,
@@ -161,103 +146,15 @@ async fn measure(
     })
 }
 
-/// Opens a connection and sends one `GET`: `Some` when the proxy answered 200 and kept the
-/// connection, `None` when it closed it instead. Anything else is an error of the run.
-async fn open(addr: SocketAddr, host: &str, timeout: Duration) -> Result<Option<Kept>> {
-    let tcp = TcpStream::connect(addr)
-        .await
-        .with_context(|| format!("connecting to the proxy at {addr} (out of file descriptors?)"))?;
-    tcp.set_nodelay(true)?;
-    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp)).await?;
-    let task = tokio::spawn(async move {
-        let _ = conn.await;
-    });
-    match get(&mut sender, host, timeout).await {
-        Ok(()) => Ok(Some(Kept { sender, task })),
-        Err(Refusal::Closed) => {
-            task.abort();
-            Ok(None)
-        }
-        Err(Refusal::Other(e)) => {
-            task.abort();
-            Err(e)
-        }
-    }
-}
-
-enum Refusal {
-    /// The peer closed the connection: what the proxy does over its cap.
-    Closed,
-    Other(anyhow::Error),
-}
-
-/// One `GET /` that must be answered 200 with its whole body.
-async fn get(
-    sender: &mut SendRequest<Empty<Bytes>>,
-    host: &str,
-    timeout: Duration,
-) -> Result<(), Refusal> {
-    let request = Request::get("/")
-        .header(header::HOST, host)
-        .body(Empty::new())
-        .map_err(|e| Refusal::Other(e.into()))?;
-    let exchange = async {
-        sender.ready().await.map_err(|_| Refusal::Closed)?;
-        let response = sender.send_request(request).await.map_err(|e| {
-            if e.is_closed() || e.is_incomplete_message() || e.is_canceled() || reset(&e) {
-                Refusal::Closed
-            } else {
-                Refusal::Other(e.into())
-            }
-        })?;
-        let status = response.status();
-        response
-            .into_body()
-            .collect()
-            .await
-            .map_err(|e| Refusal::Other(e.into()))?;
-        if status == StatusCode::OK {
-            Ok(())
-        } else {
-            Err(Refusal::Other(anyhow::anyhow!("answered {status}")))
-        }
-    };
-    match tokio::time::timeout(timeout, exchange).await {
-        Ok(result) => result,
-        Err(_) => Err(Refusal::Other(anyhow::anyhow!(
-            "no answer within {timeout:?}"
-        ))),
-    }
-}
-
-/// Whether `e` comes from the peer resetting the connection: a proxy closing it at
-/// accept with the request unread.
-fn reset(e: &hyper::Error) -> bool {
-    use std::io::ErrorKind as K;
-    let mut source = std::error::Error::source(e);
-    while let Some(s) = source {
-        if let Some(io) = s.downcast_ref::<std::io::Error>() {
-            return matches!(io.kind(), K::ConnectionReset | K::BrokenPipe);
-        }
-        source = s.source();
-    }
-    false
-}
-
 /// The proxy's overflow counter, summed over its listeners.
 async fn overflow_counted(p: &ProxyProcess) -> Result<u64> {
-    let url = format!("http://{}/stats", p.admin);
-    let text = reqwest::get(&url)
-        .await
-        .and_then(reqwest::Response::error_for_status)
-        .with_context(|| format!("GET {url}"))?
-        .text()
-        .await?;
+    let stats = load::get(p.admin, "/stats").await?;
+    let text = String::from_utf8_lossy(&stats);
     let mut total = 0.0;
     for line in text.lines().filter(|l| l.starts_with(OVERFLOW_METRIC)) {
         match line.rsplit(' ').next().map(str::parse::<f64>) {
             Some(Ok(v)) => total += v,
-            _ => bail!("{url}: cannot read {line:?}"),
+            _ => bail!("the proxy's /stats: cannot read {line:?}"),
         }
     }
     Ok(total as u64)
