@@ -141,6 +141,7 @@ fn init_logging(args: &Args, writer: LogWriter) -> anyhow::Result<Option<telemet
     Ok(guard)
 }
 
+/// Installs the recorder and starts its upkeep on the current runtime.
 fn init_metrics() -> anyhow::Result<PrometheusHandle> {
     let handle = PrometheusBuilder::new()
         .set_buckets_for_metric(
@@ -151,6 +152,11 @@ fn init_metrics() -> anyhow::Result<PrometheusHandle> {
         .install_recorder()
         .context("installing the metrics recorder")?;
     telemetry::describe_metrics();
+    // Without it, every request's latency sample is held until /stats is scraped.
+    switchboard_runtime::metrics::spawn_upkeep(
+        handle.clone(),
+        switchboard_runtime::metrics::UPKEEP_PERIOD,
+    );
     Ok(handle)
 }
 

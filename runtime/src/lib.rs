@@ -10,6 +10,8 @@
 //! - [`collector`] (feature `otlp-collector`): an OTLP trace collector for tests.
 //! - [`otel`]: OpenTelemetry span context carried across tasks, W3C `traceparent`, and
 //!   (feature `otlp`) the OTLP/gRPC exporter layer.
+//! - [`metrics`] (feature `prometheus`): the Prometheus recorder's upkeep, without which
+//!   histogram samples pile up until a scrape.
 
 use std::time::Duration;
 
@@ -17,6 +19,8 @@ use std::time::Duration;
 pub mod collector;
 #[cfg(feature = "testing")]
 pub mod leaks;
+#[cfg(feature = "prometheus")]
+pub mod metrics;
 pub mod otel;
 #[cfg(feature = "testing")]
 pub mod ports;

@@ -34,8 +34,9 @@ const BYTES: &[f64] = &[
 /// Writes per group commit (at most 64).
 const GROUP: &[f64] = &[1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0];
 
-/// Installs the recorder (every histogram with buckets, none a summary) and describes every
-/// documented metric.
+/// Installs the recorder (every histogram with buckets, none a summary), starts its upkeep
+/// on the current runtime (without it, histogram samples are held until a scrape) and
+/// describes every documented metric.
 pub fn install() -> anyhow::Result<PrometheusHandle> {
     let handle = PrometheusBuilder::new()
         .set_buckets_for_metric(
@@ -54,6 +55,10 @@ pub fn install() -> anyhow::Result<PrometheusHandle> {
         .context("metrics buckets")?
         .install_recorder()
         .context("cannot install the metrics recorder")?;
+    switchboard_runtime::metrics::spawn_upkeep(
+        handle.clone(),
+        switchboard_runtime::metrics::UPKEEP_PERIOD,
+    );
     for m in documented() {
         match m.kind {
             "counter" => metrics::describe_counter!(m.name, m.help),

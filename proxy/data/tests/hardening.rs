@@ -199,6 +199,28 @@ async fn h2_raw(addr: SocketAddr) -> TcpStream {
     s
 }
 
+/// With the default `max_headers_count` (Envoy's 100), left to hyper's own cap: 100 request
+/// headers are served, 101 are answered 431.
+#[tokio::test]
+async fn the_default_header_count_admits_100_and_answers_431_above() {
+    assert_eq!(HttpLimits::default().max_headers_count, 100);
+    let (running, _store) = http_proxy("default-count", HttpLimits::default()).await;
+    let addr = running.addr;
+    for (count, status) in [(100, "200"), (101, "431")] {
+        // `host` and `connection` are two of them; `close` ends the exchange either way.
+        let extra: String = (2..count).map(|i| format!("x-h{i}: v\r\n")).collect();
+        let request = format!("GET / HTTP/1.1\r\nhost: x\r\nconnection: close\r\n{extra}\r\n");
+        let reply = exchange(addr, request.as_bytes(), false, Duration::from_secs(10))
+            .await
+            .expect("the connection was not closed");
+        assert!(
+            reply.starts_with(format!("HTTP/1.1 {status}").as_bytes()),
+            "{count} headers: {:?}",
+            String::from_utf8_lossy(&reply)
+        );
+    }
+}
+
 #[tokio::test]
 async fn oversized_headers_get_431_and_neighbours_are_unaffected() {
     let limits = HttpLimits {
