@@ -153,10 +153,7 @@ fn init_metrics() -> anyhow::Result<PrometheusHandle> {
         .context("installing the metrics recorder")?;
     telemetry::describe_metrics();
     // Without it, every request's latency sample is held until /stats is scraped.
-    switchboard_runtime::metrics::spawn_upkeep(
-        handle.clone(),
-        switchboard_runtime::metrics::UPKEEP_PERIOD,
-    );
+    switchboard_runtime::metrics::spawn_upkeep(handle.clone());
     Ok(handle)
 }
 

@@ -21,10 +21,10 @@ use tokio::time::MissedTickBehavior;
 /// task, which `install_recorder` does not start, waits 5 s.
 pub const UPKEEP_PERIOD: Duration = Duration::from_secs(1);
 
-/// Drains `handle`'s histogram samples into their buckets every `period` on the current
-/// tokio runtime, until the runtime stops or the task is aborted.
-pub fn spawn_upkeep(handle: PrometheusHandle, period: Duration) -> JoinHandle<()> {
-    tokio::spawn(every(period, move || handle.run_upkeep()))
+/// Drains `handle`'s histogram samples into their buckets every [`UPKEEP_PERIOD`] on the
+/// current tokio runtime, until the runtime stops or the task is aborted.
+pub fn spawn_upkeep(handle: PrometheusHandle) -> JoinHandle<()> {
+    tokio::spawn(every(UPKEEP_PERIOD, move || handle.run_upkeep()))
 }
 
 /// Calls `f` once every `period`, the first time one period from now. A late tick (a busy
@@ -78,7 +78,7 @@ mod tests {
         let key = metrics::Key::from_name("upkeep_test_seconds");
         let meta = metrics::Metadata::new(module_path!(), metrics::Level::INFO, None);
         let histogram = recorder.register_histogram(&key, &meta);
-        let task = spawn_upkeep(handle.clone(), Duration::from_secs(1));
+        let task = spawn_upkeep(handle.clone());
         for _ in 0..10 {
             histogram.record(0.05);
         }

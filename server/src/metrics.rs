@@ -55,10 +55,7 @@ pub fn install() -> anyhow::Result<PrometheusHandle> {
         .context("metrics buckets")?
         .install_recorder()
         .context("cannot install the metrics recorder")?;
-    switchboard_runtime::metrics::spawn_upkeep(
-        handle.clone(),
-        switchboard_runtime::metrics::UPKEEP_PERIOD,
-    );
+    switchboard_runtime::metrics::spawn_upkeep(handle.clone());
     for m in documented() {
         match m.kind {
             "counter" => metrics::describe_counter!(m.name, m.help),
