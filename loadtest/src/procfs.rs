@@ -1,6 +1,7 @@
 //! Process figures from `/proc`: resident memory (`VmRSS`, `VmHWM` of `/proc/<pid>/status`)
 //! and CPU time, summed over a group of processes (nginx's master and workers), and a thread
-//! that samples the resident memory of groups during a run to find its peak.
+//! that samples the resident memory of groups during a run to find its peak; and the share of
+//! the machine's CPU time that the hypervisor stole ([`MachineCpu`]).
 //!
 //! CPU time comes from two places. `utime + stime` of `/proc/<pid>/stat` counts the whole
 //! process, exited threads included, but in clock ticks (10 ms): over a 6 s phase at 1,000
@@ -240,6 +241,53 @@ impl CpuUse {
     }
 }
 
+/// The machine's CPU time from the first line of `/proc/stat`, in clock ticks summed over
+/// all CPUs: all of it, and the part the hypervisor spent elsewhere while this guest had work
+/// (`steal`). A round whose latency tail jumps while the steal share rises is the host's
+/// doing, not the target's.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct MachineCpu {
+    pub total: u64,
+    pub steal: u64,
+}
+
+impl MachineCpu {
+    /// Now, or zeros where `/proc/stat` cannot be read (the share is then 0).
+    pub fn now() -> MachineCpu {
+        std::fs::read_to_string("/proc/stat")
+            .ok()
+            .and_then(|s| MachineCpu::parse(&s))
+            .unwrap_or_default()
+    }
+
+    /// The aggregate `cpu ` line: user nice system idle iowait irq softirq steal, then guest
+    /// and guest_nice, which user and nice already count and so are left out of the total.
+    fn parse(stat: &str) -> Option<MachineCpu> {
+        let line = stat.lines().find(|l| l.starts_with("cpu "))?;
+        let fields: Vec<u64> = line
+            .split_whitespace()
+            .skip(1)
+            .take(8)
+            .map(str::parse)
+            .collect::<Result<_, _>>()
+            .ok()?;
+        Some(MachineCpu {
+            total: fields.iter().sum(),
+            steal: *fields.get(7)?,
+        })
+    }
+
+    /// The share of all CPU time between `self` and the later `after` that was stolen, in
+    /// percent.
+    pub fn steal_percent(&self, after: &MachineCpu) -> f64 {
+        let total = after.total.saturating_sub(self.total);
+        if total == 0 {
+            return 0.0;
+        }
+        after.steal.saturating_sub(self.steal) as f64 * 100.0 / total as f64
+    }
+}
+
 /// Samples the summed VmRSS of groups of processes every `interval` on its own thread, and
 /// keeps each group's maximum. Stopped by [`RssMonitor::stop`] (or when dropped).
 pub struct RssMonitor {
@@ -340,6 +388,29 @@ mod tests {
             ..after
         };
         assert!(!CpuUse::between(&before, &unknown, 100).precise);
+    }
+
+    #[test]
+    fn steal_is_the_eighth_field_of_the_cpu_line() {
+        let before = MachineCpu::parse(
+            "cpu  968399 0 228598 888262 4291 0 59081 15350 7 0\ncpu0 1 2 3 4 5 6 7 8 0 0\n",
+        )
+        .unwrap();
+        assert_eq!(before.steal, 15350);
+        // guest (7) is already in user, so it is not summed again.
+        assert_eq!(
+            before.total,
+            968399 + 228598 + 888262 + 4291 + 59081 + 15350
+        );
+        let after = MachineCpu {
+            total: before.total + 1000,
+            steal: before.steal + 25,
+        };
+        assert!((before.steal_percent(&after) - 2.5).abs() < 1e-9);
+        assert_eq!(before.steal_percent(&before), 0.0);
+        assert_eq!(MachineCpu::parse("intr 1 2 3\n"), None);
+        assert_eq!(MachineCpu::parse("cpu  1 2 3\n"), None);
+        assert!(MachineCpu::now().total > 0);
     }
 
     #[test]

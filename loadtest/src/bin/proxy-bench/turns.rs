@@ -15,7 +15,7 @@ use std::time::Duration;
 use anyhow::{Result, anyhow};
 use switchboard_loadtest::load::{Outcome, Protocol, Target};
 use switchboard_loadtest::nginx::Nginx;
-use switchboard_loadtest::procfs::{self, CpuUse};
+use switchboard_loadtest::procfs::{self, CpuUse, MachineCpu};
 use switchboard_loadtest::proxy::ProxyProcess;
 use switchboard_loadtest::relay::RelayProcess;
 use switchboard_loadtest::{load, turns};
@@ -39,6 +39,9 @@ pub struct TurnsRun {
     /// fixed rate and at saturation, each over its own turns' requests.
     cpu_fixed: [f64; 2],
     cpu_saturation: [f64; 2],
+    /// The share of the machine's CPU time stolen by the hypervisor, percent, at the fixed
+    /// rate and at saturation.
+    steal: [f64; 2],
 }
 
 /// Runs the `turns` target once per worker count of `cfg`.
@@ -89,7 +92,7 @@ pub async fn run(
         p.stop().await;
         n.stop().await;
         relay.stop().await;
-        let (fixed, saturation, cpu_fixed, cpu_saturation) = match (measured, alive) {
+        let (fixed, saturation, cpu_fixed, cpu_saturation, steal) = match (measured, alive) {
             (Ok(m), Ok(())) => m,
             (Err(e), _) | (Ok(_), Err(e)) => {
                 return Err(e.context(format!(
@@ -105,16 +108,17 @@ pub async fn run(
             saturation,
             cpu_fixed,
             cpu_saturation,
+            steal,
         });
     }
     Ok(runs)
 }
 
-type Figures = (Vec<Outcome>, Vec<Outcome>, [f64; 2], [f64; 2]);
+type Figures = (Vec<Outcome>, Vec<Outcome>, [f64; 2], [f64; 2], [f64; 2]);
 
 /// A probe through each target, then the fixed rate in turns for all four and the closed loop
 /// for the first three (the relay is there for its latency), with the CPU time of the proxy
-/// and of nginx (`pids`) sampled around each.
+/// and of nginx (`pids`), and the machine's stolen time, sampled around each.
 async fn measure(
     cfg: &Config,
     targets: &[Target; 4],
@@ -137,14 +141,18 @@ async fn measure(
             CpuUse::between(&before[i], &after[i], ticks).ms_per_1k(requests)
         })
     };
-    let before = sample()?;
+    let (before, machine_before) = (sample()?, MachineCpu::now());
     let fixed = turns::fixed_rate(targets, cfg.fixed, FIXED_TURN).await?;
-    let between = sample()?;
+    let (between, machine_between) = (sample()?, MachineCpu::now());
     let saturation = turns::saturation(&targets[..3], cfg.saturation, SATURATION_TURN).await?;
-    let after = sample()?;
+    let (after, machine_after) = (sample()?, MachineCpu::now());
     let cpu_fixed = per_1k(&before, &between, &fixed);
     let cpu_saturation = per_1k(&between, &after, &saturation);
-    Ok((fixed, saturation, cpu_fixed, cpu_saturation))
+    let steal = [
+        machine_before.steal_percent(&machine_between),
+        machine_between.steal_percent(&machine_after),
+    ];
+    Ok((fixed, saturation, cpu_fixed, cpu_saturation, steal))
 }
 
 /// The `turns` table: per round and worker count, p50/p99 at the fixed rate of each target,
@@ -164,16 +172,17 @@ pub fn report(cfg: &Config, runs: &[TurnsRun]) {
          nothing parsed) takes turns as well: what it adds over direct is the floor of one \
          more hop on this machine. CPU: the proxy's process and nginx's master and workers, \
          over the whole phase, per 1,000 of their own requests (they idle during the others' \
-         turns).\n",
+         turns). Steal: the share of the machine's CPU time that the hypervisor spent elsewhere \
+         while this guest had work, during the phase (`/proc/stat`).\n",
         FIXED_TURN.as_millis(),
         SATURATION_TURN.as_millis(),
         cfg.saturation.connections,
         cfg.fixed.duration.as_secs(),
     );
     println!(
-        "| round | workers | p50 / p99 @ {rate} rps, ms: direct | proxy | nginx | relay | p99 − direct, ms: proxy / nginx / relay | saturation rps: direct | proxy | nginx | proxy ÷ nginx | CPU-ms / 1k @ {rate} rps: proxy / nginx | ÷ | errors |"
+        "| round | workers | p50 / p99 @ {rate} rps, ms: direct | proxy | nginx | relay | p99 − direct, ms: proxy / nginx / relay | saturation rps: direct | proxy | nginx | proxy ÷ nginx | CPU-ms / 1k @ {rate} rps: proxy / nginx | ÷ | steal %: {rate} rps / saturation | errors |"
     );
-    println!("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+    println!("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
     for r in runs {
         let (d, p, n, relay) = (&r.fixed[0], &r.fixed[1], &r.fixed[2], &r.fixed[3]);
         let pair = |o: &Outcome| format!("{} / {}", ms(o.ms(50.0)), ms(o.ms(99.0)));
@@ -184,7 +193,7 @@ pub fn report(cfg: &Config, runs: &[TurnsRun]) {
             .map(|o| o.errors.total())
             .sum();
         println!(
-            "| {} | {} | {} | {} | {} | {} | {:+.3} / {:+.3} / {:+.3} | {:.0} | {:.0} | {:.0} | {} | {:.1} / {:.1} | {} | {errors} |",
+            "| {} | {} | {} | {} | {} | {} | {:+.3} / {:+.3} / {:+.3} | {:.0} | {:.0} | {:.0} | {} | {:.1} / {:.1} | {} | {:.1} / {:.1} | {errors} |",
             r.round,
             r.workers,
             pair(d),
@@ -201,6 +210,8 @@ pub fn report(cfg: &Config, runs: &[TurnsRun]) {
             r.cpu_fixed[0],
             r.cpu_fixed[1],
             report::ratio(r.cpu_fixed[0], r.cpu_fixed[1]),
+            r.steal[0],
+            r.steal[1],
         );
     }
     println!(
@@ -232,9 +243,9 @@ fn medians(cfg: &Config, runs: &[TurnsRun]) {
         cfg.rounds
     );
     println!(
-        "| workers | p99 @ {rate} rps − direct, ms: proxy | nginx | relay | saturation rps, proxy ÷ nginx | CPU-ms / 1k @ {rate} rps, proxy ÷ nginx | at saturation |"
+        "| workers | p99 @ {rate} rps − direct, ms: proxy | nginx | relay | saturation rps, proxy ÷ nginx | CPU-ms / 1k @ {rate} rps, proxy ÷ nginx | at saturation | steal % @ {rate} rps |"
     );
-    println!("|---:|---:|---:|---:|---:|---:|---:|");
+    println!("|---:|---:|---:|---:|---:|---:|---:|---:|");
     for &w in &cfg.workers {
         let of: Vec<&TurnsRun> = runs.iter().filter(|r| r.workers == w).collect();
         let figure = |f: &dyn Fn(&TurnsRun) -> f64| of.iter().map(|r| f(r)).collect::<Vec<_>>();
@@ -243,7 +254,7 @@ fn medians(cfg: &Config, runs: &[TurnsRun]) {
         let times = |v: f64| format!("{v:.2}×");
         let plus = |v: f64| format!("{v:+.3}");
         println!(
-            "| {w} | {} | {} | {} | {} | {} | {} |",
+            "| {w} | {} | {} | {} | {} | {} | {} | {} |",
             report::spread(&over(1), plus),
             report::spread(&over(2), plus),
             report::spread(&over(3), plus),
@@ -256,6 +267,7 @@ fn medians(cfg: &Config, runs: &[TurnsRun]) {
                 &figure(&|r| divided(r.cpu_saturation[0], r.cpu_saturation[1])),
                 times
             ),
+            report::spread(&figure(&|r| r.steal[0]), |v| format!("{v:.1}")),
         );
     }
 }

@@ -156,3 +156,41 @@ fn head_responses_and_1xx_have_no_body() {
     );
     assert_eq!(&buf[..], b"HTTP/1.1 200 OK\r\n");
 }
+
+#[test]
+fn common_header_names_match_what_from_bytes_gives() {
+    let names = [
+        "content-length",
+        "Content-Length",
+        "CONTENT-LENGTH",
+        "content-type",
+        "Content-Type",
+        "date",
+        "Date",
+        "server",
+        "Server",
+        "connection",
+        "Connection",
+        "transfer-encoding",
+        "Transfer-Encoding",
+        "x-upstream",
+        "X-Upstream",
+        "dates",
+        "",
+        "bad name",
+        "content-length:",
+    ];
+    for n in names {
+        let fast = header_name(n.as_bytes()).ok();
+        let table = HeaderName::from_bytes(n.as_bytes()).ok();
+        assert_eq!(fast, table, "{n:?}");
+    }
+    // Capitalised on the wire, lowercase as a name.
+    assert_eq!(
+        header_name(b"Content-Length")
+            .ok()
+            .as_ref()
+            .map(HeaderName::as_str),
+        Some("content-length")
+    );
+}
