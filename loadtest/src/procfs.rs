@@ -245,19 +245,18 @@ impl CpuUse {
 /// all CPUs: all of it, and the part the hypervisor spent elsewhere while this guest had work
 /// (`steal`). A round whose latency tail jumps while the steal share rises is the host's
 /// doing, not the target's.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct MachineCpu {
     pub total: u64,
     pub steal: u64,
 }
 
 impl MachineCpu {
-    /// Now, or zeros where `/proc/stat` cannot be read (the share is then 0).
-    pub fn now() -> MachineCpu {
-        std::fs::read_to_string("/proc/stat")
-            .ok()
-            .and_then(|s| MachineCpu::parse(&s))
-            .unwrap_or_default()
+    /// Now, from `/proc/stat`; an error where it cannot be read, as for [`sample`], rather
+    /// than a share of 0 that would look measured.
+    pub fn now() -> Result<MachineCpu> {
+        let stat = std::fs::read_to_string("/proc/stat").context("reading /proc/stat")?;
+        MachineCpu::parse(&stat).context("no aggregate cpu line in /proc/stat")
     }
 
     /// The aggregate `cpu ` line: user nice system idle iowait irq softirq steal, then guest
@@ -410,7 +409,7 @@ mod tests {
         assert_eq!(before.steal_percent(&before), 0.0);
         assert_eq!(MachineCpu::parse("intr 1 2 3\n"), None);
         assert_eq!(MachineCpu::parse("cpu  1 2 3\n"), None);
-        assert!(MachineCpu::now().total > 0);
+        assert!(MachineCpu::now().unwrap().total > 0);
     }
 
     #[test]

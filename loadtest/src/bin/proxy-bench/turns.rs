@@ -132,8 +132,11 @@ async fn measure(
             .await
             .map_err(|f| anyhow!("turns: a probe request to {} failed: {f:?}", t.addr))?;
     }
-    let sample =
-        || -> Result<Vec<procfs::Sample>> { pids.iter().map(|p| procfs::sample_all(p)).collect() };
+    // The two processes' CPU, and the machine's for its steal share.
+    let sample = || -> Result<(Vec<procfs::Sample>, MachineCpu)> {
+        let processes: Result<Vec<_>> = pids.iter().map(|p| procfs::sample_all(p)).collect();
+        Ok((processes?, MachineCpu::now()?))
+    };
     // CPU-ms per 1,000 of each process's own requests (errors included, as elsewhere).
     let per_1k = |before: &[procfs::Sample], after: &[procfs::Sample], o: &[Outcome]| {
         [0, 1].map(|i| {
@@ -141,11 +144,11 @@ async fn measure(
             CpuUse::between(&before[i], &after[i], ticks).ms_per_1k(requests)
         })
     };
-    let (before, machine_before) = (sample()?, MachineCpu::now());
+    let (before, machine_before) = sample()?;
     let fixed = turns::fixed_rate(targets, cfg.fixed, FIXED_TURN).await?;
-    let (between, machine_between) = (sample()?, MachineCpu::now());
+    let (between, machine_between) = sample()?;
     let saturation = turns::saturation(&targets[..3], cfg.saturation, SATURATION_TURN).await?;
-    let (after, machine_after) = (sample()?, MachineCpu::now());
+    let (after, machine_after) = sample()?;
     let cpu_fixed = per_1k(&before, &between, &fixed);
     let cpu_saturation = per_1k(&between, &after, &saturation);
     let steal = [
