@@ -8,7 +8,10 @@
 //! hashed lookup is used.
 
 use http::HeaderMap;
-use http::header::{GetAll, HeaderName, HeaderValue};
+use http::header::{
+    ACCEPT, CONNECTION, CONTENT_LENGTH, CONTENT_TYPE, DATE, GetAll, HOST, HeaderName, HeaderValue,
+    InvalidHeaderName, SERVER, TRANSFER_ENCODING, USER_AGENT,
+};
 
 /// Past this many distinct names, a pass costs more than a hash.
 const SCAN_MAX: usize = 16;
@@ -27,6 +30,26 @@ pub(crate) fn contains_any(headers: &HeaderMap, names: &[HeaderName]) -> bool {
         return names.iter().any(|n| headers.contains_key(n));
     }
     headers.keys().any(|k| names.contains(k))
+}
+
+/// A header's name as read off the wire. The names almost every message carries are
+/// matched as clients and servers spell them (hyper, Go and curl in lowercase, nginx,
+/// Java and browsers capitalised) before [`HeaderName::from_bytes`], which first
+/// lowercases every name through a table: about 115 instructions a name
+/// (loadtest/proxy-bench-log.md, nineteenth session).
+pub(crate) fn header_name(name: &[u8]) -> Result<HeaderName, InvalidHeaderName> {
+    Ok(match name {
+        b"content-length" | b"Content-Length" => CONTENT_LENGTH,
+        b"content-type" | b"Content-Type" => CONTENT_TYPE,
+        b"date" | b"Date" => DATE,
+        b"server" | b"Server" => SERVER,
+        b"connection" | b"Connection" => CONNECTION,
+        b"transfer-encoding" | b"Transfer-Encoding" => TRANSFER_ENCODING,
+        b"host" | b"Host" => HOST,
+        b"user-agent" | b"User-Agent" => USER_AGENT,
+        b"accept" | b"Accept" => ACCEPT,
+        _ => return HeaderName::from_bytes(name),
+    })
 }
 
 /// Removes every value of `name`, hashing it only when it is there.

@@ -20,7 +20,6 @@ use std::sync::Arc;
 use std::task::Poll;
 
 use http::{Request, Response, StatusCode};
-use hyper::body::Incoming;
 use switchboard_proxy_xds::config::listener::{ListenerKind, RouteSource};
 use switchboard_proxy_xds::config::rbac::HttpRbac;
 use switchboard_proxy_xds::config::route::{Action, Clusters};
@@ -32,7 +31,7 @@ use crate::idle::StreamIdle;
 use crate::rbac::{self, RequestView, Subject};
 use crate::router::{self, RequestInfo};
 use crate::telemetry::meters::ListenerMeters;
-use crate::telemetry::request::{self, Exchange, Observer, RequestBody};
+use crate::telemetry::request::{self, Exchange, Inbound, Observer, RequestBody};
 use crate::telemetry::{DownstreamAddrs, RBAC_DENIED_TOTAL, ResponseFlags};
 use crate::tls::PeerIdentity;
 
@@ -76,7 +75,7 @@ impl HttpHandler {
     /// long before its response headers gets 408.
     pub(crate) async fn handle(
         &self,
-        req: Request<Incoming>,
+        req: Request<Inbound>,
         ctx: RequestContext,
     ) -> Response<Body> {
         // One configuration for the whole request; the exchange's names borrow from it.

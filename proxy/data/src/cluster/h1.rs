@@ -25,9 +25,7 @@ use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
 use bytes::{Buf, Bytes, BytesMut};
-use http::header::{
-    CONNECTION, CONTENT_LENGTH, CONTENT_TYPE, DATE, HOST, SERVER, TRANSFER_ENCODING,
-};
+use http::header::{CONNECTION, CONTENT_LENGTH, HOST, TRANSFER_ENCODING};
 use http::uri::PathAndQuery;
 use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, StatusCode, Version, response};
 use hyper::body::{Frame, SizeHint};
@@ -38,6 +36,7 @@ use tokio::time::Instant;
 
 use super::state::ConnectionSlot;
 use crate::body::{Body, BoxError};
+use crate::headers::header_name;
 
 /// Response header lines accepted, as hyper's client.
 const MAX_HEADERS: usize = 100;
@@ -368,22 +367,6 @@ impl Length {
         }
         out
     }
-}
-
-/// A response header's name. The names almost every response carries are matched as
-/// servers spell them (hyper and Go in lowercase, nginx and Java capitalised) before
-/// [`HeaderName::from_bytes`], which first lowercases every name through a table: about 115
-/// instructions a name (loadtest/proxy-bench-log.md, nineteenth session).
-fn header_name(name: &[u8]) -> Result<HeaderName, http::header::InvalidHeaderName> {
-    Ok(match name {
-        b"content-length" | b"Content-Length" => CONTENT_LENGTH,
-        b"content-type" | b"Content-Type" => CONTENT_TYPE,
-        b"date" | b"Date" => DATE,
-        b"server" | b"Server" => SERVER,
-        b"connection" | b"Connection" => CONNECTION,
-        b"transfer-encoding" | b"Transfer-Encoding" => TRANSFER_ENCODING,
-        _ => return HeaderName::from_bytes(name),
-    })
 }
 
 fn has_token(value: &HeaderValue, token: &str) -> bool {

@@ -1,8 +1,10 @@
 //! One HTTP connection of a listener: the protocol is chosen by ALPN on TLS (`h2`, else
-//! HTTP/1.1) or by the HTTP/2 connection preface on cleartext (h2c prior knowledge); then
-//! hyper's HTTP/1 or HTTP/2 server runs with the listener's [`HttpLimits`], handing each
-//! request to the listener's [`HttpHandler`] with the connection's addresses and verified
-//! peer identity (for RBAC) beside it ([`RequestContext`]):
+//! HTTP/1.1) or by the HTTP/2 connection preface on cleartext (h2c prior knowledge). HTTP/1.1
+//! starts on the listener's own path for requests without a body ([`h1`]) and passes to
+//! hyper's HTTP/1 server at the first request that needs more; HTTP/2 is hyper's server.
+//! Each runs with the listener's [`HttpLimits`], handing each request to the listener's
+//! [`HttpHandler`] with the connection's addresses and verified peer identity (for RBAC)
+//! beside it ([`RequestContext`]):
 //! - request headers over `max_request_headers_bytes` (or `max_headers_count` headers) are
 //!   answered 431 on HTTP/1; on HTTP/2 the limit is `SETTINGS_MAX_HEADER_LIST_SIZE`, and a
 //!   larger header block gets the stream refused;
@@ -42,7 +44,10 @@ use crate::gate::Gate;
 use crate::http::{HttpHandler, RequestContext};
 use crate::idle::StreamIdle;
 use crate::telemetry::DownstreamAddrs;
+use crate::telemetry::request::Inbound;
 use crate::tls::PeerIdentity;
+
+mod h1;
 
 /// HTTP/1 reads are buffered up to at least this (hyper's default), or the header limit plus
 /// some room when that is larger, so that the header limit is what answers 431.
@@ -107,6 +112,38 @@ pub(super) async fn serve<S>(
         // HTTP/2 frames are not request headers: only idle time applies at this level.
         io.headers = false;
         state.clear_headers();
+    } else if h1::serves(&limits) {
+        let shutdown = AtomicBool::new(false);
+        let conn = h1::Conn {
+            state: &state,
+            limits: &limits,
+            handler: &handler,
+            downstream: &downstream,
+            shutdown: &shutdown,
+        };
+        let ended = drive(
+            h1::serve(&mut io, conn),
+            |_: Pin<&mut _>| shutdown.store(true, Ordering::Release),
+            &state,
+            &limits,
+            drain.clone(),
+            kill.clone(),
+        )
+        .await;
+        match ended {
+            Some(h1::Ended::Handover(rest)) => {
+                // hyper's server reads the request from its first byte.
+                let mut replay = rest.to_vec();
+                replay.extend_from_slice(io.replay.get(io.replayed..).unwrap_or_default());
+                io.replay = replay;
+                io.replayed = 0;
+            }
+            Some(h1::Ended::Failed(e)) => {
+                tracing::debug!(error = %e, "connection ended with an error");
+                return;
+            }
+            Some(h1::Ended::Closed) | None => return,
+        }
     }
     let svc = {
         let state = state.clone();
@@ -121,7 +158,7 @@ pub(super) async fn serve<S>(
             let in_flight = InFlight::begin(state.clone(), idle.clone());
             let handler = handler.clone();
             async move {
-                let resp = handler.handle(req, ctx).await;
+                let resp = handler.handle(req.map(Inbound::Hyper), ctx).await;
                 Ok::<_, Infallible>(resp.map(|body| Tracked {
                     body,
                     idle,
@@ -153,7 +190,7 @@ pub(super) async fn serve<S>(
         let conn = builder.serve_connection(io, svc);
         // Boxed: HTTP/2's connection state is several times HTTP/1's, and an HTTP/1
         // connection's task would otherwise carry room for it while it idles.
-        Box::pin(drive(
+        let ended = Box::pin(drive(
             conn,
             |c: Pin<&mut _>| http2::Connection::graceful_shutdown(c),
             &state,
@@ -162,6 +199,9 @@ pub(super) async fn serve<S>(
             kill,
         ))
         .await;
+        if let Some(Err(e)) = ended {
+            tracing::debug!(error = %e, "connection ended with an error");
+        }
     } else {
         let mut builder = http1::Builder::new();
         // hyper's own cap is Envoy's default, 100 headers, in arrays it leaves unfilled.
@@ -181,7 +221,7 @@ pub(super) async fn serve<S>(
             // hyper's own timer would also cut idle keep-alive connections.
             .header_read_timeout(None);
         let conn = builder.serve_connection(io, svc);
-        drive(
+        let ended = drive(
             conn,
             |c: Pin<&mut _>| http1::Connection::graceful_shutdown(c),
             &state,
@@ -190,6 +230,9 @@ pub(super) async fn serve<S>(
             kill,
         )
         .await;
+        if let Some(Err(e)) = ended {
+            tracing::debug!(error = %e, "connection ended with an error");
+        }
     }
 }
 
@@ -216,7 +259,7 @@ async fn sniff<S: AsyncRead + Unpin>(io: &mut S) -> io::Result<Option<(Vec<u8>, 
 
 /// Polls an HTTP connection until it ends, shutting it down gracefully on drain or idle
 /// timeout, and dropping it (closing the socket) on a header timeout or the drain deadline.
-/// While it shuts down, its streams' idle timeouts still apply.
+/// While it shuts down, its streams' idle timeouts still apply. `None` when it was dropped.
 async fn drive<C>(
     conn: C,
     graceful_shutdown: impl Fn(Pin<&mut C>),
@@ -224,8 +267,9 @@ async fn drive<C>(
     limits: &HttpLimits,
     drain: CancellationToken,
     kill: CancellationToken,
-) where
-    C: Future<Output = hyper::Result<()>>,
+) -> Option<C::Output>
+where
+    C: Future,
 {
     let streams_only = HttpLimits {
         request_headers_timeout: None,
@@ -260,12 +304,7 @@ async fn drive<C>(
         })
         .await;
         match event {
-            Event::Done(done) => {
-                if let Err(e) = done {
-                    tracing::debug!(error = %e, "connection ended with an error");
-                }
-                return;
-            }
+            Event::Done(done) => return Some(done),
             Event::Drain => {
                 graceful_shutdown(conn.as_mut());
                 closing = true;
@@ -273,7 +312,7 @@ async fn drive<C>(
             }
             Event::Expired(Expiry::RequestHeaders) => {
                 tracing::debug!("request headers not complete in time; closing");
-                return;
+                return None;
             }
             Event::Expired(Expiry::Idle) => {
                 tracing::debug!("idle timeout; closing");
@@ -281,7 +320,7 @@ async fn drive<C>(
                 closing = true;
                 watchdog.set(self::watchdog(state, &streams_only));
             }
-            Event::Kill => return,
+            Event::Kill => return None,
         }
         // A new watchdog has registered nothing yet, and the tokens may still be ready.
         gate.open();
@@ -289,8 +328,8 @@ async fn drive<C>(
 }
 
 /// What ended one wait of [`drive`].
-enum Event {
-    Done(hyper::Result<()>),
+enum Event<T> {
+    Done(T),
     Drain,
     Expired(Expiry),
     Kill,

@@ -125,7 +125,7 @@ impl Observer {
     /// Starts observing `req`, whose body comes back wrapped to count the bytes read.
     pub(crate) fn start(
         meters: &Arc<ListenerMeters>,
-        req: Request<Incoming>,
+        req: Request<Inbound>,
         downstream: Option<DownstreamAddrs>,
         idle: Option<Arc<StreamIdle>>,
     ) -> (Self, Exchange<'static>, Request<RequestBody>) {
@@ -413,10 +413,19 @@ struct Ending {
     bodiless: bool,
 }
 
+/// A downstream request's body as the listener hands it over.
+pub(crate) enum Inbound {
+    /// Read by hyper's server.
+    Hyper(Incoming),
+    /// None: the request had no body framing. The listener's own HTTP/1 path serves only
+    /// such requests (`listener::http_conn::h1`).
+    Empty,
+}
+
 /// The downstream request body, counting the bytes it passes on for `%BYTES_RECEIVED%`:
 /// what was read, not the declared length (chunked and gRPC bodies declare none).
 pub(crate) struct RequestBody {
-    inner: Incoming,
+    inner: Inbound,
     /// `None` when the access log is off: nothing would read the count.
     received: Option<Arc<AtomicU64>>,
     /// Request data counts as activity for `stream_idle_timeout`.
@@ -431,9 +440,10 @@ impl hyper::body::Body for RequestBody {
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        let polled = Pin::new(&mut self.inner)
-            .poll_frame(cx)
-            .map_err(BoxError::from);
+        let polled = match &mut self.inner {
+            Inbound::Hyper(inner) => Pin::new(inner).poll_frame(cx).map_err(BoxError::from),
+            Inbound::Empty => return Poll::Ready(None),
+        };
         if let Poll::Ready(Some(Ok(frame))) = &polled
             && let Some(data) = frame.data_ref()
         {
@@ -449,11 +459,17 @@ impl hyper::body::Body for RequestBody {
     }
 
     fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
+        match &self.inner {
+            Inbound::Hyper(inner) => inner.is_end_stream(),
+            Inbound::Empty => true,
+        }
     }
 
     fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
+        match &self.inner {
+            Inbound::Hyper(inner) => inner.size_hint(),
+            Inbound::Empty => SizeHint::with_exact(0),
+        }
     }
 }
 
