@@ -52,6 +52,54 @@ pub(crate) fn header_name(name: &[u8]) -> Result<HeaderName, InvalidHeaderName> 
     })
 }
 
+/// Whether a comma-separated header value lists `token` (any case).
+pub(crate) fn has_token(value: &[u8], token: &[u8]) -> bool {
+    value
+        .split(|&b| b == b',')
+        .any(|t| t.trim_ascii().eq_ignore_ascii_case(token))
+}
+
+/// Whether `chunked` is the last transfer coding of a `transfer-encoding` value.
+pub(crate) fn last_token_is_chunked(value: &[u8]) -> bool {
+    value
+        .rsplit(|&b| b == b',')
+        .next()
+        .is_some_and(|t| t.trim_ascii().eq_ignore_ascii_case(b"chunked"))
+}
+
+/// The `content-length` values seen so far: equal values are one length (RFC 9110 §8.6),
+/// anything else makes it invalid.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Length {
+    None,
+    Valid(u64),
+    Invalid,
+}
+
+impl Length {
+    /// This length with one more `content-length` value (itself a list) seen.
+    pub(crate) fn add(self, value: &[u8]) -> Self {
+        let mut out = self;
+        for part in value.split(|&b| b == b',') {
+            let part = part.trim_ascii();
+            let n = if !part.is_empty() && part.iter().all(u8::is_ascii_digit) {
+                std::str::from_utf8(part)
+                    .ok()
+                    .and_then(|s| s.parse::<u64>().ok())
+            } else {
+                None
+            };
+            out = match (out, n) {
+                (Length::Invalid, _) | (_, None) => Length::Invalid,
+                (Length::None, Some(n)) => Length::Valid(n),
+                (Length::Valid(m), Some(n)) if m == n => Length::Valid(n),
+                (Length::Valid(_), Some(_)) => Length::Invalid,
+            };
+        }
+        out
+    }
+}
+
 /// Removes every value of `name`, hashing it only when it is there.
 pub(crate) fn remove(headers: &mut HeaderMap, name: &HeaderName) {
     if contains(headers, name) {
@@ -80,6 +128,19 @@ mod tests {
             );
         }
         h
+    }
+
+    #[test]
+    fn content_length_lists_must_agree() {
+        let of = |v: &[u8]| Length::None.add(v);
+        assert_eq!(of(b"42"), Length::Valid(42));
+        assert_eq!(of(b"42, 42"), Length::Valid(42));
+        assert_eq!(of(b"42, 43"), Length::Invalid);
+        assert_eq!(of(b"-1"), Length::Invalid);
+        assert_eq!(of(b""), Length::Invalid);
+        assert_eq!(of(b"99999999999999999999999"), Length::Invalid);
+        assert_eq!(of(b"3").add(b"3"), Length::Valid(3));
+        assert_eq!(of(b"3").add(b"4"), Length::Invalid);
     }
 
     #[test]

@@ -36,7 +36,7 @@ use tokio::time::Instant;
 
 use super::state::ConnectionSlot;
 use crate::body::{Body, BoxError};
-use crate::headers::header_name;
+use crate::headers::{Length, has_token, header_name, last_token_is_chunked};
 
 /// Response header lines accepted, as hyper's client.
 const MAX_HEADERS: usize = 100;
@@ -289,16 +289,16 @@ fn parse_head(buf: &mut BytesMut, head_only: bool) -> Result<Option<Parsed>, Str
         }
         .map_err(|_| format!("invalid value of response header {name}"))?;
         if name == CONNECTION {
-            if has_token(&value, "close") {
+            if has_token(value.as_bytes(), b"close") {
                 close = true;
-            } else if http10 && has_token(&value, "keep-alive") {
+            } else if http10 && has_token(value.as_bytes(), b"keep-alive") {
                 keep_alive = true;
             }
         } else if name == TRANSFER_ENCODING {
             // Only the last coding of the last line counts.
-            te = Some(last_token_is_chunked(&value));
+            te = Some(last_token_is_chunked(value.as_bytes()));
         } else if name == CONTENT_LENGTH {
-            length = length.add(&value);
+            length = length.add(value.as_bytes());
         }
         headers.append(name, value);
     }
@@ -336,52 +336,6 @@ fn parse_head(buf: &mut BytesMut, head_only: bool) -> Result<Option<Parsed>, Str
         keep_alive: keep_alive && framing != Framing::Eof,
         framing,
     })))
-}
-
-/// The `content-length` lines seen so far: equal values are one length (RFC 9110 §8.6).
-#[derive(Clone, Copy)]
-enum Length {
-    None,
-    Valid(u64),
-    Invalid,
-}
-
-impl Length {
-    fn add(self, value: &HeaderValue) -> Self {
-        let mut out = self;
-        for part in value.as_bytes().split(|&b| b == b',') {
-            let part = part.trim_ascii();
-            let n = if !part.is_empty() && part.iter().all(u8::is_ascii_digit) {
-                std::str::from_utf8(part)
-                    .ok()
-                    .and_then(|s| s.parse::<u64>().ok())
-            } else {
-                None
-            };
-            out = match (out, n) {
-                (Length::Invalid, _) | (_, None) => Length::Invalid,
-                (Length::None, Some(n)) => Length::Valid(n),
-                (Length::Valid(m), Some(n)) if m == n => Length::Valid(n),
-                (Length::Valid(_), Some(_)) => Length::Invalid,
-            };
-        }
-        out
-    }
-}
-
-fn has_token(value: &HeaderValue, token: &str) -> bool {
-    value
-        .as_bytes()
-        .split(|&b| b == b',')
-        .any(|t| t.trim_ascii().eq_ignore_ascii_case(token.as_bytes()))
-}
-
-fn last_token_is_chunked(value: &HeaderValue) -> bool {
-    value
-        .as_bytes()
-        .rsplit(|&b| b == b',')
-        .next()
-        .is_some_and(|t| t.trim_ascii().eq_ignore_ascii_case(b"chunked"))
 }
 
 /// Why a response body did not end well.

@@ -63,6 +63,25 @@ pub(super) struct Downstream {
     pub(super) peer: Option<Arc<PeerIdentity>>,
 }
 
+impl Downstream {
+    /// A request starting on this connection: what it is handed with, its
+    /// `stream_idle_timeout` (when the listener has one), and its count as in flight.
+    fn begin(
+        &self,
+        state: &Arc<ConnState>,
+        stream_idle: Option<Duration>,
+    ) -> (RequestContext, Option<Arc<StreamIdle>>, InFlight) {
+        let idle = stream_idle.map(|t| Arc::new(StreamIdle::new(t)));
+        let ctx = RequestContext {
+            addrs: self.addrs,
+            peer: self.peer.clone(),
+            idle: idle.clone(),
+        };
+        let in_flight = InFlight::begin(state.clone(), idle.clone());
+        (ctx, idle, in_flight)
+    }
+}
+
 /// Serves HTTP on `io` until the client is done, the connection times out, or it is drained
 /// (`drain`) or killed (`kill`).
 pub(super) async fn serve<S>(
@@ -149,13 +168,7 @@ pub(super) async fn serve<S>(
         let state = state.clone();
         let stream_idle = limits.stream_idle_timeout;
         service_fn(move |req: Request<Incoming>| {
-            let idle = stream_idle.map(|t| Arc::new(StreamIdle::new(t)));
-            let ctx = RequestContext {
-                addrs: downstream.addrs,
-                peer: downstream.peer.clone(),
-                idle: idle.clone(),
-            };
-            let in_flight = InFlight::begin(state.clone(), idle.clone());
+            let (ctx, idle, in_flight) = downstream.begin(&state, stream_idle);
             let handler = handler.clone();
             async move {
                 let resp = handler.handle(req.map(Inbound::Hyper), ctx).await;

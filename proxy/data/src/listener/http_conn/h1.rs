@@ -41,10 +41,9 @@ use hyper::body::Body as HttpBody;
 use switchboard_proxy_xds::config::listener::HttpLimits;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
-use super::{ConnState, Downstream, InFlight, Tracked};
-use crate::headers::header_name;
-use crate::http::{HttpHandler, RequestContext};
-use crate::idle::StreamIdle;
+use super::{ConnState, Downstream, Tracked};
+use crate::headers::{Length, has_token, header_name, last_token_is_chunked};
+use crate::http::HttpHandler;
 use crate::telemetry::request::Inbound;
 
 /// Request header lines parsed at most: hyper's server's default cap. A listener that
@@ -132,16 +131,9 @@ where
                 Some(Err(e)) => return Ended::Failed(format!("reading a request: {e}")),
             }
         };
-        let idle = conn
-            .limits
-            .stream_idle_timeout
-            .map(|t| Arc::new(StreamIdle::new(t)));
-        let ctx = RequestContext {
-            addrs: conn.downstream.addrs,
-            peer: conn.downstream.peer.clone(),
-            idle: idle.clone(),
-        };
-        let in_flight = InFlight::begin(conn.state.clone(), idle.clone());
+        let (ctx, idle, in_flight) = conn
+            .downstream
+            .begin(conn.state, conn.limits.stream_idle_timeout);
         handling.set(Some(conn.handler.handle(req, ctx)));
         let resp = poll_fn(|cx| {
             if let Some(fut) = handling.as_mut().as_pin_mut()
@@ -341,12 +333,6 @@ fn parse(buf: &mut BytesMut, headers: &mut HeaderMap, limits: &HttpLimits) -> Pa
     Parsed::Request(req, keep_alive)
 }
 
-fn has_token(value: &[u8], token: &[u8]) -> bool {
-    value
-        .split(|&b| b == b',')
-        .any(|t| t.trim_ascii().eq_ignore_ascii_case(token))
-}
-
 /// What hyper's server knows of a response body before polling it.
 #[derive(Clone, Copy)]
 enum BodyLength {
@@ -420,7 +406,7 @@ fn encode_head(
     // of which only the first is written (content-length), still open.
     let mut open: Option<&http::HeaderName> = None;
     let mut chunked_last = true;
-    let mut content_length = None::<u64>;
+    let mut declared = Length::None;
     for (name, value) in &parts.headers {
         let continues = open == Some(name);
         if !continues && let Some(prev) = open.take() {
@@ -447,20 +433,19 @@ fn encode_head(
                     if wrote_len && !continues {
                         return Err("a content-length beside a transfer-encoding".to_owned());
                     }
-                    let n = parse_length(value.as_bytes())
-                        .ok_or_else(|| format!("invalid content-length {value:?}"))?;
-                    match content_length {
-                        Some(m) if m != n => {
-                            return Err("content-length values that differ".to_owned());
+                    let before = declared;
+                    declared = declared.add(value.as_bytes());
+                    match (before, declared) {
+                        (_, Length::Invalid) => {
+                            return Err(format!("invalid or differing content-length {value:?}"));
                         }
-                        Some(_) => {}
-                        None => {
+                        (Length::None, Length::Valid(n)) => {
                             line_start(out, b"content-length", value.as_bytes());
                             framing = Framing::Length(n);
                             wrote_len = true;
-                            content_length = Some(n);
                             open = Some(name);
                         }
+                        _ => {}
                     }
                 }
             }
@@ -552,30 +537,6 @@ fn line_start(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
     out.extend_from_slice(name);
     out.extend_from_slice(b": ");
     out.extend_from_slice(value);
-}
-
-/// A `content-length` value: digits, or a list of equal ones (RFC 9110 §8.6).
-fn parse_length(value: &[u8]) -> Option<u64> {
-    let mut length = None;
-    for part in value.split(|&b| b == b',') {
-        let part = part.trim_ascii();
-        if part.is_empty() || !part.iter().all(u8::is_ascii_digit) {
-            return None;
-        }
-        let n = std::str::from_utf8(part).ok()?.parse::<u64>().ok()?;
-        match length {
-            Some(m) if m != n => return None,
-            _ => length = Some(n),
-        }
-    }
-    length
-}
-
-fn last_token_is_chunked(value: &[u8]) -> bool {
-    value
-        .rsplit(|&b| b == b',')
-        .next()
-        .is_some_and(|t| t.trim_ascii().eq_ignore_ascii_case(b"chunked"))
 }
 
 thread_local! {

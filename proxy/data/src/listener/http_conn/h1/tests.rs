@@ -296,13 +296,3 @@ fn chunk_sizes_are_lowercase_hex_lines() {
         assert_eq!(std::str::from_utf8(&out[..len]).unwrap(), want);
     }
 }
-
-#[test]
-fn content_length_lists_must_agree() {
-    assert_eq!(parse_length(b"42"), Some(42));
-    assert_eq!(parse_length(b"42, 42"), Some(42));
-    assert_eq!(parse_length(b"42, 43"), None);
-    assert_eq!(parse_length(b"-1"), None);
-    assert_eq!(parse_length(b""), None);
-    assert_eq!(parse_length(b"99999999999999999999999"), None);
-}
