@@ -1,4 +1,5 @@
-//! HTTP/1 exchanges on plaintext upstream connections, driven by the request's own task.
+//! HTTP/1 exchanges on upstream connections, plaintext or TLS, driven by the request's own
+//! task.
 //!
 //! Why not hyper's client for these: it gives every connection a task of its own and passes
 //! each request and response through channels between that task and the request's. For a
@@ -9,7 +10,8 @@
 //! has no task.
 //!
 //! Only requests [`eligible`] take this path: no body to send, no upgrade, not `CONNECT`,
-//! plaintext. Everything else (bodies, upgrades, TLS, HTTP/2) stays on hyper's client.
+//! over plaintext or TLS that does not offer `h2` (the pool decides). Everything else
+//! (bodies, upgrades, HTTP/2) stays on hyper's client.
 //!
 //! Response framing follows RFC 9112 §6.3, as hyper's client does: no body for `HEAD`,
 //! 1xx, 204 and 304; `Transfer-Encoding` with `chunked` last is chunked (trailers passed
@@ -29,12 +31,12 @@ use http::header::{CONNECTION, CONTENT_LENGTH, HOST, TRANSFER_ENCODING};
 use http::uri::PathAndQuery;
 use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, StatusCode, Version, response};
 use hyper::body::{Frame, SizeHint};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt, ReadBuf};
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
 use super::state::ConnectionSlot;
+use super::transport::Stream;
 use crate::body::{Body, BoxError};
 use crate::headers::{Length, has_token, header_name, last_token_is_chunked};
 
@@ -66,7 +68,7 @@ pub(super) fn idempotent(method: &Method) -> bool {
 
 /// One upstream connection of this path.
 pub(super) struct Conn {
-    stream: TcpStream,
+    stream: Stream,
     /// Bytes read and not yet passed on.
     rbuf: BytesMut,
     /// The request head being written; kept for its capacity.
@@ -115,7 +117,7 @@ enum Chunk {
 }
 
 impl Conn {
-    pub(super) fn new(stream: TcpStream, slot: ConnectionSlot) -> Self {
+    pub(super) fn new(stream: Stream, slot: ConnectionSlot) -> Self {
         Self {
             stream,
             rbuf: BytesMut::new(),
@@ -124,20 +126,18 @@ impl Conn {
         }
     }
 
-    /// Whether a connection that sat idle can carry a request: the runtime has seen nothing
-    /// to read on it (or a read finds nothing). The upstream closing it, or sending bytes
-    /// nobody asked for, makes it unusable. Costs a syscall only when the runtime saw the
+    /// Whether a connection that sat idle can carry a request: a read finds nothing to
+    /// read. The upstream closing it (a TLS `close_notify`, the end of the stream, a reset),
+    /// or sending bytes nobody asked for, makes it unusable; TLS records that carry no data
+    /// (a TLS 1.3 session ticket) do not. Costs a syscall only when the runtime saw the
     /// socket become readable.
     pub(super) fn reusable(&mut self) -> bool {
         let mut cx = Context::from_waker(Waker::noop());
-        match self.stream.poll_read_ready(&mut cx) {
-            Poll::Pending => true,
-            Poll::Ready(Err(_)) => false,
-            Poll::Ready(Ok(())) => {
-                let mut probe = [0u8; 1];
-                matches!(self.stream.try_read(&mut probe), Err(e) if e.kind() == io::ErrorKind::WouldBlock)
-            }
-        }
+        let mut probe = [0u8; 1];
+        let mut probe = ReadBuf::new(&mut probe);
+        Pin::new(&mut self.stream)
+            .poll_read(&mut cx, &mut probe)
+            .is_pending()
     }
 
     /// Sends the head of `req` (no body: see [`eligible`]) as `path`, and reads the response
@@ -155,7 +155,12 @@ impl Conn {
     }
 
     async fn round_trip(&mut self, head_only: bool) -> Result<Head, Failure> {
-        if let Err(e) = self.stream.write_all(&self.wbuf).await {
+        // The flush sends what TLS holds back; over plaintext it does nothing.
+        let written = match self.stream.write_all(&self.wbuf).await {
+            Ok(()) => self.stream.flush().await,
+            Err(e) => Err(e),
+        };
+        if let Err(e) = written {
             return Err(Failure::Unanswered(format!("writing the request: {e}")));
         }
         let mut received = false;

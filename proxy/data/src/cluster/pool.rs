@@ -1,6 +1,7 @@
-//! Upstream connection pools, one per cluster and transport socket in each worker. A
-//! plaintext HTTP/1 request with no body takes the path of [`h1`], driven by the request's
-//! own task; every other request goes over hyper's connection API (`hyper::client::conn`).
+//! Upstream connection pools, one per cluster and transport socket in each worker. An
+//! HTTP/1 request with no body takes the path of [`h1`], driven by the request's own task,
+//! over plaintext or over TLS that does not offer `h2`; every other request goes over
+//! hyper's connection API (`hyper::client::conn`).
 //! A cluster whose endpoints use different transport sockets (`transport_socket_matches`)
 //! has one pool per socket, so TLS and plaintext connections to an endpoint are never
 //! mixed.
@@ -50,21 +51,19 @@ use switchboard_proxy_xds::config::Secret;
 use switchboard_proxy_xds::config::cluster::{Cluster, TransportChoice, UpstreamProtocol};
 use switchboard_proxy_xds::config::tls::UpstreamTls;
 use tokio::net::TcpStream;
-use tokio::sync::{Notify, OnceCell};
+use tokio::sync::Notify;
 use tokio::time::Instant;
-use tokio_rustls::TlsConnector;
-use tokio_rustls::rustls::pki_types::ServerName;
 
 use super::FastHash;
 use super::breakers::{Overflow, Threshold};
 use super::h1;
 use super::registry::ClusterRegistry;
 use super::state::{ClusterState, ConnectionSlot};
-use super::transport::{CountedIo, Io};
+use super::transport::{CountedIo, Stream, TlsSetup};
 use super::upstream_body::UpstreamBody;
 use crate::body::Body;
 use crate::gate::Gate;
-use crate::tls::{Secrets, client_config, same_secrets, secrets_in_use};
+use crate::tls::{same_secrets, secrets_in_use};
 
 /// How long an upstream connection may sit with nothing in flight before it is closed.
 pub(crate) const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
@@ -188,6 +187,9 @@ pub(crate) enum SendError {
 /// The connections of one cluster and transport socket, by endpoint.
 pub(crate) struct Pool {
     http2: bool,
+    /// Requests with no body take the [`h1`] path: HTTP/1, and TLS (if any) does not offer
+    /// `h2`, which the server could pick and which only hyper's client speaks.
+    direct: bool,
     connect_timeout: Duration,
     state: Arc<ClusterState>,
     tls_key: Option<TlsKey>,
@@ -318,15 +320,16 @@ impl Pool {
         snapshot: &Snapshot,
     ) -> Self {
         let tls_key = tls_key(cluster, choice, snapshot);
-        let tls = tls_key.as_ref().map(|(config, _)| {
-            Arc::new(TlsSetup {
-                config: config.clone(),
-                secrets: snapshot.secrets.clone(),
-                built: OnceCell::new(),
-            })
-        });
+        let tls = tls_key
+            .as_ref()
+            .map(|(config, _)| Arc::new(TlsSetup::new(config.clone(), snapshot.secrets.clone())));
+        let http2 = cluster.protocol == UpstreamProtocol::Http2;
+        let offers_h2 = tls_key
+            .as_ref()
+            .is_some_and(|(config, _)| config.alpn_protocols.iter().any(|p| p == "h2"));
         Self {
-            http2: cluster.protocol == UpstreamProtocol::Http2,
+            http2,
+            direct: !http2 && !offers_h2,
             connect_timeout: cluster.connect_timeout,
             state: state.clone(),
             tls_key,
@@ -376,7 +379,7 @@ impl Pool {
             .path_and_query()
             .cloned()
             .unwrap_or_else(|| PathAndQuery::from_static("/"));
-        if !self.http2 && self.tls.is_none() && h1::eligible(&req) {
+        if self.direct && h1::eligible(&req) {
             return self.send_direct(&host, req, &path).await;
         }
         for _ in 0..UNSENT_TRIES {
@@ -450,7 +453,8 @@ impl Pool {
     }
 
     /// [`Pool::connect`] for the [`h1`] path: waits for a connection slot (or takes a
-    /// connection handed back meanwhile, then `true`) and opens a plaintext connection.
+    /// connection handed back meanwhile, then `true`) and opens a connection
+    /// ([`Self::stream`]; its TLS, if any, offered no `h2`).
     async fn connect_direct(&self, host: &Arc<Host>) -> Result<(h1::Conn, bool), SendError> {
         let _pending = self
             .state
@@ -461,7 +465,10 @@ impl Pool {
         let free = || host.close_oldest_idle();
         match self.slot_or_returned(host, idle, free).await? {
             SlotOr::Returned(c) => Ok((c, true)),
-            SlotOr::Slot(slot) => Ok((h1::Conn::new(self.tcp(host).await?, slot), false)),
+            SlotOr::Slot(slot) => {
+                let (stream, _) = self.stream(host).await?;
+                Ok((h1::Conn::new(stream, slot), false))
+            }
         }
     }
 
@@ -578,35 +585,24 @@ impl Pool {
         Ok(tcp)
     }
 
-    /// Opens a connection to `host` (TCP, then TLS when the pool's transport socket says
-    /// so, then the HTTP handshake) and spawns the task that drives it.
-    async fn open(&self, host: &Arc<Host>, slot: ConnectionSlot) -> Result<Checked, SendError> {
+    /// A connection to `host`: TCP, then TLS when the pool's transport socket says so, and
+    /// whether TLS negotiated `h2` by ALPN.
+    async fn stream(&self, host: &Host) -> Result<(Stream, bool), SendError> {
         let tcp = self.tcp(host).await?;
-        let (io, alpn_h2) = match &self.tls {
-            None => (Io::Plain(TokioIo::new(tcp)), false),
-            Some(tls) => {
-                let (connector, sni) = tls
-                    .connector()
-                    .await
-                    .map_err(|e| SendError::Connect(format!("upstream TLS: {e}")))?;
-                let name = match sni {
-                    Some(name) => name,
-                    None => match host.endpoint.parse::<SocketAddr>() {
-                        Ok(addr) => ServerName::IpAddress(addr.ip().into()),
-                        Err(e) => return Err(SendError::Connect(e.to_string())),
-                    },
-                };
-                let stream =
-                    tokio::time::timeout(self.connect_timeout, connector.connect(name, tcp))
-                        .await
-                        .map_err(|_| {
-                            SendError::Connect("upstream TLS handshake timed out".to_owned())
-                        })?
-                        .map_err(|e| SendError::Connect(format!("upstream TLS: {e}")))?;
-                let h2 = stream.get_ref().1.alpn_protocol() == Some(b"h2");
-                (Io::Tls(Box::new(TokioIo::new(stream))), h2)
-            }
-        };
+        match &self.tls {
+            None => Ok((Stream::Plain(tcp), false)),
+            Some(tls) => tls
+                .handshake(tcp, &host.endpoint, self.connect_timeout)
+                .await
+                .map_err(SendError::Connect),
+        }
+    }
+
+    /// Opens a connection to `host` ([`Self::stream`], then the HTTP handshake) and spawns
+    /// the task that drives it.
+    async fn open(&self, host: &Arc<Host>, slot: ConnectionSlot) -> Result<Checked, SendError> {
+        let (stream, alpn_h2) = self.stream(host).await?;
+        let io = TokioIo::new(stream);
         let io = CountedIo { io, _slot: slot };
         let in_use = InUse::new();
         if self.http2 || alpn_h2 {
@@ -756,35 +752,6 @@ enum SlotOr<C> {
 /// Polls `f` once: its output if ready.
 async fn poll_once<F: Future>(mut f: Pin<&mut F>) -> Poll<F::Output> {
     poll_fn(|cx| Poll::Ready(f.as_mut().poll(cx))).await
-}
-
-/// A pool's TLS: built on its first connection (reading files and secrets), then shared.
-pub(crate) struct TlsSetup {
-    config: UpstreamTls,
-    secrets: Secrets,
-    built: OnceCell<Result<(TlsConnector, Option<ServerName<'static>>), String>>,
-}
-
-impl std::fmt::Debug for TlsSetup {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("TlsSetup")
-            .field("config", &self.config)
-            .finish_non_exhaustive()
-    }
-}
-
-impl TlsSetup {
-    async fn connector(&self) -> Result<(TlsConnector, Option<ServerName<'static>>), String> {
-        self.built
-            .get_or_init(|| async {
-                client_config(&self.config, &self.secrets)
-                    .await
-                    .map(|(config, sni)| (TlsConnector::from(config), sni))
-                    .map_err(|e| e.to_string())
-            })
-            .await
-            .clone()
-    }
 }
 
 /// An error and its sources on one line: hyper's top-level messages alone are too vague.
