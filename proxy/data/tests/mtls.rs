@@ -18,10 +18,6 @@ use bytes::Bytes;
 use http::{Request, StatusCode};
 use http_body_util::{BodyExt, Empty};
 use hyper_util::rt::TokioIo;
-use rcgen::{
-    BasicConstraints, CertificateParams, CertifiedIssuer, ExtendedKeyUsagePurpose, IsCa, KeyPair,
-    KeyUsagePurpose, SanType as RcSan, SerialNumber,
-};
 use switchboard_proxy_xds::config::Secret;
 use switchboard_proxy_xds::config::action::Action;
 use switchboard_proxy_xds::config::cluster::{Cluster, TransportSocketMatch, UpstreamProtocol};
@@ -43,49 +39,10 @@ use tokio_rustls::rustls::{self, ClientConfig, RootCertStore};
 
 use listener_support::{route_all_to_a, set_http_listener, start};
 use support::{
-    backend, get, h1_client, proxy, route, set_cluster, set_listener, set_routes, to, vhost,
+    Ca, backend, ca, get, h1_client, proxy, route, set_cluster, set_listener, set_routes, to, vhost,
 };
 
 const MESH: &str = "spiffe://t.sb/mesh/m/service/";
-
-struct Ca {
-    issuer: CertifiedIssuer<'static, KeyPair>,
-}
-
-fn ca() -> Ca {
-    let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
-    params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    params.key_usages = vec![
-        KeyUsagePurpose::KeyCertSign,
-        KeyUsagePurpose::DigitalSignature,
-    ];
-    Ca {
-        issuer: CertifiedIssuer::self_signed(params, KeyPair::generate().unwrap()).unwrap(),
-    }
-}
-
-impl Ca {
-    fn pem(&self) -> String {
-        self.issuer.pem()
-    }
-
-    /// A workload certificate for `spiffe_id` (also valid for DNS `localhost`, so that a
-    /// plain rustls client can check it), with `serial`: (chain PEM, key PEM).
-    fn leaf(&self, spiffe_id: &str, serial: u64) -> (String, String) {
-        let key = KeyPair::generate().unwrap();
-        let mut params = CertificateParams::new(vec!["localhost".to_owned()]).unwrap();
-        params
-            .subject_alt_names
-            .push(RcSan::URI(spiffe_id.try_into().unwrap()));
-        params.serial_number = Some(SerialNumber::from(serial));
-        params.extended_key_usages = vec![
-            ExtendedKeyUsagePurpose::ServerAuth,
-            ExtendedKeyUsagePurpose::ClientAuth,
-        ];
-        let cert = params.signed_by(&key, &self.issuer).unwrap();
-        (cert.pem(), key.serialize_pem())
-    }
-}
 
 fn set_secrets(store: &mut ConfigStore, ca: &Ca, identity: &str, serial: u64) {
     let (chain, key) = ca.leaf(&format!("{MESH}{identity}"), serial);

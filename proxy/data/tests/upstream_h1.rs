@@ -17,7 +17,6 @@ use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
-use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
 use switchboard_proxy_data::ClusterManager;
 use switchboard_proxy_xds::ConfigStore;
 use switchboard_proxy_xds::config::cluster::Cluster;
@@ -64,22 +63,17 @@ impl Wire {
 
     /// TLS whose server offers `alpn`.
     fn tls(alpn: &[&str]) -> Wire {
-        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
-        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        let ca = CertifiedIssuer::self_signed(params, KeyPair::generate().unwrap()).unwrap();
-        let key = KeyPair::generate().unwrap();
-        let leaf = CertificateParams::new(vec!["localhost".to_owned()])
-            .unwrap()
-            .signed_by(&key, &ca)
-            .unwrap();
+        let ca = ca();
+        // Valid for DNS `localhost`, the name the cluster asks for.
+        let (chain, key) = ca.leaf("spiffe://t.sb/mesh/m/service/wire", 1);
         let mut config =
             ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
                 .with_safe_default_protocol_versions()
                 .unwrap()
                 .with_no_client_auth()
                 .with_single_cert(
-                    vec![CertificateDer::from_pem_slice(leaf.pem().as_bytes()).unwrap()],
-                    PrivateKeyDer::from_pem_slice(key.serialize_pem().as_bytes()).unwrap(),
+                    vec![CertificateDer::from_pem_slice(chain.as_bytes()).unwrap()],
+                    PrivateKeyDer::from_pem_slice(key.as_bytes()).unwrap(),
                 )
                 .unwrap();
         config.alpn_protocols = alpn.iter().map(|p| p.as_bytes().to_vec()).collect();

@@ -19,6 +19,10 @@ use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
+use rcgen::{
+    BasicConstraints, CertificateParams, CertifiedIssuer, ExtendedKeyUsagePurpose, IsCa, KeyPair,
+    KeyUsagePurpose, SanType as RcSan, SerialNumber,
+};
 use switchboard_proxy_xds::config::cluster::{
     CircuitBreakers, Cluster, Discovery, LbPolicy, UpstreamProtocol,
 };
@@ -450,5 +454,45 @@ pub async fn send(
         headers: parts.headers,
         body: String::from_utf8_lossy(&collected.to_bytes()).into_owned(),
         trailers,
+    }
+}
+
+/// A CA made by rcgen, for tests over TLS.
+pub struct Ca {
+    issuer: CertifiedIssuer<'static, KeyPair>,
+}
+
+pub fn ca() -> Ca {
+    let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    params.key_usages = vec![
+        KeyUsagePurpose::KeyCertSign,
+        KeyUsagePurpose::DigitalSignature,
+    ];
+    Ca {
+        issuer: CertifiedIssuer::self_signed(params, KeyPair::generate().unwrap()).unwrap(),
+    }
+}
+
+impl Ca {
+    pub fn pem(&self) -> String {
+        self.issuer.pem()
+    }
+
+    /// A workload certificate for `spiffe_id` (also valid for DNS `localhost`, so that a
+    /// plain rustls client can check it), with `serial`: (chain PEM, key PEM).
+    pub fn leaf(&self, spiffe_id: &str, serial: u64) -> (String, String) {
+        let key = KeyPair::generate().unwrap();
+        let mut params = CertificateParams::new(vec!["localhost".to_owned()]).unwrap();
+        params
+            .subject_alt_names
+            .push(RcSan::URI(spiffe_id.try_into().unwrap()));
+        params.serial_number = Some(SerialNumber::from(serial));
+        params.extended_key_usages = vec![
+            ExtendedKeyUsagePurpose::ServerAuth,
+            ExtendedKeyUsagePurpose::ClientAuth,
+        ];
+        let cert = params.signed_by(&key, &self.issuer).unwrap();
+        (cert.pem(), key.serialize_pem())
     }
 }
