@@ -73,8 +73,11 @@ impl HttpHandler {
     ///
     /// With a `stream_idle_timeout` (`ctx.idle`), a request that moves nothing for that
     /// long before its response headers gets 408.
+    ///
+    /// The future owns its handler (`self: Arc<Self>`), so that it is `'static`: a worker
+    /// keeps spare boxes for it between requests (`listener::http_conn::h1::spare`).
     pub(crate) async fn handle(
-        &self,
+        self: Arc<Self>,
         req: Request<Inbound>,
         ctx: RequestContext,
     ) -> Response<Body> {

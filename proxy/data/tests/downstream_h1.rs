@@ -313,3 +313,57 @@ async fn a_client_that_leaves_mid_request_cancels_it_upstream() {
     .await;
     assert!(!finished.load(Ordering::SeqCst));
 }
+
+/// Connections waiting for a request give their read buffer and their request's box to
+/// the worker, and take one back when bytes come. Here connections take turns with heads
+/// split across writes, idle gaps, and a head too long for one buffer; each answer must
+/// carry its own request's path and header value (slices of whichever buffer read them).
+#[tokio::test]
+async fn connections_taking_turns_share_the_workers_buffers_without_mixing_requests() {
+    let (proxy, _store) = proxy_to(backend("b").await).await;
+    let mut conns = Vec::new();
+    for _ in 0..6 {
+        conns.push((TcpStream::connect(proxy).await.unwrap(), Vec::new()));
+    }
+    for round in 0..4 {
+        let heads: Vec<String> = (0..conns.len())
+            .map(|c| {
+                // Every third connection sends a head longer than a buffer in round 2.
+                let pad = if round == 2 && c % 3 == 0 {
+                    6000
+                } else {
+                    c * 40
+                };
+                format!(
+                    "GET /r{round}/c{c} HTTP/1.1\r\nhost: svc\r\nx-added: c{c}-r{round}-{}\r\n\r\n",
+                    "p".repeat(pad)
+                )
+            })
+            .collect();
+        // First halves on every connection, then the rest, so that each head arrives in
+        // two reads while the other connections' reads come between.
+        for ((s, _), head) in conns.iter_mut().zip(&heads) {
+            s.write_all(&head.as_bytes()[..head.len() / 2])
+                .await
+                .unwrap();
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        for ((s, _), head) in conns.iter_mut().zip(&heads) {
+            s.write_all(&head.as_bytes()[head.len() / 2..])
+                .await
+                .unwrap();
+        }
+        for (c, ((s, buf), head)) in conns.iter_mut().zip(&heads).enumerate() {
+            let r = read_response(s, buf, false).await;
+            let added = head
+                .lines()
+                .find_map(|l| l.strip_prefix("x-added: "))
+                .unwrap();
+            let path = format!("/r{round}/c{c}");
+            assert_eq!(r.status, 200);
+            assert_eq!(r.header("x-path"), Some(path.as_str()));
+            assert_eq!(r.header("x-seen-added"), Some(added));
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}

@@ -49,8 +49,6 @@ use crate::telemetry::request::Inbound;
 /// Request header lines parsed at most: hyper's server's default cap. A listener that
 /// allows more is served by hyper alone ([`serves`]).
 const MAX_HEADERS: usize = 100;
-/// Room a read asks for; a longer head takes more reads.
-const READ_CHUNK: usize = 4096;
 /// Request headers that ask for more than this path does: a body, an upgrade, a `100
 /// Continue`, trailers.
 const LEFT_TO_HYPER: [&[u8]; 5] = [
@@ -92,22 +90,26 @@ pub(super) enum Ended {
 
 /// Serves requests on `io` until the connection ends or a request needs hyper.
 ///
-/// Three things are kept from one request to the next, as hyper's server keeps them: the
-/// read buffer (4 KiB, where hyper's grows to 16), the box the request's future runs in,
-/// and the last response's header map, cleared, for the next request's headers. Allocating
-/// them per request cost about 1,000 instructions a request (proxy-bench-log.md, twentieth
-/// session).
+/// The read buffer (4 KiB, where hyper's grows to 16) and the box the request's future runs
+/// in go back to the worker while the connection waits for a request, and come from it
+/// when one arrives ([`spare`]): kept for the connection's life, as hyper's server keeps
+/// them, they cost each idle connection 10 KiB. The last response's header map is kept,
+/// cleared, for the next request's headers, and the response head's buffer for its
+/// capacity: handing those to the worker too saved 0.5 KiB a connection for 230
+/// instructions a request.
 pub(super) async fn serve<S>(io: &mut S, conn: Conn<'_>) -> Ended
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
+    // Between requests, the worker's ([`spare`]).
     let mut buf = BytesMut::new();
     // The response head; kept for its capacity.
     let mut out = Vec::new();
+    // The request's headers; the response's, cleared, become the next request's.
     let mut headers = HeaderMap::new();
-    // Boxed, as hyper boxes it: the request's future is the largest state a connection
-    // has. Out of the task, its pages are touched only once a request runs in it.
-    let mut handling = Box::pin(None);
+    // The box a request's future runs in (boxed, as hyper boxes it: it is the largest state
+    // a connection has); between requests, the worker's.
+    let mut handling = None;
     loop {
         let (req, keep_alive) = loop {
             match parse(&mut buf, &mut headers, conn.limits) {
@@ -119,7 +121,11 @@ where
                 if conn.shutdown.load(Ordering::Acquire) {
                     return Poll::Ready(None);
                 }
-                poll_read(io, &mut buf, cx).map(Some)
+                let read = poll_read_head(io, &mut buf, cx);
+                if read.is_pending() {
+                    spare::give_slot(&mut handling);
+                }
+                read.map(Some)
             })
             .await;
             match read {
@@ -134,9 +140,10 @@ where
         let (ctx, idle, in_flight) = conn
             .downstream
             .begin(conn.state, conn.limits.stream_idle_timeout);
-        handling.set(Some(conn.handler.handle(req, ctx)));
+        let slot = handling.get_or_insert_with(spare::take_slot);
+        slot.set(Some(Arc::clone(conn.handler).handle(req, ctx)));
         let resp = poll_fn(|cx| {
-            if let Some(fut) = handling.as_mut().as_pin_mut()
+            if let Some(fut) = slot.as_mut().as_pin_mut()
                 && let Poll::Ready(resp) = fut.poll(cx)
             {
                 return Poll::Ready(Some(resp));
@@ -147,7 +154,7 @@ where
             }
         })
         .await;
-        handling.set(None);
+        slot.set(None);
         let Some(resp) = resp else {
             return Ended::Failed(
                 "the client closed the connection with its request in flight".to_owned(),
@@ -193,16 +200,35 @@ async fn close<S: AsyncWrite + Unpin>(io: &mut S) -> Ended {
     Ended::Closed
 }
 
-/// Reads into `buf`, giving it room first.
+/// Reads into `buf`, giving it room first; a longer head takes more reads. An empty `buf`
+/// without room takes one of the worker's spares ([`spare`]).
 fn poll_read<S: AsyncRead + Unpin>(
     io: &mut S,
     buf: &mut BytesMut,
     cx: &mut Context<'_>,
 ) -> Poll<io::Result<usize>> {
     if buf.capacity() == buf.len() {
-        buf.reserve(READ_CHUNK);
+        if buf.is_empty() {
+            *buf = spare::take();
+        } else {
+            buf.reserve(spare::BUFFER);
+        }
     }
     pin!(io.read_buf(buf)).poll(cx)
+}
+
+/// [`poll_read`] for a request's head: with nothing to read yet, an empty `buf` goes back
+/// to the worker's spares while the connection waits.
+fn poll_read_head<S: AsyncRead + Unpin>(
+    io: &mut S,
+    buf: &mut BytesMut,
+    cx: &mut Context<'_>,
+) -> Poll<io::Result<usize>> {
+    let read = poll_read(io, buf, cx);
+    if read.is_pending() {
+        spare::give(buf);
+    }
+    read
 }
 
 /// Whether the client went away while its request is in flight, as hyper's server checks:
@@ -730,5 +756,6 @@ async fn write_parts<S: AsyncWrite + Unpin>(io: &mut S, parts: [&[u8]; 4]) -> io
     }
 }
 
+mod spare;
 #[cfg(test)]
 mod tests;

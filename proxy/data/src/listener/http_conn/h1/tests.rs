@@ -296,3 +296,101 @@ fn chunk_sizes_are_lowercase_hex_lines() {
         assert_eq!(std::str::from_utf8(&out[..len]).unwrap(), want);
     }
 }
+
+/// One poll of [`poll_read_head`], with a waker that does nothing.
+fn read_once(io: &mut tokio::io::DuplexStream, buf: &mut BytesMut) -> Poll<usize> {
+    let mut cx = Context::from_waker(std::task::Waker::noop());
+    poll_read_head(io, buf, &mut cx).map(|read| read.unwrap())
+}
+
+#[tokio::test]
+async fn a_connection_waiting_for_a_request_holds_no_read_buffer() {
+    let (mut client, mut server) = tokio::io::duplex(64);
+    // Spares are per thread; counted from what this one has.
+    let base = spare::count();
+    let mut buf = BytesMut::new();
+    assert!(read_once(&mut server, &mut buf).is_pending());
+    assert_eq!(buf.capacity(), 0, "the buffer went back to the worker");
+    assert_eq!(spare::count(), base + 1);
+
+    client.write_all(b"GET / HTTP/1.1\r\n").await.unwrap();
+    assert_eq!(read_once(&mut server, &mut buf), Poll::Ready(16));
+    assert_eq!(spare::count(), base, "the read took the worker's spare");
+    assert_eq!(&buf[..], b"GET / HTTP/1.1\r\n");
+    assert!(buf.capacity() >= spare::BUFFER);
+}
+
+#[tokio::test]
+async fn storage_a_live_head_shares_stays_with_the_connection_until_the_head_is_gone() {
+    let (mut client, mut server) = tokio::io::duplex(8192);
+    let base = spare::count();
+    let mut buf = BytesMut::new();
+    let head = vec![b'h'; spare::BUFFER - 500];
+    client.write_all(&head).await.unwrap();
+    assert_eq!(read_once(&mut server, &mut buf), Poll::Ready(head.len()));
+    // Taken off the front, as a parsed head is: the room left behind it is small, and the
+    // rest of the storage cannot be taken back while the head lives.
+    let head = buf.split().freeze();
+    assert!(read_once(&mut server, &mut buf).is_pending());
+    assert_eq!(spare::count(), base);
+    assert_eq!(buf.capacity(), 500);
+    drop(head);
+    assert!(read_once(&mut server, &mut buf).is_pending());
+    assert_eq!(buf.capacity(), 0);
+    assert_eq!(spare::count(), base + 1);
+    // Whole again for the next request.
+    client.write_all(b"GET").await.unwrap();
+    assert_eq!(read_once(&mut server, &mut buf), Poll::Ready(3));
+    assert_eq!(buf.capacity(), spare::BUFFER);
+}
+
+#[tokio::test]
+async fn bytes_read_ahead_stay_and_storage_grown_for_a_long_head_is_freed() {
+    let (mut client, mut server) = tokio::io::duplex(64 * 1024);
+    let base = spare::count();
+    let mut buf = BytesMut::new();
+    client.write_all(b"GET /").await.unwrap();
+    assert_eq!(read_once(&mut server, &mut buf), Poll::Ready(5));
+    assert!(read_once(&mut server, &mut buf).is_pending());
+    assert_eq!(&buf[..], b"GET /", "a partial head stays where it is");
+    assert_eq!(spare::count(), base);
+
+    // A head longer than a few reads grows the storage; once empty it is freed, not kept.
+    let long = vec![b'a'; 3 * spare::BUFFER];
+    client.write_all(&long).await.unwrap();
+    while buf.len() < 5 + long.len() {
+        assert!(read_once(&mut server, &mut buf).is_ready());
+    }
+    buf.clear();
+    assert!(read_once(&mut server, &mut buf).is_pending());
+    assert_eq!(buf.capacity(), 0);
+    assert_eq!(spare::count(), base);
+}
+
+#[test]
+fn a_requests_box_is_reused_through_the_worker_and_only_when_empty() {
+    type Fut = std::future::Ready<u8>;
+    let base = spare::slots::<Fut>();
+    let mut slot = Some(spare::take_slot::<Fut>());
+    let at: *const Option<Fut> = &**slot.as_ref().unwrap();
+    spare::give_slot(&mut slot);
+    assert!(slot.is_none());
+    assert_eq!(spare::slots::<Fut>(), base + 1);
+    let mut slot = Some(spare::take_slot::<Fut>());
+    assert_eq!(
+        &**slot.as_ref().unwrap() as *const Option<Fut>,
+        at,
+        "the same box"
+    );
+    assert_eq!(spare::slots::<Fut>(), base);
+    // A box with a future in it stays with its connection.
+    slot.as_mut().unwrap().set(Some(std::future::ready(1)));
+    spare::give_slot(&mut slot);
+    assert!(slot.is_some());
+    assert_eq!(spare::slots::<Fut>(), base);
+    // So does one for a second type, while the worker keeps the first's.
+    let mut other = Some(spare::take_slot::<std::future::Ready<u16>>());
+    spare::give_slot(&mut other);
+    assert!(other.is_some());
+    assert_eq!(spare::slots::<std::future::Ready<u16>>(), 0);
+}
