@@ -27,7 +27,8 @@
 //!      `listen … http2`; gRPC with `grpc_pass`);
 //!    - `mesh` (not in the default list): a pair of sidecars, one hop between them, in a mesh
 //!      with `mtls.mode: off` and in one with `strict`, plus the TLS handshake rate at the
-//!      server sidecar's inbound port (see `mesh.rs`);
+//!      server sidecar's inbound port, then both pairs in turns, one round of turns per
+//!      `PROXY_BENCH_ROUNDS` (see `mesh.rs`);
 //!    - `turns` (last in the default list): `direct`, `proxy` and `nginx` over HTTP/1.1 all up
 //!      at once, the same two shapes moving from one to the next every 100 ms (fixed rate)
 //!      or 500 ms (saturation), so that the machine's slow spells fall on all three alike

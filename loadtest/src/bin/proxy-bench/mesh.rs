@@ -8,7 +8,14 @@
 //! handshakes are measured apart: a closed loop of new connections, one request each,
 //! straight to the server sidecar's inbound port (plaintext in `plain`; a full mTLS
 //! handshake in `mtls`, as the client service with a certificate the control plane issued
-//! over SDS, and the server's SPIFFE ID checked).
+//! over SDS, and the server's SPIFFE ID checked). Then both pairs again, up at once and
+//! measured in turns ([`turns`]), so that the mTLS pair's cost against the plaintext pair's
+//! is not the machine's weather.
+
+// Beside `mesh.rs` in `mesh/` (this file is loaded by `#[path]`, so its own modules are
+// looked for beside it).
+#[path = "mesh/turns.rs"]
+mod turns;
 
 use std::time::Duration;
 
@@ -44,6 +51,8 @@ pub struct MeshRun {
     /// Plaintext pair, mTLS pair.
     pairs: [usize; 2],
     handshakes: Vec<HandshakeRun>,
+    /// The two pairs in turns, one per round.
+    turns: Vec<turns::PairTurns>,
 }
 
 /// Starts the control plane, configures both meshes, and measures each pair once per worker
@@ -115,19 +124,19 @@ async fn run_with(
     for &workers in &cfg.workers {
         let mut pairs = [0; 2];
         let mut handshakes = Vec::new();
+        let options = |i: usize| PairOptions {
+            xds_url: cp.xds_url.clone(),
+            tenant: TENANT.into(),
+            mesh: MESHES[i].0.into(),
+            token: tokens[i].clone(),
+            workers,
+            log_filter: cfg.proxy_log.clone(),
+            backend: backend.addr,
+            body_len: cfg.backend.body_bytes,
+            timeout: cfg.request_timeout,
+        };
         for (i, (mesh_name, _, label)) in MESHES.into_iter().enumerate() {
-            let options = PairOptions {
-                xds_url: cp.xds_url.clone(),
-                tenant: TENANT.into(),
-                mesh: mesh_name.into(),
-                token: tokens[i].clone(),
-                workers,
-                log_filter: cfg.proxy_log.clone(),
-                backend: backend.addr,
-                body_len: cfg.backend.body_bytes,
-                timeout: cfg.request_timeout,
-            };
-            let mut pair = SidecarPair::start(&options, Duration::from_secs(60)).await?;
+            let mut pair = SidecarPair::start(&options(i), Duration::from_secs(60)).await?;
             let tls = (i == 1).then(|| client_tls.clone());
             if tls.is_some() && handshake::one_request(&pair.inbound, None).await.is_ok() {
                 pair.stop().await;
@@ -147,10 +156,12 @@ async fn run_with(
             results.push(m);
             handshakes.push(h);
         }
+        let turns = in_turns(cfg, [options(0), options(1)], ticks).await?;
         runs.push(MeshRun {
             workers,
             pairs,
             handshakes,
+            turns,
         });
     }
     cp.check_alive()?;
@@ -162,6 +173,51 @@ async fn run_with(
         ));
     }
     Ok(runs)
+}
+
+/// Both pairs started again, up at once, and measured in turns `cfg.rounds` times.
+async fn in_turns(
+    cfg: &Config,
+    options: [PairOptions; 2],
+    ticks: u64,
+) -> Result<Vec<turns::PairTurns>> {
+    eprintln!(
+        "==> mesh: the plaintext and the mTLS pair in turns, {} round{}",
+        cfg.rounds,
+        plural(cfg.rounds)
+    );
+    let mut plain = SidecarPair::start(&options[0], Duration::from_secs(60)).await?;
+    let mut mtls = match SidecarPair::start(&options[1], Duration::from_secs(60)).await {
+        Ok(p) => p,
+        Err(e) => {
+            plain.stop().await;
+            return Err(e);
+        }
+    };
+    let mut rounds = Vec::new();
+    let mut outcome = Ok(());
+    for _ in 0..cfg.rounds {
+        match turns::measure(cfg, [&plain, &mtls], ticks).await {
+            Ok(r) => rounds.push(r),
+            Err(e) => {
+                outcome = Err(e);
+                break;
+            }
+        }
+    }
+    let outcome = outcome
+        .and_then(|()| plain.check_alive())
+        .and_then(|()| mtls.check_alive());
+    let logs = format!(
+        "plaintext client sidecar:\n{}\nmTLS client sidecar:\n{}\nmTLS server sidecar:\n{}",
+        plain.client.log_tail(20),
+        mtls.client.log_tail(20),
+        mtls.server.log_tail(20)
+    );
+    plain.stop().await;
+    mtls.stop().await;
+    outcome.with_context(|| format!("mesh in turns; {logs}"))?;
+    Ok(rounds)
 }
 
 /// The pair under the usual load, then the new-connection loop at its server's inbound port.
@@ -337,7 +393,8 @@ pub fn report(cfg: &Config, results: &[Measured], runs: &[MeshRun], ticks: u64) 
         println!(
             "\nThe load generator does the client's half of every handshake on the same cores, \
              so the rate is of the whole machine; the server sidecar's CPU per connection is \
-             its own cost."
+             its own cost.\n"
         );
+        turns::report(cfg, &run.turns);
     }
 }

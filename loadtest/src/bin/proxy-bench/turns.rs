@@ -23,9 +23,9 @@ use switchboard_loadtest::{load, turns};
 use super::{BackendProcess, Config, HOST, ProxyEnv, Round, ms, proxy_options, report, target};
 
 /// How long a target has the fixed-rate load before it moves on.
-const FIXED_TURN: Duration = Duration::from_millis(100);
+pub(super) const FIXED_TURN: Duration = Duration::from_millis(100);
 /// How long a target has the closed loop before it moves on.
-const SATURATION_TURN: Duration = Duration::from_millis(500);
+pub(super) const SATURATION_TURN: Duration = Duration::from_millis(500);
 
 /// One round of the `turns` target with one worker count.
 pub struct TurnsRun {
@@ -188,13 +188,7 @@ pub fn report(cfg: &Config, runs: &[TurnsRun]) {
     println!("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
     for r in runs {
         let (d, p, n, relay) = (&r.fixed[0], &r.fixed[1], &r.fixed[2], &r.fixed[3]);
-        let pair = |o: &Outcome| format!("{} / {}", ms(o.ms(50.0)), ms(o.ms(99.0)));
-        let errors: u64 = r
-            .fixed
-            .iter()
-            .chain(&r.saturation)
-            .map(|o| o.errors.total())
-            .sum();
+        let errors = errors(r.fixed.iter().chain(&r.saturation));
         println!(
             "| {} | {} | {} | {} | {} | {} | {:+.3} / {:+.3} / {:+.3} | {:.0} | {:.0} | {:.0} | {} | {:.1} / {:.1} | {} | {:.1} / {:.1} | {errors} |",
             r.round,
@@ -273,4 +267,14 @@ fn medians(cfg: &Config, runs: &[TurnsRun]) {
             report::spread(&figure(&|r| r.steal[0]), |v| format!("{v:.1}")),
         );
     }
+}
+
+/// `p50 / p99` of `o` at the fixed rate, in ms: a cell of the turns' tables.
+pub(super) fn pair(o: &Outcome) -> String {
+    format!("{} / {}", ms(o.ms(50.0)), ms(o.ms(99.0)))
+}
+
+/// Errors over `outcomes`, all phases and targets: a cell of the turns' tables.
+pub(super) fn errors<'a>(outcomes: impl Iterator<Item = &'a Outcome>) -> u64 {
+    outcomes.map(|o| o.errors.total()).sum()
 }
