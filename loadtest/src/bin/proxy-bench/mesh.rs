@@ -194,20 +194,16 @@ async fn in_turns(
             return Err(e);
         }
     };
-    let mut rounds = Vec::new();
-    let mut outcome = Ok(());
-    for _ in 0..cfg.rounds {
-        match turns::measure(cfg, [&plain, &mtls], ticks).await {
-            Ok(r) => rounds.push(r),
-            Err(e) => {
-                outcome = Err(e);
-                break;
-            }
+    let outcome = async {
+        let mut rounds = Vec::new();
+        for _ in 0..cfg.rounds {
+            rounds.push(turns::measure(cfg, [&plain, &mtls], ticks).await?);
         }
+        plain.check_alive()?;
+        mtls.check_alive()?;
+        Ok::<_, anyhow::Error>(rounds)
     }
-    let outcome = outcome
-        .and_then(|()| plain.check_alive())
-        .and_then(|()| mtls.check_alive());
+    .await;
     let logs = format!(
         "plaintext client sidecar:\n{}\nmTLS client sidecar:\n{}\nmTLS server sidecar:\n{}",
         plain.client.log_tail(20),
@@ -216,8 +212,7 @@ async fn in_turns(
     );
     plain.stop().await;
     mtls.stop().await;
-    outcome.with_context(|| format!("mesh in turns; {logs}"))?;
-    Ok(rounds)
+    outcome.with_context(|| format!("mesh in turns; {logs}"))
 }
 
 /// The pair under the usual load, then the new-connection loop at its server's inbound port.

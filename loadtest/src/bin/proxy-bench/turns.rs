@@ -86,7 +86,11 @@ pub async fn run(
             target(n.addr, Protocol::Http1, HOST.into(), cfg),
             target(relay.addr, Protocol::Http1, HOST.into(), cfg),
         ];
-        let measured = measure(cfg, &targets, [vec![p.pid], n.pids()], ticks).await;
+        // CPU: the proxy (serving target 1) and nginx's master and workers (target 2); the
+        // relay, last, is not saturated.
+        let nginx_pids = n.pids();
+        let cpu = [(1, &[p.pid][..]), (2, &nginx_pids[..])];
+        let measured = measure(cfg, &targets, 3, cpu, ticks).await;
         let alive = p.check_alive();
         let log = n.log();
         p.stop().await;
@@ -114,15 +118,20 @@ pub async fn run(
     Ok(runs)
 }
 
-type Figures = (Vec<Outcome>, Vec<Outcome>, [f64; 2], [f64; 2], [f64; 2]);
+/// Fixed-rate outcomes, saturation outcomes, the two groups' CPU-ms per 1,000 requests at
+/// each, and the steal share at each.
+pub(super) type Figures = (Vec<Outcome>, Vec<Outcome>, [f64; 2], [f64; 2], [f64; 2]);
 
-/// A probe through each target, then the fixed rate in turns for all four and the closed loop
-/// for the first three (the relay is there for its latency), with the CPU time of the proxy
-/// and of nginx (`pids`), and the machine's stolen time, sampled around each.
-async fn measure(
+/// A probe through each target, then the fixed rate in turns for all of `targets` and the
+/// closed loop for the first `saturated` (here the relay, last, is there for its latency),
+/// with the CPU time of two groups of processes and the machine's stolen time sampled around
+/// each. `cpu` gives each group as (the index in `targets` of the target it serves, its
+/// pids): here the proxy and nginx; the mesh's turns use it for its two sidecar pairs.
+pub(super) async fn measure(
     cfg: &Config,
-    targets: &[Target; 4],
-    pids: [Vec<u32>; 2],
+    targets: &[Target],
+    saturated: usize,
+    cpu: [(usize, &[u32]); 2],
     ticks: u64,
 ) -> Result<Figures> {
     // Let start-up settle (xDS updates, nginx's workers) first.
@@ -132,22 +141,24 @@ async fn measure(
             .await
             .map_err(|f| anyhow!("turns: a probe request to {} failed: {f:?}", t.addr))?;
     }
-    // The two processes' CPU, and the machine's for its steal share.
+    // The two groups' CPU, and the machine's for its steal share.
     let sample = || -> Result<(Vec<procfs::Sample>, MachineCpu)> {
-        let processes: Result<Vec<_>> = pids.iter().map(|p| procfs::sample_all(p)).collect();
+        let processes: Result<Vec<_>> = cpu.iter().map(|(_, p)| procfs::sample_all(p)).collect();
         Ok((processes?, MachineCpu::now()?))
     };
-    // CPU-ms per 1,000 of each process's own requests (errors included, as elsewhere).
+    // CPU-ms per 1,000 of each group's own requests (errors included, as elsewhere).
     let per_1k = |before: &[procfs::Sample], after: &[procfs::Sample], o: &[Outcome]| {
         [0, 1].map(|i| {
-            let requests = o[i + 1].ok + o[i + 1].errors.total();
+            let served = &o[cpu[i].0];
+            let requests = served.ok + served.errors.total();
             CpuUse::between(&before[i], &after[i], ticks).ms_per_1k(requests)
         })
     };
     let (before, machine_before) = sample()?;
     let fixed = turns::fixed_rate(targets, cfg.fixed, FIXED_TURN).await?;
     let (between, machine_between) = sample()?;
-    let saturation = turns::saturation(&targets[..3], cfg.saturation, SATURATION_TURN).await?;
+    let saturation =
+        turns::saturation(&targets[..saturated], cfg.saturation, SATURATION_TURN).await?;
     let (after, machine_after) = sample()?;
     let cpu_fixed = per_1k(&before, &between, &fixed);
     let cpu_saturation = per_1k(&between, &after, &saturation);

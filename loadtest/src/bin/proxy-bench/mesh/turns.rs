@@ -8,10 +8,8 @@
 //! slow spells, as direct, the proxy and nginx do in the `turns` target.
 
 use anyhow::{Result, anyhow};
-use switchboard_loadtest::load::{self, Outcome};
+use switchboard_loadtest::load::Outcome;
 use switchboard_loadtest::mesh::SidecarPair;
-use switchboard_loadtest::procfs::{self, CpuUse, MachineCpu};
-use switchboard_loadtest::turns;
 
 use super::super::Config;
 use super::super::turns::{FIXED_TURN, SATURATION_TURN, errors, pair};
@@ -32,31 +30,10 @@ pub struct PairTurns {
 /// each pair's sidecars' CPU and the machine's steal sampled around each.
 pub async fn measure(cfg: &Config, pairs: [&SidecarPair; 2], ticks: u64) -> Result<PairTurns> {
     let targets = pairs.map(|p| p.outbound.clone());
-    for t in &targets {
-        load::probe(t)
-            .await
-            .map_err(|f| anyhow!("mesh turns: a probe request to {} failed: {f:?}", t.addr))?;
-    }
     let pids = pairs.map(|p| [p.client.pid, p.server.pid]);
-    let sample = || -> Result<([procfs::Sample; 2], MachineCpu)> {
-        Ok((
-            [procfs::sample_all(&pids[0])?, procfs::sample_all(&pids[1])?],
-            MachineCpu::now()?,
-        ))
-    };
-    let per_1k = |before: &[procfs::Sample; 2], after: &[procfs::Sample; 2], o: &[Outcome]| {
-        [0, 1].map(|i| {
-            let requests = o[i].ok + o[i].errors.total();
-            CpuUse::between(&before[i], &after[i], ticks).ms_per_1k(requests)
-        })
-    };
-    let (before, machine_before) = sample()?;
-    let fixed = turns::fixed_rate(&targets, cfg.fixed, FIXED_TURN).await?;
-    let (between, machine_between) = sample()?;
-    let saturation = turns::saturation(&targets, cfg.saturation, SATURATION_TURN).await?;
-    let (after, machine_after) = sample()?;
-    let cpu_fixed = per_1k(&before, &between, &fixed);
-    let cpu_saturation = per_1k(&between, &after, &saturation);
+    let cpu = [(0, &pids[0][..]), (1, &pids[1][..])];
+    let (fixed, saturation, cpu_fixed, cpu_saturation, steal) =
+        super::super::turns::measure(cfg, &targets, 2, cpu, ticks).await?;
     let two = |o: Vec<Outcome>| -> Result<[Outcome; 2]> {
         <[Outcome; 2]>::try_from(o).map_err(|o| anyhow!("expected 2 outcomes, got {}", o.len()))
     };
@@ -65,10 +42,7 @@ pub async fn measure(cfg: &Config, pairs: [&SidecarPair; 2], ticks: u64) -> Resu
         saturation: two(saturation)?,
         cpu_fixed,
         cpu_saturation,
-        steal: [
-            machine_before.steal_percent(&machine_between),
-            machine_between.steal_percent(&machine_after),
-        ],
+        steal,
     })
 }
 

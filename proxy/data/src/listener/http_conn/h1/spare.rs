@@ -5,10 +5,11 @@
 //! through that wait, these two were 10 KiB of every idle connection's 16. A connection now
 //! gives them to its worker when a read finds nothing, and takes them back when bytes come:
 //! a pop and a push on the worker's own lists (workers are threads, so there is no lock).
-//! A first cut of this path allocated them, and a header map, for each request: about 1,000
-//! instructions a request more (loadtest/proxy-bench-log.md, twentieth session). nginx frees a keep-alive connection's
-//! buffers for the same reason. The memory a worker holds for requests so follows how many
-//! it serves at once, not how many connections are open.
+//! A first cut of this path allocated them, and a header map, for each request: about
+//! 1,000 instructions a request more (loadtest/proxy-bench-log.md, twentieth session).
+//! nginx frees a keep-alive connection's buffers for the same reason. The memory a worker
+//! holds for requests so follows how many it serves at once, not how many connections are
+//! open.
 //!
 //! A worker keeps at most [`MAX_SPARE`] of each; a connection whose things find the list
 //! full keeps them, as all connections did before.
