@@ -48,6 +48,7 @@ use crate::telemetry::request::Inbound;
 use crate::tls::PeerIdentity;
 
 mod h1;
+mod spare;
 
 /// HTTP/1 reads are buffered up to at least this (hyper's default), or the header limit plus
 /// some room when that is larger, so that the header limit is what answers 431.
@@ -170,8 +171,10 @@ pub(super) async fn serve<S>(
         service_fn(move |req: Request<Incoming>| {
             let (ctx, idle, in_flight) = downstream.begin(&state, stream_idle);
             let handler = handler.clone();
+            // In a box: hyper moves this future by value (see `spare`).
+            let handling = spare::InSlot::new(|| handler.handle(req.map(Inbound::Hyper), ctx));
             async move {
-                let resp = handler.handle(req.map(Inbound::Hyper), ctx).await;
+                let resp = handling.await;
                 Ok::<_, Infallible>(resp.map(|body| Tracked {
                     body,
                     idle,

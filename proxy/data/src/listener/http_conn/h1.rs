@@ -41,7 +41,7 @@ use hyper::body::Body as HttpBody;
 use switchboard_proxy_xds::config::listener::HttpLimits;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
-use super::{ConnState, Downstream, Tracked};
+use super::{ConnState, Downstream, Tracked, spare};
 use crate::headers::{Length, has_token, header_name, last_token_is_chunked};
 use crate::http::HttpHandler;
 use crate::telemetry::request::Inbound;
@@ -756,6 +756,5 @@ async fn write_parts<S: AsyncWrite + Unpin>(io: &mut S, parts: [&[u8]; 4]) -> io
     }
 }
 
-mod spare;
 #[cfg(test)]
 mod tests;
