@@ -1,7 +1,8 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 //! Targets measured in turns, against in-process backends: each target gets its whole
-//! window's requests on its own connections, and a target that refuses connections does not
-//! stop the others' turns.
+//! window's requests on its own connections, over HTTP/1.1, h2c and gRPC (the `turns-h2` and
+//! `turns-grpc` targets, the relay among them), and a target that refuses connections does
+//! not stop the others' turns.
 
 mod common;
 
@@ -10,8 +11,8 @@ use std::time::Duration;
 use common::{start_backend, target};
 
 use hdrhistogram::Histogram;
-use switchboard_loadtest::load::{FixedRate, Saturation, get};
-use switchboard_loadtest::{backend, turns};
+use switchboard_loadtest::load::{FixedRate, Protocol, Saturation, Target, get};
+use switchboard_loadtest::{backend, relay, turns};
 
 #[tokio::test]
 async fn fixed_rate_gives_each_target_its_whole_window() {
@@ -39,6 +40,58 @@ async fn fixed_rate_gives_each_target_its_whole_window() {
         // Each target kept its own 4 keep-alive connections through every turn.
         let accepted = get(t.addr, backend::CONNECTIONS_PATH).await.unwrap();
         assert_eq!(&accepted[..], b"4");
+    }
+}
+
+/// `h2c` or gRPC to `addr` over 2 connections.
+fn h2(addr: std::net::SocketAddr, protocol: Protocol) -> Target {
+    Target {
+        protocol,
+        h2_connections: 2,
+        ..target(addr, 1024)
+    }
+}
+
+#[tokio::test]
+async fn h2c_and_grpc_take_turns_as_streams_over_each_targets_own_connections() {
+    for protocol in [Protocol::Http2, Protocol::Grpc] {
+        let direct = start_backend(1024).await;
+        // The bare relay, as the `turns-h2` and `turns-grpc` targets have it: bytes
+        // through, so h2c's frames pass as they are.
+        let relayed = start_backend(1024).await;
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let relay_addr = listener.local_addr().unwrap();
+        std::thread::spawn(move || relay::serve(listener, relayed));
+        let targets = [h2(direct, protocol), h2(relay_addr, protocol)];
+        let fixed = FixedRate {
+            rate: 400,
+            connections: 4,
+            warmup: Duration::from_millis(200),
+            duration: Duration::from_secs(1),
+        };
+        let outcomes = turns::fixed_rate(&targets, fixed, Duration::from_millis(100))
+            .await
+            .unwrap();
+        let saturation = Saturation {
+            connections: 8,
+            warmup: Duration::from_millis(250),
+            duration: Duration::from_secs(1),
+        };
+        let saturated = turns::saturation(&targets, saturation, Duration::from_millis(250))
+            .await
+            .unwrap();
+        for (o, backend_addr) in outcomes.iter().zip([direct, relayed]) {
+            assert_eq!(o.errors.total(), 0, "{protocol:?}: {}", o.errors.describe());
+            assert_eq!(o.ok, 400, "{protocol:?}");
+            // The 4 lanes were streams over the target's 2 connections; the closed loop's
+            // 8 lanes, over 2 connections of their own.
+            let accepted = get(backend_addr, backend::CONNECTIONS_PATH).await.unwrap();
+            assert_eq!(&accepted[..], b"4", "{protocol:?}");
+        }
+        for o in &saturated {
+            assert_eq!(o.errors.total(), 0, "{protocol:?}: {}", o.errors.describe());
+            assert!(o.ok > 0, "{protocol:?}");
+        }
     }
 }
 

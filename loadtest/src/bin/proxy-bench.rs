@@ -34,7 +34,8 @@
 //!      or 500 ms (saturation), so that the machine's slow spells fall on all three alike
 //!      (see `turns.rs` and `switchboard_loadtest::turns`); at the fixed rate a bare TCP
 //!      relay (`proxy-bench relay`, `switchboard_loadtest::relay`) takes turns too, the
-//!      floor of what one more hop costs;
+//!      floor of what one more hop costs; `turns-h2` and `turns-grpc` (not in the default
+//!      list) do the same over h2c and gRPC, against `nginx-h2` and `nginx-grpc`;
 //!    - `connections` (not in the default list): the proxy with `--max-downstream-connections`
 //!      `PROXY_BENCH_CONNECTION_CAP` (2000), then nginx, each given keep-alive connections up
 //!      to twice that, one `GET` each, with RSS after each step (see `connections.rs`).
@@ -107,14 +108,14 @@ enum Kind {
     ProxyLog,
     Nginx(Protocol),
     Mesh,
-    /// Direct, the proxy and nginx over HTTP/1.1, up at once and measured in turns.
-    Turns,
+    /// Direct, the proxy and nginx over one protocol, up at once and measured in turns.
+    Turns(Protocol),
     /// The proxy's memory against open downstream connections, up to twice its cap.
     Connections,
 }
 
 /// Every target by its name in `PROXY_BENCH_TARGETS`.
-const TARGETS: [(&str, Kind); 13] = [
+const TARGETS: [(&str, Kind); 15] = [
     ("direct", Kind::Direct(Protocol::Http1)),
     ("direct-h2", Kind::Direct(Protocol::Http2)),
     ("direct-grpc", Kind::Direct(Protocol::Grpc)),
@@ -126,7 +127,9 @@ const TARGETS: [(&str, Kind); 13] = [
     ("nginx-h2", Kind::Nginx(Protocol::Http2)),
     ("nginx-grpc", Kind::Nginx(Protocol::Grpc)),
     ("mesh", Kind::Mesh),
-    ("turns", Kind::Turns),
+    ("turns", Kind::Turns(Protocol::Http1)),
+    ("turns-h2", Kind::Turns(Protocol::Http2)),
+    ("turns-grpc", Kind::Turns(Protocol::Grpc)),
     ("connections", Kind::Connections),
 ];
 
@@ -145,8 +148,8 @@ impl Kind {
 
     fn protocol(self) -> Protocol {
         match self {
-            Kind::Direct(p) | Kind::Proxy(p) | Kind::Nginx(p) => p,
-            Kind::ProxyLog | Kind::Mesh | Kind::Turns | Kind::Connections => Protocol::Http1,
+            Kind::Direct(p) | Kind::Proxy(p) | Kind::Nginx(p) | Kind::Turns(p) => p,
+            Kind::ProxyLog | Kind::Mesh | Kind::Connections => Protocol::Http1,
         }
     }
 }
@@ -335,10 +338,7 @@ async fn measure(
         "==> {name}: idle, then {} rps, then saturation",
         cfg.fixed.rate
     );
-    let mut saturation_shape = cfg.saturation;
-    if target.protocol != Protocol::Http1 {
-        saturation_shape.connections = cfg.h2_connections * cfg.h2_streams;
-    }
+    let saturation_shape = saturation_shape(cfg, target.protocol);
     // Let start-up settle (allocator, xDS updates) before the idle figure.
     tokio::time::sleep(Duration::from_secs(1)).await;
     let idle = sample_groups(&groups)?;
@@ -390,6 +390,16 @@ async fn measure(
         backend_connections: [c1.saturating_sub(c0), c2.saturating_sub(c1)],
         processes,
     })
+}
+
+/// The closed loop over `protocol`: over HTTP/2 and gRPC its lanes are streams,
+/// `PROXY_BENCH_H2_STREAMS` on each of `PROXY_BENCH_H2_CONNECTIONS`.
+fn saturation_shape(cfg: &Config, protocol: Protocol) -> Saturation {
+    let mut shape = cfg.saturation;
+    if protocol != Protocol::Http1 {
+        shape.connections = cfg.h2_connections * cfg.h2_streams;
+    }
+    shape
 }
 
 fn target(addr: std::net::SocketAddr, protocol: Protocol, host: String, cfg: &Config) -> Target {
@@ -631,12 +641,12 @@ async fn run(cfg: Config) -> Result<()> {
     if any(|k| {
         matches!(
             k,
-            Kind::Proxy(_) | Kind::ProxyLog | Kind::Mesh | Kind::Turns | Kind::Connections
+            Kind::Proxy(_) | Kind::ProxyLog | Kind::Mesh | Kind::Turns(_) | Kind::Connections
         )
     }) {
         proxy::binary()?;
     }
-    if any(|k| matches!(k, Kind::Nginx(_) | Kind::Turns)) {
+    if any(|k| matches!(k, Kind::Nginx(_) | Kind::Turns(_))) {
         nginx::binary()?;
     }
     let mut backend = BackendProcess::start(cfg.backend).await?;
@@ -667,9 +677,9 @@ async fn run(cfg: Config) -> Result<()> {
                     let e = ProxyEnv::once(&mut env, &backend).await?;
                     connections_runs = connections::run(&cfg, e, &backend).await?;
                 }
-                Kind::Turns => {
+                Kind::Turns(protocol) => {
                     let e = ProxyEnv::once(&mut env, &backend).await?;
-                    turns_runs.extend(turns::run(&cfg, e, &backend, ticks, round).await?);
+                    turns_runs.extend(turns::run(&cfg, e, &backend, ticks, round, protocol).await?);
                 }
                 Kind::Proxy(_) | Kind::ProxyLog => {
                     let e = ProxyEnv::once(&mut env, &backend).await?;

@@ -1,8 +1,10 @@
-//! The `turns` target: direct, the proxy and nginx over HTTP/1.1, all three up at once and
-//! measured in turns ([`switchboard_loadtest::turns`]) once per worker count, so that the
-//! machine's slow spells fall on all three alike; and its table. At the fixed rate a bare TCP
-//! relay ([`switchboard_loadtest::relay`]) takes turns too: what it adds at p99 over direct
-//! is the floor of one more loopback hop, which no proxy can go below on this machine.
+//! The `turns` targets: direct, the proxy and nginx over HTTP/1.1 (`turns`), h2c
+//! (`turns-h2`) or gRPC (`turns-grpc`), all three up at once and measured in turns
+//! ([`switchboard_loadtest::turns`]) once per worker count, so that the machine's slow spells
+//! fall on all three alike; and their tables. At the fixed rate a bare TCP relay
+//! ([`switchboard_loadtest::relay`]) takes turns too: what it adds at p99 over direct is the
+//! floor of one more loopback hop, which no proxy can go below on this machine. It relays
+//! bytes, so h2c and gRPC pass through it as they are.
 //!
 //! The other targets run one after another, each in its own ten seconds, and on a shared
 //! VM those ten seconds differ from one target to the next by more than the proxy and nginx
@@ -27,8 +29,9 @@ pub(super) const FIXED_TURN: Duration = Duration::from_millis(100);
 /// How long a target has the closed loop before it moves on.
 pub(super) const SATURATION_TURN: Duration = Duration::from_millis(500);
 
-/// One round of the `turns` target with one worker count.
+/// One round of a `turns` target with one worker count.
 pub struct TurnsRun {
+    protocol: Protocol,
     round: usize,
     workers: usize,
     /// Direct, the proxy, nginx and the relay, in that order.
@@ -44,19 +47,21 @@ pub struct TurnsRun {
     steal: [f64; 2],
 }
 
-/// Runs the `turns` target once per worker count of `cfg`.
+/// Runs a `turns` target over `protocol` once per worker count of `cfg`.
 pub async fn run(
     cfg: &Config,
     env: &ProxyEnv,
     backend: &BackendProcess,
     ticks: u64,
     round: Round,
+    protocol: Protocol,
 ) -> Result<Vec<TurnsRun>> {
     let mut runs = Vec::new();
     for &workers in &cfg.workers {
         eprintln!(
-            "==> turns ({workers} worker{}): direct, proxy, nginx and the relay in turns, {} \
-             rps, then direct, proxy and nginx at saturation",
+            "==> turns, {} ({workers} worker{}): direct, proxy, nginx and the relay in turns, \
+             {} rps, then direct, proxy and nginx at saturation",
+            protocol.label(),
             super::plural(workers),
             cfg.fixed.rate
         );
@@ -67,7 +72,7 @@ pub async fn run(
             Duration::from_secs(60),
         )
         .await?;
-        let mut n = match Nginx::start(backend.addr, workers, Protocol::Http1).await {
+        let mut n = match Nginx::start(backend.addr, workers, protocol).await {
             Ok(n) => n,
             Err(e) => {
                 p.stop().await;
@@ -76,15 +81,10 @@ pub async fn run(
         };
         let proxy_addr = std::net::SocketAddr::from(([127, 0, 0, 1], env.gateway.port));
         let targets = [
-            target(backend.addr, Protocol::Http1, HOST.into(), cfg),
-            target(
-                proxy_addr,
-                Protocol::Http1,
-                env.gateway.host(Protocol::Http1),
-                cfg,
-            ),
-            target(n.addr, Protocol::Http1, HOST.into(), cfg),
-            target(relay.addr, Protocol::Http1, HOST.into(), cfg),
+            target(backend.addr, protocol, HOST.into(), cfg),
+            target(proxy_addr, protocol, env.gateway.host(protocol), cfg),
+            target(n.addr, protocol, HOST.into(), cfg),
+            target(relay.addr, protocol, HOST.into(), cfg),
         ];
         // CPU: the proxy (serving target 1) and nginx's master and workers (target 2); the
         // relay, last, is not saturated.
@@ -106,6 +106,7 @@ pub async fn run(
             }
         };
         runs.push(TurnsRun {
+            protocol,
             round: round.this,
             workers,
             fixed,
@@ -157,8 +158,12 @@ pub(super) async fn measure(
     let (before, machine_before) = sample()?;
     let fixed = turns::fixed_rate(targets, cfg.fixed, FIXED_TURN).await?;
     let (between, machine_between) = sample()?;
-    let saturation =
-        turns::saturation(&targets[..saturated], cfg.saturation, SATURATION_TURN).await?;
+    let saturation = turns::saturation(
+        &targets[..saturated],
+        super::saturation_shape(cfg, targets[0].protocol),
+        SATURATION_TURN,
+    )
+    .await?;
     let (after, machine_after) = sample()?;
     let cpu_fixed = per_1k(&before, &between, &fixed);
     let cpu_saturation = per_1k(&between, &after, &saturation);
@@ -173,14 +178,37 @@ pub(super) async fn measure(
 /// what the proxy, nginx and the relay add at p99 over direct, saturation and CPU, proxy
 /// against nginx.
 pub fn report(cfg: &Config, runs: &[TurnsRun]) {
-    if runs.is_empty() {
-        return;
+    for protocol in Protocol::ALL {
+        let of: Vec<&TurnsRun> = runs.iter().filter(|r| r.protocol == protocol).collect();
+        if !of.is_empty() {
+            table(cfg, protocol, &of);
+        }
     }
+}
+
+/// One protocol's section of the report.
+fn table(cfg: &Config, protocol: Protocol, runs: &[&TurnsRun]) {
     let rate = cfg.fixed.rate;
-    println!("\n## In turns: direct, proxy and nginx up at once (HTTP/1.1)\n");
+    let lanes = match protocol {
+        Protocol::Http1 => format!("{} connections", cfg.saturation.connections),
+        _ => format!(
+            "{} streams over {} connections",
+            super::saturation_shape(cfg, protocol).connections,
+            cfg.h2_connections
+        ),
+    };
+    let name = match protocol {
+        Protocol::Http1 => "turns",
+        Protocol::Http2 => "turns-h2",
+        Protocol::Grpc => "turns-grpc",
+    };
     println!(
-        "The `turns` target: the three take turns at the load, {} ms at a time at {rate} rps \
-         and {} ms at a time in the closed loop ({} connections), until each has had {} s \
+        "\n## In turns: direct, proxy and nginx up at once ({})\n",
+        protocol.label()
+    );
+    println!(
+        "The `{name}` target: the three take turns at the load, {} ms at a time at {rate} rps \
+         and {} ms at a time in the closed loop ({lanes}), until each has had {} s \
          recorded; so they share the machine's slow spells, where the rows above ran one \
          after another. At {rate} rps a bare TCP relay (a blocking thread per direction, \
          nothing parsed) takes turns as well: what it adds over direct is the floor of one \
@@ -190,14 +218,13 @@ pub fn report(cfg: &Config, runs: &[TurnsRun]) {
          while this guest had work, during the phase (`/proc/stat`).\n",
         FIXED_TURN.as_millis(),
         SATURATION_TURN.as_millis(),
-        cfg.saturation.connections,
         cfg.fixed.duration.as_secs(),
     );
     println!(
         "| round | workers | p50 / p99 @ {rate} rps, ms: direct | proxy | nginx | relay | p99 − direct, ms: proxy / nginx / relay | saturation rps: direct | proxy | nginx | proxy ÷ nginx | CPU-ms / 1k @ {rate} rps: proxy / nginx | ÷ | steal %: {rate} rps / saturation | errors |"
     );
     println!("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
-    for r in runs {
+    for &r in runs {
         let (d, p, n, relay) = (&r.fixed[0], &r.fixed[1], &r.fixed[2], &r.fixed[3]);
         let errors = errors(r.fixed.iter().chain(&r.saturation));
         println!(
@@ -244,7 +271,7 @@ pub fn report(cfg: &Config, runs: &[TurnsRun]) {
 
 /// Per worker count, the median over the rounds of what the table compares, each round's
 /// figure in brackets.
-fn medians(cfg: &Config, runs: &[TurnsRun]) {
+fn medians(cfg: &Config, runs: &[&TurnsRun]) {
     let rate = cfg.fixed.rate;
     println!(
         "\nIn turns, median of the {} rounds (each round's figure in brackets):\n",
@@ -255,7 +282,7 @@ fn medians(cfg: &Config, runs: &[TurnsRun]) {
     );
     println!("|---:|---:|---:|---:|---:|---:|---:|---:|");
     for &w in &cfg.workers {
-        let of: Vec<&TurnsRun> = runs.iter().filter(|r| r.workers == w).collect();
+        let of: Vec<&TurnsRun> = runs.iter().copied().filter(|r| r.workers == w).collect();
         let figure = |f: &dyn Fn(&TurnsRun) -> f64| of.iter().map(|r| f(r)).collect::<Vec<_>>();
         let over = |i: usize| figure(&|r| r.fixed[i].ms(99.0) - r.fixed[0].ms(99.0));
         let divided = |a: f64, b: f64| if b > 0.0 { a / b } else { f64::NAN };
