@@ -529,7 +529,15 @@ pub fn is_warm(snapshot: &Snapshot, name: &str) -> bool {
     })
 }
 
-async fn dispatch<S>(
+/// Serves an accepted connection as its filter chain says: a TCP relay, or HTTP.
+///
+/// An `async` block, not an `async fn`, for the reason [`http_conn::serve`] gives; the HTTP
+/// limits are lent from `mode`, not moved into `serve`'s state beside it.
+#[allow(
+    clippy::manual_async_fn,
+    reason = "an async fn would keep its arguments twice in every connection's task"
+)]
+fn dispatch<S>(
     io: S,
     alpn: Option<Vec<u8>>,
     downstream: Downstream,
@@ -537,18 +545,21 @@ async fn dispatch<S>(
     ctx: &Ctx,
     drain: CancellationToken,
     kill: CancellationToken,
-) where
+) -> impl Future<Output = ()>
+where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    match mode {
-        // TCP connections are not cut by the drain, only at its deadline.
-        // Boxed so that an HTTP connection's task has no room for a TCP relay.
-        Mode::Tcp(t, snapshot) => tokio::select! {
-            () = Box::pin(crate::tcp::relay(io, &ctx.name, &t, snapshot, &ctx.clusters.registry)) => {}
-            () = kill.cancelled() => {}
-        },
-        Mode::Http(limits) => {
-            http_conn::serve(io, alpn, downstream, limits, ctx.http.clone(), drain, kill).await;
+    async move {
+        match mode {
+            // TCP connections are not cut by the drain, only at its deadline.
+            // Boxed so that an HTTP connection's task has no room for a TCP relay.
+            Mode::Tcp(t, snapshot) => tokio::select! {
+                () = Box::pin(crate::tcp::relay(io, &ctx.name, &t, snapshot, &ctx.clusters.registry)) => {}
+                () = kill.cancelled() => {}
+            },
+            Mode::Http(ref limits) => {
+                http_conn::serve(io, alpn, downstream, limits, ctx.http.clone(), drain, kill).await;
+            }
         }
     }
 }

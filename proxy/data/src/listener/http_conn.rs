@@ -85,167 +85,178 @@ impl Downstream {
 
 /// Serves HTTP on `io` until the client is done, the connection times out, or it is drained
 /// (`drain`) or killed (`kill`).
-pub(super) async fn serve<S>(
+///
+/// An `async` block, not an `async fn`: an `async fn` keeps its arguments twice in its state
+/// (as captured and again as locals), and every open connection's task holds this state.
+#[allow(
+    clippy::manual_async_fn,
+    reason = "an async fn would keep its arguments twice in every connection's task"
+)]
+pub(super) fn serve<S>(
     io: S,
     alpn: Option<Vec<u8>>,
     downstream: Downstream,
-    limits: HttpLimits,
+    limits: &HttpLimits,
     handler: Arc<HttpHandler>,
     drain: CancellationToken,
     kill: CancellationToken,
-) where
+) -> impl Future<Output = ()>
+where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let state = Arc::new(ConnState::new());
-    let mut io = Watched {
-        inner: io,
-        state: state.clone(),
-        headers: true,
-        replay: Vec::new(),
-        replayed: 0,
-    };
-    let (prefix, h2) = match alpn.as_deref() {
-        Some(b"h2") => (Vec::new(), true),
-        Some(_) => (Vec::new(), false),
-        None => {
-            let sniffed = tokio::select! {
-                sniffed = sniff(&mut io) => sniffed,
-                expiry = watchdog(&state, &limits) => {
-                    tracing::debug!(?expiry, "no request in time; closing");
-                    return;
-                }
-                () = drain.cancelled() => return,
-                () = kill.cancelled() => return,
-            };
-            match sniffed {
-                Ok(Some(sniffed)) => sniffed,
-                Ok(None) => return,
-                Err(e) => {
-                    tracing::debug!(error = %e, "reading the first bytes failed");
-                    return;
-                }
-            }
-        }
-    };
-    io.replay = prefix;
-    if h2 {
-        // HTTP/2 frames are not request headers: only idle time applies at this level.
-        io.headers = false;
-        state.clear_headers();
-    } else if h1::serves(&limits) {
-        let shutdown = AtomicBool::new(false);
-        let conn = h1::Conn {
-            state: &state,
-            limits: &limits,
-            handler: &handler,
-            downstream: &downstream,
-            shutdown: &shutdown,
+    async move {
+        let state = Arc::new(ConnState::new());
+        let mut io = Watched {
+            inner: io,
+            state: state.clone(),
+            headers: true,
+            replay: Vec::new(),
+            replayed: 0,
         };
-        let ended = drive(
-            pin!(h1::serve(&mut io, conn)),
-            |_: Pin<&mut _>| shutdown.store(true, Ordering::Release),
-            &state,
-            &limits,
-            drain.clone(),
-            kill.clone(),
-        )
-        .await;
-        match ended {
-            Some(h1::Ended::Handover(rest)) => {
-                // hyper's server reads the request from its first byte.
-                let mut replay = rest.to_vec();
-                replay.extend_from_slice(io.replay.get(io.replayed..).unwrap_or_default());
-                io.replay = replay;
-                io.replayed = 0;
+        let (prefix, h2) = match alpn.as_deref() {
+            Some(b"h2") => (Vec::new(), true),
+            Some(_) => (Vec::new(), false),
+            None => {
+                let sniffed = tokio::select! {
+                    sniffed = sniff(&mut io) => sniffed,
+                    expiry = watchdog(&state, limits) => {
+                        tracing::debug!(?expiry, "no request in time; closing");
+                        return;
+                    }
+                    () = drain.cancelled() => return,
+                    () = kill.cancelled() => return,
+                };
+                match sniffed {
+                    Ok(Some(sniffed)) => sniffed,
+                    Ok(None) => return,
+                    Err(e) => {
+                        tracing::debug!(error = %e, "reading the first bytes failed");
+                        return;
+                    }
+                }
             }
-            Some(h1::Ended::Failed(e)) => {
-                tracing::debug!(error = %e, "connection ended with an error");
-                return;
-            }
-            Some(h1::Ended::Closed) | None => return,
-        }
-    }
-    let svc = {
-        let state = state.clone();
-        let stream_idle = limits.stream_idle_timeout;
-        service_fn(move |req: Request<Incoming>| {
-            let (ctx, idle, in_flight) = downstream.begin(&state, stream_idle);
-            let handler = handler.clone();
-            // In a box: hyper moves this future by value (see `spare`).
-            let handling = spare::InSlot::new(|| handler.handle(req.map(Inbound::Hyper), ctx));
-            async move {
-                let resp = handling.await;
-                Ok::<_, Infallible>(resp.map(|body| Tracked {
-                    body,
-                    idle,
-                    _in_flight: in_flight,
-                }))
-            }
-        })
-    };
-    let io = TokioIo::new(io);
-    if h2 {
-        let mut builder = http2::Builder::new(ConnExec { kill: kill.clone() });
-        builder
-            .timer(TokioTimer::new())
-            .max_concurrent_streams(limits.max_concurrent_streams)
-            .max_header_list_size(
-                u32::try_from(limits.max_request_headers_bytes).unwrap_or(u32::MAX),
-            );
-        if let Some(w) = limits.initial_stream_window_size {
-            builder.initial_stream_window_size(w);
-        }
-        if let Some(w) = limits.initial_connection_window_size {
-            builder.initial_connection_window_size(w);
-        }
-        if let Some(k) = limits.http2_keepalive {
-            builder
-                .keep_alive_interval(k.interval)
-                .keep_alive_timeout(k.timeout);
-        }
-        // Boxed: HTTP/2's connection state is several times HTTP/1's, and an HTTP/1
-        // connection's task would otherwise carry room for it while it idles.
-        let ended = drive(
-            Box::pin(builder.serve_connection(io, svc)),
-            |c: Pin<&mut _>| http2::Connection::graceful_shutdown(c),
-            &state,
-            &limits,
-            drain,
-            kill,
-        )
-        .await;
-        if let Some(Err(e)) = ended {
-            tracing::debug!(error = %e, "connection ended with an error");
-        }
-    } else {
-        let mut builder = http1::Builder::new();
-        // hyper's own cap is Envoy's default, 100 headers, in arrays it leaves unfilled.
-        // Set explicitly, any count makes hyper fill two vectors of that many slots for
-        // every request: 1,700 instructions a request at 100 in a `release` build (the
-        // `dist` build's fat LTO and PGO remove the fill), so the default is left to hyper.
-        if limits.max_headers_count != DEFAULT_MAX_HEADERS_COUNT {
-            builder.max_headers(limits.max_headers_count);
-        }
-        builder
-            .keep_alive(true)
-            .max_header_size(limits.max_request_headers_bytes)
-            .max_buf_size(
-                MIN_HTTP1_BUFFER.max(limits.max_request_headers_bytes.saturating_add(16 * 1024)),
+        };
+        io.replay = prefix;
+        if h2 {
+            // HTTP/2 frames are not request headers: only idle time applies at this level.
+            io.headers = false;
+            state.clear_headers();
+        } else if h1::serves(limits) {
+            let shutdown = AtomicBool::new(false);
+            let conn = h1::Conn {
+                state: &state,
+                limits,
+                handler: &handler,
+                downstream: &downstream,
+                shutdown: &shutdown,
+            };
+            let ended = drive(
+                pin!(h1::serve(&mut io, conn)),
+                |_: Pin<&mut _>| shutdown.store(true, Ordering::Release),
+                &state,
+                limits,
+                drain.clone(),
+                kill.clone(),
             )
-            // The watchdog times request headers from their first byte, as Envoy does;
-            // hyper's own timer would also cut idle keep-alive connections.
-            .header_read_timeout(None);
-        let ended = drive(
-            pin!(builder.serve_connection(io, svc)),
-            |c: Pin<&mut _>| http1::Connection::graceful_shutdown(c),
-            &state,
-            &limits,
-            drain,
-            kill,
-        )
-        .await;
-        if let Some(Err(e)) = ended {
-            tracing::debug!(error = %e, "connection ended with an error");
+            .await;
+            match ended {
+                Some(h1::Ended::Handover(rest)) => {
+                    // hyper's server reads the request from its first byte.
+                    let mut replay = rest.to_vec();
+                    replay.extend_from_slice(io.replay.get(io.replayed..).unwrap_or_default());
+                    io.replay = replay;
+                    io.replayed = 0;
+                }
+                Some(h1::Ended::Failed(e)) => {
+                    tracing::debug!(error = %e, "connection ended with an error");
+                    return;
+                }
+                Some(h1::Ended::Closed) | None => return,
+            }
+        }
+        let svc = {
+            let state = state.clone();
+            let stream_idle = limits.stream_idle_timeout;
+            service_fn(move |req: Request<Incoming>| {
+                let (ctx, idle, in_flight) = downstream.begin(&state, stream_idle);
+                let handler = handler.clone();
+                // In a box: hyper moves this future by value (see `spare`).
+                let handling = spare::InSlot::new(|| handler.handle(req.map(Inbound::Hyper), ctx));
+                async move {
+                    let resp = handling.await;
+                    Ok::<_, Infallible>(resp.map(|body| Tracked {
+                        body,
+                        idle,
+                        _in_flight: in_flight,
+                    }))
+                }
+            })
+        };
+        let io = TokioIo::new(io);
+        if h2 {
+            let mut builder = http2::Builder::new(ConnExec { kill: kill.clone() });
+            builder
+                .timer(TokioTimer::new())
+                .max_concurrent_streams(limits.max_concurrent_streams)
+                .max_header_list_size(
+                    u32::try_from(limits.max_request_headers_bytes).unwrap_or(u32::MAX),
+                );
+            if let Some(w) = limits.initial_stream_window_size {
+                builder.initial_stream_window_size(w);
+            }
+            if let Some(w) = limits.initial_connection_window_size {
+                builder.initial_connection_window_size(w);
+            }
+            if let Some(k) = limits.http2_keepalive {
+                builder
+                    .keep_alive_interval(k.interval)
+                    .keep_alive_timeout(k.timeout);
+            }
+            // Boxed: HTTP/2's connection state is several times HTTP/1's, and an HTTP/1
+            // connection's task would otherwise carry room for it while it idles.
+            let ended = drive(
+                Box::pin(builder.serve_connection(io, svc)),
+                |c: Pin<&mut _>| http2::Connection::graceful_shutdown(c),
+                &state,
+                limits,
+                drain,
+                kill,
+            )
+            .await;
+            if let Some(Err(e)) = ended {
+                tracing::debug!(error = %e, "connection ended with an error");
+            }
+        } else {
+            let mut builder = http1::Builder::new();
+            // hyper's own cap is Envoy's default, 100 headers, in arrays it leaves unfilled.
+            // Set explicitly, any count makes hyper fill two vectors of that many slots for
+            // every request: 1,700 instructions a request at 100 in a `release` build (the
+            // `dist` build's fat LTO and PGO remove the fill), so the default is left to hyper.
+            if limits.max_headers_count != DEFAULT_MAX_HEADERS_COUNT {
+                builder.max_headers(limits.max_headers_count);
+            }
+            builder
+                .keep_alive(true)
+                .max_header_size(limits.max_request_headers_bytes)
+                .max_buf_size(
+                    MIN_HTTP1_BUFFER
+                        .max(limits.max_request_headers_bytes.saturating_add(16 * 1024)),
+                )
+                // The watchdog times request headers from their first byte, as Envoy does;
+                // hyper's own timer would also cut idle keep-alive connections.
+                .header_read_timeout(None);
+            let ended = drive(
+                pin!(builder.serve_connection(io, svc)),
+                |c: Pin<&mut _>| http1::Connection::graceful_shutdown(c),
+                &state,
+                limits,
+                drain,
+                kill,
+            )
+            .await;
+            if let Some(Err(e)) = ended {
+                tracing::debug!(error = %e, "connection ended with an error");
+            }
         }
     }
 }
