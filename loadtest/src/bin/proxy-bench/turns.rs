@@ -197,11 +197,7 @@ fn table(cfg: &Config, protocol: Protocol, runs: &[&TurnsRun]) {
             cfg.h2_connections
         ),
     };
-    let name = match protocol {
-        Protocol::Http1 => "turns",
-        Protocol::Http2 => "turns-h2",
-        Protocol::Grpc => "turns-grpc",
-    };
+    let name = super::Kind::Turns(protocol).name();
     println!(
         "\n## In turns: direct, proxy and nginx up at once ({})\n",
         protocol.label()
