@@ -6,7 +6,8 @@
 //!   request hashing, pure), [`outlier`] (ejection rules, pure), [`tls`] (rustls server
 //!   configs, the verified peer identity), `rbac` (RBAC decisions, pure; on `router`'s value
 //!   matching and `tls`'s identity), [`telemetry`] (metric names, access log, trace context,
-//!   OTLP, per-request observation).
+//!   OTLP, per-request observation), `coalesce` (an HTTP/2 connection's writes gathered
+//!   into one per poll of its task).
 //! - [`cluster`]: the [`ClusterManager`] shared by every listener: per cluster its state
 //!   (endpoint choice by priority, locality and endpoint weights under round robin, least
 //!   request, random or ring hash; outlier ejection; circuit breakers), its connection pool
@@ -27,6 +28,7 @@
 
 pub mod body;
 pub mod cluster;
+mod coalesce;
 mod gate;
 mod headers;
 pub mod http;

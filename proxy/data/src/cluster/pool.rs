@@ -45,7 +45,7 @@ use std::time::Duration;
 use http::uri::{Authority, PathAndQuery, Scheme};
 use http::{HeaderValue, Request, Response, Uri, Version};
 use hyper::client::conn::{http1, http2};
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::TokioIo;
 use switchboard_proxy_xds::Snapshot;
 use switchboard_proxy_xds::config::Secret;
 use switchboard_proxy_xds::config::cluster::{Cluster, TransportChoice, UpstreamProtocol};
@@ -62,6 +62,7 @@ use super::state::{ClusterState, ConnectionSlot};
 use super::transport::{CountedIo, Stream, TlsSetup};
 use super::upstream_body::UpstreamBody;
 use crate::body::Body;
+use crate::coalesce::{FlushingExec, coalesce};
 use crate::gate::Gate;
 use crate::tls::{same_secrets, secrets_in_use};
 
@@ -606,7 +607,8 @@ impl Pool {
         let io = CountedIo { io, _slot: slot };
         let in_use = InUse::new();
         if self.http2 || alpn_h2 {
-            let (sender, conn) = http2::handshake(TokioExecutor::new(), io)
+            let (io, flusher) = coalesce(io);
+            let (sender, conn) = http2::handshake(FlushingExec::new(flusher), io)
                 .await
                 .map_err(|e| SendError::Connect(error_chain(&e)))?;
             spawn_connection(conn, in_use.clone());

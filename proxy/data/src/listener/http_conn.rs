@@ -40,6 +40,7 @@ use tokio::sync::Notify;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+use crate::coalesce::{Flushing, coalesce};
 use crate::gate::Gate;
 use crate::http::{HttpHandler, RequestContext};
 use crate::idle::StreamIdle;
@@ -212,11 +213,12 @@ where
                     .keep_alive_interval(k.interval)
                     .keep_alive_timeout(k.timeout);
             }
+            let (io, flusher) = coalesce(io);
             // Boxed: HTTP/2's connection state is several times HTTP/1's, and an HTTP/1
             // connection's task would otherwise carry room for it while it idles.
             let ended = drive(
-                Box::pin(builder.serve_connection(io, svc)),
-                |c: Pin<&mut _>| http2::Connection::graceful_shutdown(c),
+                Box::pin(Flushing::new(builder.serve_connection(io, svc), flusher)),
+                |c: Pin<&mut Flushing<_, _>>| http2::Connection::graceful_shutdown(c.conn()),
                 &state,
                 limits,
                 drain,
