@@ -72,8 +72,19 @@ impl<T: Write + Unpin> Buffered<T> {
         self.out.len() - self.written
     }
 
-    /// Writes the buffer out, and then flushes `io` (TLS keeps records of its own).
+    /// Writes the buffer out, and then flushes `io` (TLS keeps records of its own). A
+    /// failure is kept: the connection's later reads and writes meet it.
     fn poll_drain(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let drained = self.poll_write_out(cx);
+        if let Poll::Ready(Err(e)) = &drained
+            && self.failed.is_none()
+        {
+            self.failed = Some((e.kind(), e.to_string()));
+        }
+        drained
+    }
+
+    fn poll_write_out(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         while self.written < self.out.len() {
             self.flushed = false;
             let rest = self.out.get(self.written..).unwrap_or_default();
@@ -105,12 +116,6 @@ impl<T: Write + Unpin> Buffered<T> {
             .is_some_and(|w| w.will_wake(cx.waker()))
         {
             self.writer = Some(cx.waker().clone());
-        }
-    }
-
-    fn fail(&mut self, e: &io::Error) {
-        if self.failed.is_none() {
-            self.failed = Some((e.kind(), e.to_string()));
         }
     }
 }
@@ -153,10 +158,7 @@ impl<T: Write + Unpin> Write for CoalescedIo<T> {
         b.note_writer(cx);
         let len: usize = bufs.iter().map(|s| s.len()).sum();
         if b.pending() + len > LIMIT {
-            if let Err(e) = ready!(b.poll_drain(cx)) {
-                b.fail(&e);
-                return Poll::Ready(Err(e));
-            }
+            ready!(b.poll_drain(cx))?;
             if len > LIMIT {
                 b.flushed = false;
                 return Pin::new(&mut b.io).poll_write_vectored(cx, bufs);
@@ -177,10 +179,7 @@ impl<T: Write + Unpin> Write for CoalescedIo<T> {
         let mut b = lock(&self.0);
         b.check()?;
         b.note_writer(cx);
-        if let Err(e) = ready!(b.poll_drain(cx)) {
-            b.fail(&e);
-            return Poll::Ready(Err(e));
-        }
+        ready!(b.poll_drain(cx))?;
         Pin::new(&mut b.io).poll_shutdown(cx)
     }
 
@@ -219,7 +218,6 @@ impl<T: Write + Unpin> Flusher<T> {
         }
         if let Poll::Ready(Err(e)) = b.poll_drain(cx) {
             tracing::debug!(error = %e, "writing a connection's frames");
-            b.fail(&e);
             cx.waker().wake_by_ref();
         }
         false

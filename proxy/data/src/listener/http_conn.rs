@@ -194,7 +194,7 @@ where
             })
         };
         let io = TokioIo::new(io);
-        if h2 {
+        let ended = if h2 {
             let mut builder = http2::Builder::new(ConnExec { kill: kill.clone() });
             builder
                 .timer(TokioTimer::new())
@@ -216,7 +216,7 @@ where
             let (io, flusher) = coalesce(io);
             // Boxed: HTTP/2's connection state is several times HTTP/1's, and an HTTP/1
             // connection's task would otherwise carry room for it while it idles.
-            let ended = drive(
+            drive(
                 Box::pin(Flushing::new(builder.serve_connection(io, svc), flusher)),
                 |c: Pin<&mut Flushing<_, _>>| http2::Connection::graceful_shutdown(c.conn()),
                 &state,
@@ -224,10 +224,7 @@ where
                 drain,
                 kill,
             )
-            .await;
-            if let Some(Err(e)) = ended {
-                tracing::debug!(error = %e, "connection ended with an error");
-            }
+            .await
         } else {
             let mut builder = http1::Builder::new();
             // hyper's own cap is Envoy's default, 100 headers, in arrays it leaves unfilled.
@@ -247,7 +244,7 @@ where
                 // The watchdog times request headers from their first byte, as Envoy does;
                 // hyper's own timer would also cut idle keep-alive connections.
                 .header_read_timeout(None);
-            let ended = drive(
+            drive(
                 pin!(builder.serve_connection(io, svc)),
                 |c: Pin<&mut _>| http1::Connection::graceful_shutdown(c),
                 &state,
@@ -255,10 +252,10 @@ where
                 drain,
                 kill,
             )
-            .await;
-            if let Some(Err(e)) = ended {
-                tracing::debug!(error = %e, "connection ended with an error");
-            }
+            .await
+        };
+        if let Some(Err(e)) = ended {
+            tracing::debug!(error = %e, "connection ended with an error");
         }
     }
 }
