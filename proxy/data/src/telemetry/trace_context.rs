@@ -121,6 +121,14 @@ impl TraceParent {
 
     /// The `traceparent` header, written into a buffer on the stack: this runs for every
     /// request, and formatting through `Display` costs two allocations more.
+    ///
+    /// Marked never to be indexed, which is all the mark does (the value is no secret): over
+    /// HTTP/2 each request's new value would otherwise take a slot in HPACK's dynamic table,
+    /// never to be used again, evicting the entries that do repeat (`:authority`,
+    /// `content-type`, ...) and lengthening the encoder's walk over same-name entries on
+    /// every request. h2's encoder offers no plain "without indexing" form; the
+    /// never-indexed one also tells a proxy after us not to index it, which is as right
+    /// for a value unique to one request.
     pub(crate) fn to_header_value(self) -> HeaderValue {
         // 00-<32 hex>-<16 hex>-<2 hex>; each slice is exactly twice its input, so the
         // encodings cannot fail, and the digits and dashes always make a valid header value.
@@ -128,10 +136,12 @@ impl TraceParent {
         let encoded = hex::encode_to_slice(self.trace_id, &mut out[3..35])
             .and_then(|()| hex::encode_to_slice(self.parent_id, &mut out[36..52]))
             .and_then(|()| hex::encode_to_slice([self.flags], &mut out[53..55]));
-        match encoded {
+        let mut value = match encoded {
             Ok(()) => HeaderValue::from_bytes(&out).unwrap_or(HeaderValue::from_static("")),
             Err(_) => HeaderValue::from_static(""),
-        }
+        };
+        value.set_sensitive(true);
+        value
     }
 }
 
@@ -272,6 +282,14 @@ mod tests {
         );
         h.append(TRACEPARENT, HeaderValue::from_static(VALID));
         assert!(CallerTrace::from_headers(&h).is_none());
+    }
+
+    #[test]
+    fn traceparent_is_never_indexed() {
+        // Over HTTP/2 a value new with each request must not churn HPACK's dynamic table.
+        let root = TraceParent::new_root(true);
+        assert!(root.to_header_value().is_sensitive());
+        assert!(root.child().to_header_value().is_sensitive());
     }
 
     #[test]
