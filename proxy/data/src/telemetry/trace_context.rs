@@ -122,13 +122,14 @@ impl TraceParent {
     /// The `traceparent` header, written into a buffer on the stack: this runs for every
     /// request, and formatting through `Display` costs two allocations more.
     ///
-    /// Marked never to be indexed, which is all the mark does (the value is no secret): over
-    /// HTTP/2 each request's new value would otherwise take a slot in HPACK's dynamic table,
-    /// never to be used again, evicting the entries that do repeat (`:authority`,
-    /// `content-type`, ...) and lengthening the encoder's walk over same-name entries on
-    /// every request. h2's encoder offers no plain "without indexing" form; the
-    /// never-indexed one also tells a proxy after us not to index it, which is as right
-    /// for a value unique to one request.
+    /// Marked never to be indexed: over HTTP/2 each request's new value would otherwise
+    /// take a slot in HPACK's dynamic table, never to be used again, evicting the entries
+    /// that do repeat (`:authority`, `content-type`, ...) and lengthening the encoder's
+    /// walk over same-name entries on every request. h2's encoder offers no plain "without
+    /// indexing" form; the never-indexed one also tells a proxy after us not to index it,
+    /// which is as right for a value unique to one request. The value is no secret: besides
+    /// HPACK encoders, only `Debug` formatting reads the mark, and the proxy does not log
+    /// headers that way.
     pub(crate) fn to_header_value(self) -> HeaderValue {
         // 00-<32 hex>-<16 hex>-<2 hex>; each slice is exactly twice its input, so the
         // encodings cannot fail, and the digits and dashes always make a valid header value.
